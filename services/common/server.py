@@ -1,0 +1,120 @@
+"""The server factory pieces every service shares: interceptors, health, reflection, shutdown.
+
+A service's `create_server(settings, ...)` calls `build_server` with its servicer registration
+and gets a started server back on the requested (or a free) port. `serve_forever` is what a
+service's `main()` runs: it prints a ready line, drains on SIGTERM and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.errors import ErrorMappingInterceptor
+from services.common.settings import ServerSettings
+from services.common.telemetry import server_interceptors, shutdown_telemetry
+
+log = logging.getLogger(__name__)
+
+READY_PREFIX = "ASR_READY"
+
+
+@dataclass
+class ServerHandle:
+    """A started server, the port it listens on and its health servicer."""
+
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    service_names: tuple[str, ...]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.service_names):
+            self.health.set(name, status)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, refuse new calls, let in-flight ones finish within `grace`."""
+        self.set_serving(False)
+        self.server.stop(grace).wait()
+
+
+def build_server(
+    settings: ServerSettings,
+    *,
+    register: Callable[[grpc.Server], None],
+    service_names: Iterable[str],
+    serving: bool = True,
+) -> ServerHandle:
+    """Create, bind and start a server with the mesh's interceptors, health and reflection."""
+    options = [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.max_workers),
+        interceptors=[*server_interceptors(), ErrorMappingInterceptor()],
+        options=options,
+        maximum_concurrent_rpcs=settings.max_workers * 4,
+    )
+    register(server)
+    names = tuple(service_names)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise OSError(f"could not bind {settings.host}:{settings.port}")
+    server.start()
+    handle = ServerHandle(server=server, port=port, health=health_servicer, service_names=names)
+    handle.set_serving(serving)
+    return handle
+
+
+def serve_forever(handle: ServerHandle, settings: ServerSettings, service: str) -> None:
+    """Block until SIGTERM/SIGINT, then drain gracefully and flush telemetry."""
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if not stopping.is_set():
+            log.info("%s received %s, draining for up to %.0fs", service, signal.Signals(signum).name,
+                     settings.grace_period_s)
+            stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    # The supervisor reads this line to learn the port (the server may have bound port 0).
+    print(f"{READY_PREFIX} service={service} port={handle.port}", flush=True)
+    stopping.wait()
+    handle.stop(settings.grace_period_s)
+    shutdown_telemetry()
+    log.info("%s stopped", service)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

@@ -1,0 +1,37 @@
+"""Typed settings shared by every service, read once from the environment in `main()`.
+
+Each service subclasses `ServerSettings` with its own prefix (`ASR_PREPROCESS_`, ...). Cores
+never read `os.environ`: they receive values from these objects.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_state_dir() -> Path:
+    """Where a local mesh keeps traces and runtime files (`ASR_STATE_DIR` overrides it)."""
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "asr-mesh"
+
+
+class ServerSettings(BaseSettings):
+    """Settings every gRPC server of the mesh has."""
+
+    model_config = SettingsConfigDict(env_prefix="ASR_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 in containers.")
+    port: int = Field(0, ge=0, le=65535, description="Port to bind; 0 picks a free one.")
+    max_workers: int = Field(8, ge=1, description="Threads serving RPCs concurrently.")
+    grace_period_s: float = Field(10.0, ge=0, description="Drain time on SIGTERM.")
+    max_message_bytes: int = Field(64 << 20, ge=4 << 20, description="Largest gRPC message.")
+    state_dir: Path = Field(
+        default_factory=default_state_dir,
+        validation_alias=AliasChoices("ASR_STATE_DIR"),
+        description="Directory for traces and runtime files.",
+    )
+    log_level: str = Field("INFO", validation_alias=AliasChoices("ASR_LOG_LEVEL"))

@@ -1,0 +1,3 @@
+from services.transcription.server import main
+
+main()

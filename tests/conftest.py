@@ -1,0 +1,45 @@
+"""Fixtures shared by every test tier."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import grpc
+import pytest
+
+os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = Path(os.environ.get("ASR_CORPUS_DIR", REPO.parent / "shared" / "corpus-dev")).resolve()
+MODELS_DIR = REPO / "models"
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    """The development corpus (../shared/corpus-dev, or $ASR_CORPUS_DIR)."""
+    if not (CORPUS / "manifest.json").is_file():
+        pytest.fail(f"corpus not found at {CORPUS}; set ASR_CORPUS_DIR")
+    return CORPUS
+
+
+@pytest.fixture(scope="session")
+def manifest(corpus: Path) -> dict:
+    return json.loads((corpus / "manifest.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture()
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private mesh state directory (traces, runtime files) for one test."""
+    path = tmp_path / "state"
+    monkeypatch.setenv("ASR_STATE_DIR", str(path))
+    return path
+
+
+def channel_to(port: int) -> grpc.Channel:
+    """A channel to an in-process server with the mesh's message size limits."""
+    return grpc.insecure_channel(
+        f"127.0.0.1:{port}",
+        options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
+    )

@@ -1,0 +1,91 @@
+"""The transcription service on a real in-process gRPC server with the real base model."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+from conftest import MODELS_DIR, channel_to
+
+from asr.common.v1 import audio_pb2
+from asr.transcription.v1 import transcription_service_pb2 as pb
+from asr.transcription.v1 import transcription_service_pb2_grpc as pb_grpc
+from services.common.pcm import chunked
+from services.transcription.server import TranscriptionSettings, create_server
+
+pytestmark = [pytest.mark.grpc, pytest.mark.models]
+
+PCM16K = audio_pb2.PcmFormat(sample_rate_hz=16000, channels=1, encoding=audio_pb2.SAMPLE_ENCODING_S16LE)
+
+
+@pytest.fixture(scope="module")
+def stub():
+    settings = TranscriptionSettings(port=0, models_dir=MODELS_DIR, cpu_threads=2, device="cpu")
+    handle = create_server(settings)
+    channel = channel_to(handle.port)
+    yield pb_grpc.TranscriptionServiceStub(channel)
+    channel.close()
+    handle.stop(0)
+
+
+def load_pcm(path) -> bytes:
+    from faster_whisper import decode_audio
+
+    return (decode_audio(str(path)) * 32768.0).round().astype("<i2").tobytes()
+
+
+def requests(pcm: bytes, **config):
+    yield pb.TranscribeRequest(config=pb.TranscriptionConfig(format=PCM16K, **config))
+    for piece in chunked(pcm, 64 * 1024):
+        yield pb.TranscribeRequest(audio=audio_pb2.AudioChunk(pcm=piece))
+
+
+def run(stub, pcm: bytes, **config):
+    segments, progress, results = [], [], []
+    for response in stub.Transcribe(requests(pcm, **config), timeout=120):
+        kind = response.WhichOneof("payload")
+        {"segment": segments, "progress": progress, "result": results}[kind].append(getattr(response, kind))
+    return segments, progress, results
+
+
+def test_same_words_as_plain_faster_whisper(stub, corpus):
+    from faster_whisper import WhisperModel
+
+    plain = WhisperModel(str(MODELS_DIR / "whisper-base"), device="cpu", compute_type="int8", cpu_threads=2)
+    for clip in ("asr/000.flac", "asr/003.flac"):
+        expected_segments, _ = plain.transcribe(
+            str(corpus / clip), language="pt", beam_size=5, word_timestamps=True, vad_filter=True
+        )
+        expected = [w.word.strip() for s in expected_segments for w in s.words]
+        segments, progress, results = run(stub, load_pcm(corpus / clip))
+        got = [w.word for s in segments for w in s.words]
+        assert got == expected and got, clip
+        assert results[0].language_code == "pt-BR"
+        assert results[0].segment_count == len(segments)
+        assert progress[-1].fraction == pytest.approx(1.0)
+
+
+def test_silence_gives_no_words(stub):
+    segments, _, results = run(stub, np.zeros(16000 * 5, dtype="<i2").tobytes())
+    assert segments == []
+    assert results[0].audio_duration.seconds == 5
+
+
+def test_wrong_sample_rate_is_invalid_argument(stub):
+    bad = audio_pb2.PcmFormat(sample_rate_hz=44100, channels=1)
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.Transcribe(iter([pb.TranscribeRequest(config=pb.TranscriptionConfig(format=bad))])))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "16000 Hz" in err.value.details()
+
+
+def test_unknown_model_lists_available(stub):
+    with pytest.raises(grpc.RpcError) as err:
+        run(stub, b"\0\0" * 1600, model="large-v9")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "available: base" in err.value.details()
+
+
+def test_list_models_marks_default_loaded(stub):
+    models = {m.name: m for m in stub.ListModels(pb.ListModelsRequest()).models}
+    assert models["base"].is_default and models["base"].loaded
