@@ -1,0 +1,107 @@
+"""A small Python client for the gateway: stream a file in, get events and the result back.
+
+Failures come back as the typed exceptions of `services.common.errors` (InvalidAudio,
+LimitExceeded, Overloaded, DependencyUnavailable, ...) carrying the service's own sentence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from asr.common.v1 import document_pb2
+from asr.gateway.v1 import gateway_service_pb2 as pb
+from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
+from services.common.errors import InvalidInput, from_rpc_error
+from services.common.telemetry import traced_channel
+
+UPLOAD_CHUNK_BYTES = 256 * 1024
+FORMATS = {
+    "json": document_pb2.OUTPUT_FORMAT_JSON,
+    "srt": document_pb2.OUTPUT_FORMAT_SRT,
+    "vtt": document_pb2.OUTPUT_FORMAT_VTT,
+    "txt": document_pb2.OUTPUT_FORMAT_TXT,
+    "rttm": document_pb2.OUTPUT_FORMAT_RTTM,
+}
+
+
+@dataclass
+class TranscribeOptions:
+    """What to ask the mesh for; mirrors `asr.gateway.v1.TranscribeConfig`."""
+
+    language_code: str = "pt-BR"
+    diarize: bool = False
+    num_speakers: int = 0
+    min_speakers: int = 0
+    max_speakers: int = 0
+    model: str = ""
+    formats: tuple[str, ...] = ("json",)
+    speaker_names: dict[str, str] = field(default_factory=dict)
+
+    def to_proto(self, filename: str) -> pb.TranscribeConfig:
+        unknown = [f for f in self.formats if f not in FORMATS]
+        if unknown:
+            raise InvalidInput(f"unknown output format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
+        return pb.TranscribeConfig(
+            filename=filename, language_code=self.language_code, diarize=self.diarize,
+            num_speakers=self.num_speakers, min_speakers=self.min_speakers,
+            max_speakers=self.max_speakers, model=self.model,
+            output_formats=[FORMATS[f] for f in self.formats], speaker_names=self.speaker_names,
+        )
+
+
+class GatewayClient:
+    """Calls a running gateway. Use as a context manager or call `close()`."""
+
+    def __init__(self, address: str, max_message_bytes: int = 64 << 20):
+        self._channel = grpc.insecure_channel(address, options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ])
+        self._stub = pb_grpc.GatewayServiceStub(traced_channel(self._channel))
+
+    def __enter__(self) -> GatewayClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def transcribe(
+        self,
+        path: Path,
+        options: TranscribeOptions,
+        on_event: Callable[[pb.TranscribeResponse], None] | None = None,
+        timeout_s: float | None = None,
+    ) -> pb.TranscribeResult:
+        """Upload `path`, forward progress/media events to `on_event`, return the result."""
+        config = options.to_proto(Path(path).name)
+
+        def requests() -> Iterator[pb.TranscribeRequest]:
+            yield pb.TranscribeRequest(config=config)
+            with open(path, "rb") as source:
+                while piece := source.read(UPLOAD_CHUNK_BYTES):
+                    yield pb.TranscribeRequest(content=piece)
+
+        try:
+            for response in self._stub.Transcribe(requests(), timeout=timeout_s, wait_for_ready=True):
+                if response.WhichOneof("payload") == "result":
+                    return response.result
+                if on_event:
+                    on_event(response)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err, service="gateway") from None
+        raise from_rpc_error(_NoResult(), service="gateway")
+
+
+class _NoResult(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.INTERNAL
+
+    def details(self) -> str:
+        return "the gateway closed the stream without a result"

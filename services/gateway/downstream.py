@@ -1,0 +1,263 @@
+"""gRPC adapters for the chain's stages: streaming, per-hop deadlines, retries, cancellation.
+
+One `GrpcStages` serves one gateway request. Every hop is retried with tenacity on UNAVAILABLE
+only (at most 3 attempts in total); a retry replays the whole stream, which is possible because
+the gateway keeps the spooled upload and the decoded PCM until the request ends. Failures come
+back as the typed exceptions of `services.common.errors`, so the caller sees the downstream
+service's own sentence.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from asr.common.v1 import audio_pb2, document_pb2
+from asr.diarization.v1 import diarization_service_pb2 as dia_pb
+from asr.diarization.v1 import diarization_service_pb2_grpc as dia_grpc
+from asr.merge.v1 import merge_service_pb2 as merge_pb
+from asr.merge.v1 import merge_service_pb2_grpc as merge_grpc
+from asr.preprocess.v1 import preprocess_service_pb2 as pre_pb
+from asr.preprocess.v1 import preprocess_service_pb2_grpc as pre_grpc
+from asr.transcription.v1 import transcription_service_pb2 as tr_pb
+from asr.transcription.v1 import transcription_service_pb2_grpc as tr_grpc
+from services.common import convert
+from services.common.domain import MediaReport, ProgressUpdate
+from services.common.errors import Cancelled, from_rpc_error
+from services.common.pcm import DEFAULT_CHUNK_BYTES, chunked, pcm_duration
+from services.common.retry import retrying
+from services.common.telemetry import traced_channel
+from services.gateway.pipeline import (
+    ChainOptions,
+    Decoded,
+    Diarization,
+    Merged,
+    ProgressSink,
+    RenderedDocument,
+    Transcript,
+)
+
+UPLOAD_CHUNK_BYTES = 256 * 1024
+PCM16K = audio_pb2.PcmFormat(sample_rate_hz=16000, channels=1, encoding=audio_pb2.SAMPLE_ENCODING_S16LE)
+
+FORMAT_NAMES = {
+    document_pb2.OUTPUT_FORMAT_JSON: "json",
+    document_pb2.OUTPUT_FORMAT_SRT: "srt",
+    document_pb2.OUTPUT_FORMAT_VTT: "vtt",
+    document_pb2.OUTPUT_FORMAT_TXT: "txt",
+    document_pb2.OUTPUT_FORMAT_RTTM: "rttm",
+}
+FORMAT_ENUMS = {name: value for value, name in FORMAT_NAMES.items()}
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """Per-hop deadlines: a fixed allowance plus seconds per second of audio."""
+
+    preprocess_s: float = 300.0
+    base_s: float = 60.0
+    transcription_per_audio_s: float = 2.0
+    diarization_per_audio_s: float = 1.0
+    merge_s: float = 60.0
+
+    def transcription(self, audio_s: float) -> float:
+        return self.base_s + self.transcription_per_audio_s * audio_s
+
+    def diarization(self, audio_s: float) -> float:
+        return self.base_s + self.diarization_per_audio_s * audio_s
+
+
+class Downstream:
+    """Long-lived traced channels to the four services (shared by all requests)."""
+
+    def __init__(self, preprocess: str, transcription: str, diarization: str, merge: str,
+                 max_message_bytes: int = 64 << 20):
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            # Spread calls over every replica behind a headless Kubernetes service.
+            ("grpc.lb_policy_name", "round_robin"),
+            ("grpc.enable_retries", 0),  # tenacity owns retries, so they are visible in traces
+        ]
+        self._raw = [grpc.insecure_channel(target, options=options)
+                     for target in (preprocess, transcription, diarization, merge)]
+        channels = [traced_channel(ch) for ch in self._raw]
+        self.preprocess = pre_grpc.PreprocessServiceStub(channels[0])
+        self.transcription = tr_grpc.TranscriptionServiceStub(channels[1])
+        self.diarization = dia_grpc.DiarizationServiceStub(channels[2])
+        self.merge = merge_grpc.MergeServiceStub(channels[3])
+
+    def close(self) -> None:
+        for channel in self._raw:
+            channel.close()
+
+
+class GrpcStages:
+    """The chain's stages for one request, over `Downstream` channels."""
+
+    def __init__(self, downstream: Downstream, deadlines: Deadlines):
+        self._d = downstream
+        self._deadlines = deadlines
+        self._calls: list[grpc.Call] = []
+        self._lock = threading.Lock()
+        self._cancelled = threading.Event()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _track(self, call):
+        with self._lock:
+            if self._cancelled.is_set():
+                call.cancel()
+                raise Cancelled("the request was cancelled")
+            self._calls.append(call)
+        return call
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        with self._lock:
+            for call in self._calls:
+                call.cancel()
+
+    def _stream(self, service: str, invoke, consume):
+        """Run a streaming call under the retry policy; `consume` sees a fresh stream per attempt."""
+        try:
+            for attempt in retrying():
+                with attempt:
+                    if self._cancelled.is_set():
+                        raise Cancelled("the request was cancelled")
+                    return consume(self._track(invoke()))
+        except grpc.RpcError as err:
+            if self._cancelled.is_set():
+                raise Cancelled("the request was cancelled") from None
+            raise from_rpc_error(err, service=service) from None
+
+    @staticmethod
+    def _progress(msg) -> ProgressUpdate:
+        return ProgressUpdate(
+            fraction=msg.fraction,
+            audio_processed=convert.seconds(msg.audio_processed),
+            audio_total=convert.seconds(msg.audio_total),
+            eta=convert.seconds(msg.eta),
+            message=msg.message,
+        )
+
+    # -- stages ---------------------------------------------------------------------------
+
+    def preprocess(self, upload: Path, options: ChainOptions, progress: ProgressSink) -> Decoded:
+        def requests() -> Iterator[pre_pb.PreprocessRequest]:
+            yield pre_pb.PreprocessRequest(config=pre_pb.PreprocessConfig(filename=options.filename))
+            with open(upload, "rb") as source:
+                while piece := source.read(UPLOAD_CHUNK_BYTES):
+                    yield pre_pb.PreprocessRequest(content=piece)
+
+        def consume(stream) -> Decoded:
+            media, pcm = MediaReport(), bytearray()
+            for response in stream:
+                kind = response.WhichOneof("payload")
+                if kind == "media_info":
+                    info = response.media_info
+                    media = MediaReport(
+                        container=info.container, codec=info.codec, sample_rate_hz=info.sample_rate_hz,
+                        channels=info.channels, duration=convert.seconds(info.duration),
+                        bit_rate=info.bit_rate, size_bytes=info.size_bytes, has_video=info.has_video,
+                    )
+                    progress(media)
+                    progress(ProgressUpdate(0.0, 0.0, media.duration, message=f"decoding {media.codec}"))
+                elif kind == "audio":
+                    pcm += response.audio.pcm
+                    done = pcm_duration(len(pcm))
+                    progress(ProgressUpdate(done / media.duration if media.duration else 0.0, done, media.duration))
+            return Decoded(media=media, pcm=bytes(pcm), duration=pcm_duration(len(pcm)))
+
+        return self._stream(
+            "preprocess",
+            lambda: self._d.preprocess.Preprocess(requests(), timeout=self._deadlines.preprocess_s),
+            consume,
+        )
+
+    def transcribe(self, pcm: bytes, options: ChainOptions, progress: ProgressSink) -> Transcript:
+        config = tr_pb.TranscriptionConfig(
+            language_code=options.language_code, model=options.model, format=PCM16K,
+            beam_size=options.beam_size, initial_prompt=options.initial_prompt,
+        )
+
+        def requests() -> Iterator[tr_pb.TranscribeRequest]:
+            yield tr_pb.TranscribeRequest(config=config)
+            for piece in chunked(pcm, DEFAULT_CHUNK_BYTES):
+                yield tr_pb.TranscribeRequest(audio=audio_pb2.AudioChunk(pcm=piece))
+
+        def consume(stream) -> Transcript:
+            segments, result = [], None
+            for response in stream:
+                kind = response.WhichOneof("payload")
+                if kind == "segment":
+                    segments.append(convert.segment_from_proto(response.segment))
+                elif kind == "progress":
+                    progress(self._progress(response.progress))
+                else:
+                    result = response.result
+            return Transcript(segments=segments, language_code=result.language_code, model=result.model)
+
+        deadline = self._deadlines.transcription(pcm_duration(len(pcm)))
+        return self._stream(
+            "transcription", lambda: self._d.transcription.Transcribe(requests(), timeout=deadline), consume
+        )
+
+    def diarize(self, pcm: bytes, options: ChainOptions, progress: ProgressSink) -> Diarization:
+        config = dia_pb.DiarizationConfig(
+            format=PCM16K, num_speakers=options.num_speakers,
+            min_speakers=options.min_speakers, max_speakers=options.max_speakers,
+        )
+
+        def requests() -> Iterator[dia_pb.DiarizeRequest]:
+            yield dia_pb.DiarizeRequest(config=config)
+            for piece in chunked(pcm, DEFAULT_CHUNK_BYTES):
+                yield dia_pb.DiarizeRequest(audio=audio_pb2.AudioChunk(pcm=piece))
+
+        def consume(stream) -> Diarization:
+            result = None
+            for response in stream:
+                if response.WhichOneof("payload") == "progress":
+                    progress(self._progress(response.progress))
+                else:
+                    result = response.result
+            return Diarization(
+                turns=[convert.turn_from_proto(t) for t in result.exclusive_turns],
+                speaker_count=result.speaker_count, backend=result.backend,
+            )
+
+        deadline = self._deadlines.diarization(pcm_duration(len(pcm)))
+        return self._stream(
+            "diarization", lambda: self._d.diarization.Diarize(requests(), timeout=deadline), consume
+        )
+
+    def merge(self, transcript: Transcript, diarization: Diarization | None, options: ChainOptions,
+              duration: float, trace_id: str) -> Merged:
+        request = merge_pb.MergeRequest(
+            segments=convert.segments_to_proto(transcript.segments),
+            turns=[convert.turn_to_proto(t) for t in (diarization.turns if diarization else ())],
+            formats=[FORMAT_ENUMS[name] for name in options.formats],
+            language_code=transcript.language_code,
+            audio_duration=convert.duration(duration),
+            speaker_names=options.speaker_names,
+            recording_id=options.recording_id,
+            trace_id=trace_id,
+        )
+
+        response = self._stream(
+            "merge",
+            lambda: self._d.merge.Merge.future(request, timeout=self._deadlines.merge_s),
+            lambda future: future.result(),
+        )
+        return Merged(
+            segments=[convert.segment_from_proto(s) for s in response.segments],
+            speakers=list(response.speakers),
+            documents=[
+                RenderedDocument(FORMAT_NAMES.get(d.format, "json"), d.content, d.file_extension, d.media_type)
+                for d in response.documents
+            ],
+        )

@@ -1,0 +1,156 @@
+"""The chain the gateway runs, pure: preprocess → (transcription ∥ diarization) → merge.
+
+Stages are reached through the `Stages` protocol, so this module knows nothing of gRPC; the
+gateway plugs in gRPC adapters (`downstream.py`), tests plug in fakes. Trace context crosses
+into the parallel branch through `contextvars`, which is where OpenTelemetry keeps it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from services.common.domain import MediaReport, ProgressUpdate, Segment, SpeakerTurn
+
+STAGES = ("upload", "preprocess", "transcription", "diarization", "merge")
+
+ProgressSink = Callable[["ProgressUpdate | MediaReport"], None]
+"""Receives a stage's progress (and, from preprocessing, the media report as soon as known)."""
+
+
+@dataclass(frozen=True)
+class ChainOptions:
+    """What the caller asked for."""
+
+    filename: str = ""
+    language_code: str = "pt-BR"
+    diarize: bool = False
+    num_speakers: int = 0
+    min_speakers: int = 0
+    max_speakers: int = 0
+    model: str = ""
+    formats: tuple[str, ...] = ("json",)
+    speaker_names: dict[str, str] = field(default_factory=dict)
+    beam_size: int = 0
+    initial_prompt: str = ""
+
+    @property
+    def recording_id(self) -> str:
+        return Path(self.filename).stem if self.filename else "recording"
+
+
+@dataclass
+class Decoded:
+    """Output of preprocessing: 16 kHz mono s16le PCM and what the source was."""
+
+    media: MediaReport
+    pcm: bytes
+    duration: float
+
+
+@dataclass
+class Transcript:
+    segments: list[Segment]
+    language_code: str
+    model: str
+
+
+@dataclass
+class Diarization:
+    turns: list[SpeakerTurn]
+    speaker_count: int
+    backend: str
+
+
+@dataclass
+class RenderedDocument:
+    format: str
+    content: str
+    file_extension: str
+    media_type: str
+
+
+@dataclass
+class Merged:
+    segments: list[Segment]
+    speakers: list[str]
+    documents: list[RenderedDocument]
+
+
+@dataclass
+class ChainResult:
+    media: MediaReport
+    audio_duration: float
+    transcript: Transcript
+    diarization: Diarization | None
+    merged: Merged
+    seconds: float
+
+
+class Stages(Protocol):
+    """How the chain reaches each service."""
+
+    def preprocess(self, upload: Path, options: ChainOptions, progress: ProgressSink) -> Decoded: ...
+
+    def transcribe(self, pcm: bytes, options: ChainOptions, progress: ProgressSink) -> Transcript: ...
+
+    def diarize(self, pcm: bytes, options: ChainOptions, progress: ProgressSink) -> Diarization: ...
+
+    def merge(
+        self, transcript: Transcript, diarization: Diarization | None, options: ChainOptions,
+        duration: float, trace_id: str,
+    ) -> Merged: ...
+
+    def cancel(self) -> None:
+        """Abandon every call still in flight (the other branch failed or the caller left)."""
+
+
+Emit = Callable[[str, "ProgressUpdate | MediaReport"], None]
+
+
+def run_chain(upload: Path, options: ChainOptions, stages: Stages, emit: Emit, trace_id: str = "") -> ChainResult:
+    """Run the whole chain on a spooled upload, reporting progress through `emit(stage, event)`."""
+    started = time.perf_counter()
+
+    def sink(stage: str) -> ProgressSink:
+        return lambda update: emit(stage, update)
+
+    decoded = stages.preprocess(upload, options, sink("preprocess"))
+    emit("preprocess", ProgressUpdate(1.0, decoded.duration, decoded.duration, message="decoded"))
+
+    diarization: Diarization | None = None
+    if options.diarize:
+        # Each branch gets its own copy of the context: one Context cannot be entered by two
+        # threads at once, and each branch's spans must parent to the current request span.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="chain") as pool:
+            t_future = pool.submit(
+                contextvars.copy_context().run, stages.transcribe, decoded.pcm, options, sink("transcription")
+            )
+            d_future = pool.submit(
+                contextvars.copy_context().run, stages.diarize, decoded.pcm, options, sink("diarization")
+            )
+            try:
+                transcript = t_future.result()
+                diarization = d_future.result()
+            except BaseException:
+                stages.cancel()  # so the pool's exit does not wait for the surviving branch
+                raise
+    else:
+        transcript = stages.transcribe(decoded.pcm, options, sink("transcription"))
+
+    emit("merge", ProgressUpdate(0.0, message="merging"))
+    merged = stages.merge(transcript, diarization, options, decoded.duration, trace_id)
+    emit("merge", ProgressUpdate(1.0, message="merged"))
+    return ChainResult(
+        media=decoded.media,
+        audio_duration=decoded.duration,
+        transcript=transcript,
+        diarization=diarization,
+        merged=merged,
+        seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,160 @@
+"""Thin gRPC layer of the gateway: spool the upload, run the chain, stream events back."""
+
+from __future__ import annotations
+
+import contextvars
+import queue
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+from opentelemetry import trace
+
+from asr.common.v1 import document_pb2, progress_pb2
+from asr.gateway.v1 import gateway_service_pb2 as pb
+from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
+from services.common import convert
+from services.common.domain import MediaReport, ProgressUpdate
+from services.common.errors import InvalidInput, LimitExceeded
+from services.common.telemetry import current_trace_id
+from services.gateway.downstream import FORMAT_NAMES
+from services.gateway.pipeline import ChainOptions, ChainResult, Stages, run_chain
+
+STAGE_ENUMS = {
+    "upload": progress_pb2.STAGE_UPLOAD,
+    "preprocess": progress_pb2.STAGE_PREPROCESS,
+    "transcription": progress_pb2.STAGE_TRANSCRIPTION,
+    "diarization": progress_pb2.STAGE_DIARIZATION,
+    "merge": progress_pb2.STAGE_MERGE,
+}
+_DONE, _FAILED = object(), object()
+
+
+def chain_options(config: pb.TranscribeConfig) -> ChainOptions:
+    """Validate the caller's config and turn it into chain options."""
+    formats = []
+    for value in config.output_formats or [document_pb2.OUTPUT_FORMAT_JSON]:
+        if value not in FORMAT_NAMES:
+            raise InvalidInput(f"output format {value} is not one of json, srt, vtt, txt, rttm",
+                               field="config.output_formats")
+        formats.append(FORMAT_NAMES[value])
+    for name in ("num_speakers", "min_speakers", "max_speakers"):
+        if getattr(config, name) < 0:
+            raise InvalidInput(f"{name} must not be negative", field=f"config.{name}")
+    if config.min_speakers and config.max_speakers and config.min_speakers > config.max_speakers:
+        raise InvalidInput(
+            f"min_speakers ({config.min_speakers}) is larger than max_speakers ({config.max_speakers})",
+            field="config.min_speakers",
+        )
+    return ChainOptions(
+        filename=config.filename,
+        language_code=config.language_code or "pt-BR",
+        diarize=config.diarize,
+        num_speakers=config.num_speakers,
+        min_speakers=config.min_speakers,
+        max_speakers=config.max_speakers,
+        model=config.model,
+        formats=tuple(dict.fromkeys(formats)),
+        speaker_names=dict(config.speaker_names),
+        beam_size=config.beam_size,
+        initial_prompt=config.initial_prompt,
+    )
+
+
+class GatewayServicer(pb_grpc.GatewayServiceServicer):
+    def __init__(self, stages_factory: Callable[[], Stages], max_upload_bytes: int, spool_dir: Path | None):
+        self._stages_factory = stages_factory
+        self._max_upload_bytes = max_upload_bytes
+        self._spool_dir = spool_dir
+
+    def Transcribe(self, request_iterator, context: grpc.ServicerContext) -> Iterator[pb.TranscribeResponse]:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("payload") != "config":
+            raise InvalidInput("the first message of the stream must carry config", field="config")
+        options = chain_options(first.config)
+        span = trace.get_current_span()
+        span.set_attributes({"asr.diarize": options.diarize, "asr.formats": ",".join(options.formats)})
+        spool = Path(tempfile.mkdtemp(prefix="asr-gateway-", dir=self._spool_dir))
+        try:
+            upload = spool / "upload"
+            size = self._receive(request_iterator, upload)
+            span.set_attribute("asr.upload.bytes", size)
+            yield self._progress("upload", ProgressUpdate(1.0, message=f"received {size} bytes"))
+            yield from self._run(upload, options, context)
+        finally:
+            shutil.rmtree(spool, ignore_errors=True)
+
+    def _receive(self, request_iterator, path: Path) -> int:
+        size = 0
+        with open(path, "wb") as out:
+            for request in request_iterator:
+                if request.WhichOneof("payload") != "content":
+                    raise InvalidInput("config may appear only once, as the first message", field="config")
+                size += len(request.content)
+                if size > self._max_upload_bytes:
+                    raise LimitExceeded(
+                        f"the upload is larger than the limit of {self._max_upload_bytes} bytes",
+                        metadata={"limit_bytes": str(self._max_upload_bytes)},
+                    )
+                out.write(request.content)
+        if size == 0:
+            raise InvalidInput("the upload is empty: no file content was sent", field="content")
+        return size
+
+    def _run(self, upload: Path, options: ChainOptions, context) -> Iterator[pb.TranscribeResponse]:
+        events: queue.Queue = queue.Queue()
+        stages = self._stages_factory()
+        context.add_callback(stages.cancel)  # caller gone or RPC over: stop downstream work
+        trace_id = current_trace_id()
+
+        def work() -> None:
+            try:
+                result = run_chain(upload, options, stages, lambda s, e: events.put((s, e)), trace_id)
+                events.put((_DONE, result))
+            except BaseException as exc:  # handed to the RPC thread, which raises it
+                events.put((_FAILED, exc))
+
+        worker = threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True)
+        worker.start()
+        while True:
+            stage, event = events.get()
+            if stage is _DONE:
+                yield pb.TranscribeResponse(result=self._result(event, trace_id))
+                return
+            if stage is _FAILED:
+                raise event
+            if isinstance(event, MediaReport):
+                yield pb.TranscribeResponse(media_info=convert.media_to_proto(event))
+            else:
+                yield self._progress(stage, event)
+
+    @staticmethod
+    def _progress(stage: str, update: ProgressUpdate) -> pb.TranscribeResponse:
+        return pb.TranscribeResponse(progress=convert.progress_to_proto(STAGE_ENUMS[stage], update))
+
+    @staticmethod
+    def _result(result: ChainResult, trace_id: str) -> pb.TranscribeResult:
+        trace.get_current_span().set_attributes({
+            "asr.audio.duration_s": result.audio_duration,
+            "asr.rtf": result.seconds / result.audio_duration if result.audio_duration else 0.0,
+            "asr.model": result.transcript.model,
+        })
+        formats = {name: value for value, name in FORMAT_NAMES.items()}
+        return pb.TranscribeResult(
+            trace_id=trace_id,
+            language_code=result.transcript.language_code,
+            audio_duration=convert.duration(result.audio_duration),
+            speakers=result.merged.speakers,
+            segments=convert.segments_to_proto(result.merged.segments),
+            documents=[
+                document_pb2.Document(format=formats[d.format], content=d.content,
+                                      file_extension=d.file_extension, media_type=d.media_type)
+                for d in result.merged.documents
+            ],
+            model=result.transcript.model,
+            diarization_backend=result.diarization.backend if result.diarization else "",
+            processing_duration=convert.duration(result.seconds),
+        )

@@ -1,0 +1,95 @@
+"""The gateway servicer on a real in-process server, downstream replaced by fakes."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from conftest import channel_to
+from fakes import FakeStages
+
+from asr.common.v1 import document_pb2
+from asr.gateway.v1 import gateway_service_pb2 as pb
+from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
+from services.common.errors import DependencyUnavailable, InvalidAudio
+from services.gateway.server import GatewaySettings, create_server
+
+pytestmark = pytest.mark.grpc
+
+
+@pytest.fixture()
+def gateway(tmp_path):
+    holder = {"stages": FakeStages()}
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    settings = GatewaySettings(port=0, spool_dir=spool, max_upload_bytes=1000)
+    handle = create_server(settings, stages_factory=lambda: holder["stages"])
+    channel = channel_to(handle.port)
+    yield pb_grpc.GatewayServiceStub(channel), holder, spool
+    channel.close()
+    handle.stop(0)
+
+
+def call(stub, content: bytes, **config):
+    def requests():
+        yield pb.TranscribeRequest(config=pb.TranscribeConfig(filename="x.wav", **config))
+        if content:
+            yield pb.TranscribeRequest(content=content)
+    return list(stub.Transcribe(requests(), timeout=20))
+
+
+def test_streams_media_progress_then_result(gateway):
+    stub, _, spool = gateway
+    responses = call(stub, b"RIFFdata", diarize=True,
+                     output_formats=[document_pb2.OUTPUT_FORMAT_SRT, document_pb2.OUTPUT_FORMAT_JSON])
+    kinds = [r.WhichOneof("payload") for r in responses]
+    assert kinds[-1] == "result" and kinds.count("result") == 1
+    assert "media_info" in kinds and "progress" in kinds
+    result = responses[-1].result
+    assert [d.file_extension for d in result.documents] == ["srt", "json"]
+    assert result.speakers == ["SPEAKER_00"] and result.diarization_backend == "fake"
+    assert list(spool.iterdir()) == []  # spooled upload removed
+
+
+def test_stage_error_reaches_caller_with_its_sentence(gateway):
+    stub, holder, spool = gateway
+    holder["stages"] = FakeStages(fail={"preprocess": InvalidAudio("the file is empty")})
+    with pytest.raises(grpc.RpcError) as err:
+        call(stub, b"x")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "the file is empty"
+    assert list(spool.iterdir()) == []
+
+
+def test_unavailable_dependency_is_unavailable(gateway):
+    stub, holder, _ = gateway
+    holder["stages"] = FakeStages(fail={"transcription": DependencyUnavailable("transcription service is unavailable")})
+    with pytest.raises(grpc.RpcError) as err:
+        call(stub, b"x")
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize(
+    ("content", "config", "needle"),
+    [
+        (b"", {}, "upload is empty"),
+        (b"x" * 2000, {}, "limit of 1000 bytes"),
+        (b"x", {"min_speakers": 3, "max_speakers": 2}, "min_speakers (3) is larger"),
+        (b"x", {"output_formats": [document_pb2.OUTPUT_FORMAT_UNSPECIFIED]}, "output format"),
+    ],
+)
+def test_bad_requests_are_invalid_argument(gateway, content, config, needle):
+    stub, _, spool = gateway
+    with pytest.raises(grpc.RpcError) as err:
+        call(stub, content, **config)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in err.value.details()
+    assert list(spool.iterdir()) == []
+
+
+def test_internal_errors_hide_the_traceback(gateway):
+    stub, holder, _ = gateway
+    holder["stages"] = FakeStages(fail={"merge": ZeroDivisionError("secret detail")})
+    with pytest.raises(grpc.RpcError) as err:
+        call(stub, b"x")
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in err.value.details() and "Traceback" not in err.value.details()
