@@ -43,3 +43,27 @@ def channel_to(port: int) -> grpc.Channel:
         f"127.0.0.1:{port}",
         options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
     )
+
+
+# -- the whole mesh as separate processes (started lazily, once per session) ----------------
+
+
+@pytest.fixture(scope="session")
+def mesh_state(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("mesh-state")
+
+
+@pytest.fixture(scope="session")
+def mesh(mesh_state: Path):
+    from services.supervisor import LocalMesh
+
+    with LocalMesh(state_dir=mesh_state) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def client(mesh):
+    from clients.sdk import GatewayClient
+
+    with GatewayClient(mesh.gateway_address) as gateway:
+        yield gateway

@@ -1,0 +1,45 @@
+"""Evaluation helpers shared by benchmarks and tests (DESIGN.md "Measuring").
+
+WER: lower case, NFC, numbers spelled out in PT-BR (num2words), "%" → "por cento",
+punctuation dropped; corpus-level with jiwer.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+import jiwer
+from num2words import num2words
+
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+_PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
+
+
+def normalize(text: str) -> str:
+    text = unicodedata.normalize("NFC", text).lower().replace("%", " por cento")
+
+    def spell(match: re.Match) -> str:
+        raw = match.group(0)
+        if re.fullmatch(r"\d{1,3}(\.\d{3})+", raw):  # 1.250 → thousands separator in PT-BR
+            raw = raw.replace(".", "")
+        raw = raw.replace(",", ".")
+        try:
+            value = float(raw) if "." in raw else int(raw)
+            return " " + num2words(value, lang="pt_BR") + " "
+        except (ValueError, OverflowError):
+            return raw
+
+    text = _NUMBER.sub(spell, text)
+    text = _PUNCT.sub(" ", text.replace("-", " "))
+    return " ".join(text.split())
+
+
+def wer(references: list[str], hypotheses: list[str]) -> float:
+    """Corpus-level word error rate after normalisation."""
+    refs = [normalize(r) for r in references]
+    hyps = [normalize(h) for h in hypotheses]
+    pairs = [(r, h) for r, h in zip(refs, hyps) if r]
+    if not pairs:
+        return 0.0
+    return jiwer.wer([r for r, _ in pairs], [h for _, h in pairs])

@@ -1,0 +1,107 @@
+"""End to end: real services in separate processes, real models, the development corpus."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import srt
+from conftest import MODELS_DIR
+
+from clients.sdk import TranscribeOptions
+from services.common.errors import InvalidInput
+
+pytestmark = pytest.mark.mesh
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def words_of(result) -> list[str]:
+    return [w.word for s in result.segments for w in s.words]
+
+
+@pytest.fixture(scope="module")
+def plain_model():
+    from faster_whisper import WhisperModel
+
+    return WhisperModel(str(MODELS_DIR / "whisper-base"), device="cpu", compute_type="int8")
+
+
+def test_clips_give_exactly_plain_faster_whisper_words(client, manifest, corpus, plain_model):
+    mismatches = []
+    for entry in manifest["asr"]:
+        path = corpus / entry["audio"]
+        segments, _ = plain_model.transcribe(
+            str(path), language="pt", beam_size=5, word_timestamps=True, vad_filter=True
+        )
+        expected = [w.word.strip() for s in segments for w in s.words]
+        got = words_of(client.transcribe(path, TranscribeOptions()))
+        if got != expected:
+            mismatches.append((entry["audio"], expected, got))
+    assert not mismatches
+
+
+def test_conversation_has_speakers_and_valid_srt(client, corpus):
+    result = client.transcribe(
+        corpus / "dia" / "conv0.flac", TranscribeOptions(diarize=True, formats=("srt", "json"))
+    )
+    assert len(result.speakers) >= 2
+    srt_doc, json_doc = result.documents
+    cues = list(srt.parse(srt_doc.content))
+    assert cues and [c.index for c in cues] == list(range(1, len(cues) + 1))
+    assert all(c.start < c.end for c in cues)
+    assert all(a.end <= b.start for a, b in zip(cues, cues[1:]))
+    data = json.loads(json_doc.content)
+    assert data["trace_id"] == result.trace_id
+    assert {"language", "duration", "speakers", "segments"} <= set(data)
+    assert all(w["speaker"] for s in data["segments"] for w in s["words"])
+
+
+@pytest.mark.parametrize("name", ["silence_10s.wav", "noise_10s.wav"])
+def test_silence_and_noise_give_no_words(client, corpus, name):
+    result = client.transcribe(corpus / "media" / name, TranscribeOptions(diarize=True))
+    assert words_of(result) == []
+    assert result.audio_duration.seconds == 10
+
+
+def test_every_bad_input_is_refused_and_the_mesh_keeps_serving(client, mesh, manifest, corpus):
+    for entry in manifest["bad"]:
+        with pytest.raises(InvalidInput) as err:
+            client.transcribe(corpus / entry["audio"], TranscribeOptions(diarize=True))
+        message = err.value.message
+        assert message and "Traceback" not in message and len(message) < 300, entry
+        assert all(s.process.poll() is None for s in mesh.services.values()), entry
+    assert words_of(client.transcribe(corpus / "asr" / "000.flac", TranscribeOptions()))
+
+
+def test_one_trace_spans_all_five_services(client, corpus, mesh_state):
+    result = client.transcribe(corpus / "dia" / "conv1.flac", TranscribeOptions(diarize=True))
+    spans = []
+    for path in (mesh_state / "traces").glob("*.jsonl"):
+        spans += [json.loads(line) for line in path.read_text().splitlines()]
+    mine = [s for s in spans if s["trace_id"] == result.trace_id]
+    assert {s["service"] for s in mine} == {"gateway", "preprocess", "transcription", "diarization", "merge"}
+    ids = {s["span_id"] for s in mine}
+    roots = [s for s in mine if s["parent_span_id"] not in ids]
+    assert len(roots) == 1 and roots[0]["service"] == "gateway"
+
+
+def test_cli_writes_outputs_and_reports_failures_per_file(mesh, corpus, tmp_path):
+    bad = corpus / "bad" / "text.wav"
+    good = corpus / "media" / "reunião_ação.mp3"
+    proc = subprocess.run(
+        [sys.executable, "-m", "clients.cli", "transcribe", str(good), str(bad), str(tmp_path / "missing.wav"),
+         "--format", "json,srt,vtt,txt", "-o", str(tmp_path / "out"), "--server", mesh.gateway_address, "--quiet"],
+        capture_output=True, text=True, timeout=300, cwd=REPO, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("asr: ")]
+    assert len(errors) == 2 and any("text.wav" in e for e in errors) and any("missing.wav" in e for e in errors)
+    outputs = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert outputs == ["reunião_ação.json", "reunião_ação.srt", "reunião_ação.txt", "reunião_ação.vtt"]
+    data = json.loads((tmp_path / "out" / "reunião_ação.json").read_text(encoding="utf-8"))
+    assert "saldo" in " ".join(s["text"] for s in data["segments"]).lower()
