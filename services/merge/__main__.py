@@ -1,0 +1,3 @@
+from services.merge.server import main
+
+main()
