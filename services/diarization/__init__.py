@@ -1,0 +1,1 @@
+"""Speaker diarization service: who spoke when, offline (embedding clustering) or with pyannote."""

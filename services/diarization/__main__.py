@@ -1,0 +1,3 @@
+from services.diarization.server import main
+
+main()

@@ -1,0 +1,170 @@
+"""Speaker clustering of window embeddings and turn smoothing. Pure numpy/scipy, no models.
+
+Count estimation: average-linkage agglomerative clustering (scipy) on cosine distance, cut where
+merging would join groups whose average cross-similarity falls below `1 - threshold`. Clusters
+holding too few windows to be a speaker are dissolved into their nearest real cluster. On the
+dev corpus silhouette picked 2 speakers instead of 3 (0.517 vs 0.511) and eigengap on a
+pruned affinity (NME-SC) picked 4, while the average-linkage merge height separates
+within-speaker merges (≤ 0.26) from between-speaker merges (≥ 0.36) with margin on both
+conversations; hence the threshold, bounded by the caller's min/max.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
+
+
+@dataclass(frozen=True)
+class ClusteringOptions:
+    """Knobs of the count estimation and turn smoothing."""
+
+    threshold: float = 0.30
+    """Average-linkage cosine distance above which two groups are different speakers."""
+    min_cluster_fraction: float = 0.05
+    """A cluster with fewer windows than this share (and `min_cluster_windows`) is not a speaker."""
+    min_cluster_windows: int = 3
+    max_points: int = 3000
+    """Windows clustered directly; more are subsampled evenly and assigned to centroids."""
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    """L2-normalise rows (zero rows stay zero)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def _relabel_by_first_appearance(labels: np.ndarray) -> np.ndarray:
+    mapping: dict[int, int] = {}
+    for value in labels.tolist():
+        mapping.setdefault(value, len(mapping))
+    return np.array([mapping[v] for v in labels.tolist()], dtype=np.int64)
+
+
+def _centroids(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    return normalize(np.stack([x[labels == c].mean(axis=0) for c in range(k)]))
+
+
+def _dissolve_small(x: np.ndarray, labels: np.ndarray, min_size: int, keep_at_least: int) -> np.ndarray:
+    """Reassign windows of clusters smaller than `min_size` to the nearest large centroid."""
+    sizes = np.bincount(labels)
+    order = np.argsort(-sizes, kind="stable")
+    big = [int(c) for c in order if sizes[c] >= min_size]
+    if len(big) < keep_at_least:
+        big = [int(c) for c in order[:keep_at_least]]
+    if len(big) == len(sizes):
+        return labels
+    cents = normalize(np.stack([x[labels == c].mean(axis=0) for c in big]))
+    nearest = np.argmax(x @ cents.T, axis=1)
+    out = labels.copy()
+    small = ~np.isin(labels, big)
+    out[small] = np.array(big)[nearest[small]]
+    return _relabel_by_first_appearance(out)
+
+
+def cluster_embeddings(
+    embeddings: np.ndarray,
+    min_speakers: int = 1,
+    max_speakers: int = 10,
+    options: ClusteringOptions = ClusteringOptions(),
+) -> np.ndarray:
+    """Label each embedding with a speaker index (0.. by first appearance).
+
+    `min_speakers == max_speakers` forces that exact count (when there are enough windows);
+    otherwise the count is estimated and clipped to the bounds. Deterministic.
+    """
+    n = len(embeddings)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    x = normalize(np.asarray(embeddings, dtype=np.float64))
+    max_k = max(1, min(max_speakers, n))
+    min_k = max(1, min(min_speakers, max_k))
+    if n == 1 or max_k == 1:
+        return np.zeros(n, dtype=np.int64)
+
+    # Bounded memory: linkage needs n² distances, so cluster an even subsample of long inputs.
+    if n > options.max_points:
+        picked = np.linspace(0, n - 1, options.max_points).round().astype(np.int64)
+        sub = cluster_embeddings(x[picked], min_k, max_k, options)
+        k = int(sub.max()) + 1
+        return _relabel_by_first_appearance(np.argmax(x @ _centroids(x[picked], sub, k).T, axis=1))
+
+    tree = linkage(x, method="average", metric="cosine")
+    labels = fcluster(tree, t=options.threshold, criterion="distance") - 1
+    min_size = max(options.min_cluster_windows, int(np.ceil(options.min_cluster_fraction * n)))
+    labels = _dissolve_small(x, _relabel_by_first_appearance(labels), min_size, keep_at_least=1)
+    k = int(labels.max()) + 1
+    if not (min_k <= k <= max_k):
+        k = min(max(k, min_k), max_k)
+        labels = _relabel_by_first_appearance(fcluster(tree, t=k, criterion="maxclust") - 1)
+        if min_k == max_k or int(labels.max()) + 1 > max_k:
+            return labels
+        labels = _dissolve_small(x, labels, min_size, keep_at_least=min_k)
+    return labels
+
+
+def smooth_runs(
+    runs: list[tuple[int, float, float]], min_duration: float
+) -> list[tuple[int, float, float]]:
+    """Absorb runs shorter than `min_duration` into a touching neighbour; join same-label runs.
+
+    `runs` are (label, start, end) in time order; neighbours "touch" when no silence separates
+    them. An isolated short run (silence on both sides) is kept: it is all the evidence there is.
+    """
+    runs = [list(r) for r in runs]
+    changed = True
+    while changed:
+        changed = False
+        merged: list[list] = []
+        for run in runs:
+            if merged and merged[-1][0] == run[0] and abs(merged[-1][2] - run[1]) < 1e-6:
+                merged[-1][2] = run[2]
+            else:
+                merged.append(run)
+        runs = merged
+        # Shortest first, so one pass absorbs the clearest flickers before longer ones.
+        for i in sorted(range(len(runs)), key=lambda j: (runs[j][2] - runs[j][1], j)):
+            label, start, end = runs[i]
+            if end - start >= min_duration:
+                break
+            prev_touch = i > 0 and abs(runs[i - 1][2] - start) < 1e-6
+            next_touch = i + 1 < len(runs) and abs(runs[i + 1][1] - end) < 1e-6
+            if not (prev_touch or next_touch):
+                continue
+            if prev_touch and next_touch:
+                longer = i - 1 if runs[i - 1][2] - runs[i - 1][1] >= runs[i + 1][2] - runs[i + 1][1] else i + 1
+            else:
+                longer = i - 1 if prev_touch else i + 1
+            runs[i][0] = runs[longer][0]
+            changed = True
+            break
+    return [(int(r[0]), float(r[1]), float(r[2])) for r in runs]
+
+
+def fill_gaps(
+    runs: list[tuple[int, float, float]], max_gap: float, extend: float, duration: float
+) -> list[tuple[int, float, float]]:
+    """Close short pauses within a speaker and widen turns into the silence around them.
+
+    A pause shorter than `max_gap` between two runs of one speaker is joined; every turn edge
+    then grows by up to `extend` seconds into silence, never past the middle of a pause, 0 or
+    `duration`. Why: voice activity trims the quiet onset and release of each utterance, which
+    annotators (and the corpus RTTM) count as part of the turn.
+    """
+    joined: list[list] = []
+    for label, start, end in runs:
+        if joined and joined[-1][0] == label and start - joined[-1][2] < max_gap:
+            joined[-1][2] = max(joined[-1][2], end)
+        else:
+            joined.append([label, start, end])
+    out = [list(r) for r in joined]
+    for i, (_label, start, end) in enumerate(joined):
+        left = joined[i - 1][2] if i else None
+        right = joined[i + 1][1] if i + 1 < len(joined) else None
+        lo = 0.0 if left is None else max(left, (left + start) / 2)
+        hi = duration if right is None else min(right, (end + right) / 2)
+        out[i][1] = min(start, max(start - extend, lo))
+        out[i][2] = max(end, min(end + extend, hi))
+    return [(int(r[0]), float(r[1]), float(r[2])) for r in out]

@@ -1,0 +1,187 @@
+"""Speaker diarization core. Pure: no gRPC, no environment reads; the backend is injected.
+
+`Diarizer.diarize` takes float32 16 kHz mono audio and yields `ProgressUpdate`s and then one
+`DiarizationOutcome`. A backend turns audio into a pyannote `Annotation`; this module turns that
+into what callers use: non-overlapping turns in time order (labels SPEAKER_00.. by first
+appearance), overlap regions and the speaker count.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from pyannote.core import Annotation
+
+from services.common.domain import SAMPLE_RATE, ProgressUpdate, SpeakerTurn, TimeRange
+from services.common.errors import InvalidInput
+
+
+class Backend(Protocol):
+    """What the core needs from a diarization backend."""
+
+    name: str
+
+    def annotate(self, audio: np.ndarray, min_speakers: int, max_speakers: int,
+                 progress: Callable[[float, str], None]) -> Annotation:
+        """Speaker turns (any hashable labels) with a count within [min_speakers, max_speakers]."""
+        ...
+
+
+@dataclass(frozen=True)
+class DiarizationOptions:
+    """What a caller may choose per request (0 means "not set")."""
+
+    num_speakers: int = 0
+    min_speakers: int = 0
+    max_speakers: int = 0
+
+
+@dataclass(frozen=True)
+class DiarizationOutcome:
+    """Closing result of one diarization."""
+
+    exclusive_turns: tuple[SpeakerTurn, ...]
+    overlaps: tuple[TimeRange, ...]
+    speaker_count: int
+    backend: str
+    audio_duration: float
+    processing_seconds: float
+
+
+def speaker_bounds(options: DiarizationOptions, limit: int) -> tuple[int, int]:
+    """Resolve the request's speaker options into (min, max); refuse impossible requests."""
+    for name in ("num_speakers", "min_speakers", "max_speakers"):
+        value = getattr(options, name)
+        if value < 0:
+            raise InvalidInput(f"{name} must not be negative, got {value}", field=f"config.{name}")
+        if value > limit:
+            raise InvalidInput(f"{name} is {value}, above this service's limit of {limit} speakers",
+                               field=f"config.{name}")
+    if options.num_speakers:
+        if (options.min_speakers and options.min_speakers > options.num_speakers) or (
+            options.max_speakers and options.max_speakers < options.num_speakers
+        ):
+            raise InvalidInput(
+                f"num_speakers={options.num_speakers} contradicts min_speakers={options.min_speakers}"
+                f" / max_speakers={options.max_speakers}", field="config.num_speakers")
+        return options.num_speakers, options.num_speakers
+    low = options.min_speakers or 1
+    high = options.max_speakers or limit
+    if low > high:
+        raise InvalidInput(f"min_speakers ({low}) is greater than max_speakers ({high})",
+                           field="config.min_speakers")
+    return low, high
+
+
+def exclusive_turns(annotation: Annotation) -> tuple[list[SpeakerTurn], list[TimeRange], int]:
+    """Annotation → (non-overlapping turns in time order, overlap regions, speaker count).
+
+    Labels become SPEAKER_00, SPEAKER_01.. in order of first appearance. Where speakers overlap,
+    the turn goes to whoever already held it (the main speaker keeps the floor; a backchannel
+    shows up in `overlaps`), else to the speaker whose turn started first.
+    """
+    tracks = sorted(((seg.start, seg.end, label) for seg, _, label in annotation.itertracks(yield_label=True)
+                     if seg.end > seg.start), key=lambda t: (t[0], t[1], str(t[2])))
+    names: dict = {}
+    for _start, _end, label in tracks:
+        names.setdefault(label, f"SPEAKER_{len(names):02d}")
+    points = sorted({t for start, end, _ in tracks for t in (start, end)})
+    turns: list[list] = []
+    overlaps: list[list[float]] = []
+    holder = None
+    for a, b in zip(points[:-1], points[1:]):
+        active = [(start, names[label]) for start, end, label in tracks if start <= a and end >= b]
+        if not active:
+            holder = None
+            continue
+        speakers = {name for _, name in active}
+        if len(speakers) > 1:
+            if overlaps and abs(overlaps[-1][1] - a) < 1e-9:
+                overlaps[-1][1] = b
+            else:
+                overlaps.append([a, b])
+        if holder not in speakers:
+            holder = min(active)[1]
+        if turns and turns[-1][0] == holder and abs(turns[-1][2] - a) < 1e-9:
+            turns[-1][2] = b
+        else:
+            turns.append([holder, a, b])
+    return (
+        [SpeakerTurn(speaker=s, start=float(a), end=float(b)) for s, a, b in turns],
+        [TimeRange(float(a), float(b)) for a, b in overlaps],
+        len(names),
+    )
+
+
+class Diarizer:
+    """Runs one backend under the service's speaker limit and reports progress."""
+
+    def __init__(self, backend: Backend, max_speakers: int = 10):
+        self.backend = backend
+        self.max_speakers = max_speakers
+
+    def diarize(self, audio: np.ndarray, options: DiarizationOptions) -> Iterator[ProgressUpdate | DiarizationOutcome]:
+        """Yield progress updates, then one `DiarizationOutcome`."""
+        low, high = speaker_bounds(options, self.max_speakers)
+        duration = len(audio) / SAMPLE_RATE
+        started = time.perf_counter()
+        yield ProgressUpdate(0.0, 0.0, duration, message=f"diarizing with {self.backend.name}")
+        annotation = Annotation()
+        if len(audio):
+            annotation = yield from self._run(audio, low, high, duration, started)
+        turns, overlaps, count = exclusive_turns(annotation)
+        yield ProgressUpdate(1.0, duration, duration, message="diarization done")
+        yield DiarizationOutcome(
+            exclusive_turns=tuple(turns),
+            overlaps=tuple(overlaps),
+            speaker_count=count,
+            backend=self.backend.name,
+            audio_duration=duration,
+            processing_seconds=time.perf_counter() - started,
+        )
+
+    def _run(self, audio, low, high, duration, started) -> Iterator[ProgressUpdate]:
+        # The backend blocks for the whole audio; it runs in a worker thread so its progress
+        # reaches the caller while it works.
+        events: queue.Queue = queue.Queue()
+        result: dict = {}
+
+        def report(fraction: float, message: str = "") -> None:
+            events.put((fraction, message))
+
+        def work() -> None:
+            try:
+                result["annotation"] = self.backend.annotate(audio, low, high, report)
+            except BaseException as exc:  # handed to the caller's thread below
+                result["error"] = exc
+            finally:
+                events.put(None)
+
+        worker = threading.Thread(target=work, name=f"diarize-{self.backend.name}", daemon=True)
+        worker.start()
+        last = 0.0
+        while (event := events.get()) is not None:
+            fraction = min(max(event[0], last), 0.99)
+            if fraction - last < 0.01 and not event[1]:
+                continue
+            last = fraction
+            elapsed = time.perf_counter() - started
+            yield ProgressUpdate(
+                fraction=fraction,
+                audio_processed=fraction * duration,
+                audio_total=duration,
+                eta=elapsed * (1 - fraction) / fraction if fraction > 0 else 0.0,
+                message=event[1],
+            )
+        worker.join()
+        if "error" in result:
+            # Domain errors keep their meaning; anything else becomes INTERNAL (logged, with a
+            # trace id) in the error-mapping interceptor, never a stack trace to the caller.
+            raise result["error"]
+        return result["annotation"]

@@ -1,0 +1,81 @@
+"""Diarization server: settings, backend choice, the server factory and `main()`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from asr.diarization.v1 import diarization_service_pb2 as pb
+from asr.diarization.v1 import diarization_service_pb2_grpc as pb_grpc
+from services.common.server import ServerHandle, build_server, configure_logging, serve_forever
+from services.common.settings import ServerSettings
+from services.common.telemetry import setup_telemetry
+from services.diarization.core import Backend, Diarizer
+from services.diarization.servicer import DiarizationServicer
+
+SERVICE = "diarization"
+log = logging.getLogger(__name__)
+
+
+class DiarizationSettings(ServerSettings):
+    """Environment: ASR_DIARIZATION_* (plus ASR_STATE_DIR and OTEL_*)."""
+
+    model_config = SettingsConfigDict(env_prefix="ASR_DIARIZATION_", extra="ignore")
+
+    pyannote_dir: Path | None = Field(
+        None, description="Local pyannote pipeline directory (community-1 layout); when set, "
+        "the pyannote backend runs instead of the offline embedding-clustering default.")
+    device: str = Field("cpu", description="torch device for the pyannote backend (cpu, cuda).")
+    torch_threads: int = Field(2, ge=0, description="torch intra-op threads; 0 leaves torch's default.")
+    max_speakers: int = Field(10, ge=1, description="Largest speaker count a request may ask for.")
+    max_audio_seconds: float = Field(4 * 3600, gt=0, description="Longest audio accepted.")
+    cluster_threshold: float = Field(
+        0.30, gt=0, lt=2, description="Embedding-clustering: average-linkage cosine distance "
+        "above which two groups of windows are different speakers.")
+    window_hop_s: float = Field(0.4, gt=0, le=1.6, description="Embedding-clustering: seconds between windows.")
+
+
+def build_backend(settings: DiarizationSettings) -> Backend:
+    """The pyannote backend when a pipeline directory is configured, else the offline default."""
+    if settings.pyannote_dir is not None:
+        from services.diarization.pyannote_backend import PyannoteBackend
+
+        return PyannoteBackend(settings.pyannote_dir, device=settings.device,
+                               torch_threads=settings.torch_threads)
+    from services.diarization.clustering import ClusteringOptions
+    from services.diarization.embedding import EmbeddingBackendOptions, EmbeddingClusteringBackend
+
+    options = EmbeddingBackendOptions(
+        hop=settings.window_hop_s, clustering=ClusteringOptions(threshold=settings.cluster_threshold)
+    )
+    return EmbeddingClusteringBackend(options=options, torch_threads=settings.torch_threads)
+
+
+def create_server(settings: DiarizationSettings, diarizer: Diarizer | None = None) -> ServerHandle:
+    """Start a diarization server; tests pass port 0 and may inject a diarizer.
+
+    The backend is loaded before the server starts, so a bad pyannote directory fails here, at
+    startup, with a readable message rather than on the first request.
+    """
+    diarizer = diarizer or Diarizer(build_backend(settings), settings.max_speakers)
+    servicer = DiarizationServicer(diarizer, settings.max_audio_seconds)
+    log.info("diarization backend: %s", diarizer.backend.name)
+    return build_server(
+        settings,
+        register=lambda server: pb_grpc.add_DiarizationServiceServicer_to_server(servicer, server),
+        service_names=[pb.DESCRIPTOR.services_by_name["DiarizationService"].full_name],
+    )
+
+
+def main() -> None:
+    settings = DiarizationSettings()
+    configure_logging(settings.log_level)
+    setup_telemetry(SERVICE, settings.state_dir)
+    serve_forever(create_server(settings), settings, SERVICE)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Pure-core tests: clustering and count logic, turn building, the Diarizer loop (no models)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pyannote.core import Annotation, Segment
+
+from services.common.domain import ProgressUpdate, SpeakerTurn, TimeRange
+from services.common.errors import InvalidInput
+from services.diarization.clustering import (
+    ClusteringOptions,
+    cluster_embeddings,
+    fill_gaps,
+    smooth_runs,
+)
+from services.diarization.core import (
+    DiarizationOptions,
+    DiarizationOutcome,
+    Diarizer,
+    exclusive_turns,
+    speaker_bounds,
+)
+from services.diarization.embedding import WINDOW_FRAMES, window_starts
+
+
+def voices(counts, spread=0.25, dim=64, seed=0):
+    """Synthetic embeddings: `counts[i]` noisy samples around speaker i's random direction."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((len(counts), dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    x, truth = [], []
+    for index, count in enumerate(counts):
+        x.append(centres[index] + spread * rng.standard_normal((count, dim)) / np.sqrt(dim))
+        truth += [index] * count
+    return np.concatenate(x), np.array(truth)
+
+
+def same_partition(a, b) -> bool:
+    return len(set(zip(a.tolist(), b.tolist()))) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+@pytest.mark.parametrize("counts", [[30], [20, 25], [15, 30, 12], [10, 10, 10, 10]])
+def test_count_is_estimated(counts):
+    x, truth = voices(counts)
+    labels = cluster_embeddings(x, 1, 10)
+    assert labels.max() + 1 == len(counts)
+    assert same_partition(labels, truth)
+    assert labels[0] == 0, "labels follow first appearance"
+
+
+def test_interleaved_speakers_keep_their_labels():
+    x, truth = voices([20, 20], seed=3)
+    order = np.random.default_rng(1).permutation(len(x))
+    labels = cluster_embeddings(x[order], 1, 10)
+    assert same_partition(labels, truth[order])
+
+
+def test_exact_count_and_bounds_are_honoured():
+    x, _ = voices([20, 25, 15])
+    assert cluster_embeddings(x, 2, 2).max() + 1 == 2
+    assert cluster_embeddings(x, 5, 5).max() + 1 == 5
+    assert cluster_embeddings(x, 1, 2).max() + 1 == 2
+    assert cluster_embeddings(x, 4, 6).max() + 1 >= 4
+    one, _ = voices([40])
+    assert cluster_embeddings(one, 2, 10).max() + 1 == 2
+
+
+def test_a_lone_outlier_window_is_not_a_speaker():
+    x, _ = voices([20, 20])
+    outlier = np.random.default_rng(9).standard_normal((1, x.shape[1]))
+    labels = cluster_embeddings(np.concatenate([x, outlier]), 1, 10)
+    assert labels.max() + 1 == 2
+
+
+def test_clustering_is_deterministic_and_handles_tiny_inputs():
+    x, _ = voices([15, 15, 15], seed=5)
+    assert np.array_equal(cluster_embeddings(x, 1, 10), cluster_embeddings(x.copy(), 1, 10))
+    assert cluster_embeddings(np.zeros((0, 8)), 1, 10).shape == (0,)
+    assert cluster_embeddings(x[:1], 1, 10).tolist() == [0]
+
+
+def test_long_inputs_are_subsampled_with_the_same_answer():
+    x, truth = voices([300, 200, 250], seed=2)
+    labels = cluster_embeddings(x, 1, 10, ClusteringOptions(max_points=200))
+    assert labels.max() + 1 == 3
+    assert same_partition(labels, truth)
+
+
+def test_short_flickers_are_absorbed_but_isolated_turns_stay():
+    runs = [(0, 0.0, 2.0), (1, 2.0, 2.2), (0, 2.2, 4.0), (1, 5.0, 5.3), (1, 6.0, 9.0)]
+    assert smooth_runs(runs, 0.5) == [(0, 0.0, 4.0), (1, 5.0, 5.3), (1, 6.0, 9.0)]
+
+
+def test_gaps_close_within_a_speaker_and_turns_widen_into_silence():
+    runs = [(0, 1.0, 2.0), (0, 2.5, 3.0), (1, 3.4, 5.0), (0, 8.0, 9.0)]
+    out = fill_gaps(runs, max_gap=1.0, extend=0.45, duration=9.2)
+    assert out == [(0, 0.55, 3.2), (1, 3.2, 5.45), (0, 7.55, 9.2)]
+
+
+def test_window_starts_cover_the_region():
+    assert window_starts(100, 40) == [0]
+    starts = window_starts(500, 40)
+    assert starts[0] == 0 and starts[-1] + WINDOW_FRAMES == 500
+    assert all(b - a <= 40 for a, b in zip(starts, starts[1:]))
+
+
+def test_exclusive_turns_from_an_overlapping_annotation():
+    annotation = Annotation()
+    annotation[Segment(5.0, 9.0)] = "b"
+    annotation[Segment(0.0, 6.0)] = "a"
+    annotation[Segment(7.0, 7.5)] = "c"
+    annotation[Segment(10.0, 12.0)] = "a"
+    turns, overlaps, count = exclusive_turns(annotation)
+    assert count == 3
+    # "a" holds the floor through the overlap; "c" interjects inside "b"'s turn.
+    assert turns == [SpeakerTurn("SPEAKER_00", 0.0, 6.0), SpeakerTurn("SPEAKER_01", 6.0, 9.0),
+                     SpeakerTurn("SPEAKER_00", 10.0, 12.0)]
+    assert overlaps == [TimeRange(5.0, 6.0), TimeRange(7.0, 7.5)]
+    assert exclusive_turns(Annotation()) == ([], [], 0)
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [(DiarizationOptions(), (1, 10)), (DiarizationOptions(num_speakers=3), (3, 3)),
+     (DiarizationOptions(min_speakers=2), (2, 10)), (DiarizationOptions(max_speakers=4), (1, 4)),
+     (DiarizationOptions(num_speakers=2, min_speakers=1, max_speakers=5), (2, 2))],
+)
+def test_speaker_bounds(options, expected):
+    assert speaker_bounds(options, 10) == expected
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [(DiarizationOptions(num_speakers=-1), "negative"), (DiarizationOptions(max_speakers=11), "limit"),
+     (DiarizationOptions(min_speakers=4, max_speakers=2), "greater than"),
+     (DiarizationOptions(num_speakers=5, max_speakers=3), "contradicts")],
+)
+def test_impossible_speaker_options_are_refused(options, words):
+    with pytest.raises(InvalidInput, match=words):
+        speaker_bounds(options, 10)
+
+
+class FakeBackend:
+    name = "fake"
+
+    def __init__(self, fail: Exception | None = None):
+        self.calls = []
+        self.fail = fail
+
+    def annotate(self, audio, min_speakers, max_speakers, progress):
+        self.calls.append((len(audio), min_speakers, max_speakers))
+        progress(0.5, "half way")
+        if self.fail:
+            raise self.fail
+        annotation = Annotation()
+        annotation[Segment(0.5, 1.5)] = "x"
+        annotation[Segment(1.5, 2.0)] = "y"
+        return annotation
+
+
+def test_diarizer_streams_progress_then_one_outcome():
+    backend = FakeBackend()
+    events = list(Diarizer(backend).diarize(np.zeros(32_000, np.float32), DiarizationOptions(max_speakers=3)))
+    assert backend.calls == [(32_000, 1, 3)]
+    assert all(isinstance(e, ProgressUpdate) for e in events[:-1])
+    assert [e.fraction for e in events[:-1]] == sorted(e.fraction for e in events[:-1])
+    assert any(e.message == "half way" for e in events[:-1])
+    outcome = events[-1]
+    assert isinstance(outcome, DiarizationOutcome)
+    assert outcome.backend == "fake" and outcome.speaker_count == 2
+    assert outcome.audio_duration == pytest.approx(2.0)
+    assert [t.speaker for t in outcome.exclusive_turns] == ["SPEAKER_00", "SPEAKER_01"]
+
+
+def test_diarizer_skips_the_backend_on_empty_audio_and_reraises_its_errors():
+    backend = FakeBackend()
+    *_, outcome = Diarizer(backend).diarize(np.zeros(0, np.float32), DiarizationOptions())
+    assert outcome.exclusive_turns == () and outcome.speaker_count == 0 and backend.calls == []
+    failing = Diarizer(FakeBackend(fail=InvalidInput("audio is unusable")))
+    with pytest.raises(InvalidInput, match="unusable"):
+        list(failing.diarize(np.zeros(16_000, np.float32), DiarizationOptions()))

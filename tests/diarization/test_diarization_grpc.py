@@ -1,0 +1,126 @@
+"""A real diarization server in process: the wire contract, errors and the default backend."""
+
+# Fixtures are imported from diarization_helpers, so their parameters "redefine" them.
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+from conftest import channel_to
+from diarization_helpers import check_well_formed, conversations, der, encoder_backend  # noqa: F401
+from pyannote.core import Annotation, Segment
+
+from asr.common.v1 import audio_pb2
+from asr.diarization.v1 import diarization_service_pb2 as pb
+from asr.diarization.v1 import diarization_service_pb2_grpc as pb_grpc
+from services.common import convert
+from services.common.pcm import chunked
+from services.diarization.core import Diarizer
+from services.diarization.server import DiarizationSettings, create_server
+
+pytestmark = pytest.mark.grpc
+
+
+class TwoTurns:
+    """Backend stand-in: two speakers, one second each (the wire is under test, not models)."""
+
+    name = "two-turns"
+
+    def annotate(self, audio, min_speakers, max_speakers, progress):
+        progress(0.5, "thinking")
+        annotation = Annotation()
+        annotation[Segment(0.0, 1.0)] = "a"
+        annotation[Segment(0.8, 2.0)] = "b"
+        return annotation
+
+
+def to_pcm(audio: np.ndarray) -> bytes:
+    return (np.clip(audio, -1, 32767 / 32768) * 32768).astype("<i2").tobytes()
+
+
+def requests(pcm: bytes, rate: int = 16_000, **counts):
+    yield pb.DiarizeRequest(config=pb.DiarizationConfig(
+        format=audio_pb2.PcmFormat(sample_rate_hz=rate, channels=1), **counts))
+    for chunk in chunked(pcm):
+        yield pb.DiarizeRequest(audio=audio_pb2.AudioChunk(pcm=chunk))
+
+
+def diarize(port: int, stream):
+    with channel_to(port) as channel:
+        responses = list(pb_grpc.DiarizationServiceStub(channel).Diarize(stream, timeout=120))
+    assert responses and responses[-1].WhichOneof("payload") == "result"
+    assert all(r.WhichOneof("payload") == "progress" for r in responses[:-1])
+    return [r.progress for r in responses[:-1]], responses[-1].result
+
+
+@pytest.fixture()
+def fake_server(state_dir):
+    handle = create_server(DiarizationSettings(port=0), Diarizer(TwoTurns(), max_speakers=4))
+    yield handle
+    handle.stop(0)
+
+
+def test_result_and_progress_on_the_wire(fake_server):
+    progress, result = diarize(fake_server.port, requests(to_pcm(np.zeros(48_000, np.float32))))
+    assert progress[0].fraction == 0.0 and progress[-1].fraction == 1.0
+    assert any(p.message == "thinking" for p in progress)
+    assert result.backend == "two-turns" and result.speaker_count == 2
+    assert [(t.speaker, convert.seconds(t.start_offset), convert.seconds(t.end_offset))
+            for t in result.exclusive_turns] == [("SPEAKER_00", 0.0, 1.0), ("SPEAKER_01", 1.0, 2.0)]
+    assert [(convert.seconds(r.start_offset), convert.seconds(r.end_offset)) for r in result.overlaps] == [(0.8, 1.0)]
+    assert convert.seconds(result.audio_duration) == pytest.approx(3.0)
+
+
+def bad_call(port: int, stream) -> grpc.RpcError:
+    with channel_to(port) as channel, pytest.raises(grpc.RpcError) as caught:
+        list(pb_grpc.DiarizationServiceStub(channel).Diarize(stream, timeout=30))
+    return caught.value
+
+
+def test_wrong_sample_rate_is_invalid_argument(fake_server):
+    err = bad_call(fake_server.port, requests(b"\0\0" * 800, rate=8_000))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "16000 Hz" in err.details() and "8000 Hz" in err.details()
+
+
+def test_missing_config_is_invalid_argument(fake_server):
+    err = bad_call(fake_server.port, iter([pb.DiarizeRequest(audio=audio_pb2.AudioChunk(pcm=b"\0\0"))]))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "first message" in err.details()
+
+
+def test_odd_byte_count_and_impossible_counts_are_invalid_argument(fake_server):
+    err = bad_call(fake_server.port, requests(b"\0\0\0"))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "odd byte count" in err.details()
+    err = bad_call(fake_server.port, requests(b"\0\0", min_speakers=3, max_speakers=2))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "min_speakers" in err.details()
+    err = bad_call(fake_server.port, requests(b"\0\0", num_speakers=9))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "limit of 4" in err.details()
+
+
+@pytest.fixture(scope="module")
+def real_server(encoder_backend):
+    handle = create_server(DiarizationSettings(port=0), Diarizer(encoder_backend))
+    yield handle
+    handle.stop(0)
+
+
+@pytest.mark.models
+def test_silence_gives_zero_turns(real_server):
+    _, result = diarize(real_server.port, requests(bytes(10 * 32_000)))
+    assert result.backend == "embedding-clustering"
+    assert len(result.exclusive_turns) == 0 and result.speaker_count == 0
+    assert convert.seconds(result.audio_duration) == pytest.approx(10.0)
+
+
+@pytest.mark.models
+def test_conversation_through_the_service(real_server, conversations):
+    name, audio, reference, speakers = conversations[0]
+    progress, result = diarize(real_server.port, requests(to_pcm(audio)))
+    turns = [convert.turn_from_proto(t) for t in result.exclusive_turns]
+    check_well_formed(turns, len(audio) / 16_000)
+    assert result.speaker_count == speakers
+    assert der(reference, turns) <= 0.05
+    assert convert.seconds(result.processing_duration) > 0
