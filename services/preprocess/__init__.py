@@ -1,0 +1,1 @@
+"""Preprocess service: any audio/video upload → validated 16 kHz mono s16le PCM, via ffmpeg."""
