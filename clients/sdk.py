@@ -40,6 +40,7 @@ class TranscribeOptions:
     model: str = ""
     formats: tuple[str, ...] = ("json",)
     speaker_names: dict[str, str] = field(default_factory=dict)
+    temperatures: tuple[float, ...] = ()
 
     def to_proto(self, filename: str) -> pb.TranscribeConfig:
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -50,6 +51,7 @@ class TranscribeOptions:
             num_speakers=self.num_speakers, min_speakers=self.min_speakers,
             max_speakers=self.max_speakers, model=self.model,
             output_formats=[FORMATS[f] for f in self.formats], speaker_names=self.speaker_names,
+            temperatures=self.temperatures,
         )
 
 

@@ -20,6 +20,7 @@ import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import client_interceptor, server_interceptor
+from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -154,9 +155,8 @@ def server_interceptors() -> list[grpc.ServerInterceptor]:
 
 def traced_channel(channel: grpc.Channel) -> grpc.Channel:
     """Wrap a channel so every call carries the current trace context."""
-    return grpc.intercept_channel(
-        channel, client_interceptor(tracer_provider=trace.get_tracer_provider())
-    )
+    # The contrib interceptor speaks its own interface, so it needs its own intercept_channel.
+    return intercept_channel(channel, client_interceptor(tracer_provider=trace.get_tracer_provider()))
 
 
 def run_in_context(ctx: otel_context.Context, fn, *args, **kwargs):

@@ -183,6 +183,7 @@ class GrpcStages:
         config = tr_pb.TranscriptionConfig(
             language_code=options.language_code, model=options.model, format=PCM16K,
             beam_size=options.beam_size, initial_prompt=options.initial_prompt,
+            temperatures=options.temperatures,
         )
 
         def requests() -> Iterator[tr_pb.TranscribeRequest]:

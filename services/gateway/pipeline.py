@@ -38,6 +38,7 @@ class ChainOptions:
     speaker_names: dict[str, str] = field(default_factory=dict)
     beam_size: int = 0
     initial_prompt: str = ""
+    temperatures: tuple[float, ...] = ()
 
     @property
     def recording_id(self) -> str:

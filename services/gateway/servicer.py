@@ -61,6 +61,7 @@ def chain_options(config: pb.TranscribeConfig) -> ChainOptions:
         speaker_names=dict(config.speaker_names),
         beam_size=config.beam_size,
         initial_prompt=config.initial_prompt,
+        temperatures=tuple(config.temperatures),
     )
 
 

@@ -18,6 +18,8 @@ from services.common.errors import InvalidInput
 from services.transcription.models import ModelRegistry
 
 DEFAULT_LANGUAGE = "pt-BR"
+DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+"""faster-whisper's own fallback schedule; sampling above 0 makes output vary run to run."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class TranscriptionOptions:
     word_timestamps: bool = True
     vad_filter: bool = True
     initial_prompt: str = ""
+    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ class Transcriber:
     def transcribe(
         self, audio: np.ndarray, options: TranscriptionOptions
     ) -> Iterator[ProgressUpdate | Segment | TranscriptionSummary]:
+        if any(t < 0 or t > 2 for t in options.temperatures) or not options.temperatures:
+            raise InvalidInput("temperatures must be between 0 and 2", field="config.temperatures")
         spec = self.registry.resolve(options.model)
         language = whisper_language(options.language_code)
         model = self.registry.get(spec.name, self.device, self.compute_type)
@@ -90,6 +95,7 @@ class Transcriber:
                 word_timestamps=options.word_timestamps,
                 vad_filter=options.vad_filter,
                 initial_prompt=options.initial_prompt or None,
+                temperature=list(options.temperatures),
             )
             info_language, info_probability = info.language, info.language_probability
             for raw in segments:

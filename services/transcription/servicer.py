@@ -55,6 +55,7 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
             word_timestamps=not config.disable_word_timestamps,
             vad_filter=not config.disable_vad,
             initial_prompt=config.initial_prompt,
+            temperatures=tuple(config.temperatures) or TranscriptionOptions.temperatures,
         )
         span = trace.get_current_span()
         span.set_attribute("asr.audio.duration_s", pcm_duration(len(pcm)))
