@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.errors import ErrorMappingInterceptor
+from services.common.metrics import MetricsInterceptor, start_metrics_server
 from services.common.settings import ServerSettings
 from services.common.telemetry import server_interceptors, shutdown_telemetry
 
@@ -36,6 +37,7 @@ class ServerHandle:
     port: int
     health: health.HealthServicer
     service_names: tuple[str, ...]
+    metrics_port: int = 0
 
     @property
     def address(self) -> str:
@@ -62,8 +64,10 @@ def build_server(
     register: Callable[[grpc.Server], None],
     service_names: Iterable[str],
     serving: bool = True,
+    metrics_name: str = "",
 ) -> ServerHandle:
     """Create, bind and start a server with the mesh's interceptors, health and reflection."""
+    names = tuple(service_names)
     options = [
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -71,12 +75,16 @@ def build_server(
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers),
-        interceptors=[*server_interceptors(), ErrorMappingInterceptor()],
+        # Outermost first: the trace span sees the final status, metrics see the mapped code.
+        interceptors=[
+            *server_interceptors(),
+            MetricsInterceptor(metrics_name or names[0].split(".")[1]),
+            ErrorMappingInterceptor(),
+        ],
         options=options,
         maximum_concurrent_rpcs=settings.max_workers * 4,
     )
     register(server)
-    names = tuple(service_names)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -87,7 +95,10 @@ def build_server(
     if port == 0:
         raise OSError(f"could not bind {settings.host}:{settings.port}")
     server.start()
-    handle = ServerHandle(server=server, port=port, health=health_servicer, service_names=names)
+    handle = ServerHandle(
+        server=server, port=port, health=health_servicer, service_names=names,
+        metrics_port=start_metrics_server(settings.metrics_port, settings.host),
+    )
     handle.set_serving(serving)
     return handle
 

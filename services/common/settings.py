@@ -34,4 +34,5 @@ class ServerSettings(BaseSettings):
         validation_alias=AliasChoices("ASR_STATE_DIR"),
         description="Directory for traces and runtime files.",
     )
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off.")
     log_level: str = Field("INFO", validation_alias=AliasChoices("ASR_LOG_LEVEL"))

@@ -1,0 +1,143 @@
+"""Prometheus metrics for every service: one registry per process, one HTTP endpoint.
+
+Names follow Prometheus conventions (base units, `_total` counters, `_seconds`). Every service
+gets the gRPC request metrics from `MetricsInterceptor`; services record their own domain
+figures (real-time factor, queue depth, model loaded, batch size, cache hits) through the
+helpers below. The endpoint listens on `ASR_<SERVICE>_METRICS_PORT` (0 = off, the local
+default; 9464 in Kubernetes) at `/metrics`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+_RTF_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
+
+REQUESTS = Counter(
+    "asr_grpc_server_requests", "gRPC requests handled, by method and status code.",
+    ["service", "method", "code"], registry=REGISTRY,
+)
+LATENCY = Histogram(
+    "asr_grpc_server_request_duration_seconds", "Wall time of gRPC requests, by method and status.",
+    ["service", "method", "code"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)
+IN_FLIGHT = Gauge(
+    "asr_grpc_server_in_flight_requests", "gRPC requests being handled now.",
+    ["service", "method"], registry=REGISTRY,
+)
+REAL_TIME_FACTOR = Histogram(
+    "asr_real_time_factor", "Processing seconds per audio second of finished requests.",
+    ["service"], buckets=_RTF_BUCKETS, registry=REGISTRY,
+)
+AUDIO_SECONDS = Counter(
+    "asr_audio_processed_seconds", "Seconds of audio processed.", ["service"], registry=REGISTRY,
+)
+QUEUE_DEPTH = Gauge(
+    "asr_queue_depth", "Requests waiting for a worker (the autoscaling signal).",
+    ["service"], registry=REGISTRY,
+)
+MODEL_LOADED = Gauge(
+    "asr_model_loaded", "1 while a model is loaded in memory, else 0.",
+    ["service", "model", "device", "compute_type"], registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "asr_batch_size", "Items per inference batch.", ["service"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=REGISTRY,
+)
+CACHE_REQUESTS = Counter(
+    "asr_cache_requests", "Cache look-ups by result (hit or miss).",
+    ["service", "cache", "result"], registry=REGISTRY,
+)
+
+
+def start_metrics_server(port: int, host: str = "0.0.0.0") -> int:
+    """Serve /metrics on `port` (0 = do not serve). Returns the port or 0."""
+    if not port:
+        return 0
+    server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+    return server.server_port
+
+
+def record_work(service: str, audio_seconds: float, processing_seconds: float) -> None:
+    """Record one finished piece of work: audio handled and its real-time factor."""
+    if audio_seconds > 0:
+        AUDIO_SECONDS.labels(service).inc(audio_seconds)
+        REAL_TIME_FACTOR.labels(service).observe(processing_seconds / audio_seconds)
+
+
+def record_cache(service: str, cache: str, hit: bool) -> None:
+    CACHE_REQUESTS.labels(service, cache, "hit" if hit else "miss").inc()
+
+
+class MetricsInterceptor(grpc.ServerInterceptor):
+    """Counts requests and times them (for streams: until the last response is sent)."""
+
+    def __init__(self, service: str):
+        self._service = service
+
+    def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        service = self._service
+
+        def finish(started: float, context: grpc.ServicerContext, failed: bool) -> None:
+            code = _code_name(context, failed)
+            REQUESTS.labels(service, method, code).inc()
+            LATENCY.labels(service, method, code).observe(time.perf_counter() - started)
+            IN_FLIGHT.labels(service, method).dec()
+
+        def wrap_unary(behavior: Callable) -> Callable:
+            def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+                started, failed = time.perf_counter(), True
+                IN_FLIGHT.labels(service, method).inc()
+                try:
+                    response = behavior(request, context)
+                    failed = False
+                    return response
+                finally:
+                    finish(started, context, failed)
+
+            return wrapped
+
+        def wrap_stream(behavior: Callable) -> Callable:
+            def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                started, failed = time.perf_counter(), True
+                IN_FLIGHT.labels(service, method).inc()
+                try:
+                    yield from behavior(request, context)
+                    failed = False
+                finally:
+                    finish(started, context, failed)
+
+            return wrapped
+
+        kinds = {
+            (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler, wrap_unary),
+            (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler, wrap_unary),
+            (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler, wrap_stream),
+            (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler, wrap_stream),
+        }
+        attr, factory, wrap = kinds[(handler.request_streaming, handler.response_streaming)]
+        return factory(wrap(getattr(handler, attr)), handler.request_deserializer, handler.response_serializer)
+
+
+def _code_name(context: grpc.ServicerContext, failed: bool) -> str:
+    try:
+        code = context.code()
+    except Exception:
+        code = None
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    if isinstance(code, int):  # grpc stores an int after abort in some versions
+        return next((c.name for c in grpc.StatusCode if c.value[0] == code), "UNKNOWN")
+    return "UNKNOWN" if failed else "OK"
