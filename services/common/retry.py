@@ -41,7 +41,7 @@ def retrying(max_attempts: int = MAX_ATTEMPTS, initial_wait_s: float = 0.2) -> R
     return Retrying(
         retry=retry_if_exception(is_unavailable),
         stop=stop_after_attempt(max_attempts),
-        wait=wait_exponential_jitter(initial=initial_wait_s, max=2.0),
+        wait=wait_exponential_jitter(multiplier=initial_wait_s, max=2.0),
         before_sleep=_record_retry,
         reraise=True,
     )
