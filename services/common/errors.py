@@ -169,10 +169,10 @@ def _abort(context: grpc.ServicerContext, error: MeshError) -> None:
 
 
 def _translate(exc: BaseException, method: str) -> MeshError:
-    if isinstance(exc, MeshError):
-        return exc
-    if isinstance(exc, grpc.RpcError):
-        return from_rpc_error(exc)
+    if isinstance(exc, MeshError | grpc.RpcError):
+        error = exc if isinstance(exc, MeshError) else from_rpc_error(exc)
+        log.warning("%s failed: %s: %s", method, error.status.name, error.message)
+        return error
     log.exception("unhandled error in %s", method)
     from services.common.telemetry import current_trace_id
 

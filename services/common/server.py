@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry import trace
+from pythonjsonlogger.json import JsonFormatter
 
 from services.common.errors import ErrorMappingInterceptor
 from services.common.metrics import MetricsInterceptor, start_metrics_server
@@ -123,9 +125,33 @@ def serve_forever(handle: ServerHandle, settings: ServerSettings, service: str) 
     log.info("%s stopped", service)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+class TraceContextFilter(logging.Filter):
+    """Adds the active trace and span ids (and the service name) to every log record."""
+
+    def __init__(self, service: str):
+        super().__init__()
+        self._service = service
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = trace.get_current_span().get_span_context()
+        record.service = self._service
+        record.trace_id = format(ctx.trace_id, "032x") if ctx.is_valid else ""
+        record.span_id = format(ctx.span_id, "016x") if ctx.is_valid else ""
+        return True
+
+
+def configure_logging(level: str, service: str = "", log_format: str = "json") -> None:
+    """Structured JSON logs on stderr carrying trace_id/span_id (`text` for humans)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(TraceContextFilter(service))
+    if log_format == "text":
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(service)s %(name)s [%(trace_id)s]: %(message)s"))
+    else:
+        handler.setFormatter(JsonFormatter(
+            "%(asctime)s %(levelname)s %(service)s %(name)s %(message)s %(trace_id)s %(span_id)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

@@ -36,3 +36,7 @@ class ServerSettings(BaseSettings):
     )
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off.")
     log_level: str = Field("INFO", validation_alias=AliasChoices("ASR_LOG_LEVEL"))
+    log_format: str = Field(
+        "json", pattern="^(json|text)$", validation_alias=AliasChoices("ASR_LOG_FORMAT"),
+        description="json (structured, with trace ids) or text.",
+    )
