@@ -3,6 +3,7 @@
     asr transcribe FILE [FILE ...] [--diarize] [--format json,srt,vtt,txt,rttm] [-o DIR]
                    [--language pt-BR] [--model NAME] [--num-speakers N] [--server HOST:PORT]
     asr serve [--state-dir DIR]
+    asr trace list | asr trace show TRACE_ID [--format json] [--png FILE]
 
 Without --server, `transcribe` starts the local mesh (the same separate service processes) for
 the call and stops it afterwards. Errors are one line per file on stderr; the exit code is 1
@@ -17,12 +18,14 @@ import signal
 import sys
 import threading
 from contextlib import ExitStack
+from datetime import datetime
 from pathlib import Path
 
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
 
 from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
+from rich.table import Table  # noqa: E402
 
 from asr.common.v1 import progress_pb2  # noqa: E402
 from clients.sdk import FORMATS, GatewayClient, TranscribeOptions  # noqa: E402
@@ -69,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num-speakers", type=int, default=0, help="exact speaker count, if known")
     t.add_argument("--min-speakers", type=int, default=0)
     t.add_argument("--max-speakers", type=int, default=0)
+    t.add_argument("--itn", action="store_true",
+                   help='write spoken numbers, money, dates and times as digits ("doze por cento" → "12%%")')
     t.add_argument("--speaker-name", type=_speaker_name, action="append", default=[],
                    metavar="LABEL=NAME", help="display name for a speaker label (repeatable)")
     t.add_argument("--server", help="HOST:PORT of a running gateway (default: start a local mesh)")
@@ -77,6 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the mesh locally until interrupted")
     s.add_argument("--state-dir", type=Path, help="state directory (traces, logs)")
+
+    tr = sub.add_parser("trace", help="inspect traces recorded by the local mesh")
+    trace_sub = tr.add_subparsers(dest="trace_command", required=True)
+    tl = trace_sub.add_parser("list", help="recent traces with their durations")
+    tl.add_argument("--state-dir", type=Path, help="state directory the mesh wrote traces to")
+    tl.add_argument("--limit", type=int, default=20)
+    ts = trace_sub.add_parser("show", help="where the time went in one trace (waterfall)")
+    ts.add_argument("trace_id", help="trace id, or a unique prefix of one")
+    ts.add_argument("--state-dir", type=Path, help="state directory the mesh wrote traces to")
+    ts.add_argument("--format", choices=("text", "json"), default="text", dest="output_format")
+    ts.add_argument("--png", type=Path, metavar="FILE", help="also draw the waterfall into a PNG")
     return parser
 
 
@@ -85,10 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "transcribe":
             return transcribe(args)
+        if args.command == "trace":
+            return trace_command(args)
         return serve(args)
     except KeyboardInterrupt:
         err_console.print("asr: interrupted")
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except MeshError as exc:
         err_console.print(f"asr: {exc.message}")
         return 1
@@ -115,6 +136,7 @@ def transcribe(args: argparse.Namespace) -> int:
         language_code=args.language, diarize=args.diarize, num_speakers=args.num_speakers,
         min_speakers=args.min_speakers, max_speakers=args.max_speakers, model=args.model,
         formats=args.format, speaker_names=dict(args.speaker_name),
+        inverse_text_normalization=args.itn,
     )
     failures = 0
     inputs: list[Path] = []
@@ -156,6 +178,8 @@ def _transcribe_one(client: GatewayClient, path: Path, options: TranscribeOption
         tasks: dict[int, int] = {}
 
         def on_event(response) -> None:
+            if response.WhichOneof("payload") == "media_info":
+                bar.console.print(_media_line(path, response.media_info), markup=False)
             if response.WhichOneof("payload") != "progress":
                 return
             event = response.progress
@@ -167,6 +191,17 @@ def _transcribe_one(client: GatewayClient, path: Path, options: TranscribeOption
         return client.transcribe(path, options, on_event=on_event)
 
 
+def _media_line(path: Path, info) -> str:
+    """What the preprocess service found, and its estimate of the processing time."""
+    seconds = info.duration.seconds + info.duration.nanos / 1e9
+    line = (f"{path.name}: {seconds:.1f} s of {info.codec or 'audio'} in {info.container.split(',')[0]}, "
+            f"{info.sample_rate_hz} Hz, {info.channels} ch")
+    if info.HasField("estimated_processing"):
+        estimate = info.estimated_processing.seconds + info.estimated_processing.nanos / 1e9
+        line += f"; estimated processing ≈ {estimate:.0f} s" if estimate >= 1 else "; estimated processing < 1 s"
+    return line
+
+
 def _write_outputs(result, source: Path, out_dir: Path) -> list[Path]:
     written = []
     for document in result.documents:
@@ -174,6 +209,42 @@ def _write_outputs(result, source: Path, out_dir: Path) -> list[Path]:
         target.write_text(document.content, encoding="utf-8")
         written.append(target)
     return written
+
+
+def trace_command(args: argparse.Namespace) -> int:
+    from clients import traces
+    from services.common.settings import default_state_dir
+
+    state_dir = args.state_dir or default_state_dir()
+    out = Console(highlight=False)
+    if not out.is_terminal:  # piped: full ids and bars rather than an 80-column squeeze
+        out = Console(highlight=False, width=200)
+    if args.trace_command == "list":
+        found = traces.recent_traces(state_dir, args.limit)
+        if not found:
+            err_console.print(f"asr: no traces in {state_dir / 'traces'}")
+            return 1
+        table = Table(title=f"recent traces in {state_dir / 'traces'}")
+        for column in ("trace id", "started", "seconds", "spans", "services", "status"):
+            table.add_column(column, no_wrap=True)
+        for trace in found:
+            started = datetime.fromtimestamp(trace.start_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+            table.add_row(trace.trace_id, started, f"{trace.duration_s:.3f}", str(len(trace.spans)),
+                          str(len(trace.services)), "ERROR" if trace.failed else "ok")
+        out.print(table)
+        return 0
+    trace = traces.find_trace(state_dir, args.trace_id)
+    if trace is None:
+        err_console.print(f"asr: no trace {args.trace_id!r} in {state_dir / 'traces'} (see `asr trace list`)")
+        return 1
+    if args.output_format == "json":
+        print(traces.trace_json(trace))
+    else:
+        traces.print_waterfall(trace, out)
+    if args.png:
+        traces.save_png(trace, args.png)
+        err_console.print(f"waterfall written to {args.png}")
+    return 0
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -41,6 +41,8 @@ class TranscribeOptions:
     formats: tuple[str, ...] = ("json",)
     speaker_names: dict[str, str] = field(default_factory=dict)
     temperatures: tuple[float, ...] = ()
+    inverse_text_normalization: bool = False
+    """Write spoken PT-BR numbers, money, dates and times as digits ("doze por cento" → "12%")."""
 
     def to_proto(self, filename: str) -> pb.TranscribeConfig:
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -52,6 +54,7 @@ class TranscribeOptions:
             max_speakers=self.max_speakers, model=self.model,
             output_formats=[FORMATS[f] for f in self.formats], speaker_names=self.speaker_names,
             temperatures=self.temperatures,
+            inverse_text_normalization=self.inverse_text_normalization,
         )
 
 

@@ -208,7 +208,6 @@ def save_png(trace: Trace, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.patches import Patch
 
     rows = trace.ordered()

@@ -165,6 +165,8 @@ class GrpcStages:
                         channels=info.channels, duration=convert.seconds(info.duration),
                         bit_rate=info.bit_rate, size_bytes=info.size_bytes, has_video=info.has_video,
                     )
+                    if info.HasField("estimated_processing"):
+                        media.extra["estimated_processing_s"] = f"{convert.seconds(info.estimated_processing):.3f}"
                     progress(media)
                     progress(ProgressUpdate(0.0, 0.0, media.duration, message=f"decoding {media.codec}"))
                 elif kind == "audio":
@@ -247,6 +249,7 @@ class GrpcStages:
             speaker_names=options.speaker_names,
             recording_id=options.recording_id,
             trace_id=trace_id,
+            inverse_text_normalization=options.inverse_text_normalization,
         )
 
         response = self._stream(

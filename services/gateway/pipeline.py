@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from opentelemetry import trace
+
 from services.common.domain import MediaReport, ProgressUpdate, Segment, SpeakerTurn
 
 STAGES = ("upload", "preprocess", "transcription", "diarization", "merge")
@@ -39,6 +41,7 @@ class ChainOptions:
     beam_size: int = 0
     initial_prompt: str = ""
     temperatures: tuple[float, ...] = ()
+    inverse_text_normalization: bool = False
 
     @property
     def recording_id(self) -> str:
@@ -114,14 +117,31 @@ class Stages(Protocol):
 Emit = Callable[[str, "ProgressUpdate | MediaReport"], None]
 
 
+_tracer = trace.get_tracer(__name__)
+
+
+def _staged(stage: str, fn, *args, emit: Emit):
+    """Run one stage inside its own span; its progress also lands on the span as events."""
+    with _tracer.start_as_current_span(f"chain.{stage}") as span:
+        last_decile = [-1]
+
+        def sink(update) -> None:
+            if isinstance(update, ProgressUpdate):
+                decile = int(update.fraction * 10)
+                if decile != last_decile[0]:  # one event per 10 %, not per chunk
+                    last_decile[0] = decile
+                    span.add_event("progress", {"asr.progress.fraction": round(update.fraction, 3),
+                                                "asr.progress.audio_s": round(update.audio_processed, 3)})
+            emit(stage, update)
+
+        return fn(*args, sink)
+
+
 def run_chain(upload: Path, options: ChainOptions, stages: Stages, emit: Emit, trace_id: str = "") -> ChainResult:
     """Run the whole chain on a spooled upload, reporting progress through `emit(stage, event)`."""
     started = time.perf_counter()
 
-    def sink(stage: str) -> ProgressSink:
-        return lambda update: emit(stage, update)
-
-    decoded = stages.preprocess(upload, options, sink("preprocess"))
+    decoded = _staged("preprocess", stages.preprocess, upload, options, emit=emit)
     emit("preprocess", ProgressUpdate(1.0, decoded.duration, decoded.duration, message="decoded"))
 
     diarization: Diarization | None = None
@@ -130,10 +150,12 @@ def run_chain(upload: Path, options: ChainOptions, stages: Stages, emit: Emit, t
         # threads at once, and each branch's spans must parent to the current request span.
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="chain") as pool:
             t_future = pool.submit(
-                contextvars.copy_context().run, stages.transcribe, decoded.pcm, options, sink("transcription")
+                contextvars.copy_context().run,
+                lambda: _staged("transcription", stages.transcribe, decoded.pcm, options, emit=emit),
             )
             d_future = pool.submit(
-                contextvars.copy_context().run, stages.diarize, decoded.pcm, options, sink("diarization")
+                contextvars.copy_context().run,
+                lambda: _staged("diarization", stages.diarize, decoded.pcm, options, emit=emit),
             )
             try:
                 transcript = t_future.result()
@@ -142,10 +164,11 @@ def run_chain(upload: Path, options: ChainOptions, stages: Stages, emit: Emit, t
                 stages.cancel()  # so the pool's exit does not wait for the surviving branch
                 raise
     else:
-        transcript = stages.transcribe(decoded.pcm, options, sink("transcription"))
+        transcript = _staged("transcription", stages.transcribe, decoded.pcm, options, emit=emit)
 
     emit("merge", ProgressUpdate(0.0, message="merging"))
-    merged = stages.merge(transcript, diarization, options, decoded.duration, trace_id)
+    with _tracer.start_as_current_span("chain.merge"):
+        merged = stages.merge(transcript, diarization, options, decoded.duration, trace_id)
     emit("merge", ProgressUpdate(1.0, message="merged"))
     return ChainResult(
         media=decoded.media,

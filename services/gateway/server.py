@@ -69,7 +69,7 @@ def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages
 
 def main() -> None:
     settings = GatewaySettings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, SERVICE, settings.log_format)
     setup_telemetry(SERVICE, settings.state_dir)
     serve_forever(create_server(settings), settings, SERVICE)
 

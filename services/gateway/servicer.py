@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import logging
 import queue
 import shutil
 import tempfile
@@ -31,6 +32,8 @@ STAGE_ENUMS = {
     "merge": progress_pb2.STAGE_MERGE,
 }
 _DONE, _FAILED = object(), object()
+_tracer = trace.get_tracer(__name__)
+log = logging.getLogger(__name__)
 
 
 def chain_options(config: pb.TranscribeConfig) -> ChainOptions:
@@ -62,6 +65,7 @@ def chain_options(config: pb.TranscribeConfig) -> ChainOptions:
         beam_size=config.beam_size,
         initial_prompt=config.initial_prompt,
         temperatures=tuple(config.temperatures),
+        inverse_text_normalization=config.inverse_text_normalization,
     )
 
 
@@ -81,7 +85,9 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         spool = Path(tempfile.mkdtemp(prefix="asr-gateway-", dir=self._spool_dir))
         try:
             upload = spool / "upload"
-            size = self._receive(request_iterator, upload)
+            with _tracer.start_as_current_span("gateway.upload") as upload_span:
+                size = self._receive(request_iterator, upload)
+                upload_span.set_attribute("asr.upload.bytes", size)
             span.set_attribute("asr.upload.bytes", size)
             yield self._progress("upload", ProgressUpdate(1.0, message=f"received {size} bytes"))
             yield from self._run(upload, options, context)
@@ -123,12 +129,20 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         while True:
             stage, event = events.get()
             if stage is _DONE:
+                log.info(
+                    "transcribed %r: %.1f s of audio in %.2f s, %d segments, %d speakers",
+                    options.filename, event.audio_duration, event.seconds,
+                    len(event.merged.segments), len(event.merged.speakers),
+                )
                 yield pb.TranscribeResponse(result=self._result(event, trace_id))
                 return
             if stage is _FAILED:
                 raise event
             if isinstance(event, MediaReport):
-                yield pb.TranscribeResponse(media_info=convert.media_to_proto(event))
+                info = convert.media_to_proto(event)
+                if event.extra.get("estimated_processing_s"):  # preprocess's estimate, passed on
+                    info.estimated_processing.CopyFrom(convert.duration(float(event.extra["estimated_processing_s"])))
+                yield pb.TranscribeResponse(media_info=info)
             else:
                 yield self._progress(stage, event)
 

@@ -24,6 +24,13 @@
 4. **Labels are renumbered** `SPEAKER_00`, `SPEAKER_01`, ... in order of first appearance in the
    transcript; speakers that have turns but no words follow, in order of their first turn, so
    every label used in any output (RTTM included) is in `MergeResult.speakers`.
+5. **Optional PT-BR inverse text normalisation** (`MergeOptions.inverse_text_normalization`, off
+   by default; `itn.py`): "mil duzentos e cinquenta reais" → "R$ 1.250,00" inside each re-cut
+   segment; a rewritten span of words becomes one word with the span's timing.
+
+Each step runs in its own OpenTelemetry span (`merge.attribute`, `merge.segment`, `merge.itn`)
+with the counts as attributes; only the API is used, so without a configured provider they cost
+nothing.
 
 Word and turn times are cleaned rather than refused where the intent is obvious (a negative time
 becomes 0, a word ending before it starts becomes zero-length); a turn that ends before it starts
@@ -41,8 +48,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
+from opentelemetry import trace
+
 from services.common.domain import Segment, SpeakerTurn, Word
 from services.common.errors import InvalidInput
+from services.merge.itn import normalize_segments
+
+_tracer = trace.get_tracer(__name__)
 
 PAUSE_SPLIT_S = 1.0
 """A gap between two words longer than this (seconds) starts a new segment."""
@@ -79,6 +91,8 @@ class MergeOptions:
     """Without speakers, a TXT paragraph ends at a pause at least this long."""
     max_prefix_name_chars: int = 20
     """Display names longer than this are shortened in SRT prefixes so text still fits a line."""
+    inverse_text_normalization: bool = False
+    """Write spoken numbers, money, percentages, dates and times as digits (`itn.py`)."""
 
     def __post_init__(self) -> None:
         if self.max_lines not in (1, 2):
@@ -270,24 +284,15 @@ def split_words(words: Sequence[Word], pause_split_s: float = PAUSE_SPLIT_S) -> 
         yield run
 
 
-def merge(
-    segments: Sequence[Segment],
-    turns: Sequence[SpeakerTurn] = (),
-    options: MergeOptions = DEFAULT_OPTIONS,
-) -> MergeResult:
-    """Attribute words to speakers, re-cut segments and renumber labels (see module doc)."""
-    timeline = exclusive_turns(turns)
-    index = SpeakerIndex(timeline) if timeline else None
-
+def _recut(
+    attributed: Sequence[tuple[Segment, list[Word]]],
+    index: SpeakerIndex | None,
+    options: MergeOptions,
+) -> list[Segment]:
+    """Split each segment's attributed words into pieces (step 3 of the module doc)."""
     pieces: list[Segment] = []
-    for seg in segments:
-        words = [w for w in (clean_word(w) for w in seg.words) if w is not None]
+    for seg, words in attributed:
         if words:
-            fallback = nfc(seg.speaker.strip())
-            words = [
-                replace(w, speaker=index.speaker_for(w.start, w.end) if index else (w.speaker or fallback))
-                for w in words
-            ]
             for run in split_words(words, options.pause_split_s):
                 start = run[0].start
                 pieces.append(replace(
@@ -306,27 +311,67 @@ def merge(
             end = max(seg.end, start)
             speaker = index.speaker_for(start, end) if index else nfc(seg.speaker.strip())
             pieces.append(replace(seg, start=start, end=end, text=text, words=(), speaker=speaker))
+    return pieces
 
-    mapping: dict[str, str] = {}
-    for piece in pieces:
-        for label in [w.speaker for w in piece.words] or [piece.speaker]:
-            if label and label not in mapping:
-                mapping[label] = speaker_label(len(mapping))
-    for turn in timeline:
-        if turn.speaker not in mapping:
-            mapping[turn.speaker] = speaker_label(len(mapping))
 
-    def relabel(label: str) -> str:
-        return mapping.get(label, "")
+def merge(
+    segments: Sequence[Segment],
+    turns: Sequence[SpeakerTurn] = (),
+    options: MergeOptions = DEFAULT_OPTIONS,
+) -> MergeResult:
+    """Attribute words to speakers, re-cut segments and renumber labels (see module doc)."""
+    with _tracer.start_as_current_span("merge.attribute") as span:
+        timeline = exclusive_turns(turns)
+        index = SpeakerIndex(timeline) if timeline else None
+        attributed: list[tuple[Segment, list[Word]]] = []
+        word_count = 0
+        for seg in segments:
+            words = [w for w in (clean_word(w) for w in seg.words) if w is not None]
+            fallback = nfc(seg.speaker.strip())
+            words = [
+                replace(w, speaker=index.speaker_for(w.start, w.end) if index else (w.speaker or fallback))
+                for w in words
+            ]
+            word_count += len(words)
+            attributed.append((seg, words))
+        span.set_attributes({"asr.words": word_count, "asr.turns": len(timeline),
+                             "asr.input_turns": len(turns)})
 
-    out_segments = tuple(
-        replace(
-            piece,
-            id=i,
-            speaker=relabel(piece.speaker),
-            words=tuple(replace(w, speaker=relabel(w.speaker)) for w in piece.words),
+    with _tracer.start_as_current_span("merge.segment") as span:
+        pieces = _recut(attributed, index, options)
+        mapping: dict[str, str] = {}
+        for piece in pieces:
+            for label in [w.speaker for w in piece.words] or [piece.speaker]:
+                if label and label not in mapping:
+                    mapping[label] = speaker_label(len(mapping))
+        for turn in timeline:
+            if turn.speaker not in mapping:
+                mapping[turn.speaker] = speaker_label(len(mapping))
+
+        def relabel(label: str) -> str:
+            return mapping.get(label, "")
+
+        out_segments = tuple(
+            replace(
+                piece,
+                id=i,
+                speaker=relabel(piece.speaker),
+                words=tuple(replace(w, speaker=relabel(w.speaker)) for w in piece.words),
+            )
+            for i, piece in enumerate(pieces)
         )
-        for i, piece in enumerate(pieces)
-    )
-    out_turns = tuple(replace(t, speaker=mapping[t.speaker]) for t in timeline)
+        out_turns = tuple(replace(t, speaker=mapping[t.speaker]) for t in timeline)
+        span.set_attributes({"asr.input_segments": len(segments), "asr.segments": len(pieces),
+                             "asr.speakers": len(mapping)})
+
+    if options.inverse_text_normalization:
+        with _tracer.start_as_current_span("merge.itn") as span:
+            before = sum(len(s.words) for s in out_segments)
+            out_segments = normalize_segments(out_segments)
+            span.set_attributes({
+                "asr.words": before,
+                "asr.itn.words_after": sum(len(s.words) for s in out_segments),
+                "asr.itn.segments_changed": sum(
+                    a.text != b.text for a, b in zip(out_segments, pieces)),
+            })
     return MergeResult(segments=out_segments, speakers=tuple(mapping.values()), turns=out_turns)

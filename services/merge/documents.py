@@ -3,7 +3,9 @@
 Every document is a `str` (sent as UTF-8) in Unicode NFC; accented PT-BR text and file names are
 written literally (JSON with `ensure_ascii=False`).
 
-JSON document (`render_json`), times in seconds rounded to the millisecond::
+JSON document (`render_json`), times in seconds rounded to the millisecond; documented for users
+in docs/json-schema.md, with a JSON Schema in docs/transcript.schema.json that the tests validate
+every produced document against::
 
     {
       "version": 1,
@@ -44,6 +46,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from opentelemetry import trace
+
 from services.common.domain import Segment, SpeakerTurn
 from services.merge.core import (
     DEFAULT_OPTIONS,
@@ -57,6 +61,8 @@ from services.merge.core import (
 from services.merge.subtitles import render_srt, render_vtt
 
 JSON_SCHEMA_VERSION = 1
+
+_tracer = trace.get_tracer(__name__)
 
 _FILE_INFO: dict[OutputFormat, tuple[str, str]] = {
     OutputFormat.JSON: ("json", "application/json"),
@@ -168,19 +174,29 @@ def render_rttm(result: MergeResult, info: DocumentInfo) -> str:
 def render_document(
     result: MergeResult, fmt: OutputFormat, info: DocumentInfo, options: MergeOptions
 ) -> RenderedDocument:
-    """Render one format."""
-    if fmt is OutputFormat.JSON:
-        content = render_json(result, info)
-    elif fmt is OutputFormat.SRT:
-        content = render_srt(result.segments, info, options)
-    elif fmt is OutputFormat.VTT:
-        content = render_vtt(result.segments, info, options)
-    elif fmt is OutputFormat.TXT:
-        content = render_txt(result.segments, info, options)
-    else:
-        content = render_rttm(result, info)
+    """Render one format, in a `merge.render` span (attributes: format, size, cues or lines)."""
+    with _tracer.start_as_current_span("merge.render") as span:
+        span.set_attributes({"asr.format": fmt.value, "asr.segments": len(result.segments),
+                             "asr.speakers": len(result.speakers)})
+        if fmt is OutputFormat.JSON:
+            content = render_json(result, info)
+        elif fmt is OutputFormat.SRT:
+            content = render_srt(result.segments, info, options)
+        elif fmt is OutputFormat.VTT:
+            content = render_vtt(result.segments, info, options)
+        elif fmt is OutputFormat.TXT:
+            content = render_txt(result.segments, info, options)
+        else:
+            content = render_rttm(result, info)
+        content = nfc(content)
+        span.set_attribute("asr.document.bytes", len(content.encode("utf-8")))
+        if fmt in (OutputFormat.SRT, OutputFormat.VTT):
+            # Exact: "-->" inside words is written "->" (SRT) or "--&gt;" (VTT).
+            span.set_attribute("asr.cues", content.count(" --> "))
+        elif fmt is OutputFormat.RTTM:
+            span.set_attribute("asr.rttm.lines", content.count("\n"))
     extension, media_type = _FILE_INFO[fmt]
-    return RenderedDocument(fmt, nfc(content), extension, media_type)
+    return RenderedDocument(fmt, content, extension, media_type)
 
 
 def render_documents(

@@ -29,12 +29,15 @@ class MergeSettings(ServerSettings):
     max_lines: int = Field(2, ge=1, le=2, description="Lines per subtitle cue.")
     min_cue_s: float = Field(0.7, gt=0, description="Shortest time a cue stays on screen, where possible.")
     max_cue_s: float = Field(7.0, gt=0, description="Longest time a cue stays on screen.")
+    inverse_text_normalization: bool = Field(
+        False, description="PT-BR ITN for every request, not only those that ask for it.")
 
     def merge_options(self) -> MergeOptions:
         """The core's options from these settings."""
         return MergeOptions(
             pause_split_s=self.pause_split_s, max_line_chars=self.max_line_chars,
             max_lines=self.max_lines, min_cue_s=self.min_cue_s, max_cue_s=self.max_cue_s,
+            inverse_text_normalization=self.inverse_text_normalization,
         )
 
 
@@ -50,7 +53,7 @@ def create_server(settings: MergeSettings) -> ServerHandle:
 
 def main() -> None:
     settings = MergeSettings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, SERVICE, settings.log_format)
     setup_telemetry(SERVICE, settings.state_dir)
     serve_forever(create_server(settings), settings, SERVICE)
 

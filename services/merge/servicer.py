@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
+
 import grpc
 from opentelemetry import trace
 
@@ -10,9 +13,12 @@ from asr.merge.v1 import merge_service_pb2 as pb
 from asr.merge.v1 import merge_service_pb2_grpc as pb_grpc
 from services.common import convert
 from services.common.errors import InvalidInput
-from services.common.telemetry import current_trace_id, tracer
+from services.common.metrics import record_work
+from services.common.telemetry import current_trace_id
 from services.merge.core import DocumentInfo, MergeOptions, OutputFormat, merge
 from services.merge.documents import render_documents
+
+SERVICE = "merge"
 
 _FROM_PROTO: dict[int, OutputFormat] = {
     document_pb2.OUTPUT_FORMAT_JSON: OutputFormat.JSON,
@@ -44,36 +50,45 @@ class MergeServicer(pb_grpc.MergeServiceServicer):
 
     def __init__(self, options: MergeOptions):
         self._options = options
-        self._tracer = tracer(__name__)
 
     def Merge(self, request: pb.MergeRequest, context: grpc.ServicerContext) -> pb.MergeResponse:
-        """Attribute, re-cut and render; bad input surfaces as INVALID_ARGUMENT via the interceptor."""
+        """Attribute, re-cut and render; bad input surfaces as INVALID_ARGUMENT via the interceptor.
+
+        The core opens the inner spans (`merge.attribute`, `merge.segment`, `merge.itn`, one
+        `merge.render` per format); this RPC's span gets the request and result counts.
+        """
+        started = time.perf_counter()
         formats = formats_from_proto(request.formats)
         segments = [convert.segment_from_proto(s) for s in request.segments]
         turns = [convert.turn_from_proto(t) for t in request.turns]
+        options = self._options
+        if request.inverse_text_normalization:
+            options = replace(options, inverse_text_normalization=True)
+        duration = convert.seconds(request.audio_duration)
         span = trace.get_current_span()
         span.set_attributes({
             "asr.merge.input_segments": len(segments),
             "asr.merge.words": sum(len(s.words) for s in segments),
             "asr.merge.turns": len(turns),
             "asr.merge.formats": [f.value for f in formats],
+            "asr.merge.itn": options.inverse_text_normalization,
+            "asr.audio.duration_s": duration,
         })
-        with self._tracer.start_as_current_span("merge.attribute"):
-            result = merge(segments, turns, self._options)
+        result = merge(segments, turns, options)
         span.set_attributes({
             "asr.merge.segments": len(result.segments),
-            "asr.merge.speakers": len(result.speakers),
+            "asr.speakers": len(result.speakers),
         })
         info = DocumentInfo(
             language=request.language_code,
-            duration=convert.seconds(request.audio_duration),
+            duration=duration,
             recording_id=request.recording_id,
             # The caller's trace id is the one to quote; the active one is a fallback.
             trace_id=request.trace_id or current_trace_id(),
             speaker_names=dict(request.speaker_names),
         )
-        with self._tracer.start_as_current_span("merge.render"):
-            documents = render_documents(result, formats, info, self._options)
+        documents = render_documents(result, formats, info, options)
+        record_work(SERVICE, duration, time.perf_counter() - started)
         return pb.MergeResponse(
             segments=convert.segments_to_proto(result.segments),
             speakers=result.speakers,

@@ -118,9 +118,11 @@ def _check_timing(i: int, cues: list, start: float, end: float, options: MergeOp
 def _check_words(result: MergeResult, shown: list[str], shown_speakers: list[str],
                  word_shown=lambda w: w, speaker_shown=lambda s: s) -> None:
     words = [w for s in result.segments for w in s.words]
-    assert shown == [word_shown(w.word) for w in words], "every word once, in order, never split"
+    # A word may hold a space after ITN ("R$ 1.250,00"); test_merge_itn checks it stays in one cue.
+    parts = [(part, w.speaker) for w in words for part in word_shown(w.word).split()]
+    assert shown == [p for p, _ in parts], "every word once, in order, never split"
     # A cue shows one speaker, and it is the speaker of each of its words.
-    assert shown_speakers == [speaker_shown(w.speaker) for w in words]
+    assert shown_speakers == [speaker_shown(s) for _, s in parts]
 
 
 # ---- subtitles: property test ---------------------------------------------------------------
@@ -352,3 +354,43 @@ def test_every_format_is_nfc_utf8_and_keeps_accents(dialogue):
     assert "reunião_de_março.wav" in docs[0].content
     check_srt(docs[1].content, result, info)
     check_vtt(docs[3].content, result, info)
+
+
+# ---- cue balance ----------------------------------------------------------------------------
+
+def test_no_trailing_one_word_cue_when_words_can_be_spread():
+    text = ("A reunião de amanhã vai discutir a informação sobre a exceção que o coração da "
+            "administração pediu ontem.")
+    result = merge([sentence(0, text, step=0.3)])
+    cues = build_cues(result.segments, OPTIONS)
+    assert len(cues) == 2
+    sizes = [len(" ".join(c.words)) for c in cues]
+    assert abs(sizes[0] - sizes[1]) <= 12, sizes
+    check_srt(render_srt(result.segments, DocumentInfo(), OPTIONS), result)
+
+
+def test_cues_prefer_to_break_at_punctuation():
+    text = ("Hoje nós vamos falar sobre economia, política e cultura brasileira com convidados "
+            "especiais do programa.")
+    result = merge([sentence(0, text, step=0.3)])
+    cues = build_cues(result.segments, OPTIONS)
+    assert cues[0].words[-1] == "economia,"
+    check_vtt(render_vtt(result.segments, DocumentInfo(), OPTIONS), result)
+
+
+def test_cues_prefer_to_break_at_a_pause():
+    # Without the pause the balanced cut would be after "principal".
+    first = "agora nós vamos começar a falar"
+    words = [W(i * 0.3, i * 0.3 + 0.25, w) for i, w in enumerate(first.split())]
+    t = words[-1].end + 0.8  # a pause (shorter than the 1 s that would split the segment)
+    words += [W(t + i * 0.3, t + i * 0.3 + 0.25, w)
+              for i, w in enumerate("sobre o tema principal da nossa reunião extraordinária de hoje "
+                                    "à tarde".split())]
+    result = merge([Segment(0, 0, words[-1].end, "", tuple(words))])
+    cues = build_cues(result.segments, OPTIONS)
+    assert len(cues) == 2 and cues[0].words[-1] == "falar"
+
+
+def test_a_sentence_that_fits_one_cue_is_never_split():
+    result = merge([sentence(0, "Bom dia, tudo bem com você hoje?")])
+    assert len(build_cues(result.segments, OPTIONS)) == 1

@@ -137,3 +137,26 @@ def test_inverted_turn_is_invalid_argument(stub):
         service.Merge(_request(turns=[_turn("a", 0, 2), _turn("b", 3, 2.5)]), timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "speaker turn 1 (b) ends at 2.500 s, before it starts at 3.000 s" in caught.value.details()
+
+
+def test_inverse_text_normalization_is_opt_in(stub):
+    service, _ = stub
+    words = [_word(0.0, 0.3, "Custou"), _word(0.3, 0.6, "mil"), _word(0.6, 1.0, "duzentos"),
+             _word(1.0, 1.1, "e"), _word(1.1, 1.6, "cinquenta"), _word(1.6, 2.0, "reais.")]
+    segment = transcript_pb2.Segment(id=0, start_offset=convert.duration(0),
+                                     end_offset=convert.duration(2), words=words)
+    request = _request(segments=[segment], turns=[_turn("a", 0, 2)],
+                       formats=[document_pb2.OUTPUT_FORMAT_SRT])
+    plain = service.Merge(request, timeout=10)
+    assert plain.segments[0].text == "Custou mil duzentos e cinquenta reais."
+
+    request.inverse_text_normalization = True
+    response = service.Merge(request, timeout=10)
+    seg = response.segments[0]
+    assert seg.text == "Custou R$ 1.250,00."
+    money = seg.words[1]
+    assert money.word == "R$ 1.250,00." and money.speaker == "SPEAKER_00"
+    assert convert.seconds(money.start_offset) == pytest.approx(0.3)
+    assert convert.seconds(money.end_offset) == pytest.approx(2.0)
+    assert list(srt.parse(response.documents[0].content))[0].content == (
+        "[SPEAKER_00] Custou R$ 1.250,00.")

@@ -99,6 +99,23 @@ def test_one_trace_spans_all_five_services(client, corpus, mesh_state):
     roots = [s for s in mine if s["parent_span_id"] not in ids]
     assert len(roots) == 1 and roots[0]["service"] == "gateway"
 
+    # The trace tool reads it back: waterfall as JSON and as a picture.
+    png = mesh_state / "waterfall.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "clients.cli", "trace", "show", result.trace_id, "--format", "json",
+         "--state-dir", str(mesh_state), "--png", str(png)],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    shown = json.loads(proc.stdout)
+    assert {s["service"] for s in shown} == services and len(shown) == len(mine)
+    assert png.stat().st_size > 10_000
+
+    # Structured logs carry the request's trace id.
+    log_lines = (mesh_state / "logs" / "gateway.log").read_text().splitlines()
+    records = [json.loads(line) for line in log_lines if line.startswith("{")]
+    assert any(r["trace_id"] == result.trace_id and "transcribed" in r["message"] for r in records)
+
 
 def test_cli_writes_outputs_and_reports_failures_per_file(mesh, corpus, tmp_path):
     bad = corpus / "bad" / "text.wav"
