@@ -77,6 +77,9 @@ def record_cache(service: str, cache: str, hit: bool) -> None:
     CACHE_REQUESTS.labels(service, cache, "hit" if hit else "miss").inc()
 
 
+_UNMETERED = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
 class MetricsInterceptor(grpc.ServerInterceptor):
     """Counts requests and times them (for streams: until the last response is sent)."""
 
@@ -85,8 +88,8 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
         handler = continuation(handler_call_details)
-        if handler is None:
-            return None
+        if handler is None or handler_call_details.method.startswith(_UNMETERED):
+            return handler  # probes and reflection would drown the request metrics
         method = handler_call_details.method.rsplit("/", 1)[-1]
         service = self._service
 

@@ -75,6 +75,9 @@ def build_server(
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    if settings.max_connection_age_s > 0:
+        # No max_connection_age_grace: calls in flight (hours-long streams) finish on the old connection.
+        options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers),
         # Outermost first: the trace span sees the final status, metrics see the mapped code.

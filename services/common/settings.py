@@ -34,6 +34,11 @@ class ServerSettings(BaseSettings):
         validation_alias=AliasChoices("ASR_STATE_DIR"),
         description="Directory for traces and runtime files.",
     )
+    max_connection_age_s: float = Field(
+        0.0, ge=0,
+        description="Close client connections after this age (0 = never) so round-robin clients "
+        "re-resolve DNS and find new pods.",
+    )
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off.")
     log_level: str = Field("INFO", validation_alias=AliasChoices("ASR_LOG_LEVEL"))
     log_format: str = Field(
