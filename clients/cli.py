@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-speakers", type=int, default=0)
     t.add_argument("--itn", action="store_true",
                    help='write spoken numbers, money, dates and times as digits ("doze por cento" → "12%%")')
+    t.add_argument("--loudnorm", action=argparse.BooleanOptionalAction, default=None,
+                   help="EBU R128 loudness normalisation before transcription (gateway default: on)")
+    t.add_argument("--trim-silence", action=argparse.BooleanOptionalAction, default=None,
+                   help="cut leading/trailing silence; shifts all time offsets (gateway default: off)")
     t.add_argument("--speaker-name", type=_speaker_name, action="append", default=[],
                    metavar="LABEL=NAME", help="display name for a speaker label (repeatable)")
     t.add_argument("--server", help="HOST:PORT of a running gateway (default: start a local mesh)")
@@ -137,6 +141,7 @@ def transcribe(args: argparse.Namespace) -> int:
         min_speakers=args.min_speakers, max_speakers=args.max_speakers, model=args.model,
         formats=args.format, speaker_names=dict(args.speaker_name),
         inverse_text_normalization=args.itn,
+        loudness_normalization=args.loudnorm, trim_silence=args.trim_silence,
     )
     failures = 0
     inputs: list[Path] = []

@@ -43,6 +43,10 @@ class TranscribeOptions:
     temperatures: tuple[float, ...] = ()
     inverse_text_normalization: bool = False
     """Write spoken PT-BR numbers, money, dates and times as digits ("doze por cento" → "12%")."""
+    loudness_normalization: bool | None = None
+    """EBU R128 loudness normalisation; None leaves it to the gateway (on by default)."""
+    trim_silence: bool | None = None
+    """Trim leading/trailing silence (shifts time offsets); None leaves it to the gateway (off)."""
 
     def to_proto(self, filename: str) -> pb.TranscribeConfig:
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -55,6 +59,8 @@ class TranscribeOptions:
             output_formats=[FORMATS[f] for f in self.formats], speaker_names=self.speaker_names,
             temperatures=self.temperatures,
             inverse_text_normalization=self.inverse_text_normalization,
+            **{name: value for name in ("loudness_normalization", "trim_silence")
+               if (value := getattr(self, name)) is not None},
         )
 
 

@@ -85,4 +85,6 @@ class MediaReport:
     bit_rate: int = 0
     size_bytes: int = 0
     has_video: bool = False
+    estimated_processing: float = 0.0
+    """Seconds the chain is expected to take for this input (0 = no estimate)."""
     extra: dict[str, str] = field(default_factory=dict)

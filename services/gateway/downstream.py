@@ -58,7 +58,7 @@ FORMAT_ENUMS = {name: value for value, name in FORMAT_NAMES.items()}
 class Deadlines:
     """Per-hop deadlines: a fixed allowance plus seconds per second of audio."""
 
-    preprocess_s: float = 300.0
+    preprocess_s: float = 1800.0
     base_s: float = 60.0
     transcription_per_audio_s: float = 2.0
     diarization_per_audio_s: float = 1.0
@@ -149,7 +149,10 @@ class GrpcStages:
 
     def preprocess(self, upload: Path, options: ChainOptions, progress: ProgressSink) -> Decoded:
         def requests() -> Iterator[pre_pb.PreprocessRequest]:
-            yield pre_pb.PreprocessRequest(config=pre_pb.PreprocessConfig(filename=options.filename))
+            yield pre_pb.PreprocessRequest(config=pre_pb.PreprocessConfig(
+                filename=options.filename, loudness_normalization=options.loudness_normalization,
+                trim_silence=options.trim_silence,
+            ))
             with open(upload, "rb") as source:
                 while piece := source.read(UPLOAD_CHUNK_BYTES):
                     yield pre_pb.PreprocessRequest(content=piece)
@@ -165,8 +168,7 @@ class GrpcStages:
                         channels=info.channels, duration=convert.seconds(info.duration),
                         bit_rate=info.bit_rate, size_bytes=info.size_bytes, has_video=info.has_video,
                     )
-                    if info.HasField("estimated_processing"):
-                        media.extra["estimated_processing_s"] = f"{convert.seconds(info.estimated_processing):.3f}"
+                    media.estimated_processing = convert.seconds(info.estimated_processing)
                     progress(media)
                     progress(ProgressUpdate(0.0, 0.0, media.duration, message=f"decoding {media.codec}"))
                 elif kind == "audio":

@@ -31,7 +31,8 @@ class GatewaySettings(ServerSettings):
     merge_address: str = Field("127.0.0.1:50054")
     max_upload_bytes: int = Field(2 << 30, gt=0, description="Largest upload accepted.")
     spool_dir: Path | None = Field(None, description="Where uploads are spooled; system temp if unset.")
-    preprocess_deadline_s: float = Field(300.0, gt=0)
+    preprocess_deadline_s: float = Field(
+        1800.0, gt=0, description="Decoding a 4-hour file with loudnorm takes ~190 s on 2 cores.")
     deadline_base_s: float = Field(60.0, gt=0, description="Fixed part of the per-hop deadlines.")
     transcription_deadline_per_audio_s: float = Field(2.0, gt=0, description="Seconds per audio second.")
     diarization_deadline_per_audio_s: float = Field(1.0, gt=0, description="Seconds per audio second.")

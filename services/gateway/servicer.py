@@ -66,6 +66,8 @@ def chain_options(config: pb.TranscribeConfig) -> ChainOptions:
         initial_prompt=config.initial_prompt,
         temperatures=tuple(config.temperatures),
         inverse_text_normalization=config.inverse_text_normalization,
+        **{name: getattr(config, name) for name in ("loudness_normalization", "trim_silence")
+           if config.HasField(name)},  # unset: ChainOptions' measured defaults
     )
 
 
@@ -139,10 +141,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             if stage is _FAILED:
                 raise event
             if isinstance(event, MediaReport):
-                info = convert.media_to_proto(event)
-                if event.extra.get("estimated_processing_s"):  # preprocess's estimate, passed on
-                    info.estimated_processing.CopyFrom(convert.duration(float(event.extra["estimated_processing_s"])))
-                yield pb.TranscribeResponse(media_info=info)
+                yield pb.TranscribeResponse(media_info=convert.media_to_proto(event))
             else:
                 yield self._progress(stage, event)
 

@@ -15,6 +15,14 @@ more than one per 6 s of decoded audio. A few decoder errors in a long file are 
 faster-whisper tolerates them, because real-world files often carry a damaged frame or two.
 Since PCM is streamed while decoding runs, a refusal after the end of the decode comes after
 some chunks were sent: callers must discard them when the stream ends in an error.
+
+Decompression bombs (small files that decode to hours, headers that lie) are refused in three
+places, cheapest first: before decoding, from what the container declares (a firm duration over
+the limits, an estimated one over twice the limits, or a sample rate outside 1 kHz..768 kHz:
+a WAV "recorded" at 1 Hz is resampled 16000-fold); during decoding, as soon as the PCM passes a
+limit or runs to more than 4x the declared duration plus 10 minutes; and always by the decode's
+wall-clock limit and the child's memory and CPU limits. PCM is streamed, never held whole, so the
+service's own memory does not grow with the length of the audio.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from opentelemetry import trace
 
 from services.common.domain import BYTES_PER_SAMPLE, SAMPLE_RATE, MediaReport
 from services.common.errors import InvalidAudio, InvalidInput, LimitExceeded, Overloaded
@@ -52,6 +61,26 @@ SHORTFALL_MIN_S = 0.5
 SHORTFALL_FRACTION = 0.05
 DECODE_ERRORS_MIN = 10
 DECODE_ERRORS_SECONDS_PER_ERROR = 6.0
+
+SPOOL_PREFIX = "asr-preprocess-"
+
+MIN_SOURCE_RATE_HZ = 1_000
+MAX_SOURCE_RATE_HZ = 768_000
+"""Sample rates outside this range are refused as forged: real audio sits between 8 kHz
+telephone and 768 kHz studio masters; a lower rate multiplies the PCM the resampler writes
+(1 Hz → 16 kHz is a 16000-fold bomb) and an absurdly high one costs seconds of CPU per byte."""
+
+ESTIMATE_SLACK = 2.0
+"""A duration ffprobe only estimated (from size and bit rate) is refused before decoding when it
+is over this many times a limit; nearer the limit the running decode decides."""
+
+OVERRUN_FACTOR = 4.0
+OVERRUN_SLACK_S = 600.0
+"""A decode that runs past OVERRUN_FACTOR × the declared (or estimated) duration plus
+OVERRUN_SLACK_S is stopped as a probable bomb: honest files, VBR MP3s without a Xing header
+included, stay well inside it."""
+
+_tracer = trace.get_tracer(__name__)
 
 
 @dataclass(frozen=True)
@@ -78,6 +107,8 @@ class PreprocessorConfig:
     silence_threshold_db: float = -50.0
     silence_padding_seconds: float = 0.1
     max_concurrent_jobs: int = 4
+    estimate_rtf: float = 0.0
+    """Processing seconds per audio second of the configured model (0 = give no estimate)."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +128,8 @@ class DecodeSummary:
     audio_duration: float
     pcm_bytes: int
     decode_seconds: float
+    decoded_duration: float = 0.0
+    """Audio ffmpeg produced, before trimming and padding cuts."""
 
 
 # --------------------------------------------------------------------------- pure checks
@@ -146,17 +179,22 @@ def check_upload_size(size: int, limits: PreprocessLimits) -> None:
         )
 
 
-def check_declared_duration(declared: float, limits: PreprocessLimits, source: str = "file") -> None:
-    """Refuse before decoding when the container declares more audio than the limits allow."""
-    if declared > limits.max_audio_seconds:
+def check_declared_duration(declared: float, limits: PreprocessLimits, source: str = "file",
+                            slack: float = 1.0) -> None:
+    """Refuse before decoding when the container declares more audio than the limits allow.
+
+    `slack` > 1 is for durations that are only estimates: refuse only when far over a limit.
+    """
+    claims = f"the {source} declares" if slack == 1.0 else f"the {source}'s size and bit rate suggest"
+    if declared > limits.max_audio_seconds * slack:
         raise LimitExceeded(
-            f"the {source} declares {_hms(declared)} of audio, over the limit of "
+            f"{claims} {_hms(declared)} of audio, over the limit of "
             f"{_hms(limits.max_audio_seconds)} (max_audio_seconds)",
             metadata={"limit": "max_audio_seconds", "value": f"{limits.max_audio_seconds:g}"},
         )
-    if declared * BYTES_PER_SECOND > limits.max_decoded_bytes:
+    if declared * BYTES_PER_SECOND > limits.max_decoded_bytes * slack:
         raise LimitExceeded(
-            f"the {source} declares {_hms(declared)} of audio, which decodes to more than the "
+            f"{claims} {_hms(declared)} of audio, which decodes to more than the "
             f"limit of {_size(limits.max_decoded_bytes)} of PCM (max_decoded_bytes)",
             metadata={"limit": "max_decoded_bytes", "value": str(limits.max_decoded_bytes)},
         )
@@ -176,6 +214,30 @@ def check_decoded_so_far(decoded_bytes: int, limits: PreprocessLimits) -> None:
             "(max_audio_seconds)",
             metadata={"limit": "max_audio_seconds", "value": f"{limits.max_audio_seconds:g}"},
         )
+
+
+def check_sample_rate(rate_hz: int, codec: str) -> None:
+    """Refuse a source sample rate no real recording has (a forged header)."""
+    if not MIN_SOURCE_RATE_HZ <= rate_hz <= MAX_SOURCE_RATE_HZ:
+        raise InvalidAudio(
+            f"the file's audio stream ({codec}) declares a sample rate of {rate_hz} Hz, outside "
+            f"the {MIN_SOURCE_RATE_HZ}..{MAX_SOURCE_RATE_HZ} Hz this service accepts; its header "
+            "is corrupt or forged"
+        )
+
+
+def check_overrun(decoded_seconds: float, declared: float) -> None:
+    """Stop a decode that runs far past the declared duration (a lying header, a bomb)."""
+    if declared > 0 and decoded_seconds > declared * OVERRUN_FACTOR + OVERRUN_SLACK_S:
+        raise InvalidAudio(
+            f"the file decodes to far more audio than it declares ({_hms(declared)} declared, "
+            f"over {_hms(decoded_seconds)} decoded): refused as a probable decompression bomb"
+        )
+
+
+def estimate_processing_seconds(duration: float, rtf: float) -> float:
+    """Expected processing time of `duration` seconds of audio at real-time factor `rtf`."""
+    return max(duration, 0.0) * max(rtf, 0.0)
 
 
 def check_wav_header(head: bytes, size: int, limits: PreprocessLimits) -> None:
@@ -324,7 +386,31 @@ class Preprocessor:
         self.config = config
         if config.temp_root is not None:
             config.temp_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # A configured root is this service's own (an emptyDir in Kubernetes): spool
+            # directories found there were left by a predecessor killed without a chance to clean.
+            for stale in config.temp_root.glob(f"{SPOOL_PREFIX}*"):
+                shutil.rmtree(stale, ignore_errors=True)
         self._slots = threading.BoundedSemaphore(config.max_concurrent_jobs)
+        self._active: dict[Path, CancelToken] = {}
+        self._idle = threading.Condition()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Cancel running jobs (killing their children), wait for them, remove their spools.
+
+        Called by `main()` after the server's grace period, so that a SIGTERM never leaves a
+        spooled upload behind even if a job thread is slow to notice its cancellation.
+        """
+        with self._idle:
+            jobs = list(self._active.items())
+        for _, token in jobs:
+            token.cancel()
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._active and time.monotonic() < deadline:
+                self._idle.wait(deadline - time.monotonic())
+            leftovers = list(self._active)
+        for workdir in leftovers:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     @property
     def _child_limits(self) -> ChildLimits:
@@ -348,15 +434,24 @@ class Preprocessor:
             )
         workdir = None
         try:
-            workdir = Path(tempfile.mkdtemp(prefix="asr-preprocess-", dir=self.config.temp_root))
-            path, total, head = self._spool(content, workdir / spool_name(options.filename))
+            workdir = Path(tempfile.mkdtemp(prefix=SPOOL_PREFIX, dir=self.config.temp_root))
+            with self._idle:
+                self._active[workdir] = cancel
+            with _tracer.start_as_current_span("preprocess.spool") as span:
+                path, total, head = self._spool(content, workdir / spool_name(options.filename))
+                span.set_attribute("asr.upload.bytes", total)
             started = time.monotonic()
             probe = self._probe(path, total, head, cancel)
+            estimate = estimate_processing_seconds(probe.report.duration, self.config.estimate_rtf)
+            probe.report.estimated_processing = max(estimate, 0.0)
             yield probe.report
             yield from self._decode(path, probe, options, size, cancel, started)
         finally:
             if workdir is not None:
                 shutil.rmtree(workdir, ignore_errors=True)
+                with self._idle:
+                    self._active.pop(workdir, None)
+                    self._idle.notify_all()
             self._slots.release()
 
     def _spool(self, content: Iterable[bytes], path: Path) -> tuple[Path, int, bytes]:
@@ -384,6 +479,18 @@ class Preprocessor:
         return path, total, bytes(head)
 
     def _probe(self, path: Path, size: int, head: bytes, cancel: CancelToken) -> ProbeResult:
+        with _tracer.start_as_current_span("preprocess.probe") as span:
+            probe = self._probe_checked(path, size, head, cancel)
+            report = probe.report
+            span.set_attributes({
+                "asr.media.container": report.container, "asr.media.codec": report.codec,
+                "asr.media.sample_rate_hz": report.sample_rate_hz, "asr.media.channels": report.channels,
+                "asr.audio.declared_duration_s": report.duration,
+                "asr.audio.duration_estimated": probe.duration_estimated,
+            })
+            return probe
+
+    def _probe_checked(self, path: Path, size: int, head: bytes, cancel: CancelToken) -> ProbeResult:
         limits = self.config.limits
         child = ffmpeg.Child(
             ffmpeg.probe_args(self.config.ffprobe_path, path), self._child_limits,
@@ -401,12 +508,56 @@ class Preprocessor:
         if child.returncode != 0 or not parsed:
             raise InvalidAudio(ffmpeg.explain_probe_failure(child.stderr.lines, path))
         probe = ffmpeg.parse_probe(out.decode("utf-8", "replace"), size, child.stderr.lines)
+        check_sample_rate(probe.report.sample_rate_hz, probe.report.codec)
         check_wav_header(head, size, limits)
-        if not probe.duration_estimated:
-            check_declared_duration(probe.report.duration, limits)
+        check_declared_duration(probe.report.duration, limits,
+                                slack=ESTIMATE_SLACK if probe.duration_estimated else 1.0)
         return probe
 
     def _decode(
+        self, path: Path, probe: ProbeResult, options: PreprocessOptions, size: int,
+        cancel: CancelToken, started: float,
+    ) -> Iterator[bytes | DecodeSummary]:
+        """`_decode_stream` inside a "preprocess.decode" span.
+
+        Resampling (soxr) and loudness normalisation run in the same ffmpeg child as the
+        decoder, so they cannot be timed apart: the span carries them as attributes. The span
+        is not made current, since a generator's context would leak across its yields.
+        """
+        report = probe.report
+        chain = ffmpeg.filter_chain(report.sample_rate_hz, options.loudness_normalization,
+                                    self.config.loudnorm_target_lufs)
+        span = _tracer.start_span("preprocess.decode", attributes={
+            "asr.media.container": report.container, "asr.media.codec": report.codec,
+            "asr.preprocess.source_rate_hz": report.sample_rate_hz,
+            "asr.preprocess.resampler": "soxr" if "soxr" in chain else "none",
+            "asr.preprocess.filters": chain,
+            "asr.preprocess.loudness_normalization": options.loudness_normalization,
+            "asr.preprocess.trim_silence": options.trim_silence,
+        })
+        begun = time.monotonic()
+        try:
+            for event in self._decode_stream(path, probe, options, size, cancel, started):
+                if isinstance(event, DecodeSummary):
+                    seconds = time.monotonic() - begun
+                    span.set_attributes({
+                        "asr.audio.duration_s": event.decoded_duration,
+                        "asr.audio.output_duration_s": event.audio_duration,
+                        "asr.preprocess.decode_s": seconds,
+                        "asr.rtf": seconds / event.decoded_duration if event.decoded_duration else 0.0,
+                    })
+                yield event
+        except GeneratorExit:
+            span.set_attribute("asr.cancelled", True)
+            raise
+        except Exception as exc:
+            span.record_exception(exc)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)[:200]))
+            raise
+        finally:
+            span.end()
+
+    def _decode_stream(
         self, path: Path, probe: ProbeResult, options: PreprocessOptions, size: int,
         cancel: CancelToken, started: float,
     ) -> Iterator[bytes | DecodeSummary]:
@@ -420,6 +571,7 @@ class Preprocessor:
             what="decoding the file", tool="decoder", deadline_setting="max_decode_seconds",
         )
         declared = probe.report.duration if not probe.duration_estimated else 0.0
+        claimed = probe.report.duration  # estimated or not: the bomb check only needs a scale
         cap = DurationCap(
             round(declared * SAMPLE_RATE) * BYTES_PER_SAMPLE,
             int(PADDING_TOLERANCE_S * SAMPLE_RATE) * BYTES_PER_SAMPLE,
@@ -434,6 +586,7 @@ class Preprocessor:
             for data in stream:
                 decoded += len(data)
                 check_decoded_so_far(decoded, limits)
+                check_overrun(decoded / BYTES_PER_SECOND, claimed)
                 data, odd = odd + data, b""
                 if len(data) % BYTES_PER_SAMPLE:  # a pipe read may end mid-sample
                     data, odd = data[:-1], data[-1:]
@@ -452,7 +605,7 @@ class Preprocessor:
             yield chunk
         yield DecodeSummary(
             audio_duration=sent / BYTES_PER_SECOND, pcm_bytes=sent,
-            decode_seconds=time.monotonic() - started,
+            decode_seconds=time.monotonic() - started, decoded_duration=decoded / BYTES_PER_SECOND,
         )
 
     def _check_exit(self, child: ffmpeg.Child, path: Path, decoded_seconds: float,

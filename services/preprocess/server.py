@@ -20,16 +20,44 @@ from services.preprocess.servicer import PreprocessServicer
 SERVICE = "preprocess"
 log = logging.getLogger(__name__)
 
+ESTIMATE_RTF_DEFAULT = 0.10
+"""Whole-mesh seconds per audio second with the default model (whisper base, int8, CPU, 2 cores,
+no diarization), from measurement: `scripts/bench_long.py ../shared/corpus-dev/long/long.flac`
+(602 s) gave the mesh 1.08x the time of plain faster-whisper in the same run (96.3 s vs 89.3 s,
+RTF 0.160 vs 0.148 on a host shared with other jobs, load ≈ 7 on 2 cores); DESIGN.md's unloaded
+plain figure on this hardware is RTF 0.080, and 0.080 × 1.08 ≈ 0.087. The gateway's default
+loudness normalisation adds ≈ 0.013 (`scripts/bench_preprocess.py`: 76 audio-s/s), hence 0.10.
+A static, per-deployment figure rather than the gateway's observed history: it is right from the
+first request, the same on every replica, and does not mix requests with and without
+diarization (which adds to it). Deployments on other hardware set ASR_PREPROCESS_ESTIMATE_RTF from
+their own run of those scripts (the GPU overlay is an order of magnitude faster)."""
+
 
 class PreprocessSettings(ServerSettings):
-    """Environment: ASR_PREPROCESS_* (plus ASR_STATE_DIR and OTEL_*)."""
+    """Environment: ASR_PREPROCESS_* (plus ASR_STATE_DIR and OTEL_*).
+
+    Loudness normalisation and silence trimming are per-request options (PreprocessConfig); the
+    mesh's defaults are the gateway's (services/gateway/pipeline.py ChainOptions), chosen with
+    `scripts/bench_preprocess.py --long` (faster-whisper base, int8, beam 5, VAD on, T=0):
+
+        options          20 clips  10 media formats  quiet clip  10-min file  silence+noise
+        none             24.8%     12.5%             33.3%       11.1%        0 words
+        loudnorm         23.3%     10.0%              8.3%       -            0 words
+        trim             23.3%     12.5%             50.0%       -            0 words
+        loudnorm+trim    21.0%      9.2%              8.3%       10.4%        0 words
+
+    Loudness normalisation is on by default. Trimming is off: it shifts every time offset by
+    the cut lead-in, which PreprocessSummary does not report, and alone it hurts quiet input.
+    """
 
     model_config = SettingsConfigDict(env_prefix="ASR_PREPROCESS_", extra="ignore")
 
     ffmpeg_path: str = Field("ffmpeg", description="ffmpeg binary (name on PATH or a path).")
     ffprobe_path: str = Field("ffprobe", description="ffprobe binary (name on PATH or a path).")
     temp_dir: Path | None = Field(
-        None, description="Root for per-request spool directories; system temp dir when unset."
+        None, description="Root for per-request spool directories; system temp dir when unset. "
+        "When set it must belong to this one process: stale asr-preprocess-* spools found there "
+        "at start (left by a killed predecessor) are removed."
     )
     max_upload_bytes: int = Field(2 << 30, gt=0, description="Largest upload accepted.")
     max_audio_seconds: float = Field(4 * 3600, gt=0, description="Longest audio accepted.")
@@ -40,8 +68,17 @@ class PreprocessSettings(ServerSettings):
         1 << 30, ge=64 << 20, description="Address-space limit of each ffmpeg/ffprobe child."
     )
     max_concurrent_jobs: int = Field(4, ge=1, description="Decodes running at once; more → RESOURCE_EXHAUSTED.")
-    loudnorm_target_lufs: float = Field(-23.0, le=0, description="Integrated loudness target (EBU R128).")
-    silence_threshold_db: float = Field(-50.0, lt=0, description="Level under which trim_silence cuts.")
+    loudnorm_target_lufs: float = Field(
+        -23.0, le=0, description="Integrated loudness target (EBU R128) of loudness_normalization."
+    )
+    silence_threshold_db: float = Field(
+        -50.0, lt=0, description="Level under which trim_silence cuts (applied after loudnorm)."
+    )
+    estimate_rtf: float = Field(
+        ESTIMATE_RTF_DEFAULT, ge=0,
+        description="Processing seconds per audio second of the deployment's configured model, "
+        "for the estimate returned in MediaInfo.estimated_processing (0 = no estimate).",
+    )
 
 
 def resolve_binary(name: str) -> str:
@@ -70,6 +107,7 @@ def build_preprocessor(settings: PreprocessSettings) -> Preprocessor:
         loudnorm_target_lufs=settings.loudnorm_target_lufs,
         silence_threshold_db=settings.silence_threshold_db,
         max_concurrent_jobs=settings.max_concurrent_jobs,
+        estimate_rtf=settings.estimate_rtf,
     ))
 
 
@@ -85,9 +123,13 @@ def create_server(settings: PreprocessSettings, preprocessor: Preprocessor | Non
 
 def main() -> None:
     settings = PreprocessSettings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, SERVICE, settings.log_format)
     setup_telemetry(SERVICE, settings.state_dir)
-    serve_forever(create_server(settings), settings, SERVICE)
+    preprocessor = build_preprocessor(settings)
+    # serve_forever returns after SIGTERM and the grace period; whatever still runs is cancelled
+    # and its spool removed before the process exits.
+    serve_forever(create_server(settings, preprocessor), settings, SERVICE)
+    preprocessor.shutdown()
 
 
 if __name__ == "__main__":

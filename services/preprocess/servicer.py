@@ -10,7 +10,7 @@ from opentelemetry import trace
 from asr.common.v1 import audio_pb2
 from asr.preprocess.v1 import preprocess_service_pb2 as pb
 from asr.preprocess.v1 import preprocess_service_pb2_grpc as pb_grpc
-from services.common import convert
+from services.common import convert, metrics
 from services.common.domain import MediaReport
 from services.common.errors import InvalidInput
 from services.preprocess.core import DecodeSummary, PreprocessOptions, Preprocessor
@@ -19,6 +19,11 @@ from services.preprocess.ffmpeg import CancelToken
 PCM_FORMAT = audio_pb2.PcmFormat(
     sample_rate_hz=16_000, channels=1, encoding=audio_pb2.SAMPLE_ENCODING_S16LE
 )
+
+
+def media_info(report: MediaReport) -> audio_pb2.MediaInfo:
+    """MediaInfo for a probe report, the processing estimate included."""
+    return convert.media_to_proto(report)
 
 
 def _content(request_iterator) -> Iterator[bytes]:
@@ -58,12 +63,13 @@ class PreprocessServicer(pb_grpc.PreprocessServiceServicer):
                     "asr.media.size_bytes": event.size_bytes,
                     "asr.audio.declared_duration_s": event.duration,
                 })
-                yield pb.PreprocessResponse(media_info=convert.media_to_proto(event))
+                yield pb.PreprocessResponse(media_info=media_info(event))
             elif isinstance(event, DecodeSummary):
                 span.set_attributes({
                     "asr.audio.duration_s": event.audio_duration,
                     "asr.preprocess.decode_s": event.decode_seconds,
                 })
+                metrics.record_work("preprocess", event.decoded_duration, event.decode_seconds)
                 yield pb.PreprocessResponse(summary=pb.PreprocessSummary(
                     audio_duration=convert.duration(event.audio_duration),
                     pcm_bytes=event.pcm_bytes,

@@ -21,13 +21,19 @@ from services.preprocess.core import (
     Chunker,
     DurationCap,
     PreprocessLimits,
+    PreprocessOptions,
+    Preprocessor,
+    PreprocessorConfig,
     SilenceTrimmer,
     check_complete,
     check_declared_duration,
     check_decoded_so_far,
+    check_overrun,
+    check_sample_rate,
     check_upload_size,
     check_wav_header,
     chunk_size,
+    estimate_processing_seconds,
     spool_name,
 )
 from services.preprocess.ffmpeg import CancelToken, ChildLimits, ProbeResult
@@ -182,6 +188,73 @@ def test_running_decode_limits():
     roomy = PreprocessLimits(max_audio_seconds=1, max_decoded_bytes=1 << 30)
     with pytest.raises(LimitExceeded, match=r"limit of 1\.00 s \(max_audio_seconds\)"):
         check_decoded_so_far(32_002, roomy)
+
+
+def test_an_estimated_duration_is_refused_only_when_far_over_a_limit():
+    limits = PreprocessLimits(max_audio_seconds=60)
+    check_declared_duration(100, limits, slack=2.0)  # over 60 s, but only an estimate
+    with pytest.raises(LimitExceeded, match=r"size and bit rate suggest 2\.0 h of audio, over the limit of 1\.0 min"):
+        check_declared_duration(7200, limits, slack=2.0)
+
+
+@pytest.mark.parametrize("rate", [8_000, 11_025, 16_000, 44_100, 48_000, 96_000, 192_000, 384_000])
+def test_real_sample_rates_pass(rate):
+    check_sample_rate(rate, "pcm_s16le")
+
+
+@pytest.mark.parametrize("rate", [1, 8, 999, 768_001, 0x7FFFFFFF])
+def test_forged_sample_rates_are_refused(rate):
+    with pytest.raises(InvalidAudio, match=f"sample rate of {rate} Hz, outside .* forged"):
+        check_sample_rate(rate, "pcm_s16le")
+
+
+def test_a_decode_far_past_its_declared_length_is_a_bomb():
+    check_overrun(10_000, 0)  # nothing declared: only the limits apply
+    check_overrun(4 * 60 + 600, 60)
+    with pytest.raises(InvalidAudio, match=r"1\.0 min declared, over 14\.0 min decoded\): refused as a probable decompression bomb"):
+        check_overrun(4 * 60 + 601, 60)
+
+
+def test_estimate_is_duration_times_the_configured_rtf():
+    assert estimate_processing_seconds(600, 0.09) == pytest.approx(54)
+    assert estimate_processing_seconds(0, 0.09) == 0
+    assert estimate_processing_seconds(600, 0) == 0
+
+
+def test_stale_spools_in_a_configured_root_are_swept_and_shutdown_waits_for_jobs(tmp_path):
+    stale = tmp_path / "asr-preprocess-old"
+    (stale / "x").mkdir(parents=True)
+    other = tmp_path / "keep-me"
+    other.mkdir()
+    pre = Preprocessor(PreprocessorConfig(temp_root=tmp_path))
+    assert not stale.exists() and other.exists()
+
+    release = threading.Event()
+
+    def upload():
+        yield b"RIFF"
+        release.wait(10)
+        yield b"more"
+
+    errors = []
+
+    def work():
+        try:
+            list(pre.run(PreprocessOptions(filename="x.wav"), upload()))
+        except Exception as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    deadline = time.monotonic() + 5
+    while not list(tmp_path.glob("asr-preprocess-*")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert list(tmp_path.glob("asr-preprocess-*"))
+    threading.Timer(0.2, release.set).start()
+    pre.shutdown(timeout=5)
+    assert not list(tmp_path.glob("asr-preprocess-*"))
+    worker.join(5)
+    assert isinstance(errors[0], Cancelled)
 
 
 def wav_header(data_bytes: int, rate: int = 16_000, channels: int = 1) -> bytes:

@@ -157,6 +157,18 @@ def test_chunk_size_is_honoured(server, corpus):
     assert sizes == [100_000] * 3 + [20_000] and len(pcm) == 320_000
 
 
+def test_finished_work_is_counted_in_the_metrics(server, corpus):
+    from services.common.metrics import REGISTRY
+
+    def audio_seconds() -> float:
+        return REGISTRY.get_sample_value("asr_audio_processed_seconds_total", {"service": "preprocess"}) or 0.0
+
+    before = audio_seconds()
+    preprocess(server, (corpus / "media/noise_10s.wav").read_bytes())
+    assert audio_seconds() - before == pytest.approx(10.0, abs=0.02)
+    assert REGISTRY.get_sample_value("asr_real_time_factor_count", {"service": "preprocess"}) >= 1
+
+
 def test_loudness_normalization_raises_a_quiet_file(server, corpus):
     data = (corpus / "media/clip_quiet.wav").read_bytes()
     _, plain, _, _ = preprocess(server, data)
