@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 export PYANNOTE_METRICS_ENABLED := false
 export ASR_CORPUS_DIR := $(CORPUS)
 
-.PHONY: help setup system-deps protos model run test test-fast lint buf clean bench-long
+.PHONY: help setup system-deps protos model run test test-fast lint buf clean bench-long corpus-hard
 
 help:  ## List targets.
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -73,3 +73,6 @@ bench-long: setup  ## Mesh vs plain faster-whisper on the 10-minute file (slow).
 
 clean:  ## Remove generated files (keeps the venv and model).
 	rm -rf gen/asr gen/.stamp $(OUT) .pytest_cache
+
+corpus-hard: $(VENV)/.installed  ## Harder diarization conversations + RTTM into build/corpus-hard (~10 min).
+	$(PY) scripts/gen_dia_hard.py build/corpus-hard --tools $(abspath ../shared/tools)

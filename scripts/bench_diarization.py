@@ -2,9 +2,17 @@
 """Diarization benchmark: DER and speaker count on the corpus conversations, RTF on long audio.
 
     PYANNOTE_METRICS_ENABLED=false .venv/bin/python scripts/bench_diarization.py \
-        [--corpus ../shared/corpus-dev] [--threads 2] [--no-long] [--pyannote-dir DIR]
+        [--corpus ../shared/corpus-dev] [--hard build/corpus-hard] [--threads 2] [--no-long] \
+        [--hour] [--pyannote-dir DIR]
 
-Prints one table: file, true speakers, found speakers, DER (collar 0.25 s, overlap scored), RTF.
+Prints one table: file, true speakers, found speakers, DER (collar 0.25 s, overlap scored) and its
+parts (missed speech, false alarm, speaker confusion), DER when told the true count, RTF, overlap
+found / true (seconds), the peak resident memory of the process after each file and, for the
+unscored long files, how far memory rose above the decoded audio while diarizing it.
+`--hard` adds the harder conversations of `make corpus-hard` (scripts/gen_dia_hard.py; used by
+default when build/corpus-hard/manifest.json exists). `--hour` adds one hour of audio: the
+10-minute file six times over, concatenated by ffmpeg into a temporary file; run it alone
+(`--hour --no-corpus --no-long`) to see the peak memory it alone needs.
 """
 
 from __future__ import annotations
@@ -51,6 +59,16 @@ def der(reference, hypothesis) -> float:
     return DiarizationErrorRate(collar=0.25, skip_overlap=False)(reference, hypothesis)
 
 
+def der_parts(reference, hypothesis) -> tuple[float, float, float, float]:
+    """(DER, missed speech, false alarm, speaker confusion), each a share of the reference."""
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    parts = DiarizationErrorRate(collar=0.25, skip_overlap=False)(reference, hypothesis, detailed=True)
+    total = parts["total"] or 1.0
+    return (parts["diarization error rate"], parts["missed detection"] / total,
+            parts["false alarm"] / total, parts["confusion"] / total)
+
+
 def run(diarizer, audio, **options):
     """Diarize and return the outcome (progress events are dropped)."""
     from services.diarization.core import DiarizationOptions, DiarizationOutcome
@@ -61,40 +79,142 @@ def run(diarizer, audio, **options):
     raise RuntimeError("no outcome")
 
 
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (MiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class RssSampler:
+    """Peak resident memory while a block runs, sampled from /proc every 20 ms (MiB)."""
+
+    def __enter__(self):
+        import threading
+
+        self.start = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    def _sample(self):
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def overlap_seconds(annotation) -> float:
+    """Seconds where two or more reference speakers talk at once."""
+    return sum(seg.duration for seg in annotation.get_overlap())
+
+
+def hour_file(long_flac: Path, directory: Path) -> Path:
+    """The 10-minute corpus file six times over (one hour), made by ffmpeg's concat demuxer."""
+    import subprocess
+
+    listing = directory / "six.txt"
+    listing.write_text("".join(f"file '{long_flac.resolve()}'\n" for _ in range(6)))
+    out = directory / "hour.flac"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0", "-i",
+                    str(listing), "-c", "copy", str(out)], check=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, default=Path(os.environ.get("ASR_CORPUS_DIR", REPO.parent / "shared" / "corpus-dev")))
+    parser.add_argument("--hard", type=Path, default=REPO / "build" / "corpus-hard",
+                        help="harder conversations (make corpus-hard); skipped when absent")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--no-corpus", action="store_true", help="skip the corpus-dev conversations")
+    parser.add_argument("--no-hard", action="store_true", help="skip the harder conversations")
     parser.add_argument("--no-long", action="store_true", help="skip the 10-minute RTF run")
+    parser.add_argument("--hour", action="store_true", help="add one hour of audio (RTF, memory)")
+    parser.add_argument("--only", nargs="*", default=[], help="only files whose name contains one of these")
     parser.add_argument("--pyannote-dir", type=Path, help="benchmark a local pyannote pipeline instead")
+    parser.add_argument("--turn-extension", type=float, default=0.45,
+                        help="seconds turn edges grow into silence (0.15 suits tight references)")
     args = parser.parse_args()
+
+    import tempfile
 
     from faster_whisper import decode_audio
 
     from services.diarization.core import Diarizer
     from services.diarization.server import DiarizationSettings, build_backend
 
-    settings = DiarizationSettings(torch_threads=args.threads, pyannote_dir=args.pyannote_dir)
+    settings = DiarizationSettings(torch_threads=args.threads, pyannote_dir=args.pyannote_dir,
+                                   turn_extension_s=args.turn_extension)
     started = time.perf_counter()
     diarizer = Diarizer(build_backend(settings), settings.max_speakers)
     print(f"backend {diarizer.backend.name} loaded in {time.perf_counter() - started:.1f}s, "
-          f"torch threads {args.threads}", flush=True)
-    manifest = json.loads((args.corpus / "manifest.json").read_text())
-    rows = []
-    for item in manifest["dia"]:
-        audio = decode_audio(str(args.corpus / item["audio"]), sampling_rate=16000)
-        outcome = run(diarizer, audio)
-        error = der(load_rttm(args.corpus / item["rttm"]), turns_to_annotation(outcome.exclusive_turns))
-        rows.append((item["audio"], str(item["speakers"]), str(outcome.speaker_count), f"{error:.2%}",
-                     f"{outcome.processing_seconds / outcome.audio_duration:.4f}"))
+          f"torch threads {args.threads}, peak RSS {peak_rss_mib():.0f} MiB", flush=True)
+    scored: list[tuple[Path, dict]] = []
+    if not args.no_corpus:
+        manifest = json.loads((args.corpus / "manifest.json").read_text())
+        scored += [(args.corpus, item) for item in manifest["dia"]]
+    if not args.no_hard and (args.hard / "manifest.json").is_file():
+        manifest = json.loads((args.hard / "manifest.json").read_text())
+        scored += [(args.hard, item) for item in manifest["dia"]]
+    elif not args.no_hard:
+        print(f"no harder conversations in {args.hard} (make corpus-hard)", flush=True)
+    unscored: list[tuple[str, Path]] = []
     if not args.no_long:
-        for item in manifest["long"]:
-            audio = decode_audio(str(args.corpus / item["audio"]), sampling_rate=16000)
+        manifest = json.loads((args.corpus / "manifest.json").read_text())
+        unscored += [(item["audio"], args.corpus / item["audio"]) for item in manifest["long"]]
+    tmp = tempfile.TemporaryDirectory()
+    if args.hour:
+        unscored.append(("long.flac x6 (1 h)", hour_file(args.corpus / "long" / "long.flac", Path(tmp.name))))
+
+    def wanted(name: str) -> bool:
+        return not args.only or any(word in name for word in args.only)
+
+    rows = []
+
+    def add_row(name, true_count, outcome, scores, true_overlap, growth="-"):
+        found_overlap = sum(r.end - r.start for r in outcome.overlaps)
+        rows.append((name, true_count, str(outcome.speaker_count), *scores,
+                     f"{outcome.processing_seconds / outcome.audio_duration:.4f}",
+                     f"{found_overlap:.1f} / {true_overlap}", f"{peak_rss_mib():.0f}", growth))
+        print("  ".join(rows[-1]), flush=True)
+
+    for root, item in scored:
+        if not wanted(item["audio"]):
+            continue
+        reference = load_rttm(root / item["rttm"])
+        audio = decode_audio(str(root / item["audio"]), sampling_rate=16000)
+        outcome = run(diarizer, audio)
+        error, miss, false_alarm, confusion = der_parts(reference, turns_to_annotation(outcome.exclusive_turns))
+        # The same file told the true count: separates counting errors from clustering errors.
+        told = run(diarizer, audio, num_speakers=item["speakers"])
+        told_error = der(reference, turns_to_annotation(told.exclusive_turns))
+        add_row(item["audio"], str(item["speakers"]), outcome,
+                (f"{error:.2%}", f"{miss:.1%}", f"{false_alarm:.1%}", f"{confusion:.1%}", f"{told_error:.2%}"),
+                f"{overlap_seconds(reference):.1f}")
+    for name, path in unscored:
+        if not wanted(name):
+            continue
+        audio = decode_audio(str(path), sampling_rate=16000)
+        with RssSampler() as rss:
             outcome = run(diarizer, audio)
-            rows.append((item["audio"], "-", str(outcome.speaker_count), "-",
-                         f"{outcome.processing_seconds / outcome.audio_duration:.4f}"))
-    header = ("file", "true speakers", "found speakers", "DER", "RTF")
+        del audio
+        add_row(name, "-", outcome, ("-",) * 5, "-", f"+{rss.peak - rss.start:.0f}")
+    tmp.cleanup()
+    header = ("file", "true speakers", "found speakers", "DER", "miss", "false alarm", "confusion",
+              "DER told count", "RTF", "overlap s found/true", "peak RSS MiB",
+              "RSS growth while diarizing MiB")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    print()
     for row in [header, tuple("-" * w for w in widths), *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
 

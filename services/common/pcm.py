@@ -35,7 +35,9 @@ def pcm_to_float32(pcm: bytes | bytearray | memoryview) -> np.ndarray:
     """s16le bytes → float32 in [-1, 1), exactly as faster-whisper's `decode_audio` scales."""
     if len(pcm) % BYTES_PER_SAMPLE:
         raise InvalidAudio("PCM stream ends in the middle of a sample (odd byte count)")
-    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+    audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
+    audio /= 32768.0  # in place: one float copy of an hour is 230 MB, two would be 460 MB
+    return audio
 
 
 def chunked(data: bytes | memoryview, size: int = DEFAULT_CHUNK_BYTES) -> Iterator[bytes]:

@@ -16,10 +16,17 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 from pyannote.core import Annotation
 
+from services.common import metrics
 from services.common.domain import SAMPLE_RATE, ProgressUpdate, SpeakerTurn, TimeRange
-from services.common.errors import InvalidInput
+from services.common.errors import Cancelled, InvalidInput
+
+SERVICE = "diarization"
+tracer = trace.get_tracer(__name__)
 
 
 class Backend(Protocol):
@@ -29,7 +36,11 @@ class Backend(Protocol):
 
     def annotate(self, audio: np.ndarray, min_speakers: int, max_speakers: int,
                  progress: Callable[[float, str], None]) -> Annotation:
-        """Speaker turns (any hashable labels) with a count within [min_speakers, max_speakers]."""
+        """Speaker turns (any hashable labels) with a count within [min_speakers, max_speakers].
+
+        `progress` is called between units of work (batches, steps); it raises `Cancelled` once
+        the caller has gone, which is how a backend stops early: it need not catch it.
+        """
         ...
 
 
@@ -126,52 +137,89 @@ class Diarizer:
         self.backend = backend
         self.max_speakers = max_speakers
 
-    def diarize(self, audio: np.ndarray, options: DiarizationOptions) -> Iterator[ProgressUpdate | DiarizationOutcome]:
-        """Yield progress updates, then one `DiarizationOutcome`."""
+    def diarize(self, audio: np.ndarray, options: DiarizationOptions,
+                cancel: threading.Event | None = None) -> Iterator[ProgressUpdate | DiarizationOutcome]:
+        """Yield progress updates, then one `DiarizationOutcome`.
+
+        Setting `cancel` (or closing this generator) stops the backend at its next batch; the
+        generator then raises `Cancelled`. One span, `diarization.diarize`, covers the work, with
+        progress as span events; the backend's own stages are its children.
+        """
         low, high = speaker_bounds(options, self.max_speakers)
         duration = len(audio) / SAMPLE_RATE
+        cancel = cancel or threading.Event()
         started = time.perf_counter()
-        yield ProgressUpdate(0.0, 0.0, duration, message=f"diarizing with {self.backend.name}")
-        annotation = Annotation()
-        if len(audio):
-            annotation = yield from self._run(audio, low, high, duration, started)
-        turns, overlaps, count = exclusive_turns(annotation)
-        yield ProgressUpdate(1.0, duration, duration, message="diarization done")
-        yield DiarizationOutcome(
-            exclusive_turns=tuple(turns),
-            overlaps=tuple(overlaps),
-            speaker_count=count,
-            backend=self.backend.name,
-            audio_duration=duration,
-            processing_seconds=time.perf_counter() - started,
-        )
+        # Not a "current" span: a generator may resume in another context, so the span is ended
+        # explicitly and handed to the worker thread as its parent context.
+        span = tracer.start_span("diarization.diarize", attributes={
+            "asr.audio.duration_s": duration, "asr.diarization.backend": self.backend.name,
+            "asr.diarization.min_speakers": low, "asr.diarization.max_speakers": high})
+        try:
+            yield ProgressUpdate(0.0, 0.0, duration, message=f"diarizing with {self.backend.name}")
+            annotation = Annotation()
+            if len(audio):
+                annotation = yield from self._run(audio, low, high, duration, started, cancel, span)
+            turns, overlaps, count = exclusive_turns(annotation)
+            processing = time.perf_counter() - started
+            rtf = processing / duration if duration else 0.0
+            span.set_attributes({"asr.rtf": rtf, "asr.diarization.speakers": count,
+                                 "asr.diarization.turns": len(turns),
+                                 "asr.diarization.overlaps": len(overlaps)})
+            metrics.record_work(SERVICE, duration, processing)
+            yield ProgressUpdate(1.0, duration, duration, message="diarization done")
+            yield DiarizationOutcome(
+                exclusive_turns=tuple(turns),
+                overlaps=tuple(overlaps),
+                speaker_count=count,
+                backend=self.backend.name,
+                audio_duration=duration,
+                processing_seconds=processing,
+            )
+        except BaseException as exc:
+            if not isinstance(exc, GeneratorExit):
+                span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
+        finally:
+            cancel.set()  # whatever happened, the worker has nothing left to do
+            span.end()
 
-    def _run(self, audio, low, high, duration, started) -> Iterator[ProgressUpdate]:
+    def _run(self, audio, low, high, duration, started, cancel: threading.Event,
+             span: trace.Span) -> Iterator[ProgressUpdate]:
         # The backend blocks for the whole audio; it runs in a worker thread so its progress
-        # reaches the caller while it works.
+        # reaches the caller while it works, and so a cancelled caller can stop it between batches.
         events: queue.Queue = queue.Queue()
         result: dict = {}
+        parent = trace.set_span_in_context(span)
 
         def report(fraction: float, message: str = "") -> None:
+            if cancel.is_set():
+                raise Cancelled("diarization cancelled by the caller")
             events.put((fraction, message))
 
         def work() -> None:
+            token = otel_context.attach(parent)
             try:
                 result["annotation"] = self.backend.annotate(audio, low, high, report)
             except BaseException as exc:  # handed to the caller's thread below
                 result["error"] = exc
             finally:
+                otel_context.detach(token)
                 events.put(None)
 
         worker = threading.Thread(target=work, name=f"diarize-{self.backend.name}", daemon=True)
         worker.start()
         last = 0.0
+        # Closed early (caller gone), the generator leaves this loop with GeneratorExit and
+        # `diarize` sets `cancel`: the worker stops at its next batch, nobody waits for it.
         while (event := events.get()) is not None:
             fraction = min(max(event[0], last), 0.99)
             if fraction - last < 0.01 and not event[1]:
                 continue
             last = fraction
             elapsed = time.perf_counter() - started
+            if event[1]:
+                span.add_event("progress", {"fraction": round(fraction, 4), "message": event[1]})
             yield ProgressUpdate(
                 fraction=fraction,
                 audio_processed=fraction * duration,

