@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num-speakers", type=int, default=0, help="exact speaker count, if known")
     t.add_argument("--min-speakers", type=int, default=0)
     t.add_argument("--max-speakers", type=int, default=0)
+    t.add_argument("--profile", choices=("max_quality", "balanced", "fast"), default="",
+                   help="transcription quality profile (default: balanced; see README)")
+    t.add_argument("--hotwords", default="", help="names or jargon to expect, as a hint to the model")
     t.add_argument("--itn", action="store_true",
                    help='write spoken numbers, money, dates and times as digits ("doze por cento" → "12%%")')
     t.add_argument("--loudnorm", action=argparse.BooleanOptionalAction, default=None,
@@ -140,7 +143,7 @@ def transcribe(args: argparse.Namespace) -> int:
         language_code=args.language, diarize=args.diarize, num_speakers=args.num_speakers,
         min_speakers=args.min_speakers, max_speakers=args.max_speakers, model=args.model,
         formats=args.format, speaker_names=dict(args.speaker_name),
-        inverse_text_normalization=args.itn,
+        inverse_text_normalization=args.itn, quality_profile=args.profile, hotwords=args.hotwords,
         loudness_normalization=args.loudnorm, trim_silence=args.trim_silence,
     )
     failures = 0

@@ -41,6 +41,10 @@ class TranscribeOptions:
     formats: tuple[str, ...] = ("json",)
     speaker_names: dict[str, str] = field(default_factory=dict)
     temperatures: tuple[float, ...] = ()
+    quality_profile: str = ""
+    """Transcription profile: "max_quality", "balanced" or "fast"; "" = service default."""
+    best_of: int = 0
+    hotwords: str = ""
     inverse_text_normalization: bool = False
     """Write spoken PT-BR numbers, money, dates and times as digits ("doze por cento" → "12%")."""
     loudness_normalization: bool | None = None
@@ -57,7 +61,8 @@ class TranscribeOptions:
             num_speakers=self.num_speakers, min_speakers=self.min_speakers,
             max_speakers=self.max_speakers, model=self.model,
             output_formats=[FORMATS[f] for f in self.formats], speaker_names=self.speaker_names,
-            temperatures=self.temperatures,
+            temperatures=self.temperatures, quality_profile=self.quality_profile,
+            best_of=self.best_of, hotwords=self.hotwords,
             inverse_text_normalization=self.inverse_text_normalization,
             **{name: value for name in ("loudness_normalization", "trim_silence")
                if (value := getattr(self, name)) is not None},

@@ -187,7 +187,9 @@ class GrpcStages:
         config = tr_pb.TranscriptionConfig(
             language_code=options.language_code, model=options.model, format=PCM16K,
             beam_size=options.beam_size, initial_prompt=options.initial_prompt,
-            temperatures=options.temperatures,
+            temperatures=options.temperatures, best_of=options.best_of, hotwords=options.hotwords,
+            profile=tr_pb.QualityProfile.Value(f"QUALITY_PROFILE_{options.quality_profile.upper()}")
+            if options.quality_profile else tr_pb.QUALITY_PROFILE_UNSPECIFIED,
         )
 
         def requests() -> Iterator[tr_pb.TranscribeRequest]:

@@ -41,6 +41,9 @@ class ChainOptions:
     beam_size: int = 0
     initial_prompt: str = ""
     temperatures: tuple[float, ...] = ()
+    quality_profile: str = ""
+    best_of: int = 0
+    hotwords: str = ""
     inverse_text_normalization: bool = False
     loudness_normalization: bool = True
     """EBU R128 before transcription. Default on, measured with scripts/bench_preprocess.py

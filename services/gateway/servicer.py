@@ -65,10 +65,25 @@ def chain_options(config: pb.TranscribeConfig) -> ChainOptions:
         beam_size=config.beam_size,
         initial_prompt=config.initial_prompt,
         temperatures=tuple(config.temperatures),
+        quality_profile=_quality_profile(config.quality_profile),
+        best_of=config.best_of,
+        hotwords=config.hotwords,
         inverse_text_normalization=config.inverse_text_normalization,
         **{name: getattr(config, name) for name in ("loudness_normalization", "trim_silence")
            if config.HasField(name)},  # unset: ChainOptions' measured defaults
     )
+
+
+def _quality_profile(name: str) -> str:
+    """Validate a quality profile name ("" = the transcription service's default)."""
+    name = name.strip().lower().replace("-", "_")
+    if name not in QUALITY_PROFILES:
+        raise InvalidInput(f"unknown quality profile {name!r}; choose from max_quality, balanced, fast",
+                           field="config.quality_profile")
+    return name
+
+
+QUALITY_PROFILES = ("", "max_quality", "balanced", "fast")
 
 
 class GatewayServicer(pb_grpc.GatewayServiceServicer):

@@ -1,38 +1,111 @@
 """Speech recognition with faster-whisper. Pure: no gRPC, no environment reads.
 
-`Transcriber.transcribe` takes float32 16 kHz mono audio and yields progress updates and
-domain `Segment`s as faster-whisper decodes them, then one `TranscriptionSummary`.
+`Transcriber.transcribe` takes 16 kHz mono audio (float32, or int16 PCM samples so hour-long
+audio is never copied to float whole) and yields progress updates and domain `Segment`s as they
+are decoded, then one `TranscriptionSummary`.
+
+Two decoding paths:
+- **sequential** (audio under `LONG_FORM_MIN_S`, or the max-quality profile): plain
+  faster-whisper `WhisperModel.transcribe`, identical output to calling it directly.
+- **batched** (long audio, balanced and fast profiles): windows cut at silences and decoded in
+  batches with timestamps, failed windows redone with temperature fallback (see `longform`).
+
+Both paths pass through the hallucination guards (`guards`): silent windows dropped, phrase
+loops cut, and a decode without VAD when VAD hears nothing in audio that has energy.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import unicodedata
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 
 import numpy as np
+from opentelemetry import trace
 
 from services.common.domain import SAMPLE_RATE, ProgressUpdate, Segment, Word
 from services.common.errors import InvalidInput
+from services.transcription import guards, longform
+from services.transcription.longform import VadParams, Window
 from services.transcription.models import ModelRegistry
+from services.transcription.scheduler import WorkQueue
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 DEFAULT_LANGUAGE = "pt-BR"
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 """faster-whisper's own fallback schedule; sampling above 0 makes output vary run to run."""
+SEQUENTIAL, BATCHED = "sequential", "batched"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named set of decoding parameters (documented in the proto and README)."""
+
+    name: str
+    beam_size: int
+    best_of: int
+    temperatures: tuple[float, ...]
+    long_form: str
+    batched_beam_size: int
+    """Beam for windows decoded in batches (failed windows are redone with `beam_size`)."""
+
+
+PROFILES = {
+    "max_quality": Profile("max_quality", 5, 5, DEFAULT_TEMPERATURES, SEQUENTIAL, 5),
+    "balanced": Profile("balanced", 5, 5, DEFAULT_TEMPERATURES, BATCHED, 3),
+    "fast": Profile("fast", 1, 1, (0.0, 0.4, 0.8), BATCHED, 1),
+}
+DEFAULT_PROFILE = "balanced"
 
 
 @dataclass(frozen=True)
 class TranscriptionOptions:
-    """What a caller may choose per request."""
+    """What a caller may choose per request; zero/empty values mean "the profile's"."""
 
     language_code: str = DEFAULT_LANGUAGE
     model: str = ""
-    beam_size: int = 5
+    profile: str = DEFAULT_PROFILE
+    beam_size: int = 0
+    best_of: int = 0
+    temperatures: tuple[float, ...] = ()
     word_timestamps: bool = True
     vad_filter: bool = True
     initial_prompt: str = ""
-    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
+    hotwords: str = ""
+    strategy: str = ""
+    batch_size: int = 0
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """Options resolved against the profile: what actually runs."""
+
+    profile: str
+    beam_size: int
+    batched_beam_size: int
+    best_of: int
+    temperatures: tuple[float, ...]
+    strategy: str
+    batch_size: int
+    language: str | None
+    word_timestamps: bool
+    vad_filter: bool
+    initial_prompt: str | None
+    hotwords: str | None
+
+    def whisper_kwargs(self) -> dict:
+        """Keyword arguments shared by both faster-whisper entry points."""
+        return dict(
+            language=self.language, beam_size=self.beam_size, best_of=self.best_of,
+            word_timestamps=self.word_timestamps, initial_prompt=self.initial_prompt,
+            hotwords=self.hotwords,
+        )
 
 
 @dataclass(frozen=True)
@@ -47,6 +120,24 @@ class TranscriptionSummary:
     compute_type: str
     processing_seconds: float
     segment_count: int
+    profile: str = DEFAULT_PROFILE
+    strategy: str = SEQUENTIAL
+    batch_size: int = 1
+    queue_wait_seconds: float = 0.0
+    vad_fallback: bool = False
+    redecoded_windows: int = 0
+    repetitions_removed: int = 0
+
+
+@dataclass
+class _Stats:
+    language: str = ""
+    language_probability: float = 1.0
+    batch_size: int = 1
+    vad_fallback: bool = False
+    redecoded: int = 0
+    tails: int = 0
+    loops: guards.LoopFilter = field(default_factory=guards.LoopFilter)
 
 
 def whisper_language(language_code: str) -> str | None:
@@ -60,75 +151,368 @@ def whisper_language(language_code: str) -> str | None:
     return primary
 
 
-class Transcriber:
-    """Runs faster-whisper models from a registry on one device/compute type."""
+def resolve(options: TranscriptionOptions, duration: float, long_form_min_s: float,
+            max_batch_size: int) -> Decoding:
+    """Validate the options and fill the blanks from the profile."""
+    profile = PROFILES.get(options.profile or DEFAULT_PROFILE)
+    if profile is None:
+        raise InvalidInput(
+            f"unknown quality profile {options.profile!r}; choose from {', '.join(PROFILES)}",
+            field="config.profile",
+        )
+    temperatures = tuple(options.temperatures) or profile.temperatures
+    if any(t < 0 or t > 2 for t in temperatures):
+        raise InvalidInput("temperatures must be between 0 and 2", field="config.temperatures")
+    for name in ("beam_size", "best_of", "batch_size"):
+        if getattr(options, name) < 0:
+            raise InvalidInput(f"{name} must not be negative", field=f"config.{name}")
+    if options.beam_size > 20 or options.best_of > 20:
+        raise InvalidInput("beam_size and best_of must be at most 20", field="config.beam_size")
+    strategy = options.strategy or profile.long_form
+    if strategy not in (SEQUENTIAL, BATCHED):
+        raise InvalidInput(f"unknown strategy {options.strategy!r}", field="config.strategy")
+    if duration < long_form_min_s:
+        strategy = SEQUENTIAL
+    return Decoding(
+        profile=profile.name,
+        beam_size=options.beam_size or profile.beam_size,
+        batched_beam_size=options.beam_size or profile.batched_beam_size,
+        best_of=options.best_of or profile.best_of,
+        temperatures=temperatures,
+        strategy=strategy,
+        batch_size=min(options.batch_size, max_batch_size) if options.batch_size else 0,
+        language=whisper_language(options.language_code),
+        word_timestamps=options.word_timestamps,
+        vad_filter=options.vad_filter,
+        initial_prompt=options.initial_prompt or None,
+        hotwords=options.hotwords or None,
+    )
 
-    def __init__(self, registry: ModelRegistry, device: str, compute_type: str):
+
+class Transcriber:
+    """Runs faster-whisper models from a registry on one device/compute type.
+
+    `queue` (optional) bounds concurrent work and refuses requests beyond its queue;
+    `on_batch(size)` and `on_work(audio_s, processing_s)` report figures for metrics;
+    `free_memory()` returns free accelerator bytes (None when unknown) for batch sizing.
+    """
+
+    def __init__(self, registry: ModelRegistry, device: str, compute_type: str, *,
+                 queue: WorkQueue | None = None, max_batch_size: int = 16,
+                 long_form_min_s: float = longform.LONG_FORM_MIN_S, vad: VadParams | None = None,
+                 free_memory: Callable[[], int | None] | None = None,
+                 on_batch: Callable[[int], None] | None = None,
+                 on_work: Callable[[float, float], None] | None = None,
+                 pipeline_factory: Callable[[object], object] | None = None,
+                 detect_speech: Callable[[np.ndarray], list[tuple[float, float]]] | None = None):
         self.registry = registry
         self.device = device
         self.compute_type = compute_type
+        self.queue = queue
+        self.max_batch_size = max_batch_size
+        self.long_form_min_s = long_form_min_s
+        self.vad = vad or VadParams()
+        self._free_memory = free_memory or (lambda: None)
+        self._on_batch = on_batch or (lambda size: None)
+        self._on_work = on_work or (lambda audio_s, processing_s: None)
+        self._pipeline_factory = pipeline_factory or _batched_pipeline
+        self._detect = detect_speech or self._detect_speech
+
+    def warm_up(self, name: str = "") -> None:
+        """Load a model and run it once on a second of audio (first calls are slow)."""
+        with self.registry.lease(name, self.device, self.compute_type) as model:
+            tone = (0.1 * np.sin(np.arange(SAMPLE_RATE) * 2 * np.pi * 220 / SAMPLE_RATE)).astype(np.float32)
+            segments, _ = model.transcribe(tone, language="pt", beam_size=1, vad_filter=False,
+                                           temperature=0.0)
+            list(segments)
 
     def transcribe(
         self, audio: np.ndarray, options: TranscriptionOptions
     ) -> Iterator[ProgressUpdate | Segment | TranscriptionSummary]:
-        if any(t < 0 or t > 2 for t in options.temperatures) or not options.temperatures:
-            raise InvalidInput("temperatures must be between 0 and 2", field="config.temperatures")
-        spec = self.registry.resolve(options.model)
-        language = whisper_language(options.language_code)
-        model = self.registry.get(spec.name, self.device, self.compute_type)
-        supported = getattr(model, "supported_languages", None)
-        if language and supported and language not in supported:
-            raise InvalidInput(
-                f"language {options.language_code!r} is not supported by model {spec.name!r}",
-                field="config.language_code",
-            )
         duration = len(audio) / SAMPLE_RATE
-        started = time.perf_counter()
-        yield ProgressUpdate(0.0, 0.0, duration, message=f"transcribing with {spec.name}")
-        count = 0
-        info_language, info_probability = language or "", 1.0
-        if len(audio) > 0:
-            segments, info = model.transcribe(
-                audio,
-                language=language,
-                beam_size=options.beam_size,
-                word_timestamps=options.word_timestamps,
-                vad_filter=options.vad_filter,
-                initial_prompt=options.initial_prompt or None,
-                temperature=list(options.temperatures),
-            )
-            info_language, info_probability = info.language, info.language_probability
-            for raw in segments:
-                yield to_segment(count, raw)
-                count += 1
-                elapsed = time.perf_counter() - started
-                done = min(raw.end, duration)
-                rate = done / elapsed if elapsed > 0 else 0.0
-                yield ProgressUpdate(
-                    fraction=done / duration if duration else 1.0,
-                    audio_processed=done,
-                    audio_total=duration,
-                    eta=(duration - done) / rate if rate > 0 else 0.0,
+        decoding = resolve(options, duration, self.long_form_min_s, self.max_batch_size)
+        spec = self.registry.resolve(options.model)
+        slot = self.queue.slot() if self.queue else nullcontext(0.0)
+        with slot as waited, self.registry.lease(spec.name, self.device, self.compute_type) as model:
+            supported = getattr(model, "supported_languages", None)
+            if decoding.language and supported and decoding.language not in supported:
+                raise InvalidInput(
+                    f"language {options.language_code!r} is not supported by model {spec.name!r}",
+                    field="config.language_code",
                 )
-        yield ProgressUpdate(1.0, duration, duration, message="transcription done")
-        yield TranscriptionSummary(
-            language_code=options.language_code if language else info_language,
-            language_probability=info_probability,
-            audio_duration=duration,
-            model=spec.name,
-            device=self.device,
-            compute_type=self.compute_type,
-            processing_seconds=time.perf_counter() - started,
-            segment_count=count,
+            started = time.perf_counter()
+            stats = _Stats(language=decoding.language or "")
+            with tracer.start_as_current_span("transcription.decode") as span:
+                span.set_attributes({
+                    "asr.audio.duration_s": duration, "asr.model": spec.name,
+                    "asr.device": self.device, "asr.compute_type": self.compute_type,
+                    "asr.queue_wait_s": waited, "asr.profile": decoding.profile,
+                    "asr.strategy": decoding.strategy,
+                })
+                yield ProgressUpdate(0.0, 0.0, duration, message=f"transcribing with {spec.name}")
+                count = 0
+                if len(audio) > 0:
+                    run = self._batched if decoding.strategy == BATCHED else self._sequential
+                    for event in run(model, audio, decoding, stats, started):
+                        if isinstance(event, Segment):
+                            for segment in stats.loops.push(event):
+                                yield _renumber(segment, count)
+                                count += 1
+                        else:
+                            span.add_event("progress", {
+                                "asr.fraction": event.fraction, "asr.audio_done_s": event.audio_processed,
+                                "asr.eta_s": event.eta,
+                            })
+                            yield event
+                    for segment in stats.loops.flush():
+                        yield _renumber(segment, count)
+                        count += 1
+                elapsed = time.perf_counter() - started
+                span.set_attributes({
+                    "asr.rtf": elapsed / duration if duration else 0.0,
+                    "asr.batch_size": stats.batch_size, "asr.segments": count,
+                    "asr.vad_fallback": stats.vad_fallback, "asr.redecoded_windows": stats.redecoded,
+                    "asr.tail_batches": stats.tails,
+                    "asr.repetitions_removed": stats.loops.removed,
+                })
+            self._on_work(duration, elapsed)
+            yield ProgressUpdate(1.0, duration, duration, message="transcription done")
+            yield TranscriptionSummary(
+                language_code=options.language_code if decoding.language else stats.language,
+                language_probability=stats.language_probability,
+                audio_duration=duration,
+                model=spec.name,
+                device=self.device,
+                compute_type=self.compute_type,
+                processing_seconds=elapsed,
+                segment_count=count,
+                profile=decoding.profile,
+                strategy=decoding.strategy,
+                batch_size=stats.batch_size,
+                queue_wait_seconds=waited,
+                vad_fallback=stats.vad_fallback,
+                redecoded_windows=stats.redecoded,
+                repetitions_removed=stats.loops.removed,
+            )
+
+    # -- sequential: plain faster-whisper -------------------------------------------------
+
+    def _sequential(self, model, audio: np.ndarray, decoding: Decoding, stats: _Stats,
+                    started: float) -> Iterator[ProgressUpdate | Segment]:
+        samples = longform.to_float(audio)
+        duration = len(samples) / SAMPLE_RATE
+        emitted = 0
+        for event in self._decode_sequential(model, samples, decoding, stats, started, decoding.vad_filter):
+            emitted += isinstance(event, Segment)
+            yield event
+        if emitted == 0 and decoding.vad_filter and guards.has_energy(samples):
+            # VAD heard nothing, yet there is signal: quiet or unusual speech VAD misses.
+            # Decode without VAD; the guards still drop what the model itself calls silence.
+            with tracer.start_as_current_span("transcription.vad_fallback") as span:
+                span.set_attribute("asr.audio.duration_s", duration)
+                stats.vad_fallback = True
+                yield from self._decode_sequential(model, samples, decoding, stats, started, False,
+                                                   strict=True)
+
+    def _decode_sequential(self, model, samples: np.ndarray, decoding: Decoding, stats: _Stats,
+                           started: float, vad_filter: bool, strict: bool = False,
+                           window: Window | None = None, total: float | None = None):
+        duration = total or len(samples) / SAMPLE_RATE
+        with tracer.start_as_current_span("transcription.window") as span:
+            span.set_attributes({"asr.batch_size": 1, "asr.window.start_s": window.start if window else 0.0,
+                                 "asr.window.duration_s": len(samples) / SAMPLE_RATE})
+            raw_segments, info = model.transcribe(
+                samples, vad_filter=vad_filter, temperature=list(decoding.temperatures),
+                **decoding.whisper_kwargs(),
+            )
+            stats.language, stats.language_probability = info.language, info.language_probability
+            for raw in raw_segments:
+                segment = to_segment(0, raw, window.to_original if window else None)
+                if guards.is_silent(segment) or (strict and not guards.is_confident(segment)):
+                    continue
+                yield segment
+                done = min(segment.end, duration)
+                yield _progress(done, duration, started)
+
+    # -- batched: windows at silences, decoded together ---------------------------------------
+
+    def _batched(self, model, audio: np.ndarray, decoding: Decoding, stats: _Stats,
+                 started: float) -> Iterator[ProgressUpdate | Segment]:
+        duration = len(audio) / SAMPLE_RATE
+        with tracer.start_as_current_span("transcription.vad") as span:
+            if decoding.vad_filter:
+                speech = longform.speech_ranges(audio, self._detect)
+            else:
+                speech = [(0.0, duration)]
+            windows = longform.plan_windows(speech)
+            span.set_attributes({"asr.audio.duration_s": duration, "asr.vad.speech_ranges": len(speech),
+                                 "asr.windows": len(windows),
+                                 "asr.vad.speech_s": sum(b - a for a, b in speech)})
+        if not windows and guards.has_energy(audio):
+            stats.vad_fallback = True
+            windows = longform.plan_windows([(0.0, duration)])
+        if not windows:
+            return
+        if decoding.language is None:
+            first = windows[0].samples(audio)
+            language, probability, _ = model.detect_language(first)
+            decoding = _replace_language(decoding, language)
+            stats.language, stats.language_probability = language, probability
+        size = decoding.batch_size or longform.batch_size_for(
+            duration, self.device, self._free_memory(), self.max_batch_size)
+        stats.batch_size = size
+        pipeline = self._pipeline_factory(model)
+        # Windows are planned a batch at a time from the speech still to decode, so speech a
+        # window left undecoded (its tail) joins the next windows instead of costing its own.
+        remaining = deque((a, b, 0) for a, b in longform.split_long(speech))
+        held: list[Segment] = []
+        while remaining:
+            batch = self._next_batch(remaining, size)
+            with tracer.start_as_current_span("transcription.batch") as span:
+                batch_started = time.perf_counter()
+                audio_s = sum(w.duration for w in batch)
+                span.set_attributes({
+                    "asr.batch_size": len(batch), "asr.window.start_s": min(w.start for w in batch),
+                    "asr.window.end_s": max(w.end for w in batch), "asr.audio.duration_s": audio_s,
+                })
+                self._on_batch(len(batch))
+                per_window = self._decode_batch(pipeline, audio, batch, decoding)
+                left: list[tuple[float, float, int]] = []
+                for window, (segments, failed) in zip(batch, per_window):
+                    if failed or (stats.vad_fallback and not segments):
+                        stats.redecoded += failed
+                        segments = [
+                            s for s in self._decode_sequential(
+                                model, window.samples(audio), decoding, stats, started, False,
+                                strict=stats.vad_fallback, window=window, total=duration)
+                            if isinstance(s, Segment)
+                        ]
+                    elif window.attempt < longform.MAX_TAIL_ATTEMPTS:
+                        rest = window.after(segments[-1].end if segments else window.start)
+                        if sum(b - a for a, b in rest) >= longform.TAIL_MIN_S:
+                            left.extend((a, b, window.attempt + 1) for a, b in rest)
+                    held.extend(segments)
+                stats.tails += bool(left)
+                span.set_attributes({"asr.rtf": (time.perf_counter() - batch_started) / max(audio_s, 1e-6),
+                                     "asr.tail_s": sum(b - a for a, b, _ in left)})
+            remaining.extendleft(reversed(sorted(left)))
+            # Segments after speech that is still to decode wait, so they leave in time order.
+            limit = min((a for a, _, _ in left), default=float("inf"))
+            held.sort(key=lambda seg: seg.start)
+            ready = [seg for seg in held if seg.start < limit]
+            held = held[len(ready):]
+            yield from ready
+            done = remaining[0][0] if remaining else duration
+            yield _progress(min(done, duration), duration, started)
+
+    @staticmethod
+    def _next_batch(remaining: deque, size: int) -> list[Window]:
+        """Plan the next `size` windows from the front of the speech queue and pop their ranges."""
+        take, speech = [], 0.0
+        for item in remaining:
+            if speech > (size + 1) * longform.WINDOW_S:
+                break  # enough look-ahead for `size` full windows
+            take.append(item)
+            speech += item[1] - item[0]
+        planned = longform.plan_windows([(a, b) for a, b, _ in take])
+        planned = planned if len(take) == len(remaining) else planned[:size]
+        planned = planned[:size]
+        batch, k = [], 0
+        for window in planned:
+            n = len(window.pieces)
+            attempt = max(item[2] for item in take[k : k + n])
+            batch.append(Window(window.pieces, attempt))
+            k += n
+        for _ in range(k):
+            remaining.popleft()
+        return batch
+
+    def _detect_speech(self, block: np.ndarray) -> list[tuple[float, float]]:
+        from faster_whisper.vad import get_speech_timestamps
+
+        found = get_speech_timestamps(block, self.vad.options(longform.WINDOW_S))
+        return [(t["start"] / SAMPLE_RATE, t["end"] / SAMPLE_RATE) for t in found]
+
+    def _decode_batch(self, pipeline, audio: np.ndarray, batch: list[Window],
+                      decoding: Decoding) -> list[tuple[list[Segment], bool]]:
+        """Decode windows together; per window its segments and whether it looks failed."""
+        parts = [w.samples(audio) for w in batch]
+        offsets = np.cumsum([0] + [len(p) for p in parts[:-1]]) / SAMPLE_RATE
+        clips = [{"start": float(o), "end": float(o) + len(p) / SAMPLE_RATE} for o, p in zip(offsets, parts)]
+        raw_segments, _ = pipeline.transcribe(
+            np.concatenate(parts), clip_timestamps=clips, without_timestamps=False, vad_filter=False,
+            batch_size=len(batch), temperature=decoding.temperatures[0],
+            **{**decoding.whisper_kwargs(), "beam_size": decoding.batched_beam_size},
         )
+        grouped: list[list] = [[] for _ in batch]
+        for raw in raw_segments:
+            clip_start = raw.seek / 100.0  # seek is the clip's offset in 10 ms frames
+            index = min(range(len(batch)), key=lambda k: abs(clips[k]["start"] - clip_start))
+            grouped[index].append(raw)
+        out = []
+        for window, clip, raws in zip(batch, clips, grouped):
+            if not raws:
+                out.append(([], False))
+                continue
+            text = " ".join(r.text for r in raws)
+            head = raws[0]
+
+            def to_file(t: float, window=window, clip=clip) -> float:
+                return window.to_original(t - clip["start"])
+
+            segments = [to_segment(0, r, to_file) for r in raws]
+            if guards.is_silent(segments[0]):
+                out.append(([], False))
+                continue
+            failed = guards.is_failed_window(head.avg_logprob, _compression_ratio(text), head.no_speech_prob)
+            out.append((segments, failed and len(decoding.temperatures) > 1))
+        return out
 
 
-def to_segment(index: int, raw) -> Segment:
-    """faster-whisper Segment → domain Segment (NFC text, words without the leading space)."""
+def _batched_pipeline(model):
+    from faster_whisper import BatchedInferencePipeline
+
+    return BatchedInferencePipeline(model)
+
+
+def _compression_ratio(text: str) -> float:
+    from faster_whisper.transcribe import get_compression_ratio
+
+    return get_compression_ratio(text) if text.strip() else 0.0
+
+
+def _replace_language(decoding: Decoding, language: str) -> Decoding:
+    from dataclasses import replace
+
+    return replace(decoding, language=language)
+
+
+def _progress(done: float, duration: float, started: float) -> ProgressUpdate:
+    elapsed = time.perf_counter() - started
+    rate = done / elapsed if elapsed > 0 else 0.0
+    return ProgressUpdate(
+        fraction=done / duration if duration else 1.0,
+        audio_processed=done,
+        audio_total=duration,
+        eta=(duration - done) / rate if rate > 0 else 0.0,
+    )
+
+
+def _renumber(segment: Segment, index: int) -> Segment:
+    from dataclasses import replace
+
+    return segment if segment.id == index else replace(segment, id=index)
+
+
+def to_segment(index: int, raw, to_file: Callable[[float], float] | None = None) -> Segment:
+    """faster-whisper Segment → domain Segment (NFC text, words without the leading space).
+
+    `to_file` maps times of a decoded window back to the file (long-form windows)."""
+    at = to_file or float
     words = tuple(
         Word(
-            start=float(w.start),
-            end=float(w.end),
+            start=at(float(w.start)),
+            end=at(float(w.end)),
             word=unicodedata.normalize("NFC", w.word.strip()),
             probability=float(w.probability),
         )
@@ -136,8 +520,8 @@ def to_segment(index: int, raw) -> Segment:
     )
     return Segment(
         id=index,
-        start=float(raw.start),
-        end=float(raw.end),
+        start=at(float(raw.start)),
+        end=at(float(raw.end)),
         text=unicodedata.normalize("NFC", raw.text.strip()),
         words=words,
         avg_logprob=float(raw.avg_logprob),
@@ -160,3 +544,19 @@ def auto_compute_type(requested: str, device: str) -> str:
     if requested != "auto":
         return requested
     return "float16" if device == "cuda" else "int8"
+
+
+def cuda_free_bytes(device: str) -> int | None:
+    """Free memory on the current CUDA device, or None (CPU, or no way to ask)."""
+    if device != "cuda":
+        return None
+    try:
+        import ctypes
+
+        cudart = ctypes.CDLL("libcudart.so")
+        free, total = ctypes.c_size_t(), ctypes.c_size_t()
+        if cudart.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total)) == 0:
+            return int(free.value)
+    except OSError:
+        pass
+    return None

@@ -10,11 +10,19 @@ from pydantic_settings import SettingsConfigDict
 
 from asr.transcription.v1 import transcription_service_pb2 as pb
 from asr.transcription.v1 import transcription_service_pb2_grpc as pb_grpc
+from services.common import metrics
 from services.common.server import ServerHandle, build_server, configure_logging, serve_forever
 from services.common.settings import ServerSettings
 from services.common.telemetry import setup_telemetry
-from services.transcription.core import Transcriber, auto_compute_type, auto_device
+from services.transcription.core import (
+    Transcriber,
+    auto_compute_type,
+    auto_device,
+    cuda_free_bytes,
+)
+from services.transcription.longform import LONG_FORM_MIN_S, VadParams
 from services.transcription.models import ModelRegistry
+from services.transcription.scheduler import WorkQueue
 from services.transcription.servicer import TranscriptionServicer
 
 SERVICE = "transcription"
@@ -33,8 +41,19 @@ class TranscriptionSettings(ServerSettings):
     device: str = Field("auto", description="cpu, cuda or auto.")
     compute_type: str = Field("auto", description="CTranslate2 compute type, or auto.")
     cpu_threads: int = Field(0, ge=0, description="Threads per model on CPU; 0 = all cores.")
-    num_workers: int = Field(1, ge=1, description="CTranslate2 workers (concurrent decodes).")
+    num_workers: int = Field(1, ge=1, description="CTranslate2 workers = requests decoded at once.")
+    max_queued: int = Field(
+        8, ge=0, description="Requests that may wait for a worker; beyond it RESOURCE_EXHAUSTED.")
     preload: bool = Field(True, description="Load the default model before reporting SERVING.")
+    warm_up: bool = Field(True, description="Run the preloaded model once before SERVING.")
+    idle_unload_s: float = Field(
+        0.0, ge=0, description="Unload a model unused this long (seconds) and return its memory; 0 = never.")
+    max_batch_size: int = Field(16, ge=1, description="Most windows decoded together (batched path).")
+    long_form_min_s: float = Field(
+        LONG_FORM_MIN_S, gt=0, description="Audio at least this long uses the long-form (batched) path.")
+    vad_threshold: float = Field(0.5, gt=0, lt=1, description="Silero speech probability (long-form path).")
+    vad_min_silence_ms: int = Field(160, ge=0, description="Pause that ends a speech range (long-form path).")
+    vad_speech_pad_ms: int = Field(150, ge=0, description="Padding around speech ranges (long-form path).")
     max_audio_seconds: float = Field(4 * 3600, gt=0, description="Longest audio accepted.")
 
 
@@ -47,6 +66,14 @@ def load_whisper(spec, device: str, compute_type: str, cpu_threads: int = 0, num
     )
 
 
+def _model_gauge(name: str, device: str, compute_type: str, loaded: bool) -> None:
+    metrics.MODEL_LOADED.labels(SERVICE, name, device, compute_type).set(1 if loaded else 0)
+
+
+def _queue_gauge(waiting: int, running: int) -> None:
+    metrics.QUEUE_DEPTH.labels(SERVICE).set(waiting)
+
+
 def build_transcriber(settings: TranscriptionSettings) -> Transcriber:
     device = auto_device(settings.device)
     compute_type = auto_compute_type(settings.compute_type, device)
@@ -54,14 +81,31 @@ def build_transcriber(settings: TranscriptionSettings) -> Transcriber:
     def loader(spec, dev, ctype):
         return load_whisper(spec, dev, ctype, settings.cpu_threads, settings.num_workers)
 
-    registry = ModelRegistry(settings.models_dir, settings.default_model, loader)
-    return Transcriber(registry, device, compute_type)
+    registry = ModelRegistry(settings.models_dir, settings.default_model, loader,
+                             idle_unload_s=settings.idle_unload_s, on_change=_model_gauge)
+    return Transcriber(
+        registry, device, compute_type,
+        queue=WorkQueue(settings.num_workers, settings.max_queued, on_change=_queue_gauge),
+        max_batch_size=settings.max_batch_size,
+        long_form_min_s=settings.long_form_min_s,
+        vad=VadParams(threshold=settings.vad_threshold,
+                      min_silence_duration_ms=settings.vad_min_silence_ms,
+                      speech_pad_ms=settings.vad_speech_pad_ms),
+        free_memory=lambda: cuda_free_bytes(device),
+        on_batch=lambda size: metrics.BATCH_SIZE.labels(SERVICE).observe(size),
+        on_work=lambda audio_s, processing_s: metrics.record_work(SERVICE, audio_s, processing_s),
+    )
 
 
 def create_server(settings: TranscriptionSettings, transcriber: Transcriber | None = None) -> ServerHandle:
-    """Start a transcription server; tests pass port 0 and may inject a transcriber."""
+    """Start a transcription server; tests pass port 0 and may inject a transcriber.
+
+    With `preload` the server answers health checks as NOT_SERVING until the default model is
+    loaded (and, with `warm_up`, has run once), so no request pays for the first load.
+    """
     transcriber = transcriber or build_transcriber(settings)
     servicer = TranscriptionServicer(transcriber, settings.max_audio_seconds)
+    metrics.QUEUE_DEPTH.labels(SERVICE).set(0)
     handle = build_server(
         settings,
         register=lambda server: pb_grpc.add_TranscriptionServiceServicer_to_server(servicer, server),
@@ -69,14 +113,18 @@ def create_server(settings: TranscriptionSettings, transcriber: Transcriber | No
         serving=not settings.preload,
     )
     if settings.preload:
-        transcriber.registry.get("", transcriber.device, transcriber.compute_type)
+        if settings.warm_up:
+            transcriber.warm_up()
+        else:
+            transcriber.registry.get("", transcriber.device, transcriber.compute_type)
         handle.set_serving(True)
+    transcriber.registry.start_reaper()
     return handle
 
 
 def main() -> None:
     settings = TranscriptionSettings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, SERVICE, settings.log_format)
     setup_telemetry(SERVICE, settings.state_dir)
     serve_forever(create_server(settings), settings, SERVICE)
 

@@ -36,13 +36,20 @@ def test_clips_give_exactly_plain_faster_whisper_words(client, manifest, corpus,
     # samples at temperatures > 0 on hard clips, and then plain differs from plain (asr/011).
     # Loudness normalisation (on by default because it lowers WER) is off: this compares the
     # recognition path, so both sides must see the same samples.
+    # The service's repetition guard is applied to the plain words too: at T=0 plain
+    # faster-whisper loops on asr/011 ("Amiglio" ×10 with zero-length words), and cutting such
+    # loops to three copies is the service's documented behaviour, not a recognition difference.
+    from services.transcription.core import to_segment
+    from services.transcription.guards import cut_loops
+
     mismatches = []
     for entry in manifest["asr"]:
         path = corpus / entry["audio"]
         segments, _ = plain_model.transcribe(
             str(path), language="pt", beam_size=5, word_timestamps=True, vad_filter=True, temperature=0.0
         )
-        expected = [w.word.strip() for s in segments for w in s.words]
+        guarded, _ = cut_loops([to_segment(k, s) for k, s in enumerate(segments)])
+        expected = [w.word for s in guarded for w in s.words]
         options = TranscribeOptions(temperatures=(0.0,), loudness_normalization=False)
         got = words_of(client.transcribe(path, options))
         if got != expected:

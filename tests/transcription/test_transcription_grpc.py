@@ -89,3 +89,34 @@ def test_unknown_model_lists_available(stub):
 def test_list_models_marks_default_loaded(stub):
     models = {m.name: m for m in stub.ListModels(pb.ListModelsRequest()).models}
     assert models["base"].is_default and models["base"].loaded
+
+
+@pytest.mark.parametrize("name", ["silence_10s.wav", "noise_10s.wav"])
+def test_silence_and_noise_give_no_words(stub, corpus, name):
+    segments, _, results = run(stub, load_pcm(corpus / "media" / name))
+    assert segments == [], [s.text for s in segments]
+    assert results[0].audio_duration.seconds == 10
+
+
+def test_options_reach_the_core(stub, corpus):
+    segments, _, results = run(stub, load_pcm(corpus / "asr/000.flac"), profile=pb.QUALITY_PROFILE_FAST,
+                               temperatures=[0.0], hotwords="saldo conta corrente")
+    assert results[0].profile == "fast" and results[0].strategy == "sequential"
+    assert "conta corrente" in " ".join(s.text for s in segments).lower()
+
+
+def test_long_audio_is_batched_in_order_and_agrees_with_plain(stub, corpus):
+    from faster_whisper import WhisperModel
+
+    from scripts.metrics import wer
+
+    pcm = load_pcm(corpus / "long/long.flac")[: 75 * 32000]
+    segments, progress, results = run(stub, pcm, temperatures=[0.0])
+    assert results[0].strategy == "batched" and results[0].batch_size >= 2
+    starts = [s.start_offset.ToNanoseconds() for s in segments]
+    assert starts == sorted(starts)
+    assert [p.fraction for p in progress] == sorted(p.fraction for p in progress)
+    plain = WhisperModel(str(MODELS_DIR / "whisper-base"), device="cpu", compute_type="int8", cpu_threads=2)
+    audio = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0
+    expected = " ".join(s.text for s in plain.transcribe(audio, language="pt", temperature=0.0, vad_filter=True)[0])
+    assert wer([expected], [" ".join(s.text for s in segments)]) < 0.15
