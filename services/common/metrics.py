@@ -44,6 +44,10 @@ QUEUE_DEPTH = Gauge(
     "asr_queue_depth", "Requests waiting for a worker (the autoscaling signal).",
     ["service"], registry=REGISTRY,
 )
+BUSY_WORKERS = Gauge(
+    "asr_busy_workers", "Requests being processed by a worker now (not waiting in the queue).",
+    ["service"], registry=REGISTRY,
+)
 MODEL_LOADED = Gauge(
     "asr_model_loaded", "1 while a model is loaded in memory, else 0.",
     ["service", "model", "device", "compute_type"], registry=REGISTRY,

@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -40,6 +40,8 @@ class ServerHandle:
     health: health.HealthServicer
     service_names: tuple[str, ...]
     metrics_port: int = 0
+    on_stop: list[Callable[[], None]] = field(default_factory=list)
+    """Called after the server has stopped (background threads of the service, say)."""
 
     @property
     def address(self) -> str:
@@ -58,6 +60,8 @@ class ServerHandle:
         """Report NOT_SERVING, refuse new calls, let in-flight ones finish within `grace`."""
         self.set_serving(False)
         self.server.stop(grace).wait()
+        for hook in self.on_stop:
+            hook()
 
 
 def build_server(

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from opentelemetry import trace
+
 from services.common.errors import UnknownModel
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,7 @@ class ModelRegistry:
 
     def __init__(self, models_dir: Path, default_model: str, loader, *, idle_unload_s: float = 0.0,
                  on_change: Callable[[str, str, str, bool], None] | None = None,
+                 on_lookup: Callable[[bool], None] | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self._models_dir = models_dir
         self._specs = discover_models(models_dir)
@@ -89,6 +92,7 @@ class ModelRegistry:
         self._loader = loader
         self.idle_unload_s = idle_unload_s
         self._on_change = on_change or (lambda *a: None)
+        self._on_lookup = on_lookup or (lambda hit: None)
         self._clock = clock
         self._loaded: dict[tuple[str, str, str], _Loaded] = {}
         self._lock = threading.Lock()
@@ -113,6 +117,8 @@ class ModelRegistry:
         # Held while loading: two first requests must not load two copies.
         with self._lock:
             entry = self._loaded.get(key)
+            self._on_lookup(entry is not None)
+            trace.get_current_span().set_attribute("asr.model.cache_hit", entry is not None)
             if entry is None:
                 log.info("loading model %s from %s on %s/%s", spec.name, spec.path, device, compute_type)
                 entry = _Loaded(self._loader(spec, device, compute_type), spec.name, device, compute_type)

@@ -72,6 +72,7 @@ def _model_gauge(name: str, device: str, compute_type: str, loaded: bool) -> Non
 
 def _queue_gauge(waiting: int, running: int) -> None:
     metrics.QUEUE_DEPTH.labels(SERVICE).set(waiting)
+    metrics.BUSY_WORKERS.labels(SERVICE).set(running)
 
 
 def build_transcriber(settings: TranscriptionSettings) -> Transcriber:
@@ -82,7 +83,8 @@ def build_transcriber(settings: TranscriptionSettings) -> Transcriber:
         return load_whisper(spec, dev, ctype, settings.cpu_threads, settings.num_workers)
 
     registry = ModelRegistry(settings.models_dir, settings.default_model, loader,
-                             idle_unload_s=settings.idle_unload_s, on_change=_model_gauge)
+                             idle_unload_s=settings.idle_unload_s, on_change=_model_gauge,
+                             on_lookup=lambda hit: metrics.record_cache(SERVICE, "model", hit))
     return Transcriber(
         registry, device, compute_type,
         queue=WorkQueue(settings.num_workers, settings.max_queued, on_change=_queue_gauge),
@@ -119,6 +121,7 @@ def create_server(settings: TranscriptionSettings, transcriber: Transcriber | No
             transcriber.registry.get("", transcriber.device, transcriber.compute_type)
         handle.set_serving(True)
     transcriber.registry.start_reaper()
+    handle.on_stop.append(transcriber.registry.stop_reaper)
     return handle
 
 
