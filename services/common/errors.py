@@ -168,6 +168,16 @@ def _abort(context: grpc.ServicerContext, error: MeshError) -> None:
     context.abort_with_status(rpc_status.to_status(to_status(error)))
 
 
+def _fail(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
+    """Abort the call with the status `exc` maps to."""
+    if not context.is_active():
+        # The caller cancelled or went away (gRPC then raises a bare RpcError from the request
+        # iterator): nobody is listening, and it is not a server fault worth an INTERNAL.
+        log.info("%s: the caller went away", method)
+        context.abort(grpc.StatusCode.CANCELLED, "the caller cancelled the request")
+    _abort(context, _translate(exc, method))
+
+
 def _translate(exc: BaseException, method: str) -> MeshError:
     if isinstance(exc, MeshError | grpc.RpcError):
         error = exc if isinstance(exc, MeshError) else from_rpc_error(exc)
@@ -197,7 +207,7 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
                 except Exception as exc:
                     if _is_abort(exc, context):
                         raise
-                    _abort(context, _translate(exc, method))
+                    _fail(context, exc, method)
 
             return wrapped
 
@@ -208,7 +218,7 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
                 except Exception as exc:
                     if _is_abort(exc, context):
                         raise
-                    _abort(context, _translate(exc, method))
+                    _fail(context, exc, method)
 
             return wrapped
 

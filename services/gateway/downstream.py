@@ -9,7 +9,11 @@ service's own sentence.
 
 from __future__ import annotations
 
+import mmap
+import os
+import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +31,7 @@ from asr.transcription.v1 import transcription_service_pb2 as tr_pb
 from asr.transcription.v1 import transcription_service_pb2_grpc as tr_grpc
 from services.common import convert
 from services.common.domain import MediaReport, ProgressUpdate
-from services.common.errors import Cancelled, from_rpc_error
+from services.common.errors import Cancelled, DeadlineExceeded, InternalError, from_rpc_error
 from services.common.pcm import DEFAULT_CHUNK_BYTES, chunked, pcm_duration
 from services.common.retry import retrying
 from services.common.telemetry import traced_channel
@@ -69,6 +73,20 @@ class Deadlines:
 
     def diarization(self, audio_s: float) -> float:
         return self.base_s + self.diarization_per_audio_s * audio_s
+
+
+def map_readonly(path: Path) -> memoryview | bytes:
+    """The file's bytes, memory-mapped (page cache, not heap); empty files give b""."""
+    with open(path, "rb") as source:
+        if source.seek(0, 2) == 0:
+            return b""
+        return memoryview(mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ))
+
+
+def _require(result, service: str):
+    if result is None:
+        raise InternalError(f"the {service} service closed its stream without a result")
+    return result
 
 
 class Downstream:
@@ -122,16 +140,33 @@ class GrpcStages:
             for call in self._calls:
                 call.cancel()
 
-    def _stream(self, service: str, invoke, consume):
-        """Run a streaming call under the retry policy; `consume` sees a fresh stream per attempt."""
+    def _stream(self, service: str, invoke, consume, total_s: float, streaming: bool = True):
+        """Run a call under the retry policy with one deadline for all attempts.
+
+        `invoke(timeout)` starts the call; `consume` reads a fresh stream per attempt. A stream
+        is retried only while nothing has come back on it: past that point the service was
+        working on the request, and replaying it elsewhere could spread whatever went wrong.
+        """
+        deadline = time.monotonic() + total_s
+        answered = threading.Event()
+
+        def watched(call):
+            for response in call:
+                answered.set()
+                yield response
+
         try:
-            for attempt in retrying():
+            for attempt in retrying(retry_if=lambda: not answered.is_set()):
                 with attempt:
                     if self._cancelled.is_set():
                         raise Cancelled("the request was cancelled")
-                    return consume(self._track(invoke()))
-        except grpc.RpcError as err:
-            if self._cancelled.is_set():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise DeadlineExceeded(f"the {service} stage ran out of time after retries")
+                    call = self._track(invoke(remaining))
+                    return consume(watched(call) if streaming else call)
+        except (grpc.RpcError, grpc.FutureCancelledError) as err:
+            if self._cancelled.is_set() or isinstance(err, grpc.FutureCancelledError):
                 raise Cancelled("the request was cancelled") from None
             raise from_rpc_error(err, service=service) from None
 
@@ -158,32 +193,43 @@ class GrpcStages:
                     yield pre_pb.PreprocessRequest(content=piece)
 
         def consume(stream) -> Decoded:
-            media, pcm = MediaReport(), bytearray()
-            for response in stream:
-                kind = response.WhichOneof("payload")
-                if kind == "media_info":
-                    info = response.media_info
-                    media = MediaReport(
-                        container=info.container, codec=info.codec, sample_rate_hz=info.sample_rate_hz,
-                        channels=info.channels, duration=convert.seconds(info.duration),
-                        bit_rate=info.bit_rate, size_bytes=info.size_bytes, has_video=info.has_video,
-                    )
-                    media.estimated_processing = convert.seconds(info.estimated_processing)
-                    progress(media)
-                    progress(ProgressUpdate(0.0, 0.0, media.duration, message=f"decoding {media.codec}"))
-                elif kind == "audio":
-                    pcm += response.audio.pcm
-                    done = pcm_duration(len(pcm))
-                    progress(ProgressUpdate(done / media.duration if media.duration else 0.0, done, media.duration))
-            return Decoded(media=media, pcm=bytes(pcm), duration=pcm_duration(len(pcm)))
+            # A new file per attempt: rewriting one that an earlier result still maps would
+            # change that result's samples under it.
+            handle, name = tempfile.mkstemp(prefix="pcm-", suffix=".s16le", dir=upload.parent)
+            os.close(handle)
+            pcm_path = Path(name)
+            # PCM goes to the request's spool directory, not the heap: an hour is 115 MB, and
+            # both parallel branches read the same mapped file.
+            media, written = MediaReport(), 0
+            with open(pcm_path, "wb") as sink:
+                for response in stream:
+                    kind = response.WhichOneof("payload")
+                    if kind == "media_info":
+                        info = response.media_info
+                        media = MediaReport(
+                            container=info.container, codec=info.codec, sample_rate_hz=info.sample_rate_hz,
+                            channels=info.channels, duration=convert.seconds(info.duration),
+                            bit_rate=info.bit_rate, size_bytes=info.size_bytes, has_video=info.has_video,
+                            estimated_processing=convert.seconds(info.estimated_processing),
+                        )
+                        progress(media)
+                        progress(ProgressUpdate(0.0, 0.0, media.duration, message=f"decoding {media.codec}"))
+                    elif kind == "audio":
+                        sink.write(response.audio.pcm)
+                        written += len(response.audio.pcm)
+                        done = pcm_duration(written)
+                        progress(ProgressUpdate(done / media.duration if media.duration else 0.0,
+                                                done, media.duration))
+            return Decoded(media=media, pcm=map_readonly(pcm_path), duration=pcm_duration(written))
 
         return self._stream(
             "preprocess",
-            lambda: self._d.preprocess.Preprocess(requests(), timeout=self._deadlines.preprocess_s),
+            lambda timeout: self._d.preprocess.Preprocess(requests(), timeout=timeout),
             consume,
+            self._deadlines.preprocess_s,
         )
 
-    def transcribe(self, pcm: bytes, options: ChainOptions, progress: ProgressSink) -> Transcript:
+    def transcribe(self, pcm: bytes | memoryview, options: ChainOptions, progress: ProgressSink) -> Transcript:
         config = tr_pb.TranscriptionConfig(
             language_code=options.language_code, model=options.model, format=PCM16K,
             beam_size=options.beam_size, initial_prompt=options.initial_prompt,
@@ -207,14 +253,17 @@ class GrpcStages:
                     progress(self._progress(response.progress))
                 else:
                     result = response.result
+            result = _require(result, "transcription")
             return Transcript(segments=segments, language_code=result.language_code, model=result.model)
 
-        deadline = self._deadlines.transcription(pcm_duration(len(pcm)))
         return self._stream(
-            "transcription", lambda: self._d.transcription.Transcribe(requests(), timeout=deadline), consume
+            "transcription",
+            lambda timeout: self._d.transcription.Transcribe(requests(), timeout=timeout),
+            consume,
+            self._deadlines.transcription(pcm_duration(len(pcm))),
         )
 
-    def diarize(self, pcm: bytes, options: ChainOptions, progress: ProgressSink) -> Diarization:
+    def diarize(self, pcm: bytes | memoryview, options: ChainOptions, progress: ProgressSink) -> Diarization:
         config = dia_pb.DiarizationConfig(
             format=PCM16K, num_speakers=options.num_speakers,
             min_speakers=options.min_speakers, max_speakers=options.max_speakers,
@@ -232,14 +281,17 @@ class GrpcStages:
                     progress(self._progress(response.progress))
                 else:
                     result = response.result
+            result = _require(result, "diarization")
             return Diarization(
                 turns=[convert.turn_from_proto(t) for t in result.exclusive_turns],
                 speaker_count=result.speaker_count, backend=result.backend,
             )
 
-        deadline = self._deadlines.diarization(pcm_duration(len(pcm)))
         return self._stream(
-            "diarization", lambda: self._d.diarization.Diarize(requests(), timeout=deadline), consume
+            "diarization",
+            lambda timeout: self._d.diarization.Diarize(requests(), timeout=timeout),
+            consume,
+            self._deadlines.diarization(pcm_duration(len(pcm))),
         )
 
     def merge(self, transcript: Transcript, diarization: Diarization | None, options: ChainOptions,
@@ -258,8 +310,10 @@ class GrpcStages:
 
         response = self._stream(
             "merge",
-            lambda: self._d.merge.Merge.future(request, timeout=self._deadlines.merge_s),
+            lambda timeout: self._d.merge.Merge.future(request, timeout=timeout),
             lambda future: future.result(),
+            self._deadlines.merge_s,
+            streaming=False,  # merge is a pure function of its request: always safe to repeat
         )
         return Merged(
             segments=[convert.segment_from_proto(s) for s in response.segments],

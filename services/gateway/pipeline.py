@@ -66,7 +66,7 @@ class Decoded:
     """Output of preprocessing: 16 kHz mono s16le PCM and what the source was."""
 
     media: MediaReport
-    pcm: bytes
+    pcm: bytes | memoryview
     duration: float
 
 
@@ -114,9 +114,9 @@ class Stages(Protocol):
 
     def preprocess(self, upload: Path, options: ChainOptions, progress: ProgressSink) -> Decoded: ...
 
-    def transcribe(self, pcm: bytes, options: ChainOptions, progress: ProgressSink) -> Transcript: ...
+    def transcribe(self, pcm: bytes | memoryview, options: ChainOptions, progress: ProgressSink) -> Transcript: ...
 
-    def diarize(self, pcm: bytes, options: ChainOptions, progress: ProgressSink) -> Diarization: ...
+    def diarize(self, pcm: bytes | memoryview, options: ChainOptions, progress: ProgressSink) -> Diarization: ...
 
     def merge(
         self, transcript: Transcript, diarization: Diarization | None, options: ChainOptions,

@@ -93,3 +93,35 @@ def test_internal_errors_hide_the_traceback(gateway):
         call(stub, b"x")
     assert err.value.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in err.value.details() and "Traceback" not in err.value.details()
+
+
+def test_caller_cancelling_mid_upload_is_cancelled_not_internal(gateway):
+    import threading
+    import time
+
+    from services.common.metrics import REGISTRY
+
+    stub, _, spool = gateway
+
+    def count(code):
+        labels = {"service": "gateway", "method": "Transcribe", "code": code}
+        return REGISTRY.get_sample_value("asr_grpc_server_requests_total", labels) or 0
+
+    before_internal, before_cancelled = count("INTERNAL"), count("CANCELLED")
+    release = threading.Event()
+
+    def requests():
+        yield pb.TranscribeRequest(config=pb.TranscribeConfig(filename="x.wav"))
+        yield pb.TranscribeRequest(content=b"RIFF")
+        release.wait(10)  # the upload stalls; the caller gives up
+
+    call = stub.Transcribe(requests(), timeout=20)
+    time.sleep(0.5)
+    call.cancel()
+    release.set()
+    deadline = time.monotonic() + 5
+    while count("CANCELLED") == before_cancelled and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert count("CANCELLED") == before_cancelled + 1
+    assert count("INTERNAL") == before_internal
+    assert list(spool.iterdir()) == []

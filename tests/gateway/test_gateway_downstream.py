@@ -1,0 +1,94 @@
+"""The gateway's gRPC adapters against real in-process fake services."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from asr.common.v1 import audio_pb2, progress_pb2
+from asr.preprocess.v1 import preprocess_service_pb2 as pre_pb
+from asr.preprocess.v1 import preprocess_service_pb2_grpc as pre_grpc
+from asr.transcription.v1 import transcription_service_pb2 as tr_pb
+from asr.transcription.v1 import transcription_service_pb2_grpc as tr_grpc
+from services.common.errors import DependencyUnavailable
+from services.common.server import build_server
+from services.common.settings import ServerSettings
+from services.gateway.downstream import Deadlines, Downstream, GrpcStages
+from services.gateway.pipeline import ChainOptions
+
+pytestmark = pytest.mark.grpc
+
+
+class FlakyTranscription(tr_grpc.TranscriptionServiceServicer):
+    """Fails its first `failures` calls with UNAVAILABLE, optionally after sending progress."""
+
+    def __init__(self, failures: int, progress_first: bool):
+        self.failures, self.progress_first, self.calls = failures, progress_first, 0
+
+    def Transcribe(self, request_iterator, context):
+        self.calls += 1
+        for _ in request_iterator:
+            pass
+        if self.calls <= self.failures:
+            if self.progress_first:
+                yield tr_pb.TranscribeResponse(progress=progress_pb2.Progress(fraction=0.5))
+            context.abort(grpc.StatusCode.UNAVAILABLE, "replica went away")
+        yield tr_pb.TranscribeResponse(result=tr_pb.TranscriptionResult(language_code="pt-BR", model="base"))
+
+
+class FakePreprocess(pre_grpc.PreprocessServiceServicer):
+    def Preprocess(self, request_iterator, context):
+        for _ in request_iterator:
+            pass
+        yield pre_pb.PreprocessResponse(media_info=audio_pb2.MediaInfo(codec="flac"))
+        for piece in (b"\x01\x00" * 1000, b"\x02\x00" * 500):
+            yield pre_pb.PreprocessResponse(audio=audio_pb2.AudioChunk(pcm=piece))
+        yield pre_pb.PreprocessResponse(summary=pre_pb.PreprocessSummary())
+
+
+def serve(servicer, register, name):
+    return build_server(ServerSettings(port=0), register=lambda s: register(servicer, s), service_names=[name])
+
+
+def stages_for(port: int) -> GrpcStages:
+    address = f"127.0.0.1:{port}"
+    return GrpcStages(Downstream(address, address, address, address), Deadlines())
+
+
+@pytest.mark.parametrize(
+    ("progress_first", "succeeds", "calls"),
+    [(False, True, 2),   # refused before answering: safe to replay on another attempt
+     (True, False, 1)],  # died mid-stream: not replayed, the caller hears UNAVAILABLE
+)
+def test_streams_are_retried_only_before_any_response(progress_first, succeeds, calls):
+    servicer = FlakyTranscription(failures=1, progress_first=progress_first)
+    handle = serve(servicer, tr_grpc.add_TranscriptionServiceServicer_to_server,
+                   "asr.transcription.v1.TranscriptionService")
+    try:
+        stages = stages_for(handle.port)
+        if succeeds:
+            assert stages.transcribe(b"\0\0" * 1600, ChainOptions(), lambda e: None).model == "base"
+        else:
+            with pytest.raises(DependencyUnavailable, match="transcription service is unavailable"):
+                stages.transcribe(b"\0\0" * 1600, ChainOptions(), lambda e: None)
+        assert servicer.calls == calls
+    finally:
+        handle.stop(0)
+
+
+def test_decoded_pcm_is_mapped_from_the_spool_not_copied(tmp_path):
+    handle = serve(FakePreprocess(), pre_grpc.add_PreprocessServiceServicer_to_server,
+                   "asr.preprocess.v1.PreprocessService")
+    upload = tmp_path / "upload"
+    upload.write_bytes(b"RIFF")
+    try:
+        events = []
+        decoded = stages_for(handle.port).preprocess(upload, ChainOptions(), events.append)
+    finally:
+        handle.stop(0)
+    assert isinstance(decoded.pcm, memoryview)
+    assert bytes(decoded.pcm) == b"\x01\x00" * 1000 + b"\x02\x00" * 500
+    [pcm_file] = tmp_path.glob("pcm-*.s16le")
+    assert pcm_file.stat().st_size == 3000
+    assert decoded.duration == pytest.approx(1500 / 16000)
+    assert events[0].codec == "flac"
