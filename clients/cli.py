@@ -39,7 +39,8 @@ STAGE_LABELS = {
     progress_pb2.STAGE_MERGE: "merge",
 }
 
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# markup=False: file names and service messages are user text ("Reunião [final].mp3").
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 def _formats(value: str) -> tuple[str, ...]:
@@ -84,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--speaker-name", type=_speaker_name, action="append", default=[],
                    metavar="LABEL=NAME", help="display name for a speaker label (repeatable)")
     t.add_argument("--server", help="HOST:PORT of a running gateway (default: start a local mesh)")
+    t.add_argument("--connect-timeout", type=float, default=15.0, metavar="SECONDS",
+                   help="give up when the gateway cannot be reached within this time")
     t.add_argument("--state-dir", type=Path, help="local mesh state directory (traces, logs)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -139,8 +142,11 @@ def _local_mesh(stack: ExitStack, state_dir: Path | None, quiet: bool):
 
 
 def transcribe(args: argparse.Namespace) -> int:
+    # Asking for speakers (a count, names, an RTTM) is asking for diarization.
+    wants_speakers = bool(args.num_speakers or args.min_speakers or args.max_speakers
+                          or args.speaker_name or "rttm" in args.format)
     options = TranscribeOptions(
-        language_code=args.language, diarize=args.diarize, num_speakers=args.num_speakers,
+        language_code=args.language, diarize=args.diarize or wants_speakers, num_speakers=args.num_speakers,
         min_speakers=args.min_speakers, max_speakers=args.max_speakers, model=args.model,
         formats=args.format, speaker_names=dict(args.speaker_name),
         inverse_text_normalization=args.itn, quality_profile=args.profile, hotwords=args.hotwords,
@@ -148,18 +154,27 @@ def transcribe(args: argparse.Namespace) -> int:
     )
     failures = 0
     inputs: list[Path] = []
+    stems: dict[str, Path] = {}
     for path in args.files:
-        if not path.is_file():
-            err_console.print(f"asr: {path}: no such file")
+        problem = _input_problem(path)
+        if not problem and path.stem in stems:
+            problem = f"its outputs would overwrite those of {stems[path.stem]} (same name); rename one"
+        if problem:
+            err_console.print(f"asr: {path}: {problem}")
             failures += 1
         else:
+            stems[path.stem] = path
             inputs.append(path)
     if not inputs:
         return 1
-    args.output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        err_console.print(f"asr: {args.output_dir}: cannot create the output directory: {exc.strerror}")
+        return 1
     with ExitStack() as stack:
         address = args.server or _local_mesh(stack, args.state_dir, args.quiet).gateway_address
-        client = stack.enter_context(GatewayClient(address))
+        client = stack.enter_context(GatewayClient(address, connect_timeout_s=args.connect_timeout))
         for path in inputs:
             try:
                 result = _transcribe_one(client, path, options, quiet=args.quiet)
@@ -167,8 +182,13 @@ def transcribe(args: argparse.Namespace) -> int:
                 err_console.print(f"asr: {path}: {exc.message}")
                 failures += 1
                 continue
-            written = _write_outputs(result, path, args.output_dir)
-            speakers = f", {len(result.speakers)} speakers" if args.diarize else ""
+            try:
+                written = _write_outputs(result, path, args.output_dir)
+            except OSError as exc:
+                err_console.print(f"asr: {path}: cannot write outputs to {args.output_dir}: {exc.strerror}")
+                failures += 1
+                continue
+            speakers = f", {len(result.speakers)} speakers" if options.diarize else ""
             duration = result.audio_duration.seconds + result.audio_duration.nanos / 1e9
             err_console.print(
                 f"{path.name}: {duration:.1f} s of audio{speakers} → {', '.join(str(p) for p in written)}"
@@ -177,10 +197,22 @@ def transcribe(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _input_problem(path: Path) -> str:
+    """Why an input cannot be sent, in a few words ("" when it can)."""
+    if not path.exists():
+        return "no such file"
+    if not path.is_file():
+        return "not a regular file"
+    if not os.access(path, os.R_OK):
+        return "permission denied"
+    return ""
+
+
 def _transcribe_one(client: GatewayClient, path: Path, options: TranscribeOptions, quiet: bool):
     if quiet:
         return client.transcribe(path, options)
-    columns = (TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+    columns = (TextColumn("{task.description:<28}", markup=False), BarColumn(),
+               TextColumn("{task.percentage:>5.1f}%"),
                TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True) as bar:
         tasks: dict[int, int] = {}
@@ -241,10 +273,12 @@ def trace_command(args: argparse.Namespace) -> int:
                           str(len(trace.services)), "ERROR" if trace.failed else "ok")
         out.print(table)
         return 0
-    trace = traces.find_trace(state_dir, args.trace_id)
-    if trace is None:
-        err_console.print(f"asr: no trace {args.trace_id!r} in {state_dir / 'traces'} (see `asr trace list`)")
+    matches = traces.match_traces(state_dir, args.trace_id)
+    if len(matches) != 1:
+        what = "no trace" if not matches else f"{len(matches)} traces start with"
+        err_console.print(f"asr: {what} {args.trace_id!r} in {state_dir / 'traces'} (see `asr trace list`)")
         return 1
+    trace = matches[0]
     if args.output_format == "json":
         print(traces.trace_json(trace))
     else:

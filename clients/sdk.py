@@ -15,7 +15,7 @@ import grpc
 from asr.common.v1 import document_pb2
 from asr.gateway.v1 import gateway_service_pb2 as pb
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
-from services.common.errors import InvalidInput, from_rpc_error
+from services.common.errors import DependencyUnavailable, InvalidInput, from_rpc_error
 from services.common.telemetry import traced_channel
 
 UPLOAD_CHUNK_BYTES = 256 * 1024
@@ -51,6 +51,10 @@ class TranscribeOptions:
     """EBU R128 loudness normalisation; None leaves it to the gateway (on by default)."""
     trim_silence: bool | None = None
     """Trim leading/trailing silence (shifts time offsets); None leaves it to the gateway (off)."""
+    beam_size: int = 0
+    """Beam size; 0 = the service default (from the profile)."""
+    initial_prompt: str = ""
+    """Text given to the model as previous context (vocabulary, style)."""
 
     def to_proto(self, filename: str) -> pb.TranscribeConfig:
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -61,7 +65,8 @@ class TranscribeOptions:
             num_speakers=self.num_speakers, min_speakers=self.min_speakers,
             max_speakers=self.max_speakers, model=self.model,
             output_formats=[FORMATS[f] for f in self.formats], speaker_names=self.speaker_names,
-            temperatures=self.temperatures, quality_profile=self.quality_profile,
+            temperatures=self.temperatures, beam_size=self.beam_size,
+            initial_prompt=self.initial_prompt, quality_profile=self.quality_profile,
             best_of=self.best_of, hotwords=self.hotwords,
             inverse_text_normalization=self.inverse_text_normalization,
             **{name: value for name in ("loudness_normalization", "trim_silence")
@@ -72,7 +77,10 @@ class TranscribeOptions:
 class GatewayClient:
     """Calls a running gateway. Use as a context manager or call `close()`."""
 
-    def __init__(self, address: str, max_message_bytes: int = 64 << 20):
+    def __init__(self, address: str, max_message_bytes: int = 64 << 20, connect_timeout_s: float = 15.0):
+        self.address = address
+        self._connect_timeout_s = connect_timeout_s
+        self._reachable = False
         self._channel = grpc.insecure_channel(address, options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -88,6 +96,19 @@ class GatewayClient:
     def close(self) -> None:
         self._channel.close()
 
+    def _wait_until_reachable(self) -> None:
+        """Fail fast (one clear error) instead of waiting forever on a wrong address."""
+        if self._reachable:
+            return
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=self._connect_timeout_s)
+        except grpc.FutureTimeoutError:
+            raise DependencyUnavailable(
+                f"cannot reach the gateway at {self.address} "
+                f"(no connection within {self._connect_timeout_s:.0f} s)"
+            ) from None
+        self._reachable = True
+
     def transcribe(
         self,
         path: Path,
@@ -95,17 +116,26 @@ class GatewayClient:
         on_event: Callable[[pb.TranscribeResponse], None] | None = None,
         timeout_s: float | None = None,
     ) -> pb.TranscribeResult:
-        """Upload `path`, forward progress/media events to `on_event`, return the result."""
+        """Upload `path`, forward progress/media events to `on_event`, return the result.
+
+        Raises `InvalidInput` for an unreadable file and `DependencyUnavailable` when the
+        gateway cannot be reached within `connect_timeout_s` (given to the constructor).
+        """
         config = options.to_proto(Path(path).name)
+        try:
+            source = open(path, "rb")  # opened here, so an unreadable file fails before the call
+        except OSError as exc:
+            raise InvalidInput(f"cannot read the file: {exc.strerror}") from None
+        self._wait_until_reachable()
 
         def requests() -> Iterator[pb.TranscribeRequest]:
             yield pb.TranscribeRequest(config=config)
-            with open(path, "rb") as source:
+            with source:
                 while piece := source.read(UPLOAD_CHUNK_BYTES):
                     yield pb.TranscribeRequest(content=piece)
 
         try:
-            for response in self._stub.Transcribe(requests(), timeout=timeout_s, wait_for_ready=True):
+            for response in self._stub.Transcribe(requests(), timeout=timeout_s):
                 if response.WhichOneof("payload") == "result":
                     return response.result
                 if on_event:

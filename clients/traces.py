@@ -117,7 +117,8 @@ class Trace:
 def load_spans(state_dir: Path) -> list[Span]:
     """Every span in the state directory's trace files (unreadable lines are skipped)."""
     spans = []
-    for path in sorted((Path(state_dir) / "traces").glob("*.jsonl")):
+    folder = Path(state_dir) / "traces"
+    for path in sorted([*folder.glob("*.jsonl.1"), *folder.glob("*.jsonl")]):
         with open(path, encoding="utf-8", errors="replace") as lines:
             for line in lines:
                 try:
@@ -155,12 +156,17 @@ def build_trace(trace_id: str, spans: list[Span]) -> Trace:
     return Trace(trace_id, spans, roots)
 
 
-def find_trace(state_dir: Path, trace_id: str) -> Trace | None:
-    """The trace whose id is, or starts with, `trace_id`."""
+def match_traces(state_dir: Path, trace_id: str) -> list[Trace]:
+    """Traces whose id is `trace_id`, or else starts with it."""
     traces = group_traces(load_spans(state_dir))
     if trace_id in traces:
-        return traces[trace_id]
-    matches = [t for tid, t in traces.items() if tid.startswith(trace_id.lower())]
+        return [traces[trace_id]]
+    return [t for tid, t in traces.items() if tid.startswith(trace_id.lower())]
+
+
+def find_trace(state_dir: Path, trace_id: str) -> Trace | None:
+    """The one trace whose id is, or starts with, `trace_id` (None if none or ambiguous)."""
+    matches = match_traces(state_dir, trace_id)
     return matches[0] if len(matches) == 1 else None
 
 

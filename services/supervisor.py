@@ -8,7 +8,6 @@ it is killed, so a crashed CLI or test never leaves services behind.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -30,14 +29,6 @@ class MeshStartError(MeshError):
     """A service of the local mesh did not come up."""
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 @dataclass
 class ServiceProcess:
     name: str
@@ -50,11 +41,6 @@ class ServiceProcess:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
 
 
 class LocalMesh:
@@ -106,6 +92,9 @@ class LocalMesh:
             "PYANNOTE_METRICS_ENABLED": "false",
             "PYTHONUNBUFFERED": "1",
             "ASR_STATE_DIR": str(self.state_dir),
+            # The child arms PR_SET_PDEATHSIG itself (services.common.server): a preexec_fn here
+            # would run Python in the forked child of a process that has started gRPC threads.
+            "ASR_PARENT_PID": str(os.getpid()),
             f"ASR_{name.upper()}_HOST": "127.0.0.1",
             f"ASR_{name.upper()}_PORT": "0",
             **self._env,
@@ -119,7 +108,6 @@ class LocalMesh:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=log_file,
-            preexec_fn=_die_with_parent,
         )
         log_file.close()
         service = ServiceProcess(name, process, log_path)
@@ -144,7 +132,7 @@ class LocalMesh:
                 if code is not None:
                     raise MeshStartError(
                         f"the {name} service exited with code {code} while starting; "
-                        f"log {service.log_path}:\n{service.log_tail()}"
+                        f"see {service.log_path}"
                     )
                 if time.monotonic() > deadline:
                     raise MeshStartError(

@@ -7,7 +7,9 @@ service's `main()` runs: it prints a ready line, drains on SIGTERM and exits.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import signal
 import sys
 import threading
@@ -112,6 +114,19 @@ def build_server(
     return handle
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGTERM this process when `parent_pid` (the local supervisor) dies."""
+    if not parent_pid:
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before we armed the signal
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def serve_forever(handle: ServerHandle, settings: ServerSettings, service: str) -> None:
     """Block until SIGTERM/SIGINT, then drain gracefully and flush telemetry."""
     stopping = threading.Event()
@@ -124,6 +139,7 @@ def serve_forever(handle: ServerHandle, settings: ServerSettings, service: str) 
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    die_with_parent(settings.parent_pid)
     # The supervisor reads this line to learn the port (the server may have bound port 0).
     print(f"{READY_PREFIX} service={service} port={handle.port}", flush=True)
     stopping.wait()

@@ -40,6 +40,10 @@ class ServerSettings(BaseSettings):
         "re-resolve DNS and find new pods.",
     )
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off.")
+    parent_pid: int = Field(
+        0, validation_alias=AliasChoices("ASR_PARENT_PID"),
+        description="Set by the local supervisor: exit when that process dies.",
+    )
     log_level: str = Field("INFO", validation_alias=AliasChoices("ASR_LOG_LEVEL"))
     log_format: str = Field(
         "json", pattern="^(json|text)$", validation_alias=AliasChoices("ASR_LOG_FORMAT"),

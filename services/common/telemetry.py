@@ -4,7 +4,8 @@ The exporter is chosen by the standard variables: `OTEL_TRACES_EXPORTER` (`otlp`
 `none`, or this project's `file`, the default), `OTEL_EXPORTER_OTLP_*` for the collector, and
 `OTEL_SDK_DISABLED`. The `file` exporter appends one JSON object per finished span to
 `<state dir>/traces/<service>-<pid>.jsonl`, so a single machine needs no collector and tools and
-tests can read traces back (see `services.common.tracestore`).
+tests can read traces back (`asr trace`, see `clients.traces`). Each file is rotated once it
+passes `ASR_TRACE_FILE_MAX_BYTES` (64 MiB; one older generation `*.jsonl.1` is kept).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import client_interceptor, server_interceptor
 from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
@@ -40,15 +40,22 @@ _lock = threading.Lock()
 class JsonLinesSpanExporter(SpanExporter):
     """Appends finished spans as JSON lines to one file per process."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, max_bytes: int = 64 << 20):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
+        self._max_bytes = max_bytes
         self._lock = threading.Lock()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         lines = [json.dumps(span_to_dict(span), ensure_ascii=False) + "\n" for span in spans]
-        with self._lock, open(self._path, "a", encoding="utf-8") as out:
-            out.writelines(lines)
+        with self._lock:
+            try:
+                if self._path.stat().st_size > self._max_bytes:  # bounded disk use on long runs
+                    self._path.replace(self._path.with_name(self._path.name + ".1"))
+            except FileNotFoundError:
+                pass
+            with open(self._path, "a", encoding="utf-8") as out:
+                out.writelines(lines)
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:  # nothing buffered
@@ -100,7 +107,8 @@ def setup_telemetry(service_name: str, state_dir: Path) -> TracerProvider:
             if name == "file":
                 path = trace_dir(state_dir) / f"{service_name}-{os.getpid()}.jsonl"
                 # Synchronous so a trace is complete on disk when the response reaches the caller.
-                provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(path)))
+                max_bytes = int(os.environ.get("ASR_TRACE_FILE_MAX_BYTES", 64 << 20))
+                provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(path, max_bytes)))
             elif name == "otlp":
                 provider.add_span_processor(BatchSpanProcessor(_otlp_exporter()))
             elif name == "console":
@@ -138,10 +146,6 @@ def trace_dir(state_dir: Path) -> Path:
     return Path(state_dir) / "traces"
 
 
-def tracer(name: str) -> trace.Tracer:
-    return trace.get_tracer(name)
-
-
 def current_trace_id() -> str:
     """Hex trace id of the active span, or "" when there is none."""
     ctx = trace.get_current_span().get_span_context()
@@ -157,12 +161,3 @@ def traced_channel(channel: grpc.Channel) -> grpc.Channel:
     """Wrap a channel so every call carries the current trace context."""
     # The contrib interceptor speaks its own interface, so it needs its own intercept_channel.
     return intercept_channel(channel, client_interceptor(tracer_provider=trace.get_tracer_provider()))
-
-
-def run_in_context(ctx: otel_context.Context, fn, *args, **kwargs):
-    """Run `fn` with a captured trace context attached (for worker threads)."""
-    token = otel_context.attach(ctx)
-    try:
-        return fn(*args, **kwargs)
-    finally:
-        otel_context.detach(token)

@@ -47,6 +47,12 @@ def chain_options(config: pb.TranscribeConfig) -> ChainOptions:
     for name in ("num_speakers", "min_speakers", "max_speakers"):
         if getattr(config, name) < 0:
             raise InvalidInput(f"{name} must not be negative", field=f"config.{name}")
+    if not config.diarize:
+        asked = [name for name in ("num_speakers", "min_speakers", "max_speakers") if getattr(config, name)]
+        asked += ["speaker_names"] if config.speaker_names else []
+        asked += ["RTTM output"] if document_pb2.OUTPUT_FORMAT_RTTM in config.output_formats else []
+        if asked:  # silently ignoring them would hand back a transcript without what was asked
+            raise InvalidInput(f"diarize=true is needed for {', '.join(asked)}", field="config.diarize")
     if config.min_speakers and config.max_speakers and config.min_speakers > config.max_speakers:
         raise InvalidInput(
             f"min_speakers ({config.min_speakers}) is larger than max_speakers ({config.max_speakers})",

@@ -73,7 +73,9 @@ def test_unavailable_dependency_is_unavailable(gateway):
     [
         (b"", {}, "upload is empty"),
         (b"x" * 2000, {}, "limit of 1000 bytes"),
-        (b"x", {"min_speakers": 3, "max_speakers": 2}, "min_speakers (3) is larger"),
+        (b"x", {"diarize": True, "min_speakers": 3, "max_speakers": 2}, "min_speakers (3) is larger"),
+        (b"x", {"num_speakers": 2}, "diarize=true is needed for num_speakers"),
+        (b"x", {"output_formats": [document_pb2.OUTPUT_FORMAT_RTTM]}, "diarize=true is needed for RTTM output"),
         (b"x", {"output_formats": [document_pb2.OUTPUT_FORMAT_UNSPECIFIED]}, "output format"),
     ],
 )
