@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
 from services.common.domain import BYTES_PER_SAMPLE, SAMPLE_RATE
-from services.common.errors import InvalidAudio, InvalidInput
+from services.common.errors import InvalidAudio, InvalidInput, LimitExceeded
 
 DEFAULT_CHUNK_BYTES = 256 * 1024
 """PCM chunk size on the wire: 8 s of audio, well under gRPC's 4 MiB message limit."""
@@ -31,13 +32,77 @@ def pcm_duration(num_bytes: int) -> float:
     return num_bytes / (SAMPLE_RATE * BYTES_PER_SAMPLE)
 
 
-def pcm_to_float32(pcm: bytes | bytearray | memoryview) -> np.ndarray:
-    """s16le bytes → float32 in [-1, 1), exactly as faster-whisper's `decode_audio` scales."""
+def pcm_samples(pcm: bytes | bytearray | memoryview) -> np.ndarray:
+    """s16le bytes → int16 samples without a copy; refuses a stream cut inside a sample."""
     if len(pcm) % BYTES_PER_SAMPLE:
         raise InvalidAudio("PCM stream ends in the middle of a sample (odd byte count)")
-    audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
+    return np.frombuffer(pcm, dtype="<i2")
+
+
+def pcm_to_float32(pcm: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+    """s16le bytes (or int16 samples) → float32 in [-1, 1), as faster-whisper's `decode_audio` scales."""
+    samples = pcm if isinstance(pcm, np.ndarray) else pcm_samples(pcm)
+    if samples.dtype != np.int16:
+        raise TypeError(f"expected int16 PCM samples, got {samples.dtype}")
+    audio = samples.astype(np.float32)
     audio /= 32768.0  # in place: one float copy of an hour is 230 MB, two would be 460 MB
     return audio
+
+
+def read_config(request_iterator: Iterator[Any], *, config_field: str = "config") -> Any:
+    """The config message that must open a request stream, its PCM format checked.
+
+    Reads exactly one message, so a servicer can decide on admission (queue slot, limits)
+    before any audio is read.
+    """
+    first = next(request_iterator, None)
+    if first is None or first.WhichOneof("payload") != config_field:
+        raise InvalidInput(
+            f"the first message of the stream must carry {config_field}, before any audio",
+            field=config_field,
+        )
+    config = getattr(first, config_field)
+    fmt = config.format
+    check_format(fmt.sample_rate_hz, fmt.channels, fmt.encoding)
+    return config
+
+
+def read_pcm(request_iterator: Iterator[Any], *, max_audio_seconds: float,
+             config_field: str = "config") -> bytearray:
+    """The PCM of the audio messages that follow the config, refused beyond `max_audio_seconds`.
+
+    A bytearray, not bytes: converting would hold an hour of audio twice for a moment.
+    """
+    pcm = bytearray()
+    limit = int(max_audio_seconds * SAMPLE_RATE * BYTES_PER_SAMPLE)
+    for request in request_iterator:
+        if request.WhichOneof("payload") != "audio":
+            raise InvalidInput(
+                f"{config_field} may appear only once, as the first message of the stream",
+                field=config_field,
+            )
+        pcm += request.audio.pcm
+        if len(pcm) > limit:
+            raise LimitExceeded(
+                f"audio is longer than this service's limit of {max_audio_seconds:.0f} s",
+                metadata={"limit_seconds": str(max_audio_seconds)},
+            )
+    return pcm
+
+
+def read_config_and_pcm(
+    request_iterator: Iterator[Any], *, max_audio_seconds: float, config_field: str = "config",
+) -> tuple[Any, bytearray]:
+    """Read the config message and the PCM chunks that follow it from a request stream.
+
+    Raises `InvalidInput` when the stream does not open with the config (or repeats it) or the
+    format is not 16 kHz mono s16le, and `LimitExceeded` beyond `max_audio_seconds`. A servicer
+    with admission control calls the two halves itself, `read_config`, then takes its worker
+    slot, then `read_pcm`, so a request it cannot take is refused before its upload is buffered.
+    """
+    config = read_config(request_iterator, config_field=config_field)
+    return config, read_pcm(request_iterator, max_audio_seconds=max_audio_seconds,
+                            config_field=config_field)
 
 
 def chunked(data: bytes | memoryview, size: int = DEFAULT_CHUNK_BYTES) -> Iterator[bytes]:
@@ -46,7 +111,3 @@ def chunked(data: bytes | memoryview, size: int = DEFAULT_CHUNK_BYTES) -> Iterat
     view = memoryview(data)
     for offset in range(0, len(view), size):
         yield bytes(view[offset : offset + size])
-
-
-def collect(chunks: Iterable[bytes]) -> bytes:
-    return b"".join(chunks)

@@ -26,7 +26,7 @@ from pythonjsonlogger.json import JsonFormatter
 from services.common.errors import ErrorMappingInterceptor
 from services.common.metrics import MetricsInterceptor, start_metrics_server
 from services.common.settings import ServerSettings
-from services.common.telemetry import server_interceptors, shutdown_telemetry
+from services.common.telemetry import server_interceptors, setup_telemetry, shutdown_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,15 @@ class TraceContextFilter(logging.Filter):
         record.trace_id = format(ctx.trace_id, "032x") if ctx.is_valid else ""
         record.span_id = format(ctx.span_id, "016x") if ctx.is_valid else ""
         return True
+
+
+def run_service(service: str, settings_type: type[ServerSettings],
+                create: Callable[[ServerSettings], ServerHandle]) -> None:
+    """What every service's `main()` does: read settings once, set up logs and traces, serve."""
+    settings = settings_type()
+    configure_logging(settings.log_level, service, settings.log_format)
+    setup_telemetry(service, settings.state_dir)
+    serve_forever(create(settings), settings, service)
 
 
 def configure_logging(level: str, service: str = "", log_format: str = "json") -> None:

@@ -137,6 +137,10 @@ class Diarizer:
         self.backend = backend
         self.max_speakers = max_speakers
 
+    def check(self, options: DiarizationOptions) -> None:
+        """Refuse speaker options that can never run, before any audio is read or queued."""
+        speaker_bounds(options, self.max_speakers)
+
     def diarize(self, audio: np.ndarray, options: DiarizationOptions,
                 cancel: threading.Event | None = None) -> Iterator[ProgressUpdate | DiarizationOutcome]:
         """Yield progress updates, then one `DiarizationOutcome`.

@@ -10,9 +10,10 @@ from pydantic_settings import SettingsConfigDict
 
 from asr.diarization.v1 import diarization_service_pb2 as pb
 from asr.diarization.v1 import diarization_service_pb2_grpc as pb_grpc
-from services.common.server import ServerHandle, build_server, configure_logging, serve_forever
+from services.common import metrics
+from services.common.scheduler import WorkQueue, gauge_reporter
+from services.common.server import ServerHandle, build_server, run_service
 from services.common.settings import ServerSettings
-from services.common.telemetry import setup_telemetry
 from services.diarization.core import Backend, Diarizer
 from services.diarization.servicer import DiarizationServicer
 
@@ -32,6 +33,9 @@ class DiarizationSettings(ServerSettings):
     torch_threads: int = Field(2, ge=0, description="torch intra-op threads; 0 leaves torch's default.")
     max_speakers: int = Field(10, ge=1, description="Largest speaker count a request may ask for.")
     max_audio_seconds: float = Field(4 * 3600, gt=0, description="Longest audio accepted.")
+    num_workers: int = Field(1, ge=1, description="Requests diarized at once.")
+    max_queued: int = Field(
+        4, ge=0, description="Requests that may wait for a worker; beyond it RESOURCE_EXHAUSTED.")
     cluster_threshold: float = Field(
         0.30, gt=0, lt=2, description="Embedding-clustering: average-linkage cosine distance "
         "above which two groups of windows are different speakers.")
@@ -66,7 +70,11 @@ def create_server(settings: DiarizationSettings, diarizer: Diarizer | None = Non
     startup, with a readable message rather than on the first request.
     """
     diarizer = diarizer or Diarizer(build_backend(settings), settings.max_speakers)
-    servicer = DiarizationServicer(diarizer, settings.max_audio_seconds)
+    queue = WorkQueue(settings.num_workers, settings.max_queued, on_change=gauge_reporter(SERVICE),
+                      name=SERVICE)
+    servicer = DiarizationServicer(diarizer, settings.max_audio_seconds, queue)
+    metrics.QUEUE_DEPTH.labels(SERVICE).set(0)
+    metrics.BUSY_WORKERS.labels(SERVICE).set(0)
     log.info("diarization backend: %s", diarizer.backend.name)
     return build_server(
         settings,
@@ -76,10 +84,7 @@ def create_server(settings: DiarizationSettings, diarizer: Diarizer | None = Non
 
 
 def main() -> None:
-    settings = DiarizationSettings()
-    configure_logging(settings.log_level, SERVICE, settings.log_format)
-    setup_telemetry(SERVICE, settings.state_dir)
-    serve_forever(create_server(settings), settings, SERVICE)
+    run_service(SERVICE, DiarizationSettings, create_server)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,8 @@ from pydantic_settings import SettingsConfigDict
 
 from asr.gateway.v1 import gateway_service_pb2 as pb
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
-from services.common.server import ServerHandle, build_server, configure_logging, serve_forever
+from services.common.server import ServerHandle, build_server, run_service
 from services.common.settings import ServerSettings
-from services.common.telemetry import setup_telemetry
 from services.gateway.downstream import Deadlines, Downstream, GrpcStages
 from services.gateway.pipeline import Stages
 from services.gateway.servicer import GatewayServicer
@@ -69,10 +68,7 @@ def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages
 
 
 def main() -> None:
-    settings = GatewaySettings()
-    configure_logging(settings.log_level, SERVICE, settings.log_format)
-    setup_telemetry(SERVICE, settings.state_dir)
-    serve_forever(create_server(settings), settings, SERVICE)
+    run_service(SERVICE, GatewaySettings, create_server)
 
 
 if __name__ == "__main__":

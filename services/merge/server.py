@@ -9,9 +9,8 @@ from pydantic_settings import SettingsConfigDict
 
 from asr.merge.v1 import merge_service_pb2 as pb
 from asr.merge.v1 import merge_service_pb2_grpc as pb_grpc
-from services.common.server import ServerHandle, build_server, configure_logging, serve_forever
+from services.common.server import ServerHandle, build_server, run_service
 from services.common.settings import ServerSettings
-from services.common.telemetry import setup_telemetry
 from services.merge.core import PAUSE_SPLIT_S, MergeOptions
 from services.merge.servicer import MergeServicer
 
@@ -52,10 +51,7 @@ def create_server(settings: MergeSettings) -> ServerHandle:
 
 
 def main() -> None:
-    settings = MergeSettings()
-    configure_logging(settings.log_level, SERVICE, settings.log_format)
-    setup_telemetry(SERVICE, settings.state_dir)
-    serve_forever(create_server(settings), settings, SERVICE)
+    run_service(SERVICE, MergeSettings, create_server)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,8 @@ from pydantic_settings import SettingsConfigDict
 
 from asr.preprocess.v1 import preprocess_service_pb2 as pb
 from asr.preprocess.v1 import preprocess_service_pb2_grpc as pb_grpc
-from services.common.server import ServerHandle, build_server, configure_logging, serve_forever
+from services.common.server import ServerHandle, build_server, run_service
 from services.common.settings import ServerSettings
-from services.common.telemetry import setup_telemetry
 from services.preprocess.core import PreprocessLimits, Preprocessor, PreprocessorConfig
 from services.preprocess.servicer import PreprocessServicer
 
@@ -113,23 +112,20 @@ def build_preprocessor(settings: PreprocessSettings) -> Preprocessor:
 
 def create_server(settings: PreprocessSettings, preprocessor: Preprocessor | None = None) -> ServerHandle:
     """Start a preprocess server; tests pass port 0 and may inject a preprocessor."""
-    servicer = PreprocessServicer(preprocessor or build_preprocessor(settings))
-    return build_server(
+    preprocessor = preprocessor or build_preprocessor(settings)
+    servicer = PreprocessServicer(preprocessor)
+    handle = build_server(
         settings,
         register=lambda server: pb_grpc.add_PreprocessServiceServicer_to_server(servicer, server),
         service_names=[pb.DESCRIPTOR.services_by_name["PreprocessService"].full_name],
     )
+    # After the drain: whatever still runs is cancelled and its spool removed before exit.
+    handle.on_stop.append(preprocessor.shutdown)
+    return handle
 
 
 def main() -> None:
-    settings = PreprocessSettings()
-    configure_logging(settings.log_level, SERVICE, settings.log_format)
-    setup_telemetry(SERVICE, settings.state_dir)
-    preprocessor = build_preprocessor(settings)
-    # serve_forever returns after SIGTERM and the grace period; whatever still runs is cancelled
-    # and its spool removed before the process exits.
-    serve_forever(create_server(settings, preprocessor), settings, SERVICE)
-    preprocessor.shutdown()
+    run_service(SERVICE, PreprocessSettings, create_server)
 
 
 if __name__ == "__main__":

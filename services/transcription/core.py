@@ -17,11 +17,12 @@ loops cut, and a decode without VAD when VAD hears nothing in audio that has ene
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,10 +30,10 @@ from opentelemetry import trace
 
 from services.common.domain import SAMPLE_RATE, ProgressUpdate, Segment, Word
 from services.common.errors import InvalidInput
+from services.common.scheduler import WorkQueue
 from services.transcription import guards, longform
 from services.transcription.longform import VadParams, Window
 from services.transcription.models import ModelRegistry
-from services.transcription.scheduler import WorkQueue
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -226,13 +227,29 @@ class Transcriber:
                                            temperature=0.0)
             list(segments)
 
+    def validate(self, options: TranscriptionOptions) -> None:
+        """Refuse options that can never run (bad values, unknown model) before any work or wait."""
+        resolve(options, 0.0, self.long_form_min_s, self.max_batch_size)
+        self.registry.resolve(options.model)
+
+    def admission(self, cancel: threading.Event | None = None,
+                  timeout: float | None = None) -> AbstractContextManager[float]:
+        """A worker slot from the queue (yields seconds waited); see `WorkQueue.slot`.
+
+        The servicer takes it as soon as a request's config arrives, reads the audio inside it
+        and passes the wait to `transcribe(queue_wait=...)`.
+        """
+        return self.queue.slot(cancel, timeout) if self.queue else nullcontext(0.0)
+
     def transcribe(
-        self, audio: np.ndarray, options: TranscriptionOptions
+        self, audio: np.ndarray, options: TranscriptionOptions, *, queue_wait: float | None = None
     ) -> Iterator[ProgressUpdate | Segment | TranscriptionSummary]:
+        """Decode `audio`; with `queue_wait` None a worker slot is taken here first, otherwise
+        the caller already holds one (see `admission`) and waited `queue_wait` seconds for it."""
         duration = len(audio) / SAMPLE_RATE
         decoding = resolve(options, duration, self.long_form_min_s, self.max_batch_size)
         spec = self.registry.resolve(options.model)
-        slot = self.queue.slot() if self.queue else nullcontext(0.0)
+        slot = self.admission() if queue_wait is None else nullcontext(queue_wait)
         with slot as waited, self.registry.lease(spec.name, self.device, self.compute_type) as model:
             supported = getattr(model, "supported_languages", None)
             if decoding.language and supported and decoding.language not in supported:

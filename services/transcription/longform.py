@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.common.domain import SAMPLE_RATE
+from services.common.pcm import pcm_to_float32
 
 WINDOW_S = 30.0
 """Whisper's input length: a window never exceeds it."""
@@ -108,7 +109,7 @@ class Window:
 def to_float(samples: np.ndarray) -> np.ndarray:
     """int16 PCM samples → float32 in [-1, 1) (as faster-whisper scales); float passes through."""
     if samples.dtype == np.int16:
-        return samples.astype(np.float32) / 32768.0
+        return pcm_to_float32(samples)  # one float copy, scaled in place
     return samples.astype(np.float32, copy=False)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from opentelemetry import trace
 
-from services.common.errors import UnknownModel
+from services.common.errors import InternalError, UnknownModel
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,24 @@ class _Loaded:
     last_used: float = field(default=0.0)
 
 
+class _PendingLoad:
+    """A load in progress that other first requests for the same model wait for."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+
+    def finish(self, error: BaseException | None) -> None:
+        self._error = error
+        self._done.set()
+
+    def wait(self) -> None:
+        """Block until the load ends; re-raise its failure (one error, not one load per waiter)."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+
+
 def release_memory() -> None:
     """Collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise)."""
     gc.collect()
@@ -79,7 +97,9 @@ class ModelRegistry:
     Loaded models are shared by every request. With `idle_unload_s` > 0 a model nobody has used
     for that long is dropped by `unload_idle` (called by a reaper thread, see `start_reaper`) and
     its memory returned to the OS; the next request loads it again. `on_change(name, device,
-    compute_type, loaded)` reports loads and unloads (the server feeds the MODEL_LOADED gauge).
+    compute_type, loaded)` reports loads and unloads (the server feeds the MODEL_LOADED gauge);
+    it and `on_lookup(hit)` run under the registry's lock, so they must be quick and must not
+    call the registry.
     """
 
     def __init__(self, models_dir: Path, default_model: str, loader, *, idle_unload_s: float = 0.0,
@@ -95,6 +115,8 @@ class ModelRegistry:
         self._on_lookup = on_lookup or (lambda hit: None)
         self._clock = clock
         self._loaded: dict[tuple[str, str, str], _Loaded] = {}
+        self._loading: dict[tuple[str, str, str], _PendingLoad] = {}
+        # Guards `_loaded`, `_loading` and every entry's `in_use`; never held while loading.
         self._lock = threading.Lock()
         self._reaper_stop = threading.Event()
 
@@ -102,54 +124,100 @@ class ModelRegistry:
         return sorted(self._specs)
 
     def resolve(self, name: str) -> ModelSpec:
-        name = name or self.default_model
-        spec = self._specs.get(name)
+        """The model called `name` ("" = the default); `UnknownModel` lists what exists."""
+        spec = self._specs.get(name or self.default_model)
         if spec is None:
             available = ", ".join(self.names()) or f"none (models directory {self._models_dir})"
+            if not name:
+                # The caller asked for nothing in particular: the server is misconfigured.
+                raise InternalError(
+                    f"this server's default model {self.default_model!r} is not in its models "
+                    f"directory {self._models_dir}; available: {available}"
+                )
             raise UnknownModel(
                 f"unknown model {name!r}; available: {available}", field="config.model"
             )
         return spec
 
-    def _entry(self, name: str, device: str, compute_type: str) -> _Loaded:
+    def _acquire(self, name: str, device: str, compute_type: str) -> _Loaded:
+        """The loaded entry, loading it on first use, with `in_use` already counted.
+
+        `in_use` goes up in the same critical section that finds the entry, so `unload_idle`
+        can never drop a model between the look-up and its use. Loading runs outside the
+        registry lock, behind a per-key pending load: leases of other (loaded) models go on
+        meanwhile, and concurrent first requests for the same model wait for one load.
+        """
         spec = self.resolve(name)
         key = (spec.path.as_posix(), device, compute_type)
-        # Held while loading: two first requests must not load two copies.
-        with self._lock:
-            entry = self._loaded.get(key)
-            self._on_lookup(entry is not None)
-            trace.get_current_span().set_attribute("asr.model.cache_hit", entry is not None)
-            if entry is None:
+        first_look = True
+        while True:
+            with self._lock:
+                entry = self._loaded.get(key)
+                if first_look:
+                    self._on_lookup(entry is not None)
+                    trace.get_current_span().set_attribute("asr.model.cache_hit", entry is not None)
+                    first_look = False
+                if entry is not None:
+                    entry.in_use += 1
+                    entry.last_used = self._clock()
+                    return entry
+                pending = self._loading.get(key)
+                owner = pending is None
+                if owner:
+                    pending = self._loading[key] = _PendingLoad()
+            if not owner:
+                # Another request is loading this model: wait for it, then look again (it
+                # may have failed, or been unloaded already in the meantime).
+                pending.wait()
+                continue
+            try:
                 log.info("loading model %s from %s on %s/%s", spec.name, spec.path, device, compute_type)
-                entry = _Loaded(self._loader(spec, device, compute_type), spec.name, device, compute_type)
+                model = self._loader(spec, device, compute_type)
+            except BaseException as exc:
+                with self._lock:
+                    del self._loading[key]
+                pending.finish(exc)
+                raise
+            entry = _Loaded(model, spec.name, device, compute_type, in_use=1, last_used=self._clock())
+            with self._lock:
                 self._loaded[key] = entry
+                del self._loading[key]
+                # Reported under the lock, as unloads are: the gauge sees them in order.
                 self._on_change(spec.name, device, compute_type, True)
-            entry.last_used = self._clock()
+            pending.finish(None)
             return entry
 
+    def _release(self, entry: _Loaded) -> None:
+        with self._lock:
+            entry.in_use -= 1
+            entry.last_used = self._clock()
+
     def get(self, name: str, device: str, compute_type: str):
-        """The shared loaded model, loading it on first use."""
-        return self._entry(name, device, compute_type).model
+        """The shared loaded model, loading it on first use (not protected from idle unload)."""
+        entry = self._acquire(name, device, compute_type)
+        self._release(entry)
+        return entry.model
 
     @contextmanager
     def lease(self, name: str, device: str, compute_type: str) -> Iterator[object]:
         """The shared model, protected from idle unloading until the block ends."""
-        entry = self._entry(name, device, compute_type)
-        with self._lock:
-            entry.in_use += 1
+        entry = self._acquire(name, device, compute_type)
         try:
             yield entry.model
         finally:
-            with self._lock:
-                entry.in_use -= 1
-                entry.last_used = self._clock()
+            self._release(entry)
 
     def is_loaded(self, name: str) -> bool:
         spec = self._specs.get(name)
-        return spec is not None and any(k[0] == spec.path.as_posix() for k in self._loaded)
+        if spec is None:
+            return False
+        path = spec.path.as_posix()
+        with self._lock:
+            return any(k[0] == path for k in self._loaded)
 
     def loaded_count(self) -> int:
-        return len(self._loaded)
+        with self._lock:
+            return len(self._loaded)
 
     def unload_idle(self, force: bool = False) -> list[str]:
         """Drop models unused for `idle_unload_s` (all unused ones with `force`); their names."""
@@ -161,12 +229,12 @@ class ModelRegistry:
             for key, entry in list(self._loaded.items()):
                 if entry.in_use == 0 and (force or now - entry.last_used >= self.idle_unload_s):
                     dropped.append(self._loaded.pop(key))
+                    self._on_change(entry.name, entry.device, entry.compute_type, False)
         for entry in dropped:
             log.info("unloading idle model %s (%s/%s)", entry.name, entry.device, entry.compute_type)
             unload = getattr(entry.model, "unload", None)
             if callable(unload):
                 unload()
-            self._on_change(entry.name, entry.device, entry.compute_type, False)
         names = [e.name for e in dropped]
         dropped.clear()
         if names:

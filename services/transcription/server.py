@@ -11,9 +11,9 @@ from pydantic_settings import SettingsConfigDict
 from asr.transcription.v1 import transcription_service_pb2 as pb
 from asr.transcription.v1 import transcription_service_pb2_grpc as pb_grpc
 from services.common import metrics
-from services.common.server import ServerHandle, build_server, configure_logging, serve_forever
+from services.common.scheduler import WorkQueue, gauge_reporter
+from services.common.server import ServerHandle, build_server, run_service
 from services.common.settings import ServerSettings
-from services.common.telemetry import setup_telemetry
 from services.transcription.core import (
     Transcriber,
     auto_compute_type,
@@ -22,7 +22,6 @@ from services.transcription.core import (
 )
 from services.transcription.longform import LONG_FORM_MIN_S, VadParams
 from services.transcription.models import ModelRegistry
-from services.transcription.scheduler import WorkQueue
 from services.transcription.servicer import TranscriptionServicer
 
 SERVICE = "transcription"
@@ -70,11 +69,6 @@ def _model_gauge(name: str, device: str, compute_type: str, loaded: bool) -> Non
     metrics.MODEL_LOADED.labels(SERVICE, name, device, compute_type).set(1 if loaded else 0)
 
 
-def _queue_gauge(waiting: int, running: int) -> None:
-    metrics.QUEUE_DEPTH.labels(SERVICE).set(waiting)
-    metrics.BUSY_WORKERS.labels(SERVICE).set(running)
-
-
 def build_transcriber(settings: TranscriptionSettings) -> Transcriber:
     device = auto_device(settings.device)
     compute_type = auto_compute_type(settings.compute_type, device)
@@ -87,7 +81,8 @@ def build_transcriber(settings: TranscriptionSettings) -> Transcriber:
                              on_lookup=lambda hit: metrics.record_cache(SERVICE, "model", hit))
     return Transcriber(
         registry, device, compute_type,
-        queue=WorkQueue(settings.num_workers, settings.max_queued, on_change=_queue_gauge),
+        queue=WorkQueue(settings.num_workers, settings.max_queued, on_change=gauge_reporter(SERVICE),
+                        name=SERVICE),
         max_batch_size=settings.max_batch_size,
         long_form_min_s=settings.long_form_min_s,
         vad=VadParams(threshold=settings.vad_threshold,
@@ -115,10 +110,14 @@ def create_server(settings: TranscriptionSettings, transcriber: Transcriber | No
         serving=not settings.preload,
     )
     if settings.preload:
-        if settings.warm_up:
-            transcriber.warm_up()
-        else:
-            transcriber.registry.get("", transcriber.device, transcriber.compute_type)
+        try:
+            if settings.warm_up:
+                transcriber.warm_up()
+            else:
+                transcriber.registry.get("", transcriber.device, transcriber.compute_type)
+        except BaseException:
+            handle.stop(0)  # a server that can never serve must not keep its port and threads
+            raise
         handle.set_serving(True)
     transcriber.registry.start_reaper()
     handle.on_stop.append(transcriber.registry.stop_reaper)
@@ -126,10 +125,7 @@ def create_server(settings: TranscriptionSettings, transcriber: Transcriber | No
 
 
 def main() -> None:
-    settings = TranscriptionSettings()
-    configure_logging(settings.log_level, SERVICE, settings.log_format)
-    setup_telemetry(SERVICE, settings.state_dir)
-    serve_forever(create_server(settings), settings, SERVICE)
+    run_service(SERVICE, TranscriptionSettings, create_server)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import grpc
-import numpy as np
 from opentelemetry import trace
 
 from asr.common.v1 import progress_pb2
@@ -13,8 +12,9 @@ from asr.transcription.v1 import transcription_service_pb2 as pb
 from asr.transcription.v1 import transcription_service_pb2_grpc as pb_grpc
 from services.common import convert
 from services.common.domain import ProgressUpdate, Segment
-from services.common.errors import InvalidAudio, InvalidInput, LimitExceeded
-from services.common.pcm import check_format, pcm_duration
+from services.common.errors import InvalidInput
+from services.common.pcm import pcm_duration, pcm_samples, read_config, read_pcm
+from services.common.scheduler import rpc_watch
 from services.transcription.core import Transcriber, TranscriptionOptions, TranscriptionSummary
 
 STAGE = progress_pb2.STAGE_TRANSCRIPTION
@@ -53,46 +53,27 @@ def options_from_config(config: pb.TranscriptionConfig) -> TranscriptionOptions:
     )
 
 
-def pcm_samples(pcm: bytes | bytearray) -> np.ndarray:
-    """s16le bytes → int16 samples without a copy (the core converts window by window)."""
-    if len(pcm) % 2:
-        raise InvalidAudio("PCM stream ends in the middle of a sample (odd byte count)")
-    return np.frombuffer(pcm, dtype="<i2")
-
-
-def read_config_and_pcm(request_iterator, max_audio_seconds: float, config_field: str = "config"):
-    """Read the config message and the PCM that follows it from a request stream."""
-    first = next(request_iterator, None)
-    if first is None or first.WhichOneof("payload") != config_field:
-        raise InvalidInput(f"the first message of the stream must carry {config_field}", field=config_field)
-    config = getattr(first, config_field)
-    fmt = config.format
-    check_format(fmt.sample_rate_hz, fmt.channels, fmt.encoding)
-    pcm = bytearray()
-    limit = int(max_audio_seconds * 32_000)
-    for request in request_iterator:
-        if request.WhichOneof("payload") != "audio":
-            raise InvalidInput(f"{config_field} may appear only once, as the first message", field=config_field)
-        pcm += request.audio.pcm
-        if len(pcm) > limit:
-            raise LimitExceeded(
-                f"audio is longer than this service's limit of {max_audio_seconds:.0f} s",
-                metadata={"limit_seconds": str(max_audio_seconds)},
-            )
-    return config, pcm
-
-
 class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
     def __init__(self, transcriber: Transcriber, max_audio_seconds: float):
         self._transcriber = transcriber
         self._max_audio_seconds = max_audio_seconds
 
     def Transcribe(self, request_iterator, context: grpc.ServicerContext) -> Iterator[pb.TranscribeResponse]:
-        config, pcm = read_config_and_pcm(request_iterator, self._max_audio_seconds)
+        config = read_config(request_iterator)
         options = options_from_config(config)
+        self._transcriber.validate(options)
+        # Admission before the upload: a refused request is answered at once, and a waiting
+        # one holds no audio. The slot covers reading the audio and decoding it.
+        cancel, timeout = rpc_watch(context)
+        with self._transcriber.admission(cancel, timeout) as waited:
+            yield from self._transcribe(
+                read_pcm(request_iterator, max_audio_seconds=self._max_audio_seconds), options, waited)
+
+    def _transcribe(self, pcm: bytearray, options: TranscriptionOptions,
+                    waited: float) -> Iterator[pb.TranscribeResponse]:
         span = trace.get_current_span()
         span.set_attribute("asr.audio.duration_s", pcm_duration(len(pcm)))
-        for event in self._transcriber.transcribe(pcm_samples(pcm), options):
+        for event in self._transcriber.transcribe(pcm_samples(pcm), options, queue_wait=waited):
             if isinstance(event, Segment):
                 yield pb.TranscribeResponse(segment=convert.segment_to_proto(event))
             elif isinstance(event, ProgressUpdate):
@@ -120,7 +101,7 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
 
     def ListModels(self, request, context) -> pb.ListModelsResponse:
         registry = self._transcriber.registry
-        default = registry.resolve("").path
+        default = registry.resolve("").path  # a missing default is a server fault (INTERNAL)
         return pb.ListModelsResponse(models=[
             pb.ModelInfo(
                 name=name,

@@ -105,7 +105,7 @@ def test_full_queue_is_refused_with_retry_after():
     import threading
 
     from services.common.errors import Overloaded
-    from services.transcription.scheduler import WorkQueue
+    from services.common.scheduler import WorkQueue
 
     depths = []
     queue = WorkQueue(workers=1, max_queued=1, on_change=lambda w, r: depths.append((w, r)))

@@ -69,3 +69,17 @@ def test_vad_runs_in_blocks_without_cutting_speech_at_block_edges():
 ])
 def test_batch_size_from_duration_and_free_memory(duration, device, free, expected):
     assert longform.batch_size_for(duration, device, free, cap=16) == expected
+
+
+def test_int16_to_float_holds_one_float_copy():
+    import tracemalloc
+
+    samples = np.arange(2_000_000, dtype=np.int64).astype(np.int16)
+    tracemalloc.start()
+    try:
+        audio = longform.to_float(samples)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(audio, samples.astype(np.float32) / 32768.0)
+    assert peak < 1.5 * audio.nbytes, "the conversion made a second float copy"

@@ -1,0 +1,163 @@
+"""Admission control of the diarization service: a bounded queue taken before the upload is read."""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+import grpc
+import numpy as np
+import pytest
+from conftest import channel_to
+from pyannote.core import Annotation
+
+from asr.common.v1 import audio_pb2
+from asr.diarization.v1 import diarization_service_pb2 as pb
+from asr.diarization.v1 import diarization_service_pb2_grpc as pb_grpc
+from services.common import metrics
+from services.common.errors import Overloaded, from_rpc_error
+from services.diarization.core import Diarizer
+from services.diarization.server import DiarizationSettings, create_server
+
+pytestmark = pytest.mark.grpc
+
+PCM16K = audio_pb2.PcmFormat(sample_rate_hz=16_000, channels=1)
+ONE_SECOND = np.zeros(16_000, dtype="<i2").tobytes()
+
+
+class Blocking:
+    """Backend stand-in that works until released (or until the service tells it to stop)."""
+
+    name = "blocking"
+
+    def __init__(self):
+        self.release = threading.Event()
+
+    def annotate(self, audio, min_speakers, max_speakers, progress):
+        while not self.release.is_set():
+            progress(0.0, "")
+            time.sleep(0.01)
+        return Annotation()
+
+
+def gauge(name: str) -> float | None:
+    return metrics.REGISTRY.get_sample_value(name, {"service": "diarization"})
+
+
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def requests(**config):
+    yield pb.DiarizeRequest(config=pb.DiarizationConfig(format=PCM16K, **config))
+    yield pb.DiarizeRequest(audio=audio_pb2.AudioChunk(pcm=ONE_SECOND))
+
+
+@pytest.fixture()
+def busy(state_dir):
+    """A server with one worker and one queue place, its worker busy until the test ends."""
+    backend = Blocking()
+    handle = create_server(DiarizationSettings(port=0, num_workers=1, max_queued=1),
+                           Diarizer(backend, max_speakers=4))
+    channel = channel_to(handle.port)
+    stub = pb_grpc.DiarizationServiceStub(channel)
+    calls: list[threading.Thread] = []
+
+    def start_call(**kw) -> threading.Thread:
+        thread = threading.Thread(target=lambda: _drain(stub.Diarize(requests(), timeout=30, **kw)))
+        thread.start()
+        calls.append(thread)
+        return thread
+
+    start_call()
+    assert wait_until(lambda: gauge("asr_busy_workers") == 1)
+    yield SimpleNamespace(stub=stub, backend=backend, start_call=start_call)
+    backend.release.set()
+    for thread in calls:
+        thread.join(10)
+    channel.close()
+    handle.stop(0)
+
+
+def _drain(responses) -> None:
+    try:
+        list(responses)
+    except grpc.RpcError:
+        pass
+
+
+def test_settings_default_to_one_worker_and_four_queued(monkeypatch):
+    assert DiarizationSettings().num_workers == 1
+    assert DiarizationSettings().max_queued == 4
+    monkeypatch.setenv("ASR_DIARIZATION_NUM_WORKERS", "3")
+    monkeypatch.setenv("ASR_DIARIZATION_MAX_QUEUED", "0")
+    settings = DiarizationSettings()
+    assert (settings.num_workers, settings.max_queued) == (3, 0)
+
+
+def test_a_full_queue_refuses_before_reading_the_upload(busy):
+    busy.start_call()
+    assert wait_until(lambda: gauge("asr_queue_depth") == 1)
+    consumed, more = [], threading.Event()
+
+    def upload():
+        consumed.append("config")
+        yield pb.DiarizeRequest(config=pb.DiarizationConfig(format=PCM16K))
+        more.wait(15)  # the audio follows only if the server reads on
+        consumed.append("audio")
+        yield pb.DiarizeRequest(audio=audio_pb2.AudioChunk(pcm=ONE_SECOND))
+
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            list(busy.stub.Diarize(upload(), timeout=5))
+        read = list(consumed)
+    finally:
+        more.set()
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
+    error = from_rpc_error(err.value)
+    assert isinstance(error, Overloaded) and error.retry_after_s >= 1.0
+    assert "diarization is at capacity" in error.message
+    assert read == ["config"], "the server read audio it was going to refuse"
+
+
+def test_impossible_speaker_counts_are_refused_before_queueing(busy):
+    busy.start_call()
+    assert wait_until(lambda: gauge("asr_queue_depth") == 1)
+    with pytest.raises(grpc.RpcError) as err:
+        list(busy.stub.Diarize(requests(num_speakers=9), timeout=5))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "limit of 4" in err.value.details()
+
+
+def test_a_cancelled_call_leaves_the_queue(busy):
+    waiting = busy.stub.Diarize(requests(), timeout=30)
+    assert wait_until(lambda: gauge("asr_queue_depth") == 1)
+    waiting.cancel()
+    assert wait_until(lambda: gauge("asr_queue_depth") == 0, timeout=3), \
+        "a cancelled call kept its place in the queue"
+    assert gauge("asr_busy_workers") == 1  # the running call is untouched
+
+
+def test_a_deadline_passing_in_the_queue_is_deadline_exceeded_and_frees_the_place(busy):
+    with pytest.raises(grpc.RpcError) as err:
+        list(busy.stub.Diarize(requests(), timeout=1.0))
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert wait_until(lambda: gauge("asr_queue_depth") == 0, timeout=3), \
+        "a call past its deadline kept its place in the queue"
+    assert gauge("asr_busy_workers") == 1
+
+
+def test_a_queued_call_runs_when_the_worker_frees(busy):
+    results = []
+    waiter = threading.Thread(target=lambda: results.extend(busy.stub.Diarize(requests(), timeout=30)))
+    waiter.start()
+    assert wait_until(lambda: gauge("asr_queue_depth") == 1)
+    busy.backend.release.set()
+    waiter.join(10)
+    assert results and results[-1].WhichOneof("payload") == "result"
+    assert wait_until(lambda: gauge("asr_busy_workers") == 0 and gauge("asr_queue_depth") == 0)
