@@ -74,6 +74,24 @@ class TranscribeOptions:
         )
 
 
+@dataclass
+class Transcription:
+    """A finished transcription: the gateway's closing summary plus the streamed transcript.
+
+    Attributes of `asr.gateway.v1.TranscribeResult` (trace_id, speakers, audio_duration, ...)
+    are available directly on this object.
+    """
+
+    summary: pb.TranscribeResult
+    segments: list = field(default_factory=list)
+    """`asr.common.v1.Segment` messages in time order."""
+    documents: list = field(default_factory=list)
+    """`asr.common.v1.Document` messages, reassembled from their pieces, in the order requested."""
+
+    def __getattr__(self, name: str):
+        return getattr(self.summary, name)
+
+
 class GatewayClient:
     """Calls a running gateway. Use as a context manager or call `close()`."""
 
@@ -115,8 +133,8 @@ class GatewayClient:
         options: TranscribeOptions,
         on_event: Callable[[pb.TranscribeResponse], None] | None = None,
         timeout_s: float | None = None,
-    ) -> pb.TranscribeResult:
-        """Upload `path`, forward progress/media events to `on_event`, return the result.
+    ) -> Transcription:
+        """Upload `path`, forward progress/media events to `on_event`, return the transcription.
 
         Raises `InvalidInput` for an unreadable file and `DependencyUnavailable` when the
         gateway cannot be reached within `connect_timeout_s` (given to the constructor).
@@ -134,11 +152,24 @@ class GatewayClient:
                 while piece := source.read(UPLOAD_CHUNK_BYTES):
                     yield pb.TranscribeRequest(content=piece)
 
+        segments, documents, pieces = [], [], []
         try:
             for response in self._stub.Transcribe(requests(), timeout=timeout_s):
-                if response.WhichOneof("payload") == "result":
-                    return response.result
-                if on_event:
+                kind = response.WhichOneof("payload")
+                if kind == "segment":
+                    segments.append(response.segment)
+                elif kind == "document_chunk":
+                    chunk = response.document_chunk
+                    pieces.append(chunk.content)
+                    if chunk.last:
+                        documents.append(document_pb2.Document(
+                            format=chunk.format, content="".join(pieces),
+                            file_extension=chunk.file_extension, media_type=chunk.media_type,
+                        ))
+                        pieces = []
+                elif kind == "result":
+                    return Transcription(response.result, segments, documents)
+                elif on_event:
                     on_event(response)
         except grpc.RpcError as err:
             raise from_rpc_error(err, service="gateway") from None

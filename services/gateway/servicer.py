@@ -21,7 +21,7 @@ from services.common import convert
 from services.common.domain import MediaReport, ProgressUpdate
 from services.common.errors import InvalidInput, LimitExceeded
 from services.common.telemetry import current_trace_id
-from services.gateway.downstream import FORMAT_NAMES
+from services.gateway.downstream import FORMAT_ENUMS, FORMAT_NAMES
 from services.gateway.pipeline import ChainOptions, ChainResult, Stages, run_chain
 
 STAGE_ENUMS = {
@@ -32,6 +32,8 @@ STAGE_ENUMS = {
     "merge": progress_pb2.STAGE_MERGE,
 }
 _DONE, _FAILED = object(), object()
+DOCUMENT_CHUNK_CHARS = 256 * 1024
+"""Characters per DocumentChunk: at most 1 MiB of UTF-8 whatever the text."""
 _tracer = trace.get_tracer(__name__)
 log = logging.getLogger(__name__)
 
@@ -157,6 +159,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                     options.filename, event.audio_duration, event.seconds,
                     len(event.merged.segments), len(event.merged.speakers),
                 )
+                yield from self._transcript(event)
                 yield pb.TranscribeResponse(result=self._result(event, trace_id))
                 return
             if stage is _FAILED:
@@ -171,25 +174,34 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         return pb.TranscribeResponse(progress=convert.progress_to_proto(STAGE_ENUMS[stage], update))
 
     @staticmethod
+    def _transcript(result: ChainResult) -> Iterator[pb.TranscribeResponse]:
+        """The transcript as many small messages: segments, then documents in pieces."""
+        for segment in result.merged.segments:
+            yield pb.TranscribeResponse(segment=convert.segment_to_proto(segment))
+        for document in result.merged.documents:
+            pieces = [document.content[i:i + DOCUMENT_CHUNK_CHARS]
+                      for i in range(0, len(document.content), DOCUMENT_CHUNK_CHARS)] or [""]
+            for index, piece in enumerate(pieces):
+                yield pb.TranscribeResponse(document_chunk=pb.DocumentChunk(
+                    format=FORMAT_ENUMS[document.format], file_extension=document.file_extension,
+                    media_type=document.media_type, content=piece, last=index == len(pieces) - 1,
+                ))
+
+    @staticmethod
     def _result(result: ChainResult, trace_id: str) -> pb.TranscribeResult:
         trace.get_current_span().set_attributes({
             "asr.audio.duration_s": result.audio_duration,
             "asr.rtf": result.seconds / result.audio_duration if result.audio_duration else 0.0,
             "asr.model": result.transcript.model,
         })
-        formats = {name: value for value, name in FORMAT_NAMES.items()}
         return pb.TranscribeResult(
             trace_id=trace_id,
             language_code=result.transcript.language_code,
             audio_duration=convert.duration(result.audio_duration),
             speakers=result.merged.speakers,
-            segments=convert.segments_to_proto(result.merged.segments),
-            documents=[
-                document_pb2.Document(format=formats[d.format], content=d.content,
-                                      file_extension=d.file_extension, media_type=d.media_type)
-                for d in result.merged.documents
-            ],
             model=result.transcript.model,
             diarization_backend=result.diarization.backend if result.diarization else "",
             processing_duration=convert.duration(result.seconds),
+            segment_count=len(result.merged.segments),
+            document_count=len(result.merged.documents),
         )

@@ -23,6 +23,7 @@ def gateway(tmp_path):
     spool.mkdir()
     settings = GatewaySettings(port=0, spool_dir=spool, max_upload_bytes=1000)
     handle = create_server(settings, stages_factory=lambda: holder["stages"])
+    holder["address"] = handle.address
     channel = channel_to(handle.port)
     yield pb_grpc.GatewayServiceStub(channel), holder, spool
     channel.close()
@@ -44,8 +45,12 @@ def test_streams_media_progress_then_result(gateway):
     kinds = [r.WhichOneof("payload") for r in responses]
     assert kinds[-1] == "result" and kinds.count("result") == 1
     assert "media_info" in kinds and "progress" in kinds
+    # The transcript streams before the summary: segments, then documents in pieces.
+    assert kinds[-4:] == ["segment", "document_chunk", "document_chunk", "result"]
+    chunks = [r.document_chunk for r in responses if r.WhichOneof("payload") == "document_chunk"]
+    assert [c.file_extension for c in chunks] == ["srt", "json"] and all(c.last for c in chunks)
     result = responses[-1].result
-    assert [d.file_extension for d in result.documents] == ["srt", "json"]
+    assert (result.segment_count, result.document_count) == (1, 2)
     assert result.speakers == ["SPEAKER_00"] and result.diarization_backend == "fake"
     assert list(spool.iterdir()) == []  # spooled upload removed
 
@@ -127,3 +132,20 @@ def test_caller_cancelling_mid_upload_is_cancelled_not_internal(gateway):
     assert count("CANCELLED") == before_cancelled + 1
     assert count("INTERNAL") == before_internal
     assert list(spool.iterdir()) == []
+
+
+def test_large_documents_stream_in_pieces_and_the_sdk_reassembles_them(gateway, tmp_path):
+    from clients.sdk import GatewayClient, TranscribeOptions
+
+    _, holder, _ = gateway
+    holder["stages"] = FakeStages(document_chars=3_000_000)  # ~3.6 MB of UTF-8 per document
+    upload = tmp_path / "x.wav"
+    upload.write_bytes(b"x" * 100)
+    # gRPC's default 4 MiB receive limit, as a third-party client would have: no message of the
+    # stream may grow with the transcript.
+    with GatewayClient(holder["address"], max_message_bytes=4 << 20) as client:
+        result = client.transcribe(upload, TranscribeOptions(formats=("json", "srt")))
+    assert [d.file_extension for d in result.documents] == ["json", "srt"]
+    for document in result.documents:
+        assert document.content == f"{document.file_extension}:" + "ação " * 600_000
+    assert [s.text for s in result.segments] == ["olá mundo"] and result.segment_count == 1
