@@ -21,6 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
+from pydantic import ValidationError
 from pythonjsonlogger.json import JsonFormatter
 
 from services.common.errors import ErrorMappingInterceptor
@@ -166,7 +167,13 @@ class TraceContextFilter(logging.Filter):
 def run_service(service: str, settings_type: type[ServerSettings],
                 create: Callable[[ServerSettings], ServerHandle]) -> None:
     """What every service's `main()` does: read settings once, set up logs and traces, serve."""
-    settings = settings_type()
+    try:
+        settings = settings_type()
+    except ValidationError as exc:  # an operator's typo deserves a sentence, not a traceback
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "settings"
+            print(f"{service}: invalid configuration: {where}: {error['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None
     configure_logging(settings.log_level, service, settings.log_format)
     setup_telemetry(service, settings.state_dir)
     serve_forever(create(settings), settings, service)

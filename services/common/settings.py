@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -49,3 +49,26 @@ class ServerSettings(BaseSettings):
         "json", pattern="^(json|text)$", validation_alias=AliasChoices("ASR_LOG_FORMAT"),
         description="json (structured, with trace ids) or text.",
     )
+
+
+class QueuedServerSettings(ServerSettings):
+    """A server whose requests wait in a WorkQueue (services/common/scheduler.py).
+
+    Every admitted request holds a server thread while it waits or works, so the thread pool
+    must be larger than what the queue admits: refusals and health checks need free threads,
+    or a full queue would look like a dead pod to Kubernetes.
+    """
+
+    num_workers: int = Field(1, ge=1, description="Requests worked on at once.")
+    max_queued: int = Field(4, ge=0, description="Requests that may wait; beyond it RESOURCE_EXHAUSTED.")
+
+    @model_validator(mode="after")
+    def _threads_outnumber_admitted_work(self) -> QueuedServerSettings:
+        needed = self.num_workers + self.max_queued + 2
+        if self.max_workers < needed:
+            raise ValueError(
+                f"max_workers ({self.max_workers}) must be at least num_workers + max_queued + 2 "
+                f"({needed}): each admitted request holds a server thread, and refusals and "
+                "health checks need free ones"
+            )
+        return self

@@ -13,7 +13,7 @@ from asr.diarization.v1 import diarization_service_pb2_grpc as pb_grpc
 from services.common import metrics
 from services.common.scheduler import WorkQueue, gauge_reporter
 from services.common.server import ServerHandle, build_server, run_service
-from services.common.settings import ServerSettings
+from services.common.settings import QueuedServerSettings
 from services.diarization.core import Backend, Diarizer
 from services.diarization.servicer import DiarizationServicer
 
@@ -21,7 +21,7 @@ SERVICE = "diarization"
 log = logging.getLogger(__name__)
 
 
-class DiarizationSettings(ServerSettings):
+class DiarizationSettings(QueuedServerSettings):
     """Environment: ASR_DIARIZATION_* (plus ASR_STATE_DIR and OTEL_*)."""
 
     model_config = SettingsConfigDict(env_prefix="ASR_DIARIZATION_", extra="ignore")

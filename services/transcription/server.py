@@ -13,7 +13,7 @@ from asr.transcription.v1 import transcription_service_pb2_grpc as pb_grpc
 from services.common import metrics
 from services.common.scheduler import WorkQueue, gauge_reporter
 from services.common.server import ServerHandle, build_server, run_service
-from services.common.settings import ServerSettings
+from services.common.settings import QueuedServerSettings
 from services.transcription.core import (
     Transcriber,
     auto_compute_type,
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 REPO_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 
 
-class TranscriptionSettings(ServerSettings):
+class TranscriptionSettings(QueuedServerSettings):
     """Environment: ASR_TRANSCRIPTION_* (plus ASR_STATE_DIR and OTEL_*)."""
 
     model_config = SettingsConfigDict(env_prefix="ASR_TRANSCRIPTION_", extra="ignore")
@@ -42,7 +42,7 @@ class TranscriptionSettings(ServerSettings):
     cpu_threads: int = Field(0, ge=0, description="Threads per model on CPU; 0 = all cores.")
     num_workers: int = Field(1, ge=1, description="CTranslate2 workers = requests decoded at once.")
     max_queued: int = Field(
-        8, ge=0, description="Requests that may wait for a worker; beyond it RESOURCE_EXHAUSTED.")
+        4, ge=0, description="Requests that may wait for a worker; beyond it RESOURCE_EXHAUSTED.")
     preload: bool = Field(True, description="Load the default model before reporting SERVING.")
     warm_up: bool = Field(True, description="Run the preloaded model once before SERVING.")
     idle_unload_s: float = Field(
