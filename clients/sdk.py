@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 
-from asr.common.v1 import document_pb2
+from asr.common.v1 import document_pb2, quality_pb2
 from asr.gateway.v1 import gateway_service_pb2 as pb
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from services.common.errors import DependencyUnavailable, InvalidInput, from_rpc_error
@@ -66,7 +66,7 @@ class TranscribeOptions:
             max_speakers=self.max_speakers, model=self.model,
             output_formats=[FORMATS[f] for f in self.formats], speaker_names=self.speaker_names,
             temperatures=self.temperatures, beam_size=self.beam_size,
-            initial_prompt=self.initial_prompt, quality_profile=self.quality_profile,
+            initial_prompt=self.initial_prompt, quality_profile=_profile(self.quality_profile),
             best_of=self.best_of, hotwords=self.hotwords,
             inverse_text_normalization=self.inverse_text_normalization,
             **{name: value for name in ("loudness_normalization", "trim_silence")
@@ -90,6 +90,15 @@ class Transcription:
 
     def __getattr__(self, name: str):
         return getattr(self.summary, name)
+
+
+def _profile(name: str) -> int:
+    if not name:
+        return quality_pb2.QUALITY_PROFILE_UNSPECIFIED
+    try:
+        return quality_pb2.QualityProfile.Value(f"QUALITY_PROFILE_{name.strip().upper().replace('-', '_')}")
+    except ValueError:
+        raise InvalidInput(f"unknown quality profile {name!r}; choose from max_quality, balanced, fast") from None
 
 
 class GatewayClient:

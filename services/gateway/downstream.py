@@ -20,7 +20,7 @@ from pathlib import Path
 
 import grpc
 
-from asr.common.v1 import audio_pb2, document_pb2
+from asr.common.v1 import audio_pb2, document_pb2, quality_pb2
 from asr.diarization.v1 import diarization_service_pb2 as dia_pb
 from asr.diarization.v1 import diarization_service_pb2_grpc as dia_grpc
 from asr.merge.v1 import merge_service_pb2 as merge_pb
@@ -234,8 +234,8 @@ class GrpcStages:
             language_code=options.language_code, model=options.model, format=PCM16K,
             beam_size=options.beam_size, initial_prompt=options.initial_prompt,
             temperatures=options.temperatures, best_of=options.best_of, hotwords=options.hotwords,
-            profile=tr_pb.QualityProfile.Value(f"QUALITY_PROFILE_{options.quality_profile.upper()}")
-            if options.quality_profile else tr_pb.QUALITY_PROFILE_UNSPECIFIED,
+            profile=quality_pb2.QualityProfile.Value(f"QUALITY_PROFILE_{options.quality_profile.upper()}")
+            if options.quality_profile else quality_pb2.QUALITY_PROFILE_UNSPECIFIED,
         )
 
         def requests() -> Iterator[tr_pb.TranscribeRequest]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 from opentelemetry import trace
 
-from asr.common.v1 import document_pb2, progress_pb2
+from asr.common.v1 import document_pb2, progress_pb2, quality_pb2
 from asr.gateway.v1 import gateway_service_pb2 as pb
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from services.common import convert
@@ -82,16 +82,13 @@ def chain_options(config: pb.TranscribeConfig) -> ChainOptions:
     )
 
 
-def _quality_profile(name: str) -> str:
-    """Validate a quality profile name ("" = the transcription service's default)."""
-    name = name.strip().lower().replace("-", "_")
-    if name not in QUALITY_PROFILES:
-        raise InvalidInput(f"unknown quality profile {name!r}; choose from max_quality, balanced, fast",
-                           field="config.quality_profile")
-    return name
-
-
-QUALITY_PROFILES = ("", "max_quality", "balanced", "fast")
+def _quality_profile(value: int) -> str:
+    """The profile's name for the chain ("" = the transcription service's default)."""
+    if value not in quality_pb2.QualityProfile.values():
+        raise InvalidInput(f"unknown quality profile {value}", field="config.quality_profile")
+    if value == quality_pb2.QUALITY_PROFILE_UNSPECIFIED:
+        return ""
+    return quality_pb2.QualityProfile.Name(value).removeprefix("QUALITY_PROFILE_").lower()
 
 
 class GatewayServicer(pb_grpc.GatewayServiceServicer):

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import grpc
 from opentelemetry import trace
 
-from asr.common.v1 import progress_pb2
+from asr.common.v1 import progress_pb2, quality_pb2
 from asr.transcription.v1 import transcription_service_pb2 as pb
 from asr.transcription.v1 import transcription_service_pb2_grpc as pb_grpc
 from services.common import convert
@@ -19,10 +19,10 @@ from services.transcription.core import Transcriber, TranscriptionOptions, Trans
 
 STAGE = progress_pb2.STAGE_TRANSCRIPTION
 PROFILE_NAMES = {
-    pb.QUALITY_PROFILE_UNSPECIFIED: "",
-    pb.QUALITY_PROFILE_MAX_QUALITY: "max_quality",
-    pb.QUALITY_PROFILE_BALANCED: "balanced",
-    pb.QUALITY_PROFILE_FAST: "fast",
+    quality_pb2.QUALITY_PROFILE_UNSPECIFIED: "",
+    quality_pb2.QUALITY_PROFILE_MAX_QUALITY: "max_quality",
+    quality_pb2.QUALITY_PROFILE_BALANCED: "balanced",
+    quality_pb2.QUALITY_PROFILE_FAST: "fast",
 }
 STRATEGY_NAMES = {
     pb.LONG_FORM_STRATEGY_UNSPECIFIED: "",

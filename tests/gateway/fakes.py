@@ -36,6 +36,7 @@ class FakeStages:
         if options.diarize:
             self.overlap.wait()  # proves transcription and diarization run at the same time
         self._enter("transcription")
+        self.options = options
         progress(ProgressUpdate(0.5, 0.5, 1.0))
         words = (Word(0.0, 0.4, "olá", 0.9), Word(0.5, 0.9, "mundo", 0.8))
         return Transcript([Segment(0, 0.0, 0.9, "olá mundo", words)], "pt-BR", "base")

@@ -149,3 +149,17 @@ def test_large_documents_stream_in_pieces_and_the_sdk_reassembles_them(gateway, 
     for document in result.documents:
         assert document.content == f"{document.file_extension}:" + "ação " * 600_000
     assert [s.text for s in result.segments] == ["olá mundo"] and result.segment_count == 1
+
+
+@pytest.mark.parametrize(("profile", "name"), [(0, ""), (1, "max_quality"), (3, "fast")])
+def test_quality_profile_reaches_the_chain_by_name(gateway, profile, name):
+    stub, holder, _ = gateway
+    call(stub, b"x", quality_profile=profile)
+    assert holder["stages"].options.quality_profile == name
+
+
+def test_unknown_quality_profile_is_invalid_argument(gateway):
+    stub, _, _ = gateway
+    with pytest.raises(grpc.RpcError) as err:
+        call(stub, b"x", quality_profile=42)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "quality profile" in err.value.details()

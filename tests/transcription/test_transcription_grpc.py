@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import MODELS_DIR, channel_to
 
-from asr.common.v1 import audio_pb2
+from asr.common.v1 import audio_pb2, quality_pb2
 from asr.transcription.v1 import transcription_service_pb2 as pb
 from asr.transcription.v1 import transcription_service_pb2_grpc as pb_grpc
 from services.common.pcm import chunked
@@ -99,7 +99,7 @@ def test_silence_and_noise_give_no_words(stub, corpus, name):
 
 
 def test_options_reach_the_core(stub, corpus):
-    segments, _, results = run(stub, load_pcm(corpus / "asr/000.flac"), profile=pb.QUALITY_PROFILE_FAST,
+    segments, _, results = run(stub, load_pcm(corpus / "asr/000.flac"), profile=quality_pb2.QUALITY_PROFILE_FAST,
                                temperatures=[0.0], hotwords="saldo conta corrente")
     assert results[0].profile == "fast" and results[0].strategy == "sequential"
     assert "conta corrente" in " ".join(s.text for s in segments).lower()
