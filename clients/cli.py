@@ -28,7 +28,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # 
 from rich.table import Table  # noqa: E402
 
 from asr.common.v1 import progress_pb2  # noqa: E402
-from clients.sdk import FORMATS, GatewayClient, TranscribeOptions  # noqa: E402
+from clients.sdk import FORMATS, GatewayClient, GatewayUnreachable, TranscribeOptions  # noqa: E402
 from services.common.errors import MeshError  # noqa: E402
 
 STAGE_LABELS = {
@@ -175,9 +175,14 @@ def transcribe(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         address = args.server or _local_mesh(stack, args.state_dir, args.quiet).gateway_address
         client = stack.enter_context(GatewayClient(address, connect_timeout_s=args.connect_timeout))
-        for path in inputs:
+        for index, path in enumerate(inputs):
             try:
                 result = _transcribe_one(client, path, options, quiet=args.quiet)
+            except GatewayUnreachable as exc:  # the same for every file: say it once and stop
+                left = len(inputs) - index
+                err_console.print(f"asr: {exc.message}; {left} file{'s' if left > 1 else ''} not transcribed")
+                failures += left
+                break
             except MeshError as exc:
                 err_console.print(f"asr: {path}: {exc.message}")
                 failures += 1

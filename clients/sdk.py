@@ -15,7 +15,12 @@ import grpc
 from asr.common.v1 import document_pb2, quality_pb2
 from asr.gateway.v1 import gateway_service_pb2 as pb
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
-from services.common.errors import DependencyUnavailable, InvalidInput, from_rpc_error
+from services.common.errors import (
+    DependencyUnavailable,
+    InternalError,
+    InvalidInput,
+    from_rpc_error,
+)
 from services.common.telemetry import traced_channel
 
 UPLOAD_CHUNK_BYTES = 256 * 1024
@@ -89,7 +94,13 @@ class Transcription:
     """`asr.common.v1.Document` messages, reassembled from their pieces, in the order requested."""
 
     def __getattr__(self, name: str):
+        if name.startswith("__") or name == "summary":  # copy/pickle probe before __init__ ran
+            raise AttributeError(name)
         return getattr(self.summary, name)
+
+
+class GatewayUnreachable(DependencyUnavailable):
+    """No connection to the gateway could be made (wrong address, nothing listening)."""
 
 
 def _profile(name: str) -> int:
@@ -127,10 +138,12 @@ class GatewayClient:
         """Fail fast (one clear error) instead of waiting forever on a wrong address."""
         if self._reachable:
             return
+        ready = grpc.channel_ready_future(self._channel)
         try:
-            grpc.channel_ready_future(self._channel).result(timeout=self._connect_timeout_s)
+            ready.result(timeout=self._connect_timeout_s)
         except grpc.FutureTimeoutError:
-            raise DependencyUnavailable(
+            ready.cancel()
+            raise GatewayUnreachable(
                 f"cannot reach the gateway at {self.address} "
                 f"(no connection within {self._connect_timeout_s:.0f} s)"
             ) from None
@@ -149,19 +162,21 @@ class GatewayClient:
         gateway cannot be reached within `connect_timeout_s` (given to the constructor).
         """
         config = options.to_proto(Path(path).name)
+        self._wait_until_reachable()
         try:
             source = open(path, "rb")  # opened here, so an unreadable file fails before the call
         except OSError as exc:
             raise InvalidInput(f"cannot read the file: {exc.strerror}") from None
-        self._wait_until_reachable()
+        with source:  # closed on every path, also when the call fails before reading it
+            return self._transcribe(source, config, on_event, timeout_s)
 
+    def _transcribe(self, source, config, on_event, timeout_s) -> Transcription:
         def requests() -> Iterator[pb.TranscribeRequest]:
             yield pb.TranscribeRequest(config=config)
-            with source:
-                while piece := source.read(UPLOAD_CHUNK_BYTES):
-                    yield pb.TranscribeRequest(content=piece)
+            while piece := source.read(UPLOAD_CHUNK_BYTES):
+                yield pb.TranscribeRequest(content=piece)
 
-        segments, documents, pieces = [], [], []
+        segments, documents, pending = [], [], {}
         try:
             for response in self._stub.Transcribe(requests(), timeout=timeout_s):
                 kind = response.WhichOneof("payload")
@@ -169,15 +184,22 @@ class GatewayClient:
                     segments.append(response.segment)
                 elif kind == "document_chunk":
                     chunk = response.document_chunk
-                    pieces.append(chunk.content)
+                    pending.setdefault(chunk.format, []).append(chunk.content)
                     if chunk.last:
                         documents.append(document_pb2.Document(
-                            format=chunk.format, content="".join(pieces),
+                            format=chunk.format, content="".join(pending.pop(chunk.format)),
                             file_extension=chunk.file_extension, media_type=chunk.media_type,
                         ))
-                        pieces = []
                 elif kind == "result":
-                    return Transcription(response.result, segments, documents)
+                    summary = response.result
+                    if pending or (len(segments), len(documents)) != (summary.segment_count,
+                                                                       summary.document_count):
+                        raise InternalError(
+                            f"incomplete transcript from the gateway: {len(segments)}/"
+                            f"{summary.segment_count} segments, {len(documents)}/"
+                            f"{summary.document_count} documents"
+                        )
+                    return Transcription(summary, segments, documents)
                 elif on_event:
                     on_event(response)
         except grpc.RpcError as err:

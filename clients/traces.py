@@ -119,19 +119,22 @@ def load_spans(state_dir: Path) -> list[Span]:
     spans = []
     folder = Path(state_dir) / "traces"
     for path in sorted([*folder.glob("*.jsonl.1"), *folder.glob("*.jsonl")]):
-        with open(path, encoding="utf-8", errors="replace") as lines:
-            for line in lines:
-                try:
-                    raw = json.loads(line)
-                    spans.append(Span(
-                        service=raw["service"], name=raw["name"], trace_id=raw["trace_id"],
-                        span_id=raw["span_id"], parent_span_id=raw.get("parent_span_id", ""),
-                        start_ns=int(raw["start_ns"]), end_ns=int(raw["end_ns"]),
-                        status=raw.get("status", "UNSET"), kind=raw.get("kind", ""),
-                        attributes=raw.get("attributes", {}), events=raw.get("events", []),
-                    ))
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut short by a crash must not hide the rest
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue  # rotated away between the listing and the read
+        for line in lines:
+            try:
+                raw = json.loads(line)
+                spans.append(Span(
+                    service=raw["service"], name=raw["name"], trace_id=raw["trace_id"],
+                    span_id=raw["span_id"], parent_span_id=raw.get("parent_span_id", ""),
+                    start_ns=int(raw["start_ns"]), end_ns=int(raw["end_ns"]),
+                    status=raw.get("status", "UNSET"), kind=raw.get("kind", ""),
+                    attributes=raw.get("attributes", {}), events=raw.get("events", []),
+                ))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a crash must not hide the rest
     return spans
 
 

@@ -81,6 +81,17 @@ class DependencyUnavailable(MeshError):
     reason = "DEPENDENCY_UNAVAILABLE"
 
 
+class DependencyFailed(MeshError):
+    """A service failed while it was already working on this request.
+
+    Reported as INTERNAL rather than UNAVAILABLE on purpose: UNAVAILABLE tells callers and load
+    balancers "safe to retry", and replaying a request that may have killed a replica could
+    take down the next one too.
+    """
+
+    reason = "DEPENDENCY_FAILED"
+
+
 class DeadlineExceeded(MeshError):
     """The work did not finish within its deadline."""
 
@@ -108,7 +119,7 @@ _BY_STATUS: dict[grpc.StatusCode, type[MeshError]] = {
 }
 _BY_REASON: dict[str, type[MeshError]] = {
     cls.reason: cls
-    for cls in (InvalidInput, InvalidAudio, LimitExceeded, UnknownModel, Overloaded)
+    for cls in (InvalidInput, InvalidAudio, LimitExceeded, UnknownModel, Overloaded, DependencyFailed)
 }
 
 
@@ -171,9 +182,16 @@ def _abort(context: grpc.ServicerContext, error: MeshError) -> None:
 def _fail(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
     """Abort the call with the status `exc` maps to."""
     if not context.is_active():
-        # The caller cancelled or went away (gRPC then raises a bare RpcError from the request
-        # iterator): nobody is listening, and it is not a server fault worth an INTERNAL.
-        log.info("%s: the caller went away", method)
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            log.warning("%s: deadline exceeded", method)
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the request ran out of time")
+        if not isinstance(exc, MeshError | grpc.RpcError):  # a real bug, even if nobody waits
+            log.error("%s failed after the caller left", method, exc_info=exc)
+        else:
+            # The caller cancelled or went away (gRPC then raises a bare RpcError from the
+            # request iterator): nobody is listening, and it is not a server fault.
+            log.info("%s: the caller went away", method)
         context.abort(grpc.StatusCode.CANCELLED, "the caller cancelled the request")
     _abort(context, _translate(exc, method))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -66,13 +67,13 @@ class WorkQueue:
         self.name = name
         self._on_change = on_change or (lambda waiting, running: None)
         self._cond = threading.Condition()
-        self._waiting = 0
+        self._queue: deque[object] = deque()  # one ticket per waiter, in arrival order
         self._running = 0
         self._job_s = typical_job_s  # running mean of job durations, for retry-after hints
 
     @property
     def waiting(self) -> int:
-        return self._waiting
+        return len(self._queue)
 
     @property
     def running(self) -> int:
@@ -80,7 +81,7 @@ class WorkQueue:
 
     def retry_after(self) -> float:
         """Seconds until a slot is likely free: queued jobs ahead, shared across workers."""
-        return max(1.0, round(self._job_s * (self._waiting + 1) / self.workers, 1))
+        return max(1.0, round(self._job_s * (len(self._queue) + 1) / self.workers, 1))
 
     @contextmanager
     def slot(self, cancel: threading.Event | None = None,
@@ -94,24 +95,29 @@ class WorkQueue:
         started = time.perf_counter()
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
         with self._cond:
-            if self._running >= self.workers:
-                if self._waiting >= self.max_queued:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"request cancelled before entering the {self.name} queue")
+            # First come, first served: a free worker goes straight to a newcomer only when
+            # nobody is queued; otherwise the newcomer queues behind the waiters already there.
+            if self._running >= self.workers or self._queue:
+                if len(self._queue) >= self.max_queued:
                     raise Overloaded(
                         f"{self.name} is at capacity ({self._running} running, "
-                        f"{self._waiting} queued); retry later",
+                        f"{len(self._queue)} queued); retry later",
                         retry_after_s=self.retry_after(),
-                        metadata={"queued": str(self._waiting), "running": str(self._running)},
+                        metadata={"queued": str(len(self._queue)), "running": str(self._running)},
                     )
-                self._waiting += 1
+                ticket = object()
+                self._queue.append(ticket)
                 self._notify()
                 try:
-                    self._wait_for_worker(cancel, deadline)
-                except BaseException:
-                    self._waiting -= 1
+                    self._wait_for_turn(ticket, cancel, deadline)
+                finally:
+                    # Admitted or giving up, the ticket leaves the queue; the next waiter may
+                    # now be at the head with a worker free for it.
+                    self._queue.remove(ticket)
                     self._notify()
-                    self._cond.notify()  # a worker freed for this waiter goes to the next one
-                    raise
-                self._waiting -= 1
+                    self._cond.notify_all()
             self._running += 1
             self._notify()
         waited = time.perf_counter() - started
@@ -123,21 +129,25 @@ class WorkQueue:
                 self._running -= 1
                 self._job_s = 0.8 * self._job_s + 0.2 * (time.perf_counter() - began)
                 self._notify()
-                self._cond.notify()
+                self._cond.notify_all()  # the head of the queue must be the one to wake
 
-    def _wait_for_worker(self, cancel: threading.Event | None, deadline: float | None) -> None:
-        """Wait (lock held, released while sleeping) until a worker is free or the caller gives up."""
-        while self._running >= self.workers:
+    def _wait_for_turn(self, ticket: object, cancel: threading.Event | None,
+                       deadline: float | None) -> None:
+        """Wait (lock held, released while sleeping) until `ticket` heads the queue with a worker
+        free, or the caller gives up. A caller that gave up is never admitted."""
+        while True:
             left = None if deadline is None else deadline - time.monotonic()
             # The deadline first: gRPC also fires the cancel callback when a deadline passes.
             if left is not None and left <= 0:
                 raise DeadlineExceeded(
                     f"the deadline passed while waiting in the {self.name} queue "
-                    f"({self._running} running, {self._waiting} queued)")
+                    f"({self._running} running, {len(self._queue)} queued)")
             if cancel is not None and cancel.is_set():
                 raise Cancelled(f"request cancelled while waiting in the {self.name} queue")
+            if self._queue[0] is ticket and self._running < self.workers:
+                return
             self._cond.wait(WAIT_SLICE_S if left is None else min(WAIT_SLICE_S, left))
 
     def _notify(self) -> None:
-        self._on_change(self._waiting, self._running)
+        self._on_change(len(self._queue), self._running)
 

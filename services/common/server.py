@@ -140,9 +140,11 @@ def serve_forever(handle: ServerHandle, settings: ServerSettings, service: str) 
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    die_with_parent(settings.parent_pid)
     # The supervisor reads this line to learn the port (the server may have bound port 0).
-    print(f"{READY_PREFIX} service={service} port={handle.port}", flush=True)
+    try:
+        print(f"{READY_PREFIX} service={service} port={handle.port}", flush=True)
+    except BrokenPipeError:  # the supervisor is gone: drain and exit like on SIGTERM
+        stopping.set()
     stopping.wait()
     handle.stop(settings.grace_period_s)
     shutdown_telemetry()
@@ -174,6 +176,8 @@ def run_service(service: str, settings_type: type[ServerSettings],
             where = ".".join(str(part) for part in error["loc"]) or "settings"
             print(f"{service}: invalid configuration: {where}: {error['msg']}", file=sys.stderr)
         raise SystemExit(2) from None
+    # First thing: an orphan must not spend minutes loading models for nobody.
+    die_with_parent(settings.parent_pid)
     configure_logging(settings.log_level, service, settings.log_format)
     setup_telemetry(service, settings.state_dir)
     serve_forever(create(settings), settings, service)

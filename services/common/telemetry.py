@@ -107,7 +107,7 @@ def setup_telemetry(service_name: str, state_dir: Path) -> TracerProvider:
             if name == "file":
                 path = trace_dir(state_dir) / f"{service_name}-{os.getpid()}.jsonl"
                 # Synchronous so a trace is complete on disk when the response reaches the caller.
-                max_bytes = int(os.environ.get("ASR_TRACE_FILE_MAX_BYTES", 64 << 20))
+                max_bytes = _positive_int(os.environ.get("ASR_TRACE_FILE_MAX_BYTES"), 64 << 20)
                 provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(path, max_bytes)))
             elif name == "otlp":
                 provider.add_span_processor(BatchSpanProcessor(_otlp_exporter()))
@@ -118,6 +118,15 @@ def setup_telemetry(service_name: str, state_dir: Path) -> TracerProvider:
         trace.set_tracer_provider(provider)
         _provider = provider
         return provider
+
+
+def _positive_int(raw: str | None, default: int) -> int:
+    try:
+        value = int(raw) if raw else default
+    except ValueError:
+        log.warning("ASR_TRACE_FILE_MAX_BYTES=%r is not a number; using %d", raw, default)
+        return default
+    return value if value > 0 else default
 
 
 def _exporter_names() -> list[str]:

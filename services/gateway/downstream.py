@@ -31,9 +31,15 @@ from asr.transcription.v1 import transcription_service_pb2 as tr_pb
 from asr.transcription.v1 import transcription_service_pb2_grpc as tr_grpc
 from services.common import convert
 from services.common.domain import MediaReport, ProgressUpdate
-from services.common.errors import Cancelled, DeadlineExceeded, InternalError, from_rpc_error
+from services.common.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    DependencyFailed,
+    InternalError,
+    from_rpc_error,
+)
 from services.common.pcm import DEFAULT_CHUNK_BYTES, chunked, pcm_duration
-from services.common.retry import retrying
+from services.common.retry import is_unavailable, retrying
 from services.common.telemetry import traced_channel
 from services.gateway.pipeline import (
     ChainOptions,
@@ -168,6 +174,11 @@ class GrpcStages:
         except (grpc.RpcError, grpc.FutureCancelledError) as err:
             if self._cancelled.is_set() or isinstance(err, grpc.FutureCancelledError):
                 raise Cancelled("the request was cancelled") from None
+            if answered.is_set() and is_unavailable(err):
+                raise DependencyFailed(
+                    f"the {service} service failed while working on this request ({err.details()}); "
+                    "it was not retried, as replaying it could fail the same way"
+                ) from None
             raise from_rpc_error(err, service=service) from None
 
     @staticmethod

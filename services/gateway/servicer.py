@@ -160,7 +160,10 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                 yield pb.TranscribeResponse(result=self._result(event, trace_id))
                 return
             if stage is _FAILED:
-                raise event
+                try:
+                    raise event
+                finally:  # the traceback holds the chain's frames (and the mapped PCM)
+                    del event
             if isinstance(event, MediaReport):
                 yield pb.TranscribeResponse(media_info=convert.media_to_proto(event))
             else:

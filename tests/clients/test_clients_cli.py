@@ -33,7 +33,7 @@ def test_unreachable_server_fails_fast_with_one_line(tmp_path):
                    "--connect-timeout", "1", "-o", str(tmp_path / "out"), "--quiet", timeout=30)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        f"asr: {audio}: cannot reach the gateway at 127.0.0.1:{port} (no connection within 1 s)"]
+        f"asr: cannot reach the gateway at 127.0.0.1:{port} (no connection within 1 s); 1 file not transcribed"]
     assert not (tmp_path / "out" / "a.json").exists()
 
 
@@ -51,7 +51,8 @@ def test_missing_inputs_and_name_collisions_are_reported_per_file(tmp_path):
     assert f"asr: {second}: its outputs would overwrite those of {first} (same name); rename one" in lines
     assert f"asr: {odd}: no such file" in lines
     assert f"asr: {tmp_path}: not a regular file" in lines
-    assert any(line.startswith(f"asr: {first}: cannot reach the gateway") for line in lines)
+    assert any(line.startswith("asr: cannot reach the gateway") and line.endswith("1 file not transcribed")
+               for line in lines)
     assert len(lines) == 4
 
 
@@ -88,3 +89,27 @@ def test_asking_for_speakers_implies_diarization(monkeypatch, tmp_path, extra, d
     audio.write_bytes(b"x")
     assert cli.main(["transcribe", str(audio), "--server", "x:1", "-o", str(tmp_path), *extra]) == 1
     assert seen["diarize"] is diarize
+
+
+def test_an_unreachable_gateway_stops_the_batch_with_one_line(tmp_path):
+    files = []
+    for name in ("a", "b", "c"):
+        files.append(tmp_path / f"{name}.wav")
+        files[-1].write_bytes(b"RIFF")
+    proc = run_cli("transcribe", *map(str, files), "--server", f"127.0.0.1:{closed_port()}",
+                   "--connect-timeout", "1", "--quiet", timeout=30)
+    assert proc.returncode == 1
+    [line] = proc.stderr.strip().splitlines()  # not one line (and one timeout) per file
+    assert line.endswith("; 3 files not transcribed")
+
+
+def test_a_transcription_can_be_copied_and_pickled():
+    import copy
+    import pickle
+
+    from asr.gateway.v1 import gateway_service_pb2 as pb
+    from clients.sdk import Transcription
+
+    original = Transcription(pb.TranscribeResult(trace_id="ab", speakers=["SPEAKER_00"]))
+    assert copy.copy(original).trace_id == "ab"
+    assert pickle.loads(pickle.dumps(original)).speakers == ["SPEAKER_00"]

@@ -33,6 +33,7 @@ class FakeRpcError(grpc.RpcError):
         (errors.UnknownModel("unknown model 'x'"), grpc.StatusCode.INVALID_ARGUMENT),
         (errors.Overloaded("queue full", retry_after_s=2.5), grpc.StatusCode.RESOURCE_EXHAUSTED),
         (errors.DependencyUnavailable("down"), grpc.StatusCode.UNAVAILABLE),
+        (errors.DependencyFailed("died mid-request"), grpc.StatusCode.INTERNAL),
         (errors.DeadlineExceeded("slow"), grpc.StatusCode.DEADLINE_EXCEEDED),
         (errors.InternalError("boom"), grpc.StatusCode.INTERNAL),
     ],

@@ -10,7 +10,7 @@ from asr.preprocess.v1 import preprocess_service_pb2 as pre_pb
 from asr.preprocess.v1 import preprocess_service_pb2_grpc as pre_grpc
 from asr.transcription.v1 import transcription_service_pb2 as tr_pb
 from asr.transcription.v1 import transcription_service_pb2_grpc as tr_grpc
-from services.common.errors import DependencyUnavailable
+from services.common.errors import DependencyFailed
 from services.common.server import build_server
 from services.common.settings import ServerSettings
 from services.gateway.downstream import Deadlines, Downstream, GrpcStages
@@ -58,7 +58,7 @@ def stages_for(port: int) -> GrpcStages:
 @pytest.mark.parametrize(
     ("progress_first", "succeeds", "calls"),
     [(False, True, 2),   # refused before answering: safe to replay on another attempt
-     (True, False, 1)],  # died mid-stream: not replayed, the caller hears UNAVAILABLE
+     (True, False, 1)],  # died mid-stream: not replayed, and reported as not retryable
 )
 def test_streams_are_retried_only_before_any_response(progress_first, succeeds, calls):
     servicer = FlakyTranscription(failures=1, progress_first=progress_first)
@@ -68,8 +68,8 @@ def test_streams_are_retried_only_before_any_response(progress_first, succeeds, 
         stages = stages_for(handle.port)
         if succeeds:
             assert stages.transcribe(b"\0\0" * 1600, ChainOptions(), lambda e: None).model == "base"
-        else:
-            with pytest.raises(DependencyUnavailable, match="transcription service is unavailable"):
+        else:  # not UNAVAILABLE either: that would invite the caller to replay it
+            with pytest.raises(DependencyFailed, match="transcription service failed while working"):
                 stages.transcribe(b"\0\0" * 1600, ChainOptions(), lambda e: None)
         assert servicer.calls == calls
     finally:

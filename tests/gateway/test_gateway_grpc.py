@@ -123,7 +123,10 @@ def test_caller_cancelling_mid_upload_is_cancelled_not_internal(gateway):
         release.wait(10)  # the upload stalls; the caller gives up
 
     call = stub.Transcribe(requests(), timeout=20)
-    time.sleep(0.5)
+    started = time.monotonic() + 10
+    while not any(spool.iterdir()) and time.monotonic() < started:  # the handler is spooling
+        time.sleep(0.02)
+    assert any(spool.iterdir())
     call.cancel()
     release.set()
     deadline = time.monotonic() + 5
