@@ -213,9 +213,25 @@ class Diarizer:
 
         worker = threading.Thread(target=work, name=f"diarize-{self.backend.name}", daemon=True)
         worker.start()
+        try:
+            yield from self._relay(events, span, started, duration)
+        finally:
+            # Closed early (caller gone: gRPC drops the generator, e.g. while sending progress),
+            # the backend would otherwise keep running after the queue slot is released. Stop
+            # it at its next batch and wait for it, so the slot is only freed once the work is.
+            cancel.set()
+            worker.join()
+        if "error" in result:
+            # Domain errors keep their meaning; anything else becomes INTERNAL (logged, with a
+            # trace id) in the error-mapping interceptor, never a stack trace to the caller.
+            raise result["error"]
+        return result["annotation"]
+
+    @staticmethod
+    def _relay(events: queue.Queue, span: trace.Span, started: float,
+               duration: float) -> Iterator[ProgressUpdate]:
+        """Turn the worker's progress reports into `ProgressUpdate`s until it is done."""
         last = 0.0
-        # Closed early (caller gone), the generator leaves this loop with GeneratorExit and
-        # `diarize` sets `cancel`: the worker stops at its next batch, nobody waits for it.
         while (event := events.get()) is not None:
             fraction = min(max(event[0], last), 0.99)
             if fraction - last < 0.01 and not event[1]:
@@ -231,9 +247,3 @@ class Diarizer:
                 eta=elapsed * (1 - fraction) / fraction if fraction > 0 else 0.0,
                 message=event[1],
             )
-        worker.join()
-        if "error" in result:
-            # Domain errors keep their meaning; anything else becomes INTERNAL (logged, with a
-            # trace id) in the error-mapping interceptor, never a stack trace to the caller.
-            raise result["error"]
-        return result["annotation"]

@@ -144,3 +144,42 @@ def test_rpc_watch_links_the_cancel_event_and_deadline_to_the_call():
     assert cancel.is_set()
     assert rpc_watch(FakeContext(remaining=1e12))[1] is None  # no deadline
     assert rpc_watch(FakeContext(remaining=5, active=False))[0].is_set()  # already over
+
+
+def test_waiters_are_admitted_in_arrival_order_even_when_a_newcomer_arrives_as_a_slot_frees():
+    queue = WorkQueue(workers=1, max_queued=5)
+    held = queue.slot()
+    held.__enter__()  # the only worker, held by this thread
+    order: list[str] = []
+
+    def wait(name: str) -> None:
+        with queue.slot(timeout=10):
+            order.append(name)
+
+    waiters = []
+    for count, name in enumerate(["first", "second"], start=1):
+        waiters.append(threading.Thread(target=wait, args=(name,)))
+        waiters[-1].start()
+        assert wait_until(lambda count=count: queue.waiting == count)
+    # The slot frees and a newcomer asks for one before any woken waiter can run: the queue's
+    # (re-entrant) lock is held across both, which is the race where a newcomer used to win.
+    with queue._cond:
+        held.__exit__(None, None, None)
+        with queue.slot(timeout=10):
+            order.append("newcomer")
+    for waiter in waiters:
+        waiter.join(5)
+    assert order == ["first", "second", "newcomer"]
+    assert queue.waiting == 0 and queue.running == 0
+
+
+def test_an_already_cancelled_request_is_refused_even_with_a_free_worker():
+    changes = []
+    queue = WorkQueue(workers=2, max_queued=2, on_change=lambda w, r: changes.append((w, r)))
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        with queue.slot(cancel=cancel):
+            pytest.fail("a cancelled request was admitted")
+    assert queue.running == 0 and queue.waiting == 0
+    assert all(running == 0 for _, running in changes)

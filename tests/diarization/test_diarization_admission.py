@@ -17,6 +17,8 @@ from asr.diarization.v1 import diarization_service_pb2 as pb
 from asr.diarization.v1 import diarization_service_pb2_grpc as pb_grpc
 from services.common import metrics
 from services.common.errors import Overloaded, from_rpc_error
+from services.common.scheduler import WorkQueue
+from services.diarization import servicer as servicer_module
 from services.diarization.core import Diarizer
 from services.diarization.server import DiarizationSettings, create_server
 
@@ -101,9 +103,17 @@ def test_settings_default_to_one_worker_and_four_queued(monkeypatch):
     assert (settings.num_workers, settings.max_queued) == (3, 0)
 
 
-def test_a_full_queue_refuses_before_reading_the_upload(busy):
+def test_a_full_queue_refuses_before_reading_the_upload(busy, monkeypatch):
     busy.start_call()
     assert wait_until(lambda: gauge("asr_queue_depth") == 1)
+    audio_reads = []  # counted on the server: the client only sends audio after `more` is set
+    real_read_pcm = servicer_module.read_pcm
+
+    def counting_read_pcm(*args, **kwargs):
+        audio_reads.append(threading.current_thread().name)
+        return real_read_pcm(*args, **kwargs)
+
+    monkeypatch.setattr(servicer_module, "read_pcm", counting_read_pcm)
     consumed, more = [], threading.Event()
 
     def upload():
@@ -116,14 +126,15 @@ def test_a_full_queue_refuses_before_reading_the_upload(busy):
     try:
         with pytest.raises(grpc.RpcError) as err:
             list(busy.stub.Diarize(upload(), timeout=5))
-        read = list(consumed)
+        read, audio_read = list(consumed), list(audio_reads)  # before queued calls move on
     finally:
         more.set()
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
     error = from_rpc_error(err.value)
     assert isinstance(error, Overloaded) and error.retry_after_s >= 1.0
     assert "diarization is at capacity" in error.message
-    assert read == ["config"], "the server read audio it was going to refuse"
+    assert read == ["config"]
+    assert audio_read == [], "the server started reading audio it was going to refuse"
 
 
 def test_impossible_speaker_counts_are_refused_before_queueing(busy):
@@ -161,3 +172,85 @@ def test_a_queued_call_runs_when_the_worker_frees(busy):
     waiter.join(10)
     assert results and results[-1].WhichOneof("payload") == "result"
     assert wait_until(lambda: gauge("asr_busy_workers") == 0 and gauge("asr_queue_depth") == 0)
+
+
+class Counting:
+    """Backend stand-in recording how many annotations run at once; each batch takes a while."""
+
+    name = "counting"
+
+    def __init__(self, batch_s: float = 0.5):
+        self.batch_s = batch_s
+        self.lock = threading.Lock()
+        self.running = self.most = self.finished = 0
+        self.started = threading.Event()
+
+    def annotate(self, audio, min_speakers, max_speakers, progress):
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        self.started.set()
+        try:
+            for step in range(3):
+                progress(step / 3, "batch")
+                time.sleep(self.batch_s)  # a batch in flight: a cancel only lands at the next one
+            return Annotation()
+        finally:
+            with self.lock:
+                self.running -= 1
+                self.finished += 1
+
+
+class FakeContext:
+    def __init__(self):
+        self.callbacks = []
+
+    def add_callback(self, callback):
+        self.callbacks.append(callback)
+        return True
+
+    def time_remaining(self):
+        return None
+
+    def cancel(self):
+        for callback in self.callbacks:
+            callback()
+
+
+def test_a_call_dropped_while_sending_progress_frees_its_slot_only_once_its_work_stops():
+    backend = Counting()
+    queue = WorkQueue(workers=1, max_queued=4, name="diarization")
+    servicer = servicer_module.DiarizationServicer(Diarizer(backend, max_speakers=4), 60.0, queue)
+    for _ in range(3):  # repeated submit + cancel must not pile up backend threads
+        backend.started.clear()
+        first = servicer.Diarize(requests(), FakeContext())
+        progress = [next(first) for _ in range(2)]  # the opening update, then the first batch's
+        assert all(r.WhichOneof("payload") == "progress" for r in progress)
+        assert backend.started.is_set()
+        # What gRPC does when the caller cancels while a progress message is being sent: the
+        # servicer's generator is dropped at its `yield`.
+        first.close()
+        assert queue.running == 0
+        assert backend.running == 0, "the slot was freed while the cancelled work still ran"
+    second = list(servicer.Diarize(requests(), FakeContext()))
+    assert second[-1].WhichOneof("payload") == "result"
+    assert backend.most == 1, f"{backend.most} diarizations ran at once on one worker"
+    assert backend.finished == 4
+
+
+def test_a_cancelled_call_stops_its_backend_before_the_next_queued_call_starts():
+    backend = Counting(batch_s=0.3)
+    queue = WorkQueue(workers=1, max_queued=4, name="diarization")
+    servicer = servicer_module.DiarizationServicer(Diarizer(backend, max_speakers=4), 60.0, queue)
+    context = FakeContext()
+    first = servicer.Diarize(requests(), context)
+    next(first), next(first)
+    results: list = []
+    waiter = threading.Thread(target=lambda: results.extend(servicer.Diarize(requests(), FakeContext())))
+    waiter.start()
+    assert wait_until(lambda: queue.waiting == 1)
+    context.cancel()
+    first.close()
+    waiter.join(10)
+    assert results and results[-1].WhichOneof("payload") == "result"
+    assert backend.most == 1, f"{backend.most} diarizations ran at once on one worker"

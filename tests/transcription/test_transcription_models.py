@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from services.common.errors import InternalError, UnknownModel
+from services.transcription import models as models_module
 from services.transcription.models import ModelRegistry
 
 
@@ -46,17 +46,23 @@ def test_a_forced_unload_never_drops_a_model_while_it_is_leased(tmp_path, monkey
     monkeypatch.setattr("services.transcription.models.release_memory", lambda: None)
     registry = ModelRegistry(tmp_path, "base", loader=lambda *a: Unloadable())
     stop = threading.Event()
+    count_lock = threading.Lock()
     leases, broken, errors = [0], [], []
+    wanted = 3000
 
     def lease_loop() -> None:
         try:
             while not stop.is_set():
                 with registry.lease("base", "cpu", "int8") as model:
-                    leases[0] += 1
                     if model.unloaded:
                         broken.append(model)
+                with count_lock:
+                    leases[0] += 1
+                    if leases[0] >= wanted:
+                        stop.set()
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
+            stop.set()
 
     def unload_loop() -> None:
         while not stop.is_set():
@@ -65,12 +71,12 @@ def test_a_forced_unload_never_drops_a_model_while_it_is_leased(tmp_path, monkey
     threads = [threading.Thread(target=lease_loop) for _ in range(3)] + [threading.Thread(target=unload_loop)]
     for thread in threads:
         thread.start()
-    time.sleep(1.0)
+    stop.wait(10)  # until enough leases ran against the unloader, at most ~10 s
     stop.set()
     for thread in threads:
         thread.join(10)
     assert not errors
-    assert leases[0] > 1000, "too few leases to have tested anything"
+    assert leases[0] >= wanted, f"only {leases[0]} leases in 10 s: too few to have tested anything"
     assert not broken, f"{len(broken)} of {leases[0]} leases got a model that had been unloaded"
 
 
@@ -109,7 +115,28 @@ def test_a_slow_load_does_not_block_leases_of_another_loaded_model(tmp_path):
     assert registry.is_loaded("small")
 
 
-def test_concurrent_first_requests_load_one_copy(tmp_path):
+@pytest.fixture()
+def waiting_for_load(monkeypatch):
+    """Counts requests that found a load of their model in progress and began waiting for it."""
+    arrived, lock = [0], threading.Condition()
+    original = models_module._PendingLoad.wait
+
+    def wait(self) -> None:
+        with lock:
+            arrived[0] += 1
+            lock.notify_all()
+        original(self)
+
+    monkeypatch.setattr(models_module._PendingLoad, "wait", wait)
+
+    def until(count: int, timeout: float = 5.0) -> bool:
+        with lock:
+            return lock.wait_for(lambda: arrived[0] >= count, timeout)
+
+    return until
+
+
+def test_concurrent_first_requests_load_one_copy(tmp_path, waiting_for_load):
     _fake_model(tmp_path, "whisper-base")
     loads, started, release = [], threading.Event(), threading.Event()
 
@@ -125,28 +152,57 @@ def test_concurrent_first_requests_load_one_copy(tmp_path):
                for _ in range(4)]
     for thread in threads:
         thread.start()
-    assert started.wait(5)
-    time.sleep(0.2)  # the others are waiting for that load now
-    release.set()
-    for thread in threads:
-        thread.join(10)
+    try:
+        assert started.wait(5)
+        # The other three provably arrived while the load was pending and wait for it.
+        assert waiting_for_load(3), "the other requests never waited for the pending load"
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(10)
     assert loads == ["whisper-base"]
     assert len(got) == 4 and all(model is got[0] for model in got)
 
 
-def test_a_failed_load_reaches_every_waiter_and_the_next_request_retries(tmp_path):
+def test_a_failed_load_reaches_every_waiter_and_the_next_request_retries(tmp_path, waiting_for_load):
     _fake_model(tmp_path, "whisper-base")
-    attempts = []
+    attempts, started, fail = [], threading.Event(), threading.Event()
 
     def loader(spec, device, compute_type):
         attempts.append(1)
         if len(attempts) == 1:
+            started.set()
+            fail.wait(10)  # fails only once the other requests wait for this load
             raise OSError("model.bin is truncated")
         return Unloadable()
 
     registry = ModelRegistry(tmp_path, "base", loader=loader)
-    with pytest.raises(OSError, match="truncated"):
-        registry.get("base", "cpu", "int8")
+    outcomes: list[object] = []
+    outcomes_lock = threading.Lock()
+
+    def first_request() -> None:
+        try:
+            result: object = registry.get("base", "cpu", "int8")
+        except Exception as exc:
+            result = exc
+        with outcomes_lock:
+            outcomes.append(result)
+
+    owner = threading.Thread(target=first_request)
+    owner.start()
+    waiters = [threading.Thread(target=first_request) for _ in range(3)]
+    try:
+        assert started.wait(5)
+        for thread in waiters:
+            thread.start()
+        assert waiting_for_load(3), "the other requests never waited for the pending load"
+    finally:
+        fail.set()
+        for thread in [owner, *waiters]:
+            thread.join(10)
+    assert len(outcomes) == 4
+    assert all(isinstance(o, OSError) and "truncated" in str(o) for o in outcomes), outcomes
+    assert len(attempts) == 1, "a waiter loaded the model again instead of getting the failure"
     assert not registry.is_loaded("base")
     assert isinstance(registry.get("base", "cpu", "int8"), Unloadable)
     assert len(attempts) == 2

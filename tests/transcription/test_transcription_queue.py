@@ -17,6 +17,7 @@ from asr.transcription.v1 import transcription_service_pb2_grpc as pb_grpc
 from services.common import metrics
 from services.common.errors import Overloaded, from_rpc_error
 from services.common.scheduler import WorkQueue
+from services.transcription import servicer as servicer_module
 from services.transcription.core import Transcriber
 from services.transcription.models import ModelRegistry
 from services.transcription.server import TranscriptionSettings, create_server
@@ -113,8 +114,16 @@ def occupy(server, *, queued: int) -> list[threading.Thread]:
     return threads
 
 
-def test_a_full_queue_refuses_before_reading_the_upload(slow_server):
+def test_a_full_queue_refuses_before_reading_the_upload(slow_server, monkeypatch):
     threads = occupy(slow_server, queued=1)
+    audio_reads = []  # counted on the server: the client only sends audio after `more` is set
+    real_read_pcm = servicer_module.read_pcm
+
+    def counting_read_pcm(*args, **kwargs):
+        audio_reads.append(threading.current_thread().name)
+        return real_read_pcm(*args, **kwargs)
+
+    monkeypatch.setattr(servicer_module, "read_pcm", counting_read_pcm)
     consumed, more = [], threading.Event()
 
     def upload():
@@ -127,14 +136,15 @@ def test_a_full_queue_refuses_before_reading_the_upload(slow_server):
     try:
         with pytest.raises(grpc.RpcError) as err:
             list(slow_server.stub.Transcribe(upload(), timeout=5))
-        read = list(consumed)
+        read, audio_read = list(consumed), list(audio_reads)  # before queued calls move on
     finally:
         more.set()
         slow_server.model.release.set()
         for thread in threads:
             thread.join(10)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
-    assert read == ["config"], "the server read audio it was going to refuse"
+    assert read == ["config"]
+    assert audio_read == [], "the server started reading audio it was going to refuse"
 
 
 def test_bad_options_are_refused_before_queueing(slow_server):
