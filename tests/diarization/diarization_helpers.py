@@ -17,16 +17,11 @@ from services.common.domain import SpeakerTurn
 
 
 def load_rttm(path: Path):
-    """RTTM → pyannote Annotation."""
-    from pyannote.core import Annotation, Segment
+    """RTTM file → pyannote Annotation (the file's single recording)."""
+    from pyannote.database.util import load_rttm as read_rttm
 
-    ref = Annotation(uri=path.stem)
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if parts and parts[0] == "SPEAKER":
-            start, dur = float(parts[3]), float(parts[4])
-            ref[Segment(start, start + dur)] = parts[7]
-    return ref
+    [annotation] = read_rttm(path).values()
+    return annotation
 
 
 def der(reference, turns: list[SpeakerTurn]) -> float:
