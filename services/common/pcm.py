@@ -90,21 +90,6 @@ def read_pcm(request_iterator: Iterator[Any], *, max_audio_seconds: float,
     return pcm
 
 
-def read_config_and_pcm(
-    request_iterator: Iterator[Any], *, max_audio_seconds: float, config_field: str = "config",
-) -> tuple[Any, bytearray]:
-    """Read the config message and the PCM chunks that follow it from a request stream.
-
-    Raises `InvalidInput` when the stream does not open with the config (or repeats it) or the
-    format is not 16 kHz mono s16le, and `LimitExceeded` beyond `max_audio_seconds`. A servicer
-    with admission control calls the two halves itself, `read_config`, then takes its worker
-    slot, then `read_pcm`, so a request it cannot take is refused before its upload is buffered.
-    """
-    config = read_config(request_iterator, config_field=config_field)
-    return config, read_pcm(request_iterator, max_audio_seconds=max_audio_seconds,
-                            config_field=config_field)
-
-
 def chunked(data: bytes | memoryview, size: int = DEFAULT_CHUNK_BYTES) -> Iterator[bytes]:
     """Split bytes into wire-sized pieces (sizes stay multiples of a sample)."""
     size -= size % BYTES_PER_SAMPLE
