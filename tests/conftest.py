@@ -37,6 +37,19 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+def spy_calls(monkeypatch: pytest.MonkeyPatch, module, name: str) -> list[tuple]:
+    """Replace `module.name` with a wrapper that records each call's arguments; returns the record."""
+    calls: list[tuple] = []
+    real = getattr(module, name)
+
+    def recording(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, recording)
+    return calls
+
+
 def channel_to(port: int) -> grpc.Channel:
     """A channel to an in-process server with the mesh's message size limits."""
     return grpc.insecure_channel(

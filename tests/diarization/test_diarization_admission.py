@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import grpc
 import numpy as np
 import pytest
-from conftest import channel_to
+from conftest import channel_to, spy_calls
 from pyannote.core import Annotation
 
 from asr.common.v1 import audio_pb2
@@ -106,14 +106,8 @@ def test_settings_default_to_one_worker_and_four_queued(monkeypatch):
 def test_a_full_queue_refuses_before_reading_the_upload(busy, monkeypatch):
     busy.start_call()
     assert wait_until(lambda: gauge("asr_queue_depth") == 1)
-    audio_reads = []  # counted on the server: the client only sends audio after `more` is set
-    real_read_pcm = servicer_module.read_pcm
-
-    def counting_read_pcm(*args, **kwargs):
-        audio_reads.append(threading.current_thread().name)
-        return real_read_pcm(*args, **kwargs)
-
-    monkeypatch.setattr(servicer_module, "read_pcm", counting_read_pcm)
+    # Counted on the server: the client only sends audio after `more` is set.
+    audio_reads = spy_calls(monkeypatch, servicer_module, "read_pcm")
     consumed, more = [], threading.Event()
 
     def upload():

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import grpc
 import pytest
-from conftest import channel_to
+from conftest import channel_to, spy_calls
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from asr.common.v1 import audio_pb2
@@ -116,14 +116,8 @@ def occupy(server, *, queued: int) -> list[threading.Thread]:
 
 def test_a_full_queue_refuses_before_reading_the_upload(slow_server, monkeypatch):
     threads = occupy(slow_server, queued=1)
-    audio_reads = []  # counted on the server: the client only sends audio after `more` is set
-    real_read_pcm = servicer_module.read_pcm
-
-    def counting_read_pcm(*args, **kwargs):
-        audio_reads.append(threading.current_thread().name)
-        return real_read_pcm(*args, **kwargs)
-
-    monkeypatch.setattr(servicer_module, "read_pcm", counting_read_pcm)
+    # Counted on the server: the client only sends audio after `more` is set.
+    audio_reads = spy_calls(monkeypatch, servicer_module, "read_pcm")
     consumed, more = [], threading.Event()
 
     def upload():
