@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 export PYANNOTE_METRICS_ENABLED := false
 export ASR_CORPUS_DIR := $(CORPUS)
 
-.PHONY: help setup system-deps protos model run test test-fast lint buf clean bench-long corpus-hard
+.PHONY: help setup system-deps protos model run test test-fast lint buf proto-baseline clean bench-long corpus-hard
 
 help:  ## List targets.
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -63,8 +63,14 @@ test-fast: setup  ## Only the pure-core and in-process gRPC tiers.
 lint: setup buf  ## Lint Python (ruff) and protos (buf STANDARD).
 	$(VENV)/bin/ruff check services clients tests scripts
 
-buf: .tools/node_modules/.bin/buf
+buf: .tools/node_modules/.bin/buf  ## Lint the protos and refuse wire-breaking changes against the frozen baseline.
 	.tools/node_modules/.bin/buf lint
+	.tools/node_modules/.bin/buf breaking --against protos/baseline/v1.json
+
+# The baseline is the v1 contract as published (a buf image, JSON so reviews can read its diff).
+# Refreeze it only when publishing: `make proto-baseline` after a deliberate, announced change.
+proto-baseline: .tools/node_modules/.bin/buf  ## Freeze the current protos as the baseline `make lint` checks against.
+	.tools/node_modules/.bin/buf build --exclude-source-info -o protos/baseline/v1.json
 .tools/node_modules/.bin/buf:
 	@mkdir -p .tools && cd .tools && npm install --silent --no-save --no-audit --no-fund @bufbuild/buf@1 >/dev/null
 

@@ -6,9 +6,11 @@ LimitExceeded, Overloaded, DependencyUnavailable, ...) carrying the service's ow
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 
 import grpc
 
@@ -168,6 +170,9 @@ class GatewayClient:
         except OSError as exc:
             raise InvalidInput(f"cannot read the file: {exc.strerror}") from None
         with source:  # closed on every path, also when the call fails before reading it
+            stat = os.fstat(source.fileno())
+            if S_ISREG(stat.st_mode):  # declared, so a cut-off upload is refused, not transcribed
+                config.upload_size_bytes = stat.st_size
             return self._transcribe(source, config, on_event, timeout_s)
 
     def _transcribe(self, source, config, on_event, timeout_s) -> Transcription:

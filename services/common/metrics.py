@@ -147,4 +147,9 @@ def _code_name(context: grpc.ServicerContext, failed: bool) -> str:
         return code.name
     if isinstance(code, int):  # grpc stores an int after abort in some versions
         return next((c.name for c in grpc.StatusCode if c.value[0] == code), "UNKNOWN")
+    if failed and not context.is_active():
+        # A response stream closed because nobody was left to send to: gRPC drops the handler's
+        # generator without a status of its own.
+        remaining = context.time_remaining()
+        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
     return "UNKNOWN" if failed else "OK"

@@ -9,6 +9,7 @@ import numpy as np
 
 from services.common.domain import BYTES_PER_SAMPLE, SAMPLE_RATE
 from services.common.errors import InvalidAudio, InvalidInput, LimitExceeded
+from services.common.streams import UploadMeter
 
 DEFAULT_CHUNK_BYTES = 256 * 1024
 """PCM chunk size on the wire: 8 s of audio, well under gRPC's 4 MiB message limit."""
@@ -67,11 +68,13 @@ def read_config(request_iterator: Iterator[Any], *, config_field: str = "config"
     return config
 
 
-def read_pcm(request_iterator: Iterator[Any], *, max_audio_seconds: float,
+def read_pcm(request_iterator: Iterator[Any], *, max_audio_seconds: float, meter: UploadMeter,
              config_field: str = "config") -> bytearray:
     """The PCM of the audio messages that follow the config, refused beyond `max_audio_seconds`.
 
-    A bytearray, not bytes: converting would hold an hour of audio twice for a moment.
+    `meter` checks the stream against the size declared in the config and tells a cancelled
+    stream from a finished one (see `services.common.streams`). A bytearray, not bytes:
+    converting would hold an hour of audio twice for a moment.
     """
     pcm = bytearray()
     limit = int(max_audio_seconds * SAMPLE_RATE * BYTES_PER_SAMPLE)
@@ -81,12 +84,14 @@ def read_pcm(request_iterator: Iterator[Any], *, max_audio_seconds: float,
                 f"{config_field} may appear only once, as the first message of the stream",
                 field=config_field,
             )
+        meter.add(len(request.audio.pcm))
         pcm += request.audio.pcm
         if len(pcm) > limit:
             raise LimitExceeded(
                 f"audio is longer than this service's limit of {max_audio_seconds:.0f} s",
                 metadata={"limit_seconds": str(max_audio_seconds)},
             )
+    meter.finish()
     return pcm
 
 

@@ -16,6 +16,7 @@ from services.common import convert
 from services.common.domain import ProgressUpdate
 from services.common.pcm import pcm_duration, pcm_to_float32, read_config, read_pcm
 from services.common.scheduler import WorkQueue, rpc_watch
+from services.common.streams import UploadMeter
 from services.diarization.core import DiarizationOptions, DiarizationOutcome, Diarizer
 
 STAGE = progress_pb2.STAGE_DIARIZATION
@@ -38,13 +39,15 @@ class DiarizationServicer(pb_grpc.DiarizationServiceServicer):
         # Set when the caller goes away or the deadline passes: a queued request leaves the
         # queue, a running one stops at the backend's next batch.
         cancel, timeout = rpc_watch(context)
+        meter = UploadMeter(config.pcm_size_bytes, cancel, what="audio stream",
+                            field="config.pcm_size_bytes")
         # Admission before the upload: a refused request is answered at once, and a waiting
         # one holds no audio. The slot covers reading the audio and diarizing it.
         slot = self._queue.slot(cancel, timeout) if self._queue else nullcontext(0.0)
         with slot as waited:
             # Passed on without a local name, so `_diarize` can drop the PCM once converted.
             yield from self._diarize(
-                read_pcm(request_iterator, max_audio_seconds=self._max_audio_seconds),
+                read_pcm(request_iterator, max_audio_seconds=self._max_audio_seconds, meter=meter),
                 options, cancel, waited)
 
     def _diarize(self, pcm: bytearray, options: DiarizationOptions, cancel: threading.Event,

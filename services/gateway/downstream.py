@@ -197,7 +197,7 @@ class GrpcStages:
         def requests() -> Iterator[pre_pb.PreprocessRequest]:
             yield pre_pb.PreprocessRequest(config=pre_pb.PreprocessConfig(
                 filename=options.filename, loudness_normalization=options.loudness_normalization,
-                trim_silence=options.trim_silence,
+                trim_silence=options.trim_silence, upload_size_bytes=upload.stat().st_size,
             ))
             with open(upload, "rb") as source:
                 while piece := source.read(UPLOAD_CHUNK_BYTES):
@@ -211,7 +211,7 @@ class GrpcStages:
             pcm_path = Path(name)
             # PCM goes to the request's spool directory, not the heap: an hour is 115 MB, and
             # both parallel branches read the same mapped file.
-            media, written = MediaReport(), 0
+            media, written, summary = MediaReport(), 0, None
             with open(pcm_path, "wb") as sink:
                 for response in stream:
                     kind = response.WhichOneof("payload")
@@ -231,6 +231,12 @@ class GrpcStages:
                         done = pcm_duration(written)
                         progress(ProgressUpdate(done / media.duration if media.duration else 0.0,
                                                 done, media.duration))
+                    elif kind == "summary":
+                        summary = response.summary
+            summary = _require(summary, "preprocess")
+            if summary.pcm_bytes != written:
+                raise InternalError(f"the preprocess service announced {summary.pcm_bytes} PCM bytes "
+                                    f"but sent {written}")
             return Decoded(media=media, pcm=map_readonly(pcm_path), duration=pcm_duration(written))
 
         return self._stream(
@@ -247,6 +253,7 @@ class GrpcStages:
             temperatures=options.temperatures, best_of=options.best_of, hotwords=options.hotwords,
             profile=quality_pb2.QualityProfile.Value(f"QUALITY_PROFILE_{options.quality_profile.upper()}")
             if options.quality_profile else quality_pb2.QUALITY_PROFILE_UNSPECIFIED,
+            pcm_size_bytes=len(pcm),
         )
 
         def requests() -> Iterator[tr_pb.TranscribeRequest]:
@@ -276,7 +283,7 @@ class GrpcStages:
 
     def diarize(self, pcm: bytes | memoryview, options: ChainOptions, progress: ProgressSink) -> Diarization:
         config = dia_pb.DiarizationConfig(
-            format=PCM16K, num_speakers=options.num_speakers,
+            format=PCM16K, num_speakers=options.num_speakers, pcm_size_bytes=len(pcm),
             min_speakers=options.min_speakers, max_speakers=options.max_speakers,
         )
 

@@ -19,7 +19,9 @@ from asr.gateway.v1 import gateway_service_pb2 as pb
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from services.common import convert
 from services.common.domain import MediaReport, ProgressUpdate
-from services.common.errors import InvalidInput, LimitExceeded
+from services.common.errors import Cancelled, InvalidInput, LimitExceeded
+from services.common.scheduler import rpc_watch
+from services.common.streams import UploadMeter
 from services.common.telemetry import current_trace_id
 from services.gateway.downstream import FORMAT_ENUMS, FORMAT_NAMES
 from services.gateway.pipeline import ChainOptions, ChainResult, Stages, run_chain
@@ -104,11 +106,14 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         options = chain_options(first.config)
         span = trace.get_current_span()
         span.set_attributes({"asr.diarize": options.diarize, "asr.formats": ",".join(options.formats)})
+        ended, _ = rpc_watch(context)
+        meter = UploadMeter(first.config.upload_size_bytes, ended, what="upload",
+                            field="config.upload_size_bytes")
         spool = Path(tempfile.mkdtemp(prefix="asr-gateway-", dir=self._spool_dir))
         try:
             upload = spool / "upload"
             with _tracer.start_as_current_span("gateway.upload") as upload_span:
-                size = self._receive(request_iterator, upload)
+                size = self._receive(request_iterator, upload, meter)
                 upload_span.set_attribute("asr.upload.bytes", size)
             span.set_attribute("asr.upload.bytes", size)
             yield self._progress("upload", ProgressUpdate(1.0, message=f"received {size} bytes"))
@@ -116,19 +121,19 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         finally:
             shutil.rmtree(spool, ignore_errors=True)
 
-    def _receive(self, request_iterator, path: Path) -> int:
-        size = 0
+    def _receive(self, request_iterator, path: Path, meter: UploadMeter) -> int:
         with open(path, "wb") as out:
             for request in request_iterator:
                 if request.WhichOneof("payload") != "content":
                     raise InvalidInput("config may appear only once, as the first message", field="config")
-                size += len(request.content)
-                if size > self._max_upload_bytes:
+                meter.add(len(request.content))
+                if meter.received > self._max_upload_bytes:
                     raise LimitExceeded(
                         f"the upload is larger than the limit of {self._max_upload_bytes} bytes",
                         metadata={"limit_bytes": str(self._max_upload_bytes)},
                     )
                 out.write(request.content)
+        size = meter.finish()  # a cancelled or cut-off upload is never transcribed
         if size == 0:
             raise InvalidInput("the upload is empty: no file content was sent", field="content")
         return size
@@ -136,7 +141,8 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
     def _run(self, upload: Path, options: ChainOptions, context) -> Iterator[pb.TranscribeResponse]:
         events: queue.Queue = queue.Queue()
         stages = self._stages_factory()
-        context.add_callback(stages.cancel)  # caller gone or RPC over: stop downstream work
+        if not context.add_callback(stages.cancel):  # caller gone or RPC over: stop downstream work
+            raise Cancelled("the caller cancelled the request before transcription started")
         trace_id = current_trace_id()
 
         def work() -> None:

@@ -12,7 +12,9 @@ from asr.preprocess.v1 import preprocess_service_pb2 as pb
 from asr.preprocess.v1 import preprocess_service_pb2_grpc as pb_grpc
 from services.common import convert, metrics
 from services.common.domain import MediaReport
-from services.common.errors import InvalidInput
+from services.common.errors import Cancelled, InvalidInput
+from services.common.scheduler import rpc_watch
+from services.common.streams import UploadMeter
 from services.preprocess.core import DecodeSummary, PreprocessOptions, Preprocessor
 from services.preprocess.ffmpeg import CancelToken
 
@@ -26,11 +28,13 @@ def media_info(report: MediaReport) -> audio_pb2.MediaInfo:
     return convert.media_to_proto(report)
 
 
-def _content(request_iterator) -> Iterator[bytes]:
+def _content(request_iterator, meter: UploadMeter) -> Iterator[bytes]:
     for request in request_iterator:
         if request.WhichOneof("payload") != "content":
             raise InvalidInput("config may appear only once, as the first message", field="config")
+        meter.add(len(request.content))
         yield request.content
+    meter.finish()  # a cancelled or cut-off upload is refused, never decoded as a shorter file
 
 
 class PreprocessServicer(pb_grpc.PreprocessServiceServicer):
@@ -52,9 +56,13 @@ class PreprocessServicer(pb_grpc.PreprocessServiceServicer):
         # The callback runs when the RPC ends for any reason; on a cancelled call it kills ffmpeg
         # at once instead of when the response loop next comes round.
         cancel = CancelToken()
-        context.add_callback(cancel.cancel)
+        if not context.add_callback(cancel.cancel):
+            raise Cancelled("the caller cancelled the request before the upload started")
+        ended, _ = rpc_watch(context)
+        meter = UploadMeter(config.upload_size_bytes, ended, what="upload",
+                            field="config.upload_size_bytes")
         span = trace.get_current_span()
-        for event in self._preprocessor.run(options, _content(request_iterator), cancel):
+        for event in self._preprocessor.run(options, _content(request_iterator, meter), cancel):
             if isinstance(event, bytes):
                 yield pb.PreprocessResponse(audio=audio_pb2.AudioChunk(pcm=event))
             elif isinstance(event, MediaReport):

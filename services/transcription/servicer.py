@@ -15,6 +15,7 @@ from services.common.domain import ProgressUpdate, Segment
 from services.common.errors import InvalidInput
 from services.common.pcm import pcm_duration, pcm_samples, read_config, read_pcm
 from services.common.scheduler import rpc_watch
+from services.common.streams import UploadMeter
 from services.transcription.core import Transcriber, TranscriptionOptions, TranscriptionSummary
 
 STAGE = progress_pb2.STAGE_TRANSCRIPTION
@@ -65,9 +66,11 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
         # Admission before the upload: a refused request is answered at once, and a waiting
         # one holds no audio. The slot covers reading the audio and decoding it.
         cancel, timeout = rpc_watch(context)
+        meter = UploadMeter(config.pcm_size_bytes, cancel, what="audio stream",
+                            field="config.pcm_size_bytes")
         with self._transcriber.admission(cancel, timeout) as waited:
             yield from self._transcribe(
-                read_pcm(request_iterator, max_audio_seconds=self._max_audio_seconds), options, waited)
+                read_pcm(request_iterator, max_audio_seconds=self._max_audio_seconds, meter=meter), options, waited)
 
     def _transcribe(self, pcm: bytearray, options: TranscriptionOptions,
                     waited: float) -> Iterator[pb.TranscribeResponse]:

@@ -64,6 +64,35 @@ def test_metrics_endpoint_reflects_requests_by_method_and_status():
     assert after[("asr_grpc_server_in_flight_requests", in_flight)] == 0
 
 
+class AbandonedContext:
+    """What a servicer context reports once gRPC has dropped a response stream."""
+
+    def __init__(self, active: bool, remaining: float | None):
+        self.active, self.remaining = active, remaining
+
+    def code(self):
+        return None  # nobody set a status: the stream was closed from outside
+
+    def is_active(self):
+        return self.active
+
+    def time_remaining(self):
+        return self.remaining
+
+
+@pytest.mark.parametrize(("active", "remaining", "failed", "code"), [
+    (False, 5.0, True, "CANCELLED"),          # the caller went away mid-stream
+    (False, None, True, "CANCELLED"),
+    (False, 0.0, True, "DEADLINE_EXCEEDED"),  # the deadline ended it
+    (True, 5.0, True, "UNKNOWN"),             # a real failure with no status of its own
+    (True, 5.0, False, "OK"),
+])
+def test_streams_closed_from_outside_are_counted_by_why_they_ended(active, remaining, failed, code):
+    from services.common.metrics import _code_name
+
+    assert _code_name(AbandonedContext(active, remaining), failed) == code
+
+
 def test_logs_are_json_with_the_active_trace_and_span_ids():
     from pythonjsonlogger.json import JsonFormatter
 

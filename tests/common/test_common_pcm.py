@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import tracemalloc
 
 import numpy as np
@@ -13,6 +14,7 @@ from asr.transcription.v1 import transcription_service_pb2 as asr
 from services.common.domain import BYTES_PER_SAMPLE, SAMPLE_RATE
 from services.common.errors import InvalidAudio, InvalidInput, LimitExceeded
 from services.common.pcm import pcm_samples, pcm_to_float32, read_config, read_pcm
+from services.common.streams import UploadMeter
 
 PCM16K = audio_pb2.PcmFormat(sample_rate_hz=SAMPLE_RATE, channels=1, encoding=audio_pb2.SAMPLE_ENCODING_S16LE)
 ONE_SECOND = SAMPLE_RATE * BYTES_PER_SAMPLE
@@ -22,7 +24,10 @@ def read_config_and_pcm(requests, *, max_audio_seconds, config_field="config"):
     """How the servicers use the two halves (with their queue slot taken in between)."""
     requests = iter(requests)
     config = read_config(requests, config_field=config_field)
-    return config, read_pcm(requests, max_audio_seconds=max_audio_seconds, config_field=config_field)
+    meter = UploadMeter(config.pcm_size_bytes, threading.Event(), what="audio stream",
+                        field="config.pcm_size_bytes")
+    return config, read_pcm(requests, max_audio_seconds=max_audio_seconds, meter=meter,
+                            config_field=config_field)
 
 
 def stream(*chunks: bytes, fmt=PCM16K):

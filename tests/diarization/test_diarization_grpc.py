@@ -138,6 +138,14 @@ def test_odd_byte_count_and_impossible_counts_are_invalid_argument(fake_server):
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "limit of 4" in err.details()
 
 
+def test_pcm_stream_of_another_size_than_declared_is_refused(fake_server):
+    err = bad_call(fake_server.port, requests(b"\0\0" * 800, pcm_size_bytes=3200))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ended after 1600 of the 3200 bytes declared in config.pcm_size_bytes" in err.details()
+    _, result = diarize(fake_server.port, requests(b"\0\0" * 1600, pcm_size_bytes=3200))
+    assert result.backend == "two-turns"
+
+
 @pytest.fixture(scope="module")
 def real_server(encoder_backend):
     handle = create_server(DiarizationSettings(port=0), Diarizer(encoder_backend))

@@ -28,7 +28,7 @@ class OneSecondOfPcm(pre_grpc.PreprocessServiceServicer):
             pass
         yield pre_pb.PreprocessResponse(media_info=audio_pb2.MediaInfo(codec="pcm_s16le"))
         yield pre_pb.PreprocessResponse(audio=audio_pb2.AudioChunk(pcm=b"\0\0" * 16000))
-        yield pre_pb.PreprocessResponse(summary=pre_pb.PreprocessSummary())
+        yield pre_pb.PreprocessResponse(summary=pre_pb.PreprocessSummary(pcm_bytes=32000))
 
 
 class EndlessTranscription(tr_grpc.TranscriptionServiceServicer):

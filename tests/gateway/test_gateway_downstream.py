@@ -10,7 +10,7 @@ from asr.preprocess.v1 import preprocess_service_pb2 as pre_pb
 from asr.preprocess.v1 import preprocess_service_pb2_grpc as pre_grpc
 from asr.transcription.v1 import transcription_service_pb2 as tr_pb
 from asr.transcription.v1 import transcription_service_pb2_grpc as tr_grpc
-from services.common.errors import DependencyFailed
+from services.common.errors import DependencyFailed, InternalError
 from services.common.server import build_server
 from services.common.settings import ServerSettings
 from services.gateway.downstream import Deadlines, Downstream, GrpcStages
@@ -27,6 +27,7 @@ class FlakyTranscription(tr_grpc.TranscriptionServiceServicer):
 
     def Transcribe(self, request_iterator, context):
         self.calls += 1
+        self.config = next(request_iterator).config
         for _ in request_iterator:
             pass
         if self.calls <= self.failures:
@@ -37,13 +38,20 @@ class FlakyTranscription(tr_grpc.TranscriptionServiceServicer):
 
 
 class FakePreprocess(pre_grpc.PreprocessServiceServicer):
+    """Sends 3000 PCM bytes; its summary can lie about them or be left out."""
+
+    def __init__(self, announced: int | None = 3000):
+        self.announced, self.config = announced, None
+
     def Preprocess(self, request_iterator, context):
+        self.config = next(request_iterator).config
         for _ in request_iterator:
             pass
         yield pre_pb.PreprocessResponse(media_info=audio_pb2.MediaInfo(codec="flac"))
         for piece in (b"\x01\x00" * 1000, b"\x02\x00" * 500):
             yield pre_pb.PreprocessResponse(audio=audio_pb2.AudioChunk(pcm=piece))
-        yield pre_pb.PreprocessResponse(summary=pre_pb.PreprocessSummary())
+        if self.announced is not None:
+            yield pre_pb.PreprocessResponse(summary=pre_pb.PreprocessSummary(pcm_bytes=self.announced))
 
 
 def serve(servicer, register, name):
@@ -72,6 +80,7 @@ def test_streams_are_retried_only_before_any_response(progress_first, succeeds, 
             with pytest.raises(DependencyFailed, match="transcription service failed while working"):
                 stages.transcribe(b"\0\0" * 1600, ChainOptions(), lambda e: None)
         assert servicer.calls == calls
+        assert servicer.config.pcm_size_bytes == 3200  # declared, so a cut-off stream is refused
     finally:
         handle.stop(0)
 
@@ -92,3 +101,21 @@ def test_decoded_pcm_is_mapped_from_the_spool_not_copied(tmp_path):
     assert pcm_file.stat().st_size == 3000
     assert decoded.duration == pytest.approx(1500 / 16000)
     assert events[0].codec == "flac"
+
+
+@pytest.mark.parametrize(("announced", "needle"), [
+    (4000, "the preprocess service announced 4000 PCM bytes but sent 3000"),
+    (None, "the preprocess service closed its stream without a result"),
+])
+def test_decoded_audio_must_match_the_preprocess_summary(tmp_path, announced, needle):
+    servicer = FakePreprocess(announced)
+    handle = serve(servicer, pre_grpc.add_PreprocessServiceServicer_to_server,
+                   "asr.preprocess.v1.PreprocessService")
+    upload = tmp_path / "upload"
+    upload.write_bytes(b"RIFF" * 10)
+    try:
+        with pytest.raises(InternalError, match=needle):
+            stages_for(handle.port).preprocess(upload, ChainOptions(), lambda e: None)
+    finally:
+        handle.stop(0)
+    assert servicer.config.upload_size_bytes == 40

@@ -239,6 +239,19 @@ def test_truncated_and_corrupted_copies_of_good_files_are_refused(server, corpus
         assert server.spool_empty(), name
 
 
+def test_upload_of_another_size_than_declared_is_refused_before_decoding(server, corpus):
+    data = (corpus / "media/clip.wav").read_bytes()
+    err = refusal(server, data[:100_000], "clip.wav", upload_size_bytes=len(data))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"upload ended after 100000 of the {len(data)} bytes declared" in err.details()
+    err = refusal(server, data, "clip.wav", upload_size_bytes=100_000)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "upload is longer than the 100000 bytes declared" in err.details()
+    assert server.spool_empty()
+    info, pcm, _, _ = preprocess(server, data, "clip.wav", upload_size_bytes=len(data))
+    assert info.size_bytes == len(data) and pcm
+
+
 class Canary:
     """An HTTP server on loopback that counts every request it gets."""
 

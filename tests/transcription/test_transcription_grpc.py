@@ -79,6 +79,22 @@ def test_wrong_sample_rate_is_invalid_argument(stub):
     assert "16000 Hz" in err.value.details()
 
 
+@pytest.mark.parametrize(("sent", "declared", "needle"), [
+    (3200, 6400, "audio stream ended after 3200 of the 6400 bytes declared in config.pcm_size_bytes"),
+    (6400, 3200, "audio stream is longer than the 3200 bytes declared"),
+])
+def test_pcm_stream_of_another_size_than_declared_is_refused(stub, sent, declared, needle):
+    with pytest.raises(grpc.RpcError) as err:
+        run(stub, b"\0\0" * (sent // 2), pcm_size_bytes=declared)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in err.value.details()
+
+
+def test_pcm_stream_of_the_declared_size_is_transcribed(stub):
+    segments, _, results = run(stub, b"\0\0" * 16_000, pcm_size_bytes=32_000)
+    assert segments == [] and results[0].audio_duration.seconds == 1
+
+
 def test_unknown_model_lists_available(stub):
     with pytest.raises(grpc.RpcError) as err:
         run(stub, b"\0\0" * 1600, model="large-v9")
