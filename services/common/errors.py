@@ -99,6 +99,12 @@ class DeadlineExceeded(MeshError):
     reason = "DEADLINE_EXCEEDED"
 
 
+class UploadStalled(DeadlineExceeded):
+    """The caller opened a request stream and then stopped sending before it was complete."""
+
+    reason = "UPLOAD_STALLED"
+
+
 class Cancelled(MeshError):
     """The caller went away."""
 
@@ -119,7 +125,8 @@ _BY_STATUS: dict[grpc.StatusCode, type[MeshError]] = {
 }
 _BY_REASON: dict[str, type[MeshError]] = {
     cls.reason: cls
-    for cls in (InvalidInput, InvalidAudio, LimitExceeded, UnknownModel, Overloaded, DependencyFailed)
+    for cls in (InvalidInput, InvalidAudio, LimitExceeded, UnknownModel, Overloaded, DependencyFailed,
+                UploadStalled)
 }
 
 

@@ -27,6 +27,7 @@ from pythonjsonlogger.json import JsonFormatter
 from services.common.errors import ErrorMappingInterceptor
 from services.common.metrics import MetricsInterceptor, start_metrics_server
 from services.common.settings import ServerSettings
+from services.common.streams import StallGuardInterceptor
 from services.common.telemetry import server_interceptors, setup_telemetry, shutdown_telemetry
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ def build_server(
             *server_interceptors(),
             MetricsInterceptor(metrics_name or names[0].split(".")[1]),
             ErrorMappingInterceptor(),
+            StallGuardInterceptor(settings.upload_idle_timeout_s,
+                                  f"{settings.model_config.get('env_prefix', 'ASR_')}UPLOAD_IDLE_TIMEOUT_S"),
         ],
         options=options,
         maximum_concurrent_rpcs=settings.max_workers * 4,

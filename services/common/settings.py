@@ -40,6 +40,11 @@ class ServerSettings(BaseSettings):
         "re-resolve DNS and find new pods.",
     )
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off.")
+    upload_idle_timeout_s: float = Field(
+        60.0, ge=0,
+        description="Refuse a request stream (DEADLINE_EXCEEDED) once no message has arrived for "
+        "this long; 0 = wait forever. A caller that stalls would otherwise hold a worker.",
+    )
     parent_pid: int = Field(
         0, validation_alias=AliasChoices("ASR_PARENT_PID"),
         description="Set by the local supervisor: exit when that process dies.",

@@ -16,13 +16,26 @@ So every client-streaming handler counts what it receives with an `UploadMeter` 
 - more bytes than declared: refused as soon as they arrive, not at the end.
 
 A caller that declares no size is trusted on the end of its stream, as gRPC itself does.
+
+A caller can also stop sending without ending or cancelling its stream. Without a deadline it
+would hold the server thread, and in the transcription and diarization services a worker slot,
+forever. `StallGuardInterceptor` reads every request stream of the mesh's own services through
+`stall_guarded`, which refuses a stream once no message has arrived for the configured idle
+time (`UploadStalled`, DEADLINE_EXCEEDED with the setting's name in the sentence).
 """
 
 from __future__ import annotations
 
+import queue
 import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
-from services.common.errors import Cancelled, InvalidInput
+import grpc
+
+from services.common.errors import Cancelled, InvalidInput, UploadStalled
+
+T = TypeVar("T")
 
 CANCEL_NOTICE_GRACE_S = 0.5
 """How long a short upload waits for a cancel notice that may already be on its way: on
@@ -61,3 +74,91 @@ class UploadMeter:
                 f"the {self._what} ended after {self.received} of the {self.declared} bytes "
                 f"declared in {self._field}", field=self._field)
         return self.received
+
+
+_MESSAGE, _END, _FAILED = object(), object(), object()
+_READ_AHEAD = 2
+"""Messages read ahead of the handler: enough to keep the pipe full, bounded so a handler that
+waits (in the admission queue, say) never buffers an upload in memory."""
+
+
+def stall_guarded(messages: Iterator[T], idle_timeout_s: float, *, setting: str) -> Iterator[T]:
+    """`messages`, read on a helper thread; `UploadStalled` once none arrives for `idle_timeout_s`.
+
+    Only time the handler spends waiting for the next message counts: messages read ahead while
+    the handler is busy elsewhere are handed over at once. The end of the stream and errors
+    (a cancelled call's `RpcError`) are passed through as they are. 0 disables the guard.
+    """
+    if idle_timeout_s <= 0:
+        yield from messages
+        return
+    pipe: queue.Queue = queue.Queue(maxsize=_READ_AHEAD)
+    stop = threading.Event()
+
+    def offer(kind: object, value: Any = None) -> bool:
+        while not stop.is_set():  # the handler may have given up: never block forever on a put
+            try:
+                pipe.put((kind, value), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pump() -> None:
+        try:
+            for message in messages:
+                if not offer(_MESSAGE, message):
+                    return
+            offer(_END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the handler's thread, raised there
+            offer(_FAILED, exc)
+
+    threading.Thread(target=pump, name="request-stream-reader", daemon=True).start()
+    try:
+        while True:
+            try:
+                kind, value = pipe.get(timeout=idle_timeout_s)
+            except queue.Empty:
+                raise UploadStalled(
+                    f"the request stream stalled: no message arrived for {idle_timeout_s:g} s "
+                    f"({setting}); send the whole upload without pausing, or close the stream",
+                    metadata={"idle_timeout_seconds": f"{idle_timeout_s:g}"},
+                ) from None
+            if kind is _END:
+                return
+            if kind is _FAILED:
+                raise value
+            yield value
+    finally:
+        stop.set()
+
+
+class StallGuardInterceptor(grpc.ServerInterceptor):
+    """Reads the request streams of the mesh's services (`/asr.*`) through `stall_guarded`.
+
+    Health and reflection are left alone: a reflection stream idles legitimately between a
+    tool's questions.
+    """
+
+    def __init__(self, idle_timeout_s: float, setting: str):
+        self._idle_timeout_s = idle_timeout_s
+        self._setting = setting
+
+    def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if (handler is None or not handler.request_streaming or self._idle_timeout_s <= 0
+                or not handler_call_details.method.startswith("/asr.")):
+            return handler
+
+        def guarded(behavior: Callable) -> Callable:
+            def wrapped(request_iterator: Any, context: grpc.ServicerContext) -> Any:
+                return behavior(stall_guarded(request_iterator, self._idle_timeout_s,
+                                              setting=self._setting), context)
+
+            return wrapped
+
+        if handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(
+                guarded(handler.stream_stream), handler.request_deserializer, handler.response_serializer)
+        return grpc.stream_unary_rpc_method_handler(
+            guarded(handler.stream_unary), handler.request_deserializer, handler.response_serializer)

@@ -1,4 +1,4 @@
-"""UploadMeter: a finished upload told apart from a cancelled or cut-off one."""
+"""Request streams: a finished upload told apart from a cancelled, cut-off or stalled one."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import time
 import pytest
 
 from services.common import streams
-from services.common.errors import Cancelled, InvalidInput
-from services.common.streams import UploadMeter
+from services.common.errors import Cancelled, InvalidInput, UploadStalled
+from services.common.streams import UploadMeter, stall_guarded
 
 
 def meter(declared: int, ended: threading.Event | None = None) -> UploadMeter:
@@ -69,3 +69,68 @@ def test_outgrowing_the_declared_size_is_refused_at_once():
 def test_a_negative_declared_size_is_refused():
     with pytest.raises(InvalidInput, match="config.size must not be negative"):
         meter(-1)
+
+
+# -- stall_guarded -------------------------------------------------------------------------
+
+
+def paced(items, pause_s: float = 0.0, pause_before: int = -1):
+    for index, item in enumerate(items):
+        if index == pause_before:
+            time.sleep(pause_s)
+        yield item
+
+
+def reader_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "request-stream-reader" and t.is_alive()]
+
+
+def wait_for(condition, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def test_a_steady_stream_passes_through_whole_and_in_order():
+    assert list(stall_guarded(iter(range(50)), 5.0, setting="S")) == list(range(50))
+    assert wait_for(lambda: not reader_threads())
+
+
+def test_a_stream_that_pauses_past_the_idle_time_is_refused_with_the_setting_named():
+    guarded = stall_guarded(paced([1, 2, 3], pause_s=2.0, pause_before=2), 0.3, setting="ASR_X_UPLOAD_IDLE_TIMEOUT_S")
+    assert next(guarded) == 1 and next(guarded) == 2
+    started = time.monotonic()
+    with pytest.raises(UploadStalled, match=r"no message arrived for 0\.3 s \(ASR_X_UPLOAD_IDLE_TIMEOUT_S\)") as err:
+        next(guarded)
+    assert 0.25 < time.monotonic() - started < 1.5
+    assert err.value.status.name == "DEADLINE_EXCEEDED"
+
+
+def test_a_slow_handler_is_not_mistaken_for_a_stalled_caller():
+    received = []
+    for item in stall_guarded(iter(range(5)), 0.1, setting="S"):
+        time.sleep(0.25)  # busy elsewhere (the admission queue, say) longer than the idle time
+        received.append(item)
+    assert received == list(range(5))
+
+
+def test_errors_of_the_stream_reach_the_handler_as_they_are():
+    def failing():
+        yield 1
+        raise ValueError("stream broke")
+
+    guarded = stall_guarded(failing(), 5.0, setting="S")
+    assert next(guarded) == 1
+    with pytest.raises(ValueError, match="stream broke"):
+        next(guarded)
+
+
+def test_zero_turns_the_guard_off():
+    assert list(stall_guarded(paced([1, 2], pause_s=0.3, pause_before=1), 0, setting="S")) == [1, 2]
+
+
+def test_a_handler_that_gives_up_early_leaves_no_reader_thread_behind():
+    for _ in stall_guarded(iter(range(1000)), 5.0, setting="S"):
+        break  # the reader is blocked on a full pipe at this point
+    assert wait_for(lambda: not reader_threads()), "the reader thread outlived its handler"

@@ -248,3 +248,60 @@ def test_a_cancelled_call_stops_its_backend_before_the_next_queued_call_starts()
     waiter.join(10)
     assert results and results[-1].WhichOneof("payload") == "result"
     assert backend.most == 1, f"{backend.most} diarizations ran at once on one worker"
+
+
+def test_a_caller_that_stalls_mid_upload_is_refused_and_frees_its_worker(state_dir):
+    """No deadline, no cancel, no more audio: without the idle guard this holds the only worker."""
+    backend = Blocking()
+    backend.release.set()
+    settings = DiarizationSettings(port=0, num_workers=1, max_queued=1, upload_idle_timeout_s=0.5)
+    handle = create_server(settings, Diarizer(backend, max_speakers=4))
+    channel = channel_to(handle.port)
+    stub = pb_grpc.DiarizationServiceStub(channel)
+    resume, outcome = threading.Event(), {}
+
+    def stalled_upload():
+        yield pb.DiarizeRequest(config=pb.DiarizationConfig(format=PCM16K))
+        yield pb.DiarizeRequest(audio=audio_pb2.AudioChunk(pcm=ONE_SECOND))
+        resume.wait(30)  # the caller stops sending but keeps the stream open
+
+    def stall():
+        try:
+            list(stub.Diarize(stalled_upload()))  # no deadline on purpose
+        except grpc.RpcError as err:
+            outcome["error"] = err
+
+    staller = threading.Thread(target=stall)
+    try:
+        staller.start()
+        assert wait_until(lambda: gauge("asr_busy_workers") == 1)
+        responses = list(stub.Diarize(requests(), timeout=20))  # queued behind the staller
+        assert responses[-1].WhichOneof("payload") == "result"
+        staller.join(10)
+    finally:
+        resume.set()
+        channel.close()
+        handle.stop(0)
+    error = outcome["error"]
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "no message arrived for 0.5 s (ASR_DIARIZATION_UPLOAD_IDLE_TIMEOUT_S)" in error.details()
+
+
+def test_reflection_streams_may_idle_past_the_upload_idle_time(state_dir):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    settings = DiarizationSettings(port=0, upload_idle_timeout_s=0.3)
+    handle = create_server(settings, Diarizer(Blocking(), max_speakers=4))
+
+    def questions():
+        time.sleep(1.0)  # a person typing into grpcurl
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    try:
+        with channel_to(handle.port) as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            [answer] = list(stub.ServerReflectionInfo(questions(), timeout=10))
+    finally:
+        handle.stop(0)
+    names = [s.name for s in answer.list_services_response.service]
+    assert "asr.diarization.v1.DiarizationService" in names
