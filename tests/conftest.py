@@ -8,8 +8,14 @@ from pathlib import Path
 
 import grpc
 import pytest
+from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
+
+# Property tests check correctness, not speed: a loaded CI runner must not fail them on
+# Hypothesis's per-example deadline or its "input generation is slow" health check.
+settings.register_profile("mesh", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("mesh")
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("ASR_CORPUS_DIR", REPO.parent / "shared" / "corpus-dev")).resolve()

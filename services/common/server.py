@@ -148,7 +148,11 @@ def serve_forever(handle: ServerHandle, settings: ServerSettings, service: str) 
         print(f"{READY_PREFIX} service={service} port={handle.port}", flush=True)
     except BrokenPipeError:  # the supervisor is gone: drain and exit like on SIGTERM
         stopping.set()
-    stopping.wait()
+    # Timed waits, not one untimed wait: Python runs signal handlers on the main thread only,
+    # and when the kernel hands SIGTERM to a gRPC or decoder thread, an untimed wait is never
+    # woken to run it (seen in ~1% of SIGTERM tests). Each timeout lets the handler run.
+    while not stopping.wait(0.5):
+        pass
     handle.stop(settings.grace_period_s)
     shutdown_telemetry()
     log.info("%s stopped", service)

@@ -37,10 +37,10 @@ from services.common.errors import Cancelled, InvalidInput, UploadStalled
 
 T = TypeVar("T")
 
-CANCEL_NOTICE_GRACE_S = 0.5
-"""How long a short upload waits for a cancel notice that may already be on its way: on
-loopback or a LAN it lands within milliseconds, and a client that half-closed early (a bug)
-loses nothing but this moment before it is told."""
+CANCEL_NOTICE_GRACE_S = 2.0
+"""How long a short upload waits for a cancel notice that may already be on its way. It usually
+lands within milliseconds, and the wait ends the moment it does; only a client that half-closed
+early (a bug) waits the whole time before it is told."""
 
 
 class UploadMeter:

@@ -27,9 +27,11 @@ class FlakyMerge(merge_grpc.MergeServiceServicer):
     def __init__(self, failures: int, code=grpc.StatusCode.UNAVAILABLE, delay_s: float = 0.0):
         self.failures, self.code, self.delay_s = failures, code, delay_s
         self.calls = 0
+        self.entered = threading.Event()
 
     def Merge(self, request, context):
         self.calls += 1
+        self.entered.set()
         if self.calls <= self.failures:
             context.abort(self.code, f"attempt {self.calls} refused")
         time.sleep(self.delay_s)
@@ -80,11 +82,12 @@ def test_other_errors_are_not_retried():
 def test_stop_reports_not_serving_and_drains_in_flight_calls():
     from grpc_health.v1 import health_pb2
 
-    handle = start(FlakyMerge(0, delay_s=1.0))
+    servicer = FlakyMerge(0, delay_s=1.0)
+    handle = start(servicer)
     channel = channel_to(handle.port)
     stub = merge_grpc.MergeServiceStub(channel)
     future = stub.Merge.future(merge_pb.MergeRequest(), timeout=10)
-    time.sleep(0.3)  # the call is inside the handler now
+    assert servicer.entered.wait(10)  # the call is inside the handler now
     stopper = threading.Thread(target=handle.stop, args=(5,))
     stopper.start()
     assert future.result().speakers == ["SPEAKER_00"]  # in-flight call finished during the drain

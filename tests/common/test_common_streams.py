@@ -103,16 +103,16 @@ def test_a_stream_that_pauses_past_the_idle_time_is_refused_with_the_setting_nam
     started = time.monotonic()
     with pytest.raises(UploadStalled, match=r"no message arrived for 0\.3 s \(ASR_X_UPLOAD_IDLE_TIMEOUT_S\)") as err:
         next(guarded)
-    assert 0.25 < time.monotonic() - started < 1.5
+    assert 0.25 < time.monotonic() - started < 3.0
     assert err.value.status.name == "DEADLINE_EXCEEDED"
 
 
 def test_a_slow_handler_is_not_mistaken_for_a_stalled_caller():
     received = []
-    for item in stall_guarded(iter(range(5)), 0.1, setting="S"):
-        time.sleep(0.25)  # busy elsewhere (the admission queue, say) longer than the idle time
+    for item in stall_guarded(iter(range(3)), 0.3, setting="S"):
+        time.sleep(0.6)  # busy elsewhere (the admission queue, say) longer than the idle time
         received.append(item)
-    assert received == list(range(5))
+    assert received == list(range(3))
 
 
 def test_errors_of_the_stream_reach_the_handler_as_they_are():

@@ -10,6 +10,7 @@ from fakes import FakeStages
 from asr.common.v1 import document_pb2
 from asr.gateway.v1 import gateway_service_pb2 as pb
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
+from services.common import streams
 from services.common.errors import DependencyUnavailable, InvalidAudio
 from services.gateway.server import GatewaySettings, create_server
 
@@ -114,7 +115,7 @@ def test_upload_of_the_declared_size_is_transcribed_whole(gateway):
 
 
 @pytest.mark.parametrize("round_", range(5))  # the race it guards against is one of timing
-def test_caller_cancelling_mid_upload_is_cancelled_and_nothing_runs(gateway, round_):
+def test_caller_cancelling_mid_upload_is_cancelled_and_nothing_runs(gateway, round_, monkeypatch):
     """A cancelled upload is CANCELLED, never INTERNAL, and never transcribed as a short file.
 
     gRPC's Python server ends the request iterator of a cancelled call just as it ends a
@@ -127,6 +128,9 @@ def test_caller_cancelling_mid_upload_is_cancelled_and_nothing_runs(gateway, rou
     from services.common.metrics import REGISTRY
 
     stub, holder, spool = gateway
+    # A real cancel ends the wait the moment its notice lands; the long grace only keeps a
+    # runner that freezes for a while from turning the late notice into INVALID_ARGUMENT.
+    monkeypatch.setattr(streams, "CANCEL_NOTICE_GRACE_S", 10.0)
 
     def count(code):
         labels = {"service": "gateway", "method": "Transcribe", "code": code}

@@ -44,14 +44,14 @@ def fake_ffmpeg(path: Path) -> Path:
     """An ffmpeg that misbehaves by the spooled file's extension, else runs the real one.
 
     Children get no PATH, hence the absolute paths. `.hang` never ends, `.crash` dies of
-    SIGSEGV after a second, `.stall` writes some PCM and then hangs (a decode in progress).
+    SIGSEGV after three seconds, `.stall` writes some PCM and then hangs (a decode in progress).
     """
     real, head, sleep = shutil.which("ffmpeg"), shutil.which("head"), shutil.which("sleep")
     path.write_text(
         "#!/bin/sh\n"
         'case "$*" in\n'
         f"  *upload.hang*) exec {sleep} 60 ;;\n"
-        f"  *upload.crash*) {sleep} 1; kill -SEGV $$ ;;\n"
+        f"  *upload.crash*) {sleep} 3; kill -SEGV $$ ;;\n"
         f"  *upload.stall*) {head} -c 640000 /dev/zero; exec {sleep} 60 ;;\n"
         f'  *) exec {real} "$@" ;;\n'
         "esac\n"
@@ -185,11 +185,16 @@ def test_bombs_are_refused_within_5s_and_the_service_stays_under_300mb(running, 
 
 # --------------------------------------------------------------------------- health
 
-def _poll_health(srv: Running, until: threading.Event) -> list[bool]:
-    answers = []
-    while not until.is_set():
+def _poll_health(srv: Running, until: threading.Event | None = None, count: int = 0) -> list[bool]:
+    """Health answers, 0.1 s apart, until `until` is set and at least `count` have come.
+
+    Counted rather than timed, and each check given 5 s: a runner that stalls for a second
+    must not look like a service that stopped answering.
+    """
+    answers: list[bool] = []
+    while (until is not None and not until.is_set()) or len(answers) < count:
         try:
-            answers.append(srv.serving(timeout=1.0))
+            answers.append(srv.serving(timeout=5.0))
         except grpc.RpcError:
             answers.append(False)
         time.sleep(0.1)
@@ -201,10 +206,8 @@ def test_health_is_answered_throughout_a_hanging_decode(running, corpus):
         _renamed(corpus / "media/clip.ogg", "clip.hang"), timeout=60)
     first = next(call_)
     assert first.WhichOneof("payload") == "media_info"  # probed, now "decoding" forever
-    done = threading.Event()
-    threading.Timer(2.0, done.set).start()
-    answers = _poll_health(running, done)
-    assert len(answers) >= 10 and all(answers), answers
+    answers = _poll_health(running, count=10)  # the decoder hangs for 60 s: all come meanwhile
+    assert all(answers), answers
     assert [c for c in children_of(running.service.pid)], "the hanging decoder should be running"
     call_.cancel()
     assert running.spool_empty(wait=5)
@@ -229,7 +232,7 @@ def test_health_is_answered_while_a_decoder_crashes(running, corpus):
     _, err = result["call"]
     assert err is not None and err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "crashed" in err.details() and "SIGSEGV" in err.details()
-    assert len(answers) >= 5 and all(answers), answers
+    assert len(answers) >= 2 and all(answers), answers  # ~30 on an idle machine
     assert running.serving() and running.spool_empty(wait=2)
 
 

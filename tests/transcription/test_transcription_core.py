@@ -118,7 +118,7 @@ def test_full_queue_is_refused_with_retry_after():
 
     holder = threading.Thread(target=hold)
     holder.start()
-    entered.wait(5)
+    assert entered.wait(10)
     got = threading.Event()
 
     def wait_then_run():
@@ -127,10 +127,11 @@ def test_full_queue_is_refused_with_retry_after():
 
     waiter = threading.Thread(target=wait_then_run)
     waiter.start()
-    for _ in range(100):
+    for _ in range(1000):
         if queue.waiting:
             break
         threading.Event().wait(0.01)
+    assert queue.waiting == 1  # else the slot below would queue instead of being refused
     with pytest.raises(Overloaded) as err:
         with queue.slot():
             pass

@@ -76,10 +76,9 @@ def test_a_full_queue_answers_resource_exhausted_with_retry_after(slow_server):
     threads = [threading.Thread(target=call, args=(slow_server.stub,)) for _ in range(2)]
     for thread in threads:  # one runs, one waits in the queue
         thread.start()
-    deadline = time.monotonic() + 10
-    while slow_server.queue.waiting < 1 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert metrics.REGISTRY.get_sample_value("asr_queue_depth", {"service": "transcription"}) == 1
+    # The gauge, not queue.waiting: it is updated a statement after the queue changes.
+    assert wait_until(lambda: metrics.REGISTRY.get_sample_value(
+        "asr_queue_depth", {"service": "transcription"}) == 1)
     with pytest.raises(grpc.RpcError) as err:
         call(slow_server.stub)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -166,7 +165,8 @@ def test_a_cancelled_call_leaves_the_queue(slow_server):
         assert wait_until(lambda: slow_server.queue.waiting == 0, timeout=3), \
             "a cancelled call kept its place in the queue"
         assert slow_server.queue.running == 1  # the running call is untouched
-        assert metrics.REGISTRY.get_sample_value("asr_queue_depth", {"service": "transcription"}) == 0
+        assert wait_until(lambda: metrics.REGISTRY.get_sample_value(
+            "asr_queue_depth", {"service": "transcription"}) == 0)
     finally:
         slow_server.model.release.set()
         for thread in threads:
