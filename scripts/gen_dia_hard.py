@@ -101,6 +101,24 @@ CASES = [
          voices=("kokoro:jf_alpha", "kokoro:jf_nezumi")),
 ]
 
+# Overlap-rich cases (`--overlap`): most long turns carry a backchannel from another voice, to
+# measure overlapped-speech detection. Not part of `make corpus-hard`.
+OVERLAP_CASES = [
+    Case("overlap_two", "two voices, 20 backchannels spoken over the other voice", seed=201,
+         turns=30, backchannel_share=0.1, overlapped_backchannels=20,
+         voices=("kokoro:jm_kumo", "kokoro:jf_tebukuro")),
+    Case("overlap_two_noisy", "overlap_two in white noise at 12 dB SNR", seed=202, turns=0,
+         voices=("",) * 2, snr_db=12.0, derive_from="overlap_two"),
+    Case("overlap_three", "three voices, 20 backchannels spoken over another voice", seed=203,
+         turns=30, backchannel_share=0.1, overlapped_backchannels=20,
+         voices=("kokoro:jf_alpha", "kokoro:jm_kumo", "espeak:pt-br+m3")),
+    Case("overlap_three_noisy", "overlap_three in white noise at 12 dB SNR", seed=204, turns=0,
+         voices=("",) * 3, snr_db=12.0, derive_from="overlap_three"),
+    Case("overlap_two_b", "two other voices, 20 backchannels spoken over the other voice",
+         seed=205, turns=30, backchannel_share=0.1, overlapped_backchannels=20,
+         voices=("kokoro:jf_gongitsune", "espeak:pt-br+m1")),
+]
+
 
 def gen_corpus_module(tools: Path):
     """../shared/tools/gen_corpus.py, imported for its Kokoro/espeak `say` and `add_noise`."""
@@ -164,7 +182,7 @@ def derive(case: Case, gen, out: Path, entries: dict) -> dict:
     """Add this case's noise to another (already made) case; copy its truth."""
     import soundfile as sf
 
-    source = next(c for c in CASES if c.name == case.derive_from)
+    source = next(c for c in CASES + OVERLAP_CASES if c.name == case.derive_from)
     if f"{source.name}.flac" not in entries:
         entries[f"{source.name}.flac"] = render(source, gen, out)
     audio, _ = sf.read(out / f"{source.name}.flac", dtype="float32")
@@ -233,7 +251,10 @@ def render(case: Case, gen, out: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--only", nargs="*", choices=[c.name for c in CASES], help="cases to make")
+    parser.add_argument("--only", nargs="*", choices=[c.name for c in CASES + OVERLAP_CASES],
+                        help="cases to make")
+    parser.add_argument("--overlap", action="store_true",
+                        help="make the overlap-rich cases (OVERLAP_CASES) instead of CASES")
     parser.add_argument("--tools", type=Path,
                         default=Path(os.environ.get("ASR_CORPUS_TOOLS", REPO.parent / "shared" / "tools")))
     args = parser.parse_args()
@@ -243,12 +264,13 @@ def main() -> None:
     entries = {}
     if manifest_path.is_file():
         entries = {e["audio"]: e for e in json.loads(manifest_path.read_text()).get("dia", [])}
-    for case in CASES:
+    cases = OVERLAP_CASES if args.overlap else CASES
+    for case in cases:
         if args.only and case.name not in args.only:
             continue
         entry = derive(case, gen, args.out, entries) if case.derive_from else render(case, gen, args.out)
         entries[entry["audio"]] = entry
-    order = [f"{c.name}.flac" for c in CASES]
+    order = [f"{c.name}.flac" for c in cases]
     manifest = {"dia": [entries[a] for a in order if a in entries]}
     manifest_path.write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n")
 

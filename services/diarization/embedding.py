@@ -10,12 +10,12 @@ flickers are absorbed and short pauses closed. Everything runs on the CPU and no
 (`pretrained.pt`) ship inside the resemblyzer package. Memory: one batch of mel windows and one
 256-float embedding per window (about 9,000 per hour of speech) on top of the audio itself.
 
-Overlapped speech is not reported by this backend (the pyannote backend reports it). Tried on
-the hard cases (scripts/gen_dia_hard.py): a window covering a backchannel spoken over another
-voice is only slightly closer to the second speaker's centroid (cosine 0.57-0.70) than ordinary
-windows are (up to 0.67 in the same file, 0.73+ when the two voices are similar), so any
-threshold that finds overlaps also invents them; a single-speaker GE2E embedding of a mixture is
-not an overlap detector. Turns stay exclusive either way.
+Overlapped speech comes from a second pass (`overlap`, on unless `overlap.enabled` is off): a
+1.6 s window covering a backchannel spoken over another voice is only slightly closer to the
+second speaker's centroid (cosine 0.57-0.70) than ordinary windows are (up to 0.73 when the two
+voices are similar), so no threshold on the clustering windows separates them; short windows
+compared with the rest of their own turn do (see `overlap`). Overlaps found lie inside the
+turns, so the exclusive turns are the same with or without them.
 
 Per stage there is a span (`diarization.vad`, `diarization.embedding` with `asr.batch_size` and
 the batch count, `diarization.clustering`); `progress` is called between chunks and batches,
@@ -41,6 +41,7 @@ from services.diarization.clustering import (
     smooth_embeddings,
     smooth_runs,
 )
+from services.diarization.overlap import OverlapOptions, detect_overlaps
 
 BACKEND_NAME = "embedding-clustering"
 WINDOW_FRAMES = 160  # resemblyzer partial utterance: 160 mel frames of 10 ms
@@ -84,6 +85,9 @@ class EmbeddingBackendOptions:
     noisy_centering: float = 0.4
     noisy_threshold: float = 0.35
     clustering: ClusteringOptions = field(default_factory=ClusteringOptions)
+    overlap: OverlapOptions = field(default_factory=OverlapOptions)
+    """Overlapped-speech pass (`overlap.enabled=False` switches it off: turns only, about half
+    the encoder time)."""
 
 
 @dataclass
@@ -270,8 +274,16 @@ class EmbeddingClusteringBackend:
         runs = list(self._vote(regions, windows, labels))
         runs = smooth_runs(runs, opts.min_turn)
         runs = fill_gaps(runs, opts.max_gap_fill, opts.turn_extension, duration)
-        for label, start, end in runs:
-            annotation[Segment(start, end)] = int(label)
+        for index, (label, start, end) in enumerate(runs):
+            annotation[Segment(start, end), f"turn{index}"] = int(label)
+        if opts.overlap.enabled and labels.max() > 0:
+            with tracer.start_as_current_span("diarization.overlap") as span:
+                found = detect_overlaps(audio, regions, runs, self.embedder.mel, self.embedder.embed,
+                                        opts.overlap, opts.batch_size,
+                                        lambda: progress(0.97, "detecting overlapped speech"))
+                span.set_attribute("asr.diarization.overlaps", len(found))
+            for index, (label, start, end) in enumerate(found):
+                annotation[Segment(start, end), f"overlap{index}"] = int(label)
         return annotation
 
     def _vote(self, regions, windows: _Windows, labels: np.ndarray) -> Iterator[tuple[int, float, float]]:

