@@ -90,35 +90,46 @@ def speaker_bounds(options: DiarizationOptions, limit: int) -> tuple[int, int]:
     return low, high
 
 
+SECONDARY_TRACK_PREFIX = "overlap"
+"""Track names starting with this mark speech laid over another speaker's turn (the embedding
+backend's overlap pass): it counts as overlap but never decides who holds a turn or the order
+in which speakers are named, so turns and names are the same with or without that pass."""
+
+
 def exclusive_turns(annotation: Annotation) -> tuple[list[SpeakerTurn], list[TimeRange], int]:
     """Annotation → (non-overlapping turns in time order, overlap regions, speaker count).
 
     Labels become SPEAKER_00, SPEAKER_01.. in order of first appearance. Where speakers overlap,
     the turn goes to whoever already held it (the main speaker keeps the floor; a backchannel
-    shows up in `overlaps`), else to the speaker whose turn started first.
+    shows up in `overlaps`), else to the speaker whose turn started first. Secondary tracks
+    (`SECONDARY_TRACK_PREFIX`) count as overlap only.
     """
-    tracks = sorted(((seg.start, seg.end, label) for seg, _, label in annotation.itertracks(yield_label=True)
-                     if seg.end > seg.start), key=lambda t: (t[0], t[1], str(t[2])))
+    tracks = sorted(((seg.start, seg.end, label, not str(track).startswith(SECONDARY_TRACK_PREFIX))
+                     for seg, track, label in annotation.itertracks(yield_label=True)
+                     if seg.end > seg.start), key=lambda t: (not t[3], t[0], t[1], str(t[2])))
     names: dict = {}
-    for _start, _end, label in tracks:
+    for _start, _end, label, _primary in tracks:  # primary tracks first, each group in time order
         names.setdefault(label, f"SPEAKER_{len(names):02d}")
-    points = sorted({t for start, end, _ in tracks for t in (start, end)})
+    points = sorted({t for start, end, _, _ in tracks for t in (start, end)})
     turns: list[list] = []
     overlaps: list[list[float]] = []
     holder = None
     for a, b in zip(points[:-1], points[1:]):
-        active = [(start, names[label]) for start, end, label in tracks if start <= a and end >= b]
+        active = [(start, names[label], primary) for start, end, label, primary in tracks
+                  if start <= a and end >= b]
         if not active:
             holder = None
             continue
-        speakers = {name for _, name in active}
+        speakers = {name for _, name, _ in active}
         if len(speakers) > 1:
             if overlaps and abs(overlaps[-1][1] - a) < 1e-9:
                 overlaps[-1][1] = b
             else:
                 overlaps.append([a, b])
-        if holder not in speakers:
-            holder = min(active)[1]
+        floor = [(start, name) for start, name, primary in active if primary] or \
+            [(start, name) for start, name, _ in active]
+        if holder not in {name for _, name in floor}:
+            holder = min(floor)[1]
         if turns and turns[-1][0] == holder and abs(turns[-1][2] - a) < 1e-9:
             turns[-1][2] = b
         else:

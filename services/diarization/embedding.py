@@ -41,6 +41,7 @@ from services.diarization.clustering import (
     smooth_embeddings,
     smooth_runs,
 )
+from services.diarization.core import SECONDARY_TRACK_PREFIX
 from services.diarization.overlap import OverlapOptions, detect_overlaps
 
 BACKEND_NAME = "embedding-clustering"
@@ -283,7 +284,7 @@ class EmbeddingClusteringBackend:
                                         lambda: progress(0.97, "detecting overlapped speech"))
                 span.set_attribute("asr.diarization.overlaps", len(found))
             for index, (label, start, end) in enumerate(found):
-                annotation[Segment(start, end), f"overlap{index}"] = int(label)
+                annotation[Segment(start, end), f"{SECONDARY_TRACK_PREFIX}{index}"] = int(label)
         return annotation
 
     def _vote(self, regions, windows: _Windows, labels: np.ndarray) -> Iterator[tuple[int, float, float]]:

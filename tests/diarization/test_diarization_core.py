@@ -120,6 +120,24 @@ def test_exclusive_turns_from_an_overlapping_annotation():
     assert exclusive_turns(Annotation()) == ([], [], 0)
 
 
+def test_secondary_tracks_count_as_overlap_but_never_change_turns_or_names():
+    def turns_of(with_secondary: bool):
+        annotation = Annotation()
+        annotation[Segment(0.0, 8.0), "turn0"] = "a"
+        annotation[Segment(8.0, 16.0), "turn1"] = "b"
+        annotation[Segment(16.0, 20.0), "turn2"] = "c"
+        if with_secondary:
+            annotation[Segment(2.0, 3.0), "overlap0"] = "c"  # "c" speaks under "a" before its own turn
+            annotation[Segment(8.0, 8.4), "overlap1"] = "a"  # a window straddling the change to "b"
+        return exclusive_turns(annotation)
+
+    plain, _, count = turns_of(False)
+    turns, overlaps, count_with = turns_of(True)
+    assert turns == plain == [SpeakerTurn("SPEAKER_00", 0.0, 8.0), SpeakerTurn("SPEAKER_01", 8.0, 16.0),
+                              SpeakerTurn("SPEAKER_02", 16.0, 20.0)]
+    assert overlaps == [TimeRange(2.0, 3.0), TimeRange(8.0, 8.4)] and count_with == count == 3
+
+
 @pytest.mark.parametrize(
     ("options", "expected"),
     [(DiarizationOptions(), (1, 10)), (DiarizationOptions(num_speakers=3), (3, 3)),

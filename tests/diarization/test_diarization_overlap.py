@@ -72,6 +72,23 @@ def test_one_speaker_or_no_context_scores_nothing():
     assert not scores.any()
 
 
+def test_a_clean_change_of_speaker_is_not_overlap():
+    """Windows straddling the change mix both voices by how much of each they cover."""
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        voices = _unit(rng.normal(size=(2, 256)))
+        starts = np.arange(0, 15.2 + 1e-9, 0.2)
+        ends = starts + 0.8
+        centres = (starts + ends) / 2
+        second = np.clip(ends - np.maximum(starts, 8.0), 0, None) / 0.8  # share of the second voice
+        embeddings = _unit((1 - second)[:, None] * voices[0] + second[:, None] * voices[1]
+                           + rng.normal(scale=0.02, size=(len(starts), 256)))
+        turn = (centres >= 8).astype(int)
+        scores, other = window_scores(embeddings, centres, turn, turn.copy(), OPTIONS)
+        assert overlap_regions(starts, ends, scores, other, [(0, 0.0, 8.0), (1, 8.0, 16.0)],
+                               OPTIONS.threshold) == [], seed
+
+
 def test_regions_stay_inside_their_turn():
     embeddings, starts, ends, centres, turn, labels, turns = synthetic((7.4, 8.0))
     scores, other = window_scores(embeddings, centres, turn, labels, OPTIONS)
