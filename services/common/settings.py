@@ -43,7 +43,9 @@ class ServerSettings(BaseSettings):
     upload_idle_timeout_s: float = Field(
         60.0, ge=0,
         description="Refuse a request stream (DEADLINE_EXCEEDED) once no message has arrived for "
-        "this long; 0 = wait forever. A caller that stalls would otherwise hold a worker.",
+        "this long; 0 = wait forever. A caller that stalls would otherwise hold a worker. Measured "
+        "between whole messages, so it also sets a floor on upload speed: the SDK's 256 KiB "
+        "pieces need about 4.4 KB/s at the default.",
     )
     parent_pid: int = Field(
         0, validation_alias=AliasChoices("ASR_PARENT_PID"),

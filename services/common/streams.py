@@ -77,22 +77,21 @@ class UploadMeter:
 
 
 _MESSAGE, _END, _FAILED = object(), object(), object()
-_READ_AHEAD = 2
-"""Messages read ahead of the handler: enough to keep the pipe full, bounded so a handler that
-waits (in the admission queue, say) never buffers an upload in memory."""
 
 
 def stall_guarded(messages: Iterator[T], idle_timeout_s: float, *, setting: str) -> Iterator[T]:
     """`messages`, read on a helper thread; `UploadStalled` once none arrives for `idle_timeout_s`.
 
-    Only time the handler spends waiting for the next message counts: messages read ahead while
-    the handler is busy elsewhere are handed over at once. The end of the stream and errors
-    (a cancelled call's `RpcError`) are passed through as they are. 0 disables the guard.
+    The helper reads one message each time the handler asks for one, never ahead: a handler
+    waiting in the admission queue holds no audio. Only time the handler spends waiting for a
+    message counts. The end of the stream and errors (a cancelled call's `RpcError`) are passed
+    through as they are. 0 disables the guard.
     """
     if idle_timeout_s <= 0:
         yield from messages
         return
-    pipe: queue.Queue = queue.Queue(maxsize=_READ_AHEAD)
+    pipe: queue.Queue = queue.Queue(maxsize=1)
+    wanted = threading.Semaphore(0)
     stop = threading.Event()
 
     def offer(kind: object, value: Any = None) -> bool:
@@ -106,16 +105,24 @@ def stall_guarded(messages: Iterator[T], idle_timeout_s: float, *, setting: str)
 
     def pump() -> None:
         try:
-            for message in messages:
+            while True:
+                wanted.acquire()  # the handler asked for the next message (or gave up)
+                if stop.is_set():
+                    return
+                try:
+                    message = next(messages)
+                except StopIteration:
+                    offer(_END)
+                    return
                 if not offer(_MESSAGE, message):
                     return
-            offer(_END)
         except BaseException as exc:  # noqa: BLE001 - handed to the handler's thread, raised there
             offer(_FAILED, exc)
 
     threading.Thread(target=pump, name="request-stream-reader", daemon=True).start()
     try:
         while True:
+            wanted.release()
             try:
                 kind, value = pipe.get(timeout=idle_timeout_s)
             except queue.Empty:
@@ -131,6 +138,7 @@ def stall_guarded(messages: Iterator[T], idle_timeout_s: float, *, setting: str)
             yield value
     finally:
         stop.set()
+        wanted.release()  # wake a reader waiting to be asked, so it can see `stop` and leave
 
 
 class StallGuardInterceptor(grpc.ServerInterceptor):

@@ -36,6 +36,7 @@ from services.common.errors import (
     DeadlineExceeded,
     DependencyFailed,
     InternalError,
+    UploadStalled,
     from_rpc_error,
 )
 from services.common.pcm import DEFAULT_CHUNK_BYTES, chunked, pcm_duration
@@ -179,7 +180,11 @@ class GrpcStages:
                     f"the {service} service failed while working on this request ({err.details()}); "
                     "it was not retried, as replaying it could fail the same way"
                 ) from None
-            raise from_rpc_error(err, service=service) from None
+            error = from_rpc_error(err, service=service)
+            if isinstance(error, UploadStalled):  # the gateway's own upload to it stalled, not the caller's
+                raise DependencyFailed(f"the {service} service gave up waiting for the gateway's audio: "
+                                       f"{error.message}") from None
+            raise error from None
 
     @staticmethod
     def _progress(msg) -> ProgressUpdate:

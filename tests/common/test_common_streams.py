@@ -134,3 +134,21 @@ def test_a_handler_that_gives_up_early_leaves_no_reader_thread_behind():
     for _ in stall_guarded(iter(range(1000)), 5.0, setting="S"):
         break  # the reader is blocked on a full pipe at this point
     assert wait_for(lambda: not reader_threads()), "the reader thread outlived its handler"
+
+
+def test_nothing_is_read_before_the_handler_asks():
+    """A handler waiting for a worker slot must not hold its caller's audio."""
+    read = []
+
+    def counted():
+        for item in range(10):
+            read.append(item)
+            yield item
+
+    guarded = stall_guarded(counted(), 5.0, setting="S")
+    assert next(guarded) == 0
+    time.sleep(0.3)  # the handler is busy (queued for a worker, say)
+    assert read == [0]
+    assert next(guarded) == 1 and read == [0, 1]
+    guarded.close()
+    assert wait_for(lambda: not reader_threads())

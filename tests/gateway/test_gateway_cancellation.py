@@ -86,3 +86,45 @@ def test_cancelling_the_gateway_call_cancels_the_transcription_call(tmp_path):
         channel.close()
         gateway.stop(0)
         backends.stop(0)
+
+
+class LateCancelContext:
+    """A servicer context whose cancel notice lands a moment after the request stream ended.
+
+    That is how gRPC's Python server may report a cancelled upload: the pending read completes
+    empty (the iterator simply stops) and the cancel arrives on a separate completion. Over a
+    real connection the order is a race; here it is the bad order every time.
+    """
+
+    def __init__(self):
+        self.callbacks = []
+
+    def add_callback(self, callback) -> bool:
+        self.callbacks.append(callback)
+        return True
+
+    def time_remaining(self):
+        return None
+
+    def cancel_soon(self) -> None:
+        threading.Timer(0.05, lambda: [callback() for callback in self.callbacks]).start()
+
+
+def test_an_upload_cancelled_before_the_notice_arrives_is_never_transcribed(tmp_path):
+    from fakes import FakeStages
+
+    from services.common.errors import Cancelled
+    from services.gateway.servicer import GatewayServicer
+
+    stages, context = FakeStages(), LateCancelContext()
+    servicer = GatewayServicer(lambda: stages, max_upload_bytes=10_000, spool_dir=tmp_path)
+
+    def cancelled_upload():
+        yield pb.TranscribeRequest(config=pb.TranscribeConfig(filename="x.wav", upload_size_bytes=1000))
+        yield pb.TranscribeRequest(content=b"RIFF")
+        context.cancel_soon()  # the stream ends here; the cancel notice is still on its way
+
+    with pytest.raises(Cancelled):
+        list(servicer.Transcribe(cancelled_upload(), context))
+    assert stages.calls == []  # not decoded, not transcribed as a 4-byte file
+    assert list(tmp_path.iterdir()) == []

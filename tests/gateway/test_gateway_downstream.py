@@ -10,7 +10,7 @@ from asr.preprocess.v1 import preprocess_service_pb2 as pre_pb
 from asr.preprocess.v1 import preprocess_service_pb2_grpc as pre_grpc
 from asr.transcription.v1 import transcription_service_pb2 as tr_pb
 from asr.transcription.v1 import transcription_service_pb2_grpc as tr_grpc
-from services.common.errors import DependencyFailed, InternalError
+from services.common.errors import DependencyFailed, InternalError, UploadStalled
 from services.common.server import build_server
 from services.common.settings import ServerSettings
 from services.gateway.downstream import Deadlines, Downstream, GrpcStages
@@ -119,3 +119,22 @@ def test_decoded_audio_must_match_the_preprocess_summary(tmp_path, announced, ne
     finally:
         handle.stop(0)
     assert servicer.config.upload_size_bytes == 40
+
+
+class StalledTranscription(tr_grpc.TranscriptionServiceServicer):
+    """Answers as a transcription service whose idle guard gave up on its caller's upload."""
+
+    def Transcribe(self, request_iterator, context):
+        next(request_iterator)
+        raise UploadStalled("the request stream stalled: no message arrived for 60 s (X)")
+        yield  # pragma: no cover - a generator, as the servicer contract has it
+
+
+def test_a_downstream_upload_stall_is_the_gateways_failure_not_the_callers():
+    handle = serve(StalledTranscription(), tr_grpc.add_TranscriptionServiceServicer_to_server,
+                   "asr.transcription.v1.TranscriptionService")
+    try:
+        with pytest.raises(DependencyFailed, match="transcription service gave up waiting for the gateway"):
+            stages_for(handle.port).transcribe(b"\0\0" * 1600, ChainOptions(), lambda e: None)
+    finally:
+        handle.stop(0)
