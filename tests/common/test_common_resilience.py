@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -97,3 +98,35 @@ def test_stop_reports_not_serving_and_drains_in_flight_calls():
     with pytest.raises(grpc.RpcError):  # new calls are refused once stopped
         stub.Merge(merge_pb.MergeRequest(), timeout=2)
     channel.close()
+
+
+SIGTERM_ON_A_WORKER_THREAD = """
+import signal, threading, time
+from services.merge.server import main
+
+def send_to_this_thread():
+    while signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # until run_service listens
+        time.sleep(0.01)
+    time.sleep(0.2)
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # not the main thread
+
+threading.Thread(target=send_to_this_thread, daemon=True).start()
+main()
+"""
+
+
+def test_sigterm_taken_by_another_thread_still_stops_the_service(tmp_path):
+    """The kernel may hand a process's SIGTERM to any thread; Python runs the handler on the
+    main thread only, which must therefore never sleep in an untimed wait."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ASR_MERGE_PORT": "0", "ASR_STATE_DIR": str(tmp_path),
+           "ASR_MERGE_GRACE_PERIOD_S": "0", "OTEL_TRACES_EXPORTER": "none"}
+    # Before the fix the service never woke up to run its handler: this call timed out.
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_ON_A_WORKER_THREAD], env=env, timeout=30,
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "received SIGTERM" in proc.stderr + proc.stdout
