@@ -109,6 +109,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         ended, _ = rpc_watch(context)
         meter = UploadMeter(first.config.upload_size_bytes, ended, what="upload",
                             field="config.upload_size_bytes")
+        self._check_upload_size(meter.declared)  # refused before a byte of it is sent
         spool = Path(tempfile.mkdtemp(prefix="asr-gateway-", dir=self._spool_dir))
         try:
             upload = spool / "upload"
@@ -121,17 +122,20 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         finally:
             shutil.rmtree(spool, ignore_errors=True)
 
+    def _check_upload_size(self, size: int) -> None:
+        if size > self._max_upload_bytes:
+            raise LimitExceeded(
+                f"the upload is larger than the limit of {self._max_upload_bytes} bytes",
+                metadata={"limit_bytes": str(self._max_upload_bytes)},
+            )
+
     def _receive(self, request_iterator, path: Path, meter: UploadMeter) -> int:
         with open(path, "wb") as out:
             for request in request_iterator:
                 if request.WhichOneof("payload") != "content":
                     raise InvalidInput("config may appear only once, as the first message", field="config")
                 meter.add(len(request.content))
-                if meter.received > self._max_upload_bytes:
-                    raise LimitExceeded(
-                        f"the upload is larger than the limit of {self._max_upload_bytes} bytes",
-                        metadata={"limit_bytes": str(self._max_upload_bytes)},
-                    )
+                self._check_upload_size(meter.received)
                 out.write(request.content)
         size = meter.finish()  # a cancelled or cut-off upload is never transcribed
         if size == 0:

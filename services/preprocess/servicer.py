@@ -15,7 +15,12 @@ from services.common.domain import MediaReport
 from services.common.errors import Cancelled, InvalidInput
 from services.common.scheduler import rpc_watch
 from services.common.streams import UploadMeter
-from services.preprocess.core import DecodeSummary, PreprocessOptions, Preprocessor
+from services.preprocess.core import (
+    DecodeSummary,
+    PreprocessOptions,
+    Preprocessor,
+    check_upload_size,
+)
 from services.preprocess.ffmpeg import CancelToken
 
 PCM_FORMAT = audio_pb2.PcmFormat(
@@ -61,6 +66,7 @@ class PreprocessServicer(pb_grpc.PreprocessServiceServicer):
         ended, _ = rpc_watch(context)
         meter = UploadMeter(config.upload_size_bytes, ended, what="upload",
                             field="config.upload_size_bytes")
+        check_upload_size(meter.declared, self._preprocessor.config.limits)  # before any byte arrives
         span = trace.get_current_span()
         for event in self._preprocessor.run(options, _content(request_iterator, meter), cancel):
             if isinstance(event, bytes):

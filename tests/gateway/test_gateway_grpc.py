@@ -106,6 +106,29 @@ def test_internal_errors_hide_the_traceback(gateway):
     assert "secret" not in err.value.details() and "Traceback" not in err.value.details()
 
 
+def test_a_declared_size_over_the_limit_is_refused_before_any_byte_is_sent(gateway):
+    import threading
+
+    stub, _, spool = gateway
+    sent, go_on = [], threading.Event()
+
+    def requests():
+        yield pb.TranscribeRequest(config=pb.TranscribeConfig(filename="x.wav", upload_size_bytes=5000))
+        go_on.wait(10)  # the file would follow only if the gateway kept reading
+        sent.append("content")
+        yield pb.TranscribeRequest(content=b"x" * 5000)
+
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.Transcribe(requests(), timeout=20))
+        content_sent = list(sent)
+    finally:
+        go_on.set()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "larger than the limit of 1000 bytes" in err.value.details()
+    assert content_sent == [] and list(spool.iterdir()) == []
+
+
 def test_upload_of_the_declared_size_is_transcribed_whole(gateway):
     stub, holder, _ = gateway
     responses = call(stub, b"RIFF" * 100, upload_size_bytes=400)

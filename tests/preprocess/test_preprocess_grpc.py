@@ -399,6 +399,9 @@ def test_upload_and_duration_limits(make_server, corpus):
     small = make_server(max_upload_bytes=100_000, max_audio_seconds=3)
     details = limit_error(refusal(small, (corpus / "media/clip.wav").read_bytes()), "max_upload_bytes")
     assert "100000 bytes" in details
+    # Declared too large: refused from the config alone (the one byte sent is never needed).
+    details = limit_error(refusal(small, b"x", upload_size_bytes=10**9), "max_upload_bytes")
+    assert "100000 bytes" in details
     details = limit_error(refusal(small, (corpus / "asr/000.flac").read_bytes()), "max_audio_seconds")
     assert "declares 5.35 s" in details and "3.00 s" in details
     assert small.spool_empty() and small.serving()
