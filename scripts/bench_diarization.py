@@ -7,8 +7,9 @@
 
 Prints one table: file, true speakers, found speakers, DER (collar 0.25 s, overlap scored) and its
 parts (missed speech, false alarm, speaker confusion), DER when told the true count, RTF, overlap
-found / true (seconds), the peak resident memory of the process after each file and, for the
-unscored long files, how far memory rose above the decoded audio while diarizing it.
+found / hit / true (seconds; hit = found on true overlap, collar 0), the peak resident memory of
+the process after each file and, for the unscored long files, how far memory rose above the
+decoded audio while diarizing it; then overlap precision and recall over the scored files.
 `--hard` adds the harder conversations of `make corpus-hard` (scripts/gen_dia_hard.py; used by
 default when build/corpus-hard/manifest.json exists). `--hour` adds one hour of audio: the
 10-minute file six times over, concatenated by ffmpeg into a temporary file; run it alone
@@ -113,6 +114,14 @@ def overlap_seconds(annotation) -> float:
     return sum(seg.duration for seg in annotation.get_overlap())
 
 
+def overlap_hit_seconds(reference, found) -> float:
+    """Seconds of the found overlap regions that lie on the reference's overlap (collar 0)."""
+    from pyannote.core import Segment
+
+    truth = reference.get_overlap()
+    return sum(truth.crop(Segment(r.start, r.end)).duration() for r in found)
+
+
 def hour_file(long_flac: Path, directory: Path) -> Path:
     """The 10-minute corpus file six times over (one hour), made by ffmpeg's concat demuxer."""
     import subprocess
@@ -175,12 +184,12 @@ def main() -> None:
         return not args.only or any(word in name for word in args.only)
 
     rows = []
+    totals = {"found": 0.0, "hit": 0.0, "true": 0.0, "invented": 0.0}
 
-    def add_row(name, true_count, outcome, scores, true_overlap, growth="-"):
-        found_overlap = sum(r.end - r.start for r in outcome.overlaps)
+    def add_row(name, true_count, outcome, scores, overlap_cells, growth="-"):
         rows.append((name, true_count, str(outcome.speaker_count), *scores,
                      f"{outcome.processing_seconds / outcome.audio_duration:.4f}",
-                     f"{found_overlap:.1f} / {true_overlap}", f"{peak_rss_mib():.0f}", growth))
+                     overlap_cells, f"{peak_rss_mib():.0f}", growth))
         print("  ".join(rows[-1]), flush=True)
 
     for root, item in scored:
@@ -193,9 +202,17 @@ def main() -> None:
         # The same file told the true count: separates counting errors from clustering errors.
         told = run(diarizer, audio, num_speakers=item["speakers"])
         told_error = der(reference, turns_to_annotation(told.exclusive_turns))
+        found = sum(r.end - r.start for r in outcome.overlaps)
+        hit, true = overlap_hit_seconds(reference, outcome.overlaps), overlap_seconds(reference)
+        if true > 0:
+            totals["found"] += found
+            totals["hit"] += hit
+            totals["true"] += true
+        else:
+            totals["invented"] += found
         add_row(item["audio"], str(item["speakers"]), outcome,
                 (f"{error:.2%}", f"{miss:.1%}", f"{false_alarm:.1%}", f"{confusion:.1%}", f"{told_error:.2%}"),
-                f"{overlap_seconds(reference):.1f}")
+                f"{found:.1f} / {hit:.1f} / {true:.1f}")
     for name, path in unscored:
         if not wanted(name):
             continue
@@ -203,15 +220,21 @@ def main() -> None:
         with RssSampler() as rss:
             outcome = run(diarizer, audio)
         del audio
-        add_row(name, "-", outcome, ("-",) * 5, "-", f"+{rss.peak - rss.start:.0f}")
+        found = sum(r.end - r.start for r in outcome.overlaps)
+        add_row(name, "-", outcome, ("-",) * 5, f"{found:.1f} / - / -", f"+{rss.peak - rss.start:.0f}")
     tmp.cleanup()
     header = ("file", "true speakers", "found speakers", "DER", "miss", "false alarm", "confusion",
-              "DER told count", "RTF", "overlap s found/true", "peak RSS MiB",
+              "DER told count", "RTF", "overlap s found/hit/true", "peak RSS MiB",
               "RSS growth while diarizing MiB")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     print()
     for row in [header, tuple("-" * w for w in widths), *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+    if totals["true"]:
+        print(f"\noverlap detection (collar 0) over the files with true overlap: precision "
+              f"{totals['hit'] / max(totals['found'], 1e-9):.2f}, recall {totals['hit'] / totals['true']:.2f} "
+              f"({totals['hit']:.1f} of {totals['found']:.1f} s found on {totals['true']:.1f} s true); "
+              f"invented on the scored files without overlap: {totals['invented']:.1f} s")
 
 
 if __name__ == "__main__":
