@@ -14,9 +14,9 @@ Measured with scripts/bench_diarization.py (collar 0): on the five overlap-rich 
 of `make corpus-overlap` (20 backchannels over another voice each, clean and 12 dB noise; the
 threshold was tuned on the two overlap_two files) precision 0.70, recall 0.45; on short_turns
 2.2 of 2.8 s found lie on 2.4 s of true overlap; on corpus-dev and the other hard cases (no
-overlap, about 15 min) 7.3 s of invented overlap in all. Only windows wholly inside a turn are scored, and the regions found
-are secondary tracks (`core.SECONDARY_TRACK_PREFIX`), so exclusive turns and speaker names are
-the same with or without this pass. Cost: about 60% more time (one more encoder pass over the
+overlap, about 15 min) 7.3 s of invented overlap in all. Only windows wholly inside a turn are
+scored, and the regions found are secondary tracks (`core.SECONDARY_TRACK_PREFIX`), so exclusive
+turns and speaker names are the same with or without this pass. Cost: about 60% more time (one more encoder pass over the
 speech in short windows, hop 0.2 s); the scoring itself is linear in the turns' lengths.
 """
 
