@@ -11,7 +11,8 @@ Rules (`MergeOptions` holds the numbers):
   a one-word cue at the end; cuts prefer punctuation (`,` `;` `:`) and pauses of 0.5 s or more.
 - On screen 0.7–7 s: a cue's words span at most 7 s; a cue shorter than 0.7 s
   is extended into the following silence, up to the next cue's start (and the audio's end when
-  known), so short cues remain only where speech follows at once.
+  known); when that is not room enough (the last words of a file) it starts earlier instead, into
+  the silence before it. Short cues remain only where speech precedes and follows at once.
 - SRT has no escaping, so "-->" inside a word is written "->"; VTT escapes `& < >` instead.
 - Cues never overlap: an overlapping end is trimmed to the next cue's start; times are whole
   milliseconds and every cue lasts at least 1 ms (WebVTT requires end > start).
@@ -194,6 +195,11 @@ def _fix_timing(cues: list[Cue], options: MergeOptions, audio_duration: float) -
         if limit is not None:
             target = min(target, max(limit, ends[i]))
         ends[i] = max(ends[i], target)
+        if ends[i] - starts[i] < min_ms:
+            # The next cue or the end of the audio is too close (a last word at the very end of
+            # a file): start earlier instead, into the silence before, never into the last cue.
+            floor = ends[i - 1] if i > 0 else 0
+            starts[i] = max(floor, min(starts[i], ends[i] - min_ms))
     return [
         Cue(s, e, c.speaker, c.lines, c.words) for s, e, c in zip(starts, ends, cues)
     ]

@@ -7,8 +7,10 @@ are decoded, then one `TranscriptionSummary`.
 Two decoding paths:
 - **sequential** (audio under `LONG_FORM_MIN_S`, or the max-quality profile): plain
   faster-whisper `WhisperModel.transcribe`, identical output to calling it directly.
-- **batched** (long audio, balanced and fast profiles): windows cut at silences and decoded in
-  batches with timestamps, failed windows redone with temperature fallback (see `longform`).
+- **lockstep** (long audio, balanced profile): the audio cut at its longest pauses into chunks,
+  each decoded by plain faster-whisper, their model calls batched together (see `lockstep`).
+- **batched** (long audio, fast profile): windows cut at silences and decoded in batches with
+  timestamps, failed windows redone with temperature fallback (see `longform`).
 
 Both paths pass through the hallucination guards (`guards`): silent windows dropped, phrase
 loops cut, and a decode without VAD when VAD hears nothing in audio that has energy.
@@ -31,7 +33,7 @@ from opentelemetry import trace
 from services.common.domain import SAMPLE_RATE, ProgressUpdate, Segment, Word
 from services.common.errors import InvalidInput
 from services.common.scheduler import WorkQueue
-from services.transcription import guards, longform
+from services.transcription import guards, lockstep, longform
 from services.transcription.longform import VadParams, Window
 from services.transcription.models import ModelRegistry
 
@@ -41,7 +43,8 @@ tracer = trace.get_tracer(__name__)
 DEFAULT_LANGUAGE = "pt-BR"
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 """faster-whisper's own fallback schedule; sampling above 0 makes output vary run to run."""
-SEQUENTIAL, BATCHED = "sequential", "batched"
+SEQUENTIAL, BATCHED, LOCKSTEP = "sequential", "batched", "lockstep"
+STRATEGIES = (SEQUENTIAL, BATCHED, LOCKSTEP)
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ class Profile:
 
 PROFILES = {
     "max_quality": Profile("max_quality", 5, 5, DEFAULT_TEMPERATURES, SEQUENTIAL, 5),
-    "balanced": Profile("balanced", 5, 5, DEFAULT_TEMPERATURES, BATCHED, 3),
+    "balanced": Profile("balanced", 5, 5, DEFAULT_TEMPERATURES, LOCKSTEP, 5),
     "fast": Profile("fast", 1, 1, (0.0, 0.4, 0.8), BATCHED, 1),
 }
 DEFAULT_PROFILE = "balanced"
@@ -128,6 +131,8 @@ class TranscriptionSummary:
     vad_fallback: bool = False
     redecoded_windows: int = 0
     repetitions_removed: int = 0
+    invented_removed: int = 0
+    """Segments dropped as invented: squeezed improbable words, or text where VAD heard none."""
 
 
 @dataclass
@@ -138,7 +143,17 @@ class _Stats:
     vad_fallback: bool = False
     redecoded: int = 0
     tails: int = 0
+    invented: int = 0
+    speech: list[tuple[float, float]] | None = None
+    """VAD speech ranges of the whole audio, computed once (None: VAD off)."""
     loops: guards.LoopFilter = field(default_factory=guards.LoopFilter)
+
+    def invented_segment(self, segment: Segment) -> bool:
+        """Whether `segment` is one of Whisper's inventions (see `guards`); counts it."""
+        invented = guards.is_squeezed(segment) or (
+            not self.vad_fallback and guards.outside_speech(segment, self.speech or []))
+        self.invented += invented
+        return invented
 
 
 def whisper_language(language_code: str) -> str | None:
@@ -170,7 +185,7 @@ def resolve(options: TranscriptionOptions, duration: float, long_form_min_s: flo
     if options.beam_size > 20 or options.best_of > 20:
         raise InvalidInput("beam_size and best_of must be at most 20", field="config.beam_size")
     strategy = options.strategy or profile.long_form
-    if strategy not in (SEQUENTIAL, BATCHED):
+    if strategy not in STRATEGIES:
         raise InvalidInput(f"unknown strategy {options.strategy!r}", field="config.strategy")
     if duration < long_form_min_s:
         strategy = SEQUENTIAL
@@ -268,10 +283,20 @@ class Transcriber:
                 })
                 yield ProgressUpdate(0.0, 0.0, duration, message=f"transcribing with {spec.name}")
                 count = 0
+                if len(audio) > 0 and decoding.vad_filter:
+                    with tracer.start_as_current_span("transcription.vad") as vad_span:
+                        stats.speech = longform.speech_ranges(audio, self._detect)
+                        vad_span.set_attributes({
+                            "asr.audio.duration_s": duration,
+                            "asr.vad.speech_ranges": len(stats.speech),
+                            "asr.vad.speech_s": sum(b - a for a, b in stats.speech)})
                 if len(audio) > 0:
-                    run = self._batched if decoding.strategy == BATCHED else self._sequential
+                    run = {SEQUENTIAL: self._sequential, BATCHED: self._batched,
+                           LOCKSTEP: self._lockstep}[decoding.strategy]
                     for event in run(model, audio, decoding, stats, started):
                         if isinstance(event, Segment):
+                            if stats.invented_segment(event):
+                                continue
                             for segment in stats.loops.push(event):
                                 yield _renumber(segment, count)
                                 count += 1
@@ -291,6 +316,7 @@ class Transcriber:
                     "asr.vad_fallback": stats.vad_fallback, "asr.redecoded_windows": stats.redecoded,
                     "asr.tail_batches": stats.tails,
                     "asr.repetitions_removed": stats.loops.removed,
+                    "asr.invented_removed": stats.invented,
                 })
             self._on_work(duration, elapsed)
             yield ProgressUpdate(1.0, duration, duration, message="transcription done")
@@ -310,6 +336,7 @@ class Transcriber:
                 vad_fallback=stats.vad_fallback,
                 redecoded_windows=stats.redecoded,
                 repetitions_removed=stats.loops.removed,
+                invented_removed=stats.invented,
             )
 
     # -- sequential: plain faster-whisper -------------------------------------------------
@@ -351,20 +378,45 @@ class Transcriber:
                 done = min(segment.end, duration)
                 yield _progress(done, duration, started)
 
+    # -- lockstep: chunks decoded sequentially, their model calls batched --------------------
+
+    def _lockstep(self, model, audio: np.ndarray, decoding: Decoding, stats: _Stats,
+                  started: float) -> Iterator[ProgressUpdate | Segment]:
+        duration = len(audio) / SAMPLE_RATE
+        speech = stats.speech if stats.speech is not None else [(0.0, duration)]
+        streams = decoding.batch_size or longform.batch_size_for(
+            duration, self.device, self._free_memory(), self.max_batch_size)
+        chunks = lockstep.plan_chunks(speech, streams)
+        if len(chunks) < 2:  # short or VAD heard nothing: plain sequential, with its fallback
+            yield from self._sequential(model, audio, decoding, stats, started)
+            return
+        if decoding.language is None:
+            first = longform.plan_windows(speech)[0].samples(audio)
+            language, probability, _ = model.detect_language(first)
+            decoding = _replace_language(decoding, language)
+            stats.language, stats.language_probability = language, probability
+        stats.batch_size = len(chunks)
+        arrays = [longform.to_float(audio[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)])
+                  for a, b in chunks]
+        kwargs = dict(vad_filter=decoding.vad_filter, temperature=list(decoding.temperatures),
+                      **decoding.whisper_kwargs())
+        with tracer.start_as_current_span("transcription.lockstep") as span:
+            span.set_attributes({"asr.batch_size": len(chunks), "asr.audio.duration_s": duration})
+            for index, raw in lockstep.transcribe_chunks(model, arrays, kwargs, self._on_batch):
+                offset = chunks[index][0]
+                segment = to_segment(0, raw, lambda t, offset=offset: offset + float(t))
+                if guards.is_silent(segment):
+                    continue
+                yield segment
+                yield _progress(min(segment.end, duration), duration, started)
+
     # -- batched: windows at silences, decoded together ---------------------------------------
 
     def _batched(self, model, audio: np.ndarray, decoding: Decoding, stats: _Stats,
                  started: float) -> Iterator[ProgressUpdate | Segment]:
         duration = len(audio) / SAMPLE_RATE
-        with tracer.start_as_current_span("transcription.vad") as span:
-            if decoding.vad_filter:
-                speech = longform.speech_ranges(audio, self._detect)
-            else:
-                speech = [(0.0, duration)]
-            windows = longform.plan_windows(speech)
-            span.set_attributes({"asr.audio.duration_s": duration, "asr.vad.speech_ranges": len(speech),
-                                 "asr.windows": len(windows),
-                                 "asr.vad.speech_s": sum(b - a for a, b in speech)})
+        speech = stats.speech if stats.speech is not None else [(0.0, duration)]
+        windows = longform.plan_windows(speech)
         if not windows and guards.has_energy(audio):
             stats.vad_fallback = True
             windows = longform.plan_windows([(0.0, duration)])

@@ -1,9 +1,11 @@
 """Hallucination guards: pure functions over audio samples and domain segments.
 
-Whisper invents text in three recognisable ways: on silence or noise (segments the model itself
-marks as probably not speech), in loops that repeat one phrase over and over, and, when VAD
-throws everything away, by staying silent on audio that does hold speech. These functions
-detect each case; `core` decides what to do.
+Whisper invents text in four recognisable ways: on silence or noise (segments the model itself
+marks as probably not speech), in loops that repeat one phrase over and over, at the end of the
+audio or in a pause (a phrase from the context "said" in a few milliseconds with near-zero word
+probabilities, or words where VAD heard no speech at all), and, when VAD throws everything away,
+by staying silent on audio that does hold speech. These functions detect each case; `core`
+decides what to do.
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ MAX_REPEATS = 3
 """No phrase may appear more than this many times in a row unless the audio says so."""
 MAX_PHRASE_WORDS = 8
 """Longest phrase (in words) checked for loops."""
+INVENTED_MAX_PROBABILITY = 0.3
+"""A segment whose words average below this probability..."""
+INVENTED_MAX_SECONDS_PER_WORD = 0.1
+"""...and that lasts less than this per word (faster than anyone speaks) was not said."""
+SPEECH_MARGIN_S = 0.5
+"""Word timings may run this far outside a VAD speech range and still count as inside it."""
 ENERGY_FLOOR_DBFS = -50.0
 """RMS level above which audio is considered to hold signal (for the no-VAD fallback)."""
 
@@ -50,6 +58,39 @@ def is_silent(segment: Segment) -> bool:
     return (
         segment.no_speech_prob > NO_SPEECH_THRESHOLD and segment.avg_logprob < LOG_PROB_THRESHOLD
     )
+
+
+def is_squeezed(segment: Segment) -> bool:
+    """Whisper's end-of-audio invention: improbable words squeezed into a few milliseconds.
+
+    Seen on a 30 s conversation: "Bom dia, estou verificando aqui no sistema." (a phrase from the
+    context) at 30.10-30.18 s, word probabilities 0.00-0.24, after the last speech.
+    """
+    words = segment.words
+    if not words:
+        return False
+    span = max(w.end for w in words) - min(w.start for w in words)
+    mean = sum(w.probability for w in words) / len(words)
+    return mean < INVENTED_MAX_PROBABILITY and span < INVENTED_MAX_SECONDS_PER_WORD * len(words)
+
+
+def outside_speech(segment: Segment, speech: list[tuple[float, float]],
+                   margin: float = SPEECH_MARGIN_S) -> bool:
+    """True when none of the segment's words touches a VAD speech range (± `margin`).
+
+    Text after the last speech or inside a pause was not heard by VAD: Whisper took it from the
+    context. Untimed segments and an empty `speech` (VAD heard nothing) are never judged.
+    """
+    if not speech or not segment.words:
+        return False
+    import bisect
+
+    starts = [a for a, _ in speech]
+    for word in segment.words:
+        i = bisect.bisect_right(starts, word.end + margin) - 1
+        if i >= 0 and speech[i][1] + margin >= word.start:
+            return False
+    return True
 
 
 def is_failed_window(avg_logprob: float, compression_ratio: float, no_speech_prob: float) -> bool:

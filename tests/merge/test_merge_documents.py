@@ -111,8 +111,10 @@ def _check_timing(i: int, cues: list, start: float, end: float, options: MergeOp
     if i > 0:
         assert start >= _times(cues[i - 1])[1] - 1e-9, "cues never overlap"
     if end - start < options.min_cue_s - 1e-9:
-        # Short only where the next cue starts right away (no silence to extend into).
+        # Short only where the next cue starts right away (no silence to extend into) and the
+        # previous one ends right before it (no silence to start earlier into).
         assert i + 1 < len(cues) and abs(_times(cues[i + 1])[0] - end) < 1e-9
+        assert i == 0 and start < 1e-9 or i > 0 and abs(_times(cues[i - 1])[1] - start) < 1e-9
 
 
 def _check_words(result: MergeResult, shown: list[str], shown_speakers: list[str],
@@ -188,8 +190,18 @@ def test_short_cues_extend_into_silence_but_not_over_the_next_or_past_the_audio(
     segs = [sentence(0.0, "Sim.", 0.2, 0), sentence(0.5, "Não.", 0.2, 1), sentence(5.0, "Talvez.", 0.3, 2)]
     result = merge(segs)
     cues = build_cues(result.segments, OPTIONS, audio_duration=5.5)
-    assert [(c.start_ms, c.end_ms) for c in cues] == [(0, 500), (500, 1200), (5000, 5500)]
+    # The last cue cannot grow past the audio's end, so it starts earlier, into the silence.
+    assert [(c.start_ms, c.end_ms) for c in cues] == [(0, 500), (500, 1200), (4800, 5500)]
     check_srt(render_srt(result.segments, DocumentInfo(duration=0), OPTIONS), result)
+
+
+def test_a_last_word_at_the_very_end_of_the_file_still_lasts_the_minimum():
+    segs = [sentence(10.0, "Bom dia.", 0.5, 0), sentence(30.10, "Obrigada.", 0.08, 1)]
+    result = merge(segs)
+    cues = build_cues(result.segments, OPTIONS, audio_duration=30.18)
+    assert [(c.start_ms, c.end_ms) for c in cues][-1] == (29480, 30180)
+    assert all(c.end_ms - c.start_ms >= 700 for c in cues)
+    check_srt(render_srt(result.segments, DocumentInfo(duration=30.18), OPTIONS), result)
 
 
 def test_overlapping_word_times_do_not_give_overlapping_cues():

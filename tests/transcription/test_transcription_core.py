@@ -274,7 +274,8 @@ def test_long_audio_is_batched_and_a_dropped_tail_is_decoded_in_the_next_batch(t
     batch_sizes = []
     transcriber = fake_transcriber(tmp_path, FakeModel(always=True), pipeline_factory=lambda m: pipeline,
                                    detect_speech=sentence_vad, on_batch=batch_sizes.append)
-    segments, summary, events = collect(transcriber, long_audio(300), batch_size=4)
+    segments, summary, events = collect(transcriber, long_audio(300), batch_size=4,
+                                       strategy="batched")
     assert summary.strategy == "batched" and summary.batch_size == 4
     starts = [s.start for s in segments]
     assert starts == sorted(starts)  # tail decoded later, still emitted in time order
@@ -291,7 +292,7 @@ def test_a_failed_window_is_redone_with_temperature_fallback(tmp_path):
     model = FakeModel(always=True, text="texto refeito")
     transcriber = fake_transcriber(tmp_path, model, pipeline_factory=lambda m: FakePipeline(fail={0}),
                                    detect_speech=sentence_vad)
-    segments, summary, _ = collect(transcriber, long_audio(120))
+    segments, summary, _ = collect(transcriber, long_audio(120), strategy="batched")
     assert summary.redecoded_windows == 1
     assert segments[0].text == "texto refeito"
     assert model.calls[0]["temperature"] == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
@@ -318,7 +319,7 @@ def test_spans_for_vad_and_batches_carry_domain_attributes(tmp_path, monkeypatch
     monkeypatch.setattr(core, "tracer", provider.get_tracer("test"))
     transcriber = fake_transcriber(tmp_path, FakeModel(always=True), pipeline_factory=lambda m: FakePipeline(),
                                    detect_speech=sentence_vad)
-    collect(transcriber, long_audio(120))
+    collect(transcriber, long_audio(120), strategy="batched")
     spans = {s.name: s for s in exporter.get_finished_spans()}
     assert {"transcription.decode", "transcription.vad", "transcription.batch"} <= set(spans)
     decode = spans["transcription.decode"].attributes

@@ -121,13 +121,30 @@ def test_options_reach_the_core(stub, corpus):
     assert "conta corrente" in " ".join(s.text for s in segments).lower()
 
 
+def test_long_audio_in_lockstep_agrees_with_plain_and_comes_in_order(stub, corpus):
+    from faster_whisper import WhisperModel
+
+    from scripts.metrics import wer
+
+    pcm = load_pcm(corpus / "long/long.flac")[: 130 * 32000]
+    segments, progress, results = run(stub, pcm, temperatures=[0.0])  # balanced: lockstep
+    assert results[0].strategy == "lockstep" and results[0].batch_size == 2
+    starts = [s.start_offset.ToNanoseconds() for s in segments]
+    assert starts == sorted(starts) and starts[-1] > 100 * 10**9
+    plain = WhisperModel(str(MODELS_DIR / "whisper-base"), device="cpu", compute_type="int8", cpu_threads=2)
+    audio = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0
+    expected = " ".join(s.text for s in plain.transcribe(audio, language="pt", temperature=0.0, vad_filter=True)[0])
+    assert wer([expected], [" ".join(s.text for s in segments)]) < 0.08
+
+
 def test_long_audio_is_batched_in_order_and_agrees_with_plain(stub, corpus):
     from faster_whisper import WhisperModel
 
     from scripts.metrics import wer
 
     pcm = load_pcm(corpus / "long/long.flac")[: 75 * 32000]
-    segments, progress, results = run(stub, pcm, temperatures=[0.0])
+    segments, progress, results = run(stub, pcm, temperatures=[0.0],
+                                      strategy=pb.LONG_FORM_STRATEGY_BATCHED)
     assert results[0].strategy == "batched" and results[0].batch_size >= 2
     starts = [s.start_offset.ToNanoseconds() for s in segments]
     assert starts == sorted(starts)

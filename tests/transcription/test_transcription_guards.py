@@ -77,3 +77,65 @@ def test_energy_floor(level, expected):
     noise = (level * rng.standard_normal(16000)).astype(np.float32)
     assert guards.has_energy(noise) is expected
     assert guards.has_energy((noise * 32768).astype(np.int16)) is expected
+
+
+# -- inventions at the end of the audio and in pauses ------------------------------------------
+
+def squeezed_tail() -> Segment:
+    """The invented last segment of a 30 s conversation, as Whisper gave it."""
+    texts = "Bom dia, estou verificando aqui no sistema.".split()
+    probs = [0.0, 0.24, 0.01, 0.05, 0.0, 0.02, 0.1]
+    ws = tuple(Word(30.10 + 0.0114 * k, 30.10 + 0.0114 * (k + 1), t, p)
+               for k, (t, p) in enumerate(zip(texts, probs)))
+    return Segment(9, 30.10, 30.18, " ".join(texts), ws)
+
+
+def test_improbable_words_squeezed_into_milliseconds_are_invented():
+    assert guards.is_squeezed(squeezed_tail())
+
+
+def test_real_speech_is_not_squeezed_even_when_fast_or_improbable():
+    fast = Segment(0, 0, 1.2, "", tuple(words("um dois três quatro cinco seis", step=0.2)))
+    doubtful = Segment(1, 0, 2.4, "", tuple(Word(w.start, w.end, w.word, 0.1)
+                                            for w in words("fala muito baixa aqui", step=0.6)))
+    assert not guards.is_squeezed(fast)  # 5 words/s: quick, but said
+    assert not guards.is_squeezed(doubtful)  # improbable, but it takes real time
+    assert not guards.is_squeezed(Segment(2, 0, 1, "sem palavras"))
+
+
+def test_text_after_the_last_speech_or_inside_a_pause_is_outside_speech():
+    speech = [(0.5, 10.0), (14.0, 29.0)]
+    after = Segment(0, 30.1, 31.0, "", tuple(words("obrigado", start=30.1)))
+    in_pause = Segment(1, 11.0, 12.5, "", tuple(words("tchau tchau", start=11.0)))
+    edge = Segment(2, 10.3, 11.0, "", tuple(words("final", start=10.3)))  # within the margin
+    inside = Segment(3, 15.0, 16.0, "", tuple(words("dentro", start=15.0)))
+    assert guards.outside_speech(after, speech) and guards.outside_speech(in_pause, speech)
+    assert not guards.outside_speech(edge, speech) and not guards.outside_speech(inside, speech)
+    assert not guards.outside_speech(after, [])  # VAD heard nothing: not judged here
+
+
+def test_the_core_drops_inventions_and_counts_them(tmp_path):
+    from tests.transcription.test_transcription_core import (
+        FakeModel,
+        FakeSegment,
+        collect,
+        fake_transcriber,
+    )
+
+    class InventsAtTheEnd(FakeModel):
+        def transcribe(self, audio, **kw):
+            from types import SimpleNamespace
+
+            real = FakeSegment(1.0, 4.0, "bom dia a todos")
+            tail = FakeSegment(9.5, 9.55, "estou verificando aqui no sistema")
+            for w in tail.words:
+                w.probability = 0.05
+            pause = FakeSegment(6.0, 7.0, "obrigado")
+            return iter([real, pause, tail]), SimpleNamespace(language="pt", language_probability=1.0)
+
+    transcriber = fake_transcriber(tmp_path, InventsAtTheEnd(),
+                                   detect_speech=lambda block: [(0.9, 4.2)])
+    audio = np.zeros(16000 * 10, dtype=np.int16)
+    segments, summary, _ = collect(transcriber, audio)
+    assert [s.text for s in segments] == ["bom dia a todos"]
+    assert summary.invented_removed == 2
