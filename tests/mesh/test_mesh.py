@@ -39,8 +39,18 @@ def test_clips_give_exactly_plain_faster_whisper_words(client, manifest, corpus,
     # The service's repetition guard is applied to the plain words too: at T=0 plain
     # faster-whisper loops on asr/011 ("Amiglio" ×10 with zero-length words), and cutting such
     # loops to three copies is the service's documented behaviour, not a recognition difference.
+    # So is its invention guard (squeezed improbable words, text where VAD heard no speech).
+    from faster_whisper import decode_audio
+
+    from services.transcription import guards, longform
     from services.transcription.core import to_segment
     from services.transcription.guards import cut_loops
+
+    def detect(block):
+        from faster_whisper.vad import get_speech_timestamps
+
+        found = get_speech_timestamps(block, longform.VadParams().options(longform.WINDOW_S))
+        return [(t["start"] / 16000, t["end"] / 16000) for t in found]
 
     mismatches = []
     for entry in manifest["asr"]:
@@ -48,7 +58,10 @@ def test_clips_give_exactly_plain_faster_whisper_words(client, manifest, corpus,
         segments, _ = plain_model.transcribe(
             str(path), language="pt", beam_size=5, word_timestamps=True, vad_filter=True, temperature=0.0
         )
-        guarded, _ = cut_loops([to_segment(k, s) for k, s in enumerate(segments)])
+        speech = longform.speech_ranges(decode_audio(str(path)), detect)
+        kept = [to_segment(k, s) for k, s in enumerate(segments)]
+        kept = [s for s in kept if not guards.is_squeezed(s) and not guards.outside_speech(s, speech)]
+        guarded, _ = cut_loops(kept)
         expected = [w.word for s in guarded for w in s.words]
         options = TranscribeOptions(temperatures=(0.0,), loudness_normalization=False)
         got = words_of(client.transcribe(path, options))
@@ -80,6 +93,16 @@ def test_conversation_has_speakers_and_valid_srt(client, corpus, tmp_path):
     assert data["trace_id"] == result.trace_id
     assert {"language", "duration", "speakers", "segments"} <= set(data)
     assert all(w["speaker"] for s in data["segments"] for w in s["words"])
+    # Nothing invented: every segment touches true speech, and no cue is shorter than 0.7 s
+    # (a last word at the very end of the file included).
+    truth = reference.get_timeline().support()
+    for segment in data["segments"]:
+        start, end = segment["words"][0]["start"], segment["words"][-1]["end"]
+        assert any(t.start - 0.5 <= end and start <= t.end + 0.5 for t in truth), segment["text"]
+    for i, cue in enumerate(cues):
+        if (cue.end - cue.start).total_seconds() < 0.7:  # only between two touching cues
+            assert 0 < i < len(cues) - 1
+            assert cues[i - 1].end == cue.start and cue.end == cues[i + 1].start
 
 
 @pytest.mark.parametrize("name", ["silence_10s.wav", "noise_10s.wav"])
