@@ -97,8 +97,11 @@ class _Encoding:
 class _Call:
     encoding: _Encoding
     prompt: list[int]
+    """generate: the prompt; align: the text tokens to align."""
     kwargs: dict
     key: tuple
+    kind: str = "generate"
+    num_frames: int = 0
     result: Any = None
     error: BaseException | None = None
     done: bool = False
@@ -109,8 +112,9 @@ class LockstepBatcher:
     """Collects `generate` calls from `streams` threads and runs them as batches.
 
     A batch runs when every live thread is waiting on a call, so the threads advance together.
-    Calls are grouped by their decoding arguments (a thread in temperature fallback samples,
-    the others search with a beam), each group one batched encode + generate.
+    Calls are grouped by kind (decode, or word-timestamp alignment) and arguments (a thread in
+    temperature fallback samples, the others search with a beam); each group is one batched
+    encode + generate (or align).
     """
 
     model: Any  # ctranslate2.models.Whisper
@@ -134,10 +138,17 @@ class LockstepBatcher:
             self._cond.notify_all()
 
     def generate(self, encoding: _Encoding, prompt: list[int], kwargs: dict):
+        has_context = self.sot >= 0 and prompt.index(self.sot) > 0
+        return self._submit(_Call(encoding, prompt, kwargs, ("generate", has_context, *_key(kwargs))))
+
+    def align(self, encoding: _Encoding, text_tokens: list[int], num_frames: int, kwargs: dict):
+        """Word-timestamp alignment of one window's text, batched like `generate`."""
+        return self._submit(_Call(encoding, text_tokens, kwargs, ("align", *_key(kwargs)),
+                                  kind="align", num_frames=num_frames))
+
+    def _submit(self, call: _Call):
         if self.cancelled:
             raise LockstepCancelled()
-        has_context = self.sot >= 0 and prompt.index(self.sot) > 0
-        call = _Call(encoding, prompt, kwargs, (has_context, *_key(kwargs)))
         with self._cond:
             self._pending.append(call)
             self._maybe_run()
@@ -180,11 +191,17 @@ class LockstepBatcher:
             out = np.asarray(out)
             for k, encoding in enumerate(fresh):
                 encoding.output = out[k]
-        batch = np.ascontiguousarray(np.stack([c.encoding.output for c in group]))
-        self.on_batch(len(group))
-        prompts = _align_prompts([c.prompt for c in group], self.sot)
-        results = self.model.generate(
-            ctranslate2.StorageView.from_array(batch), prompts, **group[0].kwargs)
+        batch = ctranslate2.StorageView.from_array(
+            np.ascontiguousarray(np.stack([c.encoding.output for c in group])))
+        if group[0].kind == "align":
+            kwargs = dict(group[0].kwargs)
+            start = kwargs.pop("start_sequence")
+            results = self.model.align(batch, start, [c.prompt for c in group],
+                                       [c.num_frames for c in group], **kwargs)
+        else:
+            self.on_batch(len(group))
+            prompts = _align_prompts([c.prompt for c in group], self.sot)
+            results = self.model.generate(batch, prompts, **group[0].kwargs)
         for call, result in zip(group, results):
             call.result = result
 
@@ -228,8 +245,14 @@ class _BatchedModel:
             return self._real.generate(encoder_output, prompts, **kwargs)
         return [self._batcher.generate(encoder_output, prompts[0], kwargs)]
 
-    def align(self, encoder_output, *args, **kwargs):
-        return self._real.align(_storage(encoder_output), *args, **kwargs)
+    def align(self, encoder_output, start_sequence, text_tokens, num_frames, **kwargs):
+        if not isinstance(encoder_output, _Encoding) or len(text_tokens) != 1:
+            return self._real.align(_storage(encoder_output), start_sequence, text_tokens,
+                                    num_frames, **kwargs)
+        frames = num_frames[0] if isinstance(num_frames, list) else num_frames
+        result = self._batcher.align(encoder_output, list(text_tokens[0]), int(frames),
+                                     {"start_sequence": list(start_sequence), **kwargs})
+        return [result]
 
     def detect_language(self, encoder_output, *args, **kwargs):
         return self._real.detect_language(_storage(encoder_output), *args, **kwargs)

@@ -155,7 +155,8 @@ def test_a_model_error_reaches_every_thread_of_the_batch():
 
 @pytest.mark.models
 def test_each_chunk_gets_what_plain_faster_whisper_gives_it(corpus):
-    """Four single-window chunks (no context to align): batched output == per-chunk plain."""
+    """Four single-window chunks (no context to align): batched output == per-chunk plain, words
+    and their timestamps (alignment runs batched too)."""
     from faster_whisper import WhisperModel, decode_audio
 
     from tests.conftest import MODELS_DIR
@@ -166,12 +167,15 @@ def test_each_chunk_gets_what_plain_faster_whisper_gives_it(corpus):
     chunks = [decode_audio(str(corpus_dir / "asr" / f"{i:03d}.flac")) for i in (0, 3, 6, 9)]
     kwargs = dict(language="pt", beam_size=5, word_timestamps=True, vad_filter=True,
                   temperature=[0.0])
-    plain = [[s.text for s in whisper_model.transcribe(c, **kwargs)[0]] for c in chunks]
+    def timed(segment):
+        return segment.text, [(w.word, round(w.start, 2), round(w.end, 2)) for w in segment.words]
+
+    plain = [[timed(s) for s in whisper_model.transcribe(c, **kwargs)[0]] for c in chunks]
     sizes: list[int] = []
-    together: list[list[str]] = [[] for _ in chunks]
+    together: list[list] = [[] for _ in chunks]
     order = []
     for index, segment in lockstep.transcribe_chunks(whisper_model, chunks, kwargs, sizes.append):
-        together[index].append(segment.text)
+        together[index].append(timed(segment))
         order.append(index)
     assert together == plain
     assert order == sorted(order), "chunks come out in time order"
