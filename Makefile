@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 export PYANNOTE_METRICS_ENABLED := false
 export ASR_CORPUS_DIR := $(CORPUS)
 
-.PHONY: help setup system-deps protos model run test test-fast lint buf proto-baseline clean bench-long corpus-hard corpus-overlap
+.PHONY: help setup system-deps protos model run test test-fast lint buf proto-baseline clean bench-long corpus-hard corpus-overlap bench-accuracy
 
 help:  ## List targets.
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -61,7 +61,7 @@ test-fast: setup  ## Only the pure-core and in-process gRPC tiers.
 	$(PY) -m pytest -m "not models and not mesh" $(PYTEST_ARGS)
 
 lint: setup buf  ## Lint Python (ruff) and protos (buf STANDARD).
-	$(VENV)/bin/ruff check services clients tests scripts
+	$(VENV)/bin/ruff check services clients tests scripts benchmarks
 
 buf: .tools/node_modules/.bin/buf  ## Lint the protos and refuse wire-breaking changes against the frozen baseline.
 	.tools/node_modules/.bin/buf lint
@@ -73,6 +73,10 @@ proto-baseline: .tools/node_modules/.bin/buf  ## Freeze the current protos as th
 	.tools/node_modules/.bin/buf build --exclude-source-info -o protos/baseline/v1.json
 .tools/node_modules/.bin/buf:
 	@mkdir -p .tools && cd .tools && npm install --silent --no-save --no-audit --no-fund @bufbuild/buf@1 >/dev/null
+
+bench-accuracy: setup  ## Plain faster-whisper vs the mesh on the validation corpus, tune and validate (slow).
+	@test -f build/corpus-validate/manifest.json || $(MAKE) corpus-validate
+	$(PY) benchmarks/bench_accuracy.py --corpus build/corpus-validate
 
 bench-long: setup  ## Mesh vs plain faster-whisper on the 10-minute file (slow).
 	$(PY) scripts/bench_long.py $(CORPUS)/long/long.flac
