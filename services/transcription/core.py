@@ -143,6 +143,7 @@ class _Stats:
     vad_fallback: bool = False
     redecoded: int = 0
     tails: int = 0
+    gain_db: float = 0.0
     invented: int = 0
     speech: list[tuple[float, float]] | None = None
     """VAD speech ranges of the whole audio, computed once (None: VAD off)."""
@@ -220,7 +221,8 @@ class Transcriber:
                  on_batch: Callable[[int], None] | None = None,
                  on_work: Callable[[float, float], None] | None = None,
                  pipeline_factory: Callable[[object], object] | None = None,
-                 detect_speech: Callable[[np.ndarray], list[tuple[float, float]]] | None = None):
+                 detect_speech: Callable[[np.ndarray], list[tuple[float, float]]] | None = None,
+                 quiet_gain: bool = True):
         self.registry = registry
         self.device = device
         self.compute_type = compute_type
@@ -233,6 +235,7 @@ class Transcriber:
         self._on_work = on_work or (lambda audio_s, processing_s: None)
         self._pipeline_factory = pipeline_factory or _batched_pipeline
         self._detect = detect_speech or self._detect_speech
+        self.quiet_gain = quiet_gain
 
     def warm_up(self, name: str = "") -> None:
         """Load a model and run it once on a second of audio (first calls are slow)."""
@@ -285,7 +288,9 @@ class Transcriber:
                 count = 0
                 if len(audio) > 0 and decoding.vad_filter:
                     with tracer.start_as_current_span("transcription.vad") as vad_span:
-                        stats.speech = longform.speech_ranges(audio, self._detect)
+                        audio = self._level(audio, stats)
+                        if stats.gain_db:
+                            span.set_attribute("asr.gain_db", stats.gain_db)
                         vad_span.set_attributes({
                             "asr.audio.duration_s": duration,
                             "asr.vad.speech_ranges": len(stats.speech),
@@ -338,6 +343,22 @@ class Transcriber:
                 repetitions_removed=stats.loops.removed,
                 invented_removed=stats.invented,
             )
+
+    def _level(self, audio: np.ndarray, stats: _Stats) -> np.ndarray:
+        """VAD speech ranges into `stats.speech`; quiet speech brought up first (`quiet_gain`).
+
+        The gain is kept only when VAD hears speech in the louder audio: pure noise raised to a
+        normal level must not become something for Whisper to transcribe.
+        """
+        gain = guards.quiet_gain(audio) if self.quiet_gain else 1.0
+        if gain != 1.0:
+            louder = guards.apply_gain(audio, gain)
+            speech = longform.speech_ranges(louder, self._detect)
+            if speech:
+                stats.speech, stats.gain_db = speech, float(20 * np.log10(gain))
+                return louder
+        stats.speech = longform.speech_ranges(audio, self._detect)
+        return audio
 
     # -- sequential: plain faster-whisper -------------------------------------------------
 

@@ -48,6 +48,57 @@ def rms_dbfs(samples: np.ndarray) -> float:
     return 20 * math.log10(rms) if rms > 0 else -math.inf
 
 
+QUIET_LEVEL_DBFS = -30.0
+"""Speech quieter than this (90th percentile of 20 ms frame levels) is brought up..."""
+QUIET_TARGET_DBFS = -20.0
+"""...to about this level, by one static gain for the whole audio (no dynamics)."""
+QUIET_MAX_GAIN_DB = 30.0
+
+
+def speech_level_dbfs(samples: np.ndarray, frame: int = 320) -> float:
+    """Level of the loud part of the audio: 90th percentile of 20 ms frame RMS levels (dBFS).
+
+    A percentile rather than the mean so that pauses and silence do not pull it down, and a
+    high one so that the voice, not the noise floor, sets it.
+    """
+    n = len(samples) // frame
+    if n == 0:
+        return rms_dbfs(samples)
+    data = samples[: n * frame].astype(np.float32).reshape(n, frame)
+    if samples.dtype == np.int16:
+        data /= 32768.0
+    power = np.mean(np.square(data, dtype=np.float64), axis=1)
+    level = float(np.percentile(power, 90))
+    return 10 * math.log10(level) if level > 0 else -math.inf
+
+
+def quiet_gain(samples: np.ndarray) -> float:
+    """A linear gain (1.0 = none) for speech under QUIET_LEVEL_DBFS, capped so peaks stay < 0.95.
+
+    Whisper's features depend on the absolute level: a quiet recording of clear speech loses
+    words that the same recording at a normal level keeps. A single static gain changes nothing
+    else (unlike loudness normalisation, which compresses dynamics).
+    """
+    level = speech_level_dbfs(samples)
+    if not math.isfinite(level) or level >= QUIET_LEVEL_DBFS:
+        return 1.0
+    gain_db = min(QUIET_TARGET_DBFS - level, QUIET_MAX_GAIN_DB)
+    peak = float(np.max(np.abs(samples))) / (32768.0 if samples.dtype == np.int16 else 1.0)
+    if peak > 0:
+        gain_db = min(gain_db, 20 * math.log10(0.95 / peak))
+    return 10 ** (gain_db / 20) if gain_db > 0 else 1.0
+
+
+def apply_gain(samples: np.ndarray, gain: float) -> np.ndarray:
+    """`samples` (int16 or float) scaled by `gain`, in the same dtype; no copy when gain is 1."""
+    if gain == 1.0:
+        return samples
+    scaled = samples.astype(np.float32) * np.float32(gain)
+    if samples.dtype == np.int16:
+        return np.clip(scaled, -32768, 32767).astype(np.int16)
+    return scaled
+
+
 def has_energy(samples: np.ndarray, floor_dbfs: float = ENERGY_FLOOR_DBFS) -> bool:
     """Whether the signal is louder than the floor: worth decoding without VAD."""
     return rms_dbfs(samples) > floor_dbfs

@@ -54,6 +54,9 @@ class TranscriptionSettings(QueuedServerSettings):
     vad_min_silence_ms: int = Field(160, ge=0, description="Pause that ends a speech range (long-form path).")
     vad_speech_pad_ms: int = Field(150, ge=0, description="Padding around speech ranges (long-form path).")
     max_audio_seconds: float = Field(4 * 3600, gt=0, description="Longest audio accepted.")
+    quiet_gain: bool = Field(
+        True, description="Bring quiet speech (loud frames under -30 dBFS) up with one static gain "
+        "before decoding; see services.transcription.guards.quiet_gain.")
 
 
 def load_whisper(spec, device: str, compute_type: str, cpu_threads: int = 0, num_workers: int = 1):
@@ -89,6 +92,7 @@ def build_transcriber(settings: TranscriptionSettings) -> Transcriber:
                       min_silence_duration_ms=settings.vad_min_silence_ms,
                       speech_pad_ms=settings.vad_speech_pad_ms),
         free_memory=lambda: cuda_free_bytes(device),
+        quiet_gain=settings.quiet_gain,
         on_batch=lambda size: metrics.BATCH_SIZE.labels(SERVICE).observe(size),
         on_work=lambda audio_s, processing_s: metrics.record_work(SERVICE, audio_s, processing_s),
     )

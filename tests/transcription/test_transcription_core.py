@@ -166,7 +166,7 @@ class FakeModel:
         self.text, self.always, self.no_speech = text, always, no_speech
 
     def transcribe(self, audio, **kw):
-        self.calls.append(kw)
+        self.calls.append({**kw, "audio": audio})
         info = SimpleNamespace(language="pt", language_probability=1.0)
         if kw.get("vad_filter") and not self.always:
             return iter([]), info

@@ -139,3 +139,53 @@ def test_the_core_drops_inventions_and_counts_them(tmp_path):
     segments, summary, _ = collect(transcriber, audio)
     assert [s.text for s in segments] == ["bom dia a todos"]
     assert summary.invented_removed == 2
+
+
+# -- quiet speech -----------------------------------------------------------------------------
+
+def tone_bursts(level_dbfs: float, seconds: float = 6.0) -> np.ndarray:
+    """Half a second of tone every second at `level_dbfs` RMS, silence between: speech-like."""
+    t = np.arange(int(16000 * seconds)) / 16000
+    on = (t % 1.0) < 0.5
+    amplitude = 10 ** (level_dbfs / 20) * np.sqrt(2)
+    return (amplitude * np.sin(2 * np.pi * 220 * t) * on).astype(np.float32)
+
+
+def test_quiet_speech_gets_one_static_gain_to_a_normal_level():
+    quiet = tone_bursts(-45.0)
+    assert guards.speech_level_dbfs(quiet) == pytest.approx(-45.0, abs=0.5)  # pauses ignored
+    gain = guards.quiet_gain(quiet)
+    assert 20 * np.log10(gain) == pytest.approx(25.0, abs=0.5)
+    louder = guards.apply_gain((quiet * 32768).astype(np.int16), gain)
+    assert louder.dtype == np.int16
+    assert guards.speech_level_dbfs(louder) == pytest.approx(-20.0, abs=0.6)
+
+
+def test_normal_speech_and_silence_are_left_alone_and_peaks_never_clip():
+    assert guards.quiet_gain(tone_bursts(-18.0)) == 1.0
+    assert guards.quiet_gain(np.zeros(16000, np.float32)) == 1.0
+    spiky = tone_bursts(-45.0)
+    spiky[100] = 0.5  # one loud click: the gain stops where the click would reach 0.95
+    assert 20 * np.log10(guards.quiet_gain(spiky)) == pytest.approx(20 * np.log10(0.95 / 0.5), abs=0.01)
+
+
+def test_the_core_keeps_the_gain_only_where_vad_hears_speech(tmp_path):
+    from tests.transcription.test_transcription_core import FakeModel, collect, fake_transcriber
+
+    heard = []
+
+    def vad_hears_only_loud_audio(block):
+        heard.append(guards.speech_level_dbfs(block))
+        return [(0.0, len(block) / 16000)] if guards.speech_level_dbfs(block) > -30 else []
+
+    model = FakeModel(always=True)
+    transcriber = fake_transcriber(tmp_path, model, detect_speech=vad_hears_only_loud_audio)
+    collect(transcriber, (tone_bursts(-45.0) * 32768).astype(np.int16))
+    assert heard[0] == pytest.approx(-20.0, abs=0.6)  # VAD ran on the louder audio and kept it
+    assert guards.rms_dbfs(np.asarray(model.calls[0]["audio"])) > -30
+
+    off = FakeModel(always=True)
+    noise = (np.random.default_rng(0).normal(0, 0.005, 16000 * 5) * 32768).astype(np.int16)
+    never = fake_transcriber(tmp_path, off, detect_speech=lambda block: [])
+    collect(never, noise)
+    assert guards.rms_dbfs(np.asarray(off.calls[0]["audio"])) < -40  # nothing heard: no gain
