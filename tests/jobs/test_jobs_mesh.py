@@ -103,7 +103,7 @@ def test_job_killed_with_its_gateway_finishes_after_a_restart(store, mesh, corpu
         request.getfixturevalue("redis_server").flush()
     first = gateways(mesh, url)
     with GatewayClient(first.address) as client:
-        job = client.submit_job(corpus / CLIP, TranscribeOptions(no_cache=True))
+        job = client.submit_job(corpus / CLIP, TranscribeOptions(no_cache=True, quality_profile="fast"))
         wait_until_transcribing(client, job.job_id)
     first.kill()  # kill -9: no drain, the lease simply stops being renewed
 
@@ -117,7 +117,7 @@ def test_two_gateways_on_one_redis_the_survivor_finishes_the_job(mesh, corpus, g
     redis_server.flush()
     pair = [gateways(mesh, redis_server.url), gateways(mesh, redis_server.url)]
     with GatewayClient(pair[0].address) as client:
-        job = client.submit_job(corpus / CLIP, TranscribeOptions(no_cache=True))
+        job = client.submit_job(corpus / CLIP, TranscribeOptions(no_cache=True, quality_profile="fast"))
         wait_until_transcribing(client, job.job_id)
     owner = JobRecord.from_json(redis_server.client.get(f"asr:job:{job.job_id}")).owner
     pid = int(owner.rsplit("-", 3)[1])
