@@ -282,6 +282,9 @@ class JobRunner:
                 "INTERNAL", "RUNNER_LOST",
                 f"gave up after {record.attempts - 1} attempts: the runner stopped each time"))
             return
+        if record.cancel_requested:  # cancelled while its previous runner was dying
+            self._finish(record, worker, CANCELLED, error=("CANCELLED", "CANCELLED", "cancelled by a caller"))
+            return
         if not Path(record.input_path).is_file():
             self._finish(record, worker, FAILED, error=(
                 "INTERNAL", "INPUT_MISSING",
