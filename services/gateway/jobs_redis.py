@@ -42,11 +42,21 @@ class RedisJobStore:
         self._entries: dict[str, bytes] = {}
         """job id → the stream entry this process claimed for it (acked when the job is final)."""
         self._lock = threading.Lock()
+        self._group_ready = False
+        try:  # a gateway starts (and answers UNAVAILABLE for jobs) while Redis is still down
+            self._ensure_group()
+        except redis.ConnectionError:
+            pass
+
+    def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
         try:
             self._r.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        self._group_ready = True
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -99,6 +109,7 @@ class RedisJobStore:
     # -- JobStore -------------------------------------------------------------------------
 
     def submit(self, record: JobRecord) -> None:
+        self._ensure_group()
         pipe = self._r.pipeline(transaction=True)
         self._write(pipe, record, None)
         pipe.xadd(self.stream, {"job_id": record.job_id})
@@ -132,6 +143,7 @@ class RedisJobStore:
         return found[:limit]
 
     def claim(self, worker: str, lease_s: float) -> JobRecord | None:
+        self._ensure_group()
         while True:
             # A job whose runner stopped renewing for lease_s first, then new ones.
             reply = self._r.xautoclaim(self.stream, GROUP, worker, min_idle_time=int(lease_s * 1000),

@@ -8,6 +8,7 @@ checks, same refusal of cut-off uploads) but into the job spool; the work itself
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 
@@ -20,7 +21,13 @@ from asr.gateway.v1 import jobs_pb2 as pb
 from asr.gateway.v1 import jobs_pb2_grpc as pb_grpc
 from services.common import convert
 from services.common.domain import ProgressUpdate
-from services.common.errors import FailedPrecondition, InvalidInput, NotFound
+from services.common.errors import (
+    DependencyUnavailable,
+    FailedPrecondition,
+    InvalidInput,
+    MeshError,
+    NotFound,
+)
 from services.common.scheduler import rpc_watch
 from services.common.streams import UploadMeter
 from services.gateway.jobs import (
@@ -49,6 +56,31 @@ STATE_NAMES = {value: name for name, value in STATE_ENUMS.items()}
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 1000
 CANCEL_WAIT_S = 5.0
 """How long CancelJob waits for a running chain to stop before answering with the job as it is."""
+
+
+log = logging.getLogger(__name__)
+
+
+class _GuardedStore:
+    """The store, with its failures (Redis down, a locked SQLite file) as UNAVAILABLE sentences."""
+
+    def __init__(self, store: JobStore):
+        self._store = store
+
+    def __getattr__(self, name: str):
+        method = getattr(self._store, name)
+
+        def call(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except MeshError:
+                raise
+            except Exception as exc:
+                log.warning("job store %s failed: %s: %s", name, type(exc).__name__, exc)
+                raise DependencyUnavailable(
+                    f"the job store is unavailable ({type(exc).__name__}); try again shortly") from None
+
+        return call
 
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp | None:
@@ -89,7 +121,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
     def __init__(self, gateway: GatewayServicer, store: JobStore, spool: Spool, *,
                  retention_s: float, poll_s: float):
         self._gateway = gateway  # receives uploads and renders results the way Transcribe does
-        self._store = store
+        self._store = _GuardedStore(store)
         self._spool = spool
         self._retention_s = retention_s
         self._poll_s = poll_s

@@ -244,3 +244,26 @@ def test_a_cut_off_upload_leaves_no_job(start_gateway, tmp_path, spool):
     assert not any(spool.iterdir())
     with GatewayClient(gateway.address) as client:
         assert client.list_jobs()[0] == []
+
+
+def test_an_unreachable_job_store_is_unavailable_and_transcribe_still_works(state_dir, tmp_path):
+    from jobs_helpers import free_port
+
+    from services.common.errors import DependencyUnavailable
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    stages = ScriptedStages()
+    handle = create_server(GatewaySettings(port=0, job_store=dead, job_poll_s=0.05), stages_factory=stages,
+                           model_identity=lambda name: IDENTITY)
+    try:
+        with GatewayClient(handle.address) as client:
+            with pytest.raises(DependencyUnavailable, match="job store is unavailable"):
+                client.submit_job(audio(tmp_path, "sem redis"), TranscribeOptions())
+            with pytest.raises(DependencyUnavailable, match="job store is unavailable"):
+                client.get_job("0" * 32)
+            # The result cache lives in the same (dead) Redis: a miss, and the chain runs.
+            result = client.transcribe(audio(tmp_path, "sem redis"), TranscribeOptions())
+            assert [s.text for s in result.segments] == ["sem redis"] and not result.cache_hit
+    finally:
+        handle.stop(0)
+    assert not any((state_dir / "jobs" / "spool").glob("*"))
