@@ -56,7 +56,7 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.process.terminate()
+            self.process.kill()  # nothing to persist: no save, no AOF
             self.process.wait(timeout=10)
 
 

@@ -177,7 +177,7 @@ def test_failed_job_reports_the_chain_error(start_gateway, tmp_path, spool):
         assert "no audio stream" in done.error.message
         with pytest.raises(FailedPrecondition, match="no audio stream"):
             client.job_results(job.job_id)
-    assert not any(spool.iterdir())
+    assert wait_for(lambda: not any(spool.iterdir()), what="an empty spool")
 
 
 def test_unknown_malformed_and_deleted_jobs(start_gateway, tmp_path):

@@ -110,7 +110,11 @@ def test_job_killed_with_its_gateway_finishes_after_a_restart(store, mesh, corpu
     second = gateways(mesh, url)
     with GatewayClient(second.address) as client:
         check_finished(client, job.job_id, attempts=2)
-    assert not any((tmp_path / "state" / "spool").iterdir())
+    spool = tmp_path / "state" / "spool"
+    deadline = time.monotonic() + 10  # removed just after the final state is written
+    while any(spool.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(spool.iterdir())
 
 
 def test_two_gateways_on_one_redis_the_survivor_finishes_the_job(mesh, corpus, gateways, redis_server):  # noqa: F811
