@@ -25,7 +25,8 @@ pytestmark = pytest.mark.grpc
 IDENTITY = ("scripted", "ab" * 32)
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+# The Redis variant starts a redis-server process: tier `mesh` (the SQLite one stays in `grpc`).
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.mesh)])
 def store_url(request) -> str:
     if request.param == "redis":
         server = request.getfixturevalue("redis_server")
@@ -247,6 +248,7 @@ def test_a_cut_off_upload_leaves_no_job(start_gateway, tmp_path, spool):
 
 
 def test_an_unreachable_job_store_is_unavailable_and_transcribe_still_works(state_dir, tmp_path):
+    """No redis-server is started: the URL points at a closed port."""
     from jobs_helpers import free_port
 
     from services.common.errors import DependencyUnavailable

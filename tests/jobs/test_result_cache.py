@@ -116,6 +116,7 @@ def test_unreachable_redis_is_a_miss_and_unknown_model_is_no_caching():
     assert ResultCache(front.backend, no_transcription_service).key("aa" * 32, ChainOptions()) is None
 
 
+@pytest.mark.mesh  # starts a redis-server process
 def test_redis_cache_evicts_least_recently_used_and_expires(redis_server):  # noqa: F811
     redis_server.flush()
     cache = RedisCache(redis_server.url, max_bytes=250, ttl_s=60)
