@@ -116,7 +116,9 @@ def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages
                        jobs_pb.DESCRIPTOR.services_by_name["JobService"].full_name],
     )
     runner.start()
-    handle.on_stop.append(runner.stop)  # drain: running jobs go back to the queue, not lost
+    # Drain: stop claiming and hand running jobs back to the queue at once (another replica
+    # starts them now), rather than run them out the grace period meant for in-flight calls.
+    handle.on_drain.append(runner.stop)
     handle.on_stop.append(store.close)
     if cache is not None:
         handle.on_stop.append(cache.close)
