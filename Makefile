@@ -24,8 +24,8 @@ help:  ## List targets.
 
 setup: system-deps $(VENV)/.installed protos model  ## Install everything (Debian packages, venv, stubs, model).
 
-system-deps:  ## Install ffmpeg and espeak-ng from Debian if missing.
-	@missing=""; for t in ffmpeg:ffmpeg ffprobe:ffmpeg espeak-ng:espeak-ng; do \
+system-deps:  ## Install ffmpeg, espeak-ng and redis-server (job/cache tests) from Debian if missing.
+	@missing=""; for t in ffmpeg:ffmpeg ffprobe:ffmpeg espeak-ng:espeak-ng redis-server:redis-server; do \
 	  command -v $${t%%:*} >/dev/null || missing="$$missing $${t##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \

@@ -28,6 +28,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # 
 from rich.table import Table  # noqa: E402
 
 from asr.common.v1 import progress_pb2  # noqa: E402
+from clients import jobs_cli  # noqa: E402
 from clients.sdk import FORMATS, GatewayClient, GatewayUnreachable, TranscribeOptions  # noqa: E402
 from services.common.errors import MeshError  # noqa: E402
 
@@ -89,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give up when the gateway cannot be reached within this time")
     t.add_argument("--state-dir", type=Path, help="local mesh state directory (traces, logs)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--no-cache", action="store_true", help="run the chain even if the result cache has this")
+    jobs_cli.add_parsers(sub, t)  # asr submit, asr jobs …
 
     s = sub.add_parser("serve", help="run the mesh locally until interrupted")
     s.add_argument("--state-dir", type=Path, help="state directory (traces, logs)")
@@ -113,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             return transcribe(args)
         if args.command == "trace":
             return trace_command(args)
+        if args.command in jobs_cli.COMMANDS:
+            return jobs_cli.run(args)
         return serve(args)
     except KeyboardInterrupt:
         err_console.print("asr: interrupted")
@@ -150,7 +155,7 @@ def transcribe(args: argparse.Namespace) -> int:
         min_speakers=args.min_speakers, max_speakers=args.max_speakers, model=args.model,
         formats=args.format, speaker_names=dict(args.speaker_name),
         inverse_text_normalization=args.itn, quality_profile=args.profile, hotwords=args.hotwords,
-        loudness_normalization=args.loudnorm, trim_silence=args.trim_silence,
+        loudness_normalization=args.loudnorm, trim_silence=args.trim_silence, no_cache=args.no_cache,
     )
     failures = 0
     inputs: list[Path] = []

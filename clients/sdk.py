@@ -7,7 +7,8 @@ LimitExceeded, Overloaded, DependencyUnavailable, ...) carrying the service's ow
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_ISREG
@@ -17,7 +18,10 @@ import grpc
 from asr.common.v1 import document_pb2, quality_pb2
 from asr.gateway.v1 import gateway_service_pb2 as pb
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
+from asr.gateway.v1 import jobs_pb2 as jobs_pb
+from asr.gateway.v1 import jobs_pb2_grpc as jobs_grpc
 from services.common.errors import (
+    DeadlineExceeded,
     DependencyUnavailable,
     InternalError,
     InvalidInput,
@@ -62,6 +66,8 @@ class TranscribeOptions:
     """Beam size; 0 = the service default (from the profile)."""
     initial_prompt: str = ""
     """Text given to the model as previous context (vocabulary, style)."""
+    no_cache: bool = False
+    """Run the chain even when the gateway's result cache holds this file with these options."""
 
     def to_proto(self, filename: str) -> pb.TranscribeConfig:
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -75,7 +81,7 @@ class TranscribeOptions:
             temperatures=self.temperatures, beam_size=self.beam_size,
             initial_prompt=self.initial_prompt, quality_profile=_profile(self.quality_profile),
             best_of=self.best_of, hotwords=self.hotwords,
-            inverse_text_normalization=self.inverse_text_normalization,
+            inverse_text_normalization=self.inverse_text_normalization, no_cache=self.no_cache,
             **{name: value for name in ("loudness_normalization", "trim_silence")
                if (value := getattr(self, name)) is not None},
         )
@@ -126,6 +132,7 @@ class GatewayClient:
             ("grpc.max_send_message_length", max_message_bytes),
         ])
         self._stub = pb_grpc.GatewayServiceStub(traced_channel(self._channel))
+        self._jobs = jobs_grpc.JobServiceStub(traced_channel(self._channel))
 
     def __enter__(self) -> GatewayClient:
         return self
@@ -181,35 +188,121 @@ class GatewayClient:
             while piece := source.read(UPLOAD_CHUNK_BYTES):
                 yield pb.TranscribeRequest(content=piece)
 
-        segments, documents, pending = [], [], {}
         try:
-            for response in self._stub.Transcribe(requests(), timeout=timeout_s):
-                kind = response.WhichOneof("payload")
-                if kind == "segment":
-                    segments.append(response.segment)
-                elif kind == "document_chunk":
-                    chunk = response.document_chunk
-                    pending.setdefault(chunk.format, []).append(chunk.content)
-                    if chunk.last:
-                        documents.append(document_pb2.Document(
-                            format=chunk.format, content="".join(pending.pop(chunk.format)),
-                            file_extension=chunk.file_extension, media_type=chunk.media_type,
-                        ))
-                elif kind == "result":
-                    summary = response.result
-                    if pending or (len(segments), len(documents)) != (summary.segment_count,
-                                                                       summary.document_count):
-                        raise InternalError(
-                            f"incomplete transcript from the gateway: {len(segments)}/"
-                            f"{summary.segment_count} segments, {len(documents)}/"
-                            f"{summary.document_count} documents"
-                        )
-                    return Transcription(summary, segments, documents)
-                elif on_event:
-                    on_event(response)
+            return _collect(self._stub.Transcribe(requests(), timeout=timeout_s), on_event)
         except grpc.RpcError as err:
             raise from_rpc_error(err, service="gateway") from None
-        raise from_rpc_error(_NoResult(), service="gateway")
+
+    # -- jobs (asr.gateway.v1.JobService) ----------------------------------------------------
+
+    def submit_job(self, path: Path, options: TranscribeOptions, timeout_s: float | None = None) -> jobs_pb.Job:
+        """Upload `path` as a job; returns the queued job (its `job_id`) once the upload is stored."""
+        config = options.to_proto(Path(path).name)
+        self._wait_until_reachable()
+        try:
+            source = open(path, "rb")
+        except OSError as exc:
+            raise InvalidInput(f"cannot read the file: {exc.strerror}") from None
+        with source:
+            if S_ISREG(os.fstat(source.fileno()).st_mode):
+                config.upload_size_bytes = os.fstat(source.fileno()).st_size
+
+            def requests() -> Iterator[jobs_pb.SubmitJobRequest]:
+                yield jobs_pb.SubmitJobRequest(config=config)
+                while piece := source.read(UPLOAD_CHUNK_BYTES):
+                    yield jobs_pb.SubmitJobRequest(content=piece)
+
+            return self._call(self._jobs.SubmitJob, requests(), timeout_s).job
+
+    def get_job(self, job_id: str, timeout_s: float | None = 30.0) -> jobs_pb.Job:
+        return self._call(self._jobs.GetJob, jobs_pb.GetJobRequest(job_id=job_id), timeout_s).job
+
+    def watch_job(self, job_id: str) -> Iterator[jobs_pb.Job]:
+        """The job after each change, until it is final (the stream may be re-opened at any time)."""
+        try:
+            for response in self._jobs.WatchJob(jobs_pb.WatchJobRequest(job_id=job_id)):
+                yield response.job
+        except grpc.RpcError as err:
+            raise from_rpc_error(err, service="gateway") from None
+
+    def list_jobs(self, state: int = 0, page_size: int = 0,
+                  page_token: str = "") -> tuple[list[jobs_pb.Job], str]:
+        reply = self._call(self._jobs.ListJobs, jobs_pb.ListJobsRequest(
+            state=state, page_size=page_size, page_token=page_token), 30.0)
+        return list(reply.jobs), reply.next_page_token
+
+    def cancel_job(self, job_id: str) -> jobs_pb.Job:
+        return self._call(self._jobs.CancelJob, jobs_pb.CancelJobRequest(job_id=job_id), 30.0).job
+
+    def delete_job(self, job_id: str) -> None:
+        self._call(self._jobs.DeleteJob, jobs_pb.DeleteJobRequest(job_id=job_id), 30.0)
+
+    def job_results(self, job_id: str, timeout_s: float | None = None) -> Transcription:
+        """A succeeded job's transcript and documents (as `transcribe` returns them)."""
+        try:
+            return _collect(self._jobs.GetJobResults(jobs_pb.GetJobResultsRequest(job_id=job_id),
+                                                     timeout=timeout_s), None)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err, service="gateway") from None
+
+    def wait_job(self, job_id: str, timeout_s: float = 3600.0, poll_s: float = 0.5,
+                 on_update: Callable[[jobs_pb.Job], None] | None = None) -> jobs_pb.Job:
+        """Poll until the job is final. An unreachable gateway (a restart, a rolling update) is
+        waited out, reconnecting, until `timeout_s`; then `DependencyUnavailable` is raised."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                job = self.get_job(job_id, timeout_s=max(min(10.0, deadline - time.monotonic()), 0.5))
+            except DependencyUnavailable as exc:
+                if time.monotonic() >= deadline:
+                    raise DependencyUnavailable(f"gave up waiting for job {job_id}: {exc.message}") from None
+            else:
+                if on_update:
+                    on_update(job)
+                if job.state in FINAL_JOB_STATES:
+                    return job
+                if time.monotonic() >= deadline:
+                    raise DeadlineExceeded(f"job {job_id} is not finished after {timeout_s:.0f} s")
+            time.sleep(poll_s)
+
+    def _call(self, method, request, timeout_s: float | None):
+        try:
+            return method(request, timeout=timeout_s)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err, service="gateway") from None
+
+
+FINAL_JOB_STATES = frozenset({jobs_pb.JOB_STATE_SUCCEEDED, jobs_pb.JOB_STATE_FAILED, jobs_pb.JOB_STATE_CANCELLED})
+
+
+def _collect(responses: Iterable, on_event: Callable | None) -> Transcription:
+    """Reassemble a streamed transcript (Transcribe or GetJobResults) and check its counts."""
+    segments, documents, pending = [], [], {}
+    for response in responses:
+        kind = response.WhichOneof("payload")
+        if kind == "segment":
+            segments.append(response.segment)
+        elif kind == "document_chunk":
+            chunk = response.document_chunk
+            pending.setdefault(chunk.format, []).append(chunk.content)
+            if chunk.last:
+                documents.append(document_pb2.Document(
+                    format=chunk.format, content="".join(pending.pop(chunk.format)),
+                    file_extension=chunk.file_extension, media_type=chunk.media_type,
+                ))
+        elif kind == "result":
+            summary = response.result
+            if pending or (len(segments), len(documents)) != (summary.segment_count,
+                                                               summary.document_count):
+                raise InternalError(
+                    f"incomplete transcript from the gateway: {len(segments)}/"
+                    f"{summary.segment_count} segments, {len(documents)}/"
+                    f"{summary.document_count} documents"
+                )
+            return Transcription(summary, segments, documents)
+        elif on_event:
+            on_event(response)
+    raise from_rpc_error(_NoResult(), service="gateway")
 
 
 class _NoResult(grpc.RpcError):

@@ -116,12 +116,28 @@ class InternalError(MeshError):
     """Something broke that is not the caller's fault."""
 
 
+class NotFound(MeshError):
+    """The caller named something that does not exist (any more): a job id, expired results."""
+
+    status = grpc.StatusCode.NOT_FOUND
+    reason = "NOT_FOUND"
+
+
+class FailedPrecondition(MeshError):
+    """The request is valid but the thing it names is not in a state that allows it yet."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "FAILED_PRECONDITION"
+
+
 _BY_STATUS: dict[grpc.StatusCode, type[MeshError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
     grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
     grpc.StatusCode.UNAVAILABLE: DependencyUnavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.CANCELLED: Cancelled,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
 }
 _BY_REASON: dict[str, type[MeshError]] = {
     cls.reason: cls

@@ -46,6 +46,9 @@ class ServerHandle:
     metrics_port: int = 0
     on_stop: list[Callable[[], None]] = field(default_factory=list)
     """Called after the server has stopped (background threads of the service, say)."""
+    on_drain: list[Callable[[], None]] = field(default_factory=list)
+    """Called as soon as draining starts, before in-flight calls are waited for (background
+    work that should move elsewhere at once rather than run out the grace period)."""
 
     @property
     def address(self) -> str:
@@ -63,6 +66,8 @@ class ServerHandle:
     def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, refuse new calls, let in-flight ones finish within `grace`."""
         self.set_serving(False)
+        for hook in self.on_drain:
+            hook()
         self.server.stop(grace).wait()
         for hook in self.on_stop:
             hook()

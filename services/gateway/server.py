@@ -10,10 +10,16 @@ from pydantic_settings import SettingsConfigDict
 
 from asr.gateway.v1 import gateway_service_pb2 as pb
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
+from asr.gateway.v1 import jobs_pb2 as jobs_pb
+from asr.gateway.v1 import jobs_pb2_grpc as jobs_grpc
 from services.common.server import ServerHandle, build_server, run_service
 from services.common.settings import ServerSettings
 from services.gateway.downstream import Deadlines, Downstream, GrpcStages
+from services.gateway.jobs import JobRunner, Spool, open_store
+from services.gateway.jobs_servicer import JobServicer
+from services.gateway.model_identity import TranscriptionModelIdentity
 from services.gateway.pipeline import Stages
+from services.gateway.result_cache import DiskCache, ModelIdentity, RedisCache, ResultCache
 from services.gateway.servicer import GatewayServicer
 
 SERVICE = "gateway"
@@ -36,6 +42,21 @@ class GatewaySettings(ServerSettings):
     transcription_deadline_per_audio_s: float = Field(2.0, gt=0, description="Seconds per audio second.")
     diarization_deadline_per_audio_s: float = Field(1.0, gt=0, description="Seconds per audio second.")
     merge_deadline_s: float = Field(60.0, gt=0)
+    # Jobs (asr.gateway.v1.JobService) and the result cache: see README "Jobs and the result cache".
+    job_store: str = Field(
+        "", description='"" = SQLite in <state dir>/jobs; sqlite:///PATH; redis://HOST:PORT/DB shared by replicas.')
+    job_spool_dir: Path | None = Field(
+        None, description="Uploaded inputs of jobs; <state dir>/jobs/spool if unset. Replicas must share it.")
+    job_workers: int = Field(1, ge=0, description="Jobs this replica runs at once (0 = accept jobs, run none).")
+    job_lease_s: float = Field(30.0, gt=0, description="A job whose runner stops renewing for this long is rerun.")
+    job_poll_s: float = Field(0.5, gt=0, description="Claim, renewal, progress and WatchJob interval.")
+    job_retention_s: float = Field(7 * 86400.0, gt=0, description="Finished jobs and results kept this long.")
+    job_max_attempts: int = Field(3, ge=1, description="Runs of one job before it is failed (poison inputs).")
+    cache_enabled: bool = Field(True, description="Answer repeated work from the result cache.")
+    cache_store: str = Field(
+        "", description='"" = like job_store (disk in <state dir>/cache, or the same Redis); a path or redis://.')
+    cache_max_bytes: int = Field(2 << 30, gt=0, description="Result cache size cap (LRU beyond it).")
+    cache_ttl_s: float = Field(30 * 86400.0, gt=0, description="Result cache entries older than this miss.")
 
     def deadlines(self) -> Deadlines:
         return Deadlines(
@@ -47,8 +68,22 @@ class GatewaySettings(ServerSettings):
         )
 
 
-def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages] | None = None) -> ServerHandle:
-    """Start a gateway; tests may inject `stages_factory` to replace the downstream services."""
+def open_cache(settings: GatewaySettings, model_identity: ModelIdentity) -> ResultCache | None:
+    if not settings.cache_enabled:
+        return None
+    spec = settings.cache_store or (settings.job_store if settings.job_store.startswith("redis") else "")
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        backend = RedisCache(spec, settings.cache_max_bytes, settings.cache_ttl_s)
+    else:
+        path = Path(spec) if spec else settings.state_dir / "cache" / "results.sqlite"
+        backend = DiskCache(path, settings.cache_max_bytes, settings.cache_ttl_s)
+    return ResultCache(backend, model_identity)
+
+
+def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages] | None = None,
+                  model_identity: ModelIdentity | None = None) -> ServerHandle:
+    """Start a gateway; tests may inject `stages_factory` to replace the downstream services
+    (and `model_identity`, the model a request runs on as the result cache keys it)."""
     if stages_factory is None:
         downstream = Downstream(
             settings.preprocess_address, settings.transcription_address,
@@ -59,12 +94,36 @@ def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages
         def stages_factory() -> Stages:
             return GrpcStages(downstream, deadlines)
 
-    servicer = GatewayServicer(stages_factory, settings.max_upload_bytes, settings.spool_dir)
-    return build_server(
+        model_identity = model_identity or TranscriptionModelIdentity(downstream.transcription)
+    # Injected stages without an identity: the model is unknown, so nothing is cached.
+    cache = open_cache(settings, model_identity or (lambda name: None))
+    servicer = GatewayServicer(stages_factory, settings.max_upload_bytes, settings.spool_dir, cache)
+    store = open_store(settings.job_store, settings.state_dir)
+    spool = Spool(settings.job_spool_dir or settings.state_dir / "jobs" / "spool")
+    jobs = JobServicer(servicer, store, spool, retention_s=settings.job_retention_s, poll_s=settings.job_poll_s)
+    runner = JobRunner(store, spool, stages_factory, cache=cache, workers=settings.job_workers,
+                       lease_s=settings.job_lease_s, poll_s=settings.job_poll_s,
+                       retention_s=settings.job_retention_s, max_attempts=settings.job_max_attempts)
+
+    def register(server) -> None:
+        pb_grpc.add_GatewayServiceServicer_to_server(servicer, server)
+        jobs_grpc.add_JobServiceServicer_to_server(jobs, server)
+
+    handle = build_server(
         settings,
-        register=lambda server: pb_grpc.add_GatewayServiceServicer_to_server(servicer, server),
-        service_names=[pb.DESCRIPTOR.services_by_name["GatewayService"].full_name],
+        register=register,
+        service_names=[pb.DESCRIPTOR.services_by_name["GatewayService"].full_name,
+                       jobs_pb.DESCRIPTOR.services_by_name["JobService"].full_name],
     )
+    runner.start()
+    # Drain: stop claiming and hand running jobs back to the queue at once (another replica
+    # starts them now), rather than run them out the grace period meant for in-flight calls.
+    handle.on_drain.append(runner.stop)
+    handle.on_stop.append(store.close)
+    if cache is not None:
+        handle.on_stop.append(cache.close)
+    handle.jobs = runner
+    return handle
 
 
 def main() -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import logging
 import queue
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from services.common.streams import UploadMeter
 from services.common.telemetry import current_trace_id
 from services.gateway.downstream import FORMAT_ENUMS, FORMAT_NAMES
 from services.gateway.pipeline import ChainOptions, ChainResult, Stages, run_chain
+from services.gateway.result_cache import ResultCache, file_sha256
 
 STAGE_ENUMS = {
     "upload": progress_pb2.STAGE_UPLOAD,
@@ -94,10 +97,12 @@ def _quality_profile(value: int) -> str:
 
 
 class GatewayServicer(pb_grpc.GatewayServiceServicer):
-    def __init__(self, stages_factory: Callable[[], Stages], max_upload_bytes: int, spool_dir: Path | None):
+    def __init__(self, stages_factory: Callable[[], Stages], max_upload_bytes: int, spool_dir: Path | None,
+                 cache: ResultCache | None = None):
         self._stages_factory = stages_factory
         self._max_upload_bytes = max_upload_bytes
         self._spool_dir = spool_dir
+        self._cache = cache
 
     def Transcribe(self, request_iterator, context: grpc.ServicerContext) -> Iterator[pb.TranscribeResponse]:
         first = next(request_iterator, None)
@@ -118,9 +123,27 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                 upload_span.set_attribute("asr.upload.bytes", size)
             span.set_attribute("asr.upload.bytes", size)
             yield self._progress("upload", ProgressUpdate(1.0, message=f"received {size} bytes"))
-            yield from self._run(upload, options, context)
+            yield from self._cached_run(upload, options, first.config.no_cache, context)
         finally:
             shutil.rmtree(spool, ignore_errors=True)
+
+    def _cached_run(self, upload: Path, options: ChainOptions, no_cache: bool,
+                    context) -> Iterator[pb.TranscribeResponse]:
+        """Answer from the result cache when it holds this work, else run the chain (and keep it)."""
+        if self._cache is None:
+            yield from self._run(upload, options, context)
+            return
+        started = time.perf_counter()
+        key = self._cache.key(file_sha256(upload), options)
+        hit = self._cache.lookup(key, bypass=no_cache)
+        trace.get_current_span().set_attribute("asr.cache.hit", hit is not None)
+        if hit is None:
+            yield from self._run(upload, options, context, cache_key=key)
+            return
+        hit = dataclasses.replace(hit, seconds=time.perf_counter() - started)
+        log.info("transcribed %r from the result cache", options.filename)
+        yield from self._transcript(hit)
+        yield pb.TranscribeResponse(result=self._result(hit, current_trace_id(), cache_hit=True))
 
     def _check_upload_size(self, size: int) -> None:
         if size > self._max_upload_bytes:
@@ -142,7 +165,8 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             raise InvalidInput("the upload is empty: no file content was sent", field="content")
         return size
 
-    def _run(self, upload: Path, options: ChainOptions, context) -> Iterator[pb.TranscribeResponse]:
+    def _run(self, upload: Path, options: ChainOptions, context,
+             cache_key: str | None = None) -> Iterator[pb.TranscribeResponse]:
         events: queue.Queue = queue.Queue()
         stages = self._stages_factory()
         if not context.add_callback(stages.cancel):  # caller gone or RPC over: stop downstream work
@@ -166,6 +190,8 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                     options.filename, event.audio_duration, event.seconds,
                     len(event.merged.segments), len(event.merged.speakers),
                 )
+                if self._cache is not None:
+                    self._cache.store(cache_key, event)
                 yield from self._transcript(event)
                 yield pb.TranscribeResponse(result=self._result(event, trace_id))
                 return
@@ -198,7 +224,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                 ))
 
     @staticmethod
-    def _result(result: ChainResult, trace_id: str) -> pb.TranscribeResult:
+    def _result(result: ChainResult, trace_id: str, cache_hit: bool = False) -> pb.TranscribeResult:
         trace.get_current_span().set_attributes({
             "asr.audio.duration_s": result.audio_duration,
             "asr.rtf": result.seconds / result.audio_duration if result.audio_duration else 0.0,
@@ -214,4 +240,5 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             processing_duration=convert.duration(result.seconds),
             segment_count=len(result.merged.segments),
             document_count=len(result.merged.documents),
+            cache_hit=cache_hit,
         )

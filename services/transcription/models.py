@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import hashlib
 import logging
 import threading
 import time
@@ -52,6 +53,25 @@ def discover_models(models_dir: Path) -> dict[str, ModelSpec]:
             if name.startswith(prefix):
                 found.setdefault(name[len(prefix):], spec)
     return found
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+_DIGEST_LOCK = threading.Lock()
+
+
+def weights_sha256(model_dir: Path) -> str:
+    """SHA-256 (hex) of `model_dir/model.bin`, computed once per file version (size, mtime)."""
+    weights = Path(model_dir) / "model.bin"
+    stat = weights.stat()
+    key = (str(weights), stat.st_size, stat.st_mtime_ns)
+    with _DIGEST_LOCK:  # one pass over a multi-GB file even when several callers ask at once
+        if key not in _DIGESTS:
+            digest = hashlib.sha256()
+            with open(weights, "rb") as source:
+                while block := source.read(8 << 20):
+                    digest.update(block)
+            _DIGESTS[key] = digest.hexdigest()
+        return _DIGESTS[key]
 
 
 @dataclass

@@ -17,6 +17,7 @@ from services.common.pcm import pcm_duration, pcm_samples, read_config, read_pcm
 from services.common.scheduler import rpc_watch
 from services.common.streams import UploadMeter
 from services.transcription.core import Transcriber, TranscriptionOptions, TranscriptionSummary
+from services.transcription.models import weights_sha256
 
 STAGE = progress_pb2.STAGE_TRANSCRIPTION
 PROFILE_NAMES = {
@@ -111,6 +112,7 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
                 name=name,
                 loaded=registry.is_loaded(name),
                 is_default=registry.resolve(name).path == default,
+                weights_sha256=weights_sha256(registry.resolve(name).path),
             )
             for name in registry.names()
         ])

@@ -253,6 +253,14 @@ def test_autoscaling(overlay: str) -> None:
     assert set(autoscaled) == set(SERVICES)
     for name in ("gateway", "preprocess", "diarization", "merge"):
         hpa = autoscaled[name]
+        if name == "gateway" and hpa["kind"] == "ScaledObject":  # components/jobs: CPU + job backlog
+            triggers = {t["type"]: t for t in hpa["spec"]["triggers"]}
+            assert 0 < float(triggers["cpu"]["metadata"]["value"]) <= 90
+            streams = [t["metadata"] for t in hpa["spec"]["triggers"] if t["type"] == "redis-streams"]
+            assert {m["stream"] for m in streams} == {"asr:jobs:queue"}
+            assert {m["consumerGroup"] for m in streams} == {"runners"}
+            assert all(m["address"] == f"redis.{_namespace(docs)}.svc.cluster.local:6379" for m in streams)
+            continue
         assert hpa["kind"] == "HorizontalPodAutoscaler" and hpa["apiVersion"] == "autoscaling/v2"
         assert hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment"
         metrics = hpa["spec"]["metrics"]

@@ -105,6 +105,12 @@ def test_unknown_model_lists_available(stub):
 def test_list_models_marks_default_loaded(stub):
     models = {m.name: m for m in stub.ListModels(pb.ListModelsRequest()).models}
     assert models["base"].is_default and models["base"].loaded
+    # The weights' identity (the gateway's result cache keys on it): SHA-256 of model.bin.
+    import hashlib
+
+    from conftest import MODELS_DIR
+    expected = hashlib.sha256((MODELS_DIR / "whisper-base" / "model.bin").read_bytes()).hexdigest()
+    assert models["base"].weights_sha256 == expected
 
 
 @pytest.mark.parametrize("name", ["silence_10s.wav", "noise_10s.wav"])
