@@ -306,6 +306,23 @@ def report(console: Console, results: dict) -> None:
                               f"{seconds:.1f}", f"{seconds / max(plain_s, 1e-9):.2f}x",
                               str(sum(r[system]["invented"] for r in rows)), der, count)
         console.print(table)
+        if "asr" in parts:
+            by_condition(console, split, parts["asr"], variants)
+
+
+def by_condition(console: Console, split: str, rows: list[dict], variants: list[str]) -> None:
+    """Clips WER per recording condition (clean, noise, telephone, reverberation, quiet)."""
+    table = Table(title=f"{split} clips by condition")
+    table.add_column("condition")
+    table.add_column("clips", justify="right")
+    for system in ["plain", *variants]:
+        table.add_column(system, justify="right")
+    for condition in sorted({r["condition"] for r in rows}):
+        group = [r for r in rows if r["condition"] == condition]
+        words = max(sum(r["ref_words"] for r in group), 1)
+        table.add_row(condition, str(len(group)),
+                      *[f"{sum(r[s]['errors'] for r in group) / words:.1%}" for s in ["plain", *variants]])
+    console.print(table)
 
 
 def plot(results: dict, path: Path) -> None:
