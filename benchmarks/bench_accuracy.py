@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_accuracy.py [--corpus build/corpus-validate]
         [--splits tune,validate] [--parts asr,long,dia] [--mesh-variant NAME=OPTIONS ...]
         [--limit N] [--out build/bench-accuracy]
+    .venv/bin/python benchmarks/bench_accuracy.py --report RESULTS.json [...]   # tables again
 
 `make bench-accuracy` runs it on `make corpus-validate`'s output. Defaults may be chosen on the
 tune split only; the validate split is reported, never tuned on (the README quotes it alone).
@@ -188,7 +189,21 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=0, help="at most N files per part and split")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for plain and the mesh")
     parser.add_argument("--out", type=Path, default=REPO / "build" / "bench-accuracy")
+    parser.add_argument("--report", type=Path, nargs="+", default=None, metavar="RESULTS_JSON",
+                        help="print tables (and plot into --out) from saved results; runs nothing")
     args = parser.parse_args()
+    if args.report:
+        merged: dict = {}
+        for path in args.report:
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+            merged.setdefault("corpus", loaded["corpus"])
+            merged.setdefault("variants", loaded["variants"])
+            for split, parts in loaded["splits"].items():
+                merged.setdefault("splits", {}).setdefault(split, {}).update(parts)
+        report(Console(), merged)
+        args.out.mkdir(parents=True, exist_ok=True)
+        plot(merged, args.out / "accuracy.png")
+        return 0
 
     from clients.sdk import TranscribeOptions
     from services.supervisor import LocalMesh
