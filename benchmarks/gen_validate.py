@@ -283,11 +283,18 @@ def add_noise(audio: np.ndarray, kind: str, snr_db: float, rng: np.random.Genera
         noise = babble(len(audio), rng, texts)
     else:
         raise ValueError(kind)
-    # SNR against the speech level (the loud frames), not the padded/paused average.
-    speech = audio[np.abs(audio) > 0.05 * (np.max(np.abs(audio)) + 1e-12)]
-    level = rms(speech) if len(speech) else rms(audio)
-    noise = noise * (level / rms(noise) / 10 ** (snr_db / 20))
+    noise = noise * (speech_level(audio) / rms(noise) / 10 ** (snr_db / 20))
     return (audio + noise).astype(np.float32)
+
+
+def speech_level(audio: np.ndarray) -> float:
+    """RMS over the active 20 ms frames (within 30 dB of the loudest), not pads and pauses."""
+    frame = SR // 50
+    n = len(audio) // frame
+    if n == 0:
+        return rms(audio)
+    energy = np.mean(audio[: n * frame].astype(np.float64).reshape(n, frame) ** 2, axis=1)
+    return float(np.sqrt(np.mean(energy[energy > energy.max() * 1e-3]))) + 1e-12
 
 
 def telephone(audio: np.ndarray) -> np.ndarray:
@@ -543,7 +550,7 @@ def script(rng: random.Random, voices: list[str], turns: int, bc_share: float,
         who = i if i < len(voices) else rng.choice([s for s in range(len(voices)) if s != last])
         roll = rng.random()
 
-        def sentence(who=who):
+        def sentence(who=who, i=i):
             for t in own[who] + rest + texts:
                 if t not in used:
                     used.add(t)
