@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 export PYANNOTE_METRICS_ENABLED := false
 export ASR_CORPUS_DIR := $(CORPUS)
 
-.PHONY: help setup system-deps protos model run test test-fast lint buf proto-baseline clean bench-long corpus-hard corpus-overlap bench-accuracy
+.PHONY: help setup system-deps protos model run test test-fast lint buf proto-baseline clean bench-long corpus-hard corpus-overlap bench-accuracy corpus-validate
 
 help:  ## List targets.
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -90,3 +90,6 @@ corpus-hard: $(VENV)/.installed  ## Harder diarization conversations + RTTM into
 corpus-overlap: $(VENV)/.installed  ## Overlap-rich conversations + RTTM into build/corpus-overlap (~3 min).
 	$(PY) scripts/gen_dia_hard.py build/corpus-overlap --overlap --tools $(abspath ../shared/tools)
 	PYANNOTE_METRICS_ENABLED=false $(PY) scripts/bench_diarization.py --no-corpus --no-long --hard build/corpus-overlap
+
+corpus-validate: $(VENV)/.installed  ## Validation corpus (tune/validate split) into build/corpus-validate (~1 h on 2 cores).
+	$(PY) benchmarks/gen_validate.py build/corpus-validate --tools $(abspath ../shared/tools)
