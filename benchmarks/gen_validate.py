@@ -71,10 +71,11 @@ VOICES = {
                  "kokoro:jf_tebukuro~p-2~t0.9", "espeak:pt-br+m6", "espeak:pt-br+f4",
                  "espeak:pt-br+m7~t1.1", "espeak:pt-br+m2~p+1"],
 }
-# Pairs a diarizer may merge: two close Kokoro styles, a blend beside its main parent.
+# Pairs a diarizer may merge: two close Kokoro styles; a voice beside its own pitch variant
+# (tune) or a blend beside its main parent (validate).
 SIMILAR = {
     "tune": [("kokoro:jf_alpha", "kokoro:jf_nezumi"),
-             ("kokoro:jm_kumo", "kokoro:jf_tebukuro*0.7+jm_kumo*0.3")],
+             ("kokoro:jf_alpha", "kokoro:jf_alpha~p+2")],
     "validate": [("kokoro:jf_gongitsune", "kokoro:jf_nezumi"),
                  ("kokoro:jf_nezumi", "kokoro:jf_nezumi*0.6+jf_gongitsune*0.4")],
 }
