@@ -576,6 +576,19 @@ def write_manifest(out: Path, manifest: dict) -> None:
     os.replace(tmp, out / "manifest.json")
 
 
+def summary(manifest: dict) -> str:
+    """A table of files and minutes of audio per part and split."""
+    rows = ["part  split     files  minutes", "----  --------  -----  -------"]
+    for part in PARTS:
+        for split in SPLITS:
+            entries = [e for e in manifest.get(part, []) if e.get("split") == split]
+            minutes = sum(e.get("duration_s", 0) for e in entries) / 60
+            rows.append(f"{part:<4}  {split:<8}  {len(entries):>5}  {minutes:>7.1f}")
+    total = sum(e.get("duration_s", 0) for p in PARTS for e in manifest.get(p, [])) / 60
+    rows.append(f"all   both      {sum(len(manifest.get(p, [])) for p in PARTS):>5}  {total:>7.1f}")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -589,7 +602,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="smoke run: N items per part and split, short conversations, 15 s long files")
     parser.add_argument("--espeak-only", action="store_true",
                         help="espeak-ng voices only (fast; for smoke runs and tests)")
+    parser.add_argument("--summary", action="store_true",
+                        help="print the table of an existing corpus and exit")
     args = parser.parse_args(argv)
+    if args.summary:
+        path = args.out / "manifest.json"
+        if not path.is_file():
+            parser.error(f"no manifest.json in {args.out}")
+        print(summary(json.loads(path.read_text(encoding="utf-8"))))
+        return 0
     if args.jobs < 1 or (args.limit is not None and args.limit < 1):
         parser.error("--jobs and --limit must be at least 1")
     if not (args.tools / "gen_corpus.py").is_file():
@@ -637,6 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if pool:
             pool.shutdown()
+    print(summary(manifest))
     return 0
 
 

@@ -170,6 +170,9 @@ def test_smoke_manifest_files_and_truth(smoke: Path):
         assert np.sqrt(np.mean(audio[inside] ** 2)) > 3 * np.sqrt(np.mean(audio[~inside] ** 2))
     for e in manifest["long"]:
         assert e["speech_s"] < e["duration_s"]
+    table = run_gen(smoke, "--summary")
+    assert table.returncode == 0, table.stderr
+    assert "asr   validate      1" in table.stdout and "long  tune          1" in table.stdout
 
 
 @needs_tools
