@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--itn", action="store_true",
                    help='write spoken numbers, money, dates and times as digits ("doze por cento" → "12%%")')
     t.add_argument("--loudnorm", action=argparse.BooleanOptionalAction, default=None,
-                   help="EBU R128 loudness normalisation before transcription (gateway default: on)")
+                   help="EBU R128 loudness normalisation before transcription (gateway default: off)")
     t.add_argument("--trim-silence", action=argparse.BooleanOptionalAction, default=None,
                    help="cut leading/trailing silence; shifts all time offsets (gateway default: off)")
     t.add_argument("--speaker-name", type=_speaker_name, action="append", default=[],

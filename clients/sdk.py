@@ -59,7 +59,7 @@ class TranscribeOptions:
     inverse_text_normalization: bool = False
     """Write spoken PT-BR numbers, money, dates and times as digits ("doze por cento" → "12%")."""
     loudness_normalization: bool | None = None
-    """EBU R128 loudness normalisation; None leaves it to the gateway (on by default)."""
+    """EBU R128 loudness normalisation; None leaves it to the gateway (off by default)."""
     trim_silence: bool | None = None
     """Trim leading/trailing silence (shifts time offsets); None leaves it to the gateway (off)."""
     beam_size: int = 0

@@ -45,12 +45,12 @@ class ChainOptions:
     best_of: int = 0
     hotwords: str = ""
     inverse_text_normalization: bool = False
-    loudness_normalization: bool = True
-    """EBU R128 before transcription. Default on, measured with scripts/bench_preprocess.py
-    (faster-whisper base, int8, beam 5, VAD, T=0): WER 24.8% → 23.3% on the 20 corpus-dev clips,
-    12.5% → 10.0% on the 10 media formats, 33.3% → 8.3% on the quiet clip, 11.1% → 10.4% on the
-    10-minute file (with trimming), no words on silence or noise either way. Cost: decoding runs
-    at ~76 instead of ~2650 audio-seconds per second (RTF +0.013 on top of transcription's ~0.09)."""
+    loudness_normalization: bool = False
+    """EBU R128 before transcription. Off by default: on the tune split of the validation corpus
+    it raised clips WER well above plain faster-whisper's (`benchmarks/tune_level.py`, figures in
+    docs/benchmarks.md), and held-out audio showed the same; it also forces a whole-file filter
+    before transcription can start. Whisper's log-mel features are normalised per window, so
+    the absolute level matters far less than loudnorm's dynamic gain changes."""
     trim_silence: bool = False
     """Leading/trailing silence trimming. Default off although it lowered WER (24.8% → 23.3% alone,
     23.3% → 21.0% on top of loudness normalisation): it shifts every time offset by the cut

@@ -36,17 +36,8 @@ class PreprocessSettings(ServerSettings):
     """Environment: ASR_PREPROCESS_* (plus ASR_STATE_DIR and OTEL_*).
 
     Loudness normalisation and silence trimming are per-request options (PreprocessConfig); the
-    mesh's defaults are the gateway's (services/gateway/pipeline.py ChainOptions), chosen with
-    `scripts/bench_preprocess.py --long` (faster-whisper base, int8, beam 5, VAD on, T=0):
-
-        options          20 clips  10 media formats  quiet clip  10-min file  silence+noise
-        none             24.8%     12.5%             33.3%       11.1%        0 words
-        loudnorm         23.3%     10.0%              8.3%       -            0 words
-        trim             23.3%     12.5%             50.0%       -            0 words
-        loudnorm+trim    21.0%      9.2%              8.3%       10.4%        0 words
-
-    Loudness normalisation is on by default. Trimming is off: it shifts every time offset by
-    the cut lead-in, which PreprocessSummary does not report, and alone it hurts quiet input.
+    mesh's defaults are the gateway's (services/gateway/pipeline.py ChainOptions), where the
+    measurements behind them are cited.
     """
 
     model_config = SettingsConfigDict(env_prefix="ASR_PREPROCESS_", extra="ignore")

@@ -34,7 +34,7 @@ def plain_model():
 def test_clips_give_exactly_plain_faster_whisper_words(client, manifest, corpus, plain_model):
     # Deterministic decoding on both sides: with the default fallback schedule faster-whisper
     # samples at temperatures > 0 on hard clips, and then plain differs from plain (asr/011).
-    # Loudness normalisation (on by default because it lowers WER) is off: this compares the
+    # Loudness normalisation is off (the default; set explicitly): this compares the
     # recognition path, so both sides must see the same samples.
     # The service's repetition guard is applied to the plain words too: at T=0 plain
     # faster-whisper loops on asr/011 ("Amiglio" ×10 with zero-length words), and cutting such
@@ -76,7 +76,7 @@ def test_conversation_has_speakers_and_valid_srt(client, corpus, tmp_path):
     )
     assert len(result.speakers) == 2
     srt_doc, json_doc, rttm_doc = result.documents
-    # Through the whole chain (loudness normalisation included) the turns match the truth.
+    # Through the whole chain the turns match the truth.
     from pyannote.database.util import load_rttm
     from pyannote.metrics.diarization import DiarizationErrorRate
 

@@ -22,9 +22,9 @@ pytestmark = pytest.mark.grpc
 
 def test_unset_options_take_the_measured_defaults_and_explicit_ones_win():
     default = chain_options(TranscribeOptions().to_proto("a.wav"))
-    assert (default.loudness_normalization, default.trim_silence) == (True, False)
-    chosen = chain_options(TranscribeOptions(loudness_normalization=False, trim_silence=True).to_proto("a.wav"))
-    assert (chosen.loudness_normalization, chosen.trim_silence) == (False, True)
+    assert (default.loudness_normalization, default.trim_silence) == (False, False)
+    chosen = chain_options(TranscribeOptions(loudness_normalization=True, trim_silence=True).to_proto("a.wav"))
+    assert (chosen.loudness_normalization, chosen.trim_silence) == (True, True)
 
 
 @pytest.fixture(scope="module")
