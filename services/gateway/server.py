@@ -12,6 +12,7 @@ from asr.gateway.v1 import gateway_service_pb2 as pb
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from services.common.server import ServerHandle, build_server, run_service
 from services.common.settings import ServerSettings
+from services.gateway.availability import Backends
 from services.gateway.downstream import Deadlines, Downstream, GrpcStages
 from services.gateway.pipeline import Stages
 from services.gateway.servicer import GatewayServicer
@@ -26,7 +27,8 @@ class GatewaySettings(ServerSettings):
 
     preprocess_address: str = Field("127.0.0.1:50051", description="host:port or dns:///name:port")
     transcription_address: str = Field("127.0.0.1:50052")
-    diarization_address: str = Field("127.0.0.1:50053")
+    diarization_address: str = Field(
+        "127.0.0.1:50053", description="Empty: no diarization; speaker options are refused.")
     merge_address: str = Field("127.0.0.1:50054")
     max_upload_bytes: int = Field(2 << 30, gt=0, description="Largest upload accepted.")
     spool_dir: Path | None = Field(None, description="Where uploads are spooled; system temp if unset.")
@@ -36,6 +38,8 @@ class GatewaySettings(ServerSettings):
     transcription_deadline_per_audio_s: float = Field(2.0, gt=0, description="Seconds per audio second.")
     diarization_deadline_per_audio_s: float = Field(1.0, gt=0, description="Seconds per audio second.")
     merge_deadline_s: float = Field(60.0, gt=0)
+    mesh_file: Path | None = Field(
+        None, description="The local supervisor's mesh.json: a backend it does not list is absent.")
 
     def deadlines(self) -> Deadlines:
         return Deadlines(
@@ -59,7 +63,8 @@ def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages
         def stages_factory() -> Stages:
             return GrpcStages(downstream, deadlines)
 
-    servicer = GatewayServicer(stages_factory, settings.max_upload_bytes, settings.spool_dir)
+    backends = Backends({"diarization": settings.diarization_address}, settings.mesh_file)
+    servicer = GatewayServicer(stages_factory, settings.max_upload_bytes, settings.spool_dir, backends)
     return build_server(
         settings,
         register=lambda server: pb_grpc.add_GatewayServiceServicer_to_server(servicer, server),
