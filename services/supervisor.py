@@ -7,7 +7,8 @@ non-listening ones), while any other program's bind to it fails. So every addres
 before any process runs: all services, gateway included, start at once, and a service that
 dies is restarted on the port it had, where the gateway's channel reconnects. Each service still
 prints `ASR_READY service=<name> port=<port>` once it serves (transcription only after its
-model is loaded); that line is what "ready" means.
+model is loaded; the local mesh skips its warm-up run, which would cost about what the waiting
+request's first window costs); that line is what "ready" means.
 
 Only what is asked for runs: `LocalMesh(services=...)` starts a subset (the CLI leaves out
 diarization unless a request asks for speakers). The diarization port is reserved and given to
@@ -100,6 +101,8 @@ class ServiceProcess:
     restart_at: float | None = None
     """When a dead process is due to be started again (None while it runs)."""
     last_exit: int | None = None
+    ready_s: float = 0.0
+    """Seconds from spawn to the ready line, last start."""
 
     @property
     def address(self) -> str:
@@ -114,6 +117,8 @@ class ServiceProcess:
     def describe(self) -> dict:
         entry = {"pid": self.process.pid if self.process else 0, "address": self.address,
                  "state": self.state, "restarts": self.restarts, "log": str(self.log_path)}
+        if self.ready.is_set():
+            entry["ready_s"] = round(self.ready_s, 3)
         if self.last_exit is not None:
             entry["last_exit"] = self.last_exit
         return entry
@@ -216,6 +221,9 @@ class LocalMesh:
             "ASR_PARENT_PID": str(os.getpid()),
             f"ASR_{name.upper()}_HOST": "127.0.0.1",
             f"ASR_{name.upper()}_PORT": str(self.port_of(name)),
+            # No warm-up run: a local request is usually waiting for this start, and the warm-up
+            # (a whole 30 s window through the encoder) costs about what its first window does.
+            "ASR_TRANSCRIPTION_WARM_UP": os.environ.get("ASR_TRANSCRIPTION_WARM_UP", "false"),
             **self._env,
         }
         if name == "gateway":
@@ -249,6 +257,7 @@ class LocalMesh:
                 fields = dict(part.split("=", 1) for part in line.split()[1:] if "=" in part)
                 if int(fields.get("port", 0)) != service.port:
                     log.warning("%s reported port %s, expected %d", service.name, fields.get("port"), service.port)
+                service.ready_s = time.monotonic() - service.started_at
                 ready.set()
                 if not self._stopping.is_set():
                     self.write_mesh_file()
