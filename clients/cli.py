@@ -103,10 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-diarization", action="store_true",
                    help="leave diarization out (started later if a local CLI call asks for speakers)")
     s.add_argument("--idle-timeout", type=float, metavar="SECONDS",
-                   help="stop after this long without CLI calls (default: never; background: "
-                        "ASR_LOCAL_MESH_IDLE_S or 300)")
-    s.add_argument("--background", action="store_true", help=argparse.SUPPRESS)
-    s.add_argument("--services", help=argparse.SUPPRESS)
+                   help="stop after this long without CLI calls (default: never)")
 
     tr = sub.add_parser("trace", help="inspect traces recorded by the local mesh")
     trace_sub = tr.add_subparsers(dest="trace_command", required=True)
@@ -328,32 +325,21 @@ def serve(args: argparse.Namespace) -> int:
         err_console.print(f"stopped the local mesh in {state_dir} (supervisor pid {pid})" if pid
                           else f"no local mesh is running in {state_dir}")
         return 0
-    services = (args.services.split(",") if args.services
-                else supervisor.WITHOUT_DIARIZATION if args.no_diarization else supervisor.SERVICES)
-    idle_s = args.idle_timeout
-    if idle_s is None and args.background:
-        idle_s = supervisor.idle_timeout_s()
-    owner = int(os.environ.get(supervisor.OWNER_ENV, "0") or 0) if args.background else 0
-    runner = supervisor.LocalMeshSupervisor(state_dir, services, idle_s=idle_s, owner_pid=owner)
-    if args.background:  # the CLI that started it holds mesh.lock until it is ready
+    services = supervisor.WITHOUT_DIARIZATION if args.no_diarization else supervisor.SERVICES
+    runner = supervisor.LocalMeshSupervisor(state_dir, services, idle_s=args.idle_timeout)
+    with supervisor.mesh_lock(state_dir):
+        running = supervisor.live_mesh(state_dir)
+        if running is not None:
+            err_console.print(f"asr: a local mesh is already running in {state_dir} (gateway "
+                              f"{running.gateway_address}); use it, or stop it with `asr serve --stop`")
+            return 1
         address = runner.start()
-    else:
-        with supervisor.mesh_lock(state_dir):
-            running = supervisor.live_mesh(state_dir)
-            if running is not None:
-                err_console.print(f"asr: a local mesh is already running in {state_dir} (gateway "
-                                  f"{running.gateway_address}); use it, or stop it with `asr serve --stop`")
-                return 1
-            address = runner.start()
     stop = runner.stop_requested  # from here on a signal stops the mesh in order
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     print(f"gateway listening on {address}", flush=True)
-    if not args.background:
-        err_console.print(f"state directory {state_dir}; press Ctrl-C to stop")
-    reason = runner.run()
-    if args.background:
-        err_console.print(f"local mesh stopped ({reason})")
+    err_console.print(f"state directory {state_dir}; press Ctrl-C to stop")
+    runner.run()
     return 0
 
 

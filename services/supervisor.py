@@ -27,7 +27,7 @@ Supervision. `supervise_once()` (called in a loop by `asr serve`, or by a thread
 A mesh shared between CLI calls (`use_local_mesh`). `asr transcribe` without --server takes
 `<state dir>/mesh.lock` (fcntl, exclusive) and reads mesh.json: a live mesh (supervisor alive,
 gateway accepting connections) is reused; a stale one (dead supervisor, gateway unreachable) is
-killed and forgotten; if none is left it starts `asr serve --background` in its own session and
+killed and forgotten; if none is left it starts `python -m services.supervisor` in its own session and
 waits until mesh.json shows the services ready. To get a service the running mesh lacks
 (diarization), the CLI drops an empty file `<state dir>/requests/<service>`; the supervisor
 polls that directory, starts the service and lists it in mesh.json once ready, which is what the
@@ -59,7 +59,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.errors import MeshError
-from services.common.settings import default_state_dir
 
 READY_PREFIX = "ASR_READY"  # services.common.server prints it; not imported (it pulls in gRPC)
 BACKENDS = ("preprocess", "transcription", "diarization", "merge")
@@ -401,6 +400,12 @@ def read_mesh_file(path: Path) -> dict[str, list[dict]] | None:
 # -- the background mesh shared by CLI calls ------------------------------------------------
 
 
+def default_state_dir() -> Path:
+    """services.common.settings.default_state_dir, not imported: pydantic-settings would add
+    about 0.4 s to every CLI call."""
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "asr-mesh"
+
+
 def resolve_state_dir(state_dir: Path | None = None) -> Path:
     """`state_dir`, else $ASR_STATE_DIR, else the default (~/.local/state/asr-mesh)."""
     return Path(state_dir or os.environ.get("ASR_STATE_DIR") or default_state_dir())
@@ -502,7 +507,8 @@ class MeshInfo:
 
 
 class LocalMeshSupervisor:
-    """What `asr serve` runs: a LocalMesh kept alive, listed in mesh.json, asked for more via files.
+    """What `asr serve` and the background mesh run: a LocalMesh kept alive, listed in mesh.json,
+    asked for more via files.
 
     With `idle_s` it stops after that long without users (see the module doc); `background`
     marks the mesh as one the CLI started (and may stop). Call `run()`; SIGTERM stops it.
@@ -620,8 +626,8 @@ def _start_background(state_dir: Path, services: Iterable[str], python: str) -> 
     log_path = state_dir / "logs" / "supervisor.log"
     with open(log_path, "ab") as log_file:
         return subprocess.Popen(
-            [python, "-m", "clients.cli", "serve", "--background", "--state-dir", str(state_dir),
-             "--services", ",".join(services)],
+            # This module, not `asr serve`: the CLI's imports (rich, the SDK) would delay every start.
+            [python, "-m", "services.supervisor", "--state-dir", str(state_dir), "--services", ",".join(services)],
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
             start_new_session=True,  # its own session: Ctrl-C in this terminal does not reach it
             env={**os.environ, "PYANNOTE_METRICS_ENABLED": "false", "PYTHONUNBUFFERED": "1"},
@@ -722,3 +728,38 @@ def stop_local_mesh(state_dir: Path | None = None, timeout_s: float = 30.0) -> i
         with contextlib.suppress(FileNotFoundError):
             (state_dir / MESH_FILE).unlink()
         return pid
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The background mesh: `python -m services.supervisor --state-dir DIR --services a,b,...`.
+
+    Started by `use_local_mesh` (which holds mesh.lock until it is ready); stops after
+    ASR_LOCAL_MESH_IDLE_S without users, on SIGTERM (`asr serve --stop`), or when the process
+    named by ASR_LOCAL_MESH_OWNER_PID is gone.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m services.supervisor", description=main.__doc__)
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--services", default=",".join(SERVICES))
+    parser.add_argument("--idle-timeout", type=float, help=f"default: {IDLE_ENV} or {DEFAULT_IDLE_S:.0f}")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s supervisor: %(message)s")
+    try:
+        idle_s = args.idle_timeout if args.idle_timeout is not None else idle_timeout_s()
+        owner = int(os.environ.get(OWNER_ENV, "0") or 0)
+        runner = LocalMeshSupervisor(args.state_dir, args.services.split(","), idle_s=idle_s, owner_pid=owner)
+        address = runner.start()
+    except (MeshError, ValueError, OSError) as exc:
+        print(f"asr: {getattr(exc, 'message', exc)}", file=sys.stderr, flush=True)
+        return 1
+    stop = runner.stop_requested
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"gateway listening on {address}", flush=True)
+    log.info("local mesh stopped (%s)", runner.run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

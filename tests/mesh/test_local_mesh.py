@@ -91,7 +91,7 @@ def test_two_calls_at_once_share_one_mesh(mesh_dir, corpus, tmp_path):
         assert call.returncode == 0, err
     assert (tmp_path / "o0" / "000.json").is_file() and (tmp_path / "o1" / "001.json").is_file()
     commands = list(processes_of(mesh_dir).values())
-    assert sum("serve --background" in c for c in commands) == 1
+    assert sum("services.supervisor" in c for c in commands) == 1
     assert sum("services.transcription" in c for c in commands) == 1
     assert sum("services.gateway" in c for c in commands) == 1
     started = (mesh_dir / "logs" / "supervisor.log").read_text().count("gateway listening on")
