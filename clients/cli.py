@@ -160,6 +160,7 @@ def _local_mesh(stack: ExitStack, args: argparse.Namespace, diarize: bool) -> st
     else:
         with err_console.status("starting a private local mesh (loading models)…"):
             mesh.start()
+    mesh.start_supervision()  # a service that dies during the call is restarted
     return mesh.gateway_address
 
 

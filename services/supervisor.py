@@ -377,7 +377,7 @@ class LocalMesh:
         """Remove mesh.json if it still describes this mesh (a newer one may have replaced it)."""
         table = read_mesh_file(self.mesh_file)
         gateway = (table or {}).get("gateway") or [{}]
-        if self._reserved and gateway[0].get("address") == self.gateway_address:
+        if "gateway" in self._reserved and gateway[0].get("address") == self.gateway_address:
             with contextlib.suppress(FileNotFoundError):
                 self.mesh_file.unlink()
 

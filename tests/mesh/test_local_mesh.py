@@ -144,3 +144,11 @@ def test_serve_restarts_a_killed_service_on_its_address(corpus, tmp_path):
             serve.kill()
     assert wait_until(lambda: not processes_of(state), 30), processes_of(state)
     assert not (state / "mesh.json").exists()
+
+
+def test_no_reuse_runs_a_private_mesh_and_leaves_nothing(mesh_dir, corpus, tmp_path):
+    _transcribe(mesh_dir, corpus, tmp_path / "out", "--no-reuse")
+    assert (tmp_path / "out" / "000.json").is_file()
+    assert not (mesh_dir / "mesh.json").exists()
+    assert list((mesh_dir / "runtime").iterdir()) == []  # its own process table is gone too
+    assert processes_of(mesh_dir) == {}
