@@ -43,8 +43,10 @@ class Backends:
             return True
         return not isinstance(table, dict) or bool(table.get(name))
 
-    def require_diarization(self, asked: list[str]) -> None:
-        """Refuse speaker options (`asked`: their names) when no diarization service runs."""
+    def require_diarization(self, config: object) -> None:
+        """Refuse a request config (TranscribeConfig) that sets speaker options when no
+        diarization service runs."""
+        asked = [name for name in SPEAKER_OPTIONS if getattr(config, name, None)]
         if asked and not self.present("diarization"):
             raise ServiceNotConfigured(
                 f"this mesh runs no diarization service, so it cannot label speakers (asked for: "

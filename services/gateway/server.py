@@ -64,7 +64,8 @@ def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages
             return GrpcStages(downstream, deadlines)
 
     backends = Backends({"diarization": settings.diarization_address}, settings.mesh_file)
-    servicer = GatewayServicer(stages_factory, settings.max_upload_bytes, settings.spool_dir, backends)
+    servicer = GatewayServicer(stages_factory, settings.max_upload_bytes, settings.spool_dir,
+                               backends=backends)
     return build_server(
         settings,
         register=lambda server: pb_grpc.add_GatewayServiceServicer_to_server(servicer, server),

@@ -23,7 +23,7 @@ from services.common.errors import Cancelled, InvalidInput, LimitExceeded
 from services.common.scheduler import rpc_watch
 from services.common.streams import UploadMeter
 from services.common.telemetry import current_trace_id
-from services.gateway.availability import SPEAKER_OPTIONS, Backends
+from services.gateway.availability import Backends
 from services.gateway.downstream import FORMAT_ENUMS, FORMAT_NAMES
 from services.gateway.pipeline import ChainOptions, ChainResult, Stages, run_chain
 
@@ -85,11 +85,6 @@ def chain_options(config: pb.TranscribeConfig) -> ChainOptions:
     )
 
 
-def speaker_options(config: pb.TranscribeConfig) -> list[str]:
-    """The names of the speaker options `config` sets (diarize first)."""
-    return [name for name in SPEAKER_OPTIONS if getattr(config, name)]
-
-
 def _quality_profile(value: int) -> str:
     """The profile's name for the chain ("" = the transcription service's default)."""
     if value not in quality_pb2.QualityProfile.values():
@@ -101,7 +96,7 @@ def _quality_profile(value: int) -> str:
 
 class GatewayServicer(pb_grpc.GatewayServiceServicer):
     def __init__(self, stages_factory: Callable[[], Stages], max_upload_bytes: int, spool_dir: Path | None,
-                 backends: Backends | None = None):
+                 *, backends: Backends | None = None):
         self._stages_factory = stages_factory
         self._backends = backends or Backends({"diarization": "configured"})
         self._max_upload_bytes = max_upload_bytes
@@ -112,7 +107,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         if first is None or first.WhichOneof("payload") != "config":
             raise InvalidInput("the first message of the stream must carry config", field="config")
         options = chain_options(first.config)
-        self._backends.require_diarization(speaker_options(first.config))
+        self._backends.require_diarization(first.config)
         span = trace.get_current_span()
         span.set_attributes({"asr.diarize": options.diarize, "asr.formats": ",".join(options.formats)})
         ended, _ = rpc_watch(context)
