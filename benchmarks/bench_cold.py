@@ -150,7 +150,7 @@ def main() -> int:
     try:
         for run in range(args.runs):
             for name, cmd in variants.items():
-                if "cold" in name:
+                if "cold" in name or name.startswith("plain"):  # plain runs alone, not beside a mesh
                     stop_mesh()
                 measured = measure(cmd, env, marker)
                 results[name].append(measured)
