@@ -145,7 +145,7 @@ def main() -> int:
     ready: list[dict[str, float]] = []
 
     def stop_mesh() -> None:
-        subprocess.run([*asr, "serve", "--stop"], env=env, cwd=REPO, capture_output=True, check=True)
+        subprocess.run([*asr, "serve", "--stop"], env=env, cwd=REPO, capture_output=True)
 
     try:
         for run in range(args.runs):
