@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 export PYANNOTE_METRICS_ENABLED := false
 export ASR_CORPUS_DIR := $(CORPUS)
 
-.PHONY: help setup system-deps protos model run test test-fast lint buf proto-baseline clean bench-long corpus-hard corpus-overlap bench-accuracy corpus-validate
+.PHONY: help setup system-deps protos model run test test-fast lint buf proto-baseline clean bench-long bench-cold corpus-hard corpus-overlap bench-accuracy corpus-validate
 
 help:  ## List targets.
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ bench-accuracy: setup  ## Plain faster-whisper vs the mesh on the validation cor
 
 bench-long: setup  ## Mesh vs plain faster-whisper on the 10-minute file (slow).
 	$(PY) scripts/bench_long.py $(CORPUS)/long/long.flac
+
+bench-cold: setup  ## Plain faster-whisper vs `asr transcribe` cold and warm, ± --diarize, on a 30 s clip (~10 min).
+	$(PY) benchmarks/bench_cold.py $(SAMPLE) --png build/bench_cold.png
 
 clean:  ## Remove generated files (keeps the venv and model).
 	rm -rf gen/asr gen/.stamp $(OUT) .pytest_cache

@@ -2,12 +2,16 @@
 
     asr transcribe FILE [FILE ...] [--diarize] [--format json,srt,vtt,txt,rttm] [-o DIR]
                    [--language pt-BR] [--model NAME] [--num-speakers N] [--server HOST:PORT]
-    asr serve [--state-dir DIR]
+    asr serve [--state-dir DIR] [--no-diarization] [--idle-timeout S] | asr serve --stop
     asr trace list | asr trace show TRACE_ID [--format json] [--png FILE]
 
-Without --server, `transcribe` starts the local mesh (the same separate service processes) for
-the call and stops it afterwards. Errors are one line per file on stderr; the exit code is 1
-when any input failed, 2 for usage errors, 130 when interrupted. Never a traceback.
+Without --server, `transcribe` uses the local mesh of the state directory: it reuses a running
+one, or starts one in the background (only the services the request needs; diarization is added
+when a later call asks for speakers) and leaves it running until it has been idle for
+ASR_LOCAL_MESH_IDLE_S seconds (default 300) or `asr serve --stop`. `--no-reuse` (or
+ASR_LOCAL_MESH_REUSE=0) starts a private mesh for the call and stops it afterwards. How meshes are
+found, shared and supervised: services/supervisor.py. Errors are one line per file on stderr; the
+exit code is 1 when any input failed, 2 for usage errors, 130 when interrupted. Never a traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import argparse
 import os
 import signal
 import sys
-import threading
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
@@ -89,12 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--connect-timeout", type=float, default=15.0, metavar="SECONDS",
                    help="give up when the gateway cannot be reached within this time")
     t.add_argument("--state-dir", type=Path, help="local mesh state directory (traces, logs)")
+    t.add_argument("--no-reuse", action="store_true",
+                   default=os.environ.get("ASR_LOCAL_MESH_REUSE", "1").strip().lower() in ("0", "false", "no"),
+                   help="start a private local mesh for this call and stop it afterwards "
+                        "(default: reuse or start the shared background mesh; ASR_LOCAL_MESH_REUSE=0)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--no-cache", action="store_true", help="run the chain even if the result cache has this")
     jobs_cli.add_parsers(sub, t)  # asr submit, asr jobs …
 
-    s = sub.add_parser("serve", help="run the mesh locally until interrupted")
+    s = sub.add_parser("serve", help="run the mesh locally until interrupted (or stop it: --stop)")
     s.add_argument("--state-dir", type=Path, help="state directory (traces, logs)")
+    s.add_argument("--stop", action="store_true", help="stop the mesh running in the state directory")
+    s.add_argument("--no-diarization", action="store_true",
+                   help="leave diarization out (started later if a local CLI call asks for speakers)")
+    s.add_argument("--idle-timeout", type=float, metavar="SECONDS",
+                   help="stop after this long without CLI calls (default: never)")
 
     tr = sub.add_parser("trace", help="inspect traces recorded by the local mesh")
     trace_sub = tr.add_subparsers(dest="trace_command", required=True)
@@ -133,17 +145,28 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _local_mesh(stack: ExitStack, state_dir: Path | None, quiet: bool):
-    from services.supervisor import LocalMesh
+def _local_mesh(stack: ExitStack, args: argparse.Namespace, diarize: bool) -> str:
+    """The gateway address of a local mesh running what the request needs (see the docstring)."""
+    from services import supervisor
 
-    mesh = LocalMesh(state_dir=state_dir)
-    if quiet:
+    services = supervisor.SERVICES if diarize else supervisor.WITHOUT_DIARIZATION
+    if not args.no_reuse:
+        def on_start(what: str) -> None:
+            if not args.quiet:
+                err_console.print(f"starting {what} (it stays up for later calls; `asr serve --stop` stops it)")
+
+        return stack.enter_context(supervisor.use_local_mesh(args.state_dir, services, on_start=on_start))
+    state_dir = supervisor.resolve_state_dir(args.state_dir)
+    mesh = supervisor.LocalMesh(state_dir=state_dir, services=services,
+                                mesh_file=state_dir / "runtime" / f"mesh-{os.getpid()}.json")
+    stack.callback(mesh.stop)
+    if args.quiet:
         mesh.start()
     else:
-        with err_console.status("starting the local mesh (loading models)…"):
+        with err_console.status("starting a private local mesh (loading models)…"):
             mesh.start()
-    stack.callback(mesh.stop)
-    return mesh
+    mesh.start_supervision()  # a service that dies during the call is restarted
+    return mesh.gateway_address
 
 
 def transcribe(args: argparse.Namespace) -> int:
@@ -178,7 +201,7 @@ def transcribe(args: argparse.Namespace) -> int:
         err_console.print(f"asr: {args.output_dir}: cannot create the output directory: {exc.strerror}")
         return 1
     with ExitStack() as stack:
-        address = args.server or _local_mesh(stack, args.state_dir, args.quiet).gateway_address
+        address = args.server or _local_mesh(stack, args, options.diarize)
         client = stack.enter_context(GatewayClient(address, connect_timeout_s=args.connect_timeout))
         for index, path in enumerate(inputs):
             try:
@@ -300,21 +323,29 @@ def trace_command(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from services.supervisor import LocalMesh
+    from services import supervisor
 
-    stop = threading.Event()
+    state_dir = supervisor.resolve_state_dir(args.state_dir)
+    if args.stop:
+        pid = supervisor.stop_local_mesh(state_dir)
+        err_console.print(f"stopped the local mesh in {state_dir} (supervisor pid {pid})" if pid
+                          else f"no local mesh is running in {state_dir}")
+        return 0
+    services = supervisor.WITHOUT_DIARIZATION if args.no_diarization else supervisor.SERVICES
+    runner = supervisor.LocalMeshSupervisor(state_dir, services, idle_s=args.idle_timeout)
+    with supervisor.mesh_lock(state_dir):
+        running = supervisor.live_mesh(state_dir)
+        if running is not None:
+            err_console.print(f"asr: a local mesh is already running in {state_dir} (gateway "
+                              f"{running.gateway_address}); use it, or stop it with `asr serve --stop`")
+            return 1
+        address = runner.start()
+    stop = runner.stop_requested  # from here on a signal stops the mesh in order
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with LocalMesh(state_dir=args.state_dir) as mesh:
-        print(f"gateway listening on {mesh.gateway_address}", flush=True)
-        err_console.print(f"state directory {mesh.state_dir}; press Ctrl-C to stop")
-        try:
-            while not stop.wait(0.5):
-                for service in mesh.services.values():
-                    if service.process.poll() is not None:
-                        err_console.print(f"asr: the {service.name} service exited; see {service.log_path}")
-                        return 1
-        except KeyboardInterrupt:
-            pass
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"gateway listening on {address}", flush=True)
+    err_console.print(f"state directory {state_dir}; press Ctrl-C to stop")
+    runner.run()
     return 0
 
 

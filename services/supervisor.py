@@ -1,50 +1,134 @@
-"""Runs the whole mesh locally: each service its own process on loopback, gateway last.
+"""Runs the mesh locally: each service its own process on loopback, supervised, reusable.
 
-Every service binds port 0 and prints `ASR_READY service=<name> port=<port>` once it serves
-(the transcription service only after its model is loaded), so nothing races for fixed ports.
-Children get SIGTERM on `stop()` (they drain, then exit) and, on Linux, die with this process if
-it is killed, so a crashed CLI or test never leaves services behind.
+Addresses. Before starting anything the supervisor reserves one loopback port per service (it
+binds a socket with SO_REUSEADDR and keeps it, never listening). A service binds its reserved
+port (gRPC sets SO_REUSEADDR too, and Linux lets a listening socket share a port with bound,
+non-listening ones), while any other program's bind to it fails. So every address is known
+before any process runs: all services, gateway included, start at once, and a service that
+dies is restarted on the port it had, where the gateway's channel reconnects. Each service still
+prints `ASR_READY service=<name> port=<port>` once it serves (transcription only after its
+model is loaded; the local mesh skips its warm-up run, which would cost about what the waiting
+request's first window costs); that line is what "ready" means.
+
+Only what is asked for runs: `LocalMesh(services=...)` starts a subset (the CLI leaves out
+diarization unless a request asks for speakers). The diarization port is reserved and given to
+the gateway anyway, and `ensure("diarization")` starts the service later on it.
+
+`<state dir>/mesh.json` (rewritten atomically on every change) maps each running service to a
+list of its processes, `{"gateway": [{"pid": 123, "address": "127.0.0.1:50051", "state":
+"ready", "restarts": 0, ...}], ...}`, plus a "supervisor" entry for this process. The gateway
+reads it (`ASR_GATEWAY_MESH_FILE`) to learn which backends exist: a service that is not listed
+is absent, and the gateway refuses options that need it with a sentence.
+
+Supervision. `supervise_once()` (called in a loop by `asr serve`, or by a thread from
+`start_supervision()`) restarts a service that exited on its own, with exponential backoff
+(0.5 s doubling to 30 s, reset after a minute of uptime); one dead child never stops the mesh.
+
+A mesh shared between CLI calls (`use_local_mesh`). `asr transcribe` without --server takes
+`<state dir>/mesh.lock` (fcntl, exclusive) and reads mesh.json: a live mesh (supervisor alive,
+gateway accepting connections) is reused; a stale one (dead supervisor, gateway unreachable) is
+killed and forgotten; if none is left it starts `python -m services.supervisor` in its own session and
+waits until mesh.json shows the services ready. To get a service the running mesh lacks
+(diarization), the CLI drops an empty file `<state dir>/requests/<service>`; the supervisor
+polls that directory, starts the service and lists it in mesh.json once ready, which is what the
+CLI waits for. Files and locks need no server, survive any crash of either side, and a request
+left by a CLI that died is harmless. While it uses the mesh the CLI holds a shared lock on
+`<state dir>/mesh.users` and touches it afterwards; a background supervisor stops itself when
+nobody holds that lock and it has not been touched for `ASR_LOCAL_MESH_IDLE_S` (default 300 s),
+deciding under mesh.lock so that a CLI never picks a mesh that is shutting down. Children get
+SIGTERM on stop (they drain, then exit) and die with the supervisor if it is killed
+(PR_SET_PDEATHSIG); with `ASR_LOCAL_MESH_OWNER_PID` set, a background supervisor also stops when
+that process (a test run, say) is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.errors import MeshError
-from services.common.server import READY_PREFIX
-from services.common.settings import default_state_dir
 
+READY_PREFIX = "ASR_READY"  # services.common.server prints it; not imported (it pulls in gRPC)
 BACKENDS = ("preprocess", "transcription", "diarization", "merge")
 SERVICES = (*BACKENDS, "gateway")
+WITHOUT_DIARIZATION = ("preprocess", "transcription", "merge", "gateway")
+MESH_FILE = "mesh.json"
+IDLE_ENV = "ASR_LOCAL_MESH_IDLE_S"
+OWNER_ENV = "ASR_LOCAL_MESH_OWNER_PID"
+DEFAULT_IDLE_S = 300.0
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 30.0
+BACKOFF_RESET_AFTER_S = 60.0
+
+log = logging.getLogger(__name__)
 
 
 class MeshStartError(MeshError):
     """A service of the local mesh did not come up."""
 
 
+def reserve_port(host: str = "127.0.0.1") -> socket.socket:
+    """A bound, non-listening socket holding a free port for a service (see the module doc)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    return sock
+
+
 @dataclass
 class ServiceProcess:
     name: str
-    process: subprocess.Popen
+    port: int
     log_path: Path
-    port: int = 0
+    process: subprocess.Popen | None = None
     ready: threading.Event = field(default_factory=threading.Event)
+    started_at: float = 0.0
+    restarts: int = 0
+    backoff_s: float = 0.0
+    restart_at: float | None = None
+    """When a dead process is due to be started again (None while it runs)."""
+    last_exit: int | None = None
+    ready_s: float = 0.0
+    """Seconds from spawn to the ready line, last start."""
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def state(self) -> str:
+        if self.restart_at is not None:
+            return "restarting"
+        return "ready" if self.ready.is_set() else "starting"
+
+    def describe(self) -> dict:
+        entry = {"pid": self.process.pid if self.process else 0, "address": self.address,
+                 "state": self.state, "restarts": self.restarts, "log": str(self.log_path)}
+        if self.ready.is_set():
+            entry["ready_s"] = round(self.ready_s, 3)
+        if self.last_exit is not None:
+            entry["last_exit"] = self.last_exit
+        return entry
 
 
 class LocalMesh:
-    """Start with `with LocalMesh() as mesh:`; `mesh.gateway_address` is where to call."""
+    """Start with `with LocalMesh() as mesh:`; `mesh.gateway_address` is where to call.
+
+    `services` picks what runs (default: all five); `mesh_file` is where the process table is
+    kept (default `<state dir>/mesh.json`); `on_change` is called after each rewrite of it.
+    """
 
     def __init__(
         self,
@@ -52,16 +136,43 @@ class LocalMesh:
         env: dict[str, str] | None = None,
         startup_timeout_s: float = 180.0,
         python: str = sys.executable,
+        services: Iterable[str] = SERVICES,
+        mesh_file: Path | None = None,
     ):
-        self.state_dir = Path(state_dir or default_state_dir())
+        self.state_dir = resolve_state_dir(state_dir)
         self._env = dict(env or {})
         self._timeout = startup_timeout_s
         self._python = python
+        wanted = set(services) | {"gateway"}
+        unknown = wanted - set(SERVICES)
+        if unknown:
+            raise ValueError(f"unknown services {sorted(unknown)}; choose from {SERVICES}")
+        self._initial = [name for name in SERVICES if name in wanted]
+        self.mesh_file = Path(mesh_file) if mesh_file else self.state_dir / MESH_FILE
         self.services: dict[str, ServiceProcess] = {}
+        self._reserved: dict[str, socket.socket] = {}
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        self.extra: dict[str, list[dict]] = {
+            "supervisor": [{"pid": os.getpid(), "start_ticks": start_ticks(os.getpid()), "address": "",
+                            "state": "ready", "kind": "embedded"}],
+        }
+        """More entries for mesh.json: the process supervising the mesh (this one) lists itself."""
+
+    # -- addresses --------------------------------------------------------------------------
+
+    def port_of(self, name: str) -> int:
+        return self._reserved[name].getsockname()[1]
+
+    def address_of(self, name: str) -> str:
+        return f"127.0.0.1:{self.port_of(name)}"
 
     @property
     def gateway_address(self) -> str:
-        return self.services["gateway"].address
+        return self.address_of("gateway")
+
+    # -- start and stop ---------------------------------------------------------------------
 
     def __enter__(self) -> LocalMesh:
         self.start()
@@ -71,22 +182,34 @@ class LocalMesh:
         self.stop()
 
     def start(self) -> str:
-        """Start every service and return the gateway's address."""
+        """Start the chosen services at once, wait until all serve; returns the gateway's address."""
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         try:
-            for name in BACKENDS:
-                self._spawn(name, {})
-            self._wait(BACKENDS)
-            self._spawn("gateway", {
-                f"ASR_GATEWAY_{name.upper()}_ADDRESS": self.services[name].address for name in BACKENDS
-            })
-            self._wait(("gateway",))
+            for name in SERVICES:
+                self._reserved[name] = reserve_port()
+            with self._lock:
+                for name in self._initial:
+                    self._spawn(name)
+            self._wait(self._initial)
+            self.write_mesh_file()
         except BaseException:
             self.stop(grace_s=2)
             raise
         return self.gateway_address
 
-    def _spawn(self, name: str, extra_env: dict[str, str]) -> None:
+    def ensure(self, name: str, wait: bool = True) -> None:
+        """Start `name` if it is not running yet (diarization on demand); optionally wait for it."""
+        if name not in SERVICES:
+            raise ValueError(f"unknown service {name!r}")
+        with self._lock:
+            if name not in self.services:
+                self._spawn(name)
+                self.write_mesh_file()
+        if wait:
+            self._wait([name])
+            self.write_mesh_file()
+
+    def _env_for(self, name: str) -> dict[str, str]:
         env = {
             **os.environ,
             "PYANNOTE_METRICS_ENABLED": "false",
@@ -96,38 +219,54 @@ class LocalMesh:
             # would run Python in the forked child of a process that has started gRPC threads.
             "ASR_PARENT_PID": str(os.getpid()),
             f"ASR_{name.upper()}_HOST": "127.0.0.1",
-            f"ASR_{name.upper()}_PORT": "0",
+            f"ASR_{name.upper()}_PORT": str(self.port_of(name)),
+            # No warm-up run: a local request is usually waiting for this start, and the warm-up
+            # (a whole 30 s window through the encoder) costs about what its first window does.
+            "ASR_TRANSCRIPTION_WARM_UP": os.environ.get("ASR_TRANSCRIPTION_WARM_UP", "false"),
             **self._env,
-            **extra_env,
         }
-        log_path = self.state_dir / "logs" / f"{name}.log"
-        log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the child from here on
-        process = subprocess.Popen(
-            [self._python, "-m", f"services.{name}"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=log_file,
-        )
-        log_file.close()
-        service = ServiceProcess(name, process, log_path)
-        self.services[name] = service
-        threading.Thread(target=self._read_stdout, args=(service,), daemon=True).start()
+        if name == "gateway":
+            env.update({f"ASR_GATEWAY_{b.upper()}_ADDRESS": self.address_of(b) for b in BACKENDS})
+            env["ASR_GATEWAY_MESH_FILE"] = str(self.mesh_file)
+        return env
 
-    @staticmethod
-    def _read_stdout(service: ServiceProcess) -> None:
-        for raw in service.process.stdout:
+    def _spawn(self, name: str) -> None:
+        service = self.services.get(name)
+        if service is None:
+            service = ServiceProcess(name, self.port_of(name), self.state_dir / "logs" / f"{name}.log")
+            self.services[name] = service
+        service.ready = threading.Event()
+        with open(service.log_path, "ab") as log_file:
+            service.process = subprocess.Popen(
+                [self._python, "-m", f"services.{name}"],
+                env=self._env_for(name),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+            )
+        service.started_at = time.monotonic()
+        service.restart_at = None
+        threading.Thread(target=self._read_stdout, args=(service, service.process, service.ready),
+                         daemon=True, name=f"ready-{name}").start()
+
+    def _read_stdout(self, service: ServiceProcess, process: subprocess.Popen, ready: threading.Event) -> None:
+        for raw in process.stdout:
             line = raw.decode(errors="replace").strip()
-            if line.startswith(READY_PREFIX) and not service.ready.is_set():
+            if line.startswith(READY_PREFIX) and not ready.is_set():
                 fields = dict(part.split("=", 1) for part in line.split()[1:] if "=" in part)
-                service.port = int(fields.get("port", 0))
-                service.ready.set()
+                if int(fields.get("port", 0)) != service.port:
+                    log.warning("%s reported port %s, expected %d", service.name, fields.get("port"), service.port)
+                service.ready_s = time.monotonic() - service.started_at
+                ready.set()
+                if not self._stopping.is_set():
+                    self.write_mesh_file()
+        process.stdout.close()
 
-    def _wait(self, names: tuple[str, ...]) -> None:
+    def _wait(self, names: Iterable[str]) -> None:
         deadline = time.monotonic() + self._timeout
         for name in names:
             service = self.services[name]
-            while not service.ready.wait(0.1):
+            while not service.ready.wait(0.05):
                 code = service.process.poll()
                 if code is not None:
                     raise MeshStartError(
@@ -142,16 +281,485 @@ class LocalMesh:
 
     def stop(self, grace_s: float = 15.0) -> None:
         """SIGTERM every service (gateway first so it stops taking work), then reap."""
-        order = [s for s in reversed(SERVICES) if s in self.services]
-        for name in order:
-            process = self.services[name].process
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for name in order:
-            process = self.services[name].process
+        self._stopping.set()
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            self._supervisor.join(timeout=5)
+        with self._lock:
+            order = [s for s in reversed(SERVICES) if s in self.services and self.services[s].process]
+            for name in order:
+                process = self.services[name].process
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            for name in order:
+                process = self.services[name].process
+                try:
+                    process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            self._forget_mesh_file()
+            for sock in self._reserved.values():
+                sock.close()
+            self._reserved.clear()
+
+    # -- supervision ------------------------------------------------------------------------
+
+    def supervise_once(self) -> list[str]:
+        """Restart services that exited on their own (with backoff); returns what was restarted.
+
+        Also starts services asked for through `<state dir>/requests/` (when this mesh is the
+        one `<state dir>/mesh.json` describes).
+        """
+        restarted = []
+        if self.mesh_file == self.state_dir / MESH_FILE:
+            self._serve_requests()
+        with self._lock:
+            if self._stopping.is_set():
+                return restarted
+            now = time.monotonic()
+            for service in self.services.values():
+                code = service.process.poll()
+                if code is None:
+                    continue
+                if service.restart_at is None:  # just noticed: schedule a restart
+                    uptime = now - service.started_at
+                    service.backoff_s = (BACKOFF_FIRST_S if uptime > BACKOFF_RESET_AFTER_S or not service.backoff_s
+                                         else min(service.backoff_s * 2, BACKOFF_MAX_S))
+                    service.restart_at = now + service.backoff_s
+                    service.last_exit = code
+                    log.warning("the %s service (pid %d) exited with code %s; restarting in %.1f s on %s",
+                                service.name, service.process.pid, code, service.backoff_s, service.address)
+                    self.write_mesh_file()
+                elif now >= service.restart_at:
+                    service.restarts += 1
+                    self._spawn(service.name)
+                    restarted.append(service.name)
+                    self.write_mesh_file()
+        return restarted
+
+    def _serve_requests(self) -> None:
+        requests = self.state_dir / "requests"
+        try:
+            names = [p.name for p in requests.iterdir()]
+        except OSError:
+            return
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                (requests / name).unlink()
+            if name in SERVICES and name not in self.services:
+                log.info("starting the %s service on request", name)
+                self.ensure(name, wait=False)
+
+    def start_supervision(self, interval_s: float = 0.2) -> None:
+        """Supervise from a background thread until `stop()` (for meshes run inside a program)."""
+        def loop() -> None:
+            while not self._stopping.wait(interval_s):
+                self.supervise_once()
+
+        self._supervisor = threading.Thread(target=loop, daemon=True, name="mesh-supervisor")
+        self._supervisor.start()
+
+    # -- mesh.json --------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, list[dict]]:
+        with self._lock:
+            table = {name: [self.services[name].describe()] for name in SERVICES if name in self.services}
+        return {**self.extra, **table}
+
+    def write_mesh_file(self) -> None:
+        if self._stopping.is_set():
+            return
+        with self._lock:
+            write_json_atomic(self.mesh_file, self.describe())
+
+    def _forget_mesh_file(self) -> None:
+        """Remove mesh.json if it still describes this mesh (a newer one may have replaced it)."""
+        table = read_mesh_file(self.mesh_file)
+        gateway = (table or {}).get("gateway") or [{}]
+        if "gateway" in self._reserved and gateway[0].get("address") == self.gateway_address:
+            with contextlib.suppress(FileNotFoundError):
+                self.mesh_file.unlink()
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    temporary.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def read_mesh_file(path: Path) -> dict[str, list[dict]] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# -- the background mesh shared by CLI calls ------------------------------------------------
+
+
+def default_state_dir() -> Path:
+    """services.common.settings.default_state_dir, not imported: pydantic-settings would add
+    about 0.4 s to every CLI call."""
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "asr-mesh"
+
+
+def resolve_state_dir(state_dir: Path | None = None) -> Path:
+    """`state_dir`, else $ASR_STATE_DIR, else the default (~/.local/state/asr-mesh)."""
+    return Path(state_dir or os.environ.get("ASR_STATE_DIR") or default_state_dir())
+
+
+def idle_timeout_s() -> float:
+    try:
+        return float(os.environ.get(IDLE_ENV, DEFAULT_IDLE_S))
+    except ValueError:
+        raise MeshError(f"{IDLE_ENV} must be a number of seconds, not {os.environ[IDLE_ENV]!r}") from None
+
+
+def mesh_lock(state_dir: Path) -> contextlib.AbstractContextManager[int]:
+    """Hold `<state dir>/mesh.lock` (exclusive) while choosing, starting or stopping a mesh."""
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    return _flock(Path(state_dir) / "mesh.lock", fcntl.LOCK_EX)
+
+
+@contextlib.contextmanager
+def _flock(path: Path, mode: int) -> Iterator[int]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, mode)
+        yield fd
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def start_ticks(pid: int) -> int:
+    """When `pid` started (clock ticks since boot): with the pid, names one process for good."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _reachable(address: str, timeout_s: float = 1.0) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+@dataclass
+class MeshInfo:
+    """A running mesh as mesh.json describes it."""
+
+    table: dict[str, list[dict]]
+
+    @property
+    def supervisor_pid(self) -> int:
+        return int((self.table.get("supervisor") or [{}])[0].get("pid", 0))
+
+    @property
+    def killable_supervisor(self) -> bool:
+        """Whether the supervisor is an `asr serve` (never signal a program that embeds a mesh)."""
+        return (self.table.get("supervisor") or [{}])[0].get("kind") == "serve" and self.supervisor_alive()
+
+    def supervisor_alive(self) -> bool:
+        """The supervisor runs (the same process: a reused pid has another start time)."""
+        entry = (self.table.get("supervisor") or [{}])[0]
+        pid = int(entry.get("pid", 0))
+        return pid_alive(pid) and start_ticks(pid) == entry.get("start_ticks")
+
+    @property
+    def gateway_address(self) -> str:
+        return (self.table.get("gateway") or [{}])[0].get("address", "")
+
+    def state(self, name: str) -> str:
+        entries = self.table.get(name) or []
+        return entries[0].get("state", "") if entries else ""
+
+    def pids(self) -> dict[str, int]:
+        return {name: entries[0]["pid"] for name, entries in self.table.items() if entries}
+
+
+class LocalMeshSupervisor:
+    """What `asr serve` and the background mesh run: a LocalMesh kept alive, listed in mesh.json,
+    asked for more via files.
+
+    With `idle_s` it stops after that long without users (see the module doc); `background`
+    marks the mesh as one the CLI started (and may stop). Call `run()`; SIGTERM stops it.
+    """
+
+    def __init__(self, state_dir: Path, services: Iterable[str] = SERVICES, idle_s: float | None = None,
+                 owner_pid: int = 0, env: dict[str, str] | None = None):
+        self.state_dir = Path(state_dir)
+        self.mesh = LocalMesh(state_dir=self.state_dir, services=services, env=env)
+        self.idle_s = idle_s
+        self.owner_pid = owner_pid
+        self.stop_requested = threading.Event()
+        self.mesh.extra["supervisor"][0].update(kind="serve", idle_s=idle_s or 0)
+        self._started = time.time()
+
+    def start(self) -> str:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "requests").mkdir(exist_ok=True)
+        return self.mesh.start()
+
+    def run(self, on_tick: Callable[[], None] | None = None, interval_s: float = 0.2) -> str:
+        """Supervise until stopped; returns why it stopped ("signal", "idle", "owner gone")."""
+        reason = "signal"
+        try:
+            while not self.stop_requested.wait(interval_s):
+                self.mesh.supervise_once()
+                if on_tick:
+                    on_tick()
+                if self.owner_pid and not pid_alive(self.owner_pid):
+                    reason = "owner gone"
+                    break
+                if self.idle_s and self._idle_and_forgotten():
+                    reason = "idle"
+                    break
+        finally:
+            self.mesh.stop()
+        return reason
+
+    def _idle_and_forgotten(self) -> bool:
+        """True (and mesh.json removed, so no CLI picks this mesh) once idle long enough."""
+        users = self.state_dir / "mesh.users"
+        try:
+            last_use = max(users.stat().st_mtime, self._started)
+        except FileNotFoundError:
+            last_use = self._started
+        if time.time() - last_use < self.idle_s:
+            return False
+        lock_fd = os.open(self.state_dir / "mesh.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
             try:
-                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a CLI is choosing or starting a mesh right now
+                return False
+            users_fd = os.open(users, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                try:
+                    fcntl.flock(users_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # a CLI is using the mesh
+                    return False
+            finally:
+                os.close(users_fd)
+            self.mesh._stopping.set()  # no rewrite of mesh.json from here on
+            self.mesh._forget_mesh_file()
+            return True
+        finally:
+            os.close(lock_fd)
+
+
+def live_mesh(state_dir: Path, settle_s: float = 20.0) -> MeshInfo | None:
+    """The mesh registered in `state_dir` if it is alive; a stale one is stopped and forgotten.
+
+    Call with mesh.lock held. A gateway the supervisor is restarting gets `settle_s` to return.
+    """
+    mesh_file = state_dir / MESH_FILE
+    table = read_mesh_file(mesh_file)
+    if table is None:
+        return None
+    info = MeshInfo(table)
+    deadline = time.monotonic() + settle_s
+    while info.supervisor_alive():
+        if info.gateway_address and _reachable(info.gateway_address):
+            return info
+        if time.monotonic() > deadline or info.state("gateway") == "ready":
+            break  # a ready gateway that refuses connections is hung, not starting
+        time.sleep(0.2)
+        info = MeshInfo(read_mesh_file(mesh_file) or table)
+    _kill_stale(info)
+    with contextlib.suppress(FileNotFoundError):
+        mesh_file.unlink()
+    return None
+
+
+def _kill_stale(info: MeshInfo) -> None:
+    """Stop what is left of a mesh that no longer works (only processes it lists, by pid)."""
+    pids = []
+    if info.killable_supervisor:
+        pids.append(info.supervisor_pid)
+    for name, pid in info.pids().items():
+        if name in SERVICES and pid_alive(pid) and f"services.{name}" in _cmdline(pid):
+            pids.append(pid)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _start_background(state_dir: Path, services: Iterable[str], python: str) -> subprocess.Popen:
+    (state_dir / "logs").mkdir(parents=True, exist_ok=True)
+    log_path = state_dir / "logs" / "supervisor.log"
+    with open(log_path, "ab") as log_file:
+        return subprocess.Popen(
+            # This module, not `asr serve`: the CLI's imports (rich, the SDK) would delay every start.
+            [python, "-m", "services.supervisor", "--state-dir", str(state_dir), "--services", ",".join(services)],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+            start_new_session=True,  # its own session: Ctrl-C in this terminal does not reach it
+            env={**os.environ, "PYANNOTE_METRICS_ENABLED": "false", "PYTHONUNBUFFERED": "1"},
+            cwd=Path(__file__).resolve().parents[1],
+        )
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+def _wait_for(state_dir: Path, names: Iterable[str], timeout_s: float,
+              daemon: subprocess.Popen | None = None) -> MeshInfo:
+    """Wait until mesh.json lists `names` as ready."""
+    names = list(names)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        table = read_mesh_file(state_dir / MESH_FILE)
+        info = MeshInfo(table) if table else None
+        if info and (daemon is None or info.supervisor_pid == daemon.pid):
+            if all(info.state(n) == "ready" for n in names):
+                return info
+            for name in names:
+                entry = (info.table.get(name) or [{}])[0]
+                if entry.get("state") == "restarting":  # it died while starting: say so, do not loop
+                    raise MeshStartError(f"the {name} service exited with code {entry.get('last_exit')} "
+                                         f"while starting; see {entry.get('log')}")
+        if daemon is not None and daemon.poll() is not None:
+            tail = _log_tail(state_dir / "logs" / "supervisor.log")
+            raise MeshStartError(f"the local mesh could not start: {tail or f'exit code {daemon.returncode}'}")
+        if info is None and daemon is None:
+            raise MeshStartError("the local mesh stopped while waiting for it")
+        if time.monotonic() > deadline:
+            raise MeshStartError(f"the local mesh did not become ready within {timeout_s:.0f} s; "
+                                 f"see {state_dir / 'logs'}")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def use_local_mesh(state_dir: Path | None = None, services: Iterable[str] = WITHOUT_DIARIZATION,
+                   timeout_s: float = 180.0, python: str = sys.executable,
+                   on_start: Callable[[str], None] | None = None) -> Iterator[str]:
+    """The gateway address of a background mesh in `state_dir` running `services`.
+
+    Reuses a live one (starting missing services in it), or starts one; the mesh keeps running
+    afterwards. `on_start(what)` is told when something has to be started (for a progress line).
+    """
+    state_dir = resolve_state_dir(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    services = [name for name in SERVICES if name in set(services) | {"gateway"}]
+    users_fd = os.open(state_dir / "mesh.users", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        with _flock(state_dir / "mesh.lock", fcntl.LOCK_EX):
+            info = live_mesh(state_dir)
+            if info is None:
+                if on_start:
+                    on_start("the local mesh")
+                daemon = _start_background(state_dir, services, python)
+                info = _wait_for(state_dir, services, timeout_s, daemon)
+            missing = [name for name in services if info.state(name) != "ready"]
+            if missing:
+                if on_start:
+                    on_start(" and ".join(f"the {name} service" for name in missing))
+                (state_dir / "requests").mkdir(exist_ok=True)
+                for name in missing:
+                    (state_dir / "requests" / name).touch()
+                info = _wait_for(state_dir, missing, timeout_s)
+            fcntl.flock(users_fd, fcntl.LOCK_SH)  # before mesh.lock is released: see the module doc
+            os.utime(users_fd)
+        yield info.gateway_address
+    finally:
+        with contextlib.suppress(OSError):
+            os.utime(users_fd)
+        os.close(users_fd)
+
+
+def stop_local_mesh(state_dir: Path | None = None, timeout_s: float = 30.0) -> int | None:
+    """Stop the mesh registered in `state_dir`; returns its supervisor's pid (None if none ran)."""
+    state_dir = resolve_state_dir(state_dir)
+    if not state_dir.is_dir():
+        return None
+    with _flock(state_dir / "mesh.lock", fcntl.LOCK_EX):
+        table = read_mesh_file(state_dir / MESH_FILE)
+        if table is None:
+            return None
+        info = MeshInfo(table)
+        pid = info.supervisor_pid
+        if info.killable_supervisor:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout_s
+            while pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        _kill_stale(info)  # anything that outlived it
+        with contextlib.suppress(FileNotFoundError):
+            (state_dir / MESH_FILE).unlink()
+        return pid
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The background mesh: `python -m services.supervisor --state-dir DIR --services a,b,...`.
+
+    Started by `use_local_mesh` (which holds mesh.lock until it is ready); stops after
+    ASR_LOCAL_MESH_IDLE_S without users, on SIGTERM (`asr serve --stop`), or when the process
+    named by ASR_LOCAL_MESH_OWNER_PID is gone.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m services.supervisor", description=main.__doc__)
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--services", default=",".join(SERVICES))
+    parser.add_argument("--idle-timeout", type=float, help=f"default: {IDLE_ENV} or {DEFAULT_IDLE_S:.0f}")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s supervisor: %(message)s")
+    try:
+        idle_s = args.idle_timeout if args.idle_timeout is not None else idle_timeout_s()
+        owner = int(os.environ.get(OWNER_ENV, "0") or 0)
+        runner = LocalMeshSupervisor(args.state_dir, args.services.split(","), idle_s=idle_s, owner_pid=owner)
+        address = runner.start()
+    except (MeshError, ValueError, OSError) as exc:
+        print(f"asr: {getattr(exc, 'message', exc)}", file=sys.stderr, flush=True)
+        return 1
+    stop = runner.stop_requested
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"gateway listening on {address}", flush=True)
+    log.info("local mesh stopped (%s)", runner.run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -108,17 +108,19 @@ class Downstream:
             ("grpc.lb_policy_name", "round_robin"),
             ("grpc.enable_retries", 0),  # tenacity owns retries, so they are visible in traces
         ]
-        self._raw = [grpc.insecure_channel(target, options=options)
+        # An empty address is a backend this gateway does not have (refused before any call).
+        self._raw = [grpc.insecure_channel(target, options=options) if target else None
                      for target in (preprocess, transcription, diarization, merge)]
-        channels = [traced_channel(ch) for ch in self._raw]
-        self.preprocess = pre_grpc.PreprocessServiceStub(channels[0])
-        self.transcription = tr_grpc.TranscriptionServiceStub(channels[1])
-        self.diarization = dia_grpc.DiarizationServiceStub(channels[2])
-        self.merge = merge_grpc.MergeServiceStub(channels[3])
+        channels = [traced_channel(ch) if ch else None for ch in self._raw]
+        self.preprocess = pre_grpc.PreprocessServiceStub(channels[0]) if channels[0] else None
+        self.transcription = tr_grpc.TranscriptionServiceStub(channels[1]) if channels[1] else None
+        self.diarization = dia_grpc.DiarizationServiceStub(channels[2]) if channels[2] else None
+        self.merge = merge_grpc.MergeServiceStub(channels[3]) if channels[3] else None
 
     def close(self) -> None:
         for channel in self._raw:
-            channel.close()
+            if channel:
+                channel.close()
 
 
 class GrpcStages:

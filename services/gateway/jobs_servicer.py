@@ -139,6 +139,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("payload") != "config":
             raise InvalidInput("the first message of the stream must carry config", field="config")
+        self._gateway._backends.require_diarization(first.config)
         options = chain_options(first.config)
         ended, _ = rpc_watch(context)
         meter = UploadMeter(first.config.upload_size_bytes, ended, what="upload",

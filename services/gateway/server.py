@@ -14,6 +14,7 @@ from asr.gateway.v1 import jobs_pb2 as jobs_pb
 from asr.gateway.v1 import jobs_pb2_grpc as jobs_grpc
 from services.common.server import ServerHandle, build_server, run_service
 from services.common.settings import ServerSettings
+from services.gateway.availability import Backends
 from services.gateway.downstream import Deadlines, Downstream, GrpcStages
 from services.gateway.jobs import JobRunner, Spool, open_store
 from services.gateway.jobs_servicer import JobServicer
@@ -32,7 +33,8 @@ class GatewaySettings(ServerSettings):
 
     preprocess_address: str = Field("127.0.0.1:50051", description="host:port or dns:///name:port")
     transcription_address: str = Field("127.0.0.1:50052")
-    diarization_address: str = Field("127.0.0.1:50053")
+    diarization_address: str = Field(
+        "127.0.0.1:50053", description="Empty: no diarization; speaker options are refused.")
     merge_address: str = Field("127.0.0.1:50054")
     max_upload_bytes: int = Field(2 << 30, gt=0, description="Largest upload accepted.")
     spool_dir: Path | None = Field(None, description="Where uploads are spooled; system temp if unset.")
@@ -57,6 +59,8 @@ class GatewaySettings(ServerSettings):
         "", description='"" = like job_store (disk in <state dir>/cache, or the same Redis); a path or redis://.')
     cache_max_bytes: int = Field(2 << 30, gt=0, description="Result cache size cap (LRU beyond it).")
     cache_ttl_s: float = Field(30 * 86400.0, gt=0, description="Result cache entries older than this miss.")
+    mesh_file: Path | None = Field(
+        None, description="The local supervisor's mesh.json: a backend it does not list is absent.")
 
     def deadlines(self) -> Deadlines:
         return Deadlines(
@@ -110,6 +114,10 @@ def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages
         jobs_grpc.add_JobServiceServicer_to_server(jobs, server)
 
     handle = build_server(
+    backends = Backends({"diarization": settings.diarization_address}, settings.mesh_file)
+    servicer = GatewayServicer(stages_factory, settings.max_upload_bytes, settings.spool_dir,
+                               backends=backends)
+    return build_server(
         settings,
         register=register,
         service_names=[pb.DESCRIPTOR.services_by_name["GatewayService"].full_name,

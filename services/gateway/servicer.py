@@ -25,6 +25,7 @@ from services.common.errors import Cancelled, InvalidInput, LimitExceeded
 from services.common.scheduler import rpc_watch
 from services.common.streams import UploadMeter
 from services.common.telemetry import current_trace_id
+from services.gateway.availability import Backends
 from services.gateway.downstream import FORMAT_ENUMS, FORMAT_NAMES
 from services.gateway.pipeline import ChainOptions, ChainResult, Stages, run_chain
 from services.gateway.result_cache import ResultCache, file_sha256
@@ -98,8 +99,9 @@ def _quality_profile(value: int) -> str:
 
 class GatewayServicer(pb_grpc.GatewayServiceServicer):
     def __init__(self, stages_factory: Callable[[], Stages], max_upload_bytes: int, spool_dir: Path | None,
-                 cache: ResultCache | None = None):
+                 cache: ResultCache | None = None, *, backends: Backends | None = None):
         self._stages_factory = stages_factory
+        self._backends = backends or Backends({"diarization": "configured"})
         self._max_upload_bytes = max_upload_bytes
         self._spool_dir = spool_dir
         self._cache = cache
@@ -109,6 +111,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         if first is None or first.WhichOneof("payload") != "config":
             raise InvalidInput("the first message of the stream must carry config", field="config")
         options = chain_options(first.config)
+        self._backends.require_diarization(first.config)
         span = trace.get_current_span()
         span.set_attributes({"asr.diarize": options.diarize, "asr.formats": ",".join(options.formats)})
         ended, _ = rpc_watch(context)

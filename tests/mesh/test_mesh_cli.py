@@ -21,11 +21,17 @@ ASR = [sys.executable, "-m", "clients.cli"]
 
 def test_embedded_mesh_transcribes_a_conversation_with_speakers(corpus, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [*ASR, "transcribe", str(corpus / "dia" / "conv0.flac"), "--diarize", "--format", "srt,json",
-         "-o", str(out), "--state-dir", str(tmp_path / "state")],
-        capture_output=True, text=True, timeout=600, cwd=REPO, stdin=subprocess.DEVNULL,
-    )
+    try:
+        proc = subprocess.run(
+            [*ASR, "transcribe", str(corpus / "dia" / "conv0.flac"), "--diarize", "--format", "srt,json",
+             "-o", str(out), "--state-dir", str(tmp_path / "state")],
+            capture_output=True, text=True, timeout=600, cwd=REPO, stdin=subprocess.DEVNULL,
+            env={**os.environ, "ASR_LOCAL_MESH_OWNER_PID": str(os.getpid())},
+        )
+    finally:  # what `make run` does leaves the mesh running for the next call: stop it here
+        stop = subprocess.run([*ASR, "serve", "--stop", "--state-dir", str(tmp_path / "state")],
+                              capture_output=True, text=True, timeout=120, cwd=REPO, stdin=subprocess.DEVNULL)
+    assert stop.returncode == 0 and "stopped the local mesh" in stop.stderr, stop.stderr
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     cues = list(srt.parse((out / "conv0.srt").read_text(encoding="utf-8")))
