@@ -101,7 +101,9 @@ def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages
         model_identity = model_identity or TranscriptionModelIdentity(downstream.transcription)
     # Injected stages without an identity: the model is unknown, so nothing is cached.
     cache = open_cache(settings, model_identity or (lambda name: None))
-    servicer = GatewayServicer(stages_factory, settings.max_upload_bytes, settings.spool_dir, cache)
+    backends = Backends({"diarization": settings.diarization_address}, settings.mesh_file)
+    servicer = GatewayServicer(stages_factory, settings.max_upload_bytes, settings.spool_dir, cache,
+                               backends=backends)
     store = open_store(settings.job_store, settings.state_dir)
     spool = Spool(settings.job_spool_dir or settings.state_dir / "jobs" / "spool")
     jobs = JobServicer(servicer, store, spool, retention_s=settings.job_retention_s, poll_s=settings.job_poll_s)
@@ -114,10 +116,6 @@ def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages
         jobs_grpc.add_JobServiceServicer_to_server(jobs, server)
 
     handle = build_server(
-    backends = Backends({"diarization": settings.diarization_address}, settings.mesh_file)
-    servicer = GatewayServicer(stages_factory, settings.max_upload_bytes, settings.spool_dir,
-                               backends=backends)
-    return build_server(
         settings,
         register=register,
         service_names=[pb.DESCRIPTOR.services_by_name["GatewayService"].full_name,
