@@ -28,6 +28,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # 
 from rich.table import Table  # noqa: E402
 
 from asr.common.v1 import progress_pb2  # noqa: E402
+from clients import stream_cli  # noqa: E402
 from clients.sdk import FORMATS, GatewayClient, GatewayUnreachable, TranscribeOptions  # noqa: E402
 from services.common.errors import MeshError  # noqa: E402
 
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--state-dir", type=Path, help="local mesh state directory (traces, logs)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    stream_cli.add_parser(sub)
     s = sub.add_parser("serve", help="run the mesh locally until interrupted")
     s.add_argument("--state-dir", type=Path, help="state directory (traces, logs)")
 
@@ -113,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             return transcribe(args)
         if args.command == "trace":
             return trace_command(args)
+        if args.command == "stream":
+            return stream_cli.run(args)
         return serve(args)
     except KeyboardInterrupt:
         err_console.print("asr: interrupted")

@@ -15,6 +15,7 @@ from services.common.settings import ServerSettings
 from services.gateway.downstream import Deadlines, Downstream, GrpcStages
 from services.gateway.pipeline import Stages
 from services.gateway.servicer import GatewayServicer
+from services.gateway.streaming import StreamBridge
 
 SERVICE = "gateway"
 
@@ -59,12 +60,15 @@ def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages
         def stages_factory() -> Stages:
             return GrpcStages(downstream, deadlines)
 
-    servicer = GatewayServicer(stages_factory, settings.max_upload_bytes, settings.spool_dir)
-    return build_server(
+    bridge = StreamBridge(settings.transcription_address, settings.max_message_bytes)
+    servicer = GatewayServicer(stages_factory, settings.max_upload_bytes, settings.spool_dir, bridge)
+    handle = build_server(
         settings,
         register=lambda server: pb_grpc.add_GatewayServiceServicer_to_server(servicer, server),
         service_names=[pb.DESCRIPTOR.services_by_name["GatewayService"].full_name],
     )
+    handle.on_stop.append(bridge.close)
+    return handle
 
 
 def main() -> None:
