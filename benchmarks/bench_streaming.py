@@ -203,7 +203,7 @@ def main() -> int:
         for n in range(1, args.max_sessions + 1):
             runs: list[Run] = [Run() for _ in range(n)]
 
-            def one(k: int) -> None:
+            def one(k: int, runs: list[Run] = runs) -> None:
                 runs[k] = stream(client, first.pcm, profiles[0])
 
             threads = [threading.Thread(target=one, args=(k,)) for k in range(n)]
