@@ -92,6 +92,8 @@ PROFILES = {
 DEFAULT_PROFILE = "balanced"
 MAX_CHUNK_S = 1.0
 """Longest audio accepted in one message (20-500 ms is what a live source sends)."""
+ENDPOINT_CHECK_S = 0.2
+"""Between decodes, the end of an utterance is looked for this often (audio seconds)."""
 PROMPT_CHARS = 200
 """Committed text given to the decoder as context (whisper_streaming uses the same amount)."""
 _TIME_SLACK_S = 0.5
@@ -296,6 +298,8 @@ class StreamingSession:
         self.buffer_start = 0.0  # absolute offset of the buffer's first sample
         self._received = 0  # samples received
         self._last_step_at = 0  # samples received when the last step ran
+        self._last_check_at = 0  # samples received at the last endpoint check
+        self._last_decode_end = 0.0  # audio offset the last decode heard up to
         self.commit_time = 0.0
         self._committed: list[Word] = []  # recent committed words (tail for matching)
         self._prompt_words: deque[str] = deque()
@@ -335,8 +339,12 @@ class StreamingSession:
         self._received += audio.size
 
     def due(self) -> bool:
-        """Enough new audio arrived since the last decode for another step."""
-        return (self._received - self._last_step_at) >= self.profile.step_s * SAMPLE_RATE
+        """Time for `step`: a decode is due, or (in speech) a check for the utterance's end."""
+        new = self._received - self._last_step_at
+        if new >= self.profile.step_s * SAMPLE_RATE:
+            return True
+        return (self._in_speech and self._vad is not None and self.options.endpointing
+                and self._received - self._last_check_at >= ENDPOINT_CHECK_S * SAMPLE_RATE)
 
     def _consolidate(self) -> np.ndarray:
         if self._pending:
@@ -358,8 +366,24 @@ class StreamingSession:
     # -- decoding -----------------------------------------------------------------------
 
     def step(self) -> list[Event]:
-        """Decode the buffer once; the events it produces."""
+        """Decode the buffer once (or, between decodes, look for the end of the utterance)."""
+        if self._received - self._last_step_at < self.profile.step_s * SAMPLE_RATE:
+            self._last_check_at = self._received
+            if not self._tail_silent():
+                return []
         return self._run_step(final=False)
+
+    def _tail_silent(self) -> bool:
+        """Cheap endpoint check on the last second or so: has speech stopped long enough?
+
+        VAD over the whole buffer costs ~10 ms per audio second; between decodes only the tail
+        is checked, and a full step (with full VAD) follows when it looks like an endpoint."""
+        audio = self._consolidate()
+        silence = self.options.endpoint_silence_s
+        tail = audio[-int((silence + 1.0) * SAMPLE_RATE):]
+        ranges = [(a, b) for a, b in self._vad(tail) if b - a >= self.profile.min_speech_s]
+        tail_s = len(tail) / SAMPLE_RATE
+        return not ranges or tail_s - ranges[-1][1] >= silence
 
     def finish(self) -> list[Event]:
         """The stream ended: commit everything still heard, close speech, summarise."""
@@ -413,9 +437,18 @@ class StreamingSession:
                 events.extend(self._interim([]))
                 self._trim_to(max(self.commit_time, end - 1.0))
             else:
-                hypothesis = self._last_hypothesis = self._hypothesis(audio)
-                self.counters.steps += 1
-                words = new_words(hypothesis.words, self._committed, self.commit_time)
+                if (endpoint and not final and self._history
+                        and self._last_decode_end >= endpoint_at + 0.15):
+                    # The last decode already heard the whole utterance: commit from it
+                    # instead of decoding again (the final comes a decode sooner).
+                    hypothesis, words = self._last_hypothesis, list(self._history[-1])
+                    span.set_attribute("asr.stream.decoded", False)
+                else:
+                    hypothesis = self._last_hypothesis = self._hypothesis(audio)
+                    self._last_decode_end = end
+                    self.counters.steps += 1
+                    words = new_words(hypothesis.words, self._committed, self.commit_time)
+                    span.set_attribute("asr.stream.decoded", True)
                 if final:
                     commit = words
                 elif endpoint:

@@ -50,9 +50,11 @@ class ScriptedDecoder:
         self.truth, self.rng, self.jitter, self.garble_tail = truth, rng, jitter, garble_tail
         self.session: s.StreamingSession | None = None
         self.prompts: list[str] = []
+        self.calls = 0
 
     def __call__(self, audio: np.ndarray, prompt: str) -> list[Segment]:
         self.prompts.append(prompt)
+        self.calls = len(self.prompts)
         start = self.session.buffer_start
         end = start + len(audio) / SAMPLE_RATE
         heard = []
@@ -74,8 +76,9 @@ def script_vad(truth: list[Word], session_ref: list) -> s.VadFn:
     """Speech where the script has words; a range still open at the audio's end reaches it."""
 
     def detect(audio: np.ndarray) -> list[tuple[float, float]]:
-        start = session_ref[0].buffer_start
-        end = start + len(audio) / SAMPLE_RATE
+        # The audio is the buffer or its tail (endpoint checks): both end at what was received.
+        end = session_ref[0].received_s
+        start = end - len(audio) / SAMPLE_RATE
         ranges: list[list[float]] = []
         for w in truth:
             a, b = max(w.start, start), min(w.end, end)
@@ -339,3 +342,26 @@ def test_drive_runs_a_session_from_another_thread():
     events = [e.event for e in emitted]
     assert final_words(events) == [w.word for w in truth]
     assert all(e.audio_arrived_at is not None for e in emitted if isinstance(e.event, s.Final))
+
+
+def test_an_utterance_is_final_one_check_after_the_endpoint_silence():
+    """Audio time, not wall time: the closing final comes within the endpoint silence plus one
+    endpoint check of the utterance's last word (no waiting for the next decode step)."""
+    rng = random.Random(4)
+    truth = script(rng, 24, pause_every=8, pause_s=2.0)
+    decoder = ScriptedDecoder(truth, rng)
+    ref: list = []
+    options, prof = s.resolve_options(s.SessionOptions(profile="accurate"), 3600)
+    session = s.StreamingSession(decoder, script_vad(truth, ref), options, prof)
+    decoder.session = session
+    ref.append(session)
+    delays = []
+    for _ in range(int((truth[-1].end + 2) / 0.05)):
+        session.push(np.zeros(800, dtype=np.int16))
+        if session.due():
+            for event in session.step():
+                if isinstance(event, s.Final) and event.end_of_utterance:
+                    delays.append(session.received_s - event.segment.words[-1].end)
+    assert len(delays) == 3
+    assert max(delays) <= prof.endpoint_silence_s + s.ENDPOINT_CHECK_S + 0.1, delays
+    assert decoder.calls < (truth[-1].end + 2) / prof.step_s + 4  # checks are not decodes
