@@ -436,6 +436,12 @@ class StreamingSession:
                 self._history.clear()
                 events.extend(self._interim([]))
                 self._trim_to(max(self.commit_time, end - 1.0))
+            elif (not (final or endpoint) and self.options.endpointing
+                  and live[-1][1] <= self._last_decode_end - 0.1):
+                # Only silence since the last decode (a pause that is not yet an endpoint):
+                # decoding again would hear nothing new. Wait for more speech or the endpoint,
+                # which commits from the last decode.
+                span.set_attribute("asr.stream.decoded", False)
             else:
                 if (endpoint and not final and self._history
                         and self._last_decode_end >= endpoint_at + 0.15):
