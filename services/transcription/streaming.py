@@ -82,13 +82,19 @@ class LatencyProfile:
 
 
 PROFILES = {
-    "low_latency": LatencyProfile("low_latency", step_s=0.4, window_s=8.0, max_buffer_s=15.0,
+    "low_latency": LatencyProfile("low_latency", step_s=0.5, window_s=8.0, max_buffer_s=15.0,
                                   beam_size=1, agreement=2, endpoint_silence_s=0.3),
-    "balanced": LatencyProfile("balanced", step_s=0.6, window_s=12.0, max_buffer_s=20.0,
+    "balanced": LatencyProfile("balanced", step_s=1.0, window_s=12.0, max_buffer_s=20.0,
                                beam_size=1, agreement=2, endpoint_silence_s=0.5),
-    "accurate": LatencyProfile("accurate", step_s=1.0, window_s=20.0, max_buffer_s=28.0,
+    "accurate": LatencyProfile("accurate", step_s=1.5, window_s=20.0, max_buffer_s=28.0,
                                beam_size=5, agreement=2, endpoint_silence_s=0.8),
 }
+"""Why these values: every decode runs Whisper's encoder over a full 30 s window however short
+the buffer, so CPU per audio second is ~1/step_s decodes; utterance ends do not wait for a
+decode step (endpoints are checked every ENDPOINT_CHECK_S and commit from the last decode when
+it heard the whole utterance), so the step mostly sets how fast interim text moves and how soon
+mid-utterance words are committed by agreement. Not yet tuned on the validation corpus's `tune`
+split (see the branch report)."""
 DEFAULT_PROFILE = "balanced"
 MAX_CHUNK_S = 1.0
 """Longest audio accepted in one message (20-500 ms is what a live source sends)."""
