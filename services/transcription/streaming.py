@@ -441,6 +441,9 @@ class StreamingSession:
                 events.extend(self._commit(list(leftover), self._last_hypothesis, True))
                 self._history.clear()
                 events.extend(self._interim([]))
+                if self._in_speech:  # speech VAD took back: close it, begin/end stay paired
+                    events.append(SpeechEvent("end", max(self.commit_time, min(end, self.buffer_start))))
+                    self._in_speech = False
                 self._trim_to(max(self.commit_time, end - 1.0))
             elif (not (final or endpoint) and self.options.endpointing
                   and live[-1][1] <= self._last_decode_end - 0.1):

@@ -151,6 +151,9 @@ def test_commit_boundaries_property(seed, chunk_ms, pause_every, profile, endpoi
         assert a.segment.words[-1].end <= b.segment.words[0].end
     assert isinstance(events[-1], s.StreamSummary)
     assert events[-1].final_count == len(fs)
+    # Speech events pair up: begin, end, begin, end...
+    kinds = [e.kind for e in events if isinstance(e, s.SpeechEvent)]
+    assert kinds == ["begin", "end"] * (len(kinds) // 2)
     # The buffer stayed bounded.
     assert session.buffer_s <= s.PROFILES[profile].max_buffer_s + 2 * s.PROFILES[profile].step_s + 1
 
