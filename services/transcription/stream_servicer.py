@@ -10,6 +10,7 @@ step cannot wait behind an hour-long file; their number is bounded per replica i
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -181,7 +182,7 @@ class StreamingHandler:
                         FINAL_RESULTS.labels(self._service, profile.name).inc()
                         if emitted.audio_arrived_at is not None:
                             FINAL_LATENCY.labels(self._service, profile.name).observe(
-                                max(0.0, streaming.time.monotonic() - emitted.audio_arrived_at))
+                                max(0.0, time.monotonic() - emitted.audio_arrived_at))
                     elif isinstance(event, StreamSummary):
                         span.set_attributes({
                             "asr.audio.duration_s": event.audio_duration,
