@@ -152,6 +152,53 @@ def stream(client: GatewayClient, pcm: bytes, profile: str) -> Run:
     return run
 
 
+def simulate(items: list[Input], profiles: list[str], models_dir: Path) -> None:
+    """Audio-time replay without the mesh: the session's own latency, free of machine load.
+
+    Each input is pushed in 100 ms chunks and stepped synchronously, as if every decode took
+    no time. Algorithmic latency = audio received when a final is made - its end; add one
+    decode (measured alongside, on this machine as loaded as it is) for the wall latency of an
+    idle machine."""
+    from faster_whisper import WhisperModel
+
+    from services.transcription import streaming as st
+
+    model = WhisperModel(str(models_dir / "whisper-base"), device="cpu", compute_type="int8",
+                         cpu_threads=2, local_files_only=True)
+    print(f"\n{'profile':<12} {'input':<16} {'finals':>6} {'alg p50':>7} {'alg p95':>7} "
+          f"{'dec/s':>6} {'dec ms':>7} {'WER fin':>7}")
+    for profile in profiles:
+        for item in items:
+            options, prof = st.resolve_options(st.SessionOptions(profile=profile), 3600)
+            decoder = st.WhisperDecoder(model, "pt", prof.beam_size)
+            timed: list[float] = []
+
+            def decode(audio, prompt, decoder=decoder, timed=timed):
+                t = time.perf_counter()
+                out = decoder(audio, prompt)
+                timed.append(time.perf_counter() - t)
+                return out
+
+            session = st.StreamingSession(decode, st.silero_vad(), options, prof)
+            samples = np.frombuffer(item.pcm, dtype="<i2")
+            lat, texts = [], []
+            for k in range(0, len(samples), 1600):
+                session.push(samples[k:k + 1600])
+                if session.due():
+                    for e in session.step():
+                        if isinstance(e, st.Final):
+                            lat.append(session.received_s - e.segment.end)
+                            texts.append(e.segment.text)
+            for e in session.finish():
+                if isinstance(e, st.Final):
+                    lat.append(session.received_s - e.segment.end)
+                    texts.append(e.segment.text)
+            w = wer([item.reference], [" ".join(texts)]) if item.reference else float("nan")
+            print(f"{profile:<12} {item.name:<16} {len(lat):6d} {pct(lat, 50):7.2f} {pct(lat, 95):7.2f} "
+                  f"{len(timed) / item.duration:6.2f} {1000 * np.mean(timed) if timed else 0:7.0f} "
+                  f"{100 * w:6.1f}%", flush=True)
+
+
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -165,7 +212,14 @@ def main() -> int:
     parser.add_argument("--max-sessions", type=int, default=4, help="most concurrent sessions tried")
     parser.add_argument("--png", type=Path, default=Path("out/bench_streaming.png"))
     parser.add_argument("--json", type=Path, default=Path("out/bench_streaming.json"))
+    parser.add_argument("--simulate", action="store_true",
+                        help="audio-time replay without the mesh (the session's own latency, free of load)")
     args = parser.parse_args()
+    if args.simulate:
+        with tempfile.TemporaryDirectory() as tmp:
+            simulate(inputs(args.corpus, args.split, args.long_seconds, Path(tmp)),
+                     [p.strip() for p in args.profiles.split(",") if p.strip()], REPO / "models")
+        return 0
 
     from services.supervisor import LocalMesh
 
