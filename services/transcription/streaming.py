@@ -444,10 +444,7 @@ class StreamingSession:
                 if self._in_speech:  # speech VAD took back: close it, begin/end stay paired
                     events.append(SpeechEvent("end", max(self.commit_time, min(end, self.buffer_start))))
                     self._in_speech = False
-                # Committed audio stays as context for the next utterance (Whisper decodes short
-                # buffers much worse), up to half a window; silence beyond it goes.
-                self._trim_to(min(self.commit_time, end - self.profile.window_s / 2)
-                              if self.commit_time > self.buffer_start else end - 1.0)
+                self._trim_to(max(self.commit_time, end - 1.0))
             elif (not (final or endpoint) and self.options.endpointing
                   and live[-1][1] <= self._last_decode_end - 0.1):
                 # Only silence since the last decode (a pause that is not yet an endpoint):
@@ -487,17 +484,14 @@ class StreamingSession:
                     events.append(SpeechEvent("end", endpoint_at))
                     self._in_speech = False
                     self.commit_time = max(self.commit_time, min(endpoint_at, end))
-                    # The utterance's audio stays in the buffer as context (trimmed by the
-                    # window rule below): a decode of a lone short utterance is much worse.
+                    self._trim_to(min([self.commit_time, *(w.start for w in rest)]))
                     following = [a for a, _ in live if a > endpoint_at]
                     if following:
                         self._in_speech = True
                         events.append(SpeechEvent("begin", following[0]))
-                if len(audio) / SAMPLE_RATE > self.profile.window_s:
+                elif len(audio) / SAMPLE_RATE > self.profile.window_s:
                     done = [t for t in hypothesis.segment_ends if t <= self.commit_time + 1e-3]
-                    # The oldest committed segment end that leaves half a window of context.
-                    near = [t for t in done if end - t <= self.profile.window_s / 2]
-                    cut = min(near) if near else max(done, default=0.0)
+                    cut = max(done, default=0.0)
                     if cut <= self.buffer_start and len(audio) / SAMPLE_RATE > self.profile.max_buffer_s:
                         cut = self.commit_time
                     if cut > self.buffer_start:
@@ -546,7 +540,7 @@ class StreamingSession:
         if not words:
             return []
         self.commit_time = max(self.commit_time, words[-1].end)
-        self._committed = (self._committed + words)[-400:]
+        self._committed = (self._committed + words)[-20:]
         self._remember_prompt([w.word for w in words])
         segment = Segment(
             id=self.counters.finals, start=words[0].start, end=words[-1].end, text=_text(words),
