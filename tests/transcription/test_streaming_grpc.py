@@ -29,7 +29,7 @@ CHUNK = 3200  # 100 ms
 @pytest.fixture(scope="module")
 def stub():
     settings = TranscriptionSettings(port=0, models_dir=MODELS_DIR, cpu_threads=2, device="cpu",
-                                     max_streams=2, stream_idle_timeout_s=1.5)
+                                     max_streams=2, stream_idle_timeout_s=3.0)
     handle = create_server(settings)
     channel = channel_to(handle.port)
     yield pb_grpc.TranscriptionServiceStub(channel)
@@ -98,12 +98,10 @@ def test_silence_and_noise_give_no_finals(stub, corpus, name):
 
 def test_a_caller_that_stops_sending_is_timed_out(stub, corpus):
     pcm = load_pcm(corpus / "asr/000.flac")
-    started = time.monotonic()
     with pytest.raises(grpc.RpcError) as err:
         events(stub, pcm, pause_after=1.0)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert "no audio arrived for 1.5 s" in err.value.details()
-    assert time.monotonic() - started < 30
+    assert "no audio arrived for 3 s" in err.value.details()
 
 
 def _wait_for_sessions(n: int, within: float = 10.0) -> None:
