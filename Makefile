@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 export PYANNOTE_METRICS_ENABLED := false
 export ASR_CORPUS_DIR := $(CORPUS)
 
-.PHONY: help setup system-deps protos model run test test-fast lint buf proto-baseline clean bench-long bench-cold corpus-hard corpus-overlap bench-accuracy corpus-validate
+.PHONY: help setup system-deps protos model run test test-fast lint buf proto-baseline clean bench-long bench-cold corpus-hard corpus-overlap bench-accuracy corpus-validate bench-streaming
 
 help:  ## List targets.
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -83,6 +83,11 @@ bench-long: setup  ## Mesh vs plain faster-whisper on the 10-minute file (slow).
 
 bench-cold: setup  ## Plain faster-whisper vs `asr transcribe` cold and warm, ± --diarize, on a 30 s clip (~10 min).
 	$(PY) benchmarks/bench_cold.py $(SAMPLE) --png build/bench_cold.png
+
+# The validation corpus (its `validate` split) when it has been generated, else corpus-dev.
+STREAM_CORPUS ?= $(if $(wildcard build/corpus-validate/manifest.json),build/corpus-validate,$(CORPUS))
+bench-streaming: setup  ## Streaming at real time: final latency, WER vs offline, capacity (slow).
+	$(PY) benchmarks/bench_streaming.py --corpus $(STREAM_CORPUS) --split validate
 
 clean:  ## Remove generated files (keeps the venv and model).
 	rm -rf gen/asr gen/.stamp $(OUT) .pytest_cache

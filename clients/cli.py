@@ -32,6 +32,7 @@ from rich.table import Table  # noqa: E402
 
 from asr.common.v1 import progress_pb2  # noqa: E402
 from clients import jobs_cli  # noqa: E402
+from clients import stream_cli  # noqa: E402
 from clients.sdk import FORMATS, GatewayClient, GatewayUnreachable, TranscribeOptions  # noqa: E402
 from services.common.errors import MeshError  # noqa: E402
 
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-cache", action="store_true", help="run the chain even if the result cache has this")
     jobs_cli.add_parsers(sub, t)  # asr submit, asr jobs …
 
+    stream_cli.add_parser(sub)
     s = sub.add_parser("serve", help="run the mesh locally until interrupted (or stop it: --stop)")
     s.add_argument("--state-dir", type=Path, help="state directory (traces, logs)")
     s.add_argument("--stop", action="store_true", help="stop the mesh running in the state directory")
@@ -130,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             return trace_command(args)
         if args.command in jobs_cli.COMMANDS:
             return jobs_cli.run(args)
+        if args.command == "stream":
+            return stream_cli.run(args)
         return serve(args)
     except KeyboardInterrupt:
         err_console.print("asr: interrupted")

@@ -15,11 +15,12 @@ from stat import S_ISREG
 
 import grpc
 
-from asr.common.v1 import document_pb2, quality_pb2
+from asr.common.v1 import audio_pb2, document_pb2, quality_pb2, streaming_pb2
 from asr.gateway.v1 import gateway_service_pb2 as pb
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from asr.gateway.v1 import jobs_pb2 as jobs_pb
 from asr.gateway.v1 import jobs_pb2_grpc as jobs_grpc
+from asr.gateway.v1 import streaming_pb2 as gw_streaming_pb2
 from services.common.errors import (
     DeadlineExceeded,
     DependencyUnavailable,
@@ -182,6 +183,29 @@ class GatewayClient:
                 config.upload_size_bytes = stat.st_size
             return self._transcribe(source, config, on_event, timeout_s)
 
+    def stream(self, pcm_chunks: Iterable[bytes], options: StreamOptions | None = None,
+               timeout_s: float | None = None) -> Iterator[streaming_pb2.StreamingEvent]:
+        """Real-time recognition: send 16 kHz mono s16le PCM chunks (20-500 ms each, paced by
+        the caller) and iterate over asr.common.v1.StreamingEvent messages (interim, final,
+        speech, summary) as they come. Failures raise the typed exceptions of
+        `services.common.errors`; stopping the iteration early cancels the session."""
+        config = (options or StreamOptions()).to_proto()
+        self._wait_until_reachable()
+
+        def requests() -> Iterator[gw_streaming_pb2.StreamingTranscribeRequest]:
+            yield gw_streaming_pb2.StreamingTranscribeRequest(config=config)
+            for chunk in pcm_chunks:
+                yield gw_streaming_pb2.StreamingTranscribeRequest(audio=audio_pb2.AudioChunk(pcm=chunk))
+
+        call = self._stub.StreamingTranscribe(requests(), timeout=timeout_s)
+        try:
+            for response in call:
+                yield response.event
+        except grpc.RpcError as err:
+            raise from_rpc_error(err, service="gateway") from None
+        finally:
+            call.cancel()  # no-op once finished
+
     def _transcribe(self, source, config, on_event, timeout_s) -> Transcription:
         def requests() -> Iterator[pb.TranscribeRequest]:
             yield pb.TranscribeRequest(config=config)
@@ -303,6 +327,39 @@ def _collect(responses: Iterable, on_event: Callable | None) -> Transcription:
         elif on_event:
             on_event(response)
     raise from_rpc_error(_NoResult(), service="gateway")
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """Options of one streaming session (see asr.common.v1.StreamingConfig)."""
+
+    language_code: str = "pt-BR"
+    model: str = ""
+    profile: str = ""  # low_latency | balanced | accurate ("" = balanced)
+    interim_results: bool = True
+    endpoint_silence_s: float = 0.0  # 0 = the profile's
+    endpointing: bool = True
+    max_session_s: float = 0.0  # 0 = the service's maximum
+    initial_prompt: str = ""
+
+    def to_proto(self) -> streaming_pb2.StreamingConfig:
+        try:
+            profile = streaming_pb2.LatencyProfile.Value(
+                f"LATENCY_PROFILE_{(self.profile or 'unspecified').strip().upper().replace('-', '_')}")
+        except ValueError:
+            raise InvalidInput(f"unknown latency profile {self.profile!r}; choose from low_latency, "
+                               "balanced, accurate") from None
+        config = streaming_pb2.StreamingConfig(
+            language_code=self.language_code, model=self.model, latency_profile=profile,
+            interim_results=self.interim_results, initial_prompt=self.initial_prompt,
+            format=audio_pb2.PcmFormat(sample_rate_hz=16000, channels=1,
+                                       encoding=audio_pb2.SAMPLE_ENCODING_S16LE))
+        config.endpointing.disabled = not self.endpointing
+        if self.endpoint_silence_s:
+            config.endpointing.silence.FromMilliseconds(int(self.endpoint_silence_s * 1000))
+        if self.max_session_s:
+            config.max_session_duration.FromMilliseconds(int(self.max_session_s * 1000))
+        return config
 
 
 class _NoResult(grpc.RpcError):

@@ -22,6 +22,7 @@ from services.gateway.model_identity import TranscriptionModelIdentity
 from services.gateway.pipeline import Stages
 from services.gateway.result_cache import DiskCache, ModelIdentity, RedisCache, ResultCache
 from services.gateway.servicer import GatewayServicer
+from services.gateway.streaming import StreamBridge
 
 SERVICE = "gateway"
 
@@ -101,9 +102,10 @@ def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages
         model_identity = model_identity or TranscriptionModelIdentity(downstream.transcription)
     # Injected stages without an identity: the model is unknown, so nothing is cached.
     cache = open_cache(settings, model_identity or (lambda name: None))
+    bridge = StreamBridge(settings.transcription_address, settings.max_message_bytes)
     backends = Backends({"diarization": settings.diarization_address}, settings.mesh_file)
     servicer = GatewayServicer(stages_factory, settings.max_upload_bytes, settings.spool_dir, cache,
-                               backends=backends)
+                               backends=backends, streaming=bridge)
     store = open_store(settings.job_store, settings.state_dir)
     spool = Spool(settings.job_spool_dir or settings.state_dir / "jobs" / "spool")
     jobs = JobServicer(servicer, store, spool, retention_s=settings.job_retention_s, poll_s=settings.job_poll_s)
@@ -129,6 +131,7 @@ def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages
     if cache is not None:
         handle.on_stop.append(cache.close)
     handle.jobs = runner
+    handle.on_stop.append(bridge.close)
     return handle
 
 

@@ -21,7 +21,7 @@ from asr.gateway.v1 import gateway_service_pb2 as pb
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from services.common import convert
 from services.common.domain import MediaReport, ProgressUpdate
-from services.common.errors import Cancelled, InvalidInput, LimitExceeded
+from services.common.errors import Cancelled, InternalError, InvalidInput, LimitExceeded
 from services.common.scheduler import rpc_watch
 from services.common.streams import UploadMeter
 from services.common.telemetry import current_trace_id
@@ -99,12 +99,19 @@ def _quality_profile(value: int) -> str:
 
 class GatewayServicer(pb_grpc.GatewayServiceServicer):
     def __init__(self, stages_factory: Callable[[], Stages], max_upload_bytes: int, spool_dir: Path | None,
-                 cache: ResultCache | None = None, *, backends: Backends | None = None):
+                 cache: ResultCache | None = None, *, backends: Backends | None = None,
+                 streaming=None):
         self._stages_factory = stages_factory
         self._backends = backends or Backends({"diarization": "configured"})
         self._max_upload_bytes = max_upload_bytes
         self._spool_dir = spool_dir
         self._cache = cache
+        self._streaming = streaming  # a services.gateway.streaming.StreamBridge
+
+    def StreamingTranscribe(self, request_iterator, context):
+        if self._streaming is None:
+            raise InternalError("this gateway has no transcription service for streaming")
+        return self._streaming(request_iterator, context)
 
     def Transcribe(self, request_iterator, context: grpc.ServicerContext) -> Iterator[pb.TranscribeResponse]:
         first = next(request_iterator, None)

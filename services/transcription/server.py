@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from asr.transcription.v1 import transcription_service_pb2 as pb
@@ -23,6 +23,7 @@ from services.transcription.core import (
 from services.transcription.longform import LONG_FORM_MIN_S, VadParams
 from services.transcription.models import ModelRegistry
 from services.transcription.servicer import TranscriptionServicer
+from services.transcription.stream_servicer import StreamingHandler
 
 SERVICE = "transcription"
 log = logging.getLogger(__name__)
@@ -57,6 +58,20 @@ class TranscriptionSettings(QueuedServerSettings):
     quiet_gain: bool = Field(
         True, description="Bring quiet speech (loud frames under -30 dBFS) up with one static gain "
         "before decoding; see services.transcription.guards.quiet_gain.")
+    max_workers: int = Field(12, ge=1, description="Threads serving RPCs concurrently.")
+    max_streams: int = Field(
+        2, ge=1, description="Streaming sessions at once; beyond it RESOURCE_EXHAUSTED with RetryInfo.")
+    max_stream_s: float = Field(3600.0, gt=0, description="Longest streaming session (audio seconds).")
+    stream_idle_timeout_s: float = Field(
+        10.0, gt=0, description="Close a streaming session (DEADLINE_EXCEEDED) after this long without audio.")
+
+    @model_validator(mode="after")
+    def _threads_for_streams(self) -> TranscriptionSettings:
+        needed = self.num_workers + self.max_queued + self.max_streams + 2
+        if self.max_workers < needed:
+            raise ValueError(f"max_workers ({self.max_workers}) must be at least num_workers + "
+                             f"max_queued + max_streams + 2 ({needed}): each session holds a thread")
+        return self
 
 
 def load_whisper(spec, device: str, compute_type: str, cpu_threads: int = 0, num_workers: int = 1):
@@ -105,7 +120,9 @@ def create_server(settings: TranscriptionSettings, transcriber: Transcriber | No
     loaded (and, with `warm_up`, has run once), so no request pays for the first load.
     """
     transcriber = transcriber or build_transcriber(settings)
-    servicer = TranscriptionServicer(transcriber, settings.max_audio_seconds)
+    servicer = TranscriptionServicer(transcriber, settings.max_audio_seconds, StreamingHandler(
+        transcriber, max_sessions=settings.max_streams, max_session_s=settings.max_stream_s,
+        idle_timeout_s=settings.stream_idle_timeout_s))
     metrics.QUEUE_DEPTH.labels(SERVICE).set(0)
     handle = build_server(
         settings,

@@ -57,9 +57,13 @@ def options_from_config(config: pb.TranscriptionConfig) -> TranscriptionOptions:
 
 
 class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
-    def __init__(self, transcriber: Transcriber, max_audio_seconds: float):
+    def __init__(self, transcriber: Transcriber, max_audio_seconds: float, streaming=None):
         self._transcriber = transcriber
         self._max_audio_seconds = max_audio_seconds
+        self._streaming = streaming  # a stream_servicer.StreamingHandler
+
+    def StreamingTranscribe(self, request_iterator, context):
+        return self._streaming(request_iterator, context)
 
     def Transcribe(self, request_iterator, context: grpc.ServicerContext) -> Iterator[pb.TranscribeResponse]:
         config = read_config(request_iterator)

@@ -1,0 +1,339 @@
+"""Streaming recognition benchmark: latency, accuracy and capacity of StreamingTranscribe.
+
+    python benchmarks/bench_streaming.py [--corpus DIR] [--split validate] [--long-seconds 120]
+                                         [--profiles balanced] [--max-sessions 4] [--png FILE]
+
+Starts the local mesh (separate processes, as `asr serve`), then for each conversation of the
+corpus (those of `--split` when the manifest marks splits) and the first `--long-seconds` of
+the long file: streams it through the gateway at real time (100 ms chunks) and records when
+each event arrives. Reported per input and profile:
+
+- final latency p50/p95: received_s - end of each final result (received_s counts from the
+  first audio sent; audio is sent at real time, so this is how long after a word was spoken
+  its final text arrived);
+- first-interim latency: from the start of an utterance (speech-begin offset) to the first
+  interim text of it;
+- WER of the finals against the reference text, and against the offline mesh (`Transcribe`,
+  no diarization) on the same audio, and the offline mesh's own WER;
+- RTF: decode time / audio time of the session.
+
+Then capacity: N sessions of the first conversation at once (N = 1, 2, ...), final latency p95
+of all of them; the machine holds N while p95 <= 3 s. A table is printed and a PNG drawn.
+The load average of the machine is printed with the figures: on a shared machine it matters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "gen")]
+os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
+
+from clients.sdk import GatewayClient, StreamOptions, TranscribeOptions  # noqa: E402
+from scripts.metrics import wer  # noqa: E402
+
+CHUNK = 3200  # bytes: 100 ms of 16 kHz s16le
+
+
+@dataclass
+class Input:
+    name: str
+    pcm: bytes
+    reference: str  # "" when the audio was cut and no reference fits
+    path: Path  # a file holding exactly this audio (for the offline mesh)
+
+    @property
+    def duration(self) -> float:
+        return len(self.pcm) / 32000
+
+
+@dataclass
+class Run:
+    finals: list[dict] = field(default_factory=list)
+    interims: list[dict] = field(default_factory=list)
+    speech: list[dict] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def text(self) -> str:
+        return " ".join(f["text"] for f in self.finals)
+
+    def final_latencies(self) -> list[float]:
+        return [f["received_s"] - f["end"] for f in self.finals]
+
+    def first_interim_latencies(self) -> list[float]:
+        out = []
+        for begin in (s for s in self.speech if s["kind"] == "begin"):
+            later = [i for i in self.interims if i["start"] >= begin["offset"] - 0.3 and i["text"]]
+            if later:
+                out.append(later[0]["received_s"] - begin["offset"])
+        return out
+
+
+def decode(path: Path, seconds: float | None = None) -> bytes:
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path)]
+    if seconds:
+        cmd += ["-t", str(seconds)]
+    return subprocess.run(cmd + ["-f", "s16le", "-ac", "1", "-ar", "16000", "-"], check=True,
+                          capture_output=True).stdout
+
+
+def inputs(corpus: Path, split: str, long_seconds: float, tmp: Path) -> list[Input]:
+    manifest = json.loads((corpus / "manifest.json").read_text(encoding="utf-8"))
+    chosen = []
+    for entry in manifest.get("dia", []):
+        if "split" in entry and split and entry["split"] != split:
+            continue
+        path = corpus / entry["audio"]
+        chosen.append(Input(path.stem, decode(path), entry.get("text", ""), path))
+    for entry in manifest.get("long", [])[:1]:
+        if long_seconds <= 0:
+            break
+        path = corpus / entry["audio"]
+        pcm = decode(path, long_seconds)
+        cut = tmp / f"{path.stem}_{int(long_seconds)}s.wav"
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "s16le", "-ar", "16000", "-ac", "1",
+                        "-i", "-", str(cut)], input=pcm, check=True)
+        chosen.append(Input(f"{path.stem}[:{int(long_seconds)}s]", pcm, "", cut))
+    return chosen
+
+
+def stream(client: GatewayClient, pcm: bytes, profile: str) -> Run:
+    """Send `pcm` at real time; collect events with their arrival time."""
+    run = Run()
+    t0: list[float] = []
+
+    def chunks():
+        for k, offset in enumerate(range(0, len(pcm), CHUNK)):
+            if not t0:
+                t0.append(time.monotonic())
+            wait = t0[0] + k * 0.1 - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            yield pcm[offset:offset + CHUNK]
+
+    def secs(d) -> float:
+        return d.ToTimedelta().total_seconds()
+
+    try:
+        for event in client.stream(chunks(), StreamOptions(profile=profile)):
+            now = time.monotonic() - t0[0]
+            kind = event.WhichOneof("event")
+            if kind == "final":
+                seg = event.final.segment
+                run.finals.append({"text": seg.text, "start": secs(seg.start_offset),
+                                   "end": secs(seg.end_offset), "received_s": now})
+            elif kind == "interim":
+                r = event.interim
+                run.interims.append({"text": r.text, "start": secs(r.start_offset),
+                                     "end": secs(r.end_offset), "received_s": now})
+            elif kind == "speech":
+                run.speech.append({"kind": "begin" if event.speech.kind == 1 else "end",
+                                   "offset": secs(event.speech.offset), "received_s": now})
+            else:
+                s = event.summary
+                run.summary = {"audio_s": secs(s.audio_duration), "processing_s": secs(s.processing_duration),
+                               "steps": s.decode_steps, "finals": s.final_count, "interims": s.interim_count}
+    except Exception as exc:  # reported in the table, the benchmark goes on
+        run.error = f"{type(exc).__name__}: {exc}"
+    return run
+
+
+def simulate(items: list[Input], profiles: list[str], models_dir: Path) -> None:
+    """Audio-time replay without the mesh: the session's own latency, free of machine load.
+
+    Each input is pushed in 100 ms chunks and stepped synchronously, as if every decode took
+    no time. Algorithmic latency = audio received when a final is made - its end; add one
+    decode (measured alongside, on this machine as loaded as it is) for the wall latency of an
+    idle machine."""
+    from faster_whisper import WhisperModel
+
+    from services.transcription import streaming as st
+
+    model = WhisperModel(str(models_dir / "whisper-base"), device="cpu", compute_type="int8",
+                         cpu_threads=2, local_files_only=True)
+    print(f"\n{'profile':<12} {'input':<16} {'finals':>6} {'alg p50':>7} {'alg p95':>7} "
+          f"{'dec/s':>6} {'dec ms':>7} {'WER fin':>7}")
+    for profile in profiles:
+        for item in items:
+            options, prof = st.resolve_options(st.SessionOptions(profile=profile), 3600)
+            decoder = st.WhisperDecoder(model, "pt", prof.beam_size)
+            timed: list[float] = []
+
+            def decode(audio, prompt, decoder=decoder, timed=timed):
+                t = time.perf_counter()
+                out = decoder(audio, prompt)
+                timed.append(time.perf_counter() - t)
+                return out
+
+            session = st.StreamingSession(decode, st.silero_vad(), options, prof)
+            samples = np.frombuffer(item.pcm, dtype="<i2")
+            lat, texts = [], []
+            for k in range(0, len(samples), 1600):
+                session.push(samples[k:k + 1600])
+                if session.due():
+                    for e in session.step():
+                        if isinstance(e, st.Final):
+                            lat.append(session.received_s - e.segment.end)
+                            texts.append(e.segment.text)
+            for e in session.finish():
+                if isinstance(e, st.Final):
+                    lat.append(session.received_s - e.segment.end)
+                    texts.append(e.segment.text)
+            w = wer([item.reference], [" ".join(texts)]) if item.reference else float("nan")
+            print(f"{profile:<12} {item.name:<16} {len(lat):6d} {pct(lat, 50):7.2f} {pct(lat, 95):7.2f} "
+                  f"{len(timed) / item.duration:6.2f} {1000 * np.mean(timed) if timed else 0:7.0f} "
+                  f"{100 * w:6.1f}%", flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", type=Path, default=Path(os.environ.get("ASR_CORPUS_DIR", REPO.parent / "shared" / "corpus-dev")))
+    parser.add_argument("--split", default="validate", help="manifest split to use when entries carry one")
+    parser.add_argument("--long-seconds", type=float, default=120.0, help="seconds of the long file (0 = skip)")
+    parser.add_argument("--profiles", default="balanced", help="comma list of latency profiles")
+    parser.add_argument("--max-sessions", type=int, default=4, help="most concurrent sessions tried")
+    parser.add_argument("--png", type=Path, default=Path("out/bench_streaming.png"))
+    parser.add_argument("--json", type=Path, default=Path("out/bench_streaming.json"))
+    parser.add_argument("--simulate", action="store_true",
+                        help="audio-time replay without the mesh (the session's own latency, free of load)")
+    args = parser.parse_args()
+    if args.simulate:
+        with tempfile.TemporaryDirectory() as tmp:
+            simulate(inputs(args.corpus, args.split, args.long_seconds, Path(tmp)),
+                     [p.strip() for p in args.profiles.split(",") if p.strip()], REPO / "models")
+        return 0
+
+    from services.supervisor import LocalMesh
+
+    profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
+    load_before = os.getloadavg()
+    results: dict = {"profiles": {}, "capacity": [], "load_before": load_before}
+    with tempfile.TemporaryDirectory() as tmp, LocalMesh(
+        state_dir=Path(tmp) / "state",
+        env={"ASR_TRANSCRIPTION_MAX_STREAMS": str(max(args.max_sessions, 2)),
+             "ASR_TRANSCRIPTION_MAX_WORKERS": str(max(args.max_sessions, 2) + 8)},
+    ) as mesh, GatewayClient(mesh.gateway_address) as client:
+        items = inputs(args.corpus, args.split, args.long_seconds, Path(tmp))
+        print(f"inputs: {', '.join(f'{i.name} ({i.duration:.0f} s)' for i in items)}", file=sys.stderr)
+        offline = {}
+        for item in items:
+            result = client.transcribe(item.path, TranscribeOptions())
+            offline[item.name] = " ".join(s.text for s in result.segments)
+        for profile in profiles:
+            rows = []
+            for item in items:
+                run = stream(client, item.pcm, profile)
+                rows.append((item, run))
+                print(f"{profile} {item.name}: {len(run.finals)} finals {run.error}", file=sys.stderr)
+            results["profiles"][profile] = [
+                {"input": item.name, "duration_s": item.duration, "error": run.error,
+                 "final_latency": run.final_latencies(), "first_interim_latency": run.first_interim_latencies(),
+                 "wer_finals_ref": wer([item.reference], [run.text]) if item.reference else None,
+                 "wer_offline_ref": wer([item.reference], [offline[item.name]]) if item.reference else None,
+                 "wer_finals_vs_offline": wer([offline[item.name]], [run.text]),
+                 "rtf": run.summary.get("processing_s", 0) / max(run.summary.get("audio_s", 0), 1e-6),
+                 "summary": run.summary, "finals_text": run.text, "offline_text": offline[item.name]}
+                for item, run in rows]
+        # Capacity: N sessions of the first input at once.
+        first = items[0]
+        for n in range(1, args.max_sessions + 1):
+            runs: list[Run] = [Run() for _ in range(n)]
+
+            def one(k: int, runs: list[Run] = runs) -> None:
+                runs[k] = stream(client, first.pcm, profiles[0])
+
+            threads = [threading.Thread(target=one, args=(k,)) for k in range(n)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            lat = [x for r in runs for x in r.final_latencies()]
+            errors = [r.error for r in runs if r.error]
+            results["capacity"].append({"sessions": n, "p50": pct(lat, 50), "p95": pct(lat, 95),
+                                        "errors": errors})
+            print(f"{n} sessions: p95 {pct(lat, 95):.2f} s {errors}", file=sys.stderr)
+            if errors or pct(lat, 95) > 3.0:
+                break
+    results["load_after"] = os.getloadavg()
+    report(results, args.png)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    return 0
+
+
+def report(results: dict, png: Path) -> None:
+    print(f"\nload average before {results['load_before'][0]:.1f}, after {results['load_after'][0]:.1f} "
+          f"({os.cpu_count()} CPUs)")
+    header = (f"{'profile':<12} {'input':<16} {'audio s':>7} {'finals':>6} {'lat p50':>7} {'lat p95':>7} "
+              f"{'1st int':>7} {'WER fin':>7} {'WER off':>7} {'fin/off':>7} {'RTF':>5}")
+    print(header)
+    print("-" * len(header))
+    for profile, rows in results["profiles"].items():
+        all_lat = []
+        for r in rows:
+            all_lat += r["final_latency"]
+
+            def f(v):
+                return "    -" if v is None else f"{100 * v:6.1f}%"
+            print(f"{profile:<12} {r['input']:<16} {r['duration_s']:7.1f} {len(r['final_latency']):6d} "
+                  f"{pct(r['final_latency'], 50):7.2f} {pct(r['final_latency'], 95):7.2f} "
+                  f"{pct(r['first_interim_latency'], 50):7.2f} {f(r['wer_finals_ref']):>7} "
+                  f"{f(r['wer_offline_ref']):>7} {f(r['wer_finals_vs_offline']):>7} {r['rtf']:5.2f}"
+                  + (f"  ERROR {r['error']}" if r["error"] else ""))
+        print(f"{profile:<12} {'all':<16} {'':7} {len(all_lat):6d} {pct(all_lat, 50):7.2f} {pct(all_lat, 95):7.2f}")
+    print("\nconcurrent sessions (first input, real time): final latency")
+    for c in results["capacity"]:
+        print(f"  {c['sessions']} sessions: p50 {c['p50']:.2f} s, p95 {c['p95']:.2f} s {c['errors'] or ''}")
+    held = [c["sessions"] for c in results["capacity"] if c["p95"] <= 3.0 and not c["errors"]]
+    print(f"  sessions held at p95 <= 3 s: {max(held) if held else 0}")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for profile, rows in results["profiles"].items():
+        for r in rows:
+            lat = sorted(r["final_latency"])
+            if lat:
+                ax1.plot(lat, np.arange(1, len(lat) + 1) / len(lat), label=f"{profile} {r['input']}")
+    ax1.axvline(1.5, color="grey", ls="--", lw=1)
+    ax1.set_xlabel("final-result latency: received_s - end (s)")
+    ax1.set_ylabel("share of final results")
+    ax1.set_title("Final latency at real-time pace (CDF)")
+    ax1.legend(fontsize=8)
+    caps = results["capacity"]
+    ax2.plot([c["sessions"] for c in caps], [c["p95"] for c in caps], "o-", label="p95")
+    ax2.plot([c["sessions"] for c in caps], [c["p50"] for c in caps], "s--", label="p50")
+    ax2.axhline(3.0, color="grey", ls="--", lw=1)
+    ax2.set_xlabel("concurrent sessions")
+    ax2.set_ylabel("final latency (s)")
+    ax2.set_title(f"Capacity ({os.cpu_count()} CPUs, load {results['load_before'][0]:.1f})")
+    ax2.legend()
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    print(f"plot: {png}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,370 @@
+"""The streaming core without a model: commit logic against scripted hypotheses.
+
+A scripted decoder plays Whisper: it "hears" the words of a known transcript that lie inside
+the audio it is given, with timestamps that wobble between calls and a last word that is wrong
+while it is cut off by the buffer's end. The invariant: the final results, concatenated, are
+the transcript, every word exactly once, whatever the chunking, profile or endpointing.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.common.domain import SAMPLE_RATE, Segment, Word
+from services.common.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InvalidInput,
+    Overloaded,
+    UploadStalled,
+)
+from services.transcription import streaming as s
+
+VOCAB = ("bom dia eu gostaria de saber o saldo da minha conta corrente claro pode me informar "
+         "número do seu documento por favor sim três quatro cinco").split()
+
+
+def script(rng: random.Random, n_words: int, pause_every: int = 0, pause_s: float = 1.2) -> list[Word]:
+    """A transcript: words with times, an optional pause (utterance end) every `pause_every` words."""
+    words, t = [], 0.3
+    for i in range(n_words):
+        if pause_every and i and i % pause_every == 0:
+            t += pause_s
+        d = rng.uniform(0.2, 0.5)
+        words.append(Word(t, t + d, rng.choice(VOCAB), 0.9))
+        t += d + rng.uniform(0.05, 0.15)
+    return words
+
+
+class ScriptedDecoder:
+    """Hears the script's words inside [buffer_start, buffer_start + len(audio)]."""
+
+    def __init__(self, truth: list[Word], rng: random.Random, jitter: float = 0.05,
+                 garble_tail: bool = True):
+        self.truth, self.rng, self.jitter, self.garble_tail = truth, rng, jitter, garble_tail
+        self.session: s.StreamingSession | None = None
+        self.prompts: list[str] = []
+        self.calls = 0
+
+    def __call__(self, audio: np.ndarray, prompt: str) -> list[Segment]:
+        self.prompts.append(prompt)
+        self.calls = len(self.prompts)
+        start = self.session.buffer_start
+        end = start + len(audio) / SAMPLE_RATE
+        heard = []
+        for w in self.truth:
+            if w.start < start - 1e-6 or w.start >= end:
+                continue
+            j = self.rng.uniform(-self.jitter, self.jitter)
+            word = w.word
+            if w.end > end and self.garble_tail:  # cut off: Whisper guesses something else
+                word = word[: max(1, len(word) // 2)] + f"x{self.rng.randint(0, 999)}"
+            heard.append(Word(max(0.0, w.start + j - start), min(w.end, end) + j - start, word, 0.8))
+        # Segments of five words, as Whisper would emit sentences.
+        return [Segment(i, g[0].start, g[-1].end, " ".join(w.word for w in g), tuple(g),
+                        avg_logprob=-0.2, no_speech_prob=0.01, compression_ratio=1.2)
+                for i, g in enumerate(heard[k:k + 5] for k in range(0, len(heard), 5))]
+
+
+def script_vad(truth: list[Word], session_ref: list) -> s.VadFn:
+    """Speech where the script has words; a range still open at the audio's end reaches it."""
+
+    def detect(audio: np.ndarray) -> list[tuple[float, float]]:
+        # The audio is the buffer or its tail (endpoint checks): both end at what was received.
+        end = session_ref[0].received_s
+        start = end - len(audio) / SAMPLE_RATE
+        ranges: list[list[float]] = []
+        for w in truth:
+            a, b = max(w.start, start), min(w.end, end)
+            if b <= a:
+                continue
+            if ranges and a - ranges[-1][1] < 0.25:
+                ranges[-1][1] = b
+            else:
+                ranges.append([a, b])
+        out = []
+        for a, b in ranges:
+            if end - b < 0.1:  # silero closes a range only after a short silence
+                b = end
+            out.append((a - start, b - start))
+        return out
+
+    return detect
+
+
+def run(truth, rng, *, profile="balanced", endpointing=True, chunk_s=0.1, tail_s=2.0,
+        interim=True, vad=True, garble=True) -> tuple[s.StreamingSession, list]:
+    decoder = ScriptedDecoder(truth, rng, garble_tail=garble)
+    ref: list = []
+    options, prof = s.resolve_options(
+        s.SessionOptions(profile=profile, endpointing=endpointing, interim_results=interim), 3600)
+    session = s.StreamingSession(decoder, script_vad(truth, ref) if vad else None, options, prof)
+    decoder.session = session
+    ref.append(session)
+    total = truth[-1].end + tail_s
+    n = int(chunk_s * SAMPLE_RATE)
+    events = []
+    for _ in range(int(total / chunk_s) + 1):
+        session.push(np.zeros(n, dtype=np.int16))
+        if session.due():
+            events.extend(session.step())
+    events.extend(session.finish())
+    return session, events
+
+
+def finals(events) -> list[s.Final]:
+    return [e for e in events if isinstance(e, s.Final)]
+
+
+def final_words(events) -> list[str]:
+    return [w.word for f in finals(events) for w in f.segment.words]
+
+
+@pytest.mark.parametrize("profile", sorted(s.PROFILES))
+@pytest.mark.parametrize("endpointing", [True, False])
+def test_every_word_committed_exactly_once(profile, endpointing):
+    rng = random.Random(7)
+    truth = script(rng, 60, pause_every=12)
+    _, events = run(truth, rng, profile=profile, endpointing=endpointing)
+    assert final_words(events) == [w.word for w in truth]
+
+
+@given(seed=st.integers(0, 10_000), chunk_ms=st.sampled_from([20, 100, 250, 500]),
+       pause_every=st.integers(0, 9), profile=st.sampled_from(sorted(s.PROFILES)),
+       endpointing=st.booleans(), vad=st.booleans())
+def test_commit_boundaries_property(seed, chunk_ms, pause_every, profile, endpointing, vad):
+    rng = random.Random(seed)
+    truth = script(rng, rng.randint(1, 40), pause_every=pause_every)
+    session, events = run(truth, rng, profile=profile, endpointing=endpointing,
+                          chunk_s=chunk_ms / 1000, vad=vad)
+    assert final_words(events) == [w.word for w in truth]
+    fs = finals(events)
+    # Finals come in time order, never overlap, and their ids count up from 0.
+    assert [f.segment.id for f in fs] == list(range(len(fs)))
+    for a, b in zip(fs, fs[1:]):
+        assert a.segment.words[-1].end <= b.segment.words[0].end
+    assert isinstance(events[-1], s.StreamSummary)
+    assert events[-1].final_count == len(fs)
+    # Speech events pair up: begin, end, begin, end...
+    kinds = [e.kind for e in events if isinstance(e, s.SpeechEvent)]
+    assert kinds == ["begin", "end"] * (len(kinds) // 2)
+    # The buffer stayed bounded.
+    assert session.buffer_s <= s.PROFILES[profile].max_buffer_s + 2 * s.PROFILES[profile].step_s + 1
+
+
+def test_endpoint_closes_each_utterance_with_speech_events():
+    rng = random.Random(3)
+    truth = script(rng, 24, pause_every=8, pause_s=1.5)
+    _, events = run(truth, rng)
+    kinds = [e.kind for e in events if isinstance(e, s.SpeechEvent)]
+    assert kinds == ["begin", "end"] * 3
+    # Every utterance's last word is in a final marked end_of_utterance, before its speech end.
+    closing = [f for f in finals(events) if f.end_of_utterance]
+    assert [f.segment.words[-1].word for f in closing] == [truth[k].word for k in (7, 15, 23)]
+    for event_index, event in enumerate(events):
+        if isinstance(event, s.SpeechEvent) and event.kind == "end":
+            assert isinstance(events[event_index - 1], (s.Final, s.Interim))
+
+
+def test_interims_precede_the_finals_that_replace_them():
+    rng = random.Random(11)
+    truth = script(rng, 20)
+    _, events = run(truth, rng)
+    first_interim = next(i for i, e in enumerate(events) if isinstance(e, s.Interim))
+    first_final = next(i for i, e in enumerate(events) if isinstance(e, s.Final))
+    assert first_interim < first_final
+    interims = [e for e in events if isinstance(e, s.Interim)]
+    assert all(0.0 <= e.stability <= 1.0 for e in interims)
+    # Consecutive interims differ (unchanged text is not sent again).
+    assert all(a.text != b.text for a, b in zip(interims, interims[1:])
+               if not any(isinstance(e, s.Final) for e in events[events.index(a):events.index(b)]))
+
+
+def test_no_interims_when_not_asked():
+    rng = random.Random(5)
+    truth = script(rng, 10)
+    _, events = run(truth, rng, interim=False)
+    assert not [e for e in events if isinstance(e, s.Interim)]
+    assert final_words(events) == [w.word for w in truth]
+
+
+def test_silence_is_never_decoded():
+    rng = random.Random(1)
+    decoder = ScriptedDecoder([], rng)
+    options, prof = s.resolve_options(s.SessionOptions(), 3600)
+    session = s.StreamingSession(decoder, lambda audio: [], options, prof)
+    decoder.session = session
+    for _ in range(100):
+        session.push(np.zeros(1600, dtype=np.int16))
+        if session.due():
+            assert session.step() == []
+    events = session.finish()
+    assert decoder.prompts == []  # the model never ran
+    assert [type(e) for e in events] == [s.StreamSummary]
+    assert session.buffer_s <= 1.0 + prof.step_s  # silence does not pile up
+
+
+def test_committed_text_outside_the_buffer_is_the_prompt():
+    rng = random.Random(2)
+    truth = script(rng, 30, pause_every=10)
+    decoder = ScriptedDecoder(truth, rng)
+    ref: list = []
+    options, prof = s.resolve_options(s.SessionOptions(initial_prompt="Itaú Pix"), 3600)
+    session = s.StreamingSession(decoder, script_vad(truth, ref), options, prof)
+    decoder.session = session
+    ref.append(session)
+    for _ in range(int((truth[-1].end + 2) / 0.1)):
+        session.push(np.zeros(1600, dtype=np.int16))
+        if session.due():
+            session.step()
+    session.finish()
+    assert decoder.prompts[0] == "Itaú Pix"
+    # After the first utterance is committed and trimmed away, its words are the context.
+    assert any(truth[9].word in p and p.startswith("Itaú Pix") for p in decoder.prompts[1:])
+    assert all(len(p) <= s.PROMPT_CHARS + 20 for p in decoder.prompts)
+
+
+def test_new_words_drops_the_committed_tail_despite_timestamp_wobble():
+    committed = [Word(0.0, 0.4, "bom", 1), Word(0.5, 0.9, "dia", 1)]
+    hyp = [Word(0.05, 0.45, "Bom", 1), Word(0.45, 0.95, "dia,", 1), Word(1.0, 1.3, "eu", 1)]
+    assert [w.word for w in s.new_words(hyp, committed, 0.9)] == ["eu"]
+    # A word that starts before the commit point but is new (its neighbour was re-timed) stays.
+    hyp = [Word(0.85, 1.2, "eu", 1)]
+    assert [w.word for w in s.new_words(hyp, committed, 0.9)] == ["eu"]
+
+
+def test_stability_is_the_share_of_words_the_previous_decode_had():
+    words = [Word(i, i + 1, w, 1) for i, w in enumerate("o saldo da conta".split())]
+    assert s.stability(words, words) == 1.0
+    assert s.stability(words, words[:2]) == 0.5
+    assert s.stability(words, []) == 0.0
+
+
+def test_agreement_needs_n_hypotheses():
+    a = [Word(0, 1, "a", 1), Word(1, 2, "b", 1), Word(2, 3, "c", 1)]
+    b = [Word(0, 1, "A.", 1), Word(1, 2, "b", 1), Word(2, 3, "x", 1)]
+    assert s.agreed_prefix([a, b]) == 2
+    assert s.agreed_prefix([a, b, [Word(0, 1, "a", 1)]]) == 1
+    assert s.agreed_prefix([a]) == 3
+
+
+def test_loops_are_cut_from_committed_text():
+    looped = [Word(1.0 + 0.01 * i, 1.01 + 0.01 * i, "obrigado", 0.5) for i in range(8)]
+
+    def decoder(audio, prompt):
+        return [Segment(0, 1.0, 1.1, " ".join(w.word for w in looped), tuple(looped),
+                        avg_logprob=-0.3, compression_ratio=1.5)]
+
+    options, prof = s.resolve_options(s.SessionOptions(), 3600)
+    session = s.StreamingSession(decoder, None, options, prof)
+    session.push(np.zeros(SAMPLE_RATE * 2, dtype=np.int16))
+    events = session.finish()
+    assert final_words(events) == ["obrigado"] * 3
+    assert events[-1].words_removed == 5
+
+
+def test_text_the_model_calls_silence_is_dropped():
+    def decoder(audio, prompt):
+        return [Segment(0, 0.0, 1.0, "Legendas pela comunidade", (Word(0.1, 0.9, "Legendas", 0.2),),
+                        avg_logprob=-1.5, no_speech_prob=0.9, compression_ratio=1.0)]
+
+    options, prof = s.resolve_options(s.SessionOptions(), 3600)
+    session = s.StreamingSession(decoder, None, options, prof)
+    session.push(np.zeros(SAMPLE_RATE * 2, dtype=np.int16))
+    assert finals(session.finish()) == []
+
+
+def test_session_length_is_bounded():
+    options, prof = s.resolve_options(s.SessionOptions(max_session_s=1.0), 3600)
+    session = s.StreamingSession(lambda a, p: [], None, options, prof)
+    session.push(np.zeros(SAMPLE_RATE, dtype=np.int16))
+    with pytest.raises(DeadlineExceeded, match="maximum length of 1 s"):
+        session.push(np.zeros(160, dtype=np.int16))
+
+
+@pytest.mark.parametrize("options, field", [
+    (s.SessionOptions(profile="turbo"), "latency_profile"),
+    (s.SessionOptions(language=None), "language_code"),
+    (s.SessionOptions(endpoint_silence_s=9), "endpointing"),
+    (s.SessionOptions(max_session_s=7200), "max_session_duration"),
+])
+def test_bad_options_are_refused(options, field):
+    with pytest.raises(InvalidInput) as err:
+        s.resolve_options(options, 3600)
+    assert field in err.value.field
+
+
+def test_limiter_refuses_beyond_its_sessions_with_retry_info():
+    seen = []
+    limiter = s.SessionLimiter(2, on_change=seen.append)
+    with limiter, limiter:
+        with pytest.raises(Overloaded) as err:
+            with limiter:
+                pass
+        assert err.value.retry_after_s > 0
+    assert limiter.active == 0 and seen == [1, 2, 1, 0]
+
+
+def test_inbox_times_out_an_idle_caller_and_honours_cancel():
+    inbox = s.Inbox()
+    inbox.put(np.zeros(10, dtype=np.int16))
+    chunks, ended = inbox.take(0.2)
+    assert len(chunks) == 1 and not ended
+    with pytest.raises(UploadStalled, match="no audio arrived for 0.2 s"):
+        inbox.take(0.2)
+    inbox = s.Inbox()
+    threading.Timer(0.05, inbox.cancel).start()
+    with pytest.raises(Cancelled):
+        inbox.take(5)
+
+
+def test_drive_runs_a_session_from_another_thread():
+    rng = random.Random(9)
+    truth = script(rng, 15, pause_every=5)
+    decoder = ScriptedDecoder(truth, rng)
+    ref: list = []
+    options, prof = s.resolve_options(s.SessionOptions(), 3600)
+    session = s.StreamingSession(decoder, script_vad(truth, ref), options, prof)
+    decoder.session = session
+    ref.append(session)
+    inbox = s.Inbox()
+
+    def feed():
+        for _ in range(int((truth[-1].end + 1) / 0.05)):
+            inbox.put(np.zeros(800, dtype=np.int16))
+        inbox.close()
+
+    threading.Thread(target=feed).start()
+    emitted = list(s.drive(session, inbox, idle_timeout_s=5))
+    events = [e.event for e in emitted]
+    assert final_words(events) == [w.word for w in truth]
+    assert all(e.audio_arrived_at is not None for e in emitted if isinstance(e.event, s.Final))
+
+
+def test_an_utterance_is_final_one_check_after_the_endpoint_silence():
+    """Audio time, not wall time: the closing final comes within the endpoint silence plus one
+    endpoint check of the utterance's last word (no waiting for the next decode step)."""
+    rng = random.Random(4)
+    truth = script(rng, 24, pause_every=8, pause_s=2.0)
+    decoder = ScriptedDecoder(truth, rng)
+    ref: list = []
+    options, prof = s.resolve_options(s.SessionOptions(profile="accurate"), 3600)
+    session = s.StreamingSession(decoder, script_vad(truth, ref), options, prof)
+    decoder.session = session
+    ref.append(session)
+    delays = []
+    for _ in range(int((truth[-1].end + 2) / 0.05)):
+        session.push(np.zeros(800, dtype=np.int16))
+        if session.due():
+            for event in session.step():
+                if isinstance(event, s.Final) and event.end_of_utterance:
+                    delays.append(session.received_s - event.segment.words[-1].end)
+    assert len(delays) == 3
+    assert max(delays) <= prof.endpoint_silence_s + s.ENDPOINT_CHECK_S + 0.1, delays
+    assert decoder.calls < (truth[-1].end + 2) / prof.step_s + 4  # checks are not decodes

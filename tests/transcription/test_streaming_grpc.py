@@ -1,0 +1,175 @@
+"""StreamingTranscribe on a real in-process transcription server with the real base model."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from conftest import MODELS_DIR, channel_to
+from google.protobuf import duration_pb2
+
+from asr.common.v1 import audio_pb2
+from asr.common.v1 import streaming_pb2 as spb
+from asr.transcription.v1 import streaming_pb2 as pb
+from asr.transcription.v1 import transcription_service_pb2_grpc as pb_grpc
+from scripts.metrics import wer
+from services.common.errors import Overloaded, from_rpc_error
+from services.transcription.server import TranscriptionSettings, create_server
+from services.transcription.stream_servicer import SESSIONS_ACTIVE
+
+pytestmark = [pytest.mark.grpc, pytest.mark.models]
+
+PCM16K = audio_pb2.PcmFormat(sample_rate_hz=16000, channels=1, encoding=audio_pb2.SAMPLE_ENCODING_S16LE)
+CHUNK = 3200  # 100 ms
+
+
+@pytest.fixture(scope="module")
+def stub():
+    settings = TranscriptionSettings(port=0, models_dir=MODELS_DIR, cpu_threads=2, device="cpu",
+                                     max_streams=2, stream_idle_timeout_s=3.0)
+    handle = create_server(settings)
+    channel = channel_to(handle.port)
+    yield pb_grpc.TranscriptionServiceStub(channel)
+    channel.close()
+    handle.stop(0)
+
+
+def load_pcm(path) -> bytes:
+    from faster_whisper import decode_audio
+
+    return (decode_audio(str(path)) * 32768.0).round().astype("<i2").tobytes()
+
+
+def requests(pcm: bytes, *, speed: float = 0.0, pause_after: float | None = None, **config):
+    """Config, then 100 ms chunks; `speed` × real time (0 = as fast as possible)."""
+    config.setdefault("interim_results", True)
+    yield pb.StreamingTranscribeRequest(config=spb.StreamingConfig(format=PCM16K, **config))
+    for k, offset in enumerate(range(0, len(pcm), CHUNK * 2)):
+        if pause_after is not None and k * 0.1 >= pause_after:
+            time.sleep(3600)  # a caller that stops sending without closing
+        yield pb.StreamingTranscribeRequest(audio=audio_pb2.AudioChunk(pcm=pcm[offset:offset + CHUNK * 2]))
+        if speed:
+            time.sleep(0.1 / speed)
+
+
+def events(stub, pcm: bytes, **kw) -> list[spb.StreamingEvent]:
+    return [r.event for r in stub.StreamingTranscribe(requests(pcm, **kw), timeout=300)]
+
+
+def kinds(evs) -> list[str]:
+    return [e.WhichOneof("event") for e in evs]
+
+
+def test_a_conversation_gives_interims_then_stable_finals(stub, corpus, manifest):
+    conv = manifest["dia"][0]
+    evs = events(stub, load_pcm(corpus / conv["audio"]), speed=3.0)
+    k = kinds(evs)
+    assert k[-1] == "summary" and k.count("summary") == 1
+    assert "interim" in k and "final" in k
+    assert k.index("interim") < k.index("final")
+    finals = [e.final.segment for e in evs if e.WhichOneof("event") == "final"]
+    assert [f.id for f in finals] == list(range(len(finals)))
+    for a, b in zip(finals, finals[1:]):  # in time order, never overlapping
+        assert a.words[-1].end_offset.ToTimedelta() <= b.words[0].end_offset.ToTimedelta()
+    text = " ".join(f.text for f in finals)
+    assert wer([conv["text"]], [text]) < 0.35, text
+    speech = [e.speech.kind for e in evs if e.WhichOneof("event") == "speech"]
+    assert speech[0] == spb.SpeechEvent.KIND_SPEECH_BEGIN and speech[-1] == spb.SpeechEvent.KIND_SPEECH_END
+    assert speech.count(spb.SpeechEvent.KIND_SPEECH_END) >= 2  # a pause between turns ends an utterance
+    summary = evs[-1].summary
+    assert summary.final_count == len(finals) and "base" in summary.model
+    assert summary.latency_profile == "balanced"
+    assert abs(summary.audio_duration.ToTimedelta().total_seconds() - 30.2) < 0.2
+    # Each final's words carry timestamps and probabilities within the audio.
+    words = [w for f in finals for w in f.words]
+    assert all(0 <= w.probability <= 1 for w in words)
+    assert all(w.end_offset.ToTimedelta().total_seconds() <= 30.3 for w in words)
+
+
+@pytest.mark.parametrize("name", ["silence_10s.wav", "noise_10s.wav"])
+def test_silence_and_noise_give_no_finals(stub, corpus, name):
+    evs = events(stub, load_pcm(corpus / "media" / name))
+    assert "final" not in kinds(evs), [e.final.segment.text for e in evs if e.HasField("final")]
+    assert evs[-1].summary.final_count == 0
+
+
+def test_a_caller_that_stops_sending_is_timed_out(stub, corpus):
+    pcm = load_pcm(corpus / "asr/000.flac")
+    with pytest.raises(grpc.RpcError) as err:
+        events(stub, pcm, pause_after=1.0)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "no audio arrived for 3 s" in err.value.details()
+
+
+def _wait_for_sessions(n: int, within: float = 10.0) -> None:
+    gauge = SESSIONS_ACTIVE.labels("transcription")
+    deadline = time.monotonic() + within
+    while gauge._value.get() != n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gauge._value.get() == n
+
+
+def test_two_sessions_at_once_and_a_third_is_refused_with_retry_info(stub, corpus, manifest):
+    clips = [manifest["asr"][0], manifest["asr"][1]]
+    results: dict[int, list] = {}
+
+    def stream(i: int) -> None:
+        results[i] = events(stub, load_pcm(corpus / clips[i]["audio"]), speed=2.0)
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    _wait_for_sessions(2)
+    with pytest.raises(grpc.RpcError) as err:
+        events(stub, load_pcm(corpus / clips[0]["audio"]))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    refusal = from_rpc_error(err.value)
+    assert isinstance(refusal, Overloaded) and refusal.retry_after_s > 0
+    assert "maximum of 2 streaming sessions" in refusal.message
+    for t in threads:
+        t.join(120)
+    for i, clip in enumerate(clips):
+        text = " ".join(e.final.segment.text for e in results[i] if e.HasField("final"))
+        # Five-second clips decoded without context: whisper base misses more than on a dialogue.
+        assert wer([clip["text"]], [text]) < 0.6, text
+    _wait_for_sessions(0)
+
+
+def test_cancel_mid_stream_frees_the_session(stub, corpus, manifest):
+    pcm = load_pcm(corpus / manifest["dia"][0]["audio"])
+    call = stub.StreamingTranscribe(requests(pcm, speed=2.0), timeout=300)
+    for response in call:
+        if response.event.HasField("interim") or response.event.HasField("final"):
+            break
+    _wait_for_sessions(1)
+    call.cancel()
+    # Freed once the decode step in progress returns (seconds; much longer on a loaded machine).
+    _wait_for_sessions(0, within=120)
+    # The slot is usable again straight away.
+    assert kinds(events(stub, load_pcm(corpus / "media/silence_10s.wav")))[-1] == "summary"
+
+
+def test_max_session_length_ends_with_deadline_exceeded(stub, corpus):
+    pcm = load_pcm(corpus / "asr/000.flac")
+    with pytest.raises(grpc.RpcError) as err:
+        events(stub, pcm, max_session_duration=duration_pb2.Duration(seconds=2))
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "maximum length of 2 s" in err.value.details()
+
+
+def test_wrong_format_and_oversized_chunks_are_refused(stub):
+    bad = spb.StreamingConfig(format=audio_pb2.PcmFormat(sample_rate_hz=8000))
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.StreamingTranscribe(iter([pb.StreamingTranscribeRequest(config=bad)]), timeout=30))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "16000 Hz" in err.value.details()
+
+    def big():
+        yield pb.StreamingTranscribeRequest(config=spb.StreamingConfig(format=PCM16K))
+        yield pb.StreamingTranscribeRequest(audio=audio_pb2.AudioChunk(pcm=np.zeros(32000, "<i2").tobytes()))
+
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.StreamingTranscribe(big(), timeout=30))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 1 s" in err.value.details()
