@@ -31,8 +31,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # 
 from rich.table import Table  # noqa: E402
 
 from asr.common.v1 import progress_pb2  # noqa: E402
-from clients import jobs_cli  # noqa: E402
-from clients import stream_cli  # noqa: E402
+from clients import (
+    jobs_cli,  # noqa: E402
+    stream_cli,  # noqa: E402
+)
 from clients.sdk import FORMATS, GatewayClient, GatewayUnreachable, TranscribeOptions  # noqa: E402
 from services.common.errors import MeshError  # noqa: E402
 
