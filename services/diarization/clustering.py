@@ -27,6 +27,15 @@ from scipy.cluster.hierarchy import fcluster, linkage
 class ClusteringOptions:
     """Knobs of the count estimation and turn smoothing."""
 
+    method: str = "nme-sc"
+    """"nme-sc": self-tuning spectral count (see `nme_spectral`); "threshold": the fixed
+    average-linkage cut at `threshold` (the default before; kept for comparison)."""
+    max_pruning: float = 0.25
+    """NME-SC: largest share of each row's neighbours kept when binarising the affinity."""
+    pruning_steps: int = 20
+    """NME-SC: how many neighbour counts are tried between 1 and `max_pruning`."""
+    spectral_points: int = 400
+    """NME-SC: windows the spectral estimate sees (an even subsample of longer inputs)."""
     threshold: float = 0.30
     """Average-linkage cosine distance above which two groups are different speakers."""
     min_cluster_fraction: float = 0.05
@@ -77,8 +86,12 @@ def cluster_embeddings(
     min_speakers: int = 1,
     max_speakers: int = 10,
     options: ClusteringOptions = ClusteringOptions(),
+    groups: np.ndarray | None = None,
 ) -> np.ndarray:
     """Label each embedding with a speaker index (0.. by first appearance).
+
+    `groups` (optional, one value per embedding) marks embeddings that share signal, such as
+    overlapping windows of one speech region; NME-SC does not count them as neighbours.
 
     `min_speakers == max_speakers` forces that exact count (when there are enough windows);
     otherwise the count is estimated and clipped to the bounds. Deterministic.
@@ -91,6 +104,8 @@ def cluster_embeddings(
     min_k = max(1, min(min_speakers, max_k))
     if n == 1 or max_k == 1:
         return np.zeros(n, dtype=np.int64)
+    if options.method == "nme-sc":
+        return _cluster_nme(x, min_k, max_k, options, groups)
 
     # Bounded memory: linkage needs n² distances, so cluster an even subsample of long inputs.
     if n > options.max_points:
@@ -114,6 +129,105 @@ def cluster_embeddings(
             return refine(x, labels, options.refine_iterations, keep_at_least=min_k)
         labels = _dissolve_small(x, labels, min_size, keep_at_least=min_k)
     return refine(x, labels, options.refine_iterations, keep_at_least=min_k)
+
+
+def _cluster_nme(x: np.ndarray, min_k: int, max_k: int, options: ClusteringOptions,
+                 groups: np.ndarray | None) -> np.ndarray:
+    """NME-SC count and spectral partition, then centroid refinement on the embeddings."""
+    n = len(x)
+    if n > options.spectral_points:
+        picked = np.linspace(0, n - 1, options.spectral_points).round().astype(np.int64)
+        sub = _cluster_nme(x[picked], min_k, max_k, options,
+                           None if groups is None else np.asarray(groups)[picked])
+        k = int(sub.max()) + 1
+        labels = _relabel_by_first_appearance(np.argmax(x @ _centroids(x[picked], sub, k).T, axis=1))
+        return refine(x, labels, options.refine_iterations, keep_at_least=min_k)
+    k, spectral = nme_spectral(x, min_k, max_k, options.max_pruning, options.pruning_steps, groups)
+    labels = _relabel_by_first_appearance(kmeans(spectral, k))
+    return refine(x, labels, options.refine_iterations, keep_at_least=min_k)
+
+
+COUNT_CEILING = 10
+"""NME-SC looks for the largest eigengap among this many speakers (or the caller's maximum)."""
+
+
+def binarise(similarity: np.ndarray, neighbours: int) -> np.ndarray:
+    """Keep each row's `neighbours` most similar entries as 1 (others 0), then symmetrise."""
+    n = len(similarity)
+    keep = np.argsort(-similarity, axis=1, kind="stable")[:, :neighbours]
+    graph = np.zeros_like(similarity)
+    graph[np.repeat(np.arange(n), keep.shape[1]), keep.ravel()] = 1.0
+    return 0.5 * (graph + graph.T)
+
+
+def laplacian(graph: np.ndarray) -> np.ndarray:
+    """Unnormalised graph Laplacian D - A."""
+    return np.diag(graph.sum(axis=1)) - graph
+
+
+def nme_spectral(x: np.ndarray, min_k: int, max_k: int, max_pruning: float, steps: int,
+                 groups: np.ndarray | None = None) -> tuple[int, np.ndarray]:
+    """Normalised maximum eigengap spectral clustering (Park et al., 2019): count + embedding.
+
+    For each candidate neighbour count p the cosine affinity is binarised (top p per row); the
+    largest gap among the Laplacian's smallest eigenvalues, relative to its largest, measures
+    how clearly the graph falls apart into groups. The p minimising p / gap is the sparsest
+    graph that still separates cleanly; its largest eigengap (within [min_k, max_k]) is the
+    speaker count, and its first k eigenvectors the spectral embedding. Returns (k, embedding).
+
+    `groups` (e.g. the speech region of each window): members of one group are never each
+    other's neighbours. Overlapping windows of one region are near-copies of each other; left
+    in, every window's nearest neighbours are its own region's and a sparse graph falls apart
+    into regions, not speakers. Masked, the neighbours have to be found in other regions.
+    """
+    n = len(x)
+    similarity = x @ x.T
+    if groups is not None:
+        groups = np.asarray(groups)
+        similarity[(groups[:, None] == groups[None, :]) & ~np.eye(n, dtype=bool)] = -np.inf
+    # The count is estimated freely (up to `COUNT_CEILING` or the caller's maximum) and then
+    # clipped to the bounds: with three clear groups and max 2, the answer is 2, not 1.
+    top = min(max(max_k, COUNT_CEILING) + 1, n)
+    candidates = np.unique(np.linspace(1, max(1, int(max_pruning * n)), steps).round().astype(int))
+    best = (np.inf, int(candidates[-1]))
+    for p in candidates.tolist():
+        values = np.linalg.eigvalsh(laplacian(binarise(similarity, p)))
+        gap = float(np.max(np.diff(values[:top]))) if top > 1 else 0.0
+        ratio = (p / n) / (gap / max(float(values[-1]), 1e-10) + 1e-10)
+        if ratio < best[0]:
+            best = (ratio, p)
+    values, vectors = np.linalg.eigh(laplacian(binarise(similarity, best[1])))
+    k = 1 + int(np.argmax(np.diff(values[:top]))) if top > 1 else 1
+    k = min(max(k, min_k), max_k, n)
+    return k, vectors[:, :k]
+
+
+def kmeans(x: np.ndarray, k: int, restarts: int = 10, iterations: int = 100) -> np.ndarray:
+    """Deterministic k-means (k-means++ seeding from a fixed seed, best of `restarts`)."""
+    n = len(x)
+    if k <= 1 or n <= k:
+        return np.arange(n) if n <= k else np.zeros(n, dtype=np.int64)
+    rng = np.random.default_rng(0)
+    best_labels, best_cost = np.zeros(n, dtype=np.int64), np.inf
+    for _ in range(restarts):
+        centres = [x[int(rng.integers(n))]]
+        for _ in range(1, k):
+            d = np.min(((x[:, None, :] - np.asarray(centres)[None]) ** 2).sum(-1), axis=1)
+            total = d.sum()
+            pick = int(rng.choice(n, p=d / total)) if total > 0 else int(rng.integers(n))
+            centres.append(x[pick])
+        c = np.asarray(centres)
+        for _ in range(iterations):
+            labels = np.argmin(((x[:, None, :] - c[None]) ** 2).sum(-1), axis=1)
+            new = np.stack([x[labels == j].mean(axis=0) if np.any(labels == j) else c[j]
+                            for j in range(k)])
+            if np.allclose(new, c):
+                break
+            c = new
+        cost = float(((x - c[labels]) ** 2).sum())
+        if cost < best_cost - 1e-12:
+            best_labels, best_cost = labels, cost
+    return best_labels.astype(np.int64)
 
 
 def _merge_closest(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:

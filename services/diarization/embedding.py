@@ -10,7 +10,7 @@ flickers are absorbed and short pauses closed. Everything runs on the CPU and no
 (`pretrained.pt`) ship inside the resemblyzer package. Memory: one batch of mel windows and one
 256-float embedding per window (about 9,000 per hour of speech) on top of the audio itself.
 
-Overlapped speech comes from a second pass (`overlap`, on unless `overlap.enabled` is off): a
+Overlapped speech comes from an optional second pass (`overlap`, off unless `overlap.enabled`): a
 1.6 s window covering a backchannel spoken over another voice is only slightly closer to the
 second speaker's centroid (cosine 0.57-0.70) than ordinary windows are (up to 0.73 when the two
 voices are similar), so no threshold on the clustering windows separates them; short windows
@@ -87,12 +87,14 @@ class EmbeddingBackendOptions:
     noisy_threshold: float = 0.35
     clustering: ClusteringOptions = field(default_factory=ClusteringOptions)
     overlap: OverlapOptions = field(default_factory=OverlapOptions)
-    """Overlapped-speech pass (`overlap.enabled=False` switches it off: turns only, about half
-    the encoder time)."""
+    """Overlapped-speech pass (off by default; `overlap.enabled=True` switches it on, for about
+    60% more time)."""
 
 
 @dataclass
-class _Windows:
+class Windows:
+    """Speech windows of one file: region index, start and end (s) and GE2E embedding each."""
+
     region: list[int] = field(default_factory=list)
     start: list[float] = field(default_factory=list)
     end: list[float] = field(default_factory=list)
@@ -199,10 +201,10 @@ class EmbeddingClusteringBackend:
         self.options = options or EmbeddingBackendOptions()
         self.embedder = embedder or VoiceEncoderEmbedder(torch_threads)
 
-    def _windows(self, audio: np.ndarray, regions: list[tuple[float, float]], progress: Progress) -> _Windows:
+    def _windows(self, audio: np.ndarray, regions: list[tuple[float, float]], progress: Progress) -> Windows:
         opts = self.options
         hop_frames = max(1, round(opts.hop * 100))
-        out = _Windows()
+        out = Windows()
         pending: list[np.ndarray] = []
         total = sum(e - s for s, e in regions) or 1.0
         done = 0.0
@@ -244,37 +246,13 @@ class EmbeddingClusteringBackend:
         """Diarize float32 16 kHz mono audio with a speaker count within the bounds."""
         opts = self.options
         annotation = Annotation()
-        duration = len(audio) / SAMPLE_RATE
-        with tracer.start_as_current_span("diarization.vad", attributes={
-                "asr.audio.duration_s": duration, "asr.diarization.backend": self.name}) as span:
-            regions = speech_regions(audio, opts, progress)
-            span.set_attributes({"asr.diarization.speech_regions": len(regions),
-                                 "asr.diarization.speech_s": sum(e - s for s, e in regions)})
-        progress(0.1, f"found {len(regions)} speech regions")
-        with tracer.start_as_current_span("diarization.embedding", attributes={
-                "asr.model": ENCODER_MODEL, "asr.diarization.backend": self.name}):
-            windows = self._windows(audio, regions, progress)
+        regions, windows = self.embed_speech(audio, progress)
         if not windows.embeddings:
             return annotation
         snr = estimate_snr_db(audio, regions)
-        noisy = snr < opts.noisy_snr_db
-        with tracer.start_as_current_span("diarization.clustering", attributes={
-                "asr.diarization.min_speakers": min_speakers,
-                "asr.diarization.max_speakers": max_speakers,
-                "asr.diarization.snr_db": snr, "asr.diarization.noisy": noisy}) as span:
-            embeddings = smooth_embeddings(np.stack(windows.embeddings), np.asarray(windows.region),
-                                           opts.context)
-            clustering = opts.clustering
-            if noisy:
-                embeddings = center(embeddings, opts.noisy_centering)
-                clustering = replace(clustering, threshold=opts.noisy_threshold)
-            labels = cluster_embeddings(embeddings, min_speakers, max_speakers, clustering)
-            span.set_attributes({"asr.diarization.windows": len(labels),
-                                 "asr.diarization.speakers": int(labels.max()) + 1})
+        labels, runs = self.label_windows(regions, windows, snr, len(audio) / SAMPLE_RATE,
+                                          min_speakers, max_speakers)
         progress(0.95, "clustered speech windows")
-        runs = list(self._vote(regions, windows, labels))
-        runs = smooth_runs(runs, opts.min_turn)
-        runs = fill_gaps(runs, opts.max_gap_fill, opts.turn_extension, duration)
         for index, (label, start, end) in enumerate(runs):
             annotation[Segment(start, end), f"turn{index}"] = int(label)
         if opts.overlap.enabled and labels.max() > 0:
@@ -287,7 +265,47 @@ class EmbeddingClusteringBackend:
                 annotation[Segment(start, end), f"{SECONDARY_TRACK_PREFIX}{index}"] = int(label)
         return annotation
 
-    def _vote(self, regions, windows: _Windows, labels: np.ndarray) -> Iterator[tuple[int, float, float]]:
+    def embed_speech(self, audio: np.ndarray,
+                     progress: Progress = lambda f, m: None) -> tuple[list[tuple[float, float]], Windows]:
+        """Voice activity, then one GE2E embedding per window of speech (the models' part)."""
+        duration = len(audio) / SAMPLE_RATE
+        with tracer.start_as_current_span("diarization.vad", attributes={
+                "asr.audio.duration_s": duration, "asr.diarization.backend": self.name}) as span:
+            regions = speech_regions(audio, self.options, progress)
+            span.set_attributes({"asr.diarization.speech_regions": len(regions),
+                                 "asr.diarization.speech_s": sum(e - s for s, e in regions)})
+        progress(0.1, f"found {len(regions)} speech regions")
+        with tracer.start_as_current_span("diarization.embedding", attributes={
+                "asr.model": ENCODER_MODEL, "asr.diarization.backend": self.name}):
+            windows = self._windows(audio, regions, progress)
+        return regions, windows
+
+    def label_windows(self, regions: list[tuple[float, float]], windows: Windows, snr: float,
+                      duration: float, min_speakers: int, max_speakers: int,
+                      ) -> tuple[np.ndarray, list[tuple[int, float, float]]]:
+        """Window embeddings → (window labels, smoothed (label, start, end) turns). No models."""
+        opts = self.options
+        noisy = snr < opts.noisy_snr_db
+        with tracer.start_as_current_span("diarization.clustering", attributes={
+                "asr.diarization.min_speakers": min_speakers,
+                "asr.diarization.max_speakers": max_speakers,
+                "asr.diarization.snr_db": snr, "asr.diarization.noisy": noisy}) as span:
+            embeddings = smooth_embeddings(np.stack(windows.embeddings), np.asarray(windows.region),
+                                           opts.context)
+            clustering = opts.clustering
+            if noisy:
+                embeddings = center(embeddings, opts.noisy_centering)
+                clustering = replace(clustering, threshold=opts.noisy_threshold)
+            labels = cluster_embeddings(embeddings, min_speakers, max_speakers, clustering,
+                                        groups=np.asarray(windows.region))
+            span.set_attributes({"asr.diarization.windows": len(labels),
+                                 "asr.diarization.speakers": int(labels.max()) + 1})
+        runs = list(self._vote(regions, windows, labels))
+        runs = smooth_runs(runs, opts.min_turn)
+        runs = fill_gaps(runs, opts.max_gap_fill, opts.turn_extension, duration)
+        return labels, runs
+
+    def _vote(self, regions, windows: Windows, labels: np.ndarray) -> Iterator[tuple[int, float, float]]:
         """Per region, Hann-weighted window votes on a 20 ms grid → (label, start, end) runs."""
         k = int(labels.max()) + 1
         region_of = np.asarray(windows.region)
