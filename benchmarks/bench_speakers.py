@@ -8,7 +8,8 @@
 For every conversation (`dia` entries of each `--corpus` manifest; an entry without `split` is
 put in a split named after its corpus directory) both backends run on the same audio through
 the service's core (`Diarizer`), sharing one GE2E encoder:
-  before: the previous default, a fixed 0.30 average-linkage cut plus the overlap pass;
+  before: the previous defaults (fixed 0.30 average-linkage cut, 2 smoothing neighbours, turns
+          widened 0.45 s, overlap pass on);
   after:  the current defaults (NME-SC count, overlap pass off).
 Prints per split and conversation: true count, found count, DER (pyannote.metrics, collar
 0.25 s, overlap scored) and RTF (diarization seconds / audio seconds) of each; then per split
@@ -54,7 +55,10 @@ def backends(threads: int) -> dict[str, object]:
     from services.diarization.overlap import OverlapOptions
 
     embedder = VoiceEncoderEmbedder(threads)
-    old = EmbeddingBackendOptions(clustering=ClusteringOptions(method="threshold"),
+    # The defaults before NME-SC, as they were: fixed cut, 2 smoothing neighbours, no centering
+    # of clean audio, turns widened 0.45 s into silence, overlap pass on.
+    old = EmbeddingBackendOptions(context=2, centering=0.0, turn_extension=0.45,
+                                  clustering=ClusteringOptions(method="threshold"),
                                   overlap=OverlapOptions(enabled=True))
     return {"before": EmbeddingClusteringBackend(embedder, old),
             "after": EmbeddingClusteringBackend(embedder)}

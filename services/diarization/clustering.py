@@ -30,8 +30,9 @@ class ClusteringOptions:
     method: str = "nme-sc"
     """"nme-sc": self-tuning spectral count (see `nme_spectral`); "threshold": the fixed
     average-linkage cut at `threshold` (the default before; kept for comparison)."""
-    max_pruning: float = 0.25
-    """NME-SC: largest share of each row's neighbours kept when binarising the affinity."""
+    max_pruning: float = 0.15
+    """NME-SC: largest share of each row's neighbours kept when binarising the affinity
+    (0.15 chosen on the tune split of build/corpus-validate; 0.25 merged a 4-voice talk)."""
     pruning_steps: int = 20
     """NME-SC: how many neighbour counts are tried between 1 and `max_pruning`."""
     spectral_points: int = 400
@@ -87,11 +88,13 @@ def cluster_embeddings(
     max_speakers: int = 10,
     options: ClusteringOptions = ClusteringOptions(),
     groups: np.ndarray | None = None,
+    radius: int | None = None,
 ) -> np.ndarray:
     """Label each embedding with a speaker index (0.. by first appearance).
 
     `groups` (optional, one value per embedding) marks embeddings that share signal, such as
-    overlapping windows of one speech region; NME-SC does not count them as neighbours.
+    overlapping windows of one speech region; NME-SC does not count members of one group less
+    than `radius` positions apart (any distance when None) as neighbours.
 
     `min_speakers == max_speakers` forces that exact count (when there are enough windows);
     otherwise the count is estimated and clipped to the bounds. Deterministic.
@@ -105,7 +108,8 @@ def cluster_embeddings(
     if n == 1 or max_k == 1:
         return np.zeros(n, dtype=np.int64)
     if options.method == "nme-sc":
-        return _cluster_nme(x, min_k, max_k, options, groups)
+        mask = None if groups is None else _shared_signal(np.asarray(groups), np.arange(n), radius)
+        return _cluster_nme(x, min_k, max_k, options, mask)
 
     # Bounded memory: linkage needs n² distances, so cluster an even subsample of long inputs.
     if n > options.max_points:
@@ -131,18 +135,23 @@ def cluster_embeddings(
     return refine(x, labels, options.refine_iterations, keep_at_least=min_k)
 
 
+def _shared_signal(groups: np.ndarray, positions: np.ndarray, radius: int | None):
+    """(groups, positions, radius) describing which pairs may not be neighbours (see below)."""
+    return groups, positions, radius
+
+
 def _cluster_nme(x: np.ndarray, min_k: int, max_k: int, options: ClusteringOptions,
-                 groups: np.ndarray | None) -> np.ndarray:
+                 mask) -> np.ndarray:
     """NME-SC count and spectral partition, then centroid refinement on the embeddings."""
     n = len(x)
     if n > options.spectral_points:
         picked = np.linspace(0, n - 1, options.spectral_points).round().astype(np.int64)
         sub = _cluster_nme(x[picked], min_k, max_k, options,
-                           None if groups is None else np.asarray(groups)[picked])
+                           None if mask is None else (mask[0][picked], mask[1][picked], mask[2]))
         k = int(sub.max()) + 1
         labels = _relabel_by_first_appearance(np.argmax(x @ _centroids(x[picked], sub, k).T, axis=1))
         return refine(x, labels, options.refine_iterations, keep_at_least=min_k)
-    k, spectral = nme_spectral(x, min_k, max_k, options.max_pruning, options.pruning_steps, groups)
+    k, spectral = nme_spectral(x, min_k, max_k, options.max_pruning, options.pruning_steps, mask)
     labels = _relabel_by_first_appearance(kmeans(spectral, k))
     return refine(x, labels, options.refine_iterations, keep_at_least=min_k)
 
@@ -166,7 +175,8 @@ def laplacian(graph: np.ndarray) -> np.ndarray:
 
 
 def nme_spectral(x: np.ndarray, min_k: int, max_k: int, max_pruning: float, steps: int,
-                 groups: np.ndarray | None = None) -> tuple[int, np.ndarray]:
+                 mask: tuple[np.ndarray, np.ndarray, int | None] | None = None,
+                 ) -> tuple[int, np.ndarray]:
     """Normalised maximum eigengap spectral clustering (Park et al., 2019): count + embedding.
 
     For each candidate neighbour count p the cosine affinity is binarised (top p per row); the
@@ -175,16 +185,21 @@ def nme_spectral(x: np.ndarray, min_k: int, max_k: int, max_pruning: float, step
     graph that still separates cleanly; its largest eigengap (within [min_k, max_k]) is the
     speaker count, and its first k eigenvectors the spectral embedding. Returns (k, embedding).
 
-    `groups` (e.g. the speech region of each window): members of one group are never each
-    other's neighbours. Overlapping windows of one region are near-copies of each other; left
-    in, every window's nearest neighbours are its own region's and a sparse graph falls apart
-    into regions, not speakers. Masked, the neighbours have to be found in other regions.
+    `mask` = (groups, positions, radius): members of one group (e.g. the speech region of each
+    window) whose positions are less than `radius` apart (any distance when None) are never
+    each other's neighbours. Overlapping, smoothed windows of one region are near-copies of
+    each other; left in, every window's nearest neighbours are its own region's and a sparse
+    graph falls apart into regions, not speakers. Masked, neighbours come from elsewhere: other
+    regions, or further along one long region (babble noise can make a whole file one region).
     """
     n = len(x)
     similarity = x @ x.T
-    if groups is not None:
-        groups = np.asarray(groups)
-        similarity[(groups[:, None] == groups[None, :]) & ~np.eye(n, dtype=bool)] = -np.inf
+    if mask is not None:
+        groups, positions, radius = mask
+        shared = groups[:, None] == groups[None, :]
+        if radius is not None:
+            shared &= np.abs(positions[:, None] - positions[None, :]) < radius
+        similarity[shared & ~np.eye(n, dtype=bool)] = -np.inf
     # The count is estimated freely (up to `COUNT_CEILING` or the caller's maximum) and then
     # clipped to the bounds: with three clear groups and max 2, the answer is 2, not 1.
     top = min(max(max_k, COUNT_CEILING) + 1, n)

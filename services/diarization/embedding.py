@@ -70,19 +70,26 @@ class EmbeddingBackendOptions:
     """Turns shorter than this that touch another turn are absorbed into it."""
     max_gap_fill: float = 1.0
     """Pauses shorter than this within one speaker's speech are closed."""
-    turn_extension: float = 0.45
-    """Turn edges grow this far into the surrounding silence (never past a pause's middle)."""
+    turn_extension: float = 0.0
+    """Turn edges grow this far into the surrounding silence (never past a pause's middle).
+    0 suits references that mark speech only (build/corpus-validate, tune split: pooled DER
+    4.6% at 0, 6.8% at 0.15); 0.45 suits corpus-dev's, which count the quiet onset and release."""
     batch_size: int = 64
     vad_chunk_s: float = 60.0
     """Voice activity runs on chunks this long, so its working memory does not grow with the
     audio (faster-whisper's silero copies and reshapes the whole input at once)."""
-    context: int = 2
-    """Each window's embedding is averaged with this many neighbours per side in its region."""
+    context: int = 4
+    """Each window's embedding is averaged with this many neighbours per side in its region
+    (4, about 4.8 s of speech, chosen on the tune split: the six-voice talk counted 5 at 2)."""
     noisy_snr_db: float = 15.0
     """Below this estimated SNR (speech vs non-speech power) the audio counts as noisy: window
     embeddings are centred (`noisy_centering`) and cut at `noisy_threshold`. Fitted on the
     hard cases: 10-12 dB white noise otherwise merges voices (DER 27-51%); every clean or
     25 dB file measures 22 dB or more and is left alone."""
+    centering: float = 0.5
+    """Share of the file's mean embedding removed in audio not counted as noisy (see `center`;
+    babble noise can hide every pause, so the SNR estimate misses it). 0.5 chosen on the tune
+    split (pooled DER 4.6% vs 5.0% without, same counts)."""
     noisy_centering: float = 0.4
     noisy_threshold: float = 0.35
     clustering: ClusteringOptions = field(default_factory=ClusteringOptions)
@@ -296,8 +303,12 @@ class EmbeddingClusteringBackend:
             if noisy:
                 embeddings = center(embeddings, opts.noisy_centering)
                 clustering = replace(clustering, threshold=opts.noisy_threshold)
+            elif opts.centering > 0:
+                embeddings = center(embeddings, opts.centering)
+            # Windows sharing audio or smoothing context are not each other's evidence.
+            radius = 2 * opts.context + int(np.ceil(WINDOW_FRAMES / 100 / opts.hop))
             labels = cluster_embeddings(embeddings, min_speakers, max_speakers, clustering,
-                                        groups=np.asarray(windows.region))
+                                        groups=np.asarray(windows.region), radius=radius)
             span.set_attributes({"asr.diarization.windows": len(labels),
                                  "asr.diarization.speakers": int(labels.max()) + 1})
         runs = list(self._vote(regions, windows, labels))
