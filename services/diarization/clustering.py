@@ -1,18 +1,25 @@
 """Speaker clustering of window embeddings and turn smoothing. Pure numpy/scipy, no models.
 
-Count estimation: average-linkage agglomerative clustering (scipy) on cosine distance, cut where
-merging would join groups whose average cross-similarity falls below `1 - threshold`. Clusters
-holding too few windows to be a speaker are dissolved into their nearest real cluster. On the
-dev corpus silhouette picked 2 speakers instead of 3 (0.517 vs 0.511) and eigengap on a
-pruned affinity (NME-SC) picked 4, while the average-linkage merge height separates
-within-speaker merges (≤ 0.26) from between-speaker merges (≥ 0.36) with margin on both
-conversations; hence the threshold, bounded by the caller's min/max. After the cut, a few
-rounds of nearest-centroid reassignment (`refine`) settle windows near a boundary.
+Count estimation, default (`method="nme-sc"`): normalised maximum eigengap spectral clustering
+(NME-SC, Park et al. 2019, as NeMo's speaker clustering does it; written here from the paper's
+description). The cosine affinity of the window embeddings is binarised keeping each row's p
+nearest neighbours; the p that minimises p / (largest Laplacian eigengap / largest eigenvalue)
+is taken, the position of that gap is the speaker count, clipped to the caller's min/max, and
+k-means on the first k eigenvectors gives the partition, then a few rounds of nearest-centroid
+reassignment (`refine`). It tunes itself per file: nothing is a distance threshold. Two changes
+for this backend's windows: overlapping, smoothed windows of one speech region are masked from
+each other's neighbour lists (else the graph counts regions), and a normalised gap under
+`min_gap` means one speaker (a single voice still shows some largest gap).
 
-Harder cases (scripts/gen_dia_hard.py, five voices, similar voices) showed one voice split in
-two at this threshold; averaging each window with two neighbours of its speech region
-(`smooth_embeddings`, the embedding backend's `context`) before clustering lifts same-speaker
-similarity enough to keep it whole, with the corpus-dev figures unchanged.
+Why: the previous default (`method="threshold"`, kept), average-linkage cut at a fixed cosine
+distance of 0.30 with small clusters dissolved, was tuned on corpus-dev's two conversations and
+found the exact count on 2 of 11 conversations of the tune split of build/corpus-validate
+(benchmarks/bench_speakers.py), merging similar voices and splitting others; NME-SC with the
+defaults below found 9 of 11 there.
+
+Smoothing (`smooth_embeddings`: each window averaged with its neighbours in its speech region)
+lifts same-speaker similarity more than it moves speaker centroids; `center` removes part of
+the file's mean embedding (the share background noise adds to every window).
 """
 
 from __future__ import annotations
