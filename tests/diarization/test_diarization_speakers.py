@@ -50,8 +50,9 @@ def same_partition(a, b) -> bool:
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 6])
 def test_k_speakers_are_recovered(k):
+    """With the one-speaker guard on (`min_gap`, off by default: see its docstring)."""
     x, truth = speakers([25 + 5 * i for i in range(k)], seed=k)
-    labels = cluster_embeddings(x, 1, 10)
+    labels = cluster_embeddings(x, 1, 10, ClusteringOptions(min_gap=0.075))
     assert labels.max() + 1 == k
     assert same_partition(labels, truth)
     assert labels[0] == 0 and set(labels.tolist()) == set(range(k))
@@ -73,6 +74,13 @@ def test_a_long_region_is_masked_only_near_each_window():
     one_region = np.zeros(len(x), dtype=np.int64)
     labels = cluster_embeddings(x, 1, 10, groups=one_region, radius=6)
     assert labels.max() + 1 == 3 and same_partition(labels, truth)
+
+
+def test_by_default_a_lone_speaker_is_over_split():
+    """The known gap of the default (min_gap off): kept visible, so turning it on is a choice."""
+    x, _ = speakers([25], seed=1)
+    assert cluster_embeddings(x, 1, 10).max() + 1 > 1
+    assert cluster_embeddings(x, 1, 10, ClusteringOptions(min_gap=0.075)).max() + 1 == 1
 
 
 def test_num_min_max_are_honoured():
