@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -36,17 +37,22 @@ class DiarizationSettings(QueuedServerSettings):
     num_workers: int = Field(1, ge=1, description="Requests diarized at once.")
     max_queued: int = Field(
         4, ge=0, description="Requests that may wait for a worker; beyond it RESOURCE_EXHAUSTED.")
+    cluster_method: Literal["nme-sc", "threshold"] = Field(
+        "nme-sc", description="Embedding-clustering speaker count: nme-sc (self-tuning "
+        "normalised maximum eigengap spectral clustering) or threshold (the fixed "
+        "average-linkage cut at cluster_threshold, the default before).")
     cluster_threshold: float = Field(
-        0.30, gt=0, lt=2, description="Embedding-clustering: average-linkage cosine distance "
-        "above which two groups of windows are different speakers.")
+        0.30, gt=0, lt=2, description="Embedding-clustering, method threshold: average-linkage "
+        "cosine distance above which two groups of windows are different speakers.")
     window_hop_s: float = Field(0.4, gt=0, le=1.6, description="Embedding-clustering: seconds between windows.")
     turn_extension_s: float = Field(
-        0.45, ge=0, le=2, description="Embedding-clustering: how far turn edges grow into "
-        "silence. 0.45 matches references that count the quiet onset and release as part of a "
-        "turn (corpus-dev); about 0.15 suits references marking speech tightly (build/corpus-hard).")
+        0.0, ge=0, le=2, description="Embedding-clustering: how far turn edges grow into "
+        "silence. 0 suits references marking speech only (build/corpus-validate, tune split); "
+        "0.45 matches references that count the quiet onset and release (corpus-dev).")
     detect_overlaps: bool = Field(
-        True, description="Embedding-clustering: find overlapped speech with a second pass of "
-        "short windows (about 60% more diarization time; turns are the same either way).")
+        False, description="Embedding-clustering: find overlapped speech with a second pass of "
+        "short windows (about 60% more diarization time; turns are the same either way). Off by "
+        "default: the overlaps it returns are not read by the gateway or merge yet.")
 
 
 def build_backend(settings: DiarizationSettings) -> Backend:
@@ -62,7 +68,8 @@ def build_backend(settings: DiarizationSettings) -> Backend:
 
     options = EmbeddingBackendOptions(
         hop=settings.window_hop_s, turn_extension=settings.turn_extension_s,
-        clustering=ClusteringOptions(threshold=settings.cluster_threshold),
+        clustering=ClusteringOptions(method=settings.cluster_method,
+                                     threshold=settings.cluster_threshold),
         overlap=OverlapOptions(enabled=settings.detect_overlaps),
     )
     return EmbeddingClusteringBackend(options=options, torch_threads=settings.torch_threads)

@@ -104,11 +104,28 @@ def short_turns(tmp_path_factory, corpus) -> Path:
     return hard_case(CASE, tmp_path_factory, corpus)
 
 
+def with_overlap_pass(encoder_backend):
+    """The shared encoder with the (off by default) overlap pass switched on."""
+    from services.diarization.embedding import EmbeddingBackendOptions, EmbeddingClusteringBackend
+
+    return EmbeddingClusteringBackend(
+        embedder=encoder_backend.embedder,
+        options=EmbeddingBackendOptions(overlap=OverlapOptions(enabled=True)))
+
+
+def test_the_pass_is_off_by_default():
+    from services.diarization.embedding import EmbeddingBackendOptions
+    from services.diarization.server import DiarizationSettings
+
+    assert not OverlapOptions().enabled and not EmbeddingBackendOptions().overlap.enabled
+    assert not DiarizationSettings().detect_overlaps
+
+
 @pytest.mark.models
 def test_backchannels_over_a_turn_are_found(encoder_backend, short_turns):
     audio = load_audio(short_turns / f"{CASE}.flac")
     truth = load_rttm(short_turns / f"{CASE}.rttm").get_overlap()
-    *_, outcome = Diarizer(encoder_backend).diarize(audio, DiarizationOptions())
+    *_, outcome = Diarizer(with_overlap_pass(encoder_backend)).diarize(audio, DiarizationOptions())
     found = [(r.start, r.end) for r in outcome.overlaps]
     assert found, "no overlap found"
     hit = sum(truth.crop(Segment(a, b)).duration() for a, b in found)
@@ -118,16 +135,19 @@ def test_backchannels_over_a_turn_are_found(encoder_backend, short_turns):
 
 
 @pytest.mark.models
-def test_the_service_setting_switches_the_pass_off(monkeypatch, encoder_backend, short_turns):
+def test_the_service_setting_switches_the_pass(monkeypatch, encoder_backend, short_turns):
     from services.diarization import embedding
     from services.diarization.server import DiarizationSettings, build_backend
 
     # The shared encoder stands in for a second copy of the model: only the options are checked.
     monkeypatch.setattr(embedding, "VoiceEncoderEmbedder", lambda threads: encoder_backend.embedder)
-    assert build_backend(DiarizationSettings()).options.overlap.enabled
-    monkeypatch.setenv("ASR_DIARIZATION_DETECT_OVERLAPS", "false")
     backend = build_backend(DiarizationSettings())
     assert not backend.options.overlap.enabled
     audio = load_audio(short_turns / f"{CASE}.flac")  # overlaps are found here with the pass on
     *_, outcome = Diarizer(backend).diarize(audio, DiarizationOptions())
     assert not outcome.overlaps and len(outcome.exclusive_turns) > 1
+    monkeypatch.setenv("ASR_DIARIZATION_DETECT_OVERLAPS", "true")
+    switched_on = build_backend(DiarizationSettings())
+    assert switched_on.options.overlap.enabled
+    *_, outcome = Diarizer(switched_on).diarize(audio, DiarizationOptions())
+    assert outcome.overlaps
