@@ -46,9 +46,10 @@ class DiarizationSettings(QueuedServerSettings):
         "cosine distance above which two groups of windows are different speakers.")
     window_hop_s: float = Field(0.4, gt=0, le=1.6, description="Embedding-clustering: seconds between windows.")
     turn_extension_s: float = Field(
-        0.0, ge=0, le=2, description="Embedding-clustering: how far turn edges grow into "
-        "silence. 0 suits references marking speech only (build/corpus-validate, tune split); "
-        "0.45 matches references that count the quiet onset and release (corpus-dev).")
+        0.45, ge=0, le=2, description="Embedding-clustering: how far turn edges grow into "
+        "silence. 0.45 matches references that count each utterance's quiet onset and release "
+        "(audio made like corpus-dev); 0 suits references marking speech only "
+        "(build/corpus-validate).")
     detect_overlaps: bool = Field(
         False, description="Embedding-clustering: find overlapped speech with a second pass of "
         "short windows (about 60% more diarization time; turns are the same either way). Off by "
