@@ -312,7 +312,7 @@ def report(console: Console, results: dict) -> None:
                     *bootstrap(pairs, plain_pairs))
                 der = count = ""
                 if part == "dia" and system != "plain":
-                    speech = sum(r["speech_s"] for r in rows if "speech_s" in r.get(system, r))
+                    speech = sum(r[system]["speech_s"] for r in rows)
                     pooled = sum(r[system]["der"] * r[system]["speech_s"] for r in rows)
                     der = f"{pooled / max(speech, 1e-9):.1%}"
                     exact = sum(r[system]["found_speakers"] == r[system]["true_speakers"] for r in rows)
