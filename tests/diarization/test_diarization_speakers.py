@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_diarization_core import voices
 
 from services.diarization.clustering import (
     ClusteringOptions,
@@ -19,15 +20,8 @@ from services.diarization.clustering import (
 
 
 def speakers(counts, spread=0.6, dim=64, seed=0):
-    """`counts[i]` noisy samples around speaker i's random direction (within-speaker cosine ~0.75)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((len(counts), dim))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    x, truth = [], []
-    for index, count in enumerate(counts):
-        x.append(centres[index] + spread * rng.standard_normal((count, dim)) / np.sqrt(dim))
-        truth += [index] * count
-    return np.concatenate(x), np.array(truth)
+    """`counts[i]` noisy samples around speaker i's direction (within-speaker cosine ~0.75)."""
+    return voices(counts, spread=spread, dim=dim, seed=seed)
 
 
 def conversation(counts, turns_per_speaker=4, windows_per_turn=6, seed=0):
