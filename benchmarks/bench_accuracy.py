@@ -45,7 +45,6 @@ from rich.table import Table  # noqa: E402
 
 from scripts.metrics import normalize  # noqa: E402
 
-SPEECH_MARGIN_S = 0.5
 BOOTSTRAP_ROUNDS = 2000
 
 
@@ -92,18 +91,16 @@ def bootstrap(pairs: list[tuple[int, int]], other: list[tuple[int, int]] | None 
 
 
 def invented(words: Words, speech: list[tuple[float, float]] | None) -> int:
-    """Segments whose words touch no true speech (± margin), or are squeezed improbable words."""
+    """Segments the service's own invention guards would flag (`services.transcription.guards`):
+    squeezed improbable words, or (with a truth `speech`) no word near true speech."""
+    from services.common.domain import Segment, Word
+    from services.transcription import guards
+
     count = 0
-    for _start, _end, ws in words.segments:
-        if not ws:
-            continue
-        span = max(e for _, e, _ in ws) - min(s for s, _, _ in ws)
-        mean_p = sum(p for _, _, p in ws) / len(ws)
-        squeezed = mean_p < 0.3 and span < 0.1 * len(ws)
-        outside = speech is not None and not any(
-            s - SPEECH_MARGIN_S <= we and ws_ <= e + SPEECH_MARGIN_S
-            for ws_, we, _ in ws for s, e in speech)
-        count += squeezed or outside
+    for start, end, ws in words.segments:
+        segment = Segment(0, start, end, "", tuple(Word(s, e, "w", p) for s, e, p in ws))
+        count += guards.is_squeezed(segment) or (
+            speech is not None and guards.outside_speech(segment, speech))
     return count
 
 
