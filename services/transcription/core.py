@@ -5,9 +5,9 @@ audio is never copied to float whole) and yields progress updates and domain `Se
 are decoded, then one `TranscriptionSummary`.
 
 Two decoding paths:
-- **sequential** (audio under `LONG_FORM_MIN_S`, or the max-quality profile): plain
+- **sequential** (audio under `LONG_FORM_MIN_S`, and the balanced and max-quality profiles): plain
   faster-whisper `WhisperModel.transcribe`, identical output to calling it directly.
-- **lockstep** (long audio, balanced profile): the audio cut at its longest pauses into chunks,
+- **lockstep** (long audio, on request: `strategy=lockstep`): the audio cut at its longest pauses into chunks,
   each decoded by plain faster-whisper, their model calls batched together (see `lockstep`).
 - **batched** (long audio, fast profile): windows cut at silences and decoded in batches with
   timestamps, failed windows redone with temperature fallback (see `longform`).
@@ -62,7 +62,7 @@ class Profile:
 
 PROFILES = {
     "max_quality": Profile("max_quality", 5, 5, DEFAULT_TEMPERATURES, SEQUENTIAL, 5),
-    "balanced": Profile("balanced", 5, 5, DEFAULT_TEMPERATURES, LOCKSTEP, 5),
+    "balanced": Profile("balanced", 5, 5, DEFAULT_TEMPERATURES, SEQUENTIAL, 5),
     "fast": Profile("fast", 1, 1, (0.0, 0.4, 0.8), BATCHED, 1),
 }
 DEFAULT_PROFILE = "balanced"

@@ -133,7 +133,8 @@ def test_long_audio_in_lockstep_agrees_with_plain_and_comes_in_order(stub, corpu
     from scripts.metrics import wer
 
     pcm = load_pcm(corpus / "long/long.flac")[: 160 * 32000]  # > 120 s of speech: 2 chunks
-    segments, progress, results = run(stub, pcm, temperatures=[0.0])  # balanced: lockstep
+    segments, progress, results = run(stub, pcm, temperatures=[0.0],
+                                      strategy=pb.LONG_FORM_STRATEGY_LOCKSTEP)
     assert results[0].strategy == "lockstep" and results[0].batch_size == 2
     starts = [s.start_offset.ToNanoseconds() for s in segments]
     assert starts == sorted(starts) and starts[-1] > 130 * 10**9
