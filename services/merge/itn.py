@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from services.common.domain import Segment, Word
@@ -422,18 +422,28 @@ def rewrites(words: Sequence[str]) -> list[Rewrite]:
     return _Tokens(words).rewrites()
 
 
+Rewriter = Callable[[Sequence[str]], list[Rewrite]]
+"""A backend: the words of one segment → the spans to write (builtin `rewrites`, or `itn_nemo`)."""
+
+
+def split_punctuation(word: str) -> tuple[str, str, str]:
+    """A word as (leading punctuation, core, trailing punctuation), the way ITN sees it."""
+    lead, core, trail = _SPLIT.match(word).groups()
+    return ("", word, "") if not core else (lead, core, trail)
+
+
 def _written(tokens: _Tokens, rw: Rewrite) -> str:
     # The first word's leading and the last word's trailing punctuation survive the rewrite.
     return tokens.lead[rw.start] + rw.text + tokens.trail[rw.end - 1]
 
 
-def normalize_text(text: str) -> str:
+def normalize_text(text: str, rewriter: Rewriter = rewrites) -> str:
     """ITN of free text (segments without word timings); whitespace collapses to single spaces."""
     words = text.split()
     tokens = _Tokens(words)
     out: list[str] = []
     i = 0
-    for rw in tokens.rewrites():
+    for rw in rewriter(words):
         out += words[i:rw.start]
         out.append(_written(tokens, rw))
         i = rw.end
@@ -441,13 +451,13 @@ def normalize_text(text: str) -> str:
     return " ".join(out)
 
 
-def normalize_words(words: Sequence[Word]) -> tuple[Word, ...]:
+def normalize_words(words: Sequence[Word], rewriter: Rewriter = rewrites) -> tuple[Word, ...]:
     """ITN of timed words: each rewritten span becomes one word (see module docstring)."""
     texts = [w.word for w in words]
     tokens = _Tokens(texts)
     out: list[Word] = []
     i = 0
-    for rw in tokens.rewrites():
+    for rw in rewriter(texts):
         out += words[i:rw.start]
         span = words[rw.start:rw.end]
         out.append(Word(
@@ -462,19 +472,19 @@ def normalize_words(words: Sequence[Word]) -> tuple[Word, ...]:
     return tuple(out)
 
 
-def normalize_segment(segment: Segment) -> Segment:
+def normalize_segment(segment: Segment, rewriter: Rewriter = rewrites) -> Segment:
     """ITN of one segment: its words (spans merged) and its text (the words joined again)."""
     if not segment.words:
-        return replace(segment, text=normalize_text(segment.text))
-    words = normalize_words(segment.words)
+        return replace(segment, text=normalize_text(segment.text, rewriter))
+    words = normalize_words(segment.words, rewriter)
     if len(words) == len(segment.words) and all(a is b for a, b in zip(words, segment.words)):
         return segment
     return replace(segment, words=words, text=" ".join(w.word for w in words))
 
 
-def normalize_segments(segments: Sequence[Segment]) -> tuple[Segment, ...]:
+def normalize_segments(segments: Sequence[Segment], rewriter: Rewriter = rewrites) -> tuple[Segment, ...]:
     """ITN of every segment; a span never crosses a segment boundary."""
-    return tuple(normalize_segment(s) for s in segments)
+    return tuple(normalize_segment(s, rewriter) for s in segments)
 
 
 def parse_cardinal(text: str) -> int | None:
