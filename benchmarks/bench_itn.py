@@ -177,8 +177,8 @@ def plot(results: dict, cats: list[str], names: list[str], png: Path) -> None:
         e = results["backends"][name]
         stats = [e["categories"][c] for c in cats] + [e["all"]]
         vals = [s["exact"] for s in stats]
-        err = [[v - s["exact_ci"][0] for v, s in zip(vals, stats)],
-               [s["exact_ci"][1] - v for v, s in zip(vals, stats)]]
+        err = [[max(0.0, v - s["exact_ci"][0]) for v, s in zip(vals, stats)],
+               [max(0.0, s["exact_ci"][1] - v) for v, s in zip(vals, stats)]]
         xs = [i + (k - (len(names) - 1) / 2) * width for i in range(len(labels))]
         ax.bar(xs, vals, width, yerr=err, capsize=2, label=name)
     ax.set_xticks(range(len(labels)), [f"{c}\n(n={results['backends'][names[0]]['categories'][c]['n']})"

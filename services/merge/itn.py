@@ -105,7 +105,25 @@ _HOUR_WORDS = {"hora", "horas", "h"}
 _MINUTE_WORDS = {"minuto", "minutos", "min"}
 _PERIODS = {"manhã": 0, "madrugada": 0, "tarde": 12, "noite": 12}
 _TIME_PREPOSITIONS = {"às", "à", "pelas", "pela"}
-_YEAR_CONTEXT = {"em", "ano", "anos"}
+_YEAR_CONTEXT = {"em", "ano", "anos", "desde"}
+_MEASURES = {}
+for _words, _symbol in ((("quilômetro", "quilometro"), "km"), (("quilo", "quilograma"), "kg"),
+                        (("grama",), "g"), (("metro",), "m"), (("centímetro", "centimetro"), "cm"),
+                        (("milímetro", "milimetro"), "mm"), (("mililitro",), "ml")):
+    for _word in _words:
+        _MEASURES[_word] = _MEASURES[_word + "s"] = _symbol
+_AREA_VOLUME = {"quadrado", "quadrados", "cúbico", "cúbicos", "cubico", "cubicos"}
+_DIGIT_WORDS = {"zero": "0", "um": "1", "dois": "2", "três": "3", "tres": "3", "quatro": "4",
+                "cinco": "5", "seis": "6", "meia": "6", "sete": "7", "oito": "8", "nove": "9"}
+"""Digits said one by one ("meia" is six inside a phone number: "nove meia meia...")."""
+_DIGIT_SEPARATORS = {"ponto", "traço", "traco", "hífen", "hifen"}
+_PHONE_CONTEXT = {"telefone", "fone", "celular", "whatsapp", "zap", "ligue", "liga", "ligar",
+                  "disque", "disca", "discar", "contato"}
+_DIGIT_CONTEXT = _PHONE_CONTEXT | {
+    "número", "numero", "ramal", "código", "codigo", "senha", "protocolo", "conta", "agência",
+    "agencia", "cep", "cpf", "cnpj", "rg", "apartamento", "pin"}
+_NOT_A_COUNT_AFTER_MIL = {"desculpas", "perdões", "perdoes", "vezes", "maravilhas"}
+"""A bare "mil" before these is hyperbole ("mil desculpas"), not a thousand."""
 _BARE_DIGITS_ABOVE = 10
 """Plain cardinals and ordinals up to this stay in words (press style)."""
 
@@ -337,14 +355,112 @@ class _Tokens:
             if minutes and not hour_word and self.word_at(j, _HOUR_WORDS):
                 hour_word, j = True, j + 1
         period = self.period(j)
-        at_prep = self.at(i - 1) in _TIME_PREPOSITIONS and self.linked(i - 1)
-        if not (period or (at_prep and (hour_word or minutes))):
+        before = self.at(i - 1) if self.linked(i - 1) else ""
+        at_prep = before in _TIME_PREPOSITIONS or (
+            before in ("as", "das") and self.at(i - 2) in ("até", "partir", "antes", "depois")
+            and self.linked(i - 2))
+        # "das oito às dezoito horas": the start of a range whose end is a clear clock time.
+        range_start = (before == "das" and not period and self.word_at(j, {"às", "as", "a"})
+                       and self.linked(j) and self.time(j + 1) is not None)
+        if not (period or range_start or (at_prep and (hour_word or minutes))):
             return None
         if period:
             shift, j = period
             if shift and (h < 12 and (self.at(j - 1) == "tarde" or h >= 6)):
                 h += shift
         return f"{h}h{minutes:02d}" if minutes else f"{h}h", j
+
+    def to_the_hour(self, i: int) -> tuple[str, int] | None:
+        """"quinze para as três", "dez para as oito da noite", "vinte para o meio-dia"."""
+        m = self._tens(i)
+        if m is None or not 1 <= m[0] < 60:
+            return None
+        j = m[1]
+        if self.word_at(j, _MINUTE_WORDS):
+            j += 1
+        if not self.word_at(j, {"para", "pras", "pra"}):
+            return None
+        j += 1
+        if self.at(j - 1) != "pras" and self.word_at(j, {"as", "às", "a", "à", "o"}):
+            j += 1
+        if not self.linked(j - 1):
+            return None
+        if self.at(j) in ("meio-dia", "meia-noite"):
+            h, j = (12 if self.at(j) == "meio-dia" else 24), j + 1
+        elif self.at(j) in ("meio", "meia") and self.word_at(j + 1, {"dia", "noite"}):
+            h, j = (12 if self.at(j) == "meio" else 24), j + 2
+        else:
+            hour = self.cardinal(j)
+            if hour is None or hour[2] or not 1 <= hour[0] <= 12:
+                return None
+            h, j = hour[0], hour[1]
+            if self.word_at(j, _HOUR_WORDS):
+                j += 1
+            period = self.period(j)
+            if period:
+                if period[0] and (h < 12 and (self.at(period[1] - 1) == "tarde" or h >= 6)):
+                    h += period[0]
+                j = period[1]
+        h = (h - 1) % 24
+        return f"{h}h{60 - m[0]:02d}", j
+
+    def digit_string(self, i: int) -> tuple[str, int] | None:
+        """Digits said one by one (phones, CEP, CPF, codes): ("99876-5432", end).
+
+        Five or more digits, or three or more after a word such as "telefone", "CEP", "senha";
+        an area code or CEP prefix may be said as one number ("onze nove oito..."), and
+        "ponto"/"traço" between digits are dropped (the format is rebuilt from the context).
+        """
+        context = {self.core[k] for k in range(max(0, i - 4), i)}
+        lead, j = "", i
+        group = self._tens(i)
+        if group and group[0] >= 11 and self.linked(group[1] - 1):
+            lead, j = str(group[0]), group[1]
+        digits, group_len = "", 0
+        while j < self.n:
+            word = self.at(j)
+            # Groups may be said with a pause Whisper writes as a comma: "três três quatro
+            # quatro, cinco cinco seis seis" (a group of two digits or more before the comma).
+            comma = (j > i and self.trail[j - 1] == "," and not self.lead[j] and group_len >= 2
+                     and word in _DIGIT_WORDS)
+            if not (j == i or self.linked(j - 1) or comma):
+                break
+            if comma:
+                group_len = 0
+            if word in _DIGIT_WORDS and (digits or lead or word != "meia"):
+                digits, j, group_len = digits + _DIGIT_WORDS[word], j + 1, group_len + 1
+            elif word in _DIGIT_SEPARATORS and digits and self.at(j + 1) in _DIGIT_WORDS and self.linked(j):
+                j += 1
+            else:
+                break
+        if lead and len(digits) < 6:
+            return None
+        if len(digits) < (3 if context & _DIGIT_CONTEXT else 5):
+            return None
+        return _format_digits(lead + digits, context), j
+
+    def _numeric_at(self, i: int) -> bool:
+        """Token i continues a number (a scale, a currency, "vírgula"...) and is linked to i-1."""
+        return self.linked(i - 1) and (
+            self.at(i) in _SCALES or self.at(i) in _CURRENCIES or self.at(i) in _CENTS
+            or self.at(i) in ("vírgula", "virgula", "por", "porcento") or self.at(i) in _MEASURES)
+
+    def _measure(self, num: Number, end: int) -> tuple[str, int] | None:
+        """"dez quilômetros" → "10 km"; "um metro e oitenta" → "1,80 m"; "um quilo e meio"."""
+        if not self.word_at(end, _MEASURES) or self.word_at(end + 1, _AREA_VOLUME):
+            return None
+        symbol, j = _MEASURES[self.at(end)], end + 1
+        if symbol == "km" and self.word_at(j, {"por"}) and self.word_at(j + 1, {"hora"}):
+            symbol, j = "km/h", j + 2
+        text = format_number(num)
+        k = self._and(j) if num.is_integer else None
+        if k is not None and self.at(k) in ("meio", "meia"):
+            text, j = f"{group_thousands(num.whole)},5", k + 1
+        elif k is not None and symbol == "m":
+            cm = self._tens(k)
+            if cm and cm[0] >= 10 and not self._numeric_at(cm[1]):
+                text, j = f"{group_thousands(num.whole)},{cm[0]:02d}", cm[1]
+        return f"{text} {symbol}", j
 
     def rewrites(self) -> list[Rewrite]:
         """Every rewrite, left to right, non-overlapping."""
@@ -361,7 +477,10 @@ class _Tokens:
 
     def _at(self, i: int) -> list[Rewrite] | None:
         prev = self.at(i - 1) if self.linked(i - 1) else ""
-        clock = self.time(i)
+        digits = self.digit_string(i)
+        if digits:
+            return [Rewrite(i, digits[1], digits[0])]
+        clock = self.to_the_hour(i) or self.time(i)
         if clock:
             return [Rewrite(i, clock[1], clock[0])]
         parsed = self.number(i)
@@ -379,6 +498,13 @@ class _Tokens:
             return [Rewrite(i, money[1], money[0])]
         if self.word_at(end, {"por"}) and self.word_at(end + 1, {"cento"}):
             return [Rewrite(i, end + 2, format_number(num) + "%")]
+        if self.word_at(end, {"porcento"}):
+            return [Rewrite(i, end + 1, format_number(num) + "%")]
+        measure = self._measure(num, end)
+        if measure:
+            return [Rewrite(i, measure[1], measure[0])]
+        if end == i + 1 and self.at(i) == "mil" and self.word_at(end, _NOT_A_COUNT_AFTER_MIL):
+            return None
         if self.word_at(end, _CENTS) and num.is_integer and 0 < num.whole < 100:
             return [Rewrite(i, end + 1, f"R$ 0,{num.whole:02d}")]
         day = num.is_integer and 1 <= num.whole <= 31
@@ -391,8 +517,9 @@ class _Tokens:
             return None
         # "em 1998", "no ano 2000", "março de 2024": years are written without the dot.
         after_month = prev == "de" and self.at(i - 2) in _MONTHS and self.linked(i - 2)
+        from_year = prev == "de" and self.at(i - 2) == "partir" and self.linked(i - 2)
         year = num.is_integer and 0 < num.whole <= 2199 and (
-            after_month or (prev in _YEAR_CONTEXT and num.whole >= 1000))
+            after_month or ((prev in _YEAR_CONTEXT or from_year) and num.whole >= 1000))
         if year or not num.is_integer or num.whole > _BARE_DIGITS_ABOVE:
             return [Rewrite(i, end, format_number(num, year=year))]
         return None
@@ -414,7 +541,29 @@ class _Tokens:
             cents = self._tens(k)
             if cents and self.word_at(cents[1], _CENTS):
                 return format_money(symbol, num, cents[0]), cents[1] + 1
+            # "um real e cinquenta", "oitenta reais com cinquenta": cents without the word, when
+            # they are two-digit and nothing numeric follows.
+            if cents and cents[0] >= 10 and not self._numeric_at(cents[1]):
+                return format_money(symbol, num, cents[0]), cents[1]
         return format_money(symbol, num), j
+
+
+def _format_digits(digits: str, context: set[str]) -> str:
+    """Brazilian layouts: CPF 123.456.789-00, CEP 01310-100, phones 3214-5678 / (11) 98765-4321."""
+    n = len(digits)
+    if "cpf" in context and n == 11:
+        return f"{digits[:3]}.{digits[3:6]}.{digits[6:9]}-{digits[9:]}"
+    if "cep" in context and n == 8:
+        return f"{digits[:5]}-{digits[5:]}"
+    if context & (_DIGIT_CONTEXT - _PHONE_CONTEXT - {"número", "numero"}):
+        return digits  # codes, passwords, accounts: as said
+    if n == 8:
+        return f"{digits[:4]}-{digits[4:]}"
+    if n == 9 and digits[0] == "9":
+        return f"{digits[:5]}-{digits[5:]}"
+    if n in (10, 11) and digits[0] != "0":
+        return f"({digits[:2]}) {digits[2:-4]}-{digits[-4:]}"
+    return digits
 
 
 def rewrites(words: Sequence[str]) -> list[Rewrite]:
