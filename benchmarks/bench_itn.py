@@ -7,6 +7,7 @@ Set: `benchmarks/itn/ptbr_itn.tsv` (convention in docs/itn.md). Backends:
 - `builtin`: `services.merge.itn` (the merge service's default);
 - `nemo`: `services.merge.itn_nemo` (NeMo + alignment to the words + Brazilian-style rewrite),
   what `ASR_MERGE_ITN_BACKEND=nemo` runs;
+- `combined`: the built-in parser, plus NeMo's rewrites where it wrote nothing;
 - `nemo-raw`: NeMo's own string output, no style and no word alignment (the library by itself).
 Each sentence goes through the backend as one segment's words (`normalize_text`), exactly as
 the merge service applies it. Scores: sentence exact match (Wilson 95% interval) and token error
@@ -82,11 +83,15 @@ def backends(names: list[str], cache_dir: str) -> dict:
             from services.merge import itn_nemo
             rw = itn_nemo.make_rewriter(cache_dir)
             out[name] = lambda text, rw=rw: itn.normalize_text(text, rw)
+        elif name == "combined":
+            from services.merge import itn_nemo
+            rw = itn_nemo.make_combined_rewriter(cache_dir)
+            out[name] = lambda text, rw=rw: itn.normalize_text(text, rw)
         elif name == "nemo-raw":
             from services.merge import itn_nemo
             out[name] = lambda text: itn_nemo.raw(text, cache_dir)
         else:
-            raise SystemExit(f"unknown backend {name!r} (builtin, nemo, nemo-raw)")
+            raise SystemExit(f"unknown backend {name!r} (builtin, nemo, combined, nemo-raw)")
     return out
 
 
@@ -104,7 +109,7 @@ def score(rows: list[dict], outputs: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--split", default="heldout", choices=["tune", "heldout", "all"])
-    ap.add_argument("--backends", default="builtin,nemo,nemo-raw")
+    ap.add_argument("--backends", default="builtin,nemo,combined,nemo-raw")
     ap.add_argument("--set", type=Path, default=SET)
     ap.add_argument("--cache-dir", default=str(ROOT / "build" / "itn-nemo"),
                     help="where NeMo's compiled grammar (FAR) is cached")

@@ -36,6 +36,8 @@ _TIME_BEFORE = {"às", "à", "as", "a", "das", "pelas", "pela", "até"}
 _MONEY = re.compile(r"^(R\$|\$|US\$|€)\s?(\d+)(?:,(\d+))?$")
 _CLOCK = re.compile(r"^(\d{1,2}):(\d{2})$")
 _INT = re.compile(r"^\d+$")
+_SCALE_WORDS = {"milhão", "milhões", "bilhão", "bilhões", "trilhão", "trilhões"}
+_PERIODS = {"da tarde": 12, "da noite": 12, "da manhã": 0, "da madrugada": 0}
 _lock = threading.Lock()
 
 
@@ -66,26 +68,38 @@ def raw(text: str, cache_dir: str | None = None) -> str:
         return load(cache_dir).inverse_normalize(text, verbose=False)
 
 
-def brazilian_style(text: str, before: str) -> str | None:
-    """NeMo's written form of one span → Brazilian press style; None to keep the spoken words."""
+def brazilian_style(text: str, said: Sequence[str], before: str, after: str) -> str | None:
+    """NeMo's written form of one span → Brazilian press style; None to keep the spoken words.
+
+    `said`: the span's spoken words; `before`/`after`: the words around it.
+    """
+    if not any(c.isdigit() for c in text):
+        return None  # "quarta feira" → "quarta-feira": not ITN's business
+    text = text.replace("kph", "km/h")
     money = _MONEY.match(text)
     if money:
         symbol = {"$": "US$"}.get(money.group(1), money.group(1))
         cents = (money.group(3) or "") + "00"
         return f"{symbol} {group_thousands(int(money.group(2)))},{cents[:2]}"
+    text = re.sub(r"^\$ ", "US$ ", text)
     text = re.sub(r"(\d) %$", r"\1%", text)
     clock = _CLOCK.match(text)
     if clock:
         h, m = int(clock.group(1)), clock.group(2)
         return f"{h}h{m}" if m != "00" else f"{h}h"
-    if re.fullmatch(r"\d+ h", text):  # "esperei 2 h": a duration, not a clock time
-        return None
-    day = re.match(r"^0?(\d{1,2})( de .*)?$", text)
-    if day and text.startswith("0") and len(day.group(1)) == 1:
+    duration = re.fullmatch(r"(\d+) (h|min)", text)
+    if duration:  # "esperei 2 h", "5 min": durations, not clock times; small counts in words
+        return None if int(duration.group(1)) <= 10 else f"{duration.group(1)} {said[-1]}"
+    day = re.match(r"^0(\d)( de .*)?$", text)
+    if day:
         return ("1º" if day.group(1) == "1" else day.group(1)) + (day.group(2) or "")
+    ordinal = re.fullmatch(r"(\d+)([ºª]s?)", text)
+    if ordinal and int(ordinal.group(1)) <= 10:
+        return None
+    text = re.sub(r"^(\d{4,}) ", lambda m: group_thousands(int(m.group(1))) + " ", text)
     if _INT.match(text):
         n = int(text)
-        if n <= 10:
+        if n <= 10 and after not in _SCALE_WORDS:
             return None  # press style: zero to ten stay in words
         if n >= 1000 and not (1000 <= n <= 2199 and before in _YEAR_BEFORE):
             return group_thousands(n)
@@ -138,10 +152,36 @@ def make_rewriter(cache_dir: str | None = None):
             piece = cores[start:end]
             written = raw(" ".join(piece), cache_dir).split()
             for a0, a1, b0, b1 in _changed_spans(piece, written):
-                before = cores[start + a0 - 1] if a0 > 0 else ""
-                text = brazilian_style(" ".join(written[b0:b1]), before) if b1 > b0 else None
-                if text:
-                    out.append(Rewrite(start + a0, start + a1, text))
+                before = piece[a0 - 1] if a0 > 0 else ""
+                after = piece[a1] if a1 < len(piece) else ""
+                text = (brazilian_style(" ".join(written[b0:b1]), piece[a0:a1], before, after)
+                        if b1 > b0 else None)
+                if text is None:
+                    continue
+                # NeMo leaves "da tarde" after "às 3:10": move the hour, take the words in.
+                period = " ".join(piece[a1:a1 + 2])
+                clock = re.fullmatch(r"(\d{1,2})h(\d{2})?", text)
+                if clock and period in _PERIODS:
+                    h = int(clock.group(1))
+                    if _PERIODS[period] and h < 12 and (period == "da tarde" or h >= 6):
+                        h += 12
+                    text, a1 = f"{h}h{clock.group(2) or ''}", a1 + 2
+                out.append(Rewrite(start + a0, start + a1, text))
         return out
+
+    return rewriter
+
+
+def make_combined_rewriter(cache_dir: str | None = None):
+    """The built-in parser first; NeMo's rewrites only where the built-in one wrote nothing."""
+    from services.merge.itn import rewrites as builtin
+
+    nemo = make_rewriter(cache_dir)
+
+    def rewriter(words: Sequence[str]) -> list[Rewrite]:
+        ours = builtin(words)
+        taken = {k for rw in ours for k in range(rw.start, rw.end)}
+        extra = [rw for rw in nemo(words) if not taken & set(range(rw.start, rw.end))]
+        return sorted(ours + extra, key=lambda rw: rw.start)
 
     return rewriter
