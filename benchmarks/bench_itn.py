@@ -5,14 +5,15 @@
 
 Set: `benchmarks/itn/ptbr_itn.tsv` (convention in docs/itn.md). Backends:
 - `builtin`: `services.merge.itn` (the merge service's default);
-- `nemo`: `services.merge.itn_nemo` (NeMo + alignment to the words + Brazilian-style rewrite),
-  what `ASR_MERGE_ITN_BACKEND=nemo` runs;
+- `nemo`: `benchmarks/itn_nemo.py` (NeMo + alignment to the words + Brazilian-style rewrite,
+  fitted on the tune part): NeMo as the merge service would have to run it to keep timings;
 - `combined`: the built-in parser, plus NeMo's rewrites where it wrote nothing;
 - `nemo-raw`: NeMo's own string output, no style and no word alignment (the library by itself).
 Each sentence goes through the backend as one segment's words (`normalize_text`), exactly as
 the merge service applies it. Scores: sentence exact match (Wilson 95% interval) and token error
 rate (word edit distance / reference words, sentence-bootstrap 95% interval), overall and per
-category. Writes `build/bench-itn/results.json` and a PNG (`--png`).
+category. Writes `build/bench-itn/results_SPLIT.json` and a PNG (`--png`).
+NeMo needs the `itn-bench` extra (pynini, nemo-text-processing); `--backends builtin` runs without.
 """
 
 from __future__ import annotations
@@ -80,15 +81,15 @@ def backends(names: list[str], cache_dir: str) -> dict:
         if name == "builtin":
             out[name] = lambda text: itn.normalize_text(text)
         elif name == "nemo":
-            from services.merge import itn_nemo
+            from benchmarks import itn_nemo
             rw = itn_nemo.make_rewriter(cache_dir)
             out[name] = lambda text, rw=rw: itn.normalize_text(text, rw)
         elif name == "combined":
-            from services.merge import itn_nemo
+            from benchmarks import itn_nemo
             rw = itn_nemo.make_combined_rewriter(cache_dir)
             out[name] = lambda text, rw=rw: itn.normalize_text(text, rw)
         elif name == "nemo-raw":
-            from services.merge import itn_nemo
+            from benchmarks import itn_nemo
             out[name] = lambda text: itn_nemo.raw(text, cache_dir)
         else:
             raise SystemExit(f"unknown backend {name!r} (builtin, nemo, combined, nemo-raw)")

@@ -572,7 +572,7 @@ def rewrites(words: Sequence[str]) -> list[Rewrite]:
 
 
 Rewriter = Callable[[Sequence[str]], list[Rewrite]]
-"""A backend: the words of one segment → the spans to write (builtin `rewrites`, or `itn_nemo`)."""
+"""A backend: the words of one segment → the spans to write (builtin `rewrites`; `benchmarks/itn_nemo.py` for NeMo)."""
 
 
 def split_punctuation(word: str) -> tuple[str, str, str]:

@@ -1,8 +1,9 @@
-"""Optional ITN backend: NVIDIA NeMo's Portuguese ITN grammars (`nemo_text_processing`, on pynini).
+"""NVIDIA NeMo's Portuguese ITN grammars (`nemo_text_processing`, on pynini) as an ITN rewriter.
 
-`ASR_MERGE_ITN_BACKEND=nemo` selects it; the default is the built-in parser (`itn.py`), which
-scored better on the held-out part of `benchmarks/itn/ptbr_itn.tsv` (docs/itn.md). Install with
-the `itn-nemo` extra (pynini's wheel is ~160 MB; no torch).
+The comparator of `bench_itn.py`, not used by the merge service: on the held-out part of
+`benchmarks/itn/ptbr_itn.tsv` it scored below the built-in parser (`services/merge/itn.py`), and
+adding it to the built-in one changed nothing (docs/itn.md). Needs the `itn-bench` extra (pynini's
+wheel is ~160 MB; no torch).
 
 NeMo rewrites a whole string and returns no spans, so word timings are kept by aligning its output
 with its input: the segment is cut at punctuation (a span never crosses a comma or a full stop, as
@@ -55,7 +56,7 @@ def load(cache_dir: str | None = None):
     except ImportError as exc:
         raise NemoUnavailableError(
             f"ITN backend 'nemo' needs nemo-text-processing and pynini "
-            f"(pip install 'asr-mesh[itn-nemo]'): {exc}") from exc
+            f"(pip install 'asr-mesh[itn-bench]'): {exc}") from exc
     if cache_dir:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
     logging.getLogger("NeMo-text-processing").setLevel(logging.WARNING)
