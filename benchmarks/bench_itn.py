@@ -8,6 +8,7 @@ Set: `benchmarks/itn/ptbr_itn.tsv` (convention in docs/itn.md). Backends:
 - `nemo`: `benchmarks/itn_nemo.py` (NeMo + alignment to the words + Brazilian-style rewrite,
   fitted on the tune part): NeMo as the merge service would have to run it to keep timings;
 - `combined`: the built-in parser, plus NeMo's rewrites where it wrote nothing;
+- `builtin@REV`: the built-in parser as it was at git revision REV (e.g. before the tune fixes);
 - `nemo-raw`: NeMo's own string output, no style and no word alignment (the library by itself).
 Each sentence goes through the backend as one segment's words (`normalize_text`), exactly as
 the merge service applies it. Scores: sentence exact match (Wilson 95% interval) and token error
@@ -91,9 +92,37 @@ def backends(names: list[str], cache_dir: str) -> dict:
         elif name == "nemo-raw":
             from benchmarks import itn_nemo
             out[name] = lambda text: itn_nemo.raw(text, cache_dir)
+        elif name.startswith("builtin@"):  # the built-in parser as it was at a git revision
+            out[name] = _builtin_at(name.split("@", 1)[1]).normalize_text
         else:
-            raise SystemExit(f"unknown backend {name!r} (builtin, nemo, combined, nemo-raw)")
+            raise SystemExit(f"unknown backend {name!r} (builtin, builtin@REV, nemo, combined, nemo-raw)")
     return out
+
+
+def paired_diff(ok: list[bool], base: list[bool], runs: int = 2000, seed: int = 0):
+    """Exact-match rate of `ok` minus `base` over the same sentences, with a bootstrap 95% CI."""
+    rng = random.Random(seed)
+    n = len(ok)
+    d = [int(a) - int(b) for a, b in zip(ok, base)]
+    stats = sorted(sum(d[rng.randrange(n)] for _ in range(n)) / n for _ in range(runs))
+    return sum(d) / n, stats[int(0.025 * runs)], stats[int(0.975 * runs) - 1]
+
+
+def _builtin_at(rev: str):
+    """services/merge/itn.py at git revision `rev`, imported under its own module name."""
+    import importlib.util
+    import subprocess
+    source = subprocess.run(["git", "show", f"{rev}:services/merge/itn.py"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout
+    path = ROOT / "build" / "bench-itn" / f"itn_{rev.replace('/', '_')}.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(source)
+    name = f"_itn_at_{abs(hash(rev))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def score(rows: list[dict], outputs: list[str]) -> dict:
@@ -129,9 +158,10 @@ def main(argv: list[str] | None = None) -> int:
 
     cats = sorted({r["category"] for r in rows})
     results: dict = {"split": args.split, "n": len(rows), "backends": {}}
+    outputs_of: dict[str, list[str]] = {}
     for name, fn in fns.items():
         t0 = time.perf_counter()
-        outputs = [fn(r["spoken"]) for r in rows]
+        outputs = outputs_of[name] = [fn(r["spoken"]) for r in rows]
         per_s = (time.perf_counter() - t0) / len(rows)
         entry = {"all": score(rows, outputs), "ms_per_sentence": 1000 * per_s, "categories": {}}
         for cat in cats:
@@ -143,11 +173,19 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\nOverall ({args.split}, n={len(rows)}): exact match with Wilson 95% CI; token error rate "
           "with bootstrap 95% CI")
-    print(f"{'backend':10} {'exact':>7} {'95% CI':>15} {'TER':>7} {'95% CI':>15} {'ms/sent':>8}")
+    print(f"{'backend':16} {'exact':>7} {'95% CI':>15} {'TER':>7} {'95% CI':>15} {'ms/sent':>8}")
     for name, e in results["backends"].items():
         a = e["all"]
-        print(f"{name:10} {a['exact']:7.1%} {a['exact_ci'][0]:7.1%}–{a['exact_ci'][1]:6.1%} "
+        print(f"{name:16} {a['exact']:7.1%} {a['exact_ci'][0]:7.1%}–{a['exact_ci'][1]:6.1%} "
               f"{a['ter']:7.1%} {a['ter_ci'][0]:7.1%}–{a['ter_ci'][1]:6.1%} {e['ms_per_sentence']:8.2f}")
+    base = names[0]
+    base_ok = [o == r["written"] for o, r in zip(outputs_of[base], rows)]
+    print(f"\nPaired difference in exact match vs {base} (sentence bootstrap 95% CI):")
+    for name in names[1:]:
+        ok = [o == r["written"] for o, r in zip(outputs_of[name], rows)]
+        diff, lo, hi = paired_diff(ok, base_ok)
+        results["backends"][name]["exact_minus_" + base] = [diff, lo, hi]
+        print(f"  {name:16} {diff:+7.1%}  [{lo:+.1%}, {hi:+.1%}]")
     print("\nPer category: exact match (n) and token error rate")
     print(f"{'category':10} {'n':>3} " + " ".join(f"{n + ' exact':>16} {'TER':>6}" for n in names))
     for cat in cats:
