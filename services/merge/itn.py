@@ -10,7 +10,7 @@ spoken                                          written
 ==============================================  ==========================================
 mil duzentos e cinquenta reais                  R$ 1.250,00
 dez reais e cinquenta centavos                  R$ 10,50
-cinquenta centavos                              R$ 0,50
+cinquenta centavos / um real e cinquenta         R$ 0,50 / R$ 1,50
 dois milhões de reais / vinte dólares           R$ 2 milhões / US$ 20,00
 doze por cento / três vírgula cinco por cento   12% / 3,5%
 vinte e um de março de dois mil e vinte e       21 de março de 2024
@@ -18,6 +18,13 @@ quatro / primeiro de maio / no dia dois         1º de maio / no dia 2
 em mil novecentos e noventa e oito              em 1998
 às duas e quinze / duas e quatro horas da       às 2h15 / 14h04 / às 15h / 23h30
 tarde / às quinze horas / onze e meia da noite
+às quinze para as três / das oito às dezoito    às 2h45 / das 8h às 18h
+horas
+dez quilômetros / um metro e oitenta /          10 km / 1,80 m / 120 km/h
+cento e vinte quilômetros por hora
+(telefone) nove nove oito sete seis cinco       99876-5432 / (11) 98765-4321 /
+quatro três dois / onze nove oito... / (CPF)    123.456.789-00 / 01310-100
+um dois três ... / (CEP) zero um três...
 vigésimo primeiro / trigésima segunda           21º / 32ª
 cento e vinte e três mil quatrocentos e         123.456 / 2 milhões / 3,5
 cinquenta e seis / dois milhões / três
@@ -25,13 +32,19 @@ vírgula cinco
 ==============================================  ==========================================
 
 Style choices (Manual da Redação, Folha de S.Paulo; the usual Brazilian press style): a plain
-cardinal or ordinal from zero to ten stays in words ("três anos", "um irmão": "um"/"uma" are
-mostly articles, and "segundo"/"quarto" mostly not ordinals), larger ones become digits with a dot
-every three digits ("1.250"); a round count of millions keeps its word ("2 milhões"); years (after
-a month or "em"/"ano") have no dot. Money, percentages, days of the month and clock times always
-use digits. A time needs a clear marker (a period of the day such as "da tarde", or "às"/"à"
-followed by "horas" or minutes), because "duas horas" alone is usually a duration; "da tarde" and
-"da noite" move the hour to the 24-hour clock ("duas da tarde" → "14h").
+cardinal or ordinal from zero to ten stays in words ("três anos", "um irmão": "um"/"uma" are mostly
+articles, and "segundo"/"quarto" mostly not ordinals), larger ones become digits with a dot every
+three digits ("1.250"); a round count of millions keeps its word ("2 milhões"); years (after a
+month or "em"/"ano") have no dot. Money, percentages, days of the month and clock times always use
+digits, and so do measures with a metric unit (km, m, cm, mm, kg, g, ml, km/h: "3 km", always with
+the symbol; "metros quadrados" and litres keep their words). Digits said one by one become a digit
+string when there are five or more, or three or more after a word such as "telefone", "CEP", "CPF",
+"senha", "ramal" (`_DIGIT_CONTEXT`); "meia" is six inside them, "ponto" and "traço" are dropped and
+a comma between groups does not end them; phones, CEP and CPF get their usual layout. A bare "mil"
+before "desculpas"/"vezes" is hyperbole and stays. A time needs a clear marker (a period of the day
+such as "da tarde", or "às"/"à" followed by "horas" or minutes; "M para as H"; the start of "das H
+às H' horas"), because "duas horas" alone is usually a duration; "da tarde" and "da noite" move the
+hour to the 24-hour clock ("duas da tarde" → "14h").
 
 Words and timings: each rewritten span of words becomes **one** word whose text is the written
 form, whose start/end are the span's first start and last end, whose probability is the lowest of
@@ -43,16 +56,20 @@ amount across lines or cues ("R$ 1.250,00" is one unbreakable word). A written w
 contain a space ("R$ 1.250,00", "2 milhões"). Unchanged digits are left alone ("1.250" stays, but
 "1.250 reais" becomes "R$ 1.250,00"), so Whisper output that already has digits is safe.
 
-Library choice. `text2num` 3.1 (`alpha2digit(text, "pt")`) parses Portuguese numbers correctly (it
-agrees with num2words on thousands of values once num2words' commas are removed) but works on whole
-strings and returns no spans, so a rewritten number could not be tied back to its words' timings;
-its output is not Brazilian written style either ("doze por cento" → "12 por 100", no thousands
-dots, no money, no 24-hour times). NVIDIA's `nemo_text_processing` has Portuguese ITN grammars, but
-needs pynini/OpenFst (a heavy native build) and compiles grammars at start-up, too much for the
-merge service's image. So the grammar is this small module, with no dependency: its number
-vocabulary is checked against `num2words(n, lang="pt_BR")` (the reverse direction, already a test
-dependency) by a round-trip property test over 0 … 10¹⁵ and ordinals 1 … 1999.
-"""
+Library choice (measured: docs/itn.md, `benchmarks/bench_itn.py` on the 314-sentence labelled set
+`benchmarks/itn/ptbr_itn.tsv`). `text2num` 3.1 (`alpha2digit(text, "pt")`) parses Portuguese
+numbers correctly (it agrees with num2words on thousands of values once num2words' commas are
+removed) but works on whole strings and returns no spans, so a rewritten number could not be tied
+back to its words' timings; its output is not Brazilian written style either ("doze por cento" →
+"12 por 100", no thousands dots, no money, no 24-hour times). NVIDIA's `nemo_text_processing` 1.2.0
+has Portuguese ITN grammars and runs here (pynini 2.1.6.post1 cp311 wheel, ~160 MB; grammar
+compiled in ~2.5 s, then cached); but it returns no spans either and its style is not Brazilian
+press style ("R$ 1250", "12 %", "14:15"). Aligned back to the words and restyled
+(`benchmarks/itn_nemo.py`) it scored 88.0% exact on the held-out part against 94.0% for this
+module, and using it where this module wrote nothing changed no held-out sentence; so the grammar
+is this small module, with no dependency: its number vocabulary is checked against `num2words(n,
+lang="pt_BR")` (the reverse direction, already a test dependency) by a round-trip property test
+over 0 … 10¹⁵ and ordinals 1 … 1999. """
 
 from __future__ import annotations
 
