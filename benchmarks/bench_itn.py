@@ -230,7 +230,7 @@ def plot(results: dict, cats: list[str], names: list[str], png: Path) -> None:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("sentence exact match (Wilson 95%)")
     ax.set_title(f"PT-BR ITN, {results['split']} part of benchmarks/itn/ptbr_itn.tsv")
-    ax.legend()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=len(names), fontsize=8)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=120)
