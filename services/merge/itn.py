@@ -388,7 +388,7 @@ class _Tokens:
         return f"{h}h{minutes:02d}" if minutes else f"{h}h", j
 
     def to_the_hour(self, i: int) -> tuple[str, int] | None:
-        """"quinze para as três", "dez para as oito da noite", "vinte para o meio-dia"."""
+        """"às quinze para as três", "dez para as oito da noite", "vinte para o meio-dia"."""
         m = self._tens(i)
         if m is None or not 1 <= m[0] < 60:
             return None
@@ -411,13 +411,19 @@ class _Tokens:
             if hour is None or hour[2] or not 1 <= hour[0] <= 12:
                 return None
             h, j = hour[0], hour[1]
-            if self.word_at(j, _HOUR_WORDS):
+            hour_word = self.word_at(j, _HOUR_WORDS)
+            if hour_word:
                 j += 1
             period = self.period(j)
             if period:
                 if period[0] and (h < 12 and (self.at(period[1] - 1) == "tarde" or h >= 6)):
                     h += period[0]
                 j = period[1]
+            # "dei dez para as duas crianças" is not 1h50: a plain hour needs "às" before it,
+            # "horas" or a period of the day after it (midday and midnight are clear by themselves).
+            at_prep = self.at(i - 1) in _TIME_PREPOSITIONS and self.linked(i - 1)
+            if not (at_prep or hour_word or period):
+                return None
         h = (h - 1) % 24
         return f"{h}h{60 - m[0]:02d}", j
 

@@ -151,6 +151,9 @@ TABLE = [
     ("dois mil desculpas", "2.000 desculpas"),
     ("um dois três quatro", "um dois três quatro"),
     ("meia dúzia de metros", "meia dúzia de metros"),
+    ("dei dez para as duas crianças", "dei dez para as duas crianças"),
+    ("faltam quinze para as três", "faltam 15 para as três"),
+    ("faltam quinze para as três horas", "faltam 2h45"),
 ]
 
 
