@@ -144,10 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", default=str(ROOT / "build" / "itn-nemo"),
                     help="where NeMo's compiled grammar (FAR) is cached")
     ap.add_argument("--errors", action="store_true", help="print every sentence a backend gets wrong")
+    ap.add_argument("--unlabelled-diff", action="store_true",
+                    help="instead: run the first two backends on the 250 unlabelled sentences of "
+                         "benchmarks/sentences_validate.py and print where they differ")
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "bench-itn")
     ap.add_argument("--png", type=Path, default=None, help="figure (default OUT/itn_SPLIT.png)")
     args = ap.parse_args(argv)
 
+    if args.unlabelled_diff:
+        return unlabelled_diff([n.strip() for n in args.backends.split(",") if n.strip()][:2],
+                               args.cache_dir)
     rows = load_set(args.set, args.split)
     if not rows:
         raise SystemExit(f"no rows for split {args.split!r} in {args.set}")
@@ -206,6 +212,23 @@ def main(argv: list[str] | None = None) -> int:
     png = args.png or args.out / f"itn_{args.split}.png"
     plot(results, cats, names, png)
     print(f"\nwrote {args.out / f'results_{args.split}.json'} and {png}")
+    return 0
+
+
+def unlabelled_diff(names: list[str], cache_dir: str) -> int:
+    """Two backends on natural sentences nobody labelled for ITN: a look at what changes."""
+    from benchmarks.sentences_validate import DOMAINS
+
+    texts = [t for group in DOMAINS.values() for t in group]
+    fns = backends(names, cache_dir)
+    a, b = (fns[n] for n in names)
+    differ = 0
+    for text in texts:
+        x, y = a(text), b(text)
+        if x != y:
+            differ += 1
+            print(f"{names[0]}: {x}\n{names[1]}: {y}\n")
+    print(f"{len(texts)} sentences, {differ} differ between {names[0]} and {names[1]}")
     return 0
 
 
