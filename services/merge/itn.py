@@ -69,7 +69,8 @@ press style ("R$ 1250", "12 %", "14:15"). Aligned back to the words and restyled
 module, and using it where this module wrote nothing changed no held-out sentence; so the grammar
 is this small module, with no dependency: its number vocabulary is checked against `num2words(n,
 lang="pt_BR")` (the reverse direction, already a test dependency) by a round-trip property test
-over 0 … 10¹⁵ and ordinals 1 … 1999. """
+over 0 … 10¹⁵ and ordinals 1 … 1999.
+"""
 
 from __future__ import annotations
 
