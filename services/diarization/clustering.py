@@ -59,6 +59,12 @@ class ClusteringOptions:
     """Windows clustered directly; more are subsampled evenly and assigned to centroids."""
     refine_iterations: int = 3
     """Rounds of reassigning every window to its nearest speaker centroid after the cut."""
+    merge_similarity: float = 0.0
+    """NME-SC: after the partition, speakers whose centroids are more similar than this (cosine)
+    are merged, closest pair first (0 = off)."""
+    nme_min_fraction: float = 0.0
+    """NME-SC: a speaker with fewer windows than this share of all windows is dissolved into
+    the nearest other speaker (0 = off)."""
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -167,7 +173,13 @@ def _cluster_nme(x: np.ndarray, min_k: int, max_k: int, options: ClusteringOptio
     k, spectral = nme_spectral(x, min_k, max_k, options.max_pruning, options.pruning_steps, mask,
                                options.min_gap)
     labels = _relabel_by_first_appearance(kmeans(spectral, k))
-    return refine(x, labels, options.refine_iterations, keep_at_least=min_k)
+    labels = refine(x, labels, options.refine_iterations, keep_at_least=min_k)
+    if options.nme_min_fraction > 0:
+        min_size = max(1, int(np.ceil(options.nme_min_fraction * n)))
+        labels = _dissolve_small(x, labels, min_size, keep_at_least=min_k)
+    if options.merge_similarity > 0:
+        labels = _merge_above(x, labels, options.merge_similarity, min_k)
+    return labels
 
 
 COUNT_CEILING = 10
@@ -272,6 +284,21 @@ def _merge_closest(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
         sims = cents @ cents.T
         np.fill_diagonal(sims, -np.inf)
         a, b = np.unravel_index(int(np.argmax(sims)), sims.shape)
+        labels[labels == max(a, b)] = min(a, b)
+        labels = _relabel_by_first_appearance(labels)
+    return labels
+
+
+def _merge_above(x: np.ndarray, labels: np.ndarray, similarity: float, min_k: int) -> np.ndarray:
+    """Merge the closest pair of speakers while their centroid cosine exceeds `similarity`."""
+    while int(labels.max()) + 1 > max(min_k, 1):
+        cents = _centroids(x, labels, int(labels.max()) + 1)
+        sims = cents @ cents.T
+        np.fill_diagonal(sims, -np.inf)
+        a, b = np.unravel_index(int(np.argmax(sims)), sims.shape)
+        if sims[a, b] < similarity:
+            break
+        labels = labels.copy()
         labels[labels == max(a, b)] = min(a, b)
         labels = _relabel_by_first_appearance(labels)
     return labels
