@@ -1,0 +1,1 @@
+from http_helpers import backends, behaviour, gateway, http  # noqa: F401  (fixtures)
