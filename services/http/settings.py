@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 from services.common.settings import ServerSettings
 

@@ -12,13 +12,12 @@ import io
 import threading
 import wave
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from services.common.domain import Segment, SpeakerTurn, Word
-from services.gateway.downstream import Deadlines, Downstream, GrpcStages
+from services.gateway.downstream import Downstream, GrpcStages
 from services.gateway.pipeline import Diarization, Transcript
 from services.gateway.server import GatewaySettings
 from services.gateway.server import create_server as create_gateway
@@ -121,8 +120,8 @@ def gateway(backends, behaviour, tmp_path):
 
 
 def start_http(gateway_address: str, **overrides) -> object:
-    settings = HttpSettings(port=0, gateway_address=gateway_address, gateway_connect_timeout_s=3,
-                            **overrides)
+    settings = HttpSettings(**{"port": 0, "gateway_address": gateway_address,
+                               "gateway_connect_timeout_s": 3, **overrides})
     return create_http(settings)
 
 
