@@ -294,7 +294,7 @@ def create_app(settings: HttpSettings) -> FastAPI:
             "max_speakers": {"type": "integer"},
         }}}}}}
 
-    async def transcribe_upload(request: Request, formats_for) -> tuple[oa.TranscriptionRequest, Any]:
+    async def transcribe_upload(request: Request) -> tuple[oa.TranscriptionRequest, Any]:
         fields, upload = await read_upload(request, settings.max_upload_bytes)
         req = oa.parse_transcription_form(fields)
         return req, upload
@@ -302,7 +302,7 @@ def create_app(settings: HttpSettings) -> FastAPI:
     @app.post("/v1/audio/transcriptions", openapi_extra=upload_doc, tags=["openai"],
               summary="Transcribe an audio file (OpenAI-compatible)")
     async def transcriptions(request: Request) -> Response:
-        req, upload = await transcribe_upload(request, None)
+        req, upload = await transcribe_upload(request)
         options = sdk_options(req, req.mesh_formats())
         try:
             result = await anyio.to_thread.run_sync(
@@ -316,7 +316,7 @@ def create_app(settings: HttpSettings) -> FastAPI:
     @app.post("/v1/jobs", openapi_extra=upload_doc, tags=["jobs"], status_code=202,
               summary="Submit a transcription job (every format rendered)")
     async def submit_job(request: Request) -> Response:
-        req, upload = await transcribe_upload(request, None)
+        req, upload = await transcribe_upload(request)
         options = sdk_options(req, JOB_FORMATS)
         try:
             job = await anyio.to_thread.run_sync(
