@@ -83,8 +83,11 @@ function showFinal(msg) {
   if (latency !== null) $("latency").textContent = `${latency.toFixed(2)} s`;
 }
 
+window.asrEvents = []; // every message received, for debugging and the browser test
+
 function onMessage(event) {
   const msg = JSON.parse(event.data);
+  window.asrEvents.push(msg);
   if (msg.type === "interim") { $("interim").textContent = msg.text; }
   else if (msg.type === "final") { showFinal(msg); }
   else if (msg.type === "ready") { setStatus("Listening…"); }
