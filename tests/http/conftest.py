@@ -1,1 +1,1 @@
-from http_helpers import backends, behaviour, gateway, http  # noqa: F401  (fixtures)
+from http_helpers import backends, behaviour, gateway, http, http_mesh  # noqa: F401  (fixtures)

@@ -12,6 +12,7 @@ import io
 import threading
 import wave
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,3 +133,57 @@ def http(gateway):
     handle.stop(1)
 
 
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class RunningMesh:
+    """`asr serve --http-port 0` running as a user would start it."""
+
+    process: object
+    state_dir: Path
+    gateway: str
+    http: str
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.http}"
+
+
+@pytest.fixture(scope="session")
+def http_mesh(tmp_path_factory):
+    """The whole mesh as processes (no diarization) with the HTTP front door, via `asr serve`."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    state = tmp_path_factory.mktemp("http-mesh") / "state"
+    env = {**os.environ, "ASR_STATE_DIR": str(state), "PYANNOTE_METRICS_ENABLED": "false",
+           "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "clients.cli", "serve", "--no-diarization",
+                                "--http-port", "0"], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    found: dict[str, str] = {}
+    deadline = time.monotonic() + 300
+    try:
+        for line in process.stdout:
+            name, _, rest = line.partition(" listening on ")
+            if rest:
+                found[name.strip()] = rest.strip()
+            if {"gateway", "http"} <= set(found) or time.monotonic() > deadline:
+                break
+        if {"gateway", "http"} - set(found):
+            process.kill()
+            pytest.fail(f"asr serve --http-port 0 did not start: {process.stderr.read()[-2000:]}")
+        yield RunningMesh(process, state, found["gateway"], found["http"])
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
