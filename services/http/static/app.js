@@ -99,7 +99,9 @@ async function startMic() {
   $("start").disabled = true;
   setStatus("Asking for the microphone…");
   try {
-    live.stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true } });
+    // No echo cancellation, noise suppression or gain control: they smear speech for the recogniser.
+    live.stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: false,
+                                                                       noiseSuppression: false, autoGainControl: false } });
   } catch (err) {
     setStatus(`No microphone: ${err.message}`); $("start").disabled = false; return;
   }
