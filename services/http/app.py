@@ -175,6 +175,7 @@ def sdk_options(req: oa.TranscriptionRequest, formats: tuple[str, ...]) -> Trans
         min_speakers=req.min_speakers, max_speakers=req.max_speakers, model=req.model,
         formats=formats, initial_prompt=req.prompt,
         temperatures=(req.temperature,) if req.temperature is not None else (),
+        no_cache=req.no_cache,
     )
 
 
@@ -292,6 +293,7 @@ def create_app(settings: HttpSettings) -> FastAPI:
             "num_speakers": {"type": "integer"},
             "min_speakers": {"type": "integer"},
             "max_speakers": {"type": "integer"},
+            "no_cache": {"type": "boolean", "description": "bypass the gateway's result cache"},
         }}}}}}
 
     async def transcribe_upload(request: Request) -> tuple[oa.TranscriptionRequest, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("word", "segment")
@@ -101,7 +101,8 @@ class TranscriptionRequest:
     num_speakers: int = 0
     min_speakers: int = 0
     max_speakers: int = 0
-    extra: dict = field(default_factory=dict)
+    no_cache: bool = False
+    """Run the chain even when the gateway's result cache has this file (extension field)."""
 
     def mesh_formats(self) -> tuple[str, ...]:
         """What to ask the mesh to render for this response format."""
@@ -184,6 +185,7 @@ def parse_transcription_form(form: Mapping[str, list[str]]) -> TranscriptionRequ
         language=language, prompt=_one(form, "prompt"), temperature=temperature,
         response_format=response_format, granularities=granularities or ("segment",),
         diarize=diarize, num_speakers=num, min_speakers=low, max_speakers=high,
+        no_cache=_bool(form, "no_cache"),
     )
 
 

@@ -52,6 +52,7 @@ def test_word_granularity_and_diarization_extras():
     assert req.granularities == ("word", "segment") and req.diarize and req.num_speakers == 2
     assert req.temperature == pytest.approx(0.2) and req.prompt == "reunião"
     assert oa.parse_transcription_form(form(diarize="true")).diarize
+    assert oa.parse_transcription_form(form(no_cache="1")).no_cache
 
 
 @pytest.mark.parametrize(("fields", "param"), [
