@@ -4,7 +4,8 @@
         [--runs 3] [--png build/bench_http.png]
 
 Starts one local mesh (separate processes, no diarization) with the HTTP service in front of
-its gateway, then, interleaved run by run so that machine load hits both alike:
+its gateway, then, interleaved run by run (the order rotated each run) so that machine load
+hits every path alike:
 
 - gRPC: `GatewayClient.transcribe` (clients/sdk.py), JSON document;
 - REST: `POST /v1/audio/transcriptions` with httpx (multipart, response_format=json);
@@ -86,7 +87,10 @@ def main() -> int:
         texts: dict[str, str] = {}
         for mode, no_cache in (("chain runs (no_cache)", True), ("cache hit", False)):
             for run in range(args.runs):
-                for name, fn in paths.items():
+                names = list(paths)
+                names = names[run % len(names):] + names[:run % len(names)]  # rotate: no order bias
+                for name in names:
+                    fn = paths[name]
                     seconds, text = timed(lambda fn=fn: fn(no_cache))
                     times.setdefault((mode, name), []).append(seconds)
                     texts[name] = text

@@ -233,7 +233,6 @@ def create_app(settings: HttpSettings) -> FastAPI:
         health_channel.close()
 
     app.state.close = close
-    app.add_middleware(TelemetryMiddleware)
     tokens = [t.encode() for t in settings.api_tokens]
 
     def authorized(presented: str) -> bool:
@@ -401,6 +400,7 @@ def create_app(settings: HttpSettings) -> FastAPI:
 
     if settings.page_enabled:
         app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="page")
+    app.add_middleware(TelemetryMiddleware)  # added last = outermost: refusals are traced and counted too
     return app
 
 

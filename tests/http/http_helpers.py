@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,14 +61,17 @@ class ModelFreeStages:
     def __init__(self, real: GrpcStages, behaviour: Behaviour):
         self._real = real
         self._behaviour = behaviour
+        self._cancelled = threading.Event()
 
     def preprocess(self, upload, options, progress):
         return self._real.preprocess(upload, options, progress)
 
     def transcribe(self, pcm, options, progress):
         self._behaviour.calls.append(options)
-        if self._behaviour.block is not None:
-            self._behaviour.block.wait(30)
+        if self._behaviour.block is not None:  # until released or cancelled (like a real stage)
+            deadline = time.monotonic() + 30
+            while not (self._behaviour.block.is_set() or self._cancelled.is_set()) and time.monotonic() < deadline:
+                time.sleep(0.02)
         if self._behaviour.fail is not None:
             raise self._behaviour.fail
         duration = len(pcm) / 32000
@@ -89,6 +93,7 @@ class ModelFreeStages:
         return self._real.merge(transcript, diarization, options, duration, trace_id)
 
     def cancel(self) -> None:
+        self._cancelled.set()
         self._real.cancel()
 
 

@@ -183,10 +183,11 @@ def test_cancel_a_running_job(http, behaviour):
     import threading
 
     behaviour.block = threading.Event()
-    job = httpx.post(f"{http.url}/v1/jobs", files={"file": ("a.wav", wav_bytes(), "audio/wav")}).json()
+    job = httpx.post(f"{http.url}/v1/jobs", files={"file": ("a.wav", wav_bytes(), "audio/wav")},
+                     timeout=30).json()
     try:
-        cancelled = httpx.post(f"{http.url}/v1/jobs/{job['id']}/cancel").json()
+        cancelled = httpx.post(f"{http.url}/v1/jobs/{job['id']}/cancel", timeout=30).json()
         assert cancelled["state"] == "cancelled"
     finally:
         behaviour.block.set()
-    assert_openai_error(httpx.get(f"{http.url}/v1/jobs/{job['id']}/result"), 400)
+    assert_openai_error(httpx.get(f"{http.url}/v1/jobs/{job['id']}/result", timeout=30), 400)

@@ -154,3 +154,10 @@ def test_websocket_webm_opus_as_mediarecorder_sends_it(http_mesh, clip, tmp_path
     check_stream(events, expected)
     summary = events[-1]
     assert 5.0 < summary["audio_duration"] < 8.0  # all of the clip decoded, nothing twice
+
+
+def test_serve_prints_and_lists_the_http_service(http_mesh):
+    table = json.loads((http_mesh.state_dir / "mesh.json").read_text())
+    (entry,) = table["http"]
+    assert entry["address"] == http_mesh.http and entry["state"] == "ready"
+    assert httpx.get(f"{http_mesh.url}/readyz").json() == {"status": "ok", "gateway": http_mesh.gateway}
