@@ -91,7 +91,7 @@ def main() -> int:
                 names = names[run % len(names):] + names[:run % len(names)]  # rotate: no order bias
                 for name in names:
                     fn = paths[name]
-                    seconds, text = timed(lambda fn=fn: fn(no_cache))
+                    seconds, text = timed(lambda fn=fn, no_cache=no_cache: fn(no_cache))
                     times.setdefault((mode, name), []).append(seconds)
                     texts[name] = text
                     console.print(f"  {mode:22} run {run + 1}: {name:21} {seconds:7.3f} s")
