@@ -580,13 +580,13 @@ class StreamSession:
     async def _safe_send(self, body: dict) -> None:
         try:
             await self.ws.send_json(body)
-        except (WebSocketDisconnect, RuntimeError):
+        except Exception:  # the browser left (the server's exception type varies): end the session
             self._end_audio()
 
     async def _close(self, code: int) -> None:
         try:
             await self.ws.close(code)
-        except RuntimeError:
+        except Exception:  # already closed by the browser
             pass
 
 
