@@ -1,5 +1,6 @@
 """The HTTP service in process against a real in-process gateway (real preprocess and merge;
 only the model is replaced, see http_helpers)."""
+# ruff: noqa: F811  (pytest fixtures imported from http_helpers are redefined as arguments)
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from http_helpers import WORDS, start_http, wav_bytes
+from http_helpers import WORDS, backends, behaviour, gateway, http, start_http, wav_bytes  # noqa: F401  (fixtures)
 
 from services.common.errors import InvalidInput, Overloaded
 

@@ -6,6 +6,7 @@ which cannot be downloaded here, and is only loosely compatible with another chr
 The microphone is Chromium's fake capture device playing a corpus-dev clip (48 kHz stereo WAV
 with 2 s of silence after it, `%noloop`). Screenshots go to build/test-artifacts/.
 """
+# ruff: noqa: F811  (pytest fixtures imported from http_helpers are redefined as arguments)
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from http_helpers import http_mesh  # noqa: F401  (fixtures)
 
 from scripts.metrics import normalize, wer
 

@@ -1,5 +1,6 @@
 """The HTTP front door in front of the whole mesh (`asr serve --http-port 0`, real model):
 the official `openai` client unchanged, WebSocket streaming of raw PCM and WebM/Opus, one trace."""
+# ruff: noqa: F811  (pytest fixtures imported from http_helpers are redefined as arguments)
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 import httpx
 import openai
 import pytest
+from http_helpers import http_mesh  # noqa: F401  (fixtures)
 from websockets.sync.client import connect
 
 from scripts.metrics import wer

@@ -1,6 +1,7 @@
 """The WebSocket endpoint in process: what it refuses, how it reports a gateway failure, and the
 ffmpeg decoder it uses for MediaRecorder (WebM/Opus) streams. Streaming with the model is in
 test_http_mesh.py."""
+# ruff: noqa: F811  (pytest fixtures imported from http_helpers are redefined as arguments)
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import subprocess
 import threading
 
 import pytest
-from http_helpers import start_http, wav_bytes
+from http_helpers import backends, behaviour, gateway, http, start_http, wav_bytes  # noqa: F401  (fixtures)
 from websockets.sync.client import connect
 
 from services.http.audio import StreamDecoder
