@@ -365,7 +365,9 @@ def create_app(settings: HttpSettings) -> FastAPI:
         response = render(oa.TranscriptionRequest(response_format=format,
                                                   granularities=("segment", "word")), documents)
         if download:
-            stem = Path(result.summary.trace_id or job_id).name
+            job = await anyio.to_thread.run_sync(client.get_job, job_id)
+            stem = Path(job.filename).stem or job_id
+            stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)  # safe in a header
             ext = {"verbose_json": "json", "text": "txt"}.get(format, format)
             response.headers["Content-Disposition"] = f'attachment; filename="{stem}.{ext}"'
         return response

@@ -170,7 +170,7 @@ def test_job_api_over_rest(http):
     assert job["id"] in [j["id"] for j in listed["data"]]
     srt = httpx.get(f"{http.url}{job['links']['srt']}&download=true")
     assert srt.status_code == 200 and "Vamos começar" in srt.text
-    assert srt.headers["content-disposition"].startswith("attachment;")
+    assert srt.headers["content-disposition"] == 'attachment; filename="meeting.srt"'
     verbose = httpx.get(f"{http.url}/v1/jobs/{job['id']}/result", params={"format": "verbose_json"}).json()
     assert [w["word"] for w in verbose["words"]] == list(WORDS)
     assert json.loads(httpx.get(f"{http.url}/v1/jobs/{job['id']}/result").text) == {"text": " ".join(WORDS)}
