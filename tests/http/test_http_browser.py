@@ -84,11 +84,15 @@ def wait_for(driver, script: str, timeout: float, interval: float = 0.2):
     raise AssertionError(f"timed out waiting for {script!r}; status {status!r}; events {events}")
 
 
-def test_microphone_interim_then_final_captions(http_mesh, browser_factory, corpus, manifest, tmp_path):
+@pytest.mark.parametrize("encoding", ["pcm_s16le", "webm"])
+def test_microphone_interim_then_final_captions(http_mesh, browser_factory, corpus, manifest, tmp_path, encoding):
+    """pcm_s16le: AudioWorklet → 16 kHz s16le; webm: the browser's own MediaRecorder stream,
+    decoded by the server's ffmpeg."""
     item = manifest["asr"][0]
     driver = browser_factory(fake_microphone_wav(corpus / item["audio"], tmp_path))
     driver.get(f"{http_mesh.url}/")
     assert driver.find_element("css selector", "#captions").get_attribute("aria-live") == "polite"
+    driver.execute_script(f"document.getElementById('encoding').value = '{encoding}'")
     driver.find_element("id", "start").click()
     wait_for(driver, "return window.asrEvents.some(e => e.type === 'interim' && e.text)", 120)
     # Interim text is shown greyed while it may still change.
@@ -110,7 +114,12 @@ def test_microphone_interim_then_final_captions(http_mesh, browser_factory, corp
     latency = driver.find_element("id", "latency").text
     assert latency.endswith(" s") and float(latency[:-2]) >= 0
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(ARTIFACTS / "http-captions-live.png"))
+    assert events[0] == {"type": "ready", "encoding": encoding}
+    driver.save_screenshot(str(ARTIFACTS / f"http-captions-live-{encoding}.png"))
+    if encoding == "pcm_s16le":  # the whole page in use (docs/http-captions.png is one of these)
+        driver.find_element("id", "file").send_keys(str(corpus / item["audio"]))
+        wait_for(driver, "return document.getElementById('file-text').textContent.length > 0", 300, interval=0.5)
+        driver.save_screenshot(str(ARTIFACTS / "http-captions-page.png"))
 
 
 def test_file_upload_progress_and_srt_download(http_mesh, browser_factory, corpus, manifest, tmp_path):

@@ -30,8 +30,8 @@ class Downsampler {
   }
 }
 
-const live = { ws: null, ctx: null, stream: null, node: null, pending: [], pendingLen: 0,
-               sentSamples: 0, sendTimes: [], interim: "" };
+const live = { ws: null, ctx: null, stream: null, node: null, recorder: null, pending: [], pendingLen: 0,
+               sentSamples: 0, sendTimes: [], started: 0, interim: "" };
 
 function wsUrl() {
   const proto = location.protocol === "https:" ? "wss" : "ws";
@@ -105,16 +105,35 @@ async function startMic() {
   } catch (err) {
     setStatus(`No microphone: ${err.message}`); $("start").disabled = false; return;
   }
-  live.ctx = new AudioContext();
-  const down = new Downsampler(live.ctx.sampleRate);
+  const encoding = $("encoding").value;
   live.sentSamples = 0; live.sendTimes = []; live.pending = []; live.pendingLen = 0;
   live.ws = new WebSocket(wsUrl());
   live.ws.binaryType = "arraybuffer";
   live.ws.onmessage = onMessage;
   live.ws.onclose = () => { if ($("status").textContent.startsWith("Listening")) setStatus("Connection closed."); stopAudio(); $("start").disabled = false; $("stop").disabled = true; };
   await new Promise((resolve, reject) => { live.ws.onopen = resolve; live.ws.onerror = reject; });
-  live.ws.send(JSON.stringify({ encoding: "pcm_s16le", sample_rate: TARGET_RATE, language: $("language").value.trim() || "pt-BR",
+  live.ws.send(JSON.stringify({ encoding, sample_rate: TARGET_RATE, language: $("language").value.trim() || "pt-BR",
                                 profile: $("profile").value, interim_results: true }));
+  if (encoding === "webm") { startRecorder(); } else { await startWorklet(); }
+  $("stop").disabled = false;
+}
+
+function startRecorder() {
+  // The browser compresses (Opus in WebM); the server decodes the stream with ffmpeg as it arrives.
+  live.recorder = new MediaRecorder(live.stream, { mimeType: "audio/webm;codecs=opus" });
+  live.started = performance.now();
+  live.recorder.ondataavailable = (e) => {
+    if (!e.data.size || !live.ws || live.ws.readyState !== WebSocket.OPEN) return;
+    live.ws.send(e.data);
+    live.sendTimes.push([(performance.now() - live.started) / 1000, performance.now()]);
+  };
+  live.recorder.onstop = () => { if (live.ws && live.ws.readyState === WebSocket.OPEN) live.ws.send(JSON.stringify({ type: "stop" })); };
+  live.recorder.start(250); // a piece every 250 ms
+}
+
+async function startWorklet() {
+  live.ctx = new AudioContext();
+  const down = new Downsampler(live.ctx.sampleRate);
   const source = live.ctx.createMediaStreamSource(live.stream);
   const onFrame = (frame) => sendPcm(down.push(frame));
   if (live.ctx.audioWorklet) {
@@ -127,10 +146,10 @@ async function startMic() {
   }
   source.connect(live.node);
   live.node.connect(live.ctx.destination); // keeps the graph pulling; the worklet outputs silence
-  $("stop").disabled = false;
 }
 
 function stopAudio() {
+  if (live.recorder) { if (live.recorder.state !== "inactive") live.recorder.stop(); live.recorder = null; }
   if (live.node) { live.node.disconnect(); live.node = null; }
   if (live.stream) { live.stream.getTracks().forEach((t) => t.stop()); live.stream = null; }
   if (live.ctx) { live.ctx.close(); live.ctx = null; }
@@ -138,9 +157,10 @@ function stopAudio() {
 
 function stopMic() {
   $("stop").disabled = true;
+  const recording = live.recorder !== null; // its onstop sends "stop" after the last piece
   stopAudio();
   if (live.ws && live.ws.readyState === WebSocket.OPEN) {
-    live.ws.send(JSON.stringify({ type: "stop" }));
+    if (!recording) live.ws.send(JSON.stringify({ type: "stop" }));
     setStatus("Finishing…");
   }
 }
