@@ -24,8 +24,8 @@ help:  ## List targets.
 
 setup: system-deps $(VENV)/.installed protos model  ## Install everything (Debian packages, venv, stubs, model).
 
-system-deps:  ## Install ffmpeg, espeak-ng and redis-server (job/cache tests) from Debian if missing.
-	@missing=""; for t in ffmpeg:ffmpeg ffprobe:ffmpeg espeak-ng:espeak-ng redis-server:redis-server; do \
+system-deps:  ## Install ffmpeg, espeak-ng, redis-server (job/cache tests), chromium + chromedriver (page tests) from Debian if missing.
+	@missing=""; for t in ffmpeg:ffmpeg ffprobe:ffmpeg espeak-ng:espeak-ng redis-server:redis-server chromium:chromium chromedriver:chromium-driver; do \
 	  command -v $${t%%:*} >/dev/null || missing="$$missing $${t##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \

@@ -2,7 +2,7 @@
 
     asr transcribe FILE [FILE ...] [--diarize] [--format json,srt,vtt,txt,rttm] [-o DIR]
                    [--language pt-BR] [--model NAME] [--num-speakers N] [--server HOST:PORT]
-    asr serve [--state-dir DIR] [--no-diarization] [--idle-timeout S] | asr serve --stop
+    asr serve [--state-dir DIR] [--no-diarization] [--idle-timeout S] [--http-port N] | asr serve --stop
     asr trace list | asr trace show TRACE_ID [--format json] [--png FILE]
 
 Without --server, `transcribe` uses the local mesh of the state directory: it reuses a running
@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave diarization out (started later if a local CLI call asks for speakers)")
     s.add_argument("--idle-timeout", type=float, metavar="SECONDS",
                    help="stop after this long without CLI calls (default: never)")
+    s.add_argument("--http-port", type=int, metavar="N",
+                   help="also start the HTTP front door (OpenAI-compatible REST, live captions page) "
+                        "on 127.0.0.1:N; 0 picks a free port")
 
     tr = sub.add_parser("trace", help="inspect traces recorded by the local mesh")
     trace_sub = tr.add_subparsers(dest="trace_command", required=True)
@@ -338,7 +341,11 @@ def serve(args: argparse.Namespace) -> int:
                           else f"no local mesh is running in {state_dir}")
         return 0
     services = supervisor.WITHOUT_DIARIZATION if args.no_diarization else supervisor.SERVICES
-    runner = supervisor.LocalMeshSupervisor(state_dir, services, idle_s=args.idle_timeout)
+    if args.http_port is not None and not 0 <= args.http_port <= 65535:
+        err_console.print(f"asr: --http-port must be between 0 and 65535, not {args.http_port}")
+        return 2
+    runner = supervisor.LocalMeshSupervisor(state_dir, services, idle_s=args.idle_timeout,
+                                            http_port=args.http_port)
     with supervisor.mesh_lock(state_dir):
         running = supervisor.live_mesh(state_dir)
         if running is not None:
@@ -350,6 +357,8 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     print(f"gateway listening on {address}", flush=True)
+    if runner.mesh.http_address:
+        print(f"http listening on {runner.mesh.http_address}", flush=True)
     err_console.print(f"state directory {state_dir}; press Ctrl-C to stop")
     runner.run()
     return 0

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_ISREG
+from typing import BinaryIO
 
 import grpc
 
@@ -183,6 +184,17 @@ class GatewayClient:
                 config.upload_size_bytes = stat.st_size
             return self._transcribe(source, config, on_event, timeout_s)
 
+    def transcribe_file(self, source: BinaryIO, filename: str, options: TranscribeOptions,
+                        size: int = 0, on_event: Callable[[pb.TranscribeResponse], None] | None = None,
+                        timeout_s: float | None = None) -> Transcription:
+        """Like `transcribe`, from an open binary file object (an HTTP upload, say); `size`, when
+        known, is declared so that a cut-off upload is refused. The caller closes `source`."""
+        config = options.to_proto(filename)
+        if size:
+            config.upload_size_bytes = size
+        self._wait_until_reachable()
+        return self._transcribe(source, config, on_event, timeout_s)
+
     def stream(self, pcm_chunks: Iterable[bytes], options: StreamOptions | None = None,
                timeout_s: float | None = None) -> Iterator[streaming_pb2.StreamingEvent]:
         """Real-time recognition: send 16 kHz mono s16le PCM chunks (20-500 ms each, paced by
@@ -231,12 +243,24 @@ class GatewayClient:
             if S_ISREG(os.fstat(source.fileno()).st_mode):
                 config.upload_size_bytes = os.fstat(source.fileno()).st_size
 
-            def requests() -> Iterator[jobs_pb.SubmitJobRequest]:
-                yield jobs_pb.SubmitJobRequest(config=config)
-                while piece := source.read(UPLOAD_CHUNK_BYTES):
-                    yield jobs_pb.SubmitJobRequest(content=piece)
+            return self._submit(source, config, timeout_s)
 
-            return self._call(self._jobs.SubmitJob, requests(), timeout_s).job
+    def submit_job_file(self, source: BinaryIO, filename: str, options: TranscribeOptions,
+                        size: int = 0, timeout_s: float | None = None) -> jobs_pb.Job:
+        """Like `submit_job`, from an open binary file object; the caller closes `source`."""
+        config = options.to_proto(filename)
+        if size:
+            config.upload_size_bytes = size
+        self._wait_until_reachable()
+        return self._submit(source, config, timeout_s)
+
+    def _submit(self, source: BinaryIO, config: pb.TranscribeConfig, timeout_s: float | None) -> jobs_pb.Job:
+        def requests() -> Iterator[jobs_pb.SubmitJobRequest]:
+            yield jobs_pb.SubmitJobRequest(config=config)
+            while piece := source.read(UPLOAD_CHUNK_BYTES):
+                yield jobs_pb.SubmitJobRequest(content=piece)
+
+        return self._call(self._jobs.SubmitJob, requests(), timeout_s).job
 
     def get_job(self, job_id: str, timeout_s: float | None = 30.0) -> jobs_pb.Job:
         return self._call(self._jobs.GetJob, jobs_pb.GetJobRequest(job_id=job_id), timeout_s).job

@@ -63,6 +63,9 @@ from services.common.errors import MeshError
 READY_PREFIX = "ASR_READY"  # services.common.server prints it; not imported (it pulls in gRPC)
 BACKENDS = ("preprocess", "transcription", "diarization", "merge")
 SERVICES = (*BACKENDS, "gateway")
+FRONT_DOORS = ("http",)
+"""Optional services in front of the gateway: started only when asked (`http_port`)."""
+ALL_SERVICES = (*SERVICES, *FRONT_DOORS)
 WITHOUT_DIARIZATION = ("preprocess", "transcription", "merge", "gateway")
 MESH_FILE = "mesh.json"
 IDLE_ENV = "ASR_LOCAL_MESH_IDLE_S"
@@ -79,11 +82,15 @@ class MeshStartError(MeshError):
     """A service of the local mesh did not come up."""
 
 
-def reserve_port(host: str = "127.0.0.1") -> socket.socket:
-    """A bound, non-listening socket holding a free port for a service (see the module doc)."""
+def reserve_port(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A bound, non-listening socket holding a port (0: a free one) for a service (see the module doc)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise MeshStartError(f"cannot use port {port} on {host}: {exc.strerror}") from None
     return sock
 
 
@@ -138,6 +145,7 @@ class LocalMesh:
         python: str = sys.executable,
         services: Iterable[str] = SERVICES,
         mesh_file: Path | None = None,
+        http_port: int | None = None,
     ):
         self.state_dir = resolve_state_dir(state_dir)
         self._env = dict(env or {})
@@ -148,6 +156,10 @@ class LocalMesh:
         if unknown:
             raise ValueError(f"unknown services {sorted(unknown)}; choose from {SERVICES}")
         self._initial = [name for name in SERVICES if name in wanted]
+        self._http_port = http_port
+        """The HTTP front door's port (0 = a free one); None: no HTTP service."""
+        if http_port is not None:
+            self._initial.append("http")
         self.mesh_file = Path(mesh_file) if mesh_file else self.state_dir / MESH_FILE
         self.services: dict[str, ServiceProcess] = {}
         self._reserved: dict[str, socket.socket] = {}
@@ -172,6 +184,11 @@ class LocalMesh:
     def gateway_address(self) -> str:
         return self.address_of("gateway")
 
+    @property
+    def http_address(self) -> str:
+        """HOST:PORT of the HTTP front door ("" when it is not part of this mesh)."""
+        return self.address_of("http") if "http" in self._reserved else ""
+
     # -- start and stop ---------------------------------------------------------------------
 
     def __enter__(self) -> LocalMesh:
@@ -187,6 +204,8 @@ class LocalMesh:
         try:
             for name in SERVICES:
                 self._reserved[name] = reserve_port()
+            if self._http_port is not None:
+                self._reserved["http"] = reserve_port(port=self._http_port)
             with self._lock:
                 for name in self._initial:
                     self._spawn(name)
@@ -228,6 +247,8 @@ class LocalMesh:
         if name == "gateway":
             env.update({f"ASR_GATEWAY_{b.upper()}_ADDRESS": self.address_of(b) for b in BACKENDS})
             env["ASR_GATEWAY_MESH_FILE"] = str(self.mesh_file)
+        if name == "http":
+            env["ASR_HTTP_GATEWAY_ADDRESS"] = self.gateway_address
         return env
 
     def _spawn(self, name: str) -> None:
@@ -285,7 +306,7 @@ class LocalMesh:
         if self._supervisor is not None and self._supervisor is not threading.current_thread():
             self._supervisor.join(timeout=5)
         with self._lock:
-            order = [s for s in reversed(SERVICES) if s in self.services and self.services[s].process]
+            order = [s for s in reversed(ALL_SERVICES) if s in self.services and self.services[s].process]
             for name in order:
                 process = self.services[name].process
                 if process.poll() is None:
@@ -364,7 +385,7 @@ class LocalMesh:
 
     def describe(self) -> dict[str, list[dict]]:
         with self._lock:
-            table = {name: [self.services[name].describe()] for name in SERVICES if name in self.services}
+            table = {name: [self.services[name].describe()] for name in ALL_SERVICES if name in self.services}
         return {**self.extra, **table}
 
     def write_mesh_file(self) -> None:
@@ -515,9 +536,9 @@ class LocalMeshSupervisor:
     """
 
     def __init__(self, state_dir: Path, services: Iterable[str] = SERVICES, idle_s: float | None = None,
-                 owner_pid: int = 0, env: dict[str, str] | None = None):
+                 owner_pid: int = 0, env: dict[str, str] | None = None, http_port: int | None = None):
         self.state_dir = Path(state_dir)
-        self.mesh = LocalMesh(state_dir=self.state_dir, services=services, env=env)
+        self.mesh = LocalMesh(state_dir=self.state_dir, services=services, env=env, http_port=http_port)
         self.idle_s = idle_s
         self.owner_pid = owner_pid
         self.stop_requested = threading.Event()
@@ -607,7 +628,7 @@ def _kill_stale(info: MeshInfo) -> None:
     if info.killable_supervisor:
         pids.append(info.supervisor_pid)
     for name, pid in info.pids().items():
-        if name in SERVICES and pid_alive(pid) and f"services.{name}" in _cmdline(pid):
+        if name in ALL_SERVICES and pid_alive(pid) and f"services.{name}" in _cmdline(pid):
             pids.append(pid)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):

@@ -22,6 +22,9 @@ K8S = DEPLOY / "k8s"
 DOCKER = DEPLOY / "docker"
 
 SERVICES = ("gateway", "preprocess", "transcription", "diarization", "merge")
+FRONT_DOORS = ("http",)
+"""Optional services in front of the gateway (components/http): HTTP, not gRPC; checked by
+test_deploy_http.py, and by the policies every Deployment must meet."""
 BACKENDS = ("preprocess", "transcription", "diarization", "merge")
 OVERLAYS = tuple(sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file()))
 GPU_OVERLAYS = tuple(o for o in OVERLAYS if o.startswith("gpu"))
@@ -69,11 +72,12 @@ def get(docs: list[dict], kind: str, name: str) -> dict:
 
 
 def mesh_deployments(docs: list[dict]) -> dict[str, dict]:
-    """The five services' Deployments by service name."""
+    """The five gRPC services' Deployments by service name (front doors left out)."""
     found = {
         d["metadata"]["name"]: d
         for d in objects(docs, "Deployment")
         if d["spec"]["template"]["metadata"].get("labels", {}).get(PART_OF) == "asr-mesh"
+        and d["metadata"]["name"] not in FRONT_DOORS
     }
     assert sorted(found) == sorted(SERVICES), f"mesh Deployments: {sorted(found)}"
     return found

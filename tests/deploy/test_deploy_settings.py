@@ -30,13 +30,14 @@ from pydantic_settings import BaseSettings
 def settings_class(service: str) -> type[BaseSettings]:
     from services.diarization.server import DiarizationSettings
     from services.gateway.server import GatewaySettings
+    from services.http.settings import HttpSettings
     from services.merge.server import MergeSettings
     from services.preprocess.server import PreprocessSettings
     from services.transcription.server import TranscriptionSettings
 
     return {"gateway": GatewaySettings, "preprocess": PreprocessSettings,
             "transcription": TranscriptionSettings, "diarization": DiarizationSettings,
-            "merge": MergeSettings}[service]
+            "merge": MergeSettings, "http": HttpSettings}[service]
 
 
 def env_names(cls: type[BaseSettings]) -> set[str]:

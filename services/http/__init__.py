@@ -1,0 +1,1 @@
+"""HTTP front door of the mesh: OpenAI-compatible REST, jobs over REST, WebSocket live captions."""

@@ -1,0 +1,3 @@
+from services.http.server import main
+
+main()
