@@ -4,8 +4,9 @@ the job spool, together.
 Without it eight uploads of no declared size fill the gateway's scratch volume before the
 per-upload limit refuses any of them. Usage is measured on disk (the `asr-gateway-*` request
 directories in the spool directory, and the whole job spool, so files of other replicas on a
-shared volume count too), at most every `rescan_s`, plus what this process's uploads wrote
-since and the bytes still promised by uploads that declared their size:
+shared volume count too) when an upload starts and, while one of undeclared size is received,
+at most every `rescan_s`; plus what this process's uploads wrote since and the bytes still
+promised by uploads that declared their size:
 
 - an upload that declares a size that does not fit what is left: RESOURCE_EXHAUSTED with
   RetryInfo before a byte is read (a size larger than the whole quota can never fit: that is
@@ -28,15 +29,18 @@ from services.common.errors import LimitExceeded, Overloaded
 SETTING = "ASR_GATEWAY_SPOOL_QUOTA_BYTES"
 
 
-def _tree_bytes(path: Path) -> int:
+def _tree_bytes(path: Path, skip: set[str]) -> int:
     total = 0
     try:
         if not path.is_dir():
-            return path.stat().st_size
+            return 0 if str(path) in skip else path.stat().st_size
         for folder, _dirs, files in os.walk(path):
             for name in files:
+                full = os.path.join(folder, name)
+                if full in skip:
+                    continue
                 try:
-                    total += os.stat(os.path.join(folder, name)).st_size
+                    total += os.stat(full).st_size
                 except OSError:  # removed while we looked
                     pass
     except OSError:
@@ -45,16 +49,18 @@ def _tree_bytes(path: Path) -> int:
 
 
 class Claim:
-    """One upload's share of the quota while it is received."""
+    """One upload's share of the quota while it is received: its declared size, or what has
+    arrived when that is more (its file is counted by this, not by its size on disk)."""
 
-    def __init__(self, quota: SpoolQuota, declared: int):
+    def __init__(self, quota: SpoolQuota, declared: int, path: Path | None):
         self._quota = quota
         self.declared = declared
         self.received = 0
+        self.path = str(path) if path else ""
 
     @property
-    def outstanding(self) -> int:
-        return max(self.declared - self.received, 0)
+    def share(self) -> int:
+        return max(self.declared, self.received)
 
     def add(self, num_bytes: int) -> None:
         self._quota._add(self, num_bytes)
@@ -72,28 +78,32 @@ class SpoolQuota:
         self._lock = threading.Lock()
         self._claims: set[Claim] = set()
         self._measured = 0
-        self._written = 0  # by this process's uploads since the last measurement
         self._measured_at = float("-inf")
 
-    def measure(self) -> int:
-        """Bytes on disk under the roots now."""
+    def measure(self, skip: set[str] | None = None) -> int:
+        """Bytes on disk under the roots now (files in `skip` left out)."""
         total = 0
         for directory, pattern in self._roots:
             if directory.is_dir():
-                total += sum(_tree_bytes(p) for p in directory.glob(pattern))
+                total += sum(_tree_bytes(p, skip or set()) for p in directory.glob(pattern))
         return total
 
     def _refresh(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._measured_at < self._rescan_s:
             return
-        measured = self.measure()
         with self._lock:
-            self._measured, self._written, self._measured_at = measured, 0, time.monotonic()
+            skip = {c.path for c in self._claims if c.path}
+        measured = self.measure(skip)
+        with self._lock:
+            self._measured, self._measured_at = measured, time.monotonic()
+
+    def _used(self) -> int:  # with the lock held
+        return self._measured + sum(c.share for c in self._claims)
 
     def usage(self) -> int:
-        """Bytes counted against the quota: on disk, plus what declared uploads still bring."""
+        """Bytes counted against the quota: on disk, plus the shares of uploads in flight."""
         with self._lock:
-            return self._measured + self._written + sum(c.outstanding for c in self._claims)
+            return self._used()
 
     def _full(self, lead: str) -> Overloaded:
         left = max(self.limit - self.usage(), 0)
@@ -105,26 +115,23 @@ class SpoolQuota:
         )
 
     @contextmanager
-    def upload(self, declared: int) -> Iterator[Claim]:
-        """Admit an upload (declared size, or 0 for unknown); `Claim.add` each piece received."""
+    def upload(self, declared: int, path: Path | None = None) -> Iterator[Claim]:
+        """Admit an upload into `path` (declared size, or 0 for unknown); `Claim.add` each piece."""
         if declared > self.limit:
             raise LimitExceeded(
                 f"the upload's declared size of {declared} bytes is larger than the gateway's whole "
                 f"spool quota of {self.limit} bytes ({SETTING})",
                 field="config.upload_size_bytes", metadata={"quota_bytes": str(self.limit)})
-        self._refresh()
-        claim = Claim(self, declared)
+        claim = Claim(self, declared, path)
         with self._lock:
-            used = self._measured + self._written + sum(c.outstanding for c in self._claims)
-            if used + max(declared, 1) > self.limit:
-                full = True
-            else:
-                full = False
-                self._claims.add(claim)
-        if full:
-            raise self._full(f"the gateway's spool has no room for this upload's {declared} bytes"
-                             if declared else "the gateway's spool is full")
+            self._claims.add(claim)  # before measuring: its file is not counted twice
         try:
+            self._refresh(force=True)  # a fresh look per upload: finished requests free their room at once
+            with self._lock:
+                full = self._used() + (0 if declared else 1) > self.limit
+            if full:
+                raise self._full(f"the gateway's spool has no room for this upload's {declared} bytes"
+                                 if declared else "the gateway's spool is full")
             yield claim
         finally:
             with self._lock:
@@ -135,12 +142,8 @@ class SpoolQuota:
             self._refresh()
         with self._lock:
             claim.received += num_bytes
-            self._written += num_bytes
-            if claim.declared:
-                return  # its bytes were admitted up front
-            used = self._measured + self._written + sum(c.outstanding for c in self._claims)
-            over = used > self.limit
-        if over:
+            over = not claim.declared and self._used() > self.limit
+        if over:  # declared uploads were admitted with their whole size up front
             raise self._full(f"the upload (of undeclared size) was cut after {claim.received} bytes: "
                              "the gateway's spool is full")
 

@@ -165,7 +165,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             )
 
     def _receive(self, request_iterator, path: Path, meter: UploadMeter) -> int:
-        with self._quota.upload(meter.declared) as claim, open(path, "wb") as out:
+        with self._quota.upload(meter.declared, path) as claim, open(path, "wb") as out:
             for request in request_iterator:
                 if request.WhichOneof("payload") != "content":
                     raise InvalidInput("config may appear only once, as the first message", field="config")
