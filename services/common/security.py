@@ -74,15 +74,53 @@ def _read(path: str | os.PathLike | None, what: str) -> bytes | None:
 # -- TLS ----------------------------------------------------------------------------------
 
 
+def _stamp(paths: Iterable[Any]) -> tuple:
+    stamps = []
+    for path in paths:
+        try:
+            info = os.stat(path) if path else None
+        except OSError:
+            info = None
+        stamps.append((info.st_mtime_ns, info.st_size, info.st_ino) if info else None)
+    return tuple(stamps)
+
+
 def server_credentials(settings: Any) -> grpc.ServerCredentials | None:
-    """The listening port's credentials from `ServerSettings`, or None for plaintext."""
+    """The listening port's credentials from `ServerSettings`, or None for plaintext.
+
+    The files are read again, for new connections, when they change (cert-manager renews a
+    mounted Secret in place): a renewed certificate needs no restart. A renewal that cannot be
+    read keeps the certificate in use, with a warning.
+    """
     if not settings.tls_cert_file:
         return None
-    cert = _read(settings.tls_cert_file, "TLS certificate")
-    key = _read(settings.tls_key_file, "TLS key")
-    ca = _read(settings.tls_ca_file, "TLS CA bundle")
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=ca, require_client_auth=bool(settings.tls_require_client_cert))
+    paths = (settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
+
+    def configuration() -> Any:
+        cert = _read(settings.tls_cert_file, "TLS certificate")
+        key = _read(settings.tls_key_file, "TLS key")
+        ca = _read(settings.tls_ca_file, "TLS CA bundle")
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+
+    seen = {"stamp": _stamp(paths)}
+    initial = configuration()
+
+    def fetch() -> Any:
+        stamp = _stamp(paths)
+        if stamp == seen["stamp"]:
+            return None
+        seen["stamp"] = stamp
+        try:
+            renewed = configuration()
+        except SecurityConfigError as exc:
+            log.warning("TLS files changed but cannot be used (%s); keeping the certificate in use",
+                        exc.message)
+            return None
+        log.info("TLS certificate reloaded from %s", settings.tls_cert_file)
+        return renewed
+
+    return grpc.dynamic_ssl_server_credentials(
+        initial, fetch, require_client_authentication=bool(settings.tls_require_client_cert))
 
 
 def channel_credentials(ca_file: str | os.PathLike | None = None, cert_file: str | os.PathLike | None = None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, FilePath, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -57,19 +57,19 @@ class ServerSettings(BaseSettings):
         description="json (structured, with trace ids) or text.",
     )
     # TLS, tokens and reflection: see services/common/security.py and README "Security".
-    tls_cert_file: FilePath | None = Field(
+    tls_cert_file: Path | None = Field(
         None, description="PEM certificate chain of this server; with tls_key_file the port speaks TLS.")
-    tls_key_file: FilePath | None = Field(None, description="PEM private key of tls_cert_file.")
-    tls_ca_file: FilePath | None = Field(
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_ca_file: Path | None = Field(
         None, description="PEM CA bundle of the mesh: verifies client certificates, and the services "
         "this one calls (the gateway's channels use TLS when it is set).")
     tls_require_client_cert: bool = Field(
         False, description="mTLS: refuse callers without a certificate signed by tls_ca_file "
         "(internal services: only mesh peers may call).")
-    tls_client_cert_file: FilePath | None = Field(
+    tls_client_cert_file: Path | None = Field(
         None, description="Certificate this process shows to the services it calls; tls_cert_file if unset.")
-    tls_client_key_file: FilePath | None = Field(None, description="Key of tls_client_cert_file.")
-    auth_token_file: FilePath | None = Field(
+    tls_client_key_file: Path | None = Field(None, description="Key of tls_client_cert_file.")
+    auth_token_file: Path | None = Field(
         None, description="Bearer tokens callers must send (one per line, '#' comments, optional "
         "label after the token); reread when the file changes. Unset: no token needed.")
     reflection_enabled: bool = Field(

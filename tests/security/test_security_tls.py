@@ -14,7 +14,11 @@ from security_helpers import other_ca, tls  # noqa: F401 - fixtures
 
 from asr.merge.v1 import merge_service_pb2 as merge_pb
 from asr.merge.v1 import merge_service_pb2_grpc as merge_grpc
-from services.common.security import channel_credentials, downstream_credentials
+from services.common.security import (
+    SecurityConfigError,
+    channel_credentials,
+    downstream_credentials,
+)
 from services.gateway.downstream import Downstream
 from services.gateway.server import GatewaySettings
 from services.merge.server import MergeSettings, create_server
@@ -153,8 +157,9 @@ def test_tls_settings_that_cannot_work_are_refused_with_the_variable_names(tls):
         MergeSettings(tls_cert_file=tls.cert)
     with pytest.raises(ValidationError, match="ASR_MERGE_TLS_REQUIRE_CLIENT_CERT needs"):
         MergeSettings(tls_cert_file=tls.cert, tls_key_file=tls.key, tls_require_client_cert=True)
-    with pytest.raises(ValidationError, match="does not point to a file"):
-        MergeSettings(tls_cert_file=tls.cert.parent / "missing.pem", tls_key_file=tls.key)
+    missing = MergeSettings(port=0, tls_cert_file=tls.cert.parent / "missing.pem", tls_key_file=tls.key)
+    with pytest.raises(SecurityConfigError, match="cannot read the TLS certificate .*missing.pem"):
+        create_server(missing)
 
 
 def test_local_ca_is_made_once_and_reused(tmp_path):
@@ -170,3 +175,28 @@ def test_local_ca_is_made_once_and_reused(tmp_path):
     (tmp_path / "tls" / "ca.pem").unlink()
     renewed = ensure_local_tls(tmp_path / "tls")
     assert renewed.ca.read_bytes() != stamp[1] and renewed.cert.read_bytes() != stamp[0]
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(tmp_path, state_dir):
+    import shutil
+
+    from services.common.local_ca import ensure_local_tls
+
+    first, second = ensure_local_tls(tmp_path / "a"), ensure_local_tls(tmp_path / "b")
+    live = tmp_path / "live"
+    live.mkdir()
+    for name in ("ca.pem", "mesh.pem", "mesh.key"):
+        shutil.copy(first.cert.parent / name, live / name)
+    handle = create_server(MergeSettings(port=0, max_workers=2, tls_cert_file=live / "mesh.pem",
+                                         tls_key_file=live / "mesh.key", tls_ca_file=live / "ca.pem"))
+    try:
+        with secure(handle.port, channel_credentials(first.ca)) as channel:
+            assert merge(channel) == "OK"
+        for name in ("ca.pem", "mesh.pem", "mesh.key"):  # what a Secret update does, file by file
+            shutil.copy(second.cert.parent / name, live / name)
+        with secure(handle.port, channel_credentials(second.ca)) as channel:
+            assert merge(channel) == "OK"  # new connections get the renewed certificate
+        with secure(handle.port, channel_credentials(first.ca)) as channel:
+            assert merge(channel) == "UNAVAILABLE"
+    finally:
+        handle.stop(0)
