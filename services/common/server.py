@@ -27,7 +27,12 @@ from pythonjsonlogger.json import JsonFormatter
 from services.common.errors import ErrorMappingInterceptor
 from services.common.limits import CapsInterceptor, RequestCaps
 from services.common.metrics import MetricsInterceptor, start_metrics_server
-from services.common.security import bind, server_credentials, start_health_server
+from services.common.security import (
+    SecurityConfigError,
+    bind,
+    server_credentials,
+    start_health_server,
+)
 from services.common.security import server_interceptors as auth_interceptors
 from services.common.settings import ServerSettings
 from services.common.streams import StallGuardInterceptor
@@ -203,7 +208,12 @@ def run_service(service: str, settings_type: type[ServerSettings],
     die_with_parent(settings.parent_pid)
     configure_logging(settings.log_level, service, settings.log_format)
     setup_telemetry(service, settings.state_dir)
-    serve_forever(create(settings), settings, service)
+    try:
+        handle = create(settings)
+    except SecurityConfigError as exc:  # a TLS or token file that cannot be used: a sentence
+        print(f"{service}: invalid configuration: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    serve_forever(handle, settings, service)
 
 
 def configure_logging(level: str, service: str = "", log_format: str = "json") -> None:

@@ -200,3 +200,24 @@ def test_a_renewed_certificate_is_served_without_a_restart(tmp_path, state_dir):
             assert merge(channel) == "UNAVAILABLE"
     finally:
         handle.stop(0)
+
+
+@pytest.mark.parametrize(("env", "sentence"), [
+    ({"ASR_MERGE_TLS_CERT_FILE": "/nonexistent/mesh.pem", "ASR_MERGE_TLS_KEY_FILE": "/nonexistent/mesh.key"},
+     "merge: invalid configuration: cannot read the TLS certificate /nonexistent/mesh.pem"),
+    ({"ASR_MERGE_TLS_REQUIRE_CLIENT_CERT": "true"},
+     "ASR_MERGE_TLS_REQUIRE_CLIENT_CERT needs ASR_MERGE_TLS_CERT_FILE"),
+])
+def test_a_service_with_unusable_tls_settings_exits_with_a_sentence(tmp_path, env, sentence):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ASR_")}
+    proc = subprocess.run([sys.executable, "-m", "services.merge"], capture_output=True, text=True, timeout=60,
+                          cwd=repo, stdin=subprocess.DEVNULL,
+                          env={**clean, "ASR_STATE_DIR": str(tmp_path), **env})
+    assert proc.returncode == 2
+    assert sentence in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
