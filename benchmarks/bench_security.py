@@ -190,13 +190,13 @@ def main() -> None:
     except ImportError:
         return
     args.png.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = plt.subplots(figsize=(8, 3.2))
     names = [r["mode"] for r in rows]
     ax.barh(names, [r["mean_ms"] for r in rows], color="#4c72b0", label="mean")
     ax.scatter([r["p95_ms"] for r in rows], names, color="#dd8452", zorder=3, label="p95")
     ax.invert_yaxis()
     ax.set_xlabel(f"ms per request ({UPLOAD_BYTES >> 20} MiB upload, gateway only)")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(args.png, dpi=120)
     print(f"\nfigure: {args.png}")
