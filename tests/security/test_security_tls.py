@@ -221,3 +221,34 @@ def test_a_service_with_unusable_tls_settings_exits_with_a_sentence(tmp_path, en
                           env={**clean, "ASR_STATE_DIR": str(tmp_path), **env})
     assert proc.returncode == 2
     assert sentence in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_an_aio_server_binds_the_same_credentials(tls):  # noqa: F811
+    """The grpc.aio gateway uses the same `server_credentials` and `bind`."""
+    import asyncio
+
+    from grpc_health.v1 import health as health_module
+
+    from services.common.security import bind, server_credentials
+
+    settings = MergeSettings(port=0, **mtls(tls))
+
+    async def main() -> list[str]:
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health_module.aio.HealthServicer(), server)
+        port = bind(server, "127.0.0.1:0", server_credentials(settings))
+        await server.start()
+        seen = []
+        try:
+            for creds in (channel_credentials(tls.ca, tls.cert, tls.key), channel_credentials(tls.ca)):
+                async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds) as channel:
+                    try:
+                        await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+                        seen.append("SERVING")
+                    except grpc.aio.AioRpcError as err:
+                        seen.append(err.code().name)
+        finally:
+            await server.stop(0)
+        return seen
+
+    assert asyncio.run(main()) == ["SERVING", "UNAVAILABLE"]

@@ -191,3 +191,16 @@ def test_the_aio_interceptor_refuses_and_identifies_the_same_way(token_file):  #
     assert {seen[f"alice{n}"] for n in range(5)} == {"alice"}  # concurrent calls keep their own
     assert {seen[f"bob{n}"] for n in range(5)} == {default_label(token_digest("bob-secret-token"))}
     assert seen["health"] == str(health_pb2.HealthCheckResponse.SERVING)
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_reflection_needs_no_token_only_when_it_is_served(token_file, enabled):  # noqa: F811
+    from services.common.security import Authenticator
+
+    auth = Authenticator(TokenFile(token_file), reflection_enabled=enabled)
+    method = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    identity, error = auth.check(method, None)
+    assert (error is None) == enabled
+    assert auth.check("/grpc.health.v1.Health/Check", None) == ("", None)
+    assert auth.check("/asr.gateway.v1.GatewayService/Transcribe", [("authorization", "bearer alice-secret-token")]) \
+        == ("alice", None)  # the scheme is case-insensitive
