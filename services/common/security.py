@@ -153,6 +153,16 @@ def open_channel(target: str, options: Iterable[tuple[str, Any]] = (),
     return grpc.secure_channel(target, credentials, options=options)
 
 
+def open_aio_channel(target: str, options: Iterable[tuple[str, Any]] = (),
+                     credentials: grpc.ChannelCredentials | None = None,
+                     interceptors: Iterable[Any] | None = None) -> grpc.aio.Channel:
+    """`open_channel` for grpc.aio (the gateway's channels once it runs on an event loop)."""
+    options, interceptors = list(options), list(interceptors or ()) or None
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
+
+
 def bind(server: Any, address: str, credentials: grpc.ServerCredentials | None) -> int:
     """`add_secure_port` with credentials, else `add_insecure_port` (sync or aio server)."""
     if credentials is None:

@@ -229,7 +229,7 @@ def test_an_aio_server_binds_the_same_credentials(tls):  # noqa: F811
 
     from grpc_health.v1 import health as health_module
 
-    from services.common.security import bind, server_credentials
+    from services.common.security import bind, open_aio_channel, server_credentials
 
     settings = MergeSettings(port=0, **mtls(tls))
 
@@ -241,7 +241,7 @@ def test_an_aio_server_binds_the_same_credentials(tls):  # noqa: F811
         seen = []
         try:
             for creds in (channel_credentials(tls.ca, tls.cert, tls.key), channel_credentials(tls.ca)):
-                async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds) as channel:
+                async with open_aio_channel(f"127.0.0.1:{port}", credentials=creds) as channel:
                     try:
                         await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
                         seen.append("SERVING")
