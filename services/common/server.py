@@ -132,8 +132,12 @@ def build_server(
         metrics_port=start_metrics_server(settings.metrics_port, settings.host),
     )
     if settings.health_port:  # plaintext health alone, for probes that cannot speak TLS
-        health_server, handle.health_port = start_health_server(health_servicer, settings.host,
-                                                                settings.health_port)
+        try:
+            health_server, handle.health_port = start_health_server(health_servicer, settings.host,
+                                                                    settings.health_port)
+        except OSError:
+            server.stop(None)  # a server without its probe port would look dead to Kubernetes
+            raise
         handle.on_stop.append(lambda: health_server.stop(None))
     handle.set_serving(serving)
     return handle
