@@ -204,3 +204,38 @@ def test_reflection_needs_no_token_only_when_it_is_served(token_file, enabled): 
     assert auth.check("/grpc.health.v1.Health/Check", None) == ("", None)
     assert auth.check("/asr.gateway.v1.GatewayService/Transcribe", [("authorization", "bearer alice-secret-token")]) \
         == ("alice", None)  # the scheme is case-insensitive
+
+
+def test_serve_refuses_tokens_without_tls_and_an_empty_token_file(tmp_path, capsys):
+    from clients import cli
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("tok\n")
+    assert cli.main(["serve", "--auth-token-file", str(tokens), "--state-dir", str(tmp_path / "s")]) == 1
+    assert "--auth-token-file needs --tls" in capsys.readouterr().err
+    tokens.write_text("# nobody yet\n")
+    assert cli.main(["serve", "--tls", "--auth-token-file", str(tokens), "--state-dir", str(tmp_path / "s")]) == 1
+    assert "holds no token" in capsys.readouterr().err
+    assert not (tmp_path / "s" / "mesh.json").exists()  # nothing was started
+
+
+def test_clients_find_the_ca_and_token_from_flags_env_or_the_local_mesh(tmp_path, monkeypatch):
+    import argparse
+    import json
+
+    from clients.security_args import client_security
+
+    monkeypatch.delenv("ASR_TOKEN", raising=False)
+    monkeypatch.delenv("ASR_CA_CERT", raising=False)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "mesh.json").write_text(json.dumps({
+        "gateway": [{"address": "127.0.0.1:5000"}], "supervisor": [{"tls_ca": "/state/tls/ca.pem"}]}))
+    args = argparse.Namespace(ca_cert=None, token=None, state_dir=state)
+    assert client_security(args, "127.0.0.1:5000") == {"ca_cert": Path("/state/tls/ca.pem"), "token": None}
+    assert client_security(args, "10.0.0.9:50051") == {"ca_cert": None, "token": None}  # another gateway
+    monkeypatch.setenv("ASR_TOKEN", "from-env")
+    monkeypatch.setenv("ASR_CA_CERT", "/env/ca.pem")
+    assert client_security(args, "10.0.0.9:50051") == {"ca_cert": "/env/ca.pem", "token": "from-env"}
+    flags = argparse.Namespace(ca_cert=Path("/flag/ca.pem"), token="from-flag", state_dir=state)
+    assert client_security(flags, "127.0.0.1:5000") == {"ca_cert": Path("/flag/ca.pem"), "token": "from-flag"}
