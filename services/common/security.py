@@ -229,8 +229,8 @@ class TokenFile:
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
-            token, _, rest = line.partition(" ") if " " in line else line.partition("\t")
-            label = rest.split("#", 1)[0].strip()
+            token, *rest = line.split(None, 1)
+            label = (rest[0] if rest else "").split("#", 1)[0].strip()
             digest = token_digest(token)
             entries.append((digest, label or default_label(digest)))
         if not entries and strict:

@@ -137,12 +137,13 @@ def test_a_token_is_never_sent_in_the_clear(gateway):
 
 def test_token_file_format_and_refusals(tmp_path):
     path = tmp_path / "tokens"
-    path.write_text("# comment\n\n  t1   ops team # who\nt2\n")
+    path.write_text("# comment\n\n  t1   ops team # who\nt2\nt3\tbatch jobs\n")
     tokens = TokenFile(path)
-    assert len(tokens) == 2
+    assert len(tokens) == 3
+    assert tokens.identify("t3") == "batch jobs"
     assert tokens.identify("t1") == "ops team"
     assert tokens.identify("t2") == default_label(token_digest("t2"))
-    assert tokens.identify("t3") is None and tokens.identify("") is None
+    assert tokens.identify("t4") is None and tokens.identify("") is None
     empty = tmp_path / "empty"
     empty.write_text("# nobody yet\n")
     with pytest.raises(SecurityConfigError, match="holds no token"):
