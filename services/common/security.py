@@ -207,7 +207,7 @@ class TokenFile:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: tuple[int, int, int] | str | None = None
         self._entries: list[tuple[bytes, str]] = []
         self._load(strict=True)
 
@@ -221,8 +221,10 @@ class TokenFile:
         except (OSError, UnicodeDecodeError) as exc:
             if strict:
                 raise SecurityConfigError(f"cannot read the token file {self.path}: {exc}") from None
-            log.warning("token file %s unreadable (%s); keeping the %d tokens read before",
-                        self.path, exc, len(self._entries))
+            if self._stamp != "unreadable":  # once per outage, not once per call
+                log.warning("token file %s unreadable (%s); keeping the %d tokens read before",
+                            self.path, exc, len(self._entries))
+                self._stamp = "unreadable"
             return
         entries = []
         for line in text.splitlines():
