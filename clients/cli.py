@@ -33,6 +33,7 @@ from rich.table import Table  # noqa: E402
 from asr.common.v1 import progress_pb2  # noqa: E402
 from clients import (
     jobs_cli,  # noqa: E402
+    security_args,  # noqa: E402
     stream_cli,  # noqa: E402
 )
 from clients.sdk import FORMATS, GatewayClient, GatewayUnreachable, TranscribeOptions  # noqa: E402
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: reuse or start the shared background mesh; ASR_LOCAL_MESH_REUSE=0)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--no-cache", action="store_true", help="run the chain even if the result cache has this")
+    security_args.add_arguments(t)  # --ca-cert, --token
     jobs_cli.add_parsers(sub, t)  # asr submit, asr jobs …
 
     stream_cli.add_parser(sub)
@@ -114,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--http-port", type=int, metavar="N",
                    help="also start the HTTP front door (OpenAI-compatible REST, live captions page) "
                         "on 127.0.0.1:N; 0 picks a free port")
+    s.add_argument("--tls", action="store_true",
+                   help="TLS on every port and mTLS between the services, with a local CA made under "
+                   "<state dir>/tls/ (clients verify with tls/ca.pem)")
+    s.add_argument("--auth-token-file", type=Path, metavar="FILE",
+                   help="callers must send one of the bearer tokens in FILE (one per line; needs --tls)")
 
     tr = sub.add_parser("trace", help="inspect traces recorded by the local mesh")
     trace_sub = tr.add_subparsers(dest="trace_command", required=True)
@@ -211,7 +218,8 @@ def transcribe(args: argparse.Namespace) -> int:
         return 1
     with ExitStack() as stack:
         address = args.server or _local_mesh(stack, args, options.diarize)
-        client = stack.enter_context(GatewayClient(address, connect_timeout_s=args.connect_timeout))
+        client = stack.enter_context(GatewayClient(address, connect_timeout_s=args.connect_timeout,
+                                                   **security_args.client_security(args, address)))
         for index, path in enumerate(inputs):
             try:
                 result = _transcribe_one(client, path, options, quiet=args.quiet)
@@ -331,6 +339,28 @@ def trace_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_security(args: argparse.Namespace, state_dir: Path) -> tuple[dict[str, str], Path | None]:
+    """The services' TLS and token settings for `asr serve --tls / --auth-token-file`."""
+    from services import supervisor
+    from services.common.security import SecurityConfigError, TokenFile
+
+    env: dict[str, str] = {}
+    ca = None
+    if args.auth_token_file:
+        if not args.tls:
+            raise SecurityConfigError("--auth-token-file needs --tls: a bearer token must not travel "
+                                      "in the clear")
+        TokenFile(args.auth_token_file)  # refuse a missing or empty file here, with a sentence
+        env["ASR_GATEWAY_AUTH_TOKEN_FILE"] = str(args.auth_token_file.resolve())
+    if args.tls:
+        from services.common.local_ca import ensure_local_tls, tls_env
+
+        files = ensure_local_tls(state_dir / "tls")
+        env.update(tls_env(files, supervisor.SERVICES))
+        ca = files.ca
+    return env, ca
+
+
 def serve(args: argparse.Namespace) -> int:
     from services import supervisor
 
@@ -344,8 +374,9 @@ def serve(args: argparse.Namespace) -> int:
     if args.http_port is not None and not 0 <= args.http_port <= 65535:
         err_console.print(f"asr: --http-port must be between 0 and 65535, not {args.http_port}")
         return 2
-    runner = supervisor.LocalMeshSupervisor(state_dir, services, idle_s=args.idle_timeout,
-                                            http_port=args.http_port)
+    env, ca = _serve_security(args, state_dir)
+    runner = supervisor.LocalMeshSupervisor(state_dir, services, idle_s=args.idle_timeout, env=env,
+                                            tls_ca=ca, http_port=args.http_port)
     with supervisor.mesh_lock(state_dir):
         running = supervisor.live_mesh(state_dir)
         if running is not None:
@@ -359,6 +390,9 @@ def serve(args: argparse.Namespace) -> int:
     print(f"gateway listening on {address}", flush=True)
     if runner.mesh.http_address:
         print(f"http listening on {runner.mesh.http_address}", flush=True)
+    if args.tls:
+        err_console.print(f"TLS on; clients verify with --ca-cert {state_dir / 'tls' / 'ca.pem'}"
+                          + ("; a bearer token is required (--token or ASR_TOKEN)" if args.auth_token_file else ""))
     err_console.print(f"state directory {state_dir}; press Ctrl-C to stop")
     runner.run()
     return 0

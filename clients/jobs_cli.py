@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from asr.gateway.v1 import jobs_pb2 as jpb
+from clients import security_args
 from clients.sdk import FINAL_JOB_STATES, GatewayClient, GatewayUnreachable, TranscribeOptions
 from services.common.errors import DependencyUnavailable, InvalidInput, MeshError
 
@@ -56,6 +57,7 @@ def add_parsers(sub: argparse._SubParsersAction, transcribe: argparse.ArgumentPa
         p.add_argument("--server", help="HOST:PORT of the gateway (default: $ASR_SERVER or `asr serve`'s)")
         p.add_argument("--connect-timeout", type=float, default=15.0, metavar="SECONDS")
         p.add_argument("--state-dir", type=Path, help="state directory of `asr serve` (to find its gateway)")
+        security_args.add_arguments(p)  # --ca-cert, --token
     parsers["list"].add_argument("--state", choices=tuple(STATES), help="only jobs in this state")
     parsers["list"].add_argument("--limit", type=int, default=50, help="at most this many jobs")
     for name in ("watch", "get"):
@@ -75,7 +77,9 @@ def _format_list(value: str) -> tuple[str, ...]:
 def run(args: argparse.Namespace) -> int:
     if args.command == "submit":
         return submit(args)
-    with GatewayClient(server_address(args), connect_timeout_s=args.connect_timeout) as client:
+    address = server_address(args)
+    with GatewayClient(address, connect_timeout_s=args.connect_timeout,
+                       **security_args.client_security(args, address)) as client:
         return {"list": list_jobs, "watch": watch, "get": get, "cancel": cancel,
                 "delete": delete}[args.jobs_command](client, args)
 
@@ -124,7 +128,9 @@ def submit(args: argparse.Namespace) -> int:
             inputs.append(path)
     if not inputs:
         return 1
-    with GatewayClient(server_address(args), connect_timeout_s=args.connect_timeout) as client:
+    address = server_address(args)
+    with GatewayClient(address, connect_timeout_s=args.connect_timeout,
+                       **security_args.client_security(args, address)) as client:
         for index, path in enumerate(inputs):
             try:
                 job = client.submit_job(path, options)

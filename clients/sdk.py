@@ -29,6 +29,7 @@ from services.common.errors import (
     InvalidInput,
     from_rpc_error,
 )
+from services.common.security import client_channel
 from services.common.telemetry import traced_channel
 
 UPLOAD_CHUNK_BYTES = 256 * 1024
@@ -125,11 +126,16 @@ def _profile(name: str) -> int:
 class GatewayClient:
     """Calls a running gateway. Use as a context manager or call `close()`."""
 
-    def __init__(self, address: str, max_message_bytes: int = 64 << 20, connect_timeout_s: float = 15.0):
+    def __init__(self, address: str, max_message_bytes: int = 64 << 20, connect_timeout_s: float = 15.0,
+                 *, ca_cert: str | Path | None = None, token: str | None = None):
+        """`ca_cert`: PEM file to verify a TLS gateway with (TLS only when given); `token`: bearer
+        token sent as `authorization: Bearer ...` with every call (needs `ca_cert`)."""
         self.address = address
         self._connect_timeout_s = connect_timeout_s
         self._reachable = False
-        self._channel = grpc.insecure_channel(address, options=[
+        self._tls_hint = (f"; with TLS: is the gateway's certificate signed by {ca_cert} and does it "
+                          "name this address? A plaintext gateway refuses TLS too") if ca_cert else ""
+        self._channel = client_channel(address, ca_cert=ca_cert, token=token, options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ])
@@ -156,7 +162,7 @@ class GatewayClient:
             ready.cancel()
             raise GatewayUnreachable(
                 f"cannot reach the gateway at {self.address} "
-                f"(no connection within {self._connect_timeout_s:.0f} s)"
+                f"(no connection within {self._connect_timeout_s:.0f} s{self._tls_hint})"
             ) from None
         self._reachable = True
 

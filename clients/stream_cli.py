@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
+from clients import security_args
 from services.common.errors import InvalidInput
 
 CHUNK_S = 0.1
@@ -42,6 +43,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-interim", action="store_true", help="final results only")
     p.add_argument("--connect-timeout", type=float, default=15.0, metavar="SECONDS")
     p.add_argument("--state-dir", type=Path, help="local mesh state directory (traces, logs)")
+    security_args.add_arguments(p)  # --ca-cert, --token
 
 
 class PcmSource:
@@ -139,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
             from clients.cli import _local_mesh
 
             address = _local_mesh(stack, args.state_dir, quiet=args.output_format == "jsonl").gateway_address
-        client = stack.enter_context(GatewayClient(address, connect_timeout_s=args.connect_timeout))
+        client = stack.enter_context(GatewayClient(address, connect_timeout_s=args.connect_timeout,
+                                                   **security_args.client_security(args, address)))
         for event in client.stream(source, options):
             kind = event.WhichOneof("event")
             received = time.monotonic() - source.sent_at if source.sent_at else 0.0

@@ -536,13 +536,16 @@ class LocalMeshSupervisor:
     """
 
     def __init__(self, state_dir: Path, services: Iterable[str] = SERVICES, idle_s: float | None = None,
-                 owner_pid: int = 0, env: dict[str, str] | None = None, http_port: int | None = None):
+                 owner_pid: int = 0, env: dict[str, str] | None = None, http_port: int | None = None,
+                 tls_ca: Path | None = None):
         self.state_dir = Path(state_dir)
         self.mesh = LocalMesh(state_dir=self.state_dir, services=services, env=env, http_port=http_port)
         self.idle_s = idle_s
         self.owner_pid = owner_pid
         self.stop_requested = threading.Event()
         self.mesh.extra["supervisor"][0].update(kind="serve", idle_s=idle_s or 0)
+        if tls_ca:  # `asr serve --tls`: CLI calls to this mesh verify its gateway with this CA
+            self.mesh.extra["supervisor"][0]["tls_ca"] = str(tls_ca)
         self._started = time.time()
 
     def start(self) -> str:

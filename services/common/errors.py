@@ -130,7 +130,23 @@ class FailedPrecondition(MeshError):
     reason = "FAILED_PRECONDITION"
 
 
+class Unauthenticated(MeshError):
+    """The caller did not say who it is (no bearer token) where the server requires it."""
+
+    status = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(MeshError):
+    """The caller's credentials are not accepted (a wrong or revoked token)."""
+
+    status = grpc.StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
+
+
 _BY_STATUS: dict[grpc.StatusCode, type[MeshError]] = {
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
     grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
     grpc.StatusCode.UNAVAILABLE: DependencyUnavailable,

@@ -25,7 +25,15 @@ from pydantic import ValidationError
 from pythonjsonlogger.json import JsonFormatter
 
 from services.common.errors import ErrorMappingInterceptor
+from services.common.limits import CapsInterceptor, RequestCaps
 from services.common.metrics import MetricsInterceptor, start_metrics_server
+from services.common.security import (
+    SecurityConfigError,
+    bind,
+    server_credentials,
+    start_health_server,
+)
+from services.common.security import server_interceptors as auth_interceptors
 from services.common.settings import ServerSettings
 from services.common.streams import StallGuardInterceptor
 from services.common.telemetry import server_interceptors, setup_telemetry, shutdown_telemetry
@@ -44,6 +52,7 @@ class ServerHandle:
     health: health.HealthServicer
     service_names: tuple[str, ...]
     metrics_port: int = 0
+    health_port: int = 0
     on_stop: list[Callable[[], None]] = field(default_factory=list)
     """Called after the server has stopped (background threads of the service, say)."""
     on_drain: list[Callable[[], None]] = field(default_factory=list)
@@ -97,9 +106,11 @@ def build_server(
         interceptors=[
             *server_interceptors(),
             MetricsInterceptor(metrics_name or names[0].split(".")[1]),
+            *auth_interceptors(settings),  # bearer tokens, when auth_token_file is set
             ErrorMappingInterceptor(),
             StallGuardInterceptor(settings.upload_idle_timeout_s,
                                   f"{settings.model_config.get('env_prefix', 'ASR_')}UPLOAD_IDLE_TIMEOUT_S"),
+            CapsInterceptor(RequestCaps.from_settings(settings)),  # bounded cost per request
         ],
         options=options,
         maximum_concurrent_rpcs=settings.max_workers * 4,
@@ -107,11 +118,12 @@ def build_server(
     register(server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if settings.reflection_enabled:  # off by default: it maps the whole API for anyone who asks
+        reflection.enable_server_reflection(
+            (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+    port = bind(server, f"{settings.host}:{settings.port}", server_credentials(settings))
     if port == 0:
         raise OSError(f"could not bind {settings.host}:{settings.port}")
     server.start()
@@ -119,6 +131,14 @@ def build_server(
         server=server, port=port, health=health_servicer, service_names=names,
         metrics_port=start_metrics_server(settings.metrics_port, settings.host),
     )
+    if settings.health_port:  # plaintext health alone, for probes that cannot speak TLS
+        try:
+            health_server, handle.health_port = start_health_server(health_servicer, settings.host,
+                                                                    settings.health_port)
+        except OSError:
+            server.stop(None)  # a server without its probe port would look dead to Kubernetes
+            raise
+        handle.on_stop.append(lambda: health_server.stop(None))
     handle.set_serving(serving)
     return handle
 
@@ -192,7 +212,12 @@ def run_service(service: str, settings_type: type[ServerSettings],
     die_with_parent(settings.parent_pid)
     configure_logging(settings.log_level, service, settings.log_format)
     setup_telemetry(service, settings.state_dir)
-    serve_forever(create(settings), settings, service)
+    try:
+        handle = create(settings)
+    except SecurityConfigError as exc:  # a TLS or token file that cannot be used: a sentence
+        print(f"{service}: invalid configuration: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    serve_forever(handle, settings, service)
 
 
 def configure_logging(level: str, service: str = "", log_format: str = "json") -> None:

@@ -56,6 +56,48 @@ class ServerSettings(BaseSettings):
         "json", pattern="^(json|text)$", validation_alias=AliasChoices("ASR_LOG_FORMAT"),
         description="json (structured, with trace ids) or text.",
     )
+    # TLS, tokens and reflection: see services/common/security.py and README "Security".
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate chain of this server; with tls_key_file the port speaks TLS.")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_ca_file: Path | None = Field(
+        None, description="PEM CA bundle of the mesh: verifies client certificates, and the services "
+        "this one calls (the gateway's channels use TLS when it is set).")
+    tls_require_client_cert: bool = Field(
+        False, description="mTLS: refuse callers without a certificate signed by tls_ca_file "
+        "(internal services: only mesh peers may call).")
+    tls_client_cert_file: Path | None = Field(
+        None, description="Certificate this process shows to the services it calls; tls_cert_file if unset.")
+    tls_client_key_file: Path | None = Field(None, description="Key of tls_client_cert_file.")
+    auth_token_file: Path | None = Field(
+        None, description="Bearer tokens callers must send (one per line, '#' comments, optional "
+        "label after the token); reread when the file changes. Unset: no token needed.")
+    reflection_enabled: bool = Field(
+        False, description="Serve gRPC reflection (grpcurl, buf curl). Health is always served.")
+    health_port: int = Field(
+        0, ge=0, le=65535, description="Also serve grpc.health.v1 alone, in plaintext, on this port "
+        "(Kubernetes gRPC probes cannot speak TLS); 0 = off.")
+    # Bounded cost per request (services/common/limits.py): the same caps on every service.
+    cap_beam_size: int = Field(10, ge=1, description="Largest beam_size a request may ask for.")
+    cap_best_of: int = Field(10, ge=1, description="Largest best_of a request may ask for.")
+    cap_temperatures: int = Field(6, ge=1, description="Most temperature fallback steps.")
+    cap_prompt_chars: int = Field(1000, ge=0, description="Longest initial_prompt, in characters.")
+    cap_hotword_items: int = Field(100, ge=0, description="Most hotwords (whitespace-separated words).")
+    cap_hotwords_chars: int = Field(2000, ge=0, description="Longest hotwords string, in characters.")
+    cap_speakers: int = Field(20, ge=1, description="Largest num/min/max_speakers a request may ask for.")
+
+    @model_validator(mode="after")
+    def _tls_files_pair_up(self) -> ServerSettings:
+        prefix = str(self.model_config.get("env_prefix", "ASR_"))
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError(f"{prefix}TLS_CERT_FILE and {prefix}TLS_KEY_FILE must be set together")
+        if bool(self.tls_client_cert_file) != bool(self.tls_client_key_file):
+            raise ValueError(f"{prefix}TLS_CLIENT_CERT_FILE and {prefix}TLS_CLIENT_KEY_FILE must be "
+                             "set together")
+        if self.tls_require_client_cert and not (self.tls_cert_file and self.tls_ca_file):
+            raise ValueError(f"{prefix}TLS_REQUIRE_CLIENT_CERT needs {prefix}TLS_CERT_FILE, "
+                             f"{prefix}TLS_KEY_FILE and {prefix}TLS_CA_FILE")
+        return self
 
 
 class QueuedServerSettings(ServerSettings):

@@ -41,6 +41,7 @@ from services.common.errors import (
 )
 from services.common.pcm import DEFAULT_CHUNK_BYTES, chunked, pcm_duration
 from services.common.retry import is_unavailable, retrying
+from services.common.security import open_channel
 from services.common.telemetry import traced_channel
 from services.gateway.pipeline import (
     ChainOptions,
@@ -100,7 +101,7 @@ class Downstream:
     """Long-lived traced channels to the four services (shared by all requests)."""
 
     def __init__(self, preprocess: str, transcription: str, diarization: str, merge: str,
-                 max_message_bytes: int = 64 << 20):
+                 max_message_bytes: int = 64 << 20, credentials: grpc.ChannelCredentials | None = None):
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -109,7 +110,8 @@ class Downstream:
             ("grpc.enable_retries", 0),  # tenacity owns retries, so they are visible in traces
         ]
         # An empty address is a backend this gateway does not have (refused before any call).
-        self._raw = [grpc.insecure_channel(target, options=options) if target else None
+        # `credentials`: TLS with the gateway's client certificate (services.common.security).
+        self._raw = [open_channel(target, options, credentials) if target else None
                      for target in (preprocess, transcription, diarization, merge)]
         channels = [traced_channel(ch) if ch else None for ch in self._raw]
         self.preprocess = pre_grpc.PreprocessServiceStub(channels[0]) if channels[0] else None

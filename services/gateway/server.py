@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from asr.gateway.v1 import gateway_service_pb2 as pb
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from asr.gateway.v1 import jobs_pb2 as jobs_pb
 from asr.gateway.v1 import jobs_pb2_grpc as jobs_grpc
+from services.common.security import downstream_credentials
 from services.common.server import ServerHandle, build_server, run_service
 from services.common.settings import ServerSettings
 from services.gateway.availability import Backends
@@ -20,6 +22,7 @@ from services.gateway.jobs import JobRunner, Spool, open_store
 from services.gateway.jobs_servicer import JobServicer
 from services.gateway.model_identity import TranscriptionModelIdentity
 from services.gateway.pipeline import Stages
+from services.gateway.quota import SpoolQuota
 from services.gateway.result_cache import DiskCache, ModelIdentity, RedisCache, ResultCache
 from services.gateway.servicer import GatewayServicer
 from services.gateway.streaming import StreamBridge
@@ -45,6 +48,12 @@ class GatewaySettings(ServerSettings):
     transcription_deadline_per_audio_s: float = Field(2.0, gt=0, description="Seconds per audio second.")
     diarization_deadline_per_audio_s: float = Field(1.0, gt=0, description="Seconds per audio second.")
     merge_deadline_s: float = Field(60.0, gt=0)
+    stream_deadline_s: float = Field(
+        3660.0, gt=0, description="Longest streaming session the gateway relays (wall time; the "
+        "transcription service's ASR_TRANSCRIPTION_MAX_STREAM_S plus a margin).")
+    spool_quota_bytes: int = Field(
+        6 << 30, gt=0, description="Disk all spools may hold together: uploads in flight, their "
+        "decoded PCM and the job spool. Beyond it uploads are refused (RESOURCE_EXHAUSTED, retry later).")
     # Jobs (asr.gateway.v1.JobService) and the result cache: see README "Jobs and the result cache".
     job_store: str = Field(
         "", description='"" = SQLite in <state dir>/jobs; sqlite:///PATH; redis://HOST:PORT/DB shared by replicas.')
@@ -93,6 +102,7 @@ def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages
         downstream = Downstream(
             settings.preprocess_address, settings.transcription_address,
             settings.diarization_address, settings.merge_address, settings.max_message_bytes,
+            credentials=downstream_credentials(settings),
         )
         deadlines = settings.deadlines()
 
@@ -102,12 +112,16 @@ def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages
         model_identity = model_identity or TranscriptionModelIdentity(downstream.transcription)
     # Injected stages without an identity: the model is unknown, so nothing is cached.
     cache = open_cache(settings, model_identity or (lambda name: None))
-    bridge = StreamBridge(settings.transcription_address, settings.max_message_bytes)
+    bridge = StreamBridge(settings.transcription_address, settings.max_message_bytes,
+                          credentials=downstream_credentials(settings),
+                          deadline_s=settings.stream_deadline_s)
     backends = Backends({"diarization": settings.diarization_address}, settings.mesh_file)
-    servicer = GatewayServicer(stages_factory, settings.max_upload_bytes, settings.spool_dir, cache,
-                               backends=backends, streaming=bridge)
-    store = open_store(settings.job_store, settings.state_dir)
     spool = Spool(settings.job_spool_dir or settings.state_dir / "jobs" / "spool")
+    quota = SpoolQuota(settings.spool_quota_bytes, [
+        (settings.spool_dir or Path(tempfile.gettempdir()), "asr-gateway-*"), (spool.root, "*")])
+    servicer = GatewayServicer(stages_factory, settings.max_upload_bytes, settings.spool_dir, cache,
+                               backends=backends, streaming=bridge, quota=quota)
+    store = open_store(settings.job_store, settings.state_dir)
     jobs = JobServicer(servicer, store, spool, retention_s=settings.job_retention_s, poll_s=settings.job_poll_s)
     runner = JobRunner(store, spool, stages_factory, cache=cache, workers=settings.job_workers,
                        lease_s=settings.job_lease_s, poll_s=settings.job_poll_s,

@@ -28,6 +28,7 @@ from services.common.telemetry import current_trace_id
 from services.gateway.availability import Backends
 from services.gateway.downstream import FORMAT_ENUMS, FORMAT_NAMES
 from services.gateway.pipeline import ChainOptions, ChainResult, Stages, run_chain
+from services.gateway.quota import SpoolQuota, unlimited
 from services.gateway.result_cache import ResultCache, file_sha256
 
 STAGE_ENUMS = {
@@ -100,13 +101,14 @@ def _quality_profile(value: int) -> str:
 class GatewayServicer(pb_grpc.GatewayServiceServicer):
     def __init__(self, stages_factory: Callable[[], Stages], max_upload_bytes: int, spool_dir: Path | None,
                  cache: ResultCache | None = None, *, backends: Backends | None = None,
-                 streaming=None):
+                 streaming=None, quota: SpoolQuota | None = None):
         self._stages_factory = stages_factory
         self._backends = backends or Backends({"diarization": "configured"})
         self._max_upload_bytes = max_upload_bytes
         self._spool_dir = spool_dir
         self._cache = cache
         self._streaming = streaming  # a services.gateway.streaming.StreamBridge
+        self._quota = quota or unlimited()  # disk of all spools together (services/gateway/quota.py)
 
     def StreamingTranscribe(self, request_iterator, context):
         if self._streaming is None:
@@ -163,12 +165,13 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             )
 
     def _receive(self, request_iterator, path: Path, meter: UploadMeter) -> int:
-        with open(path, "wb") as out:
+        with self._quota.upload(meter.declared, path) as claim, open(path, "wb") as out:
             for request in request_iterator:
                 if request.WhichOneof("payload") != "content":
                     raise InvalidInput("config may appear only once, as the first message", field="config")
                 meter.add(len(request.content))
                 self._check_upload_size(meter.received)
+                claim.add(len(request.content))
                 out.write(request.content)
         size = meter.finish()  # a cancelled or cut-off upload is never transcribed
         if size == 0:

@@ -17,14 +17,17 @@ from asr.gateway.v1 import streaming_pb2 as gw_pb
 from asr.transcription.v1 import streaming_pb2 as tr_pb
 from asr.transcription.v1 import transcription_service_pb2_grpc as tr_grpc
 from services.common.errors import Cancelled, InvalidInput, from_rpc_error
+from services.common.security import open_channel
 from services.common.telemetry import traced_channel
 
 
 class StreamBridge:
     """Forwards streaming sessions to the transcription service at `address`."""
 
-    def __init__(self, address: str, max_message_bytes: int = 64 << 20):
-        self._channel = grpc.insecure_channel(address, options=[
+    def __init__(self, address: str, max_message_bytes: int = 64 << 20,
+                 credentials: grpc.ChannelCredentials | None = None, deadline_s: float = 3660.0):
+        self._deadline_s = deadline_s  # no internal call without a deadline (services/common/limits.py)
+        self._channel = open_channel(address, credentials=credentials, options=[
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.lb_policy_name", "round_robin"),
@@ -48,7 +51,9 @@ class StreamBridge:
                 else:  # the transcription service refuses it with the usual sentence
                     yield tr_pb.StreamingTranscribeRequest(config=request.config)
 
-        call = self._stub.StreamingTranscribe(forward(), wait_for_ready=False)
+        remaining = context.time_remaining()
+        call = self._stub.StreamingTranscribe(forward(), wait_for_ready=False, timeout=min(
+            self._deadline_s, remaining if remaining is not None else self._deadline_s))
         if not context.add_callback(call.cancel):
             call.cancel()
             raise Cancelled("the caller cancelled the streaming session before it started")

@@ -38,6 +38,8 @@ CRD_KINDS = {
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("cert-manager.io/v1", "Certificate"),
+    ("cert-manager.io/v1", "Issuer"),
 }
 COMPONENTS = sorted(p.name for p in (K8S / "components").iterdir() if p.is_dir())
 
@@ -164,8 +166,36 @@ def _check_prometheus_rule(doc: dict, docs: list[dict]) -> None:
             assert all(isinstance(v, str) for v in rule.get("labels", {}).values())
 
 
+def _check_certificate(doc: dict, docs: list[dict]) -> None:
+    spec = doc["spec"]
+    assert set(spec) <= {"secretName", "commonName", "dnsNames", "ipAddresses", "duration", "renewBefore",
+                         "privateKey", "usages", "issuerRef", "isCA", "secretTemplate"}
+    assert re.match(r"^[a-z0-9-]+$", spec["secretName"])
+    ref = spec["issuerRef"]
+    assert ref.get("group", "cert-manager.io") == "cert-manager.io" and ref.get("kind", "Issuer") == "Issuer"
+    get(docs, "Issuer", ref["name"])  # an Issuer of this build signs it
+    for key in ("duration", "renewBefore"):
+        assert re.match(r"^\d+h$", spec[key]), f"{key} in hours, as cert-manager parses it"
+    assert int(spec["renewBefore"][:-1]) < int(spec["duration"][:-1])
+    assert spec["privateKey"]["algorithm"] in {"RSA", "ECDSA", "Ed25519"}
+    assert set(spec.get("usages", [])) <= {"digital signature", "key encipherment", "server auth",
+                                            "client auth", "cert sign", "crl sign"}
+    if not spec.get("isCA"):
+        assert {"server auth", "client auth"} <= set(spec["usages"]), "mTLS: server and client"
+        assert spec["dnsNames"] and all(re.match(r"^[a-z0-9.-]+$", n) for n in spec["dnsNames"])
+
+
+def _check_issuer(doc: dict, docs: list[dict]) -> None:
+    spec = doc["spec"]
+    assert len(set(spec) & {"selfSigned", "ca", "acme", "vault", "venafi"}) == 1
+    if "ca" in spec:  # the CA Issuer signs with a CA certificate this build makes
+        assert any(c["spec"]["secretName"] == spec["ca"]["secretName"] and c["spec"].get("isCA")
+                   for c in objects(docs, "Certificate"))
+
+
 CRD_CHECKS = {"ScaledObject": _check_scaled_object, "ServiceMonitor": _check_service_monitor,
-              "PrometheusRule": _check_prometheus_rule}
+              "PrometheusRule": _check_prometheus_rule, "Certificate": _check_certificate,
+              "Issuer": _check_issuer}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

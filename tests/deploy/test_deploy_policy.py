@@ -51,16 +51,21 @@ def _namespace(docs: list[dict]) -> str:
 
 @pytest.mark.parametrize("overlay", ALL)
 def test_native_grpc_probes_on_every_service(overlay: str) -> None:
-    for name, deployment in mesh_deployments(render(overlay)).items():
+    docs = render(overlay)
+    for name, deployment in mesh_deployments(docs).items():
         container = main_container(deployment)
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        assert ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT}, name
+        # With TLS (components/tls) the probes, which cannot speak TLS, ask a plaintext port
+        # that serves health alone (ASR_<SERVICE>_HEALTH_PORT).
+        health_port = int(container_env(docs, container).get(f"ASR_{name.upper()}_HEALTH_PORT", 0))
+        expected = {"grpc": GRPC_PORT, "metrics": METRICS_PORT} | ({"health": health_port} if health_port else {})
+        assert ports == expected, name
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             spec = container.get(probe)
             assert spec, f"{name}: no {probe}"
             assert set(spec) & {"grpc", "httpGet", "exec", "tcpSocket"} == {"grpc"}, \
                 f"{name}: {probe} must be a native gRPC probe"
-            assert spec["grpc"]["port"] == GRPC_PORT
+            assert spec["grpc"]["port"] == (health_port or GRPC_PORT)
             # "" (or no service) = the server's overall status, set NOT_SERVING while loading.
             assert spec["grpc"].get("service", "") == ""
         startup = container["startupProbe"]

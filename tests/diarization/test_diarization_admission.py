@@ -290,7 +290,7 @@ def test_a_caller_that_stalls_mid_upload_is_refused_and_frees_its_worker(state_d
 def test_reflection_streams_may_idle_past_the_upload_idle_time(state_dir):
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    settings = DiarizationSettings(port=0, upload_idle_timeout_s=0.3)
+    settings = DiarizationSettings(port=0, upload_idle_timeout_s=0.3, reflection_enabled=True)
     handle = create_server(settings, Diarizer(Blocking(), max_speakers=4))
 
     def questions():
