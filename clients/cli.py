@@ -357,6 +357,7 @@ def _serve_security(args: argparse.Namespace, state_dir: Path) -> tuple[dict[str
 
         files = ensure_local_tls(state_dir / "tls")
         env.update(tls_env(files, supervisor.SERVICES))
+        env["ASR_HTTP_GATEWAY_CA_FILE"] = str(files.ca)  # the front door's hop to the gateway
         ca = files.ca
     return env, ca
 

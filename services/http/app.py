@@ -36,6 +36,7 @@ from asr.gateway.v1 import jobs_pb2 as jobs_pb
 from clients.sdk import GatewayClient, StreamOptions, TranscribeOptions
 from services.common.errors import MeshError, Overloaded
 from services.common.metrics import REGISTRY
+from services.common.security import client_channel
 from services.http import openai_format as oa
 from services.http.audio import CONTAINERS, PcmChunker, StreamDecoder
 from services.http.settings import HttpSettings
@@ -222,8 +223,10 @@ def create_app(settings: HttpSettings) -> FastAPI:
         description="OpenAI-compatible transcription, jobs and live captions over the asr-mesh gateway.",
     )
     client = GatewayClient(settings.gateway_address, settings.max_message_bytes,
-                           connect_timeout_s=settings.gateway_connect_timeout_s)
-    health_channel = grpc.insecure_channel(settings.gateway_address)
+                           connect_timeout_s=settings.gateway_connect_timeout_s,
+                           ca_cert=settings.gateway_ca_file or None,
+                           token=settings.gateway_token or None)
+    health_channel = client_channel(settings.gateway_address, ca_cert=settings.gateway_ca_file or None)
     health_stub = health_pb2_grpc.HealthStub(health_channel)
     app.state.settings = settings
     app.state.gateway = client

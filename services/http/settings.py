@@ -24,6 +24,11 @@ class HttpSettings(ServerSettings):
         default_factory=list,
         description="Comma-separated bearer tokens; when set, every /v1 call needs "
         "`Authorization: Bearer <token>` (WebSocket: `?token=`). Empty: no authentication.")
+    gateway_ca_file: str = Field(
+        "", description="PEM CA that signed a TLS gateway's certificate (empty: plaintext gateway).")
+    gateway_token: str = Field(
+        "", description="Bearer token this front door presents to a gateway that requires one "
+        "(needs gateway_ca_file: tokens travel only over TLS).")
     gateway_connect_timeout_s: float = Field(
         5.0, gt=0, description="How long to wait for the gateway before answering 503.")
     request_timeout_s: float = Field(
