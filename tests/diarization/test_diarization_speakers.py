@@ -70,10 +70,13 @@ def test_a_long_region_is_masked_only_near_each_window():
     assert labels.max() + 1 == 3 and same_partition(labels, truth)
 
 
-def test_by_default_a_lone_speaker_is_over_split():
-    """The known gap of the default (min_gap off): kept visible, so turning it on is a choice."""
+def test_a_lone_speaker_split_by_the_spectral_count_is_merged_back():
+    """NME-SC alone over-splits one voice (a largest eigengap always exists); the centroid merge
+    and the small-cluster rule of the default put it back together."""
     x, _ = speakers([25], seed=1)
-    assert cluster_embeddings(x, 1, 10).max() + 1 > 1
+    bare = ClusteringOptions(merge_similarity=0.0, nme_min_fraction=0.0)
+    assert cluster_embeddings(x, 1, 10, bare).max() + 1 > 1
+    assert cluster_embeddings(x, 1, 10).max() + 1 == 1
     assert cluster_embeddings(x, 1, 10, ClusteringOptions(min_gap=0.075)).max() + 1 == 1
 
 
