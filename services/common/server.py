@@ -13,22 +13,37 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 
 import grpc
+import grpc.aio
+from grpc_health.v1 import _async as aio_health
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 from pydantic import ValidationError
 from pythonjsonlogger.json import JsonFormatter
 
+from services.common.aio import (
+    AioErrorMappingInterceptor,
+    AioMetricsInterceptor,
+    AioServerHandle,
+    AioStallGuardInterceptor,
+    StreamLimits,
+    run_on_loop,
+)
 from services.common.errors import ErrorMappingInterceptor
 from services.common.metrics import MetricsInterceptor, start_metrics_server
 from services.common.settings import ServerSettings
 from services.common.streams import StallGuardInterceptor
-from services.common.telemetry import server_interceptors, setup_telemetry, shutdown_telemetry
+from services.common.telemetry import (
+    aio_server_interceptors,
+    server_interceptors,
+    setup_telemetry,
+    shutdown_telemetry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +138,69 @@ def build_server(
     return handle
 
 
+def build_aio_server(
+    settings: ServerSettings,
+    *,
+    register: Callable[[grpc.aio.Server], None],
+    service_names: Iterable[str],
+    serving: bool = True,
+    metrics_name: str = "",
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
+    live_methods: tuple[str, ...] = ("StreamingTranscribe",),
+) -> AioServerHandle:
+    """Like `build_server`, but a `grpc.aio` server on the process's event loop (services/common/aio.py).
+
+    `interceptors` run inside the tracing span and outside metrics and the error map (an auth
+    interceptor's refusal is traced and counted); `credentials` None binds an insecure port.
+    Call it from any thread but the loop's; the returned handle is thread-safe.
+    """
+    names = tuple(service_names)
+    options = [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    if settings.max_connection_age_s > 0:
+        options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)))
+    prefix = settings.model_config.get("env_prefix", "ASR_")
+    limits = StreamLimits(
+        idle_s=settings.upload_idle_timeout_s, min_bytes_per_s=settings.upload_min_bytes_per_s,
+        rate_window_s=settings.upload_rate_window_s, max_duration_s=settings.upload_max_duration_s,
+        setting_prefix=prefix,
+    )
+    chain = [
+        *aio_server_interceptors(),
+        *interceptors,
+        AioMetricsInterceptor(metrics_name or names[0].split(".")[1]),
+        AioErrorMappingInterceptor(),
+        AioStallGuardInterceptor(limits, live_methods),
+    ]
+
+    async def start() -> AioServerHandle:
+        server = grpc.aio.server(interceptors=chain, options=options)
+        register(server)
+        health_servicer = aio_health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        address = f"{settings.host}:{settings.port}"
+        port = (server.add_secure_port(address, credentials) if credentials is not None
+                else server.add_insecure_port(address))
+        if port == 0:
+            raise OSError(f"could not bind {address}")
+        await server.start()
+        handle = AioServerHandle(server=server, port=port, health=health_servicer, service_names=names)
+        await handle._set_serving(serving)
+        return handle
+
+    handle = run_on_loop(start(), timeout=60)
+    handle.metrics_port = start_metrics_server(settings.metrics_port, settings.host)
+    return handle
+
+
 def die_with_parent(parent_pid: int) -> None:
     """Ask Linux to SIGTERM this process when `parent_pid` (the local supervisor) dies."""
     if not parent_pid:
@@ -136,7 +214,7 @@ def die_with_parent(parent_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def serve_forever(handle: ServerHandle, settings: ServerSettings, service: str) -> None:
+def serve_forever(handle: ServerHandle | AioServerHandle, settings: ServerSettings, service: str) -> None:
     """Block until SIGTERM/SIGINT, then drain gracefully and flush telemetry."""
     stopping = threading.Event()
 
@@ -179,7 +257,7 @@ class TraceContextFilter(logging.Filter):
 
 
 def run_service(service: str, settings_type: type[ServerSettings],
-                create: Callable[[ServerSettings], ServerHandle]) -> None:
+                create: Callable[[ServerSettings], ServerHandle | AioServerHandle]) -> None:
     """What every service's `main()` does: read settings once, set up logs and traces, serve."""
     try:
         settings = settings_type()
