@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextvars
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -170,12 +170,16 @@ def run_chain(upload: Path, options: ChainOptions, stages: Stages, emit: Emit, t
                 contextvars.copy_context().run,
                 lambda: _staged("diarization", stages.diarize, decoded.pcm, options, emit=emit),
             )
-            try:
-                transcript = t_future.result()
-                diarization = d_future.result()
-            except BaseException:
+            # The moment either branch fails, the other is cancelled: a dead diarization
+            # service must not leave the caller waiting for the whole transcription.
+            done, _ = wait((t_future, d_future), return_when=FIRST_EXCEPTION)
+            failed = next((f for f in (t_future, d_future)
+                           if f in done and f.exception() is not None), None)
+            if failed is not None:
                 stages.cancel()  # so the pool's exit does not wait for the surviving branch
-                raise
+                raise failed.exception()
+            transcript = t_future.result()
+            diarization = d_future.result()
     else:
         transcript = _staged("transcription", stages.transcribe, decoded.pcm, options, emit=emit)
 

@@ -236,6 +236,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
 
         chain = asyncio.ensure_future(in_executor(
             self._chains, run_chain, upload, options, stages, emit, trace_id))
+        getter: asyncio.Future | None = None
         try:
             while True:
                 getter = asyncio.ensure_future(events.get())
@@ -260,6 +261,8 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                 yield message
             yield pb.TranscribeResponse(result=self._result(result, trace_id))
         finally:
+            if getter is not None and not getter.done():
+                getter.cancel()
             if not chain.done():  # the caller left or the server is stopping: stop downstream work
                 stages.cancel()
                 chain.add_done_callback(_swallow)
