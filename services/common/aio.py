@@ -93,6 +93,8 @@ class AioServerHandle:
     on_drain: list[Callable[[], None]] = field(default_factory=list)
     """Called as soon as draining starts, before in-flight calls are waited for."""
     jobs: Any = None
+    admission: Any = None
+    """The gateway's admission queue (FairQueue), for metrics and tests."""
     _stopped: bool = False
 
     @property

@@ -169,6 +169,7 @@ def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages
     if cache is not None:
         handle.on_stop.append(cache.close)
     handle.jobs = runner
+    handle.admission = admission
     handle.on_stop.append(bridge.close)
     return handle
 
