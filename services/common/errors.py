@@ -202,7 +202,7 @@ def from_rpc_error(err: grpc.RpcError, *, service: str = "") -> MeshError:
             detail.Unpack(info)
             retry_after = info.retry_delay.ToMilliseconds() / 1000
     cls = _BY_REASON.get(reason) or _BY_STATUS.get(code, InternalError)
-    if cls is DependencyUnavailable and service:
+    if cls is DependencyUnavailable and service and "service is unavailable" not in message:
         message = f"{service} service is unavailable: {message}"
     if cls in (Overloaded, Draining):
         return cls(message, retry_after_s=retry_after or 1.0, metadata=metadata)

@@ -19,6 +19,9 @@ from opentelemetry import trace
 
 from services.common.domain import MediaReport, ProgressUpdate, Segment, SpeakerTurn
 
+SIBLING_GRACE_S = 0.25
+"""How long a failed chain waits for its cancelled sibling branch before reporting the failure."""
+
 STAGES = ("upload", "preprocess", "transcription", "diarization", "merge")
 
 ProgressSink = Callable[["ProgressUpdate | MediaReport"], None]
@@ -161,7 +164,8 @@ def run_chain(upload: Path, options: ChainOptions, stages: Stages, emit: Emit, t
     if options.diarize:
         # Each branch gets its own copy of the context: one Context cannot be entered by two
         # threads at once, and each branch's spans must parent to the current request span.
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="chain") as pool:
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="chain")
+        try:
             t_future = pool.submit(
                 contextvars.copy_context().run,
                 lambda: _staged("transcription", stages.transcribe, decoded.pcm, options, emit=emit),
@@ -170,16 +174,20 @@ def run_chain(upload: Path, options: ChainOptions, stages: Stages, emit: Emit, t
                 contextvars.copy_context().run,
                 lambda: _staged("diarization", stages.diarize, decoded.pcm, options, emit=emit),
             )
-            # The moment either branch fails, the other is cancelled: a dead diarization
-            # service must not leave the caller waiting for the whole transcription.
+            # The moment either branch fails, the other is cancelled and the failure reported:
+            # a dead diarization service must not leave the caller waiting for the whole
+            # transcription (nor for the cancelled sibling to wind down, beyond a moment).
             done, _ = wait((t_future, d_future), return_when=FIRST_EXCEPTION)
             failed = next((f for f in (t_future, d_future)
                            if f in done and f.exception() is not None), None)
             if failed is not None:
-                stages.cancel()  # so the pool's exit does not wait for the surviving branch
+                stages.cancel()
+                wait((t_future, d_future), timeout=SIBLING_GRACE_S)
                 raise failed.exception()
             transcript = t_future.result()
             diarization = d_future.result()
+        finally:
+            pool.shutdown(wait=False)
     else:
         transcript = _staged("transcription", stages.transcribe, decoded.pcm, options, emit=emit)
 
