@@ -58,6 +58,9 @@ def test_concurrent_real_requests_are_queued_and_all_succeed(served, corpus):
             lambda _: client.transcribe(clip, TranscribeOptions(no_cache=True), timeout_s=300), range(8)))
     assert all(result.segments for result in results)
     assert len({result.trace_id for result in results}) == 8
+    # The services' logs reach their files through the supervisor's rotating writer.
+    _, state = served
+    assert wait_until(lambda: "transcribed" in (state / "logs" / "gateway.log").read_text(), 10)
 
 
 @pytest.mark.parametrize("victim", ["transcription", "diarization"])
