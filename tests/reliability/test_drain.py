@@ -20,9 +20,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import channel, transcribe
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from reliability_helpers import channel, transcribe
 
 from asr.common.v1 import audio_pb2, document_pb2, transcript_pb2
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc

@@ -1,4 +1,6 @@
 """The event-loop gateway under load: queue, don't refuse; slow and idle callers cost nothing."""
+# The fixture is imported from reliability_helpers, so test parameters "redefine" it.
+# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -8,11 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from conftest import GatedStages, channel, requests, transcribe
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
+from reliability_helpers import GatedStages, channel, requests, start_gateway, transcribe  # noqa: F401
 
 from asr.gateway.v1 import gateway_service_pb2 as pb
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc

@@ -1,22 +1,18 @@
-"""Fixtures of the reliability tier: an in-process event-loop gateway with gated fake stages."""
+"""Helpers (and the `start_gateway` fixture) of the reliability tier: an in-process event-loop gateway with gated fake stages."""
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))  # fakes.py
-
-from asr.gateway.v1 import gateway_service_pb2 as pb  # noqa: E402
-from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc  # noqa: E402
-from services.common.domain import MediaReport, Segment, Word  # noqa: E402
-from services.gateway.pipeline import Decoded, Merged, RenderedDocument, Transcript  # noqa: E402
-from services.gateway.server import GatewaySettings, create_server  # noqa: E402
+from asr.gateway.v1 import gateway_service_pb2 as pb
+from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
+from services.common.domain import MediaReport, Segment, Word
+from services.gateway.pipeline import Decoded, Merged, RenderedDocument, Transcript
+from services.gateway.server import GatewaySettings, create_server
 
 
 class GatedStages:
