@@ -161,25 +161,22 @@ class WorkQueue:
 CallerKey = Callable[[Any], str]
 """Maps a grpc.aio servicer context to the caller a fair queue shares capacity by."""
 
-CALLER_METADATA_KEY = "x-asr-caller"
-"""An authenticating interceptor in front of the gateway may name the caller here (see
-`caller_identity`); a client cannot forge it through, as such an interceptor replaces it."""
-
 caller_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("asr_caller", default=None)
-"""Set by an authenticating interceptor (the token's identity) before the handler runs."""
+"""An authenticating interceptor sets this (the identity its token maps to) before the handler
+runs; interceptors of a grpc.aio server run in the handler's task, so the handler sees it."""
 
 
 def caller_identity(metadata: Any, peer: str) -> str:
-    """Who is asking, for fairness: an authenticated identity when there is one, else a hash of the
-    bearer token, else the peer's host and user agent. Pure; `metadata` is (key, value) pairs."""
+    """Who is asking, for fairness: an authenticated identity when there is one (`caller_override`),
+    else a hash of the bearer token, else the peer's host and user agent (both chosen by the
+    client: without tokens, fairness is only as good as callers are honest). Pure; `metadata` is
+    (key, value) pairs."""
     who = caller_override.get()
     if who:
         return f"id:{who}"
     pairs = {}
     for key, value in metadata or ():
         pairs.setdefault(key.lower(), value if isinstance(value, str) else value.decode("latin-1"))
-    if pairs.get(CALLER_METADATA_KEY):
-        return f"id:{pairs[CALLER_METADATA_KEY]}"
     auth = pairs.get("authorization", "")
     if auth.lower().startswith("bearer ") and auth[7:].strip():
         return "token:" + hashlib.sha256(auth[7:].strip().encode()).hexdigest()[:16]

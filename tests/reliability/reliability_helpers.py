@@ -58,8 +58,10 @@ class GatedStages:
         pass
 
 
-def channel(port: int, *, own_connection: bool = False) -> grpc.Channel:
+def channel(port: int, *, own_connection: bool = False, user_agent: str = "") -> grpc.Channel:
     options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    if user_agent:
+        options.append(("grpc.primary_user_agent", user_agent))
     if own_connection:  # not shared with other channels: HTTP/2 caps streams per connection at 100
         options.append(("grpc.use_local_subchannel_pool", 1))
     return grpc.insecure_channel(f"127.0.0.1:{port}", options=options)

@@ -76,18 +76,18 @@ def test_the_queue_is_fair_between_callers(start_gateway):
     gate = threading.Event()
     stages = GatedStages(gate)
     gateway = start_gateway(stages, max_chains=1, max_queued=20)
-    ch = channel(gateway.port)
-    stub = pb_grpc.GatewayServiceStub(ch)
-    a = (("x-asr-caller", "alice"),)
-    b = (("x-asr-caller", "bob"),)
+    # Without tokens a caller is its host and user agent: two programs on one machine.
+    ch_a = channel(gateway.port, user_agent="alice/1.0")
+    ch_b = channel(gateway.port, user_agent="bob/1.0")
+    stub_a, stub_b = pb_grpc.GatewayServiceStub(ch_a), pb_grpc.GatewayServiceStub(ch_b)
     try:
         with ThreadPoolExecutor(8) as pool:
-            calls = [pool.submit(transcribe, stub, "a0.wav", 60, a)]
+            calls = [pool.submit(transcribe, stub_a, "a0.wav")]
             assert _wait(lambda: stages.started == ["a0.wav"])
             for i in range(1, 6):
-                calls.append(pool.submit(transcribe, stub, f"a{i}.wav", 60, a))
+                calls.append(pool.submit(transcribe, stub_a, f"a{i}.wav"))
                 assert _wait(lambda i=i: _queue_of(gateway).waiting == i)
-            calls.append(pool.submit(transcribe, stub, "b0.wav", 60, b))
+            calls.append(pool.submit(transcribe, stub_b, "b0.wav"))
             assert _wait(lambda: _queue_of(gateway).waiting == 6)
             gate.set()
             for call in calls:
@@ -96,7 +96,8 @@ def test_the_queue_is_fair_between_callers(start_gateway):
         assert stages.started[:3] == ["a0.wav", "a1.wav", "b0.wav"], stages.started
     finally:
         gate.set()
-        ch.close()
+        ch_a.close()
+        ch_b.close()
 
 
 def test_a_queued_request_leaves_the_queue_at_its_deadline_or_when_cancelled(start_gateway):
@@ -317,3 +318,19 @@ def _wait(predicate, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return bool(predicate())
+
+
+def test_the_caller_key_prefers_an_authenticated_identity_then_the_token_then_the_peer():
+    from services.common.scheduler import caller_identity, caller_override
+
+    peer_a = caller_identity((("user-agent", "sdk/1"),), "ipv4:10.0.0.1:5555")
+    assert peer_a == caller_identity((("user-agent", "sdk/1"),), "ipv4:10.0.0.1:6666")  # any port
+    assert peer_a != caller_identity((("user-agent", "sdk/1"),), "ipv4:10.0.0.2:5555")
+    token = caller_identity((("authorization", "Bearer s3cret"),), "ipv4:10.0.0.1:1")
+    assert token == caller_identity((("authorization", "Bearer s3cret"),), "ipv4:10.0.0.9:1")
+    assert token.startswith("token:") and "s3cret" not in token
+    reset = caller_override.set("team-a")
+    try:
+        assert caller_identity((("authorization", "Bearer s3cret"),), "ipv4:10.0.0.1:1") == "id:team-a"
+    finally:
+        caller_override.reset(reset)
