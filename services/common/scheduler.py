@@ -212,7 +212,8 @@ class FairQueue:
 
     def __init__(self, capacity: int, max_queued: int, *, name: str = "the gateway",
                  on_change: Callable[[int, int], None] | None = None,
-                 on_wait: Callable[[float], None] | None = None, typical_job_s: float = 5.0):
+                 on_wait: Callable[[float], None] | None = None,
+                 on_reject: Callable[[str], None] | None = None, typical_job_s: float = 5.0):
         if capacity < 1 or max_queued < 0:
             raise ValueError("capacity must be >= 1 and max_queued >= 0")
         self.capacity = capacity
@@ -220,6 +221,7 @@ class FairQueue:
         self.name = name
         self._on_change = on_change or (lambda waiting, running: None)
         self._on_wait = on_wait or (lambda seconds: None)
+        self._on_reject = on_reject or (lambda reason: None)
         self._queues: dict[str, deque[asyncio.Future]] = {}  # caller → waiters; dict order = turn order
         self._waiting = 0
         self._running = 0
@@ -265,6 +267,7 @@ class FairQueue:
             self._running += 1
         else:
             if self._waiting >= self.max_queued:
+                self._on_reject("full")
                 raise Overloaded(
                     f"{self.name} queue is full ({self._running} running, {self._waiting} queued); "
                     "retry later", retry_after_s=self.retry_after(),

@@ -125,7 +125,8 @@ def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages
     backends = Backends({"diarization": settings.diarization_address}, settings.mesh_file)
     admission = FairQueue(settings.max_chains, settings.max_queued, name="the gateway",
                           on_change=gauge_reporter(SERVICE),
-                          on_wait=metrics.QUEUE_WAIT.labels(SERVICE).observe)
+                          on_wait=metrics.QUEUE_WAIT.labels(SERVICE).observe,
+                          on_reject=lambda reason: metrics.QUEUE_REJECTED.labels(SERVICE, reason).inc())
     servicer = GatewayServicer(stages_factory, settings.max_upload_bytes, settings.spool_dir, cache,
                                backends=backends, streaming=bridge, admission=admission,
                                caller_key=caller_key)

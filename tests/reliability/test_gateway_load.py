@@ -66,6 +66,9 @@ def test_a_full_queue_is_resource_exhausted_with_retry_info(start_gateway):
         hints[0].Unpack(info)
         assert info.retry_delay.ToMilliseconds() >= 1000
         assert isinstance(from_rpc_error(err), Overloaded)
+        from services.common.metrics import QUEUE_REJECTED
+
+        assert QUEUE_REJECTED.labels("gateway", "full")._value.get() >= 1
         assert stages.started == ["running.wav", "queued.wav"]  # the refused one never ran
     finally:
         gate.set()
