@@ -1,7 +1,9 @@
 """The server factory pieces every service shares: interceptors, health, reflection, shutdown.
 
 A service's `create_server(settings, ...)` calls `build_server` with its servicer registration
-and gets a started server back on the requested (or a free) port. `serve_forever` is what a
+and gets a started server back on the requested (or a free) port. `build_aio_server` is the
+same for an event-loop (`grpc.aio`) server (the gateway): it takes extra interceptors (an auth
+check) and server credentials (TLS; None = plaintext), see services/common/aio.py. `serve_forever` is what a
 service's `main()` runs: it prints a ready line, drains on SIGTERM and exits.
 """
 
