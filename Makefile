@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 export PYANNOTE_METRICS_ENABLED := false
 export ASR_CORPUS_DIR := $(CORPUS)
 
-.PHONY: help setup system-deps protos model run test test-fast lint buf proto-baseline clean bench-long bench-cold corpus-hard corpus-overlap bench-accuracy corpus-validate bench-streaming
+.PHONY: help setup system-deps protos model run test test-fast test-reliability lint buf proto-baseline clean bench-long bench-cold corpus-hard corpus-overlap bench-accuracy corpus-validate bench-streaming bench-load
 
 help:  ## List targets.
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ test: setup  ## Run every test tier (what CI runs).
 test-fast: setup  ## Only the pure-core and in-process gRPC tiers.
 	$(PY) -m pytest -m "not models and not mesh" $(PYTEST_ARGS)
 
+test-reliability: setup  ## Load, faults and drain (tests/reliability; part of `make test`).
+	$(PY) -m pytest -m reliability tests/reliability $(PYTEST_ARGS)
+
 lint: setup buf  ## Lint Python (ruff) and protos (buf STANDARD).
 	$(VENV)/bin/ruff check services clients tests scripts benchmarks
 
@@ -86,6 +89,10 @@ bench-cold: setup  ## Plain faster-whisper vs `asr transcribe` cold and warm, ±
 
 # The validation corpus (its `validate` split) when it has been generated, else corpus-dev.
 STREAM_CORPUS ?= $(if $(wildcard build/corpus-validate/manifest.json),build/corpus-validate,$(CORPUS))
+SOAK ?= 1000
+bench-load: setup  ## Req/s, p50/p95/p99 and errors at 1/8/32/64 callers, RSS over a $(SOAK)-request soak (slow).
+	$(PY) benchmarks/bench_load.py --soak $(SOAK) --png build/bench_load.png
+
 bench-streaming: setup  ## Streaming at real time: final latency, WER vs offline, capacity (slow).
 	$(PY) benchmarks/bench_streaming.py --corpus $(STREAM_CORPUS) --split validate
 

@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--server", help="HOST:PORT of a running gateway (default: start a local mesh)")
     t.add_argument("--connect-timeout", type=float, default=15.0, metavar="SECONDS",
                    help="give up when the gateway cannot be reached within this time")
+    t.add_argument("--max-attempts", type=int, default=6, metavar="N",
+                   help="attempts per file when the gateway is busy (queue full) or briefly "
+                        "unavailable; waits follow its retry hint with exponential backoff")
     t.add_argument("--state-dir", type=Path, help="local mesh state directory (traces, logs)")
     t.add_argument("--no-reuse", action="store_true",
                    default=os.environ.get("ASR_LOCAL_MESH_REUSE", "1").strip().lower() in ("0", "false", "no"),
@@ -219,6 +222,7 @@ def transcribe(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         address = args.server or _local_mesh(stack, args, options.diarize)
         client = stack.enter_context(GatewayClient(address, connect_timeout_s=args.connect_timeout,
+                                                   max_attempts=args.max_attempts,
                                                    **security_args.client_security(args, address)))
         for index, path in enumerate(inputs):
             try:

@@ -6,15 +6,17 @@ LimitExceeded, Overloaded, DependencyUnavailable, ...) carrying the service's ow
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_ISREG
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import grpc
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
 from asr.common.v1 import audio_pb2, document_pb2, quality_pb2, streaming_pb2
 from asr.gateway.v1 import gateway_service_pb2 as pb
@@ -27,12 +29,17 @@ from services.common.errors import (
     DependencyUnavailable,
     InternalError,
     InvalidInput,
+    Overloaded,
     from_rpc_error,
 )
 from services.common.security import client_channel
 from services.common.telemetry import traced_channel
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
 UPLOAD_CHUNK_BYTES = 256 * 1024
+DEFAULT_ATTEMPTS = 6
 FORMATS = {
     "json": document_pb2.OUTPUT_FORMAT_JSON,
     "srt": document_pb2.OUTPUT_FORMAT_SRT,
@@ -127,10 +134,16 @@ class GatewayClient:
     """Calls a running gateway. Use as a context manager or call `close()`."""
 
     def __init__(self, address: str, max_message_bytes: int = 64 << 20, connect_timeout_s: float = 15.0,
-                 *, ca_cert: str | Path | None = None, token: str | None = None):
-        """`ca_cert`: PEM file to verify a TLS gateway with (TLS only when given); `token`: bearer
-        token sent as `authorization: Bearer ...` with every call (needs `ca_cert`)."""
+                 max_attempts: int = DEFAULT_ATTEMPTS, *, ca_cert: str | Path | None = None,
+                 token: str | None = None):
+        """`max_attempts`: see below; `ca_cert`: PEM file to verify a TLS gateway with (TLS only
+        when given); `token`: bearer token sent as `authorization: Bearer ...` with every call
+        (needs `ca_cert`)."""
         self.address = address
+        self.max_attempts = max(1, max_attempts)
+        """Attempts per call when the gateway answers RESOURCE_EXHAUSTED (queue full) or
+        UNAVAILABLE (draining, a dependency down); waits follow its RetryInfo hint, with
+        exponential backoff, and never past the call's `timeout_s`."""
         self._connect_timeout_s = connect_timeout_s
         self._reachable = False
         self._tls_hint = (f"; with TLS: is the gateway's certificate signed by {ca_cert} and does it "
@@ -186,9 +199,12 @@ class GatewayClient:
             raise InvalidInput(f"cannot read the file: {exc.strerror}") from None
         with source:  # closed on every path, also when the call fails before reading it
             stat = os.fstat(source.fileno())
-            if S_ISREG(stat.st_mode):  # declared, so a cut-off upload is refused, not transcribed
+            regular = S_ISREG(stat.st_mode)
+            if regular:  # declared, so a cut-off upload is refused, not transcribed
                 config.upload_size_bytes = stat.st_size
-            return self._transcribe(source, config, on_event, timeout_s)
+            # A pipe cannot be sent twice: only a regular file is retried.
+            return self._retrying(lambda left: self._transcribe(source, config, on_event, left),
+                                  timeout_s, rewind=lambda: source.seek(0), attempts=None if regular else 1)
 
     def transcribe_file(self, source: BinaryIO, filename: str, options: TranscribeOptions,
                         size: int = 0, on_event: Callable[[pb.TranscribeResponse], None] | None = None,
@@ -266,7 +282,11 @@ class GatewayClient:
             while piece := source.read(UPLOAD_CHUNK_BYTES):
                 yield jobs_pb.SubmitJobRequest(content=piece)
 
-        return self._call(self._jobs.SubmitJob, requests(), timeout_s).job
+        if not source.seekable():
+            return self._call(self._jobs.SubmitJob, requests(), timeout_s).job
+        start = source.tell()
+        return self._retrying(lambda left: self._call(self._jobs.SubmitJob, requests(), left).job,
+                              timeout_s, rewind=lambda: source.seek(start))
 
     def get_job(self, job_id: str, timeout_s: float | None = 30.0) -> jobs_pb.Job:
         return self._call(self._jobs.GetJob, jobs_pb.GetJobRequest(job_id=job_id), timeout_s).job
@@ -319,11 +339,56 @@ class GatewayClient:
                     raise DeadlineExceeded(f"job {job_id} is not finished after {timeout_s:.0f} s")
             time.sleep(poll_s)
 
+    def _retrying(self, attempt: Callable[[float | None], T], timeout_s: float | None, *,
+                  rewind: Callable[[], object] = lambda: None, attempts: int | None = None) -> T:
+        """`attempt(time_left)` under the retry policy: RESOURCE_EXHAUSTED and UNAVAILABLE are
+        retried after max(the server's RetryInfo hint, exponential backoff with jitter), within
+        `timeout_s` in total (None: only `max_attempts` bounds it)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        limit = attempts or self.max_attempts
+        backoff = wait_exponential_jitter(multiplier=0.5, max=10.0)
+
+        def left() -> float | None:
+            return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+        def wait(state: RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            delay = max(getattr(error, "retry_after_s", 0.0) or 0.0, backoff(state))
+            return delay if deadline is None else min(delay, max(left() - 0.05, 0.0))
+
+        def stop(state: RetryCallState) -> bool:
+            if state.attempt_number >= limit:
+                return True
+            if deadline is None:
+                return False
+            error = state.outcome.exception() if state.outcome else None
+            hint = getattr(error, "retry_after_s", 0.0) or 0.0
+            return left() <= max(hint, 0.05)  # no time for another attempt after the wait
+
+        def before_sleep(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            log.info("gateway answered %s, retrying (attempt %d of %d): %s",
+                     type(error).__name__, state.attempt_number + 1, limit, getattr(error, "message", error))
+
+        for tried in Retrying(retry=retry_if_exception(_retryable), stop=stop, wait=wait,
+                              before_sleep=before_sleep, reraise=True):
+            with tried:
+                if tried.retry_state.attempt_number > 1:
+                    rewind()
+                return attempt(left())
+        raise AssertionError("unreachable")  # tenacity either returns or re-raises
+
     def _call(self, method, request, timeout_s: float | None):
         try:
             return method(request, timeout=timeout_s)
         except grpc.RpcError as err:
             raise from_rpc_error(err, service="gateway") from None
+
+
+def _retryable(error: BaseException) -> bool:
+    """Queue full, draining, or a dependency briefly down: worth another attempt. A gateway that
+    cannot be reached at all is not (the caller gets its sentence at once)."""
+    return isinstance(error, Overloaded | DependencyUnavailable) and not isinstance(error, GatewayUnreachable)
 
 
 FINAL_JOB_STATES = frozenset({jobs_pb.JOB_STATE_SUCCEEDED, jobs_pb.JOB_STATE_FAILED, jobs_pb.JOB_STATE_CANCELLED})

@@ -257,18 +257,21 @@ class LocalMesh:
             service = ServiceProcess(name, self.port_of(name), self.state_dir / "logs" / f"{name}.log")
             self.services[name] = service
         service.ready = threading.Event()
-        with open(service.log_path, "ab") as log_file:
-            service.process = subprocess.Popen(
-                [self._python, "-m", f"services.{name}"],
-                env=self._env_for(name),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=log_file,
-            )
+        # stderr (the service's logs) goes through a pump into a size-capped, rotated file: a mesh
+        # that runs for weeks must not fill the disk (~12 KB of logs a request).
+        service.process = subprocess.Popen(
+            [self._python, "-m", f"services.{name}"],
+            env=self._env_for(name),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         service.started_at = time.monotonic()
         service.restart_at = None
         threading.Thread(target=self._read_stdout, args=(service, service.process, service.ready),
                          daemon=True, name=f"ready-{name}").start()
+        threading.Thread(target=pump_log, args=(service.process.stderr, service.log_path),
+                         daemon=True, name=f"log-{name}").start()
 
     def _read_stdout(self, service: ServiceProcess, process: subprocess.Popen, ready: threading.Event) -> None:
         for raw in process.stdout:
@@ -643,6 +646,40 @@ def _kill_stale(info: MeshInfo) -> None:
         if pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+LOG_MAX_BYTES = 10 << 20
+"""Default size of a service's log file before it is rotated (ASR_LOG_MAX_BYTES)."""
+LOG_BACKUPS = 3
+"""Rotated generations kept (`<service>.log.1` … `.3`; ASR_LOG_BACKUPS)."""
+
+
+def _env_int(name: str, default: int, minimum: int) -> int:
+    try:
+        return max(int(os.environ.get(name, default)), minimum)
+    except ValueError:
+        log.warning("%s=%r is not a number; using %d", name, os.environ.get(name), default)
+        return default
+
+
+def pump_log(stream, path: Path, max_bytes: int | None = None, backups: int | None = None) -> None:
+    """Copy a child's stderr, line by line, into `path`, rotating it at `max_bytes` and keeping
+    `backups` older generations (logging.handlers.RotatingFileHandler). Ends with the stream."""
+    from logging.handlers import RotatingFileHandler
+
+    handler = RotatingFileHandler(
+        path, maxBytes=max_bytes or _env_int("ASR_LOG_MAX_BYTES", LOG_MAX_BYTES, 4096),
+        backupCount=backups if backups is not None else _env_int("ASR_LOG_BACKUPS", LOG_BACKUPS, 0),
+        encoding="utf-8", errors="replace")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    try:
+        for raw in stream:
+            line = raw.decode("utf-8", errors="replace").rstrip("\n")
+            handler.emit(logging.makeLogRecord({"msg": line, "levelno": logging.INFO}))
+    except (OSError, ValueError):  # the pipe closed under us: the child is gone
+        pass
+    finally:
+        handler.close()
 
 
 def _start_background(state_dir: Path, services: Iterable[str], python: str) -> subprocess.Popen:

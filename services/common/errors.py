@@ -81,6 +81,17 @@ class DependencyUnavailable(MeshError):
     reason = "DEPENDENCY_UNAVAILABLE"
 
 
+class Draining(DependencyUnavailable):
+    """This replica is shutting down and handed the request back before starting it: safe to
+    retry (here after a restart, or on another replica) after `retry_after_s`."""
+
+    reason = "DRAINING"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, **kw: Any):
+        super().__init__(message, **kw)
+        self.retry_after_s = retry_after_s
+
+
 class DependencyFailed(MeshError):
     """A service failed while it was already working on this request.
 
@@ -158,7 +169,7 @@ _BY_STATUS: dict[grpc.StatusCode, type[MeshError]] = {
 _BY_REASON: dict[str, type[MeshError]] = {
     cls.reason: cls
     for cls in (InvalidInput, InvalidAudio, LimitExceeded, UnknownModel, Overloaded, DependencyFailed,
-                UploadStalled)
+                UploadStalled, Draining)
 }
 
 
@@ -177,7 +188,7 @@ def to_status(error: MeshError) -> status_pb2.Status:
                 ]
             )
         )
-    if isinstance(error, Overloaded):
+    if getattr(error, "retry_after_s", None):  # Overloaded, Draining: when to try again
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int(error.retry_after_s * 1000))
         details.append(error_details_pb2.RetryInfo(retry_delay=delay))
@@ -207,10 +218,10 @@ def from_rpc_error(err: grpc.RpcError, *, service: str = "") -> MeshError:
             detail.Unpack(info)
             retry_after = info.retry_delay.ToMilliseconds() / 1000
     cls = _BY_REASON.get(reason) or _BY_STATUS.get(code, InternalError)
-    if cls is DependencyUnavailable and service:
+    if cls is DependencyUnavailable and service and "service is unavailable" not in message:
         message = f"{service} service is unavailable: {message}"
-    if cls is Overloaded:
-        return Overloaded(message, retry_after_s=retry_after or 1.0, metadata=metadata)
+    if cls in (Overloaded, Draining):
+        return cls(message, retry_after_s=retry_after or 1.0, metadata=metadata)
     return cls(message, metadata=metadata)
 
 

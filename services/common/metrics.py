@@ -44,6 +44,15 @@ QUEUE_DEPTH = Gauge(
     "asr_queue_depth", "Requests waiting for a worker (the autoscaling signal).",
     ["service"], registry=REGISTRY,
 )
+QUEUE_WAIT = Histogram(
+    "asr_queue_wait_seconds", "Time admitted requests spent waiting in the admission queue.",
+    ["service"], buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+    registry=REGISTRY,
+)
+QUEUE_REJECTED = Counter(
+    "asr_queue_rejected", "Requests refused because the admission queue was full, or handed back "
+    "on drain.", ["service", "reason"], registry=REGISTRY,
+)
 BUSY_WORKERS = Gauge(
     "asr_busy_workers", "Requests being processed by a worker now (not waiting in the queue).",
     ["service"], registry=REGISTRY,

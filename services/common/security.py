@@ -398,7 +398,14 @@ class AioBearerTokenInterceptor(grpc.aio.ServerInterceptor):
             return handler
         status = _status(error)
 
-        def refuse_for(_kind: str) -> Callable:
+        def refuse_for(kind: str) -> Callable:
+            if kind.endswith("_stream"):  # response-streaming handlers must be async generators
+                async def refuse_stream(_request: Any, context: grpc.aio.ServicerContext) -> Any:
+                    await context.abort(status.code, status.details, status.trailing_metadata)
+                    yield  # never reached: abort raises; the yield makes this an async generator
+
+                return refuse_stream
+
             async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> Any:
                 await context.abort(status.code, status.details, status.trailing_metadata)
 

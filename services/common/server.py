@@ -1,7 +1,9 @@
 """The server factory pieces every service shares: interceptors, health, reflection, shutdown.
 
 A service's `create_server(settings, ...)` calls `build_server` with its servicer registration
-and gets a started server back on the requested (or a free) port. `serve_forever` is what a
+and gets a started server back on the requested (or a free) port. `build_aio_server` is the
+same for an event-loop (`grpc.aio`) server (the gateway): it takes extra interceptors (an auth
+check) and server credentials (TLS; None = plaintext), see services/common/aio.py. `serve_forever` is what a
 service's `main()` runs: it prints a ready line, drains on SIGTERM and exits.
 """
 
@@ -13,19 +15,29 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 
 import grpc
+import grpc.aio
+from grpc_health.v1 import _async as aio_health
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 from pydantic import ValidationError
 from pythonjsonlogger.json import JsonFormatter
 
+from services.common.aio import (
+    AioErrorMappingInterceptor,
+    AioMetricsInterceptor,
+    AioServerHandle,
+    AioStallGuardInterceptor,
+    StreamLimits,
+    run_on_loop,
+)
 from services.common.errors import ErrorMappingInterceptor
-from services.common.limits import CapsInterceptor, RequestCaps
+from services.common.limits import AioCapsInterceptor, CapsInterceptor, RequestCaps
 from services.common.metrics import MetricsInterceptor, start_metrics_server
 from services.common.security import (
     SecurityConfigError,
@@ -33,10 +45,16 @@ from services.common.security import (
     server_credentials,
     start_health_server,
 )
+from services.common.security import aio_server_interceptors as aio_auth_interceptors
 from services.common.security import server_interceptors as auth_interceptors
 from services.common.settings import ServerSettings
 from services.common.streams import StallGuardInterceptor
-from services.common.telemetry import server_interceptors, setup_telemetry, shutdown_telemetry
+from services.common.telemetry import (
+    aio_server_interceptors,
+    server_interceptors,
+    setup_telemetry,
+    shutdown_telemetry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +161,85 @@ def build_server(
     return handle
 
 
+def build_aio_server(
+    settings: ServerSettings,
+    *,
+    register: Callable[[grpc.aio.Server], None],
+    service_names: Iterable[str],
+    serving: bool = True,
+    metrics_name: str = "",
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
+    live_methods: tuple[str, ...] = ("StreamingTranscribe",),
+) -> AioServerHandle:
+    """Like `build_server`, but a `grpc.aio` server on the process's event loop (services/common/aio.py).
+
+    `interceptors` run inside the tracing span and outside metrics and the error map (an auth
+    interceptor's refusal is traced and counted), after the bearer-token check `settings` asks
+    for; `credentials` None means what `settings` asks for (TLS when a certificate is set, else
+    plaintext). Reflection only when `settings.reflection_enabled`; `settings.health_port` adds
+    a plaintext health-only port. Call it from any thread but the loop's; the handle is thread-safe.
+    """
+    if credentials is None:
+        credentials = server_credentials(settings)
+    names = tuple(service_names)
+    options = [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    if settings.max_connection_age_s > 0:
+        options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)))
+    prefix = settings.model_config.get("env_prefix", "ASR_")
+    limits = StreamLimits(
+        idle_s=settings.upload_idle_timeout_s, min_bytes_per_s=settings.upload_min_bytes_per_s,
+        rate_window_s=settings.upload_rate_window_s, max_duration_s=settings.upload_max_duration_s,
+        setting_prefix=prefix,
+    )
+    chain = [
+        *aio_server_interceptors(),
+        *aio_auth_interceptors(settings),  # bearer tokens, when auth_token_file is set
+        *interceptors,
+        AioMetricsInterceptor(metrics_name or names[0].split(".")[1]),
+        AioErrorMappingInterceptor(),
+        AioStallGuardInterceptor(limits, live_methods),
+        AioCapsInterceptor(RequestCaps.from_settings(settings)),  # bounded cost per request
+    ]
+
+    async def start() -> AioServerHandle:
+        server = grpc.aio.server(interceptors=chain, options=options)
+        register(server)
+        health_servicer = aio_health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        if settings.reflection_enabled:  # off by default: it maps the whole API for anyone who asks
+            reflection.enable_server_reflection(
+                (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+                server,
+            )
+        address = f"{settings.host}:{settings.port}"
+        port = (server.add_secure_port(address, credentials) if credentials is not None
+                else server.add_insecure_port(address))
+        if port == 0:
+            raise OSError(f"could not bind {address}")
+        await server.start()
+        handle = AioServerHandle(server=server, port=port, health=health_servicer, service_names=names)
+        if settings.health_port:  # plaintext health alone, for probes that cannot speak TLS
+            probe = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probe)
+            handle.health_port = probe.add_insecure_port(f"{settings.host}:{settings.health_port}")
+            if handle.health_port == 0:
+                await server.stop(None)  # without its probe port it would look dead to Kubernetes
+                raise OSError(f"could not bind the health port {settings.host}:{settings.health_port}")
+            await probe.start()
+            handle.on_stop.append(lambda: run_on_loop(probe.stop(None), timeout=10))
+        await handle._set_serving(serving)
+        return handle
+
+    handle = run_on_loop(start(), timeout=60)
+    handle.metrics_port = start_metrics_server(settings.metrics_port, settings.host)
+    return handle
+
+
 def die_with_parent(parent_pid: int) -> None:
     """Ask Linux to SIGTERM this process when `parent_pid` (the local supervisor) dies."""
     if not parent_pid:
@@ -156,7 +253,7 @@ def die_with_parent(parent_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def serve_forever(handle: ServerHandle, settings: ServerSettings, service: str) -> None:
+def serve_forever(handle: ServerHandle | AioServerHandle, settings: ServerSettings, service: str) -> None:
     """Block until SIGTERM/SIGINT, then drain gracefully and flush telemetry."""
     stopping = threading.Event()
 
@@ -199,7 +296,7 @@ class TraceContextFilter(logging.Filter):
 
 
 def run_service(service: str, settings_type: type[ServerSettings],
-                create: Callable[[ServerSettings], ServerHandle]) -> None:
+                create: Callable[[ServerSettings], ServerHandle | AioServerHandle]) -> None:
     """What every service's `main()` does: read settings once, set up logs and traces, serve."""
     try:
         settings = settings_type()

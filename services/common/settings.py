@@ -47,6 +47,18 @@ class ServerSettings(BaseSettings):
         "between whole messages, so it also sets a floor on upload speed: the SDK's 256 KiB "
         "pieces need about 4.4 KB/s at the default.",
     )
+    upload_min_bytes_per_s: float = Field(
+        4096.0, ge=0,
+        description="Event-loop servers (the gateway): once a request stream has been open for "
+        "upload_rate_window_s, the bytes received over the last window must average at least this "
+        "(a trickle that never pauses long is still cut, DEADLINE_EXCEEDED); 0 = no floor. Real-time "
+        "streaming sessions are exempt.",
+    )
+    upload_rate_window_s: float = Field(20.0, gt=0, description="Window of upload_min_bytes_per_s.")
+    upload_max_duration_s: float = Field(
+        3600.0, ge=0, description="Event-loop servers: longest a request stream (an upload) may "
+        "stay open; 0 = no limit. Real-time streaming sessions are exempt.",
+    )
     parent_pid: int = Field(
         0, validation_alias=AliasChoices("ASR_PARENT_PID"),
         description="Set by the local supervisor: exit when that process dies.",

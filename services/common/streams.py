@@ -63,12 +63,16 @@ class UploadMeter:
                 f"the {self._what} is longer than the {self.declared} bytes declared in "
                 f"{self._field}", field=self._field)
 
-    def finish(self) -> int:
-        """Call when the request stream ends; returns the byte count of a complete upload."""
+    def finish(self, grace_s: float = CANCEL_NOTICE_GRACE_S) -> int:
+        """Call when the request stream ends; returns the byte count of a complete upload.
+
+        `grace_s`: how long to wait for a cancel notice on a short upload (event-loop servers
+        pass 0 after waiting without blocking: their cancel notice cancels the handler's task).
+        """
         if self._ended.is_set():
             raise Cancelled(f"the caller cancelled the request during the {self._what}")
         if self.declared and self.received != self.declared:
-            if self._ended.wait(CANCEL_NOTICE_GRACE_S):
+            if grace_s > 0 and self._ended.wait(grace_s):
                 raise Cancelled(f"the caller cancelled the request during the {self._what}")
             raise InvalidInput(
                 f"the {self._what} ended after {self.received} of the {self.declared} bytes "

@@ -18,8 +18,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
+import grpc.aio
 from opentelemetry import trace
-from opentelemetry.instrumentation.grpc import client_interceptor, server_interceptor
+from opentelemetry.instrumentation.grpc import (
+    aio_client_interceptors,
+    aio_server_interceptor,
+    client_interceptor,
+    server_interceptor,
+)
 from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -164,6 +170,24 @@ def current_trace_id() -> str:
 def server_interceptors() -> list[grpc.ServerInterceptor]:
     """Interceptors that continue the caller's trace in a server (outermost first)."""
     return [server_interceptor(tracer_provider=trace.get_tracer_provider())]
+
+
+_UNTRACED = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+def aio_server_interceptors() -> list[grpc.aio.ServerInterceptor]:
+    """The grpc.aio counterpart of `server_interceptors`. Health and reflection are not traced:
+    their async servicers write with `context.write`, which the tracing wrapper cannot carry,
+    and probes would drown the traces anyway."""
+    return [aio_server_interceptor(
+        tracer_provider=trace.get_tracer_provider(),
+        filter_=lambda details: not details.method.startswith(_UNTRACED),
+    )]
+
+
+def aio_traced_channel_interceptors() -> list:
+    """Client interceptors for a grpc.aio channel: every call carries the current trace context."""
+    return aio_client_interceptors(tracer_provider=trace.get_tracer_provider())
 
 
 def traced_channel(channel: grpc.Channel) -> grpc.Channel:

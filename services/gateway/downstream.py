@@ -91,6 +91,18 @@ def map_readonly(path: Path) -> memoryview | bytes:
         return memoryview(mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ))
 
 
+_CONNECTION_LOST = ("socket closed", "connection reset", "broken pipe", "goaway", "recvmsg",
+                    "stream removed", "connection aborted", "endpoint closing")
+
+
+def died_under_call(err: grpc.RpcError) -> bool:
+    """True when an UNAVAILABLE call had reached its service and the connection then went away
+    under it (a kill -9: "Socket closed", "Connection reset"), as opposed to a call that never
+    connected or a service that answered UNAVAILABLE itself (both safe to retry)."""
+    details = (err.details() or "").lower() if hasattr(err, "details") else ""
+    return any(marker in details for marker in _CONNECTION_LOST)
+
+
 def _require(result, service: str):
     if result is None:
         raise InternalError(f"the {service} service closed its stream without a result")
@@ -160,6 +172,7 @@ class GrpcStages:
         """
         deadline = time.monotonic() + total_s
         answered = threading.Event()
+        reached = threading.Event()  # the service had the call when it failed (it died under it)
 
         def watched(call):
             for response in call:
@@ -167,7 +180,7 @@ class GrpcStages:
                 yield response
 
         try:
-            for attempt in retrying(retry_if=lambda: not answered.is_set()):
+            for attempt in retrying(retry_if=lambda: not answered.is_set() and not reached.is_set()):
                 with attempt:
                     if self._cancelled.is_set():
                         raise Cancelled("the request was cancelled")
@@ -175,11 +188,16 @@ class GrpcStages:
                     if remaining <= 0:
                         raise DeadlineExceeded(f"the {service} stage ran out of time after retries")
                     call = self._track(invoke(remaining))
-                    return consume(watched(call) if streaming else call)
+                    try:
+                        return consume(watched(call) if streaming else call)
+                    except grpc.RpcError as err:
+                        if is_unavailable(err) and died_under_call(err):
+                            reached.set()
+                        raise
         except (grpc.RpcError, grpc.FutureCancelledError) as err:
             if self._cancelled.is_set() or isinstance(err, grpc.FutureCancelledError):
                 raise Cancelled("the request was cancelled") from None
-            if answered.is_set() and is_unavailable(err):
+            if (answered.is_set() or reached.is_set()) and is_unavailable(err):
                 raise DependencyFailed(
                     f"the {service} service failed while working on this request ({err.details()}); "
                     "it was not retried, as replaying it could fail the same way"

@@ -8,11 +8,12 @@ checks, same refusal of cut-off uploads) but into the job spool; the work itself
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
-import grpc
 from google.protobuf import timestamp_pb2
 from opentelemetry import trace
 
@@ -20,6 +21,7 @@ from asr.gateway.v1 import gateway_service_pb2 as gw_pb
 from asr.gateway.v1 import jobs_pb2 as pb
 from asr.gateway.v1 import jobs_pb2_grpc as pb_grpc
 from services.common import convert
+from services.common.aio import in_executor
 from services.common.domain import ProgressUpdate
 from services.common.errors import (
     DependencyUnavailable,
@@ -28,7 +30,6 @@ from services.common.errors import (
     MeshError,
     NotFound,
 )
-from services.common.scheduler import rpc_watch
 from services.common.streams import UploadMeter
 from services.gateway.jobs import (
     CANCELLED,
@@ -135,14 +136,17 @@ class JobServicer(pb_grpc.JobServiceServicer):
             raise NotFound(f"no job {job_id}: it never existed, was deleted, or its retention time is over")
         return record
 
-    def SubmitJob(self, request_iterator, context: grpc.ServicerContext) -> pb.SubmitJobResponse:
-        first = next(request_iterator, None)
+    async def _call(self, fn, *args):
+        """A blocking store call, off the event loop."""
+        return await in_executor(self._gateway._io, fn, *args)
+
+    async def SubmitJob(self, request_iterator, context) -> pb.SubmitJobResponse:
+        first = await anext(request_iterator, None)
         if first is None or first.WhichOneof("payload") != "config":
             raise InvalidInput("the first message of the stream must carry config", field="config")
         self._gateway._backends.require_diarization(first.config)
         options = chain_options(first.config)
-        ended, _ = rpc_watch(context)
-        meter = UploadMeter(first.config.upload_size_bytes, ended, what="upload",
+        meter = UploadMeter(first.config.upload_size_bytes, threading.Event(), what="upload",
                             field="config.upload_size_bytes")
         self._gateway._check_upload_size(meter.declared)
         job_id = new_job_id()
@@ -150,38 +154,41 @@ class JobServicer(pb_grpc.JobServiceServicer):
         span.set_attribute("asr.job.id", job_id)
         path = self._spool.create(job_id)
         try:
-            size = self._gateway._receive(request_iterator, path, meter)
+            size = await self._gateway.receive(request_iterator, path, meter)
             ctx = span.get_span_context()
             record = JobRecord(
                 job_id, options_to_dict(options), filename=options.filename,
                 trace_id=format(ctx.trace_id, "032x") if ctx.is_valid else "",
                 span_id=format(ctx.span_id, "016x") if ctx.is_valid else "",
-                input_path=str(path), input_sha256=file_sha256(path), upload_bytes=size,
-                no_cache=first.config.no_cache,
+                input_path=str(path), input_sha256=await self._call(file_sha256, path),
+                upload_bytes=size, no_cache=first.config.no_cache,
             )
-            self._store.submit(record)
+            await self._call(self._store.submit, record)
         except BaseException:
             self._spool.remove(job_id)  # a refused or cut-off upload leaves nothing behind
             raise
         return pb.SubmitJobResponse(job=job_to_proto(record))
 
-    def GetJob(self, request: pb.GetJobRequest, context) -> pb.GetJobResponse:
-        return pb.GetJobResponse(job=job_to_proto(self._job(request.job_id)))
+    async def GetJob(self, request: pb.GetJobRequest, context) -> pb.GetJobResponse:
+        return pb.GetJobResponse(job=job_to_proto(await self._call(self._job, request.job_id)))
 
-    def WatchJob(self, request: pb.WatchJobRequest, context) -> Iterator[pb.WatchJobResponse]:
-        record = self._job(request.job_id)
+    async def WatchJob(self, request: pb.WatchJobRequest, context) -> AsyncIterator[pb.WatchJobResponse]:
+        record = await self._call(self._job, request.job_id)
         last = None
-        while context.is_active():
+        while not context.done():
             seen = (record.state, record.stage, round(record.stage_fraction, 3), record.attempts)
             if seen != last:
                 last = seen
                 yield pb.WatchJobResponse(job=job_to_proto(record))
             if record.state in FINAL:
                 return
-            time.sleep(self._poll_s)
-            record = self._job(request.job_id)
+            await asyncio.sleep(self._poll_s)
+            record = await self._call(self._job, request.job_id)
 
-    def ListJobs(self, request: pb.ListJobsRequest, context) -> pb.ListJobsResponse:
+    async def ListJobs(self, request: pb.ListJobsRequest, context) -> pb.ListJobsResponse:
+        return await self._call(self._list_jobs, request)
+
+    def _list_jobs(self, request: pb.ListJobsRequest) -> pb.ListJobsResponse:
         if request.page_size < 0:
             raise InvalidInput("page_size must not be negative", field="page_size")
         if request.state and request.state not in STATE_NAMES:
@@ -201,19 +208,24 @@ class JobServicer(pb_grpc.JobServiceServicer):
             token = f"{records[-1].created!r}:{records[-1].job_id}"
         return pb.ListJobsResponse(jobs=[job_to_proto(r) for r in records], next_page_token=token)
 
-    def CancelJob(self, request: pb.CancelJobRequest, context) -> pb.CancelJobResponse:
-        record = self._job(request.job_id)
-        record = self._store.request_cancel(record.job_id, self._retention_s) or record
+    async def CancelJob(self, request: pb.CancelJobRequest, context) -> pb.CancelJobResponse:
+        record = await self._call(self._job, request.job_id)
+        record = await self._call(self._store.request_cancel, record.job_id, self._retention_s) or record
         if record.state == CANCELLED:
             self._spool.remove(record.job_id)
         deadline = time.monotonic() + CANCEL_WAIT_S
-        while record.state == RUNNING and time.monotonic() < deadline and context.is_active():
-            time.sleep(min(self._poll_s, 0.1))
-            record = self._store.get(record.job_id) or record
+        while record.state == RUNNING and time.monotonic() < deadline and not context.done():
+            await asyncio.sleep(min(self._poll_s, 0.1))
+            record = await self._call(self._store.get, record.job_id) or record
         return pb.CancelJobResponse(job=job_to_proto(record))
 
-    def GetJobResults(self, request: pb.GetJobResultsRequest, context) -> Iterator[pb.GetJobResultsResponse]:
-        record = self._job(request.job_id)
+    async def GetJobResults(self, request: pb.GetJobResultsRequest,
+                            context) -> AsyncIterator[pb.GetJobResultsResponse]:
+        for message in await self._call(self._results, request.job_id):
+            yield message
+
+    def _results(self, job_id: str) -> list[pb.GetJobResultsResponse]:
+        record = self._job(job_id)
         if record.state != SUCCEEDED:
             why = {"failed": f"it failed: {record.error_message}", "cancelled": "it was cancelled"}
             raise FailedPrecondition(
@@ -222,20 +234,25 @@ class JobServicer(pb_grpc.JobServiceServicer):
         result = stored_results(self._store, record.job_id)
         if result is None:
             raise NotFound(f"the results of job {record.job_id} are gone (retention time over)")
+        messages = []
         for message in self._gateway._transcript(result):
             kind = message.WhichOneof("payload")
-            yield pb.GetJobResultsResponse(**{kind: getattr(message, kind)})
+            messages.append(pb.GetJobResultsResponse(**{kind: getattr(message, kind)}))
         summary = self._gateway._result(result, record.trace_id)
         summary.cache_hit = bool(record.summary.get("cache_hit"))
-        yield pb.GetJobResultsResponse(result=summary)
+        messages.append(pb.GetJobResultsResponse(result=summary))
+        return messages
 
-    def DeleteJob(self, request: pb.DeleteJobRequest, context) -> pb.DeleteJobResponse:
-        record = self._job(request.job_id)
+    async def DeleteJob(self, request: pb.DeleteJobRequest, context) -> pb.DeleteJobResponse:
+        await self._call(self._delete, request.job_id)
+        return pb.DeleteJobResponse()
+
+    def _delete(self, job_id: str) -> None:
+        record = self._job(job_id)
         if record.state not in FINAL:
             self._store.request_cancel(record.job_id, self._retention_s)  # its runner stops the chain
         self._store.delete(record.job_id)
         self._spool.remove(record.job_id)
-        return pb.DeleteJobResponse()
 
 
 assert set(STATE_ENUMS) == set(STATES)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextvars
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +18,9 @@ from typing import Protocol
 from opentelemetry import trace
 
 from services.common.domain import MediaReport, ProgressUpdate, Segment, SpeakerTurn
+
+SIBLING_GRACE_S = 0.25
+"""How long a failed chain waits for its cancelled sibling branch before reporting the failure."""
 
 STAGES = ("upload", "preprocess", "transcription", "diarization", "merge")
 
@@ -161,7 +164,8 @@ def run_chain(upload: Path, options: ChainOptions, stages: Stages, emit: Emit, t
     if options.diarize:
         # Each branch gets its own copy of the context: one Context cannot be entered by two
         # threads at once, and each branch's spans must parent to the current request span.
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="chain") as pool:
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="chain")
+        try:
             t_future = pool.submit(
                 contextvars.copy_context().run,
                 lambda: _staged("transcription", stages.transcribe, decoded.pcm, options, emit=emit),
@@ -170,12 +174,20 @@ def run_chain(upload: Path, options: ChainOptions, stages: Stages, emit: Emit, t
                 contextvars.copy_context().run,
                 lambda: _staged("diarization", stages.diarize, decoded.pcm, options, emit=emit),
             )
-            try:
-                transcript = t_future.result()
-                diarization = d_future.result()
-            except BaseException:
-                stages.cancel()  # so the pool's exit does not wait for the surviving branch
-                raise
+            # The moment either branch fails, the other is cancelled and the failure reported:
+            # a dead diarization service must not leave the caller waiting for the whole
+            # transcription (nor for the cancelled sibling to wind down, beyond a moment).
+            done, _ = wait((t_future, d_future), return_when=FIRST_EXCEPTION)
+            failed = next((f for f in (t_future, d_future)
+                           if f in done and f.exception() is not None), None)
+            if failed is not None:
+                stages.cancel()
+                wait((t_future, d_future), timeout=SIBLING_GRACE_S)
+                raise failed.exception()
+            transcript = t_future.result()
+            diarization = d_future.result()
+        finally:
+            pool.shutdown(wait=False)
     else:
         transcript = _staged("transcription", stages.transcribe, decoded.pcm, options, emit=emit)
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import grpc
+import grpc.aio
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -13,8 +16,11 @@ from asr.gateway.v1 import gateway_service_pb2 as pb
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from asr.gateway.v1 import jobs_pb2 as jobs_pb
 from asr.gateway.v1 import jobs_pb2_grpc as jobs_grpc
+from services.common import metrics
+from services.common.aio import AioServerHandle, run_on_loop
+from services.common.scheduler import FairQueue, context_caller, gauge_reporter
 from services.common.security import downstream_credentials
-from services.common.server import ServerHandle, build_server, run_service
+from services.common.server import build_aio_server, run_service
 from services.common.settings import ServerSettings
 from services.gateway.availability import Backends
 from services.gateway.downstream import Deadlines, Downstream, GrpcStages
@@ -28,6 +34,7 @@ from services.gateway.servicer import GatewayServicer
 from services.gateway.streaming import StreamBridge
 
 SERVICE = "gateway"
+log = logging.getLogger(__name__)
 
 
 class GatewaySettings(ServerSettings):
@@ -69,6 +76,12 @@ class GatewaySettings(ServerSettings):
         "", description='"" = like job_store (disk in <state dir>/cache, or the same Redis); a path or redis://.')
     cache_max_bytes: int = Field(2 << 30, gt=0, description="Result cache size cap (LRU beyond it).")
     cache_ttl_s: float = Field(30 * 86400.0, gt=0, description="Result cache entries older than this miss.")
+    max_chains: int = Field(
+        4, ge=1, description="Chains (preprocess→transcription‖diarization→merge) run at once; "
+        "more wait in the admission queue.")
+    max_queued: int = Field(
+        256, ge=0, description="Requests that may wait for a chain (fair per caller); beyond it "
+        "RESOURCE_EXHAUSTED with a retry hint. Waiting costs a coroutine, not a thread.")
     mesh_file: Path | None = Field(
         None, description="The local supervisor's mesh.json: a backend it does not list is absent.")
 
@@ -95,9 +108,15 @@ def open_cache(settings: GatewaySettings, model_identity: ModelIdentity) -> Resu
 
 
 def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages] | None = None,
-                  model_identity: ModelIdentity | None = None) -> ServerHandle:
-    """Start a gateway; tests may inject `stages_factory` to replace the downstream services
-    (and `model_identity`, the model a request runs on as the result cache keys it)."""
+                  model_identity: ModelIdentity | None = None, *,
+                  interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+                  credentials: grpc.ServerCredentials | None = None,
+                  caller_key: Callable[[object], str] = context_caller) -> AioServerHandle:
+    """Start a gateway on the process's event loop (grpc.aio); tests may inject `stages_factory`
+    to replace the downstream services (and `model_identity`, the model a request runs on as the
+    result cache keys it). `interceptors` (an auth check, say) run inside the trace span;
+    `credentials` None serves plaintext; `caller_key` maps a call's context to the caller the
+    admission queue is fair between."""
     if stages_factory is None:
         downstream = Downstream(
             settings.preprocess_address, settings.transcription_address,
@@ -116,11 +135,16 @@ def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages
                           credentials=downstream_credentials(settings),
                           deadline_s=settings.stream_deadline_s)
     backends = Backends({"diarization": settings.diarization_address}, settings.mesh_file)
+    admission = FairQueue(settings.max_chains, settings.max_queued, name="the gateway",
+                          on_change=gauge_reporter(SERVICE),
+                          on_wait=metrics.QUEUE_WAIT.labels(SERVICE).observe,
+                          on_reject=lambda reason: metrics.QUEUE_REJECTED.labels(SERVICE, reason).inc())
     spool = Spool(settings.job_spool_dir or settings.state_dir / "jobs" / "spool")
     quota = SpoolQuota(settings.spool_quota_bytes, [
         (settings.spool_dir or Path(tempfile.gettempdir()), "asr-gateway-*"), (spool.root, "*")])
     servicer = GatewayServicer(stages_factory, settings.max_upload_bytes, settings.spool_dir, cache,
-                               backends=backends, streaming=bridge, quota=quota)
+                               backends=backends, streaming=bridge, admission=admission,
+                               caller_key=caller_key, quota=quota)
     store = open_store(settings.job_store, settings.state_dir)
     jobs = JobServicer(servicer, store, spool, retention_s=settings.job_retention_s, poll_s=settings.job_poll_s)
     runner = JobRunner(store, spool, stages_factory, cache=cache, workers=settings.job_workers,
@@ -131,20 +155,36 @@ def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages
         pb_grpc.add_GatewayServiceServicer_to_server(servicer, server)
         jobs_grpc.add_JobServiceServicer_to_server(jobs, server)
 
-    handle = build_server(
+    handle = build_aio_server(
         settings,
         register=register,
         service_names=[pb.DESCRIPTOR.services_by_name["GatewayService"].full_name,
                        jobs_pb.DESCRIPTOR.services_by_name["JobService"].full_name],
+        interceptors=interceptors,
+        credentials=credentials,
     )
     runner.start()
-    # Drain: stop claiming and hand running jobs back to the queue at once (another replica
-    # starts them now), rather than run them out the grace period meant for in-flight calls.
+
+    def hand_back_queued() -> None:
+        async def close() -> None:
+            handed = admission.close("the gateway is shutting down")
+            if handed:
+                metrics.QUEUE_REJECTED.labels(SERVICE, "draining").inc(handed)
+                log.info("drain: handed %d queued requests back (UNAVAILABLE, retry)", handed)
+
+        run_on_loop(close(), timeout=10)
+
+    # Drain: queued requests go back to their callers at once (UNAVAILABLE + RetryInfo: another
+    # replica, or this one restarted, takes them); the runner stops claiming and hands running
+    # jobs back to the store, rather than run them out the grace period meant for calls in flight.
+    handle.on_drain.append(hand_back_queued)
     handle.on_drain.append(runner.stop)
+    handle.on_stop.append(servicer.close)
     handle.on_stop.append(store.close)
     if cache is not None:
         handle.on_stop.append(cache.close)
     handle.jobs = runner
+    handle.admission = admission
     handle.on_stop.append(bridge.close)
     return handle
 

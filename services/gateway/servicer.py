@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-import contextvars
+import asyncio
 import dataclasses
 import logging
-import queue
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 from opentelemetry import trace
 
 from asr.common.v1 import document_pb2, progress_pb2, quality_pb2
 from asr.gateway.v1 import gateway_service_pb2 as pb
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from services.common import convert
+from services.common.aio import in_executor
 from services.common.domain import MediaReport, ProgressUpdate
-from services.common.errors import Cancelled, InternalError, InvalidInput, LimitExceeded
-from services.common.scheduler import rpc_watch
-from services.common.streams import UploadMeter
+from services.common.errors import InternalError, InvalidInput, LimitExceeded
+from services.common.scheduler import _NO_DEADLINE_S, FairQueue, context_caller
+from services.common.streams import CANCEL_NOTICE_GRACE_S, UploadMeter
 from services.common.telemetry import current_trace_id
 from services.gateway.availability import Backends
 from services.gateway.downstream import FORMAT_ENUMS, FORMAT_NAMES
@@ -38,11 +38,16 @@ STAGE_ENUMS = {
     "diarization": progress_pb2.STAGE_DIARIZATION,
     "merge": progress_pb2.STAGE_MERGE,
 }
-_DONE, _FAILED = object(), object()
 DOCUMENT_CHUNK_CHARS = 256 * 1024
 """Characters per DocumentChunk: at most 1 MiB of UTF-8 whatever the text."""
 _tracer = trace.get_tracer(__name__)
 log = logging.getLogger(__name__)
+
+
+def _swallow(future: asyncio.Future) -> None:
+    """Retrieve a chain's outcome nobody waits for any more (no 'never retrieved' warnings)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def chain_options(config: pb.TranscribeConfig) -> ChainOptions:
@@ -99,9 +104,21 @@ def _quality_profile(value: int) -> str:
 
 
 class GatewayServicer(pb_grpc.GatewayServiceServicer):
+    """Async (grpc.aio) servicer: uploads, queueing and idle streams cost a coroutine each.
+
+    A spooled upload enters `admission` (a per-caller fair queue); once admitted, the sync
+    chain runs on `chain_executor` (as many threads as the queue admits) and its progress comes
+    back to this coroutine through an asyncio queue. Blocking helpers (hashing, the result
+    cache) run on `io_executor`.
+    """
+
     def __init__(self, stages_factory: Callable[[], Stages], max_upload_bytes: int, spool_dir: Path | None,
                  cache: ResultCache | None = None, *, backends: Backends | None = None,
-                 streaming=None, quota: SpoolQuota | None = None):
+                 streaming=None, admission: FairQueue | None = None,
+                 chain_executor: ThreadPoolExecutor | None = None,
+                 io_executor: ThreadPoolExecutor | None = None,
+                 caller_key: Callable[[object], str] = context_caller,
+                 quota: SpoolQuota | None = None):
         self._stages_factory = stages_factory
         self._backends = backends or Backends({"diarization": "configured"})
         self._max_upload_bytes = max_upload_bytes
@@ -109,52 +126,65 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         self._cache = cache
         self._streaming = streaming  # a services.gateway.streaming.StreamBridge
         self._quota = quota or unlimited()  # disk of all spools together (services/gateway/quota.py)
+        self.admission = admission or FairQueue(4, 256, name="the gateway")
+        self._chains = chain_executor or ThreadPoolExecutor(self.admission.capacity, "chain-run")
+        self._io = io_executor or ThreadPoolExecutor(4, "gateway-io")
+        self._caller_key = caller_key
 
-    def StreamingTranscribe(self, request_iterator, context):
+    def close(self) -> None:
+        self._chains.shutdown(wait=False, cancel_futures=True)
+        self._io.shutdown(wait=False, cancel_futures=True)
+
+    async def StreamingTranscribe(self, request_iterator, context):
         if self._streaming is None:
             raise InternalError("this gateway has no transcription service for streaming")
-        return self._streaming(request_iterator, context)
+        async for response in self._streaming(request_iterator, context):
+            yield response
 
-    def Transcribe(self, request_iterator, context: grpc.ServicerContext) -> Iterator[pb.TranscribeResponse]:
-        first = next(request_iterator, None)
+    async def Transcribe(self, request_iterator, context) -> AsyncIterator[pb.TranscribeResponse]:
+        first = await anext(request_iterator, None)
         if first is None or first.WhichOneof("payload") != "config":
             raise InvalidInput("the first message of the stream must carry config", field="config")
         options = chain_options(first.config)
         self._backends.require_diarization(first.config)
         span = trace.get_current_span()
         span.set_attributes({"asr.diarize": options.diarize, "asr.formats": ",".join(options.formats)})
-        ended, _ = rpc_watch(context)
-        meter = UploadMeter(first.config.upload_size_bytes, ended, what="upload",
+        meter = UploadMeter(first.config.upload_size_bytes, threading.Event(), what="upload",
                             field="config.upload_size_bytes")
         self._check_upload_size(meter.declared)  # refused before a byte of it is sent
         spool = Path(tempfile.mkdtemp(prefix="asr-gateway-", dir=self._spool_dir))
         try:
             upload = spool / "upload"
             with _tracer.start_as_current_span("gateway.upload") as upload_span:
-                size = self._receive(request_iterator, upload, meter)
+                size = await self.receive(request_iterator, upload, meter)
                 upload_span.set_attribute("asr.upload.bytes", size)
             span.set_attribute("asr.upload.bytes", size)
             yield self._progress("upload", ProgressUpdate(1.0, message=f"received {size} bytes"))
-            yield from self._cached_run(upload, options, first.config.no_cache, context)
+            async for message in self._cached_run(upload, options, first.config.no_cache, context):
+                yield message
         finally:
             shutil.rmtree(spool, ignore_errors=True)
 
-    def _cached_run(self, upload: Path, options: ChainOptions, no_cache: bool,
-                    context) -> Iterator[pb.TranscribeResponse]:
+    async def _cached_run(self, upload: Path, options: ChainOptions, no_cache: bool,
+                          context) -> AsyncIterator[pb.TranscribeResponse]:
         """Answer from the result cache when it holds this work, else run the chain (and keep it)."""
         if self._cache is None:
-            yield from self._run(upload, options, context)
+            async for message in self._run(upload, options, context):
+                yield message
             return
         started = time.perf_counter()
-        key = self._cache.key(file_sha256(upload), options)
-        hit = self._cache.lookup(key, bypass=no_cache)
+        digest = await in_executor(self._io, file_sha256, upload)
+        key = self._cache.key(digest, options)
+        hit = await in_executor(self._io, lambda: self._cache.lookup(key, bypass=no_cache))
         trace.get_current_span().set_attribute("asr.cache.hit", hit is not None)
         if hit is None:
-            yield from self._run(upload, options, context, cache_key=key)
+            async for message in self._run(upload, options, context, cache_key=key):
+                yield message
             return
         hit = dataclasses.replace(hit, seconds=time.perf_counter() - started)
         log.info("transcribed %r from the result cache", options.filename)
-        yield from self._transcript(hit)
+        for message in self._transcript(hit):
+            yield message
         yield pb.TranscribeResponse(result=self._result(hit, current_trace_id(), cache_hit=True))
 
     def _check_upload_size(self, size: int) -> None:
@@ -164,59 +194,88 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                 metadata={"limit_bytes": str(self._max_upload_bytes)},
             )
 
-    def _receive(self, request_iterator, path: Path, meter: UploadMeter) -> int:
+    async def receive(self, request_iterator, path: Path, meter: UploadMeter) -> int:
+        """Spool the rest of the request stream to `path`; a cut-off upload is refused."""
+        # The quota check walks the spool directories once, at the start (a short blocking call).
         with self._quota.upload(meter.declared, path) as claim, open(path, "wb") as out:
-            for request in request_iterator:
+            async for request in request_iterator:
                 if request.WhichOneof("payload") != "content":
                     raise InvalidInput("config may appear only once, as the first message", field="config")
                 meter.add(len(request.content))
                 self._check_upload_size(meter.received)
                 claim.add(len(request.content))
                 out.write(request.content)
-        size = meter.finish()  # a cancelled or cut-off upload is never transcribed
+        if meter.declared and meter.received != meter.declared:
+            # A cancelled caller's notice cancels this task during the pause; a caller that
+            # really half-closed early (a bug) is told after it.
+            await asyncio.sleep(CANCEL_NOTICE_GRACE_S)
+        size = meter.finish(grace_s=0)  # a cancelled or cut-off upload is never transcribed
         if size == 0:
             raise InvalidInput("the upload is empty: no file content was sent", field="content")
         return size
 
-    def _run(self, upload: Path, options: ChainOptions, context,
-             cache_key: str | None = None) -> Iterator[pb.TranscribeResponse]:
-        events: queue.Queue = queue.Queue()
+    def _timeout(self, context) -> float | None:
+        remaining = context.time_remaining()
+        return None if remaining is None or remaining > _NO_DEADLINE_S else max(remaining, 0.0)
+
+    async def _run(self, upload: Path, options: ChainOptions, context,
+                   cache_key: str | None = None) -> AsyncIterator[pb.TranscribeResponse]:
+        span = trace.get_current_span()
+        caller = self._caller_key(context)
+        span.set_attributes({"asr.queue.depth_at_arrival": self.admission.waiting,
+                             "asr.queue.running_at_arrival": self.admission.running})
+        async with self.admission.slot(caller, self._timeout(context)) as waited:
+            span.set_attribute("asr.queue.wait_s", round(waited, 4))
+            async for message in self._run_admitted(upload, options, cache_key):
+                yield message
+
+    async def _run_admitted(self, upload: Path, options: ChainOptions,
+                            cache_key: str | None) -> AsyncIterator[pb.TranscribeResponse]:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
         stages = self._stages_factory()
-        if not context.add_callback(stages.cancel):  # caller gone or RPC over: stop downstream work
-            raise Cancelled("the caller cancelled the request before transcription started")
         trace_id = current_trace_id()
 
-        def work() -> None:
-            try:
-                result = run_chain(upload, options, stages, lambda s, e: events.put((s, e)), trace_id)
-                events.put((_DONE, result))
-            except BaseException as exc:  # handed to the RPC thread, which raises it
-                events.put((_FAILED, exc))
+        def emit(stage: str, event) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, (stage, event))
 
-        worker = threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True)
-        worker.start()
-        while True:
-            stage, event = events.get()
-            if stage is _DONE:
-                log.info(
-                    "transcribed %r: %.1f s of audio in %.2f s, %d segments, %d speakers",
-                    options.filename, event.audio_duration, event.seconds,
-                    len(event.merged.segments), len(event.merged.speakers),
-                )
-                if self._cache is not None:
-                    self._cache.store(cache_key, event)
-                yield from self._transcript(event)
-                yield pb.TranscribeResponse(result=self._result(event, trace_id))
-                return
-            if stage is _FAILED:
-                try:
-                    raise event
-                finally:  # the traceback holds the chain's frames (and the mapped PCM)
-                    del event
-            if isinstance(event, MediaReport):
-                yield pb.TranscribeResponse(media_info=convert.media_to_proto(event))
-            else:
-                yield self._progress(stage, event)
+        chain = asyncio.ensure_future(in_executor(
+            self._chains, run_chain, upload, options, stages, emit, trace_id))
+        getter: asyncio.Future | None = None
+        try:
+            while True:
+                getter = asyncio.ensure_future(events.get())
+                await asyncio.wait({getter, chain}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    break
+                for message in self._event_message(*getter.result()):
+                    yield message
+            while not events.empty():  # progress that landed just before the end
+                for message in self._event_message(*events.get_nowait()):
+                    yield message
+            result = chain.result()  # the chain's own error (already a MeshError) when it failed
+            log.info(
+                "transcribed %r: %.1f s of audio in %.2f s, %d segments, %d speakers",
+                options.filename, result.audio_duration, result.seconds,
+                len(result.merged.segments), len(result.merged.speakers),
+            )
+            if self._cache is not None:
+                await in_executor(self._io, self._cache.store, cache_key, result)
+            for message in self._transcript(result):
+                yield message
+            yield pb.TranscribeResponse(result=self._result(result, trace_id))
+        finally:
+            if getter is not None and not getter.done():
+                getter.cancel()
+            if not chain.done():  # the caller left or the server is stopping: stop downstream work
+                stages.cancel()
+                chain.add_done_callback(_swallow)
+
+    def _event_message(self, stage: str, event) -> list[pb.TranscribeResponse]:
+        if isinstance(event, MediaReport):
+            return [pb.TranscribeResponse(media_info=convert.media_to_proto(event))]
+        return [self._progress(stage, event)]
 
     @staticmethod
     def _progress(stage: str, update: ProgressUpdate) -> pb.TranscribeResponse:

@@ -45,6 +45,7 @@ from opentelemetry import trace
 from services.common.domain import BYTES_PER_SAMPLE, SAMPLE_RATE, MediaReport
 from services.common.errors import InvalidAudio, InvalidInput, LimitExceeded, Overloaded
 from services.common.pcm import DEFAULT_CHUNK_BYTES
+from services.common.scheduler import WorkQueue, gauge_reporter
 from services.preprocess import ffmpeg
 from services.preprocess.ffmpeg import CancelToken, ChildLimits, ProbeResult
 
@@ -107,6 +108,8 @@ class PreprocessorConfig:
     silence_threshold_db: float = -50.0
     silence_padding_seconds: float = 0.1
     max_concurrent_jobs: int = 4
+    max_queued: int = 2
+    """Requests that may wait for a decode slot; beyond it RESOURCE_EXHAUSTED with a retry hint."""
     estimate_rtf: float = 0.0
     """Processing seconds per audio second of the configured model (0 = give no estimate)."""
 
@@ -390,7 +393,11 @@ class Preprocessor:
             # directories found there were left by a predecessor killed without a chance to clean.
             for stale in config.temp_root.glob(f"{SPOOL_PREFIX}*"):
                 shutil.rmtree(stale, ignore_errors=True)
-        self._slots = threading.BoundedSemaphore(config.max_concurrent_jobs)
+        # Like transcription's: a request waits its turn (first come, first served) instead of
+        # being refused while a decode slot is busy; refused only when the queue is full.
+        self._queue = WorkQueue(config.max_concurrent_jobs, config.max_queued,
+                                on_change=gauge_reporter("preprocess"), typical_job_s=2.0,
+                                name="the preprocess service")
         self._active: dict[Path, CancelToken] = {}
         self._idle = threading.Condition()
 
@@ -421,17 +428,21 @@ class Preprocessor:
         )
 
     def run(
-        self, options: PreprocessOptions, content: Iterable[bytes], cancel: CancelToken | None = None
+        self, options: PreprocessOptions, content: Iterable[bytes], cancel: CancelToken | None = None,
+        timeout: float | None = None,
     ) -> Iterator[MediaReport | bytes | DecodeSummary]:
-        """Spool, probe, decode; yield MediaReport, PCM chunks, then DecodeSummary."""
+        """Spool, probe, decode; yield MediaReport, PCM chunks, then DecodeSummary.
+
+        Waits for a decode slot first (at most `timeout` s, None: no limit; a cancel leaves the
+        queue at once); the upload is read only once admitted."""
         cancel = cancel or CancelToken()
         size = chunk_size(options.chunk_size_bytes)
-        if not self._slots.acquire(blocking=False):
-            raise Overloaded(
-                f"the preprocess service is already running its limit of "
-                f"{self.config.max_concurrent_jobs} jobs; retry shortly",
-                retry_after_s=2.0,
-            )
+        with self._queue.slot(cancel.event, timeout) as waited:
+            trace.get_current_span().set_attribute("asr.queue_wait_s", round(waited, 4))
+            yield from self._run_admitted(options, content, cancel, size)
+
+    def _run_admitted(self, options: PreprocessOptions, content: Iterable[bytes], cancel: CancelToken,
+                      size: int) -> Iterator[MediaReport | bytes | DecodeSummary]:
         workdir = None
         try:
             workdir = Path(tempfile.mkdtemp(prefix=SPOOL_PREFIX, dir=self.config.temp_root))
@@ -452,7 +463,6 @@ class Preprocessor:
                 with self._idle:
                     self._active.pop(workdir, None)
                     self._idle.notify_all()
-            self._slots.release()
 
     def _spool(self, content: Iterable[bytes], path: Path) -> tuple[Path, int, bytes]:
         limits = self.config.limits

@@ -69,6 +69,11 @@ class CancelToken:
         self._procs: set[subprocess.Popen] = set()
 
     @property
+    def event(self) -> threading.Event:
+        """Set once `cancel` has been called (for waits that should end on a cancel)."""
+        return self._event
+
+    @property
     def cancelled(self) -> bool:
         """True once `cancel` has been called."""
         return self._event.is_set()

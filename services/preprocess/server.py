@@ -6,7 +6,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from asr.preprocess.v1 import preprocess_service_pb2 as pb
@@ -57,7 +57,20 @@ class PreprocessSettings(ServerSettings):
     child_memory_bytes: int = Field(
         1 << 30, ge=64 << 20, description="Address-space limit of each ffmpeg/ffprobe child."
     )
-    max_concurrent_jobs: int = Field(4, ge=1, description="Decodes running at once; more → RESOURCE_EXHAUSTED.")
+    max_concurrent_jobs: int = Field(4, ge=1, description="Decodes running at once; more wait in a queue.")
+    max_queued: int = Field(
+        2, ge=0, description="Requests that may wait for a decode slot (each holds a server thread); "
+        "beyond it RESOURCE_EXHAUSTED with a retry hint.")
+
+    @model_validator(mode="after")
+    def _threads_outnumber_admitted_work(self) -> PreprocessSettings:
+        needed = self.max_concurrent_jobs + self.max_queued + 2
+        if self.max_workers < needed:
+            raise ValueError(
+                f"max_workers ({self.max_workers}) must be at least max_concurrent_jobs + max_queued + 2 "
+                f"({needed}): each admitted request holds a server thread, and refusals and health "
+                "checks need free ones")
+        return self
     loudnorm_target_lufs: float = Field(
         -23.0, le=0, description="Integrated loudness target (EBU R128) of loudness_normalization."
     )
@@ -97,6 +110,7 @@ def build_preprocessor(settings: PreprocessSettings) -> Preprocessor:
         loudnorm_target_lufs=settings.loudnorm_target_lufs,
         silence_threshold_db=settings.silence_threshold_db,
         max_concurrent_jobs=settings.max_concurrent_jobs,
+        max_queued=settings.max_queued,
         estimate_rtf=settings.estimate_rtf,
     ))
 

@@ -63,12 +63,13 @@ class PreprocessServicer(pb_grpc.PreprocessServiceServicer):
         cancel = CancelToken()
         if not context.add_callback(cancel.cancel):
             raise Cancelled("the caller cancelled the request before the upload started")
-        ended, _ = rpc_watch(context)
+        ended, timeout = rpc_watch(context)
         meter = UploadMeter(config.upload_size_bytes, ended, what="upload",
                             field="config.upload_size_bytes")
         check_upload_size(meter.declared, self._preprocessor.config.limits)  # before any byte arrives
         span = trace.get_current_span()
-        for event in self._preprocessor.run(options, _content(request_iterator, meter), cancel):
+        for event in self._preprocessor.run(options, _content(request_iterator, meter), cancel,
+                                                 timeout=timeout):
             if isinstance(event, bytes):
                 yield pb.PreprocessResponse(audio=audio_pb2.AudioChunk(pcm=event))
             elif isinstance(event, MediaReport):

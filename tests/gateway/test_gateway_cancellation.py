@@ -88,43 +88,70 @@ def test_cancelling_the_gateway_call_cancels_the_transcription_call(tmp_path):
         backends.stop(0)
 
 
-class LateCancelContext:
-    """A servicer context whose cancel notice lands a moment after the request stream ended.
-
-    That is how gRPC's Python server may report a cancelled upload: the pending read completes
-    empty (the iterator simply stops) and the cancel arrives on a separate completion. Over a
-    real connection the order is a race; here it is the bad order every time.
-    """
-
-    def __init__(self):
-        self.callbacks = []
-
-    def add_callback(self, callback) -> bool:
-        self.callbacks.append(callback)
-        return True
+class FakeAioContext:
+    """The few grpc.aio servicer-context methods the gateway asks before admission."""
 
     def time_remaining(self):
         return None
 
-    def cancel_soon(self) -> None:
-        threading.Timer(0.05, lambda: [callback() for callback in self.callbacks]).start()
+    def invocation_metadata(self):
+        return ()
+
+    def peer(self):
+        return "ipv4:127.0.0.1:1"
 
 
-def test_an_upload_cancelled_before_the_notice_arrives_is_never_transcribed(tmp_path):
+async def _upload(declared: int, content: bytes):
+    yield pb.TranscribeRequest(config=pb.TranscribeConfig(filename="x.wav", upload_size_bytes=declared))
+    yield pb.TranscribeRequest(content=content)
+
+
+def test_an_upload_cancelled_just_after_its_stream_ended_is_never_transcribed(tmp_path):
+    """On the event loop a cancel notice cancels the handler's task. A short upload waits a moment
+    for one before it is judged, so a cancel landing just after the stream ended (gRPC may
+    report a cancelled upload that way) still stops everything: nothing decoded, nothing spooled."""
+    import asyncio
+
     from fakes import FakeStages
 
-    from services.common.errors import Cancelled
     from services.gateway.servicer import GatewayServicer
 
-    stages, context = FakeStages(), LateCancelContext()
+    stages = FakeStages()
     servicer = GatewayServicer(lambda: stages, max_upload_bytes=10_000, spool_dir=tmp_path)
 
-    def cancelled_upload():
-        yield pb.TranscribeRequest(config=pb.TranscribeConfig(filename="x.wav", upload_size_bytes=1000))
-        yield pb.TranscribeRequest(content=b"RIFF")
-        context.cancel_soon()  # the stream ends here; the cancel notice is still on its way
+    async def scenario():
+        async def consume():
+            return [m async for m in servicer.Transcribe(_upload(1000, b"RIFF"), FakeAioContext())]
 
-    with pytest.raises(Cancelled):
-        list(servicer.Transcribe(cancelled_upload(), context))
+        task = asyncio.ensure_future(consume())
+        await asyncio.sleep(0.2)  # the stream has ended; the handler is judging the short upload
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    servicer.close()
     assert stages.calls == []  # not decoded, not transcribed as a 4-byte file
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cut_off_upload_nobody_cancelled_is_refused_naming_both_sizes(tmp_path, monkeypatch):
+    import asyncio
+
+    from fakes import FakeStages
+
+    from services.common.errors import InvalidInput
+    from services.gateway import servicer as module
+
+    monkeypatch.setattr(module, "CANCEL_NOTICE_GRACE_S", 0.05)
+    stages = FakeStages()
+    servicer = module.GatewayServicer(lambda: stages, max_upload_bytes=10_000, spool_dir=tmp_path)
+
+    async def scenario():
+        return [m async for m in servicer.Transcribe(_upload(1000, b"RIFF"), FakeAioContext())]
+
+    with pytest.raises(InvalidInput, match="4 of the 1000 bytes"):
+        asyncio.run(scenario())
+    servicer.close()
+    assert stages.calls == []
     assert list(tmp_path.iterdir()) == []

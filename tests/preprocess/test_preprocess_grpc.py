@@ -16,12 +16,14 @@ import grpc
 import numpy as np
 import pytest
 from conftest import channel_to
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from asr.preprocess.v1 import preprocess_service_pb2 as pb
 from asr.preprocess.v1 import preprocess_service_pb2_grpc as pb_grpc
 from services.common.errors import InvalidAudio, LimitExceeded, from_rpc_error
-from services.preprocess.server import PreprocessSettings, create_server
+from services.preprocess.server import PreprocessSettings, build_preprocessor, create_server
 
 pytestmark = pytest.mark.grpc
 
@@ -34,7 +36,9 @@ class Server:
 
     def __init__(self, spool: Path, **settings):
         self.spool = spool
-        self.handle = create_server(PreprocessSettings(port=0, temp_dir=spool, **settings))
+        config = PreprocessSettings(port=0, temp_dir=spool, **settings)
+        self.preprocessor = build_preprocessor(config)
+        self.handle = create_server(config, self.preprocessor)
         self.channel = channel_to(self.handle.port)
         self.stub = pb_grpc.PreprocessServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
@@ -484,8 +488,8 @@ def test_a_crashing_decoder_is_reported_and_the_server_keeps_serving(make_server
     assert srv.spool_empty() and srv.serving()
 
 
-def test_jobs_over_the_concurrency_limit_are_told_to_retry(make_server, corpus):
-    srv = make_server(max_concurrent_jobs=1)
+def test_jobs_over_the_concurrency_limit_wait_and_a_full_queue_is_told_to_retry(make_server, corpus):
+    srv = make_server(max_concurrent_jobs=1, max_queued=1)
     release = threading.Event()
 
     def stalled():
@@ -497,8 +501,19 @@ def test_jobs_over_the_concurrency_limit_are_told_to_retry(make_server, corpus):
     deadline = time.monotonic() + 5
     while not any(srv.spool.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.02)
-    err = refusal(srv, (corpus / "media/clip.ogg").read_bytes())
+    clip = (corpus / "media/clip.ogg").read_bytes()
+    waiting = srv.stub.Preprocess(iter([pb.PreprocessRequest(config=pb.PreprocessConfig()),
+                                        pb.PreprocessRequest(content=clip)]), timeout=60)
+    deadline = time.monotonic() + 5
+    while srv.preprocessor._queue.waiting < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert srv.preprocessor._queue.waiting == 1  # queued behind the stalled one, not refused
+    err = refusal(srv, clip)
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "retry" in err.details()
-    first.cancel()
+    assert any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)
+               for d in rpc_status.from_call(err).details)
+    first.cancel()  # its slot frees: the queued request runs now
+    responses = list(waiting)
+    assert responses[-1].WhichOneof("payload") == "summary"
     release.set()
     assert srv.spool_empty(wait=5)
