@@ -88,7 +88,9 @@ def test_one_trace_from_http_to_the_last_service(http_mesh, clip):
         spans = [json.loads(line) for path in (http_mesh.state_dir / "traces").glob("*.jsonl")
                  for line in path.read_text().splitlines() if trace_id in line]
         services = {s["service"] for s in spans if s["trace_id"] == trace_id}
-        if services >= {"http", "gateway", "preprocess", "transcription", "merge"}:
+        roots = [s for s in spans if s["trace_id"] == trace_id and not s["parent_span_id"]]
+        # The root span is written when the response has been sent: wait for it too.
+        if services >= {"http", "gateway", "preprocess", "transcription", "merge"} and roots:
             break
         time.sleep(0.3)
     assert services >= {"http", "gateway", "preprocess", "transcription", "merge"}, services
