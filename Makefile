@@ -82,7 +82,7 @@ bench-accuracy: setup  ## Plain faster-whisper vs the mesh on the validation cor
 	$(PY) benchmarks/bench_accuracy.py --corpus build/corpus-validate
 
 bench-long: setup  ## Mesh vs plain faster-whisper on the 10-minute file (slow).
-	$(PY) scripts/bench_long.py $(CORPUS)/long/long.flac
+	$(PY) benchmarks/bench_long.py $(CORPUS)/long/long.flac
 
 bench-cold: setup  ## Plain faster-whisper vs `asr transcribe` cold and warm, ± --diarize, on a 30 s clip (~10 min).
 	$(PY) benchmarks/bench_cold.py $(SAMPLE) --png build/bench_cold.png
@@ -100,11 +100,11 @@ clean:  ## Remove generated files (keeps the venv and model).
 	rm -rf gen/asr gen/.stamp $(OUT) .pytest_cache
 
 corpus-hard: $(VENV)/.installed  ## Harder diarization conversations + RTTM into build/corpus-hard (~10 min).
-	$(PY) scripts/gen_dia_hard.py build/corpus-hard --tools $(abspath ../shared/tools)
+	$(PY) benchmarks/gen_dia_hard.py build/corpus-hard --tools $(abspath ../shared/tools)
 
 corpus-overlap: $(VENV)/.installed  ## Overlap-rich conversations + RTTM into build/corpus-overlap (~3 min).
-	$(PY) scripts/gen_dia_hard.py build/corpus-overlap --overlap --tools $(abspath ../shared/tools)
-	PYANNOTE_METRICS_ENABLED=false $(PY) scripts/bench_diarization.py --no-corpus --no-long --hard build/corpus-overlap
+	$(PY) benchmarks/gen_dia_hard.py build/corpus-overlap --overlap --tools $(abspath ../shared/tools)
+	PYANNOTE_METRICS_ENABLED=false $(PY) benchmarks/bench_diarization.py --no-corpus --no-long --hard build/corpus-overlap
 
 corpus-validate: $(VENV)/.installed  ## Validation corpus (tune/validate split) into build/corpus-validate (~1 h on 2 cores).
 	$(PY) benchmarks/gen_validate.py build/corpus-validate --tools $(abspath ../shared/tools)

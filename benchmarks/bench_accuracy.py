@@ -37,13 +37,13 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from scripts.metrics import normalize  # noqa: E402
+from support.metrics import normalize  # noqa: E402
 
 BOOTSTRAP_ROUNDS = 2000
 

@@ -20,14 +20,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 
 def run_one(strategy: str, path: Path) -> dict:
     import numpy as np
     from faster_whisper import WhisperModel, decode_audio
 
-    from scripts.metrics import wer
+    from support.metrics import wer
 
     reference = path.with_suffix(".txt").read_text(encoding="utf-8")
     audio = decode_audio(str(path))

@@ -38,11 +38,11 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "gen")]
+sys.path[:0] = [str(REPO), str(REPO / "gen"), str(REPO / "tests")]
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
 
 from clients.sdk import GatewayClient, StreamOptions, TranscribeOptions  # noqa: E402
-from scripts.metrics import wer  # noqa: E402
+from support.metrics import wer  # noqa: E402
 
 CHUNK = 3200  # bytes: 100 ms of 16 kHz s16le
 

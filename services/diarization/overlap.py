@@ -10,7 +10,7 @@ away in the same turn, so voices that are merely similar (a high similarity ever
 count; window scores are averaged on a 20 ms grid (Hann-weighted), and cells over `threshold`
 become overlap, labelled with the speaker whose similarity rose most.
 
-Measured with scripts/bench_diarization.py (collar 0): on the five overlap-rich conversations
+Measured with benchmarks/bench_diarization.py (collar 0): on the five overlap-rich conversations
 of `make corpus-overlap` (20 backchannels over another voice each, clean and 12 dB noise; the
 threshold was tuned on the two overlap_two files) precision 0.70, recall 0.45; on short_turns
 2.2 of 2.8 s found lie on 2.4 s of true overlap; on corpus-dev and the other hard cases (no
@@ -34,7 +34,7 @@ GRID = 0.02  # seconds per score cell
 
 @dataclass(frozen=True)
 class OverlapOptions:
-    """Knobs of the overlap pass (tuned on scripts/gen_dia_hard.py --overlap)."""
+    """Knobs of the overlap pass (tuned on benchmarks/gen_dia_hard.py --overlap)."""
 
     enabled: bool = False
     """True: run the second pass. Off by default (ASR_DIARIZATION_DETECT_OVERLAPS): it costs

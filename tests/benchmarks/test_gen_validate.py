@@ -57,13 +57,12 @@ def parse_rttm(path: Path) -> list[tuple[float, float, str]]:
 # ----- the full plan (no synthesis) --------------------------------------------------------
 def test_sentences_are_new_and_enough():
     sys.path.insert(0, str(TOOLS))
-    sys.path.insert(0, str(REPO / "scripts"))
     old: set[str] = set()
     if (TOOLS / "sentences_dev.py").is_file():
         import sentences_dev
 
         old |= set(sentences_dev.DEV)
-    from scripts import gen_dia_hard
+    from benchmarks import gen_dia_hard
 
     old |= set(gen_dia_hard.EXTRA_SENTENCES) | set(gen_dia_hard.BACKCHANNELS)
     texts = [t for d in sentences_validate.DOMAINS.values() for t in d]

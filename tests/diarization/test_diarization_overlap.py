@@ -1,6 +1,6 @@
 """The embedding backend's overlapped-speech pass (services/diarization/overlap.py).
 
-Pure tests on synthetic embeddings, then one on `short_turns` (scripts/gen_dia_hard.py: four
+Pure tests on synthetic embeddings, then one on `short_turns` (benchmarks/gen_dia_hard.py: four
 backchannels spoken over the other voice), from build/corpus-hard or synthesised here.
 """
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from http_helpers import http_mesh  # noqa: F401  (fixtures)
 
-from scripts.metrics import normalize, wer
+from support.metrics import normalize, wer
 
 pytestmark = pytest.mark.mesh
 

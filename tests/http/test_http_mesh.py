@@ -14,7 +14,7 @@ import pytest
 from http_helpers import http_mesh  # noqa: F401  (fixtures)
 from websockets.sync.client import connect
 
-from scripts.metrics import wer
+from support.metrics import wer
 
 pytestmark = pytest.mark.mesh
 

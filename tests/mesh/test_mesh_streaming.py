@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from clients.sdk import StreamOptions
-from scripts.metrics import wer
+from support.metrics import wer
 
 pytestmark = pytest.mark.mesh
 

@@ -22,7 +22,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from asr.preprocess.v1 import preprocess_service_pb2_grpc as pb_grpc
-from scripts.bench_preprocess import (
+from benchmarks.bench_preprocess import (
     ServiceProcess,
     TreeSampler,
     children_of,

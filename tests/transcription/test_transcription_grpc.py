@@ -130,7 +130,7 @@ def test_options_reach_the_core(stub, corpus):
 def test_long_audio_in_lockstep_agrees_with_plain_and_comes_in_order(stub, corpus):
     from faster_whisper import WhisperModel
 
-    from scripts.metrics import wer
+    from support.metrics import wer
 
     pcm = load_pcm(corpus / "long/long.flac")[: 160 * 32000]  # > 120 s of speech: 2 chunks
     segments, progress, results = run(stub, pcm, temperatures=[0.0],
@@ -147,7 +147,7 @@ def test_long_audio_in_lockstep_agrees_with_plain_and_comes_in_order(stub, corpu
 def test_long_audio_is_batched_in_order_and_agrees_with_plain(stub, corpus):
     from faster_whisper import WhisperModel
 
-    from scripts.metrics import wer
+    from support.metrics import wer
 
     pcm = load_pcm(corpus / "long/long.flac")[: 75 * 32000]
     segments, progress, results = run(stub, pcm, temperatures=[0.0],

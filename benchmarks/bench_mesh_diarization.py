@@ -1,8 +1,8 @@
 """Speaker error rate through the whole mesh, with and without loudness normalisation.
 
-    .venv/bin/python scripts/bench_mesh_diarization.py [CORPUS_DIR]
+    .venv/bin/python benchmarks/bench_mesh_diarization.py [CORPUS_DIR]
 
-Diarization is benchmarked on raw PCM by scripts/bench_diarization.py; this checks what the
+Diarization is benchmarked on raw PCM by benchmarks/bench_diarization.py; this checks what the
 default chain (preprocess loudnorm → diarization → merge's RTTM) gives against the RTTM truth
 of corpus-dev's conversations. DER: pyannote.metrics, collar 0.25 s, overlap scored.
 """

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Diarization benchmark: DER and speaker count on the corpus conversations, RTF on long audio.
 
-    PYANNOTE_METRICS_ENABLED=false .venv/bin/python scripts/bench_diarization.py \
+    PYANNOTE_METRICS_ENABLED=false .venv/bin/python benchmarks/bench_diarization.py \
         [--corpus ../shared/corpus-dev] [--hard build/corpus-hard] [--threads 2] [--no-long] \
         [--hour] [--pyannote-dir DIR]
 
@@ -10,7 +10,7 @@ parts (missed speech, false alarm, speaker confusion), DER when told the true co
 found / hit / true (seconds; hit = found on true overlap, collar 0), the peak resident memory of
 the process after each file and, for the unscored long files, how far memory rose above the
 decoded audio while diarizing it; then overlap precision and recall over the scored files.
-`--hard` adds the harder conversations of `make corpus-hard` (scripts/gen_dia_hard.py; used by
+`--hard` adds the harder conversations of `make corpus-hard` (benchmarks/gen_dia_hard.py; used by
 default when build/corpus-hard/manifest.json exists). `--hour` adds one hour of audio: the
 10-minute file six times over, concatenated by ffmpeg into a temporary file; run it alone
 (`--hour --no-corpus --no-long`) to see the peak memory it alone needs.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Generate harder diarization conversations (with RTTM truth) from the corpus generator's voices.
 
-    .venv/bin/python scripts/gen_dia_hard.py OUT_DIR [--only NAME ...] [--tools DIR]
+    .venv/bin/python benchmarks/gen_dia_hard.py OUT_DIR [--only NAME ...] [--tools DIR]
 
 Cases (see `CASES`): five speakers; four speakers in noise; short turns (backchannels under a
 second, some spoken over the main speaker); the two similar female Kokoro voices; two voices the

@@ -1,6 +1,6 @@
 """Mesh end to end vs plain faster-whisper on one long file, measured in the same run.
 
-    .venv/bin/python scripts/bench_long.py ../shared/corpus-dev/long/long.flac [--diarize]
+    .venv/bin/python benchmarks/bench_long.py ../shared/corpus-dev/long/long.flac [--diarize]
 
 Plain faster-whisper runs with the service's settings (base, int8 on CPU, beam 5, VAD on, word
 timestamps, same thread count); the mesh time is the whole chain through the gateway (upload,
@@ -20,11 +20,11 @@ from rich.console import Console
 from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from clients.sdk import GatewayClient, TranscribeOptions  # noqa: E402
-from scripts.metrics import wer  # noqa: E402
 from services.supervisor import LocalMesh  # noqa: E402
+from support.metrics import wer  # noqa: E402
 
 
 def main() -> int:

@@ -1,11 +1,11 @@
 """Preprocess service benchmarks: option WER on corpus-dev, decode speed and memory on 1 hour.
 
-    .venv/bin/python scripts/bench_preprocess.py [--corpus ../shared/corpus-dev] [--skip-wer] [--skip-speed]
+    .venv/bin/python benchmarks/bench_preprocess.py [--corpus ../shared/corpus-dev] [--skip-wer] [--skip-speed]
 
 WER table: every corpus-dev `asr` clip and every `media` clip (all ten say the same sentence)
 goes through the preprocess core with loudness normalisation and silence trimming off and on,
 then through faster-whisper base (models/whisper-base, CPU, int8, beam 5, VAD on, temperature 0,
-language pt: deterministic), scored with scripts/metrics.py `wer`; the silence and noise files
+language pt: deterministic), scored with tests/support/metrics.py `wer`; the silence and noise files
 must give no words. These numbers chose the defaults documented in
 services/preprocess/server.py.
 
@@ -31,6 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "gen"))
+sys.path.append(str(REPO / "tests"))  # support.metrics
 
 MIB = 1 << 20
 
@@ -159,7 +160,6 @@ def bench_wer(corpus: Path, threads: int, long_form: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from scripts.metrics import wer
     from services.preprocess.core import (
         DecodeSummary,
         PreprocessOptions,
@@ -167,6 +167,7 @@ def bench_wer(corpus: Path, threads: int, long_form: bool = False) -> None:
         PreprocessorConfig,
     )
     from services.preprocess.server import resolve_binary
+    from support.metrics import wer
 
     manifest = json.loads((corpus / "manifest.json").read_text(encoding="utf-8"))
     asr = [(corpus / x["audio"], x["text"]) for x in manifest["asr"]]

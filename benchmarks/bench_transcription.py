@@ -1,6 +1,6 @@
 """Transcription service vs plain faster-whisper, measured in the same run on the same machine.
 
-    .venv/bin/python scripts/bench_transcription.py [--long ../shared/corpus-dev/long/long.flac]
+    .venv/bin/python benchmarks/bench_transcription.py [--long ../shared/corpus-dev/long/long.flac]
         [--corpus ../shared/corpus-dev] [--threads 2] [--repeat 1] [--no-clips] [--extras]
         [--plot bench_transcription.png]
 
@@ -32,11 +32,11 @@ from rich.console import Console
 from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "gen")]
+sys.path[:0] = [str(REPO), str(REPO / "gen"), str(REPO / "tests")]
 
-from scripts.metrics import wer  # noqa: E402
 from services.common.domain import SAMPLE_RATE, Segment  # noqa: E402
 from services.transcription.core import TranscriptionOptions, TranscriptionSummary  # noqa: E402
+from support.metrics import wer  # noqa: E402
 
 MODEL_DIR = REPO / "models" / "whisper-base"
 COMMON = dict(language="pt", beam_size=5, word_timestamps=True, vad_filter=True)
@@ -217,7 +217,7 @@ import sys, time
 sys.path[:0] = [{repo!r}, {gen!r}]
 import numpy as np
 from pathlib import Path
-from scripts.bench_transcription import rss_mb, service_text
+from benchmarks.bench_transcription import rss_mb, service_text
 from services.transcription.server import TranscriptionSettings, build_transcriber
 samples = np.load({clip!r})
 t = build_transcriber(TranscriptionSettings(models_dir=Path({models!r}), cpu_threads={threads}, device="cpu",
