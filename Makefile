@@ -64,7 +64,7 @@ test-reliability: setup  ## Load, faults and drain (tests/reliability; part of `
 	$(PY) -m pytest -m reliability tests/reliability $(PYTEST_ARGS)
 
 lint: setup buf  ## Lint Python (ruff) and protos (buf STANDARD).
-	$(VENV)/bin/ruff check services clients tests scripts benchmarks
+	$(VENV)/bin/ruff check services clients tests benchmarks
 
 buf: .tools/node_modules/.bin/buf  ## Lint the protos and refuse wire-breaking changes against the frozen baseline.
 	.tools/node_modules/.bin/buf lint
