@@ -75,7 +75,7 @@ class EmbeddingBackendOptions:
     The truth of audio made by the project's corpus generator (`../shared/tools/gen_corpus.py`,
     the way held-out audio is made) counts each utterance's quiet onset and release: 0.45 fits
     it. References that mark speech only (build/corpus-validate trims utterances) score better at
-    0 (tune split: pooled DER 4.6% at 0, 6.8% at 0.15); ASR_DIARIZATION_TURN_EXTENSION_S=0."""
+    0 (docs/benchmarks.md); ASR_DIARIZATION_TURN_EXTENSION_S=0."""
     batch_size: int = 64
     vad_chunk_s: float = 60.0
     """Voice activity runs on chunks this long, so its working memory does not grow with the
@@ -86,13 +86,12 @@ class EmbeddingBackendOptions:
     noisy_snr_db: float = 15.0
     """Below this estimated SNR (speech vs non-speech power) the audio counts as noisy: window
     embeddings are centred (`noisy_centering`) and cut at `noisy_threshold`. Fitted on the
-    hard cases: 10-12 dB white noise otherwise merges voices (DER 27-51%); every clean or
-    25 dB file measures 22 dB or more and is left alone."""
+    hard cases, where 10-12 dB white noise otherwise merges voices while clean and 25 dB files
+    stay well above it (docs/benchmarks.md)."""
     centering: float = 0.5
     """Share of the file's mean embedding removed in audio not counted as noisy (see `center`;
     babble noise can hide every pause, so the SNR estimate misses it). 0.5 chosen on the tune
-    split, dev and hard conversations (pooled DER 9.0% vs 10.3% without, same counts; measured
-    before the one-speaker guard `min_gap`)."""
+    split, dev and hard conversations (docs/benchmarks.md)."""
     noisy_centering: float = 0.4
     noisy_threshold: float = 0.35
     clustering: ClusteringOptions = field(default_factory=ClusteringOptions)

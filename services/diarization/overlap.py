@@ -10,14 +10,11 @@ away in the same turn, so voices that are merely similar (a high similarity ever
 count; window scores are averaged on a 20 ms grid (Hann-weighted), and cells over `threshold`
 become overlap, labelled with the speaker whose similarity rose most.
 
-Measured with benchmarks/bench_diarization.py (collar 0): on the five overlap-rich conversations
-of `make corpus-overlap` (20 backchannels over another voice each, clean and 12 dB noise; the
-threshold was tuned on the two overlap_two files) precision 0.70, recall 0.45; on short_turns
-2.2 of 2.8 s found lie on 2.4 s of true overlap; on corpus-dev and the other hard cases (no
-overlap, about 15 min) 7.3 s of invented overlap in all. Only windows wholly inside a turn are
-scored, and the regions found are secondary tracks (`core.SECONDARY_TRACK_PREFIX`), so exclusive
-turns and speaker names are the same with or without this pass. Cost: about 60% more time (one more encoder pass over the
-speech in short windows, hop 0.2 s); the scoring itself is linear in the turns' lengths.
+Precision, recall and cost on the overlap-rich conversations of `make corpus-overlap`:
+docs/benchmarks.md. Only windows wholly inside a turn are scored, and the regions found are
+secondary tracks (`core.SECONDARY_TRACK_PREFIX`), so exclusive turns and speaker names are the
+same with or without this pass. It costs one more encoder pass over the speech in short windows
+(hop 0.2 s); the scoring itself is linear in the turns' lengths.
 """
 
 from __future__ import annotations

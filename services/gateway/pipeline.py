@@ -50,13 +50,13 @@ class ChainOptions:
     inverse_text_normalization: bool = False
     loudness_normalization: bool = False
     """EBU R128 before transcription. Off by default: on the tune split of the validation corpus
-    it raised clips WER well above plain faster-whisper's (`benchmarks/tune_level.py`, figures in
+    it raised clips WER well above plain faster-whisper's (`benchmarks/tune_level.py`, see
     docs/benchmarks.md), and held-out audio showed the same; it also forces a whole-file filter
     before transcription can start. Whisper's log-mel features are normalised per window, so
     the absolute level matters far less than loudnorm's dynamic gain changes."""
     trim_silence: bool = False
-    """Leading/trailing silence trimming. Default off although it lowered WER (24.8% → 23.3% alone,
-    23.3% → 21.0% on top of loudness normalisation): it shifts every time offset by the cut
+    """Leading/trailing silence trimming. Default off although it lowered WER on corpus-dev
+    (docs/benchmarks.md): it shifts every time offset by the cut
     lead-in, which the preprocess API does not report, so subtitles would drift from the media."""
 
     @property

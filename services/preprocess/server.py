@@ -21,15 +21,12 @@ log = logging.getLogger(__name__)
 
 ESTIMATE_RTF_DEFAULT = 0.10
 """Whole-mesh seconds per audio second with the default model (whisper base, int8, CPU, 2 cores,
-no diarization), from measurement: `benchmarks/bench_long.py ../shared/corpus-dev/long/long.flac`
-(602 s) gave the mesh 1.08x the time of plain faster-whisper in the same run (96.3 s vs 89.3 s,
-RTF 0.160 vs 0.148 on a host shared with other jobs, load ≈ 7 on 2 cores); DESIGN.md's unloaded
-plain figure on this hardware is RTF 0.080, and 0.080 × 1.08 ≈ 0.087. The gateway's default
-loudness normalisation adds ≈ 0.013 (`benchmarks/bench_preprocess.py`: 76 audio-s/s), hence 0.10.
+no diarization): plain faster-whisper's real-time factor times the mesh's measured overhead over
+it, plus loudness normalisation's decode time (figures and commands: docs/benchmarks.md).
 A static, per-deployment figure rather than the gateway's observed history: it is right from the
 first request, the same on every replica, and does not mix requests with and without
 diarization (which adds to it). Deployments on other hardware set ASR_PREPROCESS_ESTIMATE_RTF from
-their own run of those scripts (the GPU overlay is an order of magnitude faster)."""
+their own run of those benchmarks (the GPU overlay is an order of magnitude faster)."""
 
 
 class PreprocessSettings(ServerSettings):

@@ -1,12 +1,12 @@
 """Long audio: VAD in bounded blocks, windows cut at silences, batch sizes. Pure functions.
 
-Why faster-whisper's BatchedInferencePipeline loses accuracy on long speech (measured on
-corpus-dev/long, see README): by default it glues VAD speech pieces (160 ms minimum silence)
+Why faster-whisper's BatchedInferencePipeline loses accuracy on long speech (figures and the
+command in docs/benchmarks.md): by default it glues VAD speech pieces (160 ms minimum silence)
 end to end into 30 s chunks with the pauses removed, and decodes each chunk *without
-timestamps*. On dense speech the model then skips whole sentences (deletions went from 30 to 77
-of 1,100 words) and chunk edges fall inside sentences; with timestamps on those same chunks the
-unfinished sentence at each chunk end is dropped instead (WER 16.9%). Sequential decoding avoids both: it
-emits timestamps and moves its 30 s window to the last complete segment.
+timestamps*. On dense speech the model then skips whole sentences and chunk edges fall inside
+sentences; with timestamps on those same chunks the unfinished sentence at each chunk end is
+dropped instead. Sequential decoding avoids both: it emits timestamps and moves its 30 s window
+to the last complete segment.
 
 The fix here keeps batching but gives each window what sequential decoding has: windows are
 cut on the real timeline at the longest pauses (no gluing, a sentence is never split when a
@@ -186,7 +186,7 @@ def batch_size_for(duration_s: float, device: str, free_bytes: int | None, cap: 
     """Windows per batch from the audio duration and, on a GPU, free memory.
 
     More windows than exist gain nothing; on CPU batches above 8 only add latency before the
-    first segment (measured: no throughput gain beyond 8 on 2 cores); on CUDA each window of
+    first segment (no throughput gain beyond 8 measured on 2 cores: docs/benchmarks.md); on CUDA each window of
     a batch costs about 60 MB of activations for base and 300 MB for large-v3 in float16, so
     the batch is capped by free memory, leaving half of it for other requests.
     """

@@ -1,4 +1,4 @@
-"""Evaluation helpers shared by benchmarks and tests (DESIGN.md "Measuring").
+"""Evaluation helpers shared by benchmarks and tests (the measuring rules: docs/benchmarks.md).
 
 WER: lower case, NFC, numbers spelled out in PT-BR (num2words), "%" → "por cento",
 punctuation dropped; corpus-level with jiwer.
