@@ -63,8 +63,9 @@ test-fast: setup  ## Only the pure-core and in-process gRPC tiers.
 test-reliability: setup  ## Load, faults and drain (tests/reliability; part of `make test`).
 	$(PY) -m pytest -m reliability tests/reliability $(PYTEST_ARGS)
 
-lint: setup buf  ## Lint Python (ruff) and protos (buf STANDARD).
+lint: setup buf  ## Lint Python (ruff), type-check (mypy: [tool.mypy] in pyproject.toml) and protos (buf STANDARD).
 	$(VENV)/bin/ruff check services clients tests benchmarks
+	$(VENV)/bin/mypy
 
 buf: .tools/node_modules/.bin/buf  ## Lint the protos and refuse wire-breaking changes against the frozen baseline.
 	.tools/node_modules/.bin/buf lint

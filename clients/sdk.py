@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_ISREG
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import grpc
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
@@ -106,12 +106,12 @@ class Transcription:
     """
 
     summary: pb.TranscribeResult
-    segments: list = field(default_factory=list)
+    segments: list[Any] = field(default_factory=list)
     """`asr.common.v1.Segment` messages in time order."""
-    documents: list = field(default_factory=list)
+    documents: list[Any] = field(default_factory=list)
     """`asr.common.v1.Document` messages, reassembled from their pieces, in the order requested."""
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name == "summary":  # copy/pickle probe before __init__ ran
             raise AttributeError(name)
         return getattr(self.summary, name)
@@ -123,9 +123,9 @@ class GatewayUnreachable(DependencyUnavailable):
 
 def _profile(name: str) -> int:
     if not name:
-        return quality_pb2.QUALITY_PROFILE_UNSPECIFIED
+        return int(quality_pb2.QUALITY_PROFILE_UNSPECIFIED)
     try:
-        return quality_pb2.QualityProfile.Value(f"QUALITY_PROFILE_{name.strip().upper().replace('-', '_')}")
+        return int(quality_pb2.QualityProfile.Value(f"QUALITY_PROFILE_{name.strip().upper().replace('-', '_')}"))
     except ValueError:
         raise InvalidInput(f"unknown quality profile {name!r}; choose from max_quality, balanced, fast") from None
 
@@ -240,7 +240,8 @@ class GatewayClient:
         finally:
             call.cancel()  # no-op once finished
 
-    def _transcribe(self, source, config, on_event, timeout_s) -> Transcription:
+    def _transcribe(self, source: BinaryIO, config: Any, on_event: Callable[[Any], object] | None,
+                    timeout_s: float | None) -> Transcription:
         def requests() -> Iterator[pb.TranscribeRequest]:
             yield pb.TranscribeRequest(config=config)
             while piece := source.read(UPLOAD_CHUNK_BYTES):
@@ -351,10 +352,14 @@ class GatewayClient:
         def left() -> float | None:
             return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
+        def remaining() -> float:  # only called once a deadline is known
+            assert deadline is not None
+            return max(deadline - time.monotonic(), 0.0)
+
         def wait(state: RetryCallState) -> float:
             error = state.outcome.exception() if state.outcome else None
             delay = max(getattr(error, "retry_after_s", 0.0) or 0.0, backoff(state))
-            return delay if deadline is None else min(delay, max(left() - 0.05, 0.0))
+            return delay if deadline is None else min(delay, max(remaining() - 0.05, 0.0))
 
         def stop(state: RetryCallState) -> bool:
             if state.attempt_number >= limit:
@@ -363,7 +368,7 @@ class GatewayClient:
                 return False
             error = state.outcome.exception() if state.outcome else None
             hint = getattr(error, "retry_after_s", 0.0) or 0.0
-            return left() <= max(hint, 0.05)  # no time for another attempt after the wait
+            return remaining() <= max(hint, 0.05)  # no time for another attempt after the wait
 
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
@@ -378,7 +383,7 @@ class GatewayClient:
                 return attempt(left())
         raise AssertionError("unreachable")  # tenacity either returns or re-raises
 
-    def _call(self, method, request, timeout_s: float | None):
+    def _call(self, method: Callable[..., Any], request: Any, timeout_s: float | None) -> Any:
         try:
             return method(request, timeout=timeout_s)
         except grpc.RpcError as err:
@@ -394,9 +399,11 @@ def _retryable(error: BaseException) -> bool:
 FINAL_JOB_STATES = frozenset({jobs_pb.JOB_STATE_SUCCEEDED, jobs_pb.JOB_STATE_FAILED, jobs_pb.JOB_STATE_CANCELLED})
 
 
-def _collect(responses: Iterable, on_event: Callable | None) -> Transcription:
+def _collect(responses: Iterable[Any], on_event: Callable[[Any], object] | None) -> Transcription:
     """Reassemble a streamed transcript (Transcribe or GetJobResults) and check its counts."""
-    segments, documents, pending = [], [], {}
+    segments: list[Any] = []
+    documents: list[Any] = []
+    pending: dict[int, list[str]] = {}
     for response in responses:
         kind = response.WhichOneof("payload")
         if kind == "segment":
@@ -457,7 +464,7 @@ class StreamOptions:
         return config
 
 
-class _NoResult(grpc.RpcError):
+class _NoResult(grpc.RpcError):  # type: ignore[misc]  # grpc has no type information
     def code(self) -> grpc.StatusCode:
         return grpc.StatusCode.INTERNAL
 

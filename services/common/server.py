@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -57,6 +58,7 @@ from services.common.telemetry import (
 )
 
 log = logging.getLogger(__name__)
+SettingsT = TypeVar("SettingsT", bound=ServerSettings)
 
 READY_PREFIX = "ASR_READY"
 
@@ -295,8 +297,8 @@ class TraceContextFilter(logging.Filter):
         return True
 
 
-def run_service(service: str, settings_type: type[ServerSettings],
-                create: Callable[[ServerSettings], ServerHandle | AioServerHandle]) -> None:
+def run_service(service: str, settings_type: type[SettingsT],
+                create: Callable[[SettingsT], Any]) -> None:
     """What every service's `main()` does: read settings once, set up logs and traces, serve."""
     try:
         settings = settings_type()

@@ -75,7 +75,8 @@ class ClusteringOptions:
 def normalize(x: np.ndarray) -> np.ndarray:
     """L2-normalise rows (zero rows stay zero)."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+    out: np.ndarray = x / np.maximum(norms, 1e-12)
+    return out
 
 
 def _relabel_by_first_appearance(labels: np.ndarray) -> np.ndarray:
@@ -159,13 +160,17 @@ def cluster_embeddings(
     return refine(x, labels, options.refine_iterations, keep_at_least=min_k)
 
 
-def _shared_signal(groups: np.ndarray, positions: np.ndarray, radius: int | None):
+SharedSignal = tuple[np.ndarray, np.ndarray, "int | None"]
+"""(groups, positions, radius): which pairs of windows may not be neighbours."""
+
+
+def _shared_signal(groups: np.ndarray, positions: np.ndarray, radius: int | None) -> SharedSignal:
     """(groups, positions, radius) describing which pairs may not be neighbours (see below)."""
     return groups, positions, radius
 
 
 def _cluster_nme(x: np.ndarray, min_k: int, max_k: int, options: ClusteringOptions,
-                 mask) -> np.ndarray:
+                 mask: SharedSignal | None) -> np.ndarray:
     """NME-SC count and spectral partition, then centroid refinement on the embeddings."""
     n = len(x)
     if n > options.spectral_points:
@@ -197,12 +202,14 @@ def binarise(similarity: np.ndarray, neighbours: int) -> np.ndarray:
     keep = np.argsort(-similarity, axis=1, kind="stable")[:, :neighbours]
     graph = np.zeros_like(similarity)
     graph[np.repeat(np.arange(n), keep.shape[1]), keep.ravel()] = 1.0
-    return 0.5 * (graph + graph.T)
+    symmetric: np.ndarray = 0.5 * (graph + graph.T)
+    return symmetric
 
 
 def laplacian(graph: np.ndarray) -> np.ndarray:
     """Unnormalised graph Laplacian D - A."""
-    return np.diag(graph.sum(axis=1)) - graph
+    lap: np.ndarray = np.diag(graph.sum(axis=1)) - graph
+    return lap
 
 
 def nme_spectral(x: np.ndarray, min_k: int, max_k: int, max_pruning: float, steps: int,
@@ -237,7 +244,7 @@ def nme_spectral(x: np.ndarray, min_k: int, max_k: int, max_pruning: float, step
     # clipped to the bounds: with three clear groups and max 2, the answer is 2, not 1.
     top = min(max(max_k, COUNT_CEILING) + 1, n)
     candidates = np.unique(np.linspace(1, max(1, int(max_pruning * n)), steps).round().astype(int))
-    best = (np.inf, int(candidates[-1]))
+    best: tuple[float, ...] = (np.inf, int(candidates[-1]))
     for p in candidates.tolist():
         values = np.linalg.eigvalsh(laplacian(binarise(similarity, p)))
         gap = float(np.max(np.diff(values[:top]))) if top > 1 else 0.0
@@ -245,7 +252,7 @@ def nme_spectral(x: np.ndarray, min_k: int, max_k: int, max_pruning: float, step
         ratio = (p / n) / (normalised + 1e-10)
         if ratio < best[0]:
             best = (ratio, p, normalised)
-    values, vectors = np.linalg.eigh(laplacian(binarise(similarity, best[1])))
+    values, vectors = np.linalg.eigh(laplacian(binarise(similarity, int(best[1]))))
     k = 1 + int(np.argmax(np.diff(values[:top]))) if top > 1 else 1
     if len(best) > 2 and best[2] < min_gap:
         k = 1
@@ -370,34 +377,34 @@ def smooth_runs(
     `runs` are (label, start, end) in time order; neighbours "touch" when no silence separates
     them. An isolated short run (silence on both sides) is kept: it is all the evidence there is.
     """
-    runs = [list(r) for r in runs]
+    work: list[list[float]] = [list(r) for r in runs]
     changed = True
     while changed:
         changed = False
-        merged: list[list] = []
-        for run in runs:
+        merged: list[list[float]] = []
+        for run in work:
             if merged and merged[-1][0] == run[0] and abs(merged[-1][2] - run[1]) < 1e-6:
                 merged[-1][2] = run[2]
             else:
                 merged.append(run)
-        runs = merged
+        work = merged
         # Shortest first, so one pass absorbs the clearest flickers before longer ones.
-        for i in sorted(range(len(runs)), key=lambda j: (runs[j][2] - runs[j][1], j)):
-            label, start, end = runs[i]
+        for i in sorted(range(len(work)), key=lambda j: (work[j][2] - work[j][1], j)):
+            label, start, end = work[i]
             if end - start >= min_duration:
                 break
-            prev_touch = i > 0 and abs(runs[i - 1][2] - start) < 1e-6
-            next_touch = i + 1 < len(runs) and abs(runs[i + 1][1] - end) < 1e-6
+            prev_touch = i > 0 and abs(work[i - 1][2] - start) < 1e-6
+            next_touch = i + 1 < len(work) and abs(work[i + 1][1] - end) < 1e-6
             if not (prev_touch or next_touch):
                 continue
             if prev_touch and next_touch:
-                longer = i - 1 if runs[i - 1][2] - runs[i - 1][1] >= runs[i + 1][2] - runs[i + 1][1] else i + 1
+                longer = i - 1 if work[i - 1][2] - work[i - 1][1] >= work[i + 1][2] - work[i + 1][1] else i + 1
             else:
                 longer = i - 1 if prev_touch else i + 1
-            runs[i][0] = runs[longer][0]
+            work[i][0] = work[longer][0]
             changed = True
             break
-    return [(int(r[0]), float(r[1]), float(r[2])) for r in runs]
+    return [(int(r[0]), float(r[1]), float(r[2])) for r in work]
 
 
 def fill_gaps(
@@ -410,7 +417,7 @@ def fill_gaps(
     `duration`. Why: voice activity trims the quiet onset and release of each utterance, which
     annotators (and the corpus RTTM) count as part of the turn.
     """
-    joined: list[list] = []
+    joined: list[list[float]] = []
     for label, start, end in runs:
         if joined and joined[-1][0] == label and start - joined[-1][2] < max_gap:
             joined[-1][2] = max(joined[-1][2], end)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from opentelemetry import context as otel_context
@@ -107,11 +107,11 @@ def exclusive_turns(annotation: Annotation) -> tuple[list[SpeakerTurn], list[Tim
     tracks = sorted(((seg.start, seg.end, label, not str(track).startswith(SECONDARY_TRACK_PREFIX))
                      for seg, track, label in annotation.itertracks(yield_label=True)
                      if seg.end > seg.start), key=lambda t: (not t[3], t[0], t[1], str(t[2])))
-    names: dict = {}
+    names: dict[Any, str] = {}
     for _start, _end, label, _primary in tracks:  # primary tracks first, each group in time order
         names.setdefault(label, f"SPEAKER_{len(names):02d}")
     points = sorted({t for start, end, _, _ in tracks for t in (start, end)})
-    turns: list[list] = []
+    turns: list[list[Any]] = []
     overlaps: list[list[float]] = []
     holder = None
     for a, b in zip(points[:-1], points[1:]):
@@ -199,12 +199,13 @@ class Diarizer:
             cancel.set()  # whatever happened, the worker has nothing left to do
             span.end()
 
-    def _run(self, audio, low, high, duration, started, cancel: threading.Event,
-             span: trace.Span) -> Iterator[ProgressUpdate]:
+    def _run(self, audio: np.ndarray, low: int, high: int, duration: float, started: float,
+             cancel: threading.Event,
+             span: trace.Span) -> Generator[ProgressUpdate, None, Annotation]:
         # The backend blocks for the whole audio; it runs in a worker thread so its progress
         # reaches the caller while it works, and so a cancelled caller can stop it between batches.
-        events: queue.Queue = queue.Queue()
-        result: dict = {}
+        events: queue.Queue[tuple[float, str] | None] = queue.Queue()
+        result: dict[str, Any] = {}
         parent = trace.set_span_in_context(span)
 
         def report(fraction: float, message: str = "") -> None:
@@ -239,7 +240,7 @@ class Diarizer:
         return result["annotation"]
 
     @staticmethod
-    def _relay(events: queue.Queue, span: trace.Span, started: float,
+    def _relay(events: queue.Queue[tuple[float, str] | None], span: trace.Span, started: float,
                duration: float) -> Iterator[ProgressUpdate]:
         """Turn the worker's progress reports into `ProgressUpdate`s until it is done."""
         last = 0.0

@@ -78,6 +78,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from services.common.domain import Segment, Word
 
@@ -207,9 +208,8 @@ class _Tokens:
     def __init__(self, words: Sequence[str]):
         self.lead, self.core, self.trail = [], [], []
         for word in words:
-            lead, core, trail = _SPLIT.match(word).groups()
-            if not core:  # only punctuation: keep it whole, it never matches anything
-                lead, core, trail = "", word, ""
+            # only punctuation: kept whole (as the core), it never matches anything
+            lead, core, trail = split_punctuation(word)
             self.lead.append(lead)
             self.core.append(core.lower())
             self.trail.append(trail)
@@ -222,7 +222,7 @@ class _Tokens:
         """Token i and i+1 may belong to one expression (no punctuation between them)."""
         return i + 1 < self.n and not self.trail[i] and not self.lead[i + 1]
 
-    def word_at(self, i: int, words: set[str] | dict) -> bool:
+    def word_at(self, i: int, words: set[str] | dict[str, Any]) -> bool:
         """Token i is one of `words` and linked to the token before it."""
         return self.at(i) in words and self.linked(i - 1)
 
@@ -601,7 +601,9 @@ Rewriter = Callable[[Sequence[str]], list[Rewrite]]
 
 def split_punctuation(word: str) -> tuple[str, str, str]:
     """A word as (leading punctuation, core, trailing punctuation), the way ITN sees it."""
-    lead, core, trail = _SPLIT.match(word).groups()
+    match = _SPLIT.match(word)
+    assert match is not None  # the pattern matches every string
+    lead, core, trail = match.groups()
     return ("", word, "") if not core else (lead, core, trail)
 
 

@@ -238,7 +238,8 @@ def render_srt(segments: Sequence[Segment], info: DocumentInfo, options: MergeOp
         )
         for i, cue in enumerate(cues, start=1)
     ]
-    return srt.compose(subtitles, reindex=False)
+    composed: str = srt.compose(subtitles, reindex=False)
+    return composed
 
 
 def vtt_timestamp(ms: int) -> str:

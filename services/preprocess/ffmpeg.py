@@ -19,7 +19,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -371,7 +371,7 @@ class Child:
         self._limits = limits
         self._cancel = cancel
 
-    def stream(self, read_size: int = 1 << 16) -> Iterator[bytes]:
+    def stream(self, read_size: int = 1 << 16) -> Generator[bytes, None, None]:
         """Yield stdout as it comes; return when the child has exited (returncode set)."""
         if self._cancel.cancelled:
             raise Cancelled("the caller cancelled the request")

@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from opentelemetry import trace
@@ -103,7 +104,7 @@ class Decoding:
     initial_prompt: str | None
     hotwords: str | None
 
-    def whisper_kwargs(self) -> dict:
+    def whisper_kwargs(self) -> dict[str, Any]:
         """Keyword arguments shared by both faster-whisper entry points."""
         return dict(
             language=self.language, beam_size=self.beam_size, best_of=self.best_of,
@@ -289,6 +290,7 @@ class Transcriber:
                 if len(audio) > 0 and decoding.vad_filter:
                     with tracer.start_as_current_span("transcription.vad") as vad_span:
                         audio = self._level(audio, stats)
+                        assert stats.speech is not None  # _level always sets it
                         if stats.gain_db:
                             span.set_attribute("asr.gain_db", stats.gain_db)
                         vad_span.set_attributes({
@@ -362,7 +364,7 @@ class Transcriber:
 
     # -- sequential: plain faster-whisper -------------------------------------------------
 
-    def _sequential(self, model, audio: np.ndarray, decoding: Decoding, stats: _Stats,
+    def _sequential(self, model: Any, audio: np.ndarray, decoding: Decoding, stats: _Stats,
                     started: float) -> Iterator[ProgressUpdate | Segment]:
         samples = longform.to_float(audio)
         duration = len(samples) / SAMPLE_RATE
@@ -379,9 +381,10 @@ class Transcriber:
                 yield from self._decode_sequential(model, samples, decoding, stats, started, False,
                                                    strict=True)
 
-    def _decode_sequential(self, model, samples: np.ndarray, decoding: Decoding, stats: _Stats,
+    def _decode_sequential(self, model: Any, samples: np.ndarray, decoding: Decoding, stats: _Stats,
                            started: float, vad_filter: bool, strict: bool = False,
-                           window: Window | None = None, total: float | None = None):
+                           window: Window | None = None,
+                           total: float | None = None) -> Iterator[ProgressUpdate | Segment]:
         duration = total or len(samples) / SAMPLE_RATE
         with tracer.start_as_current_span("transcription.window") as span:
             span.set_attributes({"asr.batch_size": 1, "asr.window.start_s": window.start if window else 0.0,
@@ -401,7 +404,7 @@ class Transcriber:
 
     # -- lockstep: chunks decoded sequentially, their model calls batched --------------------
 
-    def _lockstep(self, model, audio: np.ndarray, decoding: Decoding, stats: _Stats,
+    def _lockstep(self, model: Any, audio: np.ndarray, decoding: Decoding, stats: _Stats,
                   started: float) -> Iterator[ProgressUpdate | Segment]:
         duration = len(audio) / SAMPLE_RATE
         speech = stats.speech if stats.speech is not None else [(0.0, duration)]
@@ -425,7 +428,11 @@ class Transcriber:
             span.set_attributes({"asr.batch_size": len(chunks), "asr.audio.duration_s": duration})
             for index, raw in lockstep.transcribe_chunks(model, arrays, kwargs, self._on_batch):
                 offset = chunks[index][0]
-                segment = to_segment(0, raw, lambda t, offset=offset: offset + float(t))
+
+                def shift(t: float, offset: float = offset) -> float:
+                    return offset + float(t)
+
+                segment = to_segment(0, raw, shift)
                 if guards.is_silent(segment):
                     continue
                 yield segment
@@ -433,7 +440,7 @@ class Transcriber:
 
     # -- batched: windows at silences, decoded together ---------------------------------------
 
-    def _batched(self, model, audio: np.ndarray, decoding: Decoding, stats: _Stats,
+    def _batched(self, model: Any, audio: np.ndarray, decoding: Decoding, stats: _Stats,
                  started: float) -> Iterator[ProgressUpdate | Segment]:
         duration = len(audio) / SAMPLE_RATE
         speech = stats.speech if stats.speech is not None else [(0.0, duration)]
@@ -496,7 +503,7 @@ class Transcriber:
             yield _progress(min(done, duration), duration, started)
 
     @staticmethod
-    def _next_batch(remaining: deque, size: int) -> list[Window]:
+    def _next_batch(remaining: deque[tuple[float, float, int]], size: int) -> list[Window]:
         """Plan the next `size` windows from the front of the speech queue and pop their ranges."""
         take, speech = [], 0.0
         for item in remaining:
@@ -523,7 +530,7 @@ class Transcriber:
         found = get_speech_timestamps(block, self.vad.options(longform.WINDOW_S))
         return [(t["start"] / SAMPLE_RATE, t["end"] / SAMPLE_RATE) for t in found]
 
-    def _decode_batch(self, pipeline, audio: np.ndarray, batch: list[Window],
+    def _decode_batch(self, pipeline: Any, audio: np.ndarray, batch: list[Window],
                       decoding: Decoding) -> list[tuple[list[Segment], bool]]:
         """Decode windows together; per window its segments and whether it looks failed."""
         parts = [w.samples(audio) for w in batch]
@@ -534,12 +541,12 @@ class Transcriber:
             batch_size=len(batch), temperature=decoding.temperatures[0],
             **{**decoding.whisper_kwargs(), "beam_size": decoding.batched_beam_size},
         )
-        grouped: list[list] = [[] for _ in batch]
+        grouped: list[list[Any]] = [[] for _ in batch]
         for raw in raw_segments:
             clip_start = raw.seek / 100.0  # seek is the clip's offset in 10 ms frames
             index = min(range(len(batch)), key=lambda k: abs(clips[k]["start"] - clip_start))
             grouped[index].append(raw)
-        out = []
+        out: list[tuple[list[Segment], bool]] = []
         for window, clip, raws in zip(batch, clips, grouped):
             if not raws:
                 out.append(([], False))
@@ -547,7 +554,7 @@ class Transcriber:
             text = " ".join(r.text for r in raws)
             head = raws[0]
 
-            def to_file(t: float, window=window, clip=clip) -> float:
+            def to_file(t: float, window: Window = window, clip: dict[str, float] = clip) -> float:
                 return window.to_original(t - clip["start"])
 
             segments = [to_segment(0, r, to_file) for r in raws]
@@ -559,7 +566,7 @@ class Transcriber:
         return out
 
 
-def _batched_pipeline(model):
+def _batched_pipeline(model: Any) -> Any:
     from faster_whisper import BatchedInferencePipeline
 
     return BatchedInferencePipeline(model)
@@ -594,7 +601,7 @@ def _renumber(segment: Segment, index: int) -> Segment:
     return segment if segment.id == index else replace(segment, id=index)
 
 
-def to_segment(index: int, raw, to_file: Callable[[float], float] | None = None) -> Segment:
+def to_segment(index: int, raw: Any, to_file: Callable[[float], float] | None = None) -> Segment:
     """faster-whisper Segment → domain Segment (NFC text, words without the leading space).
 
     `to_file` maps times of a decoded window back to the file (long-form windows)."""

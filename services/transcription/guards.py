@@ -95,7 +95,8 @@ def apply_gain(samples: np.ndarray, gain: float) -> np.ndarray:
         return samples
     scaled = samples.astype(np.float32) * np.float32(gain)
     if samples.dtype == np.int16:
-        return np.clip(scaled, -32768, 32767).astype(np.int16)
+        clipped: np.ndarray = np.clip(scaled, -32768, 32767).astype(np.int16)
+        return clipped
     return scaled
 
 
@@ -267,7 +268,7 @@ class LoopFilter:
         flat = [w for u in units for w in u]
         base = len(self._context)
         drops = find_loops(self._context + flat, self.max_repeats)
-        dropped = set()
+        dropped: set[int] = set()
         for a, b in drops:
             if b > base:
                 dropped.update(range(max(a, base) - base, b - base))

@@ -18,11 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from services.common.domain import SAMPLE_RATE
 from services.common.pcm import pcm_to_float32
+
+if TYPE_CHECKING:
+    from faster_whisper.vad import VadOptions
 
 WINDOW_S = 30.0
 """Whisper's input length: a window never exceeds it."""
@@ -49,7 +53,7 @@ class VadParams:
     speech_pad_ms: int = 150
     min_speech_duration_ms: int = 0
 
-    def options(self, max_speech_s: float):
+    def options(self, max_speech_s: float) -> VadOptions:
         from faster_whisper.vad import VadOptions
 
         return VadOptions(

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from opentelemetry import trace
 
@@ -219,7 +220,7 @@ class ModelRegistry:
         return entry.model
 
     @contextmanager
-    def lease(self, name: str, device: str, compute_type: str) -> Iterator[object]:
+    def lease(self, name: str, device: str, compute_type: str) -> Iterator[Any]:
         """The shared model, protected from idle unloading until the block ends."""
         entry = self._acquire(name, device, compute_type)
         try:
