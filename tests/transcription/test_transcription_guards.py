@@ -115,7 +115,7 @@ def test_text_after_the_last_speech_or_inside_a_pause_is_outside_speech():
 
 
 def test_the_core_drops_inventions_and_counts_them(tmp_path):
-    from tests.transcription.test_transcription_core import (
+    from test_transcription_core import (
         FakeModel,
         FakeSegment,
         collect,
@@ -170,7 +170,7 @@ def test_normal_speech_and_silence_are_left_alone_and_peaks_never_clip():
 
 
 def test_the_core_keeps_the_gain_only_where_vad_hears_speech(tmp_path):
-    from tests.transcription.test_transcription_core import FakeModel, collect, fake_transcriber
+    from test_transcription_core import FakeModel, collect, fake_transcriber
 
     heard = []
 

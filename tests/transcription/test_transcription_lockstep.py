@@ -157,9 +157,8 @@ def test_a_model_error_reaches_every_thread_of_the_batch():
 def test_each_chunk_gets_what_plain_faster_whisper_gives_it(corpus):
     """Four single-window chunks (no context to align): batched output == per-chunk plain, words
     and their timestamps (alignment runs batched too)."""
+    from conftest import MODELS_DIR
     from faster_whisper import WhisperModel, decode_audio
-
-    from tests.conftest import MODELS_DIR
 
     whisper_model = WhisperModel(str(MODELS_DIR / "whisper-base"), device="cpu", compute_type="int8",
                                  cpu_threads=2)
