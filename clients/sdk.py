@@ -82,7 +82,8 @@ class TranscribeOptions:
     def to_proto(self, filename: str) -> pb.TranscribeConfig:
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown:
-            raise InvalidInput(f"unknown output format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
+            raise InvalidInput(f"unknown output format {unknown[0]!r}; "
+                               f"choose from {', '.join(FORMATS)}")
         return pb.TranscribeConfig(
             filename=filename, language_code=self.language_code, diarize=self.diarize,
             num_speakers=self.num_speakers, min_speakers=self.min_speakers,
@@ -125,17 +126,19 @@ def _profile(name: str) -> int:
     if not name:
         return int(quality_pb2.QUALITY_PROFILE_UNSPECIFIED)
     try:
-        return int(quality_pb2.QualityProfile.Value(f"QUALITY_PROFILE_{name.strip().upper().replace('-', '_')}"))
+        enum_name = f"QUALITY_PROFILE_{name.strip().upper().replace('-', '_')}"
+        return int(quality_pb2.QualityProfile.Value(enum_name))
     except ValueError:
-        raise InvalidInput(f"unknown quality profile {name!r}; choose from max_quality, balanced, fast") from None
+        raise InvalidInput(f"unknown quality profile {name!r}; "
+                           "choose from max_quality, balanced, fast") from None
 
 
 class GatewayClient:
     """Calls a running gateway. Use as a context manager or call `close()`."""
 
-    def __init__(self, address: str, max_message_bytes: int = 64 << 20, connect_timeout_s: float = 15.0,
-                 max_attempts: int = DEFAULT_ATTEMPTS, *, ca_cert: str | Path | None = None,
-                 token: str | None = None):
+    def __init__(self, address: str, max_message_bytes: int = 64 << 20,
+                 connect_timeout_s: float = 15.0, max_attempts: int = DEFAULT_ATTEMPTS, *,
+                 ca_cert: str | Path | None = None, token: str | None = None):
         """`max_attempts`: see below; `ca_cert`: PEM file to verify a TLS gateway with (TLS only
         when given); `token`: bearer token sent as `authorization: Bearer ...` with every call
         (needs `ca_cert`)."""
@@ -146,8 +149,9 @@ class GatewayClient:
         exponential backoff, and never past the call's `timeout_s`."""
         self._connect_timeout_s = connect_timeout_s
         self._reachable = False
-        self._tls_hint = (f"; with TLS: is the gateway's certificate signed by {ca_cert} and does it "
-                          "name this address? A plaintext gateway refuses TLS too") if ca_cert else ""
+        self._tls_hint = (
+            f"; with TLS: is the gateway's certificate signed by {ca_cert} and does it "
+            "name this address? A plaintext gateway refuses TLS too") if ca_cert else ""
         self._channel = client_channel(address, ca_cert=ca_cert, token=token, options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -204,10 +208,12 @@ class GatewayClient:
                 config.upload_size_bytes = stat.st_size
             # A pipe cannot be sent twice: only a regular file is retried.
             return self._retrying(lambda left: self._transcribe(source, config, on_event, left),
-                                  timeout_s, rewind=lambda: source.seek(0), attempts=None if regular else 1)
+                                  timeout_s, rewind=lambda: source.seek(0),
+                                  attempts=None if regular else 1)
 
     def transcribe_file(self, source: BinaryIO, filename: str, options: TranscribeOptions,
-                        size: int = 0, on_event: Callable[[pb.TranscribeResponse], None] | None = None,
+                        size: int = 0,
+                        on_event: Callable[[pb.TranscribeResponse], None] | None = None,
                         timeout_s: float | None = None) -> Transcription:
         """Like `transcribe`, from an open binary file object (an HTTP upload, say); `size`, when
         known, is declared so that a cut-off upload is refused. The caller closes `source`."""
@@ -229,7 +235,8 @@ class GatewayClient:
         def requests() -> Iterator[gw_streaming_pb2.StreamingTranscribeRequest]:
             yield gw_streaming_pb2.StreamingTranscribeRequest(config=config)
             for chunk in pcm_chunks:
-                yield gw_streaming_pb2.StreamingTranscribeRequest(audio=audio_pb2.AudioChunk(pcm=chunk))
+                yield gw_streaming_pb2.StreamingTranscribeRequest(
+                    audio=audio_pb2.AudioChunk(pcm=chunk))
 
         call = self._stub.StreamingTranscribe(requests(), timeout=timeout_s)
         try:
@@ -254,8 +261,10 @@ class GatewayClient:
 
     # -- jobs (asr.gateway.v1.JobService) ----------------------------------------------------
 
-    def submit_job(self, path: Path, options: TranscribeOptions, timeout_s: float | None = None) -> jobs_pb.Job:
-        """Upload `path` as a job; returns the queued job (its `job_id`) once the upload is stored."""
+    def submit_job(self, path: Path, options: TranscribeOptions,
+                   timeout_s: float | None = None) -> jobs_pb.Job:
+        """Upload `path` as a job; returns the queued job (its `job_id`) once the upload is
+        stored."""
         config = options.to_proto(Path(path).name)
         self._wait_until_reachable()
         try:
@@ -277,7 +286,8 @@ class GatewayClient:
         self._wait_until_reachable()
         return self._submit(source, config, timeout_s)
 
-    def _submit(self, source: BinaryIO, config: pb.TranscribeConfig, timeout_s: float | None) -> jobs_pb.Job:
+    def _submit(self, source: BinaryIO, config: pb.TranscribeConfig,
+                timeout_s: float | None) -> jobs_pb.Job:
         def requests() -> Iterator[jobs_pb.SubmitJobRequest]:
             yield jobs_pb.SubmitJobRequest(config=config)
             while piece := source.read(UPLOAD_CHUNK_BYTES):
@@ -293,7 +303,8 @@ class GatewayClient:
         return self._call(self._jobs.GetJob, jobs_pb.GetJobRequest(job_id=job_id), timeout_s).job
 
     def watch_job(self, job_id: str) -> Iterator[jobs_pb.Job]:
-        """The job after each change, until it is final (the stream may be re-opened at any time)."""
+        """The job after each change, until it is final (the stream may be re-opened at any
+        time)."""
         try:
             for response in self._jobs.WatchJob(jobs_pb.WatchJobRequest(job_id=job_id)):
                 yield response.job
@@ -327,10 +338,12 @@ class GatewayClient:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                job = self.get_job(job_id, timeout_s=max(min(10.0, deadline - time.monotonic()), 0.5))
+                poll_timeout_s = max(min(10.0, deadline - time.monotonic()), 0.5)
+                job = self.get_job(job_id, timeout_s=poll_timeout_s)
             except DependencyUnavailable as exc:
                 if time.monotonic() >= deadline:
-                    raise DependencyUnavailable(f"gave up waiting for job {job_id}: {exc.message}") from None
+                    raise DependencyUnavailable(
+                        f"gave up waiting for job {job_id}: {exc.message}") from None
             else:
                 if on_update:
                     on_update(job)
@@ -373,7 +386,8 @@ class GatewayClient:
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
             log.info("gateway answered %s, retrying (attempt %d of %d): %s",
-                     type(error).__name__, state.attempt_number + 1, limit, getattr(error, "message", error))
+                     type(error).__name__, state.attempt_number + 1, limit,
+                     getattr(error, "message", error))
 
         for tried in Retrying(retry=retry_if_exception(_retryable), stop=stop, wait=wait,
                               before_sleep=before_sleep, reraise=True):
@@ -393,10 +407,12 @@ class GatewayClient:
 def _retryable(error: BaseException) -> bool:
     """Queue full, draining, or a dependency briefly down: worth another attempt. A gateway that
     cannot be reached at all is not (the caller gets its sentence at once)."""
-    return isinstance(error, Overloaded | DependencyUnavailable) and not isinstance(error, GatewayUnreachable)
+    return (isinstance(error, Overloaded | DependencyUnavailable)
+            and not isinstance(error, GatewayUnreachable))
 
 
-FINAL_JOB_STATES = frozenset({jobs_pb.JOB_STATE_SUCCEEDED, jobs_pb.JOB_STATE_FAILED, jobs_pb.JOB_STATE_CANCELLED})
+FINAL_JOB_STATES = frozenset(
+    {jobs_pb.JOB_STATE_SUCCEEDED, jobs_pb.JOB_STATE_FAILED, jobs_pb.JOB_STATE_CANCELLED})
 
 
 def _collect(responses: Iterable[Any], on_event: Callable[[Any], object] | None) -> Transcription:
@@ -446,11 +462,11 @@ class StreamOptions:
 
     def to_proto(self) -> streaming_pb2.StreamingConfig:
         try:
-            profile = streaming_pb2.LatencyProfile.Value(
-                f"LATENCY_PROFILE_{(self.profile or 'unspecified').strip().upper().replace('-', '_')}")
+            name = (self.profile or "unspecified").strip().upper().replace("-", "_")
+            profile = streaming_pb2.LatencyProfile.Value(f"LATENCY_PROFILE_{name}")
         except ValueError:
-            raise InvalidInput(f"unknown latency profile {self.profile!r}; choose from low_latency, "
-                               "balanced, accurate") from None
+            raise InvalidInput(f"unknown latency profile {self.profile!r}; "
+                               "choose from low_latency, balanced, accurate") from None
         config = streaming_pb2.StreamingConfig(
             language_code=self.language_code, model=self.model, latency_profile=profile,
             interim_results=self.interim_results, initial_prompt=self.initial_prompt,

@@ -24,9 +24,11 @@ def check_format(sample_rate_hz: int, channels: int, encoding: int) -> None:
             field="config.format.sample_rate_hz",
         )
     if channels not in (0, 1):
-        raise InvalidInput(f"PCM must be mono, got {channels} channels", field="config.format.channels")
+        raise InvalidInput(f"PCM must be mono, got {channels} channels",
+                           field="config.format.channels")
     if encoding not in (0, 1):  # UNSPECIFIED or S16LE
-        raise InvalidInput("PCM must be signed 16-bit little-endian", field="config.format.encoding")
+        raise InvalidInput("PCM must be signed 16-bit little-endian",
+                           field="config.format.encoding")
 
 
 def pcm_duration(num_bytes: int) -> float:
@@ -41,7 +43,8 @@ def pcm_samples(pcm: bytes | bytearray | memoryview) -> np.ndarray:
 
 
 def pcm_to_float32(pcm: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
-    """s16le bytes (or int16 samples) → float32 in [-1, 1), as faster-whisper's `decode_audio` scales."""
+    """s16le bytes (or int16 samples) → float32 in [-1, 1), as faster-whisper's `decode_audio`
+    scales."""
     samples = pcm if isinstance(pcm, np.ndarray) else pcm_samples(pcm)
     if samples.dtype != np.int16:
         raise TypeError(f"expected int16 PCM samples, got {samples.dtype}")

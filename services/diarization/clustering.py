@@ -65,8 +65,9 @@ class ClusteringOptions:
     merge_similarity: float = 0.85
     """NME-SC: after the partition, speakers whose centroids are more similar than this (cosine)
     are merged, closest pair first (0 = off). With `nme_min_fraction`, chosen on 30 tune
-    conversations (build/corpus-validate tune + build/dia-tune-extra, `benchmarks/tune_speakers.py`);
-    reported on the validate split in docs/benchmarks/speakers.md."""
+    conversations (build/corpus-validate tune + build/dia-tune-extra,
+    `benchmarks/tune_speakers.py`); reported on the validate split in
+    docs/benchmarks/speakers.md."""
     nme_min_fraction: float = 0.08
     """NME-SC: a speaker with fewer windows than this share of all windows is dissolved into
     the nearest other speaker (0 = off): over-split voices leave small clusters behind."""
@@ -90,7 +91,8 @@ def _centroids(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return normalize(np.stack([x[labels == c].mean(axis=0) for c in range(k)]))
 
 
-def _dissolve_small(x: np.ndarray, labels: np.ndarray, min_size: int, keep_at_least: int) -> np.ndarray:
+def _dissolve_small(x: np.ndarray, labels: np.ndarray, min_size: int,
+                    keep_at_least: int) -> np.ndarray:
     """Reassign windows of clusters smaller than `min_size` to the nearest large centroid."""
     sizes = np.bincount(labels)
     order = np.argsort(-sizes, kind="stable")
@@ -151,7 +153,8 @@ def cluster_embeddings(
     if k > max_k:
         # Too many: merge the closest speakers (by centroid) rather than re-cut the tree, whose
         # top splits may be a few outlier windows that would take a speaker's place.
-        return refine(x, _merge_closest(x, labels, max_k), options.refine_iterations, keep_at_least=min_k)
+        return refine(x, _merge_closest(x, labels, max_k), options.refine_iterations,
+                      keep_at_least=min_k)
     if k < min_k:
         labels = _relabel_by_first_appearance(fcluster(tree, t=min_k, criterion="maxclust") - 1)
         if min_k == max_k or int(labels.max()) + 1 > max_k:
@@ -178,7 +181,8 @@ def _cluster_nme(x: np.ndarray, min_k: int, max_k: int, options: ClusteringOptio
         sub = _cluster_nme(x[picked], min_k, max_k, options,
                            None if mask is None else (mask[0][picked], mask[1][picked], mask[2]))
         k = int(sub.max()) + 1
-        labels = _relabel_by_first_appearance(np.argmax(x @ _centroids(x[picked], sub, k).T, axis=1))
+        centroids = _centroids(x[picked], sub, k)
+        labels = _relabel_by_first_appearance(np.argmax(x @ centroids.T, axis=1))
         return refine(x, labels, options.refine_iterations, keep_at_least=min_k)
     k, spectral = nme_spectral(x, min_k, max_k, options.max_pruning, options.pruning_steps, mask,
                                options.min_gap)
@@ -398,7 +402,8 @@ def smooth_runs(
             if not (prev_touch or next_touch):
                 continue
             if prev_touch and next_touch:
-                longer = i - 1 if work[i - 1][2] - work[i - 1][1] >= work[i + 1][2] - work[i + 1][1] else i + 1
+                before, after = work[i - 1], work[i + 1]
+                longer = i - 1 if before[2] - before[1] >= after[2] - after[1] else i + 1
             else:
                 longer = i - 1 if prev_touch else i + 1
             work[i][0] = work[longer][0]

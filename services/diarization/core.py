@@ -79,8 +79,9 @@ def speaker_bounds(options: DiarizationOptions, limit: int) -> tuple[int, int]:
             options.max_speakers and options.max_speakers < options.num_speakers
         ):
             raise InvalidInput(
-                f"num_speakers={options.num_speakers} contradicts min_speakers={options.min_speakers}"
-                f" / max_speakers={options.max_speakers}", field="config.num_speakers")
+                f"num_speakers={options.num_speakers} contradicts"
+                f" min_speakers={options.min_speakers} / max_speakers={options.max_speakers}",
+                field="config.num_speakers")
         return options.num_speakers, options.num_speakers
     low = options.min_speakers or 1
     high = options.max_speakers or limit
@@ -152,8 +153,9 @@ class Diarizer:
         """Refuse speaker options that can never run, before any audio is read or queued."""
         speaker_bounds(options, self.max_speakers)
 
-    def diarize(self, audio: np.ndarray, options: DiarizationOptions,
-                cancel: threading.Event | None = None) -> Iterator[ProgressUpdate | DiarizationOutcome]:
+    def diarize(
+        self, audio: np.ndarray, options: DiarizationOptions, cancel: threading.Event | None = None
+    ) -> Iterator[ProgressUpdate | DiarizationOutcome]:
         """Yield progress updates, then one `DiarizationOutcome`.
 
         Setting `cancel` (or closing this generator) stops the backend at its next batch; the

@@ -169,7 +169,8 @@ def exclusive_turns(turns: Iterable[SpeakerTurn]) -> list[SpeakerTurn]:
     for i, turn in enumerate(turns):
         speaker = nfc(turn.speaker.strip())
         if not speaker:
-            raise InvalidInput(f"speaker turn {i} has no speaker label", field=f"turns[{i}].speaker")
+            raise InvalidInput(f"speaker turn {i} has no speaker label",
+                               field=f"turns[{i}].speaker")
         if not (math.isfinite(turn.start) and math.isfinite(turn.end)):
             raise InvalidInput(f"speaker turn {i} has a time that is not a finite number",
                                field=f"turns[{i}]")
@@ -268,7 +269,8 @@ def clean_word(word: Word) -> Word | None:
                 speaker=nfc(word.speaker.strip()))
 
 
-def split_words(words: Sequence[Word], pause_split_s: float = PAUSE_SPLIT_S) -> Iterator[list[Word]]:
+def split_words(words: Sequence[Word],
+                pause_split_s: float = PAUSE_SPLIT_S) -> Iterator[list[Word]]:
     """Cut an ordered run of words on speaker change, sentence end and long pauses."""
     run: list[Word] = []
     for word in words:
@@ -329,7 +331,8 @@ def merge(
             words = [w for w in (clean_word(w) for w in seg.words) if w is not None]
             fallback = nfc(seg.speaker.strip())
             words = [
-                replace(w, speaker=index.speaker_for(w.start, w.end) if index else (w.speaker or fallback))
+                replace(w, speaker=(index.speaker_for(w.start, w.end) if index
+                                    else (w.speaker or fallback)))
                 for w in words
             ]
             word_count += len(words)

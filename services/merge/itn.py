@@ -1,4 +1,5 @@
-"""PT-BR inverse text normalisation (ITN): spoken numbers written the way a Brazilian reader expects.
+"""PT-BR inverse text normalisation (ITN): spoken numbers written the way a Brazilian reader
+expects.
 
 Opt-in (`MergeRequest.inverse_text_normalization`, `asr transcribe --itn`); off by default. Pure.
 
@@ -107,9 +108,11 @@ for _value, _stems in {
     20: ["vigésim", "vigesim"], 30: ["trigésim", "trigesim"], 40: ["quadragésim"],
     50: ["quinquagésim", "qüinquagésim"], 60: ["sexagésim"], 70: ["septuagésim", "setuagésim"],
     80: ["octogésim"], 90: ["nonagésim"], 100: ["centésim", "centesim"], 200: ["ducentésim"],
-    300: ["trecentésim", "tricentésim"], 400: ["quadringentésim", "quadrigentésim"], 500: ["quingentésim"],
+    300: ["trecentésim", "tricentésim"], 400: ["quadringentésim", "quadrigentésim"],
+    500: ["quingentésim"],
     600: ["sexcentésim", "seiscentésim"], 700: ["septingentésim", "setingentésim", "septigentésim"],
-    800: ["octingentésim", "octigentésim"], 900: ["nongentésim", "noningentésim"], 1000: ["milésim", "milesim"],
+    800: ["octingentésim", "octigentésim"], 900: ["nongentésim", "noningentésim"],
+    1000: ["milésim", "milesim"],
 }.items():
     for _stem in _stems:
         for _end in ("o", "a", "os", "as"):
@@ -453,7 +456,8 @@ class _Tokens:
                 group_len = 0
             if word in _DIGIT_WORDS and (digits or lead or word != "meia"):
                 digits, j, group_len = digits + _DIGIT_WORDS[word], j + 1, group_len + 1
-            elif word in _DIGIT_SEPARATORS and digits and self.at(j + 1) in _DIGIT_WORDS and self.linked(j):
+            elif (word in _DIGIT_SEPARATORS and digits and self.at(j + 1) in _DIGIT_WORDS
+                  and self.linked(j)):
                 j += 1
             else:
                 break
@@ -536,7 +540,8 @@ class _Tokens:
             text = "1º" if num.whole == 1 else str(num.whole)
             return [Rewrite(i, end, text)] if not num.digits or text != self.core[i] else None
         if day and prev == "dia":
-            return None if num.digits else [Rewrite(i, end, "1º" if num.whole == 1 else str(num.whole))]
+            written = "1º" if num.whole == 1 else str(num.whole)
+            return None if num.digits else [Rewrite(i, end, written)]
         if num.digits:
             return None
         # "em 1998", "no ano 2000", "março de 2024": years are written without the dot.
@@ -591,12 +596,14 @@ def _format_digits(digits: str, context: set[str]) -> str:
 
 
 def rewrites(words: Sequence[str]) -> list[Rewrite]:
-    """The rewrites ITN makes in a run of words (token indexes, written text without punctuation)."""
+    """The rewrites ITN makes in a run of words (token indexes, written text without
+    punctuation)."""
     return _Tokens(words).rewrites()
 
 
 Rewriter = Callable[[Sequence[str]], list[Rewrite]]
-"""A backend: the words of one segment → the spans to write (builtin `rewrites`; `benchmarks/itn_nemo.py` for NeMo)."""
+"""A backend: the words of one segment → the spans to write (builtin `rewrites`;
+`benchmarks/itn_nemo.py` for NeMo)."""
 
 
 def split_punctuation(word: str) -> tuple[str, str, str]:
@@ -657,7 +664,8 @@ def normalize_segment(segment: Segment, rewriter: Rewriter = rewrites) -> Segmen
     return replace(segment, words=words, text=" ".join(w.word for w in words))
 
 
-def normalize_segments(segments: Sequence[Segment], rewriter: Rewriter = rewrites) -> tuple[Segment, ...]:
+def normalize_segments(segments: Sequence[Segment],
+                       rewriter: Rewriter = rewrites) -> tuple[Segment, ...]:
     """ITN of every segment; a span never crosses a segment boundary."""
     return tuple(normalize_segment(s, rewriter) for s in segments)
 

@@ -56,7 +56,8 @@ class _Token:
     end: float
 
 
-def layout_lines(items: Sequence[str], max_chars: int, max_lines: int = 2) -> tuple[str, ...] | None:
+def layout_lines(items: Sequence[str], max_chars: int,
+                 max_lines: int = 2) -> tuple[str, ...] | None:
     """Lay unbreakable items out in at most `max_lines` lines of `max_chars`; None if impossible."""
     joined = " ".join(items)
     if len(joined) <= max_chars:
@@ -264,5 +265,6 @@ def render_vtt(segments: Sequence[Segment], info: DocumentInfo, options: MergeOp
         if cue.speaker:
             name = _vtt_escape(" ".join(info.display_name(cue.speaker).split()))
             lines[0] = f"<v {name}>{lines[0]}"
-        out += [str(i), f"{vtt_timestamp(cue.start_ms)} --> {vtt_timestamp(cue.end_ms)}", *lines, ""]
+        timing = f"{vtt_timestamp(cue.start_ms)} --> {vtt_timestamp(cue.end_ms)}"
+        out += [str(i), timing, *lines, ""]
     return "\n".join(out)

@@ -188,7 +188,8 @@ def check_declared_duration(declared: float, limits: PreprocessLimits, source: s
 
     `slack` > 1 is for durations that are only estimates: refuse only when far over a limit.
     """
-    claims = f"the {source} declares" if slack == 1.0 else f"the {source}'s size and bit rate suggest"
+    claims = (f"the {source} declares" if slack == 1.0
+              else f"the {source}'s size and bit rate suggest")
     if declared > limits.max_audio_seconds * slack:
         raise LimitExceeded(
             f"{claims} {_hms(declared)} of audio, over the limit of "
@@ -253,8 +254,9 @@ def check_wav_header(head: bytes, size: int, limits: PreprocessLimits) -> None:
     held = max(size - offset, 0)
     if data_bytes > held + byte_rate // 100:  # a few ms of slack for odd padding
         raise InvalidAudio(
-            f"the file is truncated or corrupt: its WAV header declares {_hms(data_bytes / byte_rate)} "
-            f"of audio but the file holds only {_hms(held / byte_rate)}"
+            "the file is truncated or corrupt: its WAV header declares "
+            f"{_hms(data_bytes / byte_rate)} of audio but the file holds only "
+            f"{_hms(held / byte_rate)}"
         )
 
 
@@ -271,7 +273,8 @@ def check_complete(decoded_seconds: float, probe: ProbeResult, decode_errors: in
                 f"the file is truncated or corrupt: it declares {_hms(declared)} of audio but "
                 f"only {_hms(decoded_seconds)} could be decoded"
             )
-    if decode_errors > DECODE_ERRORS_MIN and decode_errors > decoded_seconds / DECODE_ERRORS_SECONDS_PER_ERROR:
+    if (decode_errors > DECODE_ERRORS_MIN
+            and decode_errors > decoded_seconds / DECODE_ERRORS_SECONDS_PER_ERROR):
         detail = f" (first: {first_error})" if first_error else ""
         raise InvalidAudio(
             f"the file is truncated or corrupt: the decoder reported {decode_errors} errors in "
@@ -428,8 +431,8 @@ class Preprocessor:
         )
 
     def run(
-        self, options: PreprocessOptions, content: Iterable[bytes], cancel: CancelToken | None = None,
-        timeout: float | None = None,
+        self, options: PreprocessOptions, content: Iterable[bytes],
+        cancel: CancelToken | None = None, timeout: float | None = None,
     ) -> Iterator[MediaReport | bytes | DecodeSummary]:
         """Spool, probe, decode; yield MediaReport, PCM chunks, then DecodeSummary.
 
@@ -441,8 +444,9 @@ class Preprocessor:
             trace.get_current_span().set_attribute("asr.queue_wait_s", round(waited, 4))
             yield from self._run_admitted(options, content, cancel, size)
 
-    def _run_admitted(self, options: PreprocessOptions, content: Iterable[bytes], cancel: CancelToken,
-                      size: int) -> Iterator[MediaReport | bytes | DecodeSummary]:
+    def _run_admitted(
+        self, options: PreprocessOptions, content: Iterable[bytes], cancel: CancelToken, size: int,
+    ) -> Iterator[MediaReport | bytes | DecodeSummary]:
         workdir = None
         try:
             workdir = Path(tempfile.mkdtemp(prefix=SPOOL_PREFIX, dir=self.config.temp_root))
@@ -494,13 +498,15 @@ class Preprocessor:
             report = probe.report
             span.set_attributes({
                 "asr.media.container": report.container, "asr.media.codec": report.codec,
-                "asr.media.sample_rate_hz": report.sample_rate_hz, "asr.media.channels": report.channels,
+                "asr.media.sample_rate_hz": report.sample_rate_hz,
+                "asr.media.channels": report.channels,
                 "asr.audio.declared_duration_s": report.duration,
                 "asr.audio.duration_estimated": probe.duration_estimated,
             })
             return probe
 
-    def _probe_checked(self, path: Path, size: int, head: bytes, cancel: CancelToken) -> ProbeResult:
+    def _probe_checked(self, path: Path, size: int, head: bytes,
+                       cancel: CancelToken) -> ProbeResult:
         limits = self.config.limits
         child = ffmpeg.Child(
             ffmpeg.probe_args(self.config.ffprobe_path, path), self._child_limits,
@@ -554,7 +560,8 @@ class Preprocessor:
                         "asr.audio.duration_s": event.decoded_duration,
                         "asr.audio.output_duration_s": event.audio_duration,
                         "asr.preprocess.decode_s": seconds,
-                        "asr.rtf": seconds / event.decoded_duration if event.decoded_duration else 0.0,
+                        "asr.rtf": (seconds / event.decoded_duration
+                                    if event.decoded_duration else 0.0),
                     })
                 yield event
         except GeneratorExit:
@@ -587,7 +594,8 @@ class Preprocessor:
             int(PADDING_TOLERANCE_S * SAMPLE_RATE) * BYTES_PER_SAMPLE,
         )
         trimmer = (
-            SilenceTrimmer(cfg.silence_threshold_db, int(cfg.silence_padding_seconds * BYTES_PER_SECOND))
+            SilenceTrimmer(cfg.silence_threshold_db,
+                           int(cfg.silence_padding_seconds * BYTES_PER_SECOND))
             if options.trim_silence else None
         )
         chunker = Chunker(size)

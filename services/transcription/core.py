@@ -7,8 +7,9 @@ are decoded, then one `TranscriptionSummary`.
 Two decoding paths:
 - **sequential** (audio under `LONG_FORM_MIN_S`, and the balanced and max-quality profiles): plain
   faster-whisper `WhisperModel.transcribe`, identical output to calling it directly.
-- **lockstep** (long audio, on request: `strategy=lockstep`): the audio cut at its longest pauses into chunks,
-  each decoded by plain faster-whisper, their model calls batched together (see `lockstep`).
+- **lockstep** (long audio, on request: `strategy=lockstep`): the audio cut at its longest pauses
+  into chunks, each decoded by plain faster-whisper, their model calls batched together (see
+  `lockstep`).
 - **batched** (long audio, fast profile): windows cut at silences and decoded in batches with
   timestamps, failed windows redone with temperature fallback (see `longform`).
 
@@ -165,7 +166,8 @@ def whisper_language(language_code: str) -> str | None:
         return None
     primary = code.replace("_", "-").split("-")[0].lower()
     if not primary.isalpha() or len(primary) not in (2, 3):
-        raise InvalidInput(f"language_code {language_code!r} is not a BCP-47 tag", field="config.language_code")
+        raise InvalidInput(f"language_code {language_code!r} is not a BCP-47 tag",
+                           field="config.language_code")
     return primary
 
 
@@ -241,7 +243,8 @@ class Transcriber:
     def warm_up(self, name: str = "") -> None:
         """Load a model and run it once on a second of audio (first calls are slow)."""
         with self.registry.lease(name, self.device, self.compute_type) as model:
-            tone = (0.1 * np.sin(np.arange(SAMPLE_RATE) * 2 * np.pi * 220 / SAMPLE_RATE)).astype(np.float32)
+            phase = np.arange(SAMPLE_RATE) * 2 * np.pi * 220 / SAMPLE_RATE
+            tone = (0.1 * np.sin(phase)).astype(np.float32)
             segments, _ = model.transcribe(tone, language="pt", beam_size=1, vad_filter=False,
                                            temperature=0.0)
             list(segments)
@@ -269,7 +272,8 @@ class Transcriber:
         decoding = resolve(options, duration, self.long_form_min_s, self.max_batch_size)
         spec = self.registry.resolve(options.model)
         slot = self.admission() if queue_wait is None else nullcontext(queue_wait)
-        with slot as waited, self.registry.lease(spec.name, self.device, self.compute_type) as model:
+        with (slot as waited,
+              self.registry.lease(spec.name, self.device, self.compute_type) as model):
             supported = getattr(model, "supported_languages", None)
             if decoding.language and supported and decoding.language not in supported:
                 raise InvalidInput(
@@ -309,7 +313,8 @@ class Transcriber:
                                 count += 1
                         else:
                             span.add_event("progress", {
-                                "asr.fraction": event.fraction, "asr.audio_done_s": event.audio_processed,
+                                "asr.fraction": event.fraction,
+                                "asr.audio_done_s": event.audio_processed,
                                 "asr.eta_s": event.eta,
                             })
                             yield event
@@ -320,7 +325,8 @@ class Transcriber:
                 span.set_attributes({
                     "asr.rtf": elapsed / duration if duration else 0.0,
                     "asr.batch_size": stats.batch_size, "asr.segments": count,
-                    "asr.vad_fallback": stats.vad_fallback, "asr.redecoded_windows": stats.redecoded,
+                    "asr.vad_fallback": stats.vad_fallback,
+                    "asr.redecoded_windows": stats.redecoded,
                     "asr.tail_batches": stats.tails,
                     "asr.repetitions_removed": stats.loops.removed,
                     "asr.invented_removed": stats.invented,
@@ -369,7 +375,8 @@ class Transcriber:
         samples = longform.to_float(audio)
         duration = len(samples) / SAMPLE_RATE
         emitted = 0
-        for event in self._decode_sequential(model, samples, decoding, stats, started, decoding.vad_filter):
+        for event in self._decode_sequential(model, samples, decoding, stats, started,
+                                             decoding.vad_filter):
             emitted += isinstance(event, Segment)
             yield event
         if emitted == 0 and decoding.vad_filter and guards.has_energy(samples):
@@ -387,7 +394,8 @@ class Transcriber:
                            total: float | None = None) -> Iterator[ProgressUpdate | Segment]:
         duration = total or len(samples) / SAMPLE_RATE
         with tracer.start_as_current_span("transcription.window") as span:
-            span.set_attributes({"asr.batch_size": 1, "asr.window.start_s": window.start if window else 0.0,
+            span.set_attributes({"asr.batch_size": 1,
+                                 "asr.window.start_s": window.start if window else 0.0,
                                  "asr.window.duration_s": len(samples) / SAMPLE_RATE})
             raw_segments, info = model.transcribe(
                 samples, vad_filter=vad_filter, temperature=list(decoding.temperatures),
@@ -490,7 +498,8 @@ class Transcriber:
                             left.extend((a, b, window.attempt + 1) for a, b in rest)
                     held.extend(segments)
                 stats.tails += bool(left)
-                span.set_attributes({"asr.rtf": (time.perf_counter() - batch_started) / max(audio_s, 1e-6),
+                batch_s = time.perf_counter() - batch_started
+                span.set_attributes({"asr.rtf": batch_s / max(audio_s, 1e-6),
                                      "asr.tail_s": sum(b - a for a, b, _ in left)})
             remaining.extendleft(reversed(sorted(left)))
             # Segments after speech that is still to decode wait, so they leave in time order.
@@ -535,9 +544,11 @@ class Transcriber:
         """Decode windows together; per window its segments and whether it looks failed."""
         parts = [w.samples(audio) for w in batch]
         offsets = np.cumsum([0] + [len(p) for p in parts[:-1]]) / SAMPLE_RATE
-        clips = [{"start": float(o), "end": float(o) + len(p) / SAMPLE_RATE} for o, p in zip(offsets, parts)]
+        clips = [{"start": float(o), "end": float(o) + len(p) / SAMPLE_RATE}
+                 for o, p in zip(offsets, parts)]
         raw_segments, _ = pipeline.transcribe(
-            np.concatenate(parts), clip_timestamps=clips, without_timestamps=False, vad_filter=False,
+            np.concatenate(parts), clip_timestamps=clips, without_timestamps=False,
+            vad_filter=False,
             batch_size=len(batch), temperature=decoding.temperatures[0],
             **{**decoding.whisper_kwargs(), "beam_size": decoding.batched_beam_size},
         )
@@ -561,7 +572,8 @@ class Transcriber:
             if guards.is_silent(segments[0]):
                 out.append(([], False))
                 continue
-            failed = guards.is_failed_window(head.avg_logprob, _compression_ratio(text), head.no_speech_prob)
+            failed = guards.is_failed_window(head.avg_logprob, _compression_ratio(text),
+                                             head.no_speech_prob)
             out.append((segments, failed and len(decoding.temperatures) > 1))
         return out
 

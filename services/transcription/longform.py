@@ -70,8 +70,8 @@ class Window:
     """Speech ranges decoded as one unit: their audio glued end to end, at most WINDOW_S.
 
     The pauses between ranges longer than the VAD padding are left out (a pause keeps its
-    padding on both sides, 0.3 s at the default 150 ms), so a window holds up to 30 s of speech instead of
-    30 s of timeline; `to_original` maps a time inside the glued audio back to the file.
+    padding on both sides, 0.3 s at the default 150 ms), so a window holds up to 30 s of speech
+    instead of 30 s of timeline; `to_original` maps a time inside the glued audio back to the file.
     """
 
     pieces: tuple[tuple[float, float], ...]
@@ -106,7 +106,8 @@ class Window:
 
     def samples(self, audio: np.ndarray) -> np.ndarray:
         """The window's glued audio (float32) from the whole file's samples."""
-        parts = [to_float(audio[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)]) for a, b in self.pieces]
+        parts = [to_float(audio[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)])
+                 for a, b in self.pieces]
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
@@ -149,8 +150,8 @@ def plan_windows(speech: list[tuple[float, float]], max_s: float = WINDOW_S,
 
     Each window takes as many consecutive ranges as fit, then gives back the tail after the
     last long pause found beyond `min_fill` of the window (a pause at least CUT_GAP_FACTOR as
-    long as the longest one there), so cuts fall between sentences and windows stay full. Ranges longer
-    than `max_s` (VAD already splits at `max_s`) are cut into pieces.
+    long as the longest one there), so cuts fall between sentences and windows stay full. Ranges
+    longer than `max_s` (VAD already splits at `max_s`) are cut into pieces.
     """
     ranges = split_long(speech, max_s)
     windows: list[Window] = []
@@ -175,7 +176,8 @@ def plan_windows(speech: list[tuple[float, float]], max_s: float = WINDOW_S,
     return windows
 
 
-def split_long(speech: list[tuple[float, float]], max_s: float = WINDOW_S) -> list[tuple[float, float]]:
+def split_long(speech: list[tuple[float, float]],
+               max_s: float = WINDOW_S) -> list[tuple[float, float]]:
     """Cut ranges longer than `max_s` into pieces that fit a window."""
     out = []
     for a, b in speech:
@@ -190,9 +192,9 @@ def batch_size_for(duration_s: float, device: str, free_bytes: int | None, cap: 
     """Windows per batch from the audio duration and, on a GPU, free memory.
 
     More windows than exist gain nothing; on CPU batches above 8 only add latency before the
-    first segment (no throughput gain beyond 8 measured on 2 cores: docs/benchmarks.md); on CUDA each window of
-    a batch costs about 60 MB of activations for base and 300 MB for large-v3 in float16, so
-    the batch is capped by free memory, leaving half of it for other requests.
+    first segment (no throughput gain beyond 8 measured on 2 cores: docs/benchmarks.md); on CUDA
+    each window of a batch costs about 60 MB of activations for base and 300 MB for large-v3 in
+    float16, so the batch is capped by free memory, leaving half of it for other requests.
     """
     windows = max(1, int(np.ceil(duration_s / WINDOW_S)))
     size = min(windows, 8 if device != "cuda" else 16)
