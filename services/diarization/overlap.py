@@ -67,8 +67,10 @@ def window_scores(embeddings: np.ndarray, centres: np.ndarray, turn: np.ndarray,
     if k < 2:
         return scores, other
     x = _normalize(embeddings)
-    centroids = _normalize(np.stack([x[inside & (labels == c)].mean(axis=0) if (inside & (labels == c)).any()
-                                     else np.zeros(x.shape[1]) for c in range(k)]))
+    centroids = _normalize(np.stack([
+        x[inside & (labels == c)].mean(axis=0) if (inside & (labels == c)).any()
+        else np.zeros(x.shape[1])
+        for c in range(k)]))
     sims = x @ centroids.T
     rows = np.arange(n)
     own_label = np.maximum(labels, 0)
@@ -94,8 +96,10 @@ def window_scores(embeddings: np.ndarray, centres: np.ndarray, turn: np.ndarray,
     return scores, other
 
 
-def overlap_regions(starts: np.ndarray, ends: np.ndarray, scores: np.ndarray, other: np.ndarray,
-                    turns: Sequence[tuple[int, float, float]], threshold: float) -> list[tuple[int, float, float]]:
+def overlap_regions(
+    starts: np.ndarray, ends: np.ndarray, scores: np.ndarray, other: np.ndarray,
+    turns: Sequence[tuple[int, float, float]], threshold: float,
+) -> list[tuple[int, float, float]]:
     """Window scores → (other speaker, start, end) overlap regions, each inside one turn.
 
     Per turn, scores are Hann-weighted averages on a 20 ms grid; a run of cells over `threshold`
@@ -133,7 +137,8 @@ def overlap_regions(starts: np.ndarray, ends: np.ndarray, scores: np.ndarray, ot
 
 
 def detect_overlaps(audio: np.ndarray, regions: Sequence[tuple[float, float]],
-                    turns: Sequence[tuple[int, float, float]], mel: Callable[[np.ndarray], np.ndarray],
+                    turns: Sequence[tuple[int, float, float]],
+                    mel: Callable[[np.ndarray], np.ndarray],
                     embed: Callable[[np.ndarray], np.ndarray], options: OverlapOptions,
                     batch_size: int = 64, progress: Callable[[], None] = lambda: None
                     ) -> list[tuple[int, float, float]]:

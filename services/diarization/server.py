@@ -31,7 +31,8 @@ class DiarizationSettings(QueuedServerSettings):
         None, description="Local pyannote pipeline directory (community-1 layout); when set, "
         "the pyannote backend runs instead of the offline embedding-clustering default.")
     device: str = Field("cpu", description="torch device for the pyannote backend (cpu, cuda).")
-    torch_threads: int = Field(2, ge=0, description="torch intra-op threads; 0 leaves torch's default.")
+    torch_threads: int = Field(
+        2, ge=0, description="torch intra-op threads; 0 leaves torch's default.")
     max_speakers: int = Field(10, ge=1, description="Largest speaker count a request may ask for.")
     max_audio_seconds: float = Field(4 * 3600, gt=0, description="Longest audio accepted.")
     num_workers: int = Field(1, ge=1, description="Requests diarized at once.")
@@ -44,7 +45,8 @@ class DiarizationSettings(QueuedServerSettings):
     cluster_threshold: float = Field(
         0.30, gt=0, lt=2, description="Embedding-clustering, method threshold: average-linkage "
         "cosine distance above which two groups of windows are different speakers.")
-    window_hop_s: float = Field(0.4, gt=0, le=1.6, description="Embedding-clustering: seconds between windows.")
+    window_hop_s: float = Field(
+        0.4, gt=0, le=1.6, description="Embedding-clustering: seconds between windows.")
     turn_extension_s: float = Field(
         0.45, ge=0, le=2, description="Embedding-clustering: how far turn edges grow into "
         "silence. 0.45 matches references that count each utterance's quiet onset and release "

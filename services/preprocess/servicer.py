@@ -46,7 +46,8 @@ class PreprocessServicer(pb_grpc.PreprocessServiceServicer):
     def __init__(self, preprocessor: Preprocessor):
         self._preprocessor = preprocessor
 
-    def Preprocess(self, request_iterator, context: grpc.ServicerContext) -> Iterator[pb.PreprocessResponse]:
+    def Preprocess(self, request_iterator,
+                   context: grpc.ServicerContext) -> Iterator[pb.PreprocessResponse]:
         """Config first, then file bytes in; MediaInfo, PCM chunks and a summary out."""
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("payload") != "config":
@@ -66,7 +67,8 @@ class PreprocessServicer(pb_grpc.PreprocessServiceServicer):
         ended, timeout = rpc_watch(context)
         meter = UploadMeter(config.upload_size_bytes, ended, what="upload",
                             field="config.upload_size_bytes")
-        check_upload_size(meter.declared, self._preprocessor.config.limits)  # before any byte arrives
+        # before any byte arrives
+        check_upload_size(meter.declared, self._preprocessor.config.limits)
         span = trace.get_current_span()
         for event in self._preprocessor.run(options, _content(request_iterator, meter), cancel,
                                                  timeout=timeout):

@@ -139,7 +139,8 @@ class LockstepBatcher:
 
     def generate(self, encoding: _Encoding, prompt: list[int], kwargs: dict):
         has_context = self.sot >= 0 and prompt.index(self.sot) > 0
-        return self._submit(_Call(encoding, prompt, kwargs, ("generate", has_context, *_key(kwargs))))
+        key = ("generate", has_context, *_key(kwargs))
+        return self._submit(_Call(encoding, prompt, kwargs, key))
 
     def align(self, encoding: _Encoding, text_tokens: list[int], num_frames: int, kwargs: dict):
         """Word-timestamp alignment of one window's text, batched like `generate`."""

@@ -65,7 +65,8 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
     def StreamingTranscribe(self, request_iterator, context):
         return self._streaming(request_iterator, context)
 
-    def Transcribe(self, request_iterator, context: grpc.ServicerContext) -> Iterator[pb.TranscribeResponse]:
+    def Transcribe(self, request_iterator,
+                   context: grpc.ServicerContext) -> Iterator[pb.TranscribeResponse]:
         config = read_config(request_iterator)
         options = options_from_config(config)
         self._transcriber.validate(options)
@@ -76,7 +77,8 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
                             field="config.pcm_size_bytes")
         with self._transcriber.admission(cancel, timeout) as waited:
             yield from self._transcribe(
-                read_pcm(request_iterator, max_audio_seconds=self._max_audio_seconds, meter=meter), options, waited)
+                read_pcm(request_iterator, max_audio_seconds=self._max_audio_seconds, meter=meter),
+                options, waited)
 
     def _transcribe(self, pcm: bytearray, options: TranscriptionOptions,
                     waited: float) -> Iterator[pb.TranscribeResponse]:
@@ -88,7 +90,8 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
             elif isinstance(event, ProgressUpdate):
                 yield pb.TranscribeResponse(progress=convert.progress_to_proto(STAGE, event))
             elif isinstance(event, TranscriptionSummary):
-                rtf = event.processing_seconds / event.audio_duration if event.audio_duration else 0.0
+                rtf = (event.processing_seconds / event.audio_duration
+                       if event.audio_duration else 0.0)
                 span.set_attributes({
                     "asr.model": event.model, "asr.device": event.device,
                     "asr.compute_type": event.compute_type, "asr.rtf": rtf,
