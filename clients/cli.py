@@ -165,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _local_mesh(stack: ExitStack, args: argparse.Namespace, diarize: bool) -> str:
-    """The gateway address of a local mesh running what the request needs (see the docstring)."""
+    """The gateway address of a local mesh running what the request needs (see the docstring).
+
+    `args` needs `state_dir`, `no_reuse` and `quiet` (`asr transcribe` and `asr stream` have them).
+    """
     from services import supervisor
 
     services = supervisor.SERVICES if diarize else supervisor.WITHOUT_DIARIZATION

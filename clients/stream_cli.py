@@ -140,7 +140,9 @@ def run(args: argparse.Namespace) -> int:
         if not address:
             from clients.cli import _local_mesh
 
-            address = _local_mesh(stack, args.state_dir, quiet=args.output_format == "jsonl").gateway_address
+            local = argparse.Namespace(state_dir=args.state_dir, no_reuse=False,
+                                       quiet=args.output_format == "jsonl")
+            address = _local_mesh(stack, local, diarize=False)
         client = stack.enter_context(GatewayClient(address, connect_timeout_s=args.connect_timeout,
                                                    **security_args.client_security(args, address)))
         for event in client.stream(source, options):

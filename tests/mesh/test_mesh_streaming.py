@@ -75,3 +75,22 @@ def test_cli_stream_refuses_a_missing_file_in_one_line(mesh, tmp_path):
          mesh.gateway_address], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "missing.wav: no such file" in proc.stderr
+
+
+def test_cli_stream_without_server_starts_a_local_mesh(corpus, manifest, tmp_path):
+    """`asr stream FILE` with no --server uses (and here starts) the local mesh, like transcribe."""
+    clip = manifest["asr"][0]
+    state = tmp_path / "state"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "clients.cli", "stream", str(corpus / clip["audio"]), "--format", "jsonl",
+             "--state-dir", str(state)],
+            capture_output=True, text=True, timeout=600, cwd=REPO, stdin=subprocess.DEVNULL,
+        )
+    finally:
+        subprocess.run([sys.executable, "-m", "clients.cli", "serve", "--stop", "--state-dir", str(state)],
+                       capture_output=True, text=True, timeout=120, cwd=REPO, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    finals = [json.loads(line) for line in proc.stdout.splitlines() if '"final"' in line]
+    assert "bom dia" in " ".join(f["text"] for f in finals).lower()
