@@ -102,6 +102,19 @@ class ServerHandle:
             hook()
 
 
+def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """Channel options every server of the mesh, sync or aio, is built with."""
+    options = [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    if settings.max_connection_age_s > 0:
+        # No max_connection_age_grace: calls in flight (hours-long streams) finish on the old connection.
+        options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)))
+    return options
+
+
 def build_server(
     settings: ServerSettings,
     *,
@@ -112,14 +125,7 @@ def build_server(
 ) -> ServerHandle:
     """Create, bind and start a server with the mesh's interceptors, health and reflection."""
     names = tuple(service_names)
-    options = [
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),
-    ]
-    if settings.max_connection_age_s > 0:
-        # No max_connection_age_grace: calls in flight (hours-long streams) finish on the old connection.
-        options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)))
+    options = server_options(settings)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers),
         # Outermost first: the trace span sees the final status, metrics see the mapped code.
@@ -185,13 +191,7 @@ def build_aio_server(
     if credentials is None:
         credentials = server_credentials(settings)
     names = tuple(service_names)
-    options = [
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),
-    ]
-    if settings.max_connection_age_s > 0:
-        options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)))
+    options = server_options(settings)
     prefix = settings.model_config.get("env_prefix", "ASR_")
     limits = StreamLimits(
         idle_s=settings.upload_idle_timeout_s, min_bytes_per_s=settings.upload_min_bytes_per_s,
