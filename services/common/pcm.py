@@ -80,6 +80,16 @@ def read_pcm(request_iterator: Iterator[Any], *, max_audio_seconds: float, meter
     converting would hold an hour of audio twice for a moment.
     """
     pcm = bytearray()
+    for piece in pcm_pieces(request_iterator, max_audio_seconds=max_audio_seconds, meter=meter,
+                            config_field=config_field):
+        pcm += piece
+    return pcm
+
+
+def pcm_pieces(request_iterator: Iterator[Any], *, max_audio_seconds: float, meter: UploadMeter,
+               config_field: str = "config") -> Iterator[bytes]:
+    """The PCM of each audio message after the config, as it arrives, with `read_pcm`'s checks:
+    for services that work on the audio while it streams in instead of holding all of it."""
     limit = int(max_audio_seconds * SAMPLE_RATE * BYTES_PER_SAMPLE)
     for request in request_iterator:
         if request.WhichOneof("payload") != "audio":
@@ -88,14 +98,13 @@ def read_pcm(request_iterator: Iterator[Any], *, max_audio_seconds: float, meter
                 field=config_field,
             )
         meter.add(len(request.audio.pcm))
-        pcm += request.audio.pcm
-        if len(pcm) > limit:
+        if meter.received > limit:
             raise LimitExceeded(
                 f"audio is longer than this service's limit of {max_audio_seconds:.0f} s",
                 metadata={"limit_seconds": str(max_audio_seconds)},
             )
+        yield request.audio.pcm
     meter.finish()
-    return pcm
 
 
 def chunked(data: bytes | memoryview, size: int = DEFAULT_CHUNK_BYTES) -> Iterator[bytes]:

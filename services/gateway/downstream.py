@@ -43,6 +43,7 @@ from services.common.pcm import DEFAULT_CHUNK_BYTES, chunked, pcm_duration
 from services.common.retry import is_unavailable, retrying
 from services.common.security import open_channel
 from services.common.telemetry import traced_channel
+from services.gateway.fanout import PCM16K, FanOut, FanoutPolicy
 from services.gateway.pipeline import (
     ChainOptions,
     Decoded,
@@ -52,9 +53,9 @@ from services.gateway.pipeline import (
     RenderedDocument,
     Transcript,
 )
+from services.gateway.replicas import ReplicaPool, round_robin_target
 
 UPLOAD_CHUNK_BYTES = 256 * 1024
-PCM16K = audio_pb2.PcmFormat(sample_rate_hz=16000, channels=1, encoding=audio_pb2.SAMPLE_ENCODING_S16LE)
 
 FORMAT_NAMES = {
     document_pb2.OUTPUT_FORMAT_JSON: "json",
@@ -103,6 +104,18 @@ def died_under_call(err: grpc.RpcError) -> bool:
     return any(marker in details for marker in _CONNECTION_LOST)
 
 
+def transcription_config(options: ChainOptions, pcm_bytes: int) -> tr_pb.TranscriptionConfig:
+    """The TranscriptionConfig a request's options give (whole file, or each fan-out chunk)."""
+    return tr_pb.TranscriptionConfig(
+        language_code=options.language_code, model=options.model, format=PCM16K,
+        beam_size=options.beam_size, initial_prompt=options.initial_prompt,
+        temperatures=options.temperatures, best_of=options.best_of, hotwords=options.hotwords,
+        profile=quality_pb2.QualityProfile.Value(f"QUALITY_PROFILE_{options.quality_profile.upper()}")
+        if options.quality_profile else quality_pb2.QUALITY_PROFILE_UNSPECIFIED,
+        pcm_size_bytes=pcm_bytes,
+    )
+
+
 def _require(result, service: str):
     if result is None:
         raise InternalError(f"the {service} service closed its stream without a result")
@@ -113,7 +126,8 @@ class Downstream:
     """Long-lived traced channels to the four services (shared by all requests)."""
 
     def __init__(self, preprocess: str, transcription: str, diarization: str, merge: str,
-                 max_message_bytes: int = 64 << 20, credentials: grpc.ChannelCredentials | None = None):
+                 max_message_bytes: int = 64 << 20, credentials: grpc.ChannelCredentials | None = None,
+                 fanout: FanoutPolicy | None = None):
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -123,8 +137,13 @@ class Downstream:
         ]
         # An empty address is a backend this gateway does not have (refused before any call).
         # `credentials`: TLS with the gateway's client certificate (services.common.security).
+        # `transcription` may list several replicas ("host:port,host:port"): one round-robin
+        # channel over them for whole-file calls, and one channel per replica for fan-out.
         self._raw = [open_channel(target, options, credentials) if target else None
-                     for target in (preprocess, transcription, diarization, merge)]
+                     for target in (preprocess, round_robin_target(transcription) if transcription else "",
+                                    diarization, merge)]
+        self.fanout = fanout
+        self.replicas = ReplicaPool(transcription, options, credentials) if transcription and fanout else None
         channels = [traced_channel(ch) if ch else None for ch in self._raw]
         self.preprocess = pre_grpc.PreprocessServiceStub(channels[0]) if channels[0] else None
         self.transcription = tr_grpc.TranscriptionServiceStub(channels[1]) if channels[1] else None
@@ -135,6 +154,8 @@ class Downstream:
         for channel in self._raw:
             if channel:
                 channel.close()
+        if self.replicas is not None:
+            self.replicas.close()
 
 
 class GrpcStages:
@@ -274,14 +295,10 @@ class GrpcStages:
         )
 
     def transcribe(self, pcm: bytes | memoryview, options: ChainOptions, progress: ProgressSink) -> Transcript:
-        config = tr_pb.TranscriptionConfig(
-            language_code=options.language_code, model=options.model, format=PCM16K,
-            beam_size=options.beam_size, initial_prompt=options.initial_prompt,
-            temperatures=options.temperatures, best_of=options.best_of, hotwords=options.hotwords,
-            profile=quality_pb2.QualityProfile.Value(f"QUALITY_PROFILE_{options.quality_profile.upper()}")
-            if options.quality_profile else quality_pb2.QUALITY_PROFILE_UNSPECIFIED,
-            pcm_size_bytes=len(pcm),
-        )
+        config = transcription_config(options, len(pcm))
+        policy, replicas = self._d.fanout, self._d.replicas
+        if policy is not None and replicas is not None and policy.applies(pcm_duration(len(pcm))):
+            return self._fan_out(pcm, config, policy, replicas, progress)
 
         def requests() -> Iterator[tr_pb.TranscribeRequest]:
             yield tr_pb.TranscribeRequest(config=config)
@@ -307,6 +324,14 @@ class GrpcStages:
             consume,
             self._deadlines.transcription(pcm_duration(len(pcm))),
         )
+
+    def _fan_out(self, pcm: bytes | memoryview, config: tr_pb.TranscriptionConfig, policy: FanoutPolicy,
+                 replicas: ReplicaPool, progress: ProgressSink) -> Transcript:
+        """Long audio in chunks over every transcription replica (see `services.gateway.fanout`)."""
+        fanout = FanOut(replicas, policy, window_deadline=self._deadlines.transcription,
+                        track=self._track, cancelled=self._cancelled)
+        segments, result = fanout.transcribe(pcm, config, progress)
+        return Transcript(segments=segments, language_code=result.language_code, model=result.model)
 
     def diarize(self, pcm: bytes | memoryview, options: ChainOptions, progress: ProgressSink) -> Diarization:
         config = dia_pb.DiarizationConfig(

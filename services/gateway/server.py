@@ -24,11 +24,17 @@ from services.common.server import build_aio_server, run_service
 from services.common.settings import ServerSettings
 from services.gateway.availability import Backends
 from services.gateway.downstream import Deadlines, Downstream, GrpcStages
+from services.gateway.fanout import (
+    FANOUT_CHUNK_SPEECH_S_DEFAULT,
+    FANOUT_MIN_S_DEFAULT,
+    FanoutPolicy,
+)
 from services.gateway.jobs import JobRunner, Spool, open_store
 from services.gateway.jobs_servicer import JobServicer
 from services.gateway.model_identity import TranscriptionModelIdentity
 from services.gateway.pipeline import Stages
 from services.gateway.quota import SpoolQuota
+from services.gateway.replicas import round_robin_target
 from services.gateway.result_cache import DiskCache, ModelIdentity, RedisCache, ResultCache
 from services.gateway.servicer import GatewayServicer
 from services.gateway.streaming import StreamBridge
@@ -43,7 +49,18 @@ class GatewaySettings(ServerSettings):
     model_config = SettingsConfigDict(env_prefix="ASR_GATEWAY_", extra="ignore")
 
     preprocess_address: str = Field("127.0.0.1:50051", description="host:port or dns:///name:port")
-    transcription_address: str = Field("127.0.0.1:50052")
+    transcription_address: str = Field(
+        "127.0.0.1:50052", description="host:port, a comma-separated list of replicas (the local mesh), "
+        "or dns:///name:port of a headless Service whose DNS answer lists every replica.")
+    fanout_min_s: float = Field(
+        FANOUT_MIN_S_DEFAULT, ge=0, description="Audio at least this long is cut at pauses into chunks "
+        "decoded by every transcription replica at once (services/gateway/fanout.py); 0 = never.")
+    fanout_chunk_speech_s: float = Field(
+        FANOUT_CHUNK_SPEECH_S_DEFAULT, gt=0, description="Seconds of speech per fan-out chunk.")
+    fanout_windows_per_replica: int = Field(
+        1, ge=1, description="Fan-out chunks one request keeps in flight per replica (a replica's "
+        "ASR_TRANSCRIPTION_NUM_WORKERS).")
+    fanout_attempts: int = Field(3, ge=1, description="Tries per fan-out chunk, each on another replica.")
     diarization_address: str = Field(
         "127.0.0.1:50053", description="Empty: no diarization; speaker options are refused.")
     merge_address: str = Field("127.0.0.1:50054")
@@ -85,6 +102,13 @@ class GatewaySettings(ServerSettings):
     mesh_file: Path | None = Field(
         None, description="The local supervisor's mesh.json: a backend it does not list is absent.")
 
+    def fanout(self) -> FanoutPolicy | None:
+        if self.fanout_min_s <= 0:
+            return None
+        return FanoutPolicy(min_audio_s=self.fanout_min_s, chunk_speech_s=self.fanout_chunk_speech_s,
+                            windows_per_replica=self.fanout_windows_per_replica,
+                            attempts=self.fanout_attempts)
+
     def deadlines(self) -> Deadlines:
         return Deadlines(
             preprocess_s=self.preprocess_deadline_s,
@@ -121,7 +145,7 @@ def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages
         downstream = Downstream(
             settings.preprocess_address, settings.transcription_address,
             settings.diarization_address, settings.merge_address, settings.max_message_bytes,
-            credentials=downstream_credentials(settings),
+            credentials=downstream_credentials(settings), fanout=settings.fanout(),
         )
         deadlines = settings.deadlines()
 
@@ -131,7 +155,7 @@ def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages
         model_identity = model_identity or TranscriptionModelIdentity(downstream.transcription)
     # Injected stages without an identity: the model is unknown, so nothing is cached.
     cache = open_cache(settings, model_identity or (lambda name: None))
-    bridge = StreamBridge(settings.transcription_address, settings.max_message_bytes,
+    bridge = StreamBridge(round_robin_target(settings.transcription_address), settings.max_message_bytes,
                           credentials=downstream_credentials(settings),
                           deadline_s=settings.stream_deadline_s)
     backends = Backends({"diarization": settings.diarization_address}, settings.mesh_file)

@@ -249,6 +249,11 @@ class Transcriber:
                                            temperature=0.0)
             list(segments)
 
+    def speech_tracker(self) -> longform.SpeechTracker:
+        """VAD for audio that arrives in pieces, with this transcriber's detector and settings
+        (what the long-form path uses); see `longform.SpeechTracker`."""
+        return longform.SpeechTracker(self._detect)
+
     def validate(self, options: TranscriptionOptions) -> None:
         """Refuse options that can never run (bad values, unknown model) before any work or wait."""
         resolve(options, 0.0, self.long_form_min_s, self.max_batch_size)

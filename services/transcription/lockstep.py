@@ -28,59 +28,13 @@ from typing import Any
 
 import numpy as np
 
-MIN_CHUNK_SPEECH_S = 60.0
-"""A chunk holds at least this much speech: below it a context restart costs more than the
-batch gains (a chunk is about two Whisper windows)."""
+from services.common.chunking import plan_chunks
 
-
-def plan_chunks(speech: list[tuple[float, float]], streams: int,
-                min_speech_s: float = MIN_CHUNK_SPEECH_S) -> list[tuple[float, float]]:
-    """Cut the timeline into at most `streams` chunks of about equal speech, at pauses.
-
-    `speech` are VAD ranges (seconds, sorted). Each cut is placed in a pause whose position keeps
-    the chunk's speech within an eighth of its share (the longest such pause, any pause of
-    `CLEAR_PAUSE_S` or more counting as long, ties to the nearest), so that no cut falls inside
-    speech and chunks finish at about the same time. Returns (start, end) ranges that
-    cover the whole span of `speech`; one range when the audio is too short to split.
-    """
-    if not speech:
-        return []
-    total = sum(b - a for a, b in speech)
-    count = max(1, min(streams, int(total / min_speech_s + 1e-6)))
-    if count == 1:
-        return [(0.0, speech[-1][1])]
-    cumulative, done = [], 0.0
-    for a, b in speech:
-        done += b - a
-        cumulative.append(done)  # speech up to the end of range i
-    cuts: list[float] = []
-    before = 0.0  # speech before the last cut
-    last = -1
-    for k in range(1, count):
-        share = (total - before) / (count - k + 1)
-        goal = before + share
-        candidates = [i for i in range(last + 1, len(speech) - 1)
-                      if abs(cumulative[i] - goal) <= 0.125 * share]
-        if not candidates:
-            candidates = [min(range(last + 1, len(speech) - 1),
-                              key=lambda i: abs(cumulative[i] - goal))]
-        # A pause of CLEAR_PAUSE_S is as good a cut as a longer one; then the nearest to the goal.
-        best = max(candidates, key=lambda i: (min(speech[i + 1][0] - speech[i][1], CLEAR_PAUSE_S),
-                                              -abs(cumulative[i] - goal)))
-        cuts.append((speech[best][1] + speech[best + 1][0]) / 2)
-        before, last = cumulative[best], best
-        if last >= len(speech) - 2:
-            break
-    bounds = [0.0, *cuts, speech[-1][1]]
-    return list(zip(bounds[:-1], bounds[1:]))
+__all__ = ["LockstepBatcher", "LockstepCancelled", "plan_chunks", "transcribe_chunks"]
 
 
 class LockstepCancelled(Exception):
     """Raised inside a chunk's thread when the consumer went away."""
-
-
-CLEAR_PAUSE_S = 1.5
-"""A pause this long ends a sentence for sure: longer ones make no better cut."""
 
 
 class _Encoding:

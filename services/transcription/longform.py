@@ -123,25 +123,90 @@ def speech_ranges(
     detect: Callable[[np.ndarray], list[tuple[float, float]]],
     block_s: float = VAD_BLOCK_S,
 ) -> list[tuple[float, float]]:
-    """Speech ranges (seconds) of the whole audio, running `detect` block by block.
+    """Speech ranges (seconds) of the whole audio, running `detect` block by block."""
+    tracker = SpeechTracker(detect, block_s)
+    return tracker.push(samples) + tracker.finish()
 
-    A range touching the end of a block may continue in the next one, so the next block starts
-    at that range's start instead and the range is detected again whole.
+
+class SpeechTracker:
+    """VAD over audio that arrives in pieces, one block of `block_s` seconds at a time.
+
+    `push` takes the next samples and returns the speech ranges settled by them; `finish` the
+    rest once the audio has ended. The ranges are the same however the audio is split into
+    pieces (`speech_ranges` is this class fed the whole array), and at most one block plus one
+    piece of audio is held. A range touching the end of a block may continue in the next one,
+    so the next block starts at that range's start instead and the range is detected again whole.
     """
-    total = len(samples) / SAMPLE_RATE
-    out: list[tuple[float, float]] = []
-    start = 0.0
-    while start < total:
-        end = min(start + block_s, total)
-        block = to_float(samples[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)])
-        found = [(start + a, start + b) for a, b in detect(block)]
-        if end < total and found and found[-1][1] >= end - 1.0 and found[-1][0] > start + 1.0:
+
+    def __init__(self, detect: Callable[[np.ndarray], list[tuple[float, float]]],
+                 block_s: float = VAD_BLOCK_S):
+        self._detect = detect
+        self._block_s = block_s
+        self._pieces: list[np.ndarray] = []
+        self._offset = 0  # sample index of the first held sample
+        self._held = 0  # samples held
+        self._start = 0.0  # seconds: where the next block starts
+        self.processed = 0.0
+        """Seconds of audio examined and settled."""
+
+    @property
+    def received(self) -> float:
+        """Seconds of audio pushed so far."""
+        return (self._offset + self._held) / SAMPLE_RATE
+
+    def push(self, samples: np.ndarray) -> list[tuple[float, float]]:
+        if len(samples):
+            self._pieces.append(samples)
+            self._held += len(samples)
+        out: list[tuple[float, float]] = []
+        while self._start + self._block_s < self.received:  # more audio after this block
+            out += self._step(self._start + self._block_s, more=True)
+        return out
+
+    def finish(self) -> list[tuple[float, float]]:
+        total, out = self.received, []
+        while self._start < total:
+            end = min(self._start + self._block_s, total)
+            out += self._step(end, more=end < total)
+        self.processed = total
+        return out
+
+    def _step(self, end: float, more: bool) -> list[tuple[float, float]]:
+        start = self._start
+        block = to_float(self._take(int(start * SAMPLE_RATE), int(end * SAMPLE_RATE)))
+        found = [(start + a, start + b) for a, b in self._detect(block)]
+        if more and found and found[-1][1] >= end - 1.0 and found[-1][0] > start + 1.0:
             found, resume = found[:-1], found[-1][0]
         else:
             resume = end
-        out.extend(found)
-        start = resume
-    return out
+        self._start = self.processed = resume
+        self._drop(int(resume * SAMPLE_RATE))
+        return found
+
+    def _take(self, lo: int, hi: int) -> np.ndarray:
+        """Samples [lo, hi) (absolute indices) from the held pieces; a view when in one piece."""
+        parts, at = [], self._offset
+        for piece in self._pieces:
+            a, b = max(lo - at, 0), min(hi - at, len(piece))
+            if a < b:
+                parts.append(piece[a:b])
+            at += len(piece)
+            if at >= hi:
+                break
+        if not parts:
+            return np.zeros(0, dtype=np.int16)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _drop(self, upto: int) -> None:
+        """Forget samples before absolute index `upto`."""
+        while self._pieces and self._offset + len(self._pieces[0]) <= upto:
+            self._offset += len(self._pieces[0])
+            self._held -= len(self._pieces[0])
+            self._pieces.pop(0)
+        if self._pieces and self._offset < upto:
+            cut = upto - self._offset
+            self._pieces[0] = self._pieces[0][cut:]
+            self._offset, self._held = upto, self._held - cut
 
 
 def plan_windows(speech: list[tuple[float, float]], max_s: float = WINDOW_S,

@@ -11,9 +11,9 @@ from asr.common.v1 import progress_pb2, quality_pb2
 from asr.transcription.v1 import transcription_service_pb2 as pb
 from asr.transcription.v1 import transcription_service_pb2_grpc as pb_grpc
 from services.common import convert
-from services.common.domain import ProgressUpdate, Segment
+from services.common.domain import ProgressUpdate, Segment, TimeRange
 from services.common.errors import InvalidInput
-from services.common.pcm import pcm_duration, pcm_samples, read_config, read_pcm
+from services.common.pcm import pcm_duration, pcm_pieces, pcm_samples, read_config, read_pcm
 from services.common.scheduler import rpc_watch
 from services.common.streams import UploadMeter
 from services.transcription.core import Transcriber, TranscriptionOptions, TranscriptionSummary
@@ -111,6 +111,30 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
                     repetitions_removed=event.repetitions_removed,
                 ))
 
+    def DetectSpeech(self, request_iterator,
+                     context: grpc.ServicerContext) -> Iterator[pb.DetectSpeechResponse]:
+        """Speech ranges as the audio streams in (the gateway plans fan-out cuts from them).
+
+        No decoding slot: VAD is a small fraction of decoding's cost, and a planner waiting
+        behind the decodes it is about to plan would only delay them."""
+        config = read_config(request_iterator)
+        cancel, _ = rpc_watch(context)
+        meter = UploadMeter(config.pcm_size_bytes, cancel, what="audio stream",
+                            field="config.pcm_size_bytes")
+        tracker = self._transcriber.speech_tracker()
+        reported = 0.0
+        tracer = trace.get_tracer(__name__)
+        with tracer.start_as_current_span("transcription.detect_speech") as span:
+            for piece in pcm_pieces(request_iterator, max_audio_seconds=self._max_audio_seconds,
+                                    meter=meter):
+                found = tracker.push(pcm_samples(piece))
+                if found or tracker.processed > reported:
+                    reported = tracker.processed
+                    yield _speech_response(found, reported)
+            found = tracker.finish()
+            span.set_attributes({"asr.audio.duration_s": tracker.processed})
+            yield _speech_response(found, tracker.processed, done=True)
+
     def ListModels(self, request, context) -> pb.ListModelsResponse:
         registry = self._transcriber.registry
         default = registry.resolve("").path  # a missing default is a server fault (INTERNAL)
@@ -124,3 +148,9 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
             for name in registry.names()
         ])
 
+
+def _speech_response(ranges: list[tuple[float, float]], processed: float,
+                     done: bool = False) -> pb.DetectSpeechResponse:
+    return pb.DetectSpeechResponse(
+        ranges=[convert.range_to_proto(TimeRange(a, b)) for a, b in ranges],
+        audio_processed=convert.duration(processed), done=done)

@@ -160,3 +160,42 @@ def test_long_audio_is_batched_in_order_and_agrees_with_plain(stub, corpus):
     audio = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0
     expected = " ".join(s.text for s in plain.transcribe(audio, language="pt", temperature=0.0, vad_filter=True)[0])
     assert wer([expected], [" ".join(s.text for s in segments)]) < 0.15
+
+
+def detect_requests(pcm: bytes, declared: int | None = None, piece: int = 32000):
+    size = len(pcm) if declared is None else declared
+    yield pb.DetectSpeechRequest(config=pb.DetectSpeechConfig(format=PCM16K, pcm_size_bytes=size))
+    for k in range(0, len(pcm), piece):
+        yield pb.DetectSpeechRequest(audio=audio_pb2.AudioChunk(pcm=pcm[k : k + piece]))
+
+
+def test_detect_speech_streams_what_vad_finds_on_the_whole_file(stub, corpus):
+    from faster_whisper.vad import get_speech_timestamps
+
+    from services.transcription import longform
+
+    pcm = load_pcm(corpus / "long" / "long.flac")[: 16000 * 2 * 420]  # crosses a 300 s block
+    responses = list(stub.DetectSpeech(detect_requests(pcm), timeout=120))
+    streamed = [(r.start_offset.ToTimedelta().total_seconds(), r.end_offset.ToTimedelta().total_seconds())
+                for response in responses for r in response.ranges]
+
+    def detect(block):
+        found = get_speech_timestamps(block, longform.VadParams().options(longform.WINDOW_S))
+        return [(t["start"] / 16000, t["end"] / 16000) for t in found]
+
+    samples = np.frombuffer(pcm, dtype="<i2")
+    expected = longform.speech_ranges(samples, detect)
+    assert len(streamed) == len(expected) > 20
+    assert all(abs(a - c) < 1e-6 and abs(b - d) < 1e-6 for (a, b), (c, d) in zip(streamed, expected))
+    assert [r.done for r in responses] == [False] * (len(responses) - 1) + [True]
+    assert len(responses) >= 2  # the first block's ranges came before the audio ended
+    assert responses[-1].audio_processed.ToTimedelta().total_seconds() == pytest.approx(420.0)
+
+
+@pytest.mark.parametrize(("declared", "piece", "needle"), [(1000, 32000, "declared"), (None, 3, "odd")])
+def test_detect_speech_refuses_a_bad_stream(stub, declared, piece, needle):
+    pcm = np.zeros(16000, dtype="<i2").tobytes()
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.DetectSpeech(detect_requests(pcm, declared, piece), timeout=30))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in err.value.details()

@@ -63,6 +63,29 @@ def test_vad_runs_in_blocks_without_cutting_speech_at_block_edges():
     assert max(e - s for s, e in blocks) <= 300.0
 
 
+@pytest.mark.parametrize("piece_s", [0.5, 7.3, 299.9, 301.0, 1000.0])
+def test_vad_over_audio_in_pieces_finds_what_it_finds_on_the_whole(piece_s):
+    truth = [(5.0, 9.0), (298.0, 303.0), (450.0, 451.0), (599.5, 604.0), (895.0, 900.0)]
+    samples = (np.arange(900 * 16000) // 16000).astype(np.int16)
+
+    def detect(block: np.ndarray):
+        offset = round(float(block[0]) * 32768)
+        end = offset + len(block) / 16000
+        return [(max(a, offset) - offset, min(b, end) - offset) for a, b in truth if b > offset and a < end]
+
+    whole = longform.speech_ranges(samples, detect, block_s=300.0)
+    tracker = longform.SpeechTracker(detect, block_s=300.0)
+    step, found, held = int(piece_s * 16000), [], 0
+    for k in range(0, len(samples), step):
+        found += tracker.push(samples[k : k + step])
+        held = max(held, tracker._held)
+        assert tracker.processed <= tracker.received
+    found += tracker.finish()
+    assert found == whole == truth
+    assert tracker.processed == 900.0
+    assert held <= (300.0 + piece_s) * 16000 + 16000  # one block and one piece, never the file
+
+
 @pytest.mark.parametrize(("duration", "device", "free", "expected"), [
     (45, "cpu", None, 2), (600, "cpu", None, 8), (3600, "cpu", None, 8),
     (3600, "cuda", 40 << 30, 16), (3600, "cuda", 1 << 30, 1),
