@@ -2,14 +2,17 @@
 
     asr transcribe FILE [FILE ...] [--diarize] [--format json,srt,vtt,txt,rttm] [-o DIR]
                    [--language pt-BR] [--model NAME] [--num-speakers N] [--server HOST:PORT]
-    asr serve [--state-dir DIR] [--no-diarization] [--idle-timeout S] [--http-port N] | asr serve --stop
+    asr serve [--state-dir DIR] [--no-diarization] [--idle-timeout S] [--http-port N]
+              [--transcription-replicas N] | asr serve --stop
     asr trace list | asr trace show TRACE_ID [--format json] [--png FILE]
 
 Without --server, `transcribe` uses the local mesh of the state directory: it reuses a running
 one, or starts one in the background (only the services the request needs; diarization is added
 when a later call asks for speakers) and leaves it running until it has been idle for
 ASR_LOCAL_MESH_IDLE_S seconds (default 300) or `asr serve --stop`. `--no-reuse` (or
-ASR_LOCAL_MESH_REUSE=0) starts a private mesh for the call and stops it afterwards. How meshes are
+ASR_LOCAL_MESH_REUSE=0) starts a private mesh for the call and stops it afterwards. A mesh the CLI
+starts runs ASR_LOCAL_TRANSCRIPTION_REPLICAS transcription processes (default 1); a running mesh
+with another count is reused, with one line on stderr saying so. How meshes are
 found, shared and supervised: services/supervisor.py. Errors are one line per file on stderr; the
 exit code is 1 when any input failed, 2 for usage errors, 130 when interrupted. Never a traceback.
 """
@@ -67,6 +70,15 @@ def _speaker_name(value: str) -> tuple[str, str]:
     return label, name
 
 
+def _replicas(value: str) -> int:
+    from services import supervisor
+
+    try:
+        return supervisor.transcription_replica_count(value)
+    except MeshError as exc:
+        raise argparse.ArgumentTypeError(exc.message.removeprefix("--transcription-replicas ")) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr", description="PT-BR speech transcription mesh.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--http-port", type=int, metavar="N",
                    help="also start the HTTP front door (OpenAI-compatible REST, live captions page) "
                         "on 127.0.0.1:N; 0 picks a free port")
+    s.add_argument("--transcription-replicas", type=_replicas, metavar="N",
+                   help="transcription processes, each on its own port; the gateway spreads a long "
+                        "file's windows over them (default: ASR_LOCAL_TRANSCRIPTION_REPLICAS or 1)")
     s.add_argument("--tls", action="store_true",
                    help="TLS on every port and mTLS between the services, with a local CA made under "
                    "<state dir>/tls/ (clients verify with tls/ca.pem)")
@@ -177,7 +192,11 @@ def _local_mesh(stack: ExitStack, args: argparse.Namespace, diarize: bool) -> st
             if not args.quiet:
                 err_console.print(f"starting {what} (it stays up for later calls; `asr serve --stop` stops it)")
 
-        return stack.enter_context(supervisor.use_local_mesh(args.state_dir, services, on_start=on_start))
+        def on_mismatch(sentence: str) -> None:
+            err_console.print(f"asr: {sentence}")
+
+        return stack.enter_context(supervisor.use_local_mesh(args.state_dir, services, on_start=on_start,
+                                                             on_mismatch=on_mismatch))
     state_dir = supervisor.resolve_state_dir(args.state_dir)
     mesh = supervisor.LocalMesh(state_dir=state_dir, services=services,
                                 mesh_file=state_dir / "runtime" / f"mesh-{os.getpid()}.json")
@@ -384,7 +403,8 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     env, ca = _serve_security(args, state_dir)
     runner = supervisor.LocalMeshSupervisor(state_dir, services, idle_s=args.idle_timeout, env=env,
-                                            tls_ca=ca, http_port=args.http_port)
+                                            tls_ca=ca, http_port=args.http_port,
+                                            transcription_replicas=args.transcription_replicas)
     with supervisor.mesh_lock(state_dir):
         running = supervisor.live_mesh(state_dir)
         if running is not None:
@@ -398,6 +418,9 @@ def serve(args: argparse.Namespace) -> int:
     print(f"gateway listening on {address}", flush=True)
     if runner.mesh.http_address:
         print(f"http listening on {runner.mesh.http_address}", flush=True)
+    if runner.mesh.replicas["transcription"] > 1:
+        err_console.print(f"{runner.mesh.replicas['transcription']} transcription replicas on "
+                          + ", ".join(runner.mesh.addresses_of("transcription")))
     if args.tls:
         err_console.print(f"TLS on; clients verify with --ca-cert {state_dir / 'tls' / 'ca.pem'}"
                           + ("; a bearer token is required (--token or ASR_TOKEN)" if args.auth_token_file else ""))

@@ -10,13 +10,25 @@ prints `ASR_READY service=<name> port=<port>` once it serves (transcription only
 model is loaded; the local mesh skips its warm-up run, which would cost about what the waiting
 request's first window costs); that line is what "ready" means.
 
+Replicas. `LocalMesh(transcription_replicas=N)` (`asr serve --transcription-replicas N`, or
+`ASR_LOCAL_TRANSCRIPTION_REPLICAS` for the background mesh and `LocalMesh()`'s default) runs N
+transcription processes, each on its own reserved port and supervised on its own (a dead one is
+restarted alone). The gateway gets them all as one comma-separated list,
+`ASR_GATEWAY_TRANSCRIPTION_ADDRESS=127.0.0.1:p1,127.0.0.1:p2,...` (a single `host:port` when N
+is 1). Unless `ASR_TRANSCRIPTION_CPU_THREADS` is set, N > 1 replicas share the machine's cores
+(each gets cores // N threads, at least 1), and a set `ASR_TRANSCRIPTION_METRICS_PORT` P gives
+replica i the port P + i. A running mesh keeps the count it was started with: a CLI call that
+finds one with another count reuses it and says so on stderr (`asr serve --stop` to change it).
+
 Only what is asked for runs: `LocalMesh(services=...)` starts a subset (the CLI leaves out
 diarization unless a request asks for speakers). The diarization port is reserved and given to
 the gateway anyway, and `ensure("diarization")` starts the service later on it.
 
 `<state dir>/mesh.json` (rewritten atomically on every change) maps each running service to a
 list of its processes, `{"gateway": [{"pid": 123, "address": "127.0.0.1:50051", "state":
-"ready", "restarts": 0, ...}], ...}`, plus a "supervisor" entry for this process. The gateway
+"ready", "restarts": 0, ...}], ...}`, plus a "supervisor" entry for this process. Every service
+has one entry except transcription, which has one per replica, in replica order, each with its
+own address, pid, state and restarts and a `"replica": i` (0-based) field. The gateway
 reads it (`ASR_GATEWAY_MESH_FILE`) to learn which backends exist: a service that is not listed
 is absent, and the gateway refuses options that need it with a sentence.
 
@@ -69,6 +81,10 @@ ALL_SERVICES = (*SERVICES, *FRONT_DOORS)
 WITHOUT_DIARIZATION = ("preprocess", "transcription", "merge", "gateway")
 MESH_FILE = "mesh.json"
 IDLE_ENV = "ASR_LOCAL_MESH_IDLE_S"
+REPLICAS_ENV = "ASR_LOCAL_TRANSCRIPTION_REPLICAS"
+MAX_REPLICAS = 64
+REPLICATED = ("transcription",)
+"""Services that may run as several processes (the gateway spreads work over a list of them)."""
 OWNER_ENV = "ASR_LOCAL_MESH_OWNER_PID"
 DEFAULT_IDLE_S = 300.0
 BACKOFF_FIRST_S = 0.5
@@ -80,6 +96,23 @@ log = logging.getLogger(__name__)
 
 class MeshStartError(MeshError):
     """A service of the local mesh did not come up."""
+
+
+def replica_key(name: str, replica: int) -> str:
+    return name if replica == 0 else f"{name}-{replica}"
+
+
+def transcription_replica_count(value: str | int | None = None) -> int:
+    """The number of transcription processes: `value`, else $ASR_LOCAL_TRANSCRIPTION_REPLICAS, else 1."""
+    source = "--transcription-replicas" if value is not None else REPLICAS_ENV
+    raw = value if value is not None else os.environ.get(REPLICAS_ENV, "").strip() or 1
+    try:
+        count = int(raw)
+    except ValueError:
+        raise MeshError(f"{source} must be a whole number of processes, not {raw!r}") from None
+    if not 1 <= count <= MAX_REPLICAS:
+        raise MeshError(f"{source} must be between 1 and {MAX_REPLICAS}, not {count}")
+    return count
 
 
 def reserve_port(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
@@ -99,6 +132,8 @@ class ServiceProcess:
     name: str
     port: int
     log_path: Path
+    replica: int = 0
+    """Which of the service's processes this is (0-based; only transcription has more than one)."""
     process: subprocess.Popen | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     started_at: float = 0.0
@@ -120,9 +155,16 @@ class ServiceProcess:
             return "restarting"
         return "ready" if self.ready.is_set() else "starting"
 
+    @property
+    def key(self) -> str:
+        """Its key in `LocalMesh.services`: the service name, `name-i` for replica i > 0."""
+        return replica_key(self.name, self.replica)
+
     def describe(self) -> dict:
         entry = {"pid": self.process.pid if self.process else 0, "address": self.address,
                  "state": self.state, "restarts": self.restarts, "log": str(self.log_path)}
+        if self.name in REPLICATED:
+            entry["replica"] = self.replica
         if self.ready.is_set():
             entry["ready_s"] = round(self.ready_s, 3)
         if self.last_exit is not None:
@@ -134,7 +176,8 @@ class LocalMesh:
     """Start with `with LocalMesh() as mesh:`; `mesh.gateway_address` is where to call.
 
     `services` picks what runs (default: all five); `mesh_file` is where the process table is
-    kept (default `<state dir>/mesh.json`); `on_change` is called after each rewrite of it.
+    kept (default `<state dir>/mesh.json`); `transcription_replicas` is how many transcription
+    processes run (default: $ASR_LOCAL_TRANSCRIPTION_REPLICAS, else 1).
     """
 
     def __init__(
@@ -146,8 +189,11 @@ class LocalMesh:
         services: Iterable[str] = SERVICES,
         mesh_file: Path | None = None,
         http_port: int | None = None,
+        transcription_replicas: int | None = None,
     ):
         self.state_dir = resolve_state_dir(state_dir)
+        self.replicas = {name: 1 for name in ALL_SERVICES}
+        self.replicas["transcription"] = transcription_replica_count(transcription_replicas)
         self._env = dict(env or {})
         self._timeout = startup_timeout_s
         self._python = python
@@ -174,11 +220,24 @@ class LocalMesh:
 
     # -- addresses --------------------------------------------------------------------------
 
-    def port_of(self, name: str) -> int:
-        return self._reserved[name].getsockname()[1]
+    def port_of(self, name: str, replica: int = 0) -> int:
+        return self._reserved[replica_key(name, replica)].getsockname()[1]
 
-    def address_of(self, name: str) -> str:
-        return f"127.0.0.1:{self.port_of(name)}"
+    def address_of(self, name: str, replica: int = 0) -> str:
+        return f"127.0.0.1:{self.port_of(name, replica)}"
+
+    def addresses_of(self, name: str) -> list[str]:
+        """Every replica's HOST:PORT, in replica order."""
+        return [self.address_of(name, i) for i in range(self.replicas[name])]
+
+    def _keys(self, names: Iterable[str]) -> list[str]:
+        """The process keys of `names` (a service with N replicas has N)."""
+        return [replica_key(name, i) for name in names for i in range(self.replicas[name])]
+
+    def replicas_of(self, name: str) -> list[ServiceProcess]:
+        """The running processes of service `name`, in replica order."""
+        with self._lock:
+            return [self.services[key] for key in self._keys([name]) if key in self.services]
 
     @property
     def gateway_address(self) -> str:
@@ -202,14 +261,14 @@ class LocalMesh:
         """Start the chosen services at once, wait until all serve; returns the gateway's address."""
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         try:
-            for name in SERVICES:
-                self._reserved[name] = reserve_port()
+            for key in self._keys(SERVICES):
+                self._reserved[key] = reserve_port()
             if self._http_port is not None:
                 self._reserved["http"] = reserve_port(port=self._http_port)
             with self._lock:
-                for name in self._initial:
-                    self._spawn(name)
-            self._wait(self._initial)
+                for key in self._keys(self._initial):
+                    self._spawn(key)
+            self._wait(self._keys(self._initial))
             self.write_mesh_file()
         except BaseException:
             self.stop(grace_s=2)
@@ -222,13 +281,14 @@ class LocalMesh:
             raise ValueError(f"unknown service {name!r}")
         with self._lock:
             if name not in self.services:
-                self._spawn(name)
+                for key in self._keys([name]):
+                    self._spawn(key)
                 self.write_mesh_file()
         if wait:
-            self._wait([name])
+            self._wait(self._keys([name]))
             self.write_mesh_file()
 
-    def _env_for(self, name: str) -> dict[str, str]:
+    def _env_for(self, name: str, replica: int = 0) -> dict[str, str]:
         env = {
             **os.environ,
             "PYANNOTE_METRICS_ENABLED": "false",
@@ -238,30 +298,48 @@ class LocalMesh:
             # would run Python in the forked child of a process that has started gRPC threads.
             "ASR_PARENT_PID": str(os.getpid()),
             f"ASR_{name.upper()}_HOST": "127.0.0.1",
-            f"ASR_{name.upper()}_PORT": str(self.port_of(name)),
+            f"ASR_{name.upper()}_PORT": str(self.port_of(name, replica)),
             # No warm-up run: a local request is usually waiting for this start, and the warm-up
             # (a whole 30 s window through the encoder) costs about what its first window does.
             "ASR_TRANSCRIPTION_WARM_UP": os.environ.get("ASR_TRANSCRIPTION_WARM_UP", "false"),
             **self._env,
         }
+        if self.replicas[name] > 1:
+            env.update(self._replica_env(name, replica, env))
         if name == "gateway":
-            env.update({f"ASR_GATEWAY_{b.upper()}_ADDRESS": self.address_of(b) for b in BACKENDS})
+            # Every replica, comma-separated (one HOST:PORT when there is one): the gateway spreads work over them.
+            env.update({f"ASR_GATEWAY_{b.upper()}_ADDRESS": ",".join(self.addresses_of(b)) for b in BACKENDS})
             env["ASR_GATEWAY_MESH_FILE"] = str(self.mesh_file)
         if name == "http":
             env["ASR_HTTP_GATEWAY_ADDRESS"] = self.gateway_address
         return env
 
-    def _spawn(self, name: str) -> None:
-        service = self.services.get(name)
+    def _replica_env(self, name: str, replica: int, env: dict[str, str]) -> dict[str, str]:
+        """What replica `replica` of a service run N times needs besides its port (module doc)."""
+        prefix = f"ASR_{name.upper()}_"
+        extra = {}
+        if not env.get(f"{prefix}CPU_THREADS"):
+            extra[f"{prefix}CPU_THREADS"] = str(max((os.cpu_count() or 1) // self.replicas[name], 1))
+        metrics = env.get(f"{prefix}METRICS_PORT", "").strip()
+        if metrics.isdigit() and int(metrics):
+            extra[f"{prefix}METRICS_PORT"] = str(int(metrics) + replica)
+        return extra
+
+    def _spawn(self, key: str) -> None:
+        service = self.services.get(key)
         if service is None:
-            service = ServiceProcess(name, self.port_of(name), self.state_dir / "logs" / f"{name}.log")
-            self.services[name] = service
+            name, _, index = key.partition("-")
+            replica = int(index or 0)
+            service = ServiceProcess(name, self.port_of(name, replica), self.state_dir / "logs" / f"{key}.log",
+                                     replica=replica)
+            self.services[key] = service
+        name = service.name
         service.ready = threading.Event()
         # stderr (the service's logs) goes through a pump into a size-capped, rotated file: a mesh
         # that runs for weeks must not fill the disk (~12 KB of logs a request).
         service.process = subprocess.Popen(
             [self._python, "-m", f"services.{name}"],
-            env=self._env_for(name),
+            env=self._env_for(name, service.replica),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -269,9 +347,9 @@ class LocalMesh:
         service.started_at = time.monotonic()
         service.restart_at = None
         threading.Thread(target=self._read_stdout, args=(service, service.process, service.ready),
-                         daemon=True, name=f"ready-{name}").start()
+                         daemon=True, name=f"ready-{key}").start()
         threading.Thread(target=pump_log, args=(service.process.stderr, service.log_path),
-                         daemon=True, name=f"log-{name}").start()
+                         daemon=True, name=f"log-{key}").start()
 
     def _read_stdout(self, service: ServiceProcess, process: subprocess.Popen, ready: threading.Event) -> None:
         for raw in process.stdout:
@@ -279,17 +357,18 @@ class LocalMesh:
             if line.startswith(READY_PREFIX) and not ready.is_set():
                 fields = dict(part.split("=", 1) for part in line.split()[1:] if "=" in part)
                 if int(fields.get("port", 0)) != service.port:
-                    log.warning("%s reported port %s, expected %d", service.name, fields.get("port"), service.port)
+                    log.warning("%s reported port %s, expected %d", service.key, fields.get("port"), service.port)
                 service.ready_s = time.monotonic() - service.started_at
                 ready.set()
                 if not self._stopping.is_set():
                     self.write_mesh_file()
         process.stdout.close()
 
-    def _wait(self, names: Iterable[str]) -> None:
+    def _wait(self, keys: Iterable[str]) -> None:
         deadline = time.monotonic() + self._timeout
-        for name in names:
-            service = self.services[name]
+        for key in keys:
+            service = self.services[key]
+            name = service.name if service.replica == 0 else f"{service.name} (replica {service.replica})"
             while not service.ready.wait(0.05):
                 code = service.process.poll()
                 if code is not None:
@@ -309,14 +388,14 @@ class LocalMesh:
         if self._supervisor is not None and self._supervisor is not threading.current_thread():
             self._supervisor.join(timeout=5)
         with self._lock:
-            order = [s for s in reversed(ALL_SERVICES) if s in self.services and self.services[s].process]
-            for name in order:
-                process = self.services[name].process
+            order = [k for k in self._keys(reversed(ALL_SERVICES)) if k in self.services and self.services[k].process]
+            for key in order:
+                process = self.services[key].process
                 if process.poll() is None:
                     process.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + grace_s
-            for name in order:
-                process = self.services[name].process
+            for key in order:
+                process = self.services[key].process
                 try:
                     process.wait(timeout=max(deadline - time.monotonic(), 0.1))
                 except subprocess.TimeoutExpired:
@@ -330,7 +409,8 @@ class LocalMesh:
     # -- supervision ------------------------------------------------------------------------
 
     def supervise_once(self) -> list[str]:
-        """Restart services that exited on their own (with backoff); returns what was restarted.
+        """Restart processes that exited on their own (with backoff); returns the keys of those
+        restarted (`transcription-2` for replica 2, see `ServiceProcess.key`).
 
         Also starts services asked for through `<state dir>/requests/` (when this mesh is the
         one `<state dir>/mesh.json` describes).
@@ -353,12 +433,12 @@ class LocalMesh:
                     service.restart_at = now + service.backoff_s
                     service.last_exit = code
                     log.warning("the %s service (pid %d) exited with code %s; restarting in %.1f s on %s",
-                                service.name, service.process.pid, code, service.backoff_s, service.address)
+                                service.key, service.process.pid, code, service.backoff_s, service.address)
                     self.write_mesh_file()
                 elif now >= service.restart_at:
                     service.restarts += 1
-                    self._spawn(service.name)
-                    restarted.append(service.name)
+                    self._spawn(service.key)
+                    restarted.append(service.key)
                     self.write_mesh_file()
         return restarted
 
@@ -388,7 +468,8 @@ class LocalMesh:
 
     def describe(self) -> dict[str, list[dict]]:
         with self._lock:
-            table = {name: [self.services[name].describe()] for name in ALL_SERVICES if name in self.services}
+            table = {name: [p.describe() for p in self.replicas_of(name)]
+                     for name in ALL_SERVICES if name in self.services}
         return {**self.extra, **table}
 
     def write_mesh_file(self) -> None:
@@ -523,11 +604,18 @@ class MeshInfo:
         return (self.table.get("gateway") or [{}])[0].get("address", "")
 
     def state(self, name: str) -> str:
-        entries = self.table.get(name) or []
-        return entries[0].get("state", "") if entries else ""
+        """The service's state: "ready" when every replica is, else the first other state."""
+        states = [entry.get("state", "") for entry in self.table.get(name) or []]
+        return next((state for state in states if state != "ready"), "ready") if states else ""
 
-    def pids(self) -> dict[str, int]:
-        return {name: entries[0]["pid"] for name, entries in self.table.items() if entries}
+    def replicas(self, name: str) -> int:
+        """How many processes run service `name` (transcription may have several)."""
+        return len(self.table.get(name) or [])
+
+    def pids(self) -> list[tuple[str, int]]:
+        """(service, pid) of every listed process, replicas included."""
+        return [(name, int(entry.get("pid", 0))) for name, entries in self.table.items()
+                if isinstance(entries, list) for entry in entries]
 
 
 class LocalMeshSupervisor:
@@ -540,9 +628,10 @@ class LocalMeshSupervisor:
 
     def __init__(self, state_dir: Path, services: Iterable[str] = SERVICES, idle_s: float | None = None,
                  owner_pid: int = 0, env: dict[str, str] | None = None, http_port: int | None = None,
-                 tls_ca: Path | None = None):
+                 tls_ca: Path | None = None, transcription_replicas: int | None = None):
         self.state_dir = Path(state_dir)
-        self.mesh = LocalMesh(state_dir=self.state_dir, services=services, env=env, http_port=http_port)
+        self.mesh = LocalMesh(state_dir=self.state_dir, services=services, env=env, http_port=http_port,
+                              transcription_replicas=transcription_replicas)
         self.idle_s = idle_s
         self.owner_pid = owner_pid
         self.stop_requested = threading.Event()
@@ -633,7 +722,7 @@ def _kill_stale(info: MeshInfo) -> None:
     pids = []
     if info.killable_supervisor:
         pids.append(info.supervisor_pid)
-    for name, pid in info.pids().items():
+    for name, pid in info.pids():
         if name in ALL_SERVICES and pid_alive(pid) and f"services.{name}" in _cmdline(pid):
             pids.append(pid)
     for pid in pids:
@@ -682,13 +771,14 @@ def pump_log(stream, path: Path, max_bytes: int | None = None, backups: int | No
         handler.close()
 
 
-def _start_background(state_dir: Path, services: Iterable[str], python: str) -> subprocess.Popen:
+def _start_background(state_dir: Path, services: Iterable[str], python: str, replicas: int) -> subprocess.Popen:
     (state_dir / "logs").mkdir(parents=True, exist_ok=True)
     log_path = state_dir / "logs" / "supervisor.log"
     with open(log_path, "ab") as log_file:
         return subprocess.Popen(
             # This module, not `asr serve`: the CLI's imports (rich, the SDK) would delay every start.
-            [python, "-m", "services.supervisor", "--state-dir", str(state_dir), "--services", ",".join(services)],
+            [python, "-m", "services.supervisor", "--state-dir", str(state_dir), "--services", ",".join(services),
+             "--transcription-replicas", str(replicas)],
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
             start_new_session=True,  # its own session: Ctrl-C in this terminal does not reach it
             env={**os.environ, "PYANNOTE_METRICS_ENABLED": "false", "PYTHONUNBUFFERED": "1"},
@@ -716,10 +806,10 @@ def _wait_for(state_dir: Path, names: Iterable[str], timeout_s: float,
             if all(info.state(n) == "ready" for n in names):
                 return info
             for name in names:
-                entry = (info.table.get(name) or [{}])[0]
-                if entry.get("state") == "restarting":  # it died while starting: say so, do not loop
-                    raise MeshStartError(f"the {name} service exited with code {entry.get('last_exit')} "
-                                         f"while starting; see {entry.get('log')}")
+                for entry in info.table.get(name) or []:
+                    if entry.get("state") == "restarting":  # it died while starting: say so, do not loop
+                        raise MeshStartError(f"the {name} service exited with code {entry.get('last_exit')} "
+                                             f"while starting; see {entry.get('log')}")
         if daemon is not None and daemon.poll() is not None:
             tail = _log_tail(state_dir / "logs" / "supervisor.log")
             raise MeshStartError(f"the local mesh could not start: {tail or f'exit code {daemon.returncode}'}")
@@ -734,12 +824,20 @@ def _wait_for(state_dir: Path, names: Iterable[str], timeout_s: float,
 @contextlib.contextmanager
 def use_local_mesh(state_dir: Path | None = None, services: Iterable[str] = WITHOUT_DIARIZATION,
                    timeout_s: float = 180.0, python: str = sys.executable,
-                   on_start: Callable[[str], None] | None = None) -> Iterator[str]:
+                   on_start: Callable[[str], None] | None = None,
+                   transcription_replicas: int | None = None,
+                   on_mismatch: Callable[[str], None] | None = None) -> Iterator[str]:
     """The gateway address of a background mesh in `state_dir` running `services`.
 
     Reuses a live one (starting missing services in it), or starts one; the mesh keeps running
     afterwards. `on_start(what)` is told when something has to be started (for a progress line).
+    A new mesh runs `transcription_replicas` transcription processes (default:
+    $ASR_LOCAL_TRANSCRIPTION_REPLICAS, else 1). A live mesh is reused whatever its count; when
+    a count was asked for (argument or environment) and the mesh has another, `on_mismatch` gets
+    a sentence saying so.
     """
+    asked = transcription_replicas is not None or bool(os.environ.get(REPLICAS_ENV, "").strip())
+    replicas = transcription_replica_count(transcription_replicas)
     state_dir = resolve_state_dir(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     services = [name for name in SERVICES if name in set(services) | {"gateway"}]
@@ -750,8 +848,13 @@ def use_local_mesh(state_dir: Path | None = None, services: Iterable[str] = WITH
             if info is None:
                 if on_start:
                     on_start("the local mesh")
-                daemon = _start_background(state_dir, services, python)
+                daemon = _start_background(state_dir, services, python, replicas)
                 info = _wait_for(state_dir, services, timeout_s, daemon)
+            elif asked and on_mismatch and info.replicas("transcription") not in (0, replicas):
+                running = info.replicas("transcription")
+                on_mismatch(f"using the running local mesh with {running} transcription "
+                            f"replica{'s' if running > 1 else ''}, not the {replicas} asked for "
+                            f"(`asr serve --stop`, then call again, to change it)")
             missing = [name for name in services if info.state(name) != "ready"]
             if missing:
                 if on_start:
@@ -804,12 +907,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--services", default=",".join(SERVICES))
     parser.add_argument("--idle-timeout", type=float, help=f"default: {IDLE_ENV} or {DEFAULT_IDLE_S:.0f}")
+    parser.add_argument("--transcription-replicas", help=f"transcription processes (default: {REPLICAS_ENV} or 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s supervisor: %(message)s")
     try:
         idle_s = args.idle_timeout if args.idle_timeout is not None else idle_timeout_s()
         owner = int(os.environ.get(OWNER_ENV, "0") or 0)
-        runner = LocalMeshSupervisor(args.state_dir, args.services.split(","), idle_s=idle_s, owner_pid=owner)
+        runner = LocalMeshSupervisor(args.state_dir, args.services.split(","), idle_s=idle_s, owner_pid=owner,
+                                     transcription_replicas=transcription_replica_count(args.transcription_replicas))
         address = runner.start()
     except (MeshError, ValueError, OSError) as exc:
         print(f"asr: {getattr(exc, 'message', exc)}", file=sys.stderr, flush=True)

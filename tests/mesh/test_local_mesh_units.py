@@ -1,4 +1,4 @@
-"""Fast checks of the local mesh's pieces: backend availability in the gateway, port reservation."""
+"""Fast checks of the local mesh's pieces: backend availability in the gateway, port reservation, replicas."""
 
 from __future__ import annotations
 
@@ -12,9 +12,17 @@ from conftest import channel_to
 
 from asr.gateway.v1 import gateway_service_pb2 as pb
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
+from services.common.errors import MeshError
 from services.gateway.availability import Backends
 from services.gateway.server import GatewaySettings, create_server
-from services.supervisor import MeshInfo, read_mesh_file, reserve_port, write_json_atomic
+from services.supervisor import (
+    LocalMesh,
+    MeshInfo,
+    read_mesh_file,
+    reserve_port,
+    transcription_replica_count,
+    write_json_atomic,
+)
 
 
 def test_a_backend_is_present_when_addressed_and_listed(tmp_path):
@@ -27,6 +35,11 @@ def test_a_backend_is_present_when_addressed_and_listed(tmp_path):
     assert not backends.present("diarization")
     write_json_atomic(mesh_file, {"gateway": [{"pid": 1}], "diarization": [{"pid": 3}]})
     assert backends.present("diarization")
+    # Several transcription replicas: listed, so present; their comma-separated address counts as set.
+    replicas = Backends({"transcription": "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3"}, mesh_file)
+    write_json_atomic(mesh_file, {"transcription": [{"pid": 4, "replica": 0}, {"pid": 5, "replica": 1},
+                                                    {"pid": 6, "replica": 2}]})
+    assert replicas.present("transcription")
 
 
 @pytest.fixture()
@@ -90,3 +103,43 @@ def test_mesh_file_round_trip_and_a_dead_supervisor(tmp_path):
     assert not info.supervisor_alive() and not info.killable_supervisor
     path.write_text("{not json")
     assert read_mesh_file(path) is None
+
+
+def test_several_replicas_in_the_mesh_file(tmp_path):
+    path = tmp_path / "mesh.json"
+    entries = [{"pid": 10 + i, "address": f"127.0.0.1:{20 + i}", "state": "ready", "replica": i} for i in range(3)]
+    write_json_atomic(path, {"gateway": [{"pid": 5, "address": "127.0.0.1:9", "state": "ready"}],
+                             "transcription": entries})
+    info = MeshInfo(read_mesh_file(path))
+    assert info.replicas("transcription") == 3 and info.replicas("diarization") == 0
+    assert info.state("transcription") == "ready"
+    assert sorted(info.pids()) == [("gateway", 5), ("transcription", 10), ("transcription", 11),
+                                   ("transcription", 12)]
+    entries[2]["state"] = "restarting"  # one replica down: the service is not ready
+    info = MeshInfo({"transcription": entries})
+    assert info.state("transcription") == "restarting"
+
+
+def test_the_replica_count(monkeypatch):
+    monkeypatch.delenv("ASR_LOCAL_TRANSCRIPTION_REPLICAS", raising=False)
+    assert transcription_replica_count() == 1
+    assert transcription_replica_count("3") == 3
+    monkeypatch.setenv("ASR_LOCAL_TRANSCRIPTION_REPLICAS", "4")
+    assert transcription_replica_count() == 4 and transcription_replica_count(2) == 2
+    for bad in ("0", "-1", "x", "65"):
+        monkeypatch.setenv("ASR_LOCAL_TRANSCRIPTION_REPLICAS", bad)
+        with pytest.raises(MeshError, match="ASR_LOCAL_TRANSCRIPTION_REPLICAS"):
+            transcription_replica_count()
+        with pytest.raises(MeshError, match="--transcription-replicas"):
+            transcription_replica_count(bad)
+
+
+def test_replicas_share_the_cores_and_get_their_own_metrics_port(tmp_path, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    mesh = LocalMesh(state_dir=tmp_path, transcription_replicas=3)  # nothing starts before start()
+    assert mesh.replicas["transcription"] == 3 and mesh.replicas["gateway"] == 1
+    assert mesh._replica_env("transcription", 0, {}) == {"ASR_TRANSCRIPTION_CPU_THREADS": "2"}
+    chosen = {"ASR_TRANSCRIPTION_CPU_THREADS": "4", "ASR_TRANSCRIPTION_METRICS_PORT": "9100"}
+    assert mesh._replica_env("transcription", 2, chosen) == {"ASR_TRANSCRIPTION_METRICS_PORT": "9102"}
+    assert mesh._replica_env("transcription", 1, {"ASR_TRANSCRIPTION_METRICS_PORT": "0"}) == \
+        {"ASR_TRANSCRIPTION_CPU_THREADS": "2"}
