@@ -91,6 +91,9 @@ bench-cold: setup  ## Plain faster-whisper vs `asr transcribe` cold and warm, ±
 # The validation corpus (its `validate` split) when it has been generated, else corpus-dev.
 STREAM_CORPUS ?= $(if $(wildcard build/corpus-validate/manifest.json),build/corpus-validate,$(CORPUS))
 SOAK ?= 1000
+bench-fanout: setup  ## One long file over 1/2/3 transcription replicas (fan-out), one killed mid-file (~15 min).
+	$(PY) benchmarks/bench_fanout.py --png build/bench_fanout.png
+
 bench-load: setup  ## Req/s, p50/p95/p99 and errors at 1/8/32/64 callers, RSS over a $(SOAK)-request soak (slow).
 	$(PY) benchmarks/bench_load.py --soak $(SOAK) --png build/bench_load.png
 
