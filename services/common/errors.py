@@ -1,15 +1,22 @@
-"""One map from domain exceptions to gRPC status codes, for every service.
+"""The one map from domain errors to gRPC statuses, and the interceptor that applies it.
 
-Cores raise the exceptions below; `ErrorMappingInterceptor` turns them into a status with a
-human sentence and `google.rpc` details; nothing else in a servicer handles errors. Clients use
+Cores raise the grpc-free exceptions of `services.common.domain_errors`, each with a domain
+`Category`; `STATUS_OF` below is the only table that turns a category into a gRPC status code.
+`ErrorMappingInterceptor` (and `services.common.aio`'s event-loop twin) turns a raised exception
+into that status with a human sentence and `google.rpc` details (ErrorInfo with the reason,
+BadRequest naming the field, RetryInfo); nothing else in a servicer handles errors. Clients use
 `from_rpc_error` to get the same typed exceptions back, so the gateway can pass a downstream
 INVALID_ARGUMENT on to its caller unchanged.
+
+The exception classes are re-exported here, so `from services.common.errors import InvalidInput`
+keeps working for servicers and clients; cores import `services.common.domain_errors`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import grpc
@@ -17,160 +24,60 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from services.common.domain_errors import (
+    Cancelled,
+    Category,
+    DeadlineExceeded,
+    DependencyFailed,
+    DependencyUnavailable,
+    Draining,
+    FailedPrecondition,
+    InternalError,
+    InvalidAudio,
+    InvalidInput,
+    LimitExceeded,
+    MeshError,
+    NotFound,
+    Overloaded,
+    PermissionDenied,
+    Unauthenticated,
+    UnknownModel,
+    UploadStalled,
+    rebuild,
+)
+
+__all__ = [
+    "ERROR_DOMAIN", "STATUS_OF", "Cancelled", "Category", "DeadlineExceeded",
+    "DependencyFailed", "DependencyUnavailable", "Draining", "ErrorMappingInterceptor",
+    "FailedPrecondition", "InternalError", "InvalidAudio", "InvalidInput", "LimitExceeded",
+    "MeshError", "NotFound", "Overloaded", "PermissionDenied", "Unauthenticated", "UnknownModel",
+    "UploadStalled", "from_rpc_error", "status_code", "to_status",
+]
+
 log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "asr-mesh"
 
+STATUS_OF: Mapping[Category, grpc.StatusCode] = MappingProxyType({
+    Category.INVALID_INPUT: grpc.StatusCode.INVALID_ARGUMENT,
+    Category.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Category.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    Category.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Category.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Category.DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Category.CANCELLED: grpc.StatusCode.CANCELLED,
+    Category.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    Category.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    Category.INTERNAL: grpc.StatusCode.INTERNAL,
+})
+"""The one category → gRPC status table of the mesh (one code per category, so it inverts)."""
 
-class MeshError(Exception):
-    """Base of every error a core may raise on purpose. The message is shown to the caller."""
-
-    status = grpc.StatusCode.INTERNAL
-    reason = "INTERNAL"
-
-    def __init__(self, message: str, *, metadata: dict[str, str] | None = None):
-        super().__init__(message)
-        self.message = message
-        self.metadata = dict(metadata or {})
-
-
-class InvalidInput(MeshError):
-    """The caller sent something that can never succeed as sent."""
-
-    status = grpc.StatusCode.INVALID_ARGUMENT
-    reason = "INVALID_INPUT"
-
-    def __init__(self, message: str, *, field: str = "", metadata: dict[str, str] | None = None):
-        super().__init__(message, metadata=metadata)
-        self.field = field
+_CATEGORY_OF: dict[grpc.StatusCode, Category] = {code: cat for cat, code in STATUS_OF.items()}
 
 
-class InvalidAudio(InvalidInput):
-    """The upload is not audio the mesh can decode (empty, corrupt, no audio stream...)."""
-
-    reason = "INVALID_AUDIO"
-
-
-class LimitExceeded(InvalidInput):
-    """The input is larger or longer than a configured limit allows."""
-
-    reason = "LIMIT_EXCEEDED"
-
-
-class UnknownModel(InvalidInput):
-    """The caller asked for a model the service does not have."""
-
-    reason = "UNKNOWN_MODEL"
-
-
-class Overloaded(MeshError):
-    """The service is at capacity; the caller should retry after `retry_after_s`."""
-
-    status = grpc.StatusCode.RESOURCE_EXHAUSTED
-    reason = "OVERLOADED"
-
-    def __init__(self, message: str, *, retry_after_s: float = 1.0, **kw: Any):
-        super().__init__(message, **kw)
-        self.retry_after_s = retry_after_s
-
-
-class DependencyUnavailable(MeshError):
-    """A service this one depends on cannot be reached (transient)."""
-
-    status = grpc.StatusCode.UNAVAILABLE
-    reason = "DEPENDENCY_UNAVAILABLE"
-
-
-class Draining(DependencyUnavailable):
-    """This replica is shutting down and handed the request back before starting it: safe to
-    retry (here after a restart, or on another replica) after `retry_after_s`."""
-
-    reason = "DRAINING"
-
-    def __init__(self, message: str, *, retry_after_s: float = 1.0, **kw: Any):
-        super().__init__(message, **kw)
-        self.retry_after_s = retry_after_s
-
-
-class DependencyFailed(MeshError):
-    """A service failed while it was already working on this request.
-
-    Reported as INTERNAL rather than UNAVAILABLE on purpose: UNAVAILABLE tells callers and load
-    balancers "safe to retry", and replaying a request that may have killed a replica could
-    take down the next one too.
-    """
-
-    reason = "DEPENDENCY_FAILED"
-
-
-class DeadlineExceeded(MeshError):
-    """The work did not finish within its deadline."""
-
-    status = grpc.StatusCode.DEADLINE_EXCEEDED
-    reason = "DEADLINE_EXCEEDED"
-
-
-class UploadStalled(DeadlineExceeded):
-    """The caller opened a request stream and then stopped sending before it was complete."""
-
-    reason = "UPLOAD_STALLED"
-
-
-class Cancelled(MeshError):
-    """The caller went away."""
-
-    status = grpc.StatusCode.CANCELLED
-    reason = "CANCELLED"
-
-
-class InternalError(MeshError):
-    """Something broke that is not the caller's fault."""
-
-
-class NotFound(MeshError):
-    """The caller named something that does not exist (any more): a job id, expired results."""
-
-    status = grpc.StatusCode.NOT_FOUND
-    reason = "NOT_FOUND"
-
-
-class FailedPrecondition(MeshError):
-    """The request is valid but the thing it names is not in a state that allows it yet."""
-
-    status = grpc.StatusCode.FAILED_PRECONDITION
-    reason = "FAILED_PRECONDITION"
-
-
-class Unauthenticated(MeshError):
-    """The caller did not say who it is (no bearer token) where the server requires it."""
-
-    status = grpc.StatusCode.UNAUTHENTICATED
-    reason = "UNAUTHENTICATED"
-
-
-class PermissionDenied(MeshError):
-    """The caller's credentials are not accepted (a wrong or revoked token)."""
-
-    status = grpc.StatusCode.PERMISSION_DENIED
-    reason = "PERMISSION_DENIED"
-
-
-_BY_STATUS: dict[grpc.StatusCode, type[MeshError]] = {
-    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
-    grpc.StatusCode.UNAVAILABLE: DependencyUnavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
-    grpc.StatusCode.CANCELLED: Cancelled,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-}
-_BY_REASON: dict[str, type[MeshError]] = {
-    cls.reason: cls
-    for cls in (InvalidInput, InvalidAudio, LimitExceeded, UnknownModel, Overloaded, DependencyFailed,
-                UploadStalled, Draining)
-}
+def status_code(error: MeshError) -> grpc.StatusCode:
+    """The gRPC status code `error` is reported with."""
+    return STATUS_OF[error.category]
 
 
 def to_status(error: MeshError) -> status_pb2.Status:
@@ -188,7 +95,7 @@ def to_status(error: MeshError) -> status_pb2.Status:
                 ]
             )
         )
-    if getattr(error, "retry_after_s", None):  # Overloaded, Draining: when to try again
+    if isinstance(error, Overloaded | Draining) and error.retry_after_s:  # when to try again
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int(error.retry_after_s * 1000))
         details.append(error_details_pb2.RetryInfo(retry_delay=delay))
@@ -198,15 +105,20 @@ def to_status(error: MeshError) -> status_pb2.Status:
         holder.Pack(detail)
         packed.append(holder)
     return status_pb2.Status(
-        code=getattr(code_pb2, error.status.name), message=error.message, details=packed
+        code=getattr(code_pb2, status_code(error).name), message=error.message, details=packed
     )
 
 
 def from_rpc_error(err: grpc.RpcError, *, service: str = "") -> MeshError:
-    """Turn a failed call into the typed exception the remote service raised."""
+    """Turn a failed call into the typed exception the remote service raised.
+
+    The class comes from the ErrorInfo reason when the status code agrees with it, else from the
+    code alone (a status a server wrote without details, or a code with no category: INTERNAL).
+    The BadRequest field and the RetryInfo delay come back too.
+    """
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     message = (err.details() if hasattr(err, "details") else "") or str(code)
-    reason, metadata, retry_after = "", {}, None
+    reason, field, metadata, retry_after = "", "", {}, None
     status = rpc_status.from_call(err) if hasattr(err, "trailing_metadata") else None
     for detail in status.details if status else ():
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
@@ -214,15 +126,19 @@ def from_rpc_error(err: grpc.RpcError, *, service: str = "") -> MeshError:
             detail.Unpack(info)
             reason, metadata = info.reason, dict(info.metadata)
         elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            retry_after = info.retry_delay.ToMilliseconds() / 1000
-    cls = _BY_REASON.get(reason) or _BY_STATUS.get(code, InternalError)
-    if cls is DependencyUnavailable and service and "service is unavailable" not in message:
-        message = f"{service} service is unavailable: {message}"
-    if cls in (Overloaded, Draining):
-        return cls(message, retry_after_s=retry_after or 1.0, metadata=metadata)
-    return cls(message, metadata=metadata)
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_after = retry.retry_delay.ToMilliseconds() / 1000
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            field = bad.field_violations[0].field if bad.field_violations else ""
+    error = rebuild(_CATEGORY_OF.get(code, Category.INTERNAL), reason, message,
+                    metadata=metadata, field=field, retry_after_s=retry_after)
+    if type(error) is DependencyUnavailable and service and "service is unavailable" not in message:
+        error = DependencyUnavailable(f"{service} service is unavailable: {message}",
+                                      metadata=metadata)
+    return error
 
 
 def _abort(context: grpc.ServicerContext, error: MeshError) -> None:
@@ -249,7 +165,7 @@ def _fail(context: grpc.ServicerContext, exc: BaseException, method: str) -> Non
 def _translate(exc: BaseException, method: str) -> MeshError:
     if isinstance(exc, MeshError | grpc.RpcError):
         error = exc if isinstance(exc, MeshError) else from_rpc_error(exc)
-        log.warning("%s failed: %s: %s", method, error.status.name, error.message)
+        log.warning("%s failed: %s: %s", method, status_code(error).name, error.message)
         return error
     log.exception("unhandled error in %s", method)
     from services.common.telemetry import current_trace_id

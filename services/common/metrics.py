@@ -86,6 +86,16 @@ def record_work(service: str, audio_seconds: float, processing_seconds: float) -
         REAL_TIME_FACTOR.labels(service).observe(processing_seconds / audio_seconds)
 
 
+def gauge_reporter(service: str) -> Callable[[int, int], None]:
+    """An `on_change` callback feeding the service's queue-depth and busy-worker gauges."""
+
+    def report(waiting: int, running: int) -> None:
+        QUEUE_DEPTH.labels(service).set(waiting)
+        BUSY_WORKERS.labels(service).set(running)
+
+    return report
+
+
 def record_cache(service: str, cache: str, hit: bool) -> None:
     CACHE_REQUESTS.labels(service, cache, "hit" if hit else "miss").inc()
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from services.common.domain import BYTES_PER_SAMPLE, SAMPLE_RATE
-from services.common.errors import InvalidAudio, InvalidInput, LimitExceeded
+from services.common.domain_errors import InvalidAudio, InvalidInput, LimitExceeded
 from services.common.streams import UploadMeter
 
 DEFAULT_CHUNK_BYTES = 256 * 1024

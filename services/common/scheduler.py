@@ -23,23 +23,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
-from services.common import metrics
-from services.common.errors import Cancelled, DeadlineExceeded, Draining, Overloaded
+from services.common.domain_errors import Cancelled, DeadlineExceeded, Draining, Overloaded
 
 WAIT_SLICE_S = 0.1
 """A waiter re-checks its cancel event and deadline at least this often."""
 _NO_DEADLINE_S = 365 * 24 * 3600.0
 """gRPC reports a call without a deadline as one that far (or farther) away."""
-
-
-def gauge_reporter(service: str) -> Callable[[int, int], None]:
-    """An `on_change` callback feeding the service's queue-depth and busy-worker gauges."""
-
-    def report(waiting: int, running: int) -> None:
-        metrics.QUEUE_DEPTH.labels(service).set(waiting)
-        metrics.BUSY_WORKERS.labels(service).set(running)
-
-    return report
 
 
 def rpc_watch(context: Any) -> tuple[threading.Event, float | None]:
@@ -174,7 +163,7 @@ def caller_identity(metadata: Any, peer: str) -> str:
     who = caller_override.get()
     if who:
         return f"id:{who}"
-    pairs = {}
+    pairs: dict[str, str] = {}
     for key, value in metadata or ():
         pairs.setdefault(key.lower(), value if isinstance(value, str) else value.decode("latin-1"))
     auth = pairs.get("authorization", "")

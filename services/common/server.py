@@ -49,7 +49,7 @@ from services.common.security import (
 from services.common.security import aio_server_interceptors as aio_auth_interceptors
 from services.common.security import server_interceptors as auth_interceptors
 from services.common.settings import ServerSettings
-from services.common.streams import StallGuardInterceptor
+from services.common.streams import stall_guarded
 from services.common.telemetry import (
     aio_server_interceptors,
     server_interceptors,
@@ -100,6 +100,37 @@ class ServerHandle:
         self.server.stop(grace).wait()
         for hook in self.on_stop:
             hook()
+
+
+class StallGuardInterceptor(grpc.ServerInterceptor):
+    """Reads the request streams of the mesh's services (`/asr.*`) through `stall_guarded`.
+
+    Health and reflection are left alone: a reflection stream idles legitimately between a
+    tool's questions.
+    """
+
+    def __init__(self, idle_timeout_s: float, setting: str):
+        self._idle_timeout_s = idle_timeout_s
+        self._setting = setting
+
+    def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if (handler is None or not handler.request_streaming or self._idle_timeout_s <= 0
+                or not handler_call_details.method.startswith("/asr.")):
+            return handler
+
+        def guarded(behavior: Callable) -> Callable:
+            def wrapped(request_iterator: Any, context: grpc.ServicerContext) -> Any:
+                return behavior(stall_guarded(request_iterator, self._idle_timeout_s,
+                                              setting=self._setting), context)
+
+            return wrapped
+
+        if handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(
+                guarded(handler.stream_stream), handler.request_deserializer, handler.response_serializer)
+        return grpc.stream_unary_rpc_method_handler(
+            guarded(handler.stream_unary), handler.request_deserializer, handler.response_serializer)
 
 
 def server_options(settings: ServerSettings) -> list[tuple[str, int]]:

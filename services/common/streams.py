@@ -19,7 +19,7 @@ A caller that declares no size is trusted on the end of its stream, as gRPC itse
 
 A caller can also stop sending without ending or cancelling its stream. Without a deadline it
 would hold the server thread, and in the transcription and diarization services a worker slot,
-forever. `StallGuardInterceptor` reads every request stream of the mesh's own services through
+forever. `StallGuardInterceptor` (services/common/server.py) reads every request stream of the mesh's own services through
 `stall_guarded`, which refuses a stream once no message has arrived for the configured idle
 time (`UploadStalled`, DEADLINE_EXCEEDED with the setting's name in the sentence).
 """
@@ -28,12 +28,10 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
-import grpc
-
-from services.common.errors import Cancelled, InvalidInput, UploadStalled
+from services.common.domain_errors import Cancelled, InvalidInput, UploadStalled
 
 T = TypeVar("T")
 
@@ -94,7 +92,7 @@ def stall_guarded(messages: Iterator[T], idle_timeout_s: float, *, setting: str)
     if idle_timeout_s <= 0:
         yield from messages
         return
-    pipe: queue.Queue = queue.Queue(maxsize=1)
+    pipe: queue.Queue[tuple[object, Any]] = queue.Queue(maxsize=1)
     wanted = threading.Semaphore(0)
     stop = threading.Event()
 
@@ -143,34 +141,3 @@ def stall_guarded(messages: Iterator[T], idle_timeout_s: float, *, setting: str)
     finally:
         stop.set()
         wanted.release()  # wake a reader waiting to be asked, so it can see `stop` and leave
-
-
-class StallGuardInterceptor(grpc.ServerInterceptor):
-    """Reads the request streams of the mesh's services (`/asr.*`) through `stall_guarded`.
-
-    Health and reflection are left alone: a reflection stream idles legitimately between a
-    tool's questions.
-    """
-
-    def __init__(self, idle_timeout_s: float, setting: str):
-        self._idle_timeout_s = idle_timeout_s
-        self._setting = setting
-
-    def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
-        handler = continuation(handler_call_details)
-        if (handler is None or not handler.request_streaming or self._idle_timeout_s <= 0
-                or not handler_call_details.method.startswith("/asr.")):
-            return handler
-
-        def guarded(behavior: Callable) -> Callable:
-            def wrapped(request_iterator: Any, context: grpc.ServicerContext) -> Any:
-                return behavior(stall_guarded(request_iterator, self._idle_timeout_s,
-                                              setting=self._setting), context)
-
-            return wrapped
-
-        if handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(
-                guarded(handler.stream_stream), handler.request_deserializer, handler.response_serializer)
-        return grpc.stream_unary_rpc_method_handler(
-            guarded(handler.stream_unary), handler.request_deserializer, handler.response_serializer)

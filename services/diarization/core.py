@@ -21,11 +21,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from pyannote.core import Annotation
 
-from services.common import metrics
 from services.common.domain import SAMPLE_RATE, ProgressUpdate, SpeakerTurn, TimeRange
-from services.common.errors import Cancelled, InvalidInput
+from services.common.domain_errors import Cancelled, InvalidInput
 
-SERVICE = "diarization"
 tracer = trace.get_tracer(__name__)
 
 
@@ -143,11 +141,17 @@ def exclusive_turns(annotation: Annotation) -> tuple[list[SpeakerTurn], list[Tim
 
 
 class Diarizer:
-    """Runs one backend under the service's speaker limit and reports progress."""
+    """Runs one backend under the service's speaker limit and reports progress.
 
-    def __init__(self, backend: Backend, max_speakers: int = 10):
+    `on_work(audio_s, processing_s)` is called after each finished diarization (the server
+    feeds its real-time-factor metrics with it).
+    """
+
+    def __init__(self, backend: Backend, max_speakers: int = 10, *,
+                 on_work: Callable[[float, float], None] | None = None):
         self.backend = backend
         self.max_speakers = max_speakers
+        self._on_work = on_work or (lambda audio_s, processing_s: None)
 
     def check(self, options: DiarizationOptions) -> None:
         """Refuse speaker options that can never run, before any audio is read or queued."""
@@ -182,7 +186,7 @@ class Diarizer:
             span.set_attributes({"asr.rtf": rtf, "asr.diarization.speakers": count,
                                  "asr.diarization.turns": len(turns),
                                  "asr.diarization.overlaps": len(overlaps)})
-            metrics.record_work(SERVICE, duration, processing)
+            self._on_work(duration, processing)
             yield ProgressUpdate(1.0, duration, duration, message="diarization done")
             yield DiarizationOutcome(
                 exclusive_turns=tuple(turns),

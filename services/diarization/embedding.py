@@ -31,7 +31,6 @@ import numpy as np
 from opentelemetry import trace
 from pyannote.core import Annotation, Segment
 
-from services.common import metrics
 from services.common.domain import SAMPLE_RATE
 from services.diarization.clustering import (
     ClusteringOptions,
@@ -49,7 +48,6 @@ WINDOW_FRAMES = 160  # resemblyzer partial utterance: 160 mel frames of 10 ms
 MEL_HOP = SAMPLE_RATE // 100
 GRID = 0.02  # seconds per vote cell
 ENCODER_MODEL = "resemblyzer-ge2e"
-SERVICE = "diarization"
 tracer = trace.get_tracer(__name__)
 
 Progress = Callable[[float, str], None]
@@ -172,9 +170,12 @@ def window_starts(num_frames: int, hop_frames: int) -> list[int]:
 
 
 class VoiceEncoderEmbedder:
-    """resemblyzer's pretrained GE2E encoder on the CPU, batched over mel windows."""
+    """resemblyzer's pretrained GE2E encoder on the CPU, batched over mel windows.
 
-    def __init__(self, torch_threads: int = 0):
+    `on_batch(size)` is called with the size of each batch the encoder runs (for metrics).
+    """
+
+    def __init__(self, torch_threads: int = 0, on_batch: Callable[[int], None] | None = None):
         import torch
         from resemblyzer import VoiceEncoder
         from resemblyzer.audio import wav_to_mel_spectrogram
@@ -185,19 +186,22 @@ class VoiceEncoderEmbedder:
         self._torch = torch
         self._mel = wav_to_mel_spectrogram
         self._encoder = VoiceEncoder("cpu", verbose=False).eval()
-        metrics.MODEL_LOADED.labels(SERVICE, ENCODER_MODEL, "cpu", "float32").set(1)
+        self._on_batch = on_batch or (lambda size: None)
         # librosa compiles its kernels on first use (seconds); pay that at startup, not per call.
         self.embed(np.stack([self.mel(np.zeros(SAMPLE_RATE, dtype=np.float32))[:WINDOW_FRAMES]]))
 
     def mel(self, wav: np.ndarray) -> np.ndarray:
         """(frames, 40) mel spectrogram as the encoder expects it."""
-        return self._mel(wav)
+        mel: np.ndarray = self._mel(wav)
+        return mel
 
     def embed(self, mels: np.ndarray) -> np.ndarray:
         """(batch, 160, 40) mels → (batch, 256) L2-normalised embeddings."""
-        metrics.BATCH_SIZE.labels(SERVICE).observe(len(mels))
+        self._on_batch(len(mels))
         with self._torch.inference_mode():
-            return self._encoder(self._torch.from_numpy(np.ascontiguousarray(mels))).numpy()
+            embeddings: np.ndarray = self._encoder(
+                self._torch.from_numpy(np.ascontiguousarray(mels))).numpy()
+        return embeddings
 
 
 class EmbeddingClusteringBackend:
@@ -206,9 +210,11 @@ class EmbeddingClusteringBackend:
     name = BACKEND_NAME
 
     def __init__(self, embedder: VoiceEncoderEmbedder | None = None,
-                 options: EmbeddingBackendOptions | None = None, torch_threads: int = 0):
+                 options: EmbeddingBackendOptions | None = None, torch_threads: int = 0,
+                 on_batch: Callable[[int], None] | None = None):
+        """`on_batch` goes to the encoder this backend builds (an injected `embedder` has its own)."""
         self.options = options or EmbeddingBackendOptions()
-        self.embedder = embedder or VoiceEncoderEmbedder(torch_threads)
+        self.embedder = embedder or VoiceEncoderEmbedder(torch_threads, on_batch)
 
     def _windows(self, audio: np.ndarray, regions: list[tuple[float, float]], progress: Progress) -> Windows:
         opts = self.options
@@ -318,7 +324,8 @@ class EmbeddingClusteringBackend:
         runs = fill_gaps(runs, opts.max_gap_fill, opts.turn_extension, duration)
         return labels, runs
 
-    def _vote(self, regions, windows: Windows, labels: np.ndarray) -> Iterator[tuple[int, float, float]]:
+    def _vote(self, regions: list[tuple[float, float]], windows: Windows,
+              labels: np.ndarray) -> Iterator[tuple[int, float, float]]:
         """Per region, Hann-weighted window votes on a 20 ms grid → (label, start, end) runs."""
         k = int(labels.max()) + 1
         region_of = np.asarray(windows.region)

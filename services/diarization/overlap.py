@@ -49,7 +49,8 @@ class OverlapOptions:
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    unit: np.ndarray = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return unit
 
 
 def window_scores(embeddings: np.ndarray, centres: np.ndarray, turn: np.ndarray, labels: np.ndarray,

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from services.common import metrics
 from services.common.domain import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -104,7 +103,6 @@ class PyannoteBackend:
         if "params" not in config:
             pipeline.instantiate(pipeline.default_parameters())
         pipeline.to(torch.device(device))
-        metrics.MODEL_LOADED.labels("diarization", f"pyannote:{directory.name}", device, "float32").set(1)
         self.directory = directory
         self.pipeline = pipeline
         self._torch = torch

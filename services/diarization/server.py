@@ -12,7 +12,8 @@ from pydantic_settings import SettingsConfigDict
 from asr.diarization.v1 import diarization_service_pb2 as pb
 from asr.diarization.v1 import diarization_service_pb2_grpc as pb_grpc
 from services.common import metrics
-from services.common.scheduler import WorkQueue, gauge_reporter
+from services.common.metrics import gauge_reporter
+from services.common.scheduler import WorkQueue
 from services.common.server import ServerHandle, build_server, run_service
 from services.common.settings import QueuedServerSettings
 from services.diarization.core import Backend, Diarizer
@@ -59,14 +60,24 @@ class DiarizationSettings(QueuedServerSettings):
 
 
 def build_backend(settings: DiarizationSettings) -> Backend:
-    """The pyannote backend when a pipeline directory is configured, else the offline default."""
+    """The pyannote backend when a pipeline directory is configured, else the offline default.
+
+    The backend's model is reported loaded (asr_model_loaded) once it is, and the embedding
+    backend's encoder batches feed asr_batch_size.
+    """
     if settings.pyannote_dir is not None:
         from services.diarization.pyannote_backend import PyannoteBackend
 
-        return PyannoteBackend(settings.pyannote_dir, device=settings.device,
-                               torch_threads=settings.torch_threads)
+        pipeline = PyannoteBackend(settings.pyannote_dir, device=settings.device,
+                                   torch_threads=settings.torch_threads)
+        _model_gauge(f"pyannote:{pipeline.directory.name}", settings.device)
+        return pipeline
     from services.diarization.clustering import ClusteringOptions
-    from services.diarization.embedding import EmbeddingBackendOptions, EmbeddingClusteringBackend
+    from services.diarization.embedding import (
+        ENCODER_MODEL,
+        EmbeddingBackendOptions,
+        EmbeddingClusteringBackend,
+    )
     from services.diarization.overlap import OverlapOptions
 
     options = EmbeddingBackendOptions(
@@ -75,7 +86,23 @@ def build_backend(settings: DiarizationSettings) -> Backend:
                                      threshold=settings.cluster_threshold),
         overlap=OverlapOptions(enabled=settings.detect_overlaps),
     )
-    return EmbeddingClusteringBackend(options=options, torch_threads=settings.torch_threads)
+    backend = EmbeddingClusteringBackend(
+        options=options, torch_threads=settings.torch_threads,
+        on_batch=lambda size: metrics.BATCH_SIZE.labels(SERVICE).observe(size))
+    _model_gauge(ENCODER_MODEL, "cpu")
+    return backend
+
+
+def _model_gauge(model: str, device: str) -> None:
+    metrics.MODEL_LOADED.labels(SERVICE, model, device, "float32").set(1)
+
+
+def build_diarizer(settings: DiarizationSettings, backend: Backend | None = None) -> Diarizer:
+    """The service's diarizer, its finished work feeding the real-time-factor metrics; the
+    configured backend unless one is given (tests)."""
+    return Diarizer(backend or build_backend(settings), settings.max_speakers,
+                    on_work=lambda audio_s, processing_s: metrics.record_work(
+                        SERVICE, audio_s, processing_s))
 
 
 def create_server(settings: DiarizationSettings, diarizer: Diarizer | None = None) -> ServerHandle:
@@ -84,7 +111,7 @@ def create_server(settings: DiarizationSettings, diarizer: Diarizer | None = Non
     The backend is loaded before the server starts, so a bad pyannote directory fails here, at
     startup, with a readable message rather than on the first request.
     """
-    diarizer = diarizer or Diarizer(build_backend(settings), settings.max_speakers)
+    diarizer = diarizer or build_diarizer(settings)
     queue = WorkQueue(settings.num_workers, settings.max_queued, on_change=gauge_reporter(SERVICE),
                       name=SERVICE)
     servicer = DiarizationServicer(diarizer, settings.max_audio_seconds, queue)

@@ -13,9 +13,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-import grpc
-
-from services.common.errors import MeshError
+from services.common.domain_errors import Category, MeshError
 
 SPEAKER_OPTIONS = ("diarize", "num_speakers", "min_speakers", "max_speakers", "speaker_names")
 
@@ -23,7 +21,7 @@ SPEAKER_OPTIONS = ("diarize", "num_speakers", "min_speakers", "max_speakers", "s
 class ServiceNotConfigured(MeshError):
     """The request needs a backend this mesh does not run."""
 
-    status = grpc.StatusCode.FAILED_PRECONDITION
+    category = Category.FAILED_PRECONDITION
     reason = "SERVICE_NOT_CONFIGURED"
 
 

@@ -32,7 +32,7 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from services.common.domain import MediaReport, ProgressUpdate
-from services.common.errors import Cancelled, MeshError
+from services.common.errors import Cancelled, MeshError, status_code
 from services.gateway.pipeline import ChainOptions, ChainResult, Stages, run_chain
 from services.gateway.result_cache import ResultCache, decode_result, encode_result
 
@@ -338,7 +338,7 @@ class JobRunner:
         elif verdict == "lost":
             log.warning("job %s: lease lost to another runner; leaving it to that one", record.job_id)
         elif isinstance(exc, MeshError):
-            self._finish(record, worker, FAILED, error=(exc.status.name, exc.reason, exc.message))
+            self._finish(record, worker, FAILED, error=(status_code(exc).name, exc.reason, exc.message))
         else:
             log.error("job %s failed", record.job_id, exc_info=exc)
             self._finish(record, worker, FAILED, error=(

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from services.common.errors import LimitExceeded, Overloaded
+from services.common.domain_errors import LimitExceeded, Overloaded
 
 SETTING = "ASR_GATEWAY_SPOOL_QUOTA_BYTES"
 

@@ -18,7 +18,8 @@ from asr.gateway.v1 import jobs_pb2 as jobs_pb
 from asr.gateway.v1 import jobs_pb2_grpc as jobs_grpc
 from services.common import metrics
 from services.common.aio import AioServerHandle, run_on_loop
-from services.common.scheduler import FairQueue, context_caller, gauge_reporter
+from services.common.metrics import gauge_reporter
+from services.common.scheduler import FairQueue, context_caller
 from services.common.security import downstream_credentials
 from services.common.server import build_aio_server, run_service
 from services.common.settings import ServerSettings

@@ -34,7 +34,7 @@ from starlette.formparsers import MultiPartException
 
 from asr.gateway.v1 import jobs_pb2 as jobs_pb
 from clients.sdk import GatewayClient, StreamOptions, TranscribeOptions
-from services.common.errors import MeshError, Overloaded
+from services.common.errors import MeshError, Overloaded, status_code
 from services.common.metrics import REGISTRY
 from services.common.security import client_channel
 from services.http import openai_format as oa
@@ -67,7 +67,7 @@ WS_EVENTS = Counter("asr_http_stream_events", "Streaming events sent to WebSocke
 def mesh_http_error(error: MeshError) -> oa.HttpError:
     """The HTTP answer for a typed gateway error (services.common.errors)."""
     retry = error.retry_after_s if isinstance(error, Overloaded) else None
-    return oa.http_error_for(error.status.name, error.reason, error.message, retry,
+    return oa.http_error_for(status_code(error).name, error.reason, error.message, retry,
                              getattr(error, "field", ""))
 
 

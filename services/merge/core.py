@@ -51,7 +51,7 @@ from enum import Enum
 from opentelemetry import trace
 
 from services.common.domain import Segment, SpeakerTurn, Word
-from services.common.errors import InvalidInput
+from services.common.domain_errors import InvalidInput
 from services.merge.itn import normalize_segments
 
 _tracer = trace.get_tracer(__name__)

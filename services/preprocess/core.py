@@ -35,7 +35,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,9 +43,9 @@ import numpy as np
 from opentelemetry import trace
 
 from services.common.domain import BYTES_PER_SAMPLE, SAMPLE_RATE, MediaReport
-from services.common.errors import InvalidAudio, InvalidInput, LimitExceeded, Overloaded
+from services.common.domain_errors import InvalidAudio, InvalidInput, LimitExceeded, Overloaded
 from services.common.pcm import DEFAULT_CHUNK_BYTES
-from services.common.scheduler import WorkQueue, gauge_reporter
+from services.common.scheduler import WorkQueue
 from services.preprocess import ffmpeg
 from services.preprocess.ffmpeg import CancelToken, ChildLimits, ProbeResult
 
@@ -386,9 +386,14 @@ class Chunker:
 # --------------------------------------------------------------------------- the job
 
 class Preprocessor:
-    """Runs preprocessing jobs with a bounded number at a time."""
+    """Runs preprocessing jobs with a bounded number at a time.
 
-    def __init__(self, config: PreprocessorConfig):
+    `on_queue(waiting, running)` is called whenever the admission queue changes (the server
+    feeds its queue-depth and busy-worker gauges with it).
+    """
+
+    def __init__(self, config: PreprocessorConfig,
+                 on_queue: Callable[[int, int], None] | None = None):
         self.config = config
         if config.temp_root is not None:
             config.temp_root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -399,7 +404,7 @@ class Preprocessor:
         # Like transcription's: a request waits its turn (first come, first served) instead of
         # being refused while a decode slot is busy; refused only when the queue is full.
         self._queue = WorkQueue(config.max_concurrent_jobs, config.max_queued,
-                                on_change=gauge_reporter("preprocess"), typical_job_s=2.0,
+                                on_change=on_queue, typical_job_s=2.0,
                                 name="the preprocess service")
         self._active: dict[Path, CancelToken] = {}
         self._idle = threading.Condition()

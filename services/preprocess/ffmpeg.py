@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.domain import MediaReport
-from services.common.errors import Cancelled, InvalidAudio, LimitExceeded
+from services.common.domain_errors import Cancelled, InvalidAudio, LimitExceeded
 
 ALLOWED_DEMUXERS: tuple[str, ...] = (
     # Plain audio files.

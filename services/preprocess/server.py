@@ -11,6 +11,7 @@ from pydantic_settings import SettingsConfigDict
 
 from asr.preprocess.v1 import preprocess_service_pb2 as pb
 from asr.preprocess.v1 import preprocess_service_pb2_grpc as pb_grpc
+from services.common.metrics import gauge_reporter
 from services.common.server import ServerHandle, build_server, run_service
 from services.common.settings import ServerSettings
 from services.preprocess.core import PreprocessLimits, Preprocessor, PreprocessorConfig
@@ -109,7 +110,7 @@ def build_preprocessor(settings: PreprocessSettings) -> Preprocessor:
         max_concurrent_jobs=settings.max_concurrent_jobs,
         max_queued=settings.max_queued,
         estimate_rtf=settings.estimate_rtf,
-    ))
+    ), on_queue=gauge_reporter(SERVICE))
 
 
 def create_server(settings: PreprocessSettings, preprocessor: Preprocessor | None = None) -> ServerHandle:

@@ -33,7 +33,7 @@ import numpy as np
 from opentelemetry import trace
 
 from services.common.domain import SAMPLE_RATE, ProgressUpdate, Segment, Word
-from services.common.errors import InvalidInput
+from services.common.domain_errors import InvalidInput
 from services.common.scheduler import WorkQueue
 from services.transcription import guards, lockstep, longform
 from services.transcription.longform import VadParams, Window

@@ -22,7 +22,7 @@ from typing import Any
 
 from opentelemetry import trace
 
-from services.common.errors import InternalError, UnknownModel
+from services.common.domain_errors import InternalError, UnknownModel
 
 log = logging.getLogger(__name__)
 

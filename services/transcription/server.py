@@ -11,7 +11,8 @@ from pydantic_settings import SettingsConfigDict
 from asr.transcription.v1 import transcription_service_pb2 as pb
 from asr.transcription.v1 import transcription_service_pb2_grpc as pb_grpc
 from services.common import metrics
-from services.common.scheduler import WorkQueue, gauge_reporter
+from services.common.metrics import gauge_reporter
+from services.common.scheduler import WorkQueue
 from services.common.server import ServerHandle, build_server, run_service
 from services.common.settings import QueuedServerSettings
 from services.transcription.core import (

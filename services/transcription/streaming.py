@@ -43,7 +43,7 @@ import numpy as np
 from opentelemetry import trace
 
 from services.common.domain import SAMPLE_RATE, Segment, Word
-from services.common.errors import (
+from services.common.domain_errors import (
     Cancelled,
     DeadlineExceeded,
     InvalidInput,

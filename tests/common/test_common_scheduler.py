@@ -9,7 +9,8 @@ import pytest
 
 from services.common import metrics
 from services.common.errors import Cancelled, DeadlineExceeded, Overloaded
-from services.common.scheduler import WorkQueue, gauge_reporter, rpc_watch
+from services.common.metrics import gauge_reporter
+from services.common.scheduler import WorkQueue, rpc_watch
 
 
 class Holder:

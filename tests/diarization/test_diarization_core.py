@@ -246,30 +246,27 @@ def test_a_cancel_event_stops_the_work_with_cancelled():
     assert backend.stopped.wait(2.0)
 
 
-def test_a_span_with_progress_events_and_work_metrics(monkeypatch):
+def test_a_span_with_progress_events_and_work_reported_to_the_callback(monkeypatch):
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from services.common import metrics
     from services.diarization import core
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     monkeypatch.setattr(core, "tracer", provider.get_tracer("test"))
-    before = metrics.REGISTRY.get_sample_value(
-        "asr_audio_processed_seconds_total", {"service": "diarization"}) or 0.0
-    list(Diarizer(FakeBackend()).diarize(np.zeros(32_000, np.float32), DiarizationOptions()))
+    work: list[tuple[float, float]] = []
+    diarizer = Diarizer(FakeBackend(), on_work=lambda audio_s, processing_s: work.append((audio_s, processing_s)))
+    *_, outcome = diarizer.diarize(np.zeros(32_000, np.float32), DiarizationOptions())
     (span,) = exporter.get_finished_spans()
     assert span.name == "diarization.diarize"
     assert span.attributes["asr.audio.duration_s"] == pytest.approx(2.0)
     assert span.attributes["asr.diarization.backend"] == "fake"
     assert span.attributes["asr.rtf"] > 0
     assert [e.attributes["message"] for e in span.events] == ["half way"]
-    after = metrics.REGISTRY.get_sample_value(
-        "asr_audio_processed_seconds_total", {"service": "diarization"})
-    assert after == pytest.approx(before + 2.0)
+    assert work == [(pytest.approx(2.0), outcome.processing_seconds)]
 
 
 def test_embedding_context_smooths_within_a_region_only():

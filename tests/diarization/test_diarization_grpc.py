@@ -180,3 +180,64 @@ def test_conversation_through_the_service(encoder_backend, conversations, state_
     assert result.speaker_count == speakers
     assert der(reference, turns) <= 0.05
     assert convert.seconds(result.processing_duration) > 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _scrape(port: int, name: str, **labels: str) -> float:
+    """One sample of the server's /metrics page (0 when absent)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples
+               if sample.name == name and labels.items() <= sample.labels.items())
+
+
+def test_the_servers_diarizer_reports_its_work_to_the_metrics(state_dir):
+    """The core only calls `on_work`; the server wires it to the real-time-factor metrics."""
+    from services.diarization.server import build_diarizer
+
+    settings = DiarizationSettings(port=0, metrics_port=_free_port(), max_speakers=4)
+    handle = create_server(settings, build_diarizer(settings, TwoTurns()))
+    try:
+        before = {name: _scrape(handle.metrics_port, name, service="diarization")
+                  for name in ("asr_audio_processed_seconds_total", "asr_real_time_factor_count")}
+        diarize(handle.port, requests(to_pcm(np.zeros(48_000, np.float32))))
+        after = {name: _scrape(handle.metrics_port, name, service="diarization") for name in before}
+    finally:
+        handle.stop(0)
+    assert after["asr_audio_processed_seconds_total"] - before["asr_audio_processed_seconds_total"] == \
+        pytest.approx(3.0)
+    assert after["asr_real_time_factor_count"] - before["asr_real_time_factor_count"] == 1
+
+
+@pytest.mark.models
+def test_the_default_backend_reports_its_model_and_encoder_batches(conversations, state_dir):
+    from services.common.metrics import REGISTRY
+
+    batches = REGISTRY.get_sample_value("asr_batch_size_count", {"service": "diarization"}) or 0.0
+    settings = DiarizationSettings(port=0, metrics_port=_free_port(), torch_threads=2)
+    handle = create_server(settings)  # the configured (embedding-clustering) backend
+    try:
+        _, audio, _, _ = conversations[0]
+        _, result = diarize(handle.port, requests(to_pcm(audio)))
+        port = handle.metrics_port
+        loaded = _scrape(port, "asr_model_loaded", service="diarization", model="resemblyzer-ge2e",
+                         device="cpu")
+        batches_after = _scrape(port, "asr_batch_size_count", service="diarization")
+        audio_s = _scrape(port, "asr_audio_processed_seconds_total", service="diarization")
+    finally:
+        handle.stop(0)
+    assert result.backend == "embedding-clustering"
+    assert loaded == 1
+    assert batches_after >= batches + 2, "the warm-up batch and at least one of the conversation"
+    assert audio_s >= len(audio) / 16_000

@@ -140,7 +140,8 @@ def test_the_service_setting_switches_the_pass(monkeypatch, encoder_backend, sho
     from services.diarization.server import DiarizationSettings, build_backend
 
     # The shared encoder stands in for a second copy of the model: only the options are checked.
-    monkeypatch.setattr(embedding, "VoiceEncoderEmbedder", lambda threads: encoder_backend.embedder)
+    monkeypatch.setattr(embedding, "VoiceEncoderEmbedder",
+                        lambda threads, on_batch=None: encoder_backend.embedder)
     backend = build_backend(DiarizationSettings())
     assert not backend.options.overlap.enabled
     audio = load_audio(short_turns / f"{CASE}.flac")  # overlaps are found here with the pass on

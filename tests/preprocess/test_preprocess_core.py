@@ -257,6 +257,16 @@ def test_stale_spools_in_a_configured_root_are_swept_and_shutdown_waits_for_jobs
     assert isinstance(errors[0], Cancelled)
 
 
+def test_the_admission_queue_reports_through_the_injected_callback(tmp_path):
+    """The core reports (waiting, running) to `on_queue`; the server wires it to the gauges."""
+    seen: list[tuple[int, int]] = []
+    pre = Preprocessor(PreprocessorConfig(temp_root=tmp_path),
+                       on_queue=lambda waiting, running: seen.append((waiting, running)))
+    with pytest.raises(InvalidAudio):
+        list(pre.run(PreprocessOptions(filename="x.wav"), iter([b"not audio at all"])))
+    assert (0, 1) in seen and seen[-1] == (0, 0)
+
+
 def wav_header(data_bytes: int, rate: int = 16_000, channels: int = 1) -> bytes:
     byte_rate = rate * channels * 2
     fmt = struct.pack("<HHIIHH", 1, channels, rate, byte_rate, channels * 2, 16)
