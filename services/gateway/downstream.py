@@ -9,7 +9,6 @@ service's own sentence.
 
 from __future__ import annotations
 
-import mmap
 import os
 import tempfile
 import threading
@@ -39,11 +38,12 @@ from services.common.errors import (
     UploadStalled,
     from_rpc_error,
 )
-from services.common.pcm import DEFAULT_CHUNK_BYTES, chunked, pcm_duration
+from services.common.pcm import DEFAULT_CHUNK_BYTES, pcm_duration
 from services.common.retry import is_unavailable, retrying
 from services.common.security import open_channel
 from services.common.telemetry import traced_channel
 from services.gateway.fanout import PCM16K, FanOut, FanoutPolicy
+from services.gateway.pcm_source import GrowingPcm, PcmSource, as_source
 from services.gateway.pipeline import (
     ChainOptions,
     Decoded,
@@ -82,14 +82,6 @@ class Deadlines:
 
     def diarization(self, audio_s: float) -> float:
         return self.base_s + self.diarization_per_audio_s * audio_s
-
-
-def map_readonly(path: Path) -> memoryview | bytes:
-    """The file's bytes, memory-mapped (page cache, not heap); empty files give b""."""
-    with open(path, "rb") as source:
-        if source.seek(0, 2) == 0:
-            return b""
-        return memoryview(mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ))
 
 
 _CONNECTION_LOST = ("socket closed", "connection reset", "broken pipe", "goaway", "recvmsg",
@@ -241,7 +233,33 @@ class GrpcStages:
 
     # -- stages ---------------------------------------------------------------------------
 
+    streams_pcm = True
+    """`run_chain` may start the branches on `preprocess_into`'s PCM before decoding ends."""
+
+    def new_pcm(self, upload: Path) -> GrowingPcm:
+        """A PCM file in the request's spool directory for `preprocess_into` to fill."""
+        handle, name = tempfile.mkstemp(prefix="pcm-", suffix=".s16le", dir=upload.parent)
+        os.close(handle)
+        return GrowingPcm(Path(name))
+
     def preprocess(self, upload: Path, options: ChainOptions, progress: ProgressSink) -> Decoded:
+        pcm = self.new_pcm(upload)
+        try:
+            return self.preprocess_into(upload, options, progress, pcm)
+        except BaseException as exc:
+            pcm.fail(exc)
+            raise
+        finally:
+            pcm.close()
+
+    def preprocess_into(self, upload: Path, options: ChainOptions, progress: ProgressSink,
+                        pcm: GrowingPcm) -> Decoded:
+        """Decode `upload` into `pcm` (readers may follow the writing), then map it.
+
+        PCM goes to the request's spool directory, not the heap: an hour is 115 MB, and both
+        branches read the same file. A retry happens only before any response (see `_stream`),
+        so no attempt ever rewrites bytes a branch has read.
+        """
         def requests() -> Iterator[pre_pb.PreprocessRequest]:
             yield pre_pb.PreprocessRequest(config=pre_pb.PreprocessConfig(
                 filename=options.filename, loudness_normalization=options.loudness_normalization,
@@ -252,40 +270,34 @@ class GrpcStages:
                     yield pre_pb.PreprocessRequest(content=piece)
 
         def consume(stream) -> Decoded:
-            # A new file per attempt: rewriting one that an earlier result still maps would
-            # change that result's samples under it.
-            handle, name = tempfile.mkstemp(prefix="pcm-", suffix=".s16le", dir=upload.parent)
-            os.close(handle)
-            pcm_path = Path(name)
-            # PCM goes to the request's spool directory, not the heap: an hour is 115 MB, and
-            # both parallel branches read the same mapped file.
             media, written, summary = MediaReport(), 0, None
-            with open(pcm_path, "wb") as sink:
-                for response in stream:
-                    kind = response.WhichOneof("payload")
-                    if kind == "media_info":
-                        info = response.media_info
-                        media = MediaReport(
-                            container=info.container, codec=info.codec, sample_rate_hz=info.sample_rate_hz,
-                            channels=info.channels, duration=convert.seconds(info.duration),
-                            bit_rate=info.bit_rate, size_bytes=info.size_bytes, has_video=info.has_video,
-                            estimated_processing=convert.seconds(info.estimated_processing),
-                        )
-                        progress(media)
-                        progress(ProgressUpdate(0.0, 0.0, media.duration, message=f"decoding {media.codec}"))
-                    elif kind == "audio":
-                        sink.write(response.audio.pcm)
-                        written += len(response.audio.pcm)
-                        done = pcm_duration(written)
-                        progress(ProgressUpdate(done / media.duration if media.duration else 0.0,
-                                                done, media.duration))
-                    elif kind == "summary":
-                        summary = response.summary
+            for response in stream:
+                kind = response.WhichOneof("payload")
+                if kind == "media_info":
+                    info = response.media_info
+                    media = MediaReport(
+                        container=info.container, codec=info.codec, sample_rate_hz=info.sample_rate_hz,
+                        channels=info.channels, duration=convert.seconds(info.duration),
+                        bit_rate=info.bit_rate, size_bytes=info.size_bytes, has_video=info.has_video,
+                        estimated_processing=convert.seconds(info.estimated_processing),
+                    )
+                    pcm.announce(media.duration)
+                    progress(media)
+                    progress(ProgressUpdate(0.0, 0.0, media.duration, message=f"decoding {media.codec}"))
+                elif kind == "audio":
+                    pcm.write(response.audio.pcm)
+                    written += len(response.audio.pcm)
+                    done = pcm_duration(written)
+                    progress(ProgressUpdate(done / media.duration if media.duration else 0.0,
+                                            done, media.duration))
+                elif kind == "summary":
+                    summary = response.summary
             summary = _require(summary, "preprocess")
             if summary.pcm_bytes != written:
                 raise InternalError(f"the preprocess service announced {summary.pcm_bytes} PCM bytes "
                                     f"but sent {written}")
-            return Decoded(media=media, pcm=map_readonly(pcm_path), duration=pcm_duration(written))
+            pcm.finish()
+            return Decoded(media=media, pcm=pcm.mapped(), duration=pcm_duration(written))
 
         return self._stream(
             "preprocess",
@@ -294,15 +306,19 @@ class GrpcStages:
             self._deadlines.preprocess_s,
         )
 
-    def transcribe(self, pcm: bytes | memoryview, options: ChainOptions, progress: ProgressSink) -> Transcript:
-        config = transcription_config(options, len(pcm))
+    def transcribe(self, pcm: bytes | memoryview | PcmSource, options: ChainOptions,
+                   progress: ProgressSink) -> Transcript:
+        source = as_source(pcm)
+        duration = source.duration_hint
+        # Still being decoded: the size is not known yet, so it is not declared.
+        config = transcription_config(options, source.size if source.complete else 0)
         policy, replicas = self._d.fanout, self._d.replicas
-        if policy is not None and replicas is not None and policy.applies(pcm_duration(len(pcm))):
-            return self._fan_out(pcm, config, policy, replicas, progress)
+        if policy is not None and replicas is not None and policy.applies(duration):
+            return self._fan_out(source, config, policy, replicas, progress)
 
         def requests() -> Iterator[tr_pb.TranscribeRequest]:
             yield tr_pb.TranscribeRequest(config=config)
-            for piece in chunked(pcm, DEFAULT_CHUNK_BYTES):
+            for piece in source.chunks(DEFAULT_CHUNK_BYTES):
                 yield tr_pb.TranscribeRequest(audio=audio_pb2.AudioChunk(pcm=piece))
 
         def consume(stream) -> Transcript:
@@ -322,10 +338,10 @@ class GrpcStages:
             "transcription",
             lambda timeout: self._d.transcription.Transcribe(requests(), timeout=timeout),
             consume,
-            self._deadlines.transcription(pcm_duration(len(pcm))),
+            self._deadlines.transcription(duration),
         )
 
-    def _fan_out(self, pcm: bytes | memoryview, config: tr_pb.TranscriptionConfig, policy: FanoutPolicy,
+    def _fan_out(self, pcm: PcmSource, config: tr_pb.TranscriptionConfig, policy: FanoutPolicy,
                  replicas: ReplicaPool, progress: ProgressSink) -> Transcript:
         """Long audio in chunks over every transcription replica (see `services.gateway.fanout`)."""
         fanout = FanOut(replicas, policy, window_deadline=self._deadlines.transcription,
@@ -333,15 +349,18 @@ class GrpcStages:
         segments, result = fanout.transcribe(pcm, config, progress)
         return Transcript(segments=segments, language_code=result.language_code, model=result.model)
 
-    def diarize(self, pcm: bytes | memoryview, options: ChainOptions, progress: ProgressSink) -> Diarization:
+    def diarize(self, pcm: bytes | memoryview | PcmSource, options: ChainOptions,
+                progress: ProgressSink) -> Diarization:
+        source = as_source(pcm)
         config = dia_pb.DiarizationConfig(
-            format=PCM16K, num_speakers=options.num_speakers, pcm_size_bytes=len(pcm),
+            format=PCM16K, num_speakers=options.num_speakers,
+            pcm_size_bytes=source.size if source.complete else 0,
             min_speakers=options.min_speakers, max_speakers=options.max_speakers,
         )
 
         def requests() -> Iterator[dia_pb.DiarizeRequest]:
             yield dia_pb.DiarizeRequest(config=config)
-            for piece in chunked(pcm, DEFAULT_CHUNK_BYTES):
+            for piece in source.chunks(DEFAULT_CHUNK_BYTES):
                 yield dia_pb.DiarizeRequest(audio=audio_pb2.AudioChunk(pcm=piece))
 
         def consume(stream) -> Diarization:
@@ -361,7 +380,7 @@ class GrpcStages:
             "diarization",
             lambda timeout: self._d.diarization.Diarize(requests(), timeout=timeout),
             consume,
-            self._deadlines.diarization(pcm_duration(len(pcm))),
+            self._deadlines.diarization(source.duration_hint),
         )
 
     def merge(self, transcript: Transcript, diarization: Diarization | None, options: ChainOptions,

@@ -21,6 +21,7 @@ measures what the restarts cost against decoding the whole file in one call.
 from __future__ import annotations
 
 import contextvars
+import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -48,7 +49,8 @@ from services.common.errors import (
     InvalidInput,
     from_rpc_error,
 )
-from services.common.pcm import DEFAULT_CHUNK_BYTES, chunked, pcm_duration
+from services.common.pcm import DEFAULT_CHUNK_BYTES, chunked
+from services.gateway.pcm_source import PcmSource
 from services.gateway.replicas import ReplicaPool
 
 _tracer = trace.get_tracer(__name__)
@@ -152,18 +154,17 @@ class FanOut:
 
     # -- planning -------------------------------------------------------------------------
 
-    def plan(self, pcm: bytes | memoryview) -> Iterator[Chunk]:
+    def plan(self, pcm: PcmSource) -> Iterator[Chunk]:
         """Chunks as the replica's VAD settles them (retried on another replica if it fails)."""
-        duration = pcm_duration(len(pcm))
         released = 0
         for attempt in self._retrying("speech detection"):
             with attempt:
                 replica = self._pool.acquire()
                 try:
                     planner, index = ChunkPlanner(self._policy.chunk_speech_s), 0
-                    for ranges, done in self._detect(replica, pcm):
+                    for ranges, processed, done in self._detect(replica, pcm):
                         for start, end in planner.feed(ranges) + (
-                            planner.finish(duration) if done else []
+                            planner.finish(processed) if done else []
                         ):
                             if index >= released:  # a replay re-plans the chunks already sent
                                 released += 1
@@ -178,19 +179,23 @@ class FanOut:
                     self._pool.release(replica)
 
     def _detect(
-        self, replica: str, pcm: bytes | memoryview
-    ) -> Iterator[tuple[list[tuple[float, float]], bool]]:
+        self, replica: str, pcm: PcmSource
+    ) -> Iterator[tuple[list[tuple[float, float]], float, bool]]:
+        """(new speech ranges, seconds examined, finished) as the replica streams them."""
+
         def requests() -> Iterator[tr_pb.DetectSpeechRequest]:
+            size = pcm.size if pcm.complete else 0  # still being decoded: not declared
             yield tr_pb.DetectSpeechRequest(
-                config=tr_pb.DetectSpeechConfig(format=PCM16K, pcm_size_bytes=len(pcm))
+                config=tr_pb.DetectSpeechConfig(format=PCM16K, pcm_size_bytes=size)
             )
-            for piece in chunked(pcm, DEFAULT_CHUNK_BYTES):
+            for piece in pcm.chunks(DEFAULT_CHUNK_BYTES):
                 yield tr_pb.DetectSpeechRequest(audio=audio_pb2.AudioChunk(pcm=piece))
 
-        # VAD runs at far more than real time; the window deadline of the whole file is ample.
+        # VAD runs at far more than real time (and here no faster than the audio is decoded);
+        # a quarter of the whole file's transcription deadline is ample.
         call = self._register(
             self._pool.stub(replica).DetectSpeech(
-                requests(), timeout=self._deadline(pcm_duration(len(pcm))) / 4
+                requests(), timeout=self._deadline(pcm.duration_hint) / 4
             )
         )
         try:
@@ -199,7 +204,7 @@ class FanOut:
                     (convert.seconds(r.start_offset), convert.seconds(r.end_offset))
                     for r in response.ranges
                 ]
-                yield ranges, response.done
+                yield ranges, convert.seconds(response.audio_processed), response.done
                 if response.done:
                     return
             raise InternalError(f"replica {replica} closed speech detection without finishing")
@@ -210,20 +215,32 @@ class FanOut:
 
     def transcribe(
         self,
-        pcm: bytes | memoryview,
+        pcm: PcmSource,
         config: tr_pb.TranscriptionConfig,
         progress: Callable[[ProgressUpdate], None],
     ) -> tuple[list[Segment], tr_pb.TranscriptionResult]:
-        """Every chunk's segments in time order, and the first chunk's closing result."""
-        duration = pcm_duration(len(pcm))
+        """Every chunk's segments in time order, and the first chunk's closing result.
+
+        Planning runs in a thread of its own that queues chunks as speech detection settles
+        them, so detection finishes at VAD speed even when every replica is busy.
+        """
         in_flight = max(1, len(self._pool.replicas())) * self._policy.windows_per_replica
         slots = threading.Semaphore(in_flight)
-        pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="fanout")
+        pool = ThreadPoolExecutor(max_workers=in_flight + 1, thread_name_prefix="fanout")
+        planned: queue.SimpleQueue[Chunk | BaseException | None] = queue.SimpleQueue()
         futures: list[Future] = []
         chunks: list[Chunk] = []
         finished = [0, 0.0]
         failure: list[BaseException] = []  # the first chunk that failed for good
         lock = threading.Lock()
+
+        def plan() -> None:
+            try:
+                for chunk in self.plan(pcm):
+                    planned.put(chunk)
+                planned.put(None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the dispatching thread
+                planned.put(exc)
 
         def run(chunk: Chunk) -> tuple[list[Segment], tr_pb.TranscriptionResult]:
             try:
@@ -239,6 +256,7 @@ class FanOut:
             with lock:
                 finished[0] += 1
                 finished[1] += chunk.end - chunk.start
+                duration = pcm.duration_hint
                 progress(
                     ProgressUpdate(
                         min(finished[1] / duration, 1.0) if duration else 1.0,
@@ -256,6 +274,17 @@ class FanOut:
                 if future.done() and future.exception() is not None:
                     raise future.exception()  # type: ignore[misc]
 
+        def next_chunk() -> Chunk | None:
+            while True:
+                try:
+                    item = planned.get(timeout=0.5)
+                except queue.Empty:
+                    raise_if_failed()
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                return item
+
         with _tracer.start_as_current_span("chain.fanout") as span:
             span.set_attributes(
                 {
@@ -264,7 +293,8 @@ class FanOut:
                 }
             )
             try:
-                for chunk in self.plan(pcm):
+                pool.submit(contextvars.copy_context().run, plan)
+                while (chunk := next_chunk()) is not None:
                     while not slots.acquire(timeout=0.5):
                         raise_if_failed()
                     raise_if_failed()
@@ -291,13 +321,12 @@ class FanOut:
 
     def _window(
         self,
-        pcm: bytes | memoryview,
+        pcm: PcmSource,
         chunk: Chunk,
         config: tr_pb.TranscriptionConfig,
     ) -> tuple[list[Segment], tr_pb.TranscriptionResult]:
         lo = int(chunk.start * SAMPLE_RATE) * BYTES_PER_SAMPLE
-        hi = min(int(chunk.end * SAMPLE_RATE) * BYTES_PER_SAMPLE, len(pcm))
-        piece = memoryview(pcm)[lo:hi]
+        piece = pcm.read(lo, int(chunk.end * SAMPLE_RATE) * BYTES_PER_SAMPLE)
         tried: list[str] = []
         with _tracer.start_as_current_span("chain.window") as span:
             span.set_attributes(
@@ -327,7 +356,7 @@ class FanOut:
         raise AssertionError("unreachable")
 
     def _transcribe_on(
-        self, replica: str, piece: memoryview, config: tr_pb.TranscriptionConfig, chunk: Chunk
+        self, replica: str, piece: bytes, config: tr_pb.TranscriptionConfig, chunk: Chunk
     ) -> tuple[list[Segment], tr_pb.TranscriptionResult]:
         window_config = tr_pb.TranscriptionConfig()
         window_config.CopyFrom(config)

@@ -18,6 +18,7 @@ from typing import Protocol
 from opentelemetry import trace
 
 from services.common.domain import MediaReport, ProgressUpdate, Segment, SpeakerTurn
+from services.common.domain_errors import Cancelled
 
 SIBLING_GRACE_S = 0.25
 """How long a failed chain waits for its cancelled sibling branch before reporting the failure."""
@@ -154,42 +155,26 @@ def _staged(stage: str, fn, *args, emit: Emit):
 
 
 def run_chain(upload: Path, options: ChainOptions, stages: Stages, emit: Emit, trace_id: str = "") -> ChainResult:
-    """Run the whole chain on a spooled upload, reporting progress through `emit(stage, event)`."""
+    """Run the whole chain on a spooled upload, reporting progress through `emit(stage, event)`.
+
+    With stages that can stream decoded PCM (`streams_pcm`, the gateway's gRPC stages),
+    transcription and diarization start as soon as preprocessing has announced the duration and
+    read the audio as it is decoded; otherwise they start when decoding is done.
+    """
     started = time.perf_counter()
-
-    decoded = _staged("preprocess", stages.preprocess, upload, options, emit=emit)
-    emit("preprocess", ProgressUpdate(1.0, decoded.duration, decoded.duration, message="decoded"))
-
-    diarization: Diarization | None = None
-    if options.diarize:
-        # Each branch gets its own copy of the context: one Context cannot be entered by two
-        # threads at once, and each branch's spans must parent to the current request span.
-        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="chain")
-        try:
-            t_future = pool.submit(
-                contextvars.copy_context().run,
-                lambda: _staged("transcription", stages.transcribe, decoded.pcm, options, emit=emit),
-            )
-            d_future = pool.submit(
-                contextvars.copy_context().run,
-                lambda: _staged("diarization", stages.diarize, decoded.pcm, options, emit=emit),
-            )
-            # The moment either branch fails, the other is cancelled and the failure reported:
-            # a dead diarization service must not leave the caller waiting for the whole
-            # transcription (nor for the cancelled sibling to wind down, beyond a moment).
-            done, _ = wait((t_future, d_future), return_when=FIRST_EXCEPTION)
-            failed = next((f for f in (t_future, d_future)
-                           if f in done and f.exception() is not None), None)
-            if failed is not None:
-                stages.cancel()
-                wait((t_future, d_future), timeout=SIBLING_GRACE_S)
-                raise failed.exception()
-            transcript = t_future.result()
-            diarization = d_future.result()
-        finally:
-            pool.shutdown(wait=False)
+    if getattr(stages, "streams_pcm", False):
+        decoded, transcript, diarization = _pipelined(upload, options, stages, emit)
     else:
-        transcript = _staged("transcription", stages.transcribe, decoded.pcm, options, emit=emit)
+        decoded = _staged("preprocess", stages.preprocess, upload, options, emit=emit)
+        emit("preprocess", ProgressUpdate(1.0, decoded.duration, decoded.duration, message="decoded"))
+        branches = {"transcription": lambda: _staged("transcription", stages.transcribe, decoded.pcm,
+                                                     options, emit=emit)}
+        if options.diarize:
+            branches["diarization"] = lambda: _staged("diarization", stages.diarize, decoded.pcm,
+                                                      options, emit=emit)
+        results = _together(branches, stages) if options.diarize else {
+            "transcription": branches["transcription"]()}
+        transcript, diarization = results["transcription"], results.get("diarization")
 
     emit("merge", ProgressUpdate(0.0, message="merging"))
     with _tracer.start_as_current_span("chain.merge"):
@@ -203,3 +188,63 @@ def run_chain(upload: Path, options: ChainOptions, stages: Stages, emit: Emit, t
         merged=merged,
         seconds=time.perf_counter() - started,
     )
+
+
+def _pipelined(upload: Path, options: ChainOptions, stages, emit: Emit
+               ) -> tuple[Decoded, Transcript, Diarization | None]:
+    """Preprocessing, transcription and diarization at once over PCM as it is decoded."""
+    pcm = stages.new_pcm(upload)
+
+    def preprocess() -> Decoded:
+        try:
+            decoded = _staged("preprocess", lambda u, o, sink: stages.preprocess_into(u, o, sink, pcm),
+                              upload, options, emit=emit)
+        except BaseException as exc:
+            pcm.fail(exc)  # readers stop; the chain reports this error, not theirs
+            raise
+        emit("preprocess", ProgressUpdate(1.0, decoded.duration, decoded.duration, message="decoded"))
+        return decoded
+
+    def branch(stage: str, fn) -> Callable[[], object]:
+        def run():
+            pcm.wait_until_started()
+            return _staged(stage, fn, pcm, options, emit=emit)
+        return run
+
+    calls: dict[str, Callable[[], object]] = {
+        "preprocess": preprocess, "transcription": branch("transcription", stages.transcribe)}
+    if options.diarize:
+        calls["diarization"] = branch("diarization", stages.diarize)
+    try:
+        results = _together(calls, stages, blame_first="preprocess")
+    finally:
+        pcm.close()
+    return results["preprocess"], results["transcription"], results.get("diarization")  # type: ignore[return-value]
+
+
+def _together(calls: dict[str, Callable[[], object]], stages: Stages,
+              blame_first: str = "") -> dict[str, object]:
+    """Run `calls` at once, each in its own thread and copy of the context (one Context cannot
+    be entered by two threads, and each call's spans must parent to the request span).
+
+    The moment one fails the others are cancelled and a failure is raised: a dead diarization
+    service must not leave the caller waiting for the whole transcription (nor for the cancelled
+    siblings to wind down, beyond a moment). The failure reported is `blame_first`'s when it
+    failed for a reason of its own (the branches reading preprocessing's PCM fail when it does),
+    else the first call's, in order, that was not merely cancelled.
+    """
+    pool = ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="chain")
+    try:
+        futures = {name: pool.submit(contextvars.copy_context().run, fn) for name, fn in calls.items()}
+        wait(futures.values(), return_when=FIRST_EXCEPTION)
+        if any(f.done() and f.exception() is not None for f in futures.values()):
+            stages.cancel()
+            wait(futures.values(), timeout=SIBLING_GRACE_S)
+            errors = {name: f.exception() for name, f in futures.items() if f.done() and f.exception()}
+            order = ([blame_first] if blame_first in errors else []) + list(errors)
+            chosen = next((errors[n] for n in order if not isinstance(errors[n], Cancelled)),
+                          errors[order[0]])
+            raise chosen  # type: ignore[misc]
+        return {name: f.result() for name, f in futures.items()}
+    finally:
+        pool.shutdown(wait=False)
