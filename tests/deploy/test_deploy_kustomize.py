@@ -226,3 +226,28 @@ def test_changing_the_namespace_rewrites_every_address(tmp_path: Path) -> None:
         assert ".asr." not in out and 'namespace=\\"asr\\"' not in out, \
             f"{overlay}: a string still names the namespace asr"
         assert "speech-prod.svc.cluster.local" in out
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gateway_finds_every_transcription_replica_through_the_headless_service(overlay: str) -> None:
+    """Fan-out needs one channel per replica: the address must be a DNS name whose answer lists
+    every ready pod (a headless Service), not a ClusterIP that hides them behind one address."""
+    from deploy_helpers import container_env, main_container, mesh_deployments
+
+    from services.gateway.replicas import split_target
+
+    docs = render(overlay)
+    service = get(docs, "Service", "transcription")
+    assert service["spec"]["clusterIP"] == "None" and not service["spec"].get("publishNotReadyAddresses")
+    env = container_env(docs, main_container(mesh_deployments(docs)["gateway"]))
+    fixed, name = split_target(env["ASR_GATEWAY_TRANSCRIPTION_ADDRESS"])
+    namespace = service["metadata"]["namespace"]
+    port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc")
+    assert fixed == [] and name == f"transcription.{namespace}.svc.cluster.local:{port}"
+    assert float(env["ASR_GATEWAY_FANOUT_ATTEMPTS"]) >= 2  # a lost replica's chunks are retried
+    # Scale-down: a terminating replica finishes its chunks before it is killed.
+    transcription = mesh_deployments(docs)["transcription"]
+    grace = float(container_env(docs, main_container(transcription))["ASR_TRANSCRIPTION_GRACE_PERIOD_S"])
+    assert transcription["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace
+    pdb = get(docs, "PodDisruptionBudget", "transcription")
+    assert pdb["spec"]["maxUnavailable"] == 1
