@@ -252,9 +252,13 @@ class RedisCache:
 class ResultCache:
     """The gateway's view of a backend: look-ups that never fail and count themselves."""
 
-    def __init__(self, backend: DiskCache | RedisCache, model_identity: ModelIdentity):
+    def __init__(self, backend: DiskCache | RedisCache, model_identity: ModelIdentity,
+                 pipeline: str = PIPELINE_VERSION):
+        """`pipeline`: PIPELINE_VERSION plus any gateway setting that changes the output for the
+        same options (fan-out cuts long files into chunks: `GatewaySettings.output_variant`)."""
         self.backend = backend
         self._model_identity = model_identity
+        self._pipeline = pipeline
 
     def key(self, input_sha256: str, options: ChainOptions) -> str | None:
         """The entry's key, or None when the model's identity cannot be learnt (no caching then)."""
@@ -263,7 +267,7 @@ class ResultCache:
         except Exception as exc:
             log.warning("result cache: cannot learn the model's identity (%s); not caching", exc)
             return None
-        return None if model is None else cache_key(input_sha256, options, model)
+        return None if model is None else cache_key(input_sha256, options, model, self._pipeline)
 
     def lookup(self, key: str | None, bypass: bool = False) -> ChainResult | None:
         if bypass:

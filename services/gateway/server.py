@@ -36,7 +36,13 @@ from services.gateway.model_identity import TranscriptionModelIdentity
 from services.gateway.pipeline import Stages
 from services.gateway.quota import SpoolQuota
 from services.gateway.replicas import round_robin_target
-from services.gateway.result_cache import DiskCache, ModelIdentity, RedisCache, ResultCache
+from services.gateway.result_cache import (
+    PIPELINE_VERSION,
+    DiskCache,
+    ModelIdentity,
+    RedisCache,
+    ResultCache,
+)
 from services.gateway.servicer import GatewayServicer
 from services.gateway.streaming import StreamBridge
 
@@ -103,6 +109,12 @@ class GatewaySettings(ServerSettings):
     mesh_file: Path | None = Field(
         None, description="The local supervisor's mesh.json: a backend it does not list is absent.")
 
+    def output_variant(self) -> str:
+        """Settings of this gateway that change a transcript for the same request (the result
+        cache keys on them): fan-out decodes long files in chunks."""
+        policy = self.fanout()
+        return f"+fanout({policy.min_audio_s:g},{policy.chunk_speech_s:g})" if policy else ""
+
     def fanout(self) -> FanoutPolicy | None:
         if self.fanout_min_s <= 0:
             return None
@@ -129,7 +141,7 @@ def open_cache(settings: GatewaySettings, model_identity: ModelIdentity) -> Resu
     else:
         path = Path(spec) if spec else settings.state_dir / "cache" / "results.sqlite"
         backend = DiskCache(path, settings.cache_max_bytes, settings.cache_ttl_s)
-    return ResultCache(backend, model_identity)
+    return ResultCache(backend, model_identity, PIPELINE_VERSION + settings.output_variant())
 
 
 def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages] | None = None,

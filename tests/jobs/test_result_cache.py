@@ -132,3 +132,23 @@ def test_redis_cache_evicts_least_recently_used_and_expires(redis_server):  # no
     assert short.get("k") == b"v"
     time.sleep(0.3)
     assert short.get("k") is None
+
+
+def test_a_gateway_that_fans_out_long_files_keys_its_results_apart(tmp_path):
+    """Fan-out changes long transcripts (context restarts at cuts), so its results must not be
+    served to a gateway that decodes whole files, nor the other way round."""
+    from services.gateway.result_cache import DiskCache, ResultCache
+    from services.gateway.server import GatewaySettings, open_cache
+
+    whole = GatewaySettings(state_dir=tmp_path, fanout_min_s=0)
+    fanned = GatewaySettings(state_dir=tmp_path, fanout_min_s=600, fanout_chunk_speech_s=120)
+    other = GatewaySettings(state_dir=tmp_path, fanout_min_s=600, fanout_chunk_speech_s=60)
+    assert whole.output_variant() == "" and fanned.output_variant() != other.output_variant()
+    identity = lambda name: ("base", "abc")  # noqa: E731
+    keys = set()
+    for settings in (whole, fanned, other):
+        cache = open_cache(settings, identity)
+        assert isinstance(cache, ResultCache) and isinstance(cache.backend, DiskCache)
+        keys.add(cache.key("0" * 64, ChainOptions()))
+        cache.close()
+    assert len(keys) == 3
