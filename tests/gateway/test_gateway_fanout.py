@@ -204,6 +204,35 @@ def test_windows_of_an_unreachable_replica_are_retried_on_the_others(replicas, e
     assert retries and all(e.attributes["asr.replica"] == dead for e in retries)
 
 
+class FullReplica(tr_grpc.TranscriptionServiceServicer):
+    """A replica whose queue is always full: RESOURCE_EXHAUSTED, as the real one answers."""
+
+    def __init__(self):
+        self.refused = 0
+
+    def DetectSpeech(self, request_iterator, context):
+        self.refused += 1
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "transcription is busy; retry in 1 s")
+
+    Transcribe = DetectSpeech
+
+
+@pytest.mark.grpc
+@pytest.mark.models
+def test_a_full_replica_passes_its_windows_to_the_others(replicas, excerpt, reference):
+    full = FullReplica()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    tr_grpc.add_TranscriptionServiceServicer_to_server(full, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        transcript, _ = run_fanout([f"127.0.0.1:{port}", f"127.0.0.1:{replicas[2][0].port}"], excerpt)
+    finally:
+        server.stop(0)
+    assert words_of(transcript) == words_of(reference)
+    assert full.refused >= 1  # it was asked, said it was full, and the other replica took over
+
+
 class FailingReplica(tr_grpc.TranscriptionServiceServicer):
     """A replica with a broken disk: it answers, but every call fails with INTERNAL."""
 
