@@ -4,7 +4,7 @@ The exporter is chosen by the standard variables: `OTEL_TRACES_EXPORTER` (`otlp`
 `none`, or this project's `file`, the default), `OTEL_EXPORTER_OTLP_*` for the collector, and
 `OTEL_SDK_DISABLED`. The `file` exporter appends one JSON object per finished span to
 `<state dir>/traces/<service>-<pid>.jsonl`, so a single machine needs no collector and tools and
-tests can read traces back (`asr trace`, see `clients.traces`). Each file is rotated once it
+tests can read traces back (`asr trace`, see `asr_mesh.client.traces`). Each file is rotated once it
 passes `ASR_TRACE_FILE_MAX_BYTES` (64 MiB; one older generation `*.jsonl.1` is kept).
 """
 
