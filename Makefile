@@ -33,7 +33,9 @@ system-deps:  ## Install ffmpeg, espeak-ng, redis-server (job/cache tests), chro
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+# The server (root) and, through [tool.uv.sources], the client distribution (clients/) editable;
+# the client's build hook writes the stubs into gen/ (then kept fresh by `make protos`).
+$(VENV)/.installed: pyproject.toml clients/pyproject.toml clients/hatch_build.py
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	@test -x $(UV) || $(PY) -m pip install -q uv
 	@mkdir -p gen/asr && touch gen/asr/__init__.py

@@ -410,10 +410,12 @@ def trace_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_security(args: argparse.Namespace, state_dir: Path) -> tuple[dict[str, str], Path | None]:
-    """The services' TLS and token settings for `asr serve --tls / --auth-token-file`."""
-    from services import supervisor
-    from services.common.security import SecurityConfigError, TokenFile
+def _serve_security(args: argparse.Namespace, state_dir: Path,
+                    supervisor) -> tuple[dict[str, str], Path | None]:
+    """The services' TLS and token settings for `asr serve --tls / --auth-token-file` (called
+    once `_supervisor` found the server)."""
+    from asr_mesh.client.security import SecurityConfigError
+    from services.common.security import TokenFile
 
     env: dict[str, str] = {}
     ca = None
@@ -446,7 +448,7 @@ def serve(args: argparse.Namespace) -> int:
     if args.http_port is not None and not 0 <= args.http_port <= 65535:
         err_console.print(f"asr: --http-port must be between 0 and 65535, not {args.http_port}")
         return 2
-    env, ca = _serve_security(args, state_dir)
+    env, ca = _serve_security(args, state_dir, supervisor)
     runner = supervisor.LocalMeshSupervisor(state_dir, services, idle_s=args.idle_timeout, env=env,
                                             tls_ca=ca, http_port=args.http_port,
                                             transcription_replicas=args.transcription_replicas)
