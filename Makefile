@@ -60,7 +60,7 @@ test: setup  ## Run every test tier (what CI runs).
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup  ## Only the pure-core and in-process gRPC tiers.
-	$(PY) -m pytest -m "not models and not mesh" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not models and not mesh and not packaging" $(PYTEST_ARGS)
 
 test-reliability: setup  ## Load, faults and drain (tests/reliability; part of `make test`).
 	$(PY) -m pytest -m reliability tests/reliability $(PYTEST_ARGS)
