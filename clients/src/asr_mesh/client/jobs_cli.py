@@ -1,4 +1,4 @@
-"""`asr submit` and `asr jobs …`: durable jobs on a running gateway (registered by clients/cli.py).
+"""`asr submit` and `asr jobs …`: durable jobs on a running gateway (registered by cli.py).
 
     asr submit FILE [FILE ...] [transcribe options] [--server HOST:PORT]   → "<job id>\\t<file>" per file
     asr jobs list [--state running] [--limit N]
