@@ -155,3 +155,18 @@ def test_the_errors_module_pulls_in_neither_grpc_nor_the_sdk():
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_server_requires_this_client_version():
+    """The root pyproject pins asr-mesh-client to the version the client declares (its
+    __init__.__version__, read by hatch): a bump of one without the other fails here."""
+    import tomllib
+
+    from asr_mesh.client import __version__
+
+    root = tomllib.loads((CLIENT_SRC.parents[3] / "pyproject.toml").read_text(encoding="utf-8"))
+    pins = [r for r in root["project"]["dependencies"] if r.startswith("asr-mesh-client")]
+    assert pins == [f"asr-mesh-client=={__version__}"]
+    client = tomllib.loads((CLIENT_SRC.parents[2] / "pyproject.toml").read_text(encoding="utf-8"))
+    assert client["project"]["name"] == "asr-mesh-client"
+    assert client["tool"]["hatch"]["version"]["path"] == "src/asr_mesh/client/__init__.py"
