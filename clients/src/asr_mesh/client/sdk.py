@@ -233,7 +233,7 @@ class GatewayClient:
         """Real-time recognition: send 16 kHz mono s16le PCM chunks (20-500 ms each, paced by
         the caller) and iterate over asr.common.v1.StreamingEvent messages (interim, final,
         speech, summary) as they come. Failures raise the typed exceptions of
-        `services.common.errors`; stopping the iteration early cancels the session."""
+        `asr_mesh.client.errors`; stopping the iteration early cancels the session."""
         config = (options or StreamOptions()).to_proto()
         self._wait_until_reachable()
 
