@@ -8,8 +8,8 @@
 # The default backend (offline speaker embeddings) uses resemblyzer's encoder, which ships in
 # its PyPI wheel: the image needs no download at run time either way.
 # Multi-stage: `build` installs the client wheel (it builds the protobuf stubs) and the project
-# wheel with only the `diarization` extra into /opt/venv; the runtime stage copies it onto a clean slim image and
-# runs as the unprivileged user 10001.
+# wheel with only the `diarization` extra into /opt/venv; the runtime stage copies it onto a clean
+# slim image and runs as the unprivileged user 10001.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---- build --------------------------------------------------------------------------------

@@ -3,9 +3,9 @@
 # Build from the repository root (the build context), BuildKit required:
 #   docker build -f deploy/docker/merge.Dockerfile -t asr-mesh/merge:0.1.0 .
 # Multi-stage: `build` installs the client wheel (it builds the protobuf stubs) and the project
-# wheel with only the `merge` extra into /opt/venv; the runtime stage copies that venv onto a clean slim image
-# and runs as the unprivileged user 10001 (Kubernetes: runAsNonRoot, read-only root filesystem;
-# writable /tmp and /var/lib/asr-mesh come from emptyDir volumes).
+# wheel with only the `merge` extra into /opt/venv; the runtime stage copies that venv onto a
+# clean slim image and runs as the unprivileged user 10001 (Kubernetes: runAsNonRoot, read-only
+# root filesystem; writable /tmp and /var/lib/asr-mesh come from emptyDir volumes).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---- build --------------------------------------------------------------------------------

