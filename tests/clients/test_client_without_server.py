@@ -90,3 +90,39 @@ def test_a_broken_server_install_is_not_reported_as_missing(tmp_path, monkeypatc
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         "asr: unexpected error: ModuleNotFoundError: No module named 'no_such_server_dependency'"]
+
+
+def test_trace_show_works_and_png_without_matplotlib_is_one_line(tmp_path):
+    """`asr trace` reads the state directory's trace files with the client alone; `--png` needs
+    matplotlib, which the client does not depend on, and says so in one line."""
+    import json
+
+    traces = tmp_path / "state" / "traces"
+    traces.mkdir(parents=True)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    spans = [
+        {"service": "gateway", "name": "Transcribe", "trace_id": trace_id, "span_id": "a" * 16,
+         "parent_span_id": "", "start_ns": 1_000_000_000, "end_ns": 3_000_000_000},
+        {"service": "merge", "name": "Merge", "trace_id": trace_id, "span_id": "b" * 16,
+         "parent_span_id": "a" * 16, "start_ns": 2_000_000_000, "end_ns": 2_500_000_000},
+    ]
+    (traces / "gateway-1.jsonl").write_text("".join(json.dumps(s) + "\n" for s in spans))
+    program = (
+        "import sys\n"
+        "sys.modules['services'] = None\n"
+        "sys.modules['matplotlib'] = None  # not installed\n"
+        "from asr_mesh.client.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    args = ["trace", "show", trace_id[:8], "--state-dir", str(tmp_path / "state"),
+            "--format", "json"]
+    shown = subprocess.run([sys.executable, "-c", program, *args], capture_output=True, text=True,
+                           timeout=60, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert [s["name"] for s in json.loads(shown.stdout)] == ["Transcribe", "Merge"]
+    png = subprocess.run([sys.executable, "-c", program, *args, "--png", str(tmp_path / "w.png")],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert png.returncode == 1 and not (tmp_path / "w.png").exists()
+    assert png.stderr.strip().splitlines() == [
+        "asr: --png needs matplotlib, which is not installed (pip install "
+        "'asr-mesh-client[png]' or pip install matplotlib)"]
