@@ -147,7 +147,7 @@ class Mesh:
     """The mesh through the SDK, like `asr transcribe`."""
 
     def __init__(self, address: str):
-        from clients.sdk import GatewayClient
+        from asr_mesh.client.sdk import GatewayClient
 
         self.client = GatewayClient(address)
 
@@ -202,7 +202,7 @@ def main() -> int:
         plot(merged, args.out / "accuracy.png")
         return 0
 
-    from clients.sdk import TranscribeOptions
+    from asr_mesh.client.sdk import TranscribeOptions
     from services.supervisor import LocalMesh
 
     manifest = json.loads((args.corpus / "manifest.json").read_text(encoding="utf-8"))

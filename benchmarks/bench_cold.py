@@ -131,7 +131,7 @@ def main() -> int:
            "PYANNOTE_METRICS_ENABLED": "false", "PYTHONPATH": f"{REPO}:{REPO / 'gen'}",
            "ASR_LOCAL_MESH_OWNER_PID": str(os.getpid())}
     out = state / "out"
-    asr = [sys.executable, "-m", "clients.cli"]
+    asr = [sys.executable, "-m", "asr_mesh.client.cli"]
     transcribe = [*asr, "transcribe", str(args.audio), "-o", str(out), "--quiet"]
     variants = {
         "plain faster-whisper": [sys.executable, "-c", PLAIN, str(REPO / "models" / "whisper-base"), str(args.audio)],
@@ -170,7 +170,7 @@ def main() -> int:
 
 def _warm_trace(asr, env, state, audio, diarize: bool) -> dict[str, dict[str, float]]:
     """Stage durations of one warm request (with and without diarization), from its trace."""
-    from clients import traces
+    from asr_mesh.client import traces
 
     stages = {}
     for label, extra in (("without diarization", []), ("with --diarize", ["--diarize"]))[: 2 if diarize else 1]:
@@ -192,7 +192,7 @@ def _warm_trace(asr, env, state, audio, diarize: bool) -> dict[str, dict[str, fl
 def _import_times(env) -> dict[str, float]:
     """Wall time of `import services.<name>.server` (and the CLI) in a fresh interpreter, median of 3."""
     found = {}
-    for module in ("clients.cli", *(f"services.{n}.server" for n in
+    for module in ("asr_mesh.client.cli", *(f"services.{n}.server" for n in
                                     ("gateway", "preprocess", "transcription", "merge", "diarization"))):
         times = []
         for _ in range(3):

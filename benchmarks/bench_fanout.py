@@ -49,7 +49,7 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def run_variant(path: Path, replicas: int, fanout: bool, chunk_speech_s: float, kill_at: float | None) -> dict:
-    from clients.sdk import GatewayClient, TranscribeOptions
+    from asr_mesh.client.sdk import GatewayClient, TranscribeOptions
     from services.supervisor import LocalMesh
 
     env = {"ASR_GATEWAY_FANOUT_MIN_S": "60" if fanout else "0",

@@ -7,7 +7,7 @@ Starts one local mesh (separate processes, no diarization) with the HTTP service
 its gateway, then, interleaved run by run (the order rotated each run) so that machine load
 hits every path alike:
 
-- gRPC: `GatewayClient.transcribe` (clients/sdk.py), JSON document;
+- gRPC: `GatewayClient.transcribe` (asr_mesh.client.sdk), JSON document;
 - REST: `POST /v1/audio/transcriptions` with httpx (multipart, response_format=json);
 - REST (openai): the official `openai` client, the same request.
 
@@ -36,7 +36,7 @@ import openai  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from clients.sdk import GatewayClient, TranscribeOptions  # noqa: E402
+from asr_mesh.client.sdk import GatewayClient, TranscribeOptions  # noqa: E402
 from services.supervisor import WITHOUT_DIARIZATION, LocalMesh  # noqa: E402
 
 CORPUS = Path(os.environ.get("ASR_CORPUS_DIR", REPO.parent / "shared" / "corpus-dev"))

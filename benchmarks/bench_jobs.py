@@ -35,7 +35,7 @@ os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
 
 from asr.common.v1 import progress_pb2  # noqa: E402
 from asr.gateway.v1 import jobs_pb2 as jpb  # noqa: E402
-from clients.sdk import GatewayClient, TranscribeOptions  # noqa: E402
+from asr_mesh.client.sdk import GatewayClient, TranscribeOptions  # noqa: E402
 from services.supervisor import BACKENDS, LocalMesh  # noqa: E402
 
 CORPUS = Path(os.environ.get("ASR_CORPUS_DIR", REPO.parent / "shared" / "corpus-dev"))

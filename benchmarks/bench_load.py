@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
 
-from clients.sdk import GatewayClient, TranscribeOptions  # noqa: E402
+from asr_mesh.client.sdk import GatewayClient, TranscribeOptions  # noqa: E402
 from services.common.errors import MeshError  # noqa: E402
 from services.supervisor import LocalMesh  # noqa: E402
 
@@ -212,8 +212,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=REPO / "build" / "bench_load.json")
     args = parser.parse_args()
     retries = RetryCounter()
-    logging.getLogger("clients.sdk").addHandler(retries)
-    logging.getLogger("clients.sdk").setLevel(logging.INFO)
+    logging.getLogger("asr_mesh.client.sdk").addHandler(retries)
+    logging.getLogger("asr_mesh.client.sdk").setLevel(logging.INFO)
     options = TranscribeOptions(diarize=args.diarize, no_cache=True)
     services = ["preprocess", "transcription", "merge", "gateway"] + (["diarization"] if args.diarize else [])
     state = Path(tempfile.mkdtemp(prefix="bench-load-"))

@@ -22,7 +22,7 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from clients.sdk import GatewayClient, TranscribeOptions  # noqa: E402
+from asr_mesh.client.sdk import GatewayClient, TranscribeOptions  # noqa: E402
 from services.supervisor import LocalMesh  # noqa: E402
 from support.metrics import wer  # noqa: E402
 

@@ -23,7 +23,7 @@ from pyannote.metrics.diarization import DiarizationErrorRate  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from clients.sdk import GatewayClient, TranscribeOptions  # noqa: E402
+from asr_mesh.client.sdk import GatewayClient, TranscribeOptions  # noqa: E402
 from services.supervisor import LocalMesh  # noqa: E402
 
 

@@ -34,7 +34,7 @@ from asr.gateway.v1 import gateway_service_pb2 as pb  # noqa: E402
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc  # noqa: E402
 from asr.transcription.v1 import transcription_service_pb2 as tr_pb  # noqa: E402
 from asr.transcription.v1 import transcription_service_pb2_grpc as tr_grpc  # noqa: E402
-from clients.sdk import GatewayClient, TranscribeOptions  # noqa: E402
+from asr_mesh.client.sdk import GatewayClient, TranscribeOptions  # noqa: E402
 from services.common.local_ca import ensure_local_tls  # noqa: E402
 
 UPLOAD_BYTES = 1 << 20

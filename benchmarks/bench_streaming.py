@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "gen"), str(REPO / "tests")]
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
 
-from clients.sdk import GatewayClient, StreamOptions, TranscribeOptions  # noqa: E402
+from asr_mesh.client.sdk import GatewayClient, StreamOptions, TranscribeOptions  # noqa: E402
 from support.metrics import wer  # noqa: E402
 
 CHUNK = 3200  # bytes: 100 ms of 16 kHz s16le

@@ -70,6 +70,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from asr_mesh.client.paths import MESH_FILE, resolve_state_dir
 from services.common.errors import MeshError
 
 READY_PREFIX = "ASR_READY"  # services.common.server prints it; not imported (it pulls in gRPC)
@@ -79,7 +80,6 @@ FRONT_DOORS = ("http",)
 """Optional services in front of the gateway: started only when asked (`http_port`)."""
 ALL_SERVICES = (*SERVICES, *FRONT_DOORS)
 WITHOUT_DIARIZATION = ("preprocess", "transcription", "merge", "gateway")
-MESH_FILE = "mesh.json"
 IDLE_ENV = "ASR_LOCAL_MESH_IDLE_S"
 REPLICAS_ENV = "ASR_LOCAL_TRANSCRIPTION_REPLICAS"
 MAX_REPLICAS = 64
@@ -503,17 +503,7 @@ def read_mesh_file(path: Path) -> dict[str, list[dict]] | None:
 
 
 # -- the background mesh shared by CLI calls ------------------------------------------------
-
-
-def default_state_dir() -> Path:
-    """services.common.settings.default_state_dir, not imported: pydantic-settings would add
-    about 0.4 s to every CLI call."""
-    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "asr-mesh"
-
-
-def resolve_state_dir(state_dir: Path | None = None) -> Path:
-    """`state_dir`, else $ASR_STATE_DIR, else the default (~/.local/state/asr-mesh)."""
-    return Path(state_dir or os.environ.get("ASR_STATE_DIR") or default_state_dir())
+# (`default_state_dir`, `resolve_state_dir`: asr_mesh.client.paths, shared with the client)
 
 
 def idle_timeout_s() -> float:

@@ -82,7 +82,7 @@ def mesh(mesh_state: Path):
 
 @pytest.fixture(scope="session")
 def client(mesh):
-    from clients.sdk import GatewayClient
+    from asr_mesh.client.sdk import GatewayClient
 
     with GatewayClient(mesh.gateway_address) as gateway:
         yield gateway

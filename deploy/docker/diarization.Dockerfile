@@ -7,9 +7,9 @@
 #     --build-context pyannote=./community-1 -t asr-mesh/diarization:0.1.0 .
 # The default backend (offline speaker embeddings) uses resemblyzer's encoder, which ships in
 # its PyPI wheel: the image needs no download at run time either way.
-# Multi-stage: `build` generates the protobuf stubs and installs the project wheel with only the
-# `diarization` extra into /opt/venv; the runtime stage copies it onto a clean slim image and
-# runs as the unprivileged user 10001.
+# Multi-stage: `build` installs the client wheel (it builds the protobuf stubs) and the project
+# wheel with only the `diarization` extra into /opt/venv; the runtime stage copies it onto a clean
+# slim image and runs as the unprivileged user 10001.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---- build --------------------------------------------------------------------------------
@@ -19,23 +19,18 @@ FROM ${PYTHON_IMAGE} AS build
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-RUN python -m venv /opt/protoc && /opt/protoc/bin/pip install "grpcio-tools>=1.66,<2"
-# Only what the wheel needs. No .gitignore may enter the context: hatch would honour it and
-# leave the generated gen/asr out of the wheel.
+# Only what the wheels need: the server (root) and the client distribution (clients/), which
+# generates the gRPC stubs from protos/ while it builds (its hatch hook runs grpcio-tools).
 COPY pyproject.toml README.md ./
 COPY protos/ protos/
 COPY services/ services/
 COPY clients/ clients/
-RUN mkdir gen \
- && /opt/protoc/bin/python -m grpc_tools.protoc -Iprotos --python_out=gen --pyi_out=gen \
-      --grpc_python_out=gen $(find protos -name '*.proto') \
- && find gen/asr -type d -exec touch {}/__init__.py \;
 # torch and torchaudio at the diarization extra's pins, from the CPU index, first; the extra
 # then finds them satisfied (2.11.0+cpu matches ==2.11.0).
 RUN python -m venv /opt/venv \
  && python -c "import tomllib; print('\n'.join(r for r in tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['diarization'] if r.startswith(('torch==', 'torchaudio=='))))" > torch.txt \
  && /opt/venv/bin/pip install --index-url "${TORCH_INDEX_URL}" -r torch.txt \
- && /opt/venv/bin/pip install ".[diarization]"
+ && /opt/venv/bin/pip install ./clients ".[diarization]"
 
 # ---- pyannote pipeline: empty unless --build-context pyannote=DIR replaces this stage -------
 FROM scratch AS pyannote

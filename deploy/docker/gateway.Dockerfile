@@ -2,28 +2,23 @@
 # Gateway service image (asr.gateway.v1): no models, no ML libraries.
 # Build from the repository root (the build context), BuildKit required:
 #   docker build -f deploy/docker/gateway.Dockerfile -t asr-mesh/gateway:0.1.0 .
-# Multi-stage: `build` generates the protobuf stubs and installs the project wheel with only the
-# `gateway` extra into /opt/venv; the runtime stage copies that venv onto a clean slim image
-# and runs as the unprivileged user 10001 (Kubernetes: runAsNonRoot, read-only root filesystem;
-# writable /tmp and /var/lib/asr-mesh come from emptyDir volumes).
+# Multi-stage: `build` installs the client wheel (it builds the protobuf stubs) and the project
+# wheel with only the `gateway` extra into /opt/venv; the runtime stage copies that venv onto a
+# clean slim image and runs as the unprivileged user 10001 (Kubernetes: runAsNonRoot, read-only
+# root filesystem; writable /tmp and /var/lib/asr-mesh come from emptyDir volumes).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---- build --------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-RUN python -m venv /opt/protoc && /opt/protoc/bin/pip install "grpcio-tools>=1.66,<2"
-# Only what the wheel needs. No .gitignore may enter the context: hatch would honour it and
-# leave the generated gen/asr out of the wheel.
+# Only what the wheels need: the server (root) and the client distribution (clients/), which
+# generates the gRPC stubs from protos/ while it builds (its hatch hook runs grpcio-tools).
 COPY pyproject.toml README.md ./
 COPY protos/ protos/
 COPY services/ services/
 COPY clients/ clients/
-RUN mkdir gen \
- && /opt/protoc/bin/python -m grpc_tools.protoc -Iprotos --python_out=gen --pyi_out=gen \
-      --grpc_python_out=gen $(find protos -name '*.proto') \
- && find gen/asr -type d -exec touch {}/__init__.py \;
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install ".[gateway]"
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install ./clients ".[gateway]"
 
 # ---- runtime ------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

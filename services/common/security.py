@@ -15,7 +15,8 @@ Nothing here knows a particular service. The pieces:
   with a sentence; health is always exempt, reflection when it is served. The caller's identity
   (the token's label, or `token-<8 hex digits of its digest>`) is in `caller_identity` while
   the handler runs, so queues can be fair per caller.
-- `BearerTokenAuth`: the client side, `authorization: Bearer <token>` on every call.
+- `BearerTokenAuth`, `client_channel`, `channel_credentials`: the client side, which lives in the
+  client distribution (`asr_mesh.client.security`) and is re-exported here.
 """
 
 from __future__ import annotations
@@ -34,8 +35,16 @@ from typing import Any
 import grpc
 from grpc_status import rpc_status
 
+# The client side lives in the client distribution; re-exported here for the server's modules.
+from asr_mesh.client.security import (  # noqa: F401
+    AUTH_METADATA_KEY,
+    BearerTokenAuth,
+    SecurityConfigError,
+    channel_credentials,
+    client_channel,
+    read_pem,
+)
 from services.common.errors import (
-    InvalidInput,
     MeshError,
     PermissionDenied,
     Unauthenticated,
@@ -44,7 +53,6 @@ from services.common.errors import (
 
 log = logging.getLogger(__name__)
 
-AUTH_METADATA_KEY = "authorization"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
 MISSING_TOKEN = "this gateway requires a bearer token: pass --token or set ASR_TOKEN"
@@ -53,22 +61,6 @@ WRONG_TOKEN = ("the bearer token is not one this gateway accepts (check --token 
 
 caller_identity: contextvars.ContextVar[str] = contextvars.ContextVar("asr_caller_identity", default="")
 """Who is calling, while a handler of an authenticating server runs ("" when no token is needed)."""
-
-
-class SecurityConfigError(InvalidInput):
-    """A TLS or token file that cannot be used; the message names the file and what is wrong."""
-
-
-def _read(path: str | os.PathLike | None, what: str) -> bytes | None:
-    if not path:
-        return None
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise SecurityConfigError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
-    if not data.strip():
-        raise SecurityConfigError(f"the {what} {path} is empty")
-    return data
 
 
 # -- TLS ----------------------------------------------------------------------------------
@@ -97,9 +89,9 @@ def server_credentials(settings: Any) -> grpc.ServerCredentials | None:
     paths = (settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
 
     def configuration() -> Any:
-        cert = _read(settings.tls_cert_file, "TLS certificate")
-        key = _read(settings.tls_key_file, "TLS key")
-        ca = _read(settings.tls_ca_file, "TLS CA bundle")
+        cert = read_pem(settings.tls_cert_file, "TLS certificate")
+        key = read_pem(settings.tls_key_file, "TLS key")
+        ca = read_pem(settings.tls_ca_file, "TLS CA bundle")
         return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
 
     seen = {"stamp": _stamp(paths)}
@@ -121,17 +113,6 @@ def server_credentials(settings: Any) -> grpc.ServerCredentials | None:
 
     return grpc.dynamic_ssl_server_credentials(
         initial, fetch, require_client_authentication=bool(settings.tls_require_client_cert))
-
-
-def channel_credentials(ca_file: str | os.PathLike | None = None, cert_file: str | os.PathLike | None = None,
-                        key_file: str | os.PathLike | None = None) -> grpc.ChannelCredentials:
-    """TLS for a client: verify the server against `ca_file` (system roots if None); show
-    `cert_file`/`key_file` to servers that require a client certificate."""
-    return grpc.ssl_channel_credentials(
-        root_certificates=_read(ca_file, "CA certificate"),
-        private_key=_read(key_file, "TLS client key"),
-        certificate_chain=_read(cert_file, "TLS client certificate"),
-    )
 
 
 def downstream_credentials(settings: Any) -> grpc.ChannelCredentials | None:
@@ -426,35 +407,3 @@ def aio_server_interceptors(settings: Any) -> list[grpc.aio.ServerInterceptor]:
     if not settings.auth_token_file:
         return []
     return [AioBearerTokenInterceptor(TokenFile(settings.auth_token_file), settings.reflection_enabled)]
-
-
-# -- client side --------------------------------------------------------------------------
-
-
-class BearerTokenAuth(grpc.AuthMetadataPlugin):
-    """Call credentials: `authorization: Bearer <token>` on every call (TLS channels only)."""
-
-    def __init__(self, token: str):
-        self._metadata = ((AUTH_METADATA_KEY, f"Bearer {token}"),)
-
-    def __call__(self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback) -> None:
-        callback(self._metadata, None)
-
-
-def client_channel(target: str, options: Iterable[tuple[str, Any]] = (), *, ca_cert: str | os.PathLike | None = None,
-                   token: str | None = None) -> grpc.Channel:
-    """The SDK's channel: TLS verified against `ca_cert` when given; `token` sent with every call.
-
-    gRPC sends call credentials only over TLS, so a token without a CA file is refused here
-    rather than sent in the clear (use a TLS gateway, or leave the token out).
-    """
-    if token and not ca_cert:
-        raise SecurityConfigError(
-            "a bearer token is sent only over TLS: pass --ca-cert (or set ASR_CA_CERT) with --token")
-    if not ca_cert:
-        return grpc.insecure_channel(target, options=list(options))
-    credentials = channel_credentials(ca_cert)
-    if token:
-        credentials = grpc.composite_channel_credentials(
-            credentials, grpc.metadata_call_credentials(BearerTokenAuth(token), name="bearer"))
-    return grpc.secure_channel(target, credentials, options=list(options))

@@ -6,17 +6,12 @@ never read `os.environ`: they receive values from these objects.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-def default_state_dir() -> Path:
-    """Where a local mesh keeps traces and runtime files (`ASR_STATE_DIR` overrides it)."""
-    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
-    return Path(base) / "asr-mesh"
+from asr_mesh.client.paths import default_state_dir  # the client reads the same directory
 
 
 class ServerSettings(BaseSettings):

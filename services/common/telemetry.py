@@ -4,7 +4,7 @@ The exporter is chosen by the standard variables: `OTEL_TRACES_EXPORTER` (`otlp`
 `none`, or this project's `file`, the default), `OTEL_EXPORTER_OTLP_*` for the collector, and
 `OTEL_SDK_DISABLED`. The `file` exporter appends one JSON object per finished span to
 `<state dir>/traces/<service>-<pid>.jsonl`, so a single machine needs no collector and tools and
-tests can read traces back (`asr trace`, see `clients.traces`). Each file is rotated once it
+tests can read traces back (`asr trace`, see `asr_mesh.client.traces`). Each file is rotated once it
 passes `ASR_TRACE_FILE_MAX_BYTES` (64 MiB; one older generation `*.jsonl.1` is kept).
 """
 
@@ -23,10 +23,8 @@ from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import (
     aio_client_interceptors,
     aio_server_interceptor,
-    client_interceptor,
     server_interceptor,
 )
-from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -36,6 +34,8 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
+
+from asr_mesh.client.tracing import traced_channel  # noqa: F401  # re-exported for the server
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,6 @@ def aio_traced_channel_interceptors() -> list:
     return aio_client_interceptors(tracer_provider=trace.get_tracer_provider())
 
 
-def traced_channel(channel: grpc.Channel) -> grpc.Channel:
-    """Wrap a channel so every call carries the current trace context."""
-    # The contrib interceptor speaks its own interface, so it needs its own intercept_channel.
-    return intercept_channel(channel, client_interceptor(tracer_provider=trace.get_tracer_provider()))
+# `traced_channel` (wrap a channel so every call carries the current trace context, with a CLIENT
+# span per call) is the client distribution's, imported above: the SDK and the gateway's channels
+# to the services use the one implementation.

@@ -1,6 +1,6 @@
 """The HTTP front door: OpenAI-compatible REST, jobs over REST, WebSocket live captions, a page.
 
-A thin adapter over the gateway's public gRPC API (the SDK in clients/sdk.py): nothing here
+A thin adapter over the gateway's public gRPC API (the SDK, asr_mesh.client.sdk in clients/): nothing here
 transcribes. Uploads are parsed as they stream in and refused with 413 once the body passes
 `max_upload_bytes`, so an oversized upload never reaches the gateway. Every failure is answered
 in OpenAI's error shape; the gateway's typed errors are mapped by the one table in
@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from asr.gateway.v1 import jobs_pb2 as jobs_pb
-from clients.sdk import GatewayClient, StreamOptions, TranscribeOptions
+from asr_mesh.client.sdk import GatewayClient, StreamOptions, TranscribeOptions
 from services.common.errors import MeshError, Overloaded, status_code
 from services.common.metrics import REGISTRY
 from services.common.security import client_channel

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from clients import cli
+from asr_mesh.client import cli
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "clients.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "asr_mesh.client.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO, stdin=subprocess.DEVNULL)
 
 
@@ -108,7 +108,7 @@ def test_a_transcription_can_be_copied_and_pickled():
     import pickle
 
     from asr.gateway.v1 import gateway_service_pb2 as pb
-    from clients.sdk import Transcription
+    from asr_mesh.client.sdk import Transcription
 
     original = Transcription(pb.TranscribeResult(trace_id="ab", speakers=["SPEAKER_00"]))
     assert copy.copy(original).trace_id == "ab"

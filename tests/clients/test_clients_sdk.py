@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
-from clients.sdk import GatewayClient, TranscribeOptions
+from asr_mesh.client.sdk import GatewayClient, TranscribeOptions
 from services.common.errors import InvalidInput
 from services.common.server import build_server
 from services.common.settings import ServerSettings

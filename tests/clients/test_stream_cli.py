@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clients.stream_cli import CHUNK_BYTES, PcmSource, TextView
+from asr_mesh.client.stream_cli import CHUNK_BYTES, PcmSource, TextView
 from services.common.errors import InvalidInput
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,6 +51,6 @@ def test_text_view_rewrites_interim_text_in_place_on_a_terminal():
 
 
 def test_stream_command_is_registered():
-    proc = subprocess.run([sys.executable, "-m", "clients.cli", "stream", "--help"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "asr_mesh.client.cli", "stream", "--help"], capture_output=True,
                           text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 0 and "--realtime" in proc.stdout and "jsonl" in proc.stdout

@@ -18,7 +18,7 @@ from rich.console import Console
 from asr.common.v1 import document_pb2
 from asr.merge.v1 import merge_service_pb2 as merge_pb
 from asr.merge.v1 import merge_service_pb2_grpc as merge_grpc
-from clients import traces
+from asr_mesh.client import traces
 from services.common.server import TraceContextFilter
 from services.merge.server import MergeSettings, create_server
 

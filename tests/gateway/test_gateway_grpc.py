@@ -184,7 +184,7 @@ def test_caller_cancelling_mid_upload_is_cancelled_and_nothing_runs(gateway, mon
 
 
 def test_large_documents_stream_in_pieces_and_the_sdk_reassembles_them(gateway, tmp_path):
-    from clients.sdk import GatewayClient, TranscribeOptions
+    from asr_mesh.client.sdk import GatewayClient, TranscribeOptions
 
     _, holder, _ = gateway
     holder["stages"] = FakeStages(document_chars=3_000_000)  # ~3.6 MB of UTF-8 per document

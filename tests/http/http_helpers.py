@@ -169,7 +169,7 @@ def http_mesh(tmp_path_factory):
     state = tmp_path_factory.mktemp("http-mesh") / "state"
     env = {**os.environ, "ASR_STATE_DIR": str(state), "PYANNOTE_METRICS_ENABLED": "false",
            "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "clients.cli", "serve", "--no-diarization",
+    process = subprocess.Popen([sys.executable, "-m", "asr_mesh.client.cli", "serve", "--no-diarization",
                                 "--http-port", "0"], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     found: dict[str, str] = {}

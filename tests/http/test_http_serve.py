@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from clients import cli
+from asr_mesh.client import cli
 from services.supervisor import MeshStartError, reserve_port
 
 

@@ -8,7 +8,7 @@ import time
 import pytest
 from jobs_helpers import ScriptedStages, free_port
 
-from clients.cli import main
+from asr_mesh.client.cli import main
 from services.gateway.server import GatewaySettings, create_server
 
 pytestmark = pytest.mark.grpc

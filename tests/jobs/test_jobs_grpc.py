@@ -15,7 +15,7 @@ import pytest
 from jobs_helpers import ScriptedStages, bad_audio, redis_server  # noqa: F401 (fixture)
 
 from asr.gateway.v1 import jobs_pb2 as jpb
-from clients.sdk import GatewayClient, TranscribeOptions
+from asr_mesh.client.sdk import GatewayClient, TranscribeOptions
 from services.common.errors import FailedPrecondition, InvalidInput, NotFound
 from services.gateway.result_cache import CACHE_REQUESTS
 from services.gateway.server import GatewaySettings, create_server

@@ -19,7 +19,7 @@ from jobs_helpers import redis_server  # noqa: F401 (fixture)
 
 from asr.common.v1 import progress_pb2
 from asr.gateway.v1 import jobs_pb2 as jpb
-from clients.sdk import GatewayClient, TranscribeOptions
+from asr_mesh.client.sdk import GatewayClient, TranscribeOptions
 from services.common.server import READY_PREFIX
 from services.gateway.jobs import JobRecord
 

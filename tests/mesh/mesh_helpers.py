@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-ASR = [sys.executable, "-m", "clients.cli"]
+ASR = [sys.executable, "-m", "asr_mesh.client.cli"]
 
 
 def cli_env(state_dir: Path, **extra: str) -> dict[str, str]:

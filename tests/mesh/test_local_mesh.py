@@ -21,7 +21,7 @@ from mesh_helpers import (  # noqa: F401 (fixture)
     wait_until,
 )
 
-from clients.sdk import GatewayClient, TranscribeOptions
+from asr_mesh.client.sdk import GatewayClient, TranscribeOptions
 from services.common.errors import MeshError
 
 pytestmark = pytest.mark.mesh

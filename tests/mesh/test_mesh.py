@@ -12,7 +12,7 @@ import pytest
 import srt
 from conftest import MODELS_DIR
 
-from clients.sdk import TranscribeOptions
+from asr_mesh.client.sdk import TranscribeOptions
 from services.common.errors import InvalidInput
 
 pytestmark = pytest.mark.mesh
@@ -145,7 +145,7 @@ def test_one_trace_spans_all_five_services(client, corpus, mesh_state):
     # The trace tool reads it back: waterfall as JSON and as a picture.
     png = mesh_state / "waterfall.png"
     proc = subprocess.run(
-        [sys.executable, "-m", "clients.cli", "trace", "show", result.trace_id, "--format", "json",
+        [sys.executable, "-m", "asr_mesh.client.cli", "trace", "show", result.trace_id, "--format", "json",
          "--state-dir", str(mesh_state), "--png", str(png)],
         capture_output=True, text=True, timeout=60, cwd=REPO,
     )
@@ -164,7 +164,7 @@ def test_cli_writes_outputs_and_reports_failures_per_file(mesh, corpus, tmp_path
     bad = corpus / "bad" / "text.wav"
     good = corpus / "media" / "reunião_ação.mp3"
     proc = subprocess.run(
-        [sys.executable, "-m", "clients.cli", "transcribe", str(good), str(bad), str(tmp_path / "missing.wav"),
+        [sys.executable, "-m", "asr_mesh.client.cli", "transcribe", str(good), str(bad), str(tmp_path / "missing.wav"),
          "--format", "json,srt,vtt,txt", "-o", str(tmp_path / "out"), "--server", mesh.gateway_address, "--quiet"],
         capture_output=True, text=True, timeout=300, cwd=REPO, stdin=subprocess.DEVNULL,
     )

@@ -16,7 +16,7 @@ import srt
 pytestmark = pytest.mark.mesh
 
 REPO = Path(__file__).resolve().parents[2]
-ASR = [sys.executable, "-m", "clients.cli"]
+ASR = [sys.executable, "-m", "asr_mesh.client.cli"]
 
 
 def test_embedded_mesh_transcribes_a_conversation_with_speakers(corpus, tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from clients.sdk import StreamOptions
+from asr_mesh.client.sdk import StreamOptions
 from support.metrics import wer
 
 pytestmark = pytest.mark.mesh
@@ -57,7 +57,7 @@ def test_one_stream_through_the_gateway_with_one_trace(client, corpus, manifest,
 def test_cli_stream_prints_jsonl_events(mesh, corpus, manifest):
     clip = manifest["asr"][0]
     proc = subprocess.run(
-        [sys.executable, "-m", "clients.cli", "stream", str(corpus / clip["audio"]), "--format", "jsonl",
+        [sys.executable, "-m", "asr_mesh.client.cli", "stream", str(corpus / clip["audio"]), "--format", "jsonl",
          "--server", mesh.gateway_address],
         capture_output=True, text=True, timeout=300, cwd=REPO, stdin=subprocess.DEVNULL,
     )
@@ -71,7 +71,7 @@ def test_cli_stream_prints_jsonl_events(mesh, corpus, manifest):
 
 def test_cli_stream_refuses_a_missing_file_in_one_line(mesh, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "clients.cli", "stream", str(tmp_path / "missing.wav"), "--server",
+        [sys.executable, "-m", "asr_mesh.client.cli", "stream", str(tmp_path / "missing.wav"), "--server",
          mesh.gateway_address], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "missing.wav: no such file" in proc.stderr
@@ -83,12 +83,12 @@ def test_cli_stream_without_server_starts_a_local_mesh(corpus, manifest, tmp_pat
     state = tmp_path / "state"
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "clients.cli", "stream", str(corpus / clip["audio"]), "--format", "jsonl",
+            [sys.executable, "-m", "asr_mesh.client.cli", "stream", str(corpus / clip["audio"]), "--format", "jsonl",
              "--state-dir", str(state)],
             capture_output=True, text=True, timeout=600, cwd=REPO, stdin=subprocess.DEVNULL,
         )
     finally:
-        subprocess.run([sys.executable, "-m", "clients.cli", "serve", "--stop", "--state-dir", str(state)],
+        subprocess.run([sys.executable, "-m", "asr_mesh.client.cli", "serve", "--stop", "--state-dir", str(state)],
                        capture_output=True, text=True, timeout=120, cwd=REPO, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr

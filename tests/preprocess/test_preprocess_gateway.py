@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.cli import _media_line
-from clients.sdk import GatewayClient, TranscribeOptions
+from asr_mesh.client.cli import _media_line
+from asr_mesh.client.sdk import GatewayClient, TranscribeOptions
 from services.common.domain import MediaReport
 from services.gateway.downstream import Deadlines, Downstream, GrpcStages
 from services.gateway.pipeline import ChainOptions, Merged, Transcript

@@ -265,7 +265,7 @@ def test_an_upload_open_longer_than_the_total_limit_is_cut(start_gateway):
 
 
 def test_the_sdk_retries_through_a_transient_resource_exhausted(start_gateway, tmp_path, caplog):
-    from clients.sdk import GatewayClient, TranscribeOptions
+    from asr_mesh.client.sdk import GatewayClient, TranscribeOptions
 
     gate = threading.Event()
     stages = GatedStages(gate)
@@ -278,7 +278,7 @@ def test_the_sdk_retries_through_a_transient_resource_exhausted(start_gateway, t
             first = pool.submit(transcribe, pb_grpc.GatewayServiceStub(ch), "first.wav")
             assert _wait(lambda: stages.started == ["first.wav"])
             threading.Timer(0.5, gate.set).start()  # capacity frees before the retry hint runs out
-            caplog.set_level("INFO", logger="clients.sdk")
+            caplog.set_level("INFO", logger="asr_mesh.client.sdk")
             with GatewayClient(gateway.address) as client:
                 result = client.transcribe(audio, TranscribeOptions(), timeout_s=30)
             first.result(30)
@@ -292,7 +292,7 @@ def test_the_sdk_retries_through_a_transient_resource_exhausted(start_gateway, t
 
 
 def test_the_sdk_gives_up_at_its_deadline(start_gateway, tmp_path):
-    from clients.sdk import GatewayClient, TranscribeOptions
+    from asr_mesh.client.sdk import GatewayClient, TranscribeOptions
 
     gate = threading.Event()
     gateway = start_gateway(GatedStages(gate), max_chains=1, max_queued=0)

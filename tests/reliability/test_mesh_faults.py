@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from clients.sdk import GatewayClient, TranscribeOptions
+from asr_mesh.client.sdk import GatewayClient, TranscribeOptions
 from services.common.errors import DependencyFailed
 
 pytestmark = [pytest.mark.reliability, pytest.mark.mesh]
@@ -31,7 +31,7 @@ from mesh_helpers import cli_env, mesh_table, processes_of, wait_until  # noqa: 
 def served(tmp_path_factory):
     """`asr serve` with diarization; yields (gateway address, state dir)."""
     state = tmp_path_factory.mktemp("reliability") / "state"
-    serve = subprocess.Popen([sys.executable, "-m", "clients.cli", "serve", "--state-dir", str(state)],
+    serve = subprocess.Popen([sys.executable, "-m", "asr_mesh.client.cli", "serve", "--state-dir", str(state)],
                              cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=cli_env(state))
     try:

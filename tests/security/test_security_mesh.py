@@ -21,7 +21,7 @@ from services.common.security import MISSING_TOKEN, channel_credentials
 pytestmark = pytest.mark.mesh
 
 REPO = Path(__file__).resolve().parents[2]
-ASR = [sys.executable, "-m", "clients.cli"]
+ASR = [sys.executable, "-m", "asr_mesh.client.cli"]
 TOKEN = "mesh-test-token-1f2e"
 
 

@@ -18,7 +18,7 @@ from security_helpers import FakeStages, tls, token_file  # noqa: F401 - fixture
 
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from asr.gateway.v1 import jobs_pb2, jobs_pb2_grpc
-from clients.sdk import GatewayClient, TranscribeOptions
+from asr_mesh.client.sdk import GatewayClient, TranscribeOptions
 from services.common.errors import PermissionDenied, Unauthenticated
 from services.common.security import (
     MISSING_TOKEN,
@@ -208,7 +208,7 @@ def test_reflection_needs_no_token_only_when_it_is_served(token_file, enabled): 
 
 
 def test_serve_refuses_tokens_without_tls_and_an_empty_token_file(tmp_path, capsys):
-    from clients import cli
+    from asr_mesh.client import cli
 
     tokens = tmp_path / "tokens"
     tokens.write_text("tok\n")
@@ -224,7 +224,7 @@ def test_clients_find_the_ca_and_token_from_flags_env_or_the_local_mesh(tmp_path
     import argparse
     import json
 
-    from clients.security_args import client_security
+    from asr_mesh.client.security_args import client_security
 
     monkeypatch.delenv("ASR_TOKEN", raising=False)
     monkeypatch.delenv("ASR_CA_CERT", raising=False)

@@ -20,6 +20,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from asr_mesh.client.errors import InvalidInput
+
+__all__ = [
+    "Span", "Trace", "build_trace", "find_trace", "group_traces", "load_spans", "match_traces",
+    "print_waterfall", "recent_traces", "save_png", "trace_json"
+]
+
 SERVICE_COLORS = {
     "gateway": "tab:orange", "preprocess": "tab:green", "transcription": "tab:purple",
     "diarization": "tab:blue", "merge": "tab:brown",
@@ -212,8 +219,13 @@ def trace_json(trace: Trace) -> str:
 
 
 def save_png(trace: Trace, path: Path) -> None:
-    """Draw the waterfall as a picture (matplotlib, headless)."""
-    import matplotlib
+    """Draw the waterfall as a picture (matplotlib, headless; not a dependency of the client:
+    `pip install matplotlib` or the client's `png` extra)."""
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        raise InvalidInput("--png needs matplotlib, which is not installed "
+                           "(pip install 'asr-mesh-client[png]' or pip install matplotlib)") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -15,6 +15,11 @@ starts runs ASR_LOCAL_TRANSCRIPTION_REPLICAS transcription processes (default 1)
 with another count is reused, with one line on stderr saying so. How meshes are
 found, shared and supervised: services/supervisor.py. Errors are one line per file on stderr; the
 exit code is 1 when any input failed, 2 for usage errors, 130 when interrupted. Never a traceback.
+
+The commands that call a gateway (`transcribe --server`, `stream --server`, `submit`, `jobs`)
+and `trace` need only the client distribution (asr-mesh-client). Those that run a local mesh
+(`transcribe`/`stream` without --server, `serve`) need the server distribution (asr-mesh); without
+it they say so in one line and exit 1.
 """
 
 from __future__ import annotations
@@ -34,13 +39,24 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # 
 from rich.table import Table  # noqa: E402
 
 from asr.common.v1 import progress_pb2  # noqa: E402
-from clients import (
-    jobs_cli,  # noqa: E402
-    security_args,  # noqa: E402
-    stream_cli,  # noqa: E402
+from asr_mesh.client import (  # noqa: E402
+    jobs_cli,
+    security_args,
+    stream_cli,
 )
-from clients.sdk import FORMATS, GatewayClient, GatewayUnreachable, TranscribeOptions  # noqa: E402
-from services.common.errors import MeshError  # noqa: E402
+from asr_mesh.client.errors import Category, MeshError  # noqa: E402
+from asr_mesh.client.paths import default_state_dir  # noqa: E402
+from asr_mesh.client.sdk import (  # noqa: E402
+    FORMATS,
+    GatewayClient,
+    GatewayUnreachable,
+    TranscribeOptions,
+)
+
+__all__ = ["ServerNotInstalled", "build_parser", "main"]
+
+SERVER_DIST = "asr-mesh"
+"""The server distribution: the local mesh (`services`), which this client distribution lacks."""
 
 STAGE_LABELS = {
     progress_pb2.STAGE_UPLOAD: "upload",
@@ -70,9 +86,39 @@ def _speaker_name(value: str) -> tuple[str, str]:
     return label, name
 
 
-def _replicas(value: str) -> int:
-    from services import supervisor
+class ServerNotInstalled(MeshError):
+    """A command that runs a local mesh, where only the client distribution is installed."""
 
+    category = Category.FAILED_PRECONDITION
+    reason = "SERVER_NOT_INSTALLED"
+
+    def __init__(self, what: str, *, or_server: bool = True):
+        instead = "pass --server HOST:PORT to use a running gateway, or " if or_server else ""
+        super().__init__(
+            f"{what} runs a local mesh, which needs the server package ({SERVER_DIST}), and it is "
+            f"not installed: {instead}install the server (pip install '.[all]' from the "
+            "repository; see its README)")
+
+
+def _supervisor(what: str, *, or_server: bool = True):
+    """`services.supervisor` (the local mesh), or `ServerNotInstalled` naming `what` needs it."""
+    try:
+        from services import supervisor
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] != "services":
+            raise  # the server is there but broken: not this sentence
+        raise ServerNotInstalled(what, or_server=or_server) from None
+    return supervisor
+
+
+def _replicas(value: str) -> int:
+    try:
+        supervisor = _supervisor("`asr serve`", or_server=False)
+    except ServerNotInstalled:  # `asr serve` says so once it runs; parse the number only
+        try:
+            return int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {value!r}") from None
     try:
         return supervisor.transcription_replica_count(value)
     except MeshError as exc:
@@ -184,7 +230,7 @@ def _local_mesh(stack: ExitStack, args: argparse.Namespace, diarize: bool) -> st
 
     `args` needs `state_dir`, `no_reuse` and `quiet` (`asr transcribe` and `asr stream` have them).
     """
-    from services import supervisor
+    supervisor = _supervisor(f"`asr {getattr(args, 'command', 'transcribe')}` without --server")
 
     services = supervisor.SERVICES if diarize else supervisor.WITHOUT_DIARIZATION
     if not args.no_reuse:
@@ -328,8 +374,7 @@ def _write_outputs(result, source: Path, out_dir: Path) -> list[Path]:
 
 
 def trace_command(args: argparse.Namespace) -> int:
-    from clients import traces
-    from services.common.settings import default_state_dir
+    from asr_mesh.client import traces
 
     state_dir = args.state_dir or default_state_dir()
     out = Console(highlight=False)
@@ -365,10 +410,12 @@ def trace_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_security(args: argparse.Namespace, state_dir: Path) -> tuple[dict[str, str], Path | None]:
-    """The services' TLS and token settings for `asr serve --tls / --auth-token-file`."""
-    from services import supervisor
-    from services.common.security import SecurityConfigError, TokenFile
+def _serve_security(args: argparse.Namespace, state_dir: Path,
+                    supervisor) -> tuple[dict[str, str], Path | None]:
+    """The services' TLS and token settings for `asr serve --tls / --auth-token-file` (called
+    once `_supervisor` found the server)."""
+    from asr_mesh.client.security import SecurityConfigError
+    from services.common.security import TokenFile
 
     env: dict[str, str] = {}
     ca = None
@@ -389,7 +436,7 @@ def _serve_security(args: argparse.Namespace, state_dir: Path) -> tuple[dict[str
 
 
 def serve(args: argparse.Namespace) -> int:
-    from services import supervisor
+    supervisor = _supervisor("`asr serve`", or_server=False)
 
     state_dir = supervisor.resolve_state_dir(args.state_dir)
     if args.stop:
@@ -401,7 +448,7 @@ def serve(args: argparse.Namespace) -> int:
     if args.http_port is not None and not 0 <= args.http_port <= 65535:
         err_console.print(f"asr: --http-port must be between 0 and 65535, not {args.http_port}")
         return 2
-    env, ca = _serve_security(args, state_dir)
+    env, ca = _serve_security(args, state_dir, supervisor)
     runner = supervisor.LocalMeshSupervisor(state_dir, services, idle_s=args.idle_timeout, env=env,
                                             tls_ca=ca, http_port=args.http_port,
                                             transcription_replicas=args.transcription_replicas)

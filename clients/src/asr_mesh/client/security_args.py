@@ -12,6 +12,12 @@ import json
 import os
 from pathlib import Path
 
+from asr_mesh.client.paths import MESH_FILE, resolve_state_dir
+
+__all__ = [
+    "CA_ENV", "TOKEN_ENV", "add_arguments", "client_security", "local_mesh_ca"
+]
+
 TOKEN_ENV = "ASR_TOKEN"
 CA_ENV = "ASR_CA_CERT"
 
@@ -27,8 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def local_mesh_ca(state_dir: Path | None, address: str) -> Path | None:
     """The CA of the local mesh in `state_dir` when `address` is its gateway and it runs TLS."""
-    from services.supervisor import MESH_FILE, resolve_state_dir
-
     try:
         table = json.loads((resolve_state_dir(state_dir) / MESH_FILE).read_text())
         if table["gateway"][0]["address"] != address:

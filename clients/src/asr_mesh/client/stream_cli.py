@@ -24,8 +24,12 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
-from clients import security_args
-from services.common.errors import InvalidInput
+from asr_mesh.client import security_args
+from asr_mesh.client.errors import InvalidInput
+
+__all__ = [
+    "CHUNK_BYTES", "CHUNK_S", "PcmSource", "TextView", "add_parser", "run"
+]
 
 CHUNK_S = 0.1
 CHUNK_BYTES = int(16000 * CHUNK_S) * 2
@@ -128,7 +132,7 @@ class TextView:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clients.sdk import GatewayClient, StreamOptions
+    from asr_mesh.client.sdk import GatewayClient, StreamOptions
 
     options = StreamOptions(language_code=args.language, model=args.model, profile=args.profile,
                             interim_results=not args.no_interim)
@@ -138,9 +142,9 @@ def run(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         address = args.server
         if not address:
-            from clients.cli import _local_mesh
+            from asr_mesh.client.cli import _local_mesh
 
-            local = argparse.Namespace(state_dir=args.state_dir, no_reuse=False,
+            local = argparse.Namespace(command="stream", state_dir=args.state_dir, no_reuse=False,
                                        quiet=args.output_format == "jsonl")
             address = _local_mesh(stack, local, diarize=False)
         client = stack.enter_context(GatewayClient(address, connect_timeout_s=args.connect_timeout,

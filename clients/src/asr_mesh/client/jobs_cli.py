@@ -1,4 +1,4 @@
-"""`asr submit` and `asr jobs …`: durable jobs on a running gateway (registered by clients/cli.py).
+"""`asr submit` and `asr jobs …`: durable jobs on a running gateway (registered by cli.py).
 
     asr submit FILE [FILE ...] [transcribe options] [--server HOST:PORT]   → "<job id>\\t<file>" per file
     asr jobs list [--state running] [--limit N]
@@ -22,9 +22,20 @@ from datetime import datetime
 from pathlib import Path
 
 from asr.gateway.v1 import jobs_pb2 as jpb
-from clients import security_args
-from clients.sdk import FINAL_JOB_STATES, GatewayClient, GatewayUnreachable, TranscribeOptions
-from services.common.errors import DependencyUnavailable, InvalidInput, MeshError
+from asr_mesh.client import security_args
+from asr_mesh.client.errors import DependencyUnavailable, InvalidInput, MeshError
+from asr_mesh.client.paths import MESH_FILE, resolve_state_dir
+from asr_mesh.client.sdk import (
+    FINAL_JOB_STATES,
+    GatewayClient,
+    GatewayUnreachable,
+    TranscribeOptions,
+)
+
+__all__ = [
+    "COMMANDS", "STATES", "STATE_NAMES", "add_parsers", "options_from_args", "run",
+    "server_address"
+]
 
 COMMANDS = ("submit", "jobs")
 STATES = {"queued": jpb.JOB_STATE_QUEUED, "running": jpb.JOB_STATE_RUNNING,
@@ -89,9 +100,7 @@ def server_address(args: argparse.Namespace) -> str:
         return args.server
     if os.environ.get("ASR_SERVER"):
         return os.environ["ASR_SERVER"]
-    from services.common.settings import default_state_dir
-
-    published = (args.state_dir or Path(os.environ.get("ASR_STATE_DIR") or default_state_dir())) / "mesh.json"
+    published = resolve_state_dir(args.state_dir) / MESH_FILE
     try:
         return json.loads(published.read_text())["gateway"][0]["address"]
     except (OSError, ValueError, KeyError, IndexError, TypeError):
@@ -114,7 +123,7 @@ def options_from_args(args: argparse.Namespace) -> TranscribeOptions:
 
 
 def submit(args: argparse.Namespace) -> int:
-    from clients.cli import _input_problem, err_console
+    from asr_mesh.client.cli import _input_problem, err_console
 
     options = options_from_args(args)
     failures = 0
@@ -175,7 +184,7 @@ def _follow(client: GatewayClient, job_id: str, timeout_s: float, quiet: bool) -
     """Progress bars until the job is final; a dropped stream or a restarting gateway is re-joined."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from clients.cli import STAGE_LABELS, err_console
+    from asr_mesh.client.cli import STAGE_LABELS, err_console
 
     deadline = time.monotonic() + timeout_s
     with Progress(TextColumn("{task.description:<24}", markup=False), BarColumn(),
@@ -203,7 +212,7 @@ def watch(client: GatewayClient, args: argparse.Namespace) -> int:
 
 
 def get(client: GatewayClient, args: argparse.Namespace) -> int:
-    from clients.cli import err_console
+    from asr_mesh.client.cli import err_console
 
     job = _follow(client, args.job_id, args.timeout, args.quiet) if args.wait else client.get_job(args.job_id)
     if job.state != jpb.JOB_STATE_SUCCEEDED:

@@ -1,6 +1,6 @@
 """A small Python client for the gateway: stream a file in, get events and the result back.
 
-Failures come back as the typed exceptions of `services.common.errors` (InvalidAudio,
+Failures come back as the typed exceptions of `asr_mesh.client.errors` (InvalidAudio,
 LimitExceeded, Overloaded, DependencyUnavailable, ...) carrying the service's own sentence.
 """
 
@@ -24,16 +24,21 @@ from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from asr.gateway.v1 import jobs_pb2 as jobs_pb
 from asr.gateway.v1 import jobs_pb2_grpc as jobs_grpc
 from asr.gateway.v1 import streaming_pb2 as gw_streaming_pb2
-from services.common.errors import (
+from asr_mesh.client.errors import (
     DeadlineExceeded,
     DependencyUnavailable,
     InternalError,
     InvalidInput,
     Overloaded,
-    from_rpc_error,
 )
-from services.common.security import client_channel
-from services.common.telemetry import traced_channel
+from asr_mesh.client.security import client_channel
+from asr_mesh.client.status import from_rpc_error
+from asr_mesh.client.tracing import traced_channel
+
+__all__ = [
+    "DEFAULT_ATTEMPTS", "FINAL_JOB_STATES", "FORMATS", "GatewayClient", "GatewayUnreachable",
+    "StreamOptions", "TranscribeOptions", "Transcription", "UPLOAD_CHUNK_BYTES"
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -228,7 +233,7 @@ class GatewayClient:
         """Real-time recognition: send 16 kHz mono s16le PCM chunks (20-500 ms each, paced by
         the caller) and iterate over asr.common.v1.StreamingEvent messages (interim, final,
         speech, summary) as they come. Failures raise the typed exceptions of
-        `services.common.errors`; stopping the iteration early cancels the session."""
+        `asr_mesh.client.errors`; stopping the iteration early cancels the session."""
         config = (options or StreamOptions()).to_proto()
         self._wait_until_reachable()
 
