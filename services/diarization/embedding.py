@@ -319,10 +319,16 @@ class EmbeddingClusteringBackend:
                                         groups=np.asarray(windows.region), radius=radius)
             span.set_attributes({"asr.diarization.windows": len(labels),
                                  "asr.diarization.speakers": int(labels.max()) + 1})
-        runs = list(self._vote(regions, windows, labels))
+        return labels, self.runs_from_labels(regions, windows, labels, duration)
+
+    def runs_from_labels(self, regions: list[tuple[float, float]], windows: Windows,
+                         labels: np.ndarray, duration: float) -> list[tuple[int, float, float]]:
+        """Window labels → smoothed (label, start, end) turns: votes on the grid, short flickers
+        absorbed, short pauses closed, edges widened (`turn_extension`). No models."""
+        opts = self.options
+        runs = list(self._vote(regions, windows, np.asarray(labels)))
         runs = smooth_runs(runs, opts.min_turn)
-        runs = fill_gaps(runs, opts.max_gap_fill, opts.turn_extension, duration)
-        return labels, runs
+        return fill_gaps(runs, opts.max_gap_fill, opts.turn_extension, duration)
 
     def _vote(self, regions: list[tuple[float, float]], windows: Windows,
               labels: np.ndarray) -> Iterator[tuple[int, float, float]]:
