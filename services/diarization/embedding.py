@@ -319,45 +319,59 @@ class EmbeddingClusteringBackend:
                                         groups=np.asarray(windows.region), radius=radius)
             span.set_attributes({"asr.diarization.windows": len(labels),
                                  "asr.diarization.speakers": int(labels.max()) + 1})
-        runs = list(self._vote(regions, windows, labels))
-        runs = smooth_runs(runs, opts.min_turn)
-        runs = fill_gaps(runs, opts.max_gap_fill, opts.turn_extension, duration)
-        return labels, runs
+        return labels, self.runs_from_labels(regions, windows, labels, duration)
 
-    def _vote(self, regions: list[tuple[float, float]], windows: Windows,
-              labels: np.ndarray) -> Iterator[tuple[int, float, float]]:
-        """Per region, Hann-weighted window votes on a 20 ms grid → (label, start, end) runs."""
-        k = int(labels.max()) + 1
-        region_of = np.asarray(windows.region)
-        starts, ends = np.asarray(windows.start), np.asarray(windows.end)
-        # A region too short to embed takes the speaker of the previous region (or, before
-        # any, of the first embedded one): a breath or a "sim" rarely changes the speaker.
-        last_label = int(labels[0])
-        for index, (start, end) in enumerate(regions):
-            members = np.flatnonzero(region_of == index)
-            if len(members) == 0:
-                yield last_label, start, end
-                continue
-            cells = max(1, int(np.ceil((end - start) / GRID)))
-            centres = start + (np.arange(cells) + 0.5) * GRID
-            votes = np.zeros((cells, k))
-            for w in members:
-                span = max(ends[w] - starts[w], GRID)
-                pos = (centres - starts[w]) / span
-                inside = (pos >= 0) & (pos <= 1)
-                # Hann weight: a window's centre says more about "now" than its edges.
-                votes[inside, labels[w]] += 0.05 + np.sin(np.pi * pos[inside]) ** 2
-            # Cells no window covers (region tail) inherit the nearest covered cell's vote.
-            covered = votes.sum(axis=1) > 0
-            if not covered.all():
-                idx = np.where(covered, np.arange(cells), -1)
-                idx = np.maximum.accumulate(idx)
-                first = int(np.argmax(covered))
-                idx[idx < 0] = first
-                votes = votes[idx]
-            cell_labels = np.argmax(votes, axis=1)
-            change = np.flatnonzero(np.diff(cell_labels)) + 1
-            bounds = [0, *change.tolist(), cells]
-            for a, b in zip(bounds[:-1], bounds[1:]):
-                yield int(cell_labels[a]), start + a * GRID, min(end, start + b * GRID)
-            last_label = int(cell_labels[-1])
+    def runs_from_labels(self, regions: list[tuple[float, float]], windows: Windows,
+                         labels: np.ndarray, duration: float) -> list[tuple[int, float, float]]:
+        """Window labels → smoothed turns with this backend's options (`turns_from_labels`)."""
+        return turns_from_labels(regions, windows, labels, duration, self.options)
+
+
+def turns_from_labels(regions: list[tuple[float, float]], windows: Windows, labels: np.ndarray,
+                      duration: float, options: EmbeddingBackendOptions,
+                      ) -> list[tuple[int, float, float]]:
+    """Window labels → (label, start, end) turns: Hann-weighted votes on a 20 ms grid per
+    region (`_vote`), flickers under `min_turn` absorbed, pauses under `max_gap_fill` within a
+    speaker closed, edges widened by `turn_extension`. Pure: no models."""
+    runs = list(_vote(regions, windows, np.asarray(labels)))
+    runs = smooth_runs(runs, options.min_turn)
+    return fill_gaps(runs, options.max_gap_fill, options.turn_extension, duration)
+
+
+def _vote(regions: list[tuple[float, float]], windows: Windows,
+          labels: np.ndarray) -> Iterator[tuple[int, float, float]]:
+    """Per region, Hann-weighted window votes on a 20 ms grid → (label, start, end) runs."""
+    k = int(labels.max()) + 1
+    region_of = np.asarray(windows.region)
+    starts, ends = np.asarray(windows.start), np.asarray(windows.end)
+    # A region too short to embed takes the speaker of the previous region (or, before
+    # any, of the first embedded one): a breath or a "sim" rarely changes the speaker.
+    last_label = int(labels[0])
+    for index, (start, end) in enumerate(regions):
+        members = np.flatnonzero(region_of == index)
+        if len(members) == 0:
+            yield last_label, start, end
+            continue
+        cells = max(1, int(np.ceil((end - start) / GRID)))
+        centres = start + (np.arange(cells) + 0.5) * GRID
+        votes = np.zeros((cells, k))
+        for w in members:
+            span = max(ends[w] - starts[w], GRID)
+            pos = (centres - starts[w]) / span
+            inside = (pos >= 0) & (pos <= 1)
+            # Hann weight: a window's centre says more about "now" than its edges.
+            votes[inside, labels[w]] += 0.05 + np.sin(np.pi * pos[inside]) ** 2
+        # Cells no window covers (region tail) inherit the nearest covered cell's vote.
+        covered = votes.sum(axis=1) > 0
+        if not covered.all():
+            idx = np.where(covered, np.arange(cells), -1)
+            idx = np.maximum.accumulate(idx)
+            first = int(np.argmax(covered))
+            idx[idx < 0] = first
+            votes = votes[idx]
+        cell_labels = np.argmax(votes, axis=1)
+        change = np.flatnonzero(np.diff(cell_labels)) + 1
+        bounds = [0, *change.tolist(), cells]
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            yield int(cell_labels[a]), start + a * GRID, min(end, start + b * GRID)
+        last_label = int(cell_labels[-1])
