@@ -35,6 +35,7 @@ from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
 from services.common.errors import MeshError, UploadStalled, _translate, to_status
+from services.common.handlers import rewrapped
 from services.common.metrics import _UNMETERED, IN_FLIGHT, LATENCY, REQUESTS
 
 log = logging.getLogger(__name__)
@@ -138,15 +139,8 @@ def _guarded_method(method: str) -> bool:
 def _rebuild(handler: grpc.RpcMethodHandler, wrap_unary: Callable, wrap_stream: Callable
              ) -> grpc.RpcMethodHandler:
     """`handler` with its behaviour wrapped (unary responses by `wrap_unary`, streams by `wrap_stream`)."""
-    kinds = {
-        (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler, wrap_unary),
-        (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler, wrap_unary),
-        (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler, wrap_stream),
-        (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler, wrap_stream),
-    }
-    attr, factory, wrap = kinds[(handler.request_streaming, handler.response_streaming)]
-    return factory(wrap(getattr(handler, attr)), handler.request_deserializer,
-                   handler.response_serializer)
+    return rewrapped(handler, lambda behavior, kind:
+                     wrap_stream(behavior) if kind.endswith("_stream") else wrap_unary(behavior))
 
 
 async def abort_with(context: grpc.aio.ServicerContext, error: MeshError) -> None:

@@ -47,6 +47,7 @@ from services.common.domain_errors import (
     UnknownModel,
     UploadStalled,
 )
+from services.common.handlers import rewrapped
 
 __all__ = [
     "ERROR_DOMAIN", "STATUS_OF", "Cancelled", "Category", "DeadlineExceeded",
@@ -153,29 +154,8 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
 
             return wrapped
 
-        if handler.request_streaming and handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(
-                wrap_stream(handler.stream_stream),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.request_streaming:
-            return grpc.stream_unary_rpc_method_handler(
-                wrap_unary(handler.stream_unary),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(
-                wrap_stream(handler.unary_stream),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        return grpc.unary_unary_rpc_method_handler(
-            wrap_unary(handler.unary_unary),
-            handler.request_deserializer,
-            handler.response_serializer,
-        )
+        return rewrapped(handler, lambda behavior, kind:
+                         wrap_stream(behavior) if kind.endswith("_stream") else wrap_unary(behavior))
 
 
 def _is_abort(exc: BaseException, context: grpc.ServicerContext) -> bool:

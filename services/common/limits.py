@@ -27,6 +27,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from services.common.errors import LimitExceeded
+from services.common.handlers import rewrapped
 
 
 @dataclass(frozen=True)
@@ -143,16 +144,7 @@ def _guarded_method(method: str) -> bool:
 
 
 def _rebuild(handler: Any, wrap: Callable[[Callable, bool], Callable]) -> Any:
-    if handler.request_streaming and handler.response_streaming:
-        kind, make = "stream_stream", grpc.stream_stream_rpc_method_handler
-    elif handler.request_streaming:
-        kind, make = "stream_unary", grpc.stream_unary_rpc_method_handler
-    elif handler.response_streaming:
-        kind, make = "unary_stream", grpc.unary_stream_rpc_method_handler
-    else:
-        kind, make = "unary_unary", grpc.unary_unary_rpc_method_handler
-    return make(wrap(getattr(handler, kind), handler.request_streaming),
-                handler.request_deserializer, handler.response_serializer)
+    return rewrapped(handler, lambda behavior, kind: wrap(behavior, handler.request_streaming))
 
 
 class CapsInterceptor(grpc.ServerInterceptor):

@@ -16,6 +16,8 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from services.common.handlers import rewrapped
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 _LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -147,14 +149,8 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 
             return wrapped
 
-        kinds = {
-            (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler, wrap_unary),
-            (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler, wrap_unary),
-            (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler, wrap_stream),
-            (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler, wrap_stream),
-        }
-        attr, factory, wrap = kinds[(handler.request_streaming, handler.response_streaming)]
-        return factory(wrap(getattr(handler, attr)), handler.request_deserializer, handler.response_serializer)
+        return rewrapped(handler, lambda behavior, kind:
+                         wrap_stream(behavior) if kind.endswith("_stream") else wrap_unary(behavior))
 
 
 def _code_name(context: grpc.ServicerContext, failed: bool) -> str:

@@ -50,6 +50,7 @@ from services.common.errors import (
     Unauthenticated,
     to_status,
 )
+from services.common.handlers import rewrapped
 
 log = logging.getLogger(__name__)
 
@@ -281,15 +282,7 @@ def _status(error: MeshError) -> grpc.Status:
 
 def _same_kind(handler: Any, behavior_for: Callable[[str], Callable]) -> Any:
     """A method handler of `handler`'s streaming kind whose behavior is `behavior_for(kind)`."""
-    if handler.request_streaming and handler.response_streaming:
-        kind, make = "stream_stream", grpc.stream_stream_rpc_method_handler
-    elif handler.request_streaming:
-        kind, make = "stream_unary", grpc.stream_unary_rpc_method_handler
-    elif handler.response_streaming:
-        kind, make = "unary_stream", grpc.unary_stream_rpc_method_handler
-    else:
-        kind, make = "unary_unary", grpc.unary_unary_rpc_method_handler
-    return make(behavior_for(kind), handler.request_deserializer, handler.response_serializer)
+    return rewrapped(handler, lambda behavior, kind: behavior_for(kind))
 
 
 class BearerTokenInterceptor(grpc.ServerInterceptor):

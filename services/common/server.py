@@ -38,6 +38,7 @@ from services.common.aio import (
     run_on_loop,
 )
 from services.common.errors import ErrorMappingInterceptor
+from services.common.handlers import rewrapped
 from services.common.limits import AioCapsInterceptor, CapsInterceptor, RequestCaps
 from services.common.metrics import MetricsInterceptor, start_metrics_server
 from services.common.security import (
@@ -126,11 +127,7 @@ class StallGuardInterceptor(grpc.ServerInterceptor):
 
             return wrapped
 
-        if handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(
-                guarded(handler.stream_stream), handler.request_deserializer, handler.response_serializer)
-        return grpc.stream_unary_rpc_method_handler(
-            guarded(handler.stream_unary), handler.request_deserializer, handler.response_serializer)
+        return rewrapped(handler, lambda behavior, kind: guarded(behavior))
 
 
 def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
