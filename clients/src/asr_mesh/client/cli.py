@@ -178,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also start the HTTP front door (OpenAI-compatible REST, live captions page) "
                         "on 127.0.0.1:N; 0 picks a free port")
     s.add_argument("--transcription-replicas", type=_replicas, metavar="N",
-                   help="transcription processes, each on its own port; the gateway spreads a long "
-                        "file's windows over them (default: ASR_LOCAL_TRANSCRIPTION_REPLICAS or 1)")
+                   help="transcription processes, each on its own port; the gateway spreads calls "
+                        "over them, and with ASR_GATEWAY_FANOUT_MIN_S set the chunks of one long file "
+                        "(default: ASR_LOCAL_TRANSCRIPTION_REPLICAS or 1)")
     s.add_argument("--tls", action="store_true",
                    help="TLS on every port and mTLS between the services, with a local CA made under "
                    "<state dir>/tls/ (clients verify with tls/ca.pem)")
