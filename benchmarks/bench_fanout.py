@@ -92,7 +92,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("audio", type=Path, nargs="*", default=[CORPUS / "long" / "long.flac"])
     parser.add_argument("--replicas", default="1,2,3")
-    parser.add_argument("--kill-at", type=float, default=15.0)
+    parser.add_argument("--kill-at", type=float, default=15.0, help="seconds; 0 = no kill rows")
     parser.add_argument("--chunk-speech-s", type=float, default=120.0)
     parser.add_argument("--png", type=Path, default=REPO / "build" / "bench_fanout.png")
     parser.add_argument("--json", type=Path, default=REPO / "build" / "bench_fanout.json")
@@ -108,12 +108,12 @@ def main() -> int:
     for path in args.audio:
         reference = path.with_suffix(".txt").read_text(encoding="utf-8")
         variants = [("single", 1, False, None)] + [(f"{n} replicas", n, True, None) for n in counts]
-        variants += [(f"{n} replicas, kill", n, True, args.kill_at) for n in counts if n > 1]
+        variants += [(f"{n} replicas, kill", n, True, args.kill_at) for n in counts if n > 1 and args.kill_at > 0]
         base_words = None
         for name, n, fanout, kill_at in variants:
             out = run_variant(path, n, fanout, args.chunk_speech_s, kill_at)
             text = " ".join(out["words"])
-            if fanout and n == counts[0]:
+            if fanout and base_words is None:
                 base_words = out["words"]
             same = (sum(a == b for a, b in zip(out["words"], base_words)) / max(len(base_words), 1)
                     if fanout and base_words is not None and len(out["words"]) == len(base_words) else None)
