@@ -78,15 +78,10 @@ class TranscriptionSettings(QueuedServerSettings):
 def load_whisper(spec, device: str, compute_type: str, cpu_threads: int = 0, num_workers: int = 1):
     from faster_whisper import WhisperModel
 
-    from services.transcription.features import BlockwiseFeatureExtractor
-
-    model = WhisperModel(
+    return WhisperModel(
         str(spec.path), device=device, compute_type=compute_type,
         cpu_threads=cpu_threads, num_workers=num_workers, local_files_only=True,
     )
-    # Features of long audio in blocks: memory bounded by 30 minutes, not the file.
-    model.feature_extractor = BlockwiseFeatureExtractor.replacing(model.feature_extractor)
-    return model
 
 
 def _model_gauge(name: str, device: str, compute_type: str, loaded: bool) -> None:
