@@ -132,7 +132,8 @@ def main() -> int:
            "ASR_LOCAL_MESH_OWNER_PID": str(os.getpid())}
     out = state / "out"
     asr = [sys.executable, "-m", "asr_mesh.client.cli"]
-    transcribe = [*asr, "transcribe", str(args.audio), "-o", str(out), "--quiet"]
+    # --no-cache: every run decodes (the gateway's result cache would answer the repeated file).
+    transcribe = [*asr, "transcribe", str(args.audio), "-o", str(out), "--quiet", "--no-cache"]
     variants = {
         "plain faster-whisper": [sys.executable, "-c", PLAIN, str(REPO / "models" / "whisper-base"), str(args.audio)],
         "asr cold": transcribe,
@@ -174,7 +175,8 @@ def _warm_trace(asr, env, state, audio, diarize: bool) -> dict[str, dict[str, fl
 
     stages = {}
     for label, extra in (("without diarization", []), ("with --diarize", ["--diarize"]))[: 2 if diarize else 1]:
-        proc = subprocess.run([*asr, "transcribe", str(audio), "-o", str(state / "out"), "--quiet", *extra],
+        proc = subprocess.run([*asr, "transcribe", str(audio), "-o", str(state / "out"), "--quiet",
+                               "--no-cache", *extra],
                               env=env, cwd=REPO, capture_output=True, text=True, check=True)
         trace_id = proc.stderr.rsplit("(trace ", 1)[1].split(")")[0]
         time.sleep(1)  # server spans land a moment after the last response
