@@ -8,35 +8,7 @@ import InvalidInput` is `asr_mesh.client.errors.InvalidInput`.
 
 from __future__ import annotations
 
-from asr_mesh.client.errors import (
-    BY_REASON,
-    GENERAL,
-    KNOWN,
-    Cancelled,
-    Category,
-    DeadlineExceeded,
-    DependencyFailed,
-    DependencyUnavailable,
-    Draining,
-    FailedPrecondition,
-    InternalError,
-    InvalidAudio,
-    InvalidInput,
-    LimitExceeded,
-    MeshError,
-    NotFound,
-    Overloaded,
-    PermissionDenied,
-    Unauthenticated,
-    UnknownModel,
-    UploadStalled,
-    rebuild,
-)
+from asr_mesh.client import errors as _errors
+from asr_mesh.client.errors import *  # noqa: F403 - exactly the client's public names
 
-__all__ = [
-    "BY_REASON", "GENERAL", "KNOWN", "Cancelled", "Category", "DeadlineExceeded",
-    "DependencyFailed", "DependencyUnavailable", "Draining", "FailedPrecondition",
-    "InternalError", "InvalidAudio", "InvalidInput", "LimitExceeded", "MeshError", "NotFound",
-    "Overloaded", "PermissionDenied", "Unauthenticated", "UnknownModel", "UploadStalled",
-    "rebuild",
-]
+__all__ = list(_errors.__all__)

@@ -125,17 +125,9 @@ def run_fanout(addresses, pcm, policy=POLICY):
         downstream.close()
 
 
-@pytest.fixture(scope="module")
-def reference(replicas, excerpt):
-    """The excerpt fanned out to one replica: the single-replica path at equal settings."""
-    transcript, _ = run_fanout([f"127.0.0.1:{replicas[0][0].port}"], excerpt)
-    return transcript
-
-
-
-@pytest.mark.grpc
-@pytest.mark.models
-def test_three_replicas_give_the_words_of_one_in_time_order(replicas, excerpt, reference, monkeypatch):
+@pytest.fixture()
+def spans(monkeypatch):
+    """The fan-out's spans, kept in memory for the test to read."""
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -146,12 +138,26 @@ def test_three_replicas_give_the_words_of_one_in_time_order(replicas, excerpt, r
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     monkeypatch.setattr(fanout, "_tracer", provider.get_tracer("test"))
+    return exporter
+
+
+@pytest.fixture(scope="module")
+def reference(replicas, excerpt):
+    """The excerpt fanned out to one replica: the single-replica path at equal settings."""
+    transcript, _ = run_fanout([f"127.0.0.1:{replicas[0][0].port}"], excerpt)
+    return transcript
+
+
+
+@pytest.mark.grpc
+@pytest.mark.models
+def test_three_replicas_give_the_words_of_one_in_time_order(replicas, excerpt, reference, spans):
 
     transcript, progress = run_fanout([f"127.0.0.1:{h.port}" for h, _ in replicas], excerpt)
     assert words_of(transcript) == words_of(reference) and len(words_of(reference)) > 100
     starts = [s.start for s in transcript.segments]
     assert starts == sorted(starts) and [s.id for s in transcript.segments] == list(range(len(starts)))
-    windows = [s for s in exporter.get_finished_spans() if s.name == "chain.window"]
+    windows = [s for s in spans.get_finished_spans() if s.name == "chain.window"]
     assert len(windows) >= 3
     assert len({w.attributes["asr.replica"] for w in windows}) >= 2  # spread over replicas
     counted = [p.message for p in progress]
@@ -186,21 +192,11 @@ def test_the_stitched_words_are_the_chunks_decoded_one_by_one(replicas, excerpt,
 
 @pytest.mark.grpc
 @pytest.mark.models
-def test_windows_of_an_unreachable_replica_are_retried_on_the_others(replicas, excerpt, reference, monkeypatch):
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    from services.gateway import fanout
-
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(fanout, "_tracer", provider.get_tracer("test"))
+def test_windows_of_an_unreachable_replica_are_retried_on_the_others(replicas, excerpt, reference, spans):
     dead = f"127.0.0.1:{free_port()}"
     transcript, _ = run_fanout([dead, f"127.0.0.1:{replicas[1][0].port}"], excerpt)
     assert words_of(transcript) == words_of(reference)
-    retries = [e for s in exporter.get_finished_spans() for e in s.events if e.name == "retry"]
+    retries = [e for s in spans.get_finished_spans() for e in s.events if e.name == "retry"]
     assert retries and all(e.attributes["asr.replica"] == dead for e in retries)
 
 
