@@ -67,6 +67,7 @@ test-reliability: setup  ## Load, faults and drain (tests/reliability; part of `
 
 lint: setup buf  ## Lint Python (ruff), type-check (mypy: [tool.mypy] in pyproject.toml) and protos (buf STANDARD).
 	$(VENV)/bin/ruff check services clients tests benchmarks
+	$(VENV)/bin/ruff format --check services clients tests benchmarks
 	$(VENV)/bin/mypy
 
 buf: .tools/node_modules/.bin/buf  ## Lint the protos and refuse wire-breaking changes against the frozen baseline.

@@ -53,7 +53,9 @@ class Words:
     """One file's hypothesis: text and timed words (start, end, probability)."""
 
     text: str
-    segments: list[tuple[float, float, list[tuple[float, float, float]]]] = field(default_factory=list)
+    segments: list[tuple[float, float, list[tuple[float, float, float]]]] = field(
+        default_factory=list
+    )
     seconds: float = 0.0
 
 
@@ -68,8 +70,9 @@ def errors(reference: str, hypothesis: str) -> tuple[int, int]:
     return out.substitutions + out.deletions + out.insertions, len(ref.split())
 
 
-def bootstrap(pairs: list[tuple[int, int]], other: list[tuple[int, int]] | None = None,
-              seed: int = 0) -> tuple[float, float, float]:
+def bootstrap(
+    pairs: list[tuple[int, int]], other: list[tuple[int, int]] | None = None, seed: int = 0
+) -> tuple[float, float, float]:
     """Corpus WER and its bootstrap 95% interval over utterances; with `other`, of the paired
     difference WER(pairs) − WER(other) on the same resampled utterances."""
     rng = np.random.default_rng(seed)
@@ -100,7 +103,8 @@ def invented(words: Words, speech: list[tuple[float, float]] | None) -> int:
     for start, end, ws in words.segments:
         segment = Segment(0, start, end, "", tuple(Word(s, e, "w", p) for s, e, p in ws))
         count += guards.is_squeezed(segment) or (
-            speech is not None and guards.outside_speech(segment, speech))
+            speech is not None and guards.outside_speech(segment, speech)
+        )
     return count
 
 
@@ -128,16 +132,23 @@ class Plain:
     def __init__(self, threads: int):
         from faster_whisper import WhisperModel
 
-        self.model = WhisperModel(str(REPO / "models" / "whisper-base"), device="cpu",
-                                  compute_type="int8", cpu_threads=threads)
+        self.model = WhisperModel(
+            str(REPO / "models" / "whisper-base"),
+            device="cpu",
+            compute_type="int8",
+            cpu_threads=threads,
+        )
 
     def __call__(self, path: Path) -> Words:
         started = time.perf_counter()
-        segments, _ = self.model.transcribe(str(path), language="pt", beam_size=5, vad_filter=True,
-                                            word_timestamps=True)
+        segments, _ = self.model.transcribe(
+            str(path), language="pt", beam_size=5, vad_filter=True, word_timestamps=True
+        )
         out = Words("")
         for s in segments:
-            out.segments.append((s.start, s.end, [(w.start, w.end, w.probability) for w in s.words or []]))
+            out.segments.append(
+                (s.start, s.end, [(w.start, w.end, w.probability) for w in s.words or []])
+            )
             out.text += " " + s.text
         out.seconds = time.perf_counter() - started
         return out
@@ -156,10 +167,21 @@ class Mesh:
         result = self.client.transcribe(path, options)
         out = Words("", seconds=time.perf_counter() - started)
         for s in result.segments:
-            ws = [(w.start_offset.ToTimedelta().total_seconds(), w.end_offset.ToTimedelta().total_seconds(),
-                   w.probability) for w in s.words]
-            out.segments.append((s.start_offset.ToTimedelta().total_seconds(),
-                                 s.end_offset.ToTimedelta().total_seconds(), ws))
+            ws = [
+                (
+                    w.start_offset.ToTimedelta().total_seconds(),
+                    w.end_offset.ToTimedelta().total_seconds(),
+                    w.probability,
+                )
+                for w in s.words
+            ]
+            out.segments.append(
+                (
+                    s.start_offset.ToTimedelta().total_seconds(),
+                    s.end_offset.ToTimedelta().total_seconds(),
+                    ws,
+                )
+            )
             out.text += " " + s.text
         return out, result
 
@@ -171,8 +193,13 @@ def parse_variant(text: str):
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
         lowered = value.lower()
-        kwargs[key] = (True if lowered in ("true", "on", "1") else False if lowered in ("false", "off", "0")
-                       else value)
+        kwargs[key] = (
+            True
+            if lowered in ("true", "on", "1")
+            else False
+            if lowered in ("false", "off", "0")
+            else value
+        )
     return name, kwargs
 
 
@@ -181,13 +208,23 @@ def main() -> int:
     parser.add_argument("--corpus", type=Path, default=REPO / "build" / "corpus-validate")
     parser.add_argument("--splits", default="tune,validate")
     parser.add_argument("--parts", default="asr,long,dia")
-    parser.add_argument("--mesh-variant", action="append", default=[],
-                        help="NAME=option=value,...: an extra mesh run (TranscribeOptions fields)")
+    parser.add_argument(
+        "--mesh-variant",
+        action="append",
+        default=[],
+        help="NAME=option=value,...: an extra mesh run (TranscribeOptions fields)",
+    )
     parser.add_argument("--limit", type=int, default=0, help="at most N files per part and split")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for plain and the mesh")
     parser.add_argument("--out", type=Path, default=REPO / "build" / "bench-accuracy")
-    parser.add_argument("--report", type=Path, nargs="+", default=None, metavar="RESULTS_JSON",
-                        help="print tables (and plot into --out) from saved results; runs nothing")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="RESULTS_JSON",
+        help="print tables (and plot into --out) from saved results; runs nothing",
+    )
     args = parser.parse_args()
     if args.report:
         merged: dict = {}
@@ -214,8 +251,10 @@ def main() -> int:
 
     plain = Plain(args.threads)
     env = {"ASR_TRANSCRIPTION_CPU_THREADS": str(args.threads)}
-    with tempfile.TemporaryDirectory() as state, LocalMesh(state_dir=Path(state), env=env,
-                                                       startup_timeout_s=900) as local:
+    with (
+        tempfile.TemporaryDirectory() as state,
+        LocalMesh(state_dir=Path(state), env=env, startup_timeout_s=900) as local,
+    ):
         mesh = Mesh(local.gateway_address)
         for split in splits:
             rows = results["splits"].setdefault(split, {})
@@ -226,7 +265,9 @@ def main() -> int:
                 if not entries:
                     continue
                 console.print(f"[bold]{split}/{part}[/]: {len(entries)} files")
-                rows[part] = run_part(part, entries, args.corpus, plain, mesh, variants, TranscribeOptions)
+                rows[part] = run_part(
+                    part, entries, args.corpus, plain, mesh, variants, TranscribeOptions
+                )
     (args.out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     report(console, results)
     plot(results, args.out / "accuracy.png")
@@ -246,18 +287,28 @@ def run_part(part, entries, corpus, plain, mesh, variants, options_type) -> list
             speech = rttm_speech(corpus / entry["rttm"])
         else:
             speech = None
-        row = {"file": entry["audio"], "ref_words": len(normalize(reference).split()),
-               "condition": entry.get("condition", entry.get("description", ""))}
+        row = {
+            "file": entry["audio"],
+            "ref_words": len(normalize(reference).split()),
+            "condition": entry.get("condition", entry.get("description", "")),
+        }
         hyp = plain(path)
-        row["plain"] = {"errors": errors(reference, hyp.text)[0], "seconds": hyp.seconds,
-                        "invented": invented(hyp, speech)}
+        row["plain"] = {
+            "errors": errors(reference, hyp.text)[0],
+            "seconds": hyp.seconds,
+            "invented": invented(hyp, speech),
+        }
         for name, kwargs in variants:
             diarize = part == "dia"
-            opts = options_type(diarize=diarize, formats=("json", "rttm") if diarize else ("json",),
-                                **kwargs)
+            opts = options_type(
+                diarize=diarize, formats=("json", "rttm") if diarize else ("json",), **kwargs
+            )
             words, result = mesh(path, opts)
-            out = {"errors": errors(reference, words.text)[0], "seconds": words.seconds,
-                   "invented": invented(words, speech)}
+            out = {
+                "errors": errors(reference, words.text)[0],
+                "seconds": words.seconds,
+                "invented": invented(words, speech),
+            }
             if diarize:
                 out.update(diarization(result, corpus / entry["rttm"], entry["speakers"]))
             row[name] = out
@@ -287,16 +338,30 @@ def diarization(result, rttm: Path, true_speakers: int) -> dict:
     hypothesis = next(iter(loaded.values())) if loaded else Annotation()
     metric = DiarizationErrorRate(collar=0.25, skip_overlap=False)
     der = metric(reference, hypothesis, uem=None)
-    return {"der": float(der), "found_speakers": len(result.speakers), "true_speakers": true_speakers,
-            "speech_s": float(reference.get_timeline().support().duration())}
+    return {
+        "der": float(der),
+        "found_speakers": len(result.speakers),
+        "true_speakers": true_speakers,
+        "speech_s": float(reference.get_timeline().support().duration()),
+    }
 
 
 def report(console: Console, results: dict) -> None:
     variants = results["variants"]
     for split, parts in results["splits"].items():
         table = Table(title=f"{split} split ({results['corpus']})")
-        for column in ("part", "files", "system", "WER [95% CI]", "vs plain [95% CI]", "seconds",
-                       "time ratio", "invented", "DER", "exact count"):
+        for column in (
+            "part",
+            "files",
+            "system",
+            "WER [95% CI]",
+            "vs plain [95% CI]",
+            "seconds",
+            "time ratio",
+            "invented",
+            "DER",
+            "exact count",
+        ):
             table.add_column(column, justify="right")
         for part, rows in parts.items():
             plain_pairs = [(r["plain"]["errors"], r["ref_words"]) for r in rows]
@@ -305,18 +370,32 @@ def report(console: Console, results: dict) -> None:
                 pairs = [(r[system]["errors"], r["ref_words"]) for r in rows]
                 wer, low, high = bootstrap(pairs)
                 seconds = sum(r[system]["seconds"] for r in rows)
-                diff = "" if system == "plain" else "{:+.1%} [{:+.1%}, {:+.1%}]".format(
-                    *bootstrap(pairs, plain_pairs))
+                diff = (
+                    ""
+                    if system == "plain"
+                    else "{:+.1%} [{:+.1%}, {:+.1%}]".format(*bootstrap(pairs, plain_pairs))
+                )
                 der = count = ""
                 if part == "dia" and system != "plain":
                     speech = sum(r[system]["speech_s"] for r in rows)
                     pooled = sum(r[system]["der"] * r[system]["speech_s"] for r in rows)
                     der = f"{pooled / max(speech, 1e-9):.1%}"
-                    exact = sum(r[system]["found_speakers"] == r[system]["true_speakers"] for r in rows)
+                    exact = sum(
+                        r[system]["found_speakers"] == r[system]["true_speakers"] for r in rows
+                    )
                     count = f"{exact}/{len(rows)}"
-                table.add_row(part, str(len(rows)), system, f"{wer:.1%} [{low:.1%}, {high:.1%}]", diff,
-                              f"{seconds:.1f}", f"{seconds / max(plain_s, 1e-9):.2f}x",
-                              str(sum(r[system]["invented"] for r in rows)), der, count)
+                table.add_row(
+                    part,
+                    str(len(rows)),
+                    system,
+                    f"{wer:.1%} [{low:.1%}, {high:.1%}]",
+                    diff,
+                    f"{seconds:.1f}",
+                    f"{seconds / max(plain_s, 1e-9):.2f}x",
+                    str(sum(r[system]["invented"] for r in rows)),
+                    der,
+                    count,
+                )
         console.print(table)
         if "asr" in parts:
             by_condition(console, split, parts["asr"], variants)
@@ -332,8 +411,11 @@ def by_condition(console: Console, split: str, rows: list[dict], variants: list[
     for condition in sorted({r["condition"] for r in rows}):
         group = [r for r in rows if r["condition"] == condition]
         words = max(sum(r["ref_words"] for r in group), 1)
-        table.add_row(condition, str(len(group)),
-                      *[f"{sum(r[s]['errors'] for r in group) / words:.1%}" for s in ["plain", *variants]])
+        table.add_row(
+            condition,
+            str(len(group)),
+            *[f"{sum(r[s]['errors'] for r in group) / words:.1%}" for s in ["plain", *variants]],
+        )
     console.print(table)
 
 

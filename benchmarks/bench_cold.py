@@ -95,15 +95,23 @@ class Sampler:
         self._stop.set()
         self._thread.join()
         self._sample()
-        return sum(cpu - self.before.get(pid, 0.0) for pid, cpu in self.last.items() if pid != exclude)
+        return sum(
+            cpu - self.before.get(pid, 0.0) for pid, cpu in self.last.items() if pid != exclude
+        )
 
 
 def measure(cmd: list[str], env: dict[str, str], marker: bytes) -> dict[str, float]:
     sampler = Sampler(marker)
     with tempfile.TemporaryFile() as err_file:
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=err_file)
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err_file,
+        )
         _, status, usage = os.wait4(proc.pid, 0)  # the CLI's rusage, its waited children included
         wall = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -112,8 +120,12 @@ def measure(cmd: list[str], env: dict[str, str], marker: bytes) -> dict[str, flo
     others = sampler.finish(exclude=proc.pid)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:4])}… failed ({proc.returncode}): {err[-500:]}")
-    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime + others,
-            "rss": max(sampler.peak_rss, usage.ru_maxrss * 1024), "stderr": err}
+    return {
+        "wall": wall,
+        "cpu": usage.ru_utime + usage.ru_stime + others,
+        "rss": max(sampler.peak_rss, usage.ru_maxrss * 1024),
+        "stderr": err,
+    }
 
 
 def main() -> int:
@@ -127,15 +139,26 @@ def main() -> int:
 
     state = Path(tempfile.mkdtemp(prefix="bench-cold-"))
     marker = f"ASR_BENCH_MARK={state}".encode()
-    env = {**os.environ, "ASR_STATE_DIR": str(state), "ASR_BENCH_MARK": str(state),
-           "PYANNOTE_METRICS_ENABLED": "false", "PYTHONPATH": f"{REPO}:{REPO / 'gen'}",
-           "ASR_LOCAL_MESH_OWNER_PID": str(os.getpid())}
+    env = {
+        **os.environ,
+        "ASR_STATE_DIR": str(state),
+        "ASR_BENCH_MARK": str(state),
+        "PYANNOTE_METRICS_ENABLED": "false",
+        "PYTHONPATH": f"{REPO}:{REPO / 'gen'}",
+        "ASR_LOCAL_MESH_OWNER_PID": str(os.getpid()),
+    }
     out = state / "out"
     asr = [sys.executable, "-m", "asr_mesh.client.cli"]
     # --no-cache: every run decodes (the gateway's result cache would answer the repeated file).
     transcribe = [*asr, "transcribe", str(args.audio), "-o", str(out), "--quiet", "--no-cache"]
     variants = {
-        "plain faster-whisper": [sys.executable, "-c", PLAIN, str(REPO / "models" / "whisper-base"), str(args.audio)],
+        "plain faster-whisper": [
+            sys.executable,
+            "-c",
+            PLAIN,
+            str(REPO / "models" / "whisper-base"),
+            str(args.audio),
+        ],
         "asr cold": transcribe,
         "asr warm": transcribe,
     }
@@ -151,15 +174,22 @@ def main() -> int:
     try:
         for run in range(args.runs):
             for name, cmd in variants.items():
-                if "cold" in name or name.startswith("plain"):  # plain runs alone, not beside a mesh
+                if "cold" in name or name.startswith(
+                    "plain"
+                ):  # plain runs alone, not beside a mesh
                     stop_mesh()
                 measured = measure(cmd, env, marker)
                 results[name].append(measured)
                 if name == "asr cold":
                     table = json.loads((state / "mesh.json").read_text())
-                    ready.append({k: v[0]["ready_s"] for k, v in table.items() if "ready_s" in v[0]})
-                print(f"run {run + 1} {name}: {measured['wall']:.2f} s wall, {measured['cpu']:.1f} CPU-s, "
-                      f"{measured['rss'] / 1e6:.0f} MB", flush=True)
+                    ready.append(
+                        {k: v[0]["ready_s"] for k, v in table.items() if "ready_s" in v[0]}
+                    )
+                print(
+                    f"run {run + 1} {name}: {measured['wall']:.2f} s wall, {measured['cpu']:.1f} CPU-s, "
+                    f"{measured['rss'] / 1e6:.0f} MB",
+                    flush=True,
+                )
         trace_stages = _warm_trace(asr, env, state, args.audio, diarize=not args.no_diarize)
     finally:
         stop_mesh()
@@ -174,18 +204,39 @@ def _warm_trace(asr, env, state, audio, diarize: bool) -> dict[str, dict[str, fl
     from asr_mesh.client import traces
 
     stages = {}
-    for label, extra in (("without diarization", []), ("with --diarize", ["--diarize"]))[: 2 if diarize else 1]:
-        proc = subprocess.run([*asr, "transcribe", str(audio), "-o", str(state / "out"), "--quiet",
-                               "--no-cache", *extra],
-                              env=env, cwd=REPO, capture_output=True, text=True, check=True)
+    for label, extra in (("without diarization", []), ("with --diarize", ["--diarize"]))[
+        : 2 if diarize else 1
+    ]:
+        proc = subprocess.run(
+            [
+                *asr,
+                "transcribe",
+                str(audio),
+                "-o",
+                str(state / "out"),
+                "--quiet",
+                "--no-cache",
+                *extra,
+            ],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         trace_id = proc.stderr.rsplit("(trace ", 1)[1].split(")")[0]
         time.sleep(1)  # server spans land a moment after the last response
         [trace] = traces.match_traces(state, trace_id)
         spans = {}
         for span in trace.spans:
-            if span.service == "gateway" and (span.name.startswith("chain.") or span.name == "gateway.upload"
-                                              or span.parent_span_id not in {s.span_id for s in trace.spans}):
-                name = span.name if span.name.startswith(("chain.", "gateway.")) else "gateway request"
+            if span.service == "gateway" and (
+                span.name.startswith("chain.")
+                or span.name == "gateway.upload"
+                or span.parent_span_id not in {s.span_id for s in trace.spans}
+            ):
+                name = (
+                    span.name if span.name.startswith(("chain.", "gateway.")) else "gateway request"
+                )
                 spans[name] = (span.end_ns - span.start_ns) / 1e9
         stages[label] = spans
     return stages
@@ -194,13 +245,23 @@ def _warm_trace(asr, env, state, audio, diarize: bool) -> dict[str, dict[str, fl
 def _import_times(env) -> dict[str, float]:
     """Wall time of `import services.<name>.server` (and the CLI) in a fresh interpreter, median of 3."""
     found = {}
-    for module in ("asr_mesh.client.cli", *(f"services.{n}.server" for n in
-                                    ("gateway", "preprocess", "transcription", "merge", "diarization"))):
+    for module in (
+        "asr_mesh.client.cli",
+        *(
+            f"services.{n}.server"
+            for n in ("gateway", "preprocess", "transcription", "merge", "diarization")
+        ),
+    ):
         times = []
         for _ in range(3):
             started = time.perf_counter()
-            subprocess.run([sys.executable, "-c", f"import {module}"], env=env, cwd=REPO, check=True,
-                           capture_output=True)
+            subprocess.run(
+                [sys.executable, "-c", f"import {module}"],
+                env=env,
+                cwd=REPO,
+                check=True,
+                capture_output=True,
+            )
             times.append(time.perf_counter() - started)
         found[module] = statistics.median(times)
     started = time.perf_counter()
@@ -211,12 +272,16 @@ def _import_times(env) -> dict[str, float]:
 
 def _print(results, ready, imports, trace_stages, args) -> None:
     console = Console(width=140)
-    median = {name: {k: statistics.median(r[k] for r in runs) for k in ("wall", "cpu", "rss")}
-              for name, runs in results.items()}
+    median = {
+        name: {k: statistics.median(r[k] for r in runs) for k in ("wall", "cpu", "rss")}
+        for name, runs in results.items()
+    }
     plain = median["plain faster-whisper"]
     goals = {"asr cold": ("wall", 1.5), "asr warm": ("wall", 1.1)}
-    table = Table(title=f"{args.audio.name}: medians of {args.runs} runs on {os.cpu_count()} CPUs "
-                        f"(load average {os.getloadavg()[0]:.1f})")
+    table = Table(
+        title=f"{args.audio.name}: medians of {args.runs} runs on {os.cpu_count()} CPUs "
+        f"(load average {os.getloadavg()[0]:.1f})"
+    )
     for column in ("variant", "wall s", "× plain", "CPU s", "peak RSS MB", "RSS × plain", "goal"):
         table.add_column(column, justify="right")
     for name, m in median.items():
@@ -228,8 +293,15 @@ def _print(results, ready, imports, trace_stages, args) -> None:
             if name == "asr cold":
                 rss_ok = m["rss"] / plain["rss"] <= 1.3
                 goal += f"; RSS ≤ 1.3x {'met' if rss_ok else 'MISSED'}"
-        table.add_row(name, f"{m['wall']:.2f}", f"{m['wall'] / plain['wall']:.2f}x", f"{m['cpu']:.1f}",
-                      f"{m['rss'] / 1e6:.0f}", f"{m['rss'] / plain['rss']:.2f}x", goal)
+        table.add_row(
+            name,
+            f"{m['wall']:.2f}",
+            f"{m['wall'] / plain['wall']:.2f}x",
+            f"{m['cpu']:.1f}",
+            f"{m['rss'] / 1e6:.0f}",
+            f"{m['rss'] / plain['rss']:.2f}x",
+            goal,
+        )
     console.print(table)
 
     where = Table(title="where the time goes")
@@ -240,13 +312,19 @@ def _print(results, ready, imports, trace_stages, args) -> None:
     for service in ("preprocess", "transcription", "merge", "gateway", "supervisor"):
         values = [r[service] for r in ready if service in r]
         if values:
-            where.add_row(f"cold start: {service} spawn → ready (median)", f"{statistics.median(values):.2f}")
+            where.add_row(
+                f"cold start: {service} spawn → ready (median)", f"{statistics.median(values):.2f}"
+            )
     for label, spans in trace_stages.items():
         for span, seconds in spans.items():
             where.add_row(f"warm request {label}: {span}", f"{seconds:.2f}")
         if "gateway request" in spans:
-            share = {k: v / spans["gateway request"] for k, v in spans.items() if k.startswith("chain.")}
-            where.add_row(f"  shares {label}", ", ".join(f"{k[6:]} {v:.0%}" for k, v in share.items()))
+            share = {
+                k: v / spans["gateway request"] for k, v in spans.items() if k.startswith("chain.")
+            }
+            where.add_row(
+                f"  shares {label}", ", ".join(f"{k[6:]} {v:.0%}" for k, v in share.items())
+            )
     console.print(where)
 
     import matplotlib
@@ -256,23 +334,43 @@ def _print(results, ready, imports, trace_stages, args) -> None:
 
     names = list(median)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.5))
-    for ax, (key, label, scale) in zip(axes, (("wall", "wall time (s)", 1), ("cpu", "CPU time (s)", 1),
-                                             ("rss", "peak RSS (MB)", 1e6))):
+    for ax, (key, label, scale) in zip(
+        axes,
+        (("wall", "wall time (s)", 1), ("cpu", "CPU time (s)", 1), ("rss", "peak RSS (MB)", 1e6)),
+    ):
         values = [median[n][key] / scale for n in names]
-        spread = [[median[n][key] / scale - min(r[key] for r in results[n]) / scale for n in names],
-                  [max(r[key] for r in results[n]) / scale - median[n][key] / scale for n in names]]
-        ax.bar(range(len(names)), values, yerr=spread, capsize=3,
-               color=["#888"] + ["#3a7" if "warm" in n else "#37a" for n in names[1:]])
-        ax.set_xticks(range(len(names)), [n.replace("asr ", "").replace(" faster-whisper", "") for n in names],
-                      rotation=30, ha="right")
+        spread = [
+            [median[n][key] / scale - min(r[key] for r in results[n]) / scale for n in names],
+            [max(r[key] for r in results[n]) / scale - median[n][key] / scale for n in names],
+        ]
+        ax.bar(
+            range(len(names)),
+            values,
+            yerr=spread,
+            capsize=3,
+            color=["#888"] + ["#3a7" if "warm" in n else "#37a" for n in names[1:]],
+        )
+        ax.set_xticks(
+            range(len(names)),
+            [n.replace("asr ", "").replace(" faster-whisper", "") for n in names],
+            rotation=30,
+            ha="right",
+        )
         ax.set_title(label)
     limits = {"asr cold": 1.5, "asr warm": 1.1}
     for name, limit in limits.items():
-        axes[0].hlines(plain["wall"] * limit, names.index(name) - 0.4, names.index(name) + 0.4, colors="r",
-                       linestyles="dashed")
+        axes[0].hlines(
+            plain["wall"] * limit,
+            names.index(name) - 0.4,
+            names.index(name) + 0.4,
+            colors="r",
+            linestyles="dashed",
+        )
     axes[2].axhline(plain["rss"] / 1e6 * 1.3, color="r", linestyle="dashed", linewidth=0.8)
-    fig.suptitle(f"{args.audio.name}: plain faster-whisper vs asr transcribe (median of {args.runs}; "
-                 "red: goals)")
+    fig.suptitle(
+        f"{args.audio.name}: plain faster-whisper vs asr transcribe (median of {args.runs}; "
+        "red: goals)"
+    )
     fig.tight_layout()
     args.png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.png, dpi=110)

@@ -59,10 +59,16 @@ def der_parts(reference, hypothesis) -> tuple[float, float, float, float]:
     """(DER, missed speech, false alarm, speaker confusion), each a share of the reference."""
     from pyannote.metrics.diarization import DiarizationErrorRate
 
-    parts = DiarizationErrorRate(collar=0.25, skip_overlap=False)(reference, hypothesis, detailed=True)
+    parts = DiarizationErrorRate(collar=0.25, skip_overlap=False)(
+        reference, hypothesis, detailed=True
+    )
     total = parts["total"] or 1.0
-    return (parts["diarization error rate"], parts["missed detection"] / total,
-            parts["false alarm"] / total, parts["confusion"] / total)
+    return (
+        parts["diarization error rate"],
+        parts["missed detection"] / total,
+        parts["false alarm"] / total,
+        parts["confusion"] / total,
+    )
 
 
 def run(diarizer, audio, **options):
@@ -129,25 +135,61 @@ def hour_file(long_flac: Path, directory: Path) -> Path:
     listing = directory / "six.txt"
     listing.write_text("".join(f"file '{long_flac.resolve()}'\n" for _ in range(6)))
     out = directory / "hour.flac"
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0", "-i",
-                    str(listing), "-c", "copy", str(out)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "concat",
+            "-safe",
+            "0",
+            "-i",
+            str(listing),
+            "-c",
+            "copy",
+            str(out),
+        ],
+        check=True,
+    )
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", type=Path, default=Path(os.environ.get("ASR_CORPUS_DIR", REPO.parent / "shared" / "corpus-dev")))
-    parser.add_argument("--hard", type=Path, default=REPO / "build" / "corpus-hard",
-                        help="harder conversations (make corpus-hard); skipped when absent")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--corpus",
+        type=Path,
+        default=Path(os.environ.get("ASR_CORPUS_DIR", REPO.parent / "shared" / "corpus-dev")),
+    )
+    parser.add_argument(
+        "--hard",
+        type=Path,
+        default=REPO / "build" / "corpus-hard",
+        help="harder conversations (make corpus-hard); skipped when absent",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--no-corpus", action="store_true", help="skip the corpus-dev conversations")
+    parser.add_argument(
+        "--no-corpus", action="store_true", help="skip the corpus-dev conversations"
+    )
     parser.add_argument("--no-hard", action="store_true", help="skip the harder conversations")
     parser.add_argument("--no-long", action="store_true", help="skip the 10-minute RTF run")
     parser.add_argument("--hour", action="store_true", help="add one hour of audio (RTF, memory)")
-    parser.add_argument("--only", nargs="*", default=[], help="only files whose name contains one of these")
-    parser.add_argument("--pyannote-dir", type=Path, help="benchmark a local pyannote pipeline instead")
-    parser.add_argument("--turn-extension", type=float, default=0.45,
-                        help="seconds turn edges grow into silence (0.15 suits tight references)")
+    parser.add_argument(
+        "--only", nargs="*", default=[], help="only files whose name contains one of these"
+    )
+    parser.add_argument(
+        "--pyannote-dir", type=Path, help="benchmark a local pyannote pipeline instead"
+    )
+    parser.add_argument(
+        "--turn-extension",
+        type=float,
+        default=0.45,
+        help="seconds turn edges grow into silence (0.15 suits tight references)",
+    )
     args = parser.parse_args()
 
     import tempfile
@@ -157,12 +199,18 @@ def main() -> None:
     from services.diarization.core import Diarizer
     from services.diarization.server import DiarizationSettings, build_backend
 
-    settings = DiarizationSettings(torch_threads=args.threads, pyannote_dir=args.pyannote_dir,
-                                   turn_extension_s=args.turn_extension)
+    settings = DiarizationSettings(
+        torch_threads=args.threads,
+        pyannote_dir=args.pyannote_dir,
+        turn_extension_s=args.turn_extension,
+    )
     started = time.perf_counter()
     diarizer = Diarizer(build_backend(settings), settings.max_speakers)
-    print(f"backend {diarizer.backend.name} loaded in {time.perf_counter() - started:.1f}s, "
-          f"torch threads {args.threads}, peak RSS {peak_rss_mib():.0f} MiB", flush=True)
+    print(
+        f"backend {diarizer.backend.name} loaded in {time.perf_counter() - started:.1f}s, "
+        f"torch threads {args.threads}, peak RSS {peak_rss_mib():.0f} MiB",
+        flush=True,
+    )
     scored: list[tuple[Path, dict]] = []
     if not args.no_corpus:
         manifest = json.loads((args.corpus / "manifest.json").read_text())
@@ -178,7 +226,9 @@ def main() -> None:
         unscored += [(item["audio"], args.corpus / item["audio"]) for item in manifest["long"]]
     tmp = tempfile.TemporaryDirectory()
     if args.hour:
-        unscored.append(("long.flac x6 (1 h)", hour_file(args.corpus / "long" / "long.flac", Path(tmp.name))))
+        unscored.append(
+            ("long.flac x6 (1 h)", hour_file(args.corpus / "long" / "long.flac", Path(tmp.name)))
+        )
 
     def wanted(name: str) -> bool:
         return not args.only or any(word in name for word in args.only)
@@ -187,9 +237,18 @@ def main() -> None:
     totals = {"found": 0.0, "hit": 0.0, "true": 0.0, "invented": 0.0}
 
     def add_row(name, true_count, outcome, scores, overlap_cells, growth="-"):
-        rows.append((name, true_count, str(outcome.speaker_count), *scores,
-                     f"{outcome.processing_seconds / outcome.audio_duration:.4f}",
-                     overlap_cells, f"{peak_rss_mib():.0f}", growth))
+        rows.append(
+            (
+                name,
+                true_count,
+                str(outcome.speaker_count),
+                *scores,
+                f"{outcome.processing_seconds / outcome.audio_duration:.4f}",
+                overlap_cells,
+                f"{peak_rss_mib():.0f}",
+                growth,
+            )
+        )
         print("  ".join(rows[-1]), flush=True)
 
     for root, item in scored:
@@ -198,7 +257,9 @@ def main() -> None:
         reference = load_rttm(root / item["rttm"])
         audio = decode_audio(str(root / item["audio"]), sampling_rate=16000)
         outcome = run(diarizer, audio)
-        error, miss, false_alarm, confusion = der_parts(reference, turns_to_annotation(outcome.exclusive_turns))
+        error, miss, false_alarm, confusion = der_parts(
+            reference, turns_to_annotation(outcome.exclusive_turns)
+        )
         # The same file told the true count: separates counting errors from clustering errors.
         told = run(diarizer, audio, num_speakers=item["speakers"])
         told_error = der(reference, turns_to_annotation(told.exclusive_turns))
@@ -210,9 +271,19 @@ def main() -> None:
             totals["true"] += true
         else:
             totals["invented"] += found
-        add_row(item["audio"], str(item["speakers"]), outcome,
-                (f"{error:.2%}", f"{miss:.1%}", f"{false_alarm:.1%}", f"{confusion:.1%}", f"{told_error:.2%}"),
-                f"{found:.1f} / {hit:.1f} / {true:.1f}")
+        add_row(
+            item["audio"],
+            str(item["speakers"]),
+            outcome,
+            (
+                f"{error:.2%}",
+                f"{miss:.1%}",
+                f"{false_alarm:.1%}",
+                f"{confusion:.1%}",
+                f"{told_error:.2%}",
+            ),
+            f"{found:.1f} / {hit:.1f} / {true:.1f}",
+        )
     for name, path in unscored:
         if not wanted(name):
             continue
@@ -221,20 +292,35 @@ def main() -> None:
             outcome = run(diarizer, audio)
         del audio
         found = sum(r.end - r.start for r in outcome.overlaps)
-        add_row(name, "-", outcome, ("-",) * 5, f"{found:.1f} / - / -", f"+{rss.peak - rss.start:.0f}")
+        add_row(
+            name, "-", outcome, ("-",) * 5, f"{found:.1f} / - / -", f"+{rss.peak - rss.start:.0f}"
+        )
     tmp.cleanup()
-    header = ("file", "true speakers", "found speakers", "DER", "miss", "false alarm", "confusion",
-              "DER told count", "RTF", "overlap s found/hit/true", "peak RSS MiB",
-              "RSS growth while diarizing MiB")
+    header = (
+        "file",
+        "true speakers",
+        "found speakers",
+        "DER",
+        "miss",
+        "false alarm",
+        "confusion",
+        "DER told count",
+        "RTF",
+        "overlap s found/hit/true",
+        "peak RSS MiB",
+        "RSS growth while diarizing MiB",
+    )
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     print()
     for row in [header, tuple("-" * w for w in widths), *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
     if totals["true"]:
-        print(f"\noverlap detection (collar 0) over the files with true overlap: precision "
-              f"{totals['hit'] / max(totals['found'], 1e-9):.2f}, recall {totals['hit'] / totals['true']:.2f} "
-              f"({totals['hit']:.1f} of {totals['found']:.1f} s found on {totals['true']:.1f} s true); "
-              f"invented on the scored files without overlap: {totals['invented']:.1f} s")
+        print(
+            f"\noverlap detection (collar 0) over the files with true overlap: precision "
+            f"{totals['hit'] / max(totals['found'], 1e-9):.2f}, recall {totals['hit'] / totals['true']:.2f} "
+            f"({totals['hit']:.1f} of {totals['found']:.1f} s found on {totals['true']:.1f} s true); "
+            f"invented on the scored files without overlap: {totals['invented']:.1f} s"
+        )
 
 
 if __name__ == "__main__":

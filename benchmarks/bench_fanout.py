@@ -48,16 +48,25 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def run_variant(path: Path, replicas: int, fanout: bool, chunk_speech_s: float, kill_at: float | None) -> dict:
+def run_variant(
+    path: Path, replicas: int, fanout: bool, chunk_speech_s: float, kill_at: float | None
+) -> dict:
     from asr_mesh.client.sdk import GatewayClient, TranscribeOptions
     from services.supervisor import LocalMesh
 
-    env = {"ASR_GATEWAY_FANOUT_MIN_S": "60" if fanout else "0",
-           "ASR_GATEWAY_FANOUT_CHUNK_SPEECH_S": str(chunk_speech_s),
-           "ASR_GATEWAY_CACHE_ENABLED": "false", "PYANNOTE_METRICS_ENABLED": "false"}
+    env = {
+        "ASR_GATEWAY_FANOUT_MIN_S": "60" if fanout else "0",
+        "ASR_GATEWAY_FANOUT_CHUNK_SPEECH_S": str(chunk_speech_s),
+        "ASR_GATEWAY_CACHE_ENABLED": "false",
+        "PYANNOTE_METRICS_ENABLED": "false",
+    }
     state = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
-    mesh = LocalMesh(state_dir=state, env=env, services=("preprocess", "transcription", "merge", "gateway"),
-                     transcription_replicas=replicas)
+    mesh = LocalMesh(
+        state_dir=state,
+        env=env,
+        services=("preprocess", "transcription", "merge", "gateway"),
+        transcription_replicas=replicas,
+    )
     mesh.start()
     try:
         pids = [p.process.pid for p in mesh.replicas_of("transcription") if p.process]
@@ -65,7 +74,9 @@ def run_variant(path: Path, replicas: int, fanout: bool, chunk_speech_s: float, 
         started, first, killed = time.perf_counter(), [None], []
 
         def on_event(event) -> None:
-            if event.WhichOneof("payload") == "progress" and event.progress.message.startswith("1 windows"):
+            if event.WhichOneof("payload") == "progress" and event.progress.message.startswith(
+                "1 windows"
+            ):
                 first[0] = first[0] or time.perf_counter() - started
 
         def killer() -> None:
@@ -77,15 +88,24 @@ def run_variant(path: Path, replicas: int, fanout: bool, chunk_speech_s: float, 
 
         if kill_at is not None:
             threading.Thread(target=killer, daemon=True).start()
-        result = client.transcribe(path, TranscribeOptions(temperatures=(0.0,), no_cache=True), on_event)
+        result = client.transcribe(
+            path, TranscribeOptions(temperatures=(0.0,), no_cache=True), on_event
+        )
         wall = time.perf_counter() - started
-        peaks = [rss for pid, rss in killed] + [peak_rss_mb(pid) for pid in pids if pid not in dict(killed)]
+        peaks = [rss for pid, rss in killed] + [
+            peak_rss_mb(pid) for pid in pids if pid not in dict(killed)
+        ]
         words = [w.word for s in result.segments for w in s.words]
         client.close()
     finally:
         mesh.stop()
-    return {"wall_s": wall, "first_window_s": first[0] or wall, "words": words,
-            "peak_rss_mb": peaks, "killed": bool(killed)}
+    return {
+        "wall_s": wall,
+        "first_window_s": first[0] or wall,
+        "words": words,
+        "peak_rss_mb": peaks,
+        "killed": bool(killed),
+    }
 
 
 def main() -> int:
@@ -108,30 +128,61 @@ def main() -> int:
     for path in args.audio:
         reference = path.with_suffix(".txt").read_text(encoding="utf-8")
         variants = [("single", 1, False, None)] + [(f"{n} replicas", n, True, None) for n in counts]
-        variants += [(f"{n} replicas, kill", n, True, args.kill_at) for n in counts if n > 1 and args.kill_at > 0]
+        variants += [
+            (f"{n} replicas, kill", n, True, args.kill_at)
+            for n in counts
+            if n > 1 and args.kill_at > 0
+        ]
         base_words = None
         for name, n, fanout, kill_at in variants:
             out = run_variant(path, n, fanout, args.chunk_speech_s, kill_at)
             text = " ".join(out["words"])
             if fanout and base_words is None:
                 base_words = out["words"]
-            same = (sum(a == b for a, b in zip(out["words"], base_words)) / max(len(base_words), 1)
-                    if fanout and base_words is not None and len(out["words"]) == len(base_words) else None)
-            rows.append({"file": path.name, "variant": name, "replicas": n, "wall_s": out["wall_s"],
-                         "first_window_s": out["first_window_s"], "wer": wer([reference], [text]),
-                         "words_equal": same, "peak_rss_mb": out["peak_rss_mb"], "killed": out["killed"],
-                         "words": len(normalize(text).split())})
+            same = (
+                sum(a == b for a, b in zip(out["words"], base_words)) / max(len(base_words), 1)
+                if fanout and base_words is not None and len(out["words"]) == len(base_words)
+                else None
+            )
+            rows.append(
+                {
+                    "file": path.name,
+                    "variant": name,
+                    "replicas": n,
+                    "wall_s": out["wall_s"],
+                    "first_window_s": out["first_window_s"],
+                    "wer": wer([reference], [text]),
+                    "words_equal": same,
+                    "peak_rss_mb": out["peak_rss_mb"],
+                    "killed": out["killed"],
+                    "words": len(normalize(text).split()),
+                }
+            )
             print(json.dumps({k: v for k, v in rows[-1].items()}), flush=True)
 
-    table = Table(title=f"fan-out over transcription replicas (chunks of {args.chunk_speech_s:.0f} s of speech)")
-    for column in ("file", "variant", "wall s", "first window s", "WER", "words = 1 replica",
-                   "peak RSS per replica (MB)"):
+    table = Table(
+        title=f"fan-out over transcription replicas (chunks of {args.chunk_speech_s:.0f} s of speech)"
+    )
+    for column in (
+        "file",
+        "variant",
+        "wall s",
+        "first window s",
+        "WER",
+        "words = 1 replica",
+        "peak RSS per replica (MB)",
+    ):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["file"], row["variant"], f"{row['wall_s']:.1f}", f"{row['first_window_s']:.1f}",
-                      f"{100 * row['wer']:.1f}%",
-                      "–" if row["words_equal"] is None else f"{100 * row['words_equal']:.1f}%",
-                      ", ".join(f"{m:.0f}" for m in row["peak_rss_mb"]))
+        table.add_row(
+            row["file"],
+            row["variant"],
+            f"{row['wall_s']:.1f}",
+            f"{row['first_window_s']:.1f}",
+            f"{100 * row['wer']:.1f}%",
+            "–" if row["words_equal"] is None else f"{100 * row['words_equal']:.1f}%",
+            ", ".join(f"{m:.0f}" for m in row["peak_rss_mb"]),
+        )
     Console().print(table)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=1))

@@ -49,7 +49,9 @@ def timed(fn) -> tuple[float, str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--audio", type=Path, default=CORPUS / "dia" / "conv0.flac")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--png", type=Path, default=REPO / "build" / "bench_http.png")
@@ -58,37 +60,58 @@ def main() -> int:
     audio = args.audio.resolve()
     data = audio.read_bytes()
 
-    with tempfile.TemporaryDirectory(prefix="bench-http-") as state, \
-            LocalMesh(state_dir=Path(state), services=WITHOUT_DIARIZATION, http_port=0) as mesh:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-http-") as state,
+        LocalMesh(state_dir=Path(state), services=WITHOUT_DIARIZATION, http_port=0) as mesh,
+    ):
         base = f"http://{mesh.http_address}"
         grpc_client = GatewayClient(mesh.gateway_address)
         rest = httpx.Client(base_url=base, timeout=600)
         oa = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=600)
 
         def via_grpc(no_cache: bool) -> str:
-            result = grpc_client.transcribe(audio, TranscribeOptions(formats=("json",), no_cache=no_cache))
+            result = grpc_client.transcribe(
+                audio, TranscribeOptions(formats=("json",), no_cache=no_cache)
+            )
             return " ".join(s.text for s in result.segments)
 
         def via_rest(no_cache: bool) -> str:
-            r = rest.post("/v1/audio/transcriptions", files={"file": (audio.name, data, "audio/flac")},
-                          data={"model": "whisper-1", "response_format": "json",
-                                "no_cache": str(no_cache).lower()})
+            r = rest.post(
+                "/v1/audio/transcriptions",
+                files={"file": (audio.name, data, "audio/flac")},
+                data={
+                    "model": "whisper-1",
+                    "response_format": "json",
+                    "no_cache": str(no_cache).lower(),
+                },
+            )
             r.raise_for_status()
             return r.json()["text"]
 
         def via_openai(no_cache: bool) -> str:
-            return oa.audio.transcriptions.create(model="whisper-1", file=(audio.name, data),
-                                                  extra_body={"no_cache": str(no_cache).lower()}).text
+            return oa.audio.transcriptions.create(
+                model="whisper-1",
+                file=(audio.name, data),
+                extra_body={"no_cache": str(no_cache).lower()},
+            ).text
 
-        paths = {"gRPC (SDK)": via_grpc, "REST (httpx)": via_rest, "REST (openai client)": via_openai}
-        console.print(f"mesh up (gateway {mesh.gateway_address}, http {mesh.http_address}); warm-up run")
+        paths = {
+            "gRPC (SDK)": via_grpc,
+            "REST (httpx)": via_rest,
+            "REST (openai client)": via_openai,
+        }
+        console.print(
+            f"mesh up (gateway {mesh.gateway_address}, http {mesh.http_address}); warm-up run"
+        )
         via_grpc(False)  # loads the model's first windows and fills the cache
         times: dict[tuple[str, str], list[float]] = {}
         texts: dict[str, str] = {}
         for mode, no_cache in (("chain runs (no_cache)", True), ("cache hit", False)):
             for run in range(args.runs):
                 names = list(paths)
-                names = names[run % len(names):] + names[:run % len(names)]  # rotate: no order bias
+                names = (
+                    names[run % len(names) :] + names[: run % len(names)]
+                )  # rotate: no order bias
                 for name in names:
                     fn = paths[name]
                     seconds, text = timed(lambda fn=fn, no_cache=no_cache: fn(no_cache))
@@ -98,7 +121,9 @@ def main() -> int:
         grpc_client.close()
 
     same = len(set(texts.values())) == 1
-    table = Table(title=f"REST vs gRPC on {audio.name} ({len(data) / 1e6:.2f} MB), medians of {args.runs}")
+    table = Table(
+        title=f"REST vs gRPC on {audio.name} ({len(data) / 1e6:.2f} MB), medians of {args.runs}"
+    )
     for column in ("mode", "path", "median s", "min s", "max s", "vs gRPC"):
         table.add_column(column, justify="left" if column in ("mode", "path") else "right")
     for mode in ("chain runs (no_cache)", "cache hit"):
@@ -107,7 +132,9 @@ def main() -> int:
             values = times[(mode, name)]
             median = statistics.median(values)
             ratio = f"{median / reference:.3f}x ({(median - reference) * 1000:+.0f} ms)"
-            table.add_row(mode, name, f"{median:.3f}", f"{min(values):.3f}", f"{max(values):.3f}", ratio)
+            table.add_row(
+                mode, name, f"{median:.3f}", f"{min(values):.3f}", f"{max(values):.3f}", ratio
+            )
     console.print(table)
     console.print(f"same transcript text on every path: {same}")
 

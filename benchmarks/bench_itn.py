@@ -37,7 +37,9 @@ SET = ROOT / "benchmarks" / "itn" / "ptbr_itn.tsv"
 
 def load_set(path: Path, split: str) -> list[dict]:
     rows = []
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln and not ln.startswith("#")]
+    lines = [
+        ln for ln in path.read_text(encoding="utf-8").splitlines() if ln and not ln.startswith("#")
+    ]
     header = lines[0].split("\t")
     for line in lines[1:]:
         row = dict(zip(header, line.split("\t")))
@@ -66,7 +68,9 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return centre - half, centre + half
 
 
-def bootstrap_ter(errs: list[int], refs: list[int], runs: int = 2000, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ter(
+    errs: list[int], refs: list[int], runs: int = 2000, seed: int = 0
+) -> tuple[float, float]:
     rng = random.Random(seed)
     n, stats = len(errs), []
     for _ in range(runs):
@@ -83,19 +87,24 @@ def backends(names: list[str], cache_dir: str) -> dict:
             out[name] = lambda text: itn.normalize_text(text)
         elif name == "nemo":
             from benchmarks import itn_nemo
+
             rw = itn_nemo.make_rewriter(cache_dir)
             out[name] = lambda text, rw=rw: itn.normalize_text(text, rw)
         elif name == "combined":
             from benchmarks import itn_nemo
+
             rw = itn_nemo.make_combined_rewriter(cache_dir)
             out[name] = lambda text, rw=rw: itn.normalize_text(text, rw)
         elif name == "nemo-raw":
             from benchmarks import itn_nemo
+
             out[name] = lambda text: itn_nemo.raw(text, cache_dir)
         elif name.startswith("builtin@"):  # the built-in parser as it was at a git revision
             out[name] = _builtin_at(name.split("@", 1)[1]).normalize_text
         else:
-            raise SystemExit(f"unknown backend {name!r} (builtin, builtin@REV, nemo, combined, nemo-raw)")
+            raise SystemExit(
+                f"unknown backend {name!r} (builtin, builtin@REV, nemo, combined, nemo-raw)"
+            )
     return out
 
 
@@ -112,8 +121,14 @@ def _builtin_at(rev: str):
     """services/merge/itn.py at git revision `rev`, imported under its own module name."""
     import importlib.util
     import subprocess
-    source = subprocess.run(["git", "show", f"{rev}:services/merge/itn.py"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
+
+    source = subprocess.run(
+        ["git", "show", f"{rev}:services/merge/itn.py"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     path = ROOT / "build" / "bench-itn" / f"itn_{rev.replace('/', '_')}.py"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(source)
@@ -132,8 +147,13 @@ def score(rows: list[dict], outputs: list[str]) -> dict:
     k, n = sum(ok), len(rows)
     lo, hi = wilson(k, n)
     tlo, thi = bootstrap_ter(errs, refs) if n else (math.nan, math.nan)
-    return {"n": n, "exact": k / n if n else math.nan, "exact_ci": [lo, hi],
-            "ter": sum(errs) / max(1, sum(refs)), "ter_ci": [tlo, thi]}
+    return {
+        "n": n,
+        "exact": k / n if n else math.nan,
+        "exact_ci": [lo, hi],
+        "ter": sum(errs) / max(1, sum(refs)),
+        "ter_ci": [tlo, thi],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,26 +161,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="heldout", choices=["tune", "heldout", "all"])
     ap.add_argument("--backends", default="builtin,nemo,combined,nemo-raw")
     ap.add_argument("--set", type=Path, default=SET)
-    ap.add_argument("--cache-dir", default=str(ROOT / "build" / "itn-nemo"),
-                    help="where NeMo's compiled grammar (FAR) is cached")
-    ap.add_argument("--errors", action="store_true", help="print every sentence a backend gets wrong")
-    ap.add_argument("--unlabelled-diff", action="store_true",
-                    help="instead: run the first two backends on the 250 unlabelled sentences of "
-                         "benchmarks/sentences_validate.py and print where they differ")
+    ap.add_argument(
+        "--cache-dir",
+        default=str(ROOT / "build" / "itn-nemo"),
+        help="where NeMo's compiled grammar (FAR) is cached",
+    )
+    ap.add_argument(
+        "--errors", action="store_true", help="print every sentence a backend gets wrong"
+    )
+    ap.add_argument(
+        "--unlabelled-diff",
+        action="store_true",
+        help="instead: run the first two backends on the 250 unlabelled sentences of "
+        "benchmarks/sentences_validate.py and print where they differ",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "bench-itn")
     ap.add_argument("--png", type=Path, default=None, help="figure (default OUT/itn_SPLIT.png)")
     args = ap.parse_args(argv)
 
     if args.unlabelled_diff:
-        return unlabelled_diff([n.strip() for n in args.backends.split(",") if n.strip()][:2],
-                               args.cache_dir)
+        return unlabelled_diff(
+            [n.strip() for n in args.backends.split(",") if n.strip()][:2], args.cache_dir
+        )
     rows = load_set(args.set, args.split)
     if not rows:
         raise SystemExit(f"no rows for split {args.split!r} in {args.set}")
     names = [n.strip() for n in args.backends.split(",") if n.strip()]
     t0 = time.perf_counter()
     fns = backends(names, args.cache_dir)
-    print(f"{len(rows)} sentences ({args.split}); backends loaded in {time.perf_counter() - t0:.1f} s")
+    print(
+        f"{len(rows)} sentences ({args.split}); backends loaded in {time.perf_counter() - t0:.1f} s"
+    )
 
     cats = sorted({r["category"] for r in rows})
     results: dict = {"split": args.split, "n": len(rows), "backends": {}}
@@ -173,17 +204,24 @@ def main(argv: list[str] | None = None) -> int:
         for cat in cats:
             sel = [i for i, r in enumerate(rows) if r["category"] == cat]
             entry["categories"][cat] = score([rows[i] for i in sel], [outputs[i] for i in sel])
-        entry["misses"] = [{"category": r["category"], "spoken": r["spoken"], "expected": r["written"],
-                            "got": o} for r, o in zip(rows, outputs) if o != r["written"]]
+        entry["misses"] = [
+            {"category": r["category"], "spoken": r["spoken"], "expected": r["written"], "got": o}
+            for r, o in zip(rows, outputs)
+            if o != r["written"]
+        ]
         results["backends"][name] = entry
 
-    print(f"\nOverall ({args.split}, n={len(rows)}): exact match with Wilson 95% CI; token error rate "
-          "with bootstrap 95% CI")
+    print(
+        f"\nOverall ({args.split}, n={len(rows)}): exact match with Wilson 95% CI; token error rate "
+        "with bootstrap 95% CI"
+    )
     print(f"{'backend':16} {'exact':>7} {'95% CI':>15} {'TER':>7} {'95% CI':>15} {'ms/sent':>8}")
     for name, e in results["backends"].items():
         a = e["all"]
-        print(f"{name:16} {a['exact']:7.1%} {a['exact_ci'][0]:7.1%}–{a['exact_ci'][1]:6.1%} "
-              f"{a['ter']:7.1%} {a['ter_ci'][0]:7.1%}–{a['ter_ci'][1]:6.1%} {e['ms_per_sentence']:8.2f}")
+        print(
+            f"{name:16} {a['exact']:7.1%} {a['exact_ci'][0]:7.1%}–{a['exact_ci'][1]:6.1%} "
+            f"{a['ter']:7.1%} {a['ter_ci'][0]:7.1%}–{a['ter_ci'][1]:6.1%} {e['ms_per_sentence']:8.2f}"
+        )
     base = names[0]
     base_ok = [o == r["written"] for o, r in zip(outputs_of[base], rows)]
     print(f"\nPaired difference in exact match vs {base} (sentence bootstrap 95% CI):")
@@ -205,10 +243,14 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             print(f"\nMisses of {name}:")
             for m in results["backends"][name]["misses"]:
-                print(f"  [{m['category']}] {m['spoken']!r}\n      expected {m['expected']!r}\n      got      {m['got']!r}")
+                print(
+                    f"  [{m['category']}] {m['spoken']!r}\n      expected {m['expected']!r}\n      got      {m['got']!r}"
+                )
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"results_{args.split}.json").write_text(json.dumps(results, ensure_ascii=False, indent=1))
+    (args.out / f"results_{args.split}.json").write_text(
+        json.dumps(results, ensure_ascii=False, indent=1)
+    )
     png = args.png or args.out / f"itn_{args.split}.png"
     plot(results, cats, names, png)
     print(f"\nwrote {args.out / f'results_{args.split}.json'} and {png}")
@@ -234,6 +276,7 @@ def unlabelled_diff(names: list[str], cache_dir: str) -> int:
 
 def plot(results: dict, cats: list[str], names: list[str], png: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -244,12 +287,18 @@ def plot(results: dict, cats: list[str], names: list[str], png: Path) -> None:
         e = results["backends"][name]
         stats = [e["categories"][c] for c in cats] + [e["all"]]
         vals = [s["exact"] for s in stats]
-        err = [[max(0.0, v - s["exact_ci"][0]) for v, s in zip(vals, stats)],
-               [max(0.0, s["exact_ci"][1] - v) for v, s in zip(vals, stats)]]
+        err = [
+            [max(0.0, v - s["exact_ci"][0]) for v, s in zip(vals, stats)],
+            [max(0.0, s["exact_ci"][1] - v) for v, s in zip(vals, stats)],
+        ]
         xs = [i + (k - (len(names) - 1) / 2) * width for i in range(len(labels))]
         ax.bar(xs, vals, width, yerr=err, capsize=2, label=name)
-    ax.set_xticks(range(len(labels)), [f"{c}\n(n={results['backends'][names[0]]['categories'][c]['n']})"
-                                       for c in cats] + [f"ALL\n(n={results['n']})"], fontsize=8)
+    ax.set_xticks(
+        range(len(labels)),
+        [f"{c}\n(n={results['backends'][names[0]]['categories'][c]['n']})" for c in cats]
+        + [f"ALL\n(n={results['n']})"],
+        fontsize=8,
+    )
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("sentence exact match (Wilson 95%)")
     ax.set_title(f"PT-BR ITN, {results['split']} part of benchmarks/itn/ptbr_itn.tsv")

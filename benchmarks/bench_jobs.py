@@ -50,47 +50,84 @@ def rss_mib() -> float:
 
 def mesh_rows(audio: Path, kill_audio: Path, rows: list[tuple[str, float, str]]) -> None:
     state = Path(tempfile.mkdtemp(prefix="bench-jobs-"))
-    with LocalMesh(state_dir=state, env={"ASR_GATEWAY_JOB_LEASE_S": "5", "ASR_GATEWAY_JOB_POLL_S": "0.2"}) as mesh:
+    with LocalMesh(
+        state_dir=state, env={"ASR_GATEWAY_JOB_LEASE_S": "5", "ASR_GATEWAY_JOB_POLL_S": "0.2"}
+    ) as mesh:
         options = TranscribeOptions(formats=("json", "srt"))
         with GatewayClient(mesh.gateway_address) as client:
             started = time.perf_counter()
             job = client.submit_job(audio, options)
-            rows.append((f"SubmitJob → job id ({audio.name}, {audio.stat().st_size / 1e6:.1f} MB)",
-                         time.perf_counter() - started, f"state {jpb.JobState.Name(job.state)}"))
+            rows.append(
+                (
+                    f"SubmitJob → job id ({audio.name}, {audio.stat().st_size / 1e6:.1f} MB)",
+                    time.perf_counter() - started,
+                    f"state {jpb.JobState.Name(job.state)}",
+                )
+            )
             done = client.wait_job(job.job_id, timeout_s=3600, poll_s=0.2)
             first = time.perf_counter() - started
-            rows.append(("first run as a job (submit → succeeded)", first,
-                         f"{done.result.segment_count} segments, cache_hit={done.result.cache_hit}"))
+            rows.append(
+                (
+                    "first run as a job (submit → succeeded)",
+                    first,
+                    f"{done.result.segment_count} segments, cache_hit={done.result.cache_hit}",
+                )
+            )
             started = time.perf_counter()
             hit = client.transcribe(audio, options)
             hit_s = time.perf_counter() - started
-            rows.append(("same file through Transcribe (cache hit)", hit_s,
-                         f"cache_hit={hit.cache_hit}, {first / hit_s:.0f}× faster than the first run"))
+            rows.append(
+                (
+                    "same file through Transcribe (cache hit)",
+                    hit_s,
+                    f"cache_hit={hit.cache_hit}, {first / hit_s:.0f}× faster than the first run",
+                )
+            )
             started = time.perf_counter()
-            again = client.wait_job(client.submit_job(audio, options).job_id, timeout_s=600, poll_s=0.05)
-            rows.append(("same file as a second job (cache hit)", time.perf_counter() - started,
-                         f"cache_hit={again.result.cache_hit}"))
+            again = client.wait_job(
+                client.submit_job(audio, options).job_id, timeout_s=600, poll_s=0.05
+            )
+            rows.append(
+                (
+                    "same file as a second job (cache hit)",
+                    time.perf_counter() - started,
+                    f"cache_hit={again.result.cache_hit}",
+                )
+            )
 
             # A job across a gateway kill.
             job = client.submit_job(kill_audio, TranscribeOptions(no_cache=True))
             submitted = time.perf_counter()
             while True:
                 state = client.get_job(job.job_id)
-                if state.state == jpb.JOB_STATE_RUNNING and state.progress.stage == progress_pb2.STAGE_TRANSCRIPTION:
+                if (
+                    state.state == jpb.JOB_STATE_RUNNING
+                    and state.progress.stage == progress_pb2.STAGE_TRANSCRIPTION
+                ):
                     break
                 time.sleep(0.05)
         gateway = mesh.services["gateway"].process
         gateway.send_signal(signal.SIGKILL)
         gateway.wait()
         killed = time.perf_counter()
-        mesh._spawn("gateway", {f"ASR_GATEWAY_{name.upper()}_ADDRESS": mesh.services[name].address
-                                for name in BACKENDS})
+        mesh._spawn(
+            "gateway",
+            {
+                f"ASR_GATEWAY_{name.upper()}_ADDRESS": mesh.services[name].address
+                for name in BACKENDS
+            },
+        )
         mesh._wait(("gateway",))
         with GatewayClient(mesh.gateway_address) as client:
             done = client.wait_job(job.job_id, timeout_s=600, poll_s=0.2)
-        rows.append((f"job across a kill -9 of the gateway ({kill_audio.name})", time.perf_counter() - submitted,
-                     f"{jpb.JobState.Name(done.state)} after {done.attempts} attempts; "
-                     f"{time.perf_counter() - killed:.1f} s from the kill (restart + 5 s lease + rerun)"))
+        rows.append(
+            (
+                f"job across a kill -9 of the gateway ({kill_audio.name})",
+                time.perf_counter() - submitted,
+                f"{jpb.JobState.Name(done.state)} after {done.attempts} attempts; "
+                f"{time.perf_counter() - killed:.1f} s from the kill (restart + 5 s lease + rerun)",
+            )
+        )
 
 
 def store_rows(count: int, rows: list[tuple[str, float, str]]) -> None:
@@ -114,38 +151,100 @@ def store_rows(count: int, rows: list[tuple[str, float, str]]) -> None:
     segments = []
     for i in range(150):
         chunk = [text[(i * 12 + j) % len(text)] for j in range(12)]
-        segments.append(Segment(i, i * 4.0, i * 4.0 + 3.8, " ".join(chunk),
-                                tuple(Word(i * 4.0 + j * 0.3, i * 4.0 + j * 0.3 + 0.25, w, 0.9)
-                                      for j, w in enumerate(chunk))))
-    as_json = json.dumps({"segments": [{"start": s.start, "end": s.end, "text": s.text, "words": [
-        {"start": w.start, "end": w.end, "word": w.word, "probability": w.probability} for w in s.words]}
-        for s in segments]}, ensure_ascii=False, indent=2)
-    as_srt = "\n".join(f"{s.id + 1}\n00:00:{s.start:06.3f} --> 00:00:{s.end:06.3f}\n{s.text}\n" for s in segments)
-    documents = [RenderedDocument("json", as_json, "json", "application/json"),
-                 RenderedDocument("srt", as_srt, "srt", "application/x-subrip")]
-    result = ChainResult(MediaReport(container="flac"), 600.0, Transcript([], "pt-BR", "base"), None,
-                         Merged(segments, [], documents), 60.0)
+        segments.append(
+            Segment(
+                i,
+                i * 4.0,
+                i * 4.0 + 3.8,
+                " ".join(chunk),
+                tuple(
+                    Word(i * 4.0 + j * 0.3, i * 4.0 + j * 0.3 + 0.25, w, 0.9)
+                    for j, w in enumerate(chunk)
+                ),
+            )
+        )
+    as_json = json.dumps(
+        {
+            "segments": [
+                {
+                    "start": s.start,
+                    "end": s.end,
+                    "text": s.text,
+                    "words": [
+                        {
+                            "start": w.start,
+                            "end": w.end,
+                            "word": w.word,
+                            "probability": w.probability,
+                        }
+                        for w in s.words
+                    ],
+                }
+                for s in segments
+            ]
+        },
+        ensure_ascii=False,
+        indent=2,
+    )
+    as_srt = "\n".join(
+        f"{s.id + 1}\n00:00:{s.start:06.3f} --> 00:00:{s.end:06.3f}\n{s.text}\n" for s in segments
+    )
+    documents = [
+        RenderedDocument("json", as_json, "json", "application/json"),
+        RenderedDocument("srt", as_srt, "srt", "application/x-subrip"),
+    ]
+    result = ChainResult(
+        MediaReport(container="flac"),
+        600.0,
+        Transcript([], "pt-BR", "base"),
+        None,
+        Merged(segments, [], documents),
+        60.0,
+    )
     blob = encode_result(result)
     path = Path(tempfile.mkdtemp(prefix="bench-store-")) / "jobs.sqlite"
     before = rss_mib()
     store = SqliteJobStore(path)
     started = time.perf_counter()
     for n in range(count):
-        record = JobRecord(new_job_id(), options_to_dict(ChainOptions(filename=f"call-{n}.flac")),
-                           filename=f"call-{n}.flac", input_path=f"/spool/{n}/input", input_sha256="ab" * 32,
-                           upload_bytes=9_000_000, trace_id="cd" * 16, span_id="ef" * 8)
+        record = JobRecord(
+            new_job_id(),
+            options_to_dict(ChainOptions(filename=f"call-{n}.flac")),
+            filename=f"call-{n}.flac",
+            input_path=f"/spool/{n}/input",
+            input_sha256="ab" * 32,
+            upload_bytes=9_000_000,
+            trace_id="cd" * 16,
+            span_id="ef" * 8,
+        )
         store.submit(record)
         claimed = store.claim("bench", 30.0)
         store.progress(claimed.job_id, "bench", "transcription", 0.5, 0.5, "")
-        store.finish(claimed.job_id, "bench", SUCCEEDED, retention_s=86400,
-                     summary=summary_of(result, False), results=blob)
+        store.finish(
+            claimed.job_id,
+            "bench",
+            SUCCEEDED,
+            retention_s=86400,
+            summary=summary_of(result, False),
+            results=blob,
+        )
     elapsed = time.perf_counter() - started
     listed = store.list(None, 50, None)
     size = sum(p.stat().st_size for p in path.parent.iterdir()) / 2**20
-    rows.append((f"embedded store: {count} jobs submitted, run, finished", elapsed,
-                 f"{elapsed / count * 1000:.1f} ms per job lifecycle; list(50) → {len(listed)}"))
-    rows.append((f"embedded store after {count} jobs: process RSS growth (MiB)", rss_mib() - before,
-                 f"file {size:.1f} MiB on disk ({len(blob) / 1024:.0f} KiB compressed results per job)"))
+    rows.append(
+        (
+            f"embedded store: {count} jobs submitted, run, finished",
+            elapsed,
+            f"{elapsed / count * 1000:.1f} ms per job lifecycle; list(50) → {len(listed)}",
+        )
+    )
+    rows.append(
+        (
+            f"embedded store after {count} jobs: process RSS growth (MiB)",
+            rss_mib() - before,
+            f"file {size:.1f} MiB on disk ({len(blob) / 1024:.0f} KiB compressed results per job)",
+        )
+    )
     store.close()
 
 

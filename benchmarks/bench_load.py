@@ -86,8 +86,14 @@ def one_request(address: str, audio: Path, options: TranscribeOptions) -> tuple[
         return time.perf_counter() - started, f"{exc.status.name}: {exc.message[:80]}"
 
 
-def load_level(address: str, audio: Path, options: TranscribeOptions, callers: int, per_caller: int,
-               retries: RetryCounter) -> dict:
+def load_level(
+    address: str,
+    audio: Path,
+    options: TranscribeOptions,
+    callers: int,
+    per_caller: int,
+    retries: RetryCounter,
+) -> dict:
     before = retries.count
     started = time.perf_counter()
 
@@ -100,10 +106,16 @@ def load_level(address: str, audio: Path, options: TranscribeOptions, callers: i
     ok = [seconds for seconds, error in outcomes if not error]
     errors = Counter(error.split(":")[0] for _, error in outcomes if error)
     return {
-        "callers": callers, "requests": len(outcomes), "ok": len(ok), "wall_s": wall,
+        "callers": callers,
+        "requests": len(outcomes),
+        "ok": len(ok),
+        "wall_s": wall,
         "rps": len(ok) / wall if wall else 0.0,
-        "p50_s": percentile(ok, 50), "p95_s": percentile(ok, 95), "p99_s": percentile(ok, 99),
-        "errors": dict(errors), "retries": retries.count - before,
+        "p50_s": percentile(ok, 50),
+        "p95_s": percentile(ok, 95),
+        "p99_s": percentile(ok, 99),
+        "errors": dict(errors),
+        "retries": retries.count - before,
         "error_examples": sorted({e for _, e in outcomes if e})[:3],
     }
 
@@ -124,13 +136,21 @@ def soak(mesh: LocalMesh, audio: Path, options: TranscribeOptions, n: int) -> di
                 latencies.append(float("nan"))
             if i % every == 0 or i == n:
                 samples.append({"request": i, **{name: rss_mib(pid) for name, pid in pids.items()}})
-                print(f"  soak {i}/{n}: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in samples[-1].items()
-                                                      if k != "request"), flush=True)
+                print(
+                    f"  soak {i}/{n}: "
+                    + ", ".join(
+                        f"{k} {v:.0f} MiB" for k, v in samples[-1].items() if k != "request"
+                    ),
+                    flush=True,
+                )
     tenth = max(1, n // 10)
     ok_first = [x for x in latencies[:tenth] if x == x]
     ok_last = [x for x in latencies[-tenth:] if x == x]
     return {
-        "requests": n, "errors": dict(errors), "latencies_s": latencies, "rss_mib": samples,
+        "requests": n,
+        "errors": dict(errors),
+        "latencies_s": latencies,
+        "rss_mib": samples,
         "first_tenth_mean_s": statistics.fmean(ok_first) if ok_first else float("nan"),
         "last_tenth_mean_s": statistics.fmean(ok_last) if ok_last else float("nan"),
         "restarts": {name: service.restarts for name, service in mesh.services.items()},
@@ -139,23 +159,31 @@ def soak(mesh: LocalMesh, audio: Path, options: TranscribeOptions, n: int) -> di
 
 def print_tables(levels: list[dict], soaked: dict | None) -> None:
     print("\nLoad (each caller sends its requests one after another; all callers at once)")
-    print(f"{'callers':>7} {'requests':>8} {'ok':>4} {'req/s':>6} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7} "
-          f"{'retries':>7}  errors")
+    print(
+        f"{'callers':>7} {'requests':>8} {'ok':>4} {'req/s':>6} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7} "
+        f"{'retries':>7}  errors"
+    )
     for row in levels:
         errors = ", ".join(f"{k} ×{v}" for k, v in row["errors"].items()) or "none"
-        print(f"{row['callers']:>7} {row['requests']:>8} {row['ok']:>4} {row['rps']:>6.2f} {row['p50_s']:>7.2f} "
-              f"{row['p95_s']:>7.2f} {row['p99_s']:>7.2f} {row['retries']:>7}  {errors}")
+        print(
+            f"{row['callers']:>7} {row['requests']:>8} {row['ok']:>4} {row['rps']:>6.2f} {row['p50_s']:>7.2f} "
+            f"{row['p95_s']:>7.2f} {row['p99_s']:>7.2f} {row['retries']:>7}  {errors}"
+        )
     if soaked is None:
         return
     first, last = soaked["rss_mib"][0], soaked["rss_mib"][-1]
-    print(f"\nSoak: {soaked['requests']} sequential requests, errors: {soaked['errors'] or 'none'}, "
-          f"restarts: {soaked['restarts']}")
+    print(
+        f"\nSoak: {soaked['requests']} sequential requests, errors: {soaked['errors'] or 'none'}, "
+        f"restarts: {soaked['restarts']}"
+    )
     print(f"{'service':>14} {'RSS start MiB':>14} {'RSS end MiB':>12} {'peak MiB':>9}")
     for name in (k for k in first if k != "request"):
         peak = max(sample[name] for sample in soaked["rss_mib"])
         print(f"{name:>14} {first[name]:>14.0f} {last[name]:>12.0f} {peak:>9.0f}")
-    print(f"latency mean: first tenth {soaked['first_tenth_mean_s']:.2f} s, "
-          f"last tenth {soaked['last_tenth_mean_s']:.2f} s")
+    print(
+        f"latency mean: first tenth {soaked['first_tenth_mean_s']:.2f} s, "
+        f"last tenth {soaked['last_tenth_mean_s']:.2f} s"
+    )
 
 
 def plot(levels: list[dict], soaked: dict | None, png: Path) -> None:
@@ -175,8 +203,14 @@ def plot(levels: list[dict], soaked: dict | None, png: Path) -> None:
     ax.set_xlabel("concurrent callers")
     ax.set_ylabel("latency (s)")
     twin = ax.twinx()
-    twin.bar(callers, [row["rps"] for row in levels], width=[c * 0.3 for c in callers], alpha=0.25,
-             color="gray", label="req/s")
+    twin.bar(
+        callers,
+        [row["rps"] for row in levels],
+        width=[c * 0.3 for c in callers],
+        alpha=0.25,
+        color="gray",
+        label="req/s",
+    )
     twin.set_ylabel("requests/s (bars)")
     ax.legend(loc="upper left")
     ax.set_title("latency and throughput")
@@ -202,12 +236,22 @@ def plot(levels: list[dict], soaked: dict | None, png: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--audio", type=Path, default=CORPUS / "asr" / "009.flac",
-                        help="the clip every request sends (default: the shortest corpus-dev clip)")
+    parser.add_argument(
+        "--audio",
+        type=Path,
+        default=CORPUS / "asr" / "009.flac",
+        help="the clip every request sends (default: the shortest corpus-dev clip)",
+    )
     parser.add_argument("--levels", default="1,8,32,64", help="concurrent callers, comma-separated")
-    parser.add_argument("--per-caller", type=int, default=2, help="requests each caller sends per level")
-    parser.add_argument("--soak", type=int, default=1000, help="sequential requests of the soak (0 = none)")
-    parser.add_argument("--diarize", action="store_true", help="ask for speakers too (starts diarization)")
+    parser.add_argument(
+        "--per-caller", type=int, default=2, help="requests each caller sends per level"
+    )
+    parser.add_argument(
+        "--soak", type=int, default=1000, help="sequential requests of the soak (0 = none)"
+    )
+    parser.add_argument(
+        "--diarize", action="store_true", help="ask for speakers too (starts diarization)"
+    )
     parser.add_argument("--png", type=Path, default=REPO / "build" / "bench_load.png")
     parser.add_argument("--json", type=Path, default=REPO / "build" / "bench_load.json")
     args = parser.parse_args()
@@ -215,22 +259,32 @@ def main() -> None:
     logging.getLogger("asr_mesh.client.sdk").addHandler(retries)
     logging.getLogger("asr_mesh.client.sdk").setLevel(logging.INFO)
     options = TranscribeOptions(diarize=args.diarize, no_cache=True)
-    services = ["preprocess", "transcription", "merge", "gateway"] + (["diarization"] if args.diarize else [])
+    services = ["preprocess", "transcription", "merge", "gateway"] + (
+        ["diarization"] if args.diarize else []
+    )
     state = Path(tempfile.mkdtemp(prefix="bench-load-"))
     print(f"local mesh in {state}; clip {args.audio}", flush=True)
-    with LocalMesh(state_dir=state, services=services,
-                   env={"OTEL_TRACES_EXPORTER": os.environ.get("OTEL_TRACES_EXPORTER", "file")}) as mesh:
+    with LocalMesh(
+        state_dir=state,
+        services=services,
+        env={"OTEL_TRACES_EXPORTER": os.environ.get("OTEL_TRACES_EXPORTER", "file")},
+    ) as mesh:
         # One warm-up request: model loading is not what this measures.
         one_request(mesh.gateway_address, args.audio, options)
         levels = []
         for callers in (int(c) for c in args.levels.split(",") if c.strip()):
             print(f"level: {callers} callers × {args.per_caller} requests", flush=True)
-            levels.append(load_level(mesh.gateway_address, args.audio, options, callers, args.per_caller,
-                                     retries))
+            levels.append(
+                load_level(
+                    mesh.gateway_address, args.audio, options, callers, args.per_caller, retries
+                )
+            )
         soaked = soak(mesh, args.audio, options, args.soak) if args.soak > 0 else None
     print_tables(levels, soaked)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"audio": str(args.audio), "levels": levels, "soak": soaked}, indent=1))
+    args.json.write_text(
+        json.dumps({"audio": str(args.audio), "levels": levels, "soak": soaked}, indent=1)
+    )
     plot(levels, soaked, args.png)
 
 

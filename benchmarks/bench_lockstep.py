@@ -31,12 +31,14 @@ def run_one(strategy: str, path: Path) -> dict:
 
     reference = path.with_suffix(".txt").read_text(encoding="utf-8")
     audio = decode_audio(str(path))
-    model = WhisperModel(str(REPO / "models" / "whisper-base"), device="cpu", compute_type="int8",
-                         cpu_threads=2)
+    model = WhisperModel(
+        str(REPO / "models" / "whisper-base"), device="cpu", compute_type="int8", cpu_threads=2
+    )
     before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     if strategy == "plain":
-        segments, _ = model.transcribe(audio, language="pt", beam_size=5, word_timestamps=True,
-                                       vad_filter=True)
+        segments, _ = model.transcribe(
+            audio, language="pt", beam_size=5, word_timestamps=True, vad_filter=True
+        )
         text = " ".join(s.text for s in segments)
     else:
         from services.common.domain import Segment
@@ -45,7 +47,9 @@ def run_one(strategy: str, path: Path) -> dict:
 
         registry = ModelRegistry(REPO / "models", "whisper-base", loader=lambda *a: model)
         pcm = (audio * 32767).astype(np.int16)
-        events = Transcriber(registry, "cpu", "int8").transcribe(pcm, TranscriptionOptions(strategy=strategy))
+        events = Transcriber(registry, "cpu", "int8").transcribe(
+            pcm, TranscriptionOptions(strategy=strategy)
+        )
         text = " ".join(e.text for e in events if isinstance(e, Segment))
     after, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - started
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -63,14 +67,20 @@ def main() -> int:
         return 0
     rows = []
     for strategy in args.strategies.split(","):
-        out = subprocess.run([sys.executable, __file__, str(args.audio), "--child", strategy],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, str(args.audio), "--child", strategy],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     plain = next((r for r in rows if r["strategy"] == "plain"), rows[0])
     print(f"{'strategy':10s} {'WER':>7s} {'wall s':>8s} {'CPU s':>8s} {'wall/plain':>10s}")
     for r in rows:
-        print(f"{r['strategy']:10s} {r['wer']:7.2%} {r['wall_s']:8.1f} {r['cpu_s']:8.1f} "
-              f"{r['wall_s'] / plain['wall_s']:10.2f}")
+        print(
+            f"{r['strategy']:10s} {r['wer']:7.2%} {r['wall_s']:8.1f} {r['cpu_s']:8.1f} "
+            f"{r['wall_s'] / plain['wall_s']:10.2f}"
+        )
     return 0
 
 

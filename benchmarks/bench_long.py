@@ -38,11 +38,16 @@ def main() -> int:
     from faster_whisper import WhisperModel, decode_audio
 
     audio_s = len(decode_audio(str(args.audio))) / 16000
-    plain = WhisperModel(str(REPO / "models" / "whisper-base"), device="cpu", compute_type="int8",
-                         cpu_threads=args.threads)
+    plain = WhisperModel(
+        str(REPO / "models" / "whisper-base"),
+        device="cpu",
+        compute_type="int8",
+        cpu_threads=args.threads,
+    )
     started = time.perf_counter()
-    segments, _ = plain.transcribe(str(args.audio), language="pt", beam_size=5, word_timestamps=True,
-                                   vad_filter=True)
+    segments, _ = plain.transcribe(
+        str(args.audio), language="pt", beam_size=5, word_timestamps=True, vad_filter=True
+    )
     plain_text = " ".join(s.text for s in segments)
     plain_s = time.perf_counter() - started
     del plain
@@ -58,11 +63,21 @@ def main() -> int:
     table = Table(title=f"{args.audio.name}: {audio_s:.0f} s of audio")
     for column in ("pipeline", "seconds", "RTF", "WER", "time vs plain"):
         table.add_column(column, justify="right")
-    table.add_row("plain faster-whisper", f"{plain_s:.1f}", f"{plain_s / audio_s:.3f}",
-                  f"{wer([reference], [plain_text]):.1%}", "1.00x")
+    table.add_row(
+        "plain faster-whisper",
+        f"{plain_s:.1f}",
+        f"{plain_s / audio_s:.3f}",
+        f"{wer([reference], [plain_text]):.1%}",
+        "1.00x",
+    )
     label = "mesh (with diarization)" if args.diarize else "mesh"
-    table.add_row(label, f"{mesh_s:.1f}", f"{mesh_s / audio_s:.3f}", f"{wer([reference], [mesh_text]):.1%}",
-                  f"{mesh_s / plain_s:.2f}x")
+    table.add_row(
+        label,
+        f"{mesh_s:.1f}",
+        f"{mesh_s / audio_s:.3f}",
+        f"{wer([reference], [mesh_text]):.1%}",
+        f"{mesh_s / plain_s:.2f}x",
+    )
     Console().print(table)
     return 0
 

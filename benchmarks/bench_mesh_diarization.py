@@ -32,19 +32,29 @@ def main() -> int:
     table = Table(title="DER through the mesh (collar 0.25 s)")
     for column in ("file", "loudnorm", "true speakers", "found", "DER"):
         table.add_column(column, justify="right")
-    with tempfile.TemporaryDirectory() as state, LocalMesh(state_dir=Path(state)) as mesh, \
-            GatewayClient(mesh.gateway_address) as client:
+    with (
+        tempfile.TemporaryDirectory() as state,
+        LocalMesh(state_dir=Path(state)) as mesh,
+        GatewayClient(mesh.gateway_address) as client,
+    ):
         for truth in sorted((corpus / "dia").glob("*.rttm")):
             [reference] = load_rttm(truth).values()
             for loudnorm in (True, False):
-                options = TranscribeOptions(diarize=True, formats=("rttm",), loudness_normalization=loudnorm)
+                options = TranscribeOptions(
+                    diarize=True, formats=("rttm",), loudness_normalization=loudnorm
+                )
                 result = client.transcribe(truth.with_suffix(".flac"), options)
                 hypothesis_file = Path(state) / f"{truth.stem}.rttm"
                 hypothesis_file.write_text(result.documents[0].content, encoding="utf-8")
                 [hypothesis] = load_rttm(hypothesis_file).values()
                 der = DiarizationErrorRate(collar=0.25, skip_overlap=False)(reference, hypothesis)
-                table.add_row(truth.stem, "on" if loudnorm else "off", str(len(reference.labels())),
-                              str(len(result.speakers)), f"{der:.2%}")
+                table.add_row(
+                    truth.stem,
+                    "on" if loudnorm else "off",
+                    str(len(reference.labels())),
+                    str(len(result.speakers)),
+                    f"{der:.2%}",
+                )
     Console().print(table)
     return 0
 

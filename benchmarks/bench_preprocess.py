@@ -39,6 +39,7 @@ MIB = 1 << 20
 # --------------------------------------------------------------------------- process helpers
 # (also used by tests/preprocess/test_preprocess_process.py)
 
+
 def _status_kib(pid: int, field: str) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -67,7 +68,7 @@ def children_of(pid: int) -> list[int]:
             text = stat.read_text()
         except OSError:
             continue
-        fields = text[text.rfind(")") + 2:].split()
+        fields = text[text.rfind(")") + 2 :].split()
         if int(fields[1]) == pid:
             found.append(int(stat.parent.name))
     return found
@@ -106,14 +107,22 @@ class ServiceProcess:
     def __init__(self, temp_dir: Path, state_dir: Path, **env: str):
         temp_dir.mkdir(parents=True, exist_ok=True)
         full_env = {
-            **os.environ, "ASR_PREPROCESS_PORT": "0", "ASR_PREPROCESS_TEMP_DIR": str(temp_dir),
-            "ASR_STATE_DIR": str(state_dir), "OTEL_TRACES_EXPORTER": "none", "ASR_LOG_LEVEL": "WARNING",
+            **os.environ,
+            "ASR_PREPROCESS_PORT": "0",
+            "ASR_PREPROCESS_TEMP_DIR": str(temp_dir),
+            "ASR_STATE_DIR": str(state_dir),
+            "OTEL_TRACES_EXPORTER": "none",
+            "ASR_LOG_LEVEL": "WARNING",
             **env,
         }
         self.temp_dir = temp_dir
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.preprocess"], cwd=REPO, env=full_env,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            [sys.executable, "-m", "services.preprocess"],
+            cwd=REPO,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         line = self.process.stdout.readline()  # "ASR_READY service=preprocess port=N"
         if "port=" not in line:
@@ -174,10 +183,17 @@ def bench_wer(corpus: Path, threads: int, long_form: bool = False) -> None:
     speech_media = [(corpus / x["audio"], x["text"]) for x in manifest["media"] if x["text"]]
     empty_media = [corpus / x["audio"] for x in manifest["media"] if not x["text"]]
 
-    pre = Preprocessor(PreprocessorConfig(ffmpeg_path=resolve_binary("ffmpeg"),
-                                          ffprobe_path=resolve_binary("ffprobe")))
-    model = WhisperModel(str(REPO / "models" / "whisper-base"), device="cpu", compute_type="int8",
-                         cpu_threads=threads)
+    pre = Preprocessor(
+        PreprocessorConfig(
+            ffmpeg_path=resolve_binary("ffmpeg"), ffprobe_path=resolve_binary("ffprobe")
+        )
+    )
+    model = WhisperModel(
+        str(REPO / "models" / "whisper-base"),
+        device="cpu",
+        compute_type="int8",
+        cpu_threads=threads,
+    )
 
     def transcribe(path: Path, options: dict) -> tuple[str, float]:
         pcm = bytearray()
@@ -187,12 +203,21 @@ def bench_wer(corpus: Path, threads: int, long_form: bool = False) -> None:
             elif isinstance(event, DecodeSummary):
                 seconds = event.audio_duration
         audio = np.frombuffer(bytes(pcm), dtype="<i2").astype(np.float32) / 32768.0
-        segments, _ = model.transcribe(audio, language="pt", beam_size=5, vad_filter=True, temperature=0.0)
+        segments, _ = model.transcribe(
+            audio, language="pt", beam_size=5, vad_filter=True, temperature=0.0
+        )
         return " ".join(s.text.strip() for s in segments), seconds
 
     table = Table(title="WER by preprocessing option (faster-whisper base, int8, beam 5, VAD, T=0)")
-    for column in ("options", "asr WER (20 clips)", "media WER (10 formats)", "quiet WER",
-                   "words on silence+noise", "audio s (asr)", "time s"):
+    for column in (
+        "options",
+        "asr WER (20 clips)",
+        "media WER (10 formats)",
+        "quiet WER",
+        "words on silence+noise",
+        "audio s (asr)",
+        "time s",
+    ):
         table.add_column(column, justify="right")
     for name, options in OPTION_SETS.items():
         started = time.perf_counter()
@@ -205,10 +230,13 @@ def bench_wer(corpus: Path, threads: int, long_form: bool = False) -> None:
         empty_words = sum(len(transcribe(p, options)[0].split()) for p in empty_media)
         quiet = [(t, h) for n, t, h in media_hyps if "quiet" in n]
         table.add_row(
-            name, f"{wer([t for _, t in asr], hyps):.1%}",
+            name,
+            f"{wer([t for _, t in asr], hyps):.1%}",
             f"{wer([t for _, t, _ in media_hyps], [h for _, _, h in media_hyps]):.1%}",
             f"{wer([t for t, _ in quiet], [h for _, h in quiet]):.1%}" if quiet else "-",
-            str(empty_words), f"{total_s:.1f}", f"{time.perf_counter() - started:.0f}",
+            str(empty_words),
+            f"{total_s:.1f}",
+            f"{time.perf_counter() - started:.0f}",
         )
         print(f"  {name}: done", file=sys.stderr, flush=True)
     Console(width=160).print(table)
@@ -222,18 +250,25 @@ def bench_wer(corpus: Path, threads: int, long_form: bool = False) -> None:
     for name in ("none", "loudnorm+trim"):
         started = time.perf_counter()
         text, seconds = transcribe(path, OPTION_SETS[name])
-        long_table.add_row(name, f"{wer([reference], [text]):.1%}", f"{seconds:.1f}",
-                           f"{time.perf_counter() - started:.0f}")
+        long_table.add_row(
+            name,
+            f"{wer([reference], [text]):.1%}",
+            f"{seconds:.1f}",
+            f"{time.perf_counter() - started:.0f}",
+        )
         print(f"  long {name}: done", file=sys.stderr, flush=True)
     Console(width=160).print(long_table)
 
 
 # --------------------------------------------------------------------------- speed and memory
 
+
 def _plain_ffmpeg(argv: list[str]) -> tuple[float, int, int]:
     """Run a command, drain its stdout; return (seconds, output bytes, its peak RSS)."""
     started = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+    )
     total = 0
     while data := proc.stdout.read(1 << 16):
         total += len(data)
@@ -256,8 +291,22 @@ def bench_speed(corpus: Path, repeat: int) -> None:
     source = corpus / "long" / "long.flac"
     with tempfile.TemporaryDirectory(prefix="bench-preprocess-") as tmp:
         hour = Path(tmp) / "long_x6.flac"
-        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-stream_loop", "5", "-i", str(source),
-                        "-c:a", "flac", str(hour)], check=True)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-v",
+                "error",
+                "-stream_loop",
+                "5",
+                "-i",
+                str(source),
+                "-c:a",
+                "flac",
+                str(hour),
+            ],
+            check=True,
+        )
         base = ["ffmpeg", "-nostdin", "-v", "error", "-threads", "1", "-i", str(hour), "-vn"]
         out = ["-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le", "-f", "s16le", "pipe:1"]
         loudnorm = ["-af", filter_chain(16_000, True, -23.0)]
@@ -294,8 +343,13 @@ def bench_speed(corpus: Path, repeat: int) -> None:
                     seconds, nbytes, first, child_peak, total_peak = run()
                     kept = best.get(name)
                     if kept is None or seconds < kept[0]:
-                        best[name] = [seconds, nbytes, first, max(child_peak, kept[3] if kept else 0),
-                                      max(total_peak, kept[4] if kept else 0)]
+                        best[name] = [
+                            seconds,
+                            nbytes,
+                            first,
+                            max(child_peak, kept[3] if kept else 0),
+                            max(total_peak, kept[4] if kept else 0),
+                        ]
                     else:
                         kept[3], kept[4] = max(kept[3], child_peak), max(kept[4], total_peak)
             service_hwm = peak_rss_bytes(service.pid)
@@ -304,22 +358,37 @@ def bench_speed(corpus: Path, repeat: int) -> None:
             service.close()
 
     audio_s = best["plain ffmpeg"][1] / 32000
-    table = Table(title=f"Decoding {audio_s / 3600:.2f} h of 16 kHz FLAC (long.flac × 6) to 16 kHz mono s16le, "
-                        f"best of {repeat}")
-    for column in ("decoder", "wall s", "audio-s/s", "vs plain", "first PCM s", "decoder peak RSS",
-                   "service+decoder peak RSS"):
+    table = Table(
+        title=f"Decoding {audio_s / 3600:.2f} h of 16 kHz FLAC (long.flac × 6) to 16 kHz mono s16le, "
+        f"best of {repeat}"
+    )
+    for column in (
+        "decoder",
+        "wall s",
+        "audio-s/s",
+        "vs plain",
+        "first PCM s",
+        "decoder peak RSS",
+        "service+decoder peak RSS",
+    ):
         table.add_column(column, justify="right")
     for name, (secs, nbytes, first, child_peak, total_peak) in best.items():
         plain = best["plain ffmpeg + loudnorm" if "loudnorm" in name else "plain ffmpeg"]
         speed = nbytes / 32000 / secs
         table.add_row(
-            name, f"{secs:.1f}", f"{speed:.0f}", f"{secs and plain[0] / secs:.2f}x",
-            f"{first:.2f}" if first else "-", f"{child_peak / MIB:.0f} MiB",
+            name,
+            f"{secs:.1f}",
+            f"{speed:.0f}",
+            f"{secs and plain[0] / secs:.2f}x",
+            f"{first:.2f}" if first else "-",
+            f"{child_peak / MIB:.0f} MiB",
             f"{total_peak / MIB:.0f} MiB" if total_peak else "-",
         )
     Console(width=160).print(table)
-    print(f"service process: {idle_rss / MIB:.0f} MiB idle, peak {service_hwm / MIB:.0f} MiB (VmHWM) "
-          f"over all runs; PCM is streamed, so its peak does not grow with the input's length")
+    print(
+        f"service process: {idle_rss / MIB:.0f} MiB idle, peak {service_hwm / MIB:.0f} MiB (VmHWM) "
+        f"over all runs; PCM is streamed, so its peak does not grow with the input's length"
+    )
 
 
 def main() -> int:
@@ -329,7 +398,9 @@ def main() -> int:
     parser.add_argument("--skip-wer", action="store_true")
     parser.add_argument("--repeat", type=int, default=2, help="speed runs per decoder (best kept)")
     parser.add_argument("--skip-speed", action="store_true")
-    parser.add_argument("--long", action="store_true", help="also WER of the 10-minute file, options off/on")
+    parser.add_argument(
+        "--long", action="store_true", help="also WER of the 10-minute file, options off/on"
+    )
     args = parser.parse_args()
     if not args.skip_speed:
         bench_speed(args.corpus, args.repeat)

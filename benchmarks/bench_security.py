@@ -38,7 +38,9 @@ from asr_mesh.client.sdk import GatewayClient, TranscribeOptions  # noqa: E402
 from services.common.local_ca import ensure_local_tls  # noqa: E402
 
 UPLOAD_BYTES = 1 << 20
-PCM16K = audio_pb2.PcmFormat(sample_rate_hz=16000, channels=1, encoding=audio_pb2.SAMPLE_ENCODING_S16LE)
+PCM16K = audio_pb2.PcmFormat(
+    sample_rate_hz=16000, channels=1, encoding=audio_pb2.SAMPLE_ENCODING_S16LE
+)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -93,9 +95,15 @@ def part_overhead(work: Path, requests: int) -> list[dict]:
             client.close()
         finally:
             handle.stop(0)
-        rows.append({"mode": name, "mean_ms": 1000 * statistics.mean(seconds),
-                     "p50_ms": 1000 * percentile(seconds, 0.5), "p95_ms": 1000 * percentile(seconds, 0.95),
-                     "mb_s": UPLOAD_BYTES / statistics.mean(seconds) / 1e6})
+        rows.append(
+            {
+                "mode": name,
+                "mean_ms": 1000 * statistics.mean(seconds),
+                "p50_ms": 1000 * percentile(seconds, 0.5),
+                "p95_ms": 1000 * percentile(seconds, 0.95),
+                "mb_s": UPLOAD_BYTES / statistics.mean(seconds) / 1e6,
+            }
+        )
     return rows
 
 
@@ -104,14 +112,24 @@ def part_direct_call(repeats: int) -> dict:
 
     from services.transcription.server import TranscriptionSettings, create_server
 
-    handle = create_server(TranscriptionSettings(port=0, models_dir=MODELS_DIR, preload=False,
-                                                 cpu_threads=1, device="cpu"))
+    handle = create_server(
+        TranscriptionSettings(
+            port=0, models_dir=MODELS_DIR, preload=False, cpu_threads=1, device="cpu"
+        )
+    )
     pcm = b"\0\0" * int(16000 * 6.9)
 
     def requests():
-        yield tr_pb.TranscribeRequest(config=tr_pb.TranscriptionConfig(
-            format=PCM16K, beam_size=20, best_of=20, temperatures=[0.1 * n for n in range(11)],
-            initial_prompt="p" * 5000, pcm_size_bytes=len(pcm)))
+        yield tr_pb.TranscribeRequest(
+            config=tr_pb.TranscriptionConfig(
+                format=PCM16K,
+                beam_size=20,
+                best_of=20,
+                temperatures=[0.1 * n for n in range(11)],
+                initial_prompt="p" * 5000,
+                pcm_size_bytes=len(pcm),
+            )
+        )
         yield tr_pb.TranscribeRequest(audio=audio_pb2.AudioChunk(pcm=pcm))
 
     seconds, codes, details = [], set(), ""
@@ -129,8 +147,12 @@ def part_direct_call(repeats: int) -> dict:
                 seconds.append(time.perf_counter() - started)
     finally:
         handle.stop(0)
-    return {"codes": sorted(codes), "median_ms": 1000 * statistics.median(seconds),
-            "max_ms": 1000 * max(seconds), "details": details}
+    return {
+        "codes": sorted(codes),
+        "median_ms": 1000 * statistics.median(seconds),
+        "max_ms": 1000 * max(seconds),
+        "details": details,
+    }
 
 
 def part_quota(work: Path, quota: int, sent: int) -> dict:
@@ -138,7 +160,9 @@ def part_quota(work: Path, quota: int, sent: int) -> dict:
     piece = b"x" * (256 << 10)
 
     def requests():
-        yield pb.TranscribeRequest(config=pb.TranscribeConfig(filename="big.bin"))  # no declared size
+        yield pb.TranscribeRequest(
+            config=pb.TranscribeConfig(filename="big.bin")
+        )  # no declared size
         for _ in range(sent // len(piece)):
             yield pb.TranscribeRequest(content=piece)
 
@@ -154,12 +178,19 @@ def part_quota(work: Path, quota: int, sent: int) -> dict:
                 cut = int(found.group(1)) if found else -1
     finally:
         handle.stop(0)
-    return {"quota": quota, "sent": sent, "outcome": outcome, "cut_at": cut,
-            "seconds": time.perf_counter() - started}
+    return {
+        "quota": quota,
+        "sent": sent,
+        "outcome": outcome,
+        "cut_at": cut,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--png", type=Path, default=REPO / "build" / "bench_security.png")
     args = parser.parse_args()
@@ -168,20 +199,30 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         rows = part_overhead(work, args.requests)
-        print(f"\n1. gateway, {UPLOAD_BYTES >> 20} MiB upload, fake downstream, {args.requests} sequential requests")
+        print(
+            f"\n1. gateway, {UPLOAD_BYTES >> 20} MiB upload, fake downstream, {args.requests} sequential requests"
+        )
         print(f"{'mode':36} {'mean ms':>8} {'p50 ms':>8} {'p95 ms':>8} {'MB/s':>7}")
         for r in rows:
-            print(f"{r['mode']:36} {r['mean_ms']:8.1f} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f} {r['mb_s']:7.1f}")
+            print(
+                f"{r['mode']:36} {r['mean_ms']:8.1f} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f} {r['mb_s']:7.1f}"
+            )
         direct = part_direct_call(20)
-        print("\n2. the issue's direct call to transcription (beam 20, best_of 20, 11 temperatures, "
-              "5,000-char prompt, 6.9 s audio), 20 times")
-        print(f"status {','.join(direct['codes'])}; median {direct['median_ms']:.1f} ms, max "
-              f"{direct['max_ms']:.1f} ms until refused (the issue: held the only worker 86 s)")
-        print(f"  \"{direct['details']}\"")
+        print(
+            "\n2. the issue's direct call to transcription (beam 20, best_of 20, 11 temperatures, "
+            "5,000-char prompt, 6.9 s audio), 20 times"
+        )
+        print(
+            f"status {','.join(direct['codes'])}; median {direct['median_ms']:.1f} ms, max "
+            f"{direct['max_ms']:.1f} ms until refused (the issue: held the only worker 86 s)"
+        )
+        print(f'  "{direct["details"]}"')
         quota = part_quota(work, 64 << 20, 256 << 20)
         print("\n3. upload of no declared size against the spool quota")
-        print(f"quota {quota['quota'] >> 20} MiB, client offered {quota['sent'] >> 20} MiB: {quota['outcome']}, "
-              f"cut after {quota['cut_at'] / (1 << 20):.2f} MiB in {quota['seconds']:.2f} s")
+        print(
+            f"quota {quota['quota'] >> 20} MiB, client offered {quota['sent'] >> 20} MiB: {quota['outcome']}, "
+            f"cut after {quota['cut_at'] / (1 << 20):.2f} MiB in {quota['seconds']:.2f} s"
+        )
     try:
         import matplotlib
 

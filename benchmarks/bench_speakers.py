@@ -39,8 +39,9 @@ def conversations(corpora: list[Path], splits: list[str]) -> dict[str, list[dict
             split = entry.get("split", corpus.name)
             if splits and split not in splits and "split" in entry:
                 continue
-            out.setdefault(split, []).append({**entry, "audio": corpus / entry["audio"],
-                                              "rttm": corpus / entry["rttm"]})
+            out.setdefault(split, []).append(
+                {**entry, "audio": corpus / entry["audio"], "rttm": corpus / entry["rttm"]}
+            )
     return out
 
 
@@ -57,11 +58,17 @@ def backends(threads: int) -> dict[str, object]:
     embedder = VoiceEncoderEmbedder(threads)
     # The defaults before NME-SC, as they were: fixed cut, 2 smoothing neighbours, no centering
     # of clean audio, turns widened 0.45 s into silence, overlap pass on.
-    old = EmbeddingBackendOptions(context=2, centering=0.0, turn_extension=0.45,
-                                  clustering=ClusteringOptions(method="threshold"),
-                                  overlap=OverlapOptions(enabled=True))
-    return {"before": EmbeddingClusteringBackend(embedder, old),
-            "after": EmbeddingClusteringBackend(embedder)}
+    old = EmbeddingBackendOptions(
+        context=2,
+        centering=0.0,
+        turn_extension=0.45,
+        clustering=ClusteringOptions(method="threshold"),
+        overlap=OverlapOptions(enabled=True),
+    )
+    return {
+        "before": EmbeddingClusteringBackend(embedder, old),
+        "after": EmbeddingClusteringBackend(embedder),
+    }
 
 
 def diarize(backend, audio):
@@ -93,14 +100,22 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
     for ax, (split, rows) in zip(axes[:, 0], results.items()):
         x = np.arange(len(rows))
         for offset, which, colour in ((-0.2, "before", "tab:gray"), (0.2, "after", "tab:blue")):
-            ax.bar(x + offset, [100 * r[which]["der"] for r in rows], 0.4, label=which, color=colour)
+            ax.bar(
+                x + offset, [100 * r[which]["der"] for r in rows], 0.4, label=which, color=colour
+            )
             for i, r in enumerate(rows):
                 mark = "" if r[which]["found"] == r["true"] else "✗"
-                ax.text(i + offset, 100 * r[which]["der"] + 0.5, f"{r[which]['found']}{mark}",
-                        ha="center", fontsize=7)
+                ax.text(
+                    i + offset,
+                    100 * r[which]["der"] + 0.5,
+                    f"{r[which]['found']}{mark}",
+                    ha="center",
+                    fontsize=7,
+                )
         ax.axhline(5, color="tab:red", lw=0.8, ls="--")
-        ax.set_xticks(x, [f"{r['name']} ({r['true']})" for r in rows], rotation=30, ha="right",
-                      fontsize=7)
+        ax.set_xticks(
+            x, [f"{r['name']} ({r['true']})" for r in rows], rotation=30, ha="right", fontsize=7
+        )
         ax.set_ylabel("DER %")
         ax.set_title(f"{split}: DER per conversation (label: speakers found; true in brackets)")
         ax.legend(fontsize=8)
@@ -110,11 +125,21 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", type=Path, action="append",
-                        help="corpus directory with manifest.json (repeatable; default build/corpus-validate)")
-    parser.add_argument("--split", action="append", default=[],
-                        help="splits to run (repeatable; default tune and validate)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--corpus",
+        type=Path,
+        action="append",
+        help="corpus directory with manifest.json (repeatable; default build/corpus-validate)",
+    )
+    parser.add_argument(
+        "--split",
+        action="append",
+        default=[],
+        help="splits to run (repeatable; default tune and validate)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the encoder")
     parser.add_argument("--plot", type=Path, default=Path("bench_speakers.png"))
     args = parser.parse_args()
@@ -131,10 +156,14 @@ def main() -> None:
     models = backends(args.threads)
     results: dict[str, list[dict]] = {}
     summary = []
-    for split in sorted(todo, key=lambda s: (s not in splits, splits.index(s) if s in splits else 0, s)):
+    for split in sorted(
+        todo, key=lambda s: (s not in splits, splits.index(s) if s in splits else 0, s)
+    ):
         print(f"\n## {split}")
-        print(f"{'conversation':34s} {'true':>4s} | {'before':>6s} {'DER':>7s} {'RTF':>7s} |"
-              f" {'after':>6s} {'DER':>7s} {'RTF':>7s}")
+        print(
+            f"{'conversation':34s} {'true':>4s} | {'before':>6s} {'DER':>7s} {'RTF':>7s} |"
+            f" {'after':>6s} {'DER':>7s} {'RTF':>7s}"
+        )
         metrics = {w: DiarizationErrorRate(collar=0.25, skip_overlap=False) for w in models}
         seconds = {w: 0.0 for w in models}
         total = 0.0
@@ -147,17 +176,27 @@ def main() -> None:
                 outcome = diarize(backend, audio)
                 der = metrics[which](reference, hypothesis(outcome.exclusive_turns))
                 seconds[which] += outcome.processing_seconds
-                row[which] = {"found": outcome.speaker_count, "der": der,
-                              "rtf": outcome.processing_seconds / outcome.audio_duration}
+                row[which] = {
+                    "found": outcome.speaker_count,
+                    "der": der,
+                    "rtf": outcome.processing_seconds / outcome.audio_duration,
+                }
             total += len(audio) / 16_000
             rows.append(row)
-            print(f"{row['name']:34s} {row['true']:4d} | " + " | ".join(
-                f"{row[w]['found']:6d} {100 * row[w]['der']:6.1f}% {row[w]['rtf']:7.4f}" for w in models),
-                flush=True)
+            print(
+                f"{row['name']:34s} {row['true']:4d} | "
+                + " | ".join(
+                    f"{row[w]['found']:6d} {100 * row[w]['der']:6.1f}% {row[w]['rtf']:7.4f}"
+                    for w in models
+                ),
+                flush=True,
+            )
         exact = {w: sum(r[w]["found"] == r["true"] for r in rows) for w in models}
         line = f"{split}: {len(rows)} conversations, {total:.0f} s; " + "; ".join(
             f"{w}: exact count {exact[w]}/{len(rows)} ({100 * exact[w] / len(rows):.0f}%), pooled DER "
-            f"{100 * abs(metrics[w]):.1f}%, RTF {seconds[w] / total:.4f}" for w in models)
+            f"{100 * abs(metrics[w]):.1f}%, RTF {seconds[w] / total:.4f}"
+            for w in models
+        )
         print(line)
         summary.append(line)
     print("\n## summary")

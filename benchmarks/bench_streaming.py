@@ -87,8 +87,9 @@ def decode(path: Path, seconds: float | None = None) -> bytes:
     cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path)]
     if seconds:
         cmd += ["-t", str(seconds)]
-    return subprocess.run(cmd + ["-f", "s16le", "-ac", "1", "-ar", "16000", "-"], check=True,
-                          capture_output=True).stdout
+    return subprocess.run(
+        cmd + ["-f", "s16le", "-ac", "1", "-ar", "16000", "-"], check=True, capture_output=True
+    ).stdout
 
 
 def inputs(corpus: Path, split: str, long_seconds: float, tmp: Path) -> list[Input]:
@@ -105,8 +106,26 @@ def inputs(corpus: Path, split: str, long_seconds: float, tmp: Path) -> list[Inp
         path = corpus / entry["audio"]
         pcm = decode(path, long_seconds)
         cut = tmp / f"{path.stem}_{int(long_seconds)}s.wav"
-        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "s16le", "-ar", "16000", "-ac", "1",
-                        "-i", "-", str(cut)], input=pcm, check=True)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "s16le",
+                "-ar",
+                "16000",
+                "-ac",
+                "1",
+                "-i",
+                "-",
+                str(cut),
+            ],
+            input=pcm,
+            check=True,
+        )
         chosen.append(Input(f"{path.stem}[:{int(long_seconds)}s]", pcm, "", cut))
     return chosen
 
@@ -123,7 +142,7 @@ def stream(client: GatewayClient, pcm: bytes, profile: str) -> Run:
             wait = t0[0] + k * 0.1 - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
-            yield pcm[offset:offset + CHUNK]
+            yield pcm[offset : offset + CHUNK]
 
     def secs(d) -> float:
         return d.ToTimedelta().total_seconds()
@@ -134,19 +153,41 @@ def stream(client: GatewayClient, pcm: bytes, profile: str) -> Run:
             kind = event.WhichOneof("event")
             if kind == "final":
                 seg = event.final.segment
-                run.finals.append({"text": seg.text, "start": secs(seg.start_offset),
-                                   "end": secs(seg.end_offset), "received_s": now})
+                run.finals.append(
+                    {
+                        "text": seg.text,
+                        "start": secs(seg.start_offset),
+                        "end": secs(seg.end_offset),
+                        "received_s": now,
+                    }
+                )
             elif kind == "interim":
                 r = event.interim
-                run.interims.append({"text": r.text, "start": secs(r.start_offset),
-                                     "end": secs(r.end_offset), "received_s": now})
+                run.interims.append(
+                    {
+                        "text": r.text,
+                        "start": secs(r.start_offset),
+                        "end": secs(r.end_offset),
+                        "received_s": now,
+                    }
+                )
             elif kind == "speech":
-                run.speech.append({"kind": "begin" if event.speech.kind == 1 else "end",
-                                   "offset": secs(event.speech.offset), "received_s": now})
+                run.speech.append(
+                    {
+                        "kind": "begin" if event.speech.kind == 1 else "end",
+                        "offset": secs(event.speech.offset),
+                        "received_s": now,
+                    }
+                )
             else:
                 s = event.summary
-                run.summary = {"audio_s": secs(s.audio_duration), "processing_s": secs(s.processing_duration),
-                               "steps": s.decode_steps, "finals": s.final_count, "interims": s.interim_count}
+                run.summary = {
+                    "audio_s": secs(s.audio_duration),
+                    "processing_s": secs(s.processing_duration),
+                    "steps": s.decode_steps,
+                    "finals": s.final_count,
+                    "interims": s.interim_count,
+                }
     except Exception as exc:  # reported in the table, the benchmark goes on
         run.error = f"{type(exc).__name__}: {exc}"
     return run
@@ -163,10 +204,17 @@ def simulate(items: list[Input], profiles: list[str], models_dir: Path) -> None:
 
     from services.transcription import streaming as st
 
-    model = WhisperModel(str(models_dir / "whisper-base"), device="cpu", compute_type="int8",
-                         cpu_threads=2, local_files_only=True)
-    print(f"\n{'profile':<12} {'input':<16} {'finals':>6} {'alg p50':>7} {'alg p95':>7} "
-          f"{'dec/s':>6} {'dec ms':>7} {'WER fin':>7}")
+    model = WhisperModel(
+        str(models_dir / "whisper-base"),
+        device="cpu",
+        compute_type="int8",
+        cpu_threads=2,
+        local_files_only=True,
+    )
+    print(
+        f"\n{'profile':<12} {'input':<16} {'finals':>6} {'alg p50':>7} {'alg p95':>7} "
+        f"{'dec/s':>6} {'dec ms':>7} {'WER fin':>7}"
+    )
     for profile in profiles:
         for item in items:
             options, prof = st.resolve_options(st.SessionOptions(profile=profile), 3600)
@@ -183,7 +231,7 @@ def simulate(items: list[Input], profiles: list[str], models_dir: Path) -> None:
             samples = np.frombuffer(item.pcm, dtype="<i2")
             lat, texts = [], []
             for k in range(0, len(samples), 1600):
-                session.push(samples[k:k + 1600])
+                session.push(samples[k : k + 1600])
                 if session.due():
                     for e in session.step():
                         if isinstance(e, st.Final):
@@ -194,9 +242,12 @@ def simulate(items: list[Input], profiles: list[str], models_dir: Path) -> None:
                     lat.append(session.received_s - e.segment.end)
                     texts.append(e.segment.text)
             w = wer([item.reference], [" ".join(texts)]) if item.reference else float("nan")
-            print(f"{profile:<12} {item.name:<16} {len(lat):6d} {pct(lat, 50):7.2f} {pct(lat, 95):7.2f} "
-                  f"{len(timed) / item.duration:6.2f} {1000 * np.mean(timed) if timed else 0:7.0f} "
-                  f"{100 * w:6.1f}%", flush=True)
+            print(
+                f"{profile:<12} {item.name:<16} {len(lat):6d} {pct(lat, 50):7.2f} {pct(lat, 95):7.2f} "
+                f"{len(timed) / item.duration:6.2f} {1000 * np.mean(timed) if timed else 0:7.0f} "
+                f"{100 * w:6.1f}%",
+                flush=True,
+            )
 
 
 def pct(values: list[float], q: float) -> float:
@@ -204,21 +255,39 @@ def pct(values: list[float], q: float) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", type=Path, default=Path(os.environ.get("ASR_CORPUS_DIR", REPO.parent / "shared" / "corpus-dev")))
-    parser.add_argument("--split", default="validate", help="manifest split to use when entries carry one")
-    parser.add_argument("--long-seconds", type=float, default=120.0, help="seconds of the long file (0 = skip)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--corpus",
+        type=Path,
+        default=Path(os.environ.get("ASR_CORPUS_DIR", REPO.parent / "shared" / "corpus-dev")),
+    )
+    parser.add_argument(
+        "--split", default="validate", help="manifest split to use when entries carry one"
+    )
+    parser.add_argument(
+        "--long-seconds", type=float, default=120.0, help="seconds of the long file (0 = skip)"
+    )
     parser.add_argument("--profiles", default="balanced", help="comma list of latency profiles")
-    parser.add_argument("--max-sessions", type=int, default=4, help="most concurrent sessions tried")
+    parser.add_argument(
+        "--max-sessions", type=int, default=4, help="most concurrent sessions tried"
+    )
     parser.add_argument("--png", type=Path, default=Path("out/bench_streaming.png"))
     parser.add_argument("--json", type=Path, default=Path("out/bench_streaming.json"))
-    parser.add_argument("--simulate", action="store_true",
-                        help="audio-time replay without the mesh (the session's own latency, free of load)")
+    parser.add_argument(
+        "--simulate",
+        action="store_true",
+        help="audio-time replay without the mesh (the session's own latency, free of load)",
+    )
     args = parser.parse_args()
     if args.simulate:
         with tempfile.TemporaryDirectory() as tmp:
-            simulate(inputs(args.corpus, args.split, args.long_seconds, Path(tmp)),
-                     [p.strip() for p in args.profiles.split(",") if p.strip()], REPO / "models")
+            simulate(
+                inputs(args.corpus, args.split, args.long_seconds, Path(tmp)),
+                [p.strip() for p in args.profiles.split(",") if p.strip()],
+                REPO / "models",
+            )
         return 0
 
     from services.supervisor import LocalMesh
@@ -226,13 +295,21 @@ def main() -> int:
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
     load_before = os.getloadavg()
     results: dict = {"profiles": {}, "capacity": [], "load_before": load_before}
-    with tempfile.TemporaryDirectory() as tmp, LocalMesh(
-        state_dir=Path(tmp) / "state",
-        env={"ASR_TRANSCRIPTION_MAX_STREAMS": str(max(args.max_sessions, 2)),
-             "ASR_TRANSCRIPTION_MAX_WORKERS": str(max(args.max_sessions, 2) + 8)},
-    ) as mesh, GatewayClient(mesh.gateway_address) as client:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        LocalMesh(
+            state_dir=Path(tmp) / "state",
+            env={
+                "ASR_TRANSCRIPTION_MAX_STREAMS": str(max(args.max_sessions, 2)),
+                "ASR_TRANSCRIPTION_MAX_WORKERS": str(max(args.max_sessions, 2) + 8),
+            },
+        ) as mesh,
+        GatewayClient(mesh.gateway_address) as client,
+    ):
         items = inputs(args.corpus, args.split, args.long_seconds, Path(tmp))
-        print(f"inputs: {', '.join(f'{i.name} ({i.duration:.0f} s)' for i in items)}", file=sys.stderr)
+        print(
+            f"inputs: {', '.join(f'{i.name} ({i.duration:.0f} s)' for i in items)}", file=sys.stderr
+        )
         offline = {}
         for item in items:
             result = client.transcribe(item.path, TranscribeOptions())
@@ -242,16 +319,29 @@ def main() -> int:
             for item in items:
                 run = stream(client, item.pcm, profile)
                 rows.append((item, run))
-                print(f"{profile} {item.name}: {len(run.finals)} finals {run.error}", file=sys.stderr)
+                print(
+                    f"{profile} {item.name}: {len(run.finals)} finals {run.error}", file=sys.stderr
+                )
             results["profiles"][profile] = [
-                {"input": item.name, "duration_s": item.duration, "error": run.error,
-                 "final_latency": run.final_latencies(), "first_interim_latency": run.first_interim_latencies(),
-                 "wer_finals_ref": wer([item.reference], [run.text]) if item.reference else None,
-                 "wer_offline_ref": wer([item.reference], [offline[item.name]]) if item.reference else None,
-                 "wer_finals_vs_offline": wer([offline[item.name]], [run.text]),
-                 "rtf": run.summary.get("processing_s", 0) / max(run.summary.get("audio_s", 0), 1e-6),
-                 "summary": run.summary, "finals_text": run.text, "offline_text": offline[item.name]}
-                for item, run in rows]
+                {
+                    "input": item.name,
+                    "duration_s": item.duration,
+                    "error": run.error,
+                    "final_latency": run.final_latencies(),
+                    "first_interim_latency": run.first_interim_latencies(),
+                    "wer_finals_ref": wer([item.reference], [run.text]) if item.reference else None,
+                    "wer_offline_ref": wer([item.reference], [offline[item.name]])
+                    if item.reference
+                    else None,
+                    "wer_finals_vs_offline": wer([offline[item.name]], [run.text]),
+                    "rtf": run.summary.get("processing_s", 0)
+                    / max(run.summary.get("audio_s", 0), 1e-6),
+                    "summary": run.summary,
+                    "finals_text": run.text,
+                    "offline_text": offline[item.name],
+                }
+                for item, run in rows
+            ]
         # Capacity: N sessions of the first input at once.
         first = items[0]
         for n in range(1, args.max_sessions + 1):
@@ -267,8 +357,9 @@ def main() -> int:
                 t.join()
             lat = [x for r in runs for x in r.final_latencies()]
             errors = [r.error for r in runs if r.error]
-            results["capacity"].append({"sessions": n, "p50": pct(lat, 50), "p95": pct(lat, 95),
-                                        "errors": errors})
+            results["capacity"].append(
+                {"sessions": n, "p50": pct(lat, 50), "p95": pct(lat, 95), "errors": errors}
+            )
             print(f"{n} sessions: p95 {pct(lat, 95):.2f} s {errors}", file=sys.stderr)
             if errors or pct(lat, 95) > 3.0:
                 break
@@ -280,10 +371,14 @@ def main() -> int:
 
 
 def report(results: dict, png: Path) -> None:
-    print(f"\nload average before {results['load_before'][0]:.1f}, after {results['load_after'][0]:.1f} "
-          f"({os.cpu_count()} CPUs)")
-    header = (f"{'profile':<12} {'input':<16} {'audio s':>7} {'finals':>6} {'lat p50':>7} {'lat p95':>7} "
-              f"{'1st int':>7} {'WER fin':>7} {'WER off':>7} {'fin/off':>7} {'RTF':>5}")
+    print(
+        f"\nload average before {results['load_before'][0]:.1f}, after {results['load_after'][0]:.1f} "
+        f"({os.cpu_count()} CPUs)"
+    )
+    header = (
+        f"{'profile':<12} {'input':<16} {'audio s':>7} {'finals':>6} {'lat p50':>7} {'lat p95':>7} "
+        f"{'1st int':>7} {'WER fin':>7} {'WER off':>7} {'fin/off':>7} {'RTF':>5}"
+    )
     print(header)
     print("-" * len(header))
     for profile, rows in results["profiles"].items():
@@ -293,15 +388,22 @@ def report(results: dict, png: Path) -> None:
 
             def f(v):
                 return "    -" if v is None else f"{100 * v:6.1f}%"
-            print(f"{profile:<12} {r['input']:<16} {r['duration_s']:7.1f} {len(r['final_latency']):6d} "
-                  f"{pct(r['final_latency'], 50):7.2f} {pct(r['final_latency'], 95):7.2f} "
-                  f"{pct(r['first_interim_latency'], 50):7.2f} {f(r['wer_finals_ref']):>7} "
-                  f"{f(r['wer_offline_ref']):>7} {f(r['wer_finals_vs_offline']):>7} {r['rtf']:5.2f}"
-                  + (f"  ERROR {r['error']}" if r["error"] else ""))
-        print(f"{profile:<12} {'all':<16} {'':7} {len(all_lat):6d} {pct(all_lat, 50):7.2f} {pct(all_lat, 95):7.2f}")
+
+            print(
+                f"{profile:<12} {r['input']:<16} {r['duration_s']:7.1f} {len(r['final_latency']):6d} "
+                f"{pct(r['final_latency'], 50):7.2f} {pct(r['final_latency'], 95):7.2f} "
+                f"{pct(r['first_interim_latency'], 50):7.2f} {f(r['wer_finals_ref']):>7} "
+                f"{f(r['wer_offline_ref']):>7} {f(r['wer_finals_vs_offline']):>7} {r['rtf']:5.2f}"
+                + (f"  ERROR {r['error']}" if r["error"] else "")
+            )
+        print(
+            f"{profile:<12} {'all':<16} {'':7} {len(all_lat):6d} {pct(all_lat, 50):7.2f} {pct(all_lat, 95):7.2f}"
+        )
     print("\nconcurrent sessions (first input, real time): final latency")
     for c in results["capacity"]:
-        print(f"  {c['sessions']} sessions: p50 {c['p50']:.2f} s, p95 {c['p95']:.2f} s {c['errors'] or ''}")
+        print(
+            f"  {c['sessions']} sessions: p50 {c['p50']:.2f} s, p95 {c['p95']:.2f} s {c['errors'] or ''}"
+        )
     held = [c["sessions"] for c in results["capacity"] if c["p95"] <= 3.0 and not c["errors"]]
     print(f"  sessions held at p95 <= 3 s: {max(held) if held else 0}")
 
@@ -315,7 +417,9 @@ def report(results: dict, png: Path) -> None:
         for r in rows:
             lat = sorted(r["final_latency"])
             if lat:
-                ax1.plot(lat, np.arange(1, len(lat) + 1) / len(lat), label=f"{profile} {r['input']}")
+                ax1.plot(
+                    lat, np.arange(1, len(lat) + 1) / len(lat), label=f"{profile} {r['input']}"
+                )
     ax1.axvline(1.5, color="grey", ls="--", lw=1)
     ax1.set_xlabel("final-result latency: received_s - end (s)")
     ax1.set_ylabel("share of final results")

@@ -75,8 +75,11 @@ def service_text(transcriber, samples: np.ndarray, **options) -> tuple[str, Tran
 def make_transcriber(threads: int, **settings):
     from services.transcription.server import TranscriptionSettings, build_transcriber
 
-    transcriber = build_transcriber(TranscriptionSettings(
-        models_dir=REPO / "models", cpu_threads=threads, device="cpu", **settings))
+    transcriber = build_transcriber(
+        TranscriptionSettings(
+            models_dir=REPO / "models", cpu_threads=threads, device="cpu", **settings
+        )
+    )
     transcriber.warm_up()
     return transcriber
 
@@ -92,10 +95,10 @@ def bench_long(path: Path, threads: int, repeat: int) -> list[dict]:
     model = transcriber.registry.get("", "cpu", "int8")  # one model shared by all three
     batched = BatchedInferencePipeline(model)
     runs = {
-        "plain sequential": lambda: " ".join(
-            s.text for s in model.transcribe(audio, **COMMON)[0]),
+        "plain sequential": lambda: " ".join(s.text for s in model.transcribe(audio, **COMMON)[0]),
         "plain batched (8)": lambda: " ".join(
-            s.text for s in batched.transcribe(audio, batch_size=8, **COMMON)[0]),
+            s.text for s in batched.transcribe(audio, batch_size=8, **COMMON)[0]
+        ),
         "service default": lambda: service_text(transcriber, samples)[0],
     }
     measured: dict[str, list] = {name: [] for name in runs}
@@ -104,16 +107,22 @@ def bench_long(path: Path, threads: int, repeat: int) -> list[dict]:
             load = os.getloadavg()[0]
             text, wall, cpu = timed(fn)
             measured[name].append((wall, cpu, wer([reference], [text]), load))
-            console.print(f"  round {round_ + 1} {name}: {wall:.1f} s wall, {cpu:.1f} s CPU, "
-                          f"WER {measured[name][-1][2]:.1%}, load {load:.1f}")
+            console.print(
+                f"  round {round_ + 1} {name}: {wall:.1f} s wall, {cpu:.1f} s CPU, "
+                f"WER {measured[name][-1][2]:.1%}, load {load:.1f}"
+            )
     rows = []
     for name, values in measured.items():
-        rows.append({
-            "pipeline": name, "wall_s": statistics.median(v[0] for v in values),
-            "cpu_s": statistics.median(v[1] for v in values),
-            "wer": statistics.median(v[2] for v in values), "duration_s": duration,
-            "load": statistics.mean(v[3] for v in values),
-        })
+        rows.append(
+            {
+                "pipeline": name,
+                "wall_s": statistics.median(v[0] for v in values),
+                "cpu_s": statistics.median(v[1] for v in values),
+                "wer": statistics.median(v[2] for v in values),
+                "duration_s": duration,
+                "load": statistics.mean(v[3] for v in values),
+            }
+        )
     return rows
 
 
@@ -127,16 +136,29 @@ def bench_clips(corpus: Path, threads: int) -> list[dict]:
         samples = load_int16(corpus / entry["audio"])
         duration += len(samples) / SAMPLE_RATE
         refs.append(entry["text"])
-        text, wall, _ = timed(lambda samples=samples: " ".join(
-            s.text for s in model.transcribe(samples.astype(np.float32) / 32768.0, **COMMON)[0]))
+        text, wall, _ = timed(
+            lambda samples=samples: " ".join(
+                s.text for s in model.transcribe(samples.astype(np.float32) / 32768.0, **COMMON)[0]
+            )
+        )
         plain.append(text)
         plain_s += wall
         (text, _), wall, _ = timed(lambda samples=samples: service_text(transcriber, samples))
         service.append(text)
         service_s += wall
     return [
-        {"pipeline": "plain sequential", "wall_s": plain_s, "wer": wer(refs, plain), "duration_s": duration},
-        {"pipeline": "service default", "wall_s": service_s, "wer": wer(refs, service), "duration_s": duration},
+        {
+            "pipeline": "plain sequential",
+            "wall_s": plain_s,
+            "wer": wer(refs, plain),
+            "duration_s": duration,
+        },
+        {
+            "pipeline": "service default",
+            "wall_s": service_s,
+            "wer": wer(refs, service),
+            "duration_s": duration,
+        },
     ]
 
 
@@ -147,12 +169,18 @@ def bench_concurrency(path: Path, threads: int, requests: int = 8) -> list[dict]
     rows = []
     for workers in (1, 2):
         transcriber = make_transcriber(threads, num_workers=workers, max_queued=requests)
-        _, serial, _ = timed(lambda transcriber=transcriber: [service_text(transcriber, p) for p in pieces])
+        _, serial, _ = timed(
+            lambda transcriber=transcriber: [service_text(transcriber, p) for p in pieces]
+        )
 
         def concurrent(transcriber=transcriber):
             out = [None] * requests
-            jobs = [threading.Thread(target=lambda k=k: out.__setitem__(k, service_text(transcriber, pieces[k])))
-                    for k in range(requests)]
+            jobs = [
+                threading.Thread(
+                    target=lambda k=k: out.__setitem__(k, service_text(transcriber, pieces[k]))
+                )
+                for k in range(requests)
+            ]
             for job in jobs:
                 job.start()
             for job in jobs:
@@ -161,8 +189,15 @@ def bench_concurrency(path: Path, threads: int, requests: int = 8) -> list[dict]
 
         _, together, _ = timed(concurrent)
         audio = requests * 60.0
-        rows.append({"workers": workers, "serial_s": serial, "concurrent_s": together,
-                     "serial_x": audio / serial, "concurrent_x": audio / together})
+        rows.append(
+            {
+                "workers": workers,
+                "serial_s": serial,
+                "concurrent_s": together,
+                "serial_x": audio / serial,
+                "concurrent_x": audio / together,
+            }
+        )
     return rows
 
 
@@ -236,8 +271,13 @@ print("RSS", "|".join(f"{{k}}={{v:.0f}}" for k, v in out))
 def bench_rss(path: Path, threads: int) -> list[tuple[str, float]]:
     clip = Path("/tmp") / f"bench-rss-{os.getpid()}.npy"
     np.save(clip, load_int16(path)[: 60 * SAMPLE_RATE])
-    code = RSS_PROBE.format(repo=str(REPO), gen=str(REPO / "gen"), clip=str(clip),
-                            models=str(REPO / "models"), threads=threads)
+    code = RSS_PROBE.format(
+        repo=str(REPO),
+        gen=str(REPO / "gen"),
+        clip=str(clip),
+        models=str(REPO / "models"),
+        threads=threads,
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     clip.unlink(missing_ok=True)
     line = next((x for x in out.stdout.splitlines() if x.startswith("RSS")), None)
@@ -279,40 +319,67 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("OTEL_SDK_DISABLED", "true")
 
-    console.print(f"load average at start: {os.getloadavg()} on {os.cpu_count()} CPUs "
-                  "(other processes share the machine: compare rows, not runs)")
+    console.print(
+        f"load average at start: {os.getloadavg()} on {os.cpu_count()} CPUs "
+        "(other processes share the machine: compare rows, not runs)"
+    )
     rows = bench_long(args.long, args.threads, args.repeat)
     plain = rows[0]
-    table = Table(title=f"{args.long.name}: {plain['duration_s']:.0f} s of audio, "
-                        f"{args.threads} threads, median of {args.repeat}")
+    table = Table(
+        title=f"{args.long.name}: {plain['duration_s']:.0f} s of audio, "
+        f"{args.threads} threads, median of {args.repeat}"
+    )
     for column in ("pipeline", "wall s", "RTF", "CPU s", "WER", "wall vs plain", "CPU vs plain"):
         table.add_column(column, justify="right")
     for row in rows:
-        table.add_row(row["pipeline"], f"{row['wall_s']:.1f}", f"{row['wall_s'] / row['duration_s']:.3f}",
-                      f"{row['cpu_s']:.1f}", f"{row['wer']:.1%}", f"{row['wall_s'] / plain['wall_s']:.2f}x",
-                      f"{row['cpu_s'] / plain['cpu_s']:.2f}x")
+        table.add_row(
+            row["pipeline"],
+            f"{row['wall_s']:.1f}",
+            f"{row['wall_s'] / row['duration_s']:.3f}",
+            f"{row['cpu_s']:.1f}",
+            f"{row['wer']:.1%}",
+            f"{row['wall_s'] / plain['wall_s']:.2f}x",
+            f"{row['cpu_s'] / plain['cpu_s']:.2f}x",
+        )
     console.print(table)
     plot(rows, args.plot)
     console.print(f"plot: {args.plot}")
 
     if not args.no_clips:
         clips = bench_clips(args.corpus, args.threads)
-        table = Table(title=f"corpus-dev asr clips ({len(json.loads((args.corpus / 'manifest.json').read_text())['asr'])}"
-                            f" clips, {clips[0]['duration_s']:.0f} s)")
+        table = Table(
+            title=f"corpus-dev asr clips ({len(json.loads((args.corpus / 'manifest.json').read_text())['asr'])}"
+            f" clips, {clips[0]['duration_s']:.0f} s)"
+        )
         for column in ("pipeline", "wall s", "RTF", "corpus WER"):
             table.add_column(column, justify="right")
         for row in clips:
-            table.add_row(row["pipeline"], f"{row['wall_s']:.1f}", f"{row['wall_s'] / row['duration_s']:.3f}",
-                          f"{row['wer']:.1%}")
+            table.add_row(
+                row["pipeline"],
+                f"{row['wall_s']:.1f}",
+                f"{row['wall_s'] / row['duration_s']:.3f}",
+                f"{row['wer']:.1%}",
+            )
         console.print(table)
 
     if args.extras:
         table = Table(title="8 requests of 60 s: one at a time vs all at once (service core)")
-        for column in ("workers", "serial s", "concurrent s", "serial audio s/s", "concurrent audio s/s"):
+        for column in (
+            "workers",
+            "serial s",
+            "concurrent s",
+            "serial audio s/s",
+            "concurrent audio s/s",
+        ):
             table.add_column(column, justify="right")
         for row in bench_concurrency(args.long, args.threads):
-            table.add_row(str(row["workers"]), f"{row['serial_s']:.1f}", f"{row['concurrent_s']:.1f}",
-                          f"{row['serial_x']:.1f}", f"{row['concurrent_x']:.1f}")
+            table.add_row(
+                str(row["workers"]),
+                f"{row['serial_s']:.1f}",
+                f"{row['concurrent_s']:.1f}",
+                f"{row['serial_x']:.1f}",
+                f"{row['concurrent_x']:.1f}",
+            )
         console.print(table)
         cold = bench_cold_start(args.long, args.threads)
         console.print(f"cold start (process start → ...): {cold}")

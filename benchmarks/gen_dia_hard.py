@@ -52,8 +52,20 @@ EXTRA_SENTENCES = [
     "A impressora do segundo andar está sem papel desde cedo.",
     "Eu prefiro fazer a reunião por vídeo, fica mais fácil para todo mundo.",
 ]
-BACKCHANNELS = ["Sim.", "Aham.", "Certo.", "Claro.", "Tá bom.", "Entendi.", "Isso.", "Não.",
-                "Ok.", "Verdade.", "Nossa.", "Pois é."]
+BACKCHANNELS = [
+    "Sim.",
+    "Aham.",
+    "Certo.",
+    "Claro.",
+    "Tá bom.",
+    "Entendi.",
+    "Isso.",
+    "Não.",
+    "Ok.",
+    "Verdade.",
+    "Nossa.",
+    "Pois é.",
+]
 
 
 @dataclass(frozen=True)
@@ -75,48 +87,131 @@ class Case:
 
 
 CASES = [
-    Case("five_speakers", "five voices (four Kokoro, one espeak), clean", seed=101, turns=30,
-         voices=("kokoro:jf_alpha", "kokoro:jm_kumo", "kokoro:jf_tebukuro", "espeak:pt-br+m3",
-                 "kokoro:jf_gongitsune")),
-    Case("four_speakers_noisy", "four voices, white noise at 10 dB SNR", seed=102, turns=24,
-         snr_db=10.0,
-         voices=("kokoro:jm_kumo", "kokoro:jf_gongitsune", "espeak:pt-br+f3", "kokoro:jf_alpha")),
-    Case("short_turns", "two voices, 40% of turns are backchannels under 1 s, 4 spoken over "
-         "the other voice", seed=103, turns=36, backchannel_share=0.4, overlapped_backchannels=4,
-         voices=("kokoro:jm_kumo", "kokoro:jf_tebukuro")),
-    Case("similar_voices", "the two similar female Kokoro voices (jf_alpha, jf_nezumi), with "
-         "short replies", seed=104, turns=24, short_reply_share=0.3,
-         voices=("kokoro:jf_alpha", "kokoro:jf_nezumi")),
+    Case(
+        "five_speakers",
+        "five voices (four Kokoro, one espeak), clean",
+        seed=101,
+        turns=30,
+        voices=(
+            "kokoro:jf_alpha",
+            "kokoro:jm_kumo",
+            "kokoro:jf_tebukuro",
+            "espeak:pt-br+m3",
+            "kokoro:jf_gongitsune",
+        ),
+    ),
+    Case(
+        "four_speakers_noisy",
+        "four voices, white noise at 10 dB SNR",
+        seed=102,
+        turns=24,
+        snr_db=10.0,
+        voices=("kokoro:jm_kumo", "kokoro:jf_gongitsune", "espeak:pt-br+f3", "kokoro:jf_alpha"),
+    ),
+    Case(
+        "short_turns",
+        "two voices, 40% of turns are backchannels under 1 s, 4 spoken over the other voice",
+        seed=103,
+        turns=36,
+        backchannel_share=0.4,
+        overlapped_backchannels=4,
+        voices=("kokoro:jm_kumo", "kokoro:jf_tebukuro"),
+    ),
+    Case(
+        "similar_voices",
+        "the two similar female Kokoro voices (jf_alpha, jf_nezumi), with short replies",
+        seed=104,
+        turns=24,
+        short_reply_share=0.3,
+        voices=("kokoro:jf_alpha", "kokoro:jf_nezumi"),
+    ),
     # jf_gongitsune and jf_nezumi are all but one voice to the GE2E encoder (centroid cosine
     # 0.91 clean, 0.94 in noise): a known limit of the default backend, kept to show it.
-    Case("near_identical_voices", "jf_gongitsune and jf_nezumi, which GE2E barely tells apart",
-         seed=106, turns=12, voices=("kokoro:jf_gongitsune", "kokoro:jf_nezumi")),
+    Case(
+        "near_identical_voices",
+        "jf_gongitsune and jf_nezumi, which GE2E barely tells apart",
+        seed=106,
+        turns=12,
+        voices=("kokoro:jf_gongitsune", "kokoro:jf_nezumi"),
+    ),
     # The same conversations in 12 dB white noise: does the speaker count survive noise?
-    Case("five_speakers_noisy", "five_speakers in white noise at 12 dB SNR", seed=107, turns=0,
-         voices=("",) * 5, snr_db=12.0, derive_from="five_speakers"),
-    Case("similar_voices_noisy", "similar_voices in white noise at 12 dB SNR", seed=108, turns=0,
-         voices=("",) * 2, snr_db=12.0, derive_from="similar_voices"),
+    Case(
+        "five_speakers_noisy",
+        "five_speakers in white noise at 12 dB SNR",
+        seed=107,
+        turns=0,
+        voices=("",) * 5,
+        snr_db=12.0,
+        derive_from="five_speakers",
+    ),
+    Case(
+        "similar_voices_noisy",
+        "similar_voices in white noise at 12 dB SNR",
+        seed=108,
+        turns=0,
+        voices=("",) * 2,
+        snr_db=12.0,
+        derive_from="similar_voices",
+    ),
     # Small enough for the test tier (tests/diarization/test_diarization_hard.py).
-    Case("similar_short", "the similar voices, 8 turns", seed=105, turns=8, short_reply_share=0.25,
-         voices=("kokoro:jf_alpha", "kokoro:jf_nezumi")),
+    Case(
+        "similar_short",
+        "the similar voices, 8 turns",
+        seed=105,
+        turns=8,
+        short_reply_share=0.25,
+        voices=("kokoro:jf_alpha", "kokoro:jf_nezumi"),
+    ),
 ]
 
 # Overlap-rich cases (`--overlap`): most long turns carry a backchannel from another voice, to
 # measure overlapped-speech detection. Not part of `make corpus-hard`.
 OVERLAP_CASES = [
-    Case("overlap_two", "two voices, 20 backchannels spoken over the other voice", seed=201,
-         turns=30, backchannel_share=0.1, overlapped_backchannels=20,
-         voices=("kokoro:jm_kumo", "kokoro:jf_tebukuro")),
-    Case("overlap_two_noisy", "overlap_two in white noise at 12 dB SNR", seed=202, turns=0,
-         voices=("",) * 2, snr_db=12.0, derive_from="overlap_two"),
-    Case("overlap_three", "three voices, 20 backchannels spoken over another voice", seed=203,
-         turns=30, backchannel_share=0.1, overlapped_backchannels=20,
-         voices=("kokoro:jf_alpha", "kokoro:jm_kumo", "espeak:pt-br+m3")),
-    Case("overlap_three_noisy", "overlap_three in white noise at 12 dB SNR", seed=204, turns=0,
-         voices=("",) * 3, snr_db=12.0, derive_from="overlap_three"),
-    Case("overlap_two_b", "two other voices, 20 backchannels spoken over the other voice",
-         seed=205, turns=30, backchannel_share=0.1, overlapped_backchannels=20,
-         voices=("kokoro:jf_gongitsune", "espeak:pt-br+m1")),
+    Case(
+        "overlap_two",
+        "two voices, 20 backchannels spoken over the other voice",
+        seed=201,
+        turns=30,
+        backchannel_share=0.1,
+        overlapped_backchannels=20,
+        voices=("kokoro:jm_kumo", "kokoro:jf_tebukuro"),
+    ),
+    Case(
+        "overlap_two_noisy",
+        "overlap_two in white noise at 12 dB SNR",
+        seed=202,
+        turns=0,
+        voices=("",) * 2,
+        snr_db=12.0,
+        derive_from="overlap_two",
+    ),
+    Case(
+        "overlap_three",
+        "three voices, 20 backchannels spoken over another voice",
+        seed=203,
+        turns=30,
+        backchannel_share=0.1,
+        overlapped_backchannels=20,
+        voices=("kokoro:jf_alpha", "kokoro:jm_kumo", "espeak:pt-br+m3"),
+    ),
+    Case(
+        "overlap_three_noisy",
+        "overlap_three in white noise at 12 dB SNR",
+        seed=204,
+        turns=0,
+        voices=("",) * 3,
+        snr_db=12.0,
+        derive_from="overlap_three",
+    ),
+    Case(
+        "overlap_two_b",
+        "two other voices, 20 backchannels spoken over the other voice",
+        seed=205,
+        turns=30,
+        backchannel_share=0.1,
+        overlapped_backchannels=20,
+        voices=("kokoro:jf_gongitsune", "espeak:pt-br+m1"),
+    ),
 ]
 
 
@@ -191,8 +286,12 @@ def derive(case: Case, gen, out: Path, entries: dict) -> dict:
     rttm = (out / f"{source.name}.rttm").read_text()
     (out / f"{case.name}.rttm").write_text(rttm.replace(f" {source.name} ", f" {case.name} "))
     print(f"{case.name}: {source.name} + noise at {case.snr_db} dB", flush=True)
-    return {**entries[f"{source.name}.flac"], "audio": f"{case.name}.flac",
-            "rttm": f"{case.name}.rttm", "description": case.description}
+    return {
+        **entries[f"{source.name}.flac"],
+        "audio": f"{case.name}.flac",
+        "rttm": f"{case.name}.rttm",
+        "description": case.description,
+    }
 
 
 def render(case: Case, gen, out: Path) -> dict:
@@ -208,7 +307,9 @@ def render(case: Case, gen, out: Path) -> dict:
     t = 0.0
     long_turns: list[tuple[int, int, int]] = []  # (speaker, start sample, end sample)
     for who, kind, text in turns:
-        audio = trim(np.asarray(gen.say(case.voices[who], text, speed[case.voices[who]]), np.float32))
+        audio = trim(
+            np.asarray(gen.say(case.voices[who], text, speed[case.voices[who]]), np.float32)
+        )
         if kind == "backchannel" and len(audio) > 0.95 * SR:
             audio = audio[: int(0.95 * SR)]
         gap = rng.uniform(0.15, 0.35) if kind == "backchannel" else rng.uniform(0.25, 0.7)
@@ -222,12 +323,20 @@ def render(case: Case, gen, out: Path) -> dict:
     # Backchannels spoken over the middle of someone else's long turn.
     overlap = 0.0
     if case.overlapped_backchannels:
-        picks = sorted(rng.sample(range(len(long_turns)), min(case.overlapped_backchannels, len(long_turns))))
+        picks = sorted(
+            rng.sample(range(len(long_turns)), min(case.overlapped_backchannels, len(long_turns)))
+        )
         for p in picks:
             owner, s, e = long_turns[p]
             other = (owner + 1) % len(case.voices)
-            audio = trim(np.asarray(gen.say(case.voices[other], rng.choice(BACKCHANNELS),
-                                            speed[case.voices[other]]), np.float32))[: int(0.95 * SR)]
+            audio = trim(
+                np.asarray(
+                    gen.say(
+                        case.voices[other], rng.choice(BACKCHANNELS), speed[case.voices[other]]
+                    ),
+                    np.float32,
+                )
+            )[: int(0.95 * SR)]
             at = s + int(rng.uniform(0.35, 0.6) * (e - s))
             mix[at : at + len(audio)] += 0.8 * audio[: len(mix) - at]
             truth.append((at / SR, len(audio) / SR, other))
@@ -238,25 +347,48 @@ def render(case: Case, gen, out: Path) -> dict:
     mix = (mix * min(1.0, 0.95 / peak)).astype(np.float32)
     sf.write(out / f"{case.name}.flac", mix, SR)
     truth.sort()
-    (out / f"{case.name}.rttm").write_text("".join(
-        f"SPEAKER {case.name} 1 {s:.3f} {d:.3f} <NA> <NA> spk{w} <NA> <NA>\n" for s, d, w in truth))
+    (out / f"{case.name}.rttm").write_text(
+        "".join(
+            f"SPEAKER {case.name} 1 {s:.3f} {d:.3f} <NA> <NA> spk{w} <NA> <NA>\n"
+            for s, d, w in truth
+        )
+    )
     short = sum(1 for _, d, _ in truth if d < 1.0)
-    print(f"{case.name}: {len(mix) / SR:.1f} s, {len(case.voices)} speakers, {len(truth)} turns "
-          f"({short} under 1 s), overlap {overlap:.1f} s", flush=True)
-    return {"audio": f"{case.name}.flac", "rttm": f"{case.name}.rttm", "speakers": len(case.voices),
-            "description": case.description, "duration_s": round(len(mix) / SR, 2),
-            "turns": len(truth), "short_turns": short, "overlap_seconds": round(overlap, 2)}
+    print(
+        f"{case.name}: {len(mix) / SR:.1f} s, {len(case.voices)} speakers, {len(truth)} turns "
+        f"({short} under 1 s), overlap {overlap:.1f} s",
+        flush=True,
+    )
+    return {
+        "audio": f"{case.name}.flac",
+        "rttm": f"{case.name}.rttm",
+        "speakers": len(case.voices),
+        "description": case.description,
+        "duration_s": round(len(mix) / SR, 2),
+        "turns": len(truth),
+        "short_turns": short,
+        "overlap_seconds": round(overlap, 2),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("out", type=Path)
-    parser.add_argument("--only", nargs="*", choices=[c.name for c in CASES + OVERLAP_CASES],
-                        help="cases to make")
-    parser.add_argument("--overlap", action="store_true",
-                        help="make the overlap-rich cases (OVERLAP_CASES) instead of CASES")
-    parser.add_argument("--tools", type=Path,
-                        default=Path(os.environ.get("ASR_CORPUS_TOOLS", REPO.parent / "shared" / "tools")))
+    parser.add_argument(
+        "--only", nargs="*", choices=[c.name for c in CASES + OVERLAP_CASES], help="cases to make"
+    )
+    parser.add_argument(
+        "--overlap",
+        action="store_true",
+        help="make the overlap-rich cases (OVERLAP_CASES) instead of CASES",
+    )
+    parser.add_argument(
+        "--tools",
+        type=Path,
+        default=Path(os.environ.get("ASR_CORPUS_TOOLS", REPO.parent / "shared" / "tools")),
+    )
     args = parser.parse_args()
     gen = gen_corpus_module(args.tools)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -268,7 +400,11 @@ def main() -> None:
     for case in cases:
         if args.only and case.name not in args.only:
             continue
-        entry = derive(case, gen, args.out, entries) if case.derive_from else render(case, gen, args.out)
+        entry = (
+            derive(case, gen, args.out, entries)
+            if case.derive_from
+            else render(case, gen, args.out)
+        )
         entries[entry["audio"]] = entry
     order = [f"{c.name}.flac" for c in cases]
     manifest = {"dia": [entries[a] for a in order if a in entries]}

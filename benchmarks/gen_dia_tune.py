@@ -66,7 +66,9 @@ def plan(count: int) -> list[dict]:
     babble = texts[:12]
     specs = []
     for c in range(count):
-        name, desc, n, turns, gaps, bc, short, overlaps, cond = gv.CONVERSATIONS[c % len(gv.CONVERSATIONS)]
+        name, desc, n, turns, gaps, bc, short, overlaps, cond = gv.CONVERSATIONS[
+            c % len(gv.CONVERSATIONS)
+        ]
         crng = random.Random(f"dia-tune-extra-{c}")
         voices = tune_voices(crng, n)
         if name.startswith("similar_pair"):
@@ -77,17 +79,36 @@ def plan(count: int) -> list[dict]:
         clip_voice = {t: voices[i % len(voices)] for i, t in enumerate(texts)}
         shuffled = list(texts)
         crng.shuffle(shuffled)
-        specs.append({"name": f"tunex_{c:02d}_{name}", "split": "tune", "description": desc,
-                      "voices": voices, "gaps": gaps, "overlaps": overlaps, "condition": cond,
-                      "backchannels": sentences_validate.BACKCHANNELS["tune"],
-                      "babble_texts": babble,
-                      "turns": gv.script(crng, voices, turns, bc, short, shuffled, clip_voice,
-                                         sentences_validate.BACKCHANNELS["tune"])})
+        specs.append(
+            {
+                "name": f"tunex_{c:02d}_{name}",
+                "split": "tune",
+                "description": desc,
+                "voices": voices,
+                "gaps": gaps,
+                "overlaps": overlaps,
+                "condition": cond,
+                "backchannels": sentences_validate.BACKCHANNELS["tune"],
+                "babble_texts": babble,
+                "turns": gv.script(
+                    crng,
+                    voices,
+                    turns,
+                    bc,
+                    short,
+                    shuffled,
+                    clip_voice,
+                    sentences_validate.BACKCHANNELS["tune"],
+                ),
+            }
+        )
     return specs
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("out", type=Path)
     parser.add_argument("--count", type=int, default=24)
     parser.add_argument("--jobs", type=int, default=1)
@@ -108,8 +129,10 @@ def main() -> int:
         entry = gv.make_conversation(spec)
         manifest["dia"].append(entry)
         manifest_path.write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
-        print(f"{entry['audio']} {entry['duration_s']:.1f} s {entry['speakers']} speakers {entry['voices']}",
-              flush=True)
+        print(
+            f"{entry['audio']} {entry['duration_s']:.1f} s {entry['speakers']} speakers {entry['voices']}",
+            flush=True,
+        )
     return 0
 
 

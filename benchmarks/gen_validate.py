@@ -63,21 +63,36 @@ SPLITS = ("tune", "validate")
 KOKORO_STYLES = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo")
 VOICES = {
     "shared": [f"kokoro:{s}" for s in KOKORO_STYLES] + ["espeak:pt-br+m3", "espeak:pt-br+f2"],
-    "tune": ["kokoro:jf_alpha*0.5+jm_kumo*0.5", "kokoro:jf_tebukuro*0.7+jm_kumo*0.3",
-             "kokoro:jf_alpha~p+2", "kokoro:jf_gongitsune~t1.15", "espeak:pt-br+m1",
-             "espeak:pt-br+f1", "espeak:pt-br+m4~p-2", "espeak:pt-br+f3~t0.9"],
-    "validate": ["kokoro:jf_nezumi*0.6+jf_gongitsune*0.4", "kokoro:jm_kumo*0.7+jf_alpha*0.3",
-                 "kokoro:jf_tebukuro*0.5+jf_nezumi*0.5", "kokoro:jm_kumo~p-3",
-                 "kokoro:jf_tebukuro~p-2~t0.9", "espeak:pt-br+m6", "espeak:pt-br+f4",
-                 "espeak:pt-br+m7~t1.1", "espeak:pt-br+m2~p+1"],
+    "tune": [
+        "kokoro:jf_alpha*0.5+jm_kumo*0.5",
+        "kokoro:jf_tebukuro*0.7+jm_kumo*0.3",
+        "kokoro:jf_alpha~p+2",
+        "kokoro:jf_gongitsune~t1.15",
+        "espeak:pt-br+m1",
+        "espeak:pt-br+f1",
+        "espeak:pt-br+m4~p-2",
+        "espeak:pt-br+f3~t0.9",
+    ],
+    "validate": [
+        "kokoro:jf_nezumi*0.6+jf_gongitsune*0.4",
+        "kokoro:jm_kumo*0.7+jf_alpha*0.3",
+        "kokoro:jf_tebukuro*0.5+jf_nezumi*0.5",
+        "kokoro:jm_kumo~p-3",
+        "kokoro:jf_tebukuro~p-2~t0.9",
+        "espeak:pt-br+m6",
+        "espeak:pt-br+f4",
+        "espeak:pt-br+m7~t1.1",
+        "espeak:pt-br+m2~p+1",
+    ],
 }
 # Pairs a diarizer may merge: two close Kokoro styles; a voice beside its own pitch variant
 # (tune) or a blend beside its main parent (validate).
 SIMILAR = {
-    "tune": [("kokoro:jf_alpha", "kokoro:jf_nezumi"),
-             ("kokoro:jf_alpha", "kokoro:jf_alpha~p+2")],
-    "validate": [("kokoro:jf_gongitsune", "kokoro:jf_nezumi"),
-                 ("kokoro:jf_nezumi", "kokoro:jf_nezumi*0.6+jf_gongitsune*0.4")],
+    "tune": [("kokoro:jf_alpha", "kokoro:jf_nezumi"), ("kokoro:jf_alpha", "kokoro:jf_alpha~p+2")],
+    "validate": [
+        ("kokoro:jf_gongitsune", "kokoro:jf_nezumi"),
+        ("kokoro:jf_nezumi", "kokoro:jf_nezumi*0.6+jf_gongitsune*0.4"),
+    ],
 }
 # --espeak-only (smoke runs and tests): the same structure with fast espeak-ng voices only.
 ESPEAK_VOICES = {
@@ -87,14 +102,34 @@ ESPEAK_VOICES = {
 }
 ESPEAK_SIMILAR = {
     "tune": [("espeak:pt-br+m3", "espeak:pt-br+m1"), ("espeak:pt-br+f2", "espeak:pt-br+f1~p+2")],
-    "validate": [("espeak:pt-br+m3", "espeak:pt-br+m6"), ("espeak:pt-br+f2", "espeak:pt-br+f4~t1.1")],
+    "validate": [
+        ("espeak:pt-br+m3", "espeak:pt-br+m6"),
+        ("espeak:pt-br+f2", "espeak:pt-br+f4~t1.1"),
+    ],
 }
 BABBLE_VOICES = ["espeak:pt-br+klatt", "espeak:pt-br+Diogo", "espeak:pt-br+m5", "espeak:pt-br+f5"]
 
 # Clip conditions, cycled (after a seeded shuffle) over each split's clips.
-CLIP_CONDITIONS = ["clean", "clean", "clean", "clean", "white20", "white10", "pink20", "pink10",
-                   "babble20", "babble10", "phone", "phone", "phone+white20", "reverb", "reverb",
-                   "reverb+pink20", "clean+quiet", "white20+quiet"]
+CLIP_CONDITIONS = [
+    "clean",
+    "clean",
+    "clean",
+    "clean",
+    "white20",
+    "white10",
+    "pink20",
+    "pink10",
+    "babble20",
+    "babble10",
+    "phone",
+    "phone",
+    "phone+white20",
+    "reverb",
+    "reverb",
+    "reverb+pink20",
+    "clean+quiet",
+    "white20+quiet",
+]
 
 # Conversation templates, made once per split (seeded by name): name, description, speakers,
 # turns, gap range (s), backchannel share, short-reply share, overlapped backchannels, condition.
@@ -104,36 +139,120 @@ CONVERSATIONS = [
     ("four_voices", "four voices, gaps 0.2-0.8 s", 4, 16, (0.2, 0.8), 0.1, 0.0, 0, "clean"),
     ("five_voices", "five voices, gaps 0.2-0.7 s", 5, 18, (0.2, 0.7), 0.0, 0.1, 0, "clean"),
     ("six_voices", "six voices, gaps 0.2-0.9 s", 6, 20, (0.2, 0.9), 0.1, 0.0, 0, "clean"),
-    ("similar_pair", "two similar voices (first similar pair), short replies", 2, 14,
-     (0.2, 0.7), 0.1, 0.3, 0, "clean"),
-    ("similar_pair_plus", "second similar pair plus a third voice", 3, 15, (0.2, 0.7), 0.1, 0.1,
-     0, "clean"),
-    ("backchannels", "two voices, 40% backchannels under 1 s, 3 spoken over the other voice", 2,
-     24, (0.1, 0.5), 0.4, 0.1, 3, "clean"),
-    ("noisy_babble", "four voices in babble noise at 15 dB SNR", 4, 16, (0.2, 0.8), 0.1, 0.0, 0,
-     "babble15"),
-    ("phone_white", "two voices over a telephone line with white noise at 20 dB SNR", 2, 14,
-     (0.3, 1.0), 0.2, 0.1, 0, "phone+white20"),
-    ("long_gaps_pink", "three voices, long gaps 1-3 s, pink noise at 10 dB SNR", 3, 12,
-     (1.0, 3.0), 0.1, 0.0, 0, "pink10"),
+    (
+        "similar_pair",
+        "two similar voices (first similar pair), short replies",
+        2,
+        14,
+        (0.2, 0.7),
+        0.1,
+        0.3,
+        0,
+        "clean",
+    ),
+    (
+        "similar_pair_plus",
+        "second similar pair plus a third voice",
+        3,
+        15,
+        (0.2, 0.7),
+        0.1,
+        0.1,
+        0,
+        "clean",
+    ),
+    (
+        "backchannels",
+        "two voices, 40% backchannels under 1 s, 3 spoken over the other voice",
+        2,
+        24,
+        (0.1, 0.5),
+        0.4,
+        0.1,
+        3,
+        "clean",
+    ),
+    (
+        "noisy_babble",
+        "four voices in babble noise at 15 dB SNR",
+        4,
+        16,
+        (0.2, 0.8),
+        0.1,
+        0.0,
+        0,
+        "babble15",
+    ),
+    (
+        "phone_white",
+        "two voices over a telephone line with white noise at 20 dB SNR",
+        2,
+        14,
+        (0.3, 1.0),
+        0.2,
+        0.1,
+        0,
+        "phone+white20",
+    ),
+    (
+        "long_gaps_pink",
+        "three voices, long gaps 1-3 s, pink noise at 10 dB SNR",
+        3,
+        12,
+        (1.0, 3.0),
+        0.1,
+        0.0,
+        0,
+        "pink10",
+    ),
 ]
 
 # Long files: name, description, target seconds, gap range (s), silence stretches (count,
 # range s), condition. Two for tune, three for validate.
 LONGS = {
     "tune": [
-        ("short_gaps", "speaker runs of 2-5 sentences, 0.2 s gaps", 330, (0.2, 0.2), (0, (0, 0)),
-         "clean"),
-        ("long_pauses", "2-5 s pauses between sentences, three 10-20 s silences", 390, (2.0, 5.0),
-         (3, (10.0, 20.0)), "clean"),
+        (
+            "short_gaps",
+            "speaker runs of 2-5 sentences, 0.2 s gaps",
+            330,
+            (0.2, 0.2),
+            (0, (0, 0)),
+            "clean",
+        ),
+        (
+            "long_pauses",
+            "2-5 s pauses between sentences, three 10-20 s silences",
+            390,
+            (2.0, 5.0),
+            (3, (10.0, 20.0)),
+            "clean",
+        ),
     ],
     "validate": [
-        ("short_gaps", "speaker runs of 2-5 sentences, 0.2 s gaps", 330, (0.2, 0.2), (0, (0, 0)),
-         "clean"),
-        ("long_pauses", "2-5 s pauses between sentences, three 10-20 s silences", 390, (2.0, 5.0),
-         (3, (10.0, 20.0)), "clean"),
-        ("mixed_noisy", "gaps 0.2-2 s, two 8-15 s silences, pink noise at 15 dB SNR", 360,
-         (0.2, 2.0), (2, (8.0, 15.0)), "pink15"),
+        (
+            "short_gaps",
+            "speaker runs of 2-5 sentences, 0.2 s gaps",
+            330,
+            (0.2, 0.2),
+            (0, (0, 0)),
+            "clean",
+        ),
+        (
+            "long_pauses",
+            "2-5 s pauses between sentences, three 10-20 s silences",
+            390,
+            (2.0, 5.0),
+            (3, (10.0, 20.0)),
+            "clean",
+        ),
+        (
+            "mixed_noisy",
+            "gaps 0.2-2 s, two 8-15 s silences, pink noise at 15 dB SNR",
+            360,
+            (0.2, 2.0),
+            (2, (8.0, 15.0)),
+            "pink15",
+        ),
     ],
 }
 
@@ -193,8 +312,9 @@ def kokoro_style(name: str) -> str:
     if name not in styles:
         parts = [p.split("*") for p in name.split("+")]
         weights = np.array([float(w) for _, w in parts], np.float64)
-        styles[name] = sum(w * styles[s].astype(np.float64) for (s, _), w in
-                           zip(parts, weights / weights.sum())).astype(np.float32)
+        styles[name] = sum(
+            w * styles[s].astype(np.float64) for (s, _), w in zip(parts, weights / weights.sum())
+        ).astype(np.float32)
     return name
 
 
@@ -204,9 +324,22 @@ def pitch_shift(audio: np.ndarray, semitones: float) -> np.ndarray:
     with tempfile.TemporaryDirectory() as d:
         src, dst = os.path.join(d, "a.wav"), os.path.join(d, "b.wav")
         sf.write(src, audio, SR, subtype="FLOAT")
-        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", src, "-af",
-                        f"rubberband=pitch={2 ** (semitones / 12):.6f}", "-ar", str(SR), dst],
-                       check=True)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-loglevel",
+                "error",
+                "-y",
+                "-i",
+                src,
+                "-af",
+                f"rubberband=pitch={2 ** (semitones / 12):.6f}",
+                "-ar",
+                str(SR),
+                dst,
+            ],
+            check=True,
+        )
         out, _ = sf.read(dst, dtype="float32")
     return out
 
@@ -274,8 +407,9 @@ def babble(n: int, rng: np.random.Generator, texts: list[str]) -> np.ndarray:
     return out
 
 
-def add_noise(audio: np.ndarray, kind: str, snr_db: float, rng: np.random.Generator,
-              texts: list[str]) -> np.ndarray:
+def add_noise(
+    audio: np.ndarray, kind: str, snr_db: float, rng: np.random.Generator, texts: list[str]
+) -> np.ndarray:
     if kind == "white":
         noise = rng.normal(size=len(audio))
     elif kind == "pink":
@@ -325,8 +459,9 @@ def reverb(audio: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, flo
     return (wet * rms(audio) / rms(wet)).astype(np.float32), rt60
 
 
-def apply_condition(audio: np.ndarray, condition: str, rng: np.random.Generator,
-                    texts: list[str]) -> tuple[np.ndarray, dict]:
+def apply_condition(
+    audio: np.ndarray, condition: str, rng: np.random.Generator, texts: list[str]
+) -> tuple[np.ndarray, dict]:
     """Apply `a+b+...` in order (reverb/phone before noise, quiet last). Returns audio, details."""
     info: dict = {}
     for step in condition.split("+"):
@@ -342,7 +477,7 @@ def apply_condition(audio: np.ndarray, condition: str, rng: np.random.Generator,
             info["quiet_dbfs"] = -38
         else:
             kind = step.rstrip("0123456789")
-            audio = add_noise(audio, kind, float(step[len(kind):]), rng, texts)
+            audio = add_noise(audio, kind, float(step[len(kind) :]), rng, texts)
     peak = float(np.max(np.abs(audio))) or 1.0
     if peak > 0.99:
         audio = audio * (0.95 / peak)
@@ -375,14 +510,22 @@ def make_clip(spec: dict) -> dict:
     _, nrng = item_rng(spec["name"])
     audio = set_level(synth(spec["voice"], spec["text"]), float(nrng.uniform(-26, -20)))
     pad = np.zeros(int(PAD_S * SR), np.float32)
-    audio, info = apply_condition(np.concatenate([pad, audio, pad]), spec["condition"], nrng,
-                                  spec["babble_texts"])
+    audio, info = apply_condition(
+        np.concatenate([pad, audio, pad]), spec["condition"], nrng, spec["babble_texts"]
+    )
     rel = f"asr/{spec['name']}"
     write_flac(rel + ".flac", audio)
     write_text(rel + ".txt", spec["text"] + "\n")
-    return {"audio": rel + ".flac", "text": spec["text"], "voice": spec["voice"],
-            "condition": spec["condition"], "split": spec["split"], "domain": spec["domain"],
-            "duration_s": round(len(audio) / SR, 3), **info}
+    return {
+        "audio": rel + ".flac",
+        "text": spec["text"],
+        "voice": spec["voice"],
+        "condition": spec["condition"],
+        "split": spec["split"],
+        "domain": spec["domain"],
+        "duration_s": round(len(audio) / SR, 3),
+        **info,
+    }
 
 
 def make_conversation(spec: dict) -> dict:
@@ -420,16 +563,29 @@ def make_conversation(spec: dict) -> dict:
     rel = f"dia/{spec['name']}"
     write_flac(rel + ".flac", mix)
     truth.sort()
-    write_text(rel + ".rttm", "".join(
-        f"SPEAKER {spec['name']} 1 {s / SR:.3f} {d / SR:.3f} <NA> <NA> spk{w} <NA> <NA>\n"
-        for s, d, w in truth))
+    write_text(
+        rel + ".rttm",
+        "".join(
+            f"SPEAKER {spec['name']} 1 {s / SR:.3f} {d / SR:.3f} <NA> <NA> spk{w} <NA> <NA>\n"
+            for s, d, w in truth
+        ),
+    )
     write_text(rel + ".txt", " ".join(text) + "\n")
-    return {"audio": rel + ".flac", "rttm": rel + ".rttm", "text": " ".join(text),
-            "speakers": len(voices), "description": spec["description"], "split": spec["split"],
-            "voices": voices, "condition": spec["condition"],
-            "duration_s": round(len(mix) / SR, 3), "turns": len(truth),
-            "short_turns": sum(1 for _, d, _ in truth if d < SR),
-            "overlap_seconds": round(overlap, 2), **info}
+    return {
+        "audio": rel + ".flac",
+        "rttm": rel + ".rttm",
+        "text": " ".join(text),
+        "speakers": len(voices),
+        "description": spec["description"],
+        "split": spec["split"],
+        "voices": voices,
+        "condition": spec["condition"],
+        "duration_s": round(len(mix) / SR, 3),
+        "turns": len(truth),
+        "short_turns": sum(1 for _, d, _ in truth if d < SR),
+        "overlap_seconds": round(overlap, 2),
+        **info,
+    }
 
 
 def make_long(spec: dict) -> dict:
@@ -473,10 +629,18 @@ def make_long(spec: dict) -> dict:
     rel = f"long/{spec['name']}"
     write_flac(rel + ".flac", mix)
     write_text(rel + ".txt", " ".join(text) + "\n")
-    return {"audio": rel + ".flac", "text": " ".join(text), "split": spec["split"],
-            "description": spec["description"], "condition": spec["condition"],
-            "duration_s": round(len(mix) / SR, 3), "speech_s": round(speech / SR, 3),
-            "utterances": len(text), "voices": sorted(voices_used), **info}
+    return {
+        "audio": rel + ".flac",
+        "text": " ".join(text),
+        "split": spec["split"],
+        "description": spec["description"],
+        "condition": spec["condition"],
+        "duration_s": round(len(mix) / SR, 3),
+        "speech_s": round(speech / SR, 3),
+        "utterances": len(text),
+        "voices": sorted(voices_used),
+        **info,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,9 +661,18 @@ def plan(limit: int | None, espeak_only: bool) -> dict[str, list[dict]]:
         rng.shuffle(conditions)
         # every sentence gets a voice (its clip's); voices cycle so each is used about equally
         clip_voice = {t: voices[i % len(voices)] for i, (_, t) in enumerate(pool)}
-        clips = [{"name": f"{split}_{i:03d}", "split": split, "domain": d, "text": t,
-                  "voice": clip_voice[t], "condition": conditions[i % len(conditions)],
-                  "babble_texts": babble_texts} for i, (d, t) in enumerate(pool)]
+        clips = [
+            {
+                "name": f"{split}_{i:03d}",
+                "split": split,
+                "domain": d,
+                "text": t,
+                "voice": clip_voice[t],
+                "condition": conditions[i % len(conditions)],
+                "babble_texts": babble_texts,
+            }
+            for i, (d, t) in enumerate(pool)
+        ]
         specs["asr"] += clips[:limit] if limit else clips
 
         convs = []
@@ -514,29 +687,62 @@ def plan(limit: int | None, espeak_only: bool) -> dict[str, list[dict]]:
                 cv = crng.sample(voices, min(n, len(voices)))
             if limit:
                 turns = min(turns, max(len(cv) + 2, 6))
-            convs.append({"name": f"{split}_{c:02d}_{name}", "split": split, "description": desc,
-                          "voices": cv, "gaps": gaps, "overlaps": overlaps, "condition": cond,
-                          "backchannels": sentences_validate.BACKCHANNELS[split],
-                          "babble_texts": babble_texts,
-                          "turns": script(crng, cv, turns, bc, short, texts, clip_voice,
-                                          sentences_validate.BACKCHANNELS[split])})
+            convs.append(
+                {
+                    "name": f"{split}_{c:02d}_{name}",
+                    "split": split,
+                    "description": desc,
+                    "voices": cv,
+                    "gaps": gaps,
+                    "overlaps": overlaps,
+                    "condition": cond,
+                    "backchannels": sentences_validate.BACKCHANNELS[split],
+                    "babble_texts": babble_texts,
+                    "turns": script(
+                        crng,
+                        cv,
+                        turns,
+                        bc,
+                        short,
+                        texts,
+                        clip_voice,
+                        sentences_validate.BACKCHANNELS[split],
+                    ),
+                }
+            )
         specs["dia"] += convs[:limit] if limit else convs
 
         longs = []
         for name, desc, target, gaps, silences, cond in LONGS[split]:
             if limit:
                 target, silences = 15, (min(silences[0], 1), (2.0, 3.0))
-            longs.append({"name": f"{split}_{name}", "split": split, "description": desc,
-                          "target_s": target, "gaps": gaps, "silences": silences,
-                          "condition": cond, "babble_texts": babble_texts,
-                          "utterances": [(clip_voice[t], t) for t in texts]})
+            longs.append(
+                {
+                    "name": f"{split}_{name}",
+                    "split": split,
+                    "description": desc,
+                    "target_s": target,
+                    "gaps": gaps,
+                    "silences": silences,
+                    "condition": cond,
+                    "babble_texts": babble_texts,
+                    "utterances": [(clip_voice[t], t) for t in texts],
+                }
+            )
         specs["long"] += longs[:limit] if limit else longs
     return specs
 
 
-def script(rng: random.Random, voices: list[str], turns: int, bc_share: float,
-           short_share: float, texts: list[str], clip_voice: dict[str, str],
-           backchannels: list[str]) -> list[tuple[int, str, str]]:
+def script(
+    rng: random.Random,
+    voices: list[str],
+    turns: int,
+    bc_share: float,
+    short_share: float,
+    texts: list[str],
+    clip_voice: dict[str, str],
+    backchannels: list[str],
+) -> list[tuple[int, str, str]]:
     """(speaker, kind, text) turns. Everyone speaks in the first turns; a speaker says the
     sentences whose clip has its voice first (reusing that synthesis), then any other."""
     # In the split's fixed order: conversations share a voice's first sentences, so the
@@ -590,20 +796,36 @@ def summary(manifest: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("out", type=Path)
-    parser.add_argument("--tools", type=Path,
-                        default=Path(os.environ.get("ASR_CORPUS_TOOLS", REPO.parent / "shared" / "tools")))
-    parser.add_argument("--only", action="append", choices=PARTS,
-                        help="make only this part (repeatable); default: dia, asr, long")
+    parser.add_argument(
+        "--tools",
+        type=Path,
+        default=Path(os.environ.get("ASR_CORPUS_TOOLS", REPO.parent / "shared" / "tools")),
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=PARTS,
+        help="make only this part (repeatable); default: dia, asr, long",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="smoke run: N items per part and split, short conversations, 15 s long files")
-    parser.add_argument("--espeak-only", action="store_true",
-                        help="espeak-ng voices only (fast; for smoke runs and tests)")
-    parser.add_argument("--summary", action="store_true",
-                        help="print the table of an existing corpus and exit")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="smoke run: N items per part and split, short conversations, 15 s long files",
+    )
+    parser.add_argument(
+        "--espeak-only",
+        action="store_true",
+        help="espeak-ng voices only (fast; for smoke runs and tests)",
+    )
+    parser.add_argument(
+        "--summary", action="store_true", help="print the table of an existing corpus and exit"
+    )
     args = parser.parse_args(argv)
     if args.summary:
         path = args.out / "manifest.json"
@@ -622,13 +844,19 @@ def main(argv: list[str] | None = None) -> int:
     if (out / "manifest.json").is_file():
         manifest.update(json.loads((out / "manifest.json").read_text(encoding="utf-8")))
     table = ESPEAK_VOICES if args.espeak_only else VOICES
-    manifest["voices"] = {"tune": split_voices(table, "tune"),
-                          "validate": split_voices(table, "validate"),
-                          "validate_only": table["validate"]}
+    manifest["voices"] = {
+        "tune": split_voices(table, "tune"),
+        "validate": split_voices(table, "validate"),
+        "validate_only": table["validate"],
+    }
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     makers = {"dia": make_conversation, "asr": make_clip, "long": make_long}
     init = (str(args.tools.resolve()), str(out), threads)
-    pool = ProcessPoolExecutor(args.jobs, initializer=init_worker, initargs=init) if args.jobs > 1 else None
+    pool = (
+        ProcessPoolExecutor(args.jobs, initializer=init_worker, initargs=init)
+        if args.jobs > 1
+        else None
+    )
     if pool is None:
         init_worker(*init)
     try:
@@ -644,17 +872,22 @@ def main(argv: list[str] | None = None) -> int:
             mapper = pool.map if pool else map
             for i, entry in zip(order, mapper(makers[part], [items[i] for i in order])):
                 results[i] = entry
-                print(f"{part}: {entry['audio']} {entry['duration_s']:.1f} s [{entry['split']}]",
-                      flush=True)
+                print(
+                    f"{part}: {entry['audio']} {entry['duration_s']:.1f} s [{entry['split']}]",
+                    flush=True,
+                )
             manifest[part] = results
             write_manifest(out, manifest)
             took = time.monotonic() - start
             audio_s = sum(e["duration_s"] for e in results)
             (out / f"READY-{part}").write_text(
                 f"{len(results)} files, {audio_s / 60:.1f} min of audio, made in {took:.0f} s "
-                f"with --jobs {args.jobs}\n")
-            print(f"== {part}: {len(results)} files, {audio_s / 60:.1f} min audio, {took:.0f} s",
-                  flush=True)
+                f"with --jobs {args.jobs}\n"
+            )
+            print(
+                f"== {part}: {len(results)} files, {audio_s / 60:.1f} min audio, {took:.0f} s",
+                flush=True,
+            )
     finally:
         if pool:
             pool.shutdown()

@@ -56,7 +56,8 @@ def load(cache_dir: str | None = None):
     except ImportError as exc:
         raise NemoUnavailableError(
             f"ITN backend 'nemo' needs nemo-text-processing and pynini "
-            f"(pip install 'asr-mesh[itn-bench]'): {exc}") from exc
+            f"(pip install 'asr-mesh[itn-bench]'): {exc}"
+        ) from exc
     if cache_dir:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
     logging.getLogger("NeMo-text-processing").setLevel(logging.WARNING)
@@ -155,12 +156,15 @@ def make_rewriter(cache_dir: str | None = None):
             for a0, a1, b0, b1 in _changed_spans(piece, written):
                 before = piece[a0 - 1] if a0 > 0 else ""
                 after = piece[a1] if a1 < len(piece) else ""
-                text = (brazilian_style(" ".join(written[b0:b1]), piece[a0:a1], before, after)
-                        if b1 > b0 else None)
+                text = (
+                    brazilian_style(" ".join(written[b0:b1]), piece[a0:a1], before, after)
+                    if b1 > b0
+                    else None
+                )
                 if text is None:
                     continue
                 # NeMo leaves "da tarde" after "às 3:10": move the hour, take the words in.
-                period = " ".join(piece[a1:a1 + 2])
+                period = " ".join(piece[a1 : a1 + 2])
                 clock = re.fullmatch(r"(\d{1,2})h(\d{2})?", text)
                 if clock and period in _PERIODS:
                     h = int(clock.group(1))

@@ -274,14 +274,28 @@ EVERYDAY = [
     "Vamos marcar para o sábado que vem, depois das três?",
 ]
 
-DOMAINS = {"banking": BANKING, "health": HEALTH, "news": NEWS, "retail": RETAIL,
-           "public": PUBLIC, "everyday": EVERYDAY}
+DOMAINS = {
+    "banking": BANKING,
+    "health": HEALTH,
+    "news": NEWS,
+    "retail": RETAIL,
+    "public": PUBLIC,
+    "everyday": EVERYDAY,
+}
 
 # Short replies in conversations (kept apart per split, so the splits share no text).
 BACKCHANNELS = {
     "tune": ["Uhum.", "Exato.", "Beleza.", "Ah, tá.", "Certinho.", "Com certeza.", "Sei.", "Tá."],
-    "validate": ["Perfeito.", "Hum, sei.", "Opa.", "É mesmo?", "Isso mesmo.", "Joia.", "Tá, tá.",
-                 "Ah, entendi."],
+    "validate": [
+        "Perfeito.",
+        "Hum, sei.",
+        "Opa.",
+        "É mesmo?",
+        "Isso mesmo.",
+        "Joia.",
+        "Tá, tá.",
+        "Ah, entendi.",
+    ],
 }
 
 

@@ -47,7 +47,9 @@ def lda(features: list[np.ndarray], labels: list[np.ndarray], dim: int, shrink: 
         centre = part.mean(axis=0)
         within += (part - centre).T @ (part - centre)
         between += len(part) * np.outer(centre - mu, centre - mu)
-    within = (1 - shrink) * within / len(x) + shrink * np.trace(within / len(x)) / len(within) * np.eye(len(within))
+    within = (1 - shrink) * within / len(x) + shrink * np.trace(within / len(x)) / len(
+        within
+    ) * np.eye(len(within))
     _, vectors = eigh(between / len(x), within)
     return mu, vectors[:, ::-1][:, :dim]
 
@@ -67,7 +69,9 @@ def whiten_unsupervised(x: np.ndarray, region: np.ndarray, dim: int, shrink: flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--corpus", type=Path, action="append")
     parser.add_argument("--split", default="tune")
     args = parser.parse_args()
@@ -81,19 +85,34 @@ def main() -> None:
 
     corpora = args.corpus or [REPO / "build" / "corpus-validate", REPO / "build" / "dia-tune-extra"]
     entries = conversations(corpora, [args.split])[args.split]
-    backend = EmbeddingClusteringBackend(torch_threads=1,
-                                         options=EmbeddingBackendOptions(turn_extension=0.0))
+    backend = EmbeddingClusteringBackend(
+        torch_threads=1, options=EmbeddingBackendOptions(turn_extension=0.0)
+    )
     opts = backend.options
     data = []
     for entry in entries:
         regions, windows, snr, duration = cached_windows(backend, entry)
         ref = next(iter(load_rttm(str(entry["rttm"])).values()))
-        data.append(dict(entry=entry, regions=regions, windows=windows, duration=duration, ref=ref, snr=snr,
-                         x=normalize(np.stack(windows.embeddings)), region=np.asarray(windows.region),
-                         truth=window_truth(windows.start, windows.end, ref)))
+        data.append(
+            dict(
+                entry=entry,
+                regions=regions,
+                windows=windows,
+                duration=duration,
+                ref=ref,
+                snr=snr,
+                x=normalize(np.stack(windows.embeddings)),
+                region=np.asarray(windows.region),
+                truth=window_truth(windows.start, windows.end, ref),
+            )
+        )
 
-    def score(name: str, features: dict[int, np.ndarray] | None, true_count: bool,
-              subset: list[int] | None = None) -> None:
+    def score(
+        name: str,
+        features: dict[int, np.ndarray] | None,
+        true_count: bool,
+        subset: list[int] | None = None,
+    ) -> None:
         """One row over the conversations keyed in `features`; None: the default backend on
         `subset` (all when None)."""
         metric = DiarizationErrorRate(collar=0.25, skip_overlap=False)
@@ -104,11 +123,14 @@ def main() -> None:
             k = int(c["entry"]["speakers"])
             low, high = (k, k) if true_count else (1, 10)
             if features is None:
-                _, runs = backend.label_windows(c["regions"], c["windows"], c["snr"], c["duration"], low, high)
+                _, runs = backend.label_windows(
+                    c["regions"], c["windows"], c["snr"], c["duration"], low, high
+                )
             else:
                 x = smooth_embeddings(features[i], c["region"], opts.context)
-                labels = cluster_embeddings(x, low, high, opts.clustering, groups=c["region"],
-                                            radius=2 * opts.context + 4)
+                labels = cluster_embeddings(
+                    x, low, high, opts.clustering, groups=c["region"], radius=2 * opts.context + 4
+                )
                 runs = backend.runs_from_labels(c["regions"], c["windows"], labels, c["duration"])
             hyp = Annotation()
             for j, (label, start, end) in enumerate(runs):
@@ -118,20 +140,34 @@ def main() -> None:
             totals.append(detail["total"])
             exact += len({r[0] for r in runs}) == k
         der, low, high = pooled_interval(errors, totals)
-        print(f"{name:58s} exact {exact:2d}/{len(errors)}  DER {100 * der:5.1f}% ({100 * low:4.1f}-{100 * high:4.1f})",
-              flush=True)
+        print(
+            f"{name:58s} exact {exact:2d}/{len(errors)}  DER {100 * der:5.1f}% ({100 * low:4.1f}-{100 * high:4.1f})",
+            flush=True,
+        )
 
     def lda_features(train: list[int], test: list[int]) -> dict[int, np.ndarray]:
         pure = [data[i]["truth"] >= 0 for i in train]
-        mu, w = lda([data[i]["x"][p] for i, p in zip(train, pure)],
-                    [data[i]["truth"][p] for i, p in zip(train, pure)], 64, 0.1)
+        mu, w = lda(
+            [data[i]["x"][p] for i, p in zip(train, pure)],
+            [data[i]["truth"][p] for i, p in zip(train, pure)],
+            64,
+            0.1,
+        )
         return {i: normalize((data[i]["x"] - mu) @ w) for i in test}
 
     everything = list(range(len(data)))
     folds: dict[int, np.ndarray] = {}
     for f in range(4):
-        folds.update(lda_features([i for i in everything if i % 4 != f], [i for i in everything if i % 4 == f]))
-    groups = {"corpus-validate": [i for i, c in enumerate(data) if "tunex" not in Path(c["entry"]["audio"]).name]}
+        folds.update(
+            lda_features(
+                [i for i in everything if i % 4 != f], [i for i in everything if i % 4 == f]
+            )
+        )
+    groups = {
+        "corpus-validate": [
+            i for i, c in enumerate(data) if "tunex" not in Path(c["entry"]["audio"]).name
+        ]
+    }
     groups["dia-tune-extra"] = [i for i in everything if i not in groups["corpus-validate"]]
     for true_count in (False, True):
         tag = "true count" if true_count else "estimated count"
@@ -139,14 +175,23 @@ def main() -> None:
         score(f"LDA64, 4 folds, {tag}", folds, true_count)
     for name, test in groups.items():
         train = [i for i in everything if i not in test]
-        score(f"LDA64 learned on the others, tested on {name} ({len(test)})",
-              lda_features(train, test), False)
+        score(
+            f"LDA64 learned on the others, tested on {name} ({len(test)})",
+            lda_features(train, test),
+            False,
+        )
         score(f"  default on the same {len(test)}", None, False, test)
     for dim in (16, 64):
-        features = {i: normalize(whiten_unsupervised(c["x"], c["region"], dim, 0.6)) for i, c in enumerate(data)}
+        features = {
+            i: normalize(whiten_unsupervised(c["x"], c["region"], dim, 0.6))
+            for i, c in enumerate(data)
+        }
         for true_count in (False, True):
-            score(f"per-conversation whitening {dim}, {'true' if true_count else 'estimated'} count",
-                  features, true_count)
+            score(
+                f"per-conversation whitening {dim}, {'true' if true_count else 'estimated'} count",
+                features,
+                true_count,
+            )
 
 
 if __name__ == "__main__":

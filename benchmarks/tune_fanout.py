@@ -44,8 +44,9 @@ def main() -> int:
     from services.transcription.models import ModelRegistry
     from support.metrics import wer
 
-    model = WhisperModel(str(REPO / "models" / "whisper-base"), device="cpu", compute_type="int8",
-                         cpu_threads=2)
+    model = WhisperModel(
+        str(REPO / "models" / "whisper-base"), device="cpu", compute_type="int8", cpu_threads=2
+    )
     registry = ModelRegistry(REPO / "models", "whisper-base", loader=lambda *a: model)
     transcriber = Transcriber(registry, "cpu", "int8")
     options = TranscriptionOptions(temperatures=(0.0,))  # no sampling: differences are the cuts'
@@ -62,8 +63,17 @@ def main() -> int:
         pcm = (decode_audio(str(path)) * 32767).astype(np.int16)
         duration = len(pcm) / SAMPLE_RATE
         whole, seconds = decode(pcm)
-        rows.append({"file": path.name, "share": "whole", "chunks": 1, "wer": wer([reference], [whole]),
-                     "seconds": seconds, "chunk_seconds": [seconds], "chunk_audio": [duration]})
+        rows.append(
+            {
+                "file": path.name,
+                "share": "whole",
+                "chunks": 1,
+                "wer": wer([reference], [whole]),
+                "seconds": seconds,
+                "chunk_seconds": [seconds],
+                "chunk_audio": [duration],
+            }
+        )
         speech = longform.speech_ranges(pcm, transcriber._detect_speech)
         for share in (float(s) for s in args.shares.split(",")):
             planner = ChunkPlanner(share)
@@ -73,17 +83,31 @@ def main() -> int:
                 text, took = decode(pcm[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)])
                 texts.append(text)
                 times.append(took)
-            rows.append({"file": path.name, "share": share, "chunks": len(chunks),
-                         "wer": wer([reference], [" ".join(texts)]), "seconds": sum(times),
-                         "chunk_seconds": times, "chunk_audio": [b - a for a, b in chunks]})
+            rows.append(
+                {
+                    "file": path.name,
+                    "share": share,
+                    "chunks": len(chunks),
+                    "wer": wer([reference], [" ".join(texts)]),
+                    "seconds": sum(times),
+                    "chunk_seconds": times,
+                    "chunk_audio": [b - a for a, b in chunks],
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
 
     table = Table(title="chunked vs whole-file decoding (tune split; temperature 0)")
     for column in ("file", "share (s of speech)", "chunks", "WER", "decode s", "longest chunk s"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["file"], str(row["share"]), str(row["chunks"]), f"{100 * row['wer']:.2f}%",
-                      f"{row['seconds']:.1f}", f"{max(row['chunk_seconds']):.1f}")
+        table.add_row(
+            row["file"],
+            str(row["share"]),
+            str(row["chunks"]),
+            f"{100 * row['wer']:.2f}%",
+            f"{row['seconds']:.1f}",
+            f"{max(row['chunk_seconds']):.1f}",
+        )
     Console().print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1))

@@ -33,9 +33,25 @@ KWARGS = dict(language="pt", beam_size=5, vad_filter=True, word_timestamps=True)
 
 def pcm(path: Path, loudnorm: bool) -> np.ndarray:
     chain = filter_chain(16_000, loudnorm, -23.0)  # the corpus is 16 kHz, like the service sees it
-    out = subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(path),
-                          *(["-af", chain] if chain else []), "-ac", "1", "-ar", "16000",
-                          "-f", "s16le", "-"], capture_output=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-i",
+            str(path),
+            *(["-af", chain] if chain else []),
+            "-ac",
+            "1",
+            "-ar",
+            "16000",
+            "-f",
+            "s16le",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
     return np.frombuffer(out, np.int16).astype(np.float32) / 32768.0
 
 
@@ -49,8 +65,9 @@ def main() -> int:
     if not args.report:
         from faster_whisper import WhisperModel
 
-        model = WhisperModel(str(REPO / "models" / "whisper-base"), device="cpu",
-                             compute_type="int8", cpu_threads=2)
+        model = WhisperModel(
+            str(REPO / "models" / "whisper-base"), device="cpu", compute_type="int8", cpu_threads=2
+        )
 
         def text(audio) -> str:
             return " ".join(s.text for s in model.transcribe(audio, **KWARGS)[0])
@@ -65,8 +82,11 @@ def main() -> int:
                 raw = pcm(path, False)
                 gain = guards.quiet_gain(raw)
                 gained = plain if gain == 1.0 else text(guards.apply_gain(raw, gain))
-                row = {"file": entry["audio"], "condition": entry["condition"],
-                       "gain_db": float(20 * np.log10(gain))}
+                row = {
+                    "file": entry["audio"],
+                    "condition": entry["condition"],
+                    "gain_db": float(20 * np.log10(gain)),
+                }
                 for name, hyp in (("plain", plain), ("loudnorm", loud), ("quiet_gain", gained)):
                     row[name], row["words"] = errors(entry["text"], hyp)
                 out.write(json.dumps(row) + "\n")
@@ -75,12 +95,16 @@ def main() -> int:
     print(f"{len(rows)} clips of {args.split}")
     for condition in sorted({r["condition"] for r in rows}) + ["ALL"]:
         group = [r for r in rows if condition in ("ALL", r["condition"])]
-        pairs = {k: [(r[k], r["words"]) for r in group] for k in ("plain", "loudnorm", "quiet_gain")}
+        pairs = {
+            k: [(r[k], r["words"]) for r in group] for k in ("plain", "loudnorm", "quiet_gain")
+        }
         cells = [f"{bootstrap(pairs['plain'])[0]:.1%}"]
         for k in ("loudnorm", "quiet_gain"):
             d, lo, hi = bootstrap(pairs[k], pairs["plain"])
             cells.append(f"{bootstrap(pairs[k])[0]:.1%} ({d:+.1%} [{lo:+.1%}, {hi:+.1%}])")
-        print(f"{condition:16s} n={len(group):3d}  plain {cells[0]}  loudnorm {cells[1]}  quiet_gain {cells[2]}")
+        print(
+            f"{condition:16s} n={len(group):3d}  plain {cells[0]}  loudnorm {cells[1]}  quiet_gain {cells[2]}"
+        )
     return 0
 
 

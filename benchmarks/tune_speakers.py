@@ -46,9 +46,18 @@ def cached_windows(backend, entry: dict):
     path = CACHE / f"{Path(entry['audio']).stem}.npz"
     if path.exists():
         data = np.load(path)
-        windows = Windows(region=data["region"].tolist(), start=data["start"].tolist(),
-                          end=data["end"].tolist(), embeddings=list(data["embeddings"]))
-        return [tuple(r) for r in data["regions"].tolist()], windows, float(data["snr"]), float(data["duration"])
+        windows = Windows(
+            region=data["region"].tolist(),
+            start=data["start"].tolist(),
+            end=data["end"].tolist(),
+            embeddings=list(data["embeddings"]),
+        )
+        return (
+            [tuple(r) for r in data["regions"].tolist()],
+            windows,
+            float(data["snr"]),
+            float(data["duration"]),
+        )
     from faster_whisper import decode_audio
 
     audio = decode_audio(str(entry["audio"]), sampling_rate=16_000)
@@ -56,9 +65,16 @@ def cached_windows(backend, entry: dict):
     snr = estimate_snr_db(audio, regions)
     duration = len(audio) / 16_000
     CACHE.mkdir(parents=True, exist_ok=True)
-    np.savez(path, regions=np.asarray(regions), region=np.asarray(windows.region),
-             start=np.asarray(windows.start), end=np.asarray(windows.end),
-             embeddings=np.stack(windows.embeddings), snr=snr, duration=duration)
+    np.savez(
+        path,
+        regions=np.asarray(regions),
+        region=np.asarray(windows.region),
+        start=np.asarray(windows.start),
+        end=np.asarray(windows.end),
+        embeddings=np.stack(windows.embeddings),
+        snr=snr,
+        duration=duration,
+    )
     return regions, windows, snr, duration
 
 
@@ -70,13 +86,16 @@ def window_truth(starts, ends, reference) -> np.ndarray:
     overlap = np.zeros((len(starts), len(labels)))
     for segment, _track, label in reference.itertracks(yield_label=True):
         overlap[:, labels.index(label)] += np.clip(
-            np.minimum(ends, segment.end) - np.maximum(starts, segment.start), 0, None)
+            np.minimum(ends, segment.end) - np.maximum(starts, segment.start), 0, None
+        )
     if not labels:
         return np.full(len(starts), -1, dtype=np.int64)
     return np.where(overlap.max(axis=1) > 0, overlap.argmax(axis=1), -1).astype(np.int64)
 
 
-def pooled_interval(errors, totals, rounds: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+def pooled_interval(
+    errors, totals, rounds: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
     """Pooled error rate sum(errors)/sum(totals) and its bootstrap 95% interval, resampling
     conversations (the unit that varies: a few hard mixes dominate the pooled DER)."""
     err, tot = np.asarray(errors, float), np.asarray(totals, float)
@@ -101,7 +120,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def parse_variant(text: str):
-    """"name=a.b=1,c=2" → (name, {"a.b": 1.0, "c": 2.0})."""
+    """ "name=a.b=1,c=2" → (name, {"a.b": 1.0, "c": 2.0})."""
     name, _, rest = text.partition("=")
     overrides = {}
     for item in filter(None, rest.split(",")):
@@ -129,15 +148,20 @@ def options_with(base, overrides: dict):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--corpus", type=Path, action="append")
     parser.add_argument("--split", action="append", default=[])
     parser.add_argument("--variant", action="append", default=[])
     parser.add_argument("--extension", type=float, default=0.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quiet", action="store_true", help="summary lines only")
-    parser.add_argument("--oracle", action="store_true",
-                        help="add the oracle-count and oracle-window rows (diagnostics, use the truth)")
+    parser.add_argument(
+        "--oracle",
+        action="store_true",
+        help="add the oracle-count and oracle-window rows (diagnostics, use the truth)",
+    )
     args = parser.parse_args()
 
     from pyannote.core import Annotation, Segment
@@ -153,8 +177,10 @@ def main() -> None:
     for split, entries in todo.items():
         data = [(e, cached_windows(backend, e)) for e in entries]
         refs = [next(iter(load_rttm(str(e["rttm"])).values())) for e in entries]
-        print(f"\n## {split}: {len(entries)} conversations; true counts "
-              + " ".join(str(e["speakers"]) for e in entries))
+        print(
+            f"\n## {split}: {len(entries)} conversations; true counts "
+            + " ".join(str(e["speakers"]) for e in entries)
+        )
         rows = [(name, overrides, None) for name, overrides in variants]
         if args.oracle:
             rows += [("oracle count", {}, "count"), ("oracle windows", {}, "windows")]
@@ -171,23 +197,32 @@ def main() -> None:
                     runs = variant.runs_from_labels(regions, windows, labels, duration)
                 else:
                     bound = int(entry["speakers"]) if oracle == "count" else None
-                    labels, runs = variant.label_windows(regions, windows, snr, duration,
-                                                         bound or 1, bound or 10)
+                    labels, runs = variant.label_windows(
+                        regions, windows, snr, duration, bound or 1, bound or 10
+                    )
                 hyp = Annotation()
                 for i, (label, start, end) in enumerate(runs):
                     hyp[Segment(start, end), f"t{i}"] = int(label)
                 detail = metric(ref, hyp, detailed=True)
-                errors.append(detail["confusion"] + detail["missed detection"] + detail["false alarm"])
+                errors.append(
+                    detail["confusion"] + detail["missed detection"] + detail["false alarm"]
+                )
                 totals.append(detail["total"])
                 found.append(len({r[0] for r in runs}))
             exact = sum(f == e["speakers"] for f, e in zip(found, entries))
             low, high = wilson(exact, len(entries))
             der, der_low, der_high = pooled_interval(errors, totals)
-            marks = " ".join(f"{f}" + ("" if f == e["speakers"] else ("+" if f > e["speakers"] else "-"))
-                             for f, e in zip(found, entries))
-            print(f"{name:22s} exact {exact:2d}/{len(entries)} ({100 * low:3.0f}-{100 * high:3.0f}%)"
-                  f"  DER {100 * der:5.1f}% ({100 * der_low:4.1f}-{100 * der_high:4.1f})"
-                  + ("" if args.quiet else f"  | {marks}"), flush=True)
+            marks = " ".join(
+                f"{f}" + ("" if f == e["speakers"] else ("+" if f > e["speakers"] else "-"))
+                for f, e in zip(found, entries)
+            )
+            print(
+                f"{name:22s} exact {exact:2d}/{len(entries)} ({100 * low:3.0f}-{100 * high:3.0f}%)"
+                f"  DER {100 * der:5.1f}% ({100 * der_low:4.1f}-{100 * der_high:4.1f})"
+                + ("" if args.quiet else f"  | {marks}"),
+                flush=True,
+            )
+
 
 if __name__ == "__main__":
     main()

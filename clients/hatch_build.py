@@ -46,11 +46,14 @@ class ProtoStubsHook(BuildHookInterface):
 
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
         root = Path(self.root)
-        protos = next((p for p in (root / "protos", root.parent / "protos")
-                       if (p / "asr").is_dir()), None)
+        protos = next(
+            (p for p in (root / "protos", root.parent / "protos") if (p / "asr").is_dir()), None
+        )
         if protos is None:
-            raise RuntimeError(f"no protos/asr next to {root} or in its parent: cannot build the "
-                               "gRPC stubs of asr-mesh-client")
+            raise RuntimeError(
+                f"no protos/asr next to {root} or in its parent: cannot build the "
+                "gRPC stubs of asr-mesh-client"
+            )
         if version == "editable":
             out = root.parent / "gen"
         else:
@@ -74,9 +77,17 @@ def generate(protos: Path, out: Path) -> None:
     shutil.rmtree(out / "asr", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     well_known = resources.files("grpc_tools") / "_proto"
-    status = protoc.main(["grpc_tools.protoc", f"-I{protos}", f"-I{well_known}",
-                          f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}",
-                          *sources])
+    status = protoc.main(
+        [
+            "grpc_tools.protoc",
+            f"-I{protos}",
+            f"-I{well_known}",
+            f"--python_out={out}",
+            f"--pyi_out={out}",
+            f"--grpc_python_out={out}",
+            *sources,
+        ]
+    )
     if status != 0:
         raise RuntimeError(f"protoc failed ({status}) on {protos}")
     for directory in [out / "asr", *(p for p in (out / "asr").rglob("*") if p.is_dir())]:

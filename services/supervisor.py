@@ -161,8 +161,13 @@ class ServiceProcess:
         return replica_key(self.name, self.replica)
 
     def describe(self) -> dict:
-        entry = {"pid": self.process.pid if self.process else 0, "address": self.address,
-                 "state": self.state, "restarts": self.restarts, "log": str(self.log_path)}
+        entry = {
+            "pid": self.process.pid if self.process else 0,
+            "address": self.address,
+            "state": self.state,
+            "restarts": self.restarts,
+            "log": str(self.log_path),
+        }
         if self.name in REPLICATED:
             entry["replica"] = self.replica
         if self.ready.is_set():
@@ -213,8 +218,15 @@ class LocalMesh:
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
         self.extra: dict[str, list[dict]] = {
-            "supervisor": [{"pid": os.getpid(), "start_ticks": start_ticks(os.getpid()), "address": "",
-                            "state": "ready", "kind": "embedded"}],
+            "supervisor": [
+                {
+                    "pid": os.getpid(),
+                    "start_ticks": start_ticks(os.getpid()),
+                    "address": "",
+                    "state": "ready",
+                    "kind": "embedded",
+                }
+            ],
         }
         """More entries for mesh.json: the process supervising the mesh (this one) lists itself."""
 
@@ -308,7 +320,12 @@ class LocalMesh:
             env.update(self._replica_env(name, replica, env))
         if name == "gateway":
             # Every replica, comma-separated (one HOST:PORT when there is one): the gateway spreads work over them.
-            env.update({f"ASR_GATEWAY_{b.upper()}_ADDRESS": ",".join(self.addresses_of(b)) for b in BACKENDS})
+            env.update(
+                {
+                    f"ASR_GATEWAY_{b.upper()}_ADDRESS": ",".join(self.addresses_of(b))
+                    for b in BACKENDS
+                }
+            )
             env["ASR_GATEWAY_MESH_FILE"] = str(self.mesh_file)
         if name == "http":
             env["ASR_HTTP_GATEWAY_ADDRESS"] = self.gateway_address
@@ -319,7 +336,9 @@ class LocalMesh:
         prefix = f"ASR_{name.upper()}_"
         extra = {}
         if not env.get(f"{prefix}CPU_THREADS"):
-            extra[f"{prefix}CPU_THREADS"] = str(max((os.cpu_count() or 1) // self.replicas[name], 1))
+            extra[f"{prefix}CPU_THREADS"] = str(
+                max((os.cpu_count() or 1) // self.replicas[name], 1)
+            )
         metrics = env.get(f"{prefix}METRICS_PORT", "").strip()
         if metrics.isdigit() and int(metrics):
             extra[f"{prefix}METRICS_PORT"] = str(int(metrics) + replica)
@@ -330,8 +349,12 @@ class LocalMesh:
         if service is None:
             name, _, index = key.partition("-")
             replica = int(index or 0)
-            service = ServiceProcess(name, self.port_of(name, replica), self.state_dir / "logs" / f"{key}.log",
-                                     replica=replica)
+            service = ServiceProcess(
+                name,
+                self.port_of(name, replica),
+                self.state_dir / "logs" / f"{key}.log",
+                replica=replica,
+            )
             self.services[key] = service
         name = service.name
         service.ready = threading.Event()
@@ -346,18 +369,33 @@ class LocalMesh:
         )
         service.started_at = time.monotonic()
         service.restart_at = None
-        threading.Thread(target=self._read_stdout, args=(service, service.process, service.ready),
-                         daemon=True, name=f"ready-{key}").start()
-        threading.Thread(target=pump_log, args=(service.process.stderr, service.log_path),
-                         daemon=True, name=f"log-{key}").start()
+        threading.Thread(
+            target=self._read_stdout,
+            args=(service, service.process, service.ready),
+            daemon=True,
+            name=f"ready-{key}",
+        ).start()
+        threading.Thread(
+            target=pump_log,
+            args=(service.process.stderr, service.log_path),
+            daemon=True,
+            name=f"log-{key}",
+        ).start()
 
-    def _read_stdout(self, service: ServiceProcess, process: subprocess.Popen, ready: threading.Event) -> None:
+    def _read_stdout(
+        self, service: ServiceProcess, process: subprocess.Popen, ready: threading.Event
+    ) -> None:
         for raw in process.stdout:
             line = raw.decode(errors="replace").strip()
             if line.startswith(READY_PREFIX) and not ready.is_set():
                 fields = dict(part.split("=", 1) for part in line.split()[1:] if "=" in part)
                 if int(fields.get("port", 0)) != service.port:
-                    log.warning("%s reported port %s, expected %d", service.key, fields.get("port"), service.port)
+                    log.warning(
+                        "%s reported port %s, expected %d",
+                        service.key,
+                        fields.get("port"),
+                        service.port,
+                    )
                 service.ready_s = time.monotonic() - service.started_at
                 ready.set()
                 if not self._stopping.is_set():
@@ -368,7 +406,11 @@ class LocalMesh:
         deadline = time.monotonic() + self._timeout
         for key in keys:
             service = self.services[key]
-            name = service.name if service.replica == 0 else f"{service.name} (replica {service.replica})"
+            name = (
+                service.name
+                if service.replica == 0
+                else f"{service.name} (replica {service.replica})"
+            )
             while not service.ready.wait(0.05):
                 code = service.process.poll()
                 if code is not None:
@@ -388,7 +430,11 @@ class LocalMesh:
         if self._supervisor is not None and self._supervisor is not threading.current_thread():
             self._supervisor.join(timeout=5)
         with self._lock:
-            order = [k for k in self._keys(reversed(ALL_SERVICES)) if k in self.services and self.services[k].process]
+            order = [
+                k
+                for k in self._keys(reversed(ALL_SERVICES))
+                if k in self.services and self.services[k].process
+            ]
             for key in order:
                 process = self.services[key].process
                 if process.poll() is None:
@@ -428,12 +474,21 @@ class LocalMesh:
                     continue
                 if service.restart_at is None:  # just noticed: schedule a restart
                     uptime = now - service.started_at
-                    service.backoff_s = (BACKOFF_FIRST_S if uptime > BACKOFF_RESET_AFTER_S or not service.backoff_s
-                                         else min(service.backoff_s * 2, BACKOFF_MAX_S))
+                    service.backoff_s = (
+                        BACKOFF_FIRST_S
+                        if uptime > BACKOFF_RESET_AFTER_S or not service.backoff_s
+                        else min(service.backoff_s * 2, BACKOFF_MAX_S)
+                    )
                     service.restart_at = now + service.backoff_s
                     service.last_exit = code
-                    log.warning("the %s service (pid %d) exited with code %s; restarting in %.1f s on %s",
-                                service.key, service.process.pid, code, service.backoff_s, service.address)
+                    log.warning(
+                        "the %s service (pid %d) exited with code %s; restarting in %.1f s on %s",
+                        service.key,
+                        service.process.pid,
+                        code,
+                        service.backoff_s,
+                        service.address,
+                    )
                     self.write_mesh_file()
                 elif now >= service.restart_at:
                     service.restarts += 1
@@ -457,6 +512,7 @@ class LocalMesh:
 
     def start_supervision(self, interval_s: float = 0.2) -> None:
         """Supervise from a background thread until `stop()` (for meshes run inside a program)."""
+
         def loop() -> None:
             while not self._stopping.wait(interval_s):
                 self.supervise_once()
@@ -468,8 +524,11 @@ class LocalMesh:
 
     def describe(self) -> dict[str, list[dict]]:
         with self._lock:
-            table = {name: [p.describe() for p in self.replicas_of(name)]
-                     for name in ALL_SERVICES if name in self.services}
+            table = {
+                name: [p.describe() for p in self.replicas_of(name)]
+                for name in ALL_SERVICES
+                if name in self.services
+            }
         return {**self.extra, **table}
 
     def write_mesh_file(self) -> None:
@@ -510,7 +569,9 @@ def idle_timeout_s() -> float:
     try:
         return float(os.environ.get(IDLE_ENV, DEFAULT_IDLE_S))
     except ValueError:
-        raise MeshError(f"{IDLE_ENV} must be a number of seconds, not {os.environ[IDLE_ENV]!r}") from None
+        raise MeshError(
+            f"{IDLE_ENV} must be a number of seconds, not {os.environ[IDLE_ENV]!r}"
+        ) from None
 
 
 def mesh_lock(state_dir: Path) -> contextlib.AbstractContextManager[int]:
@@ -554,7 +615,9 @@ def start_ticks(pid: int) -> int:
 
 def _cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
     except OSError:
         return ""
 
@@ -581,7 +644,9 @@ class MeshInfo:
     @property
     def killable_supervisor(self) -> bool:
         """Whether the supervisor is an `asr serve` (never signal a program that embeds a mesh)."""
-        return (self.table.get("supervisor") or [{}])[0].get("kind") == "serve" and self.supervisor_alive()
+        return (self.table.get("supervisor") or [{}])[0].get(
+            "kind"
+        ) == "serve" and self.supervisor_alive()
 
     def supervisor_alive(self) -> bool:
         """The supervisor runs (the same process: a reused pid has another start time)."""
@@ -604,8 +669,12 @@ class MeshInfo:
 
     def pids(self) -> list[tuple[str, int]]:
         """(service, pid) of every listed process, replicas included."""
-        return [(name, int(entry.get("pid", 0))) for name, entries in self.table.items()
-                if isinstance(entries, list) for entry in entries]
+        return [
+            (name, int(entry.get("pid", 0)))
+            for name, entries in self.table.items()
+            if isinstance(entries, list)
+            for entry in entries
+        ]
 
 
 class LocalMeshSupervisor:
@@ -616,12 +685,25 @@ class LocalMeshSupervisor:
     marks the mesh as one the CLI started (and may stop). Call `run()`; SIGTERM stops it.
     """
 
-    def __init__(self, state_dir: Path, services: Iterable[str] = SERVICES, idle_s: float | None = None,
-                 owner_pid: int = 0, env: dict[str, str] | None = None, http_port: int | None = None,
-                 tls_ca: Path | None = None, transcription_replicas: int | None = None):
+    def __init__(
+        self,
+        state_dir: Path,
+        services: Iterable[str] = SERVICES,
+        idle_s: float | None = None,
+        owner_pid: int = 0,
+        env: dict[str, str] | None = None,
+        http_port: int | None = None,
+        tls_ca: Path | None = None,
+        transcription_replicas: int | None = None,
+    ):
         self.state_dir = Path(state_dir)
-        self.mesh = LocalMesh(state_dir=self.state_dir, services=services, env=env, http_port=http_port,
-                              transcription_replicas=transcription_replicas)
+        self.mesh = LocalMesh(
+            state_dir=self.state_dir,
+            services=services,
+            env=env,
+            http_port=http_port,
+            transcription_replicas=transcription_replicas,
+        )
         self.idle_s = idle_s
         self.owner_pid = owner_pid
         self.stop_requested = threading.Event()
@@ -747,9 +829,12 @@ def pump_log(stream, path: Path, max_bytes: int | None = None, backups: int | No
     from logging.handlers import RotatingFileHandler
 
     handler = RotatingFileHandler(
-        path, maxBytes=max_bytes or _env_int("ASR_LOG_MAX_BYTES", LOG_MAX_BYTES, 4096),
+        path,
+        maxBytes=max_bytes or _env_int("ASR_LOG_MAX_BYTES", LOG_MAX_BYTES, 4096),
         backupCount=backups if backups is not None else _env_int("ASR_LOG_BACKUPS", LOG_BACKUPS, 0),
-        encoding="utf-8", errors="replace")
+        encoding="utf-8",
+        errors="replace",
+    )
     handler.setFormatter(logging.Formatter("%(message)s"))
     try:
         for raw in stream:
@@ -761,15 +846,28 @@ def pump_log(stream, path: Path, max_bytes: int | None = None, backups: int | No
         handler.close()
 
 
-def _start_background(state_dir: Path, services: Iterable[str], python: str, replicas: int) -> subprocess.Popen:
+def _start_background(
+    state_dir: Path, services: Iterable[str], python: str, replicas: int
+) -> subprocess.Popen:
     (state_dir / "logs").mkdir(parents=True, exist_ok=True)
     log_path = state_dir / "logs" / "supervisor.log"
     with open(log_path, "ab") as log_file:
         return subprocess.Popen(
             # This module, not `asr serve`: the CLI's imports (rich, the SDK) would delay every start.
-            [python, "-m", "services.supervisor", "--state-dir", str(state_dir), "--services", ",".join(services),
-             "--transcription-replicas", str(replicas)],
-            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+            [
+                python,
+                "-m",
+                "services.supervisor",
+                "--state-dir",
+                str(state_dir),
+                "--services",
+                ",".join(services),
+                "--transcription-replicas",
+                str(replicas),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
             start_new_session=True,  # its own session: Ctrl-C in this terminal does not reach it
             env={**os.environ, "PYANNOTE_METRICS_ENABLED": "false", "PYTHONUNBUFFERED": "1"},
             cwd=Path(__file__).resolve().parents[1],
@@ -784,8 +882,9 @@ def _log_tail(path: Path) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def _wait_for(state_dir: Path, names: Iterable[str], timeout_s: float,
-              daemon: subprocess.Popen | None = None) -> MeshInfo:
+def _wait_for(
+    state_dir: Path, names: Iterable[str], timeout_s: float, daemon: subprocess.Popen | None = None
+) -> MeshInfo:
     """Wait until mesh.json lists `names` as ready."""
     names = list(names)
     deadline = time.monotonic() + timeout_s
@@ -797,26 +896,38 @@ def _wait_for(state_dir: Path, names: Iterable[str], timeout_s: float,
                 return info
             for name in names:
                 for entry in info.table.get(name) or []:
-                    if entry.get("state") == "restarting":  # it died while starting: say so, do not loop
-                        raise MeshStartError(f"the {name} service exited with code {entry.get('last_exit')} "
-                                             f"while starting; see {entry.get('log')}")
+                    if (
+                        entry.get("state") == "restarting"
+                    ):  # it died while starting: say so, do not loop
+                        raise MeshStartError(
+                            f"the {name} service exited with code {entry.get('last_exit')} "
+                            f"while starting; see {entry.get('log')}"
+                        )
         if daemon is not None and daemon.poll() is not None:
             tail = _log_tail(state_dir / "logs" / "supervisor.log")
-            raise MeshStartError(f"the local mesh could not start: {tail or f'exit code {daemon.returncode}'}")
+            raise MeshStartError(
+                f"the local mesh could not start: {tail or f'exit code {daemon.returncode}'}"
+            )
         if info is None and daemon is None:
             raise MeshStartError("the local mesh stopped while waiting for it")
         if time.monotonic() > deadline:
-            raise MeshStartError(f"the local mesh did not become ready within {timeout_s:.0f} s; "
-                                 f"see {state_dir / 'logs'}")
+            raise MeshStartError(
+                f"the local mesh did not become ready within {timeout_s:.0f} s; "
+                f"see {state_dir / 'logs'}"
+            )
         time.sleep(0.05)
 
 
 @contextlib.contextmanager
-def use_local_mesh(state_dir: Path | None = None, services: Iterable[str] = WITHOUT_DIARIZATION,
-                   timeout_s: float = 180.0, python: str = sys.executable,
-                   on_start: Callable[[str], None] | None = None,
-                   transcription_replicas: int | None = None,
-                   on_mismatch: Callable[[str], None] | None = None) -> Iterator[str]:
+def use_local_mesh(
+    state_dir: Path | None = None,
+    services: Iterable[str] = WITHOUT_DIARIZATION,
+    timeout_s: float = 180.0,
+    python: str = sys.executable,
+    on_start: Callable[[str], None] | None = None,
+    transcription_replicas: int | None = None,
+    on_mismatch: Callable[[str], None] | None = None,
+) -> Iterator[str]:
     """The gateway address of a background mesh in `state_dir` running `services`.
 
     Reuses a live one (starting missing services in it), or starts one; the mesh keeps running
@@ -842,9 +953,11 @@ def use_local_mesh(state_dir: Path | None = None, services: Iterable[str] = WITH
                 info = _wait_for(state_dir, services, timeout_s, daemon)
             elif asked and on_mismatch and info.replicas("transcription") not in (0, replicas):
                 running = info.replicas("transcription")
-                on_mismatch(f"using the running local mesh with {running} transcription "
-                            f"replica{'s' if running > 1 else ''}, not the {replicas} asked for "
-                            f"(`asr serve --stop`, then call again, to change it)")
+                on_mismatch(
+                    f"using the running local mesh with {running} transcription "
+                    f"replica{'s' if running > 1 else ''}, not the {replicas} asked for "
+                    f"(`asr serve --stop`, then call again, to change it)"
+                )
             missing = [name for name in services if info.state(name) != "ready"]
             if missing:
                 if on_start:
@@ -896,15 +1009,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.supervisor", description=main.__doc__)
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--services", default=",".join(SERVICES))
-    parser.add_argument("--idle-timeout", type=float, help=f"default: {IDLE_ENV} or {DEFAULT_IDLE_S:.0f}")
-    parser.add_argument("--transcription-replicas", help=f"transcription processes (default: {REPLICAS_ENV} or 1)")
+    parser.add_argument(
+        "--idle-timeout", type=float, help=f"default: {IDLE_ENV} or {DEFAULT_IDLE_S:.0f}"
+    )
+    parser.add_argument(
+        "--transcription-replicas", help=f"transcription processes (default: {REPLICAS_ENV} or 1)"
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s supervisor: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s supervisor: %(message)s"
+    )
     try:
         idle_s = args.idle_timeout if args.idle_timeout is not None else idle_timeout_s()
         owner = int(os.environ.get(OWNER_ENV, "0") or 0)
-        runner = LocalMeshSupervisor(args.state_dir, args.services.split(","), idle_s=idle_s, owner_pid=owner,
-                                     transcription_replicas=transcription_replica_count(args.transcription_replicas))
+        runner = LocalMeshSupervisor(
+            args.state_dir,
+            args.services.split(","),
+            idle_s=idle_s,
+            owner_pid=owner,
+            transcription_replicas=transcription_replica_count(args.transcription_replicas),
+        )
         address = runner.start()
     except (MeshError, ValueError, OSError) as exc:
         print(f"asr: {getattr(exc, 'message', exc)}", file=sys.stderr, flush=True)

@@ -60,7 +60,10 @@ def channel_to(port: int) -> grpc.Channel:
     """A channel to an in-process server with the mesh's message size limits."""
     return grpc.insecure_channel(
         f"127.0.0.1:{port}",
-        options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
+        options=[
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_send_message_length", 64 << 20),
+        ],
     )
 
 

@@ -80,6 +80,7 @@ def run_on_loop(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T
 
 # --------------------------------------------------------------------------- the handle
 
+
 @dataclass
 class AioServerHandle:
     """A started grpc.aio server; every method is safe to call from any thread but the loop's."""
@@ -109,8 +110,11 @@ class AioServerHandle:
         return shared_loop()
 
     async def _set_serving(self, serving: bool) -> None:
-        status = (health_pb2.HealthCheckResponse.SERVING if serving
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ("", *self.service_names):
             await self.health.set(name, status)
 
@@ -132,15 +136,21 @@ class AioServerHandle:
 
 # --------------------------------------------------------------------------- interceptors
 
+
 def _guarded_method(method: str) -> bool:
     return method.startswith("/asr.")
 
 
-def _rebuild(handler: grpc.RpcMethodHandler, wrap_unary: Callable, wrap_stream: Callable
-             ) -> grpc.RpcMethodHandler:
+def _rebuild(
+    handler: grpc.RpcMethodHandler, wrap_unary: Callable, wrap_stream: Callable
+) -> grpc.RpcMethodHandler:
     """`handler` with its behaviour wrapped (unary responses by `wrap_unary`, streams by `wrap_stream`)."""
-    return rewrapped(handler, lambda behavior, kind:
-                     wrap_stream(behavior) if kind.endswith("_stream") else wrap_unary(behavior))
+    return rewrapped(
+        handler,
+        lambda behavior, kind: (
+            wrap_stream(behavior) if kind.endswith("_stream") else wrap_unary(behavior)
+        ),
+    )
 
 
 async def abort_with(context: grpc.aio.ServicerContext, error: MeshError) -> None:
@@ -276,8 +286,13 @@ class StreamLimits:
 class StreamGuard:
     """Reads an async request stream under `StreamLimits`, raising `UploadStalled` on a breach."""
 
-    def __init__(self, limits: StreamLimits, *, rate_limited: bool = True,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        limits: StreamLimits,
+        *,
+        rate_limited: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self._limits = limits
         self._rate_limited = rate_limited
         self._clock = clock
@@ -285,7 +300,9 @@ class StreamGuard:
     def _stalled(self, sentence: str, setting: str, **metadata: str) -> UploadStalled:
         return UploadStalled(
             f"the request stream was cut: {sentence} ({self._limits.setting_prefix}{setting}); "
-            "send the upload at a steady pace, or close the stream", metadata=metadata)
+            "send the upload at a steady pace, or close the stream",
+            metadata=metadata,
+        )
 
     async def read(self, messages: AsyncIterator[T]) -> AsyncIterator[T]:
         lim = self._limits
@@ -327,18 +344,30 @@ class StreamGuard:
                 while window and window[0][0] < now - lim.rate_window_s:
                     in_window -= window.popleft()[1]
                 if lim.idle_s > 0 and now - last >= lim.idle_s:
-                    raise self._stalled(f"no message arrived for {lim.idle_s:g} s", "UPLOAD_IDLE_TIMEOUT_S",
-                                        idle_timeout_seconds=f"{lim.idle_s:g}")
-                if self._rate_limited and lim.max_duration_s > 0 and now - start >= lim.max_duration_s:
-                    raise self._stalled(f"it stayed open longer than {lim.max_duration_s:g} s",
-                                        "UPLOAD_MAX_DURATION_S", max_duration_seconds=f"{lim.max_duration_s:g}")
+                    raise self._stalled(
+                        f"no message arrived for {lim.idle_s:g} s",
+                        "UPLOAD_IDLE_TIMEOUT_S",
+                        idle_timeout_seconds=f"{lim.idle_s:g}",
+                    )
+                if (
+                    self._rate_limited
+                    and lim.max_duration_s > 0
+                    and now - start >= lim.max_duration_s
+                ):
+                    raise self._stalled(
+                        f"it stayed open longer than {lim.max_duration_s:g} s",
+                        "UPLOAD_MAX_DURATION_S",
+                        max_duration_seconds=f"{lim.max_duration_s:g}",
+                    )
                 if rate_on and now - start >= lim.rate_window_s:
                     rate = in_window / lim.rate_window_s
                     if rate < lim.min_bytes_per_s:
                         raise self._stalled(
                             f"{rate:.0f} bytes/s over the last {lim.rate_window_s:g} s is under the "
-                            f"floor of {lim.min_bytes_per_s:g} bytes/s", "UPLOAD_MIN_BYTES_PER_S",
-                            min_bytes_per_second=f"{lim.min_bytes_per_s:g}")
+                            f"floor of {lim.min_bytes_per_s:g} bytes/s",
+                            "UPLOAD_MIN_BYTES_PER_S",
+                            min_bytes_per_second=f"{lim.min_bytes_per_s:g}",
+                        )
         finally:
             if pending is not None and not pending.done():
                 pending.cancel()
@@ -351,7 +380,9 @@ class AioStallGuardInterceptor(grpc.aio.ServerInterceptor):
     idle limit: their pace is the speaker's, and a session may last hours.
     """
 
-    def __init__(self, limits: StreamLimits, live_methods: tuple[str, ...] = ("StreamingTranscribe",)):
+    def __init__(
+        self, limits: StreamLimits, live_methods: tuple[str, ...] = ("StreamingTranscribe",)
+    ):
         self._limits = limits
         self._live = live_methods
 
@@ -359,8 +390,9 @@ class AioStallGuardInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or not handler.request_streaming or not _guarded_method(details.method):
             return handler
-        guard = StreamGuard(self._limits,
-                            rate_limited=details.method.rsplit("/", 1)[-1] not in self._live)
+        guard = StreamGuard(
+            self._limits, rate_limited=details.method.rsplit("/", 1)[-1] not in self._live
+        )
 
         def wrap_unary(behavior: Callable) -> Callable:
             async def wrapped(requests: Any, context: Any) -> Any:
@@ -383,4 +415,3 @@ async def in_executor(executor: Any, fn: Callable[..., T], *args: Any) -> T:
     context, so the active trace span follows the work onto the worker thread."""
     ctx = contextvars.copy_context()
     return await asyncio.get_running_loop().run_in_executor(executor, ctx.run, fn, *args)
-

@@ -31,16 +31,22 @@ than the batch gains (a chunk is about two Whisper windows)."""
 Range = tuple[float, float]
 
 
-def _choose_cut(speech: Sequence[Range], cumulative: Sequence[float], last: int,
-                goal: float, share: float) -> int:
+def _choose_cut(
+    speech: Sequence[Range], cumulative: Sequence[float], last: int, goal: float, share: float
+) -> int:
     """Index i (last < i < len - 1) of the speech range after which to cut, for `goal` seconds
     of speech before the cut; the pause after range i is the cut."""
     indices = range(last + 1, len(speech) - 1)
     candidates = [i for i in indices if abs(cumulative[i] - goal) <= TOLERANCE * share]
     if not candidates:
         candidates = [min(indices, key=lambda i: abs(cumulative[i] - goal))]
-    return max(candidates, key=lambda i: (min(speech[i + 1][0] - speech[i][1], CLEAR_PAUSE_S),
-                                          -abs(cumulative[i] - goal)))
+    return max(
+        candidates,
+        key=lambda i: (
+            min(speech[i + 1][0] - speech[i][1], CLEAR_PAUSE_S),
+            -abs(cumulative[i] - goal),
+        ),
+    )
 
 
 def _cumulative(speech: Sequence[Range]) -> list[float]:
@@ -51,8 +57,9 @@ def _cumulative(speech: Sequence[Range]) -> list[float]:
     return out
 
 
-def plan_chunks(speech: list[Range], streams: int,
-                min_speech_s: float = MIN_CHUNK_SPEECH_S) -> list[Range]:
+def plan_chunks(
+    speech: list[Range], streams: int, min_speech_s: float = MIN_CHUNK_SPEECH_S
+) -> list[Range]:
     """Cut the timeline into at most `streams` chunks of about equal speech, at pauses.
 
     `speech` are VAD ranges (seconds, sorted). Returns (start, end) ranges that cover the whole

@@ -114,7 +114,8 @@ def media_to_proto(report: MediaReport) -> audio_pb2.MediaInfo:
         size_bytes=report.size_bytes,
         has_video=report.has_video,
         estimated_processing=duration(report.estimated_processing)
-        if report.estimated_processing > 0 else None,
+        if report.estimated_processing > 0
+        else None,
     )
 
 

@@ -50,11 +50,30 @@ from services.common.domain_errors import (
 from services.common.handlers import rewrapped
 
 __all__ = [
-    "ERROR_DOMAIN", "STATUS_OF", "Cancelled", "Category", "DeadlineExceeded",
-    "DependencyFailed", "DependencyUnavailable", "Draining", "ErrorMappingInterceptor",
-    "FailedPrecondition", "InternalError", "InvalidAudio", "InvalidInput", "LimitExceeded",
-    "MeshError", "NotFound", "Overloaded", "PermissionDenied", "Unauthenticated", "UnknownModel",
-    "UploadStalled", "from_rpc_error", "status_code", "to_status",
+    "ERROR_DOMAIN",
+    "STATUS_OF",
+    "Cancelled",
+    "Category",
+    "DeadlineExceeded",
+    "DependencyFailed",
+    "DependencyUnavailable",
+    "Draining",
+    "ErrorMappingInterceptor",
+    "FailedPrecondition",
+    "InternalError",
+    "InvalidAudio",
+    "InvalidInput",
+    "LimitExceeded",
+    "MeshError",
+    "NotFound",
+    "Overloaded",
+    "PermissionDenied",
+    "Unauthenticated",
+    "UnknownModel",
+    "UploadStalled",
+    "from_rpc_error",
+    "status_code",
+    "to_status",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,7 +82,9 @@ log = logging.getLogger(__name__)
 def to_status(error: MeshError) -> status_pb2.Status:
     """Build the `google.rpc.Status` (with ErrorInfo and, where useful, more details)."""
     details: list[Any] = [
-        error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata)
+        error_details_pb2.ErrorInfo(
+            reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+        )
     ]
     if isinstance(error, InvalidInput) and error.field:
         details.append(
@@ -154,8 +175,12 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
 
             return wrapped
 
-        return rewrapped(handler, lambda behavior, kind:
-                         wrap_stream(behavior) if kind.endswith("_stream") else wrap_unary(behavior))
+        return rewrapped(
+            handler,
+            lambda behavior, kind: (
+                wrap_stream(behavior) if kind.endswith("_stream") else wrap_unary(behavior)
+            ),
+        )
 
 
 def _is_abort(exc: BaseException, context: grpc.ServicerContext) -> bool:

@@ -23,7 +23,7 @@ _FACTORIES: dict[str, Callable[..., Any]] = {
 
 
 def handler_kind(handler: Any) -> str:
-    """"unary_unary", "unary_stream", "stream_unary" or "stream_stream" (request_response)."""
+    """ "unary_unary", "unary_stream", "stream_unary" or "stream_stream" (request_response)."""
     request = "stream" if handler.request_streaming else "unary"
     response = "stream" if handler.response_streaming else "unary"
     return f"{request}_{response}"
@@ -33,6 +33,8 @@ def rewrapped(handler: Any, wrap: Callable[[Callable[..., Any], str], Callable[.
     """A handler of `handler`'s kind and (de)serializers whose behaviour is
     `wrap(behaviour, kind)`, `behaviour` being `handler`'s own."""
     kind = handler_kind(handler)
-    return _FACTORIES[kind](wrap(getattr(handler, kind), kind),
-                            request_deserializer=handler.request_deserializer,
-                            response_serializer=handler.response_serializer)
+    return _FACTORIES[kind](
+        wrap(getattr(handler, kind), kind),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

@@ -46,9 +46,12 @@ class RequestCaps:
     @classmethod
     def from_settings(cls, settings: Any) -> RequestCaps:
         return cls(
-            beam_size=settings.cap_beam_size, best_of=settings.cap_best_of,
-            temperatures=settings.cap_temperatures, prompt_chars=settings.cap_prompt_chars,
-            hotword_items=settings.cap_hotword_items, hotwords_chars=settings.cap_hotwords_chars,
+            beam_size=settings.cap_beam_size,
+            best_of=settings.cap_best_of,
+            temperatures=settings.cap_temperatures,
+            prompt_chars=settings.cap_prompt_chars,
+            hotword_items=settings.cap_hotword_items,
+            hotwords_chars=settings.cap_hotwords_chars,
             speakers=settings.cap_speakers,
             setting_prefix=str(settings.model_config.get("env_prefix", "ASR_")),
         )
@@ -57,7 +60,8 @@ class RequestCaps:
         setting = f"{self.setting_prefix}CAP_{cap.upper()}"
         return LimitExceeded(
             f"{what} is above the cap of {limit}{unit} on {cap} ({setting}): it bounds the work "
-            "one request may cost", field=f"config.{field}",
+            "one request may cost",
+            field=f"config.{field}",
             metadata={"cap": cap, "limit": str(limit), "setting": setting},
         )
 
@@ -73,22 +77,38 @@ class RequestCaps:
 
     def temperatures_(self, value: Any) -> None:
         if len(value) > self.temperatures:
-            raise self._refuse("temperatures", f"a schedule of {len(value)} temperatures",
-                               "temperatures", self.temperatures, " steps")
+            raise self._refuse(
+                "temperatures",
+                f"a schedule of {len(value)} temperatures",
+                "temperatures",
+                self.temperatures,
+                " steps",
+            )
 
     def initial_prompt_(self, value: str) -> None:
         if len(value) > self.prompt_chars:
-            raise self._refuse("initial_prompt", f"an initial_prompt of {len(value)} characters",
-                               "prompt_chars", self.prompt_chars, " characters")
+            raise self._refuse(
+                "initial_prompt",
+                f"an initial_prompt of {len(value)} characters",
+                "prompt_chars",
+                self.prompt_chars,
+                " characters",
+            )
 
     def hotwords_(self, value: str) -> None:
         if len(value) > self.hotwords_chars:
-            raise self._refuse("hotwords", f"hotwords of {len(value)} characters", "hotwords_chars",
-                               self.hotwords_chars, " characters")
+            raise self._refuse(
+                "hotwords",
+                f"hotwords of {len(value)} characters",
+                "hotwords_chars",
+                self.hotwords_chars,
+                " characters",
+            )
         items = len(value.split())
         if items > self.hotword_items:
-            raise self._refuse("hotwords", f"{items} hotwords", "hotword_items", self.hotword_items,
-                               " words")
+            raise self._refuse(
+                "hotwords", f"{items} hotwords", "hotword_items", self.hotword_items, " words"
+            )
 
     def _speakers(self, name: str, value: int) -> None:
         if value > self.speakers:
@@ -105,8 +125,13 @@ class RequestCaps:
 
     def speaker_names_(self, value: Any) -> None:
         if len(value) > self.speakers:
-            raise self._refuse("speaker_names", f"{len(value)} speaker_names", "speakers",
-                               self.speakers, " speakers")
+            raise self._refuse(
+                "speaker_names",
+                f"{len(value)} speaker_names",
+                "speakers",
+                self.speakers,
+                " speakers",
+            )
 
     def check(self, message: Message) -> None:
         """Refuse `message` (and the messages it directly holds) when a field passes its cap."""
@@ -118,8 +143,17 @@ class RequestCaps:
                 self.check(getattr(message, name))
 
 
-CAPPED_FIELDS = ("beam_size", "best_of", "temperatures", "initial_prompt", "hotwords", "num_speakers",
-                 "min_speakers", "max_speakers", "speaker_names")
+CAPPED_FIELDS = (
+    "beam_size",
+    "best_of",
+    "temperatures",
+    "initial_prompt",
+    "hotwords",
+    "num_speakers",
+    "min_speakers",
+    "max_speakers",
+    "speaker_names",
+)
 
 
 @functools.cache
@@ -127,8 +161,10 @@ def _plan(descriptor: Descriptor) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(capped fields of this message type, singular message fields that may hold more)."""
     fields = tuple(name for name in CAPPED_FIELDS if name in descriptor.fields_by_name)
     nested = tuple(
-        f.name for f in descriptor.fields
-        if f.type == FieldDescriptor.TYPE_MESSAGE and not f.is_repeated
+        f.name
+        for f in descriptor.fields
+        if f.type == FieldDescriptor.TYPE_MESSAGE
+        and not f.is_repeated
         and _could_hold_caps(f.message_type)
     )
     return fields, nested
@@ -220,6 +256,7 @@ class AioCapsInterceptor(grpc.aio.ServerInterceptor):
                 return request
 
             if inspect.isasyncgenfunction(behavior):
+
                 async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
                     async for response in behavior(await first(request, context), context):
                         yield response

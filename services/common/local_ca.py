@@ -52,8 +52,9 @@ def _usable(cert_path: Path, ca_cert) -> bool:
     return cert.not_valid_after_utc - dt.datetime.now(dt.timezone.utc) > RENEW_BEFORE
 
 
-def ensure_local_tls(directory: Path, hosts: Iterable[str] = HOSTS,
-                     addresses: Iterable[str] = ADDRESSES) -> LocalTls:
+def ensure_local_tls(
+    directory: Path, hosts: Iterable[str] = HOSTS, addresses: Iterable[str] = ADDRESSES
+) -> LocalTls:
     """The CA and mesh certificate under `directory`, made if missing, stale or foreign."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -68,8 +69,11 @@ def ensure_local_tls(directory: Path, hosts: Iterable[str] = HOSTS,
     now = dt.datetime.now(dt.timezone.utc)
 
     def pem_key(key) -> bytes:
-        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption())
+        return key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
 
     ca_cert = ca_key = None
     if files.ca.is_file() and ca_key_path.is_file():
@@ -84,34 +88,62 @@ def ensure_local_tls(directory: Path, hosts: Iterable[str] = HOSTS,
         ca_key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_NAME)])
         ca_cert = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=3650))
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=3650))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False,
-                                         encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+            )
             .sign(ca_key, hashes.SHA256())
         )
         _write(ca_key_path, pem_key(ca_key), private=True)
         _write(files.ca, ca_cert.public_bytes(serialization.Encoding.PEM))
     if not (files.key.is_file() and _usable(files.cert, ca_cert)):
         key = ec.generate_private_key(ec.SECP256R1())
-        san = [x509.DNSName(h) for h in hosts] + [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
+        san = [x509.DNSName(h) for h in hosts] + [
+            x509.IPAddress(ipaddress.ip_address(a)) for a in addresses
+        ]
         cert = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "asr-mesh local service")]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key())
+            .subject_name(
+                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "asr-mesh local service")])
+            )
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=825))
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=825))
             .add_extension(x509.SubjectAlternativeName(san), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                                  ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                           critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                critical=False,
+            )
             .sign(ca_key, hashes.SHA256())
         )
         _write(files.key, pem_key(key), private=True)
@@ -126,8 +158,13 @@ def tls_env(files: LocalTls, services: Iterable[str]) -> dict[str, str]:
     env: dict[str, str] = {}
     for name in services:
         prefix = f"ASR_{name.upper()}_"
-        env.update({f"{prefix}TLS_CERT_FILE": str(files.cert), f"{prefix}TLS_KEY_FILE": str(files.key),
-                    f"{prefix}TLS_CA_FILE": str(files.ca)})
+        env.update(
+            {
+                f"{prefix}TLS_CERT_FILE": str(files.cert),
+                f"{prefix}TLS_KEY_FILE": str(files.key),
+                f"{prefix}TLS_CA_FILE": str(files.ca),
+            }
+        )
         if name != "gateway":
             env[f"{prefix}TLS_REQUIRE_CLIENT_CERT"] = "true"
     return env

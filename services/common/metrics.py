@@ -24,52 +24,80 @@ _LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
 _RTF_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
 
 REQUESTS = Counter(
-    "asr_grpc_server_requests", "gRPC requests handled, by method and status code.",
-    ["service", "method", "code"], registry=REGISTRY,
+    "asr_grpc_server_requests",
+    "gRPC requests handled, by method and status code.",
+    ["service", "method", "code"],
+    registry=REGISTRY,
 )
 LATENCY = Histogram(
-    "asr_grpc_server_request_duration_seconds", "Wall time of gRPC requests, by method and status.",
-    ["service", "method", "code"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+    "asr_grpc_server_request_duration_seconds",
+    "Wall time of gRPC requests, by method and status.",
+    ["service", "method", "code"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
 )
 IN_FLIGHT = Gauge(
-    "asr_grpc_server_in_flight_requests", "gRPC requests being handled now.",
-    ["service", "method"], registry=REGISTRY,
+    "asr_grpc_server_in_flight_requests",
+    "gRPC requests being handled now.",
+    ["service", "method"],
+    registry=REGISTRY,
 )
 REAL_TIME_FACTOR = Histogram(
-    "asr_real_time_factor", "Processing seconds per audio second of finished requests.",
-    ["service"], buckets=_RTF_BUCKETS, registry=REGISTRY,
+    "asr_real_time_factor",
+    "Processing seconds per audio second of finished requests.",
+    ["service"],
+    buckets=_RTF_BUCKETS,
+    registry=REGISTRY,
 )
 AUDIO_SECONDS = Counter(
-    "asr_audio_processed_seconds", "Seconds of audio processed.", ["service"], registry=REGISTRY,
+    "asr_audio_processed_seconds",
+    "Seconds of audio processed.",
+    ["service"],
+    registry=REGISTRY,
 )
 QUEUE_DEPTH = Gauge(
-    "asr_queue_depth", "Requests waiting for a worker (the autoscaling signal).",
-    ["service"], registry=REGISTRY,
+    "asr_queue_depth",
+    "Requests waiting for a worker (the autoscaling signal).",
+    ["service"],
+    registry=REGISTRY,
 )
 QUEUE_WAIT = Histogram(
-    "asr_queue_wait_seconds", "Time admitted requests spent waiting in the admission queue.",
-    ["service"], buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+    "asr_queue_wait_seconds",
+    "Time admitted requests spent waiting in the admission queue.",
+    ["service"],
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
     registry=REGISTRY,
 )
 QUEUE_REJECTED = Counter(
-    "asr_queue_rejected", "Requests refused because the admission queue was full, or handed back "
-    "on drain.", ["service", "reason"], registry=REGISTRY,
+    "asr_queue_rejected",
+    "Requests refused because the admission queue was full, or handed back on drain.",
+    ["service", "reason"],
+    registry=REGISTRY,
 )
 BUSY_WORKERS = Gauge(
-    "asr_busy_workers", "Requests being processed by a worker now (not waiting in the queue).",
-    ["service"], registry=REGISTRY,
+    "asr_busy_workers",
+    "Requests being processed by a worker now (not waiting in the queue).",
+    ["service"],
+    registry=REGISTRY,
 )
 MODEL_LOADED = Gauge(
-    "asr_model_loaded", "1 while a model is loaded in memory, else 0.",
-    ["service", "model", "device", "compute_type"], registry=REGISTRY,
+    "asr_model_loaded",
+    "1 while a model is loaded in memory, else 0.",
+    ["service", "model", "device", "compute_type"],
+    registry=REGISTRY,
 )
 BATCH_SIZE = Histogram(
-    "asr_batch_size", "Items per inference batch.", ["service"],
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=REGISTRY,
+    "asr_batch_size",
+    "Items per inference batch.",
+    ["service"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+    registry=REGISTRY,
 )
 CACHE_REQUESTS = Counter(
-    "asr_cache_requests", "Cache look-ups by result (hit or miss).",
-    ["service", "cache", "result"], registry=REGISTRY,
+    "asr_cache_requests",
+    "Cache look-ups by result (hit or miss).",
+    ["service", "cache", "result"],
+    registry=REGISTRY,
 )
 
 
@@ -149,8 +177,12 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 
             return wrapped
 
-        return rewrapped(handler, lambda behavior, kind:
-                         wrap_stream(behavior) if kind.endswith("_stream") else wrap_unary(behavior))
+        return rewrapped(
+            handler,
+            lambda behavior, kind: (
+                wrap_stream(behavior) if kind.endswith("_stream") else wrap_unary(behavior)
+            ),
+        )
 
 
 def _code_name(context: grpc.ServicerContext, failed: bool) -> str:

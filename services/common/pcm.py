@@ -24,11 +24,13 @@ def check_format(sample_rate_hz: int, channels: int, encoding: int) -> None:
             field="config.format.sample_rate_hz",
         )
     if channels not in (0, 1):
-        raise InvalidInput(f"PCM must be mono, got {channels} channels",
-                           field="config.format.channels")
+        raise InvalidInput(
+            f"PCM must be mono, got {channels} channels", field="config.format.channels"
+        )
     if encoding not in (0, 1):  # UNSPECIFIED or S16LE
-        raise InvalidInput("PCM must be signed 16-bit little-endian",
-                           field="config.format.encoding")
+        raise InvalidInput(
+            "PCM must be signed 16-bit little-endian", field="config.format.encoding"
+        )
 
 
 def pcm_duration(num_bytes: int) -> float:
@@ -71,8 +73,13 @@ def read_config(request_iterator: Iterator[Any], *, config_field: str = "config"
     return config
 
 
-def read_pcm(request_iterator: Iterator[Any], *, max_audio_seconds: float, meter: UploadMeter,
-             config_field: str = "config") -> bytearray:
+def read_pcm(
+    request_iterator: Iterator[Any],
+    *,
+    max_audio_seconds: float,
+    meter: UploadMeter,
+    config_field: str = "config",
+) -> bytearray:
     """The PCM of the audio messages that follow the config, refused beyond `max_audio_seconds`.
 
     `meter` checks the stream against the size declared in the config and tells a cancelled
@@ -80,14 +87,23 @@ def read_pcm(request_iterator: Iterator[Any], *, max_audio_seconds: float, meter
     converting would hold an hour of audio twice for a moment.
     """
     pcm = bytearray()
-    for piece in pcm_pieces(request_iterator, max_audio_seconds=max_audio_seconds, meter=meter,
-                            config_field=config_field):
+    for piece in pcm_pieces(
+        request_iterator,
+        max_audio_seconds=max_audio_seconds,
+        meter=meter,
+        config_field=config_field,
+    ):
         pcm += piece
     return pcm
 
 
-def pcm_pieces(request_iterator: Iterator[Any], *, max_audio_seconds: float, meter: UploadMeter,
-               config_field: str = "config") -> Iterator[bytes]:
+def pcm_pieces(
+    request_iterator: Iterator[Any],
+    *,
+    max_audio_seconds: float,
+    meter: UploadMeter,
+    config_field: str = "config",
+) -> Iterator[bytes]:
     """The PCM of each audio message after the config, as it arrives, with `read_pcm`'s checks:
     for services that work on the audio while it streams in instead of holding all of it."""
     limit = int(max_audio_seconds * SAMPLE_RATE * BYTES_PER_SAMPLE)

@@ -49,9 +49,15 @@ def rpc_watch(context: Any) -> tuple[threading.Event, float | None]:
 class WorkQueue:
     """`with queue.slot(cancel, timeout) as waited:` runs the body on one of `workers` slots."""
 
-    def __init__(self, workers: int, max_queued: int,
-                 on_change: Callable[[int, int], None] | None = None,
-                 typical_job_s: float = 10.0, *, name: str = "the service"):
+    def __init__(
+        self,
+        workers: int,
+        max_queued: int,
+        on_change: Callable[[int, int], None] | None = None,
+        typical_job_s: float = 10.0,
+        *,
+        name: str = "the service",
+    ):
         if workers < 1 or max_queued < 0:
             raise ValueError("workers must be >= 1 and max_queued >= 0")
         self.workers = workers
@@ -76,8 +82,9 @@ class WorkQueue:
         return max(1.0, round(self._job_s * (len(self._queue) + 1) / self.workers, 1))
 
     @contextmanager
-    def slot(self, cancel: threading.Event | None = None,
-             timeout: float | None = None) -> Iterator[float]:
+    def slot(
+        self, cancel: threading.Event | None = None, timeout: float | None = None
+    ) -> Iterator[float]:
         """Hold a worker slot for the body; yields seconds spent waiting in the queue.
 
         Raises `Overloaded` at once when the queue is full, `Cancelled` when `cancel` is set
@@ -123,8 +130,9 @@ class WorkQueue:
                 self._notify()
                 self._cond.notify_all()  # the head of the queue must be the one to wake
 
-    def _wait_for_turn(self, ticket: object, cancel: threading.Event | None,
-                       deadline: float | None) -> None:
+    def _wait_for_turn(
+        self, ticket: object, cancel: threading.Event | None, deadline: float | None
+    ) -> None:
         """Wait (lock held, released while sleeping) until `ticket` heads the queue with a worker
         free, or the caller gives up. A caller that gave up is never admitted."""
         while True:
@@ -133,7 +141,8 @@ class WorkQueue:
             if left is not None and left <= 0:
                 raise DeadlineExceeded(
                     f"the deadline passed while waiting in the {self.name} queue "
-                    f"({self._running} running, {len(self._queue)} queued)")
+                    f"({self._running} running, {len(self._queue)} queued)"
+                )
             if cancel is not None and cancel.is_set():
                 raise Cancelled(f"request cancelled while waiting in the {self.name} queue")
             if self._queue[0] is ticket and self._running < self.workers:
@@ -144,13 +153,14 @@ class WorkQueue:
         self._on_change(len(self._queue), self._running)
 
 
-
 # --------------------------------------------------------------------------- event-loop admission
 
 CallerKey = Callable[[Any], str]
 """Maps a grpc.aio servicer context to the caller a fair queue shares capacity by."""
 
-caller_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("asr_caller", default=None)
+caller_override: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "asr_caller", default=None
+)
 """An authenticating interceptor sets this (the identity its token maps to) before the handler
 runs; interceptors of a grpc.aio server run in the handler's task, so the handler sees it."""
 
@@ -199,10 +209,17 @@ class FairQueue:
     Everything runs on one event loop: no locks.
     """
 
-    def __init__(self, capacity: int, max_queued: int, *, name: str = "the gateway",
-                 on_change: Callable[[int, int], None] | None = None,
-                 on_wait: Callable[[float], None] | None = None,
-                 on_reject: Callable[[str], None] | None = None, typical_job_s: float = 5.0):
+    def __init__(
+        self,
+        capacity: int,
+        max_queued: int,
+        *,
+        name: str = "the gateway",
+        on_change: Callable[[int, int], None] | None = None,
+        on_wait: Callable[[float], None] | None = None,
+        on_reject: Callable[[str], None] | None = None,
+        typical_job_s: float = 5.0,
+    ):
         if capacity < 1 or max_queued < 0:
             raise ValueError("capacity must be >= 1 and max_queued >= 0")
         self.capacity = capacity
@@ -211,7 +228,9 @@ class FairQueue:
         self._on_change = on_change or (lambda waiting, running: None)
         self._on_wait = on_wait or (lambda seconds: None)
         self._on_reject = on_reject or (lambda reason: None)
-        self._queues: dict[str, deque[asyncio.Future]] = {}  # caller → waiters; dict order = turn order
+        self._queues: dict[
+            str, deque[asyncio.Future]
+        ] = {}  # caller → waiters; dict order = turn order
         self._waiting = 0
         self._running = 0
         self._closed: str | None = None
@@ -243,8 +262,7 @@ class FairQueue:
         return handed
 
     def _draining(self) -> Draining:
-        return Draining(f"{self._closed}; the request was not started: retry it",
-                        retry_after_s=2.0)
+        return Draining(f"{self._closed}; the request was not started: retry it", retry_after_s=2.0)
 
     @asynccontextmanager
     async def slot(self, caller: str, timeout: float | None = None) -> AsyncIterator[float]:
@@ -259,8 +277,10 @@ class FairQueue:
                 self._on_reject("full")
                 raise Overloaded(
                     f"{self.name} queue is full ({self._running} running, {self._waiting} queued); "
-                    "retry later", retry_after_s=self.retry_after(),
-                    metadata={"queued": str(self._waiting), "running": str(self._running)})
+                    "retry later",
+                    retry_after_s=self.retry_after(),
+                    metadata={"queued": str(self._waiting), "running": str(self._running)},
+                )
             fut = asyncio.get_running_loop().create_future()
             self._queues.setdefault(caller, deque()).append(fut)
             self._waiting += 1
@@ -274,7 +294,8 @@ class FairQueue:
                 self._abandon(caller, fut)
                 raise DeadlineExceeded(
                     f"the deadline passed while waiting in {self.name} queue "
-                    f"({self._running} running, {self._waiting} queued)")
+                    f"({self._running} running, {self._waiting} queued)"
+                )
             fut.result()  # Draining when the queue was closed under it; else the slot is ours
         waited = time.perf_counter() - started
         self._on_wait(waited)

@@ -55,12 +55,19 @@ from services.common.handlers import rewrapped
 log = logging.getLogger(__name__)
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
-REFLECTION_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
+REFLECTION_PREFIXES = (
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
 MISSING_TOKEN = "this gateway requires a bearer token: pass --token or set ASR_TOKEN"
-WRONG_TOKEN = ("the bearer token is not one this gateway accepts (check --token or ASR_TOKEN; "
-               "tokens are compared exactly, and a revoked one stops working at once)")
+WRONG_TOKEN = (
+    "the bearer token is not one this gateway accepts (check --token or ASR_TOKEN; "
+    "tokens are compared exactly, and a revoked one stops working at once)"
+)
 
-caller_identity: contextvars.ContextVar[str] = contextvars.ContextVar("asr_caller_identity", default="")
+caller_identity: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "asr_caller_identity", default=""
+)
 """Who is calling, while a handler of an authenticating server runs ("" when no token is needed)."""
 
 
@@ -106,14 +113,17 @@ def server_credentials(settings: Any) -> grpc.ServerCredentials | None:
         try:
             renewed = configuration()
         except SecurityConfigError as exc:
-            log.warning("TLS files changed but cannot be used (%s); keeping the certificate in use",
-                        exc.message)
+            log.warning(
+                "TLS files changed but cannot be used (%s); keeping the certificate in use",
+                exc.message,
+            )
             return None
         log.info("TLS certificate reloaded from %s", settings.tls_cert_file)
         return renewed
 
     return grpc.dynamic_ssl_server_credentials(
-        initial, fetch, require_client_authentication=bool(settings.tls_require_client_cert))
+        initial, fetch, require_client_authentication=bool(settings.tls_require_client_cert)
+    )
 
 
 def downstream_credentials(settings: Any) -> grpc.ChannelCredentials | None:
@@ -126,8 +136,11 @@ def downstream_credentials(settings: Any) -> grpc.ChannelCredentials | None:
     return channel_credentials(settings.tls_ca_file, cert, key)
 
 
-def open_channel(target: str, options: Iterable[tuple[str, Any]] = (),
-                 credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+def open_channel(
+    target: str,
+    options: Iterable[tuple[str, Any]] = (),
+    credentials: grpc.ChannelCredentials | None = None,
+) -> grpc.Channel:
     """A secure channel when `credentials` are given, else a plaintext one."""
     options = list(options)
     if credentials is None:
@@ -135,9 +148,12 @@ def open_channel(target: str, options: Iterable[tuple[str, Any]] = (),
     return grpc.secure_channel(target, credentials, options=options)
 
 
-def open_aio_channel(target: str, options: Iterable[tuple[str, Any]] = (),
-                     credentials: grpc.ChannelCredentials | None = None,
-                     interceptors: Iterable[Any] | None = None) -> grpc.aio.Channel:
+def open_aio_channel(
+    target: str,
+    options: Iterable[tuple[str, Any]] = (),
+    credentials: grpc.ChannelCredentials | None = None,
+    interceptors: Iterable[Any] | None = None,
+) -> grpc.aio.Channel:
     """`open_channel` for grpc.aio (the gateway's channels once it runs on an event loop)."""
     options, interceptors = list(options), list(interceptors or ()) or None
     if credentials is None:
@@ -157,7 +173,9 @@ def start_health_server(health_servicer: Any, host: str, port: int) -> tuple[grp
     probes, which cannot speak TLS); it shares the main server's health servicer."""
     from grpc_health.v1 import health_pb2_grpc
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=[("grpc.so_reuseport", 0)])
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2), options=[("grpc.so_reuseport", 0)]
+    )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
@@ -202,10 +220,16 @@ class TokenFile:
             text = self.path.read_text()
         except (OSError, UnicodeDecodeError) as exc:
             if strict:
-                raise SecurityConfigError(f"cannot read the token file {self.path}: {exc}") from None
+                raise SecurityConfigError(
+                    f"cannot read the token file {self.path}: {exc}"
+                ) from None
             if self._stamp != "unreadable":  # once per outage, not once per call
-                log.warning("token file %s unreadable (%s); keeping the %d tokens read before",
-                            self.path, exc, len(self._entries))
+                log.warning(
+                    "token file %s unreadable (%s); keeping the %d tokens read before",
+                    self.path,
+                    exc,
+                    len(self._entries),
+                )
                 self._stamp = "unreadable"
             return
         entries = []
@@ -269,7 +293,8 @@ class Authenticator:
             return "", Unauthenticated(MISSING_TOKEN)
         if not token:
             return "", Unauthenticated(
-                "the authorization header must read 'Bearer <token>'; pass --token or set ASR_TOKEN")
+                "the authorization header must read 'Bearer <token>'; pass --token or set ASR_TOKEN"
+            )
         identity = self._tokens.identify(token)
         if identity is None:
             return "", PermissionDenied(WRONG_TOKEN)
@@ -297,8 +322,9 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         self._auth = Authenticator(tokens, reflection_enabled)
 
     def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
-        identity, error = self._auth.check(handler_call_details.method,
-                                           handler_call_details.invocation_metadata)
+        identity, error = self._auth.check(
+            handler_call_details.method, handler_call_details.invocation_metadata
+        )
         handler = continuation(handler_call_details)
         if handler is None:
             return None
@@ -318,6 +344,7 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         def with_identity(kind: str) -> Callable:
             behavior = getattr(handler, kind)
             if not handler.response_streaming:
+
                 def unary(request: Any, context: grpc.ServicerContext) -> Any:
                     token = caller_identity.set(identity)
                     try:
@@ -361,8 +388,9 @@ class AioBearerTokenInterceptor(grpc.aio.ServerInterceptor):
         self._auth = Authenticator(tokens, reflection_enabled)
 
     async def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
-        identity, error = self._auth.check(handler_call_details.method,
-                                           handler_call_details.invocation_metadata)
+        identity, error = self._auth.check(
+            handler_call_details.method, handler_call_details.invocation_metadata
+        )
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -374,6 +402,7 @@ class AioBearerTokenInterceptor(grpc.aio.ServerInterceptor):
 
         def refuse_for(kind: str) -> Callable:
             if kind.endswith("_stream"):  # response-streaming handlers must be async generators
+
                 async def refuse_stream(_request: Any, context: grpc.aio.ServicerContext) -> Any:
                     await context.abort(status.code, status.details, status.trailing_metadata)
                     yield  # never reached: abort raises; the yield makes this an async generator
@@ -392,11 +421,15 @@ def server_interceptors(settings: Any) -> list[grpc.ServerInterceptor]:
     """The sync interceptors `settings` asks for (the token check when auth_token_file is set)."""
     if not settings.auth_token_file:
         return []
-    return [BearerTokenInterceptor(TokenFile(settings.auth_token_file), settings.reflection_enabled)]
+    return [
+        BearerTokenInterceptor(TokenFile(settings.auth_token_file), settings.reflection_enabled)
+    ]
 
 
 def aio_server_interceptors(settings: Any) -> list[grpc.aio.ServerInterceptor]:
     """The grpc.aio counterpart of `server_interceptors`."""
     if not settings.auth_token_file:
         return []
-    return [AioBearerTokenInterceptor(TokenFile(settings.auth_token_file), settings.reflection_enabled)]
+    return [
+        AioBearerTokenInterceptor(TokenFile(settings.auth_token_file), settings.reflection_enabled)
+    ]

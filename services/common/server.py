@@ -116,14 +116,20 @@ class StallGuardInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
         handler = continuation(handler_call_details)
-        if (handler is None or not handler.request_streaming or self._idle_timeout_s <= 0
-                or not handler_call_details.method.startswith("/asr.")):
+        if (
+            handler is None
+            or not handler.request_streaming
+            or self._idle_timeout_s <= 0
+            or not handler_call_details.method.startswith("/asr.")
+        ):
             return handler
 
         def guarded(behavior: Callable) -> Callable:
             def wrapped(request_iterator: Any, context: grpc.ServicerContext) -> Any:
-                return behavior(stall_guarded(request_iterator, self._idle_timeout_s,
-                                              setting=self._setting), context)
+                return behavior(
+                    stall_guarded(request_iterator, self._idle_timeout_s, setting=self._setting),
+                    context,
+                )
 
             return wrapped
 
@@ -162,8 +168,10 @@ def build_server(
             MetricsInterceptor(metrics_name or names[0].split(".")[1]),
             *auth_interceptors(settings),  # bearer tokens, when auth_token_file is set
             ErrorMappingInterceptor(),
-            StallGuardInterceptor(settings.upload_idle_timeout_s,
-                                  f"{settings.model_config.get('env_prefix', 'ASR_')}UPLOAD_IDLE_TIMEOUT_S"),
+            StallGuardInterceptor(
+                settings.upload_idle_timeout_s,
+                f"{settings.model_config.get('env_prefix', 'ASR_')}UPLOAD_IDLE_TIMEOUT_S",
+            ),
             CapsInterceptor(RequestCaps.from_settings(settings)),  # bounded cost per request
         ],
         options=options,
@@ -174,7 +182,11 @@ def build_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection_enabled:  # off by default: it maps the whole API for anyone who asks
         reflection.enable_server_reflection(
-            (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (
+                *names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
     port = bind(server, f"{settings.host}:{settings.port}", server_credentials(settings))
@@ -182,13 +194,17 @@ def build_server(
         raise OSError(f"could not bind {settings.host}:{settings.port}")
     server.start()
     handle = ServerHandle(
-        server=server, port=port, health=health_servicer, service_names=names,
+        server=server,
+        port=port,
+        health=health_servicer,
+        service_names=names,
         metrics_port=start_metrics_server(settings.metrics_port, settings.host),
     )
     if settings.health_port:  # plaintext health alone, for probes that cannot speak TLS
         try:
-            health_server, handle.health_port = start_health_server(health_servicer, settings.host,
-                                                                    settings.health_port)
+            health_server, handle.health_port = start_health_server(
+                health_servicer, settings.host, settings.health_port
+            )
         except OSError:
             server.stop(None)  # a server without its probe port would look dead to Kubernetes
             raise
@@ -222,8 +238,10 @@ def build_aio_server(
     options = server_options(settings)
     prefix = settings.model_config.get("env_prefix", "ASR_")
     limits = StreamLimits(
-        idle_s=settings.upload_idle_timeout_s, min_bytes_per_s=settings.upload_min_bytes_per_s,
-        rate_window_s=settings.upload_rate_window_s, max_duration_s=settings.upload_max_duration_s,
+        idle_s=settings.upload_idle_timeout_s,
+        min_bytes_per_s=settings.upload_min_bytes_per_s,
+        rate_window_s=settings.upload_rate_window_s,
+        max_duration_s=settings.upload_max_duration_s,
         setting_prefix=prefix,
     )
     chain = [
@@ -243,23 +261,34 @@ def build_aio_server(
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         if settings.reflection_enabled:  # off by default: it maps the whole API for anyone who asks
             reflection.enable_server_reflection(
-                (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+                (
+                    *names,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ),
                 server,
             )
         address = f"{settings.host}:{settings.port}"
-        port = (server.add_secure_port(address, credentials) if credentials is not None
-                else server.add_insecure_port(address))
+        port = (
+            server.add_secure_port(address, credentials)
+            if credentials is not None
+            else server.add_insecure_port(address)
+        )
         if port == 0:
             raise OSError(f"could not bind {address}")
         await server.start()
-        handle = AioServerHandle(server=server, port=port, health=health_servicer, service_names=names)
+        handle = AioServerHandle(
+            server=server, port=port, health=health_servicer, service_names=names
+        )
         if settings.health_port:  # plaintext health alone, for probes that cannot speak TLS
             probe = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probe)
             handle.health_port = probe.add_insecure_port(f"{settings.host}:{settings.health_port}")
             if handle.health_port == 0:
                 await server.stop(None)  # without its probe port it would look dead to Kubernetes
-                raise OSError(f"could not bind the health port {settings.host}:{settings.health_port}")
+                raise OSError(
+                    f"could not bind the health port {settings.host}:{settings.health_port}"
+                )
             await probe.start()
             handle.on_stop.append(lambda: run_on_loop(probe.stop(None), timeout=10))
         await handle._set_serving(serving)
@@ -283,14 +312,20 @@ def die_with_parent(parent_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def serve_forever(handle: ServerHandle | AioServerHandle, settings: ServerSettings, service: str) -> None:
+def serve_forever(
+    handle: ServerHandle | AioServerHandle, settings: ServerSettings, service: str
+) -> None:
     """Block until SIGTERM/SIGINT, then drain gracefully and flush telemetry."""
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
         if not stopping.is_set():
-            log.info("%s received %s, draining for up to %.0fs", service, signal.Signals(signum).name,
-                     settings.grace_period_s)
+            log.info(
+                "%s received %s, draining for up to %.0fs",
+                service,
+                signal.Signals(signum).name,
+                settings.grace_period_s,
+            )
             stopping.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -325,8 +360,9 @@ class TraceContextFilter(logging.Filter):
         return True
 
 
-def run_service(service: str, settings_type: type[SettingsT],
-                create: Callable[[SettingsT], Any]) -> None:
+def run_service(
+    service: str, settings_type: type[SettingsT], create: Callable[[SettingsT], Any]
+) -> None:
     """What every service's `main()` does: read settings once, set up logs and traces, serve."""
     try:
         settings = settings_type()
@@ -352,13 +388,18 @@ def configure_logging(level: str, service: str = "", log_format: str = "json") -
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(TraceContextFilter(service))
     if log_format == "text":
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)s %(service)s %(name)s [%(trace_id)s]: %(message)s"))
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s %(levelname)s %(service)s %(name)s [%(trace_id)s]: %(message)s"
+            )
+        )
     else:
-        handler.setFormatter(JsonFormatter(
-            "%(asctime)s %(levelname)s %(service)s %(name)s %(message)s %(trace_id)s %(span_id)s",
-            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-        ))
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(service)s %(name)s %(message)s %(trace_id)s %(span_id)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -30,20 +30,23 @@ class ServerSettings(BaseSettings):
         description="Directory for traces and runtime files.",
     )
     max_connection_age_s: float = Field(
-        0.0, ge=0,
+        0.0,
+        ge=0,
         description="Close client connections after this age (0 = never) so round-robin clients "
         "re-resolve DNS and find new pods.",
     )
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off.")
     upload_idle_timeout_s: float = Field(
-        60.0, ge=0,
+        60.0,
+        ge=0,
         description="Refuse a request stream (DEADLINE_EXCEEDED) once no message has arrived for "
         "this long; 0 = wait forever. A caller that stalls would otherwise hold a worker. Measured "
         "between whole messages, so it also sets a floor on upload speed: the SDK's 256 KiB "
         "pieces need about 4.4 KB/s at the default.",
     )
     upload_min_bytes_per_s: float = Field(
-        4096.0, ge=0,
+        4096.0,
+        ge=0,
         description="Event-loop servers (the gateway): once a request stream has been open for "
         "upload_rate_window_s, the bytes received over the last window must average at least this "
         "(a trickle that never pauses long is still cut, DEADLINE_EXCEEDED); 0 = no floor. Real-time "
@@ -51,47 +54,73 @@ class ServerSettings(BaseSettings):
     )
     upload_rate_window_s: float = Field(20.0, gt=0, description="Window of upload_min_bytes_per_s.")
     upload_max_duration_s: float = Field(
-        3600.0, ge=0, description="Event-loop servers: longest a request stream (an upload) may "
+        3600.0,
+        ge=0,
+        description="Event-loop servers: longest a request stream (an upload) may "
         "stay open; 0 = no limit. Real-time streaming sessions are exempt.",
     )
     parent_pid: int = Field(
-        0, validation_alias=AliasChoices("ASR_PARENT_PID"),
+        0,
+        validation_alias=AliasChoices("ASR_PARENT_PID"),
         description="Set by the local supervisor: exit when that process dies.",
     )
     log_level: str = Field("INFO", validation_alias=AliasChoices("ASR_LOG_LEVEL"))
     log_format: str = Field(
-        "json", pattern="^(json|text)$", validation_alias=AliasChoices("ASR_LOG_FORMAT"),
+        "json",
+        pattern="^(json|text)$",
+        validation_alias=AliasChoices("ASR_LOG_FORMAT"),
         description="json (structured, with trace ids) or text.",
     )
     # TLS, tokens and reflection: see services/common/security.py and README "Security".
     tls_cert_file: Path | None = Field(
-        None, description="PEM certificate chain of this server; with tls_key_file the port speaks TLS.")
+        None,
+        description="PEM certificate chain of this server; with tls_key_file the port speaks TLS.",
+    )
     tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
     tls_ca_file: Path | None = Field(
-        None, description="PEM CA bundle of the mesh: verifies client certificates, and the services "
-        "this one calls (the gateway's channels use TLS when it is set).")
+        None,
+        description="PEM CA bundle of the mesh: verifies client certificates, and the services "
+        "this one calls (the gateway's channels use TLS when it is set).",
+    )
     tls_require_client_cert: bool = Field(
-        False, description="mTLS: refuse callers without a certificate signed by tls_ca_file "
-        "(internal services: only mesh peers may call).")
+        False,
+        description="mTLS: refuse callers without a certificate signed by tls_ca_file "
+        "(internal services: only mesh peers may call).",
+    )
     tls_client_cert_file: Path | None = Field(
-        None, description="Certificate this process shows to the services it calls; tls_cert_file if unset.")
+        None,
+        description="Certificate this process shows to the services it calls; tls_cert_file if unset.",
+    )
     tls_client_key_file: Path | None = Field(None, description="Key of tls_client_cert_file.")
     auth_token_file: Path | None = Field(
-        None, description="Bearer tokens callers must send (one per line, '#' comments, optional "
-        "label after the token); reread when the file changes. Unset: no token needed.")
+        None,
+        description="Bearer tokens callers must send (one per line, '#' comments, optional "
+        "label after the token); reread when the file changes. Unset: no token needed.",
+    )
     reflection_enabled: bool = Field(
-        False, description="Serve gRPC reflection (grpcurl, buf curl). Health is always served.")
+        False, description="Serve gRPC reflection (grpcurl, buf curl). Health is always served."
+    )
     health_port: int = Field(
-        0, ge=0, le=65535, description="Also serve grpc.health.v1 alone, in plaintext, on this port "
-        "(Kubernetes gRPC probes cannot speak TLS); 0 = off.")
+        0,
+        ge=0,
+        le=65535,
+        description="Also serve grpc.health.v1 alone, in plaintext, on this port "
+        "(Kubernetes gRPC probes cannot speak TLS); 0 = off.",
+    )
     # Bounded cost per request (services/common/limits.py): the same caps on every service.
     cap_beam_size: int = Field(10, ge=1, description="Largest beam_size a request may ask for.")
     cap_best_of: int = Field(10, ge=1, description="Largest best_of a request may ask for.")
     cap_temperatures: int = Field(6, ge=1, description="Most temperature fallback steps.")
     cap_prompt_chars: int = Field(1000, ge=0, description="Longest initial_prompt, in characters.")
-    cap_hotword_items: int = Field(100, ge=0, description="Most hotwords (whitespace-separated words).")
-    cap_hotwords_chars: int = Field(2000, ge=0, description="Longest hotwords string, in characters.")
-    cap_speakers: int = Field(20, ge=1, description="Largest num/min/max_speakers a request may ask for.")
+    cap_hotword_items: int = Field(
+        100, ge=0, description="Most hotwords (whitespace-separated words)."
+    )
+    cap_hotwords_chars: int = Field(
+        2000, ge=0, description="Longest hotwords string, in characters."
+    )
+    cap_speakers: int = Field(
+        20, ge=1, description="Largest num/min/max_speakers a request may ask for."
+    )
 
     @model_validator(mode="after")
     def _tls_files_pair_up(self) -> ServerSettings:
@@ -99,11 +128,14 @@ class ServerSettings(BaseSettings):
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ValueError(f"{prefix}TLS_CERT_FILE and {prefix}TLS_KEY_FILE must be set together")
         if bool(self.tls_client_cert_file) != bool(self.tls_client_key_file):
-            raise ValueError(f"{prefix}TLS_CLIENT_CERT_FILE and {prefix}TLS_CLIENT_KEY_FILE must be "
-                             "set together")
+            raise ValueError(
+                f"{prefix}TLS_CLIENT_CERT_FILE and {prefix}TLS_CLIENT_KEY_FILE must be set together"
+            )
         if self.tls_require_client_cert and not (self.tls_cert_file and self.tls_ca_file):
-            raise ValueError(f"{prefix}TLS_REQUIRE_CLIENT_CERT needs {prefix}TLS_CERT_FILE, "
-                             f"{prefix}TLS_KEY_FILE and {prefix}TLS_CA_FILE")
+            raise ValueError(
+                f"{prefix}TLS_REQUIRE_CLIENT_CERT needs {prefix}TLS_CERT_FILE, "
+                f"{prefix}TLS_KEY_FILE and {prefix}TLS_CA_FILE"
+            )
         return self
 
 
@@ -116,7 +148,9 @@ class QueuedServerSettings(ServerSettings):
     """
 
     num_workers: int = Field(1, ge=1, description="Requests worked on at once.")
-    max_queued: int = Field(4, ge=0, description="Requests that may wait; beyond it RESOURCE_EXHAUSTED.")
+    max_queued: int = Field(
+        4, ge=0, description="Requests that may wait; beyond it RESOURCE_EXHAUSTED."
+    )
 
     @model_validator(mode="after")
     def _threads_outnumber_admitted_work(self) -> QueuedServerSettings:

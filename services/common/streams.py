@@ -59,7 +59,9 @@ class UploadMeter:
         if self.declared and self.received > self.declared:
             raise InvalidInput(
                 f"the {self._what} is longer than the {self.declared} bytes declared in "
-                f"{self._field}", field=self._field)
+                f"{self._field}",
+                field=self._field,
+            )
 
     def finish(self, grace_s: float = CANCEL_NOTICE_GRACE_S) -> int:
         """Call when the request stream ends; returns the byte count of a complete upload.
@@ -74,7 +76,9 @@ class UploadMeter:
                 raise Cancelled(f"the caller cancelled the request during the {self._what}")
             raise InvalidInput(
                 f"the {self._what} ended after {self.received} of the {self.declared} bytes "
-                f"declared in {self._field}", field=self._field)
+                f"declared in {self._field}",
+                field=self._field,
+            )
         return self.received
 
 

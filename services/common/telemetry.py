@@ -114,7 +114,9 @@ def setup_telemetry(service_name: str, state_dir: Path) -> TracerProvider:
                 path = trace_dir(state_dir) / f"{service_name}-{os.getpid()}.jsonl"
                 # Synchronous so a trace is complete on disk when the response reaches the caller.
                 max_bytes = _positive_int(os.environ.get("ASR_TRACE_FILE_MAX_BYTES"), 64 << 20)
-                provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(path, max_bytes)))
+                provider.add_span_processor(
+                    SimpleSpanProcessor(JsonLinesSpanExporter(path, max_bytes))
+                )
             elif name == "otlp":
                 provider.add_span_processor(BatchSpanProcessor(_otlp_exporter()))
             elif name == "console":
@@ -179,10 +181,12 @@ def aio_server_interceptors() -> list[grpc.aio.ServerInterceptor]:
     """The grpc.aio counterpart of `server_interceptors`. Health and reflection are not traced:
     their async servicers write with `context.write`, which the tracing wrapper cannot carry,
     and probes would drown the traces anyway."""
-    return [aio_server_interceptor(
-        tracer_provider=trace.get_tracer_provider(),
-        filter_=lambda details: not details.method.startswith(_UNTRACED),
-    )]
+    return [
+        aio_server_interceptor(
+            tracer_provider=trace.get_tracer_provider(),
+            filter_=lambda details: not details.method.startswith(_UNTRACED),
+        )
+    ]
 
 
 def aio_traced_channel_interceptors() -> list:

@@ -91,8 +91,9 @@ def _centroids(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return normalize(np.stack([x[labels == c].mean(axis=0) for c in range(k)]))
 
 
-def _dissolve_small(x: np.ndarray, labels: np.ndarray, min_size: int,
-                    keep_at_least: int) -> np.ndarray:
+def _dissolve_small(
+    x: np.ndarray, labels: np.ndarray, min_size: int, keep_at_least: int
+) -> np.ndarray:
     """Reassign windows of clusters smaller than `min_size` to the nearest large centroid."""
     sizes = np.bincount(labels)
     order = np.argsort(-sizes, kind="stable")
@@ -153,8 +154,9 @@ def cluster_embeddings(
     if k > max_k:
         # Too many: merge the closest speakers (by centroid) rather than re-cut the tree, whose
         # top splits may be a few outlier windows that would take a speaker's place.
-        return refine(x, _merge_closest(x, labels, max_k), options.refine_iterations,
-                      keep_at_least=min_k)
+        return refine(
+            x, _merge_closest(x, labels, max_k), options.refine_iterations, keep_at_least=min_k
+        )
     if k < min_k:
         labels = _relabel_by_first_appearance(fcluster(tree, t=min_k, criterion="maxclust") - 1)
         if min_k == max_k or int(labels.max()) + 1 > max_k:
@@ -172,20 +174,27 @@ def _shared_signal(groups: np.ndarray, positions: np.ndarray, radius: int | None
     return groups, positions, radius
 
 
-def _cluster_nme(x: np.ndarray, min_k: int, max_k: int, options: ClusteringOptions,
-                 mask: SharedSignal | None) -> np.ndarray:
+def _cluster_nme(
+    x: np.ndarray, min_k: int, max_k: int, options: ClusteringOptions, mask: SharedSignal | None
+) -> np.ndarray:
     """NME-SC count and spectral partition, then centroid refinement on the embeddings."""
     n = len(x)
     if n > options.spectral_points:
         picked = np.linspace(0, n - 1, options.spectral_points).round().astype(np.int64)
-        sub = _cluster_nme(x[picked], min_k, max_k, options,
-                           None if mask is None else (mask[0][picked], mask[1][picked], mask[2]))
+        sub = _cluster_nme(
+            x[picked],
+            min_k,
+            max_k,
+            options,
+            None if mask is None else (mask[0][picked], mask[1][picked], mask[2]),
+        )
         k = int(sub.max()) + 1
         centroids = _centroids(x[picked], sub, k)
         labels = _relabel_by_first_appearance(np.argmax(x @ centroids.T, axis=1))
         return refine(x, labels, options.refine_iterations, keep_at_least=min_k)
-    k, spectral = nme_spectral(x, min_k, max_k, options.max_pruning, options.pruning_steps, mask,
-                               options.min_gap)
+    k, spectral = nme_spectral(
+        x, min_k, max_k, options.max_pruning, options.pruning_steps, mask, options.min_gap
+    )
     labels = _relabel_by_first_appearance(kmeans(spectral, k))
     labels = refine(x, labels, options.refine_iterations, keep_at_least=min_k)
     if options.nme_min_fraction > 0:
@@ -216,9 +225,15 @@ def laplacian(graph: np.ndarray) -> np.ndarray:
     return lap
 
 
-def nme_spectral(x: np.ndarray, min_k: int, max_k: int, max_pruning: float, steps: int,
-                 mask: tuple[np.ndarray, np.ndarray, int | None] | None = None,
-                 min_gap: float = 0.0) -> tuple[int, np.ndarray]:
+def nme_spectral(
+    x: np.ndarray,
+    min_k: int,
+    max_k: int,
+    max_pruning: float,
+    steps: int,
+    mask: tuple[np.ndarray, np.ndarray, int | None] | None = None,
+    min_gap: float = 0.0,
+) -> tuple[int, np.ndarray]:
     """Normalised maximum eigengap spectral clustering (Park et al., 2019): count + embedding.
 
     For each candidate neighbour count p the cosine affinity is binarised (top p per row); the
@@ -281,8 +296,9 @@ def kmeans(x: np.ndarray, k: int, restarts: int = 10, iterations: int = 100) -> 
         c = np.asarray(centres)
         for _ in range(iterations):
             labels = np.argmin(((x[:, None, :] - c[None]) ** 2).sum(-1), axis=1)
-            new = np.stack([x[labels == j].mean(axis=0) if np.any(labels == j) else c[j]
-                            for j in range(k)])
+            new = np.stack(
+                [x[labels == j].mean(axis=0) if np.any(labels == j) else c[j] for j in range(k)]
+            )
             if np.allclose(new, c):
                 break
             c = new

@@ -32,8 +32,13 @@ class Backend(Protocol):
 
     name: str
 
-    def annotate(self, audio: np.ndarray, min_speakers: int, max_speakers: int,
-                 progress: Callable[[float, str], None]) -> Annotation:
+    def annotate(
+        self,
+        audio: np.ndarray,
+        min_speakers: int,
+        max_speakers: int,
+        progress: Callable[[float, str], None],
+    ) -> Annotation:
         """Speaker turns (any hashable labels) with a count within [min_speakers, max_speakers].
 
         `progress` is called between units of work (batches, steps); it raises `Cancelled` once
@@ -70,8 +75,10 @@ def speaker_bounds(options: DiarizationOptions, limit: int) -> tuple[int, int]:
         if value < 0:
             raise InvalidInput(f"{name} must not be negative, got {value}", field=f"config.{name}")
         if value > limit:
-            raise InvalidInput(f"{name} is {value}, above this service's limit of {limit} speakers",
-                               field=f"config.{name}")
+            raise InvalidInput(
+                f"{name} is {value}, above this service's limit of {limit} speakers",
+                field=f"config.{name}",
+            )
     if options.num_speakers:
         if (options.min_speakers and options.min_speakers > options.num_speakers) or (
             options.max_speakers and options.max_speakers < options.num_speakers
@@ -79,13 +86,16 @@ def speaker_bounds(options: DiarizationOptions, limit: int) -> tuple[int, int]:
             raise InvalidInput(
                 f"num_speakers={options.num_speakers} contradicts"
                 f" min_speakers={options.min_speakers} / max_speakers={options.max_speakers}",
-                field="config.num_speakers")
+                field="config.num_speakers",
+            )
         return options.num_speakers, options.num_speakers
     low = options.min_speakers or 1
     high = options.max_speakers or limit
     if low > high:
-        raise InvalidInput(f"min_speakers ({low}) is greater than max_speakers ({high})",
-                           field="config.min_speakers")
+        raise InvalidInput(
+            f"min_speakers ({low}) is greater than max_speakers ({high})",
+            field="config.min_speakers",
+        )
     return low, high
 
 
@@ -103,9 +113,14 @@ def exclusive_turns(annotation: Annotation) -> tuple[list[SpeakerTurn], list[Tim
     shows up in `overlaps`), else to the speaker whose turn started first. Secondary tracks
     (`SECONDARY_TRACK_PREFIX`) count as overlap only.
     """
-    tracks = sorted(((seg.start, seg.end, label, not str(track).startswith(SECONDARY_TRACK_PREFIX))
-                     for seg, track, label in annotation.itertracks(yield_label=True)
-                     if seg.end > seg.start), key=lambda t: (not t[3], t[0], t[1], str(t[2])))
+    tracks = sorted(
+        (
+            (seg.start, seg.end, label, not str(track).startswith(SECONDARY_TRACK_PREFIX))
+            for seg, track, label in annotation.itertracks(yield_label=True)
+            if seg.end > seg.start
+        ),
+        key=lambda t: (not t[3], t[0], t[1], str(t[2])),
+    )
     names: dict[Any, str] = {}
     for _start, _end, label, _primary in tracks:  # primary tracks first, each group in time order
         names.setdefault(label, f"SPEAKER_{len(names):02d}")
@@ -114,8 +129,11 @@ def exclusive_turns(annotation: Annotation) -> tuple[list[SpeakerTurn], list[Tim
     overlaps: list[list[float]] = []
     holder = None
     for a, b in zip(points[:-1], points[1:]):
-        active = [(start, names[label], primary) for start, end, label, primary in tracks
-                  if start <= a and end >= b]
+        active = [
+            (start, names[label], primary)
+            for start, end, label, primary in tracks
+            if start <= a and end >= b
+        ]
         if not active:
             holder = None
             continue
@@ -125,8 +143,9 @@ def exclusive_turns(annotation: Annotation) -> tuple[list[SpeakerTurn], list[Tim
                 overlaps[-1][1] = b
             else:
                 overlaps.append([a, b])
-        floor = [(start, name) for start, name, primary in active if primary] or \
-            [(start, name) for start, name, _ in active]
+        floor = [(start, name) for start, name, primary in active if primary] or [
+            (start, name) for start, name, _ in active
+        ]
         if holder not in {name for _, name in floor}:
             holder = min(floor)[1]
         if turns and turns[-1][0] == holder and abs(turns[-1][2] - a) < 1e-9:
@@ -147,8 +166,13 @@ class Diarizer:
     feeds its real-time-factor metrics with it).
     """
 
-    def __init__(self, backend: Backend, max_speakers: int = 10, *,
-                 on_work: Callable[[float, float], None] | None = None):
+    def __init__(
+        self,
+        backend: Backend,
+        max_speakers: int = 10,
+        *,
+        on_work: Callable[[float, float], None] | None = None,
+    ):
         self.backend = backend
         self.max_speakers = max_speakers
         self._on_work = on_work or (lambda audio_s, processing_s: None)
@@ -172,9 +196,15 @@ class Diarizer:
         started = time.perf_counter()
         # Not a "current" span: a generator may resume in another context, so the span is ended
         # explicitly and handed to the worker thread as its parent context.
-        span = tracer.start_span("diarization.diarize", attributes={
-            "asr.audio.duration_s": duration, "asr.diarization.backend": self.backend.name,
-            "asr.diarization.min_speakers": low, "asr.diarization.max_speakers": high})
+        span = tracer.start_span(
+            "diarization.diarize",
+            attributes={
+                "asr.audio.duration_s": duration,
+                "asr.diarization.backend": self.backend.name,
+                "asr.diarization.min_speakers": low,
+                "asr.diarization.max_speakers": high,
+            },
+        )
         try:
             yield ProgressUpdate(0.0, 0.0, duration, message=f"diarizing with {self.backend.name}")
             annotation = Annotation()
@@ -183,9 +213,14 @@ class Diarizer:
             turns, overlaps, count = exclusive_turns(annotation)
             processing = time.perf_counter() - started
             rtf = processing / duration if duration else 0.0
-            span.set_attributes({"asr.rtf": rtf, "asr.diarization.speakers": count,
-                                 "asr.diarization.turns": len(turns),
-                                 "asr.diarization.overlaps": len(overlaps)})
+            span.set_attributes(
+                {
+                    "asr.rtf": rtf,
+                    "asr.diarization.speakers": count,
+                    "asr.diarization.turns": len(turns),
+                    "asr.diarization.overlaps": len(overlaps),
+                }
+            )
             self._on_work(duration, processing)
             yield ProgressUpdate(1.0, duration, duration, message="diarization done")
             yield DiarizationOutcome(
@@ -205,9 +240,16 @@ class Diarizer:
             cancel.set()  # whatever happened, the worker has nothing left to do
             span.end()
 
-    def _run(self, audio: np.ndarray, low: int, high: int, duration: float, started: float,
-             cancel: threading.Event,
-             span: trace.Span) -> Generator[ProgressUpdate, None, Annotation]:
+    def _run(
+        self,
+        audio: np.ndarray,
+        low: int,
+        high: int,
+        duration: float,
+        started: float,
+        cancel: threading.Event,
+        span: trace.Span,
+    ) -> Generator[ProgressUpdate, None, Annotation]:
         # The backend blocks for the whole audio; it runs in a worker thread so its progress
         # reaches the caller while it works, and so a cancelled caller can stop it between batches.
         events: queue.Queue[tuple[float, str] | None] = queue.Queue()
@@ -246,8 +288,12 @@ class Diarizer:
         return result["annotation"]
 
     @staticmethod
-    def _relay(events: queue.Queue[tuple[float, str] | None], span: trace.Span, started: float,
-               duration: float) -> Iterator[ProgressUpdate]:
+    def _relay(
+        events: queue.Queue[tuple[float, str] | None],
+        span: trace.Span,
+        started: float,
+        duration: float,
+    ) -> Iterator[ProgressUpdate]:
         """Turn the worker's progress reports into `ProgressUpdate`s until it is done."""
         last = 0.0
         while (event := events.get()) is not None:

@@ -108,8 +108,9 @@ class Windows:
     embeddings: list[np.ndarray] = field(default_factory=list)
 
 
-def speech_regions(audio: np.ndarray, options: EmbeddingBackendOptions,
-                   progress: Progress = lambda f, m: None) -> list[tuple[float, float]]:
+def speech_regions(
+    audio: np.ndarray, options: EmbeddingBackendOptions, progress: Progress = lambda f, m: None
+) -> list[tuple[float, float]]:
     """Silero VAD (faster-whisper's copy) → speech regions in seconds, chunk by chunk.
 
     Chunks are cut on silero's 512-sample frames; a region that runs into the end of one chunk
@@ -120,9 +121,11 @@ def speech_regions(audio: np.ndarray, options: EmbeddingBackendOptions,
 
     if len(audio) == 0:
         return []
-    vad = VadOptions(threshold=options.vad_threshold,
-                     min_silence_duration_ms=options.vad_min_silence_ms,
-                     speech_pad_ms=options.vad_speech_pad_ms)
+    vad = VadOptions(
+        threshold=options.vad_threshold,
+        min_silence_duration_ms=options.vad_min_silence_ms,
+        speech_pad_ms=options.vad_speech_pad_ms,
+    )
     chunk = max(512, int(options.vad_chunk_s * SAMPLE_RATE) // 512 * 512)
     join = (options.vad_min_silence_ms + 2 * options.vad_speech_pad_ms) / 1000
     regions: list[list[float]] = []
@@ -131,7 +134,12 @@ def speech_regions(audio: np.ndarray, options: EmbeddingBackendOptions,
         for stamp in get_speech_timestamps(piece, vad, sampling_rate=SAMPLE_RATE):
             start = (offset + stamp["start"]) / SAMPLE_RATE
             end = (offset + min(stamp["end"], len(piece))) / SAMPLE_RATE
-            if regions and offset and start - regions[-1][1] < join and start <= offset / SAMPLE_RATE + join:
+            if (
+                regions
+                and offset
+                and start - regions[-1][1] < join
+                and start <= offset / SAMPLE_RATE + join
+            ):
                 regions[-1][1] = end
             else:
                 regions.append([start, end])
@@ -144,8 +152,10 @@ def estimate_snr_db(audio: np.ndarray, regions: list[tuple[float, float]]) -> fl
 
     Summed region by region and in 1 M-sample slices, so no copy of the audio is made.
     """
-    total = sum(float(np.dot(audio[i : i + 2**20], audio[i : i + 2**20]))
-                for i in range(0, len(audio), 2**20))
+    total = sum(
+        float(np.dot(audio[i : i + 2**20], audio[i : i + 2**20]))
+        for i in range(0, len(audio), 2**20)
+    )
     speech = 0.0
     speech_n = 0
     for start, end in regions:
@@ -200,7 +210,8 @@ class VoiceEncoderEmbedder:
         self._on_batch(len(mels))
         with self._torch.inference_mode():
             embeddings: np.ndarray = self._encoder(
-                self._torch.from_numpy(np.ascontiguousarray(mels))).numpy()
+                self._torch.from_numpy(np.ascontiguousarray(mels))
+            ).numpy()
         return embeddings
 
 
@@ -209,14 +220,20 @@ class EmbeddingClusteringBackend:
 
     name = BACKEND_NAME
 
-    def __init__(self, embedder: VoiceEncoderEmbedder | None = None,
-                 options: EmbeddingBackendOptions | None = None, torch_threads: int = 0,
-                 on_batch: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        embedder: VoiceEncoderEmbedder | None = None,
+        options: EmbeddingBackendOptions | None = None,
+        torch_threads: int = 0,
+        on_batch: Callable[[int], None] | None = None,
+    ):
         """`on_batch` goes to the encoder this backend builds (an injected `embedder` has its own)."""
         self.options = options or EmbeddingBackendOptions()
         self.embedder = embedder or VoiceEncoderEmbedder(torch_threads, on_batch)
 
-    def _windows(self, audio: np.ndarray, regions: list[tuple[float, float]], progress: Progress) -> Windows:
+    def _windows(
+        self, audio: np.ndarray, regions: list[tuple[float, float]], progress: Progress
+    ) -> Windows:
         opts = self.options
         hop_frames = max(1, round(opts.hop * 100))
         out = Windows()
@@ -251,13 +268,22 @@ class EmbeddingClusteringBackend:
                     flush()
                     progress(0.1 + 0.8 * done / total, "embedding speech windows")
         flush()
-        trace.get_current_span().set_attributes({
-            "asr.batch_size": opts.batch_size, "asr.diarization.batches": batches,
-            "asr.diarization.windows": len(out.embeddings)})
+        trace.get_current_span().set_attributes(
+            {
+                "asr.batch_size": opts.batch_size,
+                "asr.diarization.batches": batches,
+                "asr.diarization.windows": len(out.embeddings),
+            }
+        )
         return out
 
-    def annotate(self, audio: np.ndarray, min_speakers: int, max_speakers: int,
-                 progress: Progress = lambda f, m: None) -> Annotation:
+    def annotate(
+        self,
+        audio: np.ndarray,
+        min_speakers: int,
+        max_speakers: int,
+        progress: Progress = lambda f, m: None,
+    ) -> Annotation:
         """Diarize float32 16 kHz mono audio with a speaker count within the bounds."""
         opts = self.options
         annotation = Annotation()
@@ -265,48 +291,77 @@ class EmbeddingClusteringBackend:
         if not windows.embeddings:
             return annotation
         snr = estimate_snr_db(audio, regions)
-        labels, runs = self.label_windows(regions, windows, snr, len(audio) / SAMPLE_RATE,
-                                          min_speakers, max_speakers)
+        labels, runs = self.label_windows(
+            regions, windows, snr, len(audio) / SAMPLE_RATE, min_speakers, max_speakers
+        )
         progress(0.95, "clustered speech windows")
         for index, (label, start, end) in enumerate(runs):
             annotation[Segment(start, end), f"turn{index}"] = int(label)
         if opts.overlap.enabled and labels.max() > 0:
             with tracer.start_as_current_span("diarization.overlap") as span:
-                found = detect_overlaps(audio, regions, runs, self.embedder.mel, self.embedder.embed,
-                                        opts.overlap, opts.batch_size,
-                                        lambda: progress(0.97, "detecting overlapped speech"))
+                found = detect_overlaps(
+                    audio,
+                    regions,
+                    runs,
+                    self.embedder.mel,
+                    self.embedder.embed,
+                    opts.overlap,
+                    opts.batch_size,
+                    lambda: progress(0.97, "detecting overlapped speech"),
+                )
                 span.set_attribute("asr.diarization.overlaps", len(found))
             for index, (label, start, end) in enumerate(found):
                 annotation[Segment(start, end), f"{SECONDARY_TRACK_PREFIX}{index}"] = int(label)
         return annotation
 
-    def embed_speech(self, audio: np.ndarray,
-                     progress: Progress = lambda f, m: None) -> tuple[list[tuple[float, float]], Windows]:
+    def embed_speech(
+        self, audio: np.ndarray, progress: Progress = lambda f, m: None
+    ) -> tuple[list[tuple[float, float]], Windows]:
         """Voice activity, then one GE2E embedding per window of speech (the models' part)."""
         duration = len(audio) / SAMPLE_RATE
-        with tracer.start_as_current_span("diarization.vad", attributes={
-                "asr.audio.duration_s": duration, "asr.diarization.backend": self.name}) as span:
+        with tracer.start_as_current_span(
+            "diarization.vad",
+            attributes={"asr.audio.duration_s": duration, "asr.diarization.backend": self.name},
+        ) as span:
             regions = speech_regions(audio, self.options, progress)
-            span.set_attributes({"asr.diarization.speech_regions": len(regions),
-                                 "asr.diarization.speech_s": sum(e - s for s, e in regions)})
+            span.set_attributes(
+                {
+                    "asr.diarization.speech_regions": len(regions),
+                    "asr.diarization.speech_s": sum(e - s for s, e in regions),
+                }
+            )
         progress(0.1, f"found {len(regions)} speech regions")
-        with tracer.start_as_current_span("diarization.embedding", attributes={
-                "asr.model": ENCODER_MODEL, "asr.diarization.backend": self.name}):
+        with tracer.start_as_current_span(
+            "diarization.embedding",
+            attributes={"asr.model": ENCODER_MODEL, "asr.diarization.backend": self.name},
+        ):
             windows = self._windows(audio, regions, progress)
         return regions, windows
 
-    def label_windows(self, regions: list[tuple[float, float]], windows: Windows, snr: float,
-                      duration: float, min_speakers: int, max_speakers: int,
-                      ) -> tuple[np.ndarray, list[tuple[int, float, float]]]:
+    def label_windows(
+        self,
+        regions: list[tuple[float, float]],
+        windows: Windows,
+        snr: float,
+        duration: float,
+        min_speakers: int,
+        max_speakers: int,
+    ) -> tuple[np.ndarray, list[tuple[int, float, float]]]:
         """Window embeddings → (window labels, smoothed (label, start, end) turns). No models."""
         opts = self.options
         noisy = snr < opts.noisy_snr_db
-        with tracer.start_as_current_span("diarization.clustering", attributes={
+        with tracer.start_as_current_span(
+            "diarization.clustering",
+            attributes={
                 "asr.diarization.min_speakers": min_speakers,
                 "asr.diarization.max_speakers": max_speakers,
-                "asr.diarization.snr_db": snr, "asr.diarization.noisy": noisy}) as span:
-            embeddings = smooth_embeddings(np.stack(windows.embeddings), np.asarray(windows.region),
-                                           opts.context)
+                "asr.diarization.snr_db": snr,
+                "asr.diarization.noisy": noisy,
+            },
+        ) as span:
+            embeddings = smooth_embeddings(
+                np.stack(windows.embeddings), np.asarray(windows.region), opts.context
+            )
             clustering = opts.clustering
             if noisy:
                 embeddings = center(embeddings, opts.noisy_centering)
@@ -315,21 +370,40 @@ class EmbeddingClusteringBackend:
                 embeddings = center(embeddings, opts.centering)
             # Windows sharing audio or smoothing context are not each other's evidence.
             radius = 2 * opts.context + int(np.ceil(WINDOW_FRAMES / 100 / opts.hop))
-            labels = cluster_embeddings(embeddings, min_speakers, max_speakers, clustering,
-                                        groups=np.asarray(windows.region), radius=radius)
-            span.set_attributes({"asr.diarization.windows": len(labels),
-                                 "asr.diarization.speakers": int(labels.max()) + 1})
+            labels = cluster_embeddings(
+                embeddings,
+                min_speakers,
+                max_speakers,
+                clustering,
+                groups=np.asarray(windows.region),
+                radius=radius,
+            )
+            span.set_attributes(
+                {
+                    "asr.diarization.windows": len(labels),
+                    "asr.diarization.speakers": int(labels.max()) + 1,
+                }
+            )
         return labels, self.runs_from_labels(regions, windows, labels, duration)
 
-    def runs_from_labels(self, regions: list[tuple[float, float]], windows: Windows,
-                         labels: np.ndarray, duration: float) -> list[tuple[int, float, float]]:
+    def runs_from_labels(
+        self,
+        regions: list[tuple[float, float]],
+        windows: Windows,
+        labels: np.ndarray,
+        duration: float,
+    ) -> list[tuple[int, float, float]]:
         """Window labels → smoothed turns with this backend's options (`turns_from_labels`)."""
         return turns_from_labels(regions, windows, labels, duration, self.options)
 
 
-def turns_from_labels(regions: list[tuple[float, float]], windows: Windows, labels: np.ndarray,
-                      duration: float, options: EmbeddingBackendOptions,
-                      ) -> list[tuple[int, float, float]]:
+def turns_from_labels(
+    regions: list[tuple[float, float]],
+    windows: Windows,
+    labels: np.ndarray,
+    duration: float,
+    options: EmbeddingBackendOptions,
+) -> list[tuple[int, float, float]]:
     """Window labels → (label, start, end) turns: Hann-weighted votes on a 20 ms grid per
     region (`_vote`), flickers under `min_turn` absorbed, pauses under `max_gap_fill` within a
     speaker closed, edges widened by `turn_extension`. Pure: no models."""
@@ -338,8 +412,9 @@ def turns_from_labels(regions: list[tuple[float, float]], windows: Windows, labe
     return fill_gaps(runs, options.max_gap_fill, options.turn_extension, duration)
 
 
-def _vote(regions: list[tuple[float, float]], windows: Windows,
-          labels: np.ndarray) -> Iterator[tuple[int, float, float]]:
+def _vote(
+    regions: list[tuple[float, float]], windows: Windows, labels: np.ndarray
+) -> Iterator[tuple[int, float, float]]:
     """Per region, Hann-weighted window votes on a 20 ms grid → (label, start, end) runs."""
     k = int(labels.max()) + 1
     region_of = np.asarray(windows.region)

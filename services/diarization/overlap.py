@@ -53,8 +53,13 @@ def _normalize(x: np.ndarray) -> np.ndarray:
     return unit
 
 
-def window_scores(embeddings: np.ndarray, centres: np.ndarray, turn: np.ndarray, labels: np.ndarray,
-                  options: OverlapOptions) -> tuple[np.ndarray, np.ndarray]:
+def window_scores(
+    embeddings: np.ndarray,
+    centres: np.ndarray,
+    turn: np.ndarray,
+    labels: np.ndarray,
+    options: OverlapOptions,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per short window: (overlap score, the other speaker most likely joining).
 
     `turn` is each window's turn index (-1: outside every turn) and `labels` that turn's
@@ -68,10 +73,16 @@ def window_scores(embeddings: np.ndarray, centres: np.ndarray, turn: np.ndarray,
     if k < 2:
         return scores, other
     x = _normalize(embeddings)
-    centroids = _normalize(np.stack([
-        x[inside & (labels == c)].mean(axis=0) if (inside & (labels == c)).any()
-        else np.zeros(x.shape[1])
-        for c in range(k)]))
+    centroids = _normalize(
+        np.stack(
+            [
+                x[inside & (labels == c)].mean(axis=0)
+                if (inside & (labels == c)).any()
+                else np.zeros(x.shape[1])
+                for c in range(k)
+            ]
+        )
+    )
     sims = x @ centroids.T
     rows = np.arange(n)
     own_label = np.maximum(labels, 0)
@@ -83,10 +94,16 @@ def window_scores(embeddings: np.ndarray, centres: np.ndarray, turn: np.ndarray,
         # Context = the turn's windows 0.6-2 s before or after: two slices of the sorted
         # centres, so the cost grows with the turn's length, not with the square of the file's.
         for j, i in enumerate(members):
-            before = members[np.searchsorted(times, times[j] - options.context_max, "left"):
-                             np.searchsorted(times, times[j] - options.context_min, "right")]
-            after = members[np.searchsorted(times, times[j] + options.context_min, "left"):
-                            np.searchsorted(times, times[j] + options.context_max, "right")]
+            before = members[
+                np.searchsorted(times, times[j] - options.context_max, "left") : np.searchsorted(
+                    times, times[j] - options.context_min, "right"
+                )
+            ]
+            after = members[
+                np.searchsorted(times, times[j] + options.context_min, "left") : np.searchsorted(
+                    times, times[j] + options.context_max, "right"
+                )
+            ]
             context = np.concatenate([before, after])
             if len(context) < options.min_context:
                 continue
@@ -98,8 +115,12 @@ def window_scores(embeddings: np.ndarray, centres: np.ndarray, turn: np.ndarray,
 
 
 def overlap_regions(
-    starts: np.ndarray, ends: np.ndarray, scores: np.ndarray, other: np.ndarray,
-    turns: Sequence[tuple[int, float, float]], threshold: float,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    scores: np.ndarray,
+    other: np.ndarray,
+    turns: Sequence[tuple[int, float, float]],
+    threshold: float,
 ) -> list[tuple[int, float, float]]:
     """Window scores → (other speaker, start, end) overlap regions, each inside one turn.
 
@@ -137,12 +158,16 @@ def overlap_regions(
     return found
 
 
-def detect_overlaps(audio: np.ndarray, regions: Sequence[tuple[float, float]],
-                    turns: Sequence[tuple[int, float, float]],
-                    mel: Callable[[np.ndarray], np.ndarray],
-                    embed: Callable[[np.ndarray], np.ndarray], options: OverlapOptions,
-                    batch_size: int = 64, progress: Callable[[], None] = lambda: None
-                    ) -> list[tuple[int, float, float]]:
+def detect_overlaps(
+    audio: np.ndarray,
+    regions: Sequence[tuple[float, float]],
+    turns: Sequence[tuple[int, float, float]],
+    mel: Callable[[np.ndarray], np.ndarray],
+    embed: Callable[[np.ndarray], np.ndarray],
+    options: OverlapOptions,
+    batch_size: int = 64,
+    progress: Callable[[], None] = lambda: None,
+) -> list[tuple[int, float, float]]:
     """Embed short windows over the speech `regions`, score them against their `turns`
     ((speaker, start, end), exclusive) and return the overlap regions found."""
     frames, hop = round(options.window * 100), max(1, round(options.hop * 100))

@@ -29,11 +29,20 @@ log = logging.getLogger(__name__)
 
 BACKEND_NAME = "pyannote"
 MODEL_FILE = "pytorch_model.bin"
-REQUIRED = ("config.yaml", f"segmentation/{MODEL_FILE}", f"embedding/{MODEL_FILE}",
-            "plda/xvec_transform.npz", "plda/plda.npz")
+REQUIRED = (
+    "config.yaml",
+    f"segmentation/{MODEL_FILE}",
+    f"embedding/{MODEL_FILE}",
+    "plda/xvec_transform.npz",
+    "plda/plda.npz",
+)
 # Progress share of each pipeline step, in the order pyannote runs them.
-STEPS = {"segmentation": (0.0, 0.3), "speaker_counting": (0.3, 0.35),
-         "embeddings": (0.35, 0.9), "discrete_diarization": (0.9, 0.95)}
+STEPS = {
+    "segmentation": (0.0, 0.3),
+    "speaker_counting": (0.3, 0.35),
+    "embeddings": (0.35, 0.9),
+    "discrete_diarization": (0.9, 0.95),
+}
 
 
 class PipelineDirectoryError(RuntimeError):
@@ -48,7 +57,8 @@ def check_layout(directory: Path) -> None:
     if missing:
         raise PipelineDirectoryError(
             f"pyannote pipeline directory {directory} lacks {', '.join(missing)} "
-            "(expected the speaker-diarization-community-1 layout)")
+            "(expected the speaker-diarization-community-1 layout)"
+        )
 
 
 def local_config(directory: Path) -> dict:
@@ -65,7 +75,8 @@ def local_config(directory: Path) -> dict:
     name = str(config["pipeline"].get("name", ""))
     if not name.endswith("SpeakerDiarization"):
         raise PipelineDirectoryError(
-            f"{directory / 'config.yaml'} describes pipeline {name!r}, not a SpeakerDiarization")
+            f"{directory / 'config.yaml'} describes pipeline {name!r}, not a SpeakerDiarization"
+        )
     params = config["pipeline"].setdefault("params", {})
     for key in ("segmentation", "embedding", "plda"):
         # Dicts, not strings: pyannote routes a *string* embedding by substrings such as
@@ -97,7 +108,8 @@ class PyannoteBackend:
             pipeline = Pipeline.from_pretrained(config)
         except Exception as exc:
             raise PipelineDirectoryError(
-                f"pyannote pipeline in {directory} does not load: {type(exc).__name__}: {exc}") from exc
+                f"pyannote pipeline in {directory} does not load: {type(exc).__name__}: {exc}"
+            ) from exc
         if pipeline is None:
             raise PipelineDirectoryError(f"pyannote pipeline in {directory} does not load")
         if "params" not in config:
@@ -107,8 +119,13 @@ class PyannoteBackend:
         self.pipeline = pipeline
         self._torch = torch
 
-    def annotate(self, audio: np.ndarray, min_speakers: int, max_speakers: int,
-                 progress: Callable[[float, str], None] = lambda f, m: None):
+    def annotate(
+        self,
+        audio: np.ndarray,
+        min_speakers: int,
+        max_speakers: int,
+        progress: Callable[[float, str], None] = lambda f, m: None,
+    ):
         """Run the pipeline on float32 16 kHz mono audio; returns its speaker `Annotation`."""
         from pyannote.core import Annotation
 
@@ -116,15 +133,21 @@ class PyannoteBackend:
         if len(audio) < SAMPLE_RATE // 10:
             return Annotation()
         waveform = self._torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None]
-        counts = ({"num_speakers": min_speakers} if min_speakers == max_speakers
-                  else {"min_speakers": min_speakers, "max_speakers": max_speakers})
+        counts = (
+            {"num_speakers": min_speakers}
+            if min_speakers == max_speakers
+            else {"min_speakers": min_speakers, "max_speakers": max_speakers}
+        )
 
         def hook(step_name, step_artifact, file=None, total=None, completed=None):
             low, high = STEPS.get(step_name, (0.95, 0.95))
             share = min(completed / total, 1.0) if total and completed is not None else 1.0
             progress(low + (high - low) * share, step_name.replace("_", " "))
 
-        output = self.pipeline({"waveform": waveform, "sample_rate": SAMPLE_RATE, "uri": "request"},
-                               hook=hook, **counts)
+        output = self.pipeline(
+            {"waveform": waveform, "sample_rate": SAMPLE_RATE, "uri": "request"},
+            hook=hook,
+            **counts,
+        )
         # pyannote.audio 4 returns DiarizeOutput; legacy pipelines return the Annotation itself.
         return getattr(output, "speaker_diarization", output)

@@ -29,34 +29,51 @@ class DiarizationSettings(QueuedServerSettings):
     model_config = SettingsConfigDict(env_prefix="ASR_DIARIZATION_", extra="ignore")
 
     pyannote_dir: Path | None = Field(
-        None, description="Local pyannote pipeline directory (community-1 layout); when set, "
-        "the pyannote backend runs instead of the offline embedding-clustering default.")
+        None,
+        description="Local pyannote pipeline directory (community-1 layout); when set, "
+        "the pyannote backend runs instead of the offline embedding-clustering default.",
+    )
     device: str = Field("cpu", description="torch device for the pyannote backend (cpu, cuda).")
     torch_threads: int = Field(
-        2, ge=0, description="torch intra-op threads; 0 leaves torch's default.")
+        2, ge=0, description="torch intra-op threads; 0 leaves torch's default."
+    )
     max_speakers: int = Field(10, ge=1, description="Largest speaker count a request may ask for.")
     max_audio_seconds: float = Field(4 * 3600, gt=0, description="Longest audio accepted.")
     num_workers: int = Field(1, ge=1, description="Requests diarized at once.")
     max_queued: int = Field(
-        4, ge=0, description="Requests that may wait for a worker; beyond it RESOURCE_EXHAUSTED.")
+        4, ge=0, description="Requests that may wait for a worker; beyond it RESOURCE_EXHAUSTED."
+    )
     cluster_method: Literal["nme-sc", "threshold"] = Field(
-        "nme-sc", description="Embedding-clustering speaker count: nme-sc (self-tuning "
+        "nme-sc",
+        description="Embedding-clustering speaker count: nme-sc (self-tuning "
         "normalised maximum eigengap spectral clustering) or threshold (the fixed "
-        "average-linkage cut at cluster_threshold, the default before).")
+        "average-linkage cut at cluster_threshold, the default before).",
+    )
     cluster_threshold: float = Field(
-        0.30, gt=0, lt=2, description="Embedding-clustering, method threshold: average-linkage "
-        "cosine distance above which two groups of windows are different speakers.")
+        0.30,
+        gt=0,
+        lt=2,
+        description="Embedding-clustering, method threshold: average-linkage "
+        "cosine distance above which two groups of windows are different speakers.",
+    )
     window_hop_s: float = Field(
-        0.4, gt=0, le=1.6, description="Embedding-clustering: seconds between windows.")
+        0.4, gt=0, le=1.6, description="Embedding-clustering: seconds between windows."
+    )
     turn_extension_s: float = Field(
-        0.45, ge=0, le=2, description="Embedding-clustering: how far turn edges grow into "
+        0.45,
+        ge=0,
+        le=2,
+        description="Embedding-clustering: how far turn edges grow into "
         "silence. 0.45 matches references that count each utterance's quiet onset and release "
         "(audio made like corpus-dev); 0 suits references marking speech only "
-        "(build/corpus-validate).")
+        "(build/corpus-validate).",
+    )
     detect_overlaps: bool = Field(
-        False, description="Embedding-clustering: find overlapped speech with a second pass of "
+        False,
+        description="Embedding-clustering: find overlapped speech with a second pass of "
         "short windows (about 60% more diarization time; turns are the same either way). Off by "
-        "default: the overlaps it returns are not read by the gateway or merge yet.")
+        "default: the overlaps it returns are not read by the gateway or merge yet.",
+    )
 
 
 def build_backend(settings: DiarizationSettings) -> Backend:
@@ -68,8 +85,9 @@ def build_backend(settings: DiarizationSettings) -> Backend:
     if settings.pyannote_dir is not None:
         from services.diarization.pyannote_backend import PyannoteBackend
 
-        pipeline = PyannoteBackend(settings.pyannote_dir, device=settings.device,
-                                   torch_threads=settings.torch_threads)
+        pipeline = PyannoteBackend(
+            settings.pyannote_dir, device=settings.device, torch_threads=settings.torch_threads
+        )
         _model_gauge(f"pyannote:{pipeline.directory.name}", settings.device)
         return pipeline
     from services.diarization.clustering import ClusteringOptions
@@ -81,14 +99,18 @@ def build_backend(settings: DiarizationSettings) -> Backend:
     from services.diarization.overlap import OverlapOptions
 
     options = EmbeddingBackendOptions(
-        hop=settings.window_hop_s, turn_extension=settings.turn_extension_s,
-        clustering=ClusteringOptions(method=settings.cluster_method,
-                                     threshold=settings.cluster_threshold),
+        hop=settings.window_hop_s,
+        turn_extension=settings.turn_extension_s,
+        clustering=ClusteringOptions(
+            method=settings.cluster_method, threshold=settings.cluster_threshold
+        ),
         overlap=OverlapOptions(enabled=settings.detect_overlaps),
     )
     backend = EmbeddingClusteringBackend(
-        options=options, torch_threads=settings.torch_threads,
-        on_batch=lambda size: metrics.BATCH_SIZE.labels(SERVICE).observe(size))
+        options=options,
+        torch_threads=settings.torch_threads,
+        on_batch=lambda size: metrics.BATCH_SIZE.labels(SERVICE).observe(size),
+    )
     _model_gauge(ENCODER_MODEL, "cpu")
     return backend
 
@@ -100,9 +122,11 @@ def _model_gauge(model: str, device: str) -> None:
 def build_diarizer(settings: DiarizationSettings, backend: Backend | None = None) -> Diarizer:
     """The service's diarizer, its finished work feeding the real-time-factor metrics; the
     configured backend unless one is given (tests)."""
-    return Diarizer(backend or build_backend(settings), settings.max_speakers,
-                    on_work=lambda audio_s, processing_s: metrics.record_work(
-                        SERVICE, audio_s, processing_s))
+    return Diarizer(
+        backend or build_backend(settings),
+        settings.max_speakers,
+        on_work=lambda audio_s, processing_s: metrics.record_work(SERVICE, audio_s, processing_s),
+    )
 
 
 def create_server(settings: DiarizationSettings, diarizer: Diarizer | None = None) -> ServerHandle:
@@ -112,8 +136,9 @@ def create_server(settings: DiarizationSettings, diarizer: Diarizer | None = Non
     startup, with a readable message rather than on the first request.
     """
     diarizer = diarizer or build_diarizer(settings)
-    queue = WorkQueue(settings.num_workers, settings.max_queued, on_change=gauge_reporter(SERVICE),
-                      name=SERVICE)
+    queue = WorkQueue(
+        settings.num_workers, settings.max_queued, on_change=gauge_reporter(SERVICE), name=SERVICE
+    )
     servicer = DiarizationServicer(diarizer, settings.max_audio_seconds, queue)
     metrics.QUEUE_DEPTH.labels(SERVICE).set(0)
     metrics.BUSY_WORKERS.labels(SERVICE).set(0)

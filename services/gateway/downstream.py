@@ -84,8 +84,16 @@ class Deadlines:
         return self.base_s + self.diarization_per_audio_s * audio_s
 
 
-_CONNECTION_LOST = ("socket closed", "connection reset", "broken pipe", "goaway", "recvmsg",
-                    "stream removed", "connection aborted", "endpoint closing")
+_CONNECTION_LOST = (
+    "socket closed",
+    "connection reset",
+    "broken pipe",
+    "goaway",
+    "recvmsg",
+    "stream removed",
+    "connection aborted",
+    "endpoint closing",
+)
 
 
 def died_under_call(err: grpc.RpcError) -> bool:
@@ -99,11 +107,19 @@ def died_under_call(err: grpc.RpcError) -> bool:
 def transcription_config(options: ChainOptions, pcm_bytes: int) -> tr_pb.TranscriptionConfig:
     """The TranscriptionConfig a request's options give (whole file, or each fan-out chunk)."""
     return tr_pb.TranscriptionConfig(
-        language_code=options.language_code, model=options.model, format=PCM16K,
-        beam_size=options.beam_size, initial_prompt=options.initial_prompt,
-        temperatures=options.temperatures, best_of=options.best_of, hotwords=options.hotwords,
-        profile=quality_pb2.QualityProfile.Value(f"QUALITY_PROFILE_{options.quality_profile.upper()}")
-        if options.quality_profile else quality_pb2.QUALITY_PROFILE_UNSPECIFIED,
+        language_code=options.language_code,
+        model=options.model,
+        format=PCM16K,
+        beam_size=options.beam_size,
+        initial_prompt=options.initial_prompt,
+        temperatures=options.temperatures,
+        best_of=options.best_of,
+        hotwords=options.hotwords,
+        profile=quality_pb2.QualityProfile.Value(
+            f"QUALITY_PROFILE_{options.quality_profile.upper()}"
+        )
+        if options.quality_profile
+        else quality_pb2.QUALITY_PROFILE_UNSPECIFIED,
         pcm_size_bytes=pcm_bytes,
     )
 
@@ -117,9 +133,16 @@ def _require(result, service: str):
 class Downstream:
     """Long-lived traced channels to the four services (shared by all requests)."""
 
-    def __init__(self, preprocess: str, transcription: str, diarization: str, merge: str,
-                 max_message_bytes: int = 64 << 20, credentials: grpc.ChannelCredentials | None = None,
-                 fanout: FanoutPolicy | None = None):
+    def __init__(
+        self,
+        preprocess: str,
+        transcription: str,
+        diarization: str,
+        merge: str,
+        max_message_bytes: int = 64 << 20,
+        credentials: grpc.ChannelCredentials | None = None,
+        fanout: FanoutPolicy | None = None,
+    ):
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -131,11 +154,19 @@ class Downstream:
         # `credentials`: TLS with the gateway's client certificate (services.common.security).
         # `transcription` may list several replicas ("host:port,host:port"): one round-robin
         # channel over them for whole-file calls, and one channel per replica for fan-out.
-        self._raw = [open_channel(target, options, credentials) if target else None
-                     for target in (preprocess, round_robin_target(transcription) if transcription else "",
-                                    diarization, merge)]
+        self._raw = [
+            open_channel(target, options, credentials) if target else None
+            for target in (
+                preprocess,
+                round_robin_target(transcription) if transcription else "",
+                diarization,
+                merge,
+            )
+        ]
         self.fanout = fanout
-        self.replicas = ReplicaPool(transcription, options, credentials) if transcription and fanout else None
+        self.replicas = (
+            ReplicaPool(transcription, options, credentials) if transcription and fanout else None
+        )
         channels = [traced_channel(ch) if ch else None for ch in self._raw]
         self.preprocess = pre_grpc.PreprocessServiceStub(channels[0]) if channels[0] else None
         self.transcription = tr_grpc.TranscriptionServiceStub(channels[1]) if channels[1] else None
@@ -193,7 +224,9 @@ class GrpcStages:
                 yield response
 
         try:
-            for attempt in retrying(retry_if=lambda: not answered.is_set() and not reached.is_set()):
+            for attempt in retrying(
+                retry_if=lambda: not answered.is_set() and not reached.is_set()
+            ):
                 with attempt:
                     if self._cancelled.is_set():
                         raise Cancelled("the request was cancelled")
@@ -216,9 +249,13 @@ class GrpcStages:
                     "it was not retried, as replaying it could fail the same way"
                 ) from None
             error = from_rpc_error(err, service=service)
-            if isinstance(error, UploadStalled):  # the gateway's own upload to it stalled, not the caller's
-                raise DependencyFailed(f"the {service} service gave up waiting for the gateway's audio: "
-                                       f"{error.message}") from None
+            if isinstance(
+                error, UploadStalled
+            ):  # the gateway's own upload to it stalled, not the caller's
+                raise DependencyFailed(
+                    f"the {service} service gave up waiting for the gateway's audio: "
+                    f"{error.message}"
+                ) from None
             raise error from None
 
     @staticmethod
@@ -252,19 +289,25 @@ class GrpcStages:
         finally:
             pcm.close()
 
-    def preprocess_into(self, upload: Path, options: ChainOptions, progress: ProgressSink,
-                        pcm: GrowingPcm) -> Decoded:
+    def preprocess_into(
+        self, upload: Path, options: ChainOptions, progress: ProgressSink, pcm: GrowingPcm
+    ) -> Decoded:
         """Decode `upload` into `pcm` (readers may follow the writing), then map it.
 
         PCM goes to the request's spool directory, not the heap: an hour is 115 MB, and both
         branches read the same file. A retry happens only before any response (see `_stream`),
         so no attempt ever rewrites bytes a branch has read.
         """
+
         def requests() -> Iterator[pre_pb.PreprocessRequest]:
-            yield pre_pb.PreprocessRequest(config=pre_pb.PreprocessConfig(
-                filename=options.filename, loudness_normalization=options.loudness_normalization,
-                trim_silence=options.trim_silence, upload_size_bytes=upload.stat().st_size,
-            ))
+            yield pre_pb.PreprocessRequest(
+                config=pre_pb.PreprocessConfig(
+                    filename=options.filename,
+                    loudness_normalization=options.loudness_normalization,
+                    trim_silence=options.trim_silence,
+                    upload_size_bytes=upload.stat().st_size,
+                )
+            )
             with open(upload, "rb") as source:
                 while piece := source.read(UPLOAD_CHUNK_BYTES):
                     yield pre_pb.PreprocessRequest(content=piece)
@@ -276,26 +319,38 @@ class GrpcStages:
                 if kind == "media_info":
                     info = response.media_info
                     media = MediaReport(
-                        container=info.container, codec=info.codec, sample_rate_hz=info.sample_rate_hz,
-                        channels=info.channels, duration=convert.seconds(info.duration),
-                        bit_rate=info.bit_rate, size_bytes=info.size_bytes, has_video=info.has_video,
+                        container=info.container,
+                        codec=info.codec,
+                        sample_rate_hz=info.sample_rate_hz,
+                        channels=info.channels,
+                        duration=convert.seconds(info.duration),
+                        bit_rate=info.bit_rate,
+                        size_bytes=info.size_bytes,
+                        has_video=info.has_video,
                         estimated_processing=convert.seconds(info.estimated_processing),
                     )
                     pcm.announce(media.duration)
                     progress(media)
-                    progress(ProgressUpdate(0.0, 0.0, media.duration, message=f"decoding {media.codec}"))
+                    progress(
+                        ProgressUpdate(0.0, 0.0, media.duration, message=f"decoding {media.codec}")
+                    )
                 elif kind == "audio":
                     pcm.write(response.audio.pcm)
                     written += len(response.audio.pcm)
                     done = pcm_duration(written)
-                    progress(ProgressUpdate(done / media.duration if media.duration else 0.0,
-                                            done, media.duration))
+                    progress(
+                        ProgressUpdate(
+                            done / media.duration if media.duration else 0.0, done, media.duration
+                        )
+                    )
                 elif kind == "summary":
                     summary = response.summary
             summary = _require(summary, "preprocess")
             if summary.pcm_bytes != written:
-                raise InternalError(f"the preprocess service announced {summary.pcm_bytes} PCM bytes "
-                                    f"but sent {written}")
+                raise InternalError(
+                    f"the preprocess service announced {summary.pcm_bytes} PCM bytes "
+                    f"but sent {written}"
+                )
             pcm.finish()
             return Decoded(media=media, pcm=pcm.mapped(), duration=pcm_duration(written))
 
@@ -306,8 +361,9 @@ class GrpcStages:
             self._deadlines.preprocess_s,
         )
 
-    def transcribe(self, pcm: bytes | memoryview | PcmSource, options: ChainOptions,
-                   progress: ProgressSink) -> Transcript:
+    def transcribe(
+        self, pcm: bytes | memoryview | PcmSource, options: ChainOptions, progress: ProgressSink
+    ) -> Transcript:
         source = as_source(pcm)
         duration = source.duration_hint
         # Still being decoded: the size is not known yet, so it is not declared.
@@ -332,7 +388,9 @@ class GrpcStages:
                 else:
                     result = response.result
             result = _require(result, "transcription")
-            return Transcript(segments=segments, language_code=result.language_code, model=result.model)
+            return Transcript(
+                segments=segments, language_code=result.language_code, model=result.model
+            )
 
         return self._stream(
             "transcription",
@@ -341,21 +399,35 @@ class GrpcStages:
             self._deadlines.transcription(duration),
         )
 
-    def _fan_out(self, pcm: PcmSource, config: tr_pb.TranscriptionConfig, policy: FanoutPolicy,
-                 replicas: ReplicaPool, progress: ProgressSink) -> Transcript:
+    def _fan_out(
+        self,
+        pcm: PcmSource,
+        config: tr_pb.TranscriptionConfig,
+        policy: FanoutPolicy,
+        replicas: ReplicaPool,
+        progress: ProgressSink,
+    ) -> Transcript:
         """Long audio in chunks over every transcription replica (see `services.gateway.fanout`)."""
-        fanout = FanOut(replicas, policy, window_deadline=self._deadlines.transcription,
-                        track=self._track, cancelled=self._cancelled)
+        fanout = FanOut(
+            replicas,
+            policy,
+            window_deadline=self._deadlines.transcription,
+            track=self._track,
+            cancelled=self._cancelled,
+        )
         segments, result = fanout.transcribe(pcm, config, progress)
         return Transcript(segments=segments, language_code=result.language_code, model=result.model)
 
-    def diarize(self, pcm: bytes | memoryview | PcmSource, options: ChainOptions,
-                progress: ProgressSink) -> Diarization:
+    def diarize(
+        self, pcm: bytes | memoryview | PcmSource, options: ChainOptions, progress: ProgressSink
+    ) -> Diarization:
         source = as_source(pcm)
         config = dia_pb.DiarizationConfig(
-            format=PCM16K, num_speakers=options.num_speakers,
+            format=PCM16K,
+            num_speakers=options.num_speakers,
             pcm_size_bytes=source.size if source.complete else 0,
-            min_speakers=options.min_speakers, max_speakers=options.max_speakers,
+            min_speakers=options.min_speakers,
+            max_speakers=options.max_speakers,
         )
 
         def requests() -> Iterator[dia_pb.DiarizeRequest]:
@@ -373,7 +445,8 @@ class GrpcStages:
             result = _require(result, "diarization")
             return Diarization(
                 turns=[convert.turn_from_proto(t) for t in result.exclusive_turns],
-                speaker_count=result.speaker_count, backend=result.backend,
+                speaker_count=result.speaker_count,
+                backend=result.backend,
             )
 
         return self._stream(
@@ -383,8 +456,14 @@ class GrpcStages:
             self._deadlines.diarization(source.duration_hint),
         )
 
-    def merge(self, transcript: Transcript, diarization: Diarization | None, options: ChainOptions,
-              duration: float, trace_id: str) -> Merged:
+    def merge(
+        self,
+        transcript: Transcript,
+        diarization: Diarization | None,
+        options: ChainOptions,
+        duration: float,
+        trace_id: str,
+    ) -> Merged:
         request = merge_pb.MergeRequest(
             segments=convert.segments_to_proto(transcript.segments),
             turns=[convert.turn_to_proto(t) for t in (diarization.turns if diarization else ())],
@@ -408,7 +487,9 @@ class GrpcStages:
             segments=[convert.segment_from_proto(s) for s in response.segments],
             speakers=list(response.speakers),
             documents=[
-                RenderedDocument(FORMAT_NAMES.get(d.format, "json"), d.content, d.file_extension, d.media_type)
+                RenderedDocument(
+                    FORMAT_NAMES.get(d.format, "json"), d.content, d.file_extension, d.media_type
+                )
                 for d in response.documents
             ],
         )

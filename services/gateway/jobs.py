@@ -39,12 +39,22 @@ from services.gateway.result_cache import ResultCache, decode_result, encode_res
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+)
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 FINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
-STAGE_WEIGHTS = {"upload": (0.0, 0.0), "preprocess": (0.0, 0.15), "transcription": (0.15, 0.8),
-                 "merge": (0.95, 0.05)}
+STAGE_WEIGHTS = {
+    "upload": (0.0, 0.0),
+    "preprocess": (0.0, 0.15),
+    "transcription": (0.15, 0.8),
+    "merge": (0.95, 0.05),
+}
 """Overall progress = start + weight × the stage's fraction (diarization runs beside transcription)."""
 
 
@@ -118,11 +128,15 @@ def options_to_dict(options: ChainOptions) -> dict:
 def summary_of(result: ChainResult, cache_hit: bool) -> dict:
     """The result summary a job shows before its results are fetched."""
     return {
-        "language_code": result.transcript.language_code, "audio_duration": result.audio_duration,
-        "speakers": list(result.merged.speakers), "model": result.transcript.model,
+        "language_code": result.transcript.language_code,
+        "audio_duration": result.audio_duration,
+        "speakers": list(result.merged.speakers),
+        "model": result.transcript.model,
         "diarization_backend": result.diarization.backend if result.diarization else "",
-        "processing_seconds": result.seconds, "segment_count": len(result.merged.segments),
-        "document_count": len(result.merged.documents), "cache_hit": cache_hit,
+        "processing_seconds": result.seconds,
+        "segment_count": len(result.merged.segments),
+        "document_count": len(result.merged.documents),
+        "cache_hit": cache_hit,
     }
 
 
@@ -135,7 +149,9 @@ class JobStore(Protocol):
     def get(self, job_id: str) -> JobRecord | None:
         """The job, or None when unknown, deleted or past its retention time."""
 
-    def list(self, state: str | None, limit: int, before: tuple[float, str] | None) -> list[JobRecord]:
+    def list(
+        self, state: str | None, limit: int, before: tuple[float, str] | None
+    ) -> list[JobRecord]:
         """Jobs newest first, created before `before` = (created, job_id) when given."""
 
     def claim(self, worker: str, lease_s: float) -> JobRecord | None:
@@ -144,11 +160,27 @@ class JobStore(Protocol):
     def renew(self, job_id: str, worker: str, lease_s: float) -> str:
         """Extend `worker`'s lease: "ok", "cancel" (a caller asked to cancel) or "lost"."""
 
-    def progress(self, job_id: str, worker: str, stage: str, stage_fraction: float, fraction: float,
-                 message: str) -> None: ...
+    def progress(
+        self,
+        job_id: str,
+        worker: str,
+        stage: str,
+        stage_fraction: float,
+        fraction: float,
+        message: str,
+    ) -> None: ...
 
-    def finish(self, job_id: str, worker: str, state: str, *, retention_s: float, summary: dict | None = None,
-               results: bytes | None = None, error: tuple[str, str, str] | None = None) -> bool:
+    def finish(
+        self,
+        job_id: str,
+        worker: str,
+        state: str,
+        *,
+        retention_s: float,
+        summary: dict | None = None,
+        results: bytes | None = None,
+        error: tuple[str, str, str] | None = None,
+    ) -> bool:
         """Make the job final (idempotent: False when it already was)."""
 
     def release(self, job_id: str, worker: str) -> None:
@@ -174,7 +206,9 @@ def open_store(spec: str, state_dir: Path) -> JobStore:
         return RedisJobStore(spec)
     from services.gateway.jobs_store import SqliteJobStore
 
-    path = Path(spec.removeprefix("sqlite://")) if spec else Path(state_dir) / "jobs" / "jobs.sqlite"
+    path = (
+        Path(spec.removeprefix("sqlite://")) if spec else Path(state_dir) / "jobs" / "jobs.sqlite"
+    )
     return SqliteJobStore(path)
 
 
@@ -213,9 +247,19 @@ class _Running:
 class JobRunner:
     """Claims jobs from the store and runs them, `workers` at a time."""
 
-    def __init__(self, store: JobStore, spool: Spool, stages_factory: Callable[[], Stages], *,
-                 cache: ResultCache | None = None, workers: int = 1, lease_s: float = 30.0,
-                 poll_s: float = 0.5, retention_s: float = 86400.0, max_attempts: int = 3):
+    def __init__(
+        self,
+        store: JobStore,
+        spool: Spool,
+        stages_factory: Callable[[], Stages],
+        *,
+        cache: ResultCache | None = None,
+        workers: int = 1,
+        lease_s: float = 30.0,
+        poll_s: float = 0.5,
+        retention_s: float = 86400.0,
+        max_attempts: int = 3,
+    ):
         self.store = store
         self.spool = spool
         self._stages_factory = stages_factory
@@ -233,11 +277,14 @@ class JobRunner:
 
     def start(self) -> None:
         for n in range(self._workers):
-            thread = threading.Thread(target=self._loop, args=(f"{self._id}-{n}",),
-                                      name=f"job-runner-{n}", daemon=True)
+            thread = threading.Thread(
+                target=self._loop, args=(f"{self._id}-{n}",), name=f"job-runner-{n}", daemon=True
+            )
             thread.start()
             self._threads.append(thread)
-        housekeeping = threading.Thread(target=self._housekeeping, name="job-housekeeping", daemon=True)
+        housekeeping = threading.Thread(
+            target=self._housekeeping, name="job-housekeeping", daemon=True
+        )
         housekeeping.start()
         self._threads.append(housekeeping)
 
@@ -278,29 +325,53 @@ class JobRunner:
     def _run(self, record: JobRecord, worker: str) -> None:
         job_id = record.job_id
         if record.attempts > self.max_attempts:
-            self._finish(record, worker, FAILED, error=(
-                "INTERNAL", "RUNNER_LOST",
-                f"gave up after {record.attempts - 1} attempts: the runner stopped each time"))
+            self._finish(
+                record,
+                worker,
+                FAILED,
+                error=(
+                    "INTERNAL",
+                    "RUNNER_LOST",
+                    f"gave up after {record.attempts - 1} attempts: the runner stopped each time",
+                ),
+            )
             return
         if record.cancel_requested:  # cancelled while its previous runner was dying
-            self._finish(record, worker, CANCELLED, error=("CANCELLED", "CANCELLED", "cancelled by a caller"))
+            self._finish(
+                record, worker, CANCELLED, error=("CANCELLED", "CANCELLED", "cancelled by a caller")
+            )
             return
         if not Path(record.input_path).is_file():
-            self._finish(record, worker, FAILED, error=(
-                "INTERNAL", "INPUT_MISSING",
-                f"the job's input is missing from the spool ({record.input_path}); "
-                "is the spool directory shared by every replica?"))
+            self._finish(
+                record,
+                worker,
+                FAILED,
+                error=(
+                    "INTERNAL",
+                    "INPUT_MISSING",
+                    f"the job's input is missing from the spool ({record.input_path}); "
+                    "is the spool directory shared by every replica?",
+                ),
+            )
             return
         parent = _parent_context(record)
-        with _tracer.start_as_current_span("job.run", context=parent, attributes={
-                "asr.job.id": job_id, "asr.job.attempt": record.attempts}) as span:
+        with _tracer.start_as_current_span(
+            "job.run",
+            context=parent,
+            attributes={"asr.job.id": job_id, "asr.job.attempt": record.attempts},
+        ) as span:
             options = record.chain_options()
             key = self._cache.key(record.input_sha256, options) if self._cache else None
             hit = self._cache.lookup(key, bypass=record.no_cache) if self._cache else None
             span.set_attribute("asr.cache.hit", hit is not None)
             if hit is not None:
-                self._finish(record, worker, SUCCEEDED, summary=summary_of(hit, True),
-                             results=encode_result(hit))
+                self._finish(
+                    record,
+                    worker,
+                    SUCCEEDED,
+                    summary=summary_of(hit, True),
+                    results=encode_result(hit),
+                )
                 return
             running = _Running(job_id, self._stages_factory())
             with self._lock:
@@ -310,16 +381,26 @@ class JobRunner:
             renewer = threading.Thread(target=self._renew, args=(running, worker), daemon=True)
             renewer.start()
             try:
-                result = run_chain(Path(record.input_path), options, running.stages,
-                                   self._progress_sink(job_id, worker), record.trace_id)
+                result = run_chain(
+                    Path(record.input_path),
+                    options,
+                    running.stages,
+                    self._progress_sink(job_id, worker),
+                    record.trace_id,
+                )
             except BaseException as exc:
                 self._stopped(record, worker, running, exc)
             else:
                 if running.verdict:  # finished just as it was cancelled or lost
                     self._stopped(record, worker, running, Cancelled("stopped"))
                 else:
-                    self._finish(record, worker, SUCCEEDED, summary=summary_of(result, False),
-                                 results=encode_result(result))
+                    self._finish(
+                        record,
+                        worker,
+                        SUCCEEDED,
+                        summary=summary_of(result, False),
+                        results=encode_result(result),
+                    )
                     if self._cache:
                         self._cache.store(key, result)
             finally:
@@ -328,21 +409,33 @@ class JobRunner:
                 running.verdict = running.verdict or "done"
                 renewer.join()
 
-    def _stopped(self, record: JobRecord, worker: str, running: _Running, exc: BaseException) -> None:
+    def _stopped(
+        self, record: JobRecord, worker: str, running: _Running, exc: BaseException
+    ) -> None:
         verdict = running.verdict
         if verdict == "cancel":
-            self._finish(record, worker, CANCELLED, error=("CANCELLED", "CANCELLED", "cancelled by a caller"))
+            self._finish(
+                record, worker, CANCELLED, error=("CANCELLED", "CANCELLED", "cancelled by a caller")
+            )
         elif verdict == "drain":
             log.info("job %s: handed back to the queue (this runner is stopping)", record.job_id)
             self.store.release(record.job_id, worker)
         elif verdict == "lost":
-            log.warning("job %s: lease lost to another runner; leaving it to that one", record.job_id)
+            log.warning(
+                "job %s: lease lost to another runner; leaving it to that one", record.job_id
+            )
         elif isinstance(exc, MeshError):
-            self._finish(record, worker, FAILED, error=(status_code(exc).name, exc.reason, exc.message))
+            self._finish(
+                record, worker, FAILED, error=(status_code(exc).name, exc.reason, exc.message)
+            )
         else:
             log.error("job %s failed", record.job_id, exc_info=exc)
-            self._finish(record, worker, FAILED, error=(
-                "INTERNAL", "INTERNAL", f"internal error (trace id {record.trace_id})"))
+            self._finish(
+                record,
+                worker,
+                FAILED,
+                error=("INTERNAL", "INTERNAL", f"internal error (trace id {record.trace_id})"),
+            )
 
     def _finish(self, record: JobRecord, worker: str, state: str, **kw) -> None:
         self.store.finish(record.job_id, worker, state, retention_s=self.retention_s, **kw)
@@ -365,7 +458,9 @@ class JobRunner:
             while not running.verdict and time.monotonic() < deadline:
                 time.sleep(0.05)
 
-    def _progress_sink(self, job_id: str, worker: str) -> Callable[[str, ProgressUpdate | MediaReport], None]:
+    def _progress_sink(
+        self, job_id: str, worker: str
+    ) -> Callable[[str, ProgressUpdate | MediaReport], None]:
         last = [0.0, ""]
 
         def emit(stage: str, event: ProgressUpdate | MediaReport) -> None:
@@ -377,8 +472,14 @@ class JobRunner:
                 return  # at most one write per poll interval per stage
             last[:] = [now, stage]
             try:
-                self.store.progress(job_id, worker, stage, event.fraction, start + weight * event.fraction,
-                                    event.message)
+                self.store.progress(
+                    job_id,
+                    worker,
+                    stage,
+                    event.fraction,
+                    start + weight * event.fraction,
+                    event.message,
+                )
             except Exception as exc:
                 log.warning("job %s: progress not stored (%s)", job_id, exc)
 
@@ -388,8 +489,12 @@ class JobRunner:
 def _parent_context(record: JobRecord):
     """The SubmitJob request's span as the parent, so the job's work lands in its trace."""
     try:
-        ctx = SpanContext(trace_id=int(record.trace_id, 16), span_id=int(record.span_id, 16),
-                          is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+        ctx = SpanContext(
+            trace_id=int(record.trace_id, 16),
+            span_id=int(record.span_id, 16),
+            is_remote=True,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        )
     except (TypeError, ValueError):
         return None
     return trace.set_span_in_context(NonRecordingSpan(ctx)) if ctx.is_valid else None

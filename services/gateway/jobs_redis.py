@@ -35,8 +35,9 @@ GROUP = "runners"
 
 class RedisJobStore:
     def __init__(self, url: str, prefix: str = "asr:"):
-        self._r = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
-                                       health_check_interval=30)
+        self._r = redis.Redis.from_url(
+            url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+        )
         self._p = prefix
         self.stream = f"{prefix}jobs:queue"
         self._entries: dict[str, bytes] = {}
@@ -70,14 +71,18 @@ class RedisJobStore:
         raw = client.get(self._key(job_id))
         return JobRecord.from_json(raw) if raw else None
 
-    def _write(self, pipe, record: JobRecord, old_state: str | None, results: bytes | None = None) -> None:
+    def _write(
+        self, pipe, record: JobRecord, old_state: str | None, results: bytes | None = None
+    ) -> None:
         """Queue the writes of `record` on a MULTI pipeline (state sets moved, expiry set)."""
         record.updated = time.time()
         key = self._key(record.job_id)
         if record.expires:
             pipe.set(key, record.to_json(), pxat=int(record.expires * 1000))
             if results is not None:
-                pipe.set(f"{self._p}result:{record.job_id}", results, pxat=int(record.expires * 1000))
+                pipe.set(
+                    f"{self._p}result:{record.job_id}", results, pxat=int(record.expires * 1000)
+                )
         else:
             pipe.set(key, record.to_json())
         if old_state != record.state:
@@ -88,6 +93,7 @@ class RedisJobStore:
 
     def _change(self, job_id: str, fn):
         """Run `fn(record) -> (value, write?, results)` on a fresh record inside WATCH/MULTI."""
+
         def attempt(pipe):
             record = self._read(pipe, job_id)
             old_state = record.state if record else None
@@ -119,18 +125,25 @@ class RedisJobStore:
         record = self._read(self._r, job_id)
         return None if record is None or record.expired() else record
 
-    def list(self, state: str | None, limit: int, before: tuple[float, str] | None) -> list[JobRecord]:
+    def list(
+        self, state: str | None, limit: int, before: tuple[float, str] | None
+    ) -> list[JobRecord]:
         index = self._state_set(state) if state else f"{self._p}jobs:all"
         found: list[JobRecord] = []
         high = before[0] if before else "+inf"
         offset, now = 0, time.time()
         while len(found) < limit:
-            ids = self._r.zrevrangebyscore(index, high, "-inf", start=offset, num=limit * 2, withscores=True)
+            ids = self._r.zrevrangebyscore(
+                index, high, "-inf", start=offset, num=limit * 2, withscores=True
+            )
             if not ids:
                 break
             offset += len(ids)
-            wanted = [(i.decode(), score) for i, score in ids
-                      if not before or score < before[0] or i.decode() < before[1]]
+            wanted = [
+                (i.decode(), score)
+                for i, score in ids
+                if not before or score < before[0] or i.decode() < before[1]
+            ]
             wanted.sort(key=lambda pair: (pair[1], pair[0]), reverse=True)
             raws = self._r.mget([self._key(i) for i, _ in wanted]) if wanted else []
             for (job_id, _), raw in zip(wanted, raws):
@@ -146,8 +159,14 @@ class RedisJobStore:
         self._ensure_group()
         while True:
             # A job whose runner stopped renewing for lease_s first, then new ones.
-            reply = self._r.xautoclaim(self.stream, GROUP, worker, min_idle_time=int(lease_s * 1000),
-                                       start_id="0-0", count=1)
+            reply = self._r.xautoclaim(
+                self.stream,
+                GROUP,
+                worker,
+                min_idle_time=int(lease_s * 1000),
+                start_id="0-0",
+                count=1,
+            )
             entries = [e for e in reply[1] if e and e[1]]
             if not entries:
                 streams = self._r.xreadgroup(GROUP, worker, {self.stream: ">"}, count=1)
@@ -178,18 +197,28 @@ class RedisJobStore:
             entry_id = self._entries.get(job_id)
         if entry_id is None:
             return "lost"
-        mine = self._r.xpending_range(self.stream, GROUP, min=entry_id, max=entry_id, count=1,
-                                      consumername=worker)
+        mine = self._r.xpending_range(
+            self.stream, GROUP, min=entry_id, max=entry_id, count=1, consumername=worker
+        )
         if not mine:  # XAUTOCLAIMed by another runner: our lease ran out
             return "lost"
-        self._r.xclaim(self.stream, GROUP, worker, 0, [entry_id], justid=True)  # idle time back to 0
+        self._r.xclaim(
+            self.stream, GROUP, worker, 0, [entry_id], justid=True
+        )  # idle time back to 0
         record = self.get(job_id)
         if record is None or record.state != RUNNING or record.owner != worker:
             return "lost"
         return "cancel" if record.cancel_requested else "ok"
 
-    def progress(self, job_id: str, worker: str, stage: str, stage_fraction: float, fraction: float,
-                 message: str) -> None:
+    def progress(
+        self,
+        job_id: str,
+        worker: str,
+        stage: str,
+        stage_fraction: float,
+        fraction: float,
+        message: str,
+    ) -> None:
         def update(record: JobRecord | None):
             if record is None or record.state != RUNNING or record.owner != worker:
                 return None, False, None
@@ -200,8 +229,17 @@ class RedisJobStore:
 
         self._change(job_id, update)
 
-    def finish(self, job_id: str, worker: str, state: str, *, retention_s: float, summary: dict | None = None,
-               results: bytes | None = None, error: tuple[str, str, str] | None = None) -> bool:
+    def finish(
+        self,
+        job_id: str,
+        worker: str,
+        state: str,
+        *,
+        retention_s: float,
+        summary: dict | None = None,
+        results: bytes | None = None,
+        error: tuple[str, str, str] | None = None,
+    ) -> bool:
         def close(record: JobRecord | None):
             if record is None or record.state in FINAL:
                 return False, False, None
@@ -233,8 +271,13 @@ class RedisJobStore:
             if record is None or record.expired() or record.state in FINAL:
                 return record, False, None
             if record.state == QUEUED:  # its stream entry is skipped when a runner reads it
-                _make_final(record, "cancelled", retention_s, None,
-                            ("CANCELLED", "CANCELLED", "cancelled by a caller"))
+                _make_final(
+                    record,
+                    "cancelled",
+                    retention_s,
+                    None,
+                    ("CANCELLED", "CANCELLED", "cancelled by a caller"),
+                )
             else:
                 record.cancel_requested = True
             return record, True, None

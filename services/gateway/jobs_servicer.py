@@ -50,8 +50,11 @@ from services.gateway.result_cache import file_sha256
 from services.gateway.servicer import STAGE_ENUMS, GatewayServicer, chain_options
 
 STATE_ENUMS = {
-    "queued": pb.JOB_STATE_QUEUED, "running": pb.JOB_STATE_RUNNING, "succeeded": pb.JOB_STATE_SUCCEEDED,
-    "failed": pb.JOB_STATE_FAILED, "cancelled": pb.JOB_STATE_CANCELLED,
+    "queued": pb.JOB_STATE_QUEUED,
+    "running": pb.JOB_STATE_RUNNING,
+    "succeeded": pb.JOB_STATE_SUCCEEDED,
+    "failed": pb.JOB_STATE_FAILED,
+    "cancelled": pb.JOB_STATE_CANCELLED,
 }
 STATE_NAMES = {value: name for name, value in STATE_ENUMS.items()}
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 1000
@@ -79,7 +82,8 @@ class _GuardedStore:
             except Exception as exc:
                 log.warning("job store %s failed: %s: %s", name, type(exc).__name__, exc)
                 raise DependencyUnavailable(
-                    f"the job store is unavailable ({type(exc).__name__}); try again shortly") from None
+                    f"the job store is unavailable ({type(exc).__name__}); try again shortly"
+                ) from None
 
         return call
 
@@ -94,33 +98,59 @@ def _timestamp(seconds: float) -> timestamp_pb2.Timestamp | None:
 
 def job_to_proto(record: JobRecord) -> pb.Job:
     job = pb.Job(
-        job_id=record.job_id, state=STATE_ENUMS[record.state], filename=record.filename,
-        trace_id=record.trace_id, create_time=_timestamp(record.created),
-        update_time=_timestamp(record.updated or record.created), fraction=record.fraction,
-        expire_time=_timestamp(record.expires), attempts=record.attempts,
+        job_id=record.job_id,
+        state=STATE_ENUMS[record.state],
+        filename=record.filename,
+        trace_id=record.trace_id,
+        create_time=_timestamp(record.created),
+        update_time=_timestamp(record.updated or record.created),
+        fraction=record.fraction,
+        expire_time=_timestamp(record.expires),
+        attempts=record.attempts,
         upload_size_bytes=record.upload_bytes,
     )
     if record.stage in STAGE_ENUMS:
-        job.progress.CopyFrom(convert.progress_to_proto(
-            STAGE_ENUMS[record.stage], ProgressUpdate(record.stage_fraction, message=record.message)))
+        job.progress.CopyFrom(
+            convert.progress_to_proto(
+                STAGE_ENUMS[record.stage],
+                ProgressUpdate(record.stage_fraction, message=record.message),
+            )
+        )
     if record.state in (FAILED, CANCELLED) and record.error_code:
-        job.error.CopyFrom(pb.JobError(code=record.error_code, message=record.error_message,
-                                       reason=record.error_reason))
+        job.error.CopyFrom(
+            pb.JobError(
+                code=record.error_code, message=record.error_message, reason=record.error_reason
+            )
+        )
     if record.state == SUCCEEDED and record.summary:
         s = record.summary
-        job.result.CopyFrom(gw_pb.TranscribeResult(
-            trace_id=record.trace_id, language_code=s["language_code"],
-            audio_duration=convert.duration(s["audio_duration"]), speakers=s["speakers"], model=s["model"],
-            diarization_backend=s["diarization_backend"],
-            processing_duration=convert.duration(s["processing_seconds"]),
-            segment_count=s["segment_count"], document_count=s["document_count"], cache_hit=s["cache_hit"],
-        ))
+        job.result.CopyFrom(
+            gw_pb.TranscribeResult(
+                trace_id=record.trace_id,
+                language_code=s["language_code"],
+                audio_duration=convert.duration(s["audio_duration"]),
+                speakers=s["speakers"],
+                model=s["model"],
+                diarization_backend=s["diarization_backend"],
+                processing_duration=convert.duration(s["processing_seconds"]),
+                segment_count=s["segment_count"],
+                document_count=s["document_count"],
+                cache_hit=s["cache_hit"],
+            )
+        )
     return job
 
 
 class JobServicer(pb_grpc.JobServiceServicer):
-    def __init__(self, gateway: GatewayServicer, store: JobStore, spool: Spool, *,
-                 retention_s: float, poll_s: float):
+    def __init__(
+        self,
+        gateway: GatewayServicer,
+        store: JobStore,
+        spool: Spool,
+        *,
+        retention_s: float,
+        poll_s: float,
+    ):
         self._gateway = gateway  # receives uploads and renders results the way Transcribe does
         self._store = _GuardedStore(store)
         self._spool = spool
@@ -129,11 +159,14 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
     def _job(self, job_id: str) -> JobRecord:
         if not valid_job_id(job_id):
-            raise InvalidInput(f"{job_id!r} is not a job id (32 hex digits, as SubmitJob returns)",
-                               field="job_id")
+            raise InvalidInput(
+                f"{job_id!r} is not a job id (32 hex digits, as SubmitJob returns)", field="job_id"
+            )
         record = self._store.get(job_id)
         if record is None:
-            raise NotFound(f"no job {job_id}: it never existed, was deleted, or its retention time is over")
+            raise NotFound(
+                f"no job {job_id}: it never existed, was deleted, or its retention time is over"
+            )
         return record
 
     async def _call(self, fn, *args):
@@ -146,8 +179,12 @@ class JobServicer(pb_grpc.JobServiceServicer):
             raise InvalidInput("the first message of the stream must carry config", field="config")
         self._gateway._backends.require_diarization(first.config)
         options = chain_options(first.config)
-        meter = UploadMeter(first.config.upload_size_bytes, threading.Event(), what="upload",
-                            field="config.upload_size_bytes")
+        meter = UploadMeter(
+            first.config.upload_size_bytes,
+            threading.Event(),
+            what="upload",
+            field="config.upload_size_bytes",
+        )
         self._gateway._check_upload_size(meter.declared)
         job_id = new_job_id()
         span = trace.get_current_span()
@@ -157,11 +194,15 @@ class JobServicer(pb_grpc.JobServiceServicer):
             size = await self._gateway.receive(request_iterator, path, meter)
             ctx = span.get_span_context()
             record = JobRecord(
-                job_id, options_to_dict(options), filename=options.filename,
+                job_id,
+                options_to_dict(options),
+                filename=options.filename,
                 trace_id=format(ctx.trace_id, "032x") if ctx.is_valid else "",
                 span_id=format(ctx.span_id, "016x") if ctx.is_valid else "",
-                input_path=str(path), input_sha256=await self._call(file_sha256, path),
-                upload_bytes=size, no_cache=first.config.no_cache,
+                input_path=str(path),
+                input_sha256=await self._call(file_sha256, path),
+                upload_bytes=size,
+                no_cache=first.config.no_cache,
             )
             await self._call(self._store.submit, record)
         except BaseException:
@@ -172,7 +213,9 @@ class JobServicer(pb_grpc.JobServiceServicer):
     async def GetJob(self, request: pb.GetJobRequest, context) -> pb.GetJobResponse:
         return pb.GetJobResponse(job=job_to_proto(await self._call(self._job, request.job_id)))
 
-    async def WatchJob(self, request: pb.WatchJobRequest, context) -> AsyncIterator[pb.WatchJobResponse]:
+    async def WatchJob(
+        self, request: pb.WatchJobRequest, context
+    ) -> AsyncIterator[pb.WatchJobResponse]:
         record = await self._call(self._job, request.job_id)
         last = None
         while not context.done():
@@ -200,7 +243,9 @@ class JobServicer(pb_grpc.JobServiceServicer):
             try:
                 before = (float(created), job_id)
             except ValueError:
-                raise InvalidInput("page_token is not one ListJobs returned", field="page_token") from None
+                raise InvalidInput(
+                    "page_token is not one ListJobs returned", field="page_token"
+                ) from None
         records = self._store.list(STATE_NAMES.get(request.state), size + 1, before)
         token = ""
         if len(records) > size:
@@ -210,7 +255,9 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
     async def CancelJob(self, request: pb.CancelJobRequest, context) -> pb.CancelJobResponse:
         record = await self._call(self._job, request.job_id)
-        record = await self._call(self._store.request_cancel, record.job_id, self._retention_s) or record
+        record = (
+            await self._call(self._store.request_cancel, record.job_id, self._retention_s) or record
+        )
         if record.state == CANCELLED:
             self._spool.remove(record.job_id)
         deadline = time.monotonic() + CANCEL_WAIT_S
@@ -219,8 +266,9 @@ class JobServicer(pb_grpc.JobServiceServicer):
             record = await self._call(self._store.get, record.job_id) or record
         return pb.CancelJobResponse(job=job_to_proto(record))
 
-    async def GetJobResults(self, request: pb.GetJobResultsRequest,
-                            context) -> AsyncIterator[pb.GetJobResultsResponse]:
+    async def GetJobResults(
+        self, request: pb.GetJobResultsRequest, context
+    ) -> AsyncIterator[pb.GetJobResultsResponse]:
         for message in await self._call(self._results, request.job_id):
             yield message
 
@@ -229,8 +277,11 @@ class JobServicer(pb_grpc.JobServiceServicer):
         if record.state != SUCCEEDED:
             why = {"failed": f"it failed: {record.error_message}", "cancelled": "it was cancelled"}
             raise FailedPrecondition(
-                f"job {record.job_id} has no results: " + why.get(record.state, f"it is {record.state}; "
-                                                              "results are there once it has succeeded"))
+                f"job {record.job_id} has no results: "
+                + why.get(
+                    record.state, f"it is {record.state}; results are there once it has succeeded"
+                )
+            )
         result = stored_results(self._store, record.job_id)
         if result is None:
             raise NotFound(f"the results of job {record.job_id} are gone (retention time over)")
@@ -250,7 +301,9 @@ class JobServicer(pb_grpc.JobServiceServicer):
     def _delete(self, job_id: str) -> None:
         record = self._job(job_id)
         if record.state not in FINAL:
-            self._store.request_cancel(record.job_id, self._retention_s)  # its runner stops the chain
+            self._store.request_cancel(
+                record.job_id, self._retention_s
+            )  # its runner stops the chain
         self._store.delete(record.job_id)
         self._spool.remove(record.job_id)
 

@@ -28,7 +28,9 @@ class SqliteJobStore:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(
+            self.path, timeout=30, isolation_level=None, check_same_thread=False
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process kill
         for statement in _SCHEMA:
@@ -60,7 +62,14 @@ class SqliteJobStore:
             "INSERT INTO jobs (job_id, state, created, lease_until, expires, data) VALUES (?, ?, ?, ?, ?, ?)"
             " ON CONFLICT(job_id) DO UPDATE SET state = excluded.state, lease_until = excluded.lease_until,"
             " expires = excluded.expires, data = excluded.data",
-            (record.job_id, record.state, record.created, record.lease_until, record.expires, record.to_json()),
+            (
+                record.job_id,
+                record.state,
+                record.created,
+                record.lease_until,
+                record.expires,
+                record.to_json(),
+            ),
         )
         if results is not None:
             db.execute("UPDATE jobs SET results = ? WHERE job_id = ?", (results, record.job_id))
@@ -75,7 +84,9 @@ class SqliteJobStore:
             record = self._load(self._db, job_id)
         return None if record is None or record.expired() else record
 
-    def list(self, state: str | None, limit: int, before: tuple[float, str] | None) -> list[JobRecord]:
+    def list(
+        self, state: str | None, limit: int, before: tuple[float, str] | None
+    ) -> list[JobRecord]:
         where, args = ["(expires = 0 OR expires > ?)"], [time.time()]
         if state:
             where.append("state = ?")
@@ -83,8 +94,10 @@ class SqliteJobStore:
         if before:
             where.append("(created < ? OR (created = ? AND job_id < ?))")
             args += [before[0], before[0], before[1]]
-        sql = (f"SELECT data FROM jobs WHERE {' AND '.join(where)}"
-               " ORDER BY created DESC, job_id DESC LIMIT ?")
+        sql = (
+            f"SELECT data FROM jobs WHERE {' AND '.join(where)}"
+            " ORDER BY created DESC, job_id DESC LIMIT ?"
+        )
         with self._lock:
             rows = self._db.execute(sql, (*args, limit)).fetchall()
         return [JobRecord.from_json(row[0]) for row in rows]
@@ -94,7 +107,9 @@ class SqliteJobStore:
             now = time.time()
             row = db.execute(
                 "SELECT data FROM jobs WHERE state = ? OR (state = ? AND lease_until < ?)"
-                " ORDER BY created LIMIT 1", (QUEUED, RUNNING, now)).fetchone()
+                " ORDER BY created LIMIT 1",
+                (QUEUED, RUNNING, now),
+            ).fetchone()
             if row is None:
                 return None
             record = JobRecord.from_json(row[0])
@@ -116,8 +131,15 @@ class SqliteJobStore:
 
         return self._tx(extend)
 
-    def progress(self, job_id: str, worker: str, stage: str, stage_fraction: float, fraction: float,
-                 message: str) -> None:
+    def progress(
+        self,
+        job_id: str,
+        worker: str,
+        stage: str,
+        stage_fraction: float,
+        fraction: float,
+        message: str,
+    ) -> None:
         def update(db: sqlite3.Connection) -> None:
             record = self._load(db, job_id)
             if record is None or record.state != RUNNING or record.owner != worker:
@@ -128,8 +150,17 @@ class SqliteJobStore:
 
         self._tx(update)
 
-    def finish(self, job_id: str, worker: str, state: str, *, retention_s: float, summary: dict | None = None,
-               results: bytes | None = None, error: tuple[str, str, str] | None = None) -> bool:
+    def finish(
+        self,
+        job_id: str,
+        worker: str,
+        state: str,
+        *,
+        retention_s: float,
+        summary: dict | None = None,
+        results: bytes | None = None,
+        error: tuple[str, str, str] | None = None,
+    ) -> bool:
         def close(db: sqlite3.Connection) -> bool:
             record = self._load(db, job_id)
             if record is None or record.state in FINAL:
@@ -157,8 +188,13 @@ class SqliteJobStore:
             if record is None or record.expired() or record.state in FINAL:
                 return record
             if record.state == QUEUED:
-                _make_final(record, "cancelled", retention_s, None,
-                            ("CANCELLED", "CANCELLED", "cancelled by a caller"))
+                _make_final(
+                    record,
+                    "cancelled",
+                    retention_s,
+                    None,
+                    ("CANCELLED", "CANCELLED", "cancelled by a caller"),
+                )
             else:
                 record.cancel_requested = True
             self._save(db, record)
@@ -168,25 +204,39 @@ class SqliteJobStore:
 
     def results(self, job_id: str) -> bytes | None:
         with self._lock:
-            row = self._db.execute("SELECT results, expires FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            row = self._db.execute(
+                "SELECT results, expires FROM jobs WHERE job_id = ?", (job_id,)
+            ).fetchone()
         if row is None or row[0] is None or (row[1] and row[1] <= time.time()):
             return None
         return bytes(row[0])
 
     def delete(self, job_id: str) -> bool:
-        return self._tx(lambda db: db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,)).rowcount > 0)
+        return self._tx(
+            lambda db: db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,)).rowcount > 0
+        )
 
     def purge_expired(self) -> int:
-        return self._tx(lambda db: db.execute(
-            "DELETE FROM jobs WHERE expires > 0 AND expires <= ?", (time.time(),)).rowcount)
+        return self._tx(
+            lambda db: (
+                db.execute(
+                    "DELETE FROM jobs WHERE expires > 0 AND expires <= ?", (time.time(),)
+                ).rowcount
+            )
+        )
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
 
-def _make_final(record: JobRecord, state: str, retention_s: float, summary: dict | None,
-                error: tuple[str, str, str] | None) -> None:
+def _make_final(
+    record: JobRecord,
+    state: str,
+    retention_s: float,
+    summary: dict | None,
+    error: tuple[str, str, str] | None,
+) -> None:
     record.state, record.owner, record.lease_until = state, "", 0.0
     record.expires = time.time() + retention_s
     if state == "succeeded":

@@ -15,7 +15,9 @@ from asr.transcription.v1 import transcription_service_pb2_grpc as tr_grpc
 
 
 class TranscriptionModelIdentity:
-    def __init__(self, stub: tr_grpc.TranscriptionServiceStub, ttl_s: float = 60.0, timeout_s: float = 5.0):
+    def __init__(
+        self, stub: tr_grpc.TranscriptionServiceStub, ttl_s: float = 60.0, timeout_s: float = 5.0
+    ):
         self._stub = stub
         self._ttl_s = ttl_s
         self._timeout_s = timeout_s

@@ -116,15 +116,25 @@ class ChainResult:
 class Stages(Protocol):
     """How the chain reaches each service."""
 
-    def preprocess(self, upload: Path, options: ChainOptions, progress: ProgressSink) -> Decoded: ...
+    def preprocess(
+        self, upload: Path, options: ChainOptions, progress: ProgressSink
+    ) -> Decoded: ...
 
-    def transcribe(self, pcm: bytes | memoryview, options: ChainOptions, progress: ProgressSink) -> Transcript: ...
+    def transcribe(
+        self, pcm: bytes | memoryview, options: ChainOptions, progress: ProgressSink
+    ) -> Transcript: ...
 
-    def diarize(self, pcm: bytes | memoryview, options: ChainOptions, progress: ProgressSink) -> Diarization: ...
+    def diarize(
+        self, pcm: bytes | memoryview, options: ChainOptions, progress: ProgressSink
+    ) -> Diarization: ...
 
     def merge(
-        self, transcript: Transcript, diarization: Diarization | None, options: ChainOptions,
-        duration: float, trace_id: str,
+        self,
+        transcript: Transcript,
+        diarization: Diarization | None,
+        options: ChainOptions,
+        duration: float,
+        trace_id: str,
     ) -> Merged: ...
 
     def cancel(self) -> None:
@@ -147,14 +157,21 @@ def _staged(stage: str, fn, *args, emit: Emit):
                 decile = int(update.fraction * 10)
                 if decile != last_decile[0]:  # one event per 10 %, not per chunk
                     last_decile[0] = decile
-                    span.add_event("progress", {"asr.progress.fraction": round(update.fraction, 3),
-                                                "asr.progress.audio_s": round(update.audio_processed, 3)})
+                    span.add_event(
+                        "progress",
+                        {
+                            "asr.progress.fraction": round(update.fraction, 3),
+                            "asr.progress.audio_s": round(update.audio_processed, 3),
+                        },
+                    )
             emit(stage, update)
 
         return fn(*args, sink)
 
 
-def run_chain(upload: Path, options: ChainOptions, stages: Stages, emit: Emit, trace_id: str = "") -> ChainResult:
+def run_chain(
+    upload: Path, options: ChainOptions, stages: Stages, emit: Emit, trace_id: str = ""
+) -> ChainResult:
     """Run the whole chain on a spooled upload, reporting progress through `emit(stage, event)`.
 
     With stages that can stream decoded PCM (`streams_pcm`, the gateway's gRPC stages),
@@ -166,14 +183,23 @@ def run_chain(upload: Path, options: ChainOptions, stages: Stages, emit: Emit, t
         decoded, transcript, diarization = _pipelined(upload, options, stages, emit)
     else:
         decoded = _staged("preprocess", stages.preprocess, upload, options, emit=emit)
-        emit("preprocess", ProgressUpdate(1.0, decoded.duration, decoded.duration, message="decoded"))
-        branches = {"transcription": lambda: _staged("transcription", stages.transcribe, decoded.pcm,
-                                                     options, emit=emit)}
+        emit(
+            "preprocess", ProgressUpdate(1.0, decoded.duration, decoded.duration, message="decoded")
+        )
+        branches = {
+            "transcription": lambda: _staged(
+                "transcription", stages.transcribe, decoded.pcm, options, emit=emit
+            )
+        }
         if options.diarize:
-            branches["diarization"] = lambda: _staged("diarization", stages.diarize, decoded.pcm,
-                                                      options, emit=emit)
-        results = _together(branches, stages) if options.diarize else {
-            "transcription": branches["transcription"]()}
+            branches["diarization"] = lambda: _staged(
+                "diarization", stages.diarize, decoded.pcm, options, emit=emit
+            )
+        results = (
+            _together(branches, stages)
+            if options.diarize
+            else {"transcription": branches["transcription"]()}
+        )
         transcript, diarization = results["transcription"], results.get("diarization")
 
     emit("merge", ProgressUpdate(0.0, message="merging"))
@@ -190,29 +216,40 @@ def run_chain(upload: Path, options: ChainOptions, stages: Stages, emit: Emit, t
     )
 
 
-def _pipelined(upload: Path, options: ChainOptions, stages, emit: Emit
-               ) -> tuple[Decoded, Transcript, Diarization | None]:
+def _pipelined(
+    upload: Path, options: ChainOptions, stages, emit: Emit
+) -> tuple[Decoded, Transcript, Diarization | None]:
     """Preprocessing, transcription and diarization at once over PCM as it is decoded."""
     pcm = stages.new_pcm(upload)
 
     def preprocess() -> Decoded:
         try:
-            decoded = _staged("preprocess", lambda u, o, sink: stages.preprocess_into(u, o, sink, pcm),
-                              upload, options, emit=emit)
+            decoded = _staged(
+                "preprocess",
+                lambda u, o, sink: stages.preprocess_into(u, o, sink, pcm),
+                upload,
+                options,
+                emit=emit,
+            )
         except BaseException as exc:
             pcm.fail(exc)  # readers stop; the chain reports this error, not theirs
             raise
-        emit("preprocess", ProgressUpdate(1.0, decoded.duration, decoded.duration, message="decoded"))
+        emit(
+            "preprocess", ProgressUpdate(1.0, decoded.duration, decoded.duration, message="decoded")
+        )
         return decoded
 
     def branch(stage: str, fn) -> Callable[[], object]:
         def run():
             pcm.wait_until_started()
             return _staged(stage, fn, pcm, options, emit=emit)
+
         return run
 
     calls: dict[str, Callable[[], object]] = {
-        "preprocess": preprocess, "transcription": branch("transcription", stages.transcribe)}
+        "preprocess": preprocess,
+        "transcription": branch("transcription", stages.transcribe),
+    }
     if options.diarize:
         calls["diarization"] = branch("diarization", stages.diarize)
     try:
@@ -222,8 +259,9 @@ def _pipelined(upload: Path, options: ChainOptions, stages, emit: Emit
     return results["preprocess"], results["transcription"], results.get("diarization")  # type: ignore[return-value]
 
 
-def _together(calls: dict[str, Callable[[], object]], stages: Stages,
-              blame_first: str = "") -> dict[str, object]:
+def _together(
+    calls: dict[str, Callable[[], object]], stages: Stages, blame_first: str = ""
+) -> dict[str, object]:
     """Run `calls` at once, each in its own thread and copy of the context (one Context cannot
     be entered by two threads, and each call's spans must parent to the request span).
 
@@ -235,15 +273,20 @@ def _together(calls: dict[str, Callable[[], object]], stages: Stages,
     """
     pool = ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="chain")
     try:
-        futures = {name: pool.submit(contextvars.copy_context().run, fn) for name, fn in calls.items()}
+        futures = {
+            name: pool.submit(contextvars.copy_context().run, fn) for name, fn in calls.items()
+        }
         wait(futures.values(), return_when=FIRST_EXCEPTION)
         if any(f.done() and f.exception() is not None for f in futures.values()):
             stages.cancel()
             wait(futures.values(), timeout=SIBLING_GRACE_S)
-            errors = {name: f.exception() for name, f in futures.items() if f.done() and f.exception()}
+            errors = {
+                name: f.exception() for name, f in futures.items() if f.done() and f.exception()
+            }
             order = ([blame_first] if blame_first in errors else []) + list(errors)
-            chosen = next((errors[n] for n in order if not isinstance(errors[n], Cancelled)),
-                          errors[order[0]])
+            chosen = next(
+                (errors[n] for n in order if not isinstance(errors[n], Cancelled)), errors[order[0]]
+            )
             raise chosen  # type: ignore[misc]
         return {name: f.result() for name, f in futures.items()}
     finally:

@@ -69,8 +69,14 @@ class Claim:
 class SpoolQuota:
     """`limit_bytes` across the `roots`: (directory, glob) pairs whose matches are measured."""
 
-    def __init__(self, limit_bytes: int, roots: list[tuple[Path, str]], *, rescan_s: float = 1.0,
-                 retry_after_s: float = 10.0):
+    def __init__(
+        self,
+        limit_bytes: int,
+        roots: list[tuple[Path, str]],
+        *,
+        rescan_s: float = 1.0,
+        retry_after_s: float = 10.0,
+    ):
         self.limit = limit_bytes
         self._roots = [(Path(d), pattern) for d, pattern in roots]
         self._rescan_s = rescan_s
@@ -121,17 +127,24 @@ class SpoolQuota:
             raise LimitExceeded(
                 f"the upload's declared size of {declared} bytes is larger than the gateway's whole "
                 f"spool quota of {self.limit} bytes ({SETTING})",
-                field="config.upload_size_bytes", metadata={"quota_bytes": str(self.limit)})
+                field="config.upload_size_bytes",
+                metadata={"quota_bytes": str(self.limit)},
+            )
         claim = Claim(self, declared, path)
         with self._lock:
             self._claims.add(claim)  # before measuring: its file is not counted twice
         try:
-            self._refresh(force=True)  # a fresh look per upload: finished requests free their room at once
+            self._refresh(
+                force=True
+            )  # a fresh look per upload: finished requests free their room at once
             with self._lock:
                 full = self._used() + (0 if declared else 1) > self.limit
             if full:
-                raise self._full(f"the gateway's spool has no room for this upload's {declared} bytes"
-                                 if declared else "the gateway's spool is full")
+                raise self._full(
+                    f"the gateway's spool has no room for this upload's {declared} bytes"
+                    if declared
+                    else "the gateway's spool is full"
+                )
             yield claim
         finally:
             with self._lock:
@@ -144,8 +157,10 @@ class SpoolQuota:
             claim.received += num_bytes
             over = not claim.declared and self._used() > self.limit
         if over:  # declared uploads were admitted with their whole size up front
-            raise self._full(f"the upload (of undeclared size) was cut after {claim.received} bytes: "
-                             "the gateway's spool is full")
+            raise self._full(
+                f"the upload (of undeclared size) was cut after {claim.received} bytes: "
+                "the gateway's spool is full"
+            )
 
 
 def unlimited() -> SpoolQuota:

@@ -48,8 +48,10 @@ PIPELINE_VERSION = "2026-12-1"
 document renderers, preprocessing defaults): every old entry then misses."""
 
 CACHE_REQUESTS = Counter(
-    "asr_result_cache_requests", "Result-cache look-ups of the gateway, by result (hit, miss, bypass).",
-    ["result"], registry=REGISTRY,
+    "asr_result_cache_requests",
+    "Result-cache look-ups of the gateway, by result (hit, miss, bypass).",
+    ["result"],
+    registry=REGISTRY,
 )
 
 ModelIdentity = Callable[[str], "tuple[str, str] | None"]
@@ -73,12 +75,23 @@ def canonical_options(options: ChainOptions) -> dict:
     return data
 
 
-def cache_key(input_sha256: str, options: ChainOptions, model: tuple[str, str],
-              pipeline_version: str = PIPELINE_VERSION) -> str:
-    material = json.dumps({
-        "input_sha256": input_sha256, "options": canonical_options(options),
-        "model": {"name": model[0], "weights_sha256": model[1]}, "pipeline": pipeline_version,
-    }, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+def cache_key(
+    input_sha256: str,
+    options: ChainOptions,
+    model: tuple[str, str],
+    pipeline_version: str = PIPELINE_VERSION,
+) -> str:
+    material = json.dumps(
+        {
+            "input_sha256": input_sha256,
+            "options": canonical_options(options),
+            "model": {"name": model[0], "weights_sha256": model[1]},
+            "pipeline": pipeline_version,
+        },
+        sort_keys=True,
+        ensure_ascii=True,
+        separators=(",", ":"),
+    )
     return hashlib.sha256(material.encode()).hexdigest()
 
 
@@ -91,9 +104,16 @@ def encode_result(result: ChainResult) -> bytes:
         "v": 1,
         "media": asdict(result.media),
         "audio_duration": result.audio_duration,
-        "transcript": {"language_code": result.transcript.language_code, "model": result.transcript.model},
-        "diarization": None if result.diarization is None else {
-            "speaker_count": result.diarization.speaker_count, "backend": result.diarization.backend},
+        "transcript": {
+            "language_code": result.transcript.language_code,
+            "model": result.transcript.model,
+        },
+        "diarization": None
+        if result.diarization is None
+        else {
+            "speaker_count": result.diarization.speaker_count,
+            "backend": result.diarization.backend,
+        },
         "segments": [asdict(s) for s in result.merged.segments],
         "speakers": list(result.merged.speakers),
         "documents": [asdict(d) for d in result.merged.documents],
@@ -119,8 +139,11 @@ def decode_result(blob: bytes) -> ChainResult:
         audio_duration=float(data["audio_duration"]),
         transcript=Transcript([], data["transcript"]["language_code"], data["transcript"]["model"]),
         diarization=None if dia is None else Diarization([], dia["speaker_count"], dia["backend"]),
-        merged=Merged([_segment(s) for s in data["segments"]], list(data["speakers"]),
-                      [RenderedDocument(**d) for d in data["documents"]]),
+        merged=Merged(
+            [_segment(s) for s in data["segments"]],
+            list(data["speakers"]),
+            [RenderedDocument(**d) for d in data["documents"]],
+        ),
         seconds=float(data["seconds"]),
     )
 
@@ -141,10 +164,14 @@ class DiskCache:
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(
+                self.path, timeout=10, isolation_level=None, check_same_thread=False
+            )
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, value BLOB NOT NULL,"
-                       " size INTEGER NOT NULL, created REAL NOT NULL, used REAL NOT NULL)")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, value BLOB NOT NULL,"
+                " size INTEGER NOT NULL, created REAL NOT NULL, used REAL NOT NULL)"
+            )
             db.execute("CREATE INDEX IF NOT EXISTS entries_used ON entries(used)")
             self._db = db
         return self._db
@@ -168,7 +195,9 @@ class DiskCache:
         with self._lock:
             try:
                 self._put(key, value)
-            except sqlite3.DatabaseError as exc:  # a corrupt file: start afresh rather than never cache again
+            except (
+                sqlite3.DatabaseError
+            ) as exc:  # a corrupt file: start afresh rather than never cache again
                 log.warning("result cache %s is unusable (%s); recreating it", self.path, exc)
                 self._reset()
                 self._put(key, value)
@@ -178,11 +207,16 @@ class DiskCache:
         now = time.time()
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)", (key, value, len(value), now, now))
+            db.execute(
+                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)",
+                (key, value, len(value), now, now),
+            )
             db.execute("DELETE FROM entries WHERE created < ?", (now - self.ttl_s,))
             total = db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0]
             if total > self.max_bytes:
-                for old_key, size in db.execute("SELECT key, size FROM entries ORDER BY used").fetchall():
+                for old_key, size in db.execute(
+                    "SELECT key, size FROM entries ORDER BY used"
+                ).fetchall():
                     if total <= self.max_bytes:
                         break
                     db.execute("DELETE FROM entries WHERE key = ?", (old_key,))
@@ -233,7 +267,9 @@ class RedisCache:
         pipe.hset(f"{self._p}size", key, len(value))
         previous = pipe.execute()[0]
         total = self._redis.incrby(f"{self._p}bytes", len(value) - int(previous or 0))
-        while total > self.max_bytes:  # least recently used first (entries past their TTL among them)
+        while (
+            total > self.max_bytes
+        ):  # least recently used first (entries past their TTL among them)
             popped = self._redis.zpopmin(f"{self._p}lru")
             if not popped:
                 break
@@ -252,8 +288,12 @@ class RedisCache:
 class ResultCache:
     """The gateway's view of a backend: look-ups that never fail and count themselves."""
 
-    def __init__(self, backend: DiskCache | RedisCache, model_identity: ModelIdentity,
-                 pipeline: str = PIPELINE_VERSION):
+    def __init__(
+        self,
+        backend: DiskCache | RedisCache,
+        model_identity: ModelIdentity,
+        pipeline: str = PIPELINE_VERSION,
+    ):
         """`pipeline`: PIPELINE_VERSION plus any gateway setting that changes the output for the
         same options (fan-out cuts long files into chunks: `GatewaySettings.output_variant`)."""
         self.backend = backend
@@ -279,7 +319,11 @@ class ResultCache:
                 blob = self.backend.get(key)
                 result = None if blob is None else decode_result(blob)
             except Exception as exc:  # unreachable, corrupt, undecodable: a miss, never an error
-                log.warning("result cache read failed (%s: %s); treating it as a miss", type(exc).__name__, exc)
+                log.warning(
+                    "result cache read failed (%s: %s); treating it as a miss",
+                    type(exc).__name__,
+                    exc,
+                )
                 result = None
         CACHE_REQUESTS.labels("hit" if result is not None else "miss").inc()
         return result

@@ -57,57 +57,109 @@ class GatewaySettings(ServerSettings):
 
     preprocess_address: str = Field("127.0.0.1:50051", description="host:port or dns:///name:port")
     transcription_address: str = Field(
-        "127.0.0.1:50052", description="host:port, a comma-separated list of replicas (the local mesh), "
-        "or dns:///name:port of a headless Service whose DNS answer lists every replica.")
+        "127.0.0.1:50052",
+        description="host:port, a comma-separated list of replicas (the local mesh), "
+        "or dns:///name:port of a headless Service whose DNS answer lists every replica.",
+    )
     fanout_min_s: float = Field(
-        FANOUT_MIN_S_DEFAULT, ge=0, description="Audio at least this long is cut at pauses into chunks "
-        "decoded by every transcription replica at once (services/gateway/fanout.py); 0 = never.")
+        FANOUT_MIN_S_DEFAULT,
+        ge=0,
+        description="Audio at least this long is cut at pauses into chunks "
+        "decoded by every transcription replica at once (services/gateway/fanout.py); 0 = never.",
+    )
     fanout_chunk_speech_s: float = Field(
-        FANOUT_CHUNK_SPEECH_S_DEFAULT, gt=0, description="Seconds of speech per fan-out chunk.")
+        FANOUT_CHUNK_SPEECH_S_DEFAULT, gt=0, description="Seconds of speech per fan-out chunk."
+    )
     fanout_windows_per_replica: int = Field(
-        1, ge=1, description="Fan-out chunks one request keeps in flight per replica (a replica's "
-        "ASR_TRANSCRIPTION_NUM_WORKERS).")
-    fanout_attempts: int = Field(3, ge=1, description="Tries per fan-out chunk, each on another replica.")
+        1,
+        ge=1,
+        description="Fan-out chunks one request keeps in flight per replica (a replica's "
+        "ASR_TRANSCRIPTION_NUM_WORKERS).",
+    )
+    fanout_attempts: int = Field(
+        3, ge=1, description="Tries per fan-out chunk, each on another replica."
+    )
     diarization_address: str = Field(
-        "127.0.0.1:50053", description="Empty: no diarization; speaker options are refused.")
+        "127.0.0.1:50053", description="Empty: no diarization; speaker options are refused."
+    )
     merge_address: str = Field("127.0.0.1:50054")
     max_upload_bytes: int = Field(2 << 30, gt=0, description="Largest upload accepted.")
-    spool_dir: Path | None = Field(None, description="Where uploads are spooled; system temp if unset.")
+    spool_dir: Path | None = Field(
+        None, description="Where uploads are spooled; system temp if unset."
+    )
     preprocess_deadline_s: float = Field(
-        1800.0, gt=0, description="Decoding a 4-hour file with loudnorm takes ~190 s on 2 cores.")
+        1800.0, gt=0, description="Decoding a 4-hour file with loudnorm takes ~190 s on 2 cores."
+    )
     deadline_base_s: float = Field(60.0, gt=0, description="Fixed part of the per-hop deadlines.")
-    transcription_deadline_per_audio_s: float = Field(2.0, gt=0, description="Seconds per audio second.")
-    diarization_deadline_per_audio_s: float = Field(1.0, gt=0, description="Seconds per audio second.")
+    transcription_deadline_per_audio_s: float = Field(
+        2.0, gt=0, description="Seconds per audio second."
+    )
+    diarization_deadline_per_audio_s: float = Field(
+        1.0, gt=0, description="Seconds per audio second."
+    )
     merge_deadline_s: float = Field(60.0, gt=0)
     stream_deadline_s: float = Field(
-        3660.0, gt=0, description="Longest streaming session the gateway relays (wall time; the "
-        "transcription service's ASR_TRANSCRIPTION_MAX_STREAM_S plus a margin).")
+        3660.0,
+        gt=0,
+        description="Longest streaming session the gateway relays (wall time; the "
+        "transcription service's ASR_TRANSCRIPTION_MAX_STREAM_S plus a margin).",
+    )
     spool_quota_bytes: int = Field(
-        6 << 30, gt=0, description="Disk all spools may hold together: uploads in flight, their "
-        "decoded PCM and the job spool. Beyond it uploads are refused (RESOURCE_EXHAUSTED, retry later).")
+        6 << 30,
+        gt=0,
+        description="Disk all spools may hold together: uploads in flight, their "
+        "decoded PCM and the job spool. Beyond it uploads are refused (RESOURCE_EXHAUSTED, retry later).",
+    )
     # Jobs (asr.gateway.v1.JobService) and the result cache: see README "Jobs and the result cache".
     job_store: str = Field(
-        "", description='"" = SQLite in <state dir>/jobs; sqlite:///PATH; redis://HOST:PORT/DB shared by replicas.')
+        "",
+        description='"" = SQLite in <state dir>/jobs; sqlite:///PATH; redis://HOST:PORT/DB shared by replicas.',
+    )
     job_spool_dir: Path | None = Field(
-        None, description="Uploaded inputs of jobs; <state dir>/jobs/spool if unset. Replicas must share it.")
-    job_workers: int = Field(1, ge=0, description="Jobs this replica runs at once (0 = accept jobs, run none).")
-    job_lease_s: float = Field(30.0, gt=0, description="A job whose runner stops renewing for this long is rerun.")
-    job_poll_s: float = Field(0.5, gt=0, description="Claim, renewal, progress and WatchJob interval.")
-    job_retention_s: float = Field(7 * 86400.0, gt=0, description="Finished jobs and results kept this long.")
-    job_max_attempts: int = Field(3, ge=1, description="Runs of one job before it is failed (poison inputs).")
+        None,
+        description="Uploaded inputs of jobs; <state dir>/jobs/spool if unset. Replicas must share it.",
+    )
+    job_workers: int = Field(
+        1, ge=0, description="Jobs this replica runs at once (0 = accept jobs, run none)."
+    )
+    job_lease_s: float = Field(
+        30.0, gt=0, description="A job whose runner stops renewing for this long is rerun."
+    )
+    job_poll_s: float = Field(
+        0.5, gt=0, description="Claim, renewal, progress and WatchJob interval."
+    )
+    job_retention_s: float = Field(
+        7 * 86400.0, gt=0, description="Finished jobs and results kept this long."
+    )
+    job_max_attempts: int = Field(
+        3, ge=1, description="Runs of one job before it is failed (poison inputs)."
+    )
     cache_enabled: bool = Field(True, description="Answer repeated work from the result cache.")
     cache_store: str = Field(
-        "", description='"" = like job_store (disk in <state dir>/cache, or the same Redis); a path or redis://.')
-    cache_max_bytes: int = Field(2 << 30, gt=0, description="Result cache size cap (LRU beyond it).")
-    cache_ttl_s: float = Field(30 * 86400.0, gt=0, description="Result cache entries older than this miss.")
+        "",
+        description='"" = like job_store (disk in <state dir>/cache, or the same Redis); a path or redis://.',
+    )
+    cache_max_bytes: int = Field(
+        2 << 30, gt=0, description="Result cache size cap (LRU beyond it)."
+    )
+    cache_ttl_s: float = Field(
+        30 * 86400.0, gt=0, description="Result cache entries older than this miss."
+    )
     max_chains: int = Field(
-        4, ge=1, description="Chains (preprocess→transcription‖diarization→merge) run at once; "
-        "more wait in the admission queue.")
+        4,
+        ge=1,
+        description="Chains (preprocess→transcription‖diarization→merge) run at once; "
+        "more wait in the admission queue.",
+    )
     max_queued: int = Field(
-        256, ge=0, description="Requests that may wait for a chain (fair per caller); beyond it "
-        "RESOURCE_EXHAUSTED with a retry hint. Waiting costs a coroutine, not a thread.")
+        256,
+        ge=0,
+        description="Requests that may wait for a chain (fair per caller); beyond it "
+        "RESOURCE_EXHAUSTED with a retry hint. Waiting costs a coroutine, not a thread.",
+    )
     mesh_file: Path | None = Field(
-        None, description="The local supervisor's mesh.json: a backend it does not list is absent.")
+        None, description="The local supervisor's mesh.json: a backend it does not list is absent."
+    )
 
     def output_variant(self) -> str:
         """Settings of this gateway that change a transcript for the same request (the result
@@ -118,9 +170,12 @@ class GatewaySettings(ServerSettings):
     def fanout(self) -> FanoutPolicy | None:
         if self.fanout_min_s <= 0:
             return None
-        return FanoutPolicy(min_audio_s=self.fanout_min_s, chunk_speech_s=self.fanout_chunk_speech_s,
-                            windows_per_replica=self.fanout_windows_per_replica,
-                            attempts=self.fanout_attempts)
+        return FanoutPolicy(
+            min_audio_s=self.fanout_min_s,
+            chunk_speech_s=self.fanout_chunk_speech_s,
+            windows_per_replica=self.fanout_windows_per_replica,
+            attempts=self.fanout_attempts,
+        )
 
     def deadlines(self) -> Deadlines:
         return Deadlines(
@@ -135,7 +190,9 @@ class GatewaySettings(ServerSettings):
 def open_cache(settings: GatewaySettings, model_identity: ModelIdentity) -> ResultCache | None:
     if not settings.cache_enabled:
         return None
-    spec = settings.cache_store or (settings.job_store if settings.job_store.startswith("redis") else "")
+    spec = settings.cache_store or (
+        settings.job_store if settings.job_store.startswith("redis") else ""
+    )
     if spec.startswith(("redis://", "rediss://", "unix://")):
         backend = RedisCache(spec, settings.cache_max_bytes, settings.cache_ttl_s)
     else:
@@ -144,11 +201,15 @@ def open_cache(settings: GatewaySettings, model_identity: ModelIdentity) -> Resu
     return ResultCache(backend, model_identity, PIPELINE_VERSION + settings.output_variant())
 
 
-def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages] | None = None,
-                  model_identity: ModelIdentity | None = None, *,
-                  interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
-                  credentials: grpc.ServerCredentials | None = None,
-                  caller_key: Callable[[object], str] = context_caller) -> AioServerHandle:
+def create_server(
+    settings: GatewaySettings,
+    stages_factory: Callable[[], Stages] | None = None,
+    model_identity: ModelIdentity | None = None,
+    *,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
+    caller_key: Callable[[object], str] = context_caller,
+) -> AioServerHandle:
     """Start a gateway on the process's event loop (grpc.aio); tests may inject `stages_factory`
     to replace the downstream services (and `model_identity`, the model a request runs on as the
     result cache keys it). `interceptors` (an auth check, say) run inside the trace span;
@@ -156,9 +217,13 @@ def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages
     admission queue is fair between."""
     if stages_factory is None:
         downstream = Downstream(
-            settings.preprocess_address, settings.transcription_address,
-            settings.diarization_address, settings.merge_address, settings.max_message_bytes,
-            credentials=downstream_credentials(settings), fanout=settings.fanout(),
+            settings.preprocess_address,
+            settings.transcription_address,
+            settings.diarization_address,
+            settings.merge_address,
+            settings.max_message_bytes,
+            credentials=downstream_credentials(settings),
+            fanout=settings.fanout(),
         )
         deadlines = settings.deadlines()
 
@@ -168,25 +233,52 @@ def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages
         model_identity = model_identity or TranscriptionModelIdentity(downstream.transcription)
     # Injected stages without an identity: the model is unknown, so nothing is cached.
     cache = open_cache(settings, model_identity or (lambda name: None))
-    bridge = StreamBridge(round_robin_target(settings.transcription_address), settings.max_message_bytes,
-                          credentials=downstream_credentials(settings),
-                          deadline_s=settings.stream_deadline_s)
+    bridge = StreamBridge(
+        round_robin_target(settings.transcription_address),
+        settings.max_message_bytes,
+        credentials=downstream_credentials(settings),
+        deadline_s=settings.stream_deadline_s,
+    )
     backends = Backends({"diarization": settings.diarization_address}, settings.mesh_file)
-    admission = FairQueue(settings.max_chains, settings.max_queued, name="the gateway",
-                          on_change=gauge_reporter(SERVICE),
-                          on_wait=metrics.QUEUE_WAIT.labels(SERVICE).observe,
-                          on_reject=lambda reason: metrics.QUEUE_REJECTED.labels(SERVICE, reason).inc())
+    admission = FairQueue(
+        settings.max_chains,
+        settings.max_queued,
+        name="the gateway",
+        on_change=gauge_reporter(SERVICE),
+        on_wait=metrics.QUEUE_WAIT.labels(SERVICE).observe,
+        on_reject=lambda reason: metrics.QUEUE_REJECTED.labels(SERVICE, reason).inc(),
+    )
     spool = Spool(settings.job_spool_dir or settings.state_dir / "jobs" / "spool")
-    quota = SpoolQuota(settings.spool_quota_bytes, [
-        (settings.spool_dir or Path(tempfile.gettempdir()), "asr-gateway-*"), (spool.root, "*")])
-    servicer = GatewayServicer(stages_factory, settings.max_upload_bytes, settings.spool_dir, cache,
-                               backends=backends, streaming=bridge, admission=admission,
-                               caller_key=caller_key, quota=quota)
+    quota = SpoolQuota(
+        settings.spool_quota_bytes,
+        [(settings.spool_dir or Path(tempfile.gettempdir()), "asr-gateway-*"), (spool.root, "*")],
+    )
+    servicer = GatewayServicer(
+        stages_factory,
+        settings.max_upload_bytes,
+        settings.spool_dir,
+        cache,
+        backends=backends,
+        streaming=bridge,
+        admission=admission,
+        caller_key=caller_key,
+        quota=quota,
+    )
     store = open_store(settings.job_store, settings.state_dir)
-    jobs = JobServicer(servicer, store, spool, retention_s=settings.job_retention_s, poll_s=settings.job_poll_s)
-    runner = JobRunner(store, spool, stages_factory, cache=cache, workers=settings.job_workers,
-                       lease_s=settings.job_lease_s, poll_s=settings.job_poll_s,
-                       retention_s=settings.job_retention_s, max_attempts=settings.job_max_attempts)
+    jobs = JobServicer(
+        servicer, store, spool, retention_s=settings.job_retention_s, poll_s=settings.job_poll_s
+    )
+    runner = JobRunner(
+        store,
+        spool,
+        stages_factory,
+        cache=cache,
+        workers=settings.job_workers,
+        lease_s=settings.job_lease_s,
+        poll_s=settings.job_poll_s,
+        retention_s=settings.job_retention_s,
+        max_attempts=settings.job_max_attempts,
+    )
 
     def register(server) -> None:
         pb_grpc.add_GatewayServiceServicer_to_server(servicer, server)
@@ -195,8 +287,10 @@ def create_server(settings: GatewaySettings, stages_factory: Callable[[], Stages
     handle = build_aio_server(
         settings,
         register=register,
-        service_names=[pb.DESCRIPTOR.services_by_name["GatewayService"].full_name,
-                       jobs_pb.DESCRIPTOR.services_by_name["JobService"].full_name],
+        service_names=[
+            pb.DESCRIPTOR.services_by_name["GatewayService"].full_name,
+            jobs_pb.DESCRIPTOR.services_by_name["JobService"].full_name,
+        ],
         interceptors=interceptors,
         credentials=credentials,
     )

@@ -55,18 +55,26 @@ def chain_options(config: pb.TranscribeConfig) -> ChainOptions:
     formats = []
     for value in config.output_formats or [document_pb2.OUTPUT_FORMAT_JSON]:
         if value not in FORMAT_NAMES:
-            raise InvalidInput(f"output format {value} is not one of json, srt, vtt, txt, rttm",
-                               field="config.output_formats")
+            raise InvalidInput(
+                f"output format {value} is not one of json, srt, vtt, txt, rttm",
+                field="config.output_formats",
+            )
         formats.append(FORMAT_NAMES[value])
     for name in ("num_speakers", "min_speakers", "max_speakers"):
         if getattr(config, name) < 0:
             raise InvalidInput(f"{name} must not be negative", field=f"config.{name}")
     if not config.diarize:
-        asked = [name for name in ("num_speakers", "min_speakers", "max_speakers") if getattr(config, name)]
+        asked = [
+            name
+            for name in ("num_speakers", "min_speakers", "max_speakers")
+            if getattr(config, name)
+        ]
         asked += ["speaker_names"] if config.speaker_names else []
         asked += ["RTTM output"] if document_pb2.OUTPUT_FORMAT_RTTM in config.output_formats else []
         if asked:  # silently ignoring them would hand back a transcript without what was asked
-            raise InvalidInput(f"diarize=true is needed for {', '.join(asked)}", field="config.diarize")
+            raise InvalidInput(
+                f"diarize=true is needed for {', '.join(asked)}", field="config.diarize"
+            )
     if config.min_speakers and config.max_speakers and config.min_speakers > config.max_speakers:
         raise InvalidInput(
             f"min_speakers ({config.min_speakers}) is larger than max_speakers ({config.max_speakers})",
@@ -89,8 +97,11 @@ def chain_options(config: pb.TranscribeConfig) -> ChainOptions:
         best_of=config.best_of,
         hotwords=config.hotwords,
         inverse_text_normalization=config.inverse_text_normalization,
-        **{name: getattr(config, name) for name in ("loudness_normalization", "trim_silence")
-           if config.HasField(name)},  # unset: ChainOptions' measured defaults
+        **{
+            name: getattr(config, name)
+            for name in ("loudness_normalization", "trim_silence")
+            if config.HasField(name)
+        },  # unset: ChainOptions' measured defaults
     )
 
 
@@ -112,20 +123,30 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
     cache) run on `io_executor`.
     """
 
-    def __init__(self, stages_factory: Callable[[], Stages], max_upload_bytes: int, spool_dir: Path | None,
-                 cache: ResultCache | None = None, *, backends: Backends | None = None,
-                 streaming=None, admission: FairQueue | None = None,
-                 chain_executor: ThreadPoolExecutor | None = None,
-                 io_executor: ThreadPoolExecutor | None = None,
-                 caller_key: Callable[[object], str] = context_caller,
-                 quota: SpoolQuota | None = None):
+    def __init__(
+        self,
+        stages_factory: Callable[[], Stages],
+        max_upload_bytes: int,
+        spool_dir: Path | None,
+        cache: ResultCache | None = None,
+        *,
+        backends: Backends | None = None,
+        streaming=None,
+        admission: FairQueue | None = None,
+        chain_executor: ThreadPoolExecutor | None = None,
+        io_executor: ThreadPoolExecutor | None = None,
+        caller_key: Callable[[object], str] = context_caller,
+        quota: SpoolQuota | None = None,
+    ):
         self._stages_factory = stages_factory
         self._backends = backends or Backends({"diarization": "configured"})
         self._max_upload_bytes = max_upload_bytes
         self._spool_dir = spool_dir
         self._cache = cache
         self._streaming = streaming  # a services.gateway.streaming.StreamBridge
-        self._quota = quota or unlimited()  # disk of all spools together (services/gateway/quota.py)
+        self._quota = (
+            quota or unlimited()
+        )  # disk of all spools together (services/gateway/quota.py)
         self.admission = admission or FairQueue(4, 256, name="the gateway")
         self._chains = chain_executor or ThreadPoolExecutor(self.admission.capacity, "chain-run")
         self._io = io_executor or ThreadPoolExecutor(4, "gateway-io")
@@ -148,9 +169,15 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         options = chain_options(first.config)
         self._backends.require_diarization(first.config)
         span = trace.get_current_span()
-        span.set_attributes({"asr.diarize": options.diarize, "asr.formats": ",".join(options.formats)})
-        meter = UploadMeter(first.config.upload_size_bytes, threading.Event(), what="upload",
-                            field="config.upload_size_bytes")
+        span.set_attributes(
+            {"asr.diarize": options.diarize, "asr.formats": ",".join(options.formats)}
+        )
+        meter = UploadMeter(
+            first.config.upload_size_bytes,
+            threading.Event(),
+            what="upload",
+            field="config.upload_size_bytes",
+        )
         self._check_upload_size(meter.declared)  # refused before a byte of it is sent
         spool = Path(tempfile.mkdtemp(prefix="asr-gateway-", dir=self._spool_dir))
         try:
@@ -165,8 +192,9 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         finally:
             shutil.rmtree(spool, ignore_errors=True)
 
-    async def _cached_run(self, upload: Path, options: ChainOptions, no_cache: bool,
-                          context) -> AsyncIterator[pb.TranscribeResponse]:
+    async def _cached_run(
+        self, upload: Path, options: ChainOptions, no_cache: bool, context
+    ) -> AsyncIterator[pb.TranscribeResponse]:
         """Answer from the result cache when it holds this work, else run the chain (and keep it)."""
         if self._cache is None:
             async for message in self._run(upload, options, context):
@@ -200,7 +228,9 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         with self._quota.upload(meter.declared, path) as claim, open(path, "wb") as out:
             async for request in request_iterator:
                 if request.WhichOneof("payload") != "content":
-                    raise InvalidInput("config may appear only once, as the first message", field="config")
+                    raise InvalidInput(
+                        "config may appear only once, as the first message", field="config"
+                    )
                 meter.add(len(request.content))
                 self._check_upload_size(meter.received)
                 claim.add(len(request.content))
@@ -218,19 +248,25 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         remaining = context.time_remaining()
         return None if remaining is None or remaining > _NO_DEADLINE_S else max(remaining, 0.0)
 
-    async def _run(self, upload: Path, options: ChainOptions, context,
-                   cache_key: str | None = None) -> AsyncIterator[pb.TranscribeResponse]:
+    async def _run(
+        self, upload: Path, options: ChainOptions, context, cache_key: str | None = None
+    ) -> AsyncIterator[pb.TranscribeResponse]:
         span = trace.get_current_span()
         caller = self._caller_key(context)
-        span.set_attributes({"asr.queue.depth_at_arrival": self.admission.waiting,
-                             "asr.queue.running_at_arrival": self.admission.running})
+        span.set_attributes(
+            {
+                "asr.queue.depth_at_arrival": self.admission.waiting,
+                "asr.queue.running_at_arrival": self.admission.running,
+            }
+        )
         async with self.admission.slot(caller, self._timeout(context)) as waited:
             span.set_attribute("asr.queue.wait_s", round(waited, 4))
             async for message in self._run_admitted(upload, options, cache_key):
                 yield message
 
-    async def _run_admitted(self, upload: Path, options: ChainOptions,
-                            cache_key: str | None) -> AsyncIterator[pb.TranscribeResponse]:
+    async def _run_admitted(
+        self, upload: Path, options: ChainOptions, cache_key: str | None
+    ) -> AsyncIterator[pb.TranscribeResponse]:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         stages = self._stages_factory()
@@ -239,8 +275,9 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         def emit(stage: str, event) -> None:
             loop.call_soon_threadsafe(events.put_nowait, (stage, event))
 
-        chain = asyncio.ensure_future(in_executor(
-            self._chains, run_chain, upload, options, stages, emit, trace_id))
+        chain = asyncio.ensure_future(
+            in_executor(self._chains, run_chain, upload, options, stages, emit, trace_id)
+        )
         getter: asyncio.Future | None = None
         try:
             while True:
@@ -257,8 +294,11 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             result = chain.result()  # the chain's own error (already a MeshError) when it failed
             log.info(
                 "transcribed %r: %.1f s of audio in %.2f s, %d segments, %d speakers",
-                options.filename, result.audio_duration, result.seconds,
-                len(result.merged.segments), len(result.merged.speakers),
+                options.filename,
+                result.audio_duration,
+                result.seconds,
+                len(result.merged.segments),
+                len(result.merged.speakers),
             )
             if self._cache is not None:
                 await in_executor(self._io, self._cache.store, cache_key, result)
@@ -287,21 +327,30 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         for segment in result.merged.segments:
             yield pb.TranscribeResponse(segment=convert.segment_to_proto(segment))
         for document in result.merged.documents:
-            pieces = [document.content[i:i + DOCUMENT_CHUNK_CHARS]
-                      for i in range(0, len(document.content), DOCUMENT_CHUNK_CHARS)] or [""]
+            pieces = [
+                document.content[i : i + DOCUMENT_CHUNK_CHARS]
+                for i in range(0, len(document.content), DOCUMENT_CHUNK_CHARS)
+            ] or [""]
             for index, piece in enumerate(pieces):
-                yield pb.TranscribeResponse(document_chunk=pb.DocumentChunk(
-                    format=FORMAT_ENUMS[document.format], file_extension=document.file_extension,
-                    media_type=document.media_type, content=piece, last=index == len(pieces) - 1,
-                ))
+                yield pb.TranscribeResponse(
+                    document_chunk=pb.DocumentChunk(
+                        format=FORMAT_ENUMS[document.format],
+                        file_extension=document.file_extension,
+                        media_type=document.media_type,
+                        content=piece,
+                        last=index == len(pieces) - 1,
+                    )
+                )
 
     @staticmethod
     def _result(result: ChainResult, trace_id: str, cache_hit: bool = False) -> pb.TranscribeResult:
-        trace.get_current_span().set_attributes({
-            "asr.audio.duration_s": result.audio_duration,
-            "asr.rtf": result.seconds / result.audio_duration if result.audio_duration else 0.0,
-            "asr.model": result.transcript.model,
-        })
+        trace.get_current_span().set_attributes(
+            {
+                "asr.audio.duration_s": result.audio_duration,
+                "asr.rtf": result.seconds / result.audio_duration if result.audio_duration else 0.0,
+                "asr.model": result.transcript.model,
+            }
+        )
         return pb.TranscribeResult(
             trace_id=trace_id,
             language_code=result.transcript.language_code,

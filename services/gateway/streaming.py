@@ -30,11 +30,18 @@ from services.common.telemetry import aio_traced_channel_interceptors
 class StreamBridge:
     """Forwards streaming sessions to the transcription service at `address`."""
 
-    def __init__(self, address: str, max_message_bytes: int = 64 << 20,
-                 credentials: grpc.ChannelCredentials | None = None, deadline_s: float = 3660.0):
+    def __init__(
+        self,
+        address: str,
+        max_message_bytes: int = 64 << 20,
+        credentials: grpc.ChannelCredentials | None = None,
+        deadline_s: float = 3660.0,
+    ):
         self._address = address
         self._credentials = credentials
-        self._deadline_s = deadline_s  # no internal call without a deadline (services/common/limits.py)
+        self._deadline_s = (
+            deadline_s  # no internal call without a deadline (services/common/limits.py)
+        )
         self._options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -46,8 +53,12 @@ class StreamBridge:
 
     def _ensure(self) -> tr_grpc.TranscriptionServiceStub:
         if self._stub is None:  # made on the loop that will use it
-            self._channel = open_aio_channel(self._address, self._options, credentials=self._credentials,
-                                             interceptors=aio_traced_channel_interceptors())
+            self._channel = open_aio_channel(
+                self._address,
+                self._options,
+                credentials=self._credentials,
+                interceptors=aio_traced_channel_interceptors(),
+            )
             self._stub = tr_grpc.TranscriptionServiceStub(self._channel)
         return self._stub
 
@@ -63,7 +74,9 @@ class StreamBridge:
             else:
                 run_on_loop(channel.close(), timeout=5)
 
-    async def __call__(self, request_iterator, context) -> AsyncIterator[gw_pb.StreamingTranscribeResponse]:
+    async def __call__(
+        self, request_iterator, context
+    ) -> AsyncIterator[gw_pb.StreamingTranscribeResponse]:
         first = await anext(request_iterator, None)
         if first is None or first.WhichOneof("payload") != "config":
             raise InvalidInput("the first message of the stream must carry config", field="config")
@@ -77,8 +90,11 @@ class StreamBridge:
                     yield tr_pb.StreamingTranscribeRequest(config=request.config)
 
         remaining = context.time_remaining()
-        call = self._ensure().StreamingTranscribe(forward(), wait_for_ready=False, timeout=min(
-            self._deadline_s, remaining if remaining is not None else self._deadline_s))
+        call = self._ensure().StreamingTranscribe(
+            forward(),
+            wait_for_ready=False,
+            timeout=min(self._deadline_s, remaining if remaining is not None else self._deadline_s),
+        )
         try:
             async for response in call:
                 yield gw_pb.StreamingTranscribeResponse(event=response.event)

@@ -46,29 +46,56 @@ _tracer = trace.get_tracer("asr.http")
 STATIC_DIR = Path(__file__).parent / "static"
 JOB_FORMATS = ("json", "srt", "vtt", "txt")
 """A job renders every document at once, so any result format can be fetched later."""
-RESULT_FORMATS = {"json": "json", "srt": "srt", "vtt": "vtt", "txt": "txt", "text": "txt",
-                  "verbose_json": "json"}
-MEDIA_TYPES = {"srt": "application/x-subrip; charset=utf-8", "vtt": "text/vtt; charset=utf-8",
-               "txt": "text/plain; charset=utf-8", "json": "application/json"}
-JOB_STATES = {name.removeprefix("JOB_STATE_").lower(): value
-              for name, value in jobs_pb.JobState.items() if value}
+RESULT_FORMATS = {
+    "json": "json",
+    "srt": "srt",
+    "vtt": "vtt",
+    "txt": "txt",
+    "text": "txt",
+    "verbose_json": "json",
+}
+MEDIA_TYPES = {
+    "srt": "application/x-subrip; charset=utf-8",
+    "vtt": "text/vtt; charset=utf-8",
+    "txt": "text/plain; charset=utf-8",
+    "json": "application/json",
+}
+JOB_STATES = {
+    name.removeprefix("JOB_STATE_").lower(): value
+    for name, value in jobs_pb.JobState.items()
+    if value
+}
 
-HTTP_REQUESTS = Counter("asr_http_requests", "HTTP requests handled, by route and status.",
-                        ["method", "route", "status"], registry=REGISTRY)
-HTTP_LATENCY = Histogram("asr_http_request_duration_seconds", "Wall time of HTTP requests.",
-                         ["method", "route"], registry=REGISTRY,
-                         buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
-WS_ACTIVE = Gauge("asr_http_stream_sessions_active", "WebSocket streaming sessions open now.",
-                  registry=REGISTRY)
-WS_EVENTS = Counter("asr_http_stream_events", "Streaming events sent to WebSocket clients, by type.",
-                    ["type"], registry=REGISTRY)
+HTTP_REQUESTS = Counter(
+    "asr_http_requests",
+    "HTTP requests handled, by route and status.",
+    ["method", "route", "status"],
+    registry=REGISTRY,
+)
+HTTP_LATENCY = Histogram(
+    "asr_http_request_duration_seconds",
+    "Wall time of HTTP requests.",
+    ["method", "route"],
+    registry=REGISTRY,
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
+WS_ACTIVE = Gauge(
+    "asr_http_stream_sessions_active", "WebSocket streaming sessions open now.", registry=REGISTRY
+)
+WS_EVENTS = Counter(
+    "asr_http_stream_events",
+    "Streaming events sent to WebSocket clients, by type.",
+    ["type"],
+    registry=REGISTRY,
+)
 
 
 def mesh_http_error(error: MeshError) -> oa.HttpError:
     """The HTTP answer for a typed gateway error (services.common.errors)."""
     retry = error.retry_after_s if isinstance(error, Overloaded) else None
-    return oa.http_error_for(status_code(error).name, error.reason, error.message, retry,
-                             getattr(error, "field", ""))
+    return oa.http_error_for(
+        status_code(error).name, error.reason, error.message, retry, getattr(error, "field", "")
+    )
 
 
 def error_response(error: oa.HttpError) -> JSONResponse:
@@ -90,8 +117,11 @@ class TelemetryMiddleware:
         method = scope.get("method", "WS")
         started = time.perf_counter()
         status = {"code": 101 if scope["type"] == "websocket" else 500}
-        with _tracer.start_as_current_span(f"{method} {scope['path']}", context=propagate.extract(headers),
-                                           kind=trace.SpanKind.SERVER) as span:
+        with _tracer.start_as_current_span(
+            f"{method} {scope['path']}",
+            context=propagate.extract(headers),
+            kind=trace.SpanKind.SERVER,
+        ) as span:
             trace_id = format(span.get_span_context().trace_id, "032x")
 
             async def send_wrapper(message):
@@ -106,8 +136,13 @@ class TelemetryMiddleware:
             finally:
                 route = getattr(scope.get("route"), "path", None) or "unmatched"
                 span.update_name(f"{method} {route}")
-                span.set_attributes({"http.request.method": method, "http.route": route,
-                                     "http.response.status_code": status["code"]})
+                span.set_attributes(
+                    {
+                        "http.request.method": method,
+                        "http.route": route,
+                        "http.response.status_code": status["code"],
+                    }
+                )
                 if status["code"] >= 500:
                     span.set_status(trace.Status(trace.StatusCode.ERROR))
                 if route not in ("/metrics", "/healthz", "/readyz"):
@@ -126,8 +161,12 @@ async def read_upload(request: Request, limit: int) -> tuple[dict[str, list[str]
     """
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "multipart/form-data":
-        raise oa.HttpError(415, f"send the audio as multipart/form-data with a 'file' part, not "
-                           f"{kind or 'no content type'}", code="unsupported_media_type")
+        raise oa.HttpError(
+            415,
+            f"send the audio as multipart/form-data with a 'file' part, not "
+            f"{kind or 'no content type'}",
+            code="unsupported_media_type",
+        )
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise too_large(limit)
@@ -149,8 +188,11 @@ async def read_upload(request: Request, limit: int) -> tuple[dict[str, list[str]
     except _BodyTooLarge:
         raise too_large(limit) from None
     except (MultiPartException, StarletteHTTPException) as exc:
-        raise oa.HttpError(400, f"the multipart body could not be read: {getattr(exc, 'detail', exc)}",
-                           code="invalid_multipart") from None
+        raise oa.HttpError(
+            400,
+            f"the multipart body could not be read: {getattr(exc, 'detail', exc)}",
+            code="invalid_multipart",
+        ) from None
     fields: dict[str, list[str]] = {}
     upload = None
     for name, value in form.multi_items():
@@ -159,22 +201,32 @@ async def read_upload(request: Request, limit: int) -> tuple[dict[str, list[str]
         elif name == "file":
             upload = value
     if upload is None:
-        raise oa.HttpError(400, "the form has no 'file' part with the audio", param="file",
-                           code="missing_file")
+        raise oa.HttpError(
+            400, "the form has no 'file' part with the audio", param="file", code="missing_file"
+        )
     oa.check_file_media_type(upload.content_type or "", upload.filename or "")
     return fields, upload
 
 
 def too_large(limit: int) -> oa.HttpError:
-    return oa.HttpError(413, f"the upload is larger than this server accepts ({limit} bytes)",
-                        param="file", code="upload_too_large")
+    return oa.HttpError(
+        413,
+        f"the upload is larger than this server accepts ({limit} bytes)",
+        param="file",
+        code="upload_too_large",
+    )
 
 
 def sdk_options(req: oa.TranscriptionRequest, formats: tuple[str, ...]) -> TranscribeOptions:
     return TranscribeOptions(
-        language_code=req.language, diarize=req.diarize, num_speakers=req.num_speakers,
-        min_speakers=req.min_speakers, max_speakers=req.max_speakers, model=req.model,
-        formats=formats, initial_prompt=req.prompt,
+        language_code=req.language,
+        diarize=req.diarize,
+        num_speakers=req.num_speakers,
+        min_speakers=req.min_speakers,
+        max_speakers=req.max_speakers,
+        model=req.model,
+        formats=formats,
+        initial_prompt=req.prompt,
         temperatures=(req.temperature,) if req.temperature is not None else (),
         no_cache=req.no_cache,
     )
@@ -184,19 +236,32 @@ def job_dict(job: jobs_pb.Job) -> dict:
     """A job as REST returns it (state names in lower case, times in RFC 3339)."""
     state = jobs_pb.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
     body = {
-        "id": job.job_id, "object": "transcription.job", "state": state, "filename": job.filename,
-        "trace_id": job.trace_id, "progress": round(job.fraction, 4), "attempts": job.attempts,
+        "id": job.job_id,
+        "object": "transcription.job",
+        "state": state,
+        "filename": job.filename,
+        "trace_id": job.trace_id,
+        "progress": round(job.fraction, 4),
+        "attempts": job.attempts,
         "created_at": job.create_time.ToJsonString() if job.HasField("create_time") else None,
         "updated_at": job.update_time.ToJsonString() if job.HasField("update_time") else None,
         "expires_at": job.expire_time.ToJsonString() if job.HasField("expire_time") else None,
-        "error": ({"code": job.error.code, "message": job.error.message, "reason": job.error.reason}
-                  if job.HasField("error") and job.error.message else None),
-        "result": (MessageToDict(job.result, preserving_proto_field_name=True)
-                   if job.HasField("result") else None),
+        "error": (
+            {"code": job.error.code, "message": job.error.message, "reason": job.error.reason}
+            if job.HasField("error") and job.error.message
+            else None
+        ),
+        "result": (
+            MessageToDict(job.result, preserving_proto_field_name=True)
+            if job.HasField("result")
+            else None
+        ),
     }
     if state == "succeeded":
-        body["links"] = {fmt: f"/v1/jobs/{job.job_id}/result?format={fmt}"
-                         for fmt in ("json", "verbose_json", "srt", "vtt", "text")}
+        body["links"] = {
+            fmt: f"/v1/jobs/{job.job_id}/result?format={fmt}"
+            for fmt in ("json", "verbose_json", "srt", "vtt", "text")
+        }
     return body
 
 
@@ -222,11 +287,16 @@ def create_app(settings: HttpSettings) -> FastAPI:
         version="1",
         description="OpenAI-compatible transcription, jobs and live captions over the asr-mesh gateway.",
     )
-    client = GatewayClient(settings.gateway_address, settings.max_message_bytes,
-                           connect_timeout_s=settings.gateway_connect_timeout_s,
-                           ca_cert=settings.gateway_ca_file or None,
-                           token=settings.gateway_token or None)
-    health_channel = client_channel(settings.gateway_address, ca_cert=settings.gateway_ca_file or None)
+    client = GatewayClient(
+        settings.gateway_address,
+        settings.max_message_bytes,
+        connect_timeout_s=settings.gateway_connect_timeout_s,
+        ca_cert=settings.gateway_ca_file or None,
+        token=settings.gateway_token or None,
+    )
+    health_channel = client_channel(
+        settings.gateway_address, ca_cert=settings.gateway_ca_file or None
+    )
     health_stub = health_pb2_grpc.HealthStub(health_channel)
     app.state.settings = settings
     app.state.gateway = client
@@ -248,10 +318,15 @@ def create_app(settings: HttpSettings) -> FastAPI:
             header = request.headers.get("authorization", "")
             presented = header[7:].strip() if header.lower().startswith("bearer ") else ""
             if not authorized(presented):
-                return error_response(oa.HttpError(
-                    401, "missing or wrong API token; send 'Authorization: Bearer <token>'",
-                    type="authentication_error", code="invalid_api_key",
-                    headers={"WWW-Authenticate": "Bearer"}))
+                return error_response(
+                    oa.HttpError(
+                        401,
+                        "missing or wrong API token; send 'Authorization: Bearer <token>'",
+                        type="authentication_error",
+                        code="invalid_api_key",
+                        headers={"WWW-Authenticate": "Bearer"},
+                    )
+                )
         try:
             return await call_next(request)
         except oa.HttpError as exc:
@@ -270,65 +345,121 @@ def create_app(settings: HttpSettings) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def on_starlette_error(_request: Request, exc: StarletteHTTPException):
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return error_response(oa.HttpError(exc.status_code, str(exc.detail), type=kind,
-                                           code="not_found" if exc.status_code == 404 else None))
+        return error_response(
+            oa.HttpError(
+                exc.status_code,
+                str(exc.detail),
+                type=kind,
+                code="not_found" if exc.status_code == 404 else None,
+            )
+        )
 
     @app.exception_handler(Exception)
     async def on_unexpected(_request: Request, exc: Exception):
         log.exception("unhandled error in the HTTP service")
         trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")
-        return error_response(oa.HttpError(500, f"internal error (trace id {trace_id})",
-                                           type="server_error"))
+        return error_response(
+            oa.HttpError(500, f"internal error (trace id {trace_id})", type="server_error")
+        )
 
-    upload_doc = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-        "type": "object", "required": ["file"], "properties": {
-            "file": {"type": "string", "format": "binary"},
-            "model": {"type": "string", "default": "whisper-1",
-                      "description": "whisper-1 = the mesh's default model; any registry name"},
-            "language": {"type": "string", "description": "ISO-639-1 ('pt') or BCP-47 ('pt-BR')"},
-            "prompt": {"type": "string"},
-            "temperature": {"type": "number", "minimum": 0, "maximum": 1},
-            "response_format": {"type": "string", "enum": list(oa.RESPONSE_FORMATS)},
-            "timestamp_granularities[]": {"type": "array",
-                                          "items": {"type": "string", "enum": list(oa.GRANULARITIES)}},
-            "diarize": {"type": "boolean"},
-            "num_speakers": {"type": "integer"},
-            "min_speakers": {"type": "integer"},
-            "max_speakers": {"type": "integer"},
-            "no_cache": {"type": "boolean", "description": "bypass the gateway's result cache"},
-        }}}}}}
+    upload_doc = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {
+                            "file": {"type": "string", "format": "binary"},
+                            "model": {
+                                "type": "string",
+                                "default": "whisper-1",
+                                "description": "whisper-1 = the mesh's default model; any registry name",
+                            },
+                            "language": {
+                                "type": "string",
+                                "description": "ISO-639-1 ('pt') or BCP-47 ('pt-BR')",
+                            },
+                            "prompt": {"type": "string"},
+                            "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+                            "response_format": {
+                                "type": "string",
+                                "enum": list(oa.RESPONSE_FORMATS),
+                            },
+                            "timestamp_granularities[]": {
+                                "type": "array",
+                                "items": {"type": "string", "enum": list(oa.GRANULARITIES)},
+                            },
+                            "diarize": {"type": "boolean"},
+                            "num_speakers": {"type": "integer"},
+                            "min_speakers": {"type": "integer"},
+                            "max_speakers": {"type": "integer"},
+                            "no_cache": {
+                                "type": "boolean",
+                                "description": "bypass the gateway's result cache",
+                            },
+                        },
+                    }
+                }
+            },
+        }
+    }
 
     async def transcribe_upload(request: Request) -> tuple[oa.TranscriptionRequest, Any]:
         fields, upload = await read_upload(request, settings.max_upload_bytes)
         req = oa.parse_transcription_form(fields)
         return req, upload
 
-    @app.post("/v1/audio/transcriptions", openapi_extra=upload_doc, tags=["openai"],
-              summary="Transcribe an audio file (OpenAI-compatible)")
+    @app.post(
+        "/v1/audio/transcriptions",
+        openapi_extra=upload_doc,
+        tags=["openai"],
+        summary="Transcribe an audio file (OpenAI-compatible)",
+    )
     async def transcriptions(request: Request) -> Response:
         req, upload = await transcribe_upload(request)
         options = sdk_options(req, req.mesh_formats())
         try:
             result = await anyio.to_thread.run_sync(
-                lambda: client.transcribe_file(upload.file, upload.filename or "audio", options,
-                                               size=upload.size or 0, timeout_s=settings.request_timeout_s))
+                lambda: client.transcribe_file(
+                    upload.file,
+                    upload.filename or "audio",
+                    options,
+                    size=upload.size or 0,
+                    timeout_s=settings.request_timeout_s,
+                )
+            )
         finally:
             await upload.close()
         documents = {doc.file_extension: doc.content for doc in result.documents}
         return render(req, documents)
 
-    @app.post("/v1/jobs", openapi_extra=upload_doc, tags=["jobs"], status_code=202,
-              summary="Submit a transcription job (every format rendered)")
+    @app.post(
+        "/v1/jobs",
+        openapi_extra=upload_doc,
+        tags=["jobs"],
+        status_code=202,
+        summary="Submit a transcription job (every format rendered)",
+    )
     async def submit_job(request: Request) -> Response:
         req, upload = await transcribe_upload(request)
         options = sdk_options(req, JOB_FORMATS)
         try:
             job = await anyio.to_thread.run_sync(
-                lambda: client.submit_job_file(upload.file, upload.filename or "audio", options,
-                                               size=upload.size or 0, timeout_s=settings.request_timeout_s))
+                lambda: client.submit_job_file(
+                    upload.file,
+                    upload.filename or "audio",
+                    options,
+                    size=upload.size or 0,
+                    timeout_s=settings.request_timeout_s,
+                )
+            )
         finally:
             await upload.close()
-        return JSONResponse(job_dict(job), status_code=202, headers={"Location": f"/v1/jobs/{job.job_id}"})
+        return JSONResponse(
+            job_dict(job), status_code=202, headers={"Location": f"/v1/jobs/{job.job_id}"}
+        )
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"], summary="A job's state and progress")
     async def get_job(job_id: str) -> Response:
@@ -337,12 +468,22 @@ def create_app(settings: HttpSettings) -> FastAPI:
     @app.get("/v1/jobs", tags=["jobs"], summary="Jobs, newest first (paged)")
     async def list_jobs(state: str = "", page_size: int = 20, page_token: str = "") -> Response:
         if state and state not in JOB_STATES:
-            raise oa.HttpError(400, f"unknown state {state!r}; choose from {', '.join(JOB_STATES)}",
-                               param="state", code="invalid_value")
+            raise oa.HttpError(
+                400,
+                f"unknown state {state!r}; choose from {', '.join(JOB_STATES)}",
+                param="state",
+                code="invalid_value",
+            )
         jobs, token = await anyio.to_thread.run_sync(
-            lambda: client.list_jobs(JOB_STATES.get(state, 0), page_size, page_token))
-        return JSONResponse({"object": "list", "data": [job_dict(j) for j in jobs],
-                             "next_page_token": token or None})
+            lambda: client.list_jobs(JOB_STATES.get(state, 0), page_size, page_token)
+        )
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [job_dict(j) for j in jobs],
+                "next_page_token": token or None,
+            }
+        )
 
     @app.post("/v1/jobs/{job_id}/cancel", tags=["jobs"], summary="Cancel a job")
     async def cancel_job(job_id: str) -> Response:
@@ -353,24 +494,37 @@ def create_app(settings: HttpSettings) -> FastAPI:
         await anyio.to_thread.run_sync(client.delete_job, job_id)
         return JSONResponse({"id": job_id, "object": "transcription.job", "deleted": True})
 
-    @app.get("/v1/jobs/{job_id}/result", tags=["jobs"],
-             summary="A finished job's transcript: json, verbose_json, text, srt, vtt or txt")
+    @app.get(
+        "/v1/jobs/{job_id}/result",
+        tags=["jobs"],
+        summary="A finished job's transcript: json, verbose_json, text, srt, vtt or txt",
+    )
     async def job_result(job_id: str, format: str = "json", download: bool = False) -> Response:
         if format not in RESULT_FORMATS:
-            raise oa.HttpError(400, f"unknown format {format!r}; choose from {', '.join(RESULT_FORMATS)}",
-                               param="format", code="invalid_value")
+            raise oa.HttpError(
+                400,
+                f"unknown format {format!r}; choose from {', '.join(RESULT_FORMATS)}",
+                param="format",
+                code="invalid_value",
+            )
         result = await anyio.to_thread.run_sync(
-            lambda: client.job_results(job_id, timeout_s=settings.request_timeout_s))
+            lambda: client.job_results(job_id, timeout_s=settings.request_timeout_s)
+        )
         documents = {doc.file_extension: doc.content for doc in result.documents}
         if RESULT_FORMATS[format] not in documents:
-            raise oa.HttpError(404, f"job {job_id} has no {format} document", param="format",
-                               code="not_found")
-        response = render(oa.TranscriptionRequest(response_format=format,
-                                                  granularities=("segment", "word")), documents)
+            raise oa.HttpError(
+                404, f"job {job_id} has no {format} document", param="format", code="not_found"
+            )
+        response = render(
+            oa.TranscriptionRequest(response_format=format, granularities=("segment", "word")),
+            documents,
+        )
         if download:
             job = await anyio.to_thread.run_sync(client.get_job, job_id)
             stem = Path(job.filename).stem or job_id
-            stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)  # safe in a header
+            stem = "".join(
+                c if c.isalnum() or c in "-_." else "_" for c in stem
+            )  # safe in a header
             ext = {"verbose_json": "json", "text": "txt"}.get(format, format)
             response.headers["Content-Disposition"] = f'attachment; filename="{stem}.{ext}"'
         return response
@@ -405,7 +559,9 @@ def create_app(settings: HttpSettings) -> FastAPI:
 
     if settings.page_enabled:
         app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="page")
-    app.add_middleware(TelemetryMiddleware)  # added last = outermost: refusals are traced and counted too
+    app.add_middleware(
+        TelemetryMiddleware
+    )  # added last = outermost: refusals are traced and counted too
     return app
 
 
@@ -432,14 +588,18 @@ class StreamSession:
         self.ended = False
 
     async def fail(self, status: int, code: str, message: str, close_code: int = 1008) -> None:
-        await self.ws.send_json({"type": "error", "status": status, "code": code, "message": message})
+        await self.ws.send_json(
+            {"type": "error", "status": status, "code": code, "message": message}
+        )
         await self.ws.close(close_code)
 
     async def run(self) -> None:
         ws = self.ws
         await ws.accept()
         if not self.authorized(ws.query_params.get("token", "")):
-            return await self.fail(401, "invalid_api_key", "missing or wrong API token; add ?token=<token>")
+            return await self.fail(
+                401, "invalid_api_key", "missing or wrong API token; add ?token=<token>"
+            )
         try:
             with anyio.fail_after(self.settings.stream_config_timeout_s):
                 first = await ws.receive_text()
@@ -451,31 +611,49 @@ class StreamSession:
         except (ValueError, KeyError, WebSocketDisconnect) as exc:
             if isinstance(exc, WebSocketDisconnect):
                 return
-            return await self.fail(400, "invalid_config", "the first message must be a JSON config object")
+            return await self.fail(
+                400, "invalid_config", "the first message must be a JSON config object"
+            )
         encoding = str(config.get("encoding", "pcm_s16le")).lower()
         if encoding not in ("pcm_s16le", *CONTAINERS):
-            return await self.fail(400, "invalid_config", f"encoding {encoding!r} is not supported; "
-                                   f"choose from pcm_s16le, {', '.join(CONTAINERS)}")
+            return await self.fail(
+                400,
+                "invalid_config",
+                f"encoding {encoding!r} is not supported; "
+                f"choose from pcm_s16le, {', '.join(CONTAINERS)}",
+            )
         if encoding == "pcm_s16le" and int(config.get("sample_rate", 16000)) != 16000:
-            return await self.fail(400, "invalid_config", "raw PCM must be 16 kHz mono s16le "
-                                   "(resample in the browser, or send webm)")
+            return await self.fail(
+                400,
+                "invalid_config",
+                "raw PCM must be 16 kHz mono s16le (resample in the browser, or send webm)",
+            )
         try:
             options = StreamOptions(
-                language_code=str(config.get("language") or "pt-BR"), model=str(config.get("model") or ""),
+                language_code=str(config.get("language") or "pt-BR"),
+                model=str(config.get("model") or ""),
                 profile=str(config.get("profile") or ""),
-                interim_results=bool(config.get("interim_results", True)))
+                interim_results=bool(config.get("interim_results", True)),
+            )
             options.to_proto()
         except MeshError as exc:
             return await self.fail(400, "invalid_config", exc.message)
         if encoding in CONTAINERS:
             try:
-                self.decoder = StreamDecoder(encoding, self._on_decoded, self._on_decoder_end,
-                                             self.settings.ffmpeg)
+                self.decoder = StreamDecoder(
+                    encoding, self._on_decoded, self._on_decoder_end, self.settings.ffmpeg
+                )
             except OSError as exc:
-                return await self.fail(500, "decoder_unavailable", f"cannot start ffmpeg: {exc}", 1011)
+                return await self.fail(
+                    500, "decoder_unavailable", f"cannot start ffmpeg: {exc}", 1011
+                )
         WS_ACTIVE.inc()
-        worker = threading.Thread(target=contextvars.copy_context().run, args=(self._bridge, options),
-                                  daemon=True, name="ws-stream")
+        worker = threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(self._bridge, options),
+            daemon=True,
+            name="ws-stream",
+        )
         worker.start()
         await ws.send_json({"type": "ready", "encoding": encoding})
         receiver = asyncio.create_task(self._receive())
@@ -563,21 +741,39 @@ class StreamSession:
                 await self._close(1000)
                 return
             if kind == "decode_error":
-                await self._safe_send({"type": "error", "status": 400, "code": "invalid_audio",
-                                       "message": f"the audio stream could not be decoded: {item}"})
+                await self._safe_send(
+                    {
+                        "type": "error",
+                        "status": 400,
+                        "code": "invalid_audio",
+                        "message": f"the audio stream could not be decoded: {item}",
+                    }
+                )
                 continue
             if kind == "error":
                 if isinstance(item, MeshError):
                     err = mesh_http_error(item)
-                    body = {"type": "error", "status": err.status, "code": err.code, "message": err.message}
+                    body = {
+                        "type": "error",
+                        "status": err.status,
+                        "code": err.code,
+                        "message": err.message,
+                    }
                 else:
-                    body = {"type": "error", "status": 500, "code": "internal", "message": "internal error"}
+                    body = {
+                        "type": "error",
+                        "status": 500,
+                        "code": "internal",
+                        "message": "internal error",
+                    }
                 await self._safe_send(body)
                 continue
             message = stream_event_dict(item)
             if message is None:
                 continue
-            message["received_s"] = round(time.monotonic() - (self.first_audio or time.monotonic()), 3)
+            message["received_s"] = round(
+                time.monotonic() - (self.first_audio or time.monotonic()), 3
+            )
             message["sent_audio_s"] = round(self.chunker.seconds, 3)
             WS_EVENTS.labels(message["type"]).inc()
             await self._safe_send(message)
@@ -604,21 +800,43 @@ def stream_event_dict(event) -> dict | None:
     kind = event.WhichOneof("event")
     if kind == "interim":
         r = event.interim
-        return {"type": "interim", "text": r.text.strip(), "stability": round(r.stability, 3),
-                "start": _seconds(r.start_offset), "end": _seconds(r.end_offset)}
+        return {
+            "type": "interim",
+            "text": r.text.strip(),
+            "stability": round(r.stability, 3),
+            "start": _seconds(r.start_offset),
+            "end": _seconds(r.end_offset),
+        }
     if kind == "final":
         seg = event.final.segment
-        return {"type": "final", "text": seg.text.strip(), "start": _seconds(seg.start_offset),
-                "end": _seconds(seg.end_offset), "speaker": seg.speaker or None,
-                "end_of_utterance": event.final.end_of_utterance,
-                "words": [{"word": w.word, "start": _seconds(w.start_offset), "end": _seconds(w.end_offset),
-                           "probability": round(w.probability, 3)} for w in seg.words]}
+        return {
+            "type": "final",
+            "text": seg.text.strip(),
+            "start": _seconds(seg.start_offset),
+            "end": _seconds(seg.end_offset),
+            "speaker": seg.speaker or None,
+            "end_of_utterance": event.final.end_of_utterance,
+            "words": [
+                {
+                    "word": w.word,
+                    "start": _seconds(w.start_offset),
+                    "end": _seconds(w.end_offset),
+                    "probability": round(w.probability, 3),
+                }
+                for w in seg.words
+            ],
+        }
     if kind == "speech":
         name = "begin" if event.speech.kind == event.speech.KIND_SPEECH_BEGIN else "end"
         return {"type": "speech", "event": name, "offset": _seconds(event.speech.offset)}
     if kind == "summary":
         s = event.summary
-        return {"type": "summary", "audio_duration": _seconds(s.audio_duration),
-                "final_count": s.final_count, "interim_count": s.interim_count, "model": s.model,
-                "latency_profile": s.latency_profile}
+        return {
+            "type": "summary",
+            "audio_duration": _seconds(s.audio_duration),
+            "final_count": s.final_count,
+            "interim_count": s.interim_count,
+            "model": s.model,
+            "latency_profile": s.latency_profile,
+        }
     return None

@@ -56,17 +56,47 @@ class StreamDecoder:
     ffmpeg has finished (error: its last stderr line when it failed, else "").
     """
 
-    def __init__(self, encoding: str, on_pcm: Callable[[bytes], None], on_end: Callable[[str], None],
-                 ffmpeg: str = "ffmpeg"):
+    def __init__(
+        self,
+        encoding: str,
+        on_pcm: Callable[[bytes], None],
+        on_end: Callable[[str], None],
+        ffmpeg: str = "ffmpeg",
+    ):
         if encoding not in CONTAINERS:
             raise ValueError(f"unknown encoding {encoding!r}")
         self._on_pcm, self._on_end = on_pcm, on_end
         self._process = subprocess.Popen(
-            [ffmpeg, "-hide_banner", "-loglevel", "error",
-             "-probesize", "4096", "-analyzeduration", "0", "-fflags", "nobuffer",
-             "-f", CONTAINERS[encoding], "-i", "pipe:0",
-             "-vn", "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "s16le", "-flush_packets", "1", "pipe:1"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
+            [
+                ffmpeg,
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-probesize",
+                "4096",
+                "-analyzeduration",
+                "0",
+                "-fflags",
+                "nobuffer",
+                "-f",
+                CONTAINERS[encoding],
+                "-i",
+                "pipe:0",
+                "-vn",
+                "-ac",
+                "1",
+                "-ar",
+                str(SAMPLE_RATE),
+                "-f",
+                "s16le",
+                "-flush_packets",
+                "1",
+                "pipe:1",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
         )
         self._stderr: list[bytes] = []
         self._reader = threading.Thread(target=self._read, daemon=True, name="ffmpeg-out")

@@ -17,12 +17,22 @@ DEFAULT_MODEL_ALIASES = frozenset({"whisper-1", ""})
 """OpenAI model names that mean "the mesh's default model"."""
 
 AUDIO_MEDIA_PREFIXES = ("audio/", "video/")
-AUDIO_MEDIA_TYPES = frozenset({"application/octet-stream", "application/ogg", "application/x-flac", ""})
+AUDIO_MEDIA_TYPES = frozenset(
+    {"application/octet-stream", "application/ogg", "application/x-flac", ""}
+)
 """File part media types accepted as audio (clients often send octet-stream or nothing)."""
 
 LANGUAGE_NAMES = {
-    "pt": "portuguese", "en": "english", "es": "spanish", "fr": "french", "de": "german",
-    "it": "italian", "ja": "japanese", "zh": "chinese", "ru": "russian", "nl": "dutch",
+    "pt": "portuguese",
+    "en": "english",
+    "es": "spanish",
+    "fr": "french",
+    "de": "german",
+    "it": "italian",
+    "ja": "japanese",
+    "zh": "chinese",
+    "ru": "russian",
+    "nl": "dutch",
 }
 """verbose_json's `language` is Whisper's English name for the language (OpenAI does the same)."""
 
@@ -53,9 +63,16 @@ REASON_STATUS: dict[str, int] = {"LIMIT_EXCEEDED": 413}
 class HttpError(Exception):
     """An error the HTTP layer itself finds (bad form, too large, no token), OpenAI-shaped."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None,
-                 headers: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -73,8 +90,9 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-def http_error_for(status_name: str, reason: str, message: str, retry_after_s: float | None = None,
-                   field: str = "") -> HttpError:
+def http_error_for(
+    status_name: str, reason: str, message: str, retry_after_s: float | None = None, field: str = ""
+) -> HttpError:
     """The HTTP error for a gRPC status (by name) and the mesh's error reason."""
     status, kind = STATUS_TABLE.get(status_name, (500, "server_error"))
     status = REASON_STATUS.get(reason, status)
@@ -83,8 +101,14 @@ def http_error_for(status_name: str, reason: str, message: str, retry_after_s: f
         headers["Retry-After"] = str(max(1, math.ceil(retry_after_s or 1.0)))
     if status == 503:
         headers["Retry-After"] = "1"
-    return HttpError(status, message, type=kind, param=field or None,
-                     code=(reason or status_name).lower(), headers=headers)
+    return HttpError(
+        status,
+        message,
+        type=kind,
+        param=field or None,
+        code=(reason or status_name).lower(),
+        headers=headers,
+    )
 
 
 @dataclass(frozen=True)
@@ -112,8 +136,12 @@ class TranscriptionRequest:
 def _one(form: Mapping[str, list[str]], name: str, default: str = "") -> str:
     values = form.get(name) or []
     if len(values) > 1:
-        raise HttpError(400, f"'{name}' was given {len(values)} times; give it once", param=name,
-                        code="invalid_value")
+        raise HttpError(
+            400,
+            f"'{name}' was given {len(values)} times; give it once",
+            param=name,
+            code="invalid_value",
+        )
     return values[0].strip() if values else default
 
 
@@ -123,7 +151,9 @@ def _bool(form: Mapping[str, list[str]], name: str) -> bool:
         return True
     if raw in ("false", "0", "no", "off", ""):
         return False
-    raise HttpError(400, f"'{name}' must be true or false, not {raw!r}", param=name, code="invalid_value")
+    raise HttpError(
+        400, f"'{name}' must be true or false, not {raw!r}", param=name, code="invalid_value"
+    )
 
 
 def _count(form: Mapping[str, list[str]], name: str) -> int:
@@ -131,11 +161,13 @@ def _count(form: Mapping[str, list[str]], name: str) -> int:
     try:
         value = int(raw or "0")
     except ValueError:
-        raise HttpError(400, f"'{name}' must be a whole number, not {raw!r}", param=name,
-                        code="invalid_value") from None
+        raise HttpError(
+            400, f"'{name}' must be a whole number, not {raw!r}", param=name, code="invalid_value"
+        ) from None
     if not 0 <= value <= 64:
-        raise HttpError(400, f"'{name}' must be between 0 and 64, not {value}", param=name,
-                        code="invalid_value")
+        raise HttpError(
+            400, f"'{name}' must be between 0 and 64, not {value}", param=name, code="invalid_value"
+        )
     return value
 
 
@@ -146,45 +178,90 @@ def parse_transcription_form(form: Mapping[str, list[str]]) -> TranscriptionRequ
     """
     response_format = _one(form, "response_format", "json").lower()
     if response_format not in RESPONSE_FORMATS:
-        raise HttpError(400, f"response_format {response_format!r} is not supported; choose from "
-                        f"{', '.join(RESPONSE_FORMATS)}", param="response_format", code="invalid_value")
-    granularities = tuple(dict.fromkeys(
-        g.strip().lower() for g in [*form.get("timestamp_granularities[]", []),
-                                    *form.get("timestamp_granularities", [])] if g.strip()))
+        raise HttpError(
+            400,
+            f"response_format {response_format!r} is not supported; choose from "
+            f"{', '.join(RESPONSE_FORMATS)}",
+            param="response_format",
+            code="invalid_value",
+        )
+    granularities = tuple(
+        dict.fromkeys(
+            g.strip().lower()
+            for g in [
+                *form.get("timestamp_granularities[]", []),
+                *form.get("timestamp_granularities", []),
+            ]
+            if g.strip()
+        )
+    )
     unknown = [g for g in granularities if g not in GRANULARITIES]
     if unknown:
-        raise HttpError(400, f"timestamp_granularities {unknown[0]!r} is not supported; choose from "
-                        "word, segment", param="timestamp_granularities", code="invalid_value")
+        raise HttpError(
+            400,
+            f"timestamp_granularities {unknown[0]!r} is not supported; choose from word, segment",
+            param="timestamp_granularities",
+            code="invalid_value",
+        )
     if granularities and response_format != "verbose_json":
-        raise HttpError(400, "timestamp_granularities needs response_format=verbose_json",
-                        param="timestamp_granularities", code="invalid_value")
+        raise HttpError(
+            400,
+            "timestamp_granularities needs response_format=verbose_json",
+            param="timestamp_granularities",
+            code="invalid_value",
+        )
     raw_temperature = _one(form, "temperature")
     temperature = None
     if raw_temperature:
         try:
             temperature = float(raw_temperature)
         except ValueError:
-            raise HttpError(400, f"temperature must be a number, not {raw_temperature!r}",
-                            param="temperature", code="invalid_value") from None
+            raise HttpError(
+                400,
+                f"temperature must be a number, not {raw_temperature!r}",
+                param="temperature",
+                code="invalid_value",
+            ) from None
         if not 0.0 <= temperature <= 1.0:
-            raise HttpError(400, f"temperature must be between 0 and 1, not {temperature:g}",
-                            param="temperature", code="invalid_value")
+            raise HttpError(
+                400,
+                f"temperature must be between 0 and 1, not {temperature:g}",
+                param="temperature",
+                code="invalid_value",
+            )
     language = _one(form, "language") or "pt-BR"
     primary = language.replace("_", "-").split("-")[0]
     if language.lower() != "auto" and (not primary.isalpha() or len(primary) not in (2, 3)):
-        raise HttpError(400, f"language {language!r} is not an ISO-639-1 code (like 'pt') or a "
-                        "BCP-47 tag (like 'pt-BR')", param="language", code="invalid_value")
+        raise HttpError(
+            400,
+            f"language {language!r} is not an ISO-639-1 code (like 'pt') or a "
+            "BCP-47 tag (like 'pt-BR')",
+            param="language",
+            code="invalid_value",
+        )
     model = _one(form, "model")
-    num, low, high = (_count(form, name) for name in ("num_speakers", "min_speakers", "max_speakers"))
+    num, low, high = (
+        _count(form, name) for name in ("num_speakers", "min_speakers", "max_speakers")
+    )
     diarize = _bool(form, "diarize") or bool(num or low or high)
     if low and high and low > high:
-        raise HttpError(400, f"min_speakers ({low}) is larger than max_speakers ({high})",
-                        param="min_speakers", code="invalid_value")
+        raise HttpError(
+            400,
+            f"min_speakers ({low}) is larger than max_speakers ({high})",
+            param="min_speakers",
+            code="invalid_value",
+        )
     return TranscriptionRequest(
         model="" if model.lower() in DEFAULT_MODEL_ALIASES else model,
-        language=language, prompt=_one(form, "prompt"), temperature=temperature,
-        response_format=response_format, granularities=granularities or ("segment",),
-        diarize=diarize, num_speakers=num, min_speakers=low, max_speakers=high,
+        language=language,
+        prompt=_one(form, "prompt"),
+        temperature=temperature,
+        response_format=response_format,
+        granularities=granularities or ("segment",),
+        diarize=diarize,
+        num_speakers=num,
+        min_speakers=low,
+        max_speakers=high,
         no_cache=_bool(form, "no_cache"),
     )
 
@@ -194,9 +271,13 @@ def check_file_media_type(media_type: str, filename: str) -> None:
     kind = (media_type or "").split(";")[0].strip().lower()
     if kind.startswith(AUDIO_MEDIA_PREFIXES) or kind in AUDIO_MEDIA_TYPES:
         return
-    raise HttpError(400, f"file {filename!r} has content type {kind!r}, which is not audio or video; "
-                    "send an audio file (wav, mp3, m4a, ogg, flac, webm, ...)", param="file",
-                    code="invalid_file_format")
+    raise HttpError(
+        400,
+        f"file {filename!r} has content type {kind!r}, which is not audio or video; "
+        "send an audio file (wav, mp3, m4a, ogg, flac, webm, ...)",
+        param="file",
+        code="invalid_file_format",
+    )
 
 
 def transcript_text(mesh_json: Mapping) -> str:
@@ -248,7 +329,11 @@ def to_verbose_json(mesh_json: Mapping, request: TranscriptionRequest) -> dict:
         words = []
         for seg in mesh_json.get("segments", []):
             for word in seg.get("words", []):
-                item = {"word": word["word"], "start": float(word["start"]), "end": float(word["end"])}
+                item = {
+                    "word": word["word"],
+                    "start": float(word["start"]),
+                    "end": float(word["end"]),
+                }
                 if word.get("speaker"):
                     item["speaker"] = word["speaker"]
                 words.append(item)

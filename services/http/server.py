@@ -51,13 +51,23 @@ class HttpServerHandle:
 def create_server(settings: HttpSettings) -> HttpServerHandle:
     """Start the HTTP service on `settings.host:settings.port` (0 = a free port)."""
     app = create_app(settings)
-    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(
+        socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM
+    )
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, settings.port))
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
-                            ws_max_size=4 << 20, timeout_graceful_shutdown=settings.grace_period_s)
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        ws_max_size=4 << 20,
+        timeout_graceful_shutdown=settings.grace_period_s,
+    )
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="uvicorn")
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="uvicorn"
+    )
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:

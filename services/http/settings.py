@@ -17,24 +17,33 @@ class HttpSettings(ServerSettings):
 
     gateway_address: str = Field("127.0.0.1:50050", description="The gateway's gRPC address.")
     max_upload_bytes: int = Field(
-        1 << 30, gt=0,
+        1 << 30,
+        gt=0,
         description="Largest request body (multipart upload) accepted; beyond it 413, counted while "
-        "the body streams in, so nothing of an oversized upload reaches the gateway.")
+        "the body streams in, so nothing of an oversized upload reaches the gateway.",
+    )
     api_tokens: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated bearer tokens; when set, every /v1 call needs "
-        "`Authorization: Bearer <token>` (WebSocket: `?token=`). Empty: no authentication.")
+        "`Authorization: Bearer <token>` (WebSocket: `?token=`). Empty: no authentication.",
+    )
     gateway_ca_file: str = Field(
-        "", description="PEM CA that signed a TLS gateway's certificate (empty: plaintext gateway).")
+        "", description="PEM CA that signed a TLS gateway's certificate (empty: plaintext gateway)."
+    )
     gateway_token: str = Field(
-        "", description="Bearer token this front door presents to a gateway that requires one "
-        "(needs gateway_ca_file: tokens travel only over TLS).")
+        "",
+        description="Bearer token this front door presents to a gateway that requires one "
+        "(needs gateway_ca_file: tokens travel only over TLS).",
+    )
     gateway_connect_timeout_s: float = Field(
-        5.0, gt=0, description="How long to wait for the gateway before answering 503.")
+        5.0, gt=0, description="How long to wait for the gateway before answering 503."
+    )
     request_timeout_s: float = Field(
-        3600.0, gt=0, description="Deadline of one transcription through the gateway.")
+        3600.0, gt=0, description="Deadline of one transcription through the gateway."
+    )
     stream_config_timeout_s: float = Field(
-        10.0, gt=0, description="A WebSocket must send its JSON config within this long.")
+        10.0, gt=0, description="A WebSocket must send its JSON config within this long."
+    )
     ffmpeg: str = Field("ffmpeg", description="ffmpeg binary that decodes WebM/Ogg Opus streams.")
     page_enabled: bool = Field(True, description="Serve the live-captions page at /.")
 

@@ -63,8 +63,27 @@ SENTENCE_END = (".", "?", "!", "…")
 _CLOSERS = "\"'”’»)]"
 # Abbreviations common in PT-BR speech transcripts that end in a dot but rarely end a sentence.
 _ABBREVIATIONS = frozenset(
-    {"sr.", "sra.", "srs.", "sras.", "srta.", "dr.", "dra.", "drs.", "prof.", "profa.", "av.",
-     "exmo.", "exma.", "v.ex.ª", "p.ex.", "nº.", "n.º", "pág.", "cap."}
+    {
+        "sr.",
+        "sra.",
+        "srs.",
+        "sras.",
+        "srta.",
+        "dr.",
+        "dra.",
+        "drs.",
+        "prof.",
+        "profa.",
+        "av.",
+        "exmo.",
+        "exma.",
+        "v.ex.ª",
+        "p.ex.",
+        "nº.",
+        "n.º",
+        "pág.",
+        "cap.",
+    }
 )
 
 
@@ -169,21 +188,26 @@ def exclusive_turns(turns: Iterable[SpeakerTurn]) -> list[SpeakerTurn]:
     for i, turn in enumerate(turns):
         speaker = nfc(turn.speaker.strip())
         if not speaker:
-            raise InvalidInput(f"speaker turn {i} has no speaker label",
-                               field=f"turns[{i}].speaker")
+            raise InvalidInput(
+                f"speaker turn {i} has no speaker label", field=f"turns[{i}].speaker"
+            )
         if not (math.isfinite(turn.start) and math.isfinite(turn.end)):
-            raise InvalidInput(f"speaker turn {i} has a time that is not a finite number",
-                               field=f"turns[{i}]")
+            raise InvalidInput(
+                f"speaker turn {i} has a time that is not a finite number", field=f"turns[{i}]"
+            )
         if turn.end < turn.start:
             raise InvalidInput(
                 f"speaker turn {i} ({speaker}) ends at {turn.end:.3f} s, before it starts at "
-                f"{turn.start:.3f} s", field=f"turns[{i}].end_offset")
+                f"{turn.start:.3f} s",
+                field=f"turns[{i}].end_offset",
+            )
         checked.append(SpeakerTurn(speaker, max(turn.start, 0.0), max(turn.end, 0.0)))
     if not checked:
         return []
 
-    order = sorted(range(len(checked)), key=lambda i: (checked[i].start, checked[i].end,
-                                                       checked[i].speaker))
+    order = sorted(
+        range(len(checked)), key=lambda i: (checked[i].start, checked[i].end, checked[i].speaker)
+    )
     bounds = sorted({t.start for t in checked} | {t.end for t in checked})
     active: list[tuple[float, float, str, int]] = []  # (duration, start, speaker, index) heap
     out: list[SpeakerTurn] = []
@@ -265,12 +289,18 @@ def clean_word(word: Word) -> Word | None:
         return None
     start = max(word.start, 0.0) if math.isfinite(word.start) else 0.0
     end = max(word.end, start) if math.isfinite(word.end) else start
-    return Word(start=start, end=end, word=text, probability=word.probability,
-                speaker=nfc(word.speaker.strip()))
+    return Word(
+        start=start,
+        end=end,
+        word=text,
+        probability=word.probability,
+        speaker=nfc(word.speaker.strip()),
+    )
 
 
-def split_words(words: Sequence[Word],
-                pause_split_s: float = PAUSE_SPLIT_S) -> Iterator[list[Word]]:
+def split_words(
+    words: Sequence[Word], pause_split_s: float = PAUSE_SPLIT_S
+) -> Iterator[list[Word]]:
     """Cut an ordered run of words on speaker change, sentence end and long pauses."""
     run: list[Word] = []
     for word in words:
@@ -297,14 +327,16 @@ def _recut(
         if words:
             for run in split_words(words, options.pause_split_s):
                 start = run[0].start
-                pieces.append(replace(
-                    seg,
-                    start=start,
-                    end=max(start, max(w.end for w in run)),
-                    text=nfc(" ".join(w.word for w in run)),
-                    words=tuple(run),
-                    speaker=run[0].speaker,
-                ))
+                pieces.append(
+                    replace(
+                        seg,
+                        start=start,
+                        end=max(start, max(w.end for w in run)),
+                        text=nfc(" ".join(w.word for w in run)),
+                        words=tuple(run),
+                        speaker=run[0].speaker,
+                    )
+                )
         else:
             text = nfc(" ".join(seg.text.split()))
             if not text:
@@ -331,14 +363,19 @@ def merge(
             words = [w for w in (clean_word(w) for w in seg.words) if w is not None]
             fallback = nfc(seg.speaker.strip())
             words = [
-                replace(w, speaker=(index.speaker_for(w.start, w.end) if index
-                                    else (w.speaker or fallback)))
+                replace(
+                    w,
+                    speaker=(
+                        index.speaker_for(w.start, w.end) if index else (w.speaker or fallback)
+                    ),
+                )
                 for w in words
             ]
             word_count += len(words)
             attributed.append((seg, words))
-        span.set_attributes({"asr.words": word_count, "asr.turns": len(timeline),
-                             "asr.input_turns": len(turns)})
+        span.set_attributes(
+            {"asr.words": word_count, "asr.turns": len(timeline), "asr.input_turns": len(turns)}
+        )
 
     with _tracer.start_as_current_span("merge.segment") as span:
         pieces = _recut(attributed, index, options)
@@ -364,17 +401,25 @@ def merge(
             for i, piece in enumerate(pieces)
         )
         out_turns = tuple(replace(t, speaker=mapping[t.speaker]) for t in timeline)
-        span.set_attributes({"asr.input_segments": len(segments), "asr.segments": len(pieces),
-                             "asr.speakers": len(mapping)})
+        span.set_attributes(
+            {
+                "asr.input_segments": len(segments),
+                "asr.segments": len(pieces),
+                "asr.speakers": len(mapping),
+            }
+        )
 
     if options.inverse_text_normalization:
         with _tracer.start_as_current_span("merge.itn") as span:
             before = sum(len(s.words) for s in out_segments)
             out_segments = normalize_segments(out_segments)
-            span.set_attributes({
-                "asr.words": before,
-                "asr.itn.words_after": sum(len(s.words) for s in out_segments),
-                "asr.itn.segments_changed": sum(
-                    a.text != b.text for a, b in zip(out_segments, pieces)),
-            })
+            span.set_attributes(
+                {
+                    "asr.words": before,
+                    "asr.itn.words_after": sum(len(s.words) for s in out_segments),
+                    "asr.itn.segments_changed": sum(
+                        a.text != b.text for a, b in zip(out_segments, pieces)
+                    ),
+                }
+            )
     return MergeResult(segments=out_segments, speakers=tuple(mapping.values()), turns=out_turns)

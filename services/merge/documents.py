@@ -85,8 +85,11 @@ def transcript_end(result: MergeResult) -> float:
 
 def render_json(result: MergeResult, info: DocumentInfo) -> str:
     """The JSON document described in the module docstring."""
-    names = {label: info.display_name(label) for label in result.speakers
-             if info.display_name(label) != label}
+    names = {
+        label: info.display_name(label)
+        for label in result.speakers
+        if info.display_name(label) != label
+    }
     document = {
         "version": JSON_SCHEMA_VERSION,
         "recording_id": nfc(info.recording_id),
@@ -131,8 +134,10 @@ def render_txt(segments: Sequence[Segment], info: DocumentInfo, options: MergeOp
     paragraphs: list[tuple[str, list[str]]] = []
     last_end = 0.0
     for seg in segments:
-        same_turn = bool(paragraphs) and paragraphs[-1][0] == seg.speaker and (
-            bool(seg.speaker) or seg.start - last_end < options.paragraph_pause_s
+        same_turn = (
+            bool(paragraphs)
+            and paragraphs[-1][0] == seg.speaker
+            and (bool(seg.speaker) or seg.start - last_end < options.paragraph_pause_s)
         )
         if same_turn:
             paragraphs[-1][1].append(seg.text)
@@ -176,8 +181,13 @@ def render_document(
 ) -> RenderedDocument:
     """Render one format, in a `merge.render` span (attributes: format, size, cues or lines)."""
     with _tracer.start_as_current_span("merge.render") as span:
-        span.set_attributes({"asr.format": fmt.value, "asr.segments": len(result.segments),
-                             "asr.speakers": len(result.speakers)})
+        span.set_attributes(
+            {
+                "asr.format": fmt.value,
+                "asr.segments": len(result.segments),
+                "asr.speakers": len(result.speakers),
+            }
+        )
         if fmt is OutputFormat.JSON:
             content = render_json(result, info)
         elif fmt is OutputFormat.SRT:

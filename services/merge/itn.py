@@ -85,16 +85,59 @@ from services.common.domain import Segment, Word
 
 # ---- vocabulary ---------------------------------------------------------------------------------
 
-_UNITS = {"zero": 0, "um": 1, "uma": 1, "dois": 2, "duas": 2, "três": 3, "tres": 3, "quatro": 4,
-          "cinco": 5, "seis": 6, "sete": 7, "oito": 8, "nove": 9}
-_TEENS = {"dez": 10, "onze": 11, "doze": 12, "treze": 13, "catorze": 14, "quatorze": 14,
-          "quinze": 15, "dezesseis": 16, "dezasseis": 16, "dezessete": 17, "dezassete": 17,
-          "dezoito": 18, "dezenove": 19, "dezanove": 19}
-_TENS = {"vinte": 20, "trinta": 30, "quarenta": 40, "cinquenta": 50, "cinqüenta": 50,
-         "sessenta": 60, "setenta": 70, "oitenta": 80, "noventa": 90}
+_UNITS = {
+    "zero": 0,
+    "um": 1,
+    "uma": 1,
+    "dois": 2,
+    "duas": 2,
+    "três": 3,
+    "tres": 3,
+    "quatro": 4,
+    "cinco": 5,
+    "seis": 6,
+    "sete": 7,
+    "oito": 8,
+    "nove": 9,
+}
+_TEENS = {
+    "dez": 10,
+    "onze": 11,
+    "doze": 12,
+    "treze": 13,
+    "catorze": 14,
+    "quatorze": 14,
+    "quinze": 15,
+    "dezesseis": 16,
+    "dezasseis": 16,
+    "dezessete": 17,
+    "dezassete": 17,
+    "dezoito": 18,
+    "dezenove": 19,
+    "dezanove": 19,
+}
+_TENS = {
+    "vinte": 20,
+    "trinta": 30,
+    "quarenta": 40,
+    "cinquenta": 50,
+    "cinqüenta": 50,
+    "sessenta": 60,
+    "setenta": 70,
+    "oitenta": 80,
+    "noventa": 90,
+}
 _HUNDREDS = {"cem": 100, "cento": 100}
-for _stem, _value in (("duzent", 200), ("trezent", 300), ("quatrocent", 400), ("quinhent", 500),
-                      ("seiscent", 600), ("setecent", 700), ("oitocent", 800), ("novecent", 900)):
+for _stem, _value in (
+    ("duzent", 200),
+    ("trezent", 300),
+    ("quatrocent", 400),
+    ("quinhent", 500),
+    ("seiscent", 600),
+    ("setecent", 700),
+    ("oitocent", 800),
+    ("novecent", 900),
+):
     _HUNDREDS[_stem + "os"] = _HUNDREDS[_stem + "as"] = _value
 _SCALES = {"mil": 10**3}
 for _stem, _value in (("milh", 10**6), ("bilh", 10**9), ("trilh", 10**12), ("quatrilh", 10**15)):
@@ -103,47 +146,130 @@ for _stem, _value in (("milh", 10**6), ("bilh", 10**9), ("trilh", 10**12), ("qua
 
 _ORDINALS: dict[str, int] = {}
 for _value, _stems in {
-    1: ["primeir"], 2: ["segund"], 3: ["terceir"], 4: ["quart"], 5: ["quint"], 6: ["sext"],
-    7: ["sétim", "setim"], 8: ["oitav"], 9: ["non"], 10: ["décim", "decim"],
-    20: ["vigésim", "vigesim"], 30: ["trigésim", "trigesim"], 40: ["quadragésim"],
-    50: ["quinquagésim", "qüinquagésim"], 60: ["sexagésim"], 70: ["septuagésim", "setuagésim"],
-    80: ["octogésim"], 90: ["nonagésim"], 100: ["centésim", "centesim"], 200: ["ducentésim"],
-    300: ["trecentésim", "tricentésim"], 400: ["quadringentésim", "quadrigentésim"],
+    1: ["primeir"],
+    2: ["segund"],
+    3: ["terceir"],
+    4: ["quart"],
+    5: ["quint"],
+    6: ["sext"],
+    7: ["sétim", "setim"],
+    8: ["oitav"],
+    9: ["non"],
+    10: ["décim", "decim"],
+    20: ["vigésim", "vigesim"],
+    30: ["trigésim", "trigesim"],
+    40: ["quadragésim"],
+    50: ["quinquagésim", "qüinquagésim"],
+    60: ["sexagésim"],
+    70: ["septuagésim", "setuagésim"],
+    80: ["octogésim"],
+    90: ["nonagésim"],
+    100: ["centésim", "centesim"],
+    200: ["ducentésim"],
+    300: ["trecentésim", "tricentésim"],
+    400: ["quadringentésim", "quadrigentésim"],
     500: ["quingentésim"],
-    600: ["sexcentésim", "seiscentésim"], 700: ["septingentésim", "setingentésim", "septigentésim"],
-    800: ["octingentésim", "octigentésim"], 900: ["nongentésim", "noningentésim"],
+    600: ["sexcentésim", "seiscentésim"],
+    700: ["septingentésim", "setingentésim", "septigentésim"],
+    800: ["octingentésim", "octigentésim"],
+    900: ["nongentésim", "noningentésim"],
     1000: ["milésim", "milesim"],
 }.items():
     for _stem in _stems:
         for _end in ("o", "a", "os", "as"):
             _ORDINALS[_stem + _end] = _value
 
-_CURRENCIES = {"real": "R$", "reais": "R$", "dólar": "US$", "dólares": "US$", "dolar": "US$",
-               "dolares": "US$", "euro": "€", "euros": "€"}
+_CURRENCIES = {
+    "real": "R$",
+    "reais": "R$",
+    "dólar": "US$",
+    "dólares": "US$",
+    "dolar": "US$",
+    "dolares": "US$",
+    "euro": "€",
+    "euros": "€",
+}
 _CENTS = {"centavo", "centavos"}
-_MONTHS = {"janeiro", "fevereiro", "março", "abril", "maio", "junho", "julho", "agosto",
-           "setembro", "outubro", "novembro", "dezembro"}
+_MONTHS = {
+    "janeiro",
+    "fevereiro",
+    "março",
+    "abril",
+    "maio",
+    "junho",
+    "julho",
+    "agosto",
+    "setembro",
+    "outubro",
+    "novembro",
+    "dezembro",
+}
 _HOUR_WORDS = {"hora", "horas", "h"}
 _MINUTE_WORDS = {"minuto", "minutos", "min"}
 _PERIODS = {"manhã": 0, "madrugada": 0, "tarde": 12, "noite": 12}
 _TIME_PREPOSITIONS = {"às", "à", "pelas", "pela"}
 _YEAR_CONTEXT = {"em", "ano", "anos", "desde"}
 _MEASURES = {}
-for _words, _symbol in ((("quilômetro", "quilometro"), "km"), (("quilo", "quilograma"), "kg"),
-                        (("grama",), "g"), (("metro",), "m"), (("centímetro", "centimetro"), "cm"),
-                        (("milímetro", "milimetro"), "mm"), (("mililitro",), "ml")):
+for _words, _symbol in (
+    (("quilômetro", "quilometro"), "km"),
+    (("quilo", "quilograma"), "kg"),
+    (("grama",), "g"),
+    (("metro",), "m"),
+    (("centímetro", "centimetro"), "cm"),
+    (("milímetro", "milimetro"), "mm"),
+    (("mililitro",), "ml"),
+):
     for _word in _words:
         _MEASURES[_word] = _MEASURES[_word + "s"] = _symbol
 _AREA_VOLUME = {"quadrado", "quadrados", "cúbico", "cúbicos", "cubico", "cubicos"}
-_DIGIT_WORDS = {"zero": "0", "um": "1", "dois": "2", "três": "3", "tres": "3", "quatro": "4",
-                "cinco": "5", "seis": "6", "meia": "6", "sete": "7", "oito": "8", "nove": "9"}
+_DIGIT_WORDS = {
+    "zero": "0",
+    "um": "1",
+    "dois": "2",
+    "três": "3",
+    "tres": "3",
+    "quatro": "4",
+    "cinco": "5",
+    "seis": "6",
+    "meia": "6",
+    "sete": "7",
+    "oito": "8",
+    "nove": "9",
+}
 """Digits said one by one ("meia" is six inside a phone number: "nove meia meia...")."""
 _DIGIT_SEPARATORS = {"ponto", "traço", "traco", "hífen", "hifen"}
-_PHONE_CONTEXT = {"telefone", "fone", "celular", "whatsapp", "zap", "ligue", "liga", "ligar",
-                  "disque", "disca", "discar", "contato"}
+_PHONE_CONTEXT = {
+    "telefone",
+    "fone",
+    "celular",
+    "whatsapp",
+    "zap",
+    "ligue",
+    "liga",
+    "ligar",
+    "disque",
+    "disca",
+    "discar",
+    "contato",
+}
 _DIGIT_CONTEXT = _PHONE_CONTEXT | {
-    "número", "numero", "ramal", "código", "codigo", "senha", "protocolo", "conta", "agência",
-    "agencia", "cep", "cpf", "cnpj", "rg", "apartamento", "pin"}
+    "número",
+    "numero",
+    "ramal",
+    "código",
+    "codigo",
+    "senha",
+    "protocolo",
+    "conta",
+    "agência",
+    "agencia",
+    "cep",
+    "cpf",
+    "cnpj",
+    "rg",
+    "apartamento",
+    "pin",
+}
 _NOT_A_COUNT_AFTER_MIL = {"desculpas", "perdões", "perdoes", "vezes", "maravilhas"}
 """A bare "mil" before these is hyperbole ("mil desculpas"), not a thousand."""
 _BARE_DIGITS_ABOVE = 10
@@ -193,7 +319,7 @@ def format_number(num: Number, *, year: bool = False) -> str:
 
 
 def format_money(symbol: str, num: Number, cents: int | None = None) -> str:
-    """"R$ 1.250,00"; a round count of millions stays spoken-like ("R$ 2 milhões")."""
+    """ "R$ 1.250,00"; a round count of millions stays spoken-like ("R$ 2 milhões")."""
     if num.scale_word:
         return f"{symbol} {format_number(num)}"
     if cents is None:
@@ -204,6 +330,7 @@ def format_money(symbol: str, num: Number, cents: int | None = None) -> str:
 
 
 # ---- the parser over one run of tokens ----------------------------------------------------------
+
 
 class _Tokens:
     """The words of one segment split into (lead, core, trail); `core` lower-cased for matching."""
@@ -276,8 +403,7 @@ class _Tokens:
             scale_word = self.at(k)
             scale = _SCALES.get(scale_word, 0)
             joins = group is None or self.linked(k - 1)
-            if joins and scale and scale < last_scale and (
-                    group or scale_word == "mil"):
+            if joins and scale and scale < last_scale and (group or scale_word == "mil"):
                 value = group[0] if group else 1
                 total += value * scale
                 last_scale, end = scale, k + 1
@@ -349,7 +475,7 @@ class _Tokens:
     # -- expressions --
 
     def period(self, i: int) -> tuple[int, int] | None:
-        """"da tarde" at i: (hours to add, end)."""
+        """ "da tarde" at i: (hours to add, end)."""
         if self.at(i) in ("da", "de") and self.linked(i - 1) and self.word_at(i + 1, _PERIODS):
             return _PERIODS[self.at(i + 1)], i + 2
         return None
@@ -378,11 +504,18 @@ class _Tokens:
         period = self.period(j)
         before = self.at(i - 1) if self.linked(i - 1) else ""
         at_prep = before in _TIME_PREPOSITIONS or (
-            before in ("as", "das") and self.at(i - 2) in ("até", "partir", "antes", "depois")
-            and self.linked(i - 2))
+            before in ("as", "das")
+            and self.at(i - 2) in ("até", "partir", "antes", "depois")
+            and self.linked(i - 2)
+        )
         # "das oito às dezoito horas": the start of a range whose end is a clear clock time.
-        range_start = (before == "das" and not period and self.word_at(j, {"às", "as", "a"})
-                       and self.linked(j) and self.time(j + 1) is not None)
+        range_start = (
+            before == "das"
+            and not period
+            and self.word_at(j, {"às", "as", "a"})
+            and self.linked(j)
+            and self.time(j + 1) is not None
+        )
         if not (period or range_start or (at_prep and (hour_word or minutes))):
             return None
         if period:
@@ -392,7 +525,7 @@ class _Tokens:
         return f"{h}h{minutes:02d}" if minutes else f"{h}h", j
 
     def to_the_hour(self, i: int) -> tuple[str, int] | None:
-        """"às quinze para as três", "dez para as oito da noite", "vinte para o meio-dia"."""
+        """ "às quinze para as três", "dez para as oito da noite", "vinte para o meio-dia"."""
         m = self._tens(i)
         if m is None or not 1 <= m[0] < 60:
             return None
@@ -448,16 +581,25 @@ class _Tokens:
             word = self.at(j)
             # Groups may be said with a pause Whisper writes as a comma: "três três quatro
             # quatro, cinco cinco seis seis" (a group of two digits or more before the comma).
-            comma = (j > i and self.trail[j - 1] == "," and not self.lead[j] and group_len >= 2
-                     and word in _DIGIT_WORDS)
+            comma = (
+                j > i
+                and self.trail[j - 1] == ","
+                and not self.lead[j]
+                and group_len >= 2
+                and word in _DIGIT_WORDS
+            )
             if not (j == i or self.linked(j - 1) or comma):
                 break
             if comma:
                 group_len = 0
             if word in _DIGIT_WORDS and (digits or lead or word != "meia"):
                 digits, j, group_len = digits + _DIGIT_WORDS[word], j + 1, group_len + 1
-            elif (word in _DIGIT_SEPARATORS and digits and self.at(j + 1) in _DIGIT_WORDS
-                  and self.linked(j)):
+            elif (
+                word in _DIGIT_SEPARATORS
+                and digits
+                and self.at(j + 1) in _DIGIT_WORDS
+                and self.linked(j)
+            ):
                 j += 1
             else:
                 break
@@ -470,11 +612,15 @@ class _Tokens:
     def _numeric_at(self, i: int) -> bool:
         """Token i continues a number (a scale, a currency, "vírgula"...) and is linked to i-1."""
         return self.linked(i - 1) and (
-            self.at(i) in _SCALES or self.at(i) in _CURRENCIES or self.at(i) in _CENTS
-            or self.at(i) in ("vírgula", "virgula", "por", "porcento") or self.at(i) in _MEASURES)
+            self.at(i) in _SCALES
+            or self.at(i) in _CURRENCIES
+            or self.at(i) in _CENTS
+            or self.at(i) in ("vírgula", "virgula", "por", "porcento")
+            or self.at(i) in _MEASURES
+        )
 
     def _measure(self, num: Number, end: int) -> tuple[str, int] | None:
-        """"dez quilômetros" → "10 km"; "um metro e oitenta" → "1,80 m"; "um quilo e meio"."""
+        """ "dez quilômetros" → "10 km"; "um metro e oitenta" → "1,80 m"; "um quilo e meio"."""
         if not self.word_at(end, _MEASURES) or self.word_at(end + 1, _AREA_VOLUME):
             return None
         symbol, j = _MEASURES[self.at(end)], end + 1
@@ -547,8 +693,11 @@ class _Tokens:
         # "em 1998", "no ano 2000", "março de 2024": years are written without the dot.
         after_month = prev == "de" and self.at(i - 2) in _MONTHS and self.linked(i - 2)
         from_year = prev == "de" and self.at(i - 2) == "partir" and self.linked(i - 2)
-        year = num.is_integer and 0 < num.whole <= 2199 and (
-            after_month or ((prev in _YEAR_CONTEXT or from_year) and num.whole >= 1000))
+        year = (
+            num.is_integer
+            and 0 < num.whole <= 2199
+            and (after_month or ((prev in _YEAR_CONTEXT or from_year) and num.whole >= 1000))
+        )
         if year or not num.is_integer or num.whole > _BARE_DIGITS_ABOVE:
             return [Rewrite(i, end, format_number(num, year=year))]
         return None
@@ -626,7 +775,7 @@ def normalize_text(text: str, rewriter: Rewriter = rewrites) -> str:
     out: list[str] = []
     i = 0
     for rw in rewriter(words):
-        out += words[i:rw.start]
+        out += words[i : rw.start]
         out.append(_written(tokens, rw))
         i = rw.end
     out += words[i:]
@@ -640,15 +789,17 @@ def normalize_words(words: Sequence[Word], rewriter: Rewriter = rewrites) -> tup
     out: list[Word] = []
     i = 0
     for rw in rewriter(texts):
-        out += words[i:rw.start]
-        span = words[rw.start:rw.end]
-        out.append(Word(
-            start=span[0].start,
-            end=max(w.end for w in span),
-            word=_written(tokens, rw),
-            probability=min(w.probability for w in span),
-            speaker=span[0].speaker,
-        ))
+        out += words[i : rw.start]
+        span = words[rw.start : rw.end]
+        out.append(
+            Word(
+                start=span[0].start,
+                end=max(w.end for w in span),
+                word=_written(tokens, rw),
+                probability=min(w.probability for w in span),
+                speaker=span[0].speaker,
+            )
+        )
         i = rw.end
     out += words[i:]
     return tuple(out)
@@ -664,8 +815,9 @@ def normalize_segment(segment: Segment, rewriter: Rewriter = rewrites) -> Segmen
     return replace(segment, words=words, text=" ".join(w.word for w in words))
 
 
-def normalize_segments(segments: Sequence[Segment],
-                       rewriter: Rewriter = rewrites) -> tuple[Segment, ...]:
+def normalize_segments(
+    segments: Sequence[Segment], rewriter: Rewriter = rewrites
+) -> tuple[Segment, ...]:
     """ITN of every segment; a span never crosses a segment boundary."""
     return tuple(normalize_segment(s, rewriter) for s in segments)
 

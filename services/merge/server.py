@@ -23,22 +23,29 @@ class MergeSettings(ServerSettings):
 
     model_config = SettingsConfigDict(env_prefix="ASR_MERGE_", extra="ignore")
 
-    pause_split_s: float = Field(PAUSE_SPLIT_S, gt=0,
-                                 description="Pause that starts a new segment.")
-    max_line_chars: int = Field(42, ge=10,
-                                description="Longest subtitle line, speaker prefix included.")
+    pause_split_s: float = Field(
+        PAUSE_SPLIT_S, gt=0, description="Pause that starts a new segment."
+    )
+    max_line_chars: int = Field(
+        42, ge=10, description="Longest subtitle line, speaker prefix included."
+    )
     max_lines: int = Field(2, ge=1, le=2, description="Lines per subtitle cue.")
-    min_cue_s: float = Field(0.7, gt=0,
-                             description="Shortest time a cue stays on screen, where possible.")
+    min_cue_s: float = Field(
+        0.7, gt=0, description="Shortest time a cue stays on screen, where possible."
+    )
     max_cue_s: float = Field(7.0, gt=0, description="Longest time a cue stays on screen.")
     inverse_text_normalization: bool = Field(
-        False, description="PT-BR ITN for every request, not only those that ask for it.")
+        False, description="PT-BR ITN for every request, not only those that ask for it."
+    )
 
     def merge_options(self) -> MergeOptions:
         """The core's options from these settings."""
         return MergeOptions(
-            pause_split_s=self.pause_split_s, max_line_chars=self.max_line_chars,
-            max_lines=self.max_lines, min_cue_s=self.min_cue_s, max_cue_s=self.max_cue_s,
+            pause_split_s=self.pause_split_s,
+            max_line_chars=self.max_line_chars,
+            max_lines=self.max_lines,
+            min_cue_s=self.min_cue_s,
+            max_cue_s=self.max_cue_s,
             inverse_text_normalization=self.inverse_text_normalization,
         )
 

@@ -35,8 +35,11 @@ def formats_from_proto(values) -> list[OutputFormat]:
     formats = []
     for i, value in enumerate(values):
         if value not in _FROM_PROTO:
-            what = ("OUTPUT_FORMAT_UNSPECIFIED" if value == document_pb2.OUTPUT_FORMAT_UNSPECIFIED
-                    else f"unknown output format {value}")
+            what = (
+                "OUTPUT_FORMAT_UNSPECIFIED"
+                if value == document_pb2.OUTPUT_FORMAT_UNSPECIFIED
+                else f"unknown output format {value}"
+            )
             raise InvalidInput(
                 f"formats[{i}] is {what}; ask for JSON, SRT, VTT, TXT or RTTM",
                 field=f"formats[{i}]",
@@ -66,19 +69,23 @@ class MergeServicer(pb_grpc.MergeServiceServicer):
             options = replace(options, inverse_text_normalization=True)
         duration = convert.seconds(request.audio_duration)
         span = trace.get_current_span()
-        span.set_attributes({
-            "asr.merge.input_segments": len(segments),
-            "asr.merge.words": sum(len(s.words) for s in segments),
-            "asr.merge.turns": len(turns),
-            "asr.merge.formats": [f.value for f in formats],
-            "asr.merge.itn": options.inverse_text_normalization,
-            "asr.audio.duration_s": duration,
-        })
+        span.set_attributes(
+            {
+                "asr.merge.input_segments": len(segments),
+                "asr.merge.words": sum(len(s.words) for s in segments),
+                "asr.merge.turns": len(turns),
+                "asr.merge.formats": [f.value for f in formats],
+                "asr.merge.itn": options.inverse_text_normalization,
+                "asr.audio.duration_s": duration,
+            }
+        )
         result = merge(segments, turns, options)
-        span.set_attributes({
-            "asr.merge.segments": len(result.segments),
-            "asr.speakers": len(result.speakers),
-        })
+        span.set_attributes(
+            {
+                "asr.merge.segments": len(result.segments),
+                "asr.speakers": len(result.speakers),
+            }
+        )
         info = DocumentInfo(
             language=request.language_code,
             duration=duration,
@@ -94,8 +101,10 @@ class MergeServicer(pb_grpc.MergeServiceServicer):
             speakers=result.speakers,
             documents=[
                 document_pb2.Document(
-                    format=_TO_PROTO[d.format], content=d.content,
-                    file_extension=d.file_extension, media_type=d.media_type,
+                    format=_TO_PROTO[d.format],
+                    content=d.content,
+                    file_extension=d.file_extension,
+                    media_type=d.media_type,
                 )
                 for d in documents
             ],

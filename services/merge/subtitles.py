@@ -56,8 +56,9 @@ class _Token:
     end: float
 
 
-def layout_lines(items: Sequence[str], max_chars: int,
-                 max_lines: int = 2) -> tuple[str, ...] | None:
+def layout_lines(
+    items: Sequence[str], max_chars: int, max_lines: int = 2
+) -> tuple[str, ...] | None:
     """Lay unbreakable items out in at most `max_lines` lines of `max_chars`; None if impossible."""
     joined = " ".join(items)
     if len(joined) <= max_chars:
@@ -131,8 +132,9 @@ def pack_cues(
             run = tokens[i:j]
             too_long = j - i > 1 and max(t.end for t in run) - run[0].start > options.max_cue_s
             texts = [*head, *(t.text for t in run)]
-            if j - i > 1 and (too_long or layout_lines(texts, options.max_line_chars,
-                                                       options.max_lines) is None):
+            if j - i > 1 and (
+                too_long or layout_lines(texts, options.max_line_chars, options.max_lines) is None
+            ):
                 break  # longer runs only get longer
             slack = max(capacity - len(" ".join(texts)), 0) / capacity
             cost = best[i] + slack * slack + (0.0 if _is_good_break(tokens, j) else _WEAK_BREAK)
@@ -201,9 +203,7 @@ def _fix_timing(cues: list[Cue], options: MergeOptions, audio_duration: float) -
             # a file): start earlier instead, into the silence before, never into the last cue.
             floor = ends[i - 1] if i > 0 else 0
             starts[i] = max(floor, min(starts[i], ends[i] - min_ms))
-    return [
-        Cue(s, e, c.speaker, c.lines, c.words) for s, e, c in zip(starts, ends, cues)
-    ]
+    return [Cue(s, e, c.speaker, c.lines, c.words) for s, e, c in zip(starts, ends, cues)]
 
 
 def _short_name(name: str, limit: int) -> str:
@@ -228,8 +228,9 @@ def srt_prefix(info: DocumentInfo, options: MergeOptions) -> Callable[[str], str
 
 def render_srt(segments: Sequence[Segment], info: DocumentInfo, options: MergeOptions) -> str:
     """SubRip document (`00:00:01,000` times, indexes from 1), composed by the `srt` library."""
-    cues = build_cues(segments, options, prefix=srt_prefix(info, options),
-                      audio_duration=info.duration)
+    cues = build_cues(
+        segments, options, prefix=srt_prefix(info, options), audio_duration=info.duration
+    )
     subtitles = [
         srt.Subtitle(
             index=i,

@@ -137,6 +137,7 @@ class DecodeSummary:
 
 # --------------------------------------------------------------------------- pure checks
 
+
 def chunk_size(requested: int) -> int:
     """The PCM chunk size to use: 0 → 256 KiB; otherwise 64 KiB..1 MiB, whole samples."""
     if requested == 0:
@@ -182,14 +183,16 @@ def check_upload_size(size: int, limits: PreprocessLimits) -> None:
         )
 
 
-def check_declared_duration(declared: float, limits: PreprocessLimits, source: str = "file",
-                            slack: float = 1.0) -> None:
+def check_declared_duration(
+    declared: float, limits: PreprocessLimits, source: str = "file", slack: float = 1.0
+) -> None:
     """Refuse before decoding when the container declares more audio than the limits allow.
 
     `slack` > 1 is for durations that are only estimates: refuse only when far over a limit.
     """
-    claims = (f"the {source} declares" if slack == 1.0
-              else f"the {source}'s size and bit rate suggest")
+    claims = (
+        f"the {source} declares" if slack == 1.0 else f"the {source}'s size and bit rate suggest"
+    )
     if declared > limits.max_audio_seconds * slack:
         raise LimitExceeded(
             f"{claims} {_hms(declared)} of audio, over the limit of "
@@ -260,8 +263,9 @@ def check_wav_header(head: bytes, size: int, limits: PreprocessLimits) -> None:
         )
 
 
-def check_complete(decoded_seconds: float, probe: ProbeResult, decode_errors: int,
-                   first_error: str = "") -> None:
+def check_complete(
+    decoded_seconds: float, probe: ProbeResult, decode_errors: int, first_error: str = ""
+) -> None:
     """Apply the corrupt-input rule (see the module docstring) once ffmpeg has finished."""
     if decoded_seconds <= 0:
         detail = f" ({first_error})" if first_error else ""
@@ -273,8 +277,10 @@ def check_complete(decoded_seconds: float, probe: ProbeResult, decode_errors: in
                 f"the file is truncated or corrupt: it declares {_hms(declared)} of audio but "
                 f"only {_hms(decoded_seconds)} could be decoded"
             )
-    if (decode_errors > DECODE_ERRORS_MIN
-            and decode_errors > decoded_seconds / DECODE_ERRORS_SECONDS_PER_ERROR):
+    if (
+        decode_errors > DECODE_ERRORS_MIN
+        and decode_errors > decoded_seconds / DECODE_ERRORS_SECONDS_PER_ERROR
+    ):
         detail = f" (first: {first_error})" if first_error else ""
         raise InvalidAudio(
             f"the file is truncated or corrupt: the decoder reported {decode_errors} errors in "
@@ -283,6 +289,7 @@ def check_complete(decoded_seconds: float, probe: ProbeResult, decode_errors: in
 
 
 # --------------------------------------------------------------------------- PCM shaping
+
 
 class DurationCap:
     """Cuts codec padding past the declared duration, keeping everything if the excess is large."""
@@ -349,7 +356,7 @@ class SilenceTrimmer:
             out = bytes(self._pending) + data[:last]
         else:
             lead = bytes(self._pending) + data[:first]
-            out = lead[-self._padding:] + data[first:last] if self._padding else data[first:last]
+            out = lead[-self._padding :] + data[first:last] if self._padding else data[first:last]
             self._started = True
         self._pending = bytearray(data[last:])
         return out
@@ -385,6 +392,7 @@ class Chunker:
 
 # --------------------------------------------------------------------------- the job
 
+
 class Preprocessor:
     """Runs preprocessing jobs with a bounded number at a time.
 
@@ -392,8 +400,9 @@ class Preprocessor:
     feeds its queue-depth and busy-worker gauges with it).
     """
 
-    def __init__(self, config: PreprocessorConfig,
-                 on_queue: Callable[[int, int], None] | None = None):
+    def __init__(
+        self, config: PreprocessorConfig, on_queue: Callable[[int, int], None] | None = None
+    ):
         self.config = config
         if config.temp_root is not None:
             config.temp_root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -403,9 +412,13 @@ class Preprocessor:
                 shutil.rmtree(stale, ignore_errors=True)
         # Like transcription's: a request waits its turn (first come, first served) instead of
         # being refused while a decode slot is busy; refused only when the queue is full.
-        self._queue = WorkQueue(config.max_concurrent_jobs, config.max_queued,
-                                on_change=on_queue, typical_job_s=2.0,
-                                name="the preprocess service")
+        self._queue = WorkQueue(
+            config.max_concurrent_jobs,
+            config.max_queued,
+            on_change=on_queue,
+            typical_job_s=2.0,
+            name="the preprocess service",
+        )
         self._active: dict[Path, CancelToken] = {}
         self._idle = threading.Condition()
 
@@ -436,8 +449,11 @@ class Preprocessor:
         )
 
     def run(
-        self, options: PreprocessOptions, content: Iterable[bytes],
-        cancel: CancelToken | None = None, timeout: float | None = None,
+        self,
+        options: PreprocessOptions,
+        content: Iterable[bytes],
+        cancel: CancelToken | None = None,
+        timeout: float | None = None,
     ) -> Iterator[MediaReport | bytes | DecodeSummary]:
         """Spool, probe, decode; yield MediaReport, PCM chunks, then DecodeSummary.
 
@@ -450,7 +466,11 @@ class Preprocessor:
             yield from self._run_admitted(options, content, cancel, size)
 
     def _run_admitted(
-        self, options: PreprocessOptions, content: Iterable[bytes], cancel: CancelToken, size: int,
+        self,
+        options: PreprocessOptions,
+        content: Iterable[bytes],
+        cancel: CancelToken,
+        size: int,
     ) -> Iterator[MediaReport | bytes | DecodeSummary]:
         workdir = None
         try:
@@ -501,22 +521,30 @@ class Preprocessor:
         with _tracer.start_as_current_span("preprocess.probe") as span:
             probe = self._probe_checked(path, size, head, cancel)
             report = probe.report
-            span.set_attributes({
-                "asr.media.container": report.container, "asr.media.codec": report.codec,
-                "asr.media.sample_rate_hz": report.sample_rate_hz,
-                "asr.media.channels": report.channels,
-                "asr.audio.declared_duration_s": report.duration,
-                "asr.audio.duration_estimated": probe.duration_estimated,
-            })
+            span.set_attributes(
+                {
+                    "asr.media.container": report.container,
+                    "asr.media.codec": report.codec,
+                    "asr.media.sample_rate_hz": report.sample_rate_hz,
+                    "asr.media.channels": report.channels,
+                    "asr.audio.declared_duration_s": report.duration,
+                    "asr.audio.duration_estimated": probe.duration_estimated,
+                }
+            )
             return probe
 
-    def _probe_checked(self, path: Path, size: int, head: bytes,
-                       cancel: CancelToken) -> ProbeResult:
+    def _probe_checked(
+        self, path: Path, size: int, head: bytes, cancel: CancelToken
+    ) -> ProbeResult:
         limits = self.config.limits
         child = ffmpeg.Child(
-            ffmpeg.probe_args(self.config.ffprobe_path, path), self._child_limits,
-            limits.probe_timeout_seconds, cancel,
-            what="analysing the file", tool="probe", deadline_setting="probe_timeout_seconds",
+            ffmpeg.probe_args(self.config.ffprobe_path, path),
+            self._child_limits,
+            limits.probe_timeout_seconds,
+            cancel,
+            what="analysing the file",
+            tool="probe",
+            deadline_setting="probe_timeout_seconds",
         )
         out = child.run()
         if child.out_of_memory():
@@ -531,13 +559,19 @@ class Preprocessor:
         probe = ffmpeg.parse_probe(out.decode("utf-8", "replace"), size, child.stderr.lines)
         check_sample_rate(probe.report.sample_rate_hz, probe.report.codec)
         check_wav_header(head, size, limits)
-        check_declared_duration(probe.report.duration, limits,
-                                slack=ESTIMATE_SLACK if probe.duration_estimated else 1.0)
+        check_declared_duration(
+            probe.report.duration, limits, slack=ESTIMATE_SLACK if probe.duration_estimated else 1.0
+        )
         return probe
 
     def _decode(
-        self, path: Path, probe: ProbeResult, options: PreprocessOptions, size: int,
-        cancel: CancelToken, started: float,
+        self,
+        path: Path,
+        probe: ProbeResult,
+        options: PreprocessOptions,
+        size: int,
+        cancel: CancelToken,
+        started: float,
     ) -> Iterator[bytes | DecodeSummary]:
         """`_decode_stream` inside a "preprocess.decode" span.
 
@@ -546,28 +580,36 @@ class Preprocessor:
         is not made current, since a generator's context would leak across its yields.
         """
         report = probe.report
-        chain = ffmpeg.filter_chain(report.sample_rate_hz, options.loudness_normalization,
-                                    self.config.loudnorm_target_lufs)
-        span = _tracer.start_span("preprocess.decode", attributes={
-            "asr.media.container": report.container, "asr.media.codec": report.codec,
-            "asr.preprocess.source_rate_hz": report.sample_rate_hz,
-            "asr.preprocess.resampler": "soxr" if "soxr" in chain else "none",
-            "asr.preprocess.filters": chain,
-            "asr.preprocess.loudness_normalization": options.loudness_normalization,
-            "asr.preprocess.trim_silence": options.trim_silence,
-        })
+        chain = ffmpeg.filter_chain(
+            report.sample_rate_hz, options.loudness_normalization, self.config.loudnorm_target_lufs
+        )
+        span = _tracer.start_span(
+            "preprocess.decode",
+            attributes={
+                "asr.media.container": report.container,
+                "asr.media.codec": report.codec,
+                "asr.preprocess.source_rate_hz": report.sample_rate_hz,
+                "asr.preprocess.resampler": "soxr" if "soxr" in chain else "none",
+                "asr.preprocess.filters": chain,
+                "asr.preprocess.loudness_normalization": options.loudness_normalization,
+                "asr.preprocess.trim_silence": options.trim_silence,
+            },
+        )
         begun = time.monotonic()
         try:
             for event in self._decode_stream(path, probe, options, size, cancel, started):
                 if isinstance(event, DecodeSummary):
                     seconds = time.monotonic() - begun
-                    span.set_attributes({
-                        "asr.audio.duration_s": event.decoded_duration,
-                        "asr.audio.output_duration_s": event.audio_duration,
-                        "asr.preprocess.decode_s": seconds,
-                        "asr.rtf": (seconds / event.decoded_duration
-                                    if event.decoded_duration else 0.0),
-                    })
+                    span.set_attributes(
+                        {
+                            "asr.audio.duration_s": event.decoded_duration,
+                            "asr.audio.output_duration_s": event.audio_duration,
+                            "asr.preprocess.decode_s": seconds,
+                            "asr.rtf": (
+                                seconds / event.decoded_duration if event.decoded_duration else 0.0
+                            ),
+                        }
+                    )
                 yield event
         except GeneratorExit:
             span.set_attribute("asr.cancelled", True)
@@ -580,17 +622,30 @@ class Preprocessor:
             span.end()
 
     def _decode_stream(
-        self, path: Path, probe: ProbeResult, options: PreprocessOptions, size: int,
-        cancel: CancelToken, started: float,
+        self,
+        path: Path,
+        probe: ProbeResult,
+        options: PreprocessOptions,
+        size: int,
+        cancel: CancelToken,
+        started: float,
     ) -> Iterator[bytes | DecodeSummary]:
         cfg, limits = self.config, self.config.limits
         argv = ffmpeg.decode_args(
-            cfg.ffmpeg_path, path, probe, loudness_normalization=options.loudness_normalization,
+            cfg.ffmpeg_path,
+            path,
+            probe,
+            loudness_normalization=options.loudness_normalization,
             loudnorm_target=cfg.loudnorm_target_lufs,
         )
         child = ffmpeg.Child(
-            argv, self._child_limits, limits.max_decode_seconds, cancel,
-            what="decoding the file", tool="decoder", deadline_setting="max_decode_seconds",
+            argv,
+            self._child_limits,
+            limits.max_decode_seconds,
+            cancel,
+            what="decoding the file",
+            tool="decoder",
+            deadline_setting="max_decode_seconds",
         )
         declared = probe.report.duration if not probe.duration_estimated else 0.0
         claimed = probe.report.duration  # estimated or not: the bomb check only needs a scale
@@ -599,9 +654,11 @@ class Preprocessor:
             int(PADDING_TOLERANCE_S * SAMPLE_RATE) * BYTES_PER_SAMPLE,
         )
         trimmer = (
-            SilenceTrimmer(cfg.silence_threshold_db,
-                           int(cfg.silence_padding_seconds * BYTES_PER_SECOND))
-            if options.trim_silence else None
+            SilenceTrimmer(
+                cfg.silence_threshold_db, int(cfg.silence_padding_seconds * BYTES_PER_SECOND)
+            )
+            if options.trim_silence
+            else None
         )
         chunker = Chunker(size)
         decoded, sent, odd = 0, 0, b""
@@ -627,12 +684,15 @@ class Preprocessor:
             sent += len(chunk)
             yield chunk
         yield DecodeSummary(
-            audio_duration=sent / BYTES_PER_SECOND, pcm_bytes=sent,
-            decode_seconds=time.monotonic() - started, decoded_duration=decoded / BYTES_PER_SECOND,
+            audio_duration=sent / BYTES_PER_SECOND,
+            pcm_bytes=sent,
+            decode_seconds=time.monotonic() - started,
+            decoded_duration=decoded / BYTES_PER_SECOND,
         )
 
-    def _check_exit(self, child: ffmpeg.Child, path: Path, decoded_seconds: float,
-                    probe: ProbeResult) -> None:
+    def _check_exit(
+        self, child: ffmpeg.Child, path: Path, decoded_seconds: float, probe: ProbeResult
+    ) -> None:
         limits = self.config.limits
         first_error = ffmpeg.clean_line(child.stderr.lines[0], path) if child.stderr.lines else ""
         if child.out_of_memory():

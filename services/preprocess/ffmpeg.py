@@ -28,9 +28,26 @@ from services.common.domain_errors import Cancelled, InvalidAudio, LimitExceeded
 
 ALLOWED_DEMUXERS: tuple[str, ...] = (
     # Plain audio files.
-    "wav", "w64", "mp3", "flac", "ogg", "aac", "aiff", "caf", "amr", "au", "wv", "ape", "tta",
+    "wav",
+    "w64",
+    "mp3",
+    "flac",
+    "ogg",
+    "aac",
+    "aiff",
+    "caf",
+    "amr",
+    "au",
+    "wv",
+    "ape",
+    "tta",
     # Audio/video containers whose audio the mesh takes (mp4/m4a/mov, mkv/webm, wma/asf, ...).
-    "mov", "matroska", "asf", "avi", "flv", "mpegts",
+    "mov",
+    "matroska",
+    "asf",
+    "avi",
+    "flv",
+    "mpegts",
 )
 """Demuxers ffmpeg/ffprobe may use. Matching is per name in ffmpeg's comma lists, so "mov"
 admits "mov,mp4,m4a,3gp,3g2,mj2" and "matroska" admits "matroska,webm". Deliberately absent:
@@ -142,9 +159,15 @@ class StderrLog:
 
 # --------------------------------------------------------------------------- argument lists
 
+
 def input_args(path: Path, demuxer: str = "") -> list[str]:
     """The options that confine a tool to the one spooled file, then the input itself."""
-    args = ["-protocol_whitelist", ALLOWED_PROTOCOLS, "-format_whitelist", ",".join(ALLOWED_DEMUXERS)]
+    args = [
+        "-protocol_whitelist",
+        ALLOWED_PROTOCOLS,
+        "-format_whitelist",
+        ",".join(ALLOWED_DEMUXERS),
+    ]
     if demuxer:
         args += ["-f", demuxer]
     # "file:" so a name is never taken for another protocol or an option.
@@ -154,8 +177,14 @@ def input_args(path: Path, demuxer: str = "") -> list[str]:
 def probe_args(ffprobe: str, path: Path) -> list[str]:
     """ffprobe command line printing the JSON this module parses."""
     return [
-        ffprobe, "-hide_banner", "-v", "warning",
-        "-print_format", "json", "-show_entries", PROBE_ENTRIES,
+        ffprobe,
+        "-hide_banner",
+        "-v",
+        "warning",
+        "-print_format",
+        "json",
+        "-show_entries",
+        PROBE_ENTRIES,
         *input_args(path),
     ]
 
@@ -177,16 +206,30 @@ def filter_chain(source_rate: int, loudness_normalization: bool, loudnorm_target
 
 
 def decode_args(
-    ffmpeg: str, path: Path, probe: ProbeResult, *, loudness_normalization: bool = False,
+    ffmpeg: str,
+    path: Path,
+    probe: ProbeResult,
+    *,
+    loudness_normalization: bool = False,
     loudnorm_target: float = -23.0,
 ) -> list[str]:
     """ffmpeg command line writing 16 kHz mono s16le of the probed stream to stdout."""
     args = [
-        ffmpeg, "-nostdin", "-hide_banner", "-nostats", "-v", "error",
+        ffmpeg,
+        "-nostdin",
+        "-hide_banner",
+        "-nostats",
+        "-v",
+        "error",
         # One decoder thread: audio decoding gains little from more and the host is shared.
-        "-threads", "1",
+        "-threads",
+        "1",
         *input_args(path, probe.demuxer),
-        "-map", f"0:{probe.stream_index}", "-vn", "-sn", "-dn",
+        "-map",
+        f"0:{probe.stream_index}",
+        "-vn",
+        "-sn",
+        "-dn",
     ]
     chain = filter_chain(probe.report.sample_rate_hz, loudness_normalization, loudnorm_target)
     if chain:
@@ -195,6 +238,7 @@ def decode_args(
 
 
 # --------------------------------------------------------------------------- probe parsing
+
 
 def _num(value: object, kind: type = float, default: float | int = 0) -> float | int:
     try:
@@ -208,7 +252,9 @@ def parse_probe(output: str, size_bytes: int, warnings: list[str] = ()) -> Probe
     try:
         data = json.loads(output or "{}")
     except json.JSONDecodeError as exc:
-        raise InvalidAudio(f"the file could not be analysed (unreadable probe output: {exc.msg})") from exc
+        raise InvalidAudio(
+            f"the file could not be analysed (unreadable probe output: {exc.msg})"
+        ) from exc
     fmt = data.get("format") or {}
     streams = data.get("streams") or []
     if not fmt.get("format_name"):
@@ -233,24 +279,31 @@ def parse_probe(output: str, size_bytes: int, warnings: list[str] = ()) -> Probe
     duration = float(_num(stream.get("duration"))) or float(_num(fmt.get("duration")))
     bit_rate = int(_num(stream.get("bit_rate"), int)) or int(_num(fmt.get("bit_rate"), int))
     report = MediaReport(
-        container=fmt["format_name"], codec=codec, sample_rate_hz=sample_rate, channels=channels,
-        duration=max(duration, 0.0), bit_rate=max(bit_rate, 0), size_bytes=size_bytes,
+        container=fmt["format_name"],
+        codec=codec,
+        sample_rate_hz=sample_rate,
+        channels=channels,
+        duration=max(duration, 0.0),
+        bit_rate=max(bit_rate, 0),
+        size_bytes=size_bytes,
         has_video=has_video,
     )
     estimated = any("Estimating duration from bitrate" in w for w in warnings)
     return ProbeResult(
-        report=report, stream_index=int(_num(stream.get("index"), int)),
-        demuxer=fmt["format_name"].split(",")[0], duration_estimated=estimated,
+        report=report,
+        stream_index=int(_num(stream.get("index"), int)),
+        demuxer=fmt["format_name"].split(",")[0],
+        duration_estimated=estimated,
     )
 
 
 def clean_line(line: str, path: Path) -> str:
     """An ffmpeg message fit for a caller: no temp path, no pointer, component kept as a prefix."""
     match = _COMPONENT.match(line)
-    text = line[match.end():] if match else line
+    text = line[match.end() :] if match else line
     text = text.replace(f"file:{path}", "input").replace(str(path), "input").strip()
     if text.startswith("input: "):
-        text = text[len("input: "):]
+        text = text[len("input: ") :]
     component = match.group(1).split(",")[0] if match else ""
     return f"{component}: {text}" if component else text
 
@@ -267,8 +320,13 @@ _REFUSED_KINDS = {
 
 
 _TRUNCATION_HINTS = (
-    "do not match", "moov atom not found", "no 'data' tag", "Invalid frame size",
-    "truncat", "End of file", "partial file",
+    "do not match",
+    "moov atom not found",
+    "no 'data' tag",
+    "Invalid frame size",
+    "truncat",
+    "End of file",
+    "partial file",
 )
 
 
@@ -303,6 +361,7 @@ def explain_probe_failure(lines: list[str], path: Path) -> str:
 
 # --------------------------------------------------------------------------- WAV header check
 
+
 def wav_declared_data(head: bytes) -> tuple[int, int, int] | None:
     """(data offset, declared data bytes, byte rate) from a RIFF/WAVE header, or None.
 
@@ -314,9 +373,9 @@ def wav_declared_data(head: bytes) -> tuple[int, int, int] | None:
         return None
     pos, byte_rate = 12, 0
     while pos + 8 <= len(head):
-        tag, size = head[pos:pos + 4], int.from_bytes(head[pos + 4:pos + 8], "little")
+        tag, size = head[pos : pos + 4], int.from_bytes(head[pos + 4 : pos + 8], "little")
         if tag == b"fmt " and pos + 20 <= len(head):
-            byte_rate = int.from_bytes(head[pos + 16:pos + 20], "little")
+            byte_rate = int.from_bytes(head[pos + 16 : pos + 20], "little")
         if tag == b"data":
             if size in (0, 0xFFFFFFFF) or byte_rate <= 0:
                 return None
@@ -326,6 +385,7 @@ def wav_declared_data(head: bytes) -> tuple[int, int, int] | None:
 
 
 # --------------------------------------------------------------------------- child processes
+
 
 def sandboxed(argv: list[str], limits: ChildLimits) -> list[str]:
     """argv run under a /bin/sh that sets the resource limits and then execs the tool.
@@ -340,7 +400,7 @@ def sandboxed(argv: list[str], limits: ChildLimits) -> list[str]:
     script = (
         f"ulimit -v {memory_kib} && ulimit -t {cpu} "
         # No file writes (stdout is a pipe, which the limit does not cover) and no core dumps.
-        "&& ulimit -f 0 && ulimit -c 0 && exec \"$@\""
+        '&& ulimit -f 0 && ulimit -c 0 && exec "$@"'
     )
     return ["/bin/sh", "-c", script, "sandbox", *argv]
 
@@ -359,8 +419,17 @@ _CHILD_ENV = {"LC_ALL": "C", "MALLOC_ARENA_MAX": "2"}
 class Child:
     """One sandboxed ffmpeg/ffprobe run: stream stdout, keep stderr, enforce a deadline."""
 
-    def __init__(self, argv: list[str], limits: ChildLimits, deadline_s: float, cancel: CancelToken,
-                 *, what: str, tool: str, deadline_setting: str):
+    def __init__(
+        self,
+        argv: list[str],
+        limits: ChildLimits,
+        deadline_s: float,
+        cancel: CancelToken,
+        *,
+        what: str,
+        tool: str,
+        deadline_setting: str,
+    ):
         self.argv = argv
         self.what = what  # "decoding": names the activity in messages
         self.tool = tool  # "decoder": names the process in messages
@@ -377,8 +446,13 @@ class Child:
             raise Cancelled("the caller cancelled the request")
         try:
             proc = subprocess.Popen(
-                sandboxed(self.argv, self._limits), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                env=_CHILD_ENV, close_fds=True, start_new_session=True,
+                sandboxed(self.argv, self._limits),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=_CHILD_ENV,
+                close_fds=True,
+                start_new_session=True,
             )
         except OSError as exc:
             raise RuntimeError(f"cannot start {self.argv[0]}: {exc}") from exc

@@ -43,9 +43,10 @@ class PreprocessSettings(ServerSettings):
     ffmpeg_path: str = Field("ffmpeg", description="ffmpeg binary (name on PATH or a path).")
     ffprobe_path: str = Field("ffprobe", description="ffprobe binary (name on PATH or a path).")
     temp_dir: Path | None = Field(
-        None, description="Root for per-request spool directories; system temp dir when unset. "
+        None,
+        description="Root for per-request spool directories; system temp dir when unset. "
         "When set it must belong to this one process: stale asr-preprocess-* spools found there "
-        "at start (left by a killed predecessor) are removed."
+        "at start (left by a killed predecessor) are removed.",
     )
     max_upload_bytes: int = Field(2 << 30, gt=0, description="Largest upload accepted.")
     max_audio_seconds: float = Field(4 * 3600, gt=0, description="Longest audio accepted.")
@@ -55,10 +56,15 @@ class PreprocessSettings(ServerSettings):
     child_memory_bytes: int = Field(
         1 << 30, ge=64 << 20, description="Address-space limit of each ffmpeg/ffprobe child."
     )
-    max_concurrent_jobs: int = Field(4, ge=1, description="Decodes running at once; more wait in a queue.")
+    max_concurrent_jobs: int = Field(
+        4, ge=1, description="Decodes running at once; more wait in a queue."
+    )
     max_queued: int = Field(
-        2, ge=0, description="Requests that may wait for a decode slot (each holds a server thread); "
-        "beyond it RESOURCE_EXHAUSTED with a retry hint.")
+        2,
+        ge=0,
+        description="Requests that may wait for a decode slot (each holds a server thread); "
+        "beyond it RESOURCE_EXHAUSTED with a retry hint.",
+    )
 
     @model_validator(mode="after")
     def _threads_outnumber_admitted_work(self) -> PreprocessSettings:
@@ -67,8 +73,10 @@ class PreprocessSettings(ServerSettings):
             raise ValueError(
                 f"max_workers ({self.max_workers}) must be at least max_concurrent_jobs + max_queued + 2 "
                 f"({needed}): each admitted request holds a server thread, and refusals and health "
-                "checks need free ones")
+                "checks need free ones"
+            )
         return self
+
     loudnorm_target_lufs: float = Field(
         -23.0, le=0, description="Integrated loudness target (EBU R128) of loudness_normalization."
     )
@@ -76,7 +84,8 @@ class PreprocessSettings(ServerSettings):
         -50.0, lt=0, description="Level under which trim_silence cuts (applied after loudnorm)."
     )
     estimate_rtf: float = Field(
-        ESTIMATE_RTF_DEFAULT, ge=0,
+        ESTIMATE_RTF_DEFAULT,
+        ge=0,
         description="Processing seconds per audio second of the deployment's configured model, "
         "for the estimate returned in MediaInfo.estimated_processing (0 = no estimate).",
     )
@@ -100,20 +109,25 @@ def build_preprocessor(settings: PreprocessSettings) -> Preprocessor:
         probe_timeout_seconds=settings.probe_timeout_seconds,
         child_memory_bytes=settings.child_memory_bytes,
     )
-    return Preprocessor(PreprocessorConfig(
-        ffmpeg_path=resolve_binary(settings.ffmpeg_path),
-        ffprobe_path=resolve_binary(settings.ffprobe_path),
-        temp_root=settings.temp_dir,
-        limits=limits,
-        loudnorm_target_lufs=settings.loudnorm_target_lufs,
-        silence_threshold_db=settings.silence_threshold_db,
-        max_concurrent_jobs=settings.max_concurrent_jobs,
-        max_queued=settings.max_queued,
-        estimate_rtf=settings.estimate_rtf,
-    ), on_queue=gauge_reporter(SERVICE))
+    return Preprocessor(
+        PreprocessorConfig(
+            ffmpeg_path=resolve_binary(settings.ffmpeg_path),
+            ffprobe_path=resolve_binary(settings.ffprobe_path),
+            temp_root=settings.temp_dir,
+            limits=limits,
+            loudnorm_target_lufs=settings.loudnorm_target_lufs,
+            silence_threshold_db=settings.silence_threshold_db,
+            max_concurrent_jobs=settings.max_concurrent_jobs,
+            max_queued=settings.max_queued,
+            estimate_rtf=settings.estimate_rtf,
+        ),
+        on_queue=gauge_reporter(SERVICE),
+    )
 
 
-def create_server(settings: PreprocessSettings, preprocessor: Preprocessor | None = None) -> ServerHandle:
+def create_server(
+    settings: PreprocessSettings, preprocessor: Preprocessor | None = None
+) -> ServerHandle:
     """Start a preprocess server; tests pass port 0 and may inject a preprocessor."""
     preprocessor = preprocessor or build_preprocessor(settings)
     servicer = PreprocessServicer(preprocessor)

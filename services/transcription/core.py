@@ -108,8 +108,11 @@ class Decoding:
     def whisper_kwargs(self) -> dict[str, Any]:
         """Keyword arguments shared by both faster-whisper entry points."""
         return dict(
-            language=self.language, beam_size=self.beam_size, best_of=self.best_of,
-            word_timestamps=self.word_timestamps, initial_prompt=self.initial_prompt,
+            language=self.language,
+            beam_size=self.beam_size,
+            best_of=self.best_of,
+            word_timestamps=self.word_timestamps,
+            initial_prompt=self.initial_prompt,
             hotwords=self.hotwords,
         )
 
@@ -154,7 +157,8 @@ class _Stats:
     def invented_segment(self, segment: Segment) -> bool:
         """Whether `segment` is one of Whisper's inventions (see `guards`); counts it."""
         invented = guards.is_squeezed(segment) or (
-            not self.vad_fallback and guards.outside_speech(segment, self.speech or []))
+            not self.vad_fallback and guards.outside_speech(segment, self.speech or [])
+        )
         self.invented += invented
         return invented
 
@@ -166,13 +170,15 @@ def whisper_language(language_code: str) -> str | None:
         return None
     primary = code.replace("_", "-").split("-")[0].lower()
     if not primary.isalpha() or len(primary) not in (2, 3):
-        raise InvalidInput(f"language_code {language_code!r} is not a BCP-47 tag",
-                           field="config.language_code")
+        raise InvalidInput(
+            f"language_code {language_code!r} is not a BCP-47 tag", field="config.language_code"
+        )
     return primary
 
 
-def resolve(options: TranscriptionOptions, duration: float, long_form_min_s: float,
-            max_batch_size: int) -> Decoding:
+def resolve(
+    options: TranscriptionOptions, duration: float, long_form_min_s: float, max_batch_size: int
+) -> Decoding:
     """Validate the options and fill the blanks from the profile."""
     profile = PROFILES.get(options.profile or DEFAULT_PROFILE)
     if profile is None:
@@ -217,15 +223,23 @@ class Transcriber:
     `free_memory()` returns free accelerator bytes (None when unknown) for batch sizing.
     """
 
-    def __init__(self, registry: ModelRegistry, device: str, compute_type: str, *,
-                 queue: WorkQueue | None = None, max_batch_size: int = 16,
-                 long_form_min_s: float = longform.LONG_FORM_MIN_S, vad: VadParams | None = None,
-                 free_memory: Callable[[], int | None] | None = None,
-                 on_batch: Callable[[int], None] | None = None,
-                 on_work: Callable[[float, float], None] | None = None,
-                 pipeline_factory: Callable[[object], object] | None = None,
-                 detect_speech: Callable[[np.ndarray], list[tuple[float, float]]] | None = None,
-                 quiet_gain: bool = True):
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        device: str,
+        compute_type: str,
+        *,
+        queue: WorkQueue | None = None,
+        max_batch_size: int = 16,
+        long_form_min_s: float = longform.LONG_FORM_MIN_S,
+        vad: VadParams | None = None,
+        free_memory: Callable[[], int | None] | None = None,
+        on_batch: Callable[[int], None] | None = None,
+        on_work: Callable[[float, float], None] | None = None,
+        pipeline_factory: Callable[[object], object] | None = None,
+        detect_speech: Callable[[np.ndarray], list[tuple[float, float]]] | None = None,
+        quiet_gain: bool = True,
+    ):
         self.registry = registry
         self.device = device
         self.compute_type = compute_type
@@ -245,8 +259,9 @@ class Transcriber:
         with self.registry.lease(name, self.device, self.compute_type) as model:
             phase = np.arange(SAMPLE_RATE) * 2 * np.pi * 220 / SAMPLE_RATE
             tone = (0.1 * np.sin(phase)).astype(np.float32)
-            segments, _ = model.transcribe(tone, language="pt", beam_size=1, vad_filter=False,
-                                           temperature=0.0)
+            segments, _ = model.transcribe(
+                tone, language="pt", beam_size=1, vad_filter=False, temperature=0.0
+            )
             list(segments)
 
     def speech_tracker(self) -> longform.SpeechTracker:
@@ -259,8 +274,9 @@ class Transcriber:
         resolve(options, 0.0, self.long_form_min_s, self.max_batch_size)
         self.registry.resolve(options.model)
 
-    def admission(self, cancel: threading.Event | None = None,
-                  timeout: float | None = None) -> AbstractContextManager[float]:
+    def admission(
+        self, cancel: threading.Event | None = None, timeout: float | None = None
+    ) -> AbstractContextManager[float]:
         """A worker slot from the queue (yields seconds waited); see `WorkQueue.slot`.
 
         The servicer takes it as soon as a request's config arrives, reads the audio inside it
@@ -277,8 +293,10 @@ class Transcriber:
         decoding = resolve(options, duration, self.long_form_min_s, self.max_batch_size)
         spec = self.registry.resolve(options.model)
         slot = self.admission() if queue_wait is None else nullcontext(queue_wait)
-        with (slot as waited,
-              self.registry.lease(spec.name, self.device, self.compute_type) as model):
+        with (
+            slot as waited,
+            self.registry.lease(spec.name, self.device, self.compute_type) as model,
+        ):
             supported = getattr(model, "supported_languages", None)
             if decoding.language and supported and decoding.language not in supported:
                 raise InvalidInput(
@@ -288,12 +306,17 @@ class Transcriber:
             started = time.perf_counter()
             stats = _Stats(language=decoding.language or "")
             with tracer.start_as_current_span("transcription.decode") as span:
-                span.set_attributes({
-                    "asr.audio.duration_s": duration, "asr.model": spec.name,
-                    "asr.device": self.device, "asr.compute_type": self.compute_type,
-                    "asr.queue_wait_s": waited, "asr.profile": decoding.profile,
-                    "asr.strategy": decoding.strategy,
-                })
+                span.set_attributes(
+                    {
+                        "asr.audio.duration_s": duration,
+                        "asr.model": spec.name,
+                        "asr.device": self.device,
+                        "asr.compute_type": self.compute_type,
+                        "asr.queue_wait_s": waited,
+                        "asr.profile": decoding.profile,
+                        "asr.strategy": decoding.strategy,
+                    }
+                )
                 yield ProgressUpdate(0.0, 0.0, duration, message=f"transcribing with {spec.name}")
                 count = 0
                 if len(audio) > 0 and decoding.vad_filter:
@@ -302,13 +325,19 @@ class Transcriber:
                         assert stats.speech is not None  # _level always sets it
                         if stats.gain_db:
                             span.set_attribute("asr.gain_db", stats.gain_db)
-                        vad_span.set_attributes({
-                            "asr.audio.duration_s": duration,
-                            "asr.vad.speech_ranges": len(stats.speech),
-                            "asr.vad.speech_s": sum(b - a for a, b in stats.speech)})
+                        vad_span.set_attributes(
+                            {
+                                "asr.audio.duration_s": duration,
+                                "asr.vad.speech_ranges": len(stats.speech),
+                                "asr.vad.speech_s": sum(b - a for a, b in stats.speech),
+                            }
+                        )
                 if len(audio) > 0:
-                    run = {SEQUENTIAL: self._sequential, BATCHED: self._batched,
-                           LOCKSTEP: self._lockstep}[decoding.strategy]
+                    run = {
+                        SEQUENTIAL: self._sequential,
+                        BATCHED: self._batched,
+                        LOCKSTEP: self._lockstep,
+                    }[decoding.strategy]
                     for event in run(model, audio, decoding, stats, started):
                         if isinstance(event, Segment):
                             if stats.invented_segment(event):
@@ -317,25 +346,31 @@ class Transcriber:
                                 yield _renumber(segment, count)
                                 count += 1
                         else:
-                            span.add_event("progress", {
-                                "asr.fraction": event.fraction,
-                                "asr.audio_done_s": event.audio_processed,
-                                "asr.eta_s": event.eta,
-                            })
+                            span.add_event(
+                                "progress",
+                                {
+                                    "asr.fraction": event.fraction,
+                                    "asr.audio_done_s": event.audio_processed,
+                                    "asr.eta_s": event.eta,
+                                },
+                            )
                             yield event
                     for segment in stats.loops.flush():
                         yield _renumber(segment, count)
                         count += 1
                 elapsed = time.perf_counter() - started
-                span.set_attributes({
-                    "asr.rtf": elapsed / duration if duration else 0.0,
-                    "asr.batch_size": stats.batch_size, "asr.segments": count,
-                    "asr.vad_fallback": stats.vad_fallback,
-                    "asr.redecoded_windows": stats.redecoded,
-                    "asr.tail_batches": stats.tails,
-                    "asr.repetitions_removed": stats.loops.removed,
-                    "asr.invented_removed": stats.invented,
-                })
+                span.set_attributes(
+                    {
+                        "asr.rtf": elapsed / duration if duration else 0.0,
+                        "asr.batch_size": stats.batch_size,
+                        "asr.segments": count,
+                        "asr.vad_fallback": stats.vad_fallback,
+                        "asr.redecoded_windows": stats.redecoded,
+                        "asr.tail_batches": stats.tails,
+                        "asr.repetitions_removed": stats.loops.removed,
+                        "asr.invented_removed": stats.invented,
+                    }
+                )
             self._on_work(duration, elapsed)
             yield ProgressUpdate(1.0, duration, duration, message="transcription done")
             yield TranscriptionSummary(
@@ -375,13 +410,15 @@ class Transcriber:
 
     # -- sequential: plain faster-whisper -------------------------------------------------
 
-    def _sequential(self, model: Any, audio: np.ndarray, decoding: Decoding, stats: _Stats,
-                    started: float) -> Iterator[ProgressUpdate | Segment]:
+    def _sequential(
+        self, model: Any, audio: np.ndarray, decoding: Decoding, stats: _Stats, started: float
+    ) -> Iterator[ProgressUpdate | Segment]:
         samples = longform.to_float(audio)
         duration = len(samples) / SAMPLE_RATE
         emitted = 0
-        for event in self._decode_sequential(model, samples, decoding, stats, started,
-                                             decoding.vad_filter):
+        for event in self._decode_sequential(
+            model, samples, decoding, stats, started, decoding.vad_filter
+        ):
             emitted += isinstance(event, Segment)
             yield event
         if emitted == 0 and decoding.vad_filter and guards.has_energy(samples):
@@ -390,20 +427,35 @@ class Transcriber:
             with tracer.start_as_current_span("transcription.vad_fallback") as span:
                 span.set_attribute("asr.audio.duration_s", duration)
                 stats.vad_fallback = True
-                yield from self._decode_sequential(model, samples, decoding, stats, started, False,
-                                                   strict=True)
+                yield from self._decode_sequential(
+                    model, samples, decoding, stats, started, False, strict=True
+                )
 
-    def _decode_sequential(self, model: Any, samples: np.ndarray, decoding: Decoding, stats: _Stats,
-                           started: float, vad_filter: bool, strict: bool = False,
-                           window: Window | None = None,
-                           total: float | None = None) -> Iterator[ProgressUpdate | Segment]:
+    def _decode_sequential(
+        self,
+        model: Any,
+        samples: np.ndarray,
+        decoding: Decoding,
+        stats: _Stats,
+        started: float,
+        vad_filter: bool,
+        strict: bool = False,
+        window: Window | None = None,
+        total: float | None = None,
+    ) -> Iterator[ProgressUpdate | Segment]:
         duration = total or len(samples) / SAMPLE_RATE
         with tracer.start_as_current_span("transcription.window") as span:
-            span.set_attributes({"asr.batch_size": 1,
-                                 "asr.window.start_s": window.start if window else 0.0,
-                                 "asr.window.duration_s": len(samples) / SAMPLE_RATE})
+            span.set_attributes(
+                {
+                    "asr.batch_size": 1,
+                    "asr.window.start_s": window.start if window else 0.0,
+                    "asr.window.duration_s": len(samples) / SAMPLE_RATE,
+                }
+            )
             raw_segments, info = model.transcribe(
-                samples, vad_filter=vad_filter, temperature=list(decoding.temperatures),
+                samples,
+                vad_filter=vad_filter,
+                temperature=list(decoding.temperatures),
                 **decoding.whisper_kwargs(),
             )
             stats.language, stats.language_probability = info.language, info.language_probability
@@ -417,12 +469,14 @@ class Transcriber:
 
     # -- lockstep: chunks decoded sequentially, their model calls batched --------------------
 
-    def _lockstep(self, model: Any, audio: np.ndarray, decoding: Decoding, stats: _Stats,
-                  started: float) -> Iterator[ProgressUpdate | Segment]:
+    def _lockstep(
+        self, model: Any, audio: np.ndarray, decoding: Decoding, stats: _Stats, started: float
+    ) -> Iterator[ProgressUpdate | Segment]:
         duration = len(audio) / SAMPLE_RATE
         speech = stats.speech if stats.speech is not None else [(0.0, duration)]
         streams = decoding.batch_size or longform.batch_size_for(
-            duration, self.device, self._free_memory(), self.max_batch_size)
+            duration, self.device, self._free_memory(), self.max_batch_size
+        )
         chunks = lockstep.plan_chunks(speech, streams)
         if len(chunks) < 2:  # short or VAD heard nothing: plain sequential, with its fallback
             yield from self._sequential(model, audio, decoding, stats, started)
@@ -433,10 +487,14 @@ class Transcriber:
             decoding = _replace_language(decoding, language)
             stats.language, stats.language_probability = language, probability
         stats.batch_size = len(chunks)
-        arrays = [longform.to_float(audio[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)])
-                  for a, b in chunks]
-        kwargs = dict(vad_filter=decoding.vad_filter, temperature=list(decoding.temperatures),
-                      **decoding.whisper_kwargs())
+        arrays = [
+            longform.to_float(audio[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)]) for a, b in chunks
+        ]
+        kwargs = dict(
+            vad_filter=decoding.vad_filter,
+            temperature=list(decoding.temperatures),
+            **decoding.whisper_kwargs(),
+        )
         with tracer.start_as_current_span("transcription.lockstep") as span:
             span.set_attributes({"asr.batch_size": len(chunks), "asr.audio.duration_s": duration})
             for index, raw in lockstep.transcribe_chunks(model, arrays, kwargs, self._on_batch):
@@ -453,8 +511,9 @@ class Transcriber:
 
     # -- batched: windows at silences, decoded together ---------------------------------------
 
-    def _batched(self, model: Any, audio: np.ndarray, decoding: Decoding, stats: _Stats,
-                 started: float) -> Iterator[ProgressUpdate | Segment]:
+    def _batched(
+        self, model: Any, audio: np.ndarray, decoding: Decoding, stats: _Stats, started: float
+    ) -> Iterator[ProgressUpdate | Segment]:
         duration = len(audio) / SAMPLE_RATE
         speech = stats.speech if stats.speech is not None else [(0.0, duration)]
         windows = longform.plan_windows(speech)
@@ -469,7 +528,8 @@ class Transcriber:
             decoding = _replace_language(decoding, language)
             stats.language, stats.language_probability = language, probability
         size = decoding.batch_size or longform.batch_size_for(
-            duration, self.device, self._free_memory(), self.max_batch_size)
+            duration, self.device, self._free_memory(), self.max_batch_size
+        )
         stats.batch_size = size
         pipeline = self._pipeline_factory(model)
         # Windows are planned a batch at a time from the speech still to decode, so speech a
@@ -481,10 +541,14 @@ class Transcriber:
             with tracer.start_as_current_span("transcription.batch") as span:
                 batch_started = time.perf_counter()
                 audio_s = sum(w.duration for w in batch)
-                span.set_attributes({
-                    "asr.batch_size": len(batch), "asr.window.start_s": min(w.start for w in batch),
-                    "asr.window.end_s": max(w.end for w in batch), "asr.audio.duration_s": audio_s,
-                })
+                span.set_attributes(
+                    {
+                        "asr.batch_size": len(batch),
+                        "asr.window.start_s": min(w.start for w in batch),
+                        "asr.window.end_s": max(w.end for w in batch),
+                        "asr.audio.duration_s": audio_s,
+                    }
+                )
                 self._on_batch(len(batch))
                 per_window = self._decode_batch(pipeline, audio, batch, decoding)
                 left: list[tuple[float, float, int]] = []
@@ -492,9 +556,18 @@ class Transcriber:
                     if failed or (stats.vad_fallback and not segments):
                         stats.redecoded += failed
                         segments = [
-                            s for s in self._decode_sequential(
-                                model, window.samples(audio), decoding, stats, started, False,
-                                strict=stats.vad_fallback, window=window, total=duration)
+                            s
+                            for s in self._decode_sequential(
+                                model,
+                                window.samples(audio),
+                                decoding,
+                                stats,
+                                started,
+                                False,
+                                strict=stats.vad_fallback,
+                                window=window,
+                                total=duration,
+                            )
                             if isinstance(s, Segment)
                         ]
                     elif window.attempt < longform.MAX_TAIL_ATTEMPTS:
@@ -504,14 +577,18 @@ class Transcriber:
                     held.extend(segments)
                 stats.tails += bool(left)
                 batch_s = time.perf_counter() - batch_started
-                span.set_attributes({"asr.rtf": batch_s / max(audio_s, 1e-6),
-                                     "asr.tail_s": sum(b - a for a, b, _ in left)})
+                span.set_attributes(
+                    {
+                        "asr.rtf": batch_s / max(audio_s, 1e-6),
+                        "asr.tail_s": sum(b - a for a, b, _ in left),
+                    }
+                )
             remaining.extendleft(reversed(sorted(left)))
             # Segments after speech that is still to decode wait, so they leave in time order.
             limit = min((a for a, _, _ in left), default=float("inf"))
             held.sort(key=lambda seg: seg.start)
             ready = [seg for seg in held if seg.start < limit]
-            held = held[len(ready):]
+            held = held[len(ready) :]
             yield from ready
             done = remaining[0][0] if remaining else duration
             yield _progress(min(done, duration), duration, started)
@@ -544,17 +621,23 @@ class Transcriber:
         found = get_speech_timestamps(block, self.vad.options(longform.WINDOW_S))
         return [(t["start"] / SAMPLE_RATE, t["end"] / SAMPLE_RATE) for t in found]
 
-    def _decode_batch(self, pipeline: Any, audio: np.ndarray, batch: list[Window],
-                      decoding: Decoding) -> list[tuple[list[Segment], bool]]:
+    def _decode_batch(
+        self, pipeline: Any, audio: np.ndarray, batch: list[Window], decoding: Decoding
+    ) -> list[tuple[list[Segment], bool]]:
         """Decode windows together; per window its segments and whether it looks failed."""
         parts = [w.samples(audio) for w in batch]
         offsets = np.cumsum([0] + [len(p) for p in parts[:-1]]) / SAMPLE_RATE
-        clips = [{"start": float(o), "end": float(o) + len(p) / SAMPLE_RATE}
-                 for o, p in zip(offsets, parts)]
+        clips = [
+            {"start": float(o), "end": float(o) + len(p) / SAMPLE_RATE}
+            for o, p in zip(offsets, parts)
+        ]
         raw_segments, _ = pipeline.transcribe(
-            np.concatenate(parts), clip_timestamps=clips, without_timestamps=False,
+            np.concatenate(parts),
+            clip_timestamps=clips,
+            without_timestamps=False,
             vad_filter=False,
-            batch_size=len(batch), temperature=decoding.temperatures[0],
+            batch_size=len(batch),
+            temperature=decoding.temperatures[0],
             **{**decoding.whisper_kwargs(), "beam_size": decoding.batched_beam_size},
         )
         grouped: list[list[Any]] = [[] for _ in batch]
@@ -577,8 +660,9 @@ class Transcriber:
             if guards.is_silent(segments[0]):
                 out.append(([], False))
                 continue
-            failed = guards.is_failed_window(head.avg_logprob, _compression_ratio(text),
-                                             head.no_speech_prob)
+            failed = guards.is_failed_window(
+                head.avg_logprob, _compression_ratio(text), head.no_speech_prob
+            )
             out.append((segments, failed and len(decoding.temperatures) > 1))
         return out
 
@@ -645,7 +729,7 @@ def to_segment(index: int, raw: Any, to_file: Callable[[float], float] | None = 
 
 
 def auto_device(requested: str) -> str:
-    """"auto" → "cuda" when CTranslate2 sees a GPU, else "cpu"."""
+    """ "auto" → "cuda" when CTranslate2 sees a GPU, else "cpu"."""
     if requested != "auto":
         return requested
     import ctranslate2
@@ -654,7 +738,7 @@ def auto_device(requested: str) -> str:
 
 
 def auto_compute_type(requested: str, device: str) -> str:
-    """"auto" → float16 on CUDA, int8 on CPU."""
+    """ "auto" → float16 on CUDA, int8 on CPU."""
     if requested != "auto":
         return requested
     return "float16" if device == "cuda" else "int8"

@@ -107,9 +107,7 @@ def has_energy(samples: np.ndarray, floor_dbfs: float = ENERGY_FLOOR_DBFS) -> bo
 
 def is_silent(segment: Segment) -> bool:
     """Whisper's own no-speech rule, applied to a segment that was emitted anyway."""
-    return (
-        segment.no_speech_prob > NO_SPEECH_THRESHOLD and segment.avg_logprob < LOG_PROB_THRESHOLD
-    )
+    return segment.no_speech_prob > NO_SPEECH_THRESHOLD and segment.avg_logprob < LOG_PROB_THRESHOLD
 
 
 def is_squeezed(segment: Segment) -> bool:
@@ -126,8 +124,9 @@ def is_squeezed(segment: Segment) -> bool:
     return mean < INVENTED_MAX_PROBABILITY and span < INVENTED_MAX_SECONDS_PER_WORD * len(words)
 
 
-def outside_speech(segment: Segment, speech: list[tuple[float, float]],
-                   margin: float = SPEECH_MARGIN_S) -> bool:
+def outside_speech(
+    segment: Segment, speech: list[tuple[float, float]], margin: float = SPEECH_MARGIN_S
+) -> bool:
     """True when none of the segment's words touches a VAD speech range (± `margin`).
 
     Text after the last speech or inside a pause was not heard by VAD: Whisper took it from the
@@ -175,8 +174,9 @@ def _audio_says_so(words: list[Word], start: int, size: int, count: int) -> bool
     return True
 
 
-def find_loops(words: list[Word], max_repeats: int = MAX_REPEATS,
-               max_phrase: int = MAX_PHRASE_WORDS) -> list[tuple[int, int]]:
+def find_loops(
+    words: list[Word], max_repeats: int = MAX_REPEATS, max_phrase: int = MAX_PHRASE_WORDS
+) -> list[tuple[int, int]]:
     """Index ranges [start, end) of words to drop so no phrase repeats more than max_repeats.
 
     A run of n > max_repeats consecutive copies of a phrase keeps its first max_repeats copies,
@@ -226,8 +226,12 @@ def _rebuild(segment: Segment, kept: list[Word]) -> Segment | None:
     if not kept:
         return None
     if segment.words:
-        return replace(segment, words=tuple(kept), text=" ".join(w.word for w in kept),
-                       end=max(w.end for w in kept))
+        return replace(
+            segment,
+            words=tuple(kept),
+            text=" ".join(w.word for w in kept),
+            end=max(w.end for w in kept),
+        )
     return replace(segment, text=" ".join(w.word for w in kept))
 
 
@@ -260,7 +264,7 @@ class LoopFilter:
         out, self._buffer = self._buffer[:count], self._buffer[count:]
         for segment in out:
             self._context.extend(_units(segment))
-        self._context = self._context[-(MAX_PHRASE_WORDS * (self.max_repeats + 1)):]
+        self._context = self._context[-(MAX_PHRASE_WORDS * (self.max_repeats + 1)) :]
         return out
 
     def _cut(self) -> None:

@@ -98,8 +98,16 @@ class LockstepBatcher:
 
     def align(self, encoding: _Encoding, text_tokens: list[int], num_frames: int, kwargs: dict):
         """Word-timestamp alignment of one window's text, batched like `generate`."""
-        return self._submit(_Call(encoding, text_tokens, kwargs, ("align", *_key(kwargs)),
-                                  kind="align", num_frames=num_frames))
+        return self._submit(
+            _Call(
+                encoding,
+                text_tokens,
+                kwargs,
+                ("align", *_key(kwargs)),
+                kind="align",
+                num_frames=num_frames,
+            )
+        )
 
     def _submit(self, call: _Call):
         if self.cancelled:
@@ -147,12 +155,14 @@ class LockstepBatcher:
             for k, encoding in enumerate(fresh):
                 encoding.output = out[k]
         batch = ctranslate2.StorageView.from_array(
-            np.ascontiguousarray(np.stack([c.encoding.output for c in group])))
+            np.ascontiguousarray(np.stack([c.encoding.output for c in group]))
+        )
         if group[0].kind == "align":
             kwargs = dict(group[0].kwargs)
             start = kwargs.pop("start_sequence")
-            results = self.model.align(batch, start, [c.prompt for c in group],
-                                       [c.num_frames for c in group], **kwargs)
+            results = self.model.align(
+                batch, start, [c.prompt for c in group], [c.num_frames for c in group], **kwargs
+            )
         else:
             self.on_batch(len(group))
             prompts = _align_prompts([c.prompt for c in group], self.sot)
@@ -202,11 +212,16 @@ class _BatchedModel:
 
     def align(self, encoder_output, start_sequence, text_tokens, num_frames, **kwargs):
         if not isinstance(encoder_output, _Encoding) or len(text_tokens) != 1:
-            return self._real.align(_storage(encoder_output), start_sequence, text_tokens,
-                                    num_frames, **kwargs)
+            return self._real.align(
+                _storage(encoder_output), start_sequence, text_tokens, num_frames, **kwargs
+            )
         frames = num_frames[0] if isinstance(num_frames, list) else num_frames
-        result = self._batcher.align(encoder_output, list(text_tokens[0]), int(frames),
-                                     {"start_sequence": list(start_sequence), **kwargs})
+        result = self._batcher.align(
+            encoder_output,
+            list(text_tokens[0]),
+            int(frames),
+            {"start_sequence": list(start_sequence), **kwargs},
+        )
         return [result]
 
     def detect_language(self, encoder_output, *args, **kwargs):
@@ -238,9 +253,12 @@ def _lockstep_copy(model, batcher: LockstepBatcher):
     return clone
 
 
-def transcribe_chunks(model, chunks: list[np.ndarray], kwargs: dict,
-                      on_batch: Callable[[int], None] = lambda size: None
-                      ) -> Iterator[tuple[int, object]]:
+def transcribe_chunks(
+    model,
+    chunks: list[np.ndarray],
+    kwargs: dict,
+    on_batch: Callable[[int], None] = lambda size: None,
+) -> Iterator[tuple[int, object]]:
     """Run `model.transcribe(chunk, **kwargs)` on every chunk at once, batching model calls.
 
     Yields `(chunk index, faster-whisper Segment)` with chunk-relative times, chunk 0's first:
@@ -250,8 +268,12 @@ def transcribe_chunks(model, chunks: list[np.ndarray], kwargs: dict,
     """
     if not chunks:
         return
-    batcher = LockstepBatcher(model.model, len(chunks), on_batch,
-                              sot=model.hf_tokenizer.token_to_id("<|startoftranscript|>"))
+    batcher = LockstepBatcher(
+        model.model,
+        len(chunks),
+        on_batch,
+        sot=model.hf_tokenizer.token_to_id("<|startoftranscript|>"),
+    )
     results: list[list] = [[] for _ in chunks]
     finished = [threading.Event() for _ in chunks]
     errors: list[BaseException | None] = [None] * len(chunks)
@@ -271,8 +293,10 @@ def transcribe_chunks(model, chunks: list[np.ndarray], kwargs: dict,
             batcher.leave()
             finished[index].set()
 
-    threads = [threading.Thread(target=run, args=(i,), name=f"lockstep-{i}", daemon=True)
-               for i in range(len(chunks))]
+    threads = [
+        threading.Thread(target=run, args=(i,), name=f"lockstep-{i}", daemon=True)
+        for i in range(len(chunks))
+    ]
     for thread in threads:
         thread.start()
     try:

@@ -106,8 +106,9 @@ class Window:
 
     def samples(self, audio: np.ndarray) -> np.ndarray:
         """The window's glued audio (float32) from the whole file's samples."""
-        parts = [to_float(audio[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)])
-                 for a, b in self.pieces]
+        parts = [
+            to_float(audio[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)]) for a, b in self.pieces
+        ]
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
@@ -138,8 +139,11 @@ class SpeechTracker:
     so the next block starts at that range's start instead and the range is detected again whole.
     """
 
-    def __init__(self, detect: Callable[[np.ndarray], list[tuple[float, float]]],
-                 block_s: float = VAD_BLOCK_S):
+    def __init__(
+        self,
+        detect: Callable[[np.ndarray], list[tuple[float, float]]],
+        block_s: float = VAD_BLOCK_S,
+    ):
         self._detect = detect
         self._block_s = block_s
         self._pieces: list[np.ndarray] = []
@@ -209,8 +213,12 @@ class SpeechTracker:
             self._offset, self._held = upto, self._held - cut
 
 
-def plan_windows(speech: list[tuple[float, float]], max_s: float = WINDOW_S,
-                 min_fill: float = 0.75, attempt: int = 0) -> list[Window]:
+def plan_windows(
+    speech: list[tuple[float, float]],
+    max_s: float = WINDOW_S,
+    min_fill: float = 0.75,
+    attempt: int = 0,
+) -> list[Window]:
     """Group speech ranges into windows of at most `max_s` seconds of speech.
 
     Each window takes as many consecutive ranges as fit, then gives back the tail after the
@@ -241,8 +249,9 @@ def plan_windows(speech: list[tuple[float, float]], max_s: float = WINDOW_S,
     return windows
 
 
-def split_long(speech: list[tuple[float, float]],
-               max_s: float = WINDOW_S) -> list[tuple[float, float]]:
+def split_long(
+    speech: list[tuple[float, float]], max_s: float = WINDOW_S
+) -> list[tuple[float, float]]:
     """Cut ranges longer than `max_s` into pieces that fit a window."""
     out = []
     for a, b in speech:

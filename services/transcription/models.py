@@ -44,7 +44,9 @@ def discover_models(models_dir: Path) -> dict[str, ModelSpec]:
         if (entry / "model.bin").is_file():
             found[entry.name] = ModelSpec(entry.name, entry)
         elif entry.name.startswith("models--") and (entry / "snapshots").is_dir():
-            snapshots = sorted(p for p in (entry / "snapshots").iterdir() if (p / "model.bin").is_file())
+            snapshots = sorted(
+                p for p in (entry / "snapshots").iterdir() if (p / "model.bin").is_file()
+            )
             if snapshots:
                 name = entry.name.split("--")[-1]
                 found[name] = ModelSpec(name, snapshots[-1])
@@ -52,7 +54,7 @@ def discover_models(models_dir: Path) -> dict[str, ModelSpec]:
     for name, spec in list(found.items()):
         for prefix in ("faster-whisper-", "whisper-"):
             if name.startswith(prefix):
-                found.setdefault(name[len(prefix):], spec)
+                found.setdefault(name[len(prefix) :], spec)
     return found
 
 
@@ -123,10 +125,17 @@ class ModelRegistry:
     call the registry.
     """
 
-    def __init__(self, models_dir: Path, default_model: str, loader, *, idle_unload_s: float = 0.0,
-                 on_change: Callable[[str, str, str, bool], None] | None = None,
-                 on_lookup: Callable[[bool], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        models_dir: Path,
+        default_model: str,
+        loader,
+        *,
+        idle_unload_s: float = 0.0,
+        on_change: Callable[[str, str, str, bool], None] | None = None,
+        on_lookup: Callable[[bool], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self._models_dir = models_dir
         self._specs = discover_models(models_dir)
         self.default_model = default_model
@@ -192,14 +201,18 @@ class ModelRegistry:
                 pending.wait()
                 continue
             try:
-                log.info("loading model %s from %s on %s/%s", spec.name, spec.path, device, compute_type)
+                log.info(
+                    "loading model %s from %s on %s/%s", spec.name, spec.path, device, compute_type
+                )
                 model = self._loader(spec, device, compute_type)
             except BaseException as exc:
                 with self._lock:
                     del self._loading[key]
                 pending.finish(exc)
                 raise
-            entry = _Loaded(model, spec.name, device, compute_type, in_use=1, last_used=self._clock())
+            entry = _Loaded(
+                model, spec.name, device, compute_type, in_use=1, last_used=self._clock()
+            )
             with self._lock:
                 self._loaded[key] = entry
                 del self._loading[key]
@@ -252,7 +265,9 @@ class ModelRegistry:
                     dropped.append(self._loaded.pop(key))
                     self._on_change(entry.name, entry.device, entry.compute_type, False)
         for entry in dropped:
-            log.info("unloading idle model %s (%s/%s)", entry.name, entry.device, entry.compute_type)
+            log.info(
+                "unloading idle model %s (%s/%s)", entry.name, entry.device, entry.compute_type
+            )
             unload = getattr(entry.model, "unload", None)
             if callable(unload):
                 unload()

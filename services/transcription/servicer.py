@@ -65,23 +65,28 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
     def StreamingTranscribe(self, request_iterator, context):
         return self._streaming(request_iterator, context)
 
-    def Transcribe(self, request_iterator,
-                   context: grpc.ServicerContext) -> Iterator[pb.TranscribeResponse]:
+    def Transcribe(
+        self, request_iterator, context: grpc.ServicerContext
+    ) -> Iterator[pb.TranscribeResponse]:
         config = read_config(request_iterator)
         options = options_from_config(config)
         self._transcriber.validate(options)
         # Admission before the upload: a refused request is answered at once, and a waiting
         # one holds no audio. The slot covers reading the audio and decoding it.
         cancel, timeout = rpc_watch(context)
-        meter = UploadMeter(config.pcm_size_bytes, cancel, what="audio stream",
-                            field="config.pcm_size_bytes")
+        meter = UploadMeter(
+            config.pcm_size_bytes, cancel, what="audio stream", field="config.pcm_size_bytes"
+        )
         with self._transcriber.admission(cancel, timeout) as waited:
             yield from self._transcribe(
                 read_pcm(request_iterator, max_audio_seconds=self._max_audio_seconds, meter=meter),
-                options, waited)
+                options,
+                waited,
+            )
 
-    def _transcribe(self, pcm: bytearray, options: TranscriptionOptions,
-                    waited: float) -> Iterator[pb.TranscribeResponse]:
+    def _transcribe(
+        self, pcm: bytearray, options: TranscriptionOptions, waited: float
+    ) -> Iterator[pb.TranscribeResponse]:
         span = trace.get_current_span()
         span.set_attribute("asr.audio.duration_s", pcm_duration(len(pcm)))
         for event in self._transcriber.transcribe(pcm_samples(pcm), options, queue_wait=waited):
@@ -90,43 +95,60 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
             elif isinstance(event, ProgressUpdate):
                 yield pb.TranscribeResponse(progress=convert.progress_to_proto(STAGE, event))
             elif isinstance(event, TranscriptionSummary):
-                rtf = (event.processing_seconds / event.audio_duration
-                       if event.audio_duration else 0.0)
-                span.set_attributes({
-                    "asr.model": event.model, "asr.device": event.device,
-                    "asr.compute_type": event.compute_type, "asr.rtf": rtf,
-                    "asr.segments": event.segment_count, "asr.batch_size": event.batch_size,
-                    "asr.queue_wait_s": event.queue_wait_seconds, "asr.profile": event.profile,
-                })
-                yield pb.TranscribeResponse(result=pb.TranscriptionResult(
-                    language_code=event.language_code,
-                    language_probability=event.language_probability,
-                    audio_duration=convert.duration(event.audio_duration),
-                    model=event.model, device=event.device, compute_type=event.compute_type,
-                    processing_duration=convert.duration(event.processing_seconds),
-                    segment_count=event.segment_count,
-                    profile=event.profile, strategy=event.strategy, batch_size=event.batch_size,
-                    queue_wait=convert.duration(event.queue_wait_seconds),
-                    vad_fallback=event.vad_fallback, redecoded_windows=event.redecoded_windows,
-                    repetitions_removed=event.repetitions_removed,
-                ))
+                rtf = (
+                    event.processing_seconds / event.audio_duration if event.audio_duration else 0.0
+                )
+                span.set_attributes(
+                    {
+                        "asr.model": event.model,
+                        "asr.device": event.device,
+                        "asr.compute_type": event.compute_type,
+                        "asr.rtf": rtf,
+                        "asr.segments": event.segment_count,
+                        "asr.batch_size": event.batch_size,
+                        "asr.queue_wait_s": event.queue_wait_seconds,
+                        "asr.profile": event.profile,
+                    }
+                )
+                yield pb.TranscribeResponse(
+                    result=pb.TranscriptionResult(
+                        language_code=event.language_code,
+                        language_probability=event.language_probability,
+                        audio_duration=convert.duration(event.audio_duration),
+                        model=event.model,
+                        device=event.device,
+                        compute_type=event.compute_type,
+                        processing_duration=convert.duration(event.processing_seconds),
+                        segment_count=event.segment_count,
+                        profile=event.profile,
+                        strategy=event.strategy,
+                        batch_size=event.batch_size,
+                        queue_wait=convert.duration(event.queue_wait_seconds),
+                        vad_fallback=event.vad_fallback,
+                        redecoded_windows=event.redecoded_windows,
+                        repetitions_removed=event.repetitions_removed,
+                    )
+                )
 
-    def DetectSpeech(self, request_iterator,
-                     context: grpc.ServicerContext) -> Iterator[pb.DetectSpeechResponse]:
+    def DetectSpeech(
+        self, request_iterator, context: grpc.ServicerContext
+    ) -> Iterator[pb.DetectSpeechResponse]:
         """Speech ranges as the audio streams in (the gateway plans fan-out cuts from them).
 
         No decoding slot: VAD is a small fraction of decoding's cost, and a planner waiting
         behind the decodes it is about to plan would only delay them."""
         config = read_config(request_iterator)
         cancel, _ = rpc_watch(context)
-        meter = UploadMeter(config.pcm_size_bytes, cancel, what="audio stream",
-                            field="config.pcm_size_bytes")
+        meter = UploadMeter(
+            config.pcm_size_bytes, cancel, what="audio stream", field="config.pcm_size_bytes"
+        )
         tracker = self._transcriber.speech_tracker()
         reported = 0.0
         tracer = trace.get_tracer(__name__)
         with tracer.start_as_current_span("transcription.detect_speech") as span:
-            for piece in pcm_pieces(request_iterator, max_audio_seconds=self._max_audio_seconds,
-                                    meter=meter):
+            for piece in pcm_pieces(
+                request_iterator, max_audio_seconds=self._max_audio_seconds, meter=meter
+            ):
                 found = tracker.push(pcm_samples(piece))
                 if found or tracker.processed > reported:
                     reported = tracker.processed
@@ -138,19 +160,24 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
     def ListModels(self, request, context) -> pb.ListModelsResponse:
         registry = self._transcriber.registry
         default = registry.resolve("").path  # a missing default is a server fault (INTERNAL)
-        return pb.ListModelsResponse(models=[
-            pb.ModelInfo(
-                name=name,
-                loaded=registry.is_loaded(name),
-                is_default=registry.resolve(name).path == default,
-                weights_sha256=weights_sha256(registry.resolve(name).path),
-            )
-            for name in registry.names()
-        ])
+        return pb.ListModelsResponse(
+            models=[
+                pb.ModelInfo(
+                    name=name,
+                    loaded=registry.is_loaded(name),
+                    is_default=registry.resolve(name).path == default,
+                    weights_sha256=weights_sha256(registry.resolve(name).path),
+                )
+                for name in registry.names()
+            ]
+        )
 
 
-def _speech_response(ranges: list[tuple[float, float]], processed: float,
-                     done: bool = False) -> pb.DetectSpeechResponse:
+def _speech_response(
+    ranges: list[tuple[float, float]], processed: float, done: bool = False
+) -> pb.DetectSpeechResponse:
     return pb.DetectSpeechResponse(
         ranges=[convert.range_to_proto(TimeRange(a, b)) for a, b in ranges],
-        audio_processed=convert.duration(processed), done=done)
+        audio_processed=convert.duration(processed),
+        done=done,
+    )

@@ -82,12 +82,33 @@ class LatencyProfile:
 
 
 PROFILES = {
-    "low_latency": LatencyProfile("low_latency", step_s=0.5, window_s=8.0, max_buffer_s=15.0,
-                                  beam_size=1, agreement=2, endpoint_silence_s=0.3),
-    "balanced": LatencyProfile("balanced", step_s=1.0, window_s=12.0, max_buffer_s=20.0,
-                               beam_size=1, agreement=2, endpoint_silence_s=0.5),
-    "accurate": LatencyProfile("accurate", step_s=1.5, window_s=20.0, max_buffer_s=28.0,
-                               beam_size=5, agreement=2, endpoint_silence_s=0.8),
+    "low_latency": LatencyProfile(
+        "low_latency",
+        step_s=0.5,
+        window_s=8.0,
+        max_buffer_s=15.0,
+        beam_size=1,
+        agreement=2,
+        endpoint_silence_s=0.3,
+    ),
+    "balanced": LatencyProfile(
+        "balanced",
+        step_s=1.0,
+        window_s=12.0,
+        max_buffer_s=20.0,
+        beam_size=1,
+        agreement=2,
+        endpoint_silence_s=0.5,
+    ),
+    "accurate": LatencyProfile(
+        "accurate",
+        step_s=1.5,
+        window_s=20.0,
+        max_buffer_s=28.0,
+        beam_size=5,
+        agreement=2,
+        endpoint_silence_s=0.8,
+    ),
 }
 """Why these values: every decode runs Whisper's encoder over a full 30 s window however short
 the buffer, so CPU per audio second is ~1/step_s decodes; utterance ends do not wait for a
@@ -121,26 +142,44 @@ class SessionOptions:
     initial_prompt: str = ""
 
 
-def resolve_options(options: SessionOptions, service_max_s: float) -> tuple[SessionOptions, LatencyProfile]:
+def resolve_options(
+    options: SessionOptions, service_max_s: float
+) -> tuple[SessionOptions, LatencyProfile]:
     """Check the options and fill the blanks from the profile and the service limits."""
     profile = PROFILES.get(options.profile or DEFAULT_PROFILE)
     if profile is None:
-        raise InvalidInput(f"unknown latency profile {options.profile!r}; choose from {', '.join(PROFILES)}",
-                           field="config.latency_profile")
+        raise InvalidInput(
+            f"unknown latency profile {options.profile!r}; choose from {', '.join(PROFILES)}",
+            field="config.latency_profile",
+        )
     if options.language is None:
-        raise InvalidInput("language detection (\"auto\") is not available for streaming; name the "
-                           "language, for example pt-BR", field="config.language_code")
+        raise InvalidInput(
+            'language detection ("auto") is not available for streaming; name the '
+            "language, for example pt-BR",
+            field="config.language_code",
+        )
     silence = options.endpoint_silence_s or profile.endpoint_silence_s
     if not 0.1 <= silence <= 5.0:
-        raise InvalidInput(f"endpointing silence must be between 0.1 and 5 s, got {silence:g} s",
-                           field="config.endpointing.silence")
+        raise InvalidInput(
+            f"endpointing silence must be between 0.1 and 5 s, got {silence:g} s",
+            field="config.endpointing.silence",
+        )
     if options.max_session_s < 0:
-        raise InvalidInput("max_session_duration must not be negative", field="config.max_session_duration")
+        raise InvalidInput(
+            "max_session_duration must not be negative", field="config.max_session_duration"
+        )
     if options.max_session_s > service_max_s:
-        raise InvalidInput(f"max_session_duration {options.max_session_s:g} s is above this service's "
-                           f"limit of {service_max_s:g} s", field="config.max_session_duration")
-    return replace(options, profile=profile.name, endpoint_silence_s=silence,
-                   max_session_s=options.max_session_s or service_max_s), profile
+        raise InvalidInput(
+            f"max_session_duration {options.max_session_s:g} s is above this service's "
+            f"limit of {service_max_s:g} s",
+            field="config.max_session_duration",
+        )
+    return replace(
+        options,
+        profile=profile.name,
+        endpoint_silence_s=silence,
+        max_session_s=options.max_session_s or service_max_s,
+    ), profile
 
 
 # -- events ----------------------------------------------------------------------------------
@@ -214,8 +253,12 @@ def agreed_prefix(hypotheses: Sequence[Sequence[Word]]) -> int:
     return n
 
 
-def new_words(hypothesis: Sequence[Word], committed_tail: Sequence[Word], commit_time: float,
-              max_ngram: int = 5) -> list[Word]:
+def new_words(
+    hypothesis: Sequence[Word],
+    committed_tail: Sequence[Word],
+    commit_time: float,
+    max_ngram: int = 5,
+) -> list[Word]:
     """The words of `hypothesis` that are not yet committed.
 
     Words that start well before the commit point are old. Near it, timestamps wobble, so the
@@ -230,8 +273,9 @@ def new_words(hypothesis: Sequence[Word], committed_tail: Sequence[Word], commit
         for n in range(min(len(tail), len(head)), 0, -1):
             # The same words, heard again over the same audio (a word said again later does
             # not overlap its earlier self in time).
-            if all(norm(a.word) == norm(b.word) and _overlap(a, b)
-                   for a, b in zip(tail[-n:], head[:n])):
+            if all(
+                norm(a.word) == norm(b.word) and _overlap(a, b) for a, b in zip(tail[-n:], head[:n])
+            ):
                 candidates = candidates[n:]
                 break
     while candidates and candidates[0].end <= commit_time + 1e-3:
@@ -289,9 +333,16 @@ class StreamingSession:
     endpointing is off). All times are seconds from the first sample of the session.
     """
 
-    def __init__(self, decode: Decoder, vad: VadFn | None, options: SessionOptions,
-                 profile: LatencyProfile, *, model_name: str = "",
-                 clock: Callable[[], float] = time.perf_counter):
+    def __init__(
+        self,
+        decode: Decoder,
+        vad: VadFn | None,
+        options: SessionOptions,
+        profile: LatencyProfile,
+        *,
+        model_name: str = "",
+        clock: Callable[[], float] = time.perf_counter,
+    ):
         self._decode = decode
         self._vad = vad
         self.options = options
@@ -338,7 +389,8 @@ class StreamingSession:
             raise DeadlineExceeded(
                 f"the streaming session reached its maximum length of {self.options.max_session_s:g} s "
                 "of audio; text up to that point was sent, open a new session to go on",
-                metadata={"max_session_seconds": f"{self.options.max_session_s:g}"})
+                metadata={"max_session_seconds": f"{self.options.max_session_s:g}"},
+            )
         audio = samples.astype(np.float32) / 32768.0 if samples.dtype == np.int16 else samples
         self._pending.append(audio.astype(np.float32, copy=False))
         self._pending_samples += audio.size
@@ -349,8 +401,12 @@ class StreamingSession:
         new = self._received - self._last_step_at
         if new >= self.profile.step_s * SAMPLE_RATE:
             return True
-        return (self._in_speech and self._vad is not None and self.options.endpointing
-                and self._received - self._last_check_at >= ENDPOINT_CHECK_S * SAMPLE_RATE)
+        return (
+            self._in_speech
+            and self._vad is not None
+            and self.options.endpointing
+            and self._received - self._last_check_at >= ENDPOINT_CHECK_S * SAMPLE_RATE
+        )
 
     def _consolidate(self) -> np.ndarray:
         if self._pending:
@@ -386,7 +442,7 @@ class StreamingSession:
         is checked, and a full step (with full VAD) follows when it looks like an endpoint."""
         audio = self._consolidate()
         silence = self.options.endpoint_silence_s
-        tail = audio[-int((silence + 1.0) * SAMPLE_RATE):]
+        tail = audio[-int((silence + 1.0) * SAMPLE_RATE) :]
         ranges = [(a, b) for a, b in self._vad(tail) if b - a >= self.profile.min_speech_s]
         tail_s = len(tail) / SAMPLE_RATE
         return not ranges or tail_s - ranges[-1][1] >= silence
@@ -395,7 +451,11 @@ class StreamingSession:
         """The stream ended: commit everything still heard, close speech, summarise."""
         if self.finished:
             return []
-        events = self._run_step(final=True) if self._received > self._last_step_at or self._history else []
+        events = (
+            self._run_step(final=True)
+            if self._received > self._last_step_at or self._history
+            else []
+        )
         if self._in_speech:
             events.append(SpeechEvent("end", self.received_s))
             self._in_speech = False
@@ -405,15 +465,26 @@ class StreamingSession:
 
     def summary(self) -> StreamSummary:
         c = self.counters
-        return StreamSummary(self.received_s, c.finals, c.interims, c.steps, c.processing_s,
-                             self.model_name, self.profile.name, c.removed)
+        return StreamSummary(
+            self.received_s,
+            c.finals,
+            c.interims,
+            c.steps,
+            c.processing_s,
+            self.model_name,
+            self.profile.name,
+            c.removed,
+        )
 
     def _speech(self, audio: np.ndarray) -> list[tuple[float, float]]:
         if self._vad is None:
             return [(self.buffer_start, self.received_s)] if audio.size else []
         ranges = self._vad(audio)
-        return [(self.buffer_start + a, self.buffer_start + b) for a, b in ranges
-                if b - a >= self.profile.min_speech_s]
+        return [
+            (self.buffer_start + a, self.buffer_start + b)
+            for a, b in ranges
+            if b - a >= self.profile.min_speech_s
+        ]
 
     def _run_step(self, final: bool) -> list[Event]:
         audio = self._consolidate()
@@ -429,9 +500,15 @@ class StreamingSession:
                 events.append(SpeechEvent("begin", max(live[0][0], self.commit_time)))
             endpoint_at = self._endpoint(live, end)
             endpoint = endpoint_at is not None
-            span.set_attributes({"asr.stream.audio_s": end, "asr.stream.buffer_s": len(audio) / SAMPLE_RATE,
-                                 "asr.stream.speech": bool(live), "asr.stream.endpoint": endpoint,
-                                 "asr.stream.final": final})
+            span.set_attributes(
+                {
+                    "asr.stream.audio_s": end,
+                    "asr.stream.buffer_s": len(audio) / SAMPLE_RATE,
+                    "asr.stream.speech": bool(live),
+                    "asr.stream.endpoint": endpoint,
+                    "asr.stream.final": final,
+                }
+            )
             if not live:
                 # Silence (or noise VAD does not call speech): nothing to decode. Words the last
                 # decode heard that are still uncommitted (VAD's idea of where speech ended can
@@ -442,18 +519,27 @@ class StreamingSession:
                 self._history.clear()
                 events.extend(self._interim([]))
                 if self._in_speech:  # speech VAD took back: close it, begin/end stay paired
-                    events.append(SpeechEvent("end", max(self.commit_time, min(end, self.buffer_start))))
+                    events.append(
+                        SpeechEvent("end", max(self.commit_time, min(end, self.buffer_start)))
+                    )
                     self._in_speech = False
                 self._trim_to(max(self.commit_time, end - 1.0))
-            elif (not (final or endpoint) and self.options.endpointing
-                  and live[-1][1] <= self._last_decode_end - 0.1):
+            elif (
+                not (final or endpoint)
+                and self.options.endpointing
+                and live[-1][1] <= self._last_decode_end - 0.1
+            ):
                 # Only silence since the last decode (a pause that is not yet an endpoint):
                 # decoding again would hear nothing new. Wait for more speech or the endpoint,
                 # which commits from the last decode.
                 span.set_attribute("asr.stream.decoded", False)
             else:
-                if (endpoint and not final and self._history
-                        and self._last_decode_end >= endpoint_at + 0.15):
+                if (
+                    endpoint
+                    and not final
+                    and self._history
+                    and self._last_decode_end >= endpoint_at + 0.15
+                ):
                     # The last decode already heard the whole utterance: commit from it
                     # instead of decoding again (the final comes a decode sooner).
                     hypothesis, words = self._last_hypothesis, list(self._history[-1])
@@ -471,11 +557,15 @@ class StreamingSession:
                     # whatever the agreement. Words after it (next utterance) wait as usual.
                     commit = [w for w in words if w.start < endpoint_at + 0.1]
                 else:
-                    commit = words[:agreed_prefix([*self._history, words])] if self._history else []
+                    commit = (
+                        words[: agreed_prefix([*self._history, words])] if self._history else []
+                    )
                     if not commit and len(audio) / SAMPLE_RATE > self.profile.max_buffer_s:
                         # Bounded buffer: commit the oldest words even without agreement.
-                        commit = [w for w in words if w.end <= end - self.profile.window_s / 2] or words[:1]
-                rest = words[len(commit):]
+                        commit = [
+                            w for w in words if w.end <= end - self.profile.window_s / 2
+                        ] or words[:1]
+                rest = words[len(commit) :]
                 utterance_end = final or endpoint
                 events.extend(self._commit(commit, hypothesis, utterance_end))
                 events.extend(self._interim(rest))
@@ -492,12 +582,19 @@ class StreamingSession:
                 elif len(audio) / SAMPLE_RATE > self.profile.window_s:
                     done = [t for t in hypothesis.segment_ends if t <= self.commit_time + 1e-3]
                     cut = max(done, default=0.0)
-                    if cut <= self.buffer_start and len(audio) / SAMPLE_RATE > self.profile.max_buffer_s:
+                    if (
+                        cut <= self.buffer_start
+                        and len(audio) / SAMPLE_RATE > self.profile.max_buffer_s
+                    ):
                         cut = self.commit_time
                     if cut > self.buffer_start:
                         self._trim_to(cut)  # only committed audio goes
-                span.set_attributes({"asr.stream.committed_words": len(commit),
-                                     "asr.stream.interim_words": len(rest)})
+                span.set_attributes(
+                    {
+                        "asr.stream.committed_words": len(commit),
+                        "asr.stream.interim_words": len(rest),
+                    }
+                )
             elapsed = self._clock() - started
             self.counters.processing_s += elapsed
             span.set_attribute("asr.stream.step_s", elapsed)
@@ -522,18 +619,25 @@ class StreamingSession:
             self.counters.removed += sum(len(s.words) for s in kept)
             return _Hypothesis([], [])  # a failed (repetitive) decode: wait for the next one
         at = self.buffer_start
-        words = [replace(w, start=w.start + at, end=w.end + at) for s in kept for w in s.words
-                 if w.word.strip()]
+        words = [
+            replace(w, start=w.start + at, end=w.end + at)
+            for s in kept
+            for w in s.words
+            if w.word.strip()
+        ]
         words.sort(key=lambda w: w.start)
         first = kept[0] if kept else None
         return _Hypothesis(
-            words, [s.end + at for s in kept],
+            words,
+            [s.end + at for s in kept],
             avg_logprob=float(np.mean([s.avg_logprob for s in kept])) if kept else 0.0,
             no_speech_prob=first.no_speech_prob if first else 0.0,
             compression_ratio=ratio if text else 0.0,
         )
 
-    def _commit(self, words: list[Word], hypothesis: _Hypothesis, end_of_utterance: bool) -> list[Event]:
+    def _commit(
+        self, words: list[Word], hypothesis: _Hypothesis, end_of_utterance: bool
+    ) -> list[Event]:
         if not words:
             return []
         words = self._cut_loops(words)
@@ -543,9 +647,14 @@ class StreamingSession:
         self._committed = (self._committed + words)[-20:]
         self._remember_prompt([w.word for w in words])
         segment = Segment(
-            id=self.counters.finals, start=words[0].start, end=words[-1].end, text=_text(words),
-            words=tuple(words), avg_logprob=hypothesis.avg_logprob,
-            no_speech_prob=hypothesis.no_speech_prob, compression_ratio=hypothesis.compression_ratio,
+            id=self.counters.finals,
+            start=words[0].start,
+            end=words[-1].end,
+            text=_text(words),
+            words=tuple(words),
+            avg_logprob=hypothesis.avg_logprob,
+            no_speech_prob=hypothesis.no_speech_prob,
+            compression_ratio=hypothesis.compression_ratio,
         )
         self.counters.finals += 1
         self._last_interim = None  # the next interim result is sent even if its text repeats
@@ -560,7 +669,9 @@ class StreamingSession:
         if dropped:
             self.counters.removed += len(dropped)
             words = [w for i, w in enumerate(words) if i not in dropped]
-        self._loop_context = (context + words)[-guards.MAX_PHRASE_WORDS * (guards.MAX_REPEATS + 1):]
+        self._loop_context = (context + words)[
+            -guards.MAX_PHRASE_WORDS * (guards.MAX_REPEATS + 1) :
+        ]
         return words
 
     def _interim(self, rest: list[Word]) -> list[Event]:
@@ -649,7 +760,8 @@ class Inbox:
                         f"no audio arrived for {idle_timeout_s:g} s, so the streaming session was "
                         "closed; keep sending audio (silence too) while the session is open, or "
                         "close the stream to end it",
-                        metadata={"idle_timeout_seconds": f"{idle_timeout_s:g}"})
+                        metadata={"idle_timeout_seconds": f"{idle_timeout_s:g}"},
+                    )
                 self._cond.wait(None if idle_timeout_s <= 0 else idle_timeout_s - waited)
 
 
@@ -661,8 +773,12 @@ class Emitted:
     audio_arrived_at: float | None = None
 
 
-def drive(session: StreamingSession, inbox: Inbox, idle_timeout_s: float,
-          clock: Callable[[], float] = time.monotonic) -> Iterator[Emitted]:
+def drive(
+    session: StreamingSession,
+    inbox: Inbox,
+    idle_timeout_s: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[Emitted]:
     """Run a session from an inbox until the stream ends; yields events as they are made.
 
     Audio that arrived while a step was decoding is taken all at once, so a session that falls
@@ -702,8 +818,9 @@ def _arrival(arrivals: deque[tuple[float, float]], event: Event) -> float | None
 class SessionLimiter:
     """At most `limit` sessions at once on this replica; beyond it `Overloaded` (RESOURCE_EXHAUSTED)."""
 
-    def __init__(self, limit: int, on_change: Callable[[int], None] | None = None,
-                 retry_after_s: float = 5.0):
+    def __init__(
+        self, limit: int, on_change: Callable[[int], None] | None = None, retry_after_s: float = 5.0
+    ):
         self.limit = limit
         self.active = 0
         self._lock = threading.Lock()
@@ -717,7 +834,8 @@ class SessionLimiter:
                     f"this replica already runs its maximum of {self.limit} streaming sessions; "
                     "retry later or on another replica",
                     retry_after_s=self._retry_after_s,
-                    metadata={"active_sessions": str(self.active), "limit": str(self.limit)})
+                    metadata={"active_sessions": str(self.active), "limit": str(self.limit)},
+                )
             self.active += 1
             self._on_change(self.active)
         return self
@@ -746,9 +864,15 @@ class WhisperDecoder:
 
         self.calls += 1
         segments, _info = self.model.transcribe(
-            audio, language=self.language, beam_size=self.beam_size, best_of=1,
-            temperature=list(self.temperatures), word_timestamps=True, vad_filter=False,
-            condition_on_previous_text=False, initial_prompt=prompt or None,
+            audio,
+            language=self.language,
+            beam_size=self.beam_size,
+            best_of=1,
+            temperature=list(self.temperatures),
+            word_timestamps=True,
+            vad_filter=False,
+            condition_on_previous_text=False,
+            initial_prompt=prompt or None,
         )
         return [to_segment(i, s) for i, s in enumerate(segments)]
 
@@ -757,8 +881,12 @@ def silero_vad(threshold: float = 0.5, pad_s: float = 0.05) -> VadFn:
     """Silero VAD from faster-whisper, with short silences so utterance ends are precise."""
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
-    options = VadOptions(threshold=threshold, min_silence_duration_ms=100,
-                         speech_pad_ms=int(pad_s * 1000), min_speech_duration_ms=100)
+    options = VadOptions(
+        threshold=threshold,
+        min_silence_duration_ms=100,
+        speech_pad_ms=int(pad_s * 1000),
+        min_speech_duration_ms=100,
+    )
 
     def detect(audio: np.ndarray) -> list[tuple[float, float]]:
         if audio.size < SAMPLE_RATE // 10:

@@ -18,21 +18,35 @@ import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[2]
 # ../shared/tools beside the corpus (a worktree elsewhere finds it through $ASR_CORPUS_DIR)
-TOOLS = Path(os.environ.get("ASR_CORPUS_TOOLS") or Path(
-    os.environ.get("ASR_CORPUS_DIR", REPO.parent / "shared" / "corpus-dev")).parent / "tools")
+TOOLS = Path(
+    os.environ.get("ASR_CORPUS_TOOLS")
+    or Path(os.environ.get("ASR_CORPUS_DIR", REPO.parent / "shared" / "corpus-dev")).parent
+    / "tools"
+)
 sys.path[:0] = [str(REPO / "benchmarks"), str(REPO)]
 
 import gen_validate  # noqa: E402
 import sentences_validate  # noqa: E402
 
-needs_tools = pytest.mark.skipif(not (TOOLS / "gen_corpus.py").is_file(),
-                                 reason="../shared/tools/gen_corpus.py not present")
+needs_tools = pytest.mark.skipif(
+    not (TOOLS / "gen_corpus.py").is_file(), reason="../shared/tools/gen_corpus.py not present"
+)
 
 
 def run_gen(out: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "benchmarks" / "gen_validate.py"), str(out),
-                           "--tools", str(TOOLS), *args], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "gen_validate.py"),
+            str(out),
+            "--tools",
+            str(TOOLS),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +89,10 @@ def test_sentences_are_new_and_enough():
 
 def test_full_plan_sizes_splits_and_held_out_voices():
     specs = gen_validate.plan(None, espeak_only=False)
-    by = {p: {s: [e for e in specs[p] if e["split"] == s] for s in ("tune", "validate")}
-          for p in specs}
+    by = {
+        p: {s: [e for e in specs[p] if e["split"] == s] for s in ("tune", "validate")}
+        for p in specs
+    }
     assert len(specs["asr"]) >= 220
     assert abs(len(by["asr"]["tune"]) - len(by["asr"]["validate"])) <= 10
     assert len(specs["dia"]) >= 20 and len(by["dia"]["validate"]) >= 10
@@ -118,11 +134,15 @@ def test_full_plan_sizes_splits_and_held_out_voices():
 def test_conditions_do_what_they_say():
     rng = np.random.default_rng(0)
     t = np.arange(gen_validate.SR * 2) / gen_validate.SR
-    tone = (0.3 * np.sin(2 * np.pi * 1000 * t) + 0.3 * np.sin(2 * np.pi * 6000 * t)).astype(np.float32)
+    tone = (0.3 * np.sin(2 * np.pi * 1000 * t) + 0.3 * np.sin(2 * np.pi * 6000 * t)).astype(
+        np.float32
+    )
     # SNR against the speech, not diluted by the silence around it
     padded = np.concatenate([np.zeros(16000, np.float32), tone, np.zeros(16000, np.float32)])
     noise = gen_validate.add_noise(padded, "white", 10.0, rng, []) - padded
-    snr = 10 * np.log10(np.mean(tone.astype(np.float64) ** 2) / np.mean(noise.astype(np.float64) ** 2))
+    snr = 10 * np.log10(
+        np.mean(tone.astype(np.float64) ** 2) / np.mean(noise.astype(np.float64) ** 2)
+    )
     assert abs(snr - 10.0) < 0.3
     pink = gen_validate.add_noise(padded, "pink", 20.0, rng, []) - padded
     spec = np.abs(np.fft.rfft(pink)) ** 2
@@ -152,10 +172,14 @@ def test_smoke_manifest_files_and_truth(smoke: Path):
             audio, _ = sf.read(smoke / e["audio"], dtype="float32")
             assert np.max(np.abs(audio)) > 0.01 and e["text"].strip()
     tune = {e["text"] for p in ("asr", "dia", "long") for e in manifest[p] if e["split"] == "tune"}
-    val = {e["text"] for p in ("asr", "dia", "long") for e in manifest[p] if e["split"] == "validate"}
+    val = {
+        e["text"] for p in ("asr", "dia", "long") for e in manifest[p] if e["split"] == "validate"
+    }
     assert not tune & val
     for e in manifest["asr"]:
-        assert (smoke / e["audio"]).with_suffix(".txt").read_text(encoding="utf-8").strip() == e["text"]
+        assert (smoke / e["audio"]).with_suffix(".txt").read_text(encoding="utf-8").strip() == e[
+            "text"
+        ]
         assert e["voice"] and e["condition"]
     for e in manifest["dia"]:
         rows = parse_rttm(smoke / e["rttm"])

@@ -27,7 +27,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _fake_stages() -> type:
     """tests/gateway/fakes.py's FakeStages: the gateway's real servicer, stand-in stages."""
-    spec = importlib.util.spec_from_file_location("gateway_fakes", REPO / "tests" / "gateway" / "fakes.py")
+    spec = importlib.util.spec_from_file_location(
+        "gateway_fakes", REPO / "tests" / "gateway" / "fakes.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.FakeStages
@@ -44,8 +46,11 @@ def _uv() -> str:
 def _clean_env(tmp_path: Path) -> dict[str, str]:
     """No PYTHONPATH (it would put the checkout, and so the server, on the path), a private
     state directory."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "ASR_SERVER")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "ASR_SERVER")
+    }
     env["ASR_STATE_DIR"] = str(tmp_path / "state")
     return env
 
@@ -56,11 +61,29 @@ def client_venv(tmp_path_factory) -> Path:
     venv = root / "venv"
     env = _clean_env(root)
     uv = _uv()
-    subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True,
-                   env=env, cwd=root, timeout=120)
-    done = subprocess.run([uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
-                           str(REPO / "clients")], env=env, cwd=root, timeout=600,
-                          capture_output=True, text=True)
+    subprocess.run(
+        [uv, "venv", "-q", "--python", sys.executable, str(venv)],
+        check=True,
+        env=env,
+        cwd=root,
+        timeout=120,
+    )
+    done = subprocess.run(
+        [
+            uv,
+            "pip",
+            "install",
+            "-q",
+            "--python",
+            str(venv / "bin" / "python"),
+            str(REPO / "clients"),
+        ],
+        env=env,
+        cwd=root,
+        timeout=600,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return venv
 
@@ -75,8 +98,15 @@ def gateway(tmp_path):
 
 
 def run(venv: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(venv / "bin" / args[0]), *args[1:]], capture_output=True, text=True,
-                          timeout=120, cwd=cwd, env=_clean_env(cwd), stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [str(venv / "bin" / args[0]), *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env=_clean_env(cwd),
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_the_client_alone_imports_without_the_server(client_venv, tmp_path):
@@ -97,8 +127,13 @@ def test_the_client_alone_imports_without_the_server(client_venv, tmp_path):
     done = run(client_venv, "python", "-c", program, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "no server"
-    freeze = subprocess.run([_uv(), "pip", "freeze", "--python", str(client_venv / "bin" / "python")],
-                            capture_output=True, text=True, timeout=60, env=_clean_env(tmp_path))
+    freeze = subprocess.run(
+        [_uv(), "pip", "freeze", "--python", str(client_venv / "bin" / "python")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_clean_env(tmp_path),
+    )
     installed = {line.split("==")[0].split(" @ ")[0].lower() for line in freeze.stdout.splitlines()}
     assert "asr-mesh-client" in installed and "asr-mesh" not in installed
     assert not installed & {"torch", "numpy", "pydantic-settings", "faster-whisper", "ctranslate2"}
@@ -112,16 +147,30 @@ def test_asr_help_and_the_missing_server_sentence(client_venv, tmp_path):
     assert local.returncode != 0
     lines = local.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in local.stderr, local.stderr
-    assert lines[0].startswith("asr: `asr transcribe` without --server runs a local mesh, which "
-                               "needs the server package (asr-mesh), and it is not installed")
+    assert lines[0].startswith(
+        "asr: `asr transcribe` without --server runs a local mesh, which "
+        "needs the server package (asr-mesh), and it is not installed"
+    )
 
 
 def test_transcribe_against_a_real_gateway(client_venv, gateway, tmp_path):
     audio = tmp_path / "talk.wav"
     audio.write_bytes(b"RIFF" + b"\0" * 64)
     out = tmp_path / "out"
-    done = run(client_venv, "asr", "transcribe", str(audio), "--server", gateway,
-               "--format", "srt,json", "-o", str(out), "--quiet", cwd=tmp_path)
+    done = run(
+        client_venv,
+        "asr",
+        "transcribe",
+        str(audio),
+        "--server",
+        gateway,
+        "--format",
+        "srt,json",
+        "-o",
+        str(out),
+        "--quiet",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "talk.wav: 1.0 s of audio" in done.stderr
     # The fake merge stage renders "<format>:<transcript>": what the gateway sent, written as is.

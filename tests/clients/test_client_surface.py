@@ -18,48 +18,151 @@ CLIENT_SRC = Path(__file__).resolve().parents[2] / "clients" / "src" / "asr_mesh
 
 PUBLIC = {
     "asr_mesh.client": {
-        "GatewayClient", "GatewayUnreachable", "StreamOptions", "TranscribeOptions", "Transcription",
-        "FORMATS", "Category", "MeshError", "InvalidInput", "InvalidAudio", "LimitExceeded",
-        "UnknownModel", "Overloaded", "DependencyUnavailable", "Draining", "DependencyFailed",
-        "DeadlineExceeded", "UploadStalled", "Cancelled", "InternalError", "NotFound",
-        "FailedPrecondition", "Unauthenticated", "PermissionDenied", "from_rpc_error",
-        "SecurityConfigError", "__version__",
+        "GatewayClient",
+        "GatewayUnreachable",
+        "StreamOptions",
+        "TranscribeOptions",
+        "Transcription",
+        "FORMATS",
+        "Category",
+        "MeshError",
+        "InvalidInput",
+        "InvalidAudio",
+        "LimitExceeded",
+        "UnknownModel",
+        "Overloaded",
+        "DependencyUnavailable",
+        "Draining",
+        "DependencyFailed",
+        "DeadlineExceeded",
+        "UploadStalled",
+        "Cancelled",
+        "InternalError",
+        "NotFound",
+        "FailedPrecondition",
+        "Unauthenticated",
+        "PermissionDenied",
+        "from_rpc_error",
+        "SecurityConfigError",
+        "__version__",
     },
     "asr_mesh.client.sdk": {
-        "GatewayClient", "GatewayUnreachable", "StreamOptions", "TranscribeOptions", "Transcription",
-        "FORMATS", "FINAL_JOB_STATES", "DEFAULT_ATTEMPTS", "UPLOAD_CHUNK_BYTES",
+        "GatewayClient",
+        "GatewayUnreachable",
+        "StreamOptions",
+        "TranscribeOptions",
+        "Transcription",
+        "FORMATS",
+        "FINAL_JOB_STATES",
+        "DEFAULT_ATTEMPTS",
+        "UPLOAD_CHUNK_BYTES",
     },
     "asr_mesh.client.errors": {
-        "Category", "MeshError", "InvalidInput", "InvalidAudio", "LimitExceeded", "UnknownModel",
-        "Overloaded", "DependencyUnavailable", "Draining", "DependencyFailed", "DeadlineExceeded",
-        "UploadStalled", "Cancelled", "InternalError", "NotFound", "FailedPrecondition",
-        "Unauthenticated", "PermissionDenied", "KNOWN", "BY_REASON", "GENERAL", "rebuild",
+        "Category",
+        "MeshError",
+        "InvalidInput",
+        "InvalidAudio",
+        "LimitExceeded",
+        "UnknownModel",
+        "Overloaded",
+        "DependencyUnavailable",
+        "Draining",
+        "DependencyFailed",
+        "DeadlineExceeded",
+        "UploadStalled",
+        "Cancelled",
+        "InternalError",
+        "NotFound",
+        "FailedPrecondition",
+        "Unauthenticated",
+        "PermissionDenied",
+        "KNOWN",
+        "BY_REASON",
+        "GENERAL",
+        "rebuild",
     },
-    "asr_mesh.client.status": {"ERROR_DOMAIN", "STATUS_OF", "category_of", "from_rpc_error",
-                               "status_code"},
-    "asr_mesh.client.security": {"AUTH_METADATA_KEY", "BearerTokenAuth", "SecurityConfigError",
-                                 "channel_credentials", "client_channel", "read_pem"},
+    "asr_mesh.client.status": {
+        "ERROR_DOMAIN",
+        "STATUS_OF",
+        "category_of",
+        "from_rpc_error",
+        "status_code",
+    },
+    "asr_mesh.client.security": {
+        "AUTH_METADATA_KEY",
+        "BearerTokenAuth",
+        "SecurityConfigError",
+        "channel_credentials",
+        "client_channel",
+        "read_pem",
+    },
     "asr_mesh.client.tracing": {"traced_channel"},
-    "asr_mesh.client.paths": {"MESH_FILE", "STATE_DIR_ENV", "default_state_dir",
-                              "resolve_state_dir"},
+    "asr_mesh.client.paths": {
+        "MESH_FILE",
+        "STATE_DIR_ENV",
+        "default_state_dir",
+        "resolve_state_dir",
+    },
     "asr_mesh.client.cli": {"ServerNotInstalled", "build_parser", "main"},
-    "asr_mesh.client.traces": {"Span", "Trace", "load_spans", "match_traces", "recent_traces",
-                               "print_waterfall", "trace_json", "save_png"},
+    "asr_mesh.client.traces": {
+        "Span",
+        "Trace",
+        "load_spans",
+        "match_traces",
+        "recent_traces",
+        "print_waterfall",
+        "trace_json",
+        "save_png",
+    },
 }
 
 CLIENT_METHODS = {
-    "transcribe", "transcribe_file", "stream", "submit_job", "submit_job_file", "get_job",
-    "watch_job", "list_jobs", "cancel_job", "delete_job", "job_results", "wait_job", "close",
-    "__enter__", "__exit__",
+    "transcribe",
+    "transcribe_file",
+    "stream",
+    "submit_job",
+    "submit_job_file",
+    "get_job",
+    "watch_job",
+    "list_jobs",
+    "cancel_job",
+    "delete_job",
+    "job_results",
+    "wait_job",
+    "close",
+    "__enter__",
+    "__exit__",
 }
 TRANSCRIBE_OPTIONS = {
-    "language_code", "diarize", "num_speakers", "min_speakers", "max_speakers", "model", "formats",
-    "speaker_names", "temperatures", "quality_profile", "best_of", "hotwords",
-    "inverse_text_normalization", "loudness_normalization", "trim_silence", "beam_size",
-    "initial_prompt", "no_cache",
+    "language_code",
+    "diarize",
+    "num_speakers",
+    "min_speakers",
+    "max_speakers",
+    "model",
+    "formats",
+    "speaker_names",
+    "temperatures",
+    "quality_profile",
+    "best_of",
+    "hotwords",
+    "inverse_text_normalization",
+    "loudness_normalization",
+    "trim_silence",
+    "beam_size",
+    "initial_prompt",
+    "no_cache",
 }
-STREAM_OPTIONS = {"language_code", "model", "profile", "interim_results", "endpoint_silence_s",
-                  "endpointing", "max_session_s", "initial_prompt"}
+STREAM_OPTIONS = {
+    "language_code",
+    "model",
+    "profile",
+    "interim_results",
+    "endpoint_silence_s",
+    "endpointing",
+    "max_session_s",
+    "initial_prompt",
+}
 
 
 @pytest.mark.parametrize("module_name", sorted(PUBLIC))
@@ -130,8 +233,16 @@ def test_no_module_of_the_client_imports_the_server_or_its_libraries():
     assert len(files) >= 10
     for path in files:
         imported = _imported_modules(path)
-        forbidden = imported & {"clients", "torch", "numpy", "pydantic", "pydantic_settings",
-                                "faster_whisper", "ctranslate2", "prometheus_client"}
+        forbidden = imported & {
+            "clients",
+            "torch",
+            "numpy",
+            "pydantic",
+            "pydantic_settings",
+            "faster_whisper",
+            "ctranslate2",
+            "prometheus_client",
+        }
         assert not forbidden, f"{path.name} imports {forbidden}"
         if path.name != "cli.py":
             assert "services" not in imported, f"{path.name} imports the server"
@@ -149,11 +260,14 @@ def test_no_module_of_the_client_imports_the_server_or_its_libraries():
 def test_the_errors_module_pulls_in_neither_grpc_nor_the_sdk():
     """The server's cores import the errors through services.common.domain_errors: the package's
     lazy __init__ must keep that free of gRPC."""
-    program = ("import sys, asr_mesh.client.errors, asr_mesh.client.paths\n"
-               "pulled = [m for m in ('grpc', 'asr_mesh.client.sdk', 'rich') if m in sys.modules]\n"
-               "sys.exit(f'pulled {pulled}' if pulled else 0)\n")
-    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
-                          timeout=60)
+    program = (
+        "import sys, asr_mesh.client.errors, asr_mesh.client.paths\n"
+        "pulled = [m for m in ('grpc', 'asr_mesh.client.sdk', 'rich') if m in sys.modules]\n"
+        "sys.exit(f'pulled {pulled}' if pulled else 0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr[-2000:]
 
 

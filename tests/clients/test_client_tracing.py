@@ -32,14 +32,22 @@ def recorder():
         yield b"ok"
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Echo", {
-        "Unary": grpc.unary_unary_rpc_method_handler(unary),
-        "Stream": grpc.stream_stream_rpc_method_handler(streaming),
-    })])
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "test.Echo",
+                {
+                    "Unary": grpc.unary_unary_rpc_method_handler(unary),
+                    "Stream": grpc.stream_stream_rpc_method_handler(streaming),
+                },
+            )
+        ]
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    channel = grpc.intercept_channel(grpc.insecure_channel(f"127.0.0.1:{port}"),
-                                     _PropagatingInterceptor())
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(f"127.0.0.1:{port}"), _PropagatingInterceptor()
+    )
     yield channel, seen
     channel.close()
     server.stop(0)

@@ -25,26 +25,38 @@ WITHOUT_SERVER = (
 
 
 def asr_without_server(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", WITHOUT_SERVER, *args], capture_output=True,
-                          text=True, timeout=60, cwd=cwd, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_SERVER, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+    )
 
 
-@pytest.mark.parametrize(("args", "what", "suggests_server_flag"), [
-    (("transcribe", "x.wav"), "`asr transcribe` without --server", True),
-    (("stream", "x.wav"), "`asr stream` without --server", True),
-    (("serve",), "`asr serve`", False),
-    (("serve", "--transcription-replicas", "2"), "`asr serve`", False),
-])
-def test_local_mesh_commands_say_the_server_is_missing_in_one_line(tmp_path, monkeypatch, args,
-                                                                   what, suggests_server_flag):
+@pytest.mark.parametrize(
+    ("args", "what", "suggests_server_flag"),
+    [
+        (("transcribe", "x.wav"), "`asr transcribe` without --server", True),
+        (("stream", "x.wav"), "`asr stream` without --server", True),
+        (("serve",), "`asr serve`", False),
+        (("serve", "--transcription-replicas", "2"), "`asr serve`", False),
+    ],
+)
+def test_local_mesh_commands_say_the_server_is_missing_in_one_line(
+    tmp_path, monkeypatch, args, what, suggests_server_flag
+):
     monkeypatch.setenv("ASR_STATE_DIR", str(tmp_path / "state"))
     (tmp_path / "x.wav").write_bytes(b"RIFF")
     proc = asr_without_server(*args, cwd=tmp_path)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1, proc.stderr
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert lines[0].startswith(f"asr: {what} runs a local mesh, which needs the server package "
-                               "(asr-mesh), and it is not installed")
+    assert lines[0].startswith(
+        f"asr: {what} runs a local mesh, which needs the server package "
+        "(asr-mesh), and it is not installed"
+    )
     assert ("--server HOST:PORT" in lines[0]) is suggests_server_flag
     assert "pip install" in lines[0]
 
@@ -59,18 +71,29 @@ def test_commands_that_call_a_gateway_do_not_need_the_server(tmp_path, monkeypat
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = asr_without_server("transcribe", "x.wav", "--server", f"127.0.0.1:{port}",
-                              "--connect-timeout", "1", "--quiet", cwd=tmp_path)
+    proc = asr_without_server(
+        "transcribe",
+        "x.wav",
+        "--server",
+        f"127.0.0.1:{port}",
+        "--connect-timeout",
+        "1",
+        "--quiet",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         f"asr: cannot reach the gateway at 127.0.0.1:{port} (no connection within 1 s); "
-        "1 file not transcribed"]
+        "1 file not transcribed"
+    ]
     jobs = asr_without_server("jobs", "list", cwd=tmp_path)
     assert jobs.returncode == 1 and jobs.stderr.strip().splitlines() == [
         "asr: no gateway to send jobs to: pass --server HOST:PORT (or set ASR_SERVER, or start "
-        "one with `asr serve`)"]
-    trace = asr_without_server("trace", "list", "--state-dir", str(tmp_path / "state"),
-                               cwd=tmp_path)
+        "one with `asr serve`)"
+    ]
+    trace = asr_without_server(
+        "trace", "list", "--state-dir", str(tmp_path / "state"), cwd=tmp_path
+    )
     assert trace.returncode == 1
     assert trace.stderr.strip() == f"asr: no traces in {tmp_path / 'state' / 'traces'}"
 
@@ -84,12 +107,18 @@ def test_a_broken_server_install_is_not_reported_as_missing(tmp_path, monkeypatc
     (fake / "__init__.py").write_text("")
     (fake / "supervisor.py").write_text("import no_such_server_dependency\n")
     (tmp_path / "x.wav").write_bytes(b"RIFF")
-    proc = subprocess.run([sys.executable, "-m", "asr_mesh.client.cli", "transcribe", "x.wav"],
-                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, "-m", "asr_mesh.client.cli", "transcribe", "x.wav"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        "asr: unexpected error: ModuleNotFoundError: No module named 'no_such_server_dependency'"]
+        "asr: unexpected error: ModuleNotFoundError: No module named 'no_such_server_dependency'"
+    ]
 
 
 def test_trace_show_works_and_png_without_matplotlib_is_one_line(tmp_path):
@@ -101,10 +130,24 @@ def test_trace_show_works_and_png_without_matplotlib_is_one_line(tmp_path):
     traces.mkdir(parents=True)
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     spans = [
-        {"service": "gateway", "name": "Transcribe", "trace_id": trace_id, "span_id": "a" * 16,
-         "parent_span_id": "", "start_ns": 1_000_000_000, "end_ns": 3_000_000_000},
-        {"service": "merge", "name": "Merge", "trace_id": trace_id, "span_id": "b" * 16,
-         "parent_span_id": "a" * 16, "start_ns": 2_000_000_000, "end_ns": 2_500_000_000},
+        {
+            "service": "gateway",
+            "name": "Transcribe",
+            "trace_id": trace_id,
+            "span_id": "a" * 16,
+            "parent_span_id": "",
+            "start_ns": 1_000_000_000,
+            "end_ns": 3_000_000_000,
+        },
+        {
+            "service": "merge",
+            "name": "Merge",
+            "trace_id": trace_id,
+            "span_id": "b" * 16,
+            "parent_span_id": "a" * 16,
+            "start_ns": 2_000_000_000,
+            "end_ns": 2_500_000_000,
+        },
     ]
     (traces / "gateway-1.jsonl").write_text("".join(json.dumps(s) + "\n" for s in spans))
     program = (
@@ -114,15 +157,33 @@ def test_trace_show_works_and_png_without_matplotlib_is_one_line(tmp_path):
         "from asr_mesh.client.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
-    args = ["trace", "show", trace_id[:8], "--state-dir", str(tmp_path / "state"),
-            "--format", "json"]
-    shown = subprocess.run([sys.executable, "-c", program, *args], capture_output=True, text=True,
-                           timeout=60, cwd=tmp_path)
+    args = [
+        "trace",
+        "show",
+        trace_id[:8],
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--format",
+        "json",
+    ]
+    shown = subprocess.run(
+        [sys.executable, "-c", program, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert shown.returncode == 0, shown.stderr
     assert [s["name"] for s in json.loads(shown.stdout)] == ["Transcribe", "Merge"]
-    png = subprocess.run([sys.executable, "-c", program, *args, "--png", str(tmp_path / "w.png")],
-                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    png = subprocess.run(
+        [sys.executable, "-c", program, *args, "--png", str(tmp_path / "w.png")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert png.returncode == 1 and not (tmp_path / "w.png").exists()
     assert png.stderr.strip().splitlines() == [
         "asr: --png needs matplotlib, which is not installed (pip install "
-        "'asr-mesh-client[png]' or pip install matplotlib)"]
+        "'asr-mesh-client[png]' or pip install matplotlib)"
+    ]

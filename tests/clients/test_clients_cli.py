@@ -15,8 +15,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "asr_mesh.client.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "asr_mesh.client.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def closed_port() -> int:
@@ -29,11 +35,22 @@ def test_unreachable_server_fails_fast_with_one_line(tmp_path):
     audio = tmp_path / "a.wav"
     audio.write_bytes(b"RIFF")
     port = closed_port()
-    proc = run_cli("transcribe", str(audio), "--server", f"127.0.0.1:{port}",
-                   "--connect-timeout", "1", "-o", str(tmp_path / "out"), "--quiet", timeout=30)
+    proc = run_cli(
+        "transcribe",
+        str(audio),
+        "--server",
+        f"127.0.0.1:{port}",
+        "--connect-timeout",
+        "1",
+        "-o",
+        str(tmp_path / "out"),
+        "--quiet",
+        timeout=30,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        f"asr: cannot reach the gateway at 127.0.0.1:{port} (no connection within 1 s); 1 file not transcribed"]
+        f"asr: cannot reach the gateway at 127.0.0.1:{port} (no connection within 1 s); 1 file not transcribed"
+    ]
     assert not (tmp_path / "out" / "a.json").exists()
 
 
@@ -44,27 +61,52 @@ def test_missing_inputs_and_name_collisions_are_reported_per_file(tmp_path):
     first.write_bytes(b"x")
     second.write_bytes(b"x")
     odd = tmp_path / "Reunião [final].wav"  # rich markup must not eat "[final]"
-    proc = run_cli("transcribe", str(first), str(second), str(odd), str(tmp_path),
-                   "--server", f"127.0.0.1:{closed_port()}", "--connect-timeout", "1", "--quiet", timeout=30)
+    proc = run_cli(
+        "transcribe",
+        str(first),
+        str(second),
+        str(odd),
+        str(tmp_path),
+        "--server",
+        f"127.0.0.1:{closed_port()}",
+        "--connect-timeout",
+        "1",
+        "--quiet",
+        timeout=30,
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert f"asr: {second}: its outputs would overwrite those of {first} (same name); rename one" in lines
+    assert (
+        f"asr: {second}: its outputs would overwrite those of {first} (same name); rename one"
+        in lines
+    )
     assert f"asr: {odd}: no such file" in lines
     assert f"asr: {tmp_path}: not a regular file" in lines
-    assert any(line.startswith("asr: cannot reach the gateway") and line.endswith("1 file not transcribed")
-               for line in lines)
+    assert any(
+        line.startswith("asr: cannot reach the gateway") and line.endswith("1 file not transcribed")
+        for line in lines
+    )
     assert len(lines) == 4
 
 
 def test_usage_errors_exit_2_without_traceback():
     proc = run_cli("transcribe", "x.wav", "--format", "docx")
-    assert proc.returncode == 2 and "unknown format 'docx'" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "unknown format 'docx'" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
 
 
 @pytest.mark.parametrize(
     ("extra", "diarize"),
-    [([], False), (["--num-speakers", "2"], True), (["--speaker-name", "SPEAKER_00=Ana"], True),
-     (["--format", "json,rttm"], True), (["--diarize"], True)],
+    [
+        ([], False),
+        (["--num-speakers", "2"], True),
+        (["--speaker-name", "SPEAKER_00=Ana"], True),
+        (["--format", "json,rttm"], True),
+        (["--diarize"], True),
+    ],
 )
 def test_asking_for_speakers_implies_diarization(monkeypatch, tmp_path, extra, diarize):
     seen = {}
@@ -96,8 +138,16 @@ def test_an_unreachable_gateway_stops_the_batch_with_one_line(tmp_path):
     for name in ("a", "b", "c"):
         files.append(tmp_path / f"{name}.wav")
         files[-1].write_bytes(b"RIFF")
-    proc = run_cli("transcribe", *map(str, files), "--server", f"127.0.0.1:{closed_port()}",
-                   "--connect-timeout", "1", "--quiet", timeout=30)
+    proc = run_cli(
+        "transcribe",
+        *map(str, files),
+        "--server",
+        f"127.0.0.1:{closed_port()}",
+        "--connect-timeout",
+        "1",
+        "--quiet",
+        timeout=30,
+    )
     assert proc.returncode == 1
     [line] = proc.stderr.strip().splitlines()  # not one line (and one timeout) per file
     assert line.endswith("; 3 files not transcribed")

@@ -30,13 +30,18 @@ class RecordingGateway(pb_grpc.GatewayServiceServicer):
 @pytest.fixture()
 def recording_gateway():
     servicer = RecordingGateway()
-    handle = build_server(ServerSettings(port=0), service_names=["asr.gateway.v1.GatewayService"],
-                          register=lambda s: pb_grpc.add_GatewayServiceServicer_to_server(servicer, s))
+    handle = build_server(
+        ServerSettings(port=0),
+        service_names=["asr.gateway.v1.GatewayService"],
+        register=lambda s: pb_grpc.add_GatewayServiceServicer_to_server(servicer, s),
+    )
     yield servicer, handle.address
     handle.stop(0)
 
 
-def test_the_sdk_declares_the_upload_size_so_a_cut_off_upload_is_refused(recording_gateway, tmp_path):
+def test_the_sdk_declares_the_upload_size_so_a_cut_off_upload_is_refused(
+    recording_gateway, tmp_path
+):
     servicer, address = recording_gateway
     upload = tmp_path / "talk.wav"
     upload.write_bytes(b"RIFF" * 300_000)  # several upload chunks

@@ -47,10 +47,19 @@ def test_text_view_rewrites_interim_text_in_place_on_a_terminal():
     view = TextView(out, interactive=True)
     view.interim("bom")
     view.final("bom dia", True)
-    assert out.getvalue().startswith("\r") and "bom dia" in out.getvalue() and out.getvalue().endswith("\n")
+    assert (
+        out.getvalue().startswith("\r")
+        and "bom dia" in out.getvalue()
+        and out.getvalue().endswith("\n")
+    )
 
 
 def test_stream_command_is_registered():
-    proc = subprocess.run([sys.executable, "-m", "asr_mesh.client.cli", "stream", "--help"], capture_output=True,
-                          text=True, cwd=REPO, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "asr_mesh.client.cli", "stream", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert proc.returncode == 0 and "--realtime" in proc.stdout and "jsonl" in proc.stdout

@@ -29,7 +29,10 @@ class FakeRpcError(grpc.RpcError):
     ("error", "code"),
     [
         (errors.InvalidAudio("the file is empty"), grpc.StatusCode.INVALID_ARGUMENT),
-        (errors.LimitExceeded("too long", metadata={"limit_seconds": "60"}), grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            errors.LimitExceeded("too long", metadata={"limit_seconds": "60"}),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
         (errors.UnknownModel("unknown model 'x'"), grpc.StatusCode.INVALID_ARGUMENT),
         (errors.Overloaded("queue full", retry_after_s=2.5), grpc.StatusCode.RESOURCE_EXHAUSTED),
         (errors.DependencyUnavailable("down"), grpc.StatusCode.UNAVAILABLE),
@@ -63,27 +66,41 @@ def test_bad_request_details_name_the_field():
 
 
 def test_unavailable_names_the_service():
-    back = errors.from_rpc_error(FakeRpcError(errors.DependencyUnavailable("connection refused")),
-                                 service="transcription")
+    back = errors.from_rpc_error(
+        FakeRpcError(errors.DependencyUnavailable("connection refused")), service="transcription"
+    )
     assert back.message == "transcription service is unavailable: connection refused"
 
 
 # ------------------------------------------------------------------ domain errors without gRPC
 
 CORES = (
-    "services.common.domain", "services.common.domain_errors", "services.common.pcm",
-    "services.common.streams", "services.common.scheduler",
-    "services.preprocess.core", "services.preprocess.ffmpeg",
-    "services.transcription.core", "services.transcription.guards",
-    "services.transcription.longform", "services.transcription.lockstep",
-    "services.transcription.models", "services.transcription.streaming",
-    "services.diarization.core", "services.diarization.clustering",
-    "services.diarization.embedding", "services.diarization.overlap",
+    "services.common.domain",
+    "services.common.domain_errors",
+    "services.common.pcm",
+    "services.common.streams",
+    "services.common.scheduler",
+    "services.preprocess.core",
+    "services.preprocess.ffmpeg",
+    "services.transcription.core",
+    "services.transcription.guards",
+    "services.transcription.longform",
+    "services.transcription.lockstep",
+    "services.transcription.models",
+    "services.transcription.streaming",
+    "services.diarization.core",
+    "services.diarization.clustering",
+    "services.diarization.embedding",
+    "services.diarization.overlap",
     "services.diarization.pyannote_backend",
-    "services.merge.core", "services.merge.documents", "services.merge.itn",
+    "services.merge.core",
+    "services.merge.documents",
+    "services.merge.itn",
     "services.merge.subtitles",
-    "services.gateway.availability", "services.gateway.quota",
-    "services.http.openai_format", "services.http.audio",
+    "services.gateway.availability",
+    "services.gateway.quota",
+    "services.http.openai_format",
+    "services.http.audio",
 )
 """The pure cores: domain logic that servicers, servers and clients wrap. None may import gRPC
 or Prometheus (errors carry a category, metrics arrive as callbacks)."""
@@ -101,7 +118,9 @@ def test_the_cores_import_neither_grpc_nor_prometheus():
         "    if pulled:\n"
         "        sys.exit(f'{name} imports {pulled}')\n"
     )
-    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
 
 
@@ -109,7 +128,9 @@ def test_every_core_module_is_on_the_list():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    cores = {".".join(p.relative_to(root).with_suffix("").parts) for p in root.glob("services/*/core.py")}
+    cores = {
+        ".".join(p.relative_to(root).with_suffix("").parts) for p in root.glob("services/*/core.py")
+    }
     assert cores and cores <= set(CORES)
 
 
@@ -135,7 +156,9 @@ def test_every_error_class_has_a_category_with_a_status():
     assert len(set(errors.STATUS_OF.values())) == len(errors.STATUS_OF)
     # Every class of the domain module (but the base) comes back from the wire by its reason.
     # (services.common.domain_errors re-exports the client's asr_mesh.client.errors.)
-    own = {c for c in classes if c.__module__ == domain_errors.MeshError.__module__} - {domain_errors.MeshError}
+    own = {c for c in classes if c.__module__ == domain_errors.MeshError.__module__} - {
+        domain_errors.MeshError
+    }
     assert own == set(domain_errors.KNOWN)
     assert len({c.reason for c in own}) == len(own)
     assert set(domain_errors.GENERAL) == set(domain_errors.Category)
@@ -168,9 +191,16 @@ def test_every_error_round_trips_through_a_real_server_and_back():
     def fail(request: bytes, context):
         raise _sample(by_name[request.decode()])
 
-    server = grpc.server(futures.ThreadPoolExecutor(2), interceptors=[errors.ErrorMappingInterceptor()])
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        "asr.test.v1.Raiser", {"Raise": grpc.unary_unary_rpc_method_handler(fail)})])
+    server = grpc.server(
+        futures.ThreadPoolExecutor(2), interceptors=[errors.ErrorMappingInterceptor()]
+    )
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "asr.test.v1.Raiser", {"Raise": grpc.unary_unary_rpc_method_handler(fail)}
+            )
+        ]
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
@@ -199,8 +229,13 @@ def test_the_event_loop_interceptor_uses_the_same_map():
 
     async def main() -> dict[str, errors.MeshError]:
         server = grpc.aio.server(interceptors=[AioErrorMappingInterceptor()])
-        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-            "asr.test.v1.Raiser", {"Raise": grpc.unary_unary_rpc_method_handler(fail)})])
+        server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    "asr.test.v1.Raiser", {"Raise": grpc.unary_unary_rpc_method_handler(fail)}
+                )
+            ]
+        )
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         back = {}

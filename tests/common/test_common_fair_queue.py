@@ -14,8 +14,13 @@ def run(coro):
     return asyncio.run(coro)
 
 
-async def _hold(queue: FairQueue, caller: str, order: list[str], release: asyncio.Event,
-                timeout: float | None = None) -> None:
+async def _hold(
+    queue: FairQueue,
+    caller: str,
+    order: list[str],
+    release: asyncio.Event,
+    timeout: float | None = None,
+) -> None:
     async with queue.slot(caller, timeout):
         order.append(caller)
         await release.wait()

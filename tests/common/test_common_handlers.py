@@ -20,7 +20,9 @@ def test_rewrapped_keeps_kind_and_serializers_and_wraps_the_behaviour(kind):
     def behaviour(request, context):
         return f"{kind}:{request}"
 
-    original = FACTORIES[kind](behaviour, request_deserializer=bytes.decode, response_serializer=str.encode)
+    original = FACTORIES[kind](
+        behaviour, request_deserializer=bytes.decode, response_serializer=str.encode
+    )
     seen = []
 
     def wrap(inner, wrapped_kind):
@@ -30,8 +32,12 @@ def test_rewrapped_keeps_kind_and_serializers_and_wraps_the_behaviour(kind):
     rebuilt = rewrapped(original, wrap)
     assert handler_kind(rebuilt) == kind and seen == [kind]
     assert (rebuilt.request_streaming, rebuilt.response_streaming) == (
-        original.request_streaming, original.response_streaming)
-    assert rebuilt.request_deserializer is bytes.decode and rebuilt.response_serializer is str.encode
+        original.request_streaming,
+        original.response_streaming,
+    )
+    assert (
+        rebuilt.request_deserializer is bytes.decode and rebuilt.response_serializer is str.encode
+    )
     assert getattr(rebuilt, kind)("x", None) == f"{kind}:X"
     others = [k for k in FACTORIES if k != kind]
     assert all(getattr(rebuilt, k) is None for k in others)

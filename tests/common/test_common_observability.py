@@ -49,11 +49,14 @@ def test_metrics_endpoint_reflects_requests_by_method_and_status():
         before = scrape(handle.metrics_port)
         stub.Merge(merge_pb.MergeRequest(formats=[document_pb2.OUTPUT_FORMAT_JSON]), timeout=10)
         with pytest.raises(grpc.RpcError):
-            stub.Merge(merge_pb.MergeRequest(formats=[document_pb2.OUTPUT_FORMAT_UNSPECIFIED]), timeout=10)
+            stub.Merge(
+                merge_pb.MergeRequest(formats=[document_pb2.OUTPUT_FORMAT_UNSPECIFIED]), timeout=10
+            )
         after = scrape(handle.metrics_port)
     finally:
         channel.close()
         handle.stop(0)
+
     def delta(name, labels):
         return after.get((name, labels), 0) - before.get((name, labels), 0)
 
@@ -80,13 +83,16 @@ class AbandonedContext:
         return self.remaining
 
 
-@pytest.mark.parametrize(("active", "remaining", "failed", "code"), [
-    (False, 5.0, True, "CANCELLED"),          # the caller went away mid-stream
-    (False, None, True, "CANCELLED"),
-    (False, 0.0, True, "DEADLINE_EXCEEDED"),  # the deadline ended it
-    (True, 5.0, True, "UNKNOWN"),             # a real failure with no status of its own
-    (True, 5.0, False, "OK"),
-])
+@pytest.mark.parametrize(
+    ("active", "remaining", "failed", "code"),
+    [
+        (False, 5.0, True, "CANCELLED"),  # the caller went away mid-stream
+        (False, None, True, "CANCELLED"),
+        (False, 0.0, True, "DEADLINE_EXCEEDED"),  # the deadline ended it
+        (True, 5.0, True, "UNKNOWN"),  # a real failure with no status of its own
+        (True, 5.0, False, "OK"),
+    ],
+)
 def test_streams_closed_from_outside_are_counted_by_why_they_ended(active, remaining, failed, code):
     from services.common.metrics import _code_name
 
@@ -99,7 +105,9 @@ def test_logs_are_json_with_the_active_trace_and_span_ids():
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.addFilter(TraceContextFilter("merge"))
-    handler.setFormatter(JsonFormatter("%(levelname)s %(service)s %(message)s %(trace_id)s %(span_id)s"))
+    handler.setFormatter(
+        JsonFormatter("%(levelname)s %(service)s %(message)s %(trace_id)s %(span_id)s")
+    )
     logger = logging.getLogger("test.observability")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -119,9 +127,19 @@ def test_logs_are_json_with_the_active_trace_and_span_ids():
 
 
 def _span(service, name, span_id, parent, start_ms, end_ms, status="UNSET"):
-    return {"service": service, "name": name, "kind": "INTERNAL", "trace_id": "ab" * 16,
-            "span_id": span_id, "parent_span_id": parent, "start_ns": start_ms * 1_000_000,
-            "end_ns": end_ms * 1_000_000, "status": status, "attributes": {}, "events": []}
+    return {
+        "service": service,
+        "name": name,
+        "kind": "INTERNAL",
+        "trace_id": "ab" * 16,
+        "span_id": span_id,
+        "parent_span_id": parent,
+        "start_ns": start_ms * 1_000_000,
+        "end_ns": end_ms * 1_000_000,
+        "status": status,
+        "attributes": {},
+        "events": [],
+    }
 
 
 @pytest.fixture()
@@ -130,7 +148,14 @@ def trace_dir(tmp_path):
         _span("gateway", "/asr.gateway.v1.GatewayService/Transcribe", "r", "", 0, 1000),
         _span("gateway", "chain.preprocess", "p", "r", 10, 100),
         _span("gateway", "chain.transcription", "t", "r", 100, 900),
-        _span("transcription", "/asr.transcription.v1.TranscriptionService/Transcribe", "ts", "t", 105, 895),
+        _span(
+            "transcription",
+            "/asr.transcription.v1.TranscriptionService/Transcribe",
+            "ts",
+            "t",
+            105,
+            895,
+        ),
         _span("gateway", "chain.diarization", "d", "r", 100, 400),
         _span("gateway", "chain.merge", "m", "r", 900, 990, status="ERROR"),
     ]
@@ -155,7 +180,16 @@ def test_waterfall_json_and_png_render(trace_dir, tmp_path):
     text = console.export_text()
     assert "★" in text and "chain.transcription" in text and "Transcribe" in text
     rows = json.loads(traces.trace_json(trace))
-    assert {"service", "name", "trace_id", "span_id", "parent_span_id", "start", "end", "attributes"} <= set(rows[0])
+    assert {
+        "service",
+        "name",
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "start",
+        "end",
+        "attributes",
+    } <= set(rows[0])
     png = tmp_path / "w.png"
     traces.save_png(trace, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

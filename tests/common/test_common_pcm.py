@@ -16,7 +16,9 @@ from services.common.errors import InvalidAudio, InvalidInput, LimitExceeded
 from services.common.pcm import pcm_samples, pcm_to_float32, read_config, read_pcm
 from services.common.streams import UploadMeter
 
-PCM16K = audio_pb2.PcmFormat(sample_rate_hz=SAMPLE_RATE, channels=1, encoding=audio_pb2.SAMPLE_ENCODING_S16LE)
+PCM16K = audio_pb2.PcmFormat(
+    sample_rate_hz=SAMPLE_RATE, channels=1, encoding=audio_pb2.SAMPLE_ENCODING_S16LE
+)
 ONE_SECOND = SAMPLE_RATE * BYTES_PER_SAMPLE
 
 
@@ -24,10 +26,12 @@ def read_config_and_pcm(requests, *, max_audio_seconds, config_field="config"):
     """How the servicers use the two halves (with their queue slot taken in between)."""
     requests = iter(requests)
     config = read_config(requests, config_field=config_field)
-    meter = UploadMeter(config.pcm_size_bytes, threading.Event(), what="audio stream",
-                        field="config.pcm_size_bytes")
-    return config, read_pcm(requests, max_audio_seconds=max_audio_seconds, meter=meter,
-                            config_field=config_field)
+    meter = UploadMeter(
+        config.pcm_size_bytes, threading.Event(), what="audio stream", field="config.pcm_size_bytes"
+    )
+    return config, read_pcm(
+        requests, max_audio_seconds=max_audio_seconds, meter=meter, config_field=config_field
+    )
 
 
 def stream(*chunks: bytes, fmt=PCM16K):
@@ -43,8 +47,12 @@ def test_reads_the_config_and_the_pcm_of_every_chunk():
 
 
 def test_works_for_every_service_request_type():
-    requests = iter([dia.DiarizeRequest(config=dia.DiarizationConfig(format=PCM16K, num_speakers=2)),
-                     dia.DiarizeRequest(audio=audio_pb2.AudioChunk(pcm=b"\0\0"))])
+    requests = iter(
+        [
+            dia.DiarizeRequest(config=dia.DiarizationConfig(format=PCM16K, num_speakers=2)),
+            dia.DiarizeRequest(audio=audio_pb2.AudioChunk(pcm=b"\0\0")),
+        ]
+    )
     config, pcm = read_config_and_pcm(requests, max_audio_seconds=1)
     assert config.num_speakers == 2 and len(pcm) == 2
 
@@ -53,7 +61,9 @@ def test_the_limit_is_seconds_of_16_khz_16_bit_audio():
     _, pcm = read_config_and_pcm(stream(b"\0" * ONE_SECOND), max_audio_seconds=1)
     assert len(pcm) == ONE_SECOND  # exactly the limit is accepted
     with pytest.raises(LimitExceeded, match="longer than this service's limit of 2 s") as err:
-        read_config_and_pcm(stream(b"\0" * ONE_SECOND, b"\0" * ONE_SECOND, b"\0\0"), max_audio_seconds=2)
+        read_config_and_pcm(
+            stream(b"\0" * ONE_SECOND, b"\0" * ONE_SECOND, b"\0\0"), max_audio_seconds=2
+        )
     assert err.value.metadata == {"limit_seconds": "2"}
 
 
@@ -73,8 +83,10 @@ def test_the_limit_stops_reading_at_once():
 
 def test_a_stream_must_open_with_one_config():
     with pytest.raises(InvalidInput, match="first message of the stream must carry config") as err:
-        read_config_and_pcm(iter([asr.TranscribeRequest(audio=audio_pb2.AudioChunk(pcm=b"\0\0"))]),
-                            max_audio_seconds=1)
+        read_config_and_pcm(
+            iter([asr.TranscribeRequest(audio=audio_pb2.AudioChunk(pcm=b"\0\0"))]),
+            max_audio_seconds=1,
+        )
     assert err.value.field == "config"
     with pytest.raises(InvalidInput, match="first message"):
         read_config_and_pcm(iter([]), max_audio_seconds=1)
@@ -94,8 +106,11 @@ def test_a_wrong_format_is_refused_before_any_audio_is_read():
     consumed = []
 
     def requests():
-        yield asr.TranscribeRequest(config=asr.TranscriptionConfig(
-            format=audio_pb2.PcmFormat(sample_rate_hz=44_100, channels=1)))
+        yield asr.TranscribeRequest(
+            config=asr.TranscriptionConfig(
+                format=audio_pb2.PcmFormat(sample_rate_hz=44_100, channels=1)
+            )
+        )
         consumed.append(1)
         yield asr.TranscribeRequest(audio=audio_pb2.AudioChunk(pcm=b"\0\0"))
 

@@ -94,7 +94,8 @@ def test_stop_reports_not_serving_and_drains_in_flight_calls():
     assert future.result().speakers == ["SPEAKER_00"]  # in-flight call finished during the drain
     stopper.join(10)
     assert handle.health.Check(health_pb2.HealthCheckRequest(service=""), None).status == (
-        health_pb2.HealthCheckResponse.NOT_SERVING)
+        health_pb2.HealthCheckResponse.NOT_SERVING
+    )
     with pytest.raises(grpc.RpcError):  # new calls are refused once stopped
         stub.Merge(merge_pb.MergeRequest(), timeout=2)
     channel.close()
@@ -122,11 +123,22 @@ def test_sigterm_taken_by_another_thread_still_stops_the_service(tmp_path):
     import subprocess
     import sys
 
-    env = {**os.environ, "ASR_MERGE_PORT": "0", "ASR_STATE_DIR": str(tmp_path),
-           "ASR_MERGE_GRACE_PERIOD_S": "0", "OTEL_TRACES_EXPORTER": "none"}
+    env = {
+        **os.environ,
+        "ASR_MERGE_PORT": "0",
+        "ASR_STATE_DIR": str(tmp_path),
+        "ASR_MERGE_GRACE_PERIOD_S": "0",
+        "OTEL_TRACES_EXPORTER": "none",
+    }
     # Before the fix the service never woke up to run its handler: this call timed out.
-    proc = subprocess.run([sys.executable, "-c", SIGTERM_ON_A_WORKER_THREAD], env=env, timeout=30,
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          cwd=Path(__file__).resolve().parents[2])
+    proc = subprocess.run(
+        [sys.executable, "-c", SIGTERM_ON_A_WORKER_THREAD],
+        env=env,
+        timeout=30,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "received SIGTERM" in proc.stderr + proc.stdout

@@ -29,8 +29,15 @@ def test_a_pool_smaller_than_admitted_work_is_refused():
 
 def test_bad_environment_is_one_line_per_problem_and_exit_2():
     env = {**os.environ, "ASR_MERGE_PORT": "not-a-port", "ASR_MERGE_HOST": "127.0.0.1"}
-    proc = subprocess.run([sys.executable, "-m", "services.merge"], env=env, capture_output=True,
-                          text=True, timeout=60, cwd=REPO, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.merge"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[0].startswith("merge: invalid configuration: port:")

@@ -35,7 +35,9 @@ def test_a_short_upload_names_both_numbers_after_waiting_for_a_cancel(monkeypatc
     m = meter(10)
     m.add(4)
     started = time.monotonic()
-    with pytest.raises(InvalidInput, match="upload ended after 4 of the 10 bytes declared in config.size"):
+    with pytest.raises(
+        InvalidInput, match="upload ended after 4 of the 10 bytes declared in config.size"
+    ):
         m.finish()
     assert time.monotonic() - started >= 0.2
 
@@ -98,10 +100,14 @@ def test_a_steady_stream_passes_through_whole_and_in_order():
 
 
 def test_a_stream_that_pauses_past_the_idle_time_is_refused_with_the_setting_named():
-    guarded = stall_guarded(paced([1, 2, 3], pause_s=2.0, pause_before=2), 0.3, setting="ASR_X_UPLOAD_IDLE_TIMEOUT_S")
+    guarded = stall_guarded(
+        paced([1, 2, 3], pause_s=2.0, pause_before=2), 0.3, setting="ASR_X_UPLOAD_IDLE_TIMEOUT_S"
+    )
     assert next(guarded) == 1 and next(guarded) == 2
     started = time.monotonic()
-    with pytest.raises(UploadStalled, match=r"no message arrived for 0\.3 s \(ASR_X_UPLOAD_IDLE_TIMEOUT_S\)") as err:
+    with pytest.raises(
+        UploadStalled, match=r"no message arrived for 0\.3 s \(ASR_X_UPLOAD_IDLE_TIMEOUT_S\)"
+    ) as err:
         next(guarded)
     assert 0.25 < time.monotonic() - started < 3.0
     assert err.value.category is Category.DEADLINE

@@ -26,7 +26,9 @@ FRONT_DOORS = ("http",)
 """Optional services in front of the gateway (components/http): HTTP, not gRPC; checked by
 test_deploy_http.py, and by the policies every Deployment must meet."""
 BACKENDS = ("preprocess", "transcription", "diarization", "merge")
-OVERLAYS = tuple(sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file()))
+OVERLAYS = tuple(
+    sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
+)
 GPU_OVERLAYS = tuple(o for o in OVERLAYS if o.startswith("gpu"))
 CPU_OVERLAYS = tuple(o for o in OVERLAYS if not o.startswith("gpu"))
 GRPC_PORT, METRICS_PORT = 50051, 9464
@@ -132,8 +134,18 @@ def matches(selector: dict | None, labels: dict[str, str]) -> bool:
 
 
 _QUANTITY = re.compile(r"^([0-9.]+)([a-zA-Z]*)$")
-_SUFFIX = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
-           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+_SUFFIX = {
+    "": 1,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
 
 
 def quantity(value: str | int | float) -> float:

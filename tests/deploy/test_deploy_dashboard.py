@@ -17,9 +17,14 @@ DASHBOARD = DEPLOY / "grafana" / "asr-mesh.json"
 METRIC = re.compile(r"\b(asr_[a-z0-9_]+)\b")
 # Issue 6's metric set: the dashboard must show each of them.
 REQUIRED = {
-    "asr_grpc_server_requests_total", "asr_grpc_server_request_duration_seconds_bucket",
-    "asr_grpc_server_in_flight_requests", "asr_real_time_factor_bucket", "asr_queue_depth",
-    "asr_model_loaded", "asr_batch_size_bucket", "asr_cache_requests_total",
+    "asr_grpc_server_requests_total",
+    "asr_grpc_server_request_duration_seconds_bucket",
+    "asr_grpc_server_in_flight_requests",
+    "asr_real_time_factor_bucket",
+    "asr_queue_depth",
+    "asr_model_loaded",
+    "asr_batch_size_bucket",
+    "asr_cache_requests_total",
     "asr_audio_processed_seconds_total",
 }
 
@@ -32,8 +37,12 @@ def exported_series() -> dict[str, set[str]]:
     for collector in list(REGISTRY._collector_to_names):  # every registered metric family
         labels = set(getattr(collector, "_labelnames", ()))
         kind, name = collector._type, collector._name
-        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"],
-                    "gauge": [""], "summary": ["_sum", "_count", ""]}[kind]
+        suffixes = {
+            "counter": ["_total"],
+            "histogram": ["_bucket", "_sum", "_count"],
+            "gauge": [""],
+            "summary": ["_sum", "_count", ""],
+        }[kind]
         for suffix in suffixes:
             series[name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
     return series
@@ -75,18 +84,22 @@ def _check_exprs(exprs: list[str], where: str) -> None:
         # Label matchers on a metric must name labels it has (plus the scrape's own labels).
         for name, matchers in re.findall(r"\b(asr_[a-z0-9_]+)\{([^}]*)\}", expr):
             for label in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers):
-                assert label in series[name] | {"namespace", "pod", "job", "instance", "node"}, \
+                assert label in series[name] | {"namespace", "pod", "job", "instance", "node"}, (
                     f"{where}: {name} has no label {label!r}"
+                )
 
 
 def test_dashboard_queries_use_real_metrics_and_labels() -> None:
     _check_exprs(dashboard_exprs(), "dashboard")
 
 
-@pytest.mark.parametrize("path", [
-    K8S / "components" / "monitoring" / "prometheusrule.yaml",
-    K8S / "components" / "autoscaling" / "scaledobject-transcription.yaml",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        K8S / "components" / "monitoring" / "prometheusrule.yaml",
+        K8S / "components" / "autoscaling" / "scaledobject-transcription.yaml",
+    ],
+)
 def test_alerts_and_keda_query_use_real_metrics(path) -> None:
     import yaml
 

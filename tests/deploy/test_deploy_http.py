@@ -28,7 +28,11 @@ from test_deploy_policy import Endpoint, _allowed
 from test_deploy_settings import DOCKER_ENV, check_env
 
 HTTP_PORT = 8080
-WITH_HTTP = [o for o in OVERLAYS if "components/http" in (K8S / "overlays" / o / "kustomization.yaml").read_text()]
+WITH_HTTP = [
+    o
+    for o in OVERLAYS
+    if "components/http" in (K8S / "overlays" / o / "kustomization.yaml").read_text()
+]
 
 
 def test_an_overlay_deploys_the_front_door() -> None:
@@ -41,7 +45,9 @@ def test_deployment_service_and_ingress(overlay: str) -> None:
     docs = render(overlay)
     deployment = get(docs, "Deployment", "http")
     container = main_container(deployment)
-    assert container["image"].rsplit(":", 1)[0].endswith("asr-mesh/http") and ":" in container["image"]
+    assert (
+        container["image"].rsplit(":", 1)[0].endswith("asr-mesh/http") and ":" in container["image"]
+    )
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": HTTP_PORT}
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -51,18 +57,27 @@ def test_deployment_service_and_ingress(overlay: str) -> None:
     check_env("http", env, f"{overlay}: http")
     assert env["ASR_HTTP_PORT"] == str(HTTP_PORT) and env["ASR_HTTP_HOST"] == "0.0.0.0"
     assert env["ASR_HTTP_GATEWAY_ADDRESS"].split(":")[-1] == "50051"
-    assert pod_spec(deployment)["terminationGracePeriodSeconds"] >= float(env["ASR_HTTP_GRACE_PERIOD_S"]) + 10
+    assert (
+        pod_spec(deployment)["terminationGracePeriodSeconds"]
+        >= float(env["ASR_HTTP_GRACE_PERIOD_S"]) + 10
+    )
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(HTTP_PORT)
     service = get(docs, "Service", "http")
-    assert matches({"matchLabels": service["spec"]["selector"]}, deployment["spec"]["template"]["metadata"]["labels"])
-    assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [("http", HTTP_PORT, "http")]
+    assert matches(
+        {"matchLabels": service["spec"]["selector"]},
+        deployment["spec"]["template"]["metadata"]["labels"],
+    )
+    assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+        ("http", HTTP_PORT, "http")
+    ]
     ingress = get(docs, "Ingress", "http")
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": "http", "port": {"name": "http"}}
     size = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
-    assert int(size.removesuffix("m")) * 2**20 >= int(env["ASR_HTTP_MAX_UPLOAD_BYTES"]), \
+    assert int(size.removesuffix("m")) * 2**20 >= int(env["ASR_HTTP_MAX_UPLOAD_BYTES"]), (
         "the ingress must not refuse what the service accepts"
+    )
 
 
 @requires_kubectl
@@ -71,11 +86,16 @@ def test_network_policies_let_clients_in_and_http_reach_only_the_gateway(overlay
     docs = render(overlay)
     namespace = objects(docs, "Namespace")[0]["metadata"]["name"]
     policies = objects(docs, "NetworkPolicy")
-    pods = {d["metadata"]["name"]: Endpoint(d["metadata"]["name"], namespace,
-                                            d["spec"]["template"]["metadata"]["labels"])
-            for d in objects(docs, "Deployment")}
+    pods = {
+        d["metadata"]["name"]: Endpoint(
+            d["metadata"]["name"], namespace, d["spec"]["template"]["metadata"]["labels"]
+        )
+        for d in objects(docs, "Deployment")
+    }
     http, gateway = pods["http"], pods["gateway"]
-    ingress_controller = Endpoint("ingress-nginx", "ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"})
+    ingress_controller = Endpoint(
+        "ingress-nginx", "ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"}
+    )
     dns = Endpoint("kube-dns", "kube-system", {"k8s-app": "kube-dns"})
     assert _allowed(policies, ingress_controller, http, HTTP_PORT)
     assert _allowed(policies, http, gateway, 50051)
@@ -95,9 +115,12 @@ def test_component_builds_alone_with_base(tmp_path) -> None:
     base, component = (os.path.relpath(K8S / part, overlay) for part in ("base", "components/http"))
     (overlay / "kustomization.yaml").write_text(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: speech\n"
-        f"resources:\n  - {base}\ncomponents:\n  - {component}\n")
+        f"resources:\n  - {base}\ncomponents:\n  - {component}\n"
+    )
     docs = kustomize(overlay)
-    assert {d["metadata"]["namespace"] for d in docs if d["kind"] in ("Deployment", "Ingress")} == {"speech"}
+    assert {d["metadata"]["namespace"] for d in docs if d["kind"] in ("Deployment", "Ingress")} == {
+        "speech"
+    }
     assert get(docs, "Deployment", "http")
 
 
@@ -106,7 +129,9 @@ def test_dockerfile() -> None:
     assert project_extras(stages) == {"http"}
     target = runtime_targets(stages)[0]
     assert target.all("ENTRYPOINT")[-1] == '["python", "-m", "services.http"]'
-    assert any("ffmpeg" in run for run in target.all("RUN")), "WebM/Opus live audio is decoded by ffmpeg"
+    assert any("ffmpeg" in run for run in target.all("RUN")), (
+        "WebM/Opus live audio is decoded by ffmpeg"
+    )
     assert target.all("USER")[-1].split(":")[0] == "10001"
     env = dict(DOCKER_ENV.findall((DOCKER / "http.Dockerfile").read_text(encoding="utf-8")))
     check_env("http", env, "http.Dockerfile")

@@ -15,8 +15,15 @@ from deploy_helpers import DOCKER, GRPC_PORT, METRICS_PORT, REPO, SERVICES
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-FORBIDDEN_IN_TRANSCRIPTION = {"torch", "torchaudio", "torchvision", "pyannote-audio", "lightning",
-                              "pytorch-lightning", "resemblyzer"}
+FORBIDDEN_IN_TRANSCRIPTION = {
+    "torch",
+    "torchaudio",
+    "torchvision",
+    "pyannote-audio",
+    "lightning",
+    "pytorch-lightning",
+    "resemblyzer",
+}
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 EXTRAS = PYPROJECT["project"]["optional-dependencies"]
 PROJECT = canonicalize_name(PYPROJECT["project"]["name"])
@@ -83,8 +90,9 @@ def project_extras(stages: list[Stage]) -> set[str]:
         for run in stage.all("RUN"):
             for extras in re.findall(r"""pip install[^&;]*?["']?\.\[([\w,-]+)\]""", run):
                 found |= set(extras.split(","))
-            assert not re.search(r"pip install[^&;]*\s\.(\s|$|&)", run), \
+            assert not re.search(r"pip install[^&;]*\s\.(\s|$|&)", run), (
                 "the project without an extra pulls nothing useful: name the service's extra"
+            )
     return found
 
 
@@ -97,24 +105,33 @@ def test_dockerfile_per_service(service: str) -> None:
         users = effective(stages, target, "USER")
         assert users, f"{target.name}: no USER (would run as root)"
         uid = users[-1].split(":")[0]
-        assert uid.isdigit() and int(uid) != 0, \
+        assert uid.isdigit() and int(uid) != 0, (
             f"{target.name}: USER must be a numeric non-root uid (kubelet checks runAsNonRoot by uid)"
-        assert effective(stages, target, "ENTRYPOINT")[-1] == \
-            f'["python", "-m", "services.{service}"]'
+        )
+        assert (
+            effective(stages, target, "ENTRYPOINT")[-1] == f'["python", "-m", "services.{service}"]'
+        )
         exposed = " ".join(effective(stages, target, "EXPOSE")).split()
         assert {str(GRPC_PORT), str(METRICS_PORT)} <= set(exposed)
         copies = effective(stages, target, "COPY")
-        assert any(c.startswith("--from=build") and "/opt/venv" in c for c in copies), \
+        assert any(c.startswith("--from=build") and "/opt/venv" in c for c in copies), (
             "the runtime copies the venv from the build stage"
-        assert all(c.startswith("--from=") for c in copies), \
+        )
+        assert all(c.startswith("--from=") for c in copies), (
             "the runtime takes only build outputs, no sources from the context"
+        )
 
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_build_context_allowlist_covers_every_copy(service: str) -> None:
     """<Dockerfile>.dockerignore: allowlist the sources; keep .venv, models, .git, .gitignore out."""
-    lines = [ln.strip() for ln in (DOCKER / f"{service}.Dockerfile.dockerignore").read_text(
-        encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+    lines = [
+        ln.strip()
+        for ln in (DOCKER / f"{service}.Dockerfile.dockerignore")
+        .read_text(encoding="utf-8")
+        .splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
     assert lines[0] == "**", "start from an empty context"
     allowed = [ln[1:].rstrip("/") for ln in lines if ln.startswith("!")]
     for path in (".venv", "models", "gen", ".git", ".gitignore", "out"):
@@ -126,8 +143,9 @@ def test_build_context_allowlist_covers_every_copy(service: str) -> None:
             *sources, _dest = args.split()
             for source in sources:
                 source = source.rstrip("/")
-                assert any(source == a or source.startswith(a + "/") for a in allowed), \
+                assert any(source == a or source.startswith(a + "/") for a in allowed), (
                     f"COPY {source} is outside the build-context allowlist"
+                )
                 assert (REPO / source).exists(), f"COPY {source}: no such path"
 
 
@@ -141,7 +159,9 @@ def test_transcription_image_has_no_torch() -> None:
             for command in re.split(r"&&|;", run):
                 if "pip install" in command:
                     words = set(re.findall(r"[\w.-]+", command.lower()))
-                    assert not words & (FORBIDDEN_IN_TRANSCRIPTION | {"diarization", "all"}), command
+                    assert not words & (FORBIDDEN_IN_TRANSCRIPTION | {"diarization", "all"}), (
+                        command
+                    )
     # The models extra is read from pyproject, never re-pinned by hand.
     assert "['optional-dependencies']['models']" in text
     # LD_LIBRARY_PATH points into the venv of the base image's Python version.
@@ -203,8 +223,12 @@ def test_diarization_extra_is_where_torch_lives() -> None:
 
 
 def test_named_build_contexts_default_to_placeholders() -> None:
-    for dockerfile, context in (("transcription", "extra-models"), ("diarization", "pyannote"),
-                                ("models", "extra-models"), ("models", "pyannote")):
+    for dockerfile, context in (
+        ("transcription", "extra-models"),
+        ("diarization", "pyannote"),
+        ("models", "extra-models"),
+        ("models", "pyannote"),
+    ):
         stage = next(s for s in stages_of(dockerfile) if s.name == context)
         assert stage.base == "scratch", f"{dockerfile}: --build-context {context}=DIR replaces it"
         assert (DOCKER / context / "README.md").is_file()

@@ -53,12 +53,14 @@ def test_kustomize_builds(overlay: str) -> None:
     docs = render(overlay)
     keys = [(d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"]) for d in docs]
     assert len(keys) == len(set(keys)), "duplicate objects in the output"
-    assert all(d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"), \
+    assert all(d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"), (
         "every namespaced object carries the namespace"
+    )
     namespaces = objects(docs, "Namespace")
     assert len(namespaces) == 1
     assert {d["metadata"]["namespace"] for d in docs if d["kind"] != "Namespace"} == {
-        namespaces[0]["metadata"]["name"]}
+        namespaces[0]["metadata"]["name"]
+    }
 
 
 def test_every_component_is_used_by_an_overlay() -> None:
@@ -66,7 +68,9 @@ def test_every_component_is_used_by_an_overlay() -> None:
     for overlay in OVERLAYS:
         text = (K8S / "overlays" / overlay / "kustomization.yaml").read_text(encoding="utf-8")
         used |= set(re.findall(r"\.\./\.\./components/([\w-]+)", text))
-    assert set(COMPONENTS) <= used, f"components no overlay builds (untested): {set(COMPONENTS) - used}"
+    assert set(COMPONENTS) <= used, (
+        f"components no overlay builds (untested): {set(COMPONENTS) - used}"
+    )
     assert {"gpu", "tracing", "autoscaling"} <= set(COMPONENTS)
 
 
@@ -108,8 +112,17 @@ def test_the_validator_is_strict() -> None:
 
 def _check_scaled_object(doc: dict, docs: list[dict]) -> None:
     spec = doc["spec"]
-    assert set(spec) <= {"scaleTargetRef", "minReplicaCount", "maxReplicaCount", "pollingInterval",
-                         "cooldownPeriod", "idleReplicaCount", "fallback", "advanced", "triggers"}
+    assert set(spec) <= {
+        "scaleTargetRef",
+        "minReplicaCount",
+        "maxReplicaCount",
+        "pollingInterval",
+        "cooldownPeriod",
+        "idleReplicaCount",
+        "fallback",
+        "advanced",
+        "triggers",
+    }
     target = spec["scaleTargetRef"]
     assert target.get("kind", "Deployment") == "Deployment"
     get(docs, "Deployment", target["name"])
@@ -123,8 +136,14 @@ def _check_scaled_object(doc: dict, docs: list[dict]) -> None:
     assert set(behavior) <= {"scaleUp", "scaleDown"}
     assert spec["triggers"], "a ScaledObject needs a trigger"
     for trigger in spec["triggers"]:
-        assert set(trigger) <= {"type", "metadata", "metricType", "name", "authenticationRef",
-                                "useCachedMetrics"}
+        assert set(trigger) <= {
+            "type",
+            "metadata",
+            "metricType",
+            "name",
+            "authenticationRef",
+            "useCachedMetrics",
+        }
         assert trigger.get("metricType", "AverageValue") in {"AverageValue", "Value", "Utilization"}
         metadata = trigger["metadata"]
         # KEDA's trigger metadata is map[string]string: a YAML number or bool is rejected.
@@ -139,21 +158,49 @@ def _check_scaled_object(doc: dict, docs: list[dict]) -> None:
 
 def _check_service_monitor(doc: dict, docs: list[dict]) -> None:
     spec = doc["spec"]
-    assert set(spec) <= {"selector", "endpoints", "namespaceSelector", "jobLabel", "targetLabels",
-                         "podTargetLabels", "sampleLimit"}
-    selected = [s for s in objects(docs, "Service")
-                if all(s["metadata"].get("labels", {}).get(k) == v
-                       for k, v in spec["selector"]["matchLabels"].items())]
-    assert sorted(s["metadata"]["name"] for s in selected) == sorted(SERVICES), \
+    assert set(spec) <= {
+        "selector",
+        "endpoints",
+        "namespaceSelector",
+        "jobLabel",
+        "targetLabels",
+        "podTargetLabels",
+        "sampleLimit",
+    }
+    selected = [
+        s
+        for s in objects(docs, "Service")
+        if all(
+            s["metadata"].get("labels", {}).get(k) == v
+            for k, v in spec["selector"]["matchLabels"].items()
+        )
+    ]
+    assert sorted(s["metadata"]["name"] for s in selected) == sorted(SERVICES), (
         "the ServiceMonitor selects exactly the five services"
+    )
     for endpoint in spec["endpoints"]:
-        assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "honorLabels",
-                                 "relabelings", "metricRelabelings", "scheme"}
+        assert set(endpoint) <= {
+            "port",
+            "path",
+            "interval",
+            "scrapeTimeout",
+            "honorLabels",
+            "relabelings",
+            "metricRelabelings",
+            "scheme",
+        }
         for service in selected:
             assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
         for relabel in endpoint.get("relabelings", []):
-            assert set(relabel) <= {"sourceLabels", "targetLabel", "regex", "replacement", "action",
-                                    "separator", "modulus"}
+            assert set(relabel) <= {
+                "sourceLabels",
+                "targetLabel",
+                "regex",
+                "replacement",
+                "action",
+                "separator",
+                "modulus",
+            }
 
 
 def _check_prometheus_rule(doc: dict, docs: list[dict]) -> None:
@@ -168,18 +215,38 @@ def _check_prometheus_rule(doc: dict, docs: list[dict]) -> None:
 
 def _check_certificate(doc: dict, docs: list[dict]) -> None:
     spec = doc["spec"]
-    assert set(spec) <= {"secretName", "commonName", "dnsNames", "ipAddresses", "duration", "renewBefore",
-                         "privateKey", "usages", "issuerRef", "isCA", "secretTemplate"}
+    assert set(spec) <= {
+        "secretName",
+        "commonName",
+        "dnsNames",
+        "ipAddresses",
+        "duration",
+        "renewBefore",
+        "privateKey",
+        "usages",
+        "issuerRef",
+        "isCA",
+        "secretTemplate",
+    }
     assert re.match(r"^[a-z0-9-]+$", spec["secretName"])
     ref = spec["issuerRef"]
-    assert ref.get("group", "cert-manager.io") == "cert-manager.io" and ref.get("kind", "Issuer") == "Issuer"
+    assert (
+        ref.get("group", "cert-manager.io") == "cert-manager.io"
+        and ref.get("kind", "Issuer") == "Issuer"
+    )
     get(docs, "Issuer", ref["name"])  # an Issuer of this build signs it
     for key in ("duration", "renewBefore"):
         assert re.match(r"^\d+h$", spec[key]), f"{key} in hours, as cert-manager parses it"
     assert int(spec["renewBefore"][:-1]) < int(spec["duration"][:-1])
     assert spec["privateKey"]["algorithm"] in {"RSA", "ECDSA", "Ed25519"}
-    assert set(spec.get("usages", [])) <= {"digital signature", "key encipherment", "server auth",
-                                            "client auth", "cert sign", "crl sign"}
+    assert set(spec.get("usages", [])) <= {
+        "digital signature",
+        "key encipherment",
+        "server auth",
+        "client auth",
+        "cert sign",
+        "crl sign",
+    }
     if not spec.get("isCA"):
         assert {"server auth", "client auth"} <= set(spec["usages"]), "mTLS: server and client"
         assert spec["dnsNames"] and all(re.match(r"^[a-z0-9.-]+$", n) for n in spec["dnsNames"])
@@ -189,13 +256,19 @@ def _check_issuer(doc: dict, docs: list[dict]) -> None:
     spec = doc["spec"]
     assert len(set(spec) & {"selfSigned", "ca", "acme", "vault", "venafi"}) == 1
     if "ca" in spec:  # the CA Issuer signs with a CA certificate this build makes
-        assert any(c["spec"]["secretName"] == spec["ca"]["secretName"] and c["spec"].get("isCA")
-                   for c in objects(docs, "Certificate"))
+        assert any(
+            c["spec"]["secretName"] == spec["ca"]["secretName"] and c["spec"].get("isCA")
+            for c in objects(docs, "Certificate")
+        )
 
 
-CRD_CHECKS = {"ScaledObject": _check_scaled_object, "ServiceMonitor": _check_service_monitor,
-              "PrometheusRule": _check_prometheus_rule, "Certificate": _check_certificate,
-              "Issuer": _check_issuer}
+CRD_CHECKS = {
+    "ScaledObject": _check_scaled_object,
+    "ServiceMonitor": _check_service_monitor,
+    "PrometheusRule": _check_prometheus_rule,
+    "Certificate": _check_certificate,
+    "Issuer": _check_issuer,
+}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -220,16 +293,21 @@ def test_changing_the_namespace_rewrites_every_address(tmp_path: Path) -> None:
         path = copy / "overlays" / overlay / "kustomization.yaml"
         text = path.read_text(encoding="utf-8")
         assert re.search(r"^namespace: asr$", text, re.M), f"{overlay} sets namespace: asr"
-        path.write_text(re.sub(r"^namespace: asr$", "namespace: speech-prod", text, flags=re.M),
-                        encoding="utf-8")
+        path.write_text(
+            re.sub(r"^namespace: asr$", "namespace: speech-prod", text, flags=re.M),
+            encoding="utf-8",
+        )
         out = json.dumps(kustomize(copy / "overlays" / overlay))
-        assert ".asr." not in out and 'namespace=\\"asr\\"' not in out, \
+        assert ".asr." not in out and 'namespace=\\"asr\\"' not in out, (
             f"{overlay}: a string still names the namespace asr"
+        )
         assert "speech-prod.svc.cluster.local" in out
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_gateway_finds_every_transcription_replica_through_the_headless_service(overlay: str) -> None:
+def test_the_gateway_finds_every_transcription_replica_through_the_headless_service(
+    overlay: str,
+) -> None:
     """Fan-out needs one channel per replica: the address must be a DNS name whose answer lists
     every ready pod (a headless Service), not a ClusterIP that hides them behind one address."""
     from deploy_helpers import container_env, main_container, mesh_deployments
@@ -238,7 +316,9 @@ def test_the_gateway_finds_every_transcription_replica_through_the_headless_serv
 
     docs = render(overlay)
     service = get(docs, "Service", "transcription")
-    assert service["spec"]["clusterIP"] == "None" and not service["spec"].get("publishNotReadyAddresses")
+    assert service["spec"]["clusterIP"] == "None" and not service["spec"].get(
+        "publishNotReadyAddresses"
+    )
     env = container_env(docs, main_container(mesh_deployments(docs)["gateway"]))
     fixed, name = split_target(env["ASR_GATEWAY_TRANSCRIPTION_ADDRESS"])
     namespace = service["metadata"]["namespace"]
@@ -247,7 +327,9 @@ def test_the_gateway_finds_every_transcription_replica_through_the_headless_serv
     assert float(env["ASR_GATEWAY_FANOUT_ATTEMPTS"]) >= 2  # a lost replica's chunks are retried
     # Scale-down: a terminating replica finishes its chunks before it is killed.
     transcription = mesh_deployments(docs)["transcription"]
-    grace = float(container_env(docs, main_container(transcription))["ASR_TRANSCRIPTION_GRACE_PERIOD_S"])
+    grace = float(
+        container_env(docs, main_container(transcription))["ASR_TRANSCRIPTION_GRACE_PERIOD_S"]
+    )
     assert transcription["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace
     pdb = get(docs, "PodDisruptionBudget", "transcription")
     assert pdb["spec"]["maxUnavailable"] == 1

@@ -58,13 +58,16 @@ def test_native_grpc_probes_on_every_service(overlay: str) -> None:
         # With TLS (components/tls) the probes, which cannot speak TLS, ask a plaintext port
         # that serves health alone (ASR_<SERVICE>_HEALTH_PORT).
         health_port = int(container_env(docs, container).get(f"ASR_{name.upper()}_HEALTH_PORT", 0))
-        expected = {"grpc": GRPC_PORT, "metrics": METRICS_PORT} | ({"health": health_port} if health_port else {})
+        expected = {"grpc": GRPC_PORT, "metrics": METRICS_PORT} | (
+            {"health": health_port} if health_port else {}
+        )
         assert ports == expected, name
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             spec = container.get(probe)
             assert spec, f"{name}: no {probe}"
-            assert set(spec) & {"grpc", "httpGet", "exec", "tcpSocket"} == {"grpc"}, \
+            assert set(spec) & {"grpc", "httpGet", "exec", "tcpSocket"} == {"grpc"}, (
                 f"{name}: {probe} must be a native gRPC probe"
+            )
             assert spec["grpc"]["port"] == (health_port or GRPC_PORT)
             # "" (or no service) = the server's overall status, set NOT_SERVING while loading.
             assert spec["grpc"].get("service", "") == ""
@@ -72,8 +75,9 @@ def test_native_grpc_probes_on_every_service(overlay: str) -> None:
         budget = startup["periodSeconds"] * startup["failureThreshold"]
         assert budget >= 60, f"{name}: startup probe allows only {budget}s"
         liveness = container["livenessProbe"]
-        assert liveness["failureThreshold"] * liveness["periodSeconds"] >= 60, \
+        assert liveness["failureThreshold"] * liveness["periodSeconds"] >= 60, (
             f"{name}: liveness must tolerate a minute of slow health answers under load"
+        )
 
 
 @pytest.mark.parametrize("overlay", ALL)
@@ -81,11 +85,13 @@ def test_startup_probe_covers_model_load(overlay: str) -> None:
     docs = render(overlay)
     container = main_container(mesh_deployments(docs)["transcription"])
     env = container_env(docs, container)
-    assert env["ASR_TRANSCRIPTION_PRELOAD"] == "true", \
+    assert env["ASR_TRANSCRIPTION_PRELOAD"] == "true", (
         "the model loads before SERVING, so the startup probe (not traffic) waits for it"
+    )
     startup = container["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, \
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, (
         "a large model (and a cold GPU) may take minutes to load"
+    )
 
 
 # -- resources and pod security --------------------------------------------------------------------
@@ -139,8 +145,9 @@ def test_writable_tmp_and_state_dir_are_empty_dirs(overlay: str) -> None:
             assert path in mounts, f"{name}: nothing writable at {path}"
             assert not mounts[path].get("readOnly")
             volume = volumes[mounts[path]["name"]]
-            assert "emptyDir" in volume and volume["emptyDir"].get("sizeLimit"), \
+            assert "emptyDir" in volume and volume["emptyDir"].get("sizeLimit"), (
                 f"{name}: {path} must be a size-limited emptyDir"
+            )
         for key in ("ASR_GATEWAY_SPOOL_DIR", "ASR_PREPROCESS_TEMP_DIR"):
             if key in env:
                 assert env[key] in mounts and not mounts[env[key]].get("readOnly"), key
@@ -160,15 +167,17 @@ def test_termination_grace_outlasts_the_drain(overlay: str) -> None:
 
 def _gpu_limit(container: dict) -> int:
     resources = container.get("resources", {})
-    assert GPU not in resources.get("requests", {}) or \
-        resources["requests"][GPU] == resources.get("limits", {}).get(GPU), "GPU request != limit"
+    assert GPU not in resources.get("requests", {}) or resources["requests"][GPU] == resources.get(
+        "limits", {}
+    ).get(GPU), "GPU request != limit"
     return int(resources.get("limits", {}).get(GPU, 0))
 
 
 def _wants_gpu_nodes(deployment: dict) -> bool:
     spec = pod_spec(deployment)
     return any("nvidia" in key for key in spec.get("nodeSelector", {})) or any(
-        "nvidia" in t.get("key", "") for t in spec.get("tolerations", []))
+        "nvidia" in t.get("key", "") for t in spec.get("tolerations", [])
+    )
 
 
 @pytest.mark.parametrize("overlay", GPU_OVERLAYS)
@@ -205,8 +214,9 @@ def test_no_gpu_anywhere_on_cpu(overlay: str) -> None:
     env = container_env(docs, container)
     assert env["ASR_TRANSCRIPTION_DEVICE"] == "cpu"
     assert env["ASR_TRANSCRIPTION_COMPUTE_TYPE"] == "int8"
-    assert int(env["ASR_TRANSCRIPTION_CPU_THREADS"]) >= 1, \
+    assert int(env["ASR_TRANSCRIPTION_CPU_THREADS"]) >= 1, (
         "0 would use every core of the node, not the container's share"
+    )
     assert "-cuda" not in container["image"]
 
 
@@ -226,8 +236,9 @@ def test_one_pdb_per_service(overlay: str) -> None:
         assert spec.get("maxUnavailable") == 1 and "minAvailable" not in spec, name
     for deployment in objects(docs, "Deployment"):
         labels = deployment["spec"]["template"]["metadata"]["labels"]
-        assert sum(matches(p["spec"]["selector"], labels) for p in pdbs) == 1, \
-            deployment["metadata"]["name"]
+        assert sum(matches(p["spec"]["selector"], labels) for p in pdbs) == 1, deployment[
+            "metadata"
+        ]["name"]
 
 
 def _autoscaled(docs: list[dict]) -> dict[str, dict]:
@@ -247,8 +258,9 @@ def test_autoscaled_deployments_leave_replicas_to_the_autoscaler(overlay: str) -
     autoscaled = _autoscaled(docs)
     for name, deployment in mesh_deployments(docs).items():
         if name in autoscaled:
-            assert "replicas" not in deployment["spec"], \
+            assert "replicas" not in deployment["spec"], (
                 f"{name}: spec.replicas would reset the autoscaler on every apply"
+            )
 
 
 @pytest.mark.parametrize("overlay", GPU_OVERLAYS)
@@ -259,13 +271,19 @@ def test_autoscaling(overlay: str) -> None:
     assert set(autoscaled) == set(SERVICES)
     for name in ("gateway", "preprocess", "diarization", "merge"):
         hpa = autoscaled[name]
-        if name == "gateway" and hpa["kind"] == "ScaledObject":  # components/jobs: CPU + job backlog
+        if (
+            name == "gateway" and hpa["kind"] == "ScaledObject"
+        ):  # components/jobs: CPU + job backlog
             triggers = {t["type"]: t for t in hpa["spec"]["triggers"]}
             assert 0 < float(triggers["cpu"]["metadata"]["value"]) <= 90
-            streams = [t["metadata"] for t in hpa["spec"]["triggers"] if t["type"] == "redis-streams"]
+            streams = [
+                t["metadata"] for t in hpa["spec"]["triggers"] if t["type"] == "redis-streams"
+            ]
             assert {m["stream"] for m in streams} == {"asr:jobs:queue"}
             assert {m["consumerGroup"] for m in streams} == {"runners"}
-            assert all(m["address"] == f"redis.{_namespace(docs)}.svc.cluster.local:6379" for m in streams)
+            assert all(
+                m["address"] == f"redis.{_namespace(docs)}.svc.cluster.local:6379" for m in streams
+            )
             continue
         assert hpa["kind"] == "HorizontalPodAutoscaler" and hpa["apiVersion"] == "autoscaling/v2"
         assert hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment"
@@ -294,16 +312,25 @@ def test_headless_services_and_client_side_round_robin_targets(overlay: str) -> 
     deployments = mesh_deployments(docs)
     for name, deployment in deployments.items():
         service = get(docs, "Service", name)
-        assert service["spec"].get("clusterIP") == "None", \
+        assert service["spec"].get("clusterIP") == "None", (
             f"{name}: headless, so DNS lists every pod for round_robin"
-        assert matches({"matchLabels": service["spec"]["selector"]},
-                       deployment["spec"]["template"]["metadata"]["labels"])
+        )
+        assert matches(
+            {"matchLabels": service["spec"]["selector"]},
+            deployment["spec"]["template"]["metadata"]["labels"],
+        )
         ports = {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]}
-        assert ports["grpc"] == (GRPC_PORT, "grpc") and ports["metrics"] == (METRICS_PORT, "metrics")
+        assert ports["grpc"] == (GRPC_PORT, "grpc") and ports["metrics"] == (
+            METRICS_PORT,
+            "metrics",
+        )
         env = container_env(docs, main_container(deployment))
         prefix = f"ASR_{name.upper()}_"
         assert (env[prefix + "HOST"], env[prefix + "PORT"], env[prefix + "METRICS_PORT"]) == (
-            "0.0.0.0", str(GRPC_PORT), str(METRICS_PORT))
+            "0.0.0.0",
+            str(GRPC_PORT),
+            str(METRICS_PORT),
+        )
     gateway_env = container_env(docs, main_container(deployments["gateway"]))
     for backend in BACKENDS:
         address = gateway_env[f"ASR_GATEWAY_{backend.upper()}_ADDRESS"]
@@ -329,14 +356,19 @@ def test_traces_go_to_the_collector(overlay: str) -> None:
     collector = get(docs, "Service", "otel-collector")
     assert 4317 in {p["port"] for p in collector["spec"]["ports"]}
     get(docs, "Deployment", "jaeger")
-    collector_config = next(c for c in objects(docs, "ConfigMap")
-                            if c["metadata"]["name"].startswith("otel-collector-config"))
+    collector_config = next(
+        c
+        for c in objects(docs, "ConfigMap")
+        if c["metadata"]["name"].startswith("otel-collector-config")
+    )
     assert "jaeger:4317" in collector_config["data"]["config.yaml"]
     for name, deployment in mesh_deployments(docs).items():
         env = container_env(docs, main_container(deployment))
         assert env["OTEL_TRACES_EXPORTER"] == "otlp", name
-        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == \
-            f"http://otel-collector.{namespace}.svc.cluster.local:4317", name
+        assert (
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"]
+            == f"http://otel-collector.{namespace}.svc.cluster.local:4317"
+        ), name
         assert env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc") == "grpc"
 
 
@@ -393,14 +425,18 @@ def _peer_matches(peer: dict, policy_ns: str, other: Endpoint) -> bool:
     if other.namespace is None:
         return False
     pod_sel, ns_sel = peer.get("podSelector"), peer.get("namespaceSelector")
-    ns_ok = matches(ns_sel, _ns_labels(other.namespace)) if ns_sel is not None \
+    ns_ok = (
+        matches(ns_sel, _ns_labels(other.namespace))
+        if ns_sel is not None
         else other.namespace == policy_ns
+    )
     pod_ok = matches(pod_sel, other.labels) if pod_sel is not None else True
     return ns_ok and pod_ok
 
 
-def _rule_admits(rule: dict, peers_key: str, policy_ns: str, other: Endpoint, port: int,
-                 protocol: str) -> bool:
+def _rule_admits(
+    rule: dict, peers_key: str, policy_ns: str, other: Endpoint, port: int, protocol: str
+) -> bool:
     peers = rule.get(peers_key)
     if peers and not any(_peer_matches(p, policy_ns, other) for p in peers):
         return False
@@ -409,8 +445,9 @@ def _rule_admits(rule: dict, peers_key: str, policy_ns: str, other: Endpoint, po
         return True
     for item in ports:
         assert isinstance(item.get("port", 0), int), "named ports are not used by the mesh"
-        if item.get("protocol", "TCP") == protocol and item.get("port", port) <= port <= \
-                item.get("endPort", item.get("port", port)):
+        if item.get("protocol", "TCP") == protocol and item.get("port", port) <= port <= item.get(
+            "endPort", item.get("port", port)
+        ):
             return True
     return False
 
@@ -420,23 +457,38 @@ def _policy_types(policy: dict) -> list[str]:
     return spec.get("policyTypes") or (["Ingress"] + (["Egress"] if "egress" in spec else []))
 
 
-def _allowed(policies: list[dict], src: Endpoint, dst: Endpoint, port: int,
-             protocol: str = "TCP", sides: tuple[str, ...] = ("Egress", "Ingress")) -> bool:
+def _allowed(
+    policies: list[dict],
+    src: Endpoint,
+    dst: Endpoint,
+    port: int,
+    protocol: str = "TCP",
+    sides: tuple[str, ...] = ("Egress", "Ingress"),
+) -> bool:
     """Whether the policies admit src -> dst:port (both ends, or only the `sides` given)."""
 
     def side(pod: Endpoint, direction: str, other: Endpoint) -> bool:
         if pod.namespace is None:
             return True
-        selecting = [p for p in policies if p["metadata"]["namespace"] == pod.namespace
-                     and direction in _policy_types(p) and matches(p["spec"]["podSelector"], pod.labels)]
+        selecting = [
+            p
+            for p in policies
+            if p["metadata"]["namespace"] == pod.namespace
+            and direction in _policy_types(p)
+            and matches(p["spec"]["podSelector"], pod.labels)
+        ]
         if not selecting:
             return True
         key, peers = ("egress", "to") if direction == "Egress" else ("ingress", "from")
-        return any(_rule_admits(rule, peers, p["metadata"]["namespace"], other, port, protocol)
-                   for p in selecting for rule in p["spec"].get(key) or [])
+        return any(
+            _rule_admits(rule, peers, p["metadata"]["namespace"], other, port, protocol)
+            for p in selecting
+            for rule in p["spec"].get(key) or []
+        )
 
     return ("Egress" not in sides or side(src, "Egress", dst)) and (
-        "Ingress" not in sides or side(dst, "Ingress", src))
+        "Ingress" not in sides or side(dst, "Ingress", src)
+    )
 
 
 @pytest.mark.parametrize("overlay", ALL)
@@ -444,12 +496,19 @@ def test_network_policies_allow_only_the_mesh_paths(overlay: str) -> None:
     docs = render(overlay)
     namespace = _namespace(docs)
     policies = objects(docs, "NetworkPolicy")
-    assert any(p["spec"]["podSelector"] == {} and set(_policy_types(p)) == {"Ingress", "Egress"}
-               and not p["spec"].get("ingress") and not p["spec"].get("egress") for p in policies), \
-        "a default deny-all policy"
-    pods = {d["metadata"]["name"]: Endpoint(d["metadata"]["name"], namespace,
-                                            d["spec"]["template"]["metadata"]["labels"])
-            for d in objects(docs, "Deployment")}
+    assert any(
+        p["spec"]["podSelector"] == {}
+        and set(_policy_types(p)) == {"Ingress", "Egress"}
+        and not p["spec"].get("ingress")
+        and not p["spec"].get("egress")
+        for p in policies
+    ), "a default deny-all policy"
+    pods = {
+        d["metadata"]["name"]: Endpoint(
+            d["metadata"]["name"], namespace, d["spec"]["template"]["metadata"]["labels"]
+        )
+        for d in objects(docs, "Deployment")
+    }
     mesh = [pods[s] for s in SERVICES]
     client = Endpoint("client", "clients", {"app": "client"})
     prometheus = Endpoint("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"})
@@ -492,5 +551,7 @@ def test_network_policies_allow_only_the_mesh_paths(overlay: str) -> None:
         assert not allowed(jaeger, collector, 4317)
     else:
         assert overlay == "base"
-    assert {p for p in pods if pods[p].labels.get(PART_OF) == "asr-mesh"} - set(FRONT_DOORS) == set(SERVICES)
+    assert {p for p in pods if pods[p].labels.get(PART_OF) == "asr-mesh"} - set(FRONT_DOORS) == set(
+        SERVICES
+    )
     assert all(pods[s].labels[NAME] == s for s in SERVICES)

@@ -35,9 +35,14 @@ def settings_class(service: str) -> type[BaseSettings]:
     from services.preprocess.server import PreprocessSettings
     from services.transcription.server import TranscriptionSettings
 
-    return {"gateway": GatewaySettings, "preprocess": PreprocessSettings,
-            "transcription": TranscriptionSettings, "diarization": DiarizationSettings,
-            "merge": MergeSettings, "http": HttpSettings}[service]
+    return {
+        "gateway": GatewaySettings,
+        "preprocess": PreprocessSettings,
+        "transcription": TranscriptionSettings,
+        "diarization": DiarizationSettings,
+        "merge": MergeSettings,
+        "http": HttpSettings,
+    }[service]
 
 
 def env_names(cls: type[BaseSettings]) -> set[str]:
@@ -60,15 +65,20 @@ def check_env(service: str, env: dict[str, str], where: str) -> None:
     valid = env_names(cls)
     asr = {k: v for k, v in env.items() if k.startswith("ASR_")}
     unknown = sorted(set(asr) - valid)
-    assert not unknown, f"{where}: not settings of {cls.__name__}: {unknown}; valid: {sorted(valid)}"
+    assert not unknown, (
+        f"{where}: not settings of {cls.__name__}: {unknown}; valid: {sorted(valid)}"
+    )
     # The values parse: instantiate the class with exactly these variables.
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ASR_")}
     with mock.patch.dict(os.environ, {**clean, **asr}, clear=True):
         settings = cls()
     for name in cls.model_fields:
         key = f"{cls.model_config['env_prefix']}{name}".upper()
-        if key in asr and isinstance(getattr(settings, name), int | float) \
-                and not isinstance(getattr(settings, name), bool):
+        if (
+            key in asr
+            and isinstance(getattr(settings, name), int | float)
+            and not isinstance(getattr(settings, name), bool)
+        ):
             assert float(asr[key]) == getattr(settings, name), key
 
 
@@ -76,8 +86,13 @@ def check_env(service: str, env: dict[str, str], where: str) -> None:
 def test_env_names_come_from_the_settings_classes(service: str) -> None:
     names = env_names(settings_class(service))
     prefix = f"ASR_{service.upper()}_"
-    assert {prefix + "HOST", prefix + "PORT", prefix + "METRICS_PORT", prefix + "GRACE_PERIOD_S",
-            "ASR_STATE_DIR"} <= names
+    assert {
+        prefix + "HOST",
+        prefix + "PORT",
+        prefix + "METRICS_PORT",
+        prefix + "GRACE_PERIOD_S",
+        "ASR_STATE_DIR",
+    } <= names
     assert prefix + "COMPUTETYPE" not in names
 
 

@@ -65,19 +65,30 @@ def test_every_service_serves_tls_from_its_own_secret(overlay: str) -> None:
     for name, deployment in mesh_deployments(docs).items():
         env = container_env(docs, main_container(deployment))
         prefix = f"ASR_{name.upper()}_"
-        files = {k: _secret_file(deployment, env[prefix + k])
-                 for k in ("TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE")}
+        files = {
+            k: _secret_file(deployment, env[prefix + k])
+            for k in ("TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE")
+        }
         assert {secret for secret, _ in files.values()} == {f"{name}-tls"}
         assert {k: key for k, (_, key) in files.items()} == {
-            "TLS_CERT_FILE": "tls.crt", "TLS_KEY_FILE": "tls.key", "TLS_CA_FILE": "ca.crt"}  # cert-manager's keys
+            "TLS_CERT_FILE": "tls.crt",
+            "TLS_KEY_FILE": "tls.key",
+            "TLS_CA_FILE": "ca.crt",
+        }  # cert-manager's keys
         assert f"{name}-tls" in certificates, f"nothing makes the Secret {name}-tls"
         assert env.get(prefix + "REFLECTION_ENABLED", "false") == "false"
         if name == "gateway":
-            assert env.get(prefix + "TLS_REQUIRE_CLIENT_CERT", "false") == "false", \
+            assert env.get(prefix + "TLS_REQUIRE_CLIENT_CERT", "false") == "false", (
                 "callers of the gateway authenticate with tokens, not certificates"
-            assert _secret_file(deployment, env[prefix + "AUTH_TOKEN_FILE"]) == ("gateway-auth-tokens", "tokens")
+            )
+            assert _secret_file(deployment, env[prefix + "AUTH_TOKEN_FILE"]) == (
+                "gateway-auth-tokens",
+                "tokens",
+            )
         else:
-            assert env[prefix + "TLS_REQUIRE_CLIENT_CERT"] == "true", f"{name} must accept only mesh peers"
+            assert env[prefix + "TLS_REQUIRE_CLIENT_CERT"] == "true", (
+                f"{name} must accept only mesh peers"
+            )
             assert prefix + "AUTH_TOKEN_FILE" not in env
 
 
@@ -92,9 +103,13 @@ def test_certificates_name_what_the_gateway_dials(overlay: str) -> None:
         target = env[f"ASR_GATEWAY_{backend.upper()}_ADDRESS"].removeprefix("dns:///")
         host = target.rsplit(":", 1)[0]
         assert host == f"{backend}.{namespace}.svc.cluster.local"
-        assert host in certificates[f"{backend}-tls"]["dnsNames"], f"the {backend} certificate lacks {host}"
+        assert host in certificates[f"{backend}-tls"]["dnsNames"], (
+            f"the {backend} certificate lacks {host}"
+        )
     for service in SERVICES:
-        assert f"{service}.{namespace}.svc.cluster.local" in certificates[f"{service}-tls"]["dnsNames"]
+        assert (
+            f"{service}.{namespace}.svc.cluster.local" in certificates[f"{service}-tls"]["dnsNames"]
+        )
         assert certificates[f"{service}-tls"]["issuerRef"]["name"] == "asr-mesh-ca"
 
 
@@ -103,8 +118,9 @@ def test_plaintext_health_is_for_the_kubelet_only(overlay: str) -> None:
     docs = render(overlay)
     for service in objects(docs, "Service"):
         if service["metadata"]["name"] in SERVICES:
-            assert {p["name"] for p in service["spec"]["ports"]} == {"grpc", "metrics"}, \
+            assert {p["name"] for p in service["spec"]["ports"]} == {"grpc", "metrics"}, (
                 "the health-only port is not published by the Service"
+            )
 
 
 @pytest.mark.parametrize("overlay", ["base", *OVERLAYS])

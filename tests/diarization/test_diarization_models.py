@@ -23,8 +23,9 @@ def test_der_and_speaker_count_on_the_conversations(encoder_backend, conversatio
 
     # corpus-dev's references count the quiet onset and release of each utterance: score with
     # the turn extension that convention needs (the default, 0, suits speech-only references).
-    backend = EmbeddingClusteringBackend(embedder=encoder_backend.embedder,
-                                         options=EmbeddingBackendOptions(turn_extension=0.45))
+    backend = EmbeddingClusteringBackend(
+        embedder=encoder_backend.embedder, options=EmbeddingBackendOptions(turn_extension=0.45)
+    )
     for name, audio, reference, speakers in conversations:
         outcome = outcome_of(backend, audio)
         assert outcome.backend == "embedding-clustering"
@@ -35,8 +36,12 @@ def test_der_and_speaker_count_on_the_conversations(encoder_backend, conversatio
 
 def test_num_speakers_is_honoured(encoder_backend, conversations):
     _, audio, _, speakers = conversations[1]
-    assert outcome_of(encoder_backend, audio, num_speakers=speakers - 1).speaker_count == speakers - 1
-    assert outcome_of(encoder_backend, audio, min_speakers=speakers + 1).speaker_count == speakers + 1
+    assert (
+        outcome_of(encoder_backend, audio, num_speakers=speakers - 1).speaker_count == speakers - 1
+    )
+    assert (
+        outcome_of(encoder_backend, audio, min_speakers=speakers + 1).speaker_count == speakers + 1
+    )
     assert outcome_of(encoder_backend, audio, max_speakers=1).speaker_count == 1
 
 

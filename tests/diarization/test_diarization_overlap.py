@@ -38,7 +38,9 @@ def synthetic(overlap: tuple[float, float] | None, seed: int = 0):
     labels = turn.copy()
     embeddings = voices[labels] + rng.normal(scale=0.02, size=(len(starts), 256))
     if overlap is not None:
-        shared = np.clip(np.minimum(ends, overlap[1]) - np.maximum(starts, overlap[0]), 0, None) / 0.8
+        shared = (
+            np.clip(np.minimum(ends, overlap[1]) - np.maximum(starts, overlap[0]), 0, None) / 0.8
+        )
         embeddings = embeddings + (labels == 0)[:, None] * shared[:, None] * voices[1]
     turns = [(0, 0.0, 8.0), (1, 8.0, 16.0)]
     return _unit(embeddings), starts, ends, centres, turn, labels, turns
@@ -65,7 +67,9 @@ def test_no_mixture_no_overlap():
 
 def test_one_speaker_or_no_context_scores_nothing():
     embeddings, starts, ends, centres, turn, labels, turns = synthetic((3.6, 4.3))
-    scores, other = window_scores(embeddings, centres, np.zeros_like(turn), np.zeros_like(labels), OPTIONS)
+    scores, other = window_scores(
+        embeddings, centres, np.zeros_like(turn), np.zeros_like(labels), OPTIONS
+    )
     assert not scores.any() and (other == -1).all()
     lonely = OverlapOptions(min_context=1000)
     scores, other = window_scores(embeddings, centres, turn, labels, lonely)
@@ -81,12 +85,19 @@ def test_a_clean_change_of_speaker_is_not_overlap():
         ends = starts + 0.8
         centres = (starts + ends) / 2
         second = np.clip(ends - np.maximum(starts, 8.0), 0, None) / 0.8  # share of the second voice
-        embeddings = _unit((1 - second)[:, None] * voices[0] + second[:, None] * voices[1]
-                           + rng.normal(scale=0.02, size=(len(starts), 256)))
+        embeddings = _unit(
+            (1 - second)[:, None] * voices[0]
+            + second[:, None] * voices[1]
+            + rng.normal(scale=0.02, size=(len(starts), 256))
+        )
         turn = (centres >= 8).astype(int)
         scores, other = window_scores(embeddings, centres, turn, turn.copy(), OPTIONS)
-        assert overlap_regions(starts, ends, scores, other, [(0, 0.0, 8.0), (1, 8.0, 16.0)],
-                               OPTIONS.threshold) == [], seed
+        assert (
+            overlap_regions(
+                starts, ends, scores, other, [(0, 0.0, 8.0), (1, 8.0, 16.0)], OPTIONS.threshold
+            )
+            == []
+        ), seed
 
 
 def test_regions_stay_inside_their_turn():
@@ -110,7 +121,8 @@ def with_overlap_pass(encoder_backend):
 
     return EmbeddingClusteringBackend(
         embedder=encoder_backend.embedder,
-        options=EmbeddingBackendOptions(overlap=OverlapOptions(enabled=True)))
+        options=EmbeddingBackendOptions(overlap=OverlapOptions(enabled=True)),
+    )
 
 
 def test_the_pass_is_off_by_default():
@@ -140,8 +152,9 @@ def test_the_service_setting_switches_the_pass(monkeypatch, encoder_backend, sho
     from services.diarization.server import DiarizationSettings, build_backend
 
     # The shared encoder stands in for a second copy of the model: only the options are checked.
-    monkeypatch.setattr(embedding, "VoiceEncoderEmbedder",
-                        lambda threads, on_batch=None: encoder_backend.embedder)
+    monkeypatch.setattr(
+        embedding, "VoiceEncoderEmbedder", lambda threads, on_batch=None: encoder_backend.embedder
+    )
     backend = build_backend(DiarizationSettings())
     assert not backend.options.overlap.enabled
     audio = load_audio(short_turns / f"{CASE}.flac")  # overlaps are found here with the pass on

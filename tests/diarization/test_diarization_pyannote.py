@@ -32,7 +32,9 @@ def offline(monkeypatch):
 
 
 @pytest.mark.grpc
-def test_pyannote_pipeline_runs_offline_through_the_service(tiny_pyannote_dir, conversations, state_dir, offline):
+def test_pyannote_pipeline_runs_offline_through_the_service(
+    tiny_pyannote_dir, conversations, state_dir, offline
+):
     handle = create_server(DiarizationSettings(port=0, pyannote_dir=tiny_pyannote_dir))
     try:
         _, audio, _, _ = conversations[0]

@@ -57,12 +57,19 @@ def build(directory: Path, embedding_dim: int = 32, lda_dim: int = 16, seed: int
     from pyannote.audio.models.segmentation import PyanNet
 
     torch.manual_seed(seed)
-    segmentation = PyanNet(sincnet={"stride": 10}, lstm={"hidden_size": 16, "num_layers": 1},
-                           linear={"hidden_size": 16, "num_layers": 1})
+    segmentation = PyanNet(
+        sincnet={"stride": 10},
+        lstm={"hidden_size": 16, "num_layers": 1},
+        linear={"hidden_size": 16, "num_layers": 1},
+    )
     segmentation.specifications = Specifications(
-        problem=Problem.MONO_LABEL_CLASSIFICATION, resolution=Resolution.FRAME, duration=2.0,
-        classes=["speaker#1", "speaker#2", "speaker#3"], powerset_max_classes=2,
-        permutation_invariant=True)
+        problem=Problem.MONO_LABEL_CLASSIFICATION,
+        resolution=Resolution.FRAME,
+        duration=2.0,
+        classes=["speaker#1", "speaker#2", "speaker#3"],
+        powerset_max_classes=2,
+        permutation_invariant=True,
+    )
     segmentation.build()
     with torch.no_grad():  # powerset class 1 = speaker #1 alone: always "someone is speaking"
         segmentation.classifier.bias.zero_()
@@ -71,15 +78,26 @@ def build(directory: Path, embedding_dim: int = 32, lda_dim: int = 16, seed: int
 
     embedding = XVectorMFCC(dimension=embedding_dim)
     embedding.specifications = Specifications(
-        problem=Problem.REPRESENTATION, resolution=Resolution.CHUNK, duration=2.0)
+        problem=Problem.REPRESENTATION, resolution=Resolution.CHUNK, duration=2.0
+    )
     _save(embedding, directory / "embedding" / "pytorch_model.bin")
 
     rng = np.random.default_rng(seed)
     lda, _ = np.linalg.qr(rng.standard_normal((embedding_dim, lda_dim)))
     (directory / "plda").mkdir(parents=True, exist_ok=True)
-    np.savez(directory / "plda" / "xvec_transform.npz", mean1=np.zeros(embedding_dim),
-             mean2=np.zeros(lda_dim), lda=lda)
-    np.savez(directory / "plda" / "plda.npz", mu=np.zeros(lda_dim), tr=np.eye(lda_dim),
-             psi=np.linspace(2.0, 0.5, lda_dim))
-    (directory / "config.yaml").write_text(yaml.safe_dump(CONFIG, sort_keys=False), encoding="utf-8")
+    np.savez(
+        directory / "plda" / "xvec_transform.npz",
+        mean1=np.zeros(embedding_dim),
+        mean2=np.zeros(lda_dim),
+        lda=lda,
+    )
+    np.savez(
+        directory / "plda" / "plda.npz",
+        mu=np.zeros(lda_dim),
+        tr=np.eye(lda_dim),
+        psi=np.linspace(2.0, 0.5, lda_dim),
+    )
+    (directory / "config.yaml").write_text(
+        yaml.safe_dump(CONFIG, sort_keys=False), encoding="utf-8"
+    )
     return directory

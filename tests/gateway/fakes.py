@@ -10,8 +10,12 @@ from services.gateway.pipeline import Decoded, Diarization, Merged, RenderedDocu
 
 
 class FakeStages:
-    def __init__(self, fail: dict[str, Exception] | None = None, slow_diarization_s: float = 0.0,
-                 document_chars: int = 0):
+    def __init__(
+        self,
+        fail: dict[str, Exception] | None = None,
+        slow_diarization_s: float = 0.0,
+        document_chars: int = 0,
+    ):
         self.fail = fail or {}
         self.document_chars = document_chars
         self.slow_diarization_s = slow_diarization_s
@@ -51,7 +55,11 @@ class FakeStages:
 
     def merge(self, transcript, diarization, options, duration, trace_id):
         self._enter("merge")
-        body = "ação " * (self.document_chars // 5) if self.document_chars else transcript.segments[0].text
+        body = (
+            "ação " * (self.document_chars // 5)
+            if self.document_chars
+            else transcript.segments[0].text
+        )
         docs = [RenderedDocument(f, f"{f}:{body}", f, "text/plain") for f in options.formats]
         speakers = ["SPEAKER_00"] if diarization else []
         return Merged(transcript.segments, speakers, docs)

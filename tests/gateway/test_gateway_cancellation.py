@@ -59,17 +59,27 @@ def test_cancelling_the_gateway_call_cancels_the_transcription_call(tmp_path):
         pre_grpc.add_PreprocessServiceServicer_to_server(OneSecondOfPcm(), server)
         tr_grpc.add_TranscriptionServiceServicer_to_server(transcription, server)
 
-    backends = build_server(ServerSettings(port=0), register=register,
-                            service_names=["asr.preprocess.v1.PreprocessService"])
+    backends = build_server(
+        ServerSettings(port=0),
+        register=register,
+        service_names=["asr.preprocess.v1.PreprocessService"],
+    )
     spool = tmp_path / "spool"
     spool.mkdir()
     address = backends.address
-    gateway = create_server(GatewaySettings(
-        port=0, spool_dir=spool, preprocess_address=address, transcription_address=address,
-        diarization_address=address, merge_address=address,
-    ))
+    gateway = create_server(
+        GatewaySettings(
+            port=0,
+            spool_dir=spool,
+            preprocess_address=address,
+            transcription_address=address,
+            diarization_address=address,
+            merge_address=address,
+        )
+    )
     channel = channel_to(gateway.port)
     try:
+
         def requests():
             yield pb.TranscribeRequest(config=pb.TranscribeConfig(filename="a.wav"))
             yield pb.TranscribeRequest(content=b"RIFF")
@@ -102,7 +112,9 @@ class FakeAioContext:
 
 
 async def _upload(declared: int, content: bytes):
-    yield pb.TranscribeRequest(config=pb.TranscribeConfig(filename="x.wav", upload_size_bytes=declared))
+    yield pb.TranscribeRequest(
+        config=pb.TranscribeConfig(filename="x.wav", upload_size_bytes=declared)
+    )
     yield pb.TranscribeRequest(content=content)
 
 

@@ -34,7 +34,9 @@ class FlakyTranscription(tr_grpc.TranscriptionServiceServicer):
             if self.progress_first:
                 yield tr_pb.TranscribeResponse(progress=progress_pb2.Progress(fraction=0.5))
             context.abort(grpc.StatusCode.UNAVAILABLE, "replica went away")
-        yield tr_pb.TranscribeResponse(result=tr_pb.TranscriptionResult(language_code="pt-BR", model="base"))
+        yield tr_pb.TranscribeResponse(
+            result=tr_pb.TranscriptionResult(language_code="pt-BR", model="base")
+        )
 
 
 class FakePreprocess(pre_grpc.PreprocessServiceServicer):
@@ -51,11 +53,15 @@ class FakePreprocess(pre_grpc.PreprocessServiceServicer):
         for piece in (b"\x01\x00" * 1000, b"\x02\x00" * 500):
             yield pre_pb.PreprocessResponse(audio=audio_pb2.AudioChunk(pcm=piece))
         if self.announced is not None:
-            yield pre_pb.PreprocessResponse(summary=pre_pb.PreprocessSummary(pcm_bytes=self.announced))
+            yield pre_pb.PreprocessResponse(
+                summary=pre_pb.PreprocessSummary(pcm_bytes=self.announced)
+            )
 
 
 def serve(servicer, register, name):
-    return build_server(ServerSettings(port=0), register=lambda s: register(servicer, s), service_names=[name])
+    return build_server(
+        ServerSettings(port=0), register=lambda s: register(servicer, s), service_names=[name]
+    )
 
 
 def stages_for(port: int) -> GrpcStages:
@@ -65,19 +71,26 @@ def stages_for(port: int) -> GrpcStages:
 
 @pytest.mark.parametrize(
     ("progress_first", "succeeds", "calls"),
-    [(False, True, 2),   # refused before answering: safe to replay on another attempt
-     (True, False, 1)],  # died mid-stream: not replayed, and reported as not retryable
+    [
+        (False, True, 2),  # refused before answering: safe to replay on another attempt
+        (True, False, 1),
+    ],  # died mid-stream: not replayed, and reported as not retryable
 )
 def test_streams_are_retried_only_before_any_response(progress_first, succeeds, calls):
     servicer = FlakyTranscription(failures=1, progress_first=progress_first)
-    handle = serve(servicer, tr_grpc.add_TranscriptionServiceServicer_to_server,
-                   "asr.transcription.v1.TranscriptionService")
+    handle = serve(
+        servicer,
+        tr_grpc.add_TranscriptionServiceServicer_to_server,
+        "asr.transcription.v1.TranscriptionService",
+    )
     try:
         stages = stages_for(handle.port)
         if succeeds:
             assert stages.transcribe(b"\0\0" * 1600, ChainOptions(), lambda e: None).model == "base"
         else:  # not UNAVAILABLE either: that would invite the caller to replay it
-            with pytest.raises(DependencyFailed, match="transcription service failed while working"):
+            with pytest.raises(
+                DependencyFailed, match="transcription service failed while working"
+            ):
                 stages.transcribe(b"\0\0" * 1600, ChainOptions(), lambda e: None)
         assert servicer.calls == calls
         assert servicer.config.pcm_size_bytes == 3200  # declared, so a cut-off stream is refused
@@ -86,8 +99,11 @@ def test_streams_are_retried_only_before_any_response(progress_first, succeeds, 
 
 
 def test_decoded_pcm_is_mapped_from_the_spool_not_copied(tmp_path):
-    handle = serve(FakePreprocess(), pre_grpc.add_PreprocessServiceServicer_to_server,
-                   "asr.preprocess.v1.PreprocessService")
+    handle = serve(
+        FakePreprocess(),
+        pre_grpc.add_PreprocessServiceServicer_to_server,
+        "asr.preprocess.v1.PreprocessService",
+    )
     upload = tmp_path / "upload"
     upload.write_bytes(b"RIFF")
     try:
@@ -103,14 +119,20 @@ def test_decoded_pcm_is_mapped_from_the_spool_not_copied(tmp_path):
     assert events[0].codec == "flac"
 
 
-@pytest.mark.parametrize(("announced", "needle"), [
-    (4000, "the preprocess service announced 4000 PCM bytes but sent 3000"),
-    (None, "the preprocess service closed its stream without a result"),
-])
+@pytest.mark.parametrize(
+    ("announced", "needle"),
+    [
+        (4000, "the preprocess service announced 4000 PCM bytes but sent 3000"),
+        (None, "the preprocess service closed its stream without a result"),
+    ],
+)
 def test_decoded_audio_must_match_the_preprocess_summary(tmp_path, announced, needle):
     servicer = FakePreprocess(announced)
-    handle = serve(servicer, pre_grpc.add_PreprocessServiceServicer_to_server,
-                   "asr.preprocess.v1.PreprocessService")
+    handle = serve(
+        servicer,
+        pre_grpc.add_PreprocessServiceServicer_to_server,
+        "asr.preprocess.v1.PreprocessService",
+    )
     upload = tmp_path / "upload"
     upload.write_bytes(b"RIFF" * 10)
     try:
@@ -131,10 +153,15 @@ class StalledTranscription(tr_grpc.TranscriptionServiceServicer):
 
 
 def test_a_downstream_upload_stall_is_the_gateways_failure_not_the_callers():
-    handle = serve(StalledTranscription(), tr_grpc.add_TranscriptionServiceServicer_to_server,
-                   "asr.transcription.v1.TranscriptionService")
+    handle = serve(
+        StalledTranscription(),
+        tr_grpc.add_TranscriptionServiceServicer_to_server,
+        "asr.transcription.v1.TranscriptionService",
+    )
     try:
-        with pytest.raises(DependencyFailed, match="transcription service gave up waiting for the gateway"):
+        with pytest.raises(
+            DependencyFailed, match="transcription service gave up waiting for the gateway"
+        ):
             stages_for(handle.port).transcribe(b"\0\0" * 1600, ChainOptions(), lambda e: None)
     finally:
         handle.stop(0)

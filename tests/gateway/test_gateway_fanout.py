@@ -61,7 +61,9 @@ def test_pool_spreads_windows_avoids_failed_and_resting_replicas():
 
 def test_pool_follows_the_dns_answer_of_a_headless_service():
     answers = [["10.0.0.1", "10.0.0.2"], [], ["10.0.0.2", "10.0.0.3"]]
-    pool = ReplicaPool("dns:///transcription:50051", refresh_s=0.0, resolver=lambda host, port: answers.pop(0))
+    pool = ReplicaPool(
+        "dns:///transcription:50051", refresh_s=0.0, resolver=lambda host, port: answers.pop(0)
+    )
     assert pool.replicas() == ["10.0.0.1:50051", "10.0.0.2:50051"]
     assert pool.replicas() == ["10.0.0.1:50051", "10.0.0.2:50051"]  # a failed lookup keeps the last
     assert pool.replicas() == ["10.0.0.2:50051", "10.0.0.3:50051"]
@@ -93,8 +95,9 @@ def replicas():
         create_server,
     )
 
-    settings = TranscriptionSettings(port=0, models_dir=MODELS_DIR, cpu_threads=2, device="cpu",
-                                     warm_up=False)
+    settings = TranscriptionSettings(
+        port=0, models_dir=MODELS_DIR, cpu_threads=2, device="cpu", warm_up=False
+    )
     first = build_transcriber(settings)
     handles = []
     for _ in range(3):
@@ -107,7 +110,9 @@ def replicas():
         handle.stop(0)
 
 
-def stages_for(addresses: list[str], policy: FanoutPolicy = POLICY) -> tuple[GrpcStages, Downstream]:
+def stages_for(
+    addresses: list[str], policy: FanoutPolicy = POLICY
+) -> tuple[GrpcStages, Downstream]:
     downstream = Downstream("", ",".join(addresses), "", "", fanout=policy)
     return GrpcStages(downstream, Deadlines(base_s=60.0)), downstream
 
@@ -148,7 +153,6 @@ def reference(replicas, excerpt):
     return transcript
 
 
-
 @pytest.mark.grpc
 @pytest.mark.models
 def test_three_replicas_give_the_words_of_one_in_time_order(replicas, excerpt, reference, spans):
@@ -156,7 +160,9 @@ def test_three_replicas_give_the_words_of_one_in_time_order(replicas, excerpt, r
     transcript, progress = run_fanout([f"127.0.0.1:{h.port}" for h, _ in replicas], excerpt)
     assert words_of(transcript) == words_of(reference) and len(words_of(reference)) > 100
     starts = [s.start for s in transcript.segments]
-    assert starts == sorted(starts) and [s.id for s in transcript.segments] == list(range(len(starts)))
+    assert starts == sorted(starts) and [s.id for s in transcript.segments] == list(
+        range(len(starts))
+    )
     windows = [s for s in spans.get_finished_spans() if s.name == "chain.window"]
     assert len(windows) >= 3
     assert len({w.attributes["asr.replica"] for w in windows}) >= 2  # spread over replicas
@@ -183,16 +189,23 @@ def test_the_stitched_words_are_the_chunks_decoded_one_by_one(replicas, excerpt,
     chunks = planner.feed(speech) + planner.finish(len(samples) / 16000)
     expected = []
     for a, b in chunks:
-        events = transcriber.transcribe(samples[int(a * 16000) : int(b * 16000)],
-                                        TranscriptionOptions(temperatures=(0.0,)))
-        expected += [(w.word, round(w.start + a, 2)) for e in events if isinstance(e, Segment)
-                     for w in e.words]
+        events = transcriber.transcribe(
+            samples[int(a * 16000) : int(b * 16000)], TranscriptionOptions(temperatures=(0.0,))
+        )
+        expected += [
+            (w.word, round(w.start + a, 2))
+            for e in events
+            if isinstance(e, Segment)
+            for w in e.words
+        ]
     assert words_of(reference) == expected
 
 
 @pytest.mark.grpc
 @pytest.mark.models
-def test_windows_of_an_unreachable_replica_are_retried_on_the_others(replicas, excerpt, reference, spans):
+def test_windows_of_an_unreachable_replica_are_retried_on_the_others(
+    replicas, excerpt, reference, spans
+):
     dead = f"127.0.0.1:{free_port()}"
     transcript, _ = run_fanout([dead, f"127.0.0.1:{replicas[1][0].port}"], excerpt)
     assert words_of(transcript) == words_of(reference)
@@ -222,7 +235,9 @@ def test_a_full_replica_passes_its_windows_to_the_others(replicas, excerpt, refe
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        transcript, _ = run_fanout([f"127.0.0.1:{port}", f"127.0.0.1:{replicas[2][0].port}"], excerpt)
+        transcript, _ = run_fanout(
+            [f"127.0.0.1:{port}", f"127.0.0.1:{replicas[2][0].port}"], excerpt
+        )
     finally:
         server.stop(0)
     assert words_of(transcript) == words_of(reference)
@@ -293,7 +308,9 @@ def test_cancellation_reaches_every_replicas_window(replicas, excerpt):
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and any(t.queue.running for _, t in replicas):
             time.sleep(0.05)
-        assert not any(t.queue.running for _, t in replicas), "a replica kept decoding a cancelled window"
+        assert not any(t.queue.running for _, t in replicas), (
+            "a replica kept decoding a cancelled window"
+        )
     finally:
         downstream.close()
 
@@ -302,12 +319,24 @@ def test_cancellation_reaches_every_replicas_window(replicas, excerpt):
 
 
 def start_replica(port: int, tmp: Path) -> subprocess.Popen:
-    env = {**os.environ, "ASR_TRANSCRIPTION_PORT": str(port), "ASR_TRANSCRIPTION_HOST": "127.0.0.1",
-           "ASR_TRANSCRIPTION_MODELS_DIR": str(MODELS_DIR), "ASR_TRANSCRIPTION_CPU_THREADS": "2",
-           "ASR_TRANSCRIPTION_WARM_UP": "false", "ASR_STATE_DIR": str(tmp),
-           "ASR_TRANSCRIPTION_METRICS_PORT": "0", "PYANNOTE_METRICS_ENABLED": "false"}
-    return subprocess.Popen([sys.executable, "-m", "services.transcription"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "ASR_TRANSCRIPTION_PORT": str(port),
+        "ASR_TRANSCRIPTION_HOST": "127.0.0.1",
+        "ASR_TRANSCRIPTION_MODELS_DIR": str(MODELS_DIR),
+        "ASR_TRANSCRIPTION_CPU_THREADS": "2",
+        "ASR_TRANSCRIPTION_WARM_UP": "false",
+        "ASR_STATE_DIR": str(tmp),
+        "ASR_TRANSCRIPTION_METRICS_PORT": "0",
+        "PYANNOTE_METRICS_ENABLED": "false",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.transcription"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def serving(address: str) -> bool:
@@ -315,7 +344,9 @@ def serving(address: str) -> bool:
 
     with grpc.insecure_channel(address) as channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1
+            )
         except grpc.RpcError:
             return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING

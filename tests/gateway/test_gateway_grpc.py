@@ -36,13 +36,18 @@ def call(stub, content: bytes, **config):
         yield pb.TranscribeRequest(config=pb.TranscribeConfig(filename="x.wav", **config))
         if content:
             yield pb.TranscribeRequest(content=content)
+
     return list(stub.Transcribe(requests(), timeout=20))
 
 
 def test_streams_media_progress_then_result(gateway):
     stub, _, spool = gateway
-    responses = call(stub, b"RIFFdata", diarize=True,
-                     output_formats=[document_pb2.OUTPUT_FORMAT_SRT, document_pb2.OUTPUT_FORMAT_JSON])
+    responses = call(
+        stub,
+        b"RIFFdata",
+        diarize=True,
+        output_formats=[document_pb2.OUTPUT_FORMAT_SRT, document_pb2.OUTPUT_FORMAT_JSON],
+    )
     kinds = [r.WhichOneof("payload") for r in responses]
     assert kinds[-1] == "result" and kinds.count("result") == 1
     assert "media_info" in kinds and "progress" in kinds
@@ -68,7 +73,9 @@ def test_stage_error_reaches_caller_with_its_sentence(gateway):
 
 def test_unavailable_dependency_is_unavailable(gateway):
     stub, holder, _ = gateway
-    holder["stages"] = FakeStages(fail={"transcription": DependencyUnavailable("transcription service is unavailable")})
+    holder["stages"] = FakeStages(
+        fail={"transcription": DependencyUnavailable("transcription service is unavailable")}
+    )
     with pytest.raises(grpc.RpcError) as err:
         call(stub, b"x")
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -79,9 +86,17 @@ def test_unavailable_dependency_is_unavailable(gateway):
     [
         (b"", {}, "upload is empty"),
         (b"x" * 2000, {}, "limit of 1000 bytes"),
-        (b"x", {"diarize": True, "min_speakers": 3, "max_speakers": 2}, "min_speakers (3) is larger"),
+        (
+            b"x",
+            {"diarize": True, "min_speakers": 3, "max_speakers": 2},
+            "min_speakers (3) is larger",
+        ),
         (b"x", {"num_speakers": 2}, "diarize=true is needed for num_speakers"),
-        (b"x", {"output_formats": [document_pb2.OUTPUT_FORMAT_RTTM]}, "diarize=true is needed for RTTM output"),
+        (
+            b"x",
+            {"output_formats": [document_pb2.OUTPUT_FORMAT_RTTM]},
+            "diarize=true is needed for RTTM output",
+        ),
         (b"x", {"output_formats": [document_pb2.OUTPUT_FORMAT_UNSPECIFIED]}, "output format"),
         (b"x" * 10, {"upload_size_bytes": 20}, "upload ended after 10 of the 20 bytes declared"),
         (b"x" * 30, {"upload_size_bytes": 20}, "upload is longer than the 20 bytes declared"),
@@ -113,7 +128,9 @@ def test_a_declared_size_over_the_limit_is_refused_before_any_byte_is_sent(gatew
     sent, go_on = [], threading.Event()
 
     def requests():
-        yield pb.TranscribeRequest(config=pb.TranscribeConfig(filename="x.wav", upload_size_bytes=5000))
+        yield pb.TranscribeRequest(
+            config=pb.TranscribeConfig(filename="x.wav", upload_size_bytes=5000)
+        )
         go_on.wait(10)  # the file would follow only if the gateway kept reading
         sent.append("content")
         yield pb.TranscribeRequest(content=b"x" * 5000)
@@ -163,7 +180,9 @@ def test_caller_cancelling_mid_upload_is_cancelled_and_nothing_runs(gateway, mon
     release = threading.Event()
 
     def requests():
-        yield pb.TranscribeRequest(config=pb.TranscribeConfig(filename="x.wav", upload_size_bytes=500))
+        yield pb.TranscribeRequest(
+            config=pb.TranscribeConfig(filename="x.wav", upload_size_bytes=500)
+        )
         yield pb.TranscribeRequest(content=b"RIFF")
         release.wait(10)  # the upload stalls; the caller gives up
 
@@ -178,7 +197,11 @@ def test_caller_cancelling_mid_upload_is_cancelled_and_nothing_runs(gateway, mon
     while count("CANCELLED") == before["CANCELLED"] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert {code: count(code) - was for code, was in before.items()} == {
-        "INTERNAL": 0, "CANCELLED": 1, "INVALID_ARGUMENT": 0, "OK": 0}
+        "INTERNAL": 0,
+        "CANCELLED": 1,
+        "INVALID_ARGUMENT": 0,
+        "OK": 0,
+    }
     assert holder["stages"].calls == []  # nothing was decoded or transcribed
     assert list(spool.iterdir()) == []
 
@@ -211,4 +234,7 @@ def test_unknown_quality_profile_is_invalid_argument(gateway):
     stub, _, _ = gateway
     with pytest.raises(grpc.RpcError) as err:
         call(stub, b"x", quality_profile=42)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "quality profile" in err.value.details()
+    assert (
+        err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and "quality profile" in err.value.details()
+    )

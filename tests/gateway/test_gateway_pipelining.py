@@ -54,7 +54,9 @@ class RecordingTranscription(tr_grpc.TranscriptionServiceServicer):
 
     def Transcribe(self, request_iterator, context):
         self.seen.read(request_iterator, context)
-        yield tr_pb.TranscribeResponse(result=tr_pb.TranscriptionResult(language_code="pt-BR", model="base"))
+        yield tr_pb.TranscribeResponse(
+            result=tr_pb.TranscriptionResult(language_code="pt-BR", model="base")
+        )
 
 
 class RecordingDiarization(dia_grpc.DiarizationServiceServicer):
@@ -63,7 +65,9 @@ class RecordingDiarization(dia_grpc.DiarizationServiceServicer):
 
     def Diarize(self, request_iterator, context):
         self.seen.read(request_iterator, context)
-        yield dia_pb.DiarizeResponse(result=dia_pb.DiarizationResult(speaker_count=0, backend="recording"))
+        yield dia_pb.DiarizeResponse(
+            result=dia_pb.DiarizationResult(speaker_count=0, backend="recording")
+        )
 
 
 class BrokenPreprocess(pre_grpc.PreprocessServiceServicer):
@@ -72,8 +76,9 @@ class BrokenPreprocess(pre_grpc.PreprocessServiceServicer):
     def Preprocess(self, request_iterator, context):
         for _ in request_iterator:
             pass
-        yield pre_pb.PreprocessResponse(media_info=audio_pb2.MediaInfo(codec="flac",
-                                                                       duration=convert.duration(60.0)))
+        yield pre_pb.PreprocessResponse(
+            media_info=audio_pb2.MediaInfo(codec="flac", duration=convert.duration(60.0))
+        )
         for _ in range(4):
             time.sleep(0.05)
             yield pre_pb.PreprocessResponse(audio=audio_pb2.AudioChunk(pcm=b"\0\0" * 8000))
@@ -81,7 +86,9 @@ class BrokenPreprocess(pre_grpc.PreprocessServiceServicer):
 
 
 def serve(servicer, register, name):
-    return build_server(ServerSettings(port=0), register=lambda s: register(servicer, s), service_names=[name])
+    return build_server(
+        ServerSettings(port=0), register=lambda s: register(servicer, s), service_names=[name]
+    )
 
 
 class NoMerge:
@@ -107,30 +114,49 @@ def services():
     transcription, diarization = RecordingTranscription(), RecordingDiarization()
     handles = [
         preprocess_server(PreprocessSettings(port=0)),
-        serve(transcription, tr_grpc.add_TranscriptionServiceServicer_to_server,
-              "asr.transcription.v1.TranscriptionService"),
-        serve(diarization, dia_grpc.add_DiarizationServiceServicer_to_server,
-              "asr.diarization.v1.DiarizationService"),
+        serve(
+            transcription,
+            tr_grpc.add_TranscriptionServiceServicer_to_server,
+            "asr.transcription.v1.TranscriptionService",
+        ),
+        serve(
+            diarization,
+            dia_grpc.add_DiarizationServiceServicer_to_server,
+            "asr.diarization.v1.DiarizationService",
+        ),
     ]
     yield handles, transcription.seen, diarization.seen
     for handle in handles:
         handle.stop(0)
 
 
-def test_transcription_and_diarization_read_the_audio_while_it_is_decoded(services, corpus, tmp_path):
+def test_transcription_and_diarization_read_the_audio_while_it_is_decoded(
+    services, corpus, tmp_path
+):
     (preprocess, transcription, diarization), heard, diarized = services
     upload = tmp_path / "long.flac"
     shutil.copy(corpus / "long" / "long.flac", upload)  # 10 min: decoding takes a moment
-    downstream = Downstream(preprocess.address, transcription.address, diarization.address, "127.0.0.1:9")
+    downstream = Downstream(
+        preprocess.address, transcription.address, diarization.address, "127.0.0.1:9"
+    )
     events = []
     try:
-        result = run_chain(upload, ChainOptions(filename="long.flac", diarize=True),
-                           NoMerge(GrpcStages(downstream, Deadlines())),
-                           lambda stage, event: events.append((time.monotonic(), stage, event)))
+        result = run_chain(
+            upload,
+            ChainOptions(filename="long.flac", diarize=True),
+            NoMerge(GrpcStages(downstream, Deadlines())),
+            lambda stage, event: events.append((time.monotonic(), stage, event)),
+        )
     finally:
         downstream.close()
-    decoded_at = next(t for t, stage, e in events if stage == "preprocess" and getattr(e, "message", "") == "decoded")
-    assert heard.first < decoded_at and diarized.first < decoded_at  # they started before decoding ended
+    decoded_at = next(
+        t
+        for t, stage, e in events
+        if stage == "preprocess" and getattr(e, "message", "") == "decoded"
+    )
+    assert (
+        heard.first < decoded_at and diarized.first < decoded_at
+    )  # they started before decoding ended
     assert bytes(heard.pcm) == bytes(diarized.pcm) == bytes(result_pcm(result, upload))
     assert heard.config.pcm_size_bytes == 0  # still being decoded when the call began: not declared
     assert result.audio_duration == pytest.approx(602.2, abs=0.1)
@@ -144,12 +170,21 @@ def result_pcm(result, upload):
 def test_decoding_that_fails_midway_reports_its_own_error_and_stops_the_branches(tmp_path):
     transcription, diarization = RecordingTranscription(), RecordingDiarization()
     handles = [
-        serve(BrokenPreprocess(), pre_grpc.add_PreprocessServiceServicer_to_server,
-              "asr.preprocess.v1.PreprocessService"),
-        serve(transcription, tr_grpc.add_TranscriptionServiceServicer_to_server,
-              "asr.transcription.v1.TranscriptionService"),
-        serve(diarization, dia_grpc.add_DiarizationServiceServicer_to_server,
-              "asr.diarization.v1.DiarizationService"),
+        serve(
+            BrokenPreprocess(),
+            pre_grpc.add_PreprocessServiceServicer_to_server,
+            "asr.preprocess.v1.PreprocessService",
+        ),
+        serve(
+            transcription,
+            tr_grpc.add_TranscriptionServiceServicer_to_server,
+            "asr.transcription.v1.TranscriptionService",
+        ),
+        serve(
+            diarization,
+            dia_grpc.add_DiarizationServiceServicer_to_server,
+            "asr.diarization.v1.DiarizationService",
+        ),
     ]
     upload = tmp_path / "bad.flac"
     upload.write_bytes(b"fLaC" + b"\0" * 100)
@@ -157,10 +192,16 @@ def test_decoding_that_fails_midway_reports_its_own_error_and_stops_the_branches
     downstream = Downstream(addresses[0], addresses[1], addresses[2], "127.0.0.1:9")
     try:
         with pytest.raises(InvalidAudio, match="corrupt after 2.0 s"):
-            run_chain(upload, ChainOptions(filename="bad.flac", diarize=True),
-                      GrpcStages(downstream, Deadlines()), lambda stage, event: None)
+            run_chain(
+                upload,
+                ChainOptions(filename="bad.flac", diarize=True),
+                GrpcStages(downstream, Deadlines()),
+                lambda stage, event: None,
+            )
         assert transcription.seen.first  # it had started on the audio ...
-        assert transcription.seen.cancelled.wait(5) and diarization.seen.cancelled.wait(5)  # ... and was stopped
+        assert transcription.seen.cancelled.wait(5) and diarization.seen.cancelled.wait(
+            5
+        )  # ... and was stopped
     finally:
         downstream.close()
         for handle in handles:
@@ -171,8 +212,13 @@ def test_the_chain_module_stays_free_of_grpc():
     import subprocess
     import sys
 
-    code = "import sys; import services.gateway.pipeline, services.gateway.pcm_source; " \
-           "assert 'grpc' not in sys.modules, 'grpc imported'"
-    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True,
-                   env={"PYTHONPATH": f"{REPO}:{REPO / 'gen'}", "PATH": "/usr/bin:/bin"})
-
+    code = (
+        "import sys; import services.gateway.pipeline, services.gateway.pcm_source; "
+        "assert 'grpc' not in sys.modules, 'grpc imported'"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        check=True,
+        env={"PYTHONPATH": f"{REPO}:{REPO / 'gen'}", "PATH": "/usr/bin:/bin"},
+    )

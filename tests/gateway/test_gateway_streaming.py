@@ -38,8 +38,12 @@ def stub():
 
 
 def test_transcription_down_is_unavailable_with_a_sentence(stub):
-    requests = iter([pb.StreamingTranscribeRequest(config=spb.StreamingConfig()),
-                     pb.StreamingTranscribeRequest(audio=audio_pb2.AudioChunk(pcm=b"\0\0" * 1600))])
+    requests = iter(
+        [
+            pb.StreamingTranscribeRequest(config=spb.StreamingConfig()),
+            pb.StreamingTranscribeRequest(audio=audio_pb2.AudioChunk(pcm=b"\0\0" * 1600)),
+        ]
+    )
     with pytest.raises(grpc.RpcError) as err:
         list(stub.StreamingTranscribe(requests, timeout=30))
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -11,13 +11,16 @@ from services.common.domain_errors import Cancelled
 from services.gateway.pcm_source import GrowingPcm, StaticPcm
 
 
-def writer(pcm: GrowingPcm, pieces: list[bytes], pause_s: float = 0.01, fail: Exception | None = None):
+def writer(
+    pcm: GrowingPcm, pieces: list[bytes], pause_s: float = 0.01, fail: Exception | None = None
+):
     def run():
         pcm.announce(len(b"".join(pieces)) / 32000)
         for piece in pieces:
             time.sleep(pause_s)
             pcm.write(piece)
         pcm.fail(fail) if fail else pcm.finish()
+
     thread = threading.Thread(target=run)
     thread.start()
     return thread

@@ -21,7 +21,9 @@ def upload(tmp_path):
 
 def test_chain_without_diarization_skips_it(upload):
     stages, events = FakeStages(), []
-    result = run_chain(upload, ChainOptions(formats=("json", "srt")), stages, lambda s, e: events.append((s, e)))
+    result = run_chain(
+        upload, ChainOptions(formats=("json", "srt")), stages, lambda s, e: events.append((s, e))
+    )
     assert stages.calls == ["preprocess", "transcription", "merge"]
     assert result.diarization is None
     assert [d.format for d in result.merged.documents] == ["json", "srt"]

@@ -70,24 +70,53 @@ class ModelFreeStages:
         self._behaviour.calls.append(options)
         if self._behaviour.block is not None:  # until released or cancelled (like a real stage)
             deadline = time.monotonic() + 30
-            while not (self._behaviour.block.is_set() or self._cancelled.is_set()) and time.monotonic() < deadline:
+            while (
+                not (self._behaviour.block.is_set() or self._cancelled.is_set())
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.02)
         if self._behaviour.fail is not None:
             raise self._behaviour.fail
         duration = len(pcm) / 32000
         step = duration / (len(WORDS) + 1)
-        words = tuple(Word(round(i * step, 3), round((i + 0.8) * step, 3), w, 0.9)
-                      for i, w in enumerate(WORDS))
-        return Transcript([Segment(0, words[0].start, words[2].end, " ".join(WORDS[:3]), words[:3],
-                                   avg_logprob=-0.2, no_speech_prob=0.01, compression_ratio=1.1),
-                           Segment(1, words[3].start, words[-1].end, " ".join(WORDS[3:]), words[3:],
-                                   avg_logprob=-0.3, no_speech_prob=0.02, compression_ratio=1.2)],
-                          options.language_code, "fake-model")
+        words = tuple(
+            Word(round(i * step, 3), round((i + 0.8) * step, 3), w, 0.9)
+            for i, w in enumerate(WORDS)
+        )
+        return Transcript(
+            [
+                Segment(
+                    0,
+                    words[0].start,
+                    words[2].end,
+                    " ".join(WORDS[:3]),
+                    words[:3],
+                    avg_logprob=-0.2,
+                    no_speech_prob=0.01,
+                    compression_ratio=1.1,
+                ),
+                Segment(
+                    1,
+                    words[3].start,
+                    words[-1].end,
+                    " ".join(WORDS[3:]),
+                    words[3:],
+                    avg_logprob=-0.3,
+                    no_speech_prob=0.02,
+                    compression_ratio=1.2,
+                ),
+            ],
+            options.language_code,
+            "fake-model",
+        )
 
     def diarize(self, pcm, options, progress):
         duration = len(pcm) / 32000
-        return Diarization([SpeakerTurn("A", 0.0, duration / 2), SpeakerTurn("B", duration / 2, duration)],
-                           2, "fixed")
+        return Diarization(
+            [SpeakerTurn("A", 0.0, duration / 2), SpeakerTurn("B", duration / 2, duration)],
+            2,
+            "fixed",
+        )
 
     def merge(self, transcript, diarization, options, duration, trace_id):
         return self._real.merge(transcript, diarization, options, duration, trace_id)
@@ -116,18 +145,32 @@ def gateway(backends, behaviour, tmp_path):
     pre, merge = backends
     downstream = Downstream(pre.address, "127.0.0.1:1", "127.0.0.1:1", merge.address)
     deadlines = GatewaySettings().deadlines()
-    settings = GatewaySettings(port=0, state_dir=tmp_path / "gw-state", spool_dir=None,
-                               cache_enabled=False, job_poll_s=0.1,
-                               transcription_address="127.0.0.1:1", diarization_address="127.0.0.1:1")
-    handle = create_gateway(settings, stages_factory=lambda: ModelFreeStages(
-        GrpcStages(downstream, deadlines), behaviour))
+    settings = GatewaySettings(
+        port=0,
+        state_dir=tmp_path / "gw-state",
+        spool_dir=None,
+        cache_enabled=False,
+        job_poll_s=0.1,
+        transcription_address="127.0.0.1:1",
+        diarization_address="127.0.0.1:1",
+    )
+    handle = create_gateway(
+        settings,
+        stages_factory=lambda: ModelFreeStages(GrpcStages(downstream, deadlines), behaviour),
+    )
     yield handle
     handle.stop(0)
 
 
 def start_http(gateway_address: str, **overrides) -> object:
-    settings = HttpSettings(**{"port": 0, "gateway_address": gateway_address,
-                               "gateway_connect_timeout_s": 3, **overrides})
+    settings = HttpSettings(
+        **{
+            "port": 0,
+            "gateway_address": gateway_address,
+            "gateway_connect_timeout_s": 3,
+            **overrides,
+        }
+    )
     return create_http(settings)
 
 
@@ -136,8 +179,6 @@ def http(gateway):
     handle = start_http(gateway.address)
     yield handle
     handle.stop(1)
-
-
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -167,11 +208,29 @@ def http_mesh(tmp_path_factory):
     import time
 
     state = tmp_path_factory.mktemp("http-mesh") / "state"
-    env = {**os.environ, "ASR_STATE_DIR": str(state), "PYANNOTE_METRICS_ENABLED": "false",
-           "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "asr_mesh.client.cli", "serve", "--no-diarization",
-                                "--http-port", "0"], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "ASR_STATE_DIR": str(state),
+        "PYANNOTE_METRICS_ENABLED": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "asr_mesh.client.cli",
+            "serve",
+            "--no-diarization",
+            "--http-port",
+            "0",
+        ],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     found: dict[str, str] = {}
     deadline = time.monotonic() + 300
     try:

@@ -20,16 +20,56 @@ from services.http.app import mesh_http_error, stream_event_dict
 from services.http.audio import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, PcmChunker
 
 MESH_JSON = {
-    "version": 1, "language": "pt-BR", "duration": 4.25,
+    "version": 1,
+    "language": "pt-BR",
+    "duration": 4.25,
     "segments": [
-        {"id": 0, "start": 0.0, "end": 1.5, "speaker": "SPEAKER_00", "text": "Olá, tudo bem?",
-         "avg_logprob": -0.2, "no_speech_prob": 0.01, "compression_ratio": 1.1,
-         "words": [{"start": 0.0, "end": 0.4, "word": "Olá,", "probability": 0.9, "speaker": "SPEAKER_00"},
-                   {"start": 0.4, "end": 0.9, "word": "tudo", "probability": 0.9, "speaker": "SPEAKER_00"},
-                   {"start": 0.9, "end": 1.5, "word": "bem?", "probability": 0.9, "speaker": "SPEAKER_00"}]},
-        {"id": 1, "start": 2.0, "end": 3.0, "speaker": None, "text": "Sim.", "avg_logprob": -0.5,
-         "no_speech_prob": 0.2, "compression_ratio": 0.9,
-         "words": [{"start": 2.0, "end": 3.0, "word": "Sim.", "probability": 0.7, "speaker": None}]},
+        {
+            "id": 0,
+            "start": 0.0,
+            "end": 1.5,
+            "speaker": "SPEAKER_00",
+            "text": "Olá, tudo bem?",
+            "avg_logprob": -0.2,
+            "no_speech_prob": 0.01,
+            "compression_ratio": 1.1,
+            "words": [
+                {
+                    "start": 0.0,
+                    "end": 0.4,
+                    "word": "Olá,",
+                    "probability": 0.9,
+                    "speaker": "SPEAKER_00",
+                },
+                {
+                    "start": 0.4,
+                    "end": 0.9,
+                    "word": "tudo",
+                    "probability": 0.9,
+                    "speaker": "SPEAKER_00",
+                },
+                {
+                    "start": 0.9,
+                    "end": 1.5,
+                    "word": "bem?",
+                    "probability": 0.9,
+                    "speaker": "SPEAKER_00",
+                },
+            ],
+        },
+        {
+            "id": 1,
+            "start": 2.0,
+            "end": 3.0,
+            "speaker": None,
+            "text": "Sim.",
+            "avg_logprob": -0.5,
+            "no_speech_prob": 0.2,
+            "compression_ratio": 0.9,
+            "words": [
+                {"start": 2.0, "end": 3.0, "word": "Sim.", "probability": 0.7, "speaker": None}
+            ],
+        },
     ],
 }
 
@@ -47,37 +87,61 @@ def test_defaults_and_openai_names():
 
 
 def test_word_granularity_and_diarization_extras():
-    req = oa.parse_transcription_form(form(response_format="verbose_json",
-                                           timestamp_granularities__=["word", "segment"],
-                                           num_speakers="2", temperature="0.2", prompt="reunião"))
+    req = oa.parse_transcription_form(
+        form(
+            response_format="verbose_json",
+            timestamp_granularities__=["word", "segment"],
+            num_speakers="2",
+            temperature="0.2",
+            prompt="reunião",
+        )
+    )
     assert req.granularities == ("word", "segment") and req.diarize and req.num_speakers == 2
     assert req.temperature == pytest.approx(0.2) and req.prompt == "reunião"
     assert oa.parse_transcription_form(form(diarize="true")).diarize
     assert oa.parse_transcription_form(form(no_cache="1")).no_cache
 
 
-@pytest.mark.parametrize(("fields", "param"), [
-    ({"response_format": "xml"}, "response_format"),
-    ({"timestamp_granularities__": ["word"]}, "timestamp_granularities"),  # needs verbose_json
-    ({"response_format": "verbose_json", "timestamp_granularities__": ["char"]}, "timestamp_granularities"),
-    ({"temperature": "hot"}, "temperature"),
-    ({"temperature": "1.5"}, "temperature"),
-    ({"language": "português"}, "language"),
-    ({"diarize": "maybe"}, "diarize"),
-    ({"num_speakers": "two"}, "num_speakers"),
-    ({"min_speakers": "3", "max_speakers": "2"}, "min_speakers"),
-    ({"model": ["a", "b"]}, "model"),
-])
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"response_format": "xml"}, "response_format"),
+        ({"timestamp_granularities__": ["word"]}, "timestamp_granularities"),  # needs verbose_json
+        (
+            {"response_format": "verbose_json", "timestamp_granularities__": ["char"]},
+            "timestamp_granularities",
+        ),
+        ({"temperature": "hot"}, "temperature"),
+        ({"temperature": "1.5"}, "temperature"),
+        ({"language": "português"}, "language"),
+        ({"diarize": "maybe"}, "diarize"),
+        ({"num_speakers": "two"}, "num_speakers"),
+        ({"min_speakers": "3", "max_speakers": "2"}, "min_speakers"),
+        ({"model": ["a", "b"]}, "model"),
+    ],
+)
 def test_bad_fields_are_400_naming_the_field(fields, param):
     with pytest.raises(oa.HttpError) as err:
         oa.parse_transcription_form(form(**fields))
     assert err.value.status == 400 and err.value.param == param
     body = err.value.body()["error"]
-    assert set(body) == {"message", "type", "param", "code"} and body["type"] == "invalid_request_error"
+    assert (
+        set(body) == {"message", "type", "param", "code"}
+        and body["type"] == "invalid_request_error"
+    )
 
 
-@pytest.mark.parametrize("media_type", ["audio/wav", "audio/mpeg", "video/mp4", "application/octet-stream",
-                                        "", "audio/webm;codecs=opus"])
+@pytest.mark.parametrize(
+    "media_type",
+    [
+        "audio/wav",
+        "audio/mpeg",
+        "video/mp4",
+        "application/octet-stream",
+        "",
+        "audio/webm;codecs=opus",
+    ],
+)
 def test_audio_media_types_pass(media_type):
     oa.check_file_media_type(media_type, "x")
 
@@ -90,36 +154,68 @@ def test_non_audio_media_types_are_refused(media_type):
 
 
 def test_verbose_json_follows_openai_shape():
-    req = oa.TranscriptionRequest(response_format="verbose_json", granularities=("word", "segment"),
-                                  temperature=0.2)
+    req = oa.TranscriptionRequest(
+        response_format="verbose_json", granularities=("word", "segment"), temperature=0.2
+    )
     body = oa.to_verbose_json(MESH_JSON, req)
     assert body["task"] == "transcribe" and body["language"] == "portuguese"
     assert body["duration"] == 4.25 and body["text"] == "Olá, tudo bem? Sim."
     assert [set(s) for s in body["segments"]] == [
-        {"id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob",
-         "compression_ratio", "no_speech_prob", "speaker"},
-        {"id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob",
-         "compression_ratio", "no_speech_prob"}]
+        {
+            "id",
+            "seek",
+            "start",
+            "end",
+            "text",
+            "tokens",
+            "temperature",
+            "avg_logprob",
+            "compression_ratio",
+            "no_speech_prob",
+            "speaker",
+        },
+        {
+            "id",
+            "seek",
+            "start",
+            "end",
+            "text",
+            "tokens",
+            "temperature",
+            "avg_logprob",
+            "compression_ratio",
+            "no_speech_prob",
+        },
+    ]
     second = body["segments"][1]
     assert (second["id"], second["seek"], second["start"], second["end"]) == (1, 200, 2.0, 3.0)
-    assert second["avg_logprob"] == -0.5 and second["no_speech_prob"] == 0.2 and second["temperature"] == 0.2
+    assert (
+        second["avg_logprob"] == -0.5
+        and second["no_speech_prob"] == 0.2
+        and second["temperature"] == 0.2
+    )
     assert [w["word"] for w in body["words"]] == ["Olá,", "tudo", "bem?", "Sim."]
     assert body["words"][1] == {"word": "tudo", "start": 0.4, "end": 0.9, "speaker": "SPEAKER_00"}
-    segments_only = oa.to_verbose_json(MESH_JSON, oa.TranscriptionRequest(response_format="verbose_json"))
+    segments_only = oa.to_verbose_json(
+        MESH_JSON, oa.TranscriptionRequest(response_format="verbose_json")
+    )
     assert "words" not in segments_only and len(segments_only["segments"]) == 2
     assert oa.to_openai_json(MESH_JSON) == {"text": "Olá, tudo bem? Sim."}
 
 
-@pytest.mark.parametrize(("error", "status", "code"), [
-    (InvalidAudio("not audio"), 400, "invalid_audio"),
-    (UnknownModel("no such model"), 400, "unknown_model"),
-    (LimitExceeded("too long"), 413, "limit_exceeded"),
-    (Overloaded("busy", retry_after_s=2.5), 429, "overloaded"),
-    (DependencyUnavailable("down"), 503, "dependency_unavailable"),
-    (NotFound("no job"), 404, "not_found"),
-    (FailedPrecondition("no diarization"), 400, "failed_precondition"),
-    (InternalError("boom"), 500, "internal"),
-])
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (InvalidAudio("not audio"), 400, "invalid_audio"),
+        (UnknownModel("no such model"), 400, "unknown_model"),
+        (LimitExceeded("too long"), 413, "limit_exceeded"),
+        (Overloaded("busy", retry_after_s=2.5), 429, "overloaded"),
+        (DependencyUnavailable("down"), 503, "dependency_unavailable"),
+        (NotFound("no job"), 404, "not_found"),
+        (FailedPrecondition("no diarization"), 400, "failed_precondition"),
+        (InternalError("boom"), 500, "internal"),
+    ],
+)
 def test_mesh_errors_map_to_http(error, status, code):
     http = mesh_http_error(error)
     assert (http.status, http.code, http.message) == (status, code, error.message)
@@ -143,9 +239,16 @@ def test_stream_events_become_json_messages():
 
     interim = spb.StreamingEvent(interim=spb.StreamingInterimResult(text=" olá ", stability=0.5))
     interim.interim.end_offset.FromMilliseconds(1250)
-    assert stream_event_dict(interim) == {"type": "interim", "text": "olá", "stability": 0.5,
-                                          "start": 0.0, "end": 1.25}
-    seg = tpb.Segment(text="Olá mundo", speaker="SPEAKER_01", words=[tpb.Word(word="Olá", probability=0.9)])
+    assert stream_event_dict(interim) == {
+        "type": "interim",
+        "text": "olá",
+        "stability": 0.5,
+        "start": 0.0,
+        "end": 1.25,
+    }
+    seg = tpb.Segment(
+        text="Olá mundo", speaker="SPEAKER_01", words=[tpb.Word(word="Olá", probability=0.9)]
+    )
     seg.end_offset.FromMilliseconds(2000)
     final = stream_event_dict(spb.StreamingEvent(final=spb.StreamingFinalResult(segment=seg)))
     assert final["type"] == "final" and final["speaker"] == "SPEAKER_01" and final["end"] == 2.0

@@ -21,7 +21,9 @@ pytestmark = pytest.mark.mesh
 
 @pytest.fixture(scope="module")
 def client(http_mesh):
-    return openai.OpenAI(base_url=f"{http_mesh.url}/v1", api_key="unused", max_retries=0, timeout=300)
+    return openai.OpenAI(
+        base_url=f"{http_mesh.url}/v1", api_key="unused", max_retries=0, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +38,19 @@ def test_openai_client_json_text_srt_vtt(client, clip):
         result = client.audio.transcriptions.create(model="whisper-1", file=audio, language="pt")
     assert wer([expected], [result.text]) < 0.4, result.text
     with open(path, "rb") as audio:
-        text = client.audio.transcriptions.create(model="whisper-1", file=audio, response_format="text")
+        text = client.audio.transcriptions.create(
+            model="whisper-1", file=audio, response_format="text"
+        )
     assert isinstance(text, str) and wer([expected], [text]) < 0.4
     with open(path, "rb") as audio:
-        srt = client.audio.transcriptions.create(model="whisper-1", file=audio, response_format="srt")
+        srt = client.audio.transcriptions.create(
+            model="whisper-1", file=audio, response_format="srt"
+        )
     assert srt.startswith("1\n00:00:0") and " --> " in srt and "conta corrente" in srt.lower()
     with open(path, "rb") as audio:
-        vtt = client.audio.transcriptions.create(model="whisper-1", file=audio, response_format="vtt")
+        vtt = client.audio.transcriptions.create(
+            model="whisper-1", file=audio, response_format="vtt"
+        )
     assert vtt.startswith("WEBVTT") and "conta corrente" in vtt.lower()
 
 
@@ -50,8 +58,12 @@ def test_openai_client_verbose_json_with_word_timestamps(client, clip):
     path, expected = clip
     with open(path, "rb") as audio:
         result = client.audio.transcriptions.create(
-            model="whisper-1", file=audio, language="pt", response_format="verbose_json",
-            timestamp_granularities=["word", "segment"])
+            model="whisper-1",
+            file=audio,
+            language="pt",
+            response_format="verbose_json",
+            timestamp_granularities=["word", "segment"],
+        )
     assert result.language == "portuguese" and 4.0 < result.duration < 7.0
     assert wer([expected], [result.text]) < 0.4
     words = result.words
@@ -79,14 +91,21 @@ def test_unknown_model_is_bad_request(client, clip):
 
 def test_one_trace_from_http_to_the_last_service(http_mesh, clip):
     with open(clip[0], "rb") as audio:
-        r = httpx.post(f"{http_mesh.url}/v1/audio/transcriptions", files={"file": ("c.flac", audio, "audio/flac")},
-                       timeout=300)
+        r = httpx.post(
+            f"{http_mesh.url}/v1/audio/transcriptions",
+            files={"file": ("c.flac", audio, "audio/flac")},
+            timeout=300,
+        )
     assert r.status_code == 200
     trace_id = r.headers["x-trace-id"]
     deadline, services = time.monotonic() + 20, set()
     while time.monotonic() < deadline:
-        spans = [json.loads(line) for path in (http_mesh.state_dir / "traces").glob("*.jsonl")
-                 for line in path.read_text().splitlines() if trace_id in line]
+        spans = [
+            json.loads(line)
+            for path in (http_mesh.state_dir / "traces").glob("*.jsonl")
+            for line in path.read_text().splitlines()
+            if trace_id in line
+        ]
         services = {s["service"] for s in spans if s["trace_id"] == trace_id}
         roots = [s for s in spans if s["trace_id"] == trace_id and not s["parent_span_id"]]
         # The root span is written when the response has been sent: wait for it too.
@@ -121,8 +140,11 @@ def stream_over_ws(url: str, config: dict, chunks, pace_s: float) -> list[dict]:
 
 
 def decode(path, *args: str) -> bytes:
-    return subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", str(path), *args, "pipe:1"],
-                          capture_output=True, check=True).stdout
+    return subprocess.run(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", str(path), *args, "pipe:1"],
+        capture_output=True,
+        check=True,
+    ).stdout
 
 
 def check_stream(events: list[dict], expected: str) -> None:
@@ -140,21 +162,42 @@ def check_stream(events: list[dict], expected: str) -> None:
 
 def test_websocket_raw_pcm(http_mesh, clip):
     path, expected = clip
-    pcm = decode(path, "-ac", "1", "-ar", "16000", "-f", "s16le") + b"\0" * 32000  # 1 s of silence after
-    chunks = [pcm[i:i + 4096] for i in range(0, len(pcm), 4096)]  # not aligned to 20 ms on purpose
-    events = stream_over_ws(f"ws://{http_mesh.http}/v1/stream",
-                            {"encoding": "pcm_s16le", "sample_rate": 16000, "language": "pt-BR"},
-                            chunks, 4096 / 32000 / 4)  # 4x real time
+    pcm = (
+        decode(path, "-ac", "1", "-ar", "16000", "-f", "s16le") + b"\0" * 32000
+    )  # 1 s of silence after
+    chunks = [
+        pcm[i : i + 4096] for i in range(0, len(pcm), 4096)
+    ]  # not aligned to 20 ms on purpose
+    events = stream_over_ws(
+        f"ws://{http_mesh.http}/v1/stream",
+        {"encoding": "pcm_s16le", "sample_rate": 16000, "language": "pt-BR"},
+        chunks,
+        4096 / 32000 / 4,
+    )  # 4x real time
     check_stream(events, expected)
 
 
 def test_websocket_webm_opus_as_mediarecorder_sends_it(http_mesh, clip, tmp_path):
     path, expected = clip
-    webm = decode(path, "-af", "apad=pad_dur=1", "-ac", "1", "-ar", "48000", "-c:a", "libopus", "-b:a", "32k",
-                  "-f", "webm")
-    chunks = [webm[i:i + 2000] for i in range(0, len(webm), 2000)]
-    events = stream_over_ws(f"ws://{http_mesh.http}/v1/stream", {"encoding": "webm", "language": "pt"},
-                            chunks, 0.02)
+    webm = decode(
+        path,
+        "-af",
+        "apad=pad_dur=1",
+        "-ac",
+        "1",
+        "-ar",
+        "48000",
+        "-c:a",
+        "libopus",
+        "-b:a",
+        "32k",
+        "-f",
+        "webm",
+    )
+    chunks = [webm[i : i + 2000] for i in range(0, len(webm), 2000)]
+    events = stream_over_ws(
+        f"ws://{http_mesh.http}/v1/stream", {"encoding": "webm", "language": "pt"}, chunks, 0.02
+    )
     check_stream(events, expected)
     summary = events[-1]
     assert 5.0 < summary["audio_duration"] < 8.0  # all of the clip decoded, nothing twice
@@ -164,4 +207,7 @@ def test_serve_prints_and_lists_the_http_service(http_mesh):
     table = json.loads((http_mesh.state_dir / "mesh.json").read_text())
     (entry,) = table["http"]
     assert entry["address"] == http_mesh.http and entry["state"] == "ready"
-    assert httpx.get(f"{http_mesh.url}/readyz").json() == {"status": "ok", "gateway": http_mesh.gateway}
+    assert httpx.get(f"{http_mesh.url}/readyz").json() == {
+        "status": "ok",
+        "gateway": http_mesh.gateway,
+    }

@@ -32,12 +32,15 @@ def messages(ws):
     return out
 
 
-@pytest.mark.parametrize(("config", "needle"), [
-    ("not json", "JSON config"),
-    (json.dumps({"encoding": "mp3"}), "encoding 'mp3' is not supported"),
-    (json.dumps({"encoding": "pcm_s16le", "sample_rate": 44100}), "16 kHz"),
-    (json.dumps({"profile": "turbo"}), "unknown latency profile"),
-])
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [
+        ("not json", "JSON config"),
+        (json.dumps({"encoding": "mp3"}), "encoding 'mp3' is not supported"),
+        (json.dumps({"encoding": "pcm_s16le", "sample_rate": 44100}), "16 kHz"),
+        (json.dumps({"profile": "turbo"}), "unknown latency profile"),
+    ],
+)
 def test_bad_config_is_one_error_message_then_close(http, config, needle):
     with connect(ws_url(http), open_timeout=10) as ws:
         ws.send(config)
@@ -77,8 +80,12 @@ def test_caller_trace_is_continued_into_the_gateway(http):
     import httpx
 
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
-    r = httpx.post(f"{http.url}/v1/jobs", files={"file": ("a.wav", wav_bytes(), "audio/wav")},
-                   headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}, timeout=30)
+    r = httpx.post(
+        f"{http.url}/v1/jobs",
+        files={"file": ("a.wav", wav_bytes(), "audio/wav")},
+        headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+        timeout=30,
+    )
     assert r.status_code == 202 and r.headers["x-trace-id"] == trace_id
     assert r.json()["trace_id"] == trace_id
 
@@ -86,8 +93,23 @@ def test_caller_trace_is_continued_into_the_gateway(http):
 def test_webm_opus_stream_decodes_as_it_arrives(tmp_path):
     source = tmp_path / "tone.wav"
     source.write_bytes(wav_bytes(3.0, rate=48000))
-    webm = subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", str(source), "-c:a", "libopus",
-                           "-f", "webm", "pipe:1"], capture_output=True, check=True).stdout
+    webm = subprocess.run(
+        [
+            "ffmpeg",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-i",
+            str(source),
+            "-c:a",
+            "libopus",
+            "-f",
+            "webm",
+            "pipe:1",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
     pcm, ended = bytearray(), threading.Event()
     errors = []
 
@@ -97,7 +119,7 @@ def test_webm_opus_stream_decodes_as_it_arrives(tmp_path):
 
     decoder = StreamDecoder("webm", pcm.extend, on_end)
     for offset in range(0, len(webm), 1000):  # MediaRecorder-sized pieces
-        assert decoder.feed(webm[offset:offset + 1000])
+        assert decoder.feed(webm[offset : offset + 1000])
     decoder.close()
     assert ended.wait(20) and errors == [""]
     assert abs(len(pcm) / 32000 - 3.0) < 0.1  # 16 kHz mono s16le, all of it

@@ -31,9 +31,23 @@ class RedisServer:
             pytest.fail("redis-server is not installed (make system-deps installs it from Debian)")
         self.port = free_port()
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(workdir), "--protected-mode", "yes"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+                "--protected-mode",
+                "yes",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self.url = f"redis://127.0.0.1:{self.port}/0"
         import redis
@@ -98,15 +112,19 @@ class ScriptedStages:
                 raise Cancelled("the chain was cancelled")
             progress(ProgressUpdate(1 - (deadline - time.monotonic()) / self.work_s, 1.0, 2.0))
             time.sleep(0.02)
-        words = tuple(Word(0.1 * i, 0.1 * i + 0.08, w, 0.9) for i, w in enumerate(self._text.split()))
+        words = tuple(
+            Word(0.1 * i, 0.1 * i + 0.08, w, 0.9) for i, w in enumerate(self._text.split())
+        )
         return Transcript([Segment(0, 0.0, 2.0, self._text, words)], "pt-BR", "scripted")
 
     def diarize(self, pcm, options, progress):
         return Diarization([], 1, "scripted")
 
     def merge(self, transcript, diarization, options, duration, trace_id):
-        docs = [RenderedDocument(f, f"{f}: {transcript.segments[0].text}", f, "text/plain")
-                for f in options.formats]
+        docs = [
+            RenderedDocument(f, f"{f}: {transcript.segments[0].text}", f, "text/plain")
+            for f in options.formats
+        ]
         return Merged(transcript.segments, [], docs)
 
     def cancel(self) -> None:

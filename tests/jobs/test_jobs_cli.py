@@ -34,8 +34,18 @@ def submitted(capsys) -> list[tuple[str, str]]:
 def test_submit_prints_one_job_per_file_and_get_writes_the_documents(gateway, tmp_path, capsys):
     (tmp_path / "um.wav").write_text("primeiro arquivo")
     (tmp_path / "dois.wav").write_text("segundo arquivo")
-    code = main(["submit", str(tmp_path / "um.wav"), str(tmp_path / "nada.wav"), str(tmp_path / "dois.wav"),
-                 "--format", "json,srt", "--server", gateway.address])
+    code = main(
+        [
+            "submit",
+            str(tmp_path / "um.wav"),
+            str(tmp_path / "nada.wav"),
+            str(tmp_path / "dois.wav"),
+            "--format",
+            "json,srt",
+            "--server",
+            gateway.address,
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 1 and "nada.wav: no such file" in err  # one bad input does not stop the others
     jobs = [tuple(line.split("\t")) for line in out.splitlines()]
@@ -43,8 +53,26 @@ def test_submit_prints_one_job_per_file_and_get_writes_the_documents(gateway, tm
 
     out_dir = tmp_path / "out"
     for job_id, _ in jobs:
-        assert main(["jobs", "get", job_id, "--wait", "--timeout", "20", "--quiet", "-o", str(out_dir),
-                     "--format", "srt", "--server", gateway.address]) == 0
+        assert (
+            main(
+                [
+                    "jobs",
+                    "get",
+                    job_id,
+                    "--wait",
+                    "--timeout",
+                    "20",
+                    "--quiet",
+                    "-o",
+                    str(out_dir),
+                    "--format",
+                    "srt",
+                    "--server",
+                    gateway.address,
+                ]
+            )
+            == 0
+        )
     assert (out_dir / "um.srt").read_text() == "srt: primeiro arquivo"
     assert (out_dir / "dois.srt").read_text() == "srt: segundo arquivo"
     assert not (out_dir / "um.json").exists()
@@ -87,9 +115,25 @@ def test_get_wait_rides_out_a_gateway_restart(state_dir, tmp_path, capsys):
     assert main(["submit", str(tmp_path / "a.wav"), "--server", first.address]) == 0
     [(job_id, _)] = submitted(capsys)
     codes = []
-    waiter = threading.Thread(target=lambda: codes.append(main([
-        "jobs", "get", job_id, "--wait", "--quiet", "--timeout", "60", "-o", str(tmp_path / "out"),
-        "--server", first.address])))
+    waiter = threading.Thread(
+        target=lambda: codes.append(
+            main(
+                [
+                    "jobs",
+                    "get",
+                    job_id,
+                    "--wait",
+                    "--quiet",
+                    "--timeout",
+                    "60",
+                    "-o",
+                    str(tmp_path / "out"),
+                    "--server",
+                    first.address,
+                ]
+            )
+        )
+    )
     waiter.start()
     time.sleep(0.5)
     first.stop(0)  # the gateway goes away while the CLI waits
@@ -108,6 +152,17 @@ def test_submit_without_a_gateway_says_so(tmp_path, state_dir, capsys, monkeypat
     (tmp_path / "a.wav").write_text("x")
     assert main(["submit", str(tmp_path / "a.wav")]) == 1
     assert "--server" in capsys.readouterr().err
-    assert main(["submit", str(tmp_path / "a.wav"), "--server", f"127.0.0.1:{free_port()}",
-                 "--connect-timeout", "1"]) == 1
+    assert (
+        main(
+            [
+                "submit",
+                str(tmp_path / "a.wav"),
+                "--server",
+                f"127.0.0.1:{free_port()}",
+                "--connect-timeout",
+                "1",
+            ]
+        )
+        == 1
+    )
     assert "cannot reach the gateway" in capsys.readouterr().err

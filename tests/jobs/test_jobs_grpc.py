@@ -45,10 +45,13 @@ def start_gateway(store_url, state_dir, spool):
     handles = []
 
     def start(stages: ScriptedStages, **overrides):
-        values = dict(port=0, job_store=store_url, job_spool_dir=spool, job_poll_s=0.05, job_lease_s=1.0)
+        values = dict(
+            port=0, job_store=store_url, job_spool_dir=spool, job_poll_s=0.05, job_lease_s=1.0
+        )
         values.update(overrides)
-        handle = create_server(GatewaySettings(**values), stages_factory=stages,
-                               model_identity=lambda name: IDENTITY)
+        handle = create_server(
+            GatewaySettings(**values), stages_factory=stages, model_identity=lambda name: IDENTITY
+        )
         handles.append(handle)
         return handle
 
@@ -77,7 +80,9 @@ def test_submit_answers_before_the_work_and_the_job_runs_to_results(start_gatewa
     stages = ScriptedStages(work_s=0.5)
     gateway = start_gateway(stages)
     with GatewayClient(gateway.address) as client:
-        job = client.submit_job(audio(tmp_path, "olá mundo"), TranscribeOptions(formats=("json", "srt")))
+        job = client.submit_job(
+            audio(tmp_path, "olá mundo"), TranscribeOptions(formats=("json", "srt"))
+        )
         assert len(job.job_id) == 32 and job.state in (jpb.JOB_STATE_QUEUED, jpb.JOB_STATE_RUNNING)
         assert job.filename == "talk.wav" and job.upload_size_bytes == len("olá mundo".encode())
         seen = list(client.watch_job(job.job_id))
@@ -127,7 +132,9 @@ def test_cache_hit_gives_identical_transcript_without_running_the_chain(start_ga
 
         # no_cache runs the chain; other options or other bytes are other entries.
         assert not client.transcribe(path, dataclasses.replace(options, no_cache=True)).cache_hit
-        assert not client.transcribe(path, dataclasses.replace(options, formats=("json",))).cache_hit
+        assert not client.transcribe(
+            path, dataclasses.replace(options, formats=("json",))
+        ).cache_hit
         assert not client.transcribe(audio(tmp_path, "outra gravação", "b.wav"), options).cache_hit
         assert stages.runs == 4
 
@@ -149,8 +156,12 @@ def test_cancel_mid_run_stops_the_chain_and_empties_the_spool(start_gateway, tmp
 def test_queued_jobs_list_newest_first_in_pages_and_cancel_at_once(start_gateway, tmp_path, spool):
     gateway = start_gateway(ScriptedStages(), job_workers=0)  # accepts jobs, runs none
     with GatewayClient(gateway.address) as client:
-        ids = [client.submit_job(audio(tmp_path, f"arquivo {n}", f"f{n}.wav"), TranscribeOptions()).job_id
-               for n in range(5)]
+        ids = [
+            client.submit_job(
+                audio(tmp_path, f"arquivo {n}", f"f{n}.wav"), TranscribeOptions()
+            ).job_id
+            for n in range(5)
+        ]
         pages, token = [], ""
         while True:
             jobs, token = client.list_jobs(page_size=2, page_token=token)
@@ -236,8 +247,10 @@ def test_a_cut_off_upload_leaves_no_job(start_gateway, tmp_path, spool):
     gateway = start_gateway(ScriptedStages(), job_workers=0)
     channel = grpc.insecure_channel(gateway.address)
     stub = jobs_pb2_grpc.JobServiceStub(channel)
-    requests = [jpb.SubmitJobRequest(config=gpb.TranscribeConfig(filename="x.wav", upload_size_bytes=10)),
-                jpb.SubmitJobRequest(content=b"12345")]
+    requests = [
+        jpb.SubmitJobRequest(config=gpb.TranscribeConfig(filename="x.wav", upload_size_bytes=10)),
+        jpb.SubmitJobRequest(content=b"12345"),
+    ]
     with pytest.raises(grpc.RpcError) as err:
         stub.SubmitJob(iter(requests), timeout=10)
     channel.close()
@@ -255,8 +268,11 @@ def test_an_unreachable_job_store_is_unavailable_and_transcribe_still_works(stat
 
     dead = f"redis://127.0.0.1:{free_port()}/0"
     stages = ScriptedStages()
-    handle = create_server(GatewaySettings(port=0, job_store=dead, job_poll_s=0.05), stages_factory=stages,
-                           model_identity=lambda name: IDENTITY)
+    handle = create_server(
+        GatewaySettings(port=0, job_store=dead, job_poll_s=0.05),
+        stages_factory=stages,
+        model_identity=lambda name: IDENTITY,
+    )
     try:
         with GatewayClient(handle.address) as client:
             with pytest.raises(DependencyUnavailable, match="job store is unavailable"):

@@ -31,17 +31,31 @@ CLIP = "dia/conv0.flac"  # 30 s: long enough to be killed mid-transcription, sho
 class GatewayProcess:
     def __init__(self, mesh, state_dir: Path, store: str, log: Path):
         env = {
-            **os.environ, "PYANNOTE_METRICS_ENABLED": "false", "PYTHONUNBUFFERED": "1",
-            "ASR_STATE_DIR": str(state_dir), "ASR_GATEWAY_HOST": "127.0.0.1", "ASR_GATEWAY_PORT": "0",
-            "ASR_GATEWAY_JOB_STORE": store, "ASR_GATEWAY_JOB_SPOOL_DIR": str(state_dir / "spool"),
-            "ASR_GATEWAY_JOB_LEASE_S": "2", "ASR_GATEWAY_JOB_POLL_S": "0.2", "ASR_LOG_FORMAT": "text",
-            **{f"ASR_GATEWAY_{name.upper()}_ADDRESS": mesh.services[name].address
-               for name in ("preprocess", "transcription", "diarization", "merge")},
+            **os.environ,
+            "PYANNOTE_METRICS_ENABLED": "false",
+            "PYTHONUNBUFFERED": "1",
+            "ASR_STATE_DIR": str(state_dir),
+            "ASR_GATEWAY_HOST": "127.0.0.1",
+            "ASR_GATEWAY_PORT": "0",
+            "ASR_GATEWAY_JOB_STORE": store,
+            "ASR_GATEWAY_JOB_SPOOL_DIR": str(state_dir / "spool"),
+            "ASR_GATEWAY_JOB_LEASE_S": "2",
+            "ASR_GATEWAY_JOB_POLL_S": "0.2",
+            "ASR_LOG_FORMAT": "text",
+            **{
+                f"ASR_GATEWAY_{name.upper()}_ADDRESS": mesh.services[name].address
+                for name in ("preprocess", "transcription", "diarization", "merge")
+            },
         }
         env.pop("ASR_PARENT_PID", None)
         with open(log, "ab") as err:
-            self.process = subprocess.Popen([sys.executable, "-m", "services.gateway"], env=env,
-                                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "services.gateway"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+            )
         line = self.process.stdout.readline().decode()
         if not line.startswith(READY_PREFIX):
             self.process.kill()
@@ -79,7 +93,10 @@ def wait_until_transcribing(client: GatewayClient, job_id: str, timeout_s: float
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         job = client.get_job(job_id)
-        if job.state == jpb.JOB_STATE_RUNNING and job.progress.stage == progress_pb2.STAGE_TRANSCRIPTION:
+        if (
+            job.state == jpb.JOB_STATE_RUNNING
+            and job.progress.stage == progress_pb2.STAGE_TRANSCRIPTION
+        ):
             return
         assert job.state in (jpb.JOB_STATE_QUEUED, jpb.JOB_STATE_RUNNING), job
         time.sleep(0.1)
@@ -97,13 +114,17 @@ def check_finished(client: GatewayClient, job_id: str, attempts: int) -> None:
 
 
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
-def test_job_killed_with_its_gateway_finishes_after_a_restart(store, mesh, corpus, gateways, tmp_path, request):
+def test_job_killed_with_its_gateway_finishes_after_a_restart(
+    store, mesh, corpus, gateways, tmp_path, request
+):
     url = request.getfixturevalue("redis_server").url if store == "redis" else ""
     if url:
         request.getfixturevalue("redis_server").flush()
     first = gateways(mesh, url)
     with GatewayClient(first.address) as client:
-        job = client.submit_job(corpus / CLIP, TranscribeOptions(no_cache=True, quality_profile="fast"))
+        job = client.submit_job(
+            corpus / CLIP, TranscribeOptions(no_cache=True, quality_profile="fast")
+        )
         wait_until_transcribing(client, job.job_id)
     first.kill()  # kill -9: no drain, the lease simply stops being renewed
 
@@ -117,11 +138,18 @@ def test_job_killed_with_its_gateway_finishes_after_a_restart(store, mesh, corpu
     assert not any(spool.iterdir())
 
 
-def test_two_gateways_on_one_redis_the_survivor_finishes_the_job(mesh, corpus, gateways, redis_server):  # noqa: F811
+def test_two_gateways_on_one_redis_the_survivor_finishes_the_job(
+    mesh,
+    corpus,
+    gateways,
+    redis_server,  # noqa: F811
+):
     redis_server.flush()
     pair = [gateways(mesh, redis_server.url), gateways(mesh, redis_server.url)]
     with GatewayClient(pair[0].address) as client:
-        job = client.submit_job(corpus / CLIP, TranscribeOptions(no_cache=True, quality_profile="fast"))
+        job = client.submit_job(
+            corpus / CLIP, TranscribeOptions(no_cache=True, quality_profile="fast")
+        )
         wait_until_transcribing(client, job.job_id)
     owner = JobRecord.from_json(redis_server.client.get(f"asr:job:{job.job_id}")).owner
     pid = int(owner.rsplit("-", 3)[1])

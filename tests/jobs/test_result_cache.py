@@ -34,12 +34,19 @@ def result(text: str = "olá mundo") -> ChainResult:
     words = (Word(0.0, 0.4, "olá", 0.9, "SPEAKER_00"), Word(0.5, 0.9, "mundo", 0.8, "SPEAKER_00"))
     segment = Segment(0, 0.0, 0.9, text, words, "SPEAKER_00", -0.2, 0.01, 1.1)
     return ChainResult(
-        media=MediaReport(container="flac", codec="flac", sample_rate_hz=16000, channels=1, duration=1.0),
-        audio_duration=1.0, transcript=Transcript([segment], "pt-BR", "base"),
+        media=MediaReport(
+            container="flac", codec="flac", sample_rate_hz=16000, channels=1, duration=1.0
+        ),
+        audio_duration=1.0,
+        transcript=Transcript([segment], "pt-BR", "base"),
         diarization=Diarization([], 1, "resemblyzer"),
-        merged=Merged([segment], ["SPEAKER_00"], [RenderedDocument("srt", "1\n00:00 --> 00:01\nolá", "srt",
-                                                                   "application/x-subrip")]),
-        seconds=2.5)
+        merged=Merged(
+            [segment],
+            ["SPEAKER_00"],
+            [RenderedDocument("srt", "1\n00:00 --> 00:01\nolá", "srt", "application/x-subrip")],
+        ),
+        seconds=2.5,
+    )
 
 
 def test_stored_form_round_trips_what_the_gateway_streams():
@@ -47,7 +54,11 @@ def test_stored_form_round_trips_what_the_gateway_streams():
     back = decode_result(encode_result(original))
     assert back.merged == original.merged and back.media == original.media
     assert (back.audio_duration, back.seconds, back.transcript.model, back.diarization.backend) == (
-        1.0, 2.5, "base", "resemblyzer")
+        1.0,
+        2.5,
+        "base",
+        "resemblyzer",
+    )
     with pytest.raises(zlib.error):
         decode_result(b"not a stored result")
 
@@ -57,13 +68,22 @@ def test_key_changes_with_bytes_options_model_and_pipeline_but_not_the_directory
     key = cache_key("aa" * 32, options, MODEL)
     assert key == cache_key("aa" * 32, ChainOptions(filename="talk.flac"), MODEL)
     assert key == cache_key("aa" * 32, dataclasses.replace(options, formats=("json",)), MODEL)
-    assert len({key,
+    assert (
+        len(
+            {
+                key,
                 cache_key("bb" * 32, options, MODEL),
                 cache_key("aa" * 32, dataclasses.replace(options, diarize=True), MODEL),
                 cache_key("aa" * 32, dataclasses.replace(options, formats=("json", "srt")), MODEL),
-                cache_key("aa" * 32, dataclasses.replace(options, filename="other.flac"), MODEL),  # RTTM file id
+                cache_key(
+                    "aa" * 32, dataclasses.replace(options, filename="other.flac"), MODEL
+                ),  # RTTM file id
                 cache_key("aa" * 32, options, ("base", "ef" * 32)),  # same name, other weights
-                cache_key("aa" * 32, options, MODEL, pipeline_version="next")}) == 7
+                cache_key("aa" * 32, options, MODEL, pipeline_version="next"),
+            }
+        )
+        == 7
+    )
 
 
 def test_disk_cache_evicts_least_recently_used_and_expires(tmp_path):
@@ -105,7 +125,9 @@ def test_an_undecodable_entry_is_a_miss(tmp_path):
 
 
 def test_unreachable_redis_is_a_miss_and_unknown_model_is_no_caching():
-    front = ResultCache(RedisCache(f"redis://127.0.0.1:{free_port()}/0", 1 << 20, 60), lambda name: MODEL)
+    front = ResultCache(
+        RedisCache(f"redis://127.0.0.1:{free_port()}/0", 1 << 20, 60), lambda name: MODEL
+    )
     key = front.key("aa" * 32, ChainOptions())
     assert front.lookup(key) is None
     front.store(key, result())  # logged, not raised
@@ -113,7 +135,9 @@ def test_unreachable_redis_is_a_miss_and_unknown_model_is_no_caching():
     def no_transcription_service(name):
         raise ConnectionError("transcription unreachable")
 
-    assert ResultCache(front.backend, no_transcription_service).key("aa" * 32, ChainOptions()) is None
+    assert (
+        ResultCache(front.backend, no_transcription_service).key("aa" * 32, ChainOptions()) is None
+    )
 
 
 @pytest.mark.mesh  # starts a redis-server process

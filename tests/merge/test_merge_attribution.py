@@ -65,7 +65,9 @@ def word_intervals(draw) -> list[tuple[float, float]]:
 def _overlaps(turns, start, end) -> dict[str, float]:
     totals: dict[str, float] = {}
     for t in turns:
-        totals[t.speaker] = totals.get(t.speaker, 0.0) + max(0.0, min(end, t.end) - max(start, t.start))
+        totals[t.speaker] = totals.get(t.speaker, 0.0) + max(
+            0.0, min(end, t.end) - max(start, t.start)
+        )
     return totals
 
 
@@ -109,7 +111,8 @@ def test_attribution_invariants(turns, words, seed):
 @given(
     turns=st.lists(
         st.tuples(st.sampled_from(SPEAKERS), _grid, st.integers(0, 300).map(lambda n: n / 100)),
-        min_size=1, max_size=12,
+        min_size=1,
+        max_size=12,
     ),
     words=word_intervals(),
 )
@@ -123,12 +126,17 @@ def test_overlapping_turns_are_made_exclusive(turns, words):
         # Every piece is covered by its own speaker's input turns...
         for piece in timeline:
             assert piece.end > piece.start
-            own = [(max(t.start, piece.start), min(t.end, piece.end))
-                   for t in positive if t.speaker == piece.speaker]
+            own = [
+                (max(t.start, piece.start), min(t.end, piece.end))
+                for t in positive
+                if t.speaker == piece.speaker
+            ]
             assert _union_length(own) == pytest.approx(piece.end - piece.start, abs=1e-9)
         # ...and the pieces cover exactly the union of the input turns.
         covered = sum(p.end - p.start for p in timeline)
-        assert covered == pytest.approx(_union_length([(t.start, t.end) for t in positive]), abs=1e-9)
+        assert covered == pytest.approx(
+            _union_length([(t.start, t.end) for t in positive]), abs=1e-9
+        )
     assert all(label for label in assign_speakers(words, raw))
 
 
@@ -142,7 +150,12 @@ def test_most_overlap_wins_and_is_summed_per_speaker():
 def test_gap_words_go_to_nearest_turn_and_ties_to_the_earlier():
     turns = [T("A", 0, 1), T("B", 3, 4)]
     assert assign_speakers([(1.2, 1.4), (2.5, 2.8), (1.9, 2.1), (5, 6), (-0.0, 0.0)], turns) == [
-        "A", "B", "A", "B", "A"]
+        "A",
+        "B",
+        "A",
+        "B",
+        "A",
+    ]
 
 
 def test_zero_length_word_inside_a_turn_belongs_to_it():
@@ -186,8 +199,26 @@ def test_speaker_index_needs_turns():
 
 # ---- re-segmentation and labels -------------------------------------------------------------
 
-_WORDS = ["olá", "você", "ação", "coração", "não", "é", "São", "Paulo", "amanhã", "até",
-          "pé", "Sr.", "bem?", "sim!", "então…", "fim.", "vovó,", "\"certo.\""]
+_WORDS = [
+    "olá",
+    "você",
+    "ação",
+    "coração",
+    "não",
+    "é",
+    "São",
+    "Paulo",
+    "amanhã",
+    "até",
+    "pé",
+    "Sr.",
+    "bem?",
+    "sim!",
+    "então…",
+    "fim.",
+    "vovó,",
+    '"certo."',
+]
 
 
 @st.composite
@@ -234,13 +265,28 @@ def test_merge_invariants(segments, turns):
 
 
 def test_segments_split_on_sentence_end_pause_and_speaker_but_not_abbreviations():
-    words = (W(0, .3, "O"), W(.3, .6, "Sr."), W(.6, 1, "Silva"), W(1, 1.4, "chegou."),
-             W(1.5, 1.9, "Que"), W(1.9, 2.2, "bom!"), W(2.2, 2.5, "Eu"), W(2.5, 2.8, "acho"),
-             W(3.8, 4.0, "que"), W(5.01, 5.3, "sim"), W(5.3, 5.6, "claro"))
+    words = (
+        W(0, 0.3, "O"),
+        W(0.3, 0.6, "Sr."),
+        W(0.6, 1, "Silva"),
+        W(1, 1.4, "chegou."),
+        W(1.5, 1.9, "Que"),
+        W(1.9, 2.2, "bom!"),
+        W(2.2, 2.5, "Eu"),
+        W(2.5, 2.8, "acho"),
+        W(3.8, 4.0, "que"),
+        W(5.01, 5.3, "sim"),
+        W(5.3, 5.6, "claro"),
+    )
     turns = [T("x", 0, 5.4), T("y", 5.4, 6)]
     result = merge([Segment(0, 0, 5.6, "", words)], turns)
     assert [s.text for s in result.segments] == [
-        "O Sr. Silva chegou.", "Que bom!", "Eu acho que", "sim", "claro"]
+        "O Sr. Silva chegou.",
+        "Que bom!",
+        "Eu acho que",
+        "sim",
+        "claro",
+    ]
     assert [s.speaker for s in result.segments] == ["SPEAKER_00"] * 4 + ["SPEAKER_01"]
 
 
@@ -255,7 +301,9 @@ def test_labels_follow_first_appearance_and_silent_speakers_come_last():
 
 def test_without_turns_segments_are_well_formed_and_unlabelled():
     decomposed = "coração".replace("ç", "c\u0327").replace("ã", "a\u0303")
-    seg = Segment(0, 0, 3, "", (W(0, 1, " " + decomposed), W(1, 2, "bate."), W(2, 3, " "), W(2, 3, "Sim")))
+    seg = Segment(
+        0, 0, 3, "", (W(0, 1, " " + decomposed), W(1, 2, "bate."), W(2, 3, " "), W(2, 3, "Sim"))
+    )
     result = merge([seg], [])
     assert [s.text for s in result.segments] == ["coração bate.", "Sim"]
     assert all(s.speaker == "" and all(w.speaker == "" for w in s.words) for s in result.segments)
@@ -263,16 +311,31 @@ def test_without_turns_segments_are_well_formed_and_unlabelled():
 
 
 def test_segments_without_words_are_attributed_whole():
-    segs = [Segment(0, 0, 2, " Bom  dia ", ()), Segment(1, 2, 4, "Tudo bem?", ()), Segment(2, 4, 4, "", ())]
+    segs = [
+        Segment(0, 0, 2, " Bom  dia ", ()),
+        Segment(1, 2, 4, "Tudo bem?", ()),
+        Segment(2, 4, 4, "", ()),
+    ]
     result = merge(segs, [T("b", 0, 1.5), T("a", 1.5, 4)])
     assert [(s.text, s.speaker, s.words) for s in result.segments] == [
-        ("Bom dia", "SPEAKER_00", ()), ("Tudo bem?", "SPEAKER_01", ())]
+        ("Bom dia", "SPEAKER_00", ()),
+        ("Tudo bem?", "SPEAKER_01", ()),
+    ]
 
 
 def test_recogniser_fields_are_kept_on_every_piece():
-    seg = Segment(7, 0, 2, "", (W(0, 1, "Oi."), W(1, 2, "Tchau.")), avg_logprob=-0.3,
-                  no_speech_prob=0.1, compression_ratio=1.2)
+    seg = Segment(
+        7,
+        0,
+        2,
+        "",
+        (W(0, 1, "Oi."), W(1, 2, "Tchau.")),
+        avg_logprob=-0.3,
+        no_speech_prob=0.1,
+        compression_ratio=1.2,
+    )
     pieces = merge([seg]).segments
     assert len(pieces) == 2
-    assert all((p.avg_logprob, p.no_speech_prob, p.compression_ratio) == (-0.3, 0.1, 1.2)
-               for p in pieces)
+    assert all(
+        (p.avg_logprob, p.no_speech_prob, p.compression_ratio) == (-0.3, 0.1, 1.2) for p in pieces
+    )

@@ -43,14 +43,18 @@ def T(speaker: str, start: float, end: float) -> SpeakerTurn:
 
 
 def sentence(start: float, text: str, step: float = 0.4, sid: int = 0) -> Segment:
-    words = tuple(W(start + i * step, start + (i + 1) * step, w) for i, w in enumerate(text.split()))
+    words = tuple(
+        W(start + i * step, start + (i + 1) * step, w) for i, w in enumerate(text.split())
+    )
     return Segment(sid, words[0].start, words[-1].end, text, words)
 
 
 # ---- checks shared by the example and property tests ----------------------------------------
 
-def check_srt(content: str, result: MergeResult, info: DocumentInfo = NO_INFO,
-              options: MergeOptions = OPTIONS) -> list[srt.Subtitle]:
+
+def check_srt(
+    content: str, result: MergeResult, info: DocumentInfo = NO_INFO, options: MergeOptions = OPTIONS
+) -> list[srt.Subtitle]:
     """Parse with the srt library and check every broadcast rule; returns the subtitles."""
     subs = list(srt.parse(content))
     assert [s.index for s in subs] == list(range(1, len(subs) + 1))
@@ -66,17 +70,23 @@ def check_srt(content: str, result: MergeResult, info: DocumentInfo = NO_INFO,
         text = " ".join(lines)
         match = PREFIX.match(text)
         speaker = match.group(1) if match else ""
-        words = text[match.end():].split() if match else text.split()
+        words = text[match.end() :].split() if match else text.split()
         shown += words
         shown_speakers += [speaker] * len(words)
     prefix = srt_prefix(info, options)
-    _check_words(result, shown, shown_speakers,
-                 word_shown=srt_safe, speaker_shown=lambda label: prefix(label)[1:-1] if label else "")
+    _check_words(
+        result,
+        shown,
+        shown_speakers,
+        word_shown=srt_safe,
+        speaker_shown=lambda label: prefix(label)[1:-1] if label else "",
+    )
     return subs
 
 
-def check_vtt(content: str, result: MergeResult, info: DocumentInfo = NO_INFO,
-              options: MergeOptions = OPTIONS) -> list:
+def check_vtt(
+    content: str, result: MergeResult, info: DocumentInfo = NO_INFO, options: MergeOptions = OPTIONS
+) -> list:
     """Parse with webvtt-py and check every broadcast rule; returns the captions."""
     assert content.startswith("WEBVTT\n\n")
     captions = list(webvtt.from_buffer(io.StringIO(content)))
@@ -89,13 +99,22 @@ def check_vtt(content: str, result: MergeResult, info: DocumentInfo = NO_INFO,
         lines = [html.unescape(line) for line in cap.text.split("\n")]
         assert 1 <= len(lines) <= options.max_lines
         assert all(len(line) <= options.max_line_chars for line in lines), lines
-        _check_timing(i, captions, cap.start_time.in_milliseconds() / 1000,
-                      cap.end_time.in_milliseconds() / 1000, options)
+        _check_timing(
+            i,
+            captions,
+            cap.start_time.in_milliseconds() / 1000,
+            cap.end_time.in_milliseconds() / 1000,
+            options,
+        )
         words = " ".join(lines).split()
         shown += words
         shown_speakers += [html.unescape(cap.voice or "")] * len(words)
-    _check_words(result, shown, shown_speakers,
-                 speaker_shown=lambda label: info.display_name(label) if label else "")
+    _check_words(
+        result,
+        shown,
+        shown_speakers,
+        speaker_shown=lambda label: info.display_name(label) if label else "",
+    )
     return captions
 
 
@@ -117,8 +136,13 @@ def _check_timing(i: int, cues: list, start: float, end: float, options: MergeOp
         assert i == 0 and start < 1e-9 or i > 0 and abs(_times(cues[i - 1])[1] - start) < 1e-9
 
 
-def _check_words(result: MergeResult, shown: list[str], shown_speakers: list[str],
-                 word_shown=lambda w: w, speaker_shown=lambda s: s) -> None:
+def _check_words(
+    result: MergeResult,
+    shown: list[str],
+    shown_speakers: list[str],
+    word_shown=lambda w: w,
+    speaker_shown=lambda s: s,
+) -> None:
     words = [w for s in result.segments for w in s.words]
     # A word may hold a space after ITN ("R$ 1.250,00"); test_merge_itn checks it stays in one cue.
     parts = [(part, w.speaker) for w in words for part in word_shown(w.word).split()]
@@ -129,9 +153,33 @@ def _check_words(result: MergeResult, shown: list[str], shown_speakers: list[str
 
 # ---- subtitles: property test ---------------------------------------------------------------
 
-_VOCAB = ["olá", "você", "ação", "coração", "não", "São", "Paulo", "amanhã", "até", "pé", "é",
-          "informação", "exceção", "pão", "Sr.", "bem?", "sim!", "então…", "fim.", "vovó,",
-          "P&D", "<b>", "-->", "extraordinariamente", "constitucionalíssimo"]
+_VOCAB = [
+    "olá",
+    "você",
+    "ação",
+    "coração",
+    "não",
+    "São",
+    "Paulo",
+    "amanhã",
+    "até",
+    "pé",
+    "é",
+    "informação",
+    "exceção",
+    "pão",
+    "Sr.",
+    "bem?",
+    "sim!",
+    "então…",
+    "fim.",
+    "vovó,",
+    "P&D",
+    "<b>",
+    "-->",
+    "extraordinariamente",
+    "constitucionalíssimo",
+]
 
 
 @st.composite
@@ -166,9 +214,12 @@ def test_subtitles_follow_broadcast_rules(conversation):
 
 # ---- subtitles: examples --------------------------------------------------------------------
 
+
 def test_long_sentence_is_cut_into_balanced_two_line_cues():
-    text = ("A reunião de amanhã vai discutir a informação sobre a exceção que o coração da "
-            "administração pediu para a população de São Paulo ainda nesta semana.")
+    text = (
+        "A reunião de amanhã vai discutir a informação sobre a exceção que o coração da "
+        "administração pediu para a população de São Paulo ainda nesta semana."
+    )
     result = merge([sentence(0, text, step=0.25)], [T("x", 0, 60)])
     subs = check_srt(render_srt(result.segments, DocumentInfo(), OPTIONS), result)
     assert len(subs) >= 3
@@ -187,7 +238,11 @@ def test_cue_never_lasts_more_than_seven_seconds():
 
 
 def test_short_cues_extend_into_silence_but_not_over_the_next_or_past_the_audio():
-    segs = [sentence(0.0, "Sim.", 0.2, 0), sentence(0.5, "Não.", 0.2, 1), sentence(5.0, "Talvez.", 0.3, 2)]
+    segs = [
+        sentence(0.0, "Sim.", 0.2, 0),
+        sentence(0.5, "Não.", 0.2, 1),
+        sentence(5.0, "Talvez.", 0.3, 2),
+    ]
     result = merge(segs)
     cues = build_cues(result.segments, OPTIONS, audio_duration=5.5)
     # The last cue cannot grow past the audio's end, so it starts earlier, into the silence.
@@ -205,19 +260,27 @@ def test_a_last_word_at_the_very_end_of_the_file_still_lasts_the_minimum():
 
 
 def test_overlapping_word_times_do_not_give_overlapping_cues():
-    segs = [Segment(0, 0, 2, "", (W(0, 1, "Primeira."), W(0.9, 2.0, "Segunda."))),
-            Segment(1, 1.5, 3, "", (W(1.5, 3, "Terceira."),))]
+    segs = [
+        Segment(0, 0, 2, "", (W(0, 1, "Primeira."), W(0.9, 2.0, "Segunda."))),
+        Segment(1, 1.5, 3, "", (W(1.5, 3, "Terceira."),)),
+    ]
     result = merge(segs)
     check_vtt(render_vtt(result.segments, DocumentInfo(), OPTIONS), result)
     check_srt(render_srt(result.segments, DocumentInfo(), OPTIONS), result)
 
 
 def test_speaker_names_are_shown_and_long_names_shortened():
-    result = merge([sentence(0, "Bom dia a todos."), sentence(3, "Olá!", sid=1)],
-                   [T("a", 0, 2.5), T("b", 2.5, 5)])
-    info = DocumentInfo(speaker_names={"SPEAKER_00": "Maria  da Conceição",
-                                       "SPEAKER_01": "Joaquim José da Silva Xavier Tiradentes",
-                                       "SPEAKER_07": "ninguém"})
+    result = merge(
+        [sentence(0, "Bom dia a todos."), sentence(3, "Olá!", sid=1)],
+        [T("a", 0, 2.5), T("b", 2.5, 5)],
+    )
+    info = DocumentInfo(
+        speaker_names={
+            "SPEAKER_00": "Maria  da Conceição",
+            "SPEAKER_01": "Joaquim José da Silva Xavier Tiradentes",
+            "SPEAKER_07": "ninguém",
+        }
+    )
     content = render_srt(result.segments, info, OPTIONS)
     assert "[Maria da Conceição] Bom dia a todos." in content
     assert "[Joaquim José da…] Olá!" in content
@@ -225,7 +288,9 @@ def test_speaker_names_are_shown_and_long_names_shortened():
     vtt = render_vtt(result.segments, info, OPTIONS)
     assert "<v Maria da Conceição>Bom dia a todos." in vtt
     assert [c.voice for c in webvtt.from_buffer(io.StringIO(vtt))] == [
-        "Maria da Conceição", "Joaquim José da Silva Xavier Tiradentes"]
+        "Maria da Conceição",
+        "Joaquim José da Silva Xavier Tiradentes",
+    ]
     check_vtt(vtt, result, info)
 
 
@@ -259,7 +324,9 @@ def test_layout_lines():
 
 def test_empty_transcript_gives_empty_but_valid_documents():
     result = merge([], [])
-    docs = {d.format: d.content for d in render_documents(result, list(OutputFormat), DocumentInfo())}
+    docs = {
+        d.format: d.content for d in render_documents(result, list(OutputFormat), DocumentInfo())
+    }
     assert docs[OutputFormat.SRT] == "" and list(srt.parse(docs[OutputFormat.SRT])) == []
     assert docs[OutputFormat.VTT].startswith("WEBVTT")
     assert list(webvtt.from_buffer(io.StringIO(docs[OutputFormat.VTT]))) == []
@@ -269,15 +336,20 @@ def test_empty_transcript_gives_empty_but_valid_documents():
 
 # ---- JSON, TXT, RTTM ------------------------------------------------------------------------
 
+
 @pytest.fixture()
 def dialogue() -> tuple[MergeResult, DocumentInfo]:
     decomposed = unicodedata.normalize("NFD", "Você já comeu pão de queijo? Não, só açaí.")
     words = tuple(W(i * 0.5, i * 0.5 + 0.4, w) for i, w in enumerate(decomposed.split()))
     turns = [T("spk_b", 0, 3.1), T("spk_a", 3.1, 5), T("spk_c", 6, 7)]
     result = merge([Segment(0, 0, 4.4, "", words)], turns)
-    info = DocumentInfo(language="pt-BR", duration=8.0, recording_id="reunião de março.wav",
-                        trace_id="0af7651916cd43dd8448eb211c80319c",
-                        speaker_names={"SPEAKER_01": "Joana"})
+    info = DocumentInfo(
+        language="pt-BR",
+        duration=8.0,
+        recording_id="reunião de março.wav",
+        trace_id="0af7651916cd43dd8448eb211c80319c",
+        speaker_names={"SPEAKER_01": "Joana"},
+    )
     return result, info
 
 
@@ -286,19 +358,30 @@ def test_json_document(dialogue):
     content = render_json(result, info)
     assert "açaí" in content and "\\u" not in content, "accents written literally"
     doc = json.loads(content)
-    assert {"language", "duration", "speakers", "segments", "trace_id", "recording_id"} <= doc.keys()
+    assert {
+        "language",
+        "duration",
+        "speakers",
+        "segments",
+        "trace_id",
+        "recording_id",
+    } <= doc.keys()
     assert doc["language"] == "pt-BR" and doc["duration"] == 8.0
     assert doc["recording_id"] == "reunião de março.wav"
     assert doc["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
     assert doc["speakers"] == ["SPEAKER_00", "SPEAKER_01", "SPEAKER_02"]
     assert doc["speaker_names"] == {"SPEAKER_01": "Joana"}
-    assert [s["text"] for s in doc["segments"]] == [
-        "Você já comeu pão de queijo?", "Não, só açaí."]
+    assert [s["text"] for s in doc["segments"]] == ["Você já comeu pão de queijo?", "Não, só açaí."]
     seg = doc["segments"][1]
     assert set(seg) >= {"id", "start", "end", "speaker", "text", "words"}
     assert seg["id"] == 1 and seg["speaker"] == "SPEAKER_01"
-    assert seg["words"][0] == {"start": 3.0, "end": 3.4, "word": "Não,", "probability": 0.9,
-                               "speaker": "SPEAKER_01"}
+    assert seg["words"][0] == {
+        "start": 3.0,
+        "end": 3.4,
+        "word": "Não,",
+        "probability": 0.9,
+        "speaker": "SPEAKER_01",
+    }
     assert doc["turns"][-1] == {"speaker": "SPEAKER_02", "start": 6.0, "end": 7.0}
 
 
@@ -306,17 +389,23 @@ def test_json_without_turns_has_null_speakers_and_transcript_duration():
     result = merge([sentence(0, "Só eu falo.")])
     doc = json.loads(render_json(result, DocumentInfo()))
     assert doc["speakers"] == [] and doc["duration"] == 1.2
-    assert doc["segments"][0]["speaker"] is None and doc["segments"][0]["words"][0]["speaker"] is None
+    assert (
+        doc["segments"][0]["speaker"] is None and doc["segments"][0]["words"][0]["speaker"] is None
+    )
 
 
 def test_txt_has_one_labelled_paragraph_per_turn(dialogue):
     result, info = dialogue
     assert render_txt(result.segments, info, OPTIONS) == (
-        "SPEAKER_00: Você já comeu pão de queijo?\n\nJoana: Não, só açaí.\n")
-    same = merge([sentence(0, "Um."), sentence(1, "Dois.", sid=1), sentence(2, "Três.", sid=2)],
-                 [T("a", 0, 0.9), T("b", 0.9, 2.2), T("b", 2.2, 3)])
+        "SPEAKER_00: Você já comeu pão de queijo?\n\nJoana: Não, só açaí.\n"
+    )
+    same = merge(
+        [sentence(0, "Um."), sentence(1, "Dois.", sid=1), sentence(2, "Três.", sid=2)],
+        [T("a", 0, 0.9), T("b", 0.9, 2.2), T("b", 2.2, 3)],
+    )
     assert render_txt(same.segments, DocumentInfo(), OPTIONS) == (
-        "SPEAKER_00: Um.\n\nSPEAKER_01: Dois. Três.\n")
+        "SPEAKER_00: Um.\n\nSPEAKER_01: Dois. Três.\n"
+    )
     plain = merge([sentence(0, "Um."), sentence(1, "Dois.", sid=1), sentence(5, "Três.", sid=2)])
     assert render_txt(plain.segments, DocumentInfo(), OPTIONS) == "Um. Dois.\n\nTrês.\n"
 
@@ -339,9 +428,11 @@ def test_rttm_from_turns_loads_with_pyannote(dialogue, tmp_path):
 
 
 def test_rttm_from_segment_speakers_when_no_turns():
-    given = [Segment(0, 0, 1, "", (Word(0, 1, "Oi.", 0.9, "x"),)),
-             Segment(1, 1, 2, "", (Word(1, 2, "Tudo?", 0.9, "x"),)),
-             Segment(2, 2.5, 3, "", (Word(2.5, 3, "Sim.", 0.9, "y"),))]
+    given = [
+        Segment(0, 0, 1, "", (Word(0, 1, "Oi.", 0.9, "x"),)),
+        Segment(1, 1, 2, "", (Word(1, 2, "Tudo?", 0.9, "x"),)),
+        Segment(2, 2.5, 3, "", (Word(2.5, 3, "Sim.", 0.9, "y"),)),
+    ]
     result = merge(given)
     assert result.speakers == ("SPEAKER_00", "SPEAKER_01")
     assert render_rttm(result, DocumentInfo()).splitlines() == [
@@ -353,10 +444,25 @@ def test_rttm_from_segment_speakers_when_no_turns():
 
 def test_every_format_is_nfc_utf8_and_keeps_accents(dialogue):
     result, info = dialogue
-    docs = render_documents(result, [OutputFormat.RTTM, OutputFormat.SRT, OutputFormat.JSON,
-                                     OutputFormat.SRT, OutputFormat.VTT, OutputFormat.TXT], info)
-    assert [d.format for d in docs] == [OutputFormat.RTTM, OutputFormat.SRT, OutputFormat.JSON,
-                                        OutputFormat.VTT, OutputFormat.TXT], "once each, in order"
+    docs = render_documents(
+        result,
+        [
+            OutputFormat.RTTM,
+            OutputFormat.SRT,
+            OutputFormat.JSON,
+            OutputFormat.SRT,
+            OutputFormat.VTT,
+            OutputFormat.TXT,
+        ],
+        info,
+    )
+    assert [d.format for d in docs] == [
+        OutputFormat.RTTM,
+        OutputFormat.SRT,
+        OutputFormat.JSON,
+        OutputFormat.VTT,
+        OutputFormat.TXT,
+    ], "once each, in order"
     assert [d.file_extension for d in docs] == ["rttm", "srt", "json", "vtt", "txt"]
     for doc in docs:
         assert unicodedata.is_normalized("NFC", doc.content)
@@ -370,9 +476,12 @@ def test_every_format_is_nfc_utf8_and_keeps_accents(dialogue):
 
 # ---- cue balance ----------------------------------------------------------------------------
 
+
 def test_no_trailing_one_word_cue_when_words_can_be_spread():
-    text = ("A reunião de amanhã vai discutir a informação sobre a exceção que o coração da "
-            "administração pediu ontem.")
+    text = (
+        "A reunião de amanhã vai discutir a informação sobre a exceção que o coração da "
+        "administração pediu ontem."
+    )
     result = merge([sentence(0, text, step=0.3)])
     cues = build_cues(result.segments, OPTIONS)
     assert len(cues) == 2
@@ -382,8 +491,10 @@ def test_no_trailing_one_word_cue_when_words_can_be_spread():
 
 
 def test_cues_prefer_to_break_at_punctuation():
-    text = ("Hoje nós vamos falar sobre economia, política e cultura brasileira com convidados "
-            "especiais do programa.")
+    text = (
+        "Hoje nós vamos falar sobre economia, política e cultura brasileira com convidados "
+        "especiais do programa."
+    )
     result = merge([sentence(0, text, step=0.3)])
     cues = build_cues(result.segments, OPTIONS)
     assert cues[0].words[-1] == "economia,"
@@ -395,9 +506,12 @@ def test_cues_prefer_to_break_at_a_pause():
     first = "agora nós vamos começar a falar"
     words = [W(i * 0.3, i * 0.3 + 0.25, w) for i, w in enumerate(first.split())]
     t = words[-1].end + 0.8  # a pause (shorter than the 1 s that would split the segment)
-    words += [W(t + i * 0.3, t + i * 0.3 + 0.25, w)
-              for i, w in enumerate("sobre o tema principal da nossa reunião extraordinária de hoje "
-                                    "à tarde".split())]
+    words += [
+        W(t + i * 0.3, t + i * 0.3 + 0.25, w)
+        for i, w in enumerate(
+            "sobre o tema principal da nossa reunião extraordinária de hoje à tarde".split()
+        )
+    ]
     result = merge([Segment(0, 0, words[-1].end, "", tuple(words))])
     cues = build_cues(result.segments, OPTIONS)
     assert len(cues) == 2 and cues[0].words[-1] == "falar"

@@ -24,8 +24,20 @@ from services.merge.subtitles import build_cues, render_srt, render_vtt
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ITN = MergeOptions(inverse_text_normalization=True)
-MONTHS = ["janeiro", "fevereiro", "março", "abril", "maio", "junho", "julho", "agosto",
-          "setembro", "outubro", "novembro", "dezembro"]
+MONTHS = [
+    "janeiro",
+    "fevereiro",
+    "março",
+    "abril",
+    "maio",
+    "junho",
+    "julho",
+    "agosto",
+    "setembro",
+    "outubro",
+    "novembro",
+    "dezembro",
+]
 
 
 def spoken(n: int) -> str:
@@ -33,8 +45,10 @@ def spoken(n: int) -> str:
 
 
 def timed(text: str, start: float = 0.0, step: float = 0.3, prob=lambda i: 0.9) -> Segment:
-    words = tuple(Word(start + i * step, start + (i + 1) * step - 0.05, w, prob(i))
-                  for i, w in enumerate(text.split()))
+    words = tuple(
+        Word(start + i * step, start + (i + 1) * step - 0.05, w, prob(i))
+        for i, w in enumerate(text.split())
+    )
     return Segment(0, words[0].start, words[-1].end, text, words)
 
 
@@ -100,10 +114,14 @@ TABLE = [
     # digits said one by one
     ("ligue três três dois um nove oito sete seis", "ligue 3321-9876"),
     ("o telefone é dois dois, três três, quatro quatro, cinco cinco", "o telefone é 2233-4455"),
-    ("celular vinte e um nove oito oito sete seis cinco quatro três dois",
-     "celular (21) 98876-5432"),
-    ("o CPF é nove oito sete ponto seis cinco quatro ponto três dois um traço zero nove",
-     "o CPF é 987.654.321-09"),
+    (
+        "celular vinte e um nove oito oito sete seis cinco quatro três dois",
+        "celular (21) 98876-5432",
+    ),
+    (
+        "o CPF é nove oito sete ponto seis cinco quatro ponto três dois um traço zero nove",
+        "o CPF é 987.654.321-09",
+    ),
     ("CEP um dois três quatro cinco seis sete oito", "CEP 12345-678"),
     ("o código é dois nove", "o código é dois nove"),
     ("senha nove nove um", "senha 991"),
@@ -176,13 +194,20 @@ KNOWN_TUNE_MISSES = {"Dois mil e vinte e quatro foi um ano difícil."}
 
 
 def _tune_rows():
-    lines = [ln.split("\t") for ln in LABELLED.read_text(encoding="utf-8").splitlines()
-             if ln and not ln.startswith("#")]
+    lines = [
+        ln.split("\t")
+        for ln in LABELLED.read_text(encoding="utf-8").splitlines()
+        if ln and not ln.startswith("#")
+    ]
     return [(said, written) for split, _, said, written in lines[1:] if split == "tune"]
 
 
 def test_the_labelled_set_is_big_enough_and_split():
-    lines = [ln for ln in LABELLED.read_text(encoding="utf-8").splitlines() if ln and not ln.startswith("#")]
+    lines = [
+        ln
+        for ln in LABELLED.read_text(encoding="utf-8").splitlines()
+        if ln and not ln.startswith("#")
+    ]
     splits = [ln.split("\t")[0] for ln in lines[1:]]
     assert len(splits) >= 200 and {"tune", "heldout"} == set(splits)
 
@@ -200,12 +225,15 @@ def test_nemo_rewrites_keep_word_timings_too():
     from benchmarks.itn_nemo import make_rewriter
 
     seg = timed("Paguei mil duzentos e cinquenta reais, ontem.", start=1.0)
-    words = normalize_words(seg.words, make_rewriter(str(LABELLED.parents[2] / "build" / "itn-nemo")))
+    words = normalize_words(
+        seg.words, make_rewriter(str(LABELLED.parents[2] / "build" / "itn-nemo"))
+    )
     assert [w.word for w in words] == ["Paguei", "R$ 1.250,00,", "ontem."]
     assert (words[1].start, words[1].end) == (seg.words[1].start, seg.words[5].end)
 
 
 # ---- round trips with num2words (the reverse direction) -------------------------------------
+
 
 @FAST
 @given(st.one_of(st.integers(0, 2100), st.integers(0, 10**15 - 1)))
@@ -221,8 +249,14 @@ def test_cardinals_above_ten_are_written_with_dots_or_a_kept_scale(n):
         return
     # A round count of millions keeps its word, the way the press writes it: "2 milhões".
     count, word = written.split()
-    scale = {"milhão": 10**6, "milhões": 10**6, "bilhão": 10**9, "bilhões": 10**9,
-             "trilhão": 10**12, "trilhões": 10**12}[word]
+    scale = {
+        "milhão": 10**6,
+        "milhões": 10**6,
+        "bilhão": 10**9,
+        "bilhões": 10**9,
+        "trilhão": 10**12,
+        "trilhões": 10**12,
+    }[word]
     assert int(count) * scale == n and int(count) < 1000
 
 
@@ -274,11 +308,20 @@ def test_afternoon_times_round_trip(hour, minute):
 
 # ---- words and timings ----------------------------------------------------------------------
 
+
 def test_a_rewritten_span_becomes_one_word_with_the_spans_timing():
-    seg = timed("Paguei mil duzentos e cinquenta reais, ontem.", start=1.0,
-                prob=lambda i: 0.5 if i == 3 else 0.9)
-    seg = Segment(seg.id, seg.start, seg.end, seg.text,
-                  tuple(Word(w.start, w.end, w.word, w.probability, "SPEAKER_00") for w in seg.words))
+    seg = timed(
+        "Paguei mil duzentos e cinquenta reais, ontem.",
+        start=1.0,
+        prob=lambda i: 0.5 if i == 3 else 0.9,
+    )
+    seg = Segment(
+        seg.id,
+        seg.start,
+        seg.end,
+        seg.text,
+        tuple(Word(w.start, w.end, w.word, w.probability, "SPEAKER_00") for w in seg.words),
+    )
     words = normalize_words(seg.words)
     assert [w.word for w in words] == ["Paguei", "R$ 1.250,00,", "ontem."]
     money = words[1]
@@ -289,13 +332,19 @@ def test_a_rewritten_span_becomes_one_word_with_the_spans_timing():
     assert normalize_segment(seg).text == "Paguei R$ 1.250,00, ontem."
 
 
-@pytest.mark.parametrize(("said", "written", "span"), [
-    ("Ele mede um metro e oitenta, acho.", ["Ele", "mede", "1,80 m,", "acho."], (2, 5)),
-    ("o telefone é três três quatro quatro, cinco cinco seis seis.",
-     ["o", "telefone", "é", "3344-5566."], (3, 10)),
-    ("chegou às quinze para as três da tarde", ["chegou", "às", "14h45"], (2, 7)),
-    ("das oito às dezoito horas", ["das", "8h", "às", "18h"], (3, 4)),
-])
+@pytest.mark.parametrize(
+    ("said", "written", "span"),
+    [
+        ("Ele mede um metro e oitenta, acho.", ["Ele", "mede", "1,80 m,", "acho."], (2, 5)),
+        (
+            "o telefone é três três quatro quatro, cinco cinco seis seis.",
+            ["o", "telefone", "é", "3344-5566."],
+            (3, 10),
+        ),
+        ("chegou às quinze para as três da tarde", ["chegou", "às", "14h45"], (2, 7)),
+        ("das oito às dezoito horas", ["das", "8h", "às", "18h"], (3, 4)),
+    ],
+)
 def test_new_collapsed_spans_keep_their_words_timings(said, written, span):
     """Measures, digit strings (across commas) and "para as" times: one word per span, timed."""
     seg = timed(said, start=2.0, prob=lambda i: 0.4 if i == span[0] + 1 else 0.95)
@@ -305,7 +354,7 @@ def test_new_collapsed_spans_keep_their_words_timings(said, written, span):
     merged = words[first]
     assert (merged.start, merged.end) == (seg.words[first].start, seg.words[last].end)
     assert merged.probability == 0.4
-    assert words[first + 1:] == seg.words[last + 1:], "the words after the span are untouched"
+    assert words[first + 1 :] == seg.words[last + 1 :], "the words after the span are untouched"
 
 
 def test_segment_without_words_has_its_text_rewritten():
@@ -320,9 +369,23 @@ def test_itn_is_off_by_default():
     assert result.segments[0].text == "custou R$ 12,00."
 
 
-_PHRASES = ["mil duzentos e cinquenta reais", "doze por cento", "vinte e um de março",
-            "duas e quatro horas da tarde", "vigésimo primeiro", "dois milhões de reais",
-            "três vírgula cinco", "olá", "você", "não,", "então…", "fim.", "sim!", "um", "e"]
+_PHRASES = [
+    "mil duzentos e cinquenta reais",
+    "doze por cento",
+    "vinte e um de março",
+    "duas e quatro horas da tarde",
+    "vigésimo primeiro",
+    "dois milhões de reais",
+    "três vírgula cinco",
+    "olá",
+    "você",
+    "não,",
+    "então…",
+    "fim.",
+    "sim!",
+    "um",
+    "e",
+]
 
 
 @st.composite
@@ -337,8 +400,11 @@ def itn_conversations(draw):
                 words.append(Word(t, t + dur, text, draw(st.integers(1, 100)) / 100))
                 t += dur
         segments.append(Segment(sid, words[0].start, words[-1].end, "", tuple(words)))
-    turns = draw(st.one_of(st.just([]), st.just([SpeakerTurn("a", 0, t / 2),
-                                                  SpeakerTurn("b", t / 2, t + 1)])))
+    turns = draw(
+        st.one_of(
+            st.just([]), st.just([SpeakerTurn("a", 0, t / 2), SpeakerTurn("b", t / 2, t + 1)])
+        )
+    )
     return segments, turns
 
 

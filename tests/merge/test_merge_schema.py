@@ -14,10 +14,17 @@ from services.common.domain import Segment, SpeakerTurn
 from services.merge.core import DocumentInfo, MergeOptions, merge
 from services.merge.documents import render_json
 
-SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "transcript.schema.json").read_text("utf-8"))
+SCHEMA = json.loads(
+    (Path(__file__).parents[2] / "docs" / "transcript.schema.json").read_text("utf-8")
+)
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.FormatChecker())
-INFO = DocumentInfo(language="pt-BR", duration=30.0, recording_id="reunião de março.wav",
-                    trace_id="0af7651916cd43dd8448eb211c80319c", speaker_names={"SPEAKER_01": "Joana"})
+INFO = DocumentInfo(
+    language="pt-BR",
+    duration=30.0,
+    recording_id="reunião de março.wav",
+    trace_id="0af7651916cd43dd8448eb211c80319c",
+    speaker_names={"SPEAKER_01": "Joana"},
+)
 
 
 def validate(content: str) -> dict:
@@ -33,11 +40,15 @@ def test_the_schema_is_valid_json_schema():
 
 @pytest.mark.parametrize("itn", [False, True])
 def test_documents_match_the_schema(itn):
-    segments = [timed("Você pagou mil duzentos e cinquenta reais?"),
-                timed("Sim, doze por cento a mais.", start=4.0),
-                Segment(2, 8.0, 9.5, "sem marcas de tempo", ())]
+    segments = [
+        timed("Você pagou mil duzentos e cinquenta reais?"),
+        timed("Sim, doze por cento a mais.", start=4.0),
+        Segment(2, 8.0, 9.5, "sem marcas de tempo", ()),
+    ]
     turns = [SpeakerTurn("x", 0, 3.9), SpeakerTurn("y", 3.9, 12.0), SpeakerTurn("z", 20, 21)]
-    doc = validate(render_json(merge(segments, turns, MergeOptions(inverse_text_normalization=itn)), INFO))
+    doc = validate(
+        render_json(merge(segments, turns, MergeOptions(inverse_text_normalization=itn)), INFO)
+    )
     assert doc["speaker_names"] == {"SPEAKER_01": "Joana"}
     assert ("R$ 1.250,00?" in doc["segments"][0]["text"]) == itn
 
@@ -62,4 +73,6 @@ def test_the_schema_rejects_what_it_should():
 @given(conversation=itn_conversations())
 def test_random_transcripts_match_the_schema(conversation):
     segments, turns = conversation
-    validate(render_json(merge(segments, turns, MergeOptions(inverse_text_normalization=True)), INFO))
+    validate(
+        render_json(merge(segments, turns, MergeOptions(inverse_text_normalization=True)), INFO)
+    )

@@ -31,15 +31,17 @@ def test_each_stage_and_render_has_a_span_with_counts(spans):
     segments = [timed("Custou doze reais. Sim.")]
     turns = [SpeakerTurn("a", 0, 1.0), SpeakerTurn("b", 1.0, 3.0)]
     result = merge(segments, turns, MergeOptions(inverse_text_normalization=True))
-    render_documents(result, [OutputFormat.SRT, OutputFormat.JSON, OutputFormat.RTTM], DocumentInfo())
+    render_documents(
+        result, [OutputFormat.SRT, OutputFormat.JSON, OutputFormat.RTTM], DocumentInfo()
+    )
     by_name: dict[str, list] = {}
     for span in spans.get_finished_spans():
         by_name.setdefault(span.name, []).append(dict(span.attributes))
-    attribute, = by_name["merge.attribute"]
+    (attribute,) = by_name["merge.attribute"]
     assert attribute == {"asr.words": 4, "asr.turns": 2, "asr.input_turns": 2}
-    segment, = by_name["merge.segment"]
+    (segment,) = by_name["merge.segment"]
     assert segment == {"asr.input_segments": 1, "asr.segments": 2, "asr.speakers": 2}
-    itn, = by_name["merge.itn"]
+    (itn,) = by_name["merge.itn"]
     assert itn == {"asr.words": 4, "asr.itn.words_after": 3, "asr.itn.segments_changed": 1}
     renders = {r["asr.format"]: r for r in by_name["merge.render"]}
     assert set(renders) == {"srt", "json", "rttm"}

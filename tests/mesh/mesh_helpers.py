@@ -17,13 +17,27 @@ ASR = [sys.executable, "-m", "asr_mesh.client.cli"]
 
 def cli_env(state_dir: Path, **extra: str) -> dict[str, str]:
     """The environment for a CLI call: a private state dir, and a background mesh that dies with us."""
-    return {**os.environ, "ASR_STATE_DIR": str(state_dir), "ASR_LOCAL_MESH_OWNER_PID": str(os.getpid()),
-            "PYANNOTE_METRICS_ENABLED": "false", **extra}
+    return {
+        **os.environ,
+        "ASR_STATE_DIR": str(state_dir),
+        "ASR_LOCAL_MESH_OWNER_PID": str(os.getpid()),
+        "PYANNOTE_METRICS_ENABLED": "false",
+        **extra,
+    }
 
 
-def run_asr(state_dir: Path, *args: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*ASR, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          stdin=subprocess.DEVNULL, env=cli_env(state_dir, **env))
+def run_asr(
+    state_dir: Path, *args: str, timeout: float = 600, **env: str
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*ASR, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        env=cli_env(state_dir, **env),
+    )
 
 
 def mesh_table(state_dir: Path) -> dict:

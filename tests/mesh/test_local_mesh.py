@@ -28,7 +28,16 @@ pytestmark = pytest.mark.mesh
 
 
 def _transcribe(state, corpus, out, *extra, **env):
-    proc = run_asr(state, "transcribe", str(corpus / "asr" / "000.flac"), "-o", str(out), "--quiet", *extra, **env)
+    proc = run_asr(
+        state,
+        "transcribe",
+        str(corpus / "asr" / "000.flac"),
+        "-o",
+        str(out),
+        "--quiet",
+        *extra,
+        **env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     return proc
@@ -51,8 +60,13 @@ def test_calls_reuse_one_mesh_that_starts_diarization_only_when_asked(mesh_dir, 
     # The gateway knows diarization is absent and says so instead of failing later.
     address = mesh_table(mesh_dir)["gateway"][0]["address"]
     with GatewayClient(address) as client, pytest.raises(MeshError) as refused:
-        client.transcribe(corpus / "asr" / "000.flac", TranscribeOptions(diarize=True, num_speakers=2))
-    assert "no diarization service" in refused.value.message and "num_speakers" in refused.value.message
+        client.transcribe(
+            corpus / "asr" / "000.flac", TranscribeOptions(diarize=True, num_speakers=2)
+        )
+    assert (
+        "no diarization service" in refused.value.message
+        and "num_speakers" in refused.value.message
+    )
 
     # Asking for speakers adds diarization to the running mesh; nothing else is restarted.
     proc = _transcribe(mesh_dir, corpus, tmp_path / "c", "--diarize", "--format", "json,rttm")
@@ -81,9 +95,22 @@ def _zombie(pid: int) -> bool:
 
 def test_two_calls_at_once_share_one_mesh(mesh_dir, corpus, tmp_path):
     calls = [
-        subprocess.Popen([*ASR, "transcribe", str(corpus / "asr" / f"00{i}.flac"), "-o", str(tmp_path / f"o{i}"),
-                          "--quiet"], cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=cli_env(mesh_dir))
+        subprocess.Popen(
+            [
+                *ASR,
+                "transcribe",
+                str(corpus / "asr" / f"00{i}.flac"),
+                "-o",
+                str(tmp_path / f"o{i}"),
+                "--quiet",
+            ],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(mesh_dir),
+        )
         for i in (0, 1)
     ]
     for call in calls:
@@ -111,9 +138,15 @@ def test_a_killed_mesh_is_replaced_on_the_next_call(mesh_dir, corpus, tmp_path):
 
 def test_serve_restarts_a_killed_service_on_its_address(corpus, tmp_path):
     state = tmp_path / "state"
-    serve = subprocess.Popen([*ASR, "serve", "--no-diarization", "--state-dir", str(state)], cwd=REPO,
-                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=cli_env(state))
+    serve = subprocess.Popen(
+        [*ASR, "serve", "--no-diarization", "--state-dir", str(state)],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(state),
+    )
     try:
         line = serve.stdout.readline()
         assert line.startswith("gateway listening on "), line + serve.stderr.read()
@@ -133,10 +166,29 @@ def test_serve_restarts_a_killed_service_on_its_address(corpus, tmp_path):
                 result = client.transcribe(corpus / "asr" / "000.flac", TranscribeOptions())
             assert result.segments and serve.poll() is None
         # A request for speakers through --server: one sentence, not a hang or a traceback.
-        proc = subprocess.run([*ASR, "transcribe", str(corpus / "asr" / "000.flac"), "--diarize", "--server",
-                               address, "--quiet", "-o", str(tmp_path / "out")],
-                              capture_output=True, text=True, timeout=120, cwd=REPO, stdin=subprocess.DEVNULL)
-        assert proc.returncode == 1 and "no diarization service" in proc.stderr and "Traceback" not in proc.stderr
+        proc = subprocess.run(
+            [
+                *ASR,
+                "transcribe",
+                str(corpus / "asr" / "000.flac"),
+                "--diarize",
+                "--server",
+                address,
+                "--quiet",
+                "-o",
+                str(tmp_path / "out"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+        )
+        assert (
+            proc.returncode == 1
+            and "no diarization service" in proc.stderr
+            and "Traceback" not in proc.stderr
+        )
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=60) == 0
     finally:

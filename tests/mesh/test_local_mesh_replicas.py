@@ -34,7 +34,9 @@ LIGHT = {"ASR_TRANSCRIPTION_PRELOAD": "false", "ASR_TRANSCRIPTION_WARM_UP": "fal
 
 def _serving(address: str) -> bool:
     with grpc.insecure_channel(address) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=10
+        )
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -49,9 +51,23 @@ def _transcription_pids(state: Path) -> set[int]:
 
 def test_serve_runs_three_supervised_replicas_and_the_gateway_gets_them_all(tmp_path):
     state = tmp_path / "state"
-    serve = subprocess.Popen([*ASR, "serve", "--no-diarization", "--transcription-replicas", "3",
-                              "--state-dir", str(state)], cwd=REPO, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(state, **LIGHT))
+    serve = subprocess.Popen(
+        [
+            *ASR,
+            "serve",
+            "--no-diarization",
+            "--transcription-replicas",
+            "3",
+            "--state-dir",
+            str(state),
+        ],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(state, **LIGHT),
+    )
     try:
         line = serve.stdout.readline()
         assert line.startswith("gateway listening on "), line + serve.stderr.read()
@@ -85,7 +101,11 @@ def test_serve_runs_three_supervised_replicas_and_the_gateway_gets_them_all(tmp_
         assert wait_until(restarted, 120), mesh_table(state)
         after = mesh_table(state)["transcription"]
         assert [e["address"] for e in after] == addresses
-        assert [e["pid"] for e in after][0::2] == pids[0::2] and [e["restarts"] for e in after] == [0, 1, 0]
+        assert [e["pid"] for e in after][0::2] == pids[0::2] and [e["restarts"] for e in after] == [
+            0,
+            1,
+            0,
+        ]
         assert _transcription_pids(state) == {e["pid"] for e in after}
         assert _serving(addresses[1])
         assert serve.poll() is None
@@ -101,22 +121,28 @@ def test_serve_runs_three_supervised_replicas_and_the_gateway_gets_them_all(tmp_
 
 
 def test_the_background_mesh_takes_its_count_from_the_environment(mesh_dir, monkeypatch):
-    for name, value in {**LIGHT, "ASR_LOCAL_MESH_OWNER_PID": str(os.getpid()),
-                        "ASR_LOCAL_TRANSCRIPTION_REPLICAS": "2"}.items():
+    for name, value in {
+        **LIGHT,
+        "ASR_LOCAL_MESH_OWNER_PID": str(os.getpid()),
+        "ASR_LOCAL_TRANSCRIPTION_REPLICAS": "2",
+    }.items():
         monkeypatch.setenv(name, value)
     with use_local_mesh(mesh_dir) as address:
         replicas = mesh_table(mesh_dir)["transcription"]
     assert len(replicas) == 2 and len({e["address"] for e in replicas}) == 2
     assert _transcription_pids(mesh_dir) == {e["pid"] for e in replicas}
-    assert _environ(mesh_table(mesh_dir)["gateway"][0]["pid"])["ASR_GATEWAY_TRANSCRIPTION_ADDRESS"] == \
-        ",".join(e["address"] for e in replicas)
+    assert _environ(mesh_table(mesh_dir)["gateway"][0]["pid"])[
+        "ASR_GATEWAY_TRANSCRIPTION_ADDRESS"
+    ] == ",".join(e["address"] for e in replicas)
 
     # Another count asked for later: the running mesh is reused, and the caller is told.
     told: list[str] = []
     with use_local_mesh(mesh_dir, transcription_replicas=3, on_mismatch=told.append) as again:
         assert again == address
-    assert told == ["using the running local mesh with 2 transcription replicas, not the 3 asked for "
-                    "(`asr serve --stop`, then call again, to change it)"]
+    assert told == [
+        "using the running local mesh with 2 transcription replicas, not the 3 asked for "
+        "(`asr serve --stop`, then call again, to change it)"
+    ]
     assert [e["pid"] for e in mesh_table(mesh_dir)["transcription"]] == [e["pid"] for e in replicas]
     # Nothing asked for (no argument, no environment): nothing to say.
     monkeypatch.delenv("ASR_LOCAL_TRANSCRIPTION_REPLICAS")
@@ -126,17 +152,27 @@ def test_the_background_mesh_takes_its_count_from_the_environment(mesh_dir, monk
     assert told == []
 
 
-def test_a_cli_call_asking_for_replicas_reuses_the_running_mesh_and_says_so(mesh_dir, corpus, tmp_path,
-                                                                          monkeypatch):
+def test_a_cli_call_asking_for_replicas_reuses_the_running_mesh_and_says_so(
+    mesh_dir, corpus, tmp_path, monkeypatch
+):
     monkeypatch.setenv("ASR_LOCAL_MESH_OWNER_PID", str(os.getpid()))
     monkeypatch.delenv("ASR_LOCAL_TRANSCRIPTION_REPLICAS", raising=False)
     with use_local_mesh(mesh_dir):  # one replica (the default)
         before = mesh_table(mesh_dir)
-    proc = run_asr(mesh_dir, "transcribe", str(corpus / "asr" / "000.flac"), "-o", str(tmp_path), "--quiet",
-                   ASR_LOCAL_TRANSCRIPTION_REPLICAS="2")
+    proc = run_asr(
+        mesh_dir,
+        "transcribe",
+        str(corpus / "asr" / "000.flac"),
+        "-o",
+        str(tmp_path),
+        "--quiet",
+        ASR_LOCAL_TRANSCRIPTION_REPLICAS="2",
+    )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.splitlines()[0] == ("asr: using the running local mesh with 1 transcription replica, "
-                                           "not the 2 asked for (`asr serve --stop`, then call again, to change it)")
+    assert proc.stderr.splitlines()[0] == (
+        "asr: using the running local mesh with 1 transcription replica, "
+        "not the 2 asked for (`asr serve --stop`, then call again, to change it)"
+    )
     assert (tmp_path / "000.json").is_file() and "Traceback" not in proc.stderr
     assert mesh_table(mesh_dir)["transcription"][0]["pid"] == before["transcription"][0]["pid"]
     assert len(mesh_table(mesh_dir)["transcription"]) == 1
@@ -145,9 +181,25 @@ def test_a_cli_call_asking_for_replicas_reuses_the_running_mesh_and_says_so(mesh
 @pytest.mark.parametrize("value", ["0", "many", "65"])
 def test_a_bad_replica_count_is_one_line(value, tmp_path):
     state = tmp_path / "state"
-    proc = run_asr(state, "serve", "--transcription-replicas", value, "--state-dir", str(state), timeout=60)
-    assert proc.returncode == 2 and "--transcription-replicas" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_asr(state, "serve", "--state-dir", str(state), timeout=60, ASR_LOCAL_TRANSCRIPTION_REPLICAS=value)
+    proc = run_asr(
+        state, "serve", "--transcription-replicas", value, "--state-dir", str(state), timeout=60
+    )
+    assert (
+        proc.returncode == 2
+        and "--transcription-replicas" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
+    proc = run_asr(
+        state,
+        "serve",
+        "--state-dir",
+        str(state),
+        timeout=60,
+        ASR_LOCAL_TRANSCRIPTION_REPLICAS=value,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "ASR_LOCAL_TRANSCRIPTION_REPLICAS" in proc.stderr
+    assert (
+        proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+        and "ASR_LOCAL_TRANSCRIPTION_REPLICAS" in proc.stderr
+    )
     assert not processes_of(state)

@@ -37,8 +37,16 @@ def test_a_backend_is_present_when_addressed_and_listed(tmp_path):
     assert backends.present("diarization")
     # Several transcription replicas: listed, so present; their comma-separated address counts as set.
     replicas = Backends({"transcription": "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3"}, mesh_file)
-    write_json_atomic(mesh_file, {"transcription": [{"pid": 4, "replica": 0}, {"pid": 5, "replica": 1},
-                                                    {"pid": 6, "replica": 2}]})
+    write_json_atomic(
+        mesh_file,
+        {
+            "transcription": [
+                {"pid": 4, "replica": 0},
+                {"pid": 5, "replica": 1},
+                {"pid": 6, "replica": 2},
+            ]
+        },
+    )
     assert replicas.present("transcription")
 
 
@@ -50,21 +58,29 @@ def gateway_without_diarization(tmp_path):
     def no_stages():
         raise AssertionError("a refused request must not reach the chain")
 
-    handle = create_server(GatewaySettings(port=0, spool_dir=tmp_path, mesh_file=mesh_file),
-                           stages_factory=no_stages)
+    handle = create_server(
+        GatewaySettings(port=0, spool_dir=tmp_path, mesh_file=mesh_file), stages_factory=no_stages
+    )
     yield pb_grpc.GatewayServiceStub(channel_to(handle.port))
     handle.stop(0)
 
 
-@pytest.mark.parametrize("config", [
-    {"diarize": True},
-    {"diarize": True, "num_speakers": 2},
-    {"diarize": True, "speaker_names": {"SPEAKER_00": "Ana"}},
-    {"diarize": True, "min_speakers": 1, "max_speakers": 3},
-])
-def test_the_gateway_refuses_speaker_options_without_diarization(gateway_without_diarization, config):
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"diarize": True},
+        {"diarize": True, "num_speakers": 2},
+        {"diarize": True, "speaker_names": {"SPEAKER_00": "Ana"}},
+        {"diarize": True, "min_speakers": 1, "max_speakers": 3},
+    ],
+)
+def test_the_gateway_refuses_speaker_options_without_diarization(
+    gateway_without_diarization, config
+):
     def requests():
-        yield pb.TranscribeRequest(config=pb.TranscribeConfig(filename="a.wav", upload_size_bytes=4, **config))
+        yield pb.TranscribeRequest(
+            config=pb.TranscribeConfig(filename="a.wav", upload_size_bytes=4, **config)
+        )
         yield pb.TranscribeRequest(content=b"RIFF")
 
     with pytest.raises(grpc.RpcError) as err:
@@ -81,14 +97,14 @@ def test_a_reserved_port_is_refused_to_others_and_taken_by_a_service():
     try:
         with socket.socket() as other, pytest.raises(OSError):
             other.bind(("127.0.0.1", port))
-        server = grpc.server(futures.ThreadPoolExecutor(1),
-                             options=[("grpc.so_reuseport", 0)])
+        server = grpc.server(futures.ThreadPoolExecutor(1), options=[("grpc.so_reuseport", 0)])
         assert server.add_insecure_port(f"127.0.0.1:{port}") == port
         server.start()
         server.stop(0).wait()
-        again = grpc.server(futures.ThreadPoolExecutor(1),
-                            options=[("grpc.so_reuseport", 0)])
-        assert again.add_insecure_port(f"127.0.0.1:{port}") == port  # the restart gets the same port
+        again = grpc.server(futures.ThreadPoolExecutor(1), options=[("grpc.so_reuseport", 0)])
+        assert (
+            again.add_insecure_port(f"127.0.0.1:{port}") == port
+        )  # the restart gets the same port
         again.stop(0)
     finally:
         holder.close()
@@ -96,8 +112,13 @@ def test_a_reserved_port_is_refused_to_others_and_taken_by_a_service():
 
 def test_mesh_file_round_trip_and_a_dead_supervisor(tmp_path):
     path = tmp_path / "mesh.json"
-    write_json_atomic(path, {"supervisor": [{"pid": 999999999, "start_ticks": 1, "kind": "serve"}],
-                             "gateway": [{"pid": 5, "address": "127.0.0.1:9", "state": "ready"}]})
+    write_json_atomic(
+        path,
+        {
+            "supervisor": [{"pid": 999999999, "start_ticks": 1, "kind": "serve"}],
+            "gateway": [{"pid": 5, "address": "127.0.0.1:9", "state": "ready"}],
+        },
+    )
     info = MeshInfo(read_mesh_file(path))
     assert info.gateway_address == "127.0.0.1:9" and info.state("gateway") == "ready"
     assert not info.supervisor_alive() and not info.killable_supervisor
@@ -107,14 +128,26 @@ def test_mesh_file_round_trip_and_a_dead_supervisor(tmp_path):
 
 def test_several_replicas_in_the_mesh_file(tmp_path):
     path = tmp_path / "mesh.json"
-    entries = [{"pid": 10 + i, "address": f"127.0.0.1:{20 + i}", "state": "ready", "replica": i} for i in range(3)]
-    write_json_atomic(path, {"gateway": [{"pid": 5, "address": "127.0.0.1:9", "state": "ready"}],
-                             "transcription": entries})
+    entries = [
+        {"pid": 10 + i, "address": f"127.0.0.1:{20 + i}", "state": "ready", "replica": i}
+        for i in range(3)
+    ]
+    write_json_atomic(
+        path,
+        {
+            "gateway": [{"pid": 5, "address": "127.0.0.1:9", "state": "ready"}],
+            "transcription": entries,
+        },
+    )
     info = MeshInfo(read_mesh_file(path))
     assert info.replicas("transcription") == 3 and info.replicas("diarization") == 0
     assert info.state("transcription") == "ready"
-    assert sorted(info.pids()) == [("gateway", 5), ("transcription", 10), ("transcription", 11),
-                                   ("transcription", 12)]
+    assert sorted(info.pids()) == [
+        ("gateway", 5),
+        ("transcription", 10),
+        ("transcription", 11),
+        ("transcription", 12),
+    ]
     entries[2]["state"] = "restarting"  # one replica down: the service is not ready
     info = MeshInfo({"transcription": entries})
     assert info.state("transcription") == "restarting"
@@ -140,6 +173,9 @@ def test_replicas_share_the_cores_and_get_their_own_metrics_port(tmp_path, monke
     assert mesh.replicas["transcription"] == 3 and mesh.replicas["gateway"] == 1
     assert mesh._replica_env("transcription", 0, {}) == {"ASR_TRANSCRIPTION_CPU_THREADS": "2"}
     chosen = {"ASR_TRANSCRIPTION_CPU_THREADS": "4", "ASR_TRANSCRIPTION_METRICS_PORT": "9100"}
-    assert mesh._replica_env("transcription", 2, chosen) == {"ASR_TRANSCRIPTION_METRICS_PORT": "9102"}
-    assert mesh._replica_env("transcription", 1, {"ASR_TRANSCRIPTION_METRICS_PORT": "0"}) == \
-        {"ASR_TRANSCRIPTION_CPU_THREADS": "2"}
+    assert mesh._replica_env("transcription", 2, chosen) == {
+        "ASR_TRANSCRIPTION_METRICS_PORT": "9102"
+    }
+    assert mesh._replica_env("transcription", 1, {"ASR_TRANSCRIPTION_METRICS_PORT": "0"}) == {
+        "ASR_TRANSCRIPTION_CPU_THREADS": "2"
+    }

@@ -56,11 +56,18 @@ def test_clips_give_exactly_plain_faster_whisper_words(client, manifest, corpus,
     for entry in manifest["asr"]:
         path = corpus / entry["audio"]
         segments, _ = plain_model.transcribe(
-            str(path), language="pt", beam_size=5, word_timestamps=True, vad_filter=True, temperature=0.0
+            str(path),
+            language="pt",
+            beam_size=5,
+            word_timestamps=True,
+            vad_filter=True,
+            temperature=0.0,
         )
         speech = longform.speech_ranges(decode_audio(str(path)), detect)
         kept = [to_segment(k, s) for k, s in enumerate(segments)]
-        kept = [s for s in kept if not guards.is_squeezed(s) and not guards.outside_speech(s, speech)]
+        kept = [
+            s for s in kept if not guards.is_squeezed(s) and not guards.outside_speech(s, speech)
+        ]
         guarded, _ = cut_loops(kept)
         expected = [w.word for s in guarded for w in s.words]
         options = TranscribeOptions(temperatures=(0.0,), loudness_normalization=False)
@@ -72,7 +79,8 @@ def test_clips_give_exactly_plain_faster_whisper_words(client, manifest, corpus,
 
 def test_conversation_has_speakers_and_valid_srt(client, corpus, tmp_path):
     result = client.transcribe(
-        corpus / "dia" / "conv0.flac", TranscribeOptions(diarize=True, formats=("srt", "json", "rttm"))
+        corpus / "dia" / "conv0.flac",
+        TranscribeOptions(diarize=True, formats=("srt", "json", "rttm")),
     )
     assert len(result.speakers) == 2
     srt_doc, json_doc, rttm_doc = result.documents
@@ -145,9 +153,24 @@ def test_one_trace_spans_all_five_services(client, corpus, mesh_state):
     # The trace tool reads it back: waterfall as JSON and as a picture.
     png = mesh_state / "waterfall.png"
     proc = subprocess.run(
-        [sys.executable, "-m", "asr_mesh.client.cli", "trace", "show", result.trace_id, "--format", "json",
-         "--state-dir", str(mesh_state), "--png", str(png)],
-        capture_output=True, text=True, timeout=60, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "asr_mesh.client.cli",
+            "trace",
+            "show",
+            result.trace_id,
+            "--format",
+            "json",
+            "--state-dir",
+            str(mesh_state),
+            "--png",
+            str(png),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr
     shown = json.loads(proc.stdout)
@@ -164,15 +187,42 @@ def test_cli_writes_outputs_and_reports_failures_per_file(mesh, corpus, tmp_path
     bad = corpus / "bad" / "text.wav"
     good = corpus / "media" / "reunião_ação.mp3"
     proc = subprocess.run(
-        [sys.executable, "-m", "asr_mesh.client.cli", "transcribe", str(good), str(bad), str(tmp_path / "missing.wav"),
-         "--format", "json,srt,vtt,txt", "-o", str(tmp_path / "out"), "--server", mesh.gateway_address, "--quiet"],
-        capture_output=True, text=True, timeout=300, cwd=REPO, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "asr_mesh.client.cli",
+            "transcribe",
+            str(good),
+            str(bad),
+            str(tmp_path / "missing.wav"),
+            "--format",
+            "json,srt,vtt,txt",
+            "-o",
+            str(tmp_path / "out"),
+            "--server",
+            mesh.gateway_address,
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("asr: ")]
-    assert len(errors) == 2 and any("text.wav" in e for e in errors) and any("missing.wav" in e for e in errors)
+    assert (
+        len(errors) == 2
+        and any("text.wav" in e for e in errors)
+        and any("missing.wav" in e for e in errors)
+    )
     outputs = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert outputs == ["reunião_ação.json", "reunião_ação.srt", "reunião_ação.txt", "reunião_ação.vtt"]
+    assert outputs == [
+        "reunião_ação.json",
+        "reunião_ação.srt",
+        "reunião_ação.txt",
+        "reunião_ação.vtt",
+    ]
     data = json.loads((tmp_path / "out" / "reunião_ação.json").read_text(encoding="utf-8"))
     assert "conta corrente" in " ".join(s["text"] for s in data["segments"]).lower()

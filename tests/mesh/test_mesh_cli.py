@@ -23,14 +23,34 @@ def test_embedded_mesh_transcribes_a_conversation_with_speakers(corpus, tmp_path
     out = tmp_path / "out"
     try:
         proc = subprocess.run(
-            [*ASR, "transcribe", str(corpus / "dia" / "conv0.flac"), "--diarize", "--format", "srt,json",
-             "-o", str(out), "--state-dir", str(tmp_path / "state")],
-            capture_output=True, text=True, timeout=600, cwd=REPO, stdin=subprocess.DEVNULL,
+            [
+                *ASR,
+                "transcribe",
+                str(corpus / "dia" / "conv0.flac"),
+                "--diarize",
+                "--format",
+                "srt,json",
+                "-o",
+                str(out),
+                "--state-dir",
+                str(tmp_path / "state"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
             env={**os.environ, "ASR_LOCAL_MESH_OWNER_PID": str(os.getpid())},
         )
     finally:  # what `make run` does leaves the mesh running for the next call: stop it here
-        stop = subprocess.run([*ASR, "serve", "--stop", "--state-dir", str(tmp_path / "state")],
-                              capture_output=True, text=True, timeout=120, cwd=REPO, stdin=subprocess.DEVNULL)
+        stop = subprocess.run(
+            [*ASR, "serve", "--stop", "--state-dir", str(tmp_path / "state")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+        )
     assert stop.returncode == 0 and "stopped the local mesh" in stop.stderr, stop.stderr
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -45,16 +65,32 @@ def test_embedded_mesh_transcribes_a_conversation_with_speakers(corpus, tmp_path
 def test_serve_runs_until_sigterm_and_leaves_nothing_running(corpus, tmp_path):
     serve = subprocess.Popen(
         [*ASR, "serve", "--state-dir", str(tmp_path / "state")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
     )
     try:
         line = serve.stdout.readline()
         assert line.startswith("gateway listening on "), line + serve.stderr.read()
         address = line.split()[-1]
         proc = subprocess.run(
-            [*ASR, "transcribe", str(corpus / "asr" / "001.flac"), "-o", str(tmp_path / "out"),
-             "--server", address, "--quiet"],
-            capture_output=True, text=True, timeout=300, cwd=REPO, stdin=subprocess.DEVNULL,
+            [
+                *ASR,
+                "transcribe",
+                str(corpus / "asr" / "001.flac"),
+                "-o",
+                str(tmp_path / "out"),
+                "--server",
+                address,
+                "--quiet",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
         )
         assert proc.returncode == 0, proc.stderr
         assert (tmp_path / "out" / "001.json").is_file()
@@ -67,8 +103,16 @@ def test_serve_runs_until_sigterm_and_leaves_nothing_running(corpus, tmp_path):
     with pytest.raises(OSError):
         socket.create_connection((host, int(port)), timeout=2)
     logs = tmp_path / "state" / "logs"
-    assert sorted(p.stem for p in logs.iterdir()) == ["diarization", "gateway", "merge", "preprocess", "transcription"]
-    leftovers = [pid for pid in os.listdir("/proc") if pid.isdigit() and _mentions(pid, str(tmp_path))]
+    assert sorted(p.stem for p in logs.iterdir()) == [
+        "diarization",
+        "gateway",
+        "merge",
+        "preprocess",
+        "transcription",
+    ]
+    leftovers = [
+        pid for pid in os.listdir("/proc") if pid.isdigit() and _mentions(pid, str(tmp_path))
+    ]
     assert leftovers == []
 
 

@@ -23,7 +23,7 @@ def pcm_chunks(path: Path, speed: float):
 
     pcm = (decode_audio(str(path)) * 32768.0).round().astype("<i2").tobytes()
     for offset in range(0, len(pcm), 3200):  # 100 ms
-        yield pcm[offset:offset + 3200]
+        yield pcm[offset : offset + 3200]
         time.sleep(0.1 / speed)
 
 
@@ -40,10 +40,19 @@ def test_one_stream_through_the_gateway_with_one_trace(client, corpus, manifest,
     # one span per decode step hang below it.
     deadline = time.monotonic() + 10
     while True:
-        spans = [json.loads(line) for path in (mesh_state / "traces").glob("*.jsonl")
-                 for line in path.read_text().splitlines()]
-        roots = [s for s in spans if s["service"] == "gateway" and s["kind"] == "SERVER"
-                 and s["name"].endswith("StreamingTranscribe") and s["start_ns"] >= started]
+        spans = [
+            json.loads(line)
+            for path in (mesh_state / "traces").glob("*.jsonl")
+            for line in path.read_text().splitlines()
+        ]
+        roots = [
+            s
+            for s in spans
+            if s["service"] == "gateway"
+            and s["kind"] == "SERVER"
+            and s["name"].endswith("StreamingTranscribe")
+            and s["start_ns"] >= started
+        ]
         mine = [s for s in spans if roots and s["trace_id"] == roots[-1]["trace_id"]]
         steps = [s for s in mine if s["name"] == "transcription.stream_step"]
         if (roots and len(steps) >= events[-1].summary.decode_steps) or time.monotonic() > deadline:
@@ -57,9 +66,22 @@ def test_one_stream_through_the_gateway_with_one_trace(client, corpus, manifest,
 def test_cli_stream_prints_jsonl_events(mesh, corpus, manifest):
     clip = manifest["asr"][0]
     proc = subprocess.run(
-        [sys.executable, "-m", "asr_mesh.client.cli", "stream", str(corpus / clip["audio"]), "--format", "jsonl",
-         "--server", mesh.gateway_address],
-        capture_output=True, text=True, timeout=300, cwd=REPO, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "asr_mesh.client.cli",
+            "stream",
+            str(corpus / clip["audio"]),
+            "--format",
+            "jsonl",
+            "--server",
+            mesh.gateway_address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -71,8 +93,20 @@ def test_cli_stream_prints_jsonl_events(mesh, corpus, manifest):
 
 def test_cli_stream_refuses_a_missing_file_in_one_line(mesh, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "asr_mesh.client.cli", "stream", str(tmp_path / "missing.wav"), "--server",
-         mesh.gateway_address], capture_output=True, text=True, timeout=60, cwd=REPO)
+        [
+            sys.executable,
+            "-m",
+            "asr_mesh.client.cli",
+            "stream",
+            str(tmp_path / "missing.wav"),
+            "--server",
+            mesh.gateway_address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "missing.wav: no such file" in proc.stderr
 
@@ -83,13 +117,40 @@ def test_cli_stream_without_server_starts_a_local_mesh(corpus, manifest, tmp_pat
     state = tmp_path / "state"
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "asr_mesh.client.cli", "stream", str(corpus / clip["audio"]), "--format", "jsonl",
-             "--state-dir", str(state)],
-            capture_output=True, text=True, timeout=600, cwd=REPO, stdin=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "asr_mesh.client.cli",
+                "stream",
+                str(corpus / clip["audio"]),
+                "--format",
+                "jsonl",
+                "--state-dir",
+                str(state),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
         )
     finally:
-        subprocess.run([sys.executable, "-m", "asr_mesh.client.cli", "serve", "--stop", "--state-dir", str(state)],
-                       capture_output=True, text=True, timeout=120, cwd=REPO, stdin=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "asr_mesh.client.cli",
+                "serve",
+                "--stop",
+                "--state-dir",
+                str(state),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+        )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     finals = [json.loads(line) for line in proc.stdout.splitlines() if '"final"' in line]

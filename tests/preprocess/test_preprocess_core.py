@@ -46,17 +46,35 @@ def probe_json(*streams: dict, fmt: dict | None = None) -> str:
     return json.dumps({"streams": list(streams), "format": base if fmt is None else fmt})
 
 
-AUDIO = {"index": 0, "codec_type": "audio", "codec_name": "pcm_s16le", "sample_rate": "44100",
-         "channels": 2, "duration": "5.350000", "bit_rate": "1411200"}
+AUDIO = {
+    "index": 0,
+    "codec_type": "audio",
+    "codec_name": "pcm_s16le",
+    "sample_rate": "44100",
+    "channels": 2,
+    "duration": "5.350000",
+    "bit_rate": "1411200",
+}
 
 
 # --------------------------------------------------------------------------- argument lists
+
 
 def test_every_input_is_confined_to_the_spooled_file():
     args = ffmpeg.input_args(Path("/tmp/x/-i upload.wav"))
     assert args[args.index("-protocol_whitelist") + 1] == "file"
     allowed = args[args.index("-format_whitelist") + 1].split(",")
-    for refused in ("hls", "concat", "dash", "image2", "sdp", "rtsp", "tty", "webm_dash_manifest", "ffmetadata"):
+    for refused in (
+        "hls",
+        "concat",
+        "dash",
+        "image2",
+        "sdp",
+        "rtsp",
+        "tty",
+        "webm_dash_manifest",
+        "ffmetadata",
+    ):
         assert refused not in allowed
     for needed in ("wav", "mp3", "flac", "ogg", "mov", "matroska", "aac"):
         assert needed in allowed
@@ -73,8 +91,11 @@ def test_probe_args_carry_the_whitelists():
 def _probe(rate: int, demuxer: str = "wav", index: int = 1) -> ProbeResult:
     from services.common.domain import MediaReport
 
-    return ProbeResult(MediaReport(container=demuxer, codec="x", sample_rate_hz=rate, channels=2,
-                                   duration=5.0), stream_index=index, demuxer=demuxer)
+    return ProbeResult(
+        MediaReport(container=demuxer, codec="x", sample_rate_hz=rate, channels=2, duration=5.0),
+        stream_index=index,
+        demuxer=demuxer,
+    )
 
 
 def test_16k_input_gets_no_filter_so_pcm_matches_faster_whisper():
@@ -82,20 +103,24 @@ def test_16k_input_gets_no_filter_so_pcm_matches_faster_whisper():
     assert "-af" not in args
     assert args[args.index("-map") + 1] == "0:1"
     assert args[args.index("-f") + 1] == "wav"  # the demuxer the probe chose
-    assert args[-7:] == ["-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le", "-f", "s16le", "pipe:1"][-7:]
+    assert (
+        args[-7:] == ["-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le", "-f", "s16le", "pipe:1"][-7:]
+    )
     assert "-format_whitelist" in args and "-protocol_whitelist" in args
 
 
 def test_other_rates_use_soxr_and_loudnorm_is_followed_by_a_resample():
     args = ffmpeg.decode_args("ffmpeg", SPOOL, _probe(44_100))
     assert "resampler=soxr" in args[args.index("-af") + 1]
-    args = ffmpeg.decode_args("ffmpeg", SPOOL, _probe(16_000), loudness_normalization=True,
-                              loudnorm_target=-20)
+    args = ffmpeg.decode_args(
+        "ffmpeg", SPOOL, _probe(16_000), loudness_normalization=True, loudnorm_target=-20
+    )
     chain = args[args.index("-af") + 1].split(",")
     assert chain[0].startswith("loudnorm=I=-20") and chain[1].startswith("aresample=16000")
 
 
 # --------------------------------------------------------------------------- probe parsing
+
 
 def test_parse_probe_reads_the_audio_stream():
     probe = ffmpeg.parse_probe(probe_json(AUDIO), 943818)
@@ -133,19 +158,37 @@ def test_parse_probe_notes_a_duration_guessed_from_the_bit_rate():
     assert not ffmpeg.parse_probe(probe_json(AUDIO), 1, []).duration_estimated
 
 
-@pytest.mark.parametrize("lines, expected", [
-    (["[hls @ 0x55e6] Format not on whitelist 'wav,mp3'", "file:/tmp/spool-x/upload.mp3: Invalid argument"],
-     "HLS playlist"),
-    (["[concat @ 0x55e6] Format not on whitelist 'wav'"], "concat list"),
-    (["[mov,mp4,m4a,3gp,3g2,mj2 @ 0x5565] moov atom not found",
-      "file:/tmp/spool-x/upload.mp3: Invalid data found when processing input"],
-     "the file is truncated or corrupt: mov: moov atom not found"),
-    (["file:/tmp/spool-x/upload.mp3: Invalid data found when processing input"],
-     "not in a recognised audio or video format"),
-    (["[mp3 @ 0x55c7] Format mp3 detected only with low score of 1, misdetection possible!",
-      "[mp3 @ 0x55c7] Failed to read frame size: Could not seek to 51023."],
-     "not a recognised audio or video format"),
-])
+@pytest.mark.parametrize(
+    "lines, expected",
+    [
+        (
+            [
+                "[hls @ 0x55e6] Format not on whitelist 'wav,mp3'",
+                "file:/tmp/spool-x/upload.mp3: Invalid argument",
+            ],
+            "HLS playlist",
+        ),
+        (["[concat @ 0x55e6] Format not on whitelist 'wav'"], "concat list"),
+        (
+            [
+                "[mov,mp4,m4a,3gp,3g2,mj2 @ 0x5565] moov atom not found",
+                "file:/tmp/spool-x/upload.mp3: Invalid data found when processing input",
+            ],
+            "the file is truncated or corrupt: mov: moov atom not found",
+        ),
+        (
+            ["file:/tmp/spool-x/upload.mp3: Invalid data found when processing input"],
+            "not in a recognised audio or video format",
+        ),
+        (
+            [
+                "[mp3 @ 0x55c7] Format mp3 detected only with low score of 1, misdetection possible!",
+                "[mp3 @ 0x55c7] Failed to read frame size: Could not seek to 51023.",
+            ],
+            "not a recognised audio or video format",
+        ),
+    ],
+)
 def test_probe_failures_become_sentences_without_paths(lines, expected):
     message = ffmpeg.explain_probe_failure(lines, SPOOL)
     assert expected in message
@@ -154,11 +197,17 @@ def test_probe_failures_become_sentences_without_paths(lines, expected):
 
 def test_stderr_log_counts_repeats_and_keeps_a_bounded_list():
     log = ffmpeg.StderrLog()
-    log.feed(b"[mp3float @ 0x1] Header missing\nError while decoding stream #0:0\n    Last message repeated 4 ")
+    log.feed(
+        b"[mp3float @ 0x1] Header missing\nError while decoding stream #0:0\n    Last message repeated 4 "
+    )
     log.feed(b"times\npartial")
     log.close()
     assert log.count == 2 + 4 + 1
-    assert log.lines == ["[mp3float @ 0x1] Header missing", "Error while decoding stream #0:0", "partial"]
+    assert log.lines == [
+        "[mp3float @ 0x1] Header missing",
+        "Error while decoding stream #0:0",
+        "partial",
+    ]
 
 
 # --------------------------------------------------------------------------- limits
@@ -168,13 +217,17 @@ LIMITS = PreprocessLimits(max_upload_bytes=1000, max_audio_seconds=60, max_decod
 
 def test_upload_limit_names_the_limit_and_value():
     check_upload_size(1000, LIMITS)
-    with pytest.raises(LimitExceeded, match=r"larger than the limit of 1000 bytes \(max_upload_bytes\)"):
+    with pytest.raises(
+        LimitExceeded, match=r"larger than the limit of 1000 bytes \(max_upload_bytes\)"
+    ):
         check_upload_size(1001, LIMITS)
 
 
 def test_declared_duration_limits():
     check_declared_duration(30, LIMITS)
-    with pytest.raises(LimitExceeded, match=r"declares 2\.0 h of audio, over the limit of 1\.0 min"):
+    with pytest.raises(
+        LimitExceeded, match=r"declares 2\.0 h of audio, over the limit of 1\.0 min"
+    ):
         check_declared_duration(7200, LIMITS)
     with pytest.raises(LimitExceeded, match=r"max_decoded_bytes") as err:
         check_declared_duration(40, LIMITS)  # 40 s = 1.28 MB of PCM
@@ -193,7 +246,10 @@ def test_running_decode_limits():
 def test_an_estimated_duration_is_refused_only_when_far_over_a_limit():
     limits = PreprocessLimits(max_audio_seconds=60)
     check_declared_duration(100, limits, slack=2.0)  # over 60 s, but only an estimate
-    with pytest.raises(LimitExceeded, match=r"size and bit rate suggest 2\.0 h of audio, over the limit of 1\.0 min"):
+    with pytest.raises(
+        LimitExceeded,
+        match=r"size and bit rate suggest 2\.0 h of audio, over the limit of 1\.0 min",
+    ):
         check_declared_duration(7200, limits, slack=2.0)
 
 
@@ -211,7 +267,10 @@ def test_forged_sample_rates_are_refused(rate):
 def test_a_decode_far_past_its_declared_length_is_a_bomb():
     check_overrun(10_000, 0)  # nothing declared: only the limits apply
     check_overrun(4 * 60 + 600, 60)
-    with pytest.raises(InvalidAudio, match=r"1\.0 min declared, over 14\.0 min decoded\): refused as a probable decompression bomb"):
+    with pytest.raises(
+        InvalidAudio,
+        match=r"1\.0 min declared, over 14\.0 min decoded\): refused as a probable decompression bomb",
+    ):
         check_overrun(4 * 60 + 601, 60)
 
 
@@ -260,8 +319,10 @@ def test_stale_spools_in_a_configured_root_are_swept_and_shutdown_waits_for_jobs
 def test_the_admission_queue_reports_through_the_injected_callback(tmp_path):
     """The core reports (waiting, running) to `on_queue`; the server wires it to the gauges."""
     seen: list[tuple[int, int]] = []
-    pre = Preprocessor(PreprocessorConfig(temp_root=tmp_path),
-                       on_queue=lambda waiting, running: seen.append((waiting, running)))
+    pre = Preprocessor(
+        PreprocessorConfig(temp_root=tmp_path),
+        on_queue=lambda waiting, running: seen.append((waiting, running)),
+    )
     with pytest.raises(InvalidAudio):
         list(pre.run(PreprocessOptions(filename="x.wav"), iter([b"not audio at all"])))
     assert (0, 1) in seen and seen[-1] == (0, 0)
@@ -270,8 +331,16 @@ def test_the_admission_queue_reports_through_the_injected_callback(tmp_path):
 def wav_header(data_bytes: int, rate: int = 16_000, channels: int = 1) -> bytes:
     byte_rate = rate * channels * 2
     fmt = struct.pack("<HHIIHH", 1, channels, rate, byte_rate, channels * 2, 16)
-    return (b"RIFF" + struct.pack("<I", min(36 + data_bytes, 0xFFFFFFFF)) + b"WAVE" + b"fmt " + struct.pack("<I", 16)
-            + fmt + b"data" + struct.pack("<I", data_bytes))
+    return (
+        b"RIFF"
+        + struct.pack("<I", min(36 + data_bytes, 0xFFFFFFFF))
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", 16)
+        + fmt
+        + b"data"
+        + struct.pack("<I", data_bytes)
+    )
 
 
 def test_wav_header_claiming_hours_is_a_limit_breach_before_any_decode():
@@ -284,7 +353,9 @@ def test_wav_header_claiming_hours_is_a_limit_breach_before_any_decode():
 def test_wav_header_claiming_more_than_the_file_holds_is_truncation():
     head = wav_header(64_000)
     check_wav_header(head, 44 + 64_000, PreprocessLimits())
-    with pytest.raises(InvalidAudio, match="truncated or corrupt: its WAV header declares 2.00 s .* only 1.00 s"):
+    with pytest.raises(
+        InvalidAudio, match="truncated or corrupt: its WAV header declares 2.00 s .* only 1.00 s"
+    ):
         check_wav_header(head, 44 + 32_000, PreprocessLimits())
 
 
@@ -295,6 +366,7 @@ def test_wav_streaming_placeholders_are_not_claims():
 
 
 # --------------------------------------------------------------------------- corrupt-input rule
+
 
 def _declared(seconds: float, estimated: bool = False) -> ProbeResult:
     from services.common.domain import MediaReport
@@ -321,11 +393,14 @@ def test_shortfall_rule():
 def test_decoder_error_rule_tolerates_a_few_glitches_in_long_files():
     check_complete(600, _declared(600), 40)  # 40 errors in 10 min: tolerated
     check_complete(5, _declared(5), 10)
-    with pytest.raises(InvalidAudio, match="decoder reported 11 errors .*first: mp3float: Header missing"):
+    with pytest.raises(
+        InvalidAudio, match="decoder reported 11 errors .*first: mp3float: Header missing"
+    ):
         check_complete(5, _declared(5), 11, "mp3float: Header missing")
 
 
 # --------------------------------------------------------------------------- small helpers
+
 
 def test_chunk_size_bounds():
     assert chunk_size(0) == 256 * 1024
@@ -335,11 +410,19 @@ def test_chunk_size_bounds():
             chunk_size(bad)
 
 
-@pytest.mark.parametrize("hint, name", [
-    ("clip.MP3", "upload.mp3"), ("reunião_ação.m4a", "upload.m4a"), ("", "upload"),
-    ("../../etc/passwd", "upload"), ("a.b/../../x", "upload"), ("x.tar.gz", "upload.gz"),
-    ("weird.m p3", "upload"), ("C:\\music\\song.flac", "upload.flac"),
-])
+@pytest.mark.parametrize(
+    "hint, name",
+    [
+        ("clip.MP3", "upload.mp3"),
+        ("reunião_ação.m4a", "upload.m4a"),
+        ("", "upload"),
+        ("../../etc/passwd", "upload"),
+        ("a.b/../../x", "upload"),
+        ("x.tar.gz", "upload.gz"),
+        ("weird.m p3", "upload"),
+        ("C:\\music\\song.flac", "upload.flac"),
+    ],
+)
 def test_spool_name_never_uses_the_callers_path(hint, name):
     assert spool_name(hint) == name
 
@@ -356,14 +439,15 @@ def test_duration_cap_cuts_padding_but_keeps_a_wrong_declaration():
 
 def pcm(*parts: tuple[int, int]) -> bytes:
     """(samples, amplitude) runs of a square-ish signal as s16le."""
-    return np.concatenate([np.full(n, a, dtype="<i2") * np.resize([1, -1], n).astype("<i2")
-                           for n, a in parts]).tobytes()
+    return np.concatenate(
+        [np.full(n, a, dtype="<i2") * np.resize([1, -1], n).astype("<i2") for n, a in parts]
+    ).tobytes()
 
 
 def test_silence_trimmer_cuts_both_ends_and_keeps_pauses_inside():
     audio = pcm((16_000, 0), (8_000, 5000), (4_000, 3), (8_000, 5000), (24_000, 10))
     trimmer = SilenceTrimmer(-50.0, padding_bytes=3_200)  # 0.1 s
-    out = b"".join(trimmer.feed(audio[i:i + 6_000]) for i in range(0, len(audio), 6_000))
+    out = b"".join(trimmer.feed(audio[i : i + 6_000]) for i in range(0, len(audio), 6_000))
     out += trimmer.finish()
     assert len(out) // 2 == 1_600 + 8_000 + 4_000 + 8_000 + 1_600
 
@@ -382,16 +466,29 @@ def test_chunker_regroups_whole_chunks():
 
 # --------------------------------------------------------------------------- the sandbox
 
-def sh(script: str, deadline: float = 5.0, cancel: CancelToken | None = None,
-       limits: ChildLimits | None = None) -> ffmpeg.Child:
-    return ffmpeg.Child(["/bin/sh", "-c", script], limits or ChildLimits(), deadline,
-                        cancel or CancelToken(),
-                        what="decoding the file", tool="decoder", deadline_setting="max_decode_seconds")
+
+def sh(
+    script: str,
+    deadline: float = 5.0,
+    cancel: CancelToken | None = None,
+    limits: ChildLimits | None = None,
+) -> ffmpeg.Child:
+    return ffmpeg.Child(
+        ["/bin/sh", "-c", script],
+        limits or ChildLimits(),
+        deadline,
+        cancel or CancelToken(),
+        what="decoding the file",
+        tool="decoder",
+        deadline_setting="max_decode_seconds",
+    )
 
 
 def test_a_hanging_child_is_killed_at_its_deadline():
     start = time.monotonic()
-    with pytest.raises(LimitExceeded, match=r"decoding the file took longer than the limit of 0\.5 s"):
+    with pytest.raises(
+        LimitExceeded, match=r"decoding the file took longer than the limit of 0\.5 s"
+    ):
         sh("exec /bin/sleep 30", deadline=0.5).run()
     assert time.monotonic() - start < 3
 
@@ -411,8 +508,10 @@ def test_cancellation_kills_the_running_child():
 
 
 def test_children_run_with_resource_limits_and_an_empty_environment():
-    out = sh("ulimit -v; ulimit -t; ulimit -f; echo ${HOME:-none}",
-             limits=ChildLimits(memory_bytes=256 << 20, cpu_seconds=7)).run()
+    out = sh(
+        "ulimit -v; ulimit -t; ulimit -f; echo ${HOME:-none}",
+        limits=ChildLimits(memory_bytes=256 << 20, cpu_seconds=7),
+    ).run()
     assert out.decode().split() == [str(256 << 10), "7", "0", "none"]
 
 

@@ -23,14 +23,17 @@ pytestmark = pytest.mark.grpc
 def test_unset_options_take_the_measured_defaults_and_explicit_ones_win():
     default = chain_options(TranscribeOptions().to_proto("a.wav"))
     assert (default.loudness_normalization, default.trim_silence) == (False, False)
-    chosen = chain_options(TranscribeOptions(loudness_normalization=True, trim_silence=True).to_proto("a.wav"))
+    chosen = chain_options(
+        TranscribeOptions(loudness_normalization=True, trim_silence=True).to_proto("a.wav")
+    )
     assert (chosen.loudness_normalization, chosen.trim_silence) == (True, True)
 
 
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory):
-    handle = create_server(PreprocessSettings(port=0, temp_dir=tmp_path_factory.mktemp("spool"),
-                                              estimate_rtf=0.5))
+    handle = create_server(
+        PreprocessSettings(port=0, temp_dir=tmp_path_factory.mktemp("spool"), estimate_rtf=0.5)
+    )
     unused = "127.0.0.1:9"
     downstream = Downstream(handle.address, unused, unused, unused)
     yield lambda: GrpcStages(downstream, Deadlines())
@@ -54,7 +57,9 @@ def test_the_estimate_reaches_the_gateway_and_the_options_reach_preprocess(stage
         return float(np.sqrt(np.mean(np.frombuffer(pcm, "<i2").astype(np.float64) ** 2)))
 
     assert rms(loud.pcm) > 4 * rms(plain.pcm)
-    trimmed, _ = _decode(stages, corpus / "asr/000.flac", loudness_normalization=False, trim_silence=True)
+    trimmed, _ = _decode(
+        stages, corpus / "asr/000.flac", loudness_normalization=False, trim_silence=True
+    )
     untrimmed, _ = _decode(stages, corpus / "asr/000.flac", loudness_normalization=False)
     assert trimmed.duration < untrimmed.duration
 
@@ -70,16 +75,21 @@ class PreprocessOnly(GrpcStages):
 
 
 def test_the_cli_shows_the_estimate_the_gateway_passes_on(tmp_path, corpus):
-    preprocess = create_server(PreprocessSettings(port=0, temp_dir=tmp_path / "pre", estimate_rtf=0.5))
+    preprocess = create_server(
+        PreprocessSettings(port=0, temp_dir=tmp_path / "pre", estimate_rtf=0.5)
+    )
     unused = "127.0.0.1:9"
     downstream = Downstream(preprocess.address, unused, unused, unused)
-    gateway = gateway_server(GatewaySettings(port=0, spool_dir=tmp_path),
-                             stages_factory=lambda: PreprocessOnly(downstream, Deadlines()))
+    gateway = gateway_server(
+        GatewaySettings(port=0, spool_dir=tmp_path),
+        stages_factory=lambda: PreprocessOnly(downstream, Deadlines()),
+    )
     try:
         events = []
         with GatewayClient(gateway.address) as client:
-            client.transcribe(corpus / "asr/000.flac", TranscribeOptions(), on_event=events.append,
-                              timeout_s=30)
+            client.transcribe(
+                corpus / "asr/000.flac", TranscribeOptions(), on_event=events.append, timeout_s=30
+            )
         info = next(e.media_info for e in events if e.WhichOneof("payload") == "media_info")
         assert info.HasField("estimated_processing") and info.codec == "flac"
         line = _media_line(Path("000.flac"), info)

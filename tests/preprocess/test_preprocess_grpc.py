@@ -64,7 +64,7 @@ class Server:
 def requests(data: bytes, filename: str = "", **config) -> Iterator[pb.PreprocessRequest]:
     yield pb.PreprocessRequest(config=pb.PreprocessConfig(filename=filename, **config))
     for offset in range(0, len(data), UPLOAD_CHUNK):
-        yield pb.PreprocessRequest(content=data[offset:offset + UPLOAD_CHUNK])
+        yield pb.PreprocessRequest(content=data[offset : offset + UPLOAD_CHUNK])
 
 
 def preprocess(server: Server, data: bytes, filename: str = "", **config):
@@ -124,6 +124,7 @@ def reference_seconds(corpus: Path, item: str) -> float:
 
 # --------------------------------------------------------------------------- good media
 
+
 def test_every_corpus_media_file_decodes_to_the_right_length(server, corpus, manifest):
     for item in manifest["media"]:
         path = corpus / item["audio"]
@@ -156,8 +157,9 @@ def test_16k_mono_pcm_is_byte_identical_to_faster_whisper(server, corpus, manife
 
 
 def test_chunk_size_is_honoured(server, corpus):
-    _, pcm, sizes, _ = preprocess(server, (corpus / "media/noise_10s.wav").read_bytes(),
-                                  chunk_size_bytes=100_000)
+    _, pcm, sizes, _ = preprocess(
+        server, (corpus / "media/noise_10s.wav").read_bytes(), chunk_size_bytes=100_000
+    )
     assert sizes == [100_000] * 3 + [20_000] and len(pcm) == 320_000
 
 
@@ -165,7 +167,12 @@ def test_finished_work_is_counted_in_the_metrics(server, corpus):
     from services.common.metrics import REGISTRY
 
     def audio_seconds() -> float:
-        return REGISTRY.get_sample_value("asr_audio_processed_seconds_total", {"service": "preprocess"}) or 0.0
+        return (
+            REGISTRY.get_sample_value(
+                "asr_audio_processed_seconds_total", {"service": "preprocess"}
+            )
+            or 0.0
+        )
 
     before = audio_seconds()
     preprocess(server, (corpus / "media/noise_10s.wav").read_bytes())
@@ -177,7 +184,9 @@ def test_loudness_normalization_raises_a_quiet_file(server, corpus):
     data = (corpus / "media/clip_quiet.wav").read_bytes()
     _, plain, _, _ = preprocess(server, data)
     _, louder, _, _ = preprocess(server, data, loudness_normalization=True)
-    rms = [np.sqrt(np.mean(np.frombuffer(x, "<i2").astype(np.float64) ** 2)) for x in (plain, louder)]
+    rms = [
+        np.sqrt(np.mean(np.frombuffer(x, "<i2").astype(np.float64) ** 2)) for x in (plain, louder)
+    ]
     assert rms[1] > 3 * rms[0]
     assert abs(len(louder) - len(plain)) <= 0.020 * 32_000
 
@@ -194,7 +203,7 @@ def test_trim_silence_cuts_both_ends(server, corpus, tmp_path):
     samples = np.frombuffer(padded, "<i2").astype(np.int32)
     loud = np.flatnonzero(np.abs(samples) > int(32768 * 10 ** (-50 / 20)))
     pad = 1_600  # 0.1 s kept each side
-    assert trimmed == padded[(loud[0] - pad) * 2:(loud[-1] + 1 + pad) * 2]
+    assert trimmed == padded[(loud[0] - pad) * 2 : (loud[-1] + 1 + pad) * 2]
     assert len(trimmed) < len(padded) - 2.5 * 32_000
 
 
@@ -290,17 +299,22 @@ def canary() -> Iterator[Canary]:
 
 
 def playlist(url: str) -> bytes:
-    return (f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXT-X-MEDIA-SEQUENCE:0\n"
-            f"#EXTINF:10.0,\n{url}/segment0.ts\n#EXTINF:10.0,\n{url}/segment1.mp3\n"
-            "#EXT-X-ENDLIST\n").encode()
+    return (
+        f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXT-X-MEDIA-SEQUENCE:0\n"
+        f"#EXTINF:10.0,\n{url}/segment0.ts\n#EXTINF:10.0,\n{url}/segment1.mp3\n"
+        "#EXT-X-ENDLIST\n"
+    ).encode()
 
 
 def test_canary_control_plain_ffprobe_does_follow_the_playlist(canary, tmp_path):
     """Proves the canary can catch a leak: ffprobe without our whitelists fetches the segment."""
     path = tmp_path / "playlist.m3u8"
     path.write_bytes(playlist(canary.url))
-    subprocess.run(["ffprobe", "-v", "quiet", "-protocol_whitelist", "file,http,tcp",
-                    str(path)], timeout=30, check=False)
+    subprocess.run(
+        ["ffprobe", "-v", "quiet", "-protocol_whitelist", "file,http,tcp", str(path)],
+        timeout=30,
+        check=False,
+    )
     assert canary.hits
 
 
@@ -320,6 +334,7 @@ def test_playlists_and_concat_lists_read_nothing(server, canary):
 
 
 # --------------------------------------------------------------------------- cleanup
+
 
 def ffmpeg_children() -> list[int]:
     """Pids of ffmpeg/ffprobe processes this test process started."""
@@ -356,7 +371,9 @@ def test_cancelling_mid_upload_leaves_nothing_behind(server, corpus):
 
 def test_cancelling_mid_decode_kills_ffmpeg_and_cleans_up(server, corpus, manifest):
     data = (corpus / manifest["long"][0]["audio"]).read_bytes()
-    call = server.stub.Preprocess(requests(data, "long.flac", loudness_normalization=True), timeout=60)
+    call = server.stub.Preprocess(
+        requests(data, "long.flac", loudness_normalization=True), timeout=60
+    )
     kinds = []
     for response in call:
         kinds.append(response.WhichOneof("payload"))
@@ -390,6 +407,7 @@ def test_protocol_errors(server):
 
 # --------------------------------------------------------------------------- limits
 
+
 def limit_error(err: grpc.RpcError, setting: str) -> str:
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     typed = from_rpc_error(err)
@@ -401,12 +419,16 @@ def limit_error(err: grpc.RpcError, setting: str) -> str:
 
 def test_upload_and_duration_limits(make_server, corpus):
     small = make_server(max_upload_bytes=100_000, max_audio_seconds=3)
-    details = limit_error(refusal(small, (corpus / "media/clip.wav").read_bytes()), "max_upload_bytes")
+    details = limit_error(
+        refusal(small, (corpus / "media/clip.wav").read_bytes()), "max_upload_bytes"
+    )
     assert "100000 bytes" in details
     # Declared too large: refused from the config alone (the one byte sent is never needed).
     details = limit_error(refusal(small, b"x", upload_size_bytes=10**9), "max_upload_bytes")
     assert "100000 bytes" in details
-    details = limit_error(refusal(small, (corpus / "asr/000.flac").read_bytes()), "max_audio_seconds")
+    details = limit_error(
+        refusal(small, (corpus / "asr/000.flac").read_bytes()), "max_audio_seconds"
+    )
     assert "declares 5.35 s" in details and "3.00 s" in details
     assert small.spool_empty() and small.serving()
 
@@ -424,8 +446,16 @@ def test_flac_header_claiming_a_day_is_refused_before_decoding(server, corpus):
 
 def test_wav_header_claiming_hours_is_refused(server):
     fmt = struct.pack("<HHIIHH", 1, 1, 16_000, 32_000, 2, 16)
-    data = (b"RIFF" + struct.pack("<I", 0xFFFFFFF0) + b"WAVEfmt " + struct.pack("<I", 16) + fmt
-            + b"data" + struct.pack("<I", 0xFFFFFF00) + bytes(32_000))
+    data = (
+        b"RIFF"
+        + struct.pack("<I", 0xFFFFFFF0)
+        + b"WAVEfmt "
+        + struct.pack("<I", 16)
+        + fmt
+        + b"data"
+        + struct.pack("<I", 0xFFFFFF00)
+        + bytes(32_000)
+    )
     details = limit_error(refusal(server, data, "bomb.wav"), "max_audio_seconds")
     assert "WAV header declares 37.3 h" in details
 
@@ -436,14 +466,46 @@ def low_bitrate_files(tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("bombs")
     files = {"opus": out / "silence.opus", "mp3": out / "silence.mp3"}
     src = ["-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", "300"]
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", *src, "-c:a", "libopus", "-b:a", "6k",
-                    str(files["opus"])], check=True, timeout=60)
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", *src, "-c:a", "libmp3lame", "-b:a", "8k",
-                    "-write_xing", "0", str(files["mp3"])], check=True, timeout=60)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            *src,
+            "-c:a",
+            "libopus",
+            "-b:a",
+            "6k",
+            str(files["opus"]),
+        ],
+        check=True,
+        timeout=60,
+    )
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            *src,
+            "-c:a",
+            "libmp3lame",
+            "-b:a",
+            "8k",
+            "-write_xing",
+            "0",
+            str(files["mp3"]),
+        ],
+        check=True,
+        timeout=60,
+    )
     return files
 
 
-def test_low_bitrate_opus_of_minutes_is_refused_from_its_declared_length(make_server, low_bitrate_files):
+def test_low_bitrate_opus_of_minutes_is_refused_from_its_declared_length(
+    make_server, low_bitrate_files
+):
     srv = make_server(max_audio_seconds=60)
     data = low_bitrate_files["opus"].read_bytes()
     assert len(data) < 300_000
@@ -472,7 +534,9 @@ def test_a_hanging_decoder_is_killed_and_the_server_keeps_serving(make_server, t
     hang.chmod(0o755)
     srv = make_server(ffmpeg_path=str(hang), max_decode_seconds=1)
     start = time.monotonic()
-    details = limit_error(refusal(srv, (corpus / "media/clip.ogg").read_bytes()), "max_decode_seconds")
+    details = limit_error(
+        refusal(srv, (corpus / "media/clip.ogg").read_bytes()), "max_decode_seconds"
+    )
     assert "longer than the limit of 1 s" in details and time.monotonic() - start < 5
     assert srv.spool_empty() and srv.serving()
     assert ffmpeg_children() == []
@@ -488,7 +552,9 @@ def test_a_crashing_decoder_is_reported_and_the_server_keeps_serving(make_server
     assert srv.spool_empty() and srv.serving()
 
 
-def test_jobs_over_the_concurrency_limit_wait_and_a_full_queue_is_told_to_retry(make_server, corpus):
+def test_jobs_over_the_concurrency_limit_wait_and_a_full_queue_is_told_to_retry(
+    make_server, corpus
+):
     srv = make_server(max_concurrent_jobs=1, max_queued=1)
     release = threading.Event()
 
@@ -502,16 +568,21 @@ def test_jobs_over_the_concurrency_limit_wait_and_a_full_queue_is_told_to_retry(
     while not any(srv.spool.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.02)
     clip = (corpus / "media/clip.ogg").read_bytes()
-    waiting = srv.stub.Preprocess(iter([pb.PreprocessRequest(config=pb.PreprocessConfig()),
-                                        pb.PreprocessRequest(content=clip)]), timeout=60)
+    waiting = srv.stub.Preprocess(
+        iter(
+            [pb.PreprocessRequest(config=pb.PreprocessConfig()), pb.PreprocessRequest(content=clip)]
+        ),
+        timeout=60,
+    )
     deadline = time.monotonic() + 5
     while srv.preprocessor._queue.waiting < 1 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert srv.preprocessor._queue.waiting == 1  # queued behind the stalled one, not refused
     err = refusal(srv, clip)
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "retry" in err.details()
-    assert any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)
-               for d in rpc_status.from_call(err).details)
+    assert any(
+        d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in rpc_status.from_call(err).details
+    )
     first.cancel()  # its slot frees: the queued request runs now
     responses = list(waiting)
     assert responses[-1].WhichOneof("payload") == "summary"

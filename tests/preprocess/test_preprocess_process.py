@@ -91,8 +91,11 @@ class Running:
 @pytest.fixture(scope="module")
 def running(tmp_path_factory) -> Iterator[Running]:
     root = tmp_path_factory.mktemp("service")
-    srv = Running(root, ASR_PREPROCESS_FFMPEG_PATH=str(fake_ffmpeg(root / "ffmpeg")),
-                  OTEL_TRACES_EXPORTER="file")
+    srv = Running(
+        root,
+        ASR_PREPROCESS_FFMPEG_PATH=str(fake_ffmpeg(root / "ffmpeg")),
+        OTEL_TRACES_EXPORTER="file",
+    )
     yield srv
     srv.close()
 
@@ -101,8 +104,12 @@ def call(srv: Running, path: Path, filename: str = "", timeout: float = 60, **co
     """Run one call; return (responses, error or None)."""
     responses = []
     try:
-        for response in srv.stub.Preprocess(preprocess_requests(path, **config) if not filename
-                                            else _renamed(path, filename, **config), timeout=timeout):
+        for response in srv.stub.Preprocess(
+            preprocess_requests(path, **config)
+            if not filename
+            else _renamed(path, filename, **config),
+            timeout=timeout,
+        ):
             responses.append(response)
     except grpc.RpcError as err:
         return responses, err
@@ -118,10 +125,19 @@ def _renamed(path: Path, filename: str, **config):
 
 # --------------------------------------------------------------------------- bombs
 
+
 def _wav(rate: int, byte_rate: int, data_size: int, body: int, riff: int | None = None) -> bytes:
     fmt = struct.pack("<HHIIHH", 1, 1, rate, byte_rate, 2, 16)
-    return (b"RIFF" + struct.pack("<I", 36 + body if riff is None else riff) + b"WAVEfmt "
-            + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", data_size) + bytes(body))
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + body if riff is None else riff)
+        + b"WAVEfmt "
+        + struct.pack("<I", 16)
+        + fmt
+        + b"data"
+        + struct.pack("<I", data_size)
+        + bytes(body)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -129,14 +145,65 @@ def bombs(tmp_path_factory) -> dict[str, tuple[Path, type, str]]:
     """name → (file, expected error type, words the refusal must contain)."""
     out = tmp_path_factory.mktemp("bombs")
     minute = out / "minute.opus"
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono",
-                    "-t", "60", "-c:a", "libopus", "-b:a", "6k", str(minute)], check=True, timeout=60)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "anullsrc=r=8000:cl=mono",
+            "-t",
+            "60",
+            "-c:a",
+            "libopus",
+            "-b:a",
+            "6k",
+            str(minute),
+        ],
+        check=True,
+        timeout=60,
+    )
     hours = out / "five_hours.opus"  # 6.8 MB that decode to 5 h (1.1 GB of PCM)
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-stream_loop", "299", "-i", str(minute),
-                    "-c", "copy", str(hours)], check=True, timeout=60)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-stream_loop",
+            "299",
+            "-i",
+            str(minute),
+            "-c",
+            "copy",
+            str(hours),
+        ],
+        check=True,
+        timeout=60,
+    )
     flac = out / "lying.flac"  # 15 min of audio whose STREAMINFO claims 2 s
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono",
-                    "-t", "900", "-c:a", "flac", str(flac)], check=True, timeout=60)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "anullsrc=r=8000:cl=mono",
+            "-t",
+            "900",
+            "-c:a",
+            "flac",
+            str(flac),
+        ],
+        check=True,
+        timeout=60,
+    )
     data = bytearray(flac.read_bytes())
     packed = int.from_bytes(data[18:26], "big")
     data[18:26] = ((packed & ~((1 << 36) - 1)) | 16_000).to_bytes(8, "big")
@@ -147,15 +214,24 @@ def bombs(tmp_path_factory) -> dict[str, tuple[Path, type, str]]:
     }
     wavs = {
         # 37 hours declared in the header, 32 KB sent.
-        "wav_huge_length": (_wav(16_000, 32_000, 0xFFFFFF00, 32_000, riff=0xFFFFFFF0),
-                            LimitExceeded, "WAV header declares 37.3 h"),
+        "wav_huge_length": (
+            _wav(16_000, 32_000, 0xFFFFFF00, 32_000, riff=0xFFFFFFF0),
+            LimitExceeded,
+            "WAV header declares 37.3 h",
+        ),
         # "Recorded" at 1 Hz with a streaming-placeholder length: resampling 1 MiB of it to
         # 16 kHz would write 16 GiB of PCM.
-        "wav_forged_rate_1hz": (_wav(1, 2, 0xFFFFFFFF, 1 << 20, riff=0xFFFFFFFF),
-                                InvalidAudio, "sample rate of 1 Hz"),
+        "wav_forged_rate_1hz": (
+            _wav(1, 2, 0xFFFFFFFF, 1 << 20, riff=0xFFFFFFFF),
+            InvalidAudio,
+            "sample rate of 1 Hz",
+        ),
         # A rate of 2^31-1 Hz: soxr spends seconds of CPU per kilobyte on it.
-        "wav_forged_rate_huge": (_wav(0x7FFFFFFF, 0xFFFFFFFE, 1 << 20, 1 << 20),
-                                 InvalidAudio, "sample rate of 2147483647 Hz"),
+        "wav_forged_rate_huge": (
+            _wav(0x7FFFFFFF, 0xFFFFFFFE, 1 << 20, 1 << 20),
+            InvalidAudio,
+            "sample rate of 2147483647 Hz",
+        ),
     }
     for name, (content, error, words) in wavs.items():
         path = out / f"{name}.wav"
@@ -164,8 +240,16 @@ def bombs(tmp_path_factory) -> dict[str, tuple[Path, type, str]]:
     return files
 
 
-@pytest.mark.parametrize("name", ["opus_five_hours", "lying_flac", "wav_huge_length",
-                                  "wav_forged_rate_1hz", "wav_forged_rate_huge"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "opus_five_hours",
+        "lying_flac",
+        "wav_huge_length",
+        "wav_forged_rate_1hz",
+        "wav_forged_rate_huge",
+    ],
+)
 def test_bombs_are_refused_within_5s_and_the_service_stays_under_300mb(running, bombs, name):
     path, error, words = bombs[name]
     with TreeSampler(running.service.pid, interval=0.01) as sampler:
@@ -185,6 +269,7 @@ def test_bombs_are_refused_within_5s_and_the_service_stays_under_300mb(running, 
 
 # --------------------------------------------------------------------------- health
 
+
 def _poll_health(srv: Running, until: threading.Event | None = None, count: int = 0) -> list[bool]:
     """Health answers, 0.1 s apart, until `until` is set and at least `count` have come.
 
@@ -202,8 +287,7 @@ def _poll_health(srv: Running, until: threading.Event | None = None, count: int 
 
 
 def test_health_is_answered_throughout_a_hanging_decode(running, corpus):
-    call_ = running.stub.Preprocess(
-        _renamed(corpus / "media/clip.ogg", "clip.hang"), timeout=60)
+    call_ = running.stub.Preprocess(_renamed(corpus / "media/clip.ogg", "clip.hang"), timeout=60)
     first = next(call_)
     assert first.WhichOneof("payload") == "media_info"  # probed, now "decoding" forever
     answers = _poll_health(running, count=10)  # the decoder hangs for 60 s: all come meanwhile
@@ -238,6 +322,7 @@ def test_health_is_answered_while_a_decoder_crashes(running, corpus):
 
 # --------------------------------------------------------------------------- estimate and spans
 
+
 def test_media_info_carries_an_estimate_and_the_decode_is_traced(running, corpus):
     responses, err = call(running, corpus / "asr/000.flac")
     assert err is None
@@ -250,10 +335,17 @@ def test_media_info_carries_an_estimate_and_the_decode_is_traced(running, corpus
     spans: dict[str, dict] = {}
     deadline = time.monotonic() + 5
     while "preprocess.decode" not in spans and time.monotonic() < deadline:
-        records = [json.loads(line) for trace_file in (running.state / "traces").glob("preprocess-*.jsonl")
-                   for line in trace_file.read_text().splitlines()]
-        ours = [r for r in records if r["name"] == "preprocess.decode"
-                and abs(r["attributes"].get("asr.audio.duration_s", -1) - declared) < 0.02]
+        records = [
+            json.loads(line)
+            for trace_file in (running.state / "traces").glob("preprocess-*.jsonl")
+            for line in trace_file.read_text().splitlines()
+        ]
+        ours = [
+            r
+            for r in records
+            if r["name"] == "preprocess.decode"
+            and abs(r["attributes"].get("asr.audio.duration_s", -1) - declared) < 0.02
+        ]
         if ours:
             spans = {r["name"]: r for r in records if r["trace_id"] == ours[-1]["trace_id"]}
         time.sleep(0.1)
@@ -261,18 +353,28 @@ def test_media_info_carries_an_estimate_and_the_decode_is_traced(running, corpus
     assert decode["asr.audio.duration_s"] == pytest.approx(declared, abs=0.02)
     assert decode["asr.media.container"] == "flac" and decode["asr.media.codec"] == "flac"
     assert 0 < decode["asr.rtf"] < 1
-    assert spans["preprocess.probe"]["attributes"]["asr.audio.declared_duration_s"] == pytest.approx(declared)
+    assert spans["preprocess.probe"]["attributes"][
+        "asr.audio.declared_duration_s"
+    ] == pytest.approx(declared)
     parent = spans["preprocess.decode"]["parent_span_id"]
-    assert parent and parent == spans["preprocess.probe"]["parent_span_id"]  # both under the RPC span
+    assert (
+        parent and parent == spans["preprocess.probe"]["parent_span_id"]
+    )  # both under the RPC span
 
 
 # --------------------------------------------------------------------------- SIGTERM
 
+
 def test_sigterm_mid_decode_exits_0_and_leaves_the_spool_empty(tmp_path, corpus):
-    srv = Running(tmp_path, ASR_PREPROCESS_FFMPEG_PATH=str(fake_ffmpeg(tmp_path / "ffmpeg")),
-                  ASR_PREPROCESS_GRACE_PERIOD_S="1")
+    srv = Running(
+        tmp_path,
+        ASR_PREPROCESS_FFMPEG_PATH=str(fake_ffmpeg(tmp_path / "ffmpeg")),
+        ASR_PREPROCESS_GRACE_PERIOD_S="1",
+    )
     try:
-        responses = srv.stub.Preprocess(_renamed(corpus / "media/clip.ogg", "clip.stall"), timeout=60)
+        responses = srv.stub.Preprocess(
+            _renamed(corpus / "media/clip.ogg", "clip.stall"), timeout=60
+        )
         kinds = [next(responses).WhichOneof("payload"), next(responses).WhichOneof("payload")]
         assert kinds == ["media_info", "audio"]  # PCM is flowing, the decoder still running
         assert any(srv.spool.iterdir()) and children_of(srv.service.pid)
@@ -288,6 +390,7 @@ def test_sigterm_mid_decode_exits_0_and_leaves_the_spool_empty(tmp_path, corpus)
 
 # --------------------------------------------------------------------------- memory while streaming
 
+
 def test_a_long_decode_streams_without_the_service_growing(running, corpus, manifest):
     """10 minutes (19 MB of PCM) pass through; the service holds chunks, never the whole."""
     path = corpus / manifest["long"][0]["audio"]
@@ -299,8 +402,10 @@ def test_a_long_decode_streams_without_the_service_growing(running, corpus, mani
             received += len(response.audio.pcm)
     assert received > 18 << 20
     growth = sampler.peak_self - before
-    print(f"service before {before >> 20} MiB, service peak {sampler.peak_self >> 20} MiB, "
-          f"with decoder {sampler.peak_total >> 20} MiB, decoder peak {sampler.peak_children >> 20} MiB")
+    print(
+        f"service before {before >> 20} MiB, service peak {sampler.peak_self >> 20} MiB, "
+        f"with decoder {sampler.peak_total >> 20} MiB, decoder peak {sampler.peak_children >> 20} MiB"
+    )
     assert sampler.peak_total < MEMORY_CEILING
     # Holding the PCM would grow it by at least the 18 MiB sent; chunks in flight cost a few.
     assert growth < 16 << 20, f"grew {growth >> 20} MiB for {received >> 20} MiB of PCM"

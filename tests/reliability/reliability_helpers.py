@@ -51,7 +51,10 @@ class GatedStages:
         raise AssertionError("not used")
 
     def merge(self, transcript, diarization, options, duration, trace_id):
-        docs = [RenderedDocument(f, transcript.segments[0].text, f, "text/plain") for f in options.formats]
+        docs = [
+            RenderedDocument(f, transcript.segments[0].text, f, "text/plain")
+            for f in options.formats
+        ]
         return Merged(transcript.segments, [], docs)
 
     def cancel(self) -> None:
@@ -59,7 +62,10 @@ class GatedStages:
 
 
 def channel(port: int, *, own_connection: bool = False, user_agent: str = "") -> grpc.Channel:
-    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    options = [
+        ("grpc.max_receive_message_length", 64 << 20),
+        ("grpc.max_send_message_length", 64 << 20),
+    ]
     if user_agent:
         options.append(("grpc.primary_user_agent", user_agent))
     if own_connection:  # not shared with other channels: HTTP/2 caps streams per connection at 100
@@ -68,7 +74,9 @@ def channel(port: int, *, own_connection: bool = False, user_agent: str = "") ->
 
 
 def requests(name: str, content: bytes = b"RIFFdata"):
-    yield pb.TranscribeRequest(config=pb.TranscribeConfig(filename=name, upload_size_bytes=len(content)))
+    yield pb.TranscribeRequest(
+        config=pb.TranscribeConfig(filename=name, upload_size_bytes=len(content))
+    )
     yield pb.TranscribeRequest(content=content)
 
 
@@ -86,8 +94,15 @@ def start_gateway(tmp_path):
     def start(stages, **overrides):
         spool = tmp_path / f"spool{len(handles)}"
         spool.mkdir()
-        settings = GatewaySettings(port=0, spool_dir=spool, state_dir=tmp_path / "state", cache_enabled=False,
-                                   job_workers=0, diarization_address="", **overrides)
+        settings = GatewaySettings(
+            port=0,
+            spool_dir=spool,
+            state_dir=tmp_path / "state",
+            cache_enabled=False,
+            job_workers=0,
+            diarization_address="",
+            **overrides,
+        )
         handle = create_server(settings, stages_factory=lambda: stages)
         handles.append(handle)
         return handle

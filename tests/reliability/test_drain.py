@@ -39,8 +39,11 @@ pytestmark = pytest.mark.reliability
 REPO = Path(__file__).resolve().parents[2]
 
 
-class Backends(pre_grpc.PreprocessServiceServicer, tr_grpc.TranscriptionServiceServicer,
-               merge_grpc.MergeServiceServicer):
+class Backends(
+    pre_grpc.PreprocessServiceServicer,
+    tr_grpc.TranscriptionServiceServicer,
+    merge_grpc.MergeServiceServicer,
+):
     """Preprocess, transcription and merge in one fake; transcription waits for `release`."""
 
     def __init__(self):
@@ -62,11 +65,19 @@ class Backends(pre_grpc.PreprocessServiceServicer, tr_grpc.TranscriptionServiceS
         self.entered.set()
         assert self.release.wait(60)
         yield tr_pb.TranscribeResponse(segment=transcript_pb2.Segment(text="olá"))
-        yield tr_pb.TranscribeResponse(result=tr_pb.TranscriptionResult(language_code="pt-BR", model="fake"))
+        yield tr_pb.TranscribeResponse(
+            result=tr_pb.TranscriptionResult(language_code="pt-BR", model="fake")
+        )
 
     def Merge(self, request, context):
-        return merge_pb.MergeResponse(segments=request.segments, documents=[document_pb2.Document(
-            format=document_pb2.OUTPUT_FORMAT_JSON, content="{}", file_extension="json")])
+        return merge_pb.MergeResponse(
+            segments=request.segments,
+            documents=[
+                document_pb2.Document(
+                    format=document_pb2.OUTPUT_FORMAT_JSON, content="{}", file_extension="json"
+                )
+            ],
+        )
 
 
 def _free_port() -> int:
@@ -76,7 +87,11 @@ def _free_port() -> int:
 
 
 def _queue_depth(metrics_port: int) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    text = (
+        urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+        .read()
+        .decode()
+    )
     for line in text.splitlines():
         if line.startswith('asr_queue_depth{service="gateway"}'):
             return float(line.split()[-1])
@@ -91,20 +106,37 @@ def test_sigterm_drains_in_flight_work_and_hands_queued_requests_back(tmp_path):
         tr_grpc.add_TranscriptionServiceServicer_to_server(fake, server)
         merge_grpc.add_MergeServiceServicer_to_server(fake, server)
 
-    backends = build_server(ServerSettings(port=0), register=register,
-                            service_names=["asr.preprocess.v1.PreprocessService"])
+    backends = build_server(
+        ServerSettings(port=0),
+        register=register,
+        service_names=["asr.preprocess.v1.PreprocessService"],
+    )
     metrics_port = _free_port()
-    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'gen'}", "ASR_STATE_DIR": str(tmp_path / "state"),
-           "OTEL_TRACES_EXPORTER": "none", "ASR_GATEWAY_PORT": "0",
-           "ASR_GATEWAY_PREPROCESS_ADDRESS": backends.address,
-           "ASR_GATEWAY_TRANSCRIPTION_ADDRESS": backends.address,
-           "ASR_GATEWAY_MERGE_ADDRESS": backends.address, "ASR_GATEWAY_DIARIZATION_ADDRESS": "",
-           "ASR_GATEWAY_MAX_CHAINS": "1", "ASR_GATEWAY_GRACE_PERIOD_S": "30",
-           "ASR_GATEWAY_CACHE_ENABLED": "false", "ASR_GATEWAY_JOB_WORKERS": "0",
-           "ASR_GATEWAY_METRICS_PORT": str(metrics_port)}
-    gateway = subprocess.Popen([sys.executable, "-m", "services.gateway.server"], cwd=REPO, env=env,
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO}:{REPO / 'gen'}",
+        "ASR_STATE_DIR": str(tmp_path / "state"),
+        "OTEL_TRACES_EXPORTER": "none",
+        "ASR_GATEWAY_PORT": "0",
+        "ASR_GATEWAY_PREPROCESS_ADDRESS": backends.address,
+        "ASR_GATEWAY_TRANSCRIPTION_ADDRESS": backends.address,
+        "ASR_GATEWAY_MERGE_ADDRESS": backends.address,
+        "ASR_GATEWAY_DIARIZATION_ADDRESS": "",
+        "ASR_GATEWAY_MAX_CHAINS": "1",
+        "ASR_GATEWAY_GRACE_PERIOD_S": "30",
+        "ASR_GATEWAY_CACHE_ENABLED": "false",
+        "ASR_GATEWAY_JOB_WORKERS": "0",
+        "ASR_GATEWAY_METRICS_PORT": str(metrics_port),
+    }
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "services.gateway.server"],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = gateway.stdout.readline()
         assert line.startswith("ASR_READY"), line + gateway.stderr.read()

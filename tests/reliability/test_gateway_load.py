@@ -141,7 +141,9 @@ def test_fifty_reflection_clients_plus_a_normal_call(start_gateway):
 
     def questions():
         yield reflection_pb2.ServerReflectionRequest(list_services="")
-        yield reflection_pb2.ServerReflectionRequest(file_containing_symbol="asr.gateway.v1.GatewayService")
+        yield reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="asr.gateway.v1.GatewayService"
+        )
         hold.wait(60)  # and then the client just sits there, its stream open
 
     calls = []
@@ -165,7 +167,9 @@ def test_fifty_reflection_clients_plus_a_normal_call(start_gateway):
         assert answered.count("file_descriptor_response") == 50
         ch = channel(gateway.port)
         try:
-            health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            health = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
             assert health.status == health_pb2.HealthCheckResponse.SERVING
             transcribe(pb_grpc.GatewayServiceStub(ch), "normal.wav", timeout=20)
         finally:
@@ -182,8 +186,9 @@ def test_fifty_reflection_clients_plus_a_normal_call(start_gateway):
 def test_idle_streams_leave_a_normal_call_unaffected(start_gateway, idle_streams):
     """Streams that send their config and then nothing wait as coroutines: no thread, no queue
     place. A normal call and a health check still answer at once."""
-    gateway = start_gateway(GatedStages(), max_chains=2, upload_idle_timeout_s=120,
-                            upload_min_bytes_per_s=0)
+    gateway = start_gateway(
+        GatedStages(), max_chains=2, upload_idle_timeout_s=120, upload_min_bytes_per_s=0
+    )
     channels = [channel(gateway.port, own_connection=True) for _ in range(idle_streams // 50 + 1)]
     hold = threading.Event()
 
@@ -202,7 +207,9 @@ def test_idle_streams_leave_a_normal_call_unaffected(start_gateway, idle_streams
         assert _wait(lambda: in_flight._value.get() >= idle_streams, 30), in_flight._value.get()
         ch = channel(gateway.port)
         try:
-            health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            health = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
             assert health.status == health_pb2.HealthCheckResponse.SERVING
             transcribe(pb_grpc.GatewayServiceStub(ch), "normal.wav", timeout=20)
         finally:
@@ -219,8 +226,9 @@ def test_idle_streams_leave_a_normal_call_unaffected(start_gateway, idle_streams
 def test_a_trickle_under_the_bytes_per_second_floor_is_cut_with_a_clear_status(start_gateway):
     """1 KiB every 0.2 s never leaves a gap near the idle limit, but stays under the floor."""
     stages = GatedStages()
-    gateway = start_gateway(stages, upload_idle_timeout_s=30, upload_min_bytes_per_s=20000,
-                            upload_rate_window_s=1.0)
+    gateway = start_gateway(
+        stages, upload_idle_timeout_s=30, upload_min_bytes_per_s=20000, upload_rate_window_s=1.0
+    )
     ch = channel(gateway.port)
     stop = threading.Event()
 
@@ -243,8 +251,9 @@ def test_a_trickle_under_the_bytes_per_second_floor_is_cut_with_a_clear_status(s
 
 
 def test_an_upload_open_longer_than_the_total_limit_is_cut(start_gateway):
-    gateway = start_gateway(GatedStages(), upload_idle_timeout_s=30, upload_min_bytes_per_s=0,
-                            upload_max_duration_s=1.0)
+    gateway = start_gateway(
+        GatedStages(), upload_idle_timeout_s=30, upload_min_bytes_per_s=0, upload_max_duration_s=1.0
+    )
     ch = channel(gateway.port)
     stop = threading.Event()
 
@@ -335,6 +344,8 @@ def test_the_caller_key_prefers_an_authenticated_identity_then_the_token_then_th
     assert token.startswith("token:") and "s3cret" not in token
     reset = caller_override.set("team-a")
     try:
-        assert caller_identity((("authorization", "Bearer s3cret"),), "ipv4:10.0.0.1:1") == "id:team-a"
+        assert (
+            caller_identity((("authorization", "Bearer s3cret"),), "ipv4:10.0.0.1:1") == "id:team-a"
+        )
     finally:
         caller_override.reset(reset)

@@ -16,8 +16,13 @@ def test_a_child_s_stderr_is_rotated_at_the_cap_keeping_n_generations(tmp_path):
     log = tmp_path / "transcription.log"
     # A child that logs ~600 KB, line by line, as a service does.
     child = subprocess.Popen(
-        [sys.executable, "-c", "import sys\nfor i in range(6000): print(f'line {i:05d} ' + 'x' * 90, file=sys.stderr)"],
-        stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfor i in range(6000): print(f'line {i:05d} ' + 'x' * 90, file=sys.stderr)",
+        ],
+        stderr=subprocess.PIPE,
+    )
     pump_log(child.stderr, log, max_bytes=100_000, backups=2)
     assert child.wait(10) == 0
     files = sorted(p.name for p in tmp_path.iterdir())

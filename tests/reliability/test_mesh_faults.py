@@ -31,9 +31,15 @@ from mesh_helpers import cli_env, mesh_table, processes_of, wait_until  # noqa: 
 def served(tmp_path_factory):
     """`asr serve` with diarization; yields (gateway address, state dir)."""
     state = tmp_path_factory.mktemp("reliability") / "state"
-    serve = subprocess.Popen([sys.executable, "-m", "asr_mesh.client.cli", "serve", "--state-dir", str(state)],
-                             cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=cli_env(state))
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "asr_mesh.client.cli", "serve", "--state-dir", str(state)],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(state),
+    )
     try:
         line = serve.stdout.readline()
         assert line.startswith("gateway listening on "), line + serve.stderr.read()
@@ -54,8 +60,12 @@ def test_concurrent_real_requests_are_queued_and_all_succeed(served, corpus):
     address, _ = served
     clip = _shortest(corpus)
     with GatewayClient(address) as client, ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(
-            lambda _: client.transcribe(clip, TranscribeOptions(no_cache=True), timeout_s=300), range(8)))
+        results = list(
+            pool.map(
+                lambda _: client.transcribe(clip, TranscribeOptions(no_cache=True), timeout_s=300),
+                range(8),
+            )
+        )
     assert all(result.segments for result in results)
     assert len({result.trace_id for result in results}) == 8
     # The services' logs reach their files through the supervisor's rotating writer.
@@ -66,22 +76,37 @@ def test_concurrent_real_requests_are_queued_and_all_succeed(served, corpus):
 @pytest.mark.parametrize("victim", ["transcription", "diarization"])
 def test_kill_9_during_a_request_is_a_clear_error_then_the_service_is_back(served, corpus, victim):
     address, state = served
-    assert wait_until(lambda: all(e[0]["state"] == "ready" for e in mesh_table(state).values()), 180)
+    assert wait_until(
+        lambda: all(e[0]["state"] == "ready" for e in mesh_table(state).values()), 180
+    )
     before = mesh_table(state)[victim][0]
     killed_at: list[float] = []
 
     def on_event(event) -> None:
         # Both branches are working once transcription reports progress: kill the victim then.
-        if event.WhichOneof("payload") == "progress" and event.progress.stage == 3 and not killed_at:
+        if (
+            event.WhichOneof("payload") == "progress"
+            and event.progress.stage == 3
+            and not killed_at
+        ):
             os.kill(before["pid"], signal.SIGKILL)
             killed_at.append(time.monotonic())
 
-    with GatewayClient(address, max_attempts=1) as client, pytest.raises(DependencyFailed) as failed:
-        client.transcribe(corpus / "dia" / "conv0.flac", TranscribeOptions(diarize=True, no_cache=True),
-                          on_event=on_event, timeout_s=300)
+    with (
+        GatewayClient(address, max_attempts=1) as client,
+        pytest.raises(DependencyFailed) as failed,
+    ):
+        client.transcribe(
+            corpus / "dia" / "conv0.flac",
+            TranscribeOptions(diarize=True, no_cache=True),
+            on_event=on_event,
+            timeout_s=300,
+        )
     seconds = time.monotonic() - killed_at[0]
     assert f"the {victim} service failed" in failed.value.message
-    assert seconds < 2.0, f"the caller learnt of the dead {victim} service only after {seconds:.1f} s"
+    assert seconds < 2.0, (
+        f"the caller learnt of the dead {victim} service only after {seconds:.1f} s"
+    )
 
     def restarted() -> bool:
         entry = mesh_table(state)[victim][0]
@@ -89,10 +114,11 @@ def test_kill_9_during_a_request_is_a_clear_error_then_the_service_is_back(serve
 
     assert wait_until(restarted, 180), mesh_table(state)
     entry = mesh_table(state)[victim][0]
-    assert entry["address"] == before["address"] and entry["restarts"] == before.get("restarts", 0) + 1
+    assert (
+        entry["address"] == before["address"] and entry["restarts"] == before.get("restarts", 0) + 1
+    )
     with GatewayClient(address) as client:
-        result = client.transcribe(_shortest(corpus), TranscribeOptions(diarize=True, no_cache=True),
-                                   timeout_s=300)
+        result = client.transcribe(
+            _shortest(corpus), TranscribeOptions(diarize=True, no_cache=True), timeout_s=300
+        )
     assert result.segments and result.speakers
-
-

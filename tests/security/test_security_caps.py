@@ -32,7 +32,9 @@ from services.transcription.server import create_server as create_transcription
 
 pytestmark = pytest.mark.grpc
 
-PCM16K = audio_pb2.PcmFormat(sample_rate_hz=16000, channels=1, encoding=audio_pb2.SAMPLE_ENCODING_S16LE)
+PCM16K = audio_pb2.PcmFormat(
+    sample_rate_hz=16000, channels=1, encoding=audio_pb2.SAMPLE_ENCODING_S16LE
+)
 SPEAKERS = {f"SPEAKER_{n:02d}": f"P{n}" for n in range(21)}
 
 # (options, cap named, limit) at the default caps; one over each limit.
@@ -50,8 +52,13 @@ SPEAKER_OVER = [
     ({"max_speakers": 21}, "speakers", 20),
     ({"speaker_names": SPEAKERS}, "speakers", 20),
 ]
-AT_LIMIT = {"beam_size": 10, "best_of": 10, "temperatures": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
-            "initial_prompt": "x" * 1000, "hotwords": " ".join(["Pix"] * 100)}
+AT_LIMIT = {
+    "beam_size": 10,
+    "best_of": 10,
+    "temperatures": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+    "initial_prompt": "x" * 1000,
+    "hotwords": " ".join(["Pix"] * 100),
+}
 
 
 def error_info(err: grpc.RpcError) -> dict[str, str]:
@@ -65,16 +72,25 @@ def error_info(err: grpc.RpcError) -> dict[str, str]:
 
 def assert_capped(err: grpc.RpcError, cap: str, limit: int, prefix: str) -> None:
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
-    assert f"above the cap of {limit}" in err.details() and f"({prefix}CAP_{cap.upper()})" in err.details()
-    assert error_info(err) == {"reason": "LIMIT_EXCEEDED", "cap": cap, "limit": str(limit),
-                               "setting": f"{prefix}CAP_{cap.upper()}"}
+    assert (
+        f"above the cap of {limit}" in err.details()
+        and f"({prefix}CAP_{cap.upper()})" in err.details()
+    )
+    assert error_info(err) == {
+        "reason": "LIMIT_EXCEEDED",
+        "cap": cap,
+        "limit": str(limit),
+        "setting": f"{prefix}CAP_{cap.upper()}",
+    }
 
 
 def test_caps_are_checked_on_the_config_inside_a_request():
     caps = RequestCaps()
     caps.check(pb.TranscribeRequest(config=pb.TranscribeConfig(**AT_LIMIT)))  # at the limit: fine
     caps.check(pb.TranscribeRequest(content=b"x" * 10))  # content is not capped
-    with pytest.raises(LimitExceeded, match=r"beam_size 11 is above the cap of 10 on beam_size \(ASR_CAP_BEAM"):
+    with pytest.raises(
+        LimitExceeded, match=r"beam_size 11 is above the cap of 10 on beam_size \(ASR_CAP_BEAM"
+    ):
         caps.check(pb.TranscribeRequest(config=pb.TranscribeConfig(beam_size=11)))
     with pytest.raises(LimitExceeded) as err:
         caps.check(jobs_pb2.SubmitJobRequest(config=pb.TranscribeConfig(hotwords="a " * 101)))
@@ -100,28 +116,44 @@ def test_each_cap_is_invalid_argument_on_the_gateway(gateway, options, cap, limi
     stub, jobs = gateway
     diarize = cap == "speakers"
     with pytest.raises(grpc.RpcError) as err:
-        list(stub.Transcribe(upload(pb.TranscribeConfig(filename="x.wav", diarize=diarize, **options)), timeout=10))
+        list(
+            stub.Transcribe(
+                upload(pb.TranscribeConfig(filename="x.wav", diarize=diarize, **options)),
+                timeout=10,
+            )
+        )
     assert_capped(err.value, cap, limit, "ASR_GATEWAY_")
     with pytest.raises(grpc.RpcError) as err:  # jobs take the same config: the same caps
-        jobs.SubmitJob(upload(pb.TranscribeConfig(filename="x.wav", diarize=diarize, **options),
-                              jobs_pb2.SubmitJobRequest), timeout=10)
+        jobs.SubmitJob(
+            upload(
+                pb.TranscribeConfig(filename="x.wav", diarize=diarize, **options),
+                jobs_pb2.SubmitJobRequest,
+            ),
+            timeout=10,
+        )
     assert_capped(err.value, cap, limit, "ASR_GATEWAY_")
 
 
 def test_within_the_caps_the_gateway_transcribes(gateway):
     stub, _ = gateway
-    responses = list(stub.Transcribe(upload(pb.TranscribeConfig(filename="x.wav", **AT_LIMIT)), timeout=10))
+    responses = list(
+        stub.Transcribe(upload(pb.TranscribeConfig(filename="x.wav", **AT_LIMIT)), timeout=10)
+    )
     assert responses[-1].WhichOneof("payload") == "result"
 
 
 def test_caps_come_from_the_settings(tmp_path, state_dir):
-    handle = create_gateway(GatewaySettings(port=0, spool_dir=tmp_path, cap_beam_size=3),
-                            stages_factory=FakeStages)
+    handle = create_gateway(
+        GatewaySettings(port=0, spool_dir=tmp_path, cap_beam_size=3), stages_factory=FakeStages
+    )
     try:
         with channel_to(handle.port) as channel:
             with pytest.raises(grpc.RpcError) as err:
-                list(pb_grpc.GatewayServiceStub(channel).Transcribe(
-                    upload(pb.TranscribeConfig(filename="x.wav", beam_size=4)), timeout=10))
+                list(
+                    pb_grpc.GatewayServiceStub(channel).Transcribe(
+                        upload(pb.TranscribeConfig(filename="x.wav", beam_size=4)), timeout=10
+                    )
+                )
     finally:
         handle.stop(0)
     assert_capped(err.value, "beam_size", 3, "ASR_GATEWAY_")
@@ -130,8 +162,11 @@ def test_caps_come_from_the_settings(tmp_path, state_dir):
 @pytest.fixture(scope="module")
 def transcription():
     """The real transcription service (model not loaded: caps refuse before any work)."""
-    handle = create_transcription(TranscriptionSettings(port=0, models_dir=MODELS_DIR, preload=False,
-                                                        cpu_threads=1, device="cpu"))
+    handle = create_transcription(
+        TranscriptionSettings(
+            port=0, models_dir=MODELS_DIR, preload=False, cpu_threads=1, device="cpu"
+        )
+    )
     channel = channel_to(handle.port)
     yield tr_grpc.TranscriptionServiceStub(channel)
     channel.close()
@@ -142,9 +177,15 @@ def test_the_issues_direct_call_to_transcription_is_refused_at_once(transcriptio
     """beam 20, best_of 20, 11 temperatures and a 5,000-character prompt held a worker 86 s."""
 
     def requests():
-        yield tr_pb.TranscribeRequest(config=tr_pb.TranscriptionConfig(
-            format=PCM16K, beam_size=20, best_of=20, temperatures=[0.1 * n for n in range(11)],
-            initial_prompt="p" * 5000))
+        yield tr_pb.TranscribeRequest(
+            config=tr_pb.TranscriptionConfig(
+                format=PCM16K,
+                beam_size=20,
+                best_of=20,
+                temperatures=[0.1 * n for n in range(11)],
+                initial_prompt="p" * 5000,
+            )
+        )
         yield tr_pb.TranscribeRequest(audio=audio_pb2.AudioChunk(pcm=b"\0\0" * 16000 * 7))
 
     with pytest.raises(grpc.RpcError) as err:
@@ -166,7 +207,8 @@ def test_each_cap_is_invalid_argument_directly_on_transcription(transcription, o
 def test_streaming_prompt_is_capped_too(transcription):
     def requests():
         yield tr_streaming_pb2.StreamingTranscribeRequest(
-            config=streaming_pb2.StreamingConfig(initial_prompt="p" * 1001))
+            config=streaming_pb2.StreamingConfig(initial_prompt="p" * 1001)
+        )
 
     with pytest.raises(grpc.RpcError) as err:
         list(transcription.StreamingTranscribe(requests(), timeout=10))
@@ -179,7 +221,8 @@ def test_speaker_names_are_capped_directly_on_merge(state_dir):
         with channel_to(handle.port) as channel:
             with pytest.raises(grpc.RpcError) as err:
                 merge_grpc.MergeServiceStub(channel).Merge(
-                    merge_pb.MergeRequest(language_code="pt-BR", speaker_names=SPEAKERS), timeout=5)
+                    merge_pb.MergeRequest(language_code="pt-BR", speaker_names=SPEAKERS), timeout=5
+                )
     finally:
         handle.stop(0)
     assert_capped(err.value, "speakers", 20, "ASR_MERGE_")
@@ -195,18 +238,32 @@ def test_the_aio_caps_interceptor_refuses_the_same_way():
     async def main() -> dict[str, str]:
         caps = RequestCaps(setting_prefix="ASR_GATEWAY_")
         server = grpc.aio.server(interceptors=[AioCapsInterceptor(caps)])
-        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("asr.test.v1.Upload", {
-            "Count": grpc.stream_unary_rpc_method_handler(count, request_deserializer=pb.TranscribeRequest.FromString)})])
+        server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    "asr.test.v1.Upload",
+                    {
+                        "Count": grpc.stream_unary_rpc_method_handler(
+                            count, request_deserializer=pb.TranscribeRequest.FromString
+                        )
+                    },
+                )
+            ]
+        )
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         seen = {}
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                call = channel.stream_unary("/asr.test.v1.Upload/Count",
-                                            request_serializer=pb.TranscribeRequest.SerializeToString)
+                call = channel.stream_unary(
+                    "/asr.test.v1.Upload/Count",
+                    request_serializer=pb.TranscribeRequest.SerializeToString,
+                )
                 for name, beam in (("ok", 10), ("over", 11)):
                     try:
-                        seen[name] = (await call(upload(pb.TranscribeConfig(beam_size=beam)), timeout=5)).decode()
+                        seen[name] = (
+                            await call(upload(pb.TranscribeConfig(beam_size=beam)), timeout=5)
+                        ).decode()
                     except grpc.aio.AioRpcError as err:
                         seen[name] = f"{err.code().name}: {err.details()}"
         finally:
@@ -215,5 +272,7 @@ def test_the_aio_caps_interceptor_refuses_the_same_way():
 
     seen = asyncio.run(main())
     assert seen["ok"] == "2"
-    assert seen["over"].startswith("INVALID_ARGUMENT: beam_size 11 is above the cap of 10 on beam_size "
-                                   "(ASR_GATEWAY_CAP_BEAM_SIZE)")
+    assert seen["over"].startswith(
+        "INVALID_ARGUMENT: beam_size 11 is above the cap of 10 on beam_size "
+        "(ASR_GATEWAY_CAP_BEAM_SIZE)"
+    )

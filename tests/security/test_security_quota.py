@@ -36,18 +36,30 @@ def retry_delay_s(err: grpc.RpcError) -> float | None:
 def gateway(tmp_path, state_dir):
     spool, jobs_spool = tmp_path / "spool", tmp_path / "jobs"
     spool.mkdir()
-    settings = GatewaySettings(port=0, spool_dir=spool, job_spool_dir=jobs_spool, job_workers=0,
-                               spool_quota_bytes=QUOTA)
+    settings = GatewaySettings(
+        port=0, spool_dir=spool, job_spool_dir=jobs_spool, job_workers=0, spool_quota_bytes=QUOTA
+    )
     handle = create_server(settings, stages_factory=FakeStages)
     channel = channel_to(handle.port)
-    yield pb_grpc.GatewayServiceStub(channel), jobs_pb2_grpc.JobServiceStub(channel), spool, jobs_spool
+    yield (
+        pb_grpc.GatewayServiceStub(channel),
+        jobs_pb2_grpc.JobServiceStub(channel),
+        spool,
+        jobs_spool,
+    )
     channel.close()
     handle.stop(0)
 
 
-def requests(size: int, declared: bool, request_type=pb.TranscribeRequest,
-             hold: threading.Event | None = None):
-    yield request_type(config=pb.TranscribeConfig(filename="x.wav", upload_size_bytes=size if declared else 0))
+def requests(
+    size: int,
+    declared: bool,
+    request_type=pb.TranscribeRequest,
+    hold: threading.Event | None = None,
+):
+    yield request_type(
+        config=pb.TranscribeConfig(filename="x.wav", upload_size_bytes=size if declared else 0)
+    )
     if hold is not None:
         hold.wait(10)
     for start in range(0, size, 1000):
@@ -56,7 +68,9 @@ def requests(size: int, declared: bool, request_type=pb.TranscribeRequest,
 
 def test_an_upload_that_does_not_fit_beside_the_job_spool_is_resource_exhausted(gateway):
     stub, jobs, spool, jobs_spool = gateway
-    job = jobs.SubmitJob(requests(7000, True, jobs_pb2.SubmitJobRequest), timeout=10).job  # stays queued
+    job = jobs.SubmitJob(
+        requests(7000, True, jobs_pb2.SubmitJobRequest), timeout=10
+    ).job  # stays queued
     assert job.state == jobs_pb2.JOB_STATE_QUEUED
     with pytest.raises(grpc.RpcError) as err:
         list(stub.Transcribe(requests(4000, True), timeout=10))
@@ -89,7 +103,9 @@ def test_declared_uploads_in_flight_hold_their_share(gateway):
 
     def first() -> None:
         try:
-            outcome["first"] = list(stub.Transcribe(requests(6000, True, hold=hold), timeout=20))[-1]
+            outcome["first"] = list(stub.Transcribe(requests(6000, True, hold=hold), timeout=20))[
+                -1
+            ]
         except grpc.RpcError as err:
             outcome["first"] = err
 

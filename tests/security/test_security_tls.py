@@ -27,9 +27,11 @@ pytestmark = pytest.mark.grpc
 
 
 def health(channel: grpc.Channel) -> str:
-    """"SERVING", or the status code name of the refusal."""
+    """ "SERVING", or the status code name of the refusal."""
     try:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
     except grpc.RpcError as err:
         return err.code().name
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
@@ -37,7 +39,9 @@ def health(channel: grpc.Channel) -> str:
 
 def merge(channel: grpc.Channel) -> str:
     try:
-        merge_grpc.MergeServiceStub(channel).Merge(merge_pb.MergeRequest(language_code="pt-BR"), timeout=5)
+        merge_grpc.MergeServiceStub(channel).Merge(
+            merge_pb.MergeRequest(language_code="pt-BR"), timeout=5
+        )
     except grpc.RpcError as err:
         return err.code().name
     return "OK"
@@ -47,7 +51,9 @@ def merge(channel: grpc.Channel) -> str:
 def server(request, tls):  # noqa: F811
     """A merge server; `request.param`: extra settings."""
     extra = getattr(request, "param", {})
-    handle = create_server(MergeSettings(port=0, max_workers=2, **extra(tls) if callable(extra) else extra))
+    handle = create_server(
+        MergeSettings(port=0, max_workers=2, **extra(tls) if callable(extra) else extra)
+    )
     yield handle
     handle.stop(0)
 
@@ -93,7 +99,9 @@ def test_internal_service_with_mtls_accepts_only_mesh_peers(server, tls, other_c
 @pytest.mark.parametrize("server", [mtls], indirect=True)
 def test_the_gateways_channels_use_its_client_certificate(server, tls, state_dir):  # noqa: F811
     address = f"127.0.0.1:{server.port}"
-    settings = GatewaySettings(port=0, tls_cert_file=tls.cert, tls_key_file=tls.key, tls_ca_file=tls.ca)
+    settings = GatewaySettings(
+        port=0, tls_cert_file=tls.cert, tls_key_file=tls.key, tls_ca_file=tls.ca
+    )
     with_tls = Downstream("", "", "", address, credentials=downstream_credentials(settings))
     without = Downstream("", "", "", address)
     try:
@@ -131,8 +139,11 @@ def list_services(channel: grpc.Channel) -> list[str] | str:
 
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     try:
-        [answer] = list(stub.ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
+        [answer] = list(
+            stub.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+            )
+        )
     except grpc.RpcError as err:
         return err.code().name
     return [s.name for s in answer.list_services_response.service]
@@ -157,7 +168,9 @@ def test_tls_settings_that_cannot_work_are_refused_with_the_variable_names(tls):
         MergeSettings(tls_cert_file=tls.cert)
     with pytest.raises(ValidationError, match="ASR_MERGE_TLS_REQUIRE_CLIENT_CERT needs"):
         MergeSettings(tls_cert_file=tls.cert, tls_key_file=tls.key, tls_require_client_cert=True)
-    missing = MergeSettings(port=0, tls_cert_file=tls.cert.parent / "missing.pem", tls_key_file=tls.key)
+    missing = MergeSettings(
+        port=0, tls_cert_file=tls.cert.parent / "missing.pem", tls_key_file=tls.key
+    )
     with pytest.raises(SecurityConfigError, match="cannot read the TLS certificate .*missing.pem"):
         create_server(missing)
 
@@ -187,8 +200,15 @@ def test_a_renewed_certificate_is_served_without_a_restart(tmp_path, state_dir):
     live.mkdir()
     for name in ("ca.pem", "mesh.pem", "mesh.key"):
         shutil.copy(first.cert.parent / name, live / name)
-    handle = create_server(MergeSettings(port=0, max_workers=2, tls_cert_file=live / "mesh.pem",
-                                         tls_key_file=live / "mesh.key", tls_ca_file=live / "ca.pem"))
+    handle = create_server(
+        MergeSettings(
+            port=0,
+            max_workers=2,
+            tls_cert_file=live / "mesh.pem",
+            tls_key_file=live / "mesh.key",
+            tls_ca_file=live / "ca.pem",
+        )
+    )
     try:
         with secure(handle.port, channel_credentials(first.ca)) as channel:
             assert merge(channel) == "OK"
@@ -202,12 +222,22 @@ def test_a_renewed_certificate_is_served_without_a_restart(tmp_path, state_dir):
         handle.stop(0)
 
 
-@pytest.mark.parametrize(("env", "sentence"), [
-    ({"ASR_MERGE_TLS_CERT_FILE": "/nonexistent/mesh.pem", "ASR_MERGE_TLS_KEY_FILE": "/nonexistent/mesh.key"},
-     "merge: invalid configuration: cannot read the TLS certificate /nonexistent/mesh.pem"),
-    ({"ASR_MERGE_TLS_REQUIRE_CLIENT_CERT": "true"},
-     "ASR_MERGE_TLS_REQUIRE_CLIENT_CERT needs ASR_MERGE_TLS_CERT_FILE"),
-])
+@pytest.mark.parametrize(
+    ("env", "sentence"),
+    [
+        (
+            {
+                "ASR_MERGE_TLS_CERT_FILE": "/nonexistent/mesh.pem",
+                "ASR_MERGE_TLS_KEY_FILE": "/nonexistent/mesh.key",
+            },
+            "merge: invalid configuration: cannot read the TLS certificate /nonexistent/mesh.pem",
+        ),
+        (
+            {"ASR_MERGE_TLS_REQUIRE_CLIENT_CERT": "true"},
+            "ASR_MERGE_TLS_REQUIRE_CLIENT_CERT needs ASR_MERGE_TLS_CERT_FILE",
+        ),
+    ],
+)
 def test_a_service_with_unusable_tls_settings_exits_with_a_sentence(tmp_path, env, sentence):
     import os
     import subprocess
@@ -216,9 +246,15 @@ def test_a_service_with_unusable_tls_settings_exits_with_a_sentence(tmp_path, en
 
     repo = Path(__file__).resolve().parents[2]
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ASR_")}
-    proc = subprocess.run([sys.executable, "-m", "services.merge"], capture_output=True, text=True, timeout=60,
-                          cwd=repo, stdin=subprocess.DEVNULL,
-                          env={**clean, "ASR_STATE_DIR": str(tmp_path), **env})
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.merge"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=repo,
+        stdin=subprocess.DEVNULL,
+        env={**clean, "ASR_STATE_DIR": str(tmp_path), **env},
+    )
     assert proc.returncode == 2
     assert sentence in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
@@ -240,10 +276,15 @@ def test_an_aio_server_binds_the_same_credentials(tls):  # noqa: F811
         await server.start()
         seen = []
         try:
-            for creds in (channel_credentials(tls.ca, tls.cert, tls.key), channel_credentials(tls.ca)):
+            for creds in (
+                channel_credentials(tls.ca, tls.cert, tls.key),
+                channel_credentials(tls.ca),
+            ):
                 async with open_aio_channel(f"127.0.0.1:{port}", credentials=creds) as channel:
                     try:
-                        await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+                        await health_pb2_grpc.HealthStub(channel).Check(
+                            health_pb2.HealthCheckRequest(), timeout=5
+                        )
                         seen.append("SERVING")
                     except grpc.aio.AioRpcError as err:
                         seen.append(err.code().name)

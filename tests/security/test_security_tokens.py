@@ -46,8 +46,13 @@ class IdentityStages(FakeStages):
 @pytest.fixture()
 def gateway(tmp_path, tls, token_file, state_dir):  # noqa: F811
     stages = IdentityStages()
-    settings = GatewaySettings(port=0, spool_dir=tmp_path, tls_cert_file=tls.cert, tls_key_file=tls.key,
-                               auth_token_file=token_file)
+    settings = GatewaySettings(
+        port=0,
+        spool_dir=tmp_path,
+        tls_cert_file=tls.cert,
+        tls_key_file=tls.key,
+        auth_token_file=token_file,
+    )
     handle = create_server(settings, stages_factory=lambda: stages)
     yield handle, stages
     handle.stop(0)
@@ -96,8 +101,11 @@ def test_a_malformed_authorization_header_is_unauthenticated(gateway, tls):  # n
     with grpc.secure_channel(handle.address, channel_credentials(tls.ca)) as channel:
         stub = jobs_pb2_grpc.JobServiceStub(channel)
         with pytest.raises(grpc.RpcError) as err:
-            stub.ListJobs(jobs_pb2.ListJobsRequest(), timeout=5,
-                          metadata=[("authorization", "Basic YWxpY2U6c2VjcmV0")])
+            stub.ListJobs(
+                jobs_pb2.ListJobsRequest(),
+                timeout=5,
+                metadata=[("authorization", "Basic YWxpY2U6c2VjcmV0")],
+            )
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "Bearer <token>" in err.value.details()
 
@@ -105,7 +113,9 @@ def test_a_malformed_authorization_header_is_unauthenticated(gateway, tls):  # n
 def test_every_gateway_api_needs_the_token_and_health_does_not(gateway, tls):  # noqa: F811
     handle, _ = gateway
     with grpc.secure_channel(handle.address, channel_credentials(tls.ca)) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         with pytest.raises(grpc.RpcError) as err:
             jobs_pb2_grpc.JobServiceStub(channel).ListJobs(jobs_pb2.ListJobsRequest(), timeout=5)
@@ -114,7 +124,10 @@ def test_every_gateway_api_needs_the_token_and_health_does_not(gateway, tls):  #
             list(pb_grpc.GatewayServiceStub(channel).StreamingTranscribe(iter([]), timeout=5))
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         listed = jobs_pb2_grpc.JobServiceStub(channel).ListJobs(
-            jobs_pb2.ListJobsRequest(), timeout=5, metadata=[("authorization", "Bearer alice-secret-token")])
+            jobs_pb2.ListJobsRequest(),
+            timeout=5,
+            metadata=[("authorization", "Bearer alice-secret-token")],
+        )
         assert list(listed.jobs) == []
 
 
@@ -160,8 +173,13 @@ def test_the_aio_interceptor_refuses_and_identifies_the_same_way(token_file):  #
 
     async def main() -> dict[str, str]:
         server = grpc.aio.server(interceptors=[AioBearerTokenInterceptor(TokenFile(token_file))])
-        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-            "asr.test.v1.Echo", {"Who": grpc.unary_unary_rpc_method_handler(who)})])
+        server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    "asr.test.v1.Echo", {"Who": grpc.unary_unary_rpc_method_handler(who)}
+                )
+            ]
+        )
         health_pb2_grpc.add_HealthServicer_to_server(health_module.aio.HealthServicer(), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
@@ -177,10 +195,17 @@ def test_the_aio_interceptor_refuses_and_identifies_the_same_way(token_file):  #
                         seen[name] = f"{err.code().name}: {err.details()}"
 
                 await asyncio.gather(
-                    ask("none", None), ask("wrong", [("authorization", "Bearer nope")]),
-                    *[ask(f"{who}{n}", [("authorization", f"Bearer {who}-secret-token")])
-                      for n in range(5) for who in ("alice", "bob")])
-                reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+                    ask("none", None),
+                    ask("wrong", [("authorization", "Bearer nope")]),
+                    *[
+                        ask(f"{who}{n}", [("authorization", f"Bearer {who}-secret-token")])
+                        for n in range(5)
+                        for who in ("alice", "bob")
+                    ],
+                )
+                reply = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest()
+                )
                 seen["health"] = str(reply.status)
         finally:
             await server.stop(0)
@@ -203,8 +228,10 @@ def test_reflection_needs_no_token_only_when_it_is_served(token_file, enabled): 
     identity, error = auth.check(method, None)
     assert (error is None) == enabled
     assert auth.check("/grpc.health.v1.Health/Check", None) == ("", None)
-    assert auth.check("/asr.gateway.v1.GatewayService/Transcribe", [("authorization", "bearer alice-secret-token")]) \
-        == ("alice", None)  # the scheme is case-insensitive
+    assert auth.check(
+        "/asr.gateway.v1.GatewayService/Transcribe",
+        [("authorization", "bearer alice-secret-token")],
+    ) == ("alice", None)  # the scheme is case-insensitive
 
 
 def test_serve_refuses_tokens_without_tls_and_an_empty_token_file(tmp_path, capsys):
@@ -212,10 +239,18 @@ def test_serve_refuses_tokens_without_tls_and_an_empty_token_file(tmp_path, caps
 
     tokens = tmp_path / "tokens"
     tokens.write_text("tok\n")
-    assert cli.main(["serve", "--auth-token-file", str(tokens), "--state-dir", str(tmp_path / "s")]) == 1
+    assert (
+        cli.main(["serve", "--auth-token-file", str(tokens), "--state-dir", str(tmp_path / "s")])
+        == 1
+    )
     assert "--auth-token-file needs --tls" in capsys.readouterr().err
     tokens.write_text("# nobody yet\n")
-    assert cli.main(["serve", "--tls", "--auth-token-file", str(tokens), "--state-dir", str(tmp_path / "s")]) == 1
+    assert (
+        cli.main(
+            ["serve", "--tls", "--auth-token-file", str(tokens), "--state-dir", str(tmp_path / "s")]
+        )
+        == 1
+    )
     assert "holds no token" in capsys.readouterr().err
     assert not (tmp_path / "s" / "mesh.json").exists()  # nothing was started
 
@@ -230,13 +265,31 @@ def test_clients_find_the_ca_and_token_from_flags_env_or_the_local_mesh(tmp_path
     monkeypatch.delenv("ASR_CA_CERT", raising=False)
     state = tmp_path / "state"
     state.mkdir()
-    (state / "mesh.json").write_text(json.dumps({
-        "gateway": [{"address": "127.0.0.1:5000"}], "supervisor": [{"tls_ca": "/state/tls/ca.pem"}]}))
+    (state / "mesh.json").write_text(
+        json.dumps(
+            {
+                "gateway": [{"address": "127.0.0.1:5000"}],
+                "supervisor": [{"tls_ca": "/state/tls/ca.pem"}],
+            }
+        )
+    )
     args = argparse.Namespace(ca_cert=None, token=None, state_dir=state)
-    assert client_security(args, "127.0.0.1:5000") == {"ca_cert": Path("/state/tls/ca.pem"), "token": None}
-    assert client_security(args, "10.0.0.9:50051") == {"ca_cert": None, "token": None}  # another gateway
+    assert client_security(args, "127.0.0.1:5000") == {
+        "ca_cert": Path("/state/tls/ca.pem"),
+        "token": None,
+    }
+    assert client_security(args, "10.0.0.9:50051") == {
+        "ca_cert": None,
+        "token": None,
+    }  # another gateway
     monkeypatch.setenv("ASR_TOKEN", "from-env")
     monkeypatch.setenv("ASR_CA_CERT", "/env/ca.pem")
-    assert client_security(args, "10.0.0.9:50051") == {"ca_cert": "/env/ca.pem", "token": "from-env"}
+    assert client_security(args, "10.0.0.9:50051") == {
+        "ca_cert": "/env/ca.pem",
+        "token": "from-env",
+    }
     flags = argparse.Namespace(ca_cert=Path("/flag/ca.pem"), token="from-flag", state_dir=state)
-    assert client_security(flags, "127.0.0.1:5000") == {"ca_cert": Path("/flag/ca.pem"), "token": "from-flag"}
+    assert client_security(flags, "127.0.0.1:5000") == {
+        "ca_cert": Path("/flag/ca.pem"),
+        "token": "from-flag",
+    }

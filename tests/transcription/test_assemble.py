@@ -33,7 +33,9 @@ def test_joins_the_two_halves_and_copies_the_side_files(tmp_path, monkeypatch):
     one, two = make_parts(tmp_path / "pkgs", "join")
     monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
     target = assemble.assemble(tmp_path / "out" / "whisper-base", one, two)
-    assert (target / "model.bin").read_bytes() == b"\x00first-half" * 1000 + b"\xffsecond-half" * 700
+    assert (
+        target / "model.bin"
+    ).read_bytes() == b"\x00first-half" * 1000 + b"\xffsecond-half" * 700
     for side in assemble.SIDE_FILES:
         assert (target / side).read_text() == f'{{"file": "{side}"}}'
     assert not (target / "model.bin.tmp").exists()
@@ -49,8 +51,13 @@ def test_a_missing_half_leaves_no_model_behind(tmp_path, monkeypatch):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "services.transcription.assemble", *args],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "services.transcription.assemble", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_help_names_the_command_and_its_default():

@@ -26,11 +26,15 @@ from services.common.errors import (
 )
 from services.transcription import streaming as s
 
-VOCAB = ("bom dia eu gostaria de saber o saldo da minha conta corrente claro pode me informar "
-         "número do seu documento por favor sim três quatro cinco").split()
+VOCAB = (
+    "bom dia eu gostaria de saber o saldo da minha conta corrente claro pode me informar "
+    "número do seu documento por favor sim três quatro cinco"
+).split()
 
 
-def script(rng: random.Random, n_words: int, pause_every: int = 0, pause_s: float = 1.2) -> list[Word]:
+def script(
+    rng: random.Random, n_words: int, pause_every: int = 0, pause_s: float = 1.2
+) -> list[Word]:
     """A transcript: words with times, an optional pause (utterance end) every `pause_every` words."""
     words, t = [], 0.3
     for i in range(n_words):
@@ -45,8 +49,9 @@ def script(rng: random.Random, n_words: int, pause_every: int = 0, pause_s: floa
 class ScriptedDecoder:
     """Hears the script's words inside [buffer_start, buffer_start + len(audio)]."""
 
-    def __init__(self, truth: list[Word], rng: random.Random, jitter: float = 0.05,
-                 garble_tail: bool = True):
+    def __init__(
+        self, truth: list[Word], rng: random.Random, jitter: float = 0.05, garble_tail: bool = True
+    ):
         self.truth, self.rng, self.jitter, self.garble_tail = truth, rng, jitter, garble_tail
         self.session: s.StreamingSession | None = None
         self.prompts: list[str] = []
@@ -65,11 +70,23 @@ class ScriptedDecoder:
             word = w.word
             if w.end > end and self.garble_tail:  # cut off: Whisper guesses something else
                 word = word[: max(1, len(word) // 2)] + f"x{self.rng.randint(0, 999)}"
-            heard.append(Word(max(0.0, w.start + j - start), min(w.end, end) + j - start, word, 0.8))
+            heard.append(
+                Word(max(0.0, w.start + j - start), min(w.end, end) + j - start, word, 0.8)
+            )
         # Segments of five words, as Whisper would emit sentences.
-        return [Segment(i, g[0].start, g[-1].end, " ".join(w.word for w in g), tuple(g),
-                        avg_logprob=-0.2, no_speech_prob=0.01, compression_ratio=1.2)
-                for i, g in enumerate(heard[k:k + 5] for k in range(0, len(heard), 5))]
+        return [
+            Segment(
+                i,
+                g[0].start,
+                g[-1].end,
+                " ".join(w.word for w in g),
+                tuple(g),
+                avg_logprob=-0.2,
+                no_speech_prob=0.01,
+                compression_ratio=1.2,
+            )
+            for i, g in enumerate(heard[k : k + 5] for k in range(0, len(heard), 5))
+        ]
 
 
 def script_vad(truth: list[Word], session_ref: list) -> s.VadFn:
@@ -98,12 +115,23 @@ def script_vad(truth: list[Word], session_ref: list) -> s.VadFn:
     return detect
 
 
-def run(truth, rng, *, profile="balanced", endpointing=True, chunk_s=0.1, tail_s=2.0,
-        interim=True, vad=True, garble=True) -> tuple[s.StreamingSession, list]:
+def run(
+    truth,
+    rng,
+    *,
+    profile="balanced",
+    endpointing=True,
+    chunk_s=0.1,
+    tail_s=2.0,
+    interim=True,
+    vad=True,
+    garble=True,
+) -> tuple[s.StreamingSession, list]:
     decoder = ScriptedDecoder(truth, rng, garble_tail=garble)
     ref: list = []
     options, prof = s.resolve_options(
-        s.SessionOptions(profile=profile, endpointing=endpointing, interim_results=interim), 3600)
+        s.SessionOptions(profile=profile, endpointing=endpointing, interim_results=interim), 3600
+    )
     session = s.StreamingSession(decoder, script_vad(truth, ref) if vad else None, options, prof)
     decoder.session = session
     ref.append(session)
@@ -135,14 +163,20 @@ def test_every_word_committed_exactly_once(profile, endpointing):
     assert final_words(events) == [w.word for w in truth]
 
 
-@given(seed=st.integers(0, 10_000), chunk_ms=st.sampled_from([20, 100, 250, 500]),
-       pause_every=st.integers(0, 9), profile=st.sampled_from(sorted(s.PROFILES)),
-       endpointing=st.booleans(), vad=st.booleans())
+@given(
+    seed=st.integers(0, 10_000),
+    chunk_ms=st.sampled_from([20, 100, 250, 500]),
+    pause_every=st.integers(0, 9),
+    profile=st.sampled_from(sorted(s.PROFILES)),
+    endpointing=st.booleans(),
+    vad=st.booleans(),
+)
 def test_commit_boundaries_property(seed, chunk_ms, pause_every, profile, endpointing, vad):
     rng = random.Random(seed)
     truth = script(rng, rng.randint(1, 40), pause_every=pause_every)
-    session, events = run(truth, rng, profile=profile, endpointing=endpointing,
-                          chunk_s=chunk_ms / 1000, vad=vad)
+    session, events = run(
+        truth, rng, profile=profile, endpointing=endpointing, chunk_s=chunk_ms / 1000, vad=vad
+    )
     assert final_words(events) == [w.word for w in truth]
     fs = finals(events)
     # Finals come in time order, never overlap, and their ids count up from 0.
@@ -182,8 +216,11 @@ def test_interims_precede_the_finals_that_replace_them():
     interims = [e for e in events if isinstance(e, s.Interim)]
     assert all(0.0 <= e.stability <= 1.0 for e in interims)
     # Consecutive interims differ (unchanged text is not sent again).
-    assert all(a.text != b.text for a, b in zip(interims, interims[1:])
-               if not any(isinstance(e, s.Final) for e in events[events.index(a):events.index(b)]))
+    assert all(
+        a.text != b.text
+        for a, b in zip(interims, interims[1:])
+        if not any(isinstance(e, s.Final) for e in events[events.index(a) : events.index(b)])
+    )
 
 
 def test_no_interims_when_not_asked():
@@ -258,8 +295,17 @@ def test_loops_are_cut_from_committed_text():
     looped = [Word(1.0 + 0.01 * i, 1.01 + 0.01 * i, "obrigado", 0.5) for i in range(8)]
 
     def decoder(audio, prompt):
-        return [Segment(0, 1.0, 1.1, " ".join(w.word for w in looped), tuple(looped),
-                        avg_logprob=-0.3, compression_ratio=1.5)]
+        return [
+            Segment(
+                0,
+                1.0,
+                1.1,
+                " ".join(w.word for w in looped),
+                tuple(looped),
+                avg_logprob=-0.3,
+                compression_ratio=1.5,
+            )
+        ]
 
     options, prof = s.resolve_options(s.SessionOptions(), 3600)
     session = s.StreamingSession(decoder, None, options, prof)
@@ -271,8 +317,18 @@ def test_loops_are_cut_from_committed_text():
 
 def test_text_the_model_calls_silence_is_dropped():
     def decoder(audio, prompt):
-        return [Segment(0, 0.0, 1.0, "Legendas pela comunidade", (Word(0.1, 0.9, "Legendas", 0.2),),
-                        avg_logprob=-1.5, no_speech_prob=0.9, compression_ratio=1.0)]
+        return [
+            Segment(
+                0,
+                0.0,
+                1.0,
+                "Legendas pela comunidade",
+                (Word(0.1, 0.9, "Legendas", 0.2),),
+                avg_logprob=-1.5,
+                no_speech_prob=0.9,
+                compression_ratio=1.0,
+            )
+        ]
 
     options, prof = s.resolve_options(s.SessionOptions(), 3600)
     session = s.StreamingSession(decoder, None, options, prof)
@@ -288,12 +344,15 @@ def test_session_length_is_bounded():
         session.push(np.zeros(160, dtype=np.int16))
 
 
-@pytest.mark.parametrize("options, field", [
-    (s.SessionOptions(profile="turbo"), "latency_profile"),
-    (s.SessionOptions(language=None), "language_code"),
-    (s.SessionOptions(endpoint_silence_s=9), "endpointing"),
-    (s.SessionOptions(max_session_s=7200), "max_session_duration"),
-])
+@pytest.mark.parametrize(
+    "options, field",
+    [
+        (s.SessionOptions(profile="turbo"), "latency_profile"),
+        (s.SessionOptions(language=None), "language_code"),
+        (s.SessionOptions(endpoint_silence_s=9), "endpointing"),
+        (s.SessionOptions(max_session_s=7200), "max_session_duration"),
+    ],
+)
 def test_bad_options_are_refused(options, field):
     with pytest.raises(InvalidInput) as err:
         s.resolve_options(options, 3600)

@@ -22,14 +22,22 @@ from support.metrics import wer
 
 pytestmark = [pytest.mark.grpc, pytest.mark.models]
 
-PCM16K = audio_pb2.PcmFormat(sample_rate_hz=16000, channels=1, encoding=audio_pb2.SAMPLE_ENCODING_S16LE)
+PCM16K = audio_pb2.PcmFormat(
+    sample_rate_hz=16000, channels=1, encoding=audio_pb2.SAMPLE_ENCODING_S16LE
+)
 CHUNK = 3200  # 100 ms
 
 
 @pytest.fixture(scope="module")
 def stub():
-    settings = TranscriptionSettings(port=0, models_dir=MODELS_DIR, cpu_threads=2, device="cpu",
-                                     max_streams=2, stream_idle_timeout_s=3.0)
+    settings = TranscriptionSettings(
+        port=0,
+        models_dir=MODELS_DIR,
+        cpu_threads=2,
+        device="cpu",
+        max_streams=2,
+        stream_idle_timeout_s=3.0,
+    )
     handle = create_server(settings)
     channel = channel_to(handle.port)
     yield pb_grpc.TranscriptionServiceStub(channel)
@@ -50,7 +58,9 @@ def requests(pcm: bytes, *, speed: float = 0.0, pause_after: float | None = None
     for k, offset in enumerate(range(0, len(pcm), CHUNK * 2)):
         if pause_after is not None and k * 0.1 >= pause_after:
             time.sleep(3600)  # a caller that stops sending without closing
-        yield pb.StreamingTranscribeRequest(audio=audio_pb2.AudioChunk(pcm=pcm[offset:offset + CHUNK * 2]))
+        yield pb.StreamingTranscribeRequest(
+            audio=audio_pb2.AudioChunk(pcm=pcm[offset : offset + CHUNK * 2])
+        )
         if speed:
             time.sleep(0.1 / speed)
 
@@ -77,8 +87,13 @@ def test_a_conversation_gives_interims_then_stable_finals(stub, corpus, manifest
     text = " ".join(f.text for f in finals)
     assert wer([conv["text"]], [text]) < 0.35, text
     speech = [e.speech.kind for e in evs if e.WhichOneof("event") == "speech"]
-    assert speech[0] == spb.SpeechEvent.KIND_SPEECH_BEGIN and speech[-1] == spb.SpeechEvent.KIND_SPEECH_END
-    assert speech.count(spb.SpeechEvent.KIND_SPEECH_END) >= 2  # a pause between turns ends an utterance
+    assert (
+        speech[0] == spb.SpeechEvent.KIND_SPEECH_BEGIN
+        and speech[-1] == spb.SpeechEvent.KIND_SPEECH_END
+    )
+    assert (
+        speech.count(spb.SpeechEvent.KIND_SPEECH_END) >= 2
+    )  # a pause between turns ends an utterance
     summary = evs[-1].summary
     assert summary.final_count == len(finals) and "base" in summary.model
     assert summary.latency_profile == "balanced"
@@ -163,13 +178,22 @@ def test_max_session_length_ends_with_deadline_exceeded(stub, corpus):
 def test_wrong_format_and_oversized_chunks_are_refused(stub):
     bad = spb.StreamingConfig(format=audio_pb2.PcmFormat(sample_rate_hz=8000))
     with pytest.raises(grpc.RpcError) as err:
-        list(stub.StreamingTranscribe(iter([pb.StreamingTranscribeRequest(config=bad)]), timeout=30))
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "16000 Hz" in err.value.details()
+        list(
+            stub.StreamingTranscribe(iter([pb.StreamingTranscribeRequest(config=bad)]), timeout=30)
+        )
+    assert (
+        err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "16000 Hz" in err.value.details()
+    )
 
     def big():
         yield pb.StreamingTranscribeRequest(config=spb.StreamingConfig(format=PCM16K))
-        yield pb.StreamingTranscribeRequest(audio=audio_pb2.AudioChunk(pcm=np.zeros(32000, "<i2").tobytes()))
+        yield pb.StreamingTranscribeRequest(
+            audio=audio_pb2.AudioChunk(pcm=np.zeros(32000, "<i2").tobytes())
+        )
 
     with pytest.raises(grpc.RpcError) as err:
         list(stub.StreamingTranscribe(big(), timeout=30))
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 1 s" in err.value.details()
+    assert (
+        err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and "at most 1 s" in err.value.details()
+    )

@@ -53,7 +53,9 @@ def test_unknown_model_lists_what_exists(tmp_path):
 def test_registry_shares_one_instance_per_model_device_and_type(tmp_path):
     _fake_model(tmp_path, "whisper-base")
     loads = []
-    registry = ModelRegistry(tmp_path, "base", loader=lambda spec, d, c: loads.append((spec.name, d, c)) or object())
+    registry = ModelRegistry(
+        tmp_path, "base", loader=lambda spec, d, c: loads.append((spec.name, d, c)) or object()
+    )
     first = registry.get("base", "cpu", "int8")
     assert registry.get("whisper-base", "cpu", "int8") is first
     assert registry.get("", "cpu", "int8") is first
@@ -75,8 +77,14 @@ def test_idle_models_are_unloaded_but_never_while_in_use(tmp_path):
     _fake_model(tmp_path, "whisper-base")
     now = [0.0]
     events = []
-    registry = ModelRegistry(tmp_path, "base", loader=lambda *a: object(), idle_unload_s=60,
-                             on_change=lambda *a: events.append(a), clock=lambda: now[0])
+    registry = ModelRegistry(
+        tmp_path,
+        "base",
+        loader=lambda *a: object(),
+        idle_unload_s=60,
+        on_change=lambda *a: events.append(a),
+        clock=lambda: now[0],
+    )
     with registry.lease("base", "cpu", "int8"):
         now[0] = 500.0
         assert registry.unload_idle() == []  # busy: a long request must not lose its model
@@ -147,13 +155,26 @@ def test_full_queue_is_refused_with_retry_after():
 
 
 class FakeSegment:
-    def __init__(self, start, end, text, *, seek=0, no_speech=0.01, logprob=-0.2, ratio=1.2, words=True):
+    def __init__(
+        self, start, end, text, *, seek=0, no_speech=0.01, logprob=-0.2, ratio=1.2, words=True
+    ):
         self.start, self.end, self.text, self.seek = start, end, " " + text, seek
         self.no_speech_prob, self.avg_logprob, self.compression_ratio = no_speech, logprob, ratio
         tokens = text.split()
         step = (end - start) / max(len(tokens), 1)
-        self.words = [SimpleNamespace(start=start + k * step, end=start + (k + 1) * step, word=" " + t,
-                                      probability=0.9) for k, t in enumerate(tokens)] if words else None
+        self.words = (
+            [
+                SimpleNamespace(
+                    start=start + k * step,
+                    end=start + (k + 1) * step,
+                    word=" " + t,
+                    probability=0.9,
+                )
+                for k, t in enumerate(tokens)
+            ]
+            if words
+            else None
+        )
 
 
 class FakeModel:
@@ -221,7 +242,11 @@ def test_short_audio_is_plain_faster_whisper_with_the_profile(tmp_path):
     transcriber = fake_transcriber(tmp_path, model)
     _, summary, _ = collect(transcriber, np.zeros(16000 * 5, np.int16), hotwords="Itaú")
     call = model.calls[0]
-    assert (call["beam_size"], call["best_of"], call["temperature"]) == (5, 5, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    assert (call["beam_size"], call["best_of"], call["temperature"]) == (
+        5,
+        5,
+        [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+    )
     assert call["hotwords"] == "Itaú" and call["vad_filter"] and call["language"] == "pt"
     assert (summary.profile, summary.strategy) == ("balanced", "sequential")
     collect(transcriber, np.zeros(16000 * 5, np.int16), profile="fast", temperatures=(0.0,))
@@ -255,8 +280,15 @@ class FakePipeline:
                 sentences -= 1  # Whisper stops early: the last sentence is missing
             logprob = -1.6 if index in self.fail else -0.2  # improbable text: a failed window
             for k in range(sentences):
-                out.append(FakeSegment(clip["start"] + 5 * k, clip["start"] + 5 * k + 4.5, f"frase {index}.{k}",
-                                       seek=round(clip["start"] * 100), logprob=logprob))
+                out.append(
+                    FakeSegment(
+                        clip["start"] + 5 * k,
+                        clip["start"] + 5 * k + 4.5,
+                        f"frase {index}.{k}",
+                        seek=round(clip["start"] * 100),
+                        logprob=logprob,
+                    )
+                )
         return iter(out), None
 
 
@@ -272,10 +304,16 @@ def sentence_vad(block):
 def test_long_audio_is_batched_and_a_dropped_tail_is_decoded_in_the_next_batch(tmp_path):
     pipeline = FakePipeline(drop_tail_of={1})
     batch_sizes = []
-    transcriber = fake_transcriber(tmp_path, FakeModel(always=True), pipeline_factory=lambda m: pipeline,
-                                   detect_speech=sentence_vad, on_batch=batch_sizes.append)
-    segments, summary, events = collect(transcriber, long_audio(300), batch_size=4,
-                                       strategy="batched")
+    transcriber = fake_transcriber(
+        tmp_path,
+        FakeModel(always=True),
+        pipeline_factory=lambda m: pipeline,
+        detect_speech=sentence_vad,
+        on_batch=batch_sizes.append,
+    )
+    segments, summary, events = collect(
+        transcriber, long_audio(300), batch_size=4, strategy="batched"
+    )
     assert summary.strategy == "batched" and summary.batch_size == 4
     starts = [s.start for s in segments]
     assert starts == sorted(starts)  # tail decoded later, still emitted in time order
@@ -290,8 +328,12 @@ def test_long_audio_is_batched_and_a_dropped_tail_is_decoded_in_the_next_batch(t
 
 def test_a_failed_window_is_redone_with_temperature_fallback(tmp_path):
     model = FakeModel(always=True, text="texto refeito")
-    transcriber = fake_transcriber(tmp_path, model, pipeline_factory=lambda m: FakePipeline(fail={0}),
-                                   detect_speech=sentence_vad)
+    transcriber = fake_transcriber(
+        tmp_path,
+        model,
+        pipeline_factory=lambda m: FakePipeline(fail={0}),
+        detect_speech=sentence_vad,
+    )
     segments, summary, _ = collect(transcriber, long_audio(120), strategy="batched")
     assert summary.redecoded_windows == 1
     assert segments[0].text == "texto refeito"
@@ -301,7 +343,9 @@ def test_a_failed_window_is_redone_with_temperature_fallback(tmp_path):
 
 def test_max_quality_decodes_long_audio_sequentially(tmp_path):
     model = FakeModel(always=True)
-    transcriber = fake_transcriber(tmp_path, model, pipeline_factory=lambda m: pytest.fail("batched"))
+    transcriber = fake_transcriber(
+        tmp_path, model, pipeline_factory=lambda m: pytest.fail("batched")
+    )
     _, summary, _ = collect(transcriber, long_audio(90), profile="max_quality")
     assert summary.strategy == "sequential" and model.calls[0]["vad_filter"]
 
@@ -317,14 +361,25 @@ def test_spans_for_vad_and_batches_carry_domain_attributes(tmp_path, monkeypatch
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     monkeypatch.setattr(core, "tracer", provider.get_tracer("test"))
-    transcriber = fake_transcriber(tmp_path, FakeModel(always=True), pipeline_factory=lambda m: FakePipeline(),
-                                   detect_speech=sentence_vad)
+    transcriber = fake_transcriber(
+        tmp_path,
+        FakeModel(always=True),
+        pipeline_factory=lambda m: FakePipeline(),
+        detect_speech=sentence_vad,
+    )
     collect(transcriber, long_audio(120), strategy="batched")
     spans = {s.name: s for s in exporter.get_finished_spans()}
     assert {"transcription.decode", "transcription.vad", "transcription.batch"} <= set(spans)
     decode = spans["transcription.decode"].attributes
-    for key in ("asr.audio.duration_s", "asr.rtf", "asr.model", "asr.device", "asr.compute_type",
-                "asr.batch_size", "asr.queue_wait_s"):
+    for key in (
+        "asr.audio.duration_s",
+        "asr.rtf",
+        "asr.model",
+        "asr.device",
+        "asr.compute_type",
+        "asr.batch_size",
+        "asr.queue_wait_s",
+    ):
         assert key in decode, key
     assert spans["transcription.batch"].attributes["asr.batch_size"] >= 1
     assert any(e.name == "progress" for e in spans["transcription.decode"].events)

@@ -15,7 +15,9 @@ from services.transcription.server import TranscriptionSettings, create_server
 
 pytestmark = [pytest.mark.grpc, pytest.mark.models]
 
-PCM16K = audio_pb2.PcmFormat(sample_rate_hz=16000, channels=1, encoding=audio_pb2.SAMPLE_ENCODING_S16LE)
+PCM16K = audio_pb2.PcmFormat(
+    sample_rate_hz=16000, channels=1, encoding=audio_pb2.SAMPLE_ENCODING_S16LE
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +46,18 @@ def run(stub, pcm: bytes, **config):
     segments, progress, results = [], [], []
     for response in stub.Transcribe(requests(pcm, **config), timeout=120):
         kind = response.WhichOneof("payload")
-        {"segment": segments, "progress": progress, "result": results}[kind].append(getattr(response, kind))
+        {"segment": segments, "progress": progress, "result": results}[kind].append(
+            getattr(response, kind)
+        )
     return segments, progress, results
 
 
 def test_same_words_as_plain_faster_whisper(stub, corpus):
     from faster_whisper import WhisperModel
 
-    plain = WhisperModel(str(MODELS_DIR / "whisper-base"), device="cpu", compute_type="int8", cpu_threads=2)
+    plain = WhisperModel(
+        str(MODELS_DIR / "whisper-base"), device="cpu", compute_type="int8", cpu_threads=2
+    )
     for clip in ("asr/000.flac", "asr/003.flac"):
         expected_segments, _ = plain.transcribe(
             str(corpus / clip), language="pt", beam_size=5, word_timestamps=True, vad_filter=True
@@ -74,15 +80,24 @@ def test_silence_gives_no_words(stub):
 def test_wrong_sample_rate_is_invalid_argument(stub):
     bad = audio_pb2.PcmFormat(sample_rate_hz=44100, channels=1)
     with pytest.raises(grpc.RpcError) as err:
-        list(stub.Transcribe(iter([pb.TranscribeRequest(config=pb.TranscriptionConfig(format=bad))])))
+        list(
+            stub.Transcribe(iter([pb.TranscribeRequest(config=pb.TranscriptionConfig(format=bad))]))
+        )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "16000 Hz" in err.value.details()
 
 
-@pytest.mark.parametrize(("sent", "declared", "needle"), [
-    (3200, 6400, "audio stream ended after 3200 of the 6400 bytes declared in config.pcm_size_bytes"),
-    (6400, 3200, "audio stream is longer than the 3200 bytes declared"),
-])
+@pytest.mark.parametrize(
+    ("sent", "declared", "needle"),
+    [
+        (
+            3200,
+            6400,
+            "audio stream ended after 3200 of the 6400 bytes declared in config.pcm_size_bytes",
+        ),
+        (6400, 3200, "audio stream is longer than the 3200 bytes declared"),
+    ],
+)
 def test_pcm_stream_of_another_size_than_declared_is_refused(stub, sent, declared, needle):
     with pytest.raises(grpc.RpcError) as err:
         run(stub, b"\0\0" * (sent // 2), pcm_size_bytes=declared)
@@ -109,6 +124,7 @@ def test_list_models_marks_default_loaded(stub):
     import hashlib
 
     from conftest import MODELS_DIR
+
     expected = hashlib.sha256((MODELS_DIR / "whisper-base" / "model.bin").read_bytes()).hexdigest()
     assert models["base"].weights_sha256 == expected
 
@@ -121,8 +137,13 @@ def test_silence_and_noise_give_no_words(stub, corpus, name):
 
 
 def test_options_reach_the_core(stub, corpus):
-    segments, _, results = run(stub, load_pcm(corpus / "asr/000.flac"), profile=quality_pb2.QUALITY_PROFILE_FAST,
-                               temperatures=[0.0], hotwords="saldo conta corrente")
+    segments, _, results = run(
+        stub,
+        load_pcm(corpus / "asr/000.flac"),
+        profile=quality_pb2.QUALITY_PROFILE_FAST,
+        temperatures=[0.0],
+        hotwords="saldo conta corrente",
+    )
     assert results[0].profile == "fast" and results[0].strategy == "sequential"
     assert "conta corrente" in " ".join(s.text for s in segments).lower()
 
@@ -133,14 +154,19 @@ def test_long_audio_in_lockstep_agrees_with_plain_and_comes_in_order(stub, corpu
     from support.metrics import wer
 
     pcm = load_pcm(corpus / "long/long.flac")[: 160 * 32000]  # > 120 s of speech: 2 chunks
-    segments, progress, results = run(stub, pcm, temperatures=[0.0],
-                                      strategy=pb.LONG_FORM_STRATEGY_LOCKSTEP)
+    segments, progress, results = run(
+        stub, pcm, temperatures=[0.0], strategy=pb.LONG_FORM_STRATEGY_LOCKSTEP
+    )
     assert results[0].strategy == "lockstep" and results[0].batch_size == 2
     starts = [s.start_offset.ToNanoseconds() for s in segments]
     assert starts == sorted(starts) and starts[-1] > 130 * 10**9
-    plain = WhisperModel(str(MODELS_DIR / "whisper-base"), device="cpu", compute_type="int8", cpu_threads=2)
+    plain = WhisperModel(
+        str(MODELS_DIR / "whisper-base"), device="cpu", compute_type="int8", cpu_threads=2
+    )
     audio = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0
-    expected = " ".join(s.text for s in plain.transcribe(audio, language="pt", temperature=0.0, vad_filter=True)[0])
+    expected = " ".join(
+        s.text for s in plain.transcribe(audio, language="pt", temperature=0.0, vad_filter=True)[0]
+    )
     assert wer([expected], [" ".join(s.text for s in segments)]) < 0.08
 
 
@@ -150,15 +176,20 @@ def test_long_audio_is_batched_in_order_and_agrees_with_plain(stub, corpus):
     from support.metrics import wer
 
     pcm = load_pcm(corpus / "long/long.flac")[: 75 * 32000]
-    segments, progress, results = run(stub, pcm, temperatures=[0.0],
-                                      strategy=pb.LONG_FORM_STRATEGY_BATCHED)
+    segments, progress, results = run(
+        stub, pcm, temperatures=[0.0], strategy=pb.LONG_FORM_STRATEGY_BATCHED
+    )
     assert results[0].strategy == "batched" and results[0].batch_size >= 2
     starts = [s.start_offset.ToNanoseconds() for s in segments]
     assert starts == sorted(starts)
     assert [p.fraction for p in progress] == sorted(p.fraction for p in progress)
-    plain = WhisperModel(str(MODELS_DIR / "whisper-base"), device="cpu", compute_type="int8", cpu_threads=2)
+    plain = WhisperModel(
+        str(MODELS_DIR / "whisper-base"), device="cpu", compute_type="int8", cpu_threads=2
+    )
     audio = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0
-    expected = " ".join(s.text for s in plain.transcribe(audio, language="pt", temperature=0.0, vad_filter=True)[0])
+    expected = " ".join(
+        s.text for s in plain.transcribe(audio, language="pt", temperature=0.0, vad_filter=True)[0]
+    )
     assert wer([expected], [" ".join(s.text for s in segments)]) < 0.15
 
 
@@ -176,8 +207,11 @@ def test_detect_speech_streams_what_vad_finds_on_the_whole_file(stub, corpus):
 
     pcm = load_pcm(corpus / "long" / "long.flac")[: 16000 * 2 * 420]  # crosses a 300 s block
     responses = list(stub.DetectSpeech(detect_requests(pcm), timeout=120))
-    streamed = [(r.start_offset.ToTimedelta().total_seconds(), r.end_offset.ToTimedelta().total_seconds())
-                for response in responses for r in response.ranges]
+    streamed = [
+        (r.start_offset.ToTimedelta().total_seconds(), r.end_offset.ToTimedelta().total_seconds())
+        for response in responses
+        for r in response.ranges
+    ]
 
     def detect(block):
         found = get_speech_timestamps(block, longform.VadParams().options(longform.WINDOW_S))
@@ -186,13 +220,17 @@ def test_detect_speech_streams_what_vad_finds_on_the_whole_file(stub, corpus):
     samples = np.frombuffer(pcm, dtype="<i2")
     expected = longform.speech_ranges(samples, detect)
     assert len(streamed) == len(expected) > 20
-    assert all(abs(a - c) < 1e-6 and abs(b - d) < 1e-6 for (a, b), (c, d) in zip(streamed, expected))
+    assert all(
+        abs(a - c) < 1e-6 and abs(b - d) < 1e-6 for (a, b), (c, d) in zip(streamed, expected)
+    )
     assert [r.done for r in responses] == [False] * (len(responses) - 1) + [True]
     assert len(responses) >= 2  # the first block's ranges came before the audio ended
     assert responses[-1].audio_processed.ToTimedelta().total_seconds() == pytest.approx(420.0)
 
 
-@pytest.mark.parametrize(("declared", "piece", "needle"), [(1000, 32000, "declared"), (None, 3, "odd")])
+@pytest.mark.parametrize(
+    ("declared", "piece", "needle"), [(1000, 32000, "declared"), (None, 3, "odd")]
+)
 def test_detect_speech_refuses_a_bad_stream(stub, declared, piece, needle):
     pcm = np.zeros(16000, dtype="<i2").tobytes()
     with pytest.raises(grpc.RpcError) as err:

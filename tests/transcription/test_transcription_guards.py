@@ -81,12 +81,15 @@ def test_energy_floor(level, expected):
 
 # -- inventions at the end of the audio and in pauses ------------------------------------------
 
+
 def squeezed_tail() -> Segment:
     """The invented last segment of a 30 s conversation, as Whisper gave it."""
     texts = "Bom dia, estou verificando aqui no sistema.".split()
     probs = [0.0, 0.24, 0.01, 0.05, 0.0, 0.02, 0.1]
-    ws = tuple(Word(30.10 + 0.0114 * k, 30.10 + 0.0114 * (k + 1), t, p)
-               for k, (t, p) in enumerate(zip(texts, probs)))
+    ws = tuple(
+        Word(30.10 + 0.0114 * k, 30.10 + 0.0114 * (k + 1), t, p)
+        for k, (t, p) in enumerate(zip(texts, probs))
+    )
     return Segment(9, 30.10, 30.18, " ".join(texts), ws)
 
 
@@ -96,8 +99,13 @@ def test_improbable_words_squeezed_into_milliseconds_are_invented():
 
 def test_real_speech_is_not_squeezed_even_when_fast_or_improbable():
     fast = Segment(0, 0, 1.2, "", tuple(words("um dois três quatro cinco seis", step=0.2)))
-    doubtful = Segment(1, 0, 2.4, "", tuple(Word(w.start, w.end, w.word, 0.1)
-                                            for w in words("fala muito baixa aqui", step=0.6)))
+    doubtful = Segment(
+        1,
+        0,
+        2.4,
+        "",
+        tuple(Word(w.start, w.end, w.word, 0.1) for w in words("fala muito baixa aqui", step=0.6)),
+    )
     assert not guards.is_squeezed(fast)  # 5 words/s: quick, but said
     assert not guards.is_squeezed(doubtful)  # improbable, but it takes real time
     assert not guards.is_squeezed(Segment(2, 0, 1, "sem palavras"))
@@ -131,10 +139,13 @@ def test_the_core_drops_inventions_and_counts_them(tmp_path):
             for w in tail.words:
                 w.probability = 0.05
             pause = FakeSegment(6.0, 7.0, "obrigado")
-            return iter([real, pause, tail]), SimpleNamespace(language="pt", language_probability=1.0)
+            return iter([real, pause, tail]), SimpleNamespace(
+                language="pt", language_probability=1.0
+            )
 
-    transcriber = fake_transcriber(tmp_path, InventsAtTheEnd(),
-                                   detect_speech=lambda block: [(0.9, 4.2)])
+    transcriber = fake_transcriber(
+        tmp_path, InventsAtTheEnd(), detect_speech=lambda block: [(0.9, 4.2)]
+    )
     audio = np.zeros(16000 * 10, dtype=np.int16)
     segments, summary, _ = collect(transcriber, audio)
     assert [s.text for s in segments] == ["bom dia a todos"]
@@ -142,6 +153,7 @@ def test_the_core_drops_inventions_and_counts_them(tmp_path):
 
 
 # -- quiet speech -----------------------------------------------------------------------------
+
 
 def tone_bursts(level_dbfs: float, seconds: float = 6.0) -> np.ndarray:
     """Half a second of tone every second at `level_dbfs` RMS, silence between: speech-like."""
@@ -166,7 +178,9 @@ def test_normal_speech_and_silence_are_left_alone_and_peaks_never_clip():
     assert guards.quiet_gain(np.zeros(16000, np.float32)) == 1.0
     spiky = tone_bursts(-45.0)
     spiky[100] = 0.5  # one loud click: the gain stops where the click would reach 0.95
-    assert 20 * np.log10(guards.quiet_gain(spiky)) == pytest.approx(20 * np.log10(0.95 / 0.5), abs=0.01)
+    assert 20 * np.log10(guards.quiet_gain(spiky)) == pytest.approx(
+        20 * np.log10(0.95 / 0.5), abs=0.01
+    )
 
 
 def test_the_core_keeps_the_gain_only_where_vad_hears_speech(tmp_path):

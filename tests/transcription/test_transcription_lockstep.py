@@ -160,12 +160,15 @@ def test_each_chunk_gets_what_plain_faster_whisper_gives_it(corpus):
     from conftest import MODELS_DIR
     from faster_whisper import WhisperModel, decode_audio
 
-    whisper_model = WhisperModel(str(MODELS_DIR / "whisper-base"), device="cpu", compute_type="int8",
-                                 cpu_threads=2)
+    whisper_model = WhisperModel(
+        str(MODELS_DIR / "whisper-base"), device="cpu", compute_type="int8", cpu_threads=2
+    )
     corpus_dir = corpus
     chunks = [decode_audio(str(corpus_dir / "asr" / f"{i:03d}.flac")) for i in (0, 3, 6, 9)]
-    kwargs = dict(language="pt", beam_size=5, word_timestamps=True, vad_filter=True,
-                  temperature=[0.0])
+    kwargs = dict(
+        language="pt", beam_size=5, word_timestamps=True, vad_filter=True, temperature=[0.0]
+    )
+
     def timed(segment):
         return segment.text, [(w.word, round(w.start, 2), round(w.end, 2)) for w in segment.words]
 

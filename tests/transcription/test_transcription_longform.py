@@ -56,7 +56,11 @@ def test_vad_runs_in_blocks_without_cutting_speech_at_block_edges():
         offset = round(float(block[0]) * 32768)
         end = offset + len(block) / 16000
         blocks.append((offset, end))
-        return [(max(a, offset) - offset, min(b, end) - offset) for a, b in truth if b > offset and a < end]
+        return [
+            (max(a, offset) - offset, min(b, end) - offset)
+            for a, b in truth
+            if b > offset and a < end
+        ]
 
     assert longform.speech_ranges(samples, detect, block_s=300.0) == truth
     assert blocks[1][0] == 298  # the block after the cut restarts where that speech began
@@ -71,7 +75,11 @@ def test_vad_over_audio_in_pieces_finds_what_it_finds_on_the_whole(piece_s):
     def detect(block: np.ndarray):
         offset = round(float(block[0]) * 32768)
         end = offset + len(block) / 16000
-        return [(max(a, offset) - offset, min(b, end) - offset) for a, b in truth if b > offset and a < end]
+        return [
+            (max(a, offset) - offset, min(b, end) - offset)
+            for a, b in truth
+            if b > offset and a < end
+        ]
 
     whole = longform.speech_ranges(samples, detect, block_s=300.0)
     tracker = longform.SpeechTracker(detect, block_s=300.0)
@@ -86,10 +94,16 @@ def test_vad_over_audio_in_pieces_finds_what_it_finds_on_the_whole(piece_s):
     assert held <= (300.0 + piece_s) * 16000 + 16000  # one block and one piece, never the file
 
 
-@pytest.mark.parametrize(("duration", "device", "free", "expected"), [
-    (45, "cpu", None, 2), (600, "cpu", None, 8), (3600, "cpu", None, 8),
-    (3600, "cuda", 40 << 30, 16), (3600, "cuda", 1 << 30, 1),
-])
+@pytest.mark.parametrize(
+    ("duration", "device", "free", "expected"),
+    [
+        (45, "cpu", None, 2),
+        (600, "cpu", None, 8),
+        (3600, "cpu", None, 8),
+        (3600, "cuda", 40 << 30, 16),
+        (3600, "cuda", 1 << 30, 1),
+    ],
+)
 def test_batch_size_from_duration_and_free_memory(duration, device, free, expected):
     assert longform.batch_size_for(duration, device, free, cap=16) == expected
 

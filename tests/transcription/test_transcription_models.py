@@ -40,7 +40,9 @@ def fast_switching():
     sys.setswitchinterval(previous)
 
 
-def test_a_forced_unload_never_drops_a_model_while_it_is_leased(tmp_path, monkeypatch, fast_switching):
+def test_a_forced_unload_never_drops_a_model_while_it_is_leased(
+    tmp_path, monkeypatch, fast_switching
+):
     _fake_model(tmp_path, "whisper-base")
     # Unloading calls gc and malloc_trim; the race is about bookkeeping, so keep unloads cheap.
     monkeypatch.setattr("services.transcription.models.release_memory", lambda: None)
@@ -68,7 +70,9 @@ def test_a_forced_unload_never_drops_a_model_while_it_is_leased(tmp_path, monkey
         while not stop.is_set():
             registry.unload_idle(force=True)
 
-    threads = [threading.Thread(target=lease_loop) for _ in range(3)] + [threading.Thread(target=unload_loop)]
+    threads = [threading.Thread(target=lease_loop) for _ in range(3)] + [
+        threading.Thread(target=unload_loop)
+    ]
     for thread in threads:
         thread.start()
     stop.wait(10)  # until enough leases ran against the unloader, at most ~10 s
@@ -148,8 +152,10 @@ def test_concurrent_first_requests_load_one_copy(tmp_path, waiting_for_load):
 
     registry = ModelRegistry(tmp_path, "base", loader=loader)
     got: list[object] = []
-    threads = [threading.Thread(target=lambda: got.append(registry.get("base", "cpu", "int8")))
-               for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda: got.append(registry.get("base", "cpu", "int8")))
+        for _ in range(4)
+    ]
     for thread in threads:
         thread.start()
     try:
@@ -164,7 +170,9 @@ def test_concurrent_first_requests_load_one_copy(tmp_path, waiting_for_load):
     assert len(got) == 4 and all(model is got[0] for model in got)
 
 
-def test_a_failed_load_reaches_every_waiter_and_the_next_request_retries(tmp_path, waiting_for_load):
+def test_a_failed_load_reaches_every_waiter_and_the_next_request_retries(
+    tmp_path, waiting_for_load
+):
     _fake_model(tmp_path, "whisper-base")
     attempts, started, fail = [], threading.Event(), threading.Event()
 
@@ -211,7 +219,9 @@ def test_a_failed_load_reaches_every_waiter_and_the_next_request_retries(tmp_pat
 def test_a_missing_default_model_is_a_server_fault_not_the_callers(tmp_path):
     _fake_model(tmp_path, "whisper-small")
     registry = ModelRegistry(tmp_path, "base", loader=lambda *a: Unloadable())
-    with pytest.raises(InternalError, match="default model 'base' is not in its models directory") as err:
+    with pytest.raises(
+        InternalError, match="default model 'base' is not in its models directory"
+    ) as err:
         registry.resolve("")
     assert not isinstance(err.value, UnknownModel)
     assert "available: small, whisper-small" in err.value.message

@@ -24,7 +24,9 @@ from services.transcription.server import TranscriptionSettings, create_server
 
 pytestmark = pytest.mark.grpc
 
-PCM16K = audio_pb2.PcmFormat(sample_rate_hz=16000, channels=1, encoding=audio_pb2.SAMPLE_ENCODING_S16LE)
+PCM16K = audio_pb2.PcmFormat(
+    sample_rate_hz=16000, channels=1, encoding=audio_pb2.SAMPLE_ENCODING_S16LE
+)
 
 
 class SlowModel:
@@ -47,13 +49,24 @@ def slow_server(tmp_path):
     (tmp_path / "whisper-base").mkdir()
     (tmp_path / "whisper-base" / "model.bin").write_bytes(b"x")
     model = SlowModel()
-    queue = WorkQueue(workers=1, max_queued=1,
-                      on_change=lambda waiting, running: metrics.QUEUE_DEPTH.labels("transcription").set(waiting))
-    transcriber = Transcriber(ModelRegistry(tmp_path, "base", loader=lambda *a: model), "cpu", "int8", queue=queue)
-    handle = create_server(TranscriptionSettings(port=0, models_dir=tmp_path), transcriber=transcriber)
+    queue = WorkQueue(
+        workers=1,
+        max_queued=1,
+        on_change=lambda waiting, running: metrics.QUEUE_DEPTH.labels("transcription").set(waiting),
+    )
+    transcriber = Transcriber(
+        ModelRegistry(tmp_path, "base", loader=lambda *a: model), "cpu", "int8", queue=queue
+    )
+    handle = create_server(
+        TranscriptionSettings(port=0, models_dir=tmp_path), transcriber=transcriber
+    )
     channel = channel_to(handle.port)
-    yield SimpleNamespace(stub=pb_grpc.TranscriptionServiceStub(channel), model=model, queue=queue,
-                          health=health_pb2_grpc.HealthStub(channel))
+    yield SimpleNamespace(
+        stub=pb_grpc.TranscriptionServiceStub(channel),
+        model=model,
+        queue=queue,
+        health=health_pb2_grpc.HealthStub(channel),
+    )
     model.release.set()
     channel.close()
     handle.stop(0)
@@ -63,6 +76,7 @@ def call(stub):
     def requests():
         yield pb.TranscribeRequest(config=pb.TranscriptionConfig(format=PCM16K))
         yield pb.TranscribeRequest(audio=audio_pb2.AudioChunk(pcm=b"\0\0" * 16000 * 3))
+
     return list(stub.Transcribe(requests(), timeout=20))
 
 
@@ -77,8 +91,11 @@ def test_a_full_queue_answers_resource_exhausted_with_retry_after(slow_server):
     for thread in threads:  # one runs, one waits in the queue
         thread.start()
     # The gauge, not queue.waiting: it is updated a statement after the queue changes.
-    assert wait_until(lambda: metrics.REGISTRY.get_sample_value(
-        "asr_queue_depth", {"service": "transcription"}) == 1)
+    assert wait_until(
+        lambda: (
+            metrics.REGISTRY.get_sample_value("asr_queue_depth", {"service": "transcription"}) == 1
+        )
+    )
     with pytest.raises(grpc.RpcError) as err:
         call(slow_server.stub)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -143,7 +160,9 @@ def test_a_full_queue_refuses_before_reading_the_upload(slow_server, monkeypatch
 def test_bad_options_are_refused_before_queueing(slow_server):
     threads = occupy(slow_server, queued=1)
     try:
-        requests = iter([pb.TranscribeRequest(config=pb.TranscriptionConfig(format=PCM16K, model="large-v9"))])
+        requests = iter(
+            [pb.TranscribeRequest(config=pb.TranscriptionConfig(format=PCM16K, model="large-v9"))]
+        )
         with pytest.raises(grpc.RpcError) as err:
             list(slow_server.stub.Transcribe(requests, timeout=5))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # not RESOURCE_EXHAUSTED
@@ -156,17 +175,27 @@ def test_bad_options_are_refused_before_queueing(slow_server):
 def test_a_cancelled_call_leaves_the_queue(slow_server):
     threads = occupy(slow_server, queued=0)
     try:
-        waiting = slow_server.stub.Transcribe(iter([
-            pb.TranscribeRequest(config=pb.TranscriptionConfig(format=PCM16K)),
-            pb.TranscribeRequest(audio=audio_pb2.AudioChunk(pcm=b"\0\0" * 16000 * 3)),
-        ]), timeout=30)
+        waiting = slow_server.stub.Transcribe(
+            iter(
+                [
+                    pb.TranscribeRequest(config=pb.TranscriptionConfig(format=PCM16K)),
+                    pb.TranscribeRequest(audio=audio_pb2.AudioChunk(pcm=b"\0\0" * 16000 * 3)),
+                ]
+            ),
+            timeout=30,
+        )
         assert wait_until(lambda: slow_server.queue.waiting == 1)
         waiting.cancel()
-        assert wait_until(lambda: slow_server.queue.waiting == 0, timeout=3), \
+        assert wait_until(lambda: slow_server.queue.waiting == 0, timeout=3), (
             "a cancelled call kept its place in the queue"
+        )
         assert slow_server.queue.running == 1  # the running call is untouched
-        assert wait_until(lambda: metrics.REGISTRY.get_sample_value(
-            "asr_queue_depth", {"service": "transcription"}) == 0)
+        assert wait_until(
+            lambda: (
+                metrics.REGISTRY.get_sample_value("asr_queue_depth", {"service": "transcription"})
+                == 0
+            )
+        )
     finally:
         slow_server.model.release.set()
         for thread in threads:
@@ -180,8 +209,9 @@ def test_a_deadline_passing_in_the_queue_is_deadline_exceeded_and_frees_the_plac
         with pytest.raises(grpc.RpcError) as err:
             call_with_timeout(slow_server.stub, 1.0)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert wait_until(lambda: slow_server.queue.waiting == 0, timeout=3), \
+        assert wait_until(lambda: slow_server.queue.waiting == 0, timeout=3), (
             "a call past its deadline kept its place in the queue"
+        )
         assert time.monotonic() - started < 4 and slow_server.queue.running == 1
     finally:
         slow_server.model.release.set()
@@ -207,6 +237,7 @@ def call_with_timeout(stub, timeout: float):
     def requests():
         yield pb.TranscribeRequest(config=pb.TranscriptionConfig(format=PCM16K))
         yield pb.TranscribeRequest(audio=audio_pb2.AudioChunk(pcm=b"\0\0" * 16000 * 3))
+
     return list(stub.Transcribe(requests(), timeout=timeout))
 
 
@@ -216,9 +247,12 @@ def call_with_timeout(stub, timeout: float):
 def test_list_models_without_the_default_model_is_a_server_fault(tmp_path):
     (tmp_path / "whisper-small").mkdir()
     (tmp_path / "whisper-small" / "model.bin").write_bytes(b"x")
-    transcriber = Transcriber(ModelRegistry(tmp_path, "base", loader=lambda *a: SlowModel()), "cpu", "int8")
-    handle = create_server(TranscriptionSettings(port=0, models_dir=tmp_path, preload=False),
-                           transcriber=transcriber)
+    transcriber = Transcriber(
+        ModelRegistry(tmp_path, "base", loader=lambda *a: SlowModel()), "cpu", "int8"
+    )
+    handle = create_server(
+        TranscriptionSettings(port=0, models_dir=tmp_path, preload=False), transcriber=transcriber
+    )
     try:
         with channel_to(handle.port) as channel, pytest.raises(grpc.RpcError) as err:
             pb_grpc.TranscriptionServiceStub(channel).ListModels(pb.ListModelsRequest(), timeout=10)
@@ -239,12 +273,17 @@ def test_a_failed_warm_up_stops_the_started_server(tmp_path, monkeypatch):
 
     started = []
     real_build = server_module.build_server
-    monkeypatch.setattr(server_module, "build_server",
-                        lambda *a, **kw: started.append(real_build(*a, **kw)) or started[-1])
+    monkeypatch.setattr(
+        server_module,
+        "build_server",
+        lambda *a, **kw: started.append(real_build(*a, **kw)) or started[-1],
+    )
     transcriber = Transcriber(ModelRegistry(tmp_path, "base", loader=broken_loader), "cpu", "int8")
     with pytest.raises(OSError, match="truncated"):
         create_server(TranscriptionSettings(port=0, models_dir=tmp_path), transcriber=transcriber)
     assert len(started) == 1
     with channel_to(started[0].port) as channel, pytest.raises(grpc.RpcError) as err:
-        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+        health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=2
+        )
     assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)

@@ -74,8 +74,9 @@ def _formats(value: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(p.strip().lower() for p in value.split(",") if p.strip()))
     unknown = [n for n in names if n not in FORMATS]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown format {unknown[0] if unknown else value!r}; "
-                                         f"choose from {','.join(FORMATS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown format {unknown[0] if unknown else value!r}; choose from {','.join(FORMATS)}"
+        )
     return names
 
 
@@ -97,7 +98,8 @@ class ServerNotInstalled(MeshError):
         super().__init__(
             f"{what} runs a local mesh, which needs the server package ({SERVER_DIST}), and it is "
             f"not installed: {instead}install the server (pip install '.[all]' from the "
-            "repository; see its README)")
+            "repository; see its README)"
+        )
 
 
 def _supervisor(what: str, *, or_server: bool = True):
@@ -122,7 +124,9 @@ def _replicas(value: str) -> int:
     try:
         return supervisor.transcription_replica_count(value)
     except MeshError as exc:
-        raise argparse.ArgumentTypeError(exc.message.removeprefix("--transcription-replicas ")) from None
+        raise argparse.ArgumentTypeError(
+            exc.message.removeprefix("--transcription-replicas ")
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,60 +136,128 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("transcribe", help="transcribe audio or video files")
     t.add_argument("files", nargs="+", type=Path, metavar="FILE")
     t.add_argument("--diarize", action="store_true", help="label who spoke when")
-    t.add_argument("--format", type=_formats, default=("json",), help="comma list of json,srt,vtt,txt,rttm")
-    t.add_argument("-o", "--output-dir", type=Path, default=Path("."), help="where to write outputs")
+    t.add_argument(
+        "--format", type=_formats, default=("json",), help="comma list of json,srt,vtt,txt,rttm"
+    )
+    t.add_argument(
+        "-o", "--output-dir", type=Path, default=Path("."), help="where to write outputs"
+    )
     t.add_argument("--language", default="pt-BR", help="BCP-47 language (pt, pt-BR, en…) or auto")
-    t.add_argument("--model", default="", help="transcription model name (default: service default)")
+    t.add_argument(
+        "--model", default="", help="transcription model name (default: service default)"
+    )
     t.add_argument("--num-speakers", type=int, default=0, help="exact speaker count, if known")
     t.add_argument("--min-speakers", type=int, default=0)
     t.add_argument("--max-speakers", type=int, default=0)
-    t.add_argument("--profile", choices=("max_quality", "balanced", "fast"), default="",
-                   help="transcription quality profile (default: balanced; see README)")
-    t.add_argument("--hotwords", default="", help="names or jargon to expect, as a hint to the model")
-    t.add_argument("--itn", action="store_true",
-                   help='write spoken numbers, money, dates and times as digits ("doze por cento" → "12%%")')
-    t.add_argument("--loudnorm", action=argparse.BooleanOptionalAction, default=None,
-                   help="EBU R128 loudness normalisation before transcription (gateway default: off)")
-    t.add_argument("--trim-silence", action=argparse.BooleanOptionalAction, default=None,
-                   help="cut leading/trailing silence; shifts all time offsets (gateway default: off)")
-    t.add_argument("--speaker-name", type=_speaker_name, action="append", default=[],
-                   metavar="LABEL=NAME", help="display name for a speaker label (repeatable)")
+    t.add_argument(
+        "--profile",
+        choices=("max_quality", "balanced", "fast"),
+        default="",
+        help="transcription quality profile (default: balanced; see README)",
+    )
+    t.add_argument(
+        "--hotwords", default="", help="names or jargon to expect, as a hint to the model"
+    )
+    t.add_argument(
+        "--itn",
+        action="store_true",
+        help='write spoken numbers, money, dates and times as digits ("doze por cento" → "12%%")',
+    )
+    t.add_argument(
+        "--loudnorm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="EBU R128 loudness normalisation before transcription (gateway default: off)",
+    )
+    t.add_argument(
+        "--trim-silence",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="cut leading/trailing silence; shifts all time offsets (gateway default: off)",
+    )
+    t.add_argument(
+        "--speaker-name",
+        type=_speaker_name,
+        action="append",
+        default=[],
+        metavar="LABEL=NAME",
+        help="display name for a speaker label (repeatable)",
+    )
     t.add_argument("--server", help="HOST:PORT of a running gateway (default: start a local mesh)")
-    t.add_argument("--connect-timeout", type=float, default=15.0, metavar="SECONDS",
-                   help="give up when the gateway cannot be reached within this time")
-    t.add_argument("--max-attempts", type=int, default=6, metavar="N",
-                   help="attempts per file when the gateway is busy (queue full) or briefly "
-                        "unavailable; waits follow its retry hint with exponential backoff")
+    t.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="give up when the gateway cannot be reached within this time",
+    )
+    t.add_argument(
+        "--max-attempts",
+        type=int,
+        default=6,
+        metavar="N",
+        help="attempts per file when the gateway is busy (queue full) or briefly "
+        "unavailable; waits follow its retry hint with exponential backoff",
+    )
     t.add_argument("--state-dir", type=Path, help="local mesh state directory (traces, logs)")
-    t.add_argument("--no-reuse", action="store_true",
-                   default=os.environ.get("ASR_LOCAL_MESH_REUSE", "1").strip().lower() in ("0", "false", "no"),
-                   help="start a private local mesh for this call and stop it afterwards "
-                        "(default: reuse or start the shared background mesh; ASR_LOCAL_MESH_REUSE=0)")
+    t.add_argument(
+        "--no-reuse",
+        action="store_true",
+        default=os.environ.get("ASR_LOCAL_MESH_REUSE", "1").strip().lower() in ("0", "false", "no"),
+        help="start a private local mesh for this call and stop it afterwards "
+        "(default: reuse or start the shared background mesh; ASR_LOCAL_MESH_REUSE=0)",
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    t.add_argument("--no-cache", action="store_true", help="run the chain even if the result cache has this")
+    t.add_argument(
+        "--no-cache", action="store_true", help="run the chain even if the result cache has this"
+    )
     security_args.add_arguments(t)  # --ca-cert, --token
     jobs_cli.add_parsers(sub, t)  # asr submit, asr jobs …
 
     stream_cli.add_parser(sub)
     s = sub.add_parser("serve", help="run the mesh locally until interrupted (or stop it: --stop)")
     s.add_argument("--state-dir", type=Path, help="state directory (traces, logs)")
-    s.add_argument("--stop", action="store_true", help="stop the mesh running in the state directory")
-    s.add_argument("--no-diarization", action="store_true",
-                   help="leave diarization out (started later if a local CLI call asks for speakers)")
-    s.add_argument("--idle-timeout", type=float, metavar="SECONDS",
-                   help="stop after this long without CLI calls (default: never)")
-    s.add_argument("--http-port", type=int, metavar="N",
-                   help="also start the HTTP front door (OpenAI-compatible REST, live captions page) "
-                        "on 127.0.0.1:N; 0 picks a free port")
-    s.add_argument("--transcription-replicas", type=_replicas, metavar="N",
-                   help="transcription processes, each on its own port; the gateway spreads calls "
-                        "over them, and with ASR_GATEWAY_FANOUT_MIN_S set the chunks of one long file "
-                        "(default: ASR_LOCAL_TRANSCRIPTION_REPLICAS or 1)")
-    s.add_argument("--tls", action="store_true",
-                   help="TLS on every port and mTLS between the services, with a local CA made under "
-                   "<state dir>/tls/ (clients verify with tls/ca.pem)")
-    s.add_argument("--auth-token-file", type=Path, metavar="FILE",
-                   help="callers must send one of the bearer tokens in FILE (one per line; needs --tls)")
+    s.add_argument(
+        "--stop", action="store_true", help="stop the mesh running in the state directory"
+    )
+    s.add_argument(
+        "--no-diarization",
+        action="store_true",
+        help="leave diarization out (started later if a local CLI call asks for speakers)",
+    )
+    s.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="stop after this long without CLI calls (default: never)",
+    )
+    s.add_argument(
+        "--http-port",
+        type=int,
+        metavar="N",
+        help="also start the HTTP front door (OpenAI-compatible REST, live captions page) "
+        "on 127.0.0.1:N; 0 picks a free port",
+    )
+    s.add_argument(
+        "--transcription-replicas",
+        type=_replicas,
+        metavar="N",
+        help="transcription processes, each on its own port; the gateway spreads calls "
+        "over them, and with ASR_GATEWAY_FANOUT_MIN_S set the chunks of one long file "
+        "(default: ASR_LOCAL_TRANSCRIPTION_REPLICAS or 1)",
+    )
+    s.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS on every port and mTLS between the services, with a local CA made under "
+        "<state dir>/tls/ (clients verify with tls/ca.pem)",
+    )
+    s.add_argument(
+        "--auth-token-file",
+        type=Path,
+        metavar="FILE",
+        help="callers must send one of the bearer tokens in FILE (one per line; needs --tls)",
+    )
 
     tr = sub.add_parser("trace", help="inspect traces recorded by the local mesh")
     trace_sub = tr.add_subparsers(dest="trace_command", required=True)
@@ -235,18 +307,27 @@ def _local_mesh(stack: ExitStack, args: argparse.Namespace, diarize: bool) -> st
 
     services = supervisor.SERVICES if diarize else supervisor.WITHOUT_DIARIZATION
     if not args.no_reuse:
+
         def on_start(what: str) -> None:
             if not args.quiet:
-                err_console.print(f"starting {what} (it stays up for later calls; `asr serve --stop` stops it)")
+                err_console.print(
+                    f"starting {what} (it stays up for later calls; `asr serve --stop` stops it)"
+                )
 
         def on_mismatch(sentence: str) -> None:
             err_console.print(f"asr: {sentence}")
 
-        return stack.enter_context(supervisor.use_local_mesh(args.state_dir, services, on_start=on_start,
-                                                             on_mismatch=on_mismatch))
+        return stack.enter_context(
+            supervisor.use_local_mesh(
+                args.state_dir, services, on_start=on_start, on_mismatch=on_mismatch
+            )
+        )
     state_dir = supervisor.resolve_state_dir(args.state_dir)
-    mesh = supervisor.LocalMesh(state_dir=state_dir, services=services,
-                                mesh_file=state_dir / "runtime" / f"mesh-{os.getpid()}.json")
+    mesh = supervisor.LocalMesh(
+        state_dir=state_dir,
+        services=services,
+        mesh_file=state_dir / "runtime" / f"mesh-{os.getpid()}.json",
+    )
     stack.callback(mesh.stop)
     if args.quiet:
         mesh.start()
@@ -259,14 +340,28 @@ def _local_mesh(stack: ExitStack, args: argparse.Namespace, diarize: bool) -> st
 
 def transcribe(args: argparse.Namespace) -> int:
     # Asking for speakers (a count, names, an RTTM) is asking for diarization.
-    wants_speakers = bool(args.num_speakers or args.min_speakers or args.max_speakers
-                          or args.speaker_name or "rttm" in args.format)
+    wants_speakers = bool(
+        args.num_speakers
+        or args.min_speakers
+        or args.max_speakers
+        or args.speaker_name
+        or "rttm" in args.format
+    )
     options = TranscribeOptions(
-        language_code=args.language, diarize=args.diarize or wants_speakers, num_speakers=args.num_speakers,
-        min_speakers=args.min_speakers, max_speakers=args.max_speakers, model=args.model,
-        formats=args.format, speaker_names=dict(args.speaker_name),
-        inverse_text_normalization=args.itn, quality_profile=args.profile, hotwords=args.hotwords,
-        loudness_normalization=args.loudnorm, trim_silence=args.trim_silence, no_cache=args.no_cache,
+        language_code=args.language,
+        diarize=args.diarize or wants_speakers,
+        num_speakers=args.num_speakers,
+        min_speakers=args.min_speakers,
+        max_speakers=args.max_speakers,
+        model=args.model,
+        formats=args.format,
+        speaker_names=dict(args.speaker_name),
+        inverse_text_normalization=args.itn,
+        quality_profile=args.profile,
+        hotwords=args.hotwords,
+        loudness_normalization=args.loudnorm,
+        trim_silence=args.trim_silence,
+        no_cache=args.no_cache,
     )
     failures = 0
     inputs: list[Path] = []
@@ -274,7 +369,9 @@ def transcribe(args: argparse.Namespace) -> int:
     for path in args.files:
         problem = _input_problem(path)
         if not problem and path.stem in stems:
-            problem = f"its outputs would overwrite those of {stems[path.stem]} (same name); rename one"
+            problem = (
+                f"its outputs would overwrite those of {stems[path.stem]} (same name); rename one"
+            )
         if problem:
             err_console.print(f"asr: {path}: {problem}")
             failures += 1
@@ -286,19 +383,28 @@ def transcribe(args: argparse.Namespace) -> int:
     try:
         args.output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        err_console.print(f"asr: {args.output_dir}: cannot create the output directory: {exc.strerror}")
+        err_console.print(
+            f"asr: {args.output_dir}: cannot create the output directory: {exc.strerror}"
+        )
         return 1
     with ExitStack() as stack:
         address = args.server or _local_mesh(stack, args, options.diarize)
-        client = stack.enter_context(GatewayClient(address, connect_timeout_s=args.connect_timeout,
-                                                   max_attempts=args.max_attempts,
-                                                   **security_args.client_security(args, address)))
+        client = stack.enter_context(
+            GatewayClient(
+                address,
+                connect_timeout_s=args.connect_timeout,
+                max_attempts=args.max_attempts,
+                **security_args.client_security(args, address),
+            )
+        )
         for index, path in enumerate(inputs):
             try:
                 result = _transcribe_one(client, path, options, quiet=args.quiet)
             except GatewayUnreachable as exc:  # the same for every file: say it once and stop
                 left = len(inputs) - index
-                err_console.print(f"asr: {exc.message}; {left} file{'s' if left > 1 else ''} not transcribed")
+                err_console.print(
+                    f"asr: {exc.message}; {left} file{'s' if left > 1 else ''} not transcribed"
+                )
                 failures += left
                 break
             except MeshError as exc:
@@ -308,7 +414,9 @@ def transcribe(args: argparse.Namespace) -> int:
             try:
                 written = _write_outputs(result, path, args.output_dir)
             except OSError as exc:
-                err_console.print(f"asr: {path}: cannot write outputs to {args.output_dir}: {exc.strerror}")
+                err_console.print(
+                    f"asr: {path}: cannot write outputs to {args.output_dir}: {exc.strerror}"
+                )
                 failures += 1
                 continue
             speakers = f", {len(result.speakers)} speakers" if options.diarize else ""
@@ -334,9 +442,12 @@ def _input_problem(path: Path) -> str:
 def _transcribe_one(client: GatewayClient, path: Path, options: TranscribeOptions, quiet: bool):
     if quiet:
         return client.transcribe(path, options)
-    columns = (TextColumn("{task.description:<28}", markup=False), BarColumn(),
-               TextColumn("{task.percentage:>5.1f}%"),
-               TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description:<28}", markup=False),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=err_console, transient=True) as bar:
         tasks: dict[int, int] = {}
 
@@ -357,11 +468,17 @@ def _transcribe_one(client: GatewayClient, path: Path, options: TranscribeOption
 def _media_line(path: Path, info) -> str:
     """What the preprocess service found, and its estimate of the processing time."""
     seconds = info.duration.seconds + info.duration.nanos / 1e9
-    line = (f"{path.name}: {seconds:.1f} s of {info.codec or 'audio'} in {info.container.split(',')[0]}, "
-            f"{info.sample_rate_hz} Hz, {info.channels} ch")
+    line = (
+        f"{path.name}: {seconds:.1f} s of {info.codec or 'audio'} in {info.container.split(',')[0]}, "
+        f"{info.sample_rate_hz} Hz, {info.channels} ch"
+    )
     if info.HasField("estimated_processing"):
         estimate = info.estimated_processing.seconds + info.estimated_processing.nanos / 1e9
-        line += f"; estimated processing ≈ {estimate:.0f} s" if estimate >= 1 else "; estimated processing < 1 s"
+        line += (
+            f"; estimated processing ≈ {estimate:.0f} s"
+            if estimate >= 1
+            else "; estimated processing < 1 s"
+        )
     return line
 
 
@@ -391,14 +508,22 @@ def trace_command(args: argparse.Namespace) -> int:
             table.add_column(column, no_wrap=True)
         for trace in found:
             started = datetime.fromtimestamp(trace.start_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
-            table.add_row(trace.trace_id, started, f"{trace.duration_s:.3f}", str(len(trace.spans)),
-                          str(len(trace.services)), "ERROR" if trace.failed else "ok")
+            table.add_row(
+                trace.trace_id,
+                started,
+                f"{trace.duration_s:.3f}",
+                str(len(trace.spans)),
+                str(len(trace.services)),
+                "ERROR" if trace.failed else "ok",
+            )
         out.print(table)
         return 0
     matches = traces.match_traces(state_dir, args.trace_id)
     if len(matches) != 1:
         what = "no trace" if not matches else f"{len(matches)} traces start with"
-        err_console.print(f"asr: {what} {args.trace_id!r} in {state_dir / 'traces'} (see `asr trace list`)")
+        err_console.print(
+            f"asr: {what} {args.trace_id!r} in {state_dir / 'traces'} (see `asr trace list`)"
+        )
         return 1
     trace = matches[0]
     if args.output_format == "json":
@@ -411,8 +536,9 @@ def trace_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_security(args: argparse.Namespace, state_dir: Path,
-                    supervisor) -> tuple[dict[str, str], Path | None]:
+def _serve_security(
+    args: argparse.Namespace, state_dir: Path, supervisor
+) -> tuple[dict[str, str], Path | None]:
     """The services' TLS and token settings for `asr serve --tls / --auth-token-file` (called
     once `_supervisor` found the server)."""
     from asr_mesh.client.security import SecurityConfigError
@@ -422,8 +548,9 @@ def _serve_security(args: argparse.Namespace, state_dir: Path,
     ca = None
     if args.auth_token_file:
         if not args.tls:
-            raise SecurityConfigError("--auth-token-file needs --tls: a bearer token must not travel "
-                                      "in the clear")
+            raise SecurityConfigError(
+                "--auth-token-file needs --tls: a bearer token must not travel in the clear"
+            )
         TokenFile(args.auth_token_file)  # refuse a missing or empty file here, with a sentence
         env["ASR_GATEWAY_AUTH_TOKEN_FILE"] = str(args.auth_token_file.resolve())
     if args.tls:
@@ -442,22 +569,33 @@ def serve(args: argparse.Namespace) -> int:
     state_dir = supervisor.resolve_state_dir(args.state_dir)
     if args.stop:
         pid = supervisor.stop_local_mesh(state_dir)
-        err_console.print(f"stopped the local mesh in {state_dir} (supervisor pid {pid})" if pid
-                          else f"no local mesh is running in {state_dir}")
+        err_console.print(
+            f"stopped the local mesh in {state_dir} (supervisor pid {pid})"
+            if pid
+            else f"no local mesh is running in {state_dir}"
+        )
         return 0
     services = supervisor.WITHOUT_DIARIZATION if args.no_diarization else supervisor.SERVICES
     if args.http_port is not None and not 0 <= args.http_port <= 65535:
         err_console.print(f"asr: --http-port must be between 0 and 65535, not {args.http_port}")
         return 2
     env, ca = _serve_security(args, state_dir, supervisor)
-    runner = supervisor.LocalMeshSupervisor(state_dir, services, idle_s=args.idle_timeout, env=env,
-                                            tls_ca=ca, http_port=args.http_port,
-                                            transcription_replicas=args.transcription_replicas)
+    runner = supervisor.LocalMeshSupervisor(
+        state_dir,
+        services,
+        idle_s=args.idle_timeout,
+        env=env,
+        tls_ca=ca,
+        http_port=args.http_port,
+        transcription_replicas=args.transcription_replicas,
+    )
     with supervisor.mesh_lock(state_dir):
         running = supervisor.live_mesh(state_dir)
         if running is not None:
-            err_console.print(f"asr: a local mesh is already running in {state_dir} (gateway "
-                              f"{running.gateway_address}); use it, or stop it with `asr serve --stop`")
+            err_console.print(
+                f"asr: a local mesh is already running in {state_dir} (gateway "
+                f"{running.gateway_address}); use it, or stop it with `asr serve --stop`"
+            )
             return 1
         address = runner.start()
     stop = runner.stop_requested  # from here on a signal stops the mesh in order
@@ -467,11 +605,19 @@ def serve(args: argparse.Namespace) -> int:
     if runner.mesh.http_address:
         print(f"http listening on {runner.mesh.http_address}", flush=True)
     if runner.mesh.replicas["transcription"] > 1:
-        err_console.print(f"{runner.mesh.replicas['transcription']} transcription replicas on "
-                          + ", ".join(runner.mesh.addresses_of("transcription")))
+        err_console.print(
+            f"{runner.mesh.replicas['transcription']} transcription replicas on "
+            + ", ".join(runner.mesh.addresses_of("transcription"))
+        )
     if args.tls:
-        err_console.print(f"TLS on; clients verify with --ca-cert {state_dir / 'tls' / 'ca.pem'}"
-                          + ("; a bearer token is required (--token or ASR_TOKEN)" if args.auth_token_file else ""))
+        err_console.print(
+            f"TLS on; clients verify with --ca-cert {state_dir / 'tls' / 'ca.pem'}"
+            + (
+                "; a bearer token is required (--token or ASR_TOKEN)"
+                if args.auth_token_file
+                else ""
+            )
+        )
     err_console.print(f"state directory {state_dir}; press Ctrl-C to stop")
     runner.run()
     return 0

@@ -15,10 +15,27 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 __all__ = [
-    "BY_REASON", "GENERAL", "KNOWN", "Cancelled", "Category", "DeadlineExceeded",
-    "DependencyFailed", "DependencyUnavailable", "Draining", "FailedPrecondition",
-    "InternalError", "InvalidAudio", "InvalidInput", "LimitExceeded", "MeshError", "NotFound",
-    "Overloaded", "PermissionDenied", "Unauthenticated", "UnknownModel", "UploadStalled",
+    "BY_REASON",
+    "GENERAL",
+    "KNOWN",
+    "Cancelled",
+    "Category",
+    "DeadlineExceeded",
+    "DependencyFailed",
+    "DependencyUnavailable",
+    "Draining",
+    "FailedPrecondition",
+    "InternalError",
+    "InvalidAudio",
+    "InvalidInput",
+    "LimitExceeded",
+    "MeshError",
+    "NotFound",
+    "Overloaded",
+    "PermissionDenied",
+    "Unauthenticated",
+    "UnknownModel",
+    "UploadStalled",
     "rebuild",
 ]
 
@@ -186,9 +203,22 @@ class PermissionDenied(MeshError):
 
 
 KNOWN: tuple[type[MeshError], ...] = (
-    InvalidInput, InvalidAudio, LimitExceeded, UnknownModel, Overloaded, DependencyUnavailable,
-    Draining, DependencyFailed, DeadlineExceeded, UploadStalled, Cancelled, InternalError,
-    NotFound, FailedPrecondition, Unauthenticated, PermissionDenied,
+    InvalidInput,
+    InvalidAudio,
+    LimitExceeded,
+    UnknownModel,
+    Overloaded,
+    DependencyUnavailable,
+    Draining,
+    DependencyFailed,
+    DeadlineExceeded,
+    UploadStalled,
+    Cancelled,
+    InternalError,
+    NotFound,
+    FailedPrecondition,
+    Unauthenticated,
+    PermissionDenied,
 )
 """Every class a caller can get back from the wire (by its reason): all above but the base."""
 
@@ -209,9 +239,15 @@ GENERAL: dict[Category, type[MeshError]] = {
 """The class to rebuild when only the category is known (a reason this version does not know)."""
 
 
-def rebuild(category: Category, reason: str, message: str, *,
-            metadata: dict[str, str] | None = None, field: str = "",
-            retry_after_s: float | None = None) -> MeshError:
+def rebuild(
+    category: Category,
+    reason: str,
+    message: str,
+    *,
+    metadata: dict[str, str] | None = None,
+    field: str = "",
+    retry_after_s: float | None = None,
+) -> MeshError:
     """The typed exception for a failure reported as (category, reason, ...), e.g. by a remote
     service: the class its reason names when that class has this category, else the category's
     general class. `field` and `retry_after_s` go to the classes that carry them."""

@@ -33,14 +33,23 @@ from asr_mesh.client.sdk import (
 )
 
 __all__ = [
-    "COMMANDS", "STATES", "STATE_NAMES", "add_parsers", "options_from_args", "run",
-    "server_address"
+    "COMMANDS",
+    "STATES",
+    "STATE_NAMES",
+    "add_parsers",
+    "options_from_args",
+    "run",
+    "server_address",
 ]
 
 COMMANDS = ("submit", "jobs")
-STATES = {"queued": jpb.JOB_STATE_QUEUED, "running": jpb.JOB_STATE_RUNNING,
-          "succeeded": jpb.JOB_STATE_SUCCEEDED, "failed": jpb.JOB_STATE_FAILED,
-          "cancelled": jpb.JOB_STATE_CANCELLED}
+STATES = {
+    "queued": jpb.JOB_STATE_QUEUED,
+    "running": jpb.JOB_STATE_RUNNING,
+    "succeeded": jpb.JOB_STATE_SUCCEEDED,
+    "failed": jpb.JOB_STATE_FAILED,
+    "cancelled": jpb.JOB_STATE_CANCELLED,
+}
 STATE_NAMES = {value: name for name, value in STATES.items()}
 _NOT_FOR_SUBMIT = {"help", "files", "output_dir"}
 
@@ -49,7 +58,9 @@ def add_parsers(sub: argparse._SubParsersAction, transcribe: argparse.ArgumentPa
     """Add `submit` (with every option of `transcribe`) and `jobs` to the `asr` parser."""
     s = sub.add_parser("submit", help="queue files as durable jobs on a running gateway")
     s.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    for action in transcribe._actions:  # the same option objects, as argparse's `parents` shares them
+    for (
+        action
+    ) in transcribe._actions:  # the same option objects, as argparse's `parents` shares them
         if action.dest not in _NOT_FOR_SUBMIT:
             s._add_action(action)
 
@@ -65,20 +76,33 @@ def add_parsers(sub: argparse._SubParsersAction, transcribe: argparse.ArgumentPa
     for name, p in parsers.items():
         if name != "list":
             p.add_argument("job_id", metavar="ID")
-        p.add_argument("--server", help="HOST:PORT of the gateway (default: $ASR_SERVER or `asr serve`'s)")
+        p.add_argument(
+            "--server", help="HOST:PORT of the gateway (default: $ASR_SERVER or `asr serve`'s)"
+        )
         p.add_argument("--connect-timeout", type=float, default=15.0, metavar="SECONDS")
-        p.add_argument("--state-dir", type=Path, help="state directory of `asr serve` (to find its gateway)")
+        p.add_argument(
+            "--state-dir", type=Path, help="state directory of `asr serve` (to find its gateway)"
+        )
         security_args.add_arguments(p)  # --ca-cert, --token
     parsers["list"].add_argument("--state", choices=tuple(STATES), help="only jobs in this state")
     parsers["list"].add_argument("--limit", type=int, default=50, help="at most this many jobs")
     for name in ("watch", "get"):
-        parsers[name].add_argument("--timeout", type=float, default=24 * 3600.0, metavar="SECONDS",
-                                   help="give up waiting after this long (gateway restarts are waited out)")
+        parsers[name].add_argument(
+            "--timeout",
+            type=float,
+            default=24 * 3600.0,
+            metavar="SECONDS",
+            help="give up waiting after this long (gateway restarts are waited out)",
+        )
         parsers[name].add_argument("--quiet", action="store_true", help="no progress bar")
     g = parsers["get"]
     g.add_argument("--wait", action="store_true", help="wait until the job is final")
-    g.add_argument("-o", "--output-dir", type=Path, default=Path("."), help="where to write outputs")
-    g.add_argument("--format", type=_format_list, default=(), help="only these of the rendered documents")
+    g.add_argument(
+        "-o", "--output-dir", type=Path, default=Path("."), help="where to write outputs"
+    )
+    g.add_argument(
+        "--format", type=_format_list, default=(), help="only these of the rendered documents"
+    )
 
 
 def _format_list(value: str) -> tuple[str, ...]:
@@ -89,10 +113,14 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "submit":
         return submit(args)
     address = server_address(args)
-    with GatewayClient(address, connect_timeout_s=args.connect_timeout,
-                       **security_args.client_security(args, address)) as client:
-        return {"list": list_jobs, "watch": watch, "get": get, "cancel": cancel,
-                "delete": delete}[args.jobs_command](client, args)
+    with GatewayClient(
+        address,
+        connect_timeout_s=args.connect_timeout,
+        **security_args.client_security(args, address),
+    ) as client:
+        return {"list": list_jobs, "watch": watch, "get": get, "cancel": cancel, "delete": delete}[
+            args.jobs_command
+        ](client, args)
 
 
 def server_address(args: argparse.Namespace) -> str:
@@ -104,20 +132,35 @@ def server_address(args: argparse.Namespace) -> str:
     try:
         return json.loads(published.read_text())["gateway"][0]["address"]
     except (OSError, ValueError, KeyError, IndexError, TypeError):
-        raise InvalidInput("no gateway to send jobs to: pass --server HOST:PORT (or set ASR_SERVER, "
-                           "or start one with `asr serve`)") from None
+        raise InvalidInput(
+            "no gateway to send jobs to: pass --server HOST:PORT (or set ASR_SERVER, "
+            "or start one with `asr serve`)"
+        ) from None
 
 
 def options_from_args(args: argparse.Namespace) -> TranscribeOptions:
     """The options `asr transcribe` would send for these arguments."""
-    wants_speakers = bool(args.num_speakers or args.min_speakers or args.max_speakers
-                          or args.speaker_name or "rttm" in args.format)
+    wants_speakers = bool(
+        args.num_speakers
+        or args.min_speakers
+        or args.max_speakers
+        or args.speaker_name
+        or "rttm" in args.format
+    )
     return TranscribeOptions(
-        language_code=args.language, diarize=args.diarize or wants_speakers, num_speakers=args.num_speakers,
-        min_speakers=args.min_speakers, max_speakers=args.max_speakers, model=args.model,
-        formats=args.format, speaker_names=dict(args.speaker_name),
-        inverse_text_normalization=args.itn, quality_profile=args.profile, hotwords=args.hotwords,
-        loudness_normalization=args.loudnorm, trim_silence=args.trim_silence,
+        language_code=args.language,
+        diarize=args.diarize or wants_speakers,
+        num_speakers=args.num_speakers,
+        min_speakers=args.min_speakers,
+        max_speakers=args.max_speakers,
+        model=args.model,
+        formats=args.format,
+        speaker_names=dict(args.speaker_name),
+        inverse_text_normalization=args.itn,
+        quality_profile=args.profile,
+        hotwords=args.hotwords,
+        loudness_normalization=args.loudnorm,
+        trim_silence=args.trim_silence,
         no_cache=getattr(args, "no_cache", False),
     )
 
@@ -138,14 +181,19 @@ def submit(args: argparse.Namespace) -> int:
     if not inputs:
         return 1
     address = server_address(args)
-    with GatewayClient(address, connect_timeout_s=args.connect_timeout,
-                       **security_args.client_security(args, address)) as client:
+    with GatewayClient(
+        address,
+        connect_timeout_s=args.connect_timeout,
+        **security_args.client_security(args, address),
+    ) as client:
         for index, path in enumerate(inputs):
             try:
                 job = client.submit_job(path, options)
             except GatewayUnreachable as exc:
                 left = len(inputs) - index
-                err_console.print(f"asr: {exc.message}; {left} file{'s' if left > 1 else ''} not submitted")
+                err_console.print(
+                    f"asr: {exc.message}; {left} file{'s' if left > 1 else ''} not submitted"
+                )
                 return 1
             except MeshError as exc:
                 err_console.print(f"asr: {path}: {exc.message}")
@@ -169,8 +217,11 @@ def _describe(job: jpb.Job) -> str:
 def list_jobs(client: GatewayClient, args: argparse.Namespace) -> int:
     found, token = [], ""
     while len(found) < args.limit:
-        page, token = client.list_jobs(state=STATES.get(args.state or "", 0),
-                                       page_size=min(args.limit - len(found), 1000), page_token=token)
+        page, token = client.list_jobs(
+            state=STATES.get(args.state or "", 0),
+            page_size=min(args.limit - len(found), 1000),
+            page_token=token,
+        )
         found += page
         if not token:
             break
@@ -187,9 +238,15 @@ def _follow(client: GatewayClient, job_id: str, timeout_s: float, quiet: bool) -
     from asr_mesh.client.cli import STAGE_LABELS, err_console
 
     deadline = time.monotonic() + timeout_s
-    with Progress(TextColumn("{task.description:<24}", markup=False), BarColumn(),
-                  TextColumn("{task.percentage:>5.1f}%"), TimeElapsedColumn(),
-                  console=err_console, transient=True, disable=quiet) as bar:
+    with Progress(
+        TextColumn("{task.description:<24}", markup=False),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=quiet,
+    ) as bar:
         task = bar.add_task(job_id[:8], total=1.0)
         while True:
             try:
@@ -201,7 +258,9 @@ def _follow(client: GatewayClient, job_id: str, timeout_s: float, quiet: bool) -
             except DependencyUnavailable:
                 pass  # the gateway restarts: re-open the stream below
             if time.monotonic() >= deadline:
-                raise DependencyUnavailable(f"gave up following job {job_id} after {timeout_s:.0f} s")
+                raise DependencyUnavailable(
+                    f"gave up following job {job_id} after {timeout_s:.0f} s"
+                )
             time.sleep(0.5)
 
 
@@ -214,7 +273,11 @@ def watch(client: GatewayClient, args: argparse.Namespace) -> int:
 def get(client: GatewayClient, args: argparse.Namespace) -> int:
     from asr_mesh.client.cli import err_console
 
-    job = _follow(client, args.job_id, args.timeout, args.quiet) if args.wait else client.get_job(args.job_id)
+    job = (
+        _follow(client, args.job_id, args.timeout, args.quiet)
+        if args.wait
+        else client.get_job(args.job_id)
+    )
     if job.state != jpb.JOB_STATE_SUCCEEDED:
         hint = "" if job.state in FINAL_JOB_STATES else "; add --wait to wait for it"
         err_console.print(f"asr: job {job.job_id} is {_describe(job)}{hint}")
@@ -225,8 +288,10 @@ def get(client: GatewayClient, args: argparse.Namespace) -> int:
         have = {d.file_extension: d for d in documents}
         missing = [f for f in args.format if f not in have]
         if missing:
-            err_console.print(f"asr: job {job.job_id} has no {', '.join(missing)} document (it rendered "
-                              f"{', '.join(have) or 'none'}; submit again with --format)")
+            err_console.print(
+                f"asr: job {job.job_id} has no {', '.join(missing)} document (it rendered "
+                f"{', '.join(have) or 'none'}; submit again with --format)"
+            )
             return 1
         documents = [have[f] for f in args.format]
     args.output_dir.mkdir(parents=True, exist_ok=True)

@@ -36,8 +36,15 @@ from asr_mesh.client.status import from_rpc_error
 from asr_mesh.client.tracing import traced_channel
 
 __all__ = [
-    "DEFAULT_ATTEMPTS", "FINAL_JOB_STATES", "FORMATS", "GatewayClient", "GatewayUnreachable",
-    "StreamOptions", "TranscribeOptions", "Transcription", "UPLOAD_CHUNK_BYTES"
+    "DEFAULT_ATTEMPTS",
+    "FINAL_JOB_STATES",
+    "FORMATS",
+    "GatewayClient",
+    "GatewayUnreachable",
+    "StreamOptions",
+    "TranscribeOptions",
+    "Transcription",
+    "UPLOAD_CHUNK_BYTES",
 ]
 
 log = logging.getLogger(__name__)
@@ -87,19 +94,32 @@ class TranscribeOptions:
     def to_proto(self, filename: str) -> pb.TranscribeConfig:
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown:
-            raise InvalidInput(f"unknown output format {unknown[0]!r}; "
-                               f"choose from {', '.join(FORMATS)}")
+            raise InvalidInput(
+                f"unknown output format {unknown[0]!r}; choose from {', '.join(FORMATS)}"
+            )
         return pb.TranscribeConfig(
-            filename=filename, language_code=self.language_code, diarize=self.diarize,
-            num_speakers=self.num_speakers, min_speakers=self.min_speakers,
-            max_speakers=self.max_speakers, model=self.model,
-            output_formats=[FORMATS[f] for f in self.formats], speaker_names=self.speaker_names,
-            temperatures=self.temperatures, beam_size=self.beam_size,
-            initial_prompt=self.initial_prompt, quality_profile=_profile(self.quality_profile),
-            best_of=self.best_of, hotwords=self.hotwords,
-            inverse_text_normalization=self.inverse_text_normalization, no_cache=self.no_cache,
-            **{name: value for name in ("loudness_normalization", "trim_silence")
-               if (value := getattr(self, name)) is not None},
+            filename=filename,
+            language_code=self.language_code,
+            diarize=self.diarize,
+            num_speakers=self.num_speakers,
+            min_speakers=self.min_speakers,
+            max_speakers=self.max_speakers,
+            model=self.model,
+            output_formats=[FORMATS[f] for f in self.formats],
+            speaker_names=self.speaker_names,
+            temperatures=self.temperatures,
+            beam_size=self.beam_size,
+            initial_prompt=self.initial_prompt,
+            quality_profile=_profile(self.quality_profile),
+            best_of=self.best_of,
+            hotwords=self.hotwords,
+            inverse_text_normalization=self.inverse_text_normalization,
+            no_cache=self.no_cache,
+            **{
+                name: value
+                for name in ("loudness_normalization", "trim_silence")
+                if (value := getattr(self, name)) is not None
+            },
         )
 
 
@@ -134,16 +154,24 @@ def _profile(name: str) -> int:
         enum_name = f"QUALITY_PROFILE_{name.strip().upper().replace('-', '_')}"
         return int(quality_pb2.QualityProfile.Value(enum_name))
     except ValueError:
-        raise InvalidInput(f"unknown quality profile {name!r}; "
-                           "choose from max_quality, balanced, fast") from None
+        raise InvalidInput(
+            f"unknown quality profile {name!r}; choose from max_quality, balanced, fast"
+        ) from None
 
 
 class GatewayClient:
     """Calls a running gateway. Use as a context manager or call `close()`."""
 
-    def __init__(self, address: str, max_message_bytes: int = 64 << 20,
-                 connect_timeout_s: float = 15.0, max_attempts: int = DEFAULT_ATTEMPTS, *,
-                 ca_cert: str | Path | None = None, token: str | None = None):
+    def __init__(
+        self,
+        address: str,
+        max_message_bytes: int = 64 << 20,
+        connect_timeout_s: float = 15.0,
+        max_attempts: int = DEFAULT_ATTEMPTS,
+        *,
+        ca_cert: str | Path | None = None,
+        token: str | None = None,
+    ):
         """`max_attempts`: see below; `ca_cert`: PEM file to verify a TLS gateway with (TLS only
         when given); `token`: bearer token sent as `authorization: Bearer ...` with every call
         (needs `ca_cert`)."""
@@ -155,12 +183,22 @@ class GatewayClient:
         self._connect_timeout_s = connect_timeout_s
         self._reachable = False
         self._tls_hint = (
-            f"; with TLS: is the gateway's certificate signed by {ca_cert} and does it "
-            "name this address? A plaintext gateway refuses TLS too") if ca_cert else ""
-        self._channel = client_channel(address, ca_cert=ca_cert, token=token, options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ])
+            (
+                f"; with TLS: is the gateway's certificate signed by {ca_cert} and does it "
+                "name this address? A plaintext gateway refuses TLS too"
+            )
+            if ca_cert
+            else ""
+        )
+        self._channel = client_channel(
+            address,
+            ca_cert=ca_cert,
+            token=token,
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ],
+        )
         self._stub = pb_grpc.GatewayServiceStub(traced_channel(self._channel))
         self._jobs = jobs_grpc.JobServiceStub(traced_channel(self._channel))
 
@@ -212,14 +250,22 @@ class GatewayClient:
             if regular:  # declared, so a cut-off upload is refused, not transcribed
                 config.upload_size_bytes = stat.st_size
             # A pipe cannot be sent twice: only a regular file is retried.
-            return self._retrying(lambda left: self._transcribe(source, config, on_event, left),
-                                  timeout_s, rewind=lambda: source.seek(0),
-                                  attempts=None if regular else 1)
+            return self._retrying(
+                lambda left: self._transcribe(source, config, on_event, left),
+                timeout_s,
+                rewind=lambda: source.seek(0),
+                attempts=None if regular else 1,
+            )
 
-    def transcribe_file(self, source: BinaryIO, filename: str, options: TranscribeOptions,
-                        size: int = 0,
-                        on_event: Callable[[pb.TranscribeResponse], None] | None = None,
-                        timeout_s: float | None = None) -> Transcription:
+    def transcribe_file(
+        self,
+        source: BinaryIO,
+        filename: str,
+        options: TranscribeOptions,
+        size: int = 0,
+        on_event: Callable[[pb.TranscribeResponse], None] | None = None,
+        timeout_s: float | None = None,
+    ) -> Transcription:
         """Like `transcribe`, from an open binary file object (an HTTP upload, say); `size`, when
         known, is declared so that a cut-off upload is refused. The caller closes `source`."""
         config = options.to_proto(filename)
@@ -228,8 +274,12 @@ class GatewayClient:
         self._wait_until_reachable()
         return self._transcribe(source, config, on_event, timeout_s)
 
-    def stream(self, pcm_chunks: Iterable[bytes], options: StreamOptions | None = None,
-               timeout_s: float | None = None) -> Iterator[streaming_pb2.StreamingEvent]:
+    def stream(
+        self,
+        pcm_chunks: Iterable[bytes],
+        options: StreamOptions | None = None,
+        timeout_s: float | None = None,
+    ) -> Iterator[streaming_pb2.StreamingEvent]:
         """Real-time recognition: send 16 kHz mono s16le PCM chunks (20-500 ms each, paced by
         the caller) and iterate over asr.common.v1.StreamingEvent messages (interim, final,
         speech, summary) as they come. Failures raise the typed exceptions of
@@ -241,7 +291,8 @@ class GatewayClient:
             yield gw_streaming_pb2.StreamingTranscribeRequest(config=config)
             for chunk in pcm_chunks:
                 yield gw_streaming_pb2.StreamingTranscribeRequest(
-                    audio=audio_pb2.AudioChunk(pcm=chunk))
+                    audio=audio_pb2.AudioChunk(pcm=chunk)
+                )
 
         call = self._stub.StreamingTranscribe(requests(), timeout=timeout_s)
         try:
@@ -252,8 +303,13 @@ class GatewayClient:
         finally:
             call.cancel()  # no-op once finished
 
-    def _transcribe(self, source: BinaryIO, config: Any, on_event: Callable[[Any], object] | None,
-                    timeout_s: float | None) -> Transcription:
+    def _transcribe(
+        self,
+        source: BinaryIO,
+        config: Any,
+        on_event: Callable[[Any], object] | None,
+        timeout_s: float | None,
+    ) -> Transcription:
         def requests() -> Iterator[pb.TranscribeRequest]:
             yield pb.TranscribeRequest(config=config)
             while piece := source.read(UPLOAD_CHUNK_BYTES):
@@ -266,8 +322,9 @@ class GatewayClient:
 
     # -- jobs (asr.gateway.v1.JobService) ----------------------------------------------------
 
-    def submit_job(self, path: Path, options: TranscribeOptions,
-                   timeout_s: float | None = None) -> jobs_pb.Job:
+    def submit_job(
+        self, path: Path, options: TranscribeOptions, timeout_s: float | None = None
+    ) -> jobs_pb.Job:
         """Upload `path` as a job; returns the queued job (its `job_id`) once the upload is
         stored."""
         config = options.to_proto(Path(path).name)
@@ -282,8 +339,14 @@ class GatewayClient:
 
             return self._submit(source, config, timeout_s)
 
-    def submit_job_file(self, source: BinaryIO, filename: str, options: TranscribeOptions,
-                        size: int = 0, timeout_s: float | None = None) -> jobs_pb.Job:
+    def submit_job_file(
+        self,
+        source: BinaryIO,
+        filename: str,
+        options: TranscribeOptions,
+        size: int = 0,
+        timeout_s: float | None = None,
+    ) -> jobs_pb.Job:
         """Like `submit_job`, from an open binary file object; the caller closes `source`."""
         config = options.to_proto(filename)
         if size:
@@ -291,8 +354,9 @@ class GatewayClient:
         self._wait_until_reachable()
         return self._submit(source, config, timeout_s)
 
-    def _submit(self, source: BinaryIO, config: pb.TranscribeConfig,
-                timeout_s: float | None) -> jobs_pb.Job:
+    def _submit(
+        self, source: BinaryIO, config: pb.TranscribeConfig, timeout_s: float | None
+    ) -> jobs_pb.Job:
         def requests() -> Iterator[jobs_pb.SubmitJobRequest]:
             yield jobs_pb.SubmitJobRequest(config=config)
             while piece := source.read(UPLOAD_CHUNK_BYTES):
@@ -301,8 +365,11 @@ class GatewayClient:
         if not source.seekable():
             return self._call(self._jobs.SubmitJob, requests(), timeout_s).job
         start = source.tell()
-        return self._retrying(lambda left: self._call(self._jobs.SubmitJob, requests(), left).job,
-                              timeout_s, rewind=lambda: source.seek(start))
+        return self._retrying(
+            lambda left: self._call(self._jobs.SubmitJob, requests(), left).job,
+            timeout_s,
+            rewind=lambda: source.seek(start),
+        )
 
     def get_job(self, job_id: str, timeout_s: float | None = 30.0) -> jobs_pb.Job:
         return self._call(self._jobs.GetJob, jobs_pb.GetJobRequest(job_id=job_id), timeout_s).job
@@ -316,10 +383,14 @@ class GatewayClient:
         except grpc.RpcError as err:
             raise from_rpc_error(err, service="gateway") from None
 
-    def list_jobs(self, state: int = 0, page_size: int = 0,
-                  page_token: str = "") -> tuple[list[jobs_pb.Job], str]:
-        reply = self._call(self._jobs.ListJobs, jobs_pb.ListJobsRequest(
-            state=state, page_size=page_size, page_token=page_token), 30.0)
+    def list_jobs(
+        self, state: int = 0, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[jobs_pb.Job], str]:
+        reply = self._call(
+            self._jobs.ListJobs,
+            jobs_pb.ListJobsRequest(state=state, page_size=page_size, page_token=page_token),
+            30.0,
+        )
         return list(reply.jobs), reply.next_page_token
 
     def cancel_job(self, job_id: str) -> jobs_pb.Job:
@@ -331,13 +402,22 @@ class GatewayClient:
     def job_results(self, job_id: str, timeout_s: float | None = None) -> Transcription:
         """A succeeded job's transcript and documents (as `transcribe` returns them)."""
         try:
-            return _collect(self._jobs.GetJobResults(jobs_pb.GetJobResultsRequest(job_id=job_id),
-                                                     timeout=timeout_s), None)
+            return _collect(
+                self._jobs.GetJobResults(
+                    jobs_pb.GetJobResultsRequest(job_id=job_id), timeout=timeout_s
+                ),
+                None,
+            )
         except grpc.RpcError as err:
             raise from_rpc_error(err, service="gateway") from None
 
-    def wait_job(self, job_id: str, timeout_s: float = 3600.0, poll_s: float = 0.5,
-                 on_update: Callable[[jobs_pb.Job], None] | None = None) -> jobs_pb.Job:
+    def wait_job(
+        self,
+        job_id: str,
+        timeout_s: float = 3600.0,
+        poll_s: float = 0.5,
+        on_update: Callable[[jobs_pb.Job], None] | None = None,
+    ) -> jobs_pb.Job:
         """Poll until the job is final. An unreachable gateway (a restart, a rolling update) is
         waited out, reconnecting, until `timeout_s`; then `DependencyUnavailable` is raised."""
         deadline = time.monotonic() + timeout_s
@@ -348,7 +428,8 @@ class GatewayClient:
             except DependencyUnavailable as exc:
                 if time.monotonic() >= deadline:
                     raise DependencyUnavailable(
-                        f"gave up waiting for job {job_id}: {exc.message}") from None
+                        f"gave up waiting for job {job_id}: {exc.message}"
+                    ) from None
             else:
                 if on_update:
                     on_update(job)
@@ -358,8 +439,14 @@ class GatewayClient:
                     raise DeadlineExceeded(f"job {job_id} is not finished after {timeout_s:.0f} s")
             time.sleep(poll_s)
 
-    def _retrying(self, attempt: Callable[[float | None], T], timeout_s: float | None, *,
-                  rewind: Callable[[], object] = lambda: None, attempts: int | None = None) -> T:
+    def _retrying(
+        self,
+        attempt: Callable[[float | None], T],
+        timeout_s: float | None,
+        *,
+        rewind: Callable[[], object] = lambda: None,
+        attempts: int | None = None,
+    ) -> T:
         """`attempt(time_left)` under the retry policy: RESOURCE_EXHAUSTED and UNAVAILABLE are
         retried after max(the server's RetryInfo hint, exponential backoff with jitter), within
         `timeout_s` in total (None: only `max_attempts` bounds it)."""
@@ -390,12 +477,21 @@ class GatewayClient:
 
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
-            log.info("gateway answered %s, retrying (attempt %d of %d): %s",
-                     type(error).__name__, state.attempt_number + 1, limit,
-                     getattr(error, "message", error))
+            log.info(
+                "gateway answered %s, retrying (attempt %d of %d): %s",
+                type(error).__name__,
+                state.attempt_number + 1,
+                limit,
+                getattr(error, "message", error),
+            )
 
-        for tried in Retrying(retry=retry_if_exception(_retryable), stop=stop, wait=wait,
-                              before_sleep=before_sleep, reraise=True):
+        for tried in Retrying(
+            retry=retry_if_exception(_retryable),
+            stop=stop,
+            wait=wait,
+            before_sleep=before_sleep,
+            reraise=True,
+        ):
             with tried:
                 if tried.retry_state.attempt_number > 1:
                     rewind()
@@ -412,12 +508,14 @@ class GatewayClient:
 def _retryable(error: BaseException) -> bool:
     """Queue full, draining, or a dependency briefly down: worth another attempt. A gateway that
     cannot be reached at all is not (the caller gets its sentence at once)."""
-    return (isinstance(error, Overloaded | DependencyUnavailable)
-            and not isinstance(error, GatewayUnreachable))
+    return isinstance(error, Overloaded | DependencyUnavailable) and not isinstance(
+        error, GatewayUnreachable
+    )
 
 
 FINAL_JOB_STATES = frozenset(
-    {jobs_pb.JOB_STATE_SUCCEEDED, jobs_pb.JOB_STATE_FAILED, jobs_pb.JOB_STATE_CANCELLED})
+    {jobs_pb.JOB_STATE_SUCCEEDED, jobs_pb.JOB_STATE_FAILED, jobs_pb.JOB_STATE_CANCELLED}
+)
 
 
 def _collect(responses: Iterable[Any], on_event: Callable[[Any], object] | None) -> Transcription:
@@ -433,14 +531,20 @@ def _collect(responses: Iterable[Any], on_event: Callable[[Any], object] | None)
             chunk = response.document_chunk
             pending.setdefault(chunk.format, []).append(chunk.content)
             if chunk.last:
-                documents.append(document_pb2.Document(
-                    format=chunk.format, content="".join(pending.pop(chunk.format)),
-                    file_extension=chunk.file_extension, media_type=chunk.media_type,
-                ))
+                documents.append(
+                    document_pb2.Document(
+                        format=chunk.format,
+                        content="".join(pending.pop(chunk.format)),
+                        file_extension=chunk.file_extension,
+                        media_type=chunk.media_type,
+                    )
+                )
         elif kind == "result":
             summary = response.result
-            if pending or (len(segments), len(documents)) != (summary.segment_count,
-                                                               summary.document_count):
+            if pending or (len(segments), len(documents)) != (
+                summary.segment_count,
+                summary.document_count,
+            ):
                 raise InternalError(
                     f"incomplete transcript from the gateway: {len(segments)}/"
                     f"{summary.segment_count} segments, {len(documents)}/"
@@ -470,13 +574,20 @@ class StreamOptions:
             name = (self.profile or "unspecified").strip().upper().replace("-", "_")
             profile = streaming_pb2.LatencyProfile.Value(f"LATENCY_PROFILE_{name}")
         except ValueError:
-            raise InvalidInput(f"unknown latency profile {self.profile!r}; "
-                               "choose from low_latency, balanced, accurate") from None
+            raise InvalidInput(
+                f"unknown latency profile {self.profile!r}; "
+                "choose from low_latency, balanced, accurate"
+            ) from None
         config = streaming_pb2.StreamingConfig(
-            language_code=self.language_code, model=self.model, latency_profile=profile,
-            interim_results=self.interim_results, initial_prompt=self.initial_prompt,
-            format=audio_pb2.PcmFormat(sample_rate_hz=16000, channels=1,
-                                       encoding=audio_pb2.SAMPLE_ENCODING_S16LE))
+            language_code=self.language_code,
+            model=self.model,
+            latency_profile=profile,
+            interim_results=self.interim_results,
+            initial_prompt=self.initial_prompt,
+            format=audio_pb2.PcmFormat(
+                sample_rate_hz=16000, channels=1, encoding=audio_pb2.SAMPLE_ENCODING_S16LE
+            ),
+        )
         config.endpointing.disabled = not self.endpointing
         if self.endpoint_silence_s:
             config.endpointing.silence.FromMilliseconds(int(self.endpoint_silence_s * 1000))

@@ -24,8 +24,12 @@ import grpc
 from asr_mesh.client.errors import InvalidInput
 
 __all__ = [
-    "AUTH_METADATA_KEY", "BearerTokenAuth", "SecurityConfigError", "channel_credentials",
-    "client_channel", "read_pem",
+    "AUTH_METADATA_KEY",
+    "BearerTokenAuth",
+    "SecurityConfigError",
+    "channel_credentials",
+    "client_channel",
+    "read_pem",
 ]
 
 AUTH_METADATA_KEY = "authorization"
@@ -49,9 +53,11 @@ def read_pem(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
     return data
 
 
-def channel_credentials(ca_file: str | os.PathLike[str] | None = None,
-                        cert_file: str | os.PathLike[str] | None = None,
-                        key_file: str | os.PathLike[str] | None = None) -> grpc.ChannelCredentials:
+def channel_credentials(
+    ca_file: str | os.PathLike[str] | None = None,
+    cert_file: str | os.PathLike[str] | None = None,
+    key_file: str | os.PathLike[str] | None = None,
+) -> grpc.ChannelCredentials:
     """TLS for a client: verify the server against `ca_file` (system roots if None); show
     `cert_file`/`key_file` to servers that require a client certificate."""
     return grpc.ssl_channel_credentials(
@@ -67,26 +73,33 @@ class BearerTokenAuth(grpc.AuthMetadataPlugin):  # type: ignore[misc]  # grpc is
     def __init__(self, token: str):
         self._metadata = ((AUTH_METADATA_KEY, f"Bearer {token}"),)
 
-    def __call__(self, context: grpc.AuthMetadataContext,
-                 callback: grpc.AuthMetadataPluginCallback) -> None:
+    def __call__(
+        self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback
+    ) -> None:
         callback(self._metadata, None)
 
 
-def client_channel(target: str, options: Iterable[tuple[str, Any]] = (), *,
-                   ca_cert: str | os.PathLike[str] | None = None,
-                   token: str | None = None) -> grpc.Channel:
+def client_channel(
+    target: str,
+    options: Iterable[tuple[str, Any]] = (),
+    *,
+    ca_cert: str | os.PathLike[str] | None = None,
+    token: str | None = None,
+) -> grpc.Channel:
     """The SDK's channel: TLS verified against `ca_cert` when given; `token` sent with every call.
 
     gRPC sends call credentials only over TLS, so a token without a CA file is refused here
     rather than sent in the clear (use a TLS gateway, or leave the token out).
     """
     if token and not ca_cert:
-        raise SecurityConfigError("a bearer token is sent only over TLS: pass --ca-cert "
-                                  "(or set ASR_CA_CERT) with --token")
+        raise SecurityConfigError(
+            "a bearer token is sent only over TLS: pass --ca-cert (or set ASR_CA_CERT) with --token"
+        )
     if not ca_cert:
         return grpc.insecure_channel(target, options=list(options))
     credentials = channel_credentials(ca_cert)
     if token:
         credentials = grpc.composite_channel_credentials(
-            credentials, grpc.metadata_call_credentials(BearerTokenAuth(token), name="bearer"))
+            credentials, grpc.metadata_call_credentials(BearerTokenAuth(token), name="bearer")
+        )
     return grpc.secure_channel(target, credentials, options=list(options))

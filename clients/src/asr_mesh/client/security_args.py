@@ -14,21 +14,26 @@ from pathlib import Path
 
 from asr_mesh.client.paths import MESH_FILE, resolve_state_dir
 
-__all__ = [
-    "CA_ENV", "TOKEN_ENV", "add_arguments", "client_security", "local_mesh_ca"
-]
+__all__ = ["CA_ENV", "TOKEN_ENV", "add_arguments", "client_security", "local_mesh_ca"]
 
 TOKEN_ENV = "ASR_TOKEN"
 CA_ENV = "ASR_CA_CERT"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ca-cert", type=Path, metavar="PEM",
-                        help=f"CA certificate to verify a TLS gateway with (default: ${CA_ENV}; a local "
-                        "`asr serve --tls` mesh is found without it)")
-    parser.add_argument("--token", metavar="TOKEN",
-                        help=f"bearer token for a gateway that requires one (default: ${TOKEN_ENV}, "
-                        "which keeps it out of the process list)")
+    parser.add_argument(
+        "--ca-cert",
+        type=Path,
+        metavar="PEM",
+        help=f"CA certificate to verify a TLS gateway with (default: ${CA_ENV}; a local "
+        "`asr serve --tls` mesh is found without it)",
+    )
+    parser.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help=f"bearer token for a gateway that requires one (default: ${TOKEN_ENV}, "
+        "which keeps it out of the process list)",
+    )
 
 
 def local_mesh_ca(state_dir: Path | None, address: str) -> Path | None:
@@ -45,7 +50,10 @@ def local_mesh_ca(state_dir: Path | None, address: str) -> Path | None:
 
 def client_security(args: argparse.Namespace, address: str) -> dict[str, object]:
     """GatewayClient keyword arguments (`ca_cert`, `token`) for these arguments and `address`."""
-    ca = getattr(args, "ca_cert", None) or os.environ.get(CA_ENV) or local_mesh_ca(
-        getattr(args, "state_dir", None), address)
+    ca = (
+        getattr(args, "ca_cert", None)
+        or os.environ.get(CA_ENV)
+        or local_mesh_ca(getattr(args, "state_dir", None), address)
+    )
     token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV) or None
     return {"ca_cert": ca or None, "token": token}

@@ -23,18 +23,20 @@ __all__ = ["ERROR_DOMAIN", "STATUS_OF", "category_of", "from_rpc_error", "status
 ERROR_DOMAIN = "asr-mesh"
 """google.rpc ErrorInfo.domain of every error the mesh reports."""
 
-STATUS_OF: Mapping[Category, grpc.StatusCode] = MappingProxyType({
-    Category.INVALID_INPUT: grpc.StatusCode.INVALID_ARGUMENT,
-    Category.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-    Category.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
-    Category.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Category.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    Category.DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,
-    Category.CANCELLED: grpc.StatusCode.CANCELLED,
-    Category.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
-    Category.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
-    Category.INTERNAL: grpc.StatusCode.INTERNAL,
-})
+STATUS_OF: Mapping[Category, grpc.StatusCode] = MappingProxyType(
+    {
+        Category.INVALID_INPUT: grpc.StatusCode.INVALID_ARGUMENT,
+        Category.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+        Category.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+        Category.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+        Category.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+        Category.DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,
+        Category.CANCELLED: grpc.StatusCode.CANCELLED,
+        Category.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+        Category.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+        Category.INTERNAL: grpc.StatusCode.INTERNAL,
+    }
+)
 """The one category → gRPC status table of the mesh (one code per category, so it inverts)."""
 
 _CATEGORY_OF: dict[grpc.StatusCode, Category] = {code: cat for cat, code in STATUS_OF.items()}
@@ -75,9 +77,16 @@ def from_rpc_error(err: grpc.RpcError, *, service: str = "") -> MeshError:
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
             field = bad.field_violations[0].field if bad.field_violations else ""
-    error = rebuild(category_of(code), reason, message,
-                    metadata=metadata, field=field, retry_after_s=retry_after)
+    error = rebuild(
+        category_of(code),
+        reason,
+        message,
+        metadata=metadata,
+        field=field,
+        retry_after_s=retry_after,
+    )
     if type(error) is DependencyUnavailable and service and "service is unavailable" not in message:
-        error = DependencyUnavailable(f"{service} service is unavailable: {message}",
-                                      metadata=metadata)
+        error = DependencyUnavailable(
+            f"{service} service is unavailable: {message}", metadata=metadata
+        )
     return error

@@ -27,9 +27,7 @@ from pathlib import Path
 from asr_mesh.client import security_args
 from asr_mesh.client.errors import InvalidInput
 
-__all__ = [
-    "CHUNK_BYTES", "CHUNK_S", "PcmSource", "TextView", "add_parser", "run"
-]
+__all__ = ["CHUNK_BYTES", "CHUNK_S", "PcmSource", "TextView", "add_parser", "run"]
 
 CHUNK_S = 0.1
 CHUNK_BYTES = int(16000 * CHUNK_S) * 2
@@ -37,13 +35,17 @@ CHUNK_BYTES = int(16000 * CHUNK_S) * 2
 
 def add_parser(sub) -> None:
     p = sub.add_parser("stream", help="real-time recognition with interim and final results")
-    p.add_argument("source", metavar="FILE|-", help="audio file, or - for raw 16 kHz mono s16le PCM on stdin")
+    p.add_argument(
+        "source", metavar="FILE|-", help="audio file, or - for raw 16 kHz mono s16le PCM on stdin"
+    )
     p.add_argument("--server", help="HOST:PORT of a running gateway (default: start a local mesh)")
     p.add_argument("--realtime", action="store_true", help="send a file at real-time pace")
     p.add_argument("--profile", choices=("low_latency", "balanced", "accurate"), default="balanced")
     p.add_argument("--format", choices=("text", "jsonl"), default="text", dest="output_format")
     p.add_argument("--language", default="pt-BR", help="BCP-47 language of the speech")
-    p.add_argument("--model", default="", help="transcription model name (default: service default)")
+    p.add_argument(
+        "--model", default="", help="transcription model name (default: service default)"
+    )
     p.add_argument("--no-interim", action="store_true", help="final results only")
     p.add_argument("--connect-timeout", type=float, default=15.0, metavar="SECONDS")
     p.add_argument("--state-dir", type=Path, help="local mesh state directory (traces, logs)")
@@ -63,7 +65,9 @@ class PcmSource:
             if not Path(source).is_file():
                 raise InvalidInput(f"{source}: no such file")
             if shutil.which("ffmpeg") is None:
-                raise InvalidInput("ffmpeg is needed to decode audio files (or pipe raw PCM into `asr stream -`)")
+                raise InvalidInput(
+                    "ffmpeg is needed to decode audio files (or pipe raw PCM into `asr stream -`)"
+                )
 
     def __iter__(self) -> Iterator[bytes]:
         proc = None
@@ -71,8 +75,24 @@ class PcmSource:
             stream = sys.stdin.buffer
         else:
             proc = subprocess.Popen(
-                ["ffmpeg", "-nostdin", "-v", "error", "-i", self.source, "-f", "s16le", "-ac", "1",
-                 "-ar", "16000", "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                [
+                    "ffmpeg",
+                    "-nostdin",
+                    "-v",
+                    "error",
+                    "-i",
+                    self.source,
+                    "-f",
+                    "s16le",
+                    "-ac",
+                    "1",
+                    "-ar",
+                    "16000",
+                    "-",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
             stream = proc.stdout
         try:
             k = 0
@@ -88,8 +108,10 @@ class PcmSource:
                 yield chunk
             if proc is not None and proc.wait() != 0:
                 lines = proc.stderr.read().decode(errors="replace").strip().splitlines()
-                self.error = InvalidInput(f"{self.source}: ffmpeg cannot decode it "
-                                          f"({lines[-1] if lines else 'no audio stream'})")
+                self.error = InvalidInput(
+                    f"{self.source}: ffmpeg cannot decode it "
+                    f"({lines[-1] if lines else 'no audio stream'})"
+                )
             elif k == 0:
                 self.error = InvalidInput(f"{self.source}: no audio")
         finally:
@@ -116,7 +138,9 @@ class TextView:
         self.shown = len(visible)
 
     def interim(self, text: str) -> None:
-        self._show((self.line + " \x1b[2m" + text + "\x1b[0m") if text and self.interactive else self.line)
+        self._show(
+            (self.line + " \x1b[2m" + text + "\x1b[0m") if text and self.interactive else self.line
+        )
 
     def final(self, text: str, end_of_utterance: bool) -> None:
         self.line = f"{self.line} {text}".strip()
@@ -134,8 +158,12 @@ class TextView:
 def run(args: argparse.Namespace) -> int:
     from asr_mesh.client.sdk import GatewayClient, StreamOptions
 
-    options = StreamOptions(language_code=args.language, model=args.model, profile=args.profile,
-                            interim_results=not args.no_interim)
+    options = StreamOptions(
+        language_code=args.language,
+        model=args.model,
+        profile=args.profile,
+        interim_results=not args.no_interim,
+    )
     source = PcmSource(args.source, args.realtime)
     out = sys.stdout
     view = TextView(out, out.isatty())
@@ -144,11 +172,20 @@ def run(args: argparse.Namespace) -> int:
         if not address:
             from asr_mesh.client.cli import _local_mesh
 
-            local = argparse.Namespace(command="stream", state_dir=args.state_dir, no_reuse=False,
-                                       quiet=args.output_format == "jsonl")
+            local = argparse.Namespace(
+                command="stream",
+                state_dir=args.state_dir,
+                no_reuse=False,
+                quiet=args.output_format == "jsonl",
+            )
             address = _local_mesh(stack, local, diarize=False)
-        client = stack.enter_context(GatewayClient(address, connect_timeout_s=args.connect_timeout,
-                                                   **security_args.client_security(args, address)))
+        client = stack.enter_context(
+            GatewayClient(
+                address,
+                connect_timeout_s=args.connect_timeout,
+                **security_args.client_security(args, address),
+            )
+        )
         for event in client.stream(source, options):
             kind = event.WhichOneof("event")
             received = time.monotonic() - source.sent_at if source.sent_at else 0.0
@@ -172,7 +209,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _jsonl(out, kind: str, text: str, start, end, received: float) -> None:
-    out.write(json.dumps({"type": kind, "text": text, "start": round(start.ToTimedelta().total_seconds(), 3),
-                          "end": round(end.ToTimedelta().total_seconds(), 3),
-                          "received_s": round(received, 3)}, ensure_ascii=False) + "\n")
+    out.write(
+        json.dumps(
+            {
+                "type": kind,
+                "text": text,
+                "start": round(start.ToTimedelta().total_seconds(), 3),
+                "end": round(end.ToTimedelta().total_seconds(), 3),
+                "received_s": round(received, 3),
+            },
+            ensure_ascii=False,
+        )
+        + "\n"
+    )
     out.flush()

@@ -23,13 +23,25 @@ from rich.text import Text
 from asr_mesh.client.errors import InvalidInput
 
 __all__ = [
-    "Span", "Trace", "build_trace", "find_trace", "group_traces", "load_spans", "match_traces",
-    "print_waterfall", "recent_traces", "save_png", "trace_json"
+    "Span",
+    "Trace",
+    "build_trace",
+    "find_trace",
+    "group_traces",
+    "load_spans",
+    "match_traces",
+    "print_waterfall",
+    "recent_traces",
+    "save_png",
+    "trace_json",
 ]
 
 SERVICE_COLORS = {
-    "gateway": "tab:orange", "preprocess": "tab:green", "transcription": "tab:purple",
-    "diarization": "tab:blue", "merge": "tab:brown",
+    "gateway": "tab:orange",
+    "preprocess": "tab:green",
+    "transcription": "tab:purple",
+    "diarization": "tab:blue",
+    "merge": "tab:brown",
 }  # red is kept for failed spans
 SLACK_NS = 2_000_000  # 2 ms: spans from different processes are timed by different clocks
 
@@ -56,10 +68,17 @@ class Span:
 
     def to_dict(self) -> dict:
         return {
-            "service": self.service, "name": self.name, "trace_id": self.trace_id,
-            "span_id": self.span_id, "parent_span_id": self.parent_span_id,
-            "start": self.start_ns / 1e9, "end": self.end_ns / 1e9, "status": self.status,
-            "kind": self.kind, "attributes": self.attributes, "events": self.events,
+            "service": self.service,
+            "name": self.name,
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "parent_span_id": self.parent_span_id,
+            "start": self.start_ns / 1e9,
+            "end": self.end_ns / 1e9,
+            "status": self.status,
+            "kind": self.kind,
+            "attributes": self.attributes,
+            "events": self.events,
         }
 
 
@@ -133,13 +152,21 @@ def load_spans(state_dir: Path) -> list[Span]:
         for line in lines:
             try:
                 raw = json.loads(line)
-                spans.append(Span(
-                    service=raw["service"], name=raw["name"], trace_id=raw["trace_id"],
-                    span_id=raw["span_id"], parent_span_id=raw.get("parent_span_id", ""),
-                    start_ns=int(raw["start_ns"]), end_ns=int(raw["end_ns"]),
-                    status=raw.get("status", "UNSET"), kind=raw.get("kind", ""),
-                    attributes=raw.get("attributes", {}), events=raw.get("events", []),
-                ))
+                spans.append(
+                    Span(
+                        service=raw["service"],
+                        name=raw["name"],
+                        trace_id=raw["trace_id"],
+                        span_id=raw["span_id"],
+                        parent_span_id=raw.get("parent_span_id", ""),
+                        start_ns=int(raw["start_ns"]),
+                        end_ns=int(raw["end_ns"]),
+                        status=raw.get("status", "UNSET"),
+                        kind=raw.get("kind", ""),
+                        attributes=raw.get("attributes", {}),
+                        events=raw.get("events", []),
+                    )
+                )
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut short by a crash must not hide the rest
     return spans
@@ -181,7 +208,9 @@ def find_trace(state_dir: Path, trace_id: str) -> Trace | None:
 
 
 def recent_traces(state_dir: Path, limit: int = 20) -> list[Trace]:
-    traces = sorted(group_traces(load_spans(state_dir)).values(), key=lambda t: t.start_ns, reverse=True)
+    traces = sorted(
+        group_traces(load_spans(state_dir)).values(), key=lambda t: t.start_ns, reverse=True
+    )
     return traces[:limit]
 
 
@@ -193,10 +222,19 @@ def print_waterfall(trace: Trace, console: Console, bar_width: int = 48) -> None
     """Per-span rows: service, name (indented), offset, duration, a bar; ★ marks the critical path."""
     critical = trace.critical_path()
     total = max(trace.end_ns - trace.start_ns, 1)
-    table = Table(title=f"trace {trace.trace_id}  {trace.duration_s:.3f} s  "
-                        f"{len(trace.spans)} spans  {', '.join(trace.services)}", expand=False)
-    for column, justify in (("", "left"), ("service", "left"), ("span", "left"), ("start ms", "right"),
-                            ("ms", "right"), ("waterfall", "left")):
+    table = Table(
+        title=f"trace {trace.trace_id}  {trace.duration_s:.3f} s  "
+        f"{len(trace.spans)} spans  {', '.join(trace.services)}",
+        expand=False,
+    )
+    for column, justify in (
+        ("", "left"),
+        ("service", "left"),
+        ("span", "left"),
+        ("start ms", "right"),
+        ("ms", "right"),
+        ("waterfall", "left"),
+    ):
         table.add_column(column, justify=justify, no_wrap=True)
     for span in trace.ordered():
         offset = (span.start_ns - trace.start_ns) / total
@@ -207,8 +245,12 @@ def print_waterfall(trace: Trace, console: Console, bar_width: int = 48) -> None
         style = "red" if span.status == "ERROR" else ("bold yellow" if on_path else "cyan")
         bar = Text(" " * lead) + Text("█" * min(fill, bar_width - lead or 1), style=style)
         table.add_row(
-            "★" if on_path else "", span.service, "  " * span.depth + _label(span),
-            f"{(span.start_ns - trace.start_ns) / 1e6:,.1f}", f"{(span.end_ns - span.start_ns) / 1e6:,.1f}", bar,
+            "★" if on_path else "",
+            span.service,
+            "  " * span.depth + _label(span),
+            f"{(span.start_ns - trace.start_ns) / 1e6:,.1f}",
+            f"{(span.end_ns - span.start_ns) / 1e6:,.1f}",
+            bar,
         )
     console.print(table)
     console.print("★ critical path (what the request waited for); red: failed spans")
@@ -224,8 +266,10 @@ def save_png(trace: Trace, path: Path) -> None:
     try:
         import matplotlib
     except ModuleNotFoundError:
-        raise InvalidInput("--png needs matplotlib, which is not installed "
-                           "(pip install 'asr-mesh-client[png]' or pip install matplotlib)") from None
+        raise InvalidInput(
+            "--png needs matplotlib, which is not installed "
+            "(pip install 'asr-mesh-client[png]' or pip install matplotlib)"
+        ) from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -239,9 +283,21 @@ def save_png(trace: Trace, path: Path) -> None:
     for index, span in enumerate(rows):
         start = (span.start_ns - trace.start_ns) / 1e9
         color = "tab:red" if span.status == "ERROR" else colors[span.service]
-        ax.barh(index, span.duration_s, left=start, color=color,
-                edgecolor="black" if span.span_id in critical else "none", linewidth=1.5)
-        ax.text(start + span.duration_s, index, f" {span.duration_s * 1000:.0f} ms", va="center", fontsize=7)
+        ax.barh(
+            index,
+            span.duration_s,
+            left=start,
+            color=color,
+            edgecolor="black" if span.span_id in critical else "none",
+            linewidth=1.5,
+        )
+        ax.text(
+            start + span.duration_s,
+            index,
+            f" {span.duration_s * 1000:.0f} ms",
+            va="center",
+            fontsize=7,
+        )
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([f"{'  ' * s.depth}{s.service}: {_label(s)}" for s in rows], fontsize=8)
     ax.invert_yaxis()

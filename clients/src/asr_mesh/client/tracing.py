@@ -29,9 +29,11 @@ def traced_channel(channel: grpc.Channel) -> grpc.Channel:
         return grpc.intercept_channel(channel, _PropagatingInterceptor())
     # The contrib interceptor speaks its own interface, so it needs its own intercept_channel.
     interceptor = client_interceptor(  # type: ignore[no-untyped-call]  # contrib is untyped
-        tracer_provider=trace.get_tracer_provider())
+        tracer_provider=trace.get_tracer_provider()
+    )
     wrapped: grpc.Channel = intercept_channel(  # type: ignore[no-untyped-call]
-        channel, interceptor)
+        channel, interceptor
+    )
     return wrapped
 
 
@@ -49,9 +51,14 @@ def _with_context(details: Any) -> _CallDetails:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     metadata = list(details.metadata or ()) + list(carrier.items())
-    return _CallDetails(details.method, details.timeout, metadata or None, details.credentials,
-                        getattr(details, "wait_for_ready", None),
-                        getattr(details, "compression", None))
+    return _CallDetails(
+        details.method,
+        details.timeout,
+        metadata or None,
+        details.credentials,
+        getattr(details, "wait_for_ready", None),
+        getattr(details, "compression", None),
+    )
 
 
 class _PropagatingInterceptor(
@@ -62,18 +69,22 @@ class _PropagatingInterceptor(
 ):
     """Adds the current trace context to the metadata of every call."""
 
-    def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any,
-                              request: Any) -> Any:
+    def intercept_unary_unary(
+        self, continuation: Callable[..., Any], details: Any, request: Any
+    ) -> Any:
         return continuation(_with_context(details), request)
 
-    def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any,
-                               request: Any) -> Any:
+    def intercept_unary_stream(
+        self, continuation: Callable[..., Any], details: Any, request: Any
+    ) -> Any:
         return continuation(_with_context(details), request)
 
-    def intercept_stream_unary(self, continuation: Callable[..., Any], details: Any,
-                               requests: Iterator[Any]) -> Any:
+    def intercept_stream_unary(
+        self, continuation: Callable[..., Any], details: Any, requests: Iterator[Any]
+    ) -> Any:
         return continuation(_with_context(details), requests)
 
-    def intercept_stream_stream(self, continuation: Callable[..., Any], details: Any,
-                                requests: Iterator[Any]) -> Any:
+    def intercept_stream_stream(
+        self, continuation: Callable[..., Any], details: Any, requests: Iterator[Any]
+    ) -> Any:
         return continuation(_with_context(details), requests)
