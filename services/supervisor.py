@@ -39,8 +39,8 @@ Supervision. `supervise_once()` (called in a loop by `asr serve`, or by a thread
 A mesh shared between CLI calls (`use_local_mesh`). `asr transcribe` without --server takes
 `<state dir>/mesh.lock` (fcntl, exclusive) and reads mesh.json: a live mesh (supervisor alive,
 gateway accepting connections) is reused; a stale one (dead supervisor, gateway unreachable) is
-killed and forgotten; if none is left it starts `python -m services.supervisor` in its own session and
-waits until mesh.json shows the services ready. To get a service the running mesh lacks
+killed and forgotten; if none is left it starts `python -m services.supervisor` in its own
+session and waits until mesh.json shows the services ready. To get a service the running mesh lacks
 (diarization), the CLI drops an empty file `<state dir>/requests/<service>`; the supervisor
 polls that directory, starts the service and lists it in mesh.json once ready, which is what the
 CLI waits for. Files and locks need no server, survive any crash of either side, and a request
@@ -69,6 +69,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from asr_mesh.client.paths import MESH_FILE, resolve_state_dir
 from services.common.errors import MeshError
@@ -103,7 +104,10 @@ def replica_key(name: str, replica: int) -> str:
 
 
 def transcription_replica_count(value: str | int | None = None) -> int:
-    """The number of transcription processes: `value`, else $ASR_LOCAL_TRANSCRIPTION_REPLICAS, else 1."""
+    """The number of transcription processes.
+
+    `value`, else $ASR_LOCAL_TRANSCRIPTION_REPLICAS, else 1.
+    """
     source = "--transcription-replicas" if value is not None else REPLICAS_ENV
     raw = value if value is not None else os.environ.get(REPLICAS_ENV, "").strip() or 1
     try:
@@ -116,7 +120,10 @@ def transcription_replica_count(value: str | int | None = None) -> int:
 
 
 def reserve_port(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
-    """A bound, non-listening socket holding a port (0: a free one) for a service (see the module doc)."""
+    """A bound, non-listening socket holding a port (0: a free one) for a service.
+
+    See the module doc.
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -132,9 +139,10 @@ class ServiceProcess:
     name: str
     port: int
     log_path: Path
+    process: subprocess.Popen[bytes]
+    """The last one started (it may have exited since)."""
     replica: int = 0
     """Which of the service's processes this is (0-based; only transcription has more than one)."""
-    process: subprocess.Popen | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     started_at: float = 0.0
     restarts: int = 0
@@ -162,7 +170,7 @@ class ServiceProcess:
 
     def describe(self) -> dict:
         entry = {
-            "pid": self.process.pid if self.process else 0,
+            "pid": self.process.pid,
             "address": self.address,
             "state": self.state,
             "restarts": self.restarts,
@@ -270,7 +278,10 @@ class LocalMesh:
         self.stop()
 
     def start(self) -> str:
-        """Start the chosen services at once, wait until all serve; returns the gateway's address."""
+        """Start the chosen services at once, wait until all serve.
+
+        Returns the gateway's address.
+        """
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         try:
             for key in self._keys(SERVICES):
@@ -319,7 +330,8 @@ class LocalMesh:
         if self.replicas[name] > 1:
             env.update(self._replica_env(name, replica, env))
         if name == "gateway":
-            # Every replica, comma-separated (one HOST:PORT when there is one): the gateway spreads work over them.
+            # Every replica, comma-separated (one HOST:PORT when there is one): the gateway
+            # spreads work over them.
             env.update(
                 {
                     f"ASR_GATEWAY_{b.upper()}_ADDRESS": ",".join(self.addresses_of(b))
@@ -345,47 +357,56 @@ class LocalMesh:
         return extra
 
     def _spawn(self, key: str) -> None:
-        service = self.services.get(key)
-        if service is None:
+        known = self.services.get(key)
+        if known is None:
             name, _, index = key.partition("-")
             replica = int(index or 0)
-            service = ServiceProcess(
-                name,
-                self.port_of(name, replica),
-                self.state_dir / "logs" / f"{key}.log",
-                replica=replica,
-            )
-            self.services[key] = service
-        name = service.name
-        service.ready = threading.Event()
+        else:
+            name, replica = known.name, known.replica
         # stderr (the service's logs) goes through a pump into a size-capped, rotated file: a mesh
         # that runs for weeks must not fill the disk (~12 KB of logs a request).
-        service.process = subprocess.Popen(
+        process = subprocess.Popen(
             [self._python, "-m", f"services.{name}"],
-            env=self._env_for(name, service.replica),
+            env=self._env_for(name, replica),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
+        stdout, stderr = process.stdout, process.stderr
+        assert stdout is not None and stderr is not None  # both PIPE
+        if known is None:
+            # Listed once it has a process: a first spawn that failed leaves nothing to
+            # supervise, and `ensure` may try that service again.
+            service = self.services[key] = ServiceProcess(
+                name,
+                self.port_of(name, replica),
+                self.state_dir / "logs" / f"{key}.log",
+                process,
+                replica=replica,
+            )
+        else:
+            service = known
+            service.process = process
+        service.ready = threading.Event()
         service.started_at = time.monotonic()
         service.restart_at = None
         threading.Thread(
             target=self._read_stdout,
-            args=(service, service.process, service.ready),
+            args=(service, stdout, service.ready),
             daemon=True,
             name=f"ready-{key}",
         ).start()
         threading.Thread(
             target=pump_log,
-            args=(service.process.stderr, service.log_path),
+            args=(stderr, service.log_path),
             daemon=True,
             name=f"log-{key}",
         ).start()
 
     def _read_stdout(
-        self, service: ServiceProcess, process: subprocess.Popen, ready: threading.Event
+        self, service: ServiceProcess, stdout: IO[bytes], ready: threading.Event
     ) -> None:
-        for raw in process.stdout:
+        for raw in stdout:
             line = raw.decode(errors="replace").strip()
             if line.startswith(READY_PREFIX) and not ready.is_set():
                 fields = dict(part.split("=", 1) for part in line.split()[1:] if "=" in part)
@@ -400,7 +421,7 @@ class LocalMesh:
                 ready.set()
                 if not self._stopping.is_set():
                     self.write_mesh_file()
-        process.stdout.close()
+        stdout.close()
 
     def _wait(self, keys: Iterable[str]) -> None:
         deadline = time.monotonic() + self._timeout
@@ -430,11 +451,7 @@ class LocalMesh:
         if self._supervisor is not None and self._supervisor is not threading.current_thread():
             self._supervisor.join(timeout=5)
         with self._lock:
-            order = [
-                k
-                for k in self._keys(reversed(ALL_SERVICES))
-                if k in self.services and self.services[k].process
-            ]
+            order = [k for k in self._keys(reversed(ALL_SERVICES)) if k in self.services]
             for key in order:
                 process = self.services[key].process
                 if process.poll() is None:
@@ -461,7 +478,7 @@ class LocalMesh:
         Also starts services asked for through `<state dir>/requests/` (when this mesh is the
         one `<state dir>/mesh.json` describes).
         """
-        restarted = []
+        restarted: list[str] = []
         if self.mesh_file == self.state_dir / MESH_FILE:
             self._serve_requests()
         with self._lock:
@@ -728,7 +745,7 @@ class LocalMeshSupervisor:
                 if self.owner_pid and not pid_alive(self.owner_pid):
                     reason = "owner gone"
                     break
-                if self.idle_s and self._idle_and_forgotten():
+                if self._idle_and_forgotten():
                     reason = "idle"
                     break
         finally:
@@ -737,6 +754,8 @@ class LocalMeshSupervisor:
 
     def _idle_and_forgotten(self) -> bool:
         """True (and mesh.json removed, so no CLI picks this mesh) once idle long enough."""
+        if not self.idle_s:  # no idle timeout
+            return False
         users = self.state_dir / "mesh.users"
         try:
             last_use = max(users.stat().st_mtime, self._started)
@@ -853,7 +872,8 @@ def _start_background(
     log_path = state_dir / "logs" / "supervisor.log"
     with open(log_path, "ab") as log_file:
         return subprocess.Popen(
-            # This module, not `asr serve`: the CLI's imports (rich, the SDK) would delay every start.
+            # This module, not `asr serve`: the CLI's imports (rich, the SDK) would delay every
+            # start.
             [
                 python,
                 "-m",

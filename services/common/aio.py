@@ -144,7 +144,10 @@ def _guarded_method(method: str) -> bool:
 def _rebuild(
     handler: grpc.RpcMethodHandler, wrap_unary: Callable, wrap_stream: Callable
 ) -> grpc.RpcMethodHandler:
-    """`handler` with its behaviour wrapped (unary responses by `wrap_unary`, streams by `wrap_stream`)."""
+    """`handler` with its behaviour wrapped.
+
+    Unary responses by `wrap_unary`, streams by `wrap_stream`.
+    """
     return rewrapped(
         handler,
         lambda behavior, kind: (
@@ -212,7 +215,10 @@ def _code_of(context: Any, failed: bool, cancelled: bool) -> str:
 
 
 class AioMetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts and times requests like `metrics.MetricsInterceptor` (probes and reflection excluded)."""
+    """Counts and times requests like `metrics.MetricsInterceptor`.
+
+    Probes and reflection are excluded.
+    """
 
     def __init__(self, service: str):
         self._service = service
@@ -363,8 +369,8 @@ class StreamGuard:
                     rate = in_window / lim.rate_window_s
                     if rate < lim.min_bytes_per_s:
                         raise self._stalled(
-                            f"{rate:.0f} bytes/s over the last {lim.rate_window_s:g} s is under the "
-                            f"floor of {lim.min_bytes_per_s:g} bytes/s",
+                            f"{rate:.0f} bytes/s over the last {lim.rate_window_s:g} s is under "
+                            f"the floor of {lim.min_bytes_per_s:g} bytes/s",
                             "UPLOAD_MIN_BYTES_PER_S",
                             min_bytes_per_second=f"{lim.min_bytes_per_s:g}",
                         )

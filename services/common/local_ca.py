@@ -19,6 +19,14 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import (
+        CertificateIssuerPrivateKeyTypes,
+        PrivateKeyTypes,
+    )
 
 CA_NAME = "asr-mesh local CA"
 HOSTS = ("localhost",)
@@ -41,7 +49,7 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
     os.replace(tmp, path)
 
 
-def _usable(cert_path: Path, ca_cert) -> bool:
+def _usable(cert_path: Path, ca_cert: x509.Certificate) -> bool:
     from cryptography import x509
 
     try:
@@ -58,7 +66,7 @@ def ensure_local_tls(
     """The CA and mesh certificate under `directory`, made if missing, stale or foreign."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     directory = Path(directory)
@@ -68,23 +76,36 @@ def ensure_local_tls(
     ca_key_path = directory / "ca.key"
     now = dt.datetime.now(dt.timezone.utc)
 
-    def pem_key(key) -> bytes:
+    def pem_key(key: PrivateKeyTypes) -> bytes:
         return key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
 
-    ca_cert = ca_key = None
+    ca_cert: x509.Certificate | None = None
+    ca_key: CertificateIssuerPrivateKeyTypes | None = None
     if files.ca.is_file() and ca_key_path.is_file():
         try:
-            ca_cert = x509.load_pem_x509_certificate(files.ca.read_bytes())
-            ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)
-            if ca_cert.not_valid_after_utc - now < RENEW_BEFORE:
-                ca_cert = ca_key = None
+            loaded_cert = x509.load_pem_x509_certificate(files.ca.read_bytes())
+            loaded_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)
         except ValueError:
-            ca_cert = ca_key = None
-    if ca_cert is None:
+            pass
+        else:
+            # A key that cannot sign certificates (X25519, DH) is as foreign as a broken one.
+            signs = (
+                ec.EllipticCurvePrivateKey,
+                rsa.RSAPrivateKey,
+                dsa.DSAPrivateKey,
+                ed25519.Ed25519PrivateKey,
+                ed448.Ed448PrivateKey,
+            )
+            if (
+                isinstance(loaded_key, signs)
+                and loaded_cert.not_valid_after_utc - now >= RENEW_BEFORE
+            ):
+                ca_cert, ca_key = loaded_cert, loaded_key
+    if ca_cert is None or ca_key is None:
         ca_key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_NAME)])
         ca_cert = (

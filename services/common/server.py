@@ -3,8 +3,9 @@
 A service's `create_server(settings, ...)` calls `build_server` with its servicer registration
 and gets a started server back on the requested (or a free) port. `build_aio_server` is the
 same for an event-loop (`grpc.aio`) server (the gateway): it takes extra interceptors (an auth
-check) and server credentials (TLS; None = plaintext), see services/common/aio.py. `serve_forever` is what a
-service's `main()` runs: it prints a ready line, drains on SIGTERM and exits.
+check) and server credentials (TLS; None = plaintext), see services/common/aio.py.
+`serve_forever` is what a service's `main()` runs: it prints a ready line, drains on SIGTERM and
+exits.
 """
 
 from __future__ import annotations
@@ -144,7 +145,8 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
         ("grpc.so_reuseport", 0),
     ]
     if settings.max_connection_age_s > 0:
-        # No max_connection_age_grace: calls in flight (hours-long streams) finish on the old connection.
+        # No max_connection_age_grace: calls in flight (hours-long streams) finish on the old
+        # connection.
         options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)))
     return options
 
@@ -224,7 +226,9 @@ def build_aio_server(
     credentials: grpc.ServerCredentials | None = None,
     live_methods: tuple[str, ...] = ("StreamingTranscribe",),
 ) -> AioServerHandle:
-    """Like `build_server`, but a `grpc.aio` server on the process's event loop (services/common/aio.py).
+    """Like `build_server`, but a `grpc.aio` server on the process's event loop.
+
+    See services/common/aio.py.
 
     `interceptors` run inside the tracing span and outside metrics and the error map (an auth
     interceptor's refusal is traced and counted), after the bearer-token check `settings` asks
@@ -396,7 +400,8 @@ def configure_logging(level: str, service: str = "", log_format: str = "json") -
     else:
         handler.setFormatter(
             JsonFormatter(
-                "%(asctime)s %(levelname)s %(service)s %(name)s %(message)s %(trace_id)s %(span_id)s",
+                "%(asctime)s %(levelname)s %(service)s %(name)s %(message)s "
+                "%(trace_id)s %(span_id)s",
                 rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
             )
         )

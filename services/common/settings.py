@@ -19,25 +19,29 @@ class ServerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ASR_", extra="ignore")
 
-    host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 in containers.")
-    port: int = Field(0, ge=0, le=65535, description="Port to bind; 0 picks a free one.")
-    max_workers: int = Field(8, ge=1, description="Threads serving RPCs concurrently.")
-    grace_period_s: float = Field(10.0, ge=0, description="Drain time on SIGTERM.")
-    max_message_bytes: int = Field(64 << 20, ge=4 << 20, description="Largest gRPC message.")
+    host: str = Field(default="127.0.0.1", description="Interface to bind; 0.0.0.0 in containers.")
+    port: int = Field(default=0, ge=0, le=65535, description="Port to bind; 0 picks a free one.")
+    max_workers: int = Field(default=8, ge=1, description="Threads serving RPCs concurrently.")
+    grace_period_s: float = Field(default=10.0, ge=0, description="Drain time on SIGTERM.")
+    max_message_bytes: int = Field(
+        default=64 << 20, ge=4 << 20, description="Largest gRPC message."
+    )
     state_dir: Path = Field(
         default_factory=default_state_dir,
         validation_alias=AliasChoices("ASR_STATE_DIR"),
         description="Directory for traces and runtime files.",
     )
     max_connection_age_s: float = Field(
-        0.0,
+        default=0.0,
         ge=0,
         description="Close client connections after this age (0 = never) so round-robin clients "
         "re-resolve DNS and find new pods.",
     )
-    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off.")
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off."
+    )
     upload_idle_timeout_s: float = Field(
-        60.0,
+        default=60.0,
         ge=0,
         description="Refuse a request stream (DEADLINE_EXCEEDED) once no message has arrived for "
         "this long; 0 = wait forever. A caller that stalls would otherwise hold a worker. Measured "
@@ -45,81 +49,91 @@ class ServerSettings(BaseSettings):
         "pieces need about 4.4 KB/s at the default.",
     )
     upload_min_bytes_per_s: float = Field(
-        4096.0,
+        default=4096.0,
         ge=0,
         description="Event-loop servers (the gateway): once a request stream has been open for "
-        "upload_rate_window_s, the bytes received over the last window must average at least this "
-        "(a trickle that never pauses long is still cut, DEADLINE_EXCEEDED); 0 = no floor. Real-time "
-        "streaming sessions are exempt.",
+        "upload_rate_window_s, the bytes received over the last window must average at least "
+        "this (a trickle that never pauses long is still cut, DEADLINE_EXCEEDED); 0 = no floor. "
+        "Real-time streaming sessions are exempt.",
     )
-    upload_rate_window_s: float = Field(20.0, gt=0, description="Window of upload_min_bytes_per_s.")
+    upload_rate_window_s: float = Field(
+        default=20.0, gt=0, description="Window of upload_min_bytes_per_s."
+    )
     upload_max_duration_s: float = Field(
-        3600.0,
+        default=3600.0,
         ge=0,
         description="Event-loop servers: longest a request stream (an upload) may "
         "stay open; 0 = no limit. Real-time streaming sessions are exempt.",
     )
     parent_pid: int = Field(
-        0,
+        default=0,
         validation_alias=AliasChoices("ASR_PARENT_PID"),
         description="Set by the local supervisor: exit when that process dies.",
     )
-    log_level: str = Field("INFO", validation_alias=AliasChoices("ASR_LOG_LEVEL"))
+    log_level: str = Field(default="INFO", validation_alias=AliasChoices("ASR_LOG_LEVEL"))
     log_format: str = Field(
-        "json",
+        default="json",
         pattern="^(json|text)$",
         validation_alias=AliasChoices("ASR_LOG_FORMAT"),
         description="json (structured, with trace ids) or text.",
     )
     # TLS, tokens and reflection: see services/common/security.py and README "Security".
     tls_cert_file: Path | None = Field(
-        None,
+        default=None,
         description="PEM certificate chain of this server; with tls_key_file the port speaks TLS.",
     )
-    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_key_file: Path | None = Field(default=None, description="PEM private key of tls_cert_file.")
     tls_ca_file: Path | None = Field(
-        None,
+        default=None,
         description="PEM CA bundle of the mesh: verifies client certificates, and the services "
         "this one calls (the gateway's channels use TLS when it is set).",
     )
     tls_require_client_cert: bool = Field(
-        False,
+        default=False,
         description="mTLS: refuse callers without a certificate signed by tls_ca_file "
         "(internal services: only mesh peers may call).",
     )
     tls_client_cert_file: Path | None = Field(
-        None,
-        description="Certificate this process shows to the services it calls; tls_cert_file if unset.",
+        default=None,
+        description="Certificate this process shows to the services it calls; tls_cert_file if "
+        "unset.",
     )
-    tls_client_key_file: Path | None = Field(None, description="Key of tls_client_cert_file.")
+    tls_client_key_file: Path | None = Field(
+        default=None, description="Key of tls_client_cert_file."
+    )
     auth_token_file: Path | None = Field(
-        None,
+        default=None,
         description="Bearer tokens callers must send (one per line, '#' comments, optional "
         "label after the token); reread when the file changes. Unset: no token needed.",
     )
     reflection_enabled: bool = Field(
-        False, description="Serve gRPC reflection (grpcurl, buf curl). Health is always served."
+        default=False,
+        description="Serve gRPC reflection (grpcurl, buf curl). Health is always served.",
     )
     health_port: int = Field(
-        0,
+        default=0,
         ge=0,
         le=65535,
         description="Also serve grpc.health.v1 alone, in plaintext, on this port "
         "(Kubernetes gRPC probes cannot speak TLS); 0 = off.",
     )
     # Bounded cost per request (services/common/limits.py): the same caps on every service.
-    cap_beam_size: int = Field(10, ge=1, description="Largest beam_size a request may ask for.")
-    cap_best_of: int = Field(10, ge=1, description="Largest best_of a request may ask for.")
-    cap_temperatures: int = Field(6, ge=1, description="Most temperature fallback steps.")
-    cap_prompt_chars: int = Field(1000, ge=0, description="Longest initial_prompt, in characters.")
+    cap_beam_size: int = Field(
+        default=10, ge=1, description="Largest beam_size a request may ask for."
+    )
+    cap_best_of: int = Field(default=10, ge=1, description="Largest best_of a request may ask for.")
+    cap_temperatures: int = Field(default=6, ge=1, description="Most temperature fallback steps.")
+    cap_prompt_chars: int = Field(
+        default=1000, ge=0, description="Longest initial_prompt, in characters."
+    )
     cap_hotword_items: int = Field(
-        100, ge=0, description="Most hotwords (whitespace-separated words)."
+        default=100, ge=0, description="Most hotwords (whitespace-separated words)."
     )
     cap_hotwords_chars: int = Field(
-        2000, ge=0, description="Longest hotwords string, in characters."
+        default=2000, ge=0, description="Longest hotwords string, in characters."
     )
     cap_speakers: int = Field(
-        20, ge=1, description="Largest num/min/max_speakers a request may ask for."
+        default=20, ge=1, description="Largest num/min/max_speakers a request may ask for."
     )
 
     @model_validator(mode="after")
@@ -147,9 +161,9 @@ class QueuedServerSettings(ServerSettings):
     or a full queue would look like a dead pod to Kubernetes.
     """
 
-    num_workers: int = Field(1, ge=1, description="Requests worked on at once.")
+    num_workers: int = Field(default=1, ge=1, description="Requests worked on at once.")
     max_queued: int = Field(
-        4, ge=0, description="Requests that may wait; beyond it RESOURCE_EXHAUSTED."
+        default=4, ge=0, description="Requests that may wait; beyond it RESOURCE_EXHAUSTED."
     )
 
     @model_validator(mode="after")

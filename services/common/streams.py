@@ -19,9 +19,10 @@ A caller that declares no size is trusted on the end of its stream, as gRPC itse
 
 A caller can also stop sending without ending or cancelling its stream. Without a deadline it
 would hold the server thread, and in the transcription and diarization services a worker slot,
-forever. `StallGuardInterceptor` (services/common/server.py) reads every request stream of the mesh's own services through
-`stall_guarded`, which refuses a stream once no message has arrived for the configured idle
-time (`UploadStalled`, DEADLINE_EXCEEDED with the setting's name in the sentence).
+forever. `StallGuardInterceptor` (services/common/server.py) reads every request stream of the
+mesh's own services through `stall_guarded`, which refuses a stream once no message has arrived
+for the configured idle time (`UploadStalled`, DEADLINE_EXCEEDED with the setting's name in the
+sentence).
 """
 
 from __future__ import annotations

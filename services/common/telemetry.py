@@ -71,6 +71,7 @@ class JsonLinesSpanExporter(SpanExporter):
 def span_to_dict(span: ReadableSpan) -> dict:
     """The flat span record used by the file exporter and `asr trace`."""
     ctx = span.get_span_context()
+    assert ctx is not None, "a span the SDK has ended always carries its context"
     parent = span.parent
     return {
         "service": span.resource.attributes.get(SERVICE_NAME, ""),
@@ -147,10 +148,16 @@ def _otlp_exporter() -> SpanExporter:
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
     )
     if protocol.startswith("http"):
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    else:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    return OTLPSpanExporter()
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpSpanExporter,
+        )
+
+        return HttpSpanExporter()
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+        OTLPSpanExporter as GrpcSpanExporter,
+    )
+
+    return GrpcSpanExporter()
 
 
 def shutdown_telemetry() -> None:

@@ -6,9 +6,10 @@ span resemblyzer's GE2E encoder was trained on) every `hop` seconds; each window
 averaged with its neighbours in the same region (`context`); in noisy audio (estimated SNR under
 15 dB) part of the file's mean embedding, the noise's common share, is removed (`center`); the
 embeddings are clustered (see `clustering`), window labels vote on a 20 ms grid, short
-flickers are absorbed and short pauses closed. Everything runs on the CPU and nothing is downloaded: the encoder weights
-(`pretrained.pt`) ship inside the resemblyzer package. Memory: one batch of mel windows and one
-256-float embedding per window (about 9,000 per hour of speech) on top of the audio itself.
+flickers are absorbed and short pauses closed. Everything runs on the CPU and nothing is
+downloaded: the encoder weights (`pretrained.pt`) ship inside the resemblyzer package. Memory:
+one batch of mel windows and one 256-float embedding per window (about 9,000 per hour of speech)
+on top of the audio itself.
 
 Overlapped speech comes from an optional second pass (`overlap`, off unless `overlap.enabled`): a
 1.6 s window covering a backchannel spoken over another voice is only slightly closer to the
@@ -227,7 +228,10 @@ class EmbeddingClusteringBackend:
         torch_threads: int = 0,
         on_batch: Callable[[int], None] | None = None,
     ):
-        """`on_batch` goes to the encoder this backend builds (an injected `embedder` has its own)."""
+        """`on_batch` goes to the encoder this backend builds.
+
+        An injected `embedder` has its own.
+        """
         self.options = options or EmbeddingBackendOptions()
         self.embedder = embedder or VoiceEncoderEmbedder(torch_threads, on_batch)
 

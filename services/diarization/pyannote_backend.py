@@ -133,11 +133,8 @@ class PyannoteBackend:
         if len(audio) < SAMPLE_RATE // 10:
             return Annotation()
         waveform = self._torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None]
-        counts = (
-            {"num_speakers": min_speakers}
-            if min_speakers == max_speakers
-            else {"min_speakers": min_speakers, "max_speakers": max_speakers}
-        )
+        # An exact count when the bounds meet, else the bounds (None = pyannote's default).
+        exact = min_speakers == max_speakers
 
         def hook(step_name, step_artifact, file=None, total=None, completed=None):
             low, high = STEPS.get(step_name, (0.95, 0.95))
@@ -147,7 +144,9 @@ class PyannoteBackend:
         output = self.pipeline(
             {"waveform": waveform, "sample_rate": SAMPLE_RATE, "uri": "request"},
             hook=hook,
-            **counts,
+            num_speakers=min_speakers if exact else None,
+            min_speakers=None if exact else min_speakers,
+            max_speakers=None if exact else max_speakers,
         )
         # pyannote.audio 4 returns DiarizeOutput; legacy pipelines return the Annotation itself.
         return getattr(output, "speaker_diarization", output)

@@ -1,9 +1,9 @@
 """The HTTP front door: OpenAI-compatible REST, jobs over REST, WebSocket live captions, a page.
 
-A thin adapter over the gateway's public gRPC API (the SDK, asr_mesh.client.sdk in clients/): nothing here
-transcribes. Uploads are parsed as they stream in and refused with 413 once the body passes
-`max_upload_bytes`, so an oversized upload never reaches the gateway. Every failure is answered
-in OpenAI's error shape; the gateway's typed errors are mapped by the one table in
+A thin adapter over the gateway's public gRPC API (the SDK, asr_mesh.client.sdk in clients/):
+nothing here transcribes. Uploads are parsed as they stream in and refused with 413 once the body
+passes `max_upload_bytes`, so an oversized upload never reaches the gateway. Every failure is
+answered in OpenAI's error shape; the gateway's typed errors are mapped by the one table in
 `openai_format.STATUS_TABLE`.
 """
 
@@ -285,7 +285,8 @@ def create_app(settings: HttpSettings) -> FastAPI:
     app = FastAPI(
         title="asr-mesh HTTP API",
         version="1",
-        description="OpenAI-compatible transcription, jobs and live captions over the asr-mesh gateway.",
+        description="OpenAI-compatible transcription, jobs and live captions over the asr-mesh "
+        "gateway.",
     )
     client = GatewayClient(
         settings.gateway_address,
@@ -375,7 +376,8 @@ def create_app(settings: HttpSettings) -> FastAPI:
                             "model": {
                                 "type": "string",
                                 "default": "whisper-1",
-                                "description": "whisper-1 = the mesh's default model; any registry name",
+                                "description": "whisper-1 = the mesh's default model; "
+                                "any registry name",
                             },
                             "language": {
                                 "type": "string",

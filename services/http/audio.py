@@ -98,6 +98,9 @@ class StreamDecoder:
             stderr=subprocess.PIPE,
             bufsize=0,
         )
+        stdin, stdout, stderr = self._process.stdin, self._process.stdout, self._process.stderr
+        assert stdin is not None and stdout is not None and stderr is not None  # all three PIPE
+        self._stdin, self._stdout, self._errout = stdin, stdout, stderr
         self._stderr: list[bytes] = []
         self._reader = threading.Thread(target=self._read, daemon=True, name="ffmpeg-out")
         self._reader.start()
@@ -106,7 +109,7 @@ class StreamDecoder:
     def feed(self, data: bytes) -> bool:
         """Write compressed bytes; False when ffmpeg no longer takes input (it failed)."""
         try:
-            self._process.stdin.write(data)
+            self._stdin.write(data)
             return True
         except (BrokenPipeError, ValueError, OSError):
             return False
@@ -114,7 +117,7 @@ class StreamDecoder:
     def close(self) -> None:
         """End of input: ffmpeg flushes what it holds and exits (on_end follows)."""
         try:
-            self._process.stdin.close()
+            self._stdin.close()
         except OSError:
             pass
 
@@ -127,11 +130,11 @@ class StreamDecoder:
         self._reader.join(timeout)
 
     def _drain_stderr(self) -> None:
-        for line in self._process.stderr:
+        for line in self._errout:
             self._stderr = (self._stderr + [line])[-5:]
 
     def _read(self) -> None:
-        out = self._process.stdout
+        out = self._stdout
         while piece := out.read(MAX_CHUNK_BYTES // 4):
             self._on_pcm(piece)
         code = self._process.wait()

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 import uvicorn
+from fastapi import FastAPI
 
 from services.common.server import run_service
 from services.http.app import create_app
@@ -30,7 +31,7 @@ class HttpServerHandle:
     thread: threading.Thread
     port: int
     host: str
-    app: object
+    app: FastAPI
 
     @property
     def address(self) -> str:
@@ -42,7 +43,9 @@ class HttpServerHandle:
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let requests in flight finish within `grace` seconds, then exit."""
-        self.server.config.timeout_graceful_shutdown = grace or 0.1
+        # uvicorn annotates int | None, but hands the value to asyncio.wait_for as seconds,
+        # where a float is what it takes.
+        self.server.config.timeout_graceful_shutdown = grace or 0.1  # type: ignore[assignment]
         self.server.should_exit = True
         self.thread.join((grace or 0) + 10)
         self.app.state.close()
@@ -62,7 +65,7 @@ def create_server(settings: HttpSettings) -> HttpServerHandle:
         access_log=False,
         lifespan="off",
         ws_max_size=4 << 20,
-        timeout_graceful_shutdown=settings.grace_period_s,
+        timeout_graceful_shutdown=settings.grace_period_s,  # type: ignore[arg-type] # seconds, see stop
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(

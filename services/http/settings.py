@@ -19,8 +19,8 @@ class HttpSettings(ServerSettings):
     max_upload_bytes: int = Field(
         1 << 30,
         gt=0,
-        description="Largest request body (multipart upload) accepted; beyond it 413, counted while "
-        "the body streams in, so nothing of an oversized upload reaches the gateway.",
+        description="Largest request body (multipart upload) accepted; beyond it 413, counted "
+        "while the body streams in, so nothing of an oversized upload reaches the gateway.",
     )
     api_tokens: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

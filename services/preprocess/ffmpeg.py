@@ -19,7 +19,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -247,7 +247,7 @@ def _num(value: object, kind: type = float, default: float | int = 0) -> float |
         return default
 
 
-def parse_probe(output: str, size_bytes: int, warnings: list[str] = ()) -> ProbeResult:
+def parse_probe(output: str, size_bytes: int, warnings: Sequence[str] = ()) -> ProbeResult:
     """Turn ffprobe's JSON into a ProbeResult; refuse files without a usable audio stream."""
     try:
         data = json.loads(output or "{}")
@@ -456,19 +456,22 @@ class Child:
             )
         except OSError as exc:
             raise RuntimeError(f"cannot start {self.argv[0]}: {exc}") from exc
+        stdout, stderr = proc.stdout, proc.stderr
+        assert stdout is not None and stderr is not None  # both PIPE
         self._cancel._register(proc)
         started = time.monotonic()
         sel = selectors.DefaultSelector()
         try:
-            sel.register(proc.stdout, selectors.EVENT_READ, "out")
-            sel.register(proc.stderr, selectors.EVENT_READ, "err")
+            sel.register(stdout, selectors.EVENT_READ, "out")
+            sel.register(stderr, selectors.EVENT_READ, "err")
             open_fds = 2
             while open_fds:
                 left = self.deadline_s - (time.monotonic() - started)
                 if left <= 0:
                     _kill(proc)
                     raise LimitExceeded(
-                        f"{self.what} took longer than the limit of {self.deadline_s:g} s ({self.deadline_setting})",
+                        f"{self.what} took longer than the limit of {self.deadline_s:g} s "
+                        f"({self.deadline_setting})",
                         metadata={"limit": self.deadline_setting, "value": f"{self.deadline_s:g}"},
                     )
                 for key, _ in sel.select(timeout=min(left, 0.5)):
@@ -487,7 +490,8 @@ class Child:
                 self.returncode = proc.wait(timeout=left)
             except subprocess.TimeoutExpired:
                 raise LimitExceeded(
-                    f"{self.what} took longer than the limit of {self.deadline_s:g} s ({self.deadline_setting})",
+                    f"{self.what} took longer than the limit of {self.deadline_s:g} s "
+                    f"({self.deadline_setting})",
                     metadata={"limit": self.deadline_setting, "value": f"{self.deadline_s:g}"},
                 ) from None
             self.stderr.close()
@@ -502,7 +506,7 @@ class Child:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
-            for pipe in (proc.stdout, proc.stderr):
+            for pipe in (stdout, stderr):
                 try:
                     pipe.close()
                 except OSError as exc:

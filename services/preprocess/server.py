@@ -71,9 +71,9 @@ class PreprocessSettings(ServerSettings):
         needed = self.max_concurrent_jobs + self.max_queued + 2
         if self.max_workers < needed:
             raise ValueError(
-                f"max_workers ({self.max_workers}) must be at least max_concurrent_jobs + max_queued + 2 "
-                f"({needed}): each admitted request holds a server thread, and refusals and health "
-                "checks need free ones"
+                f"max_workers ({self.max_workers}) must be at least max_concurrent_jobs + "
+                f"max_queued + 2 ({needed}): each admitted request holds a server thread, and "
+                "refusals and health checks need free ones"
             )
         return self
 

@@ -193,7 +193,7 @@ class ModelRegistry:
                     return entry
                 pending = self._loading.get(key)
                 owner = pending is None
-                if owner:
+                if pending is None:
                     pending = self._loading[key] = _PendingLoad()
             if not owner:
                 # Another request is loading this model: wait for it, then look again (it
@@ -278,7 +278,10 @@ class ModelRegistry:
         return names
 
     def start_reaper(self, interval_s: float | None = None) -> threading.Thread | None:
-        """Check for idle models every `interval_s` in a daemon thread (no-op without idle_unload_s)."""
+        """Check for idle models every `interval_s` in a daemon thread.
+
+        A no-op without idle_unload_s.
+        """
         if self.idle_unload_s <= 0:
             return None
         interval = interval_s or max(0.5, min(30.0, self.idle_unload_s / 4))

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 from rich.text import Text
 
@@ -219,7 +219,10 @@ def _label(span: Span) -> str:
 
 
 def print_waterfall(trace: Trace, console: Console, bar_width: int = 48) -> None:
-    """Per-span rows: service, name (indented), offset, duration, a bar; ★ marks the critical path."""
+    """Per-span rows: service, name (indented), offset, duration, a bar.
+
+    ★ marks the critical path.
+    """
     critical = trace.critical_path()
     total = max(trace.end_ns - trace.start_ns, 1)
     table = Table(
@@ -227,14 +230,15 @@ def print_waterfall(trace: Trace, console: Console, bar_width: int = 48) -> None
         f"{len(trace.spans)} spans  {', '.join(trace.services)}",
         expand=False,
     )
-    for column, justify in (
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("", "left"),
         ("service", "left"),
         ("span", "left"),
         ("start ms", "right"),
         ("ms", "right"),
         ("waterfall", "left"),
-    ):
+    )
+    for column, justify in columns:
         table.add_column(column, justify=justify, no_wrap=True)
     for span in trace.ordered():
         offset = (span.start_ns - trace.start_ns) / total
