@@ -32,6 +32,14 @@ own address, pid, state and restarts and a `"replica": i` (0-based) field. The g
 reads it (`ASR_GATEWAY_MESH_FILE`) to learn which backends exist: a service that is not listed
 is absent, and the gateway refuses options that need it with a sentence.
 
+Forking. Services are forked from a template process (`services.prefork`, see its docstring)
+that imported the libraries they all use once; `ASR_LOCAL_MESH_PREFORK=false` spawns an
+interpreter per service instead (and the mesh falls back to that if the template cannot start).
+A forked service is the template's child, so its exit code reaches the supervisor as a message
+(`ForkedProcess`); if the template itself dies its services die with it (PR_SET_PDEATHSIG) and
+are forked again from a new one once they are gone. Since a forked service's /proc/PID/environ is
+the template's, each mesh.json entry lists the `settings` the supervisor gave that process.
+
 Supervision. `supervise_once()` (called in a loop by `asr serve`, or by a thread from
 `start_supervision()`) restarts a service that exited on its own, with exponential backoff
 (0.5 s doubling to 30 s, reset after a minute of uptime); one dead child never stops the mesh.
@@ -134,12 +142,220 @@ def reserve_port(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
+PREFORK_ENV = "ASR_LOCAL_MESH_PREFORK"
+"""`false` starts every service as its own interpreter instead of forking it (services.prefork)."""
+
+
+def prefork_enabled() -> bool:
+    return os.environ.get(PREFORK_ENV, "true").strip().lower() not in ("0", "false", "no", "off")
+
+
+class ForkedProcess:
+    """A service forked by the template process: the part of `subprocess.Popen` the mesh uses.
+
+    It is the template's child, not ours, so its exit code comes as a message from the template
+    (`Prefork`), not from waitpid.
+    """
+
+    def __init__(self, pid: int, stdout: IO[bytes], stderr: IO[bytes]):
+        self.pid = pid
+        self.stdout = stdout
+        self.stderr = stderr
+        self.returncode: int | None = None
+        self._exited = threading.Event()
+
+    def _set_exit(self, code: int) -> None:
+        if self.returncode is None:
+            self.returncode = code
+        self._exited.set()
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._exited.wait(timeout):
+            raise subprocess.TimeoutExpired(f"services (pid {self.pid})", timeout or 0)
+        return self.returncode if self.returncode is not None else -1
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+def _bury_orphan(child: ForkedProcess, grace_s: float = 10.0) -> None:
+    """A service whose template died got SIGTERM with it (PR_SET_PDEATHSIG) and is no longer
+    anybody's child we can wait for: report it exited only once it is gone (its port free for
+    the restart), SIGKILLing it after `grace_s`."""
+    code = -signal.SIGTERM
+    deadline = time.monotonic() + grace_s
+    while not _gone(child.pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGKILL)
+            code = -signal.SIGKILL
+            deadline = time.monotonic() + grace_s
+        time.sleep(0.05)
+    child._set_exit(code)
+
+
+class PreforkError(MeshError):
+    """The template process could not start or fork."""
+
+
+class Prefork:
+    """The supervisor's end of `services.prefork`: start it, ask it for services, learn exits."""
+
+    def __init__(self, python: str, env: dict[str, str], log_path: Path, timeout_s: float = 60.0):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._sock = ours
+        self._timeout = timeout_s
+        self._lock = threading.Lock()
+        self._replies: dict[int, dict] = {}
+        self._reply_ready = threading.Condition()
+        self._next_id = 0
+        self._children: dict[int, ForkedProcess] = {}
+        self._early_exits: dict[int, int] = {}
+        self.alive = True
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log_file:
+            self.process = subprocess.Popen(
+                # --for names every service: it bounds what the template forks, and it makes
+                # the command line long enough for a child's title (SPT_NOENV, services.prefork).
+                [
+                    python,
+                    "-m",
+                    "services.prefork",
+                    "--fd",
+                    str(theirs.fileno()),
+                    "--for",
+                    ",".join(ALL_SERVICES),
+                ],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                env={
+                    **env,
+                    "PYTHONUNBUFFERED": "1",
+                    "SPT_NOENV": "1",
+                    "ASR_PREFORK_PARENT_PID": str(os.getpid()),
+                },
+            )
+        theirs.close()
+        self._ready = threading.Event()
+        threading.Thread(target=self._listen, daemon=True, name="prefork-listener").start()
+
+    def _listen(self) -> None:
+        try:
+            while True:
+                data = self._sock.recv(1 << 16)
+                if not data:
+                    break
+                message = json.loads(data)
+                op = message.get("op")
+                if op == "ready":
+                    self._ready.set()
+                elif op == "exit":
+                    pid, code = int(message["pid"]), int(message["code"])
+                    with self._lock:
+                        child = self._children.pop(pid, None)
+                        if child is None:
+                            self._early_exits[pid] = code
+                    if child is not None:
+                        child._set_exit(code)
+                else:
+                    with self._reply_ready:
+                        self._replies[int(message.get("id", -1))] = message
+                        self._reply_ready.notify_all()
+        except (OSError, ValueError) as exc:
+            log.warning("lost the prefork template: %s", exc)
+        self.alive = False
+        self._ready.set()
+        with self._reply_ready:
+            self._reply_ready.notify_all()
+        with self._lock:
+            orphans = list(self._children.values())
+            self._children.clear()
+        for child in orphans:
+            threading.Thread(
+                target=_bury_orphan, args=(child,), daemon=True, name=f"orphan-{child.pid}"
+            ).start()
+
+    def spawn(self, module: str, env: dict[str, str]) -> ForkedProcess:
+        """Fork `python -m module` with `env`; its stdout and stderr come back as pipes."""
+        if not self._ready.wait(self._timeout) or not self.alive:
+            raise PreforkError(
+                f"the prefork template (pid {self.process.pid}) did not start; "
+                f"exit code {self.process.poll()}"
+            )
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            with self._reply_ready:
+                self._next_id += 1
+                request_id = self._next_id
+            request = {"op": "spawn", "id": request_id, "module": module, "env": env}
+            socket.send_fds(self._sock, [json.dumps(request).encode()], [out_w, err_w])
+        except OSError as exc:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise PreforkError(f"the prefork template is gone: {exc}") from None
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        with self._reply_ready:
+            got = self._reply_ready.wait_for(
+                lambda: request_id in self._replies or not self.alive, self._timeout
+            )
+            reply = self._replies.pop(request_id, None)
+        if not got or reply is None or reply.get("op") != "spawned":
+            for fd in (out_r, err_r):
+                os.close(fd)
+            why = (reply or {}).get("error") or "no answer"
+            raise PreforkError(f"the prefork template could not fork {module}: {why}")
+        pid = int(reply["pid"])
+        child = ForkedProcess(pid, os.fdopen(out_r, "rb"), os.fdopen(err_r, "rb"))
+        with self._lock:
+            early = self._early_exits.pop(pid, None)
+            if early is None:
+                self._children[pid] = child
+        if early is not None:
+            child._set_exit(early)
+        return child
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Hang up; the template exits (its remaining children get SIGTERM)."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
 @dataclass
 class ServiceProcess:
     name: str
     port: int
     log_path: Path
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | ForkedProcess
     """The last one started (it may have exited since)."""
     replica: int = 0
     """Which of the service's processes this is (0-based; only transcription has more than one)."""
@@ -152,6 +368,10 @@ class ServiceProcess:
     last_exit: int | None = None
     ready_s: float = 0.0
     """Seconds from spawn to the ready line, last start."""
+    settings: dict[str, str] = field(default_factory=dict)
+    """The `ASR_<SERVICE>_*` variables the supervisor set for this process (its port, the
+    gateway's backend addresses, a replica's threads): listed in mesh.json, since a forked
+    service's /proc/PID/environ shows its template's environment, not its own."""
 
     @property
     def address(self) -> str:
@@ -178,6 +398,8 @@ class ServiceProcess:
         }
         if self.name in REPLICATED:
             entry["replica"] = self.replica
+        if self.settings:
+            entry["settings"] = dict(self.settings)
         if self.ready.is_set():
             entry["ready_s"] = round(self.ready_s, 3)
         if self.last_exit is not None:
@@ -221,6 +443,10 @@ class LocalMesh:
             self._initial.append("http")
         self.mesh_file = Path(mesh_file) if mesh_file else self.state_dir / MESH_FILE
         self.services: dict[str, ServiceProcess] = {}
+        self._prefork: Prefork | None = None
+        self._use_prefork = prefork_enabled()
+        """Fork services from one template process (services.prefork) instead of starting
+        an interpreter each: the libraries every service imports are loaded once."""
         self._reserved: dict[str, socket.socket] = {}
         self._lock = threading.RLock()
         self._stopping = threading.Event()
@@ -365,15 +591,16 @@ class LocalMesh:
             name, replica = known.name, known.replica
         # stderr (the service's logs) goes through a pump into a size-capped, rotated file: a mesh
         # that runs for weeks must not fill the disk (~12 KB of logs a request).
-        process = subprocess.Popen(
-            [self._python, "-m", f"services.{name}"],
-            env=self._env_for(name, replica),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        env = self._env_for(name, replica)
+        prefix = f"ASR_{name.upper()}_"
+        settings = {
+            key: value
+            for key, value in sorted(env.items())
+            if key.startswith(prefix) and os.environ.get(key) != value
+        }
+        process = self._start_process(name, env)
         stdout, stderr = process.stdout, process.stderr
-        assert stdout is not None and stderr is not None  # both PIPE
+        assert stdout is not None and stderr is not None  # both pipes
         if known is None:
             # Listed once it has a process: a first spawn that failed leaves nothing to
             # supervise, and `ensure` may try that service again.
@@ -387,6 +614,7 @@ class LocalMesh:
         else:
             service = known
             service.process = process
+        service.settings = settings
         service.ready = threading.Event()
         service.started_at = time.monotonic()
         service.restart_at = None
@@ -402,6 +630,47 @@ class LocalMesh:
             daemon=True,
             name=f"log-{key}",
         ).start()
+
+    def _start_process(
+        self, name: str, env: dict[str, str]
+    ) -> subprocess.Popen[bytes] | ForkedProcess:
+        """`python -m services.<name>`: forked from the template when it works, else spawned."""
+        if self._use_prefork:
+            try:
+                prefork = self._prefork_template()
+                # Its parent is the template: it dies with it (PR_SET_PDEATHSIG).
+                return prefork.spawn(
+                    f"services.{name}", {**env, "ASR_PARENT_PID": str(prefork.process.pid)}
+                )
+            except PreforkError as exc:
+                log.warning("%s; starting %s as its own interpreter", exc, name)
+        return subprocess.Popen(
+            [self._python, "-m", f"services.{name}"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
+    def _prefork_template(self) -> Prefork:
+        """The template process, started (again, if it died) on first use."""
+        if self._prefork is None or not self._prefork.alive:
+            if self._prefork is not None:
+                log.warning("the prefork template exited; starting a new one")
+                self._prefork.close(timeout_s=1)
+            self._prefork = Prefork(
+                self._python,
+                {
+                    **os.environ,
+                    "PYANNOTE_METRICS_ENABLED": "false",
+                    "ASR_STATE_DIR": str(self.state_dir),
+                    **self._env,
+                },
+                self.state_dir / "logs" / "prefork.log",
+                timeout_s=self._timeout,
+            )
+            self.extra["supervisor"][0]["prefork_pid"] = self._prefork.process.pid
+        return self._prefork
 
     def _read_stdout(
         self, service: ServiceProcess, stdout: IO[bytes], ready: threading.Event
@@ -464,6 +733,9 @@ class LocalMesh:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+            if self._prefork is not None:
+                self._prefork.close()
+                self._prefork = None
             self._forget_mesh_file()
             for sock in self._reserved.values():
                 sock.close()

@@ -40,11 +40,6 @@ def _serving(address: str) -> bool:
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def _environ(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
-
-
 def _transcription_pids(state: Path) -> set[int]:
     return {pid for pid, cmd in processes_of(state).items() if "services.transcription" in cmd}
 
@@ -82,12 +77,12 @@ def test_serve_runs_three_supervised_replicas_and_the_gateway_gets_them_all(tmp_
         assert all(_serving(address) for address in addresses)
         assert [len(table[name]) for name in ("preprocess", "merge", "gateway")] == [1, 1, 1]
 
-        gateway_env = _environ(table["gateway"][0]["pid"])
+        gateway_env = table["gateway"][0]["settings"]
         assert gateway_env["ASR_GATEWAY_TRANSCRIPTION_ADDRESS"] == ",".join(addresses)
         assert "," not in gateway_env["ASR_GATEWAY_PREPROCESS_ADDRESS"]
         # Each replica binds its own port (and, unset by us, shares the cores instead of taking all).
         for entry in replicas:
-            env = _environ(entry["pid"])
+            env = entry["settings"]
             assert f"127.0.0.1:{env['ASR_TRANSCRIPTION_PORT']}" == entry["address"]
             assert int(env["ASR_TRANSCRIPTION_CPU_THREADS"]) == max((os.cpu_count() or 1) // 3, 1)
 
@@ -131,7 +126,7 @@ def test_the_background_mesh_takes_its_count_from_the_environment(mesh_dir, monk
         replicas = mesh_table(mesh_dir)["transcription"]
     assert len(replicas) == 2 and len({e["address"] for e in replicas}) == 2
     assert _transcription_pids(mesh_dir) == {e["pid"] for e in replicas}
-    assert _environ(mesh_table(mesh_dir)["gateway"][0]["pid"])[
+    assert mesh_table(mesh_dir)["gateway"][0]["settings"][
         "ASR_GATEWAY_TRANSCRIPTION_ADDRESS"
     ] == ",".join(e["address"] for e in replicas)
 
