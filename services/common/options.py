@@ -81,8 +81,11 @@ _STREAMING_FIELDS = ("language_code", "model", "initial_prompt")
 
 
 def _get(message: Any, field: str) -> Any:
+    """A field's value as plain Python: scalar, list (repeated) or dict (map)."""
     value = getattr(message, field)
-    return value if isinstance(value, (str, bool, int, float)) else list(value)
+    if isinstance(value, (str, bool, int, float)):
+        return value
+    return dict(value) if hasattr(value, "items") else list(value)
 
 
 def requested(config: Any) -> options_pb2.RecognitionOptions:
@@ -198,7 +201,6 @@ def to_flat_dict(options: options_pb2.RecognitionOptions) -> dict[str, Any]:
         data[flat] = _get(getattr(options, part), field)
     data["formats"] = [FORMAT_NAMES[f] for f in data.pop("output_formats")]
     data["quality_profile"] = PROFILE_NAMES[data["quality_profile"]]
-    data["speaker_names"] = dict(options.output.speaker_names)
     return data
 
 

@@ -7,12 +7,17 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import channel_to
 from fakes import FakeStages
 from test_gateway_grpc import call, gateway  # noqa: F401 (fixture)
 
 from asr.common.v1 import document_pb2, options_pb2, quality_pb2
 from asr.common.v1 import streaming_pb2 as common_streaming_pb2
 from asr.gateway.v1 import gateway_service_pb2 as pb
+from asr.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+from asr.gateway.v1 import streaming_pb2 as gw_streaming_pb2
+from asr.transcription.v1 import streaming_pb2 as tr_streaming_pb2
+from asr.transcription.v1 import transcription_service_pb2_grpc as tr_grpc
 from asr_mesh.client.sdk import TranscribeOptions
 from services.common import convert
 from services.common.domain import Segment, Word
@@ -24,9 +29,12 @@ from services.common.options import (
     streaming_config,
     to_flat_dict,
 )
+from services.common.server import build_server
+from services.common.settings import ServerSettings
 from services.gateway.fanout import shift_segment
 from services.gateway.jobs import JobRecord, options_to_dict
 from services.gateway.result_cache import canonical_options
+from services.gateway.server import GatewaySettings, create_server
 from services.gateway.servicer import chain_options
 
 REPO = Path(__file__).resolve().parents[2]
@@ -270,3 +278,61 @@ def test_fan_out_moves_segment_messages_to_file_time():
     assert (back.id, back.start, back.end, back.text) == (7, 30.1, 30.9, "olá mundo")
     assert [(w.start, w.end) for w in back.words] == [(30.1, 30.4), (30.5, 30.9)]
     assert convert.seconds(chunk_segment.start_offset) == pytest.approx(0.1)  # a copy
+
+
+class RecordingStreaming(tr_grpc.TranscriptionServiceServicer):
+    """A transcription service's streaming side that keeps the config it was sent."""
+
+    def __init__(self):
+        self.configs: list[common_streaming_pb2.StreamingConfig] = []
+
+    def StreamingTranscribe(self, request_iterator, context):
+        self.configs.extend(
+            r.config for r in request_iterator if r.WhichOneof("payload") == "config"
+        )
+        summary = common_streaming_pb2.StreamingSummary(model="fake")
+        yield tr_streaming_pb2.StreamingTranscribeResponse(
+            event=common_streaming_pb2.StreamingEvent(summary=summary)
+        )
+
+
+@pytest.fixture()
+def streaming_gateway():
+    fake = RecordingStreaming()
+    backend = build_server(
+        ServerSettings(port=0),
+        register=lambda server: tr_grpc.add_TranscriptionServiceServicer_to_server(fake, server),
+        service_names=["asr.transcription.v1.TranscriptionService"],
+    )
+    gateway = create_server(
+        GatewaySettings(port=0, transcription_address=backend.address),
+        stages_factory=FakeStages,
+    )
+    channel = channel_to(gateway.port)
+    yield gw_grpc.GatewayServiceStub(channel), fake
+    channel.close()
+    gateway.stop(0)
+    backend.stop(0)
+
+
+def _stream(stub, config):
+    requests = iter([gw_streaming_pb2.StreamingTranscribeRequest(config=config)])
+    return list(stub.StreamingTranscribe(requests, timeout=30))
+
+
+@pytest.mark.grpc
+def test_the_gateway_folds_streaming_transcription_options_for_the_service(streaming_gateway):
+    stub, fake = streaming_gateway
+    shared = options_pb2.TranscriptionOptions(language_code="en", model="base")
+    events = _stream(
+        stub, common_streaming_pb2.StreamingConfig(language_code="es", transcription=shared)
+    )
+    assert events[-1].event.summary.model == "fake"
+    (sent,) = fake.configs
+    assert not sent.HasField("transcription") and (sent.language_code, sent.model) == ("en", "base")
+    shared.quality_profile = quality_pb2.QUALITY_PROFILE_FAST
+    with pytest.raises(grpc.RpcError) as err:
+        _stream(stub, common_streaming_pb2.StreamingConfig(transcription=shared))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "quality_profile is for batch transcription only" in err.value.details()
+    assert len(fake.configs) == 1  # refused before any call to the service
