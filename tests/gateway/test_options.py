@@ -304,14 +304,14 @@ def streaming_gateway():
         register=lambda server: tr_grpc.add_TranscriptionServiceServicer_to_server(fake, server),
         service_names=["asr.transcription.v1.TranscriptionService"],
     )
-    gateway = create_server(
+    handle = create_server(
         GatewaySettings(port=0, transcription_address=backend.address),
         stages_factory=FakeStages,
     )
-    channel = channel_to(gateway.port)
+    channel = channel_to(handle.port)
     yield gw_grpc.GatewayServiceStub(channel), fake
     channel.close()
-    gateway.stop(0)
+    handle.stop(0)
     backend.stop(0)
 
 
