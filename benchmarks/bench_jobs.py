@@ -135,6 +135,7 @@ def store_rows(count: int, rows: list[tuple[str, float, str]]) -> None:
     # segments of words with timings, and JSON + SRT documents rendered from them.
     import json
 
+    from services.common import convert
     from services.common.domain import MediaReport, Segment, Word
     from services.gateway.jobs import SUCCEEDED, JobRecord, new_job_id, options_to_dict, summary_of
     from services.gateway.jobs_store import SqliteJobStore
@@ -198,7 +199,7 @@ def store_rows(count: int, rows: list[tuple[str, float, str]]) -> None:
         600.0,
         Transcript([], "pt-BR", "base"),
         None,
-        Merged(segments, [], documents),
+        Merged([convert.segment_to_proto(s) for s in segments], [], documents),
         60.0,
     )
     blob = encode_result(result)

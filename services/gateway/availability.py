@@ -13,9 +13,9 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from asr.common.v1.options_pb2 import RecognitionOptions
 from services.common.domain_errors import Category, MeshError
-
-SPEAKER_OPTIONS = ("diarize", "num_speakers", "min_speakers", "max_speakers", "speaker_names")
+from services.common.options import speaker_options_asked
 
 
 class ServiceNotConfigured(MeshError):
@@ -41,10 +41,9 @@ class Backends:
             return True
         return not isinstance(table, dict) or bool(table.get(name))
 
-    def require_diarization(self, config: object) -> None:
-        """Refuse a request config (TranscribeConfig) that sets speaker options when no
-        diarization service runs."""
-        asked = [name for name in SPEAKER_OPTIONS if getattr(config, name, None)]
+    def require_diarization(self, options: RecognitionOptions) -> None:
+        """Refuse request options that set speaker options when no diarization service runs."""
+        asked = speaker_options_asked(options)
         if asked and not self.present("diarization"):
             raise ServiceNotConfigured(
                 f"this mesh runs no diarization service, so it cannot label speakers (asked for: "

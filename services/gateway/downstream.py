@@ -19,7 +19,7 @@ from pathlib import Path
 
 import grpc
 
-from asr.common.v1 import audio_pb2, document_pb2, quality_pb2
+from asr.common.v1 import audio_pb2, options_pb2
 from asr.diarization.v1 import diarization_service_pb2 as dia_pb
 from asr.diarization.v1 import diarization_service_pb2_grpc as dia_grpc
 from asr.merge.v1 import merge_service_pb2 as merge_pb
@@ -38,6 +38,7 @@ from services.common.errors import (
     UploadStalled,
     from_rpc_error,
 )
+from services.common.options import FORMAT_NAMES
 from services.common.pcm import DEFAULT_CHUNK_BYTES, pcm_duration
 from services.common.retry import is_unavailable, retrying
 from services.common.security import open_channel
@@ -56,15 +57,6 @@ from services.gateway.pipeline import (
 from services.gateway.replicas import ReplicaPool, round_robin_target
 
 UPLOAD_CHUNK_BYTES = 256 * 1024
-
-FORMAT_NAMES = {
-    document_pb2.OUTPUT_FORMAT_JSON: "json",
-    document_pb2.OUTPUT_FORMAT_SRT: "srt",
-    document_pb2.OUTPUT_FORMAT_VTT: "vtt",
-    document_pb2.OUTPUT_FORMAT_TXT: "txt",
-    document_pb2.OUTPUT_FORMAT_RTTM: "rttm",
-}
-FORMAT_ENUMS = {name: value for value, name in FORMAT_NAMES.items()}
 
 
 @dataclass(frozen=True)
@@ -104,8 +96,12 @@ def died_under_call(err: grpc.RpcError) -> bool:
     return any(marker in details for marker in _CONNECTION_LOST)
 
 
-def transcription_config(options: ChainOptions, pcm_bytes: int) -> tr_pb.TranscriptionConfig:
-    """The TranscriptionConfig a request's options give (whole file, or each fan-out chunk)."""
+def transcription_config(
+    options: options_pb2.TranscriptionOptions, pcm_bytes: int
+) -> tr_pb.TranscriptionConfig:
+    """The TranscriptionConfig of a request's transcription options (whole file, or each
+    fan-out chunk). The one place they become the transcription service's request; the flat
+    fields are those every transcription replica reads, old or new."""
     return tr_pb.TranscriptionConfig(
         language_code=options.language_code,
         model=options.model,
@@ -115,11 +111,20 @@ def transcription_config(options: ChainOptions, pcm_bytes: int) -> tr_pb.Transcr
         temperatures=options.temperatures,
         best_of=options.best_of,
         hotwords=options.hotwords,
-        profile=quality_pb2.QualityProfile.Value(
-            f"QUALITY_PROFILE_{options.quality_profile.upper()}"
-        )
-        if options.quality_profile
-        else quality_pb2.QUALITY_PROFILE_UNSPECIFIED,
+        profile=options.quality_profile,
+        pcm_size_bytes=pcm_bytes,
+    )
+
+
+def diarization_config(
+    options: options_pb2.DiarizationOptions, pcm_bytes: int
+) -> dia_pb.DiarizationConfig:
+    """The DiarizationConfig of a request's diarization options."""
+    return dia_pb.DiarizationConfig(
+        format=PCM16K,
+        num_speakers=options.num_speakers,
+        min_speakers=options.min_speakers,
+        max_speakers=options.max_speakers,
         pcm_size_bytes=pcm_bytes,
     )
 
@@ -300,11 +305,12 @@ class GrpcStages:
         """
 
         def requests() -> Iterator[pre_pb.PreprocessRequest]:
+            audio = options.recognition.audio
             yield pre_pb.PreprocessRequest(
                 config=pre_pb.PreprocessConfig(
                     filename=options.filename,
-                    loudness_normalization=options.loudness_normalization,
-                    trim_silence=options.trim_silence,
+                    loudness_normalization=audio.loudness_normalization,
+                    trim_silence=audio.trim_silence,
                     upload_size_bytes=upload.stat().st_size,
                 )
             )
@@ -367,7 +373,9 @@ class GrpcStages:
         source = as_source(pcm)
         duration = source.duration_hint
         # Still being decoded: the size is not known yet, so it is not declared.
-        config = transcription_config(options, source.size if source.complete else 0)
+        config = transcription_config(
+            options.recognition.transcription, source.size if source.complete else 0
+        )
         policy, replicas = self._d.fanout, self._d.replicas
         if policy is not None and replicas is not None and policy.applies(duration):
             return self._fan_out(source, config, policy, replicas, progress)
@@ -382,7 +390,7 @@ class GrpcStages:
             for response in stream:
                 kind = response.WhichOneof("payload")
                 if kind == "segment":
-                    segments.append(convert.segment_from_proto(response.segment))
+                    segments.append(response.segment)  # to merge as it came
                 elif kind == "progress":
                     progress(self._progress(response.progress))
                 else:
@@ -422,12 +430,8 @@ class GrpcStages:
         self, pcm: bytes | memoryview | PcmSource, options: ChainOptions, progress: ProgressSink
     ) -> Diarization:
         source = as_source(pcm)
-        config = dia_pb.DiarizationConfig(
-            format=PCM16K,
-            num_speakers=options.num_speakers,
-            pcm_size_bytes=source.size if source.complete else 0,
-            min_speakers=options.min_speakers,
-            max_speakers=options.max_speakers,
+        config = diarization_config(
+            options.recognition.diarization, source.size if source.complete else 0
         )
 
         def requests() -> Iterator[dia_pb.DiarizeRequest]:
@@ -464,16 +468,17 @@ class GrpcStages:
         duration: float,
         trace_id: str,
     ) -> Merged:
+        output = options.recognition.output
         request = merge_pb.MergeRequest(
-            segments=convert.segments_to_proto(transcript.segments),
+            segments=transcript.segments,
             turns=[convert.turn_to_proto(t) for t in (diarization.turns if diarization else ())],
-            formats=[FORMAT_ENUMS[name] for name in options.formats],
+            formats=output.formats,
             language_code=transcript.language_code,
             audio_duration=convert.duration(duration),
-            speaker_names=options.speaker_names,
+            speaker_names=output.speaker_names,
             recording_id=options.recording_id,
             trace_id=trace_id,
-            inverse_text_normalization=options.inverse_text_normalization,
+            inverse_text_normalization=output.inverse_text_normalization,
         )
 
         response = self._stream(
@@ -484,7 +489,7 @@ class GrpcStages:
             streaming=False,  # merge is a pure function of its request: always safe to repeat
         )
         return Merged(
-            segments=[convert.segment_from_proto(s) for s in response.segments],
+            segments=list(response.segments),
             speakers=list(response.speakers),
             documents=[
                 RenderedDocument(

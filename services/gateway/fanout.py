@@ -25,7 +25,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import grpc
 from opentelemetry import trace
@@ -38,10 +38,11 @@ from tenacity import (
 )
 
 from asr.common.v1 import audio_pb2
+from asr.common.v1.transcript_pb2 import Segment
 from asr.transcription.v1 import transcription_service_pb2 as tr_pb
 from services.common import convert
 from services.common.chunking import ChunkPlanner
-from services.common.domain import BYTES_PER_SAMPLE, SAMPLE_RATE, ProgressUpdate, Segment
+from services.common.domain import BYTES_PER_SAMPLE, SAMPLE_RATE, ProgressUpdate
 from services.common.errors import (
     Cancelled,
     DependencyFailed,
@@ -106,10 +107,15 @@ class _ReplicaFailed(Exception):
         self.replica, self.err = replica, err
 
 
-def shift_segment(segment: Segment, offset: float) -> Segment:
-    """A chunk's segment moved to file time."""
-    words = tuple(replace(w, start=w.start + offset, end=w.end + offset) for w in segment.words)
-    return replace(segment, start=segment.start + offset, end=segment.end + offset, words=words)
+def shift_segment(segment: Segment, offset: float, index: int) -> Segment:
+    """A chunk's segment moved to file time and numbered `index` in the file (a copy)."""
+    moved = Segment()
+    moved.CopyFrom(segment)
+    moved.id = index
+    for timed in (moved, *moved.words):
+        timed.start_offset.CopyFrom(convert.duration(convert.seconds(timed.start_offset) + offset))
+        timed.end_offset.CopyFrom(convert.duration(convert.seconds(timed.end_offset) + offset))
+    return moved
 
 
 class FanOut:
@@ -312,12 +318,8 @@ class FanOut:
             finally:
                 pool.shutdown(wait=False, cancel_futures=True)
             span.set_attribute("asr.fanout.windows", len(chunks))
-        segments = [
-            shift_segment(s, chunk.start)
-            for chunk, (found, _) in zip(chunks, results)
-            for s in found
-        ]
-        return [replace(s, id=k) for k, s in enumerate(segments)], results[0][1]
+        placed = [(s, chunk.start) for chunk, (found, _) in zip(chunks, results) for s in found]
+        return [shift_segment(s, at, k) for k, (s, at) in enumerate(placed)], results[0][1]
 
     def _window(
         self,
@@ -377,7 +379,7 @@ class FanOut:
             for response in call:
                 kind = response.WhichOneof("payload")
                 if kind == "segment":
-                    segments.append(convert.segment_from_proto(response.segment))
+                    segments.append(response.segment)
                 elif kind == "result":
                     result = response.result
         except grpc.RpcError as err:

@@ -33,6 +33,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from services.common.domain import MediaReport, ProgressUpdate
 from services.common.errors import Cancelled, MeshError, status_code
+from services.common.options import to_flat_dict
 from services.gateway.pipeline import ChainOptions, ChainResult, Stages, run_chain
 from services.gateway.result_cache import ResultCache, decode_result, encode_result
 
@@ -72,7 +73,7 @@ class JobRecord:
 
     job_id: str
     options: dict
-    """`ChainOptions` as a dict (validated at submit)."""
+    """`ChainOptions` as a dict (`options_to_dict`, validated at submit)."""
     state: str = QUEUED
     filename: str = ""
     trace_id: str = ""
@@ -109,20 +110,17 @@ class JobRecord:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def chain_options(self) -> ChainOptions:
-        data = dict(self.options)
-        data["formats"] = tuple(data.get("formats", ("json",)))
-        data["temperatures"] = tuple(data.get("temperatures", ()))
-        return ChainOptions(**data)
+        return ChainOptions.of(**self.options)
 
     def expired(self, now: float | None = None) -> bool:
         return bool(self.expires) and self.expires <= (now if now is not None else time.time())
 
 
 def options_to_dict(options: ChainOptions) -> dict:
-    data = asdict(options)
-    data["formats"] = list(options.formats)
-    data["temperatures"] = list(options.temperatures)
-    return data
+    """What a job record keeps of its options: the file name and the flat form of
+    `services.common.options.to_flat_dict` (records written before the nested options read
+    back the same)."""
+    return {"filename": options.filename, **to_flat_dict(options.recognition)}
 
 
 def summary_of(result: ChainResult, cache_hit: bool) -> dict:

@@ -30,6 +30,7 @@ from services.common.errors import (
     MeshError,
     NotFound,
 )
+from services.common.options import requested
 from services.common.streams import UploadMeter
 from services.gateway.jobs import (
     CANCELLED,
@@ -177,7 +178,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
         first = await anext(request_iterator, None)
         if first is None or first.WhichOneof("payload") != "config":
             raise InvalidInput("the first message of the stream must carry config", field="config")
-        self._gateway._backends.require_diarization(first.config)
+        self._gateway._backends.require_diarization(requested(first.config))
         options = chain_options(first.config)
         meter = UploadMeter(
             first.config.upload_size_bytes,

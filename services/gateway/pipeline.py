@@ -1,6 +1,7 @@
 """The chain the gateway runs, pure: preprocess → (transcription ∥ diarization) → merge.
 
-Stages are reached through the `Stages` protocol, so this module knows nothing of gRPC; the
+Stages are reached through the `Stages` protocol, so this module knows nothing of gRPC (it
+holds protobuf messages: options and segments pass through the gateway unconverted); the
 gateway plugs in gRPC adapters (`downstream.py`), tests plug in fakes. Trace context crosses
 into the parallel branch through `contextvars`, which is where OpenTelemetry keeps it.
 """
@@ -13,12 +14,14 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from opentelemetry import trace
 
-from services.common.domain import MediaReport, ProgressUpdate, Segment, SpeakerTurn
+from asr.common.v1 import options_pb2, transcript_pb2
+from services.common.domain import MediaReport, ProgressUpdate, SpeakerTurn
 from services.common.domain_errors import Cancelled
+from services.common.options import FORMAT_NAMES, effective, from_flat_dict
 
 SIBLING_GRACE_S = 0.25
 """How long a failed chain waits for its cancelled sibling branch before reporting the failure."""
@@ -31,34 +34,30 @@ ProgressSink = Callable[["ProgressUpdate | MediaReport"], None]
 
 @dataclass(frozen=True)
 class ChainOptions:
-    """What the caller asked for."""
+    """What the caller asked for: the file's name and its effective options.
+
+    `recognition` is the request's `asr.common.v1.RecognitionOptions`, validated and with the
+    gateway's defaults filled in (`services.common.options.effective`); each stage reads its own
+    sub-message of it.
+    """
 
     filename: str = ""
-    language_code: str = "pt-BR"
-    diarize: bool = False
-    num_speakers: int = 0
-    min_speakers: int = 0
-    max_speakers: int = 0
-    model: str = ""
-    formats: tuple[str, ...] = ("json",)
-    speaker_names: dict[str, str] = field(default_factory=dict)
-    beam_size: int = 0
-    initial_prompt: str = ""
-    temperatures: tuple[float, ...] = ()
-    quality_profile: str = ""
-    best_of: int = 0
-    hotwords: str = ""
-    inverse_text_normalization: bool = False
-    loudness_normalization: bool = False
-    """EBU R128 before transcription. Off by default: on the tune split of the validation corpus
-    it raised clips WER well above plain faster-whisper's (`benchmarks/tune_level.py`, see
-    docs/benchmarks.md), and held-out audio showed the same; it also forces a whole-file filter
-    before transcription can start. Whisper's log-mel features are normalised per window, so
-    the absolute level matters far less than loudnorm's dynamic gain changes."""
-    trim_silence: bool = False
-    """Leading/trailing silence trimming. Default off although it lowered WER on corpus-dev
-    (docs/benchmarks.md): it shifts every time offset by the cut
-    lead-in, which the preprocess API does not report, so subtitles would drift from the media."""
+    recognition: options_pb2.RecognitionOptions = field(
+        default_factory=lambda: effective(options_pb2.RecognitionOptions())
+    )
+
+    @classmethod
+    def of(cls, filename: str = "", **flat: Any) -> ChainOptions:
+        """From flat option values as job records store them (`services.common.options.to_flat_dict`)."""
+        return cls(filename, from_flat_dict(flat))
+
+    @property
+    def diarize(self) -> bool:
+        return self.recognition.diarization.enabled
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return tuple(FORMAT_NAMES[f] for f in self.recognition.output.formats)
 
     @property
     def recording_id(self) -> str:
@@ -76,7 +75,8 @@ class Decoded:
 
 @dataclass
 class Transcript:
-    segments: list[Segment]
+    segments: list[transcript_pb2.Segment]
+    """As the transcription service sent them: the gateway hands them to merge unread."""
     language_code: str
     model: str
 
@@ -98,7 +98,8 @@ class RenderedDocument:
 
 @dataclass
 class Merged:
-    segments: list[Segment]
+    segments: list[transcript_pb2.Segment]
+    """As the merge service sent them: the gateway streams them to the caller unread."""
     speakers: list[str]
     documents: list[RenderedDocument]
 

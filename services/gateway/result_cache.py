@@ -30,8 +30,10 @@ from pathlib import Path
 
 from prometheus_client import Counter
 
+from services.common import convert
 from services.common.domain import MediaReport, Segment, Word
 from services.common.metrics import REGISTRY
+from services.common.options import to_flat_dict
 from services.gateway.pipeline import (
     ChainOptions,
     ChainResult,
@@ -67,11 +69,12 @@ def file_sha256(path: Path) -> str:
 
 
 def canonical_options(options: ChainOptions) -> dict:
-    """Every option that can change the output, in a stable JSON-able form."""
-    data = asdict(options)
-    data.pop("filename")  # only its stem reaches the documents, as the recording id
+    """Every option that can change the output, in a stable JSON-able form (the flat form of
+    `services.common.options.to_flat_dict`, so keys made before the nested options still hit)."""
+    data = to_flat_dict(options.recognition)
+    # Of the file name only its stem reaches the documents, as the recording id.
     data["recording_id"] = options.recording_id
-    data["formats"] = sorted(options.formats)
+    data["formats"] = sorted(data["formats"])
     return data
 
 
@@ -114,7 +117,7 @@ def encode_result(result: ChainResult) -> bytes:
             "speaker_count": result.diarization.speaker_count,
             "backend": result.diarization.backend,
         },
-        "segments": [asdict(s) for s in result.merged.segments],
+        "segments": [asdict(convert.segment_from_proto(s)) for s in result.merged.segments],
         "speakers": list(result.merged.speakers),
         "documents": [asdict(d) for d in result.merged.documents],
         "seconds": result.seconds,
@@ -140,7 +143,7 @@ def decode_result(blob: bytes) -> ChainResult:
         transcript=Transcript([], data["transcript"]["language_code"], data["transcript"]["model"]),
         diarization=None if dia is None else Diarization([], dia["speaker_count"], dia["backend"]),
         merged=Merged(
-            [_segment(s) for s in data["segments"]],
+            [convert.segment_to_proto(_segment(s)) for s in data["segments"]],
             list(data["speakers"]),
             [RenderedDocument(**d) for d in data["documents"]],
         ),
@@ -303,7 +306,7 @@ class ResultCache:
     def key(self, input_sha256: str, options: ChainOptions) -> str | None:
         """The entry's key, or None when the model's identity cannot be learnt (no caching then)."""
         try:
-            model = self._model_identity(options.model)
+            model = self._model_identity(options.recognition.transcription.model)
         except Exception as exc:
             log.warning("result cache: cannot learn the model's identity (%s); not caching", exc)
             return None

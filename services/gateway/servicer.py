@@ -15,18 +15,18 @@ from pathlib import Path
 
 from opentelemetry import trace
 
-from asr.common.v1 import document_pb2, progress_pb2, quality_pb2
+from asr.common.v1 import progress_pb2
 from asr.gateway.v1 import gateway_service_pb2 as pb
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from services.common import convert
 from services.common.aio import in_executor
 from services.common.domain import MediaReport, ProgressUpdate
 from services.common.errors import InternalError, InvalidInput, LimitExceeded
+from services.common.options import FORMAT_ENUMS, from_config
 from services.common.scheduler import _NO_DEADLINE_S, FairQueue, context_caller
 from services.common.streams import CANCEL_NOTICE_GRACE_S, UploadMeter
 from services.common.telemetry import current_trace_id
 from services.gateway.availability import Backends
-from services.gateway.downstream import FORMAT_ENUMS, FORMAT_NAMES
 from services.gateway.pipeline import ChainOptions, ChainResult, Stages, run_chain
 from services.gateway.quota import SpoolQuota, unlimited
 from services.gateway.result_cache import ResultCache, file_sha256
@@ -51,67 +51,9 @@ def _swallow(future: asyncio.Future) -> None:
 
 
 def chain_options(config: pb.TranscribeConfig) -> ChainOptions:
-    """Validate the caller's config and turn it into chain options."""
-    formats = []
-    for value in config.output_formats or [document_pb2.OUTPUT_FORMAT_JSON]:
-        if value not in FORMAT_NAMES:
-            raise InvalidInput(
-                f"output format {value} is not one of json, srt, vtt, txt, rttm",
-                field="config.output_formats",
-            )
-        formats.append(FORMAT_NAMES[value])
-    for name in ("num_speakers", "min_speakers", "max_speakers"):
-        if getattr(config, name) < 0:
-            raise InvalidInput(f"{name} must not be negative", field=f"config.{name}")
-    if not config.diarize:
-        asked = [
-            name
-            for name in ("num_speakers", "min_speakers", "max_speakers")
-            if getattr(config, name)
-        ]
-        asked += ["speaker_names"] if config.speaker_names else []
-        asked += ["RTTM output"] if document_pb2.OUTPUT_FORMAT_RTTM in config.output_formats else []
-        if asked:  # silently ignoring them would hand back a transcript without what was asked
-            raise InvalidInput(
-                f"diarize=true is needed for {', '.join(asked)}", field="config.diarize"
-            )
-    if config.min_speakers and config.max_speakers and config.min_speakers > config.max_speakers:
-        raise InvalidInput(
-            f"min_speakers ({config.min_speakers}) is larger than max_speakers ({config.max_speakers})",
-            field="config.min_speakers",
-        )
-    return ChainOptions(
-        filename=config.filename,
-        language_code=config.language_code or "pt-BR",
-        diarize=config.diarize,
-        num_speakers=config.num_speakers,
-        min_speakers=config.min_speakers,
-        max_speakers=config.max_speakers,
-        model=config.model,
-        formats=tuple(dict.fromkeys(formats)),
-        speaker_names=dict(config.speaker_names),
-        beam_size=config.beam_size,
-        initial_prompt=config.initial_prompt,
-        temperatures=tuple(config.temperatures),
-        quality_profile=_quality_profile(config.quality_profile),
-        best_of=config.best_of,
-        hotwords=config.hotwords,
-        inverse_text_normalization=config.inverse_text_normalization,
-        **{
-            name: getattr(config, name)
-            for name in ("loudness_normalization", "trim_silence")
-            if config.HasField(name)
-        },  # unset: ChainOptions' measured defaults
-    )
-
-
-def _quality_profile(value: int) -> str:
-    """The profile's name for the chain ("" = the transcription service's default)."""
-    if value not in quality_pb2.QualityProfile.values():
-        raise InvalidInput(f"unknown quality profile {value}", field="config.quality_profile")
-    if value == quality_pb2.QUALITY_PROFILE_UNSPECIFIED:
-        return ""
-    return quality_pb2.QualityProfile.Name(value).removeprefix("QUALITY_PROFILE_").lower()
+    """Validate the caller's config and turn it into chain options: `config.options`, or the
+    deprecated flat fields when it is not set (see `services.common.options`)."""
+    return ChainOptions(config.filename, from_config(config))
 
 
 class GatewayServicer(pb_grpc.GatewayServiceServicer):
@@ -167,7 +109,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         if first is None or first.WhichOneof("payload") != "config":
             raise InvalidInput("the first message of the stream must carry config", field="config")
         options = chain_options(first.config)
-        self._backends.require_diarization(first.config)
+        self._backends.require_diarization(options.recognition)
         span = trace.get_current_span()
         span.set_attributes(
             {"asr.diarize": options.diarize, "asr.formats": ",".join(options.formats)}
@@ -325,7 +267,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
     def _transcript(result: ChainResult) -> Iterator[pb.TranscribeResponse]:
         """The transcript as many small messages: segments, then documents in pieces."""
         for segment in result.merged.segments:
-            yield pb.TranscribeResponse(segment=convert.segment_to_proto(segment))
+            yield pb.TranscribeResponse(segment=segment)
         for document in result.merged.documents:
             pieces = [
                 document.content[i : i + DOCUMENT_CHUNK_CHARS]

@@ -1,7 +1,9 @@
 """The gateway's StreamingTranscribe: a bridge to the transcription service's streaming RPC.
 
 No second pipeline: the caller's config and audio go to one transcription replica unchanged
-(both APIs share `asr.common.v1` streaming types) and its events come back unchanged. The
+(both APIs share `asr.common.v1` streaming types; only a config's shared
+`transcription` options are folded into the fields the service reads) and its events come back
+unchanged. The
 caller cancelling cancels the downstream call; a downstream failure comes back with the
 transcription service's own status and sentence. Not retried: a live session cannot be
 replayed.
@@ -23,6 +25,7 @@ from asr.transcription.v1 import streaming_pb2 as tr_pb
 from asr.transcription.v1 import transcription_service_pb2_grpc as tr_grpc
 from services.common.aio import run_on_loop, shared_loop
 from services.common.errors import Cancelled, InvalidInput, from_rpc_error
+from services.common.options import streaming_config
 from services.common.security import open_aio_channel
 from services.common.telemetry import aio_traced_channel_interceptors
 
@@ -81,8 +84,11 @@ class StreamBridge:
         if first is None or first.WhichOneof("payload") != "config":
             raise InvalidInput("the first message of the stream must carry config", field="config")
 
+        # The shared options (config.transcription) folded into the fields the service reads.
+        config = streaming_config(first.config)
+
         async def forward() -> AsyncIterator[tr_pb.StreamingTranscribeRequest]:
-            yield tr_pb.StreamingTranscribeRequest(config=first.config)
+            yield tr_pb.StreamingTranscribeRequest(config=config)
             async for request in request_iterator:
                 if request.WhichOneof("payload") == "audio":
                     yield tr_pb.StreamingTranscribeRequest(audio=request.audio)

@@ -36,6 +36,7 @@ from asr.gateway.v1 import jobs_pb2 as jobs_pb
 from asr_mesh.client.sdk import GatewayClient, StreamOptions, TranscribeOptions
 from services.common.errors import MeshError, Overloaded, status_code
 from services.common.metrics import REGISTRY
+from services.common.options import DEFAULT_LANGUAGE
 from services.common.security import client_channel
 from services.http import openai_format as oa
 from services.http.audio import CONTAINERS, PcmChunker, StreamDecoder
@@ -632,7 +633,7 @@ class StreamSession:
             )
         try:
             options = StreamOptions(
-                language_code=str(config.get("language") or "pt-BR"),
+                language_code=str(config.get("language") or DEFAULT_LANGUAGE),
                 model=str(config.get("model") or ""),
                 profile=str(config.get("profile") or ""),
                 interim_results=bool(config.get("interim_results", True)),

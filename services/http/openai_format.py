@@ -11,6 +11,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from services.common.options import DEFAULT_LANGUAGE
+
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("word", "segment")
 DEFAULT_MODEL_ALIASES = frozenset({"whisper-1", ""})
@@ -116,7 +118,7 @@ class TranscriptionRequest:
     """A validated `/v1/audio/transcriptions` (or `/v1/jobs`) form, without the file."""
 
     model: str = ""
-    language: str = "pt-BR"
+    language: str = DEFAULT_LANGUAGE
     prompt: str = ""
     temperature: float | None = None
     response_format: str = "json"
@@ -229,7 +231,7 @@ def parse_transcription_form(form: Mapping[str, list[str]]) -> TranscriptionRequ
                 param="temperature",
                 code="invalid_value",
             )
-    language = _one(form, "language") or "pt-BR"
+    language = _one(form, "language") or DEFAULT_LANGUAGE
     primary = language.replace("_", "-").split("-")[0]
     if language.lower() != "auto" and (not primary.isalpha() or len(primary) not in (2, 3)):
         raise HttpError(

@@ -14,6 +14,7 @@ from asr.merge.v1 import merge_service_pb2_grpc as pb_grpc
 from services.common import convert
 from services.common.errors import InvalidInput
 from services.common.metrics import record_work
+from services.common.options import FORMAT_NAMES
 from services.common.telemetry import current_trace_id
 from services.merge.core import DocumentInfo, MergeOptions, OutputFormat, merge
 from services.merge.documents import render_documents
@@ -21,11 +22,7 @@ from services.merge.documents import render_documents
 SERVICE = "merge"
 
 _FROM_PROTO: dict[int, OutputFormat] = {
-    document_pb2.OUTPUT_FORMAT_JSON: OutputFormat.JSON,
-    document_pb2.OUTPUT_FORMAT_SRT: OutputFormat.SRT,
-    document_pb2.OUTPUT_FORMAT_VTT: OutputFormat.VTT,
-    document_pb2.OUTPUT_FORMAT_TXT: OutputFormat.TXT,
-    document_pb2.OUTPUT_FORMAT_RTTM: OutputFormat.RTTM,
+    value: OutputFormat(name) for value, name in FORMAT_NAMES.items()
 }
 _TO_PROTO = {fmt: value for value, fmt in _FROM_PROTO.items()}
 

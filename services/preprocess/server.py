@@ -34,7 +34,7 @@ class PreprocessSettings(ServerSettings):
     """Environment: ASR_PREPROCESS_* (plus ASR_STATE_DIR and OTEL_*).
 
     Loudness normalisation and silence trimming are per-request options (PreprocessConfig); the
-    mesh's defaults are the gateway's (services/gateway/pipeline.py ChainOptions), where the
+    mesh's defaults are the gateway's (services/common/options.py DEFAULT_*), where the
     measurements behind them are cited.
     """
 

@@ -34,6 +34,7 @@ from opentelemetry import trace
 
 from services.common.domain import SAMPLE_RATE, ProgressUpdate, Segment, Word
 from services.common.domain_errors import InvalidInput
+from services.common.options import DEFAULT_LANGUAGE
 from services.common.scheduler import WorkQueue
 from services.transcription import guards, lockstep, longform
 from services.transcription.longform import VadParams, Window
@@ -42,7 +43,6 @@ from services.transcription.models import ModelRegistry
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
-DEFAULT_LANGUAGE = "pt-BR"
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 """faster-whisper's own fallback schedule; sampling above 0 makes output vary run to run."""
 SEQUENTIAL, BATCHED, LOCKSTEP = "sequential", "batched", "lockstep"

@@ -7,12 +7,13 @@ from collections.abc import Iterator
 import grpc
 from opentelemetry import trace
 
-from asr.common.v1 import progress_pb2, quality_pb2
+from asr.common.v1 import progress_pb2
 from asr.transcription.v1 import transcription_service_pb2 as pb
 from asr.transcription.v1 import transcription_service_pb2_grpc as pb_grpc
 from services.common import convert
 from services.common.domain import ProgressUpdate, Segment, TimeRange
 from services.common.errors import InvalidInput
+from services.common.options import PROFILE_NAMES
 from services.common.pcm import pcm_duration, pcm_pieces, pcm_samples, read_config, read_pcm
 from services.common.scheduler import rpc_watch
 from services.common.streams import UploadMeter
@@ -20,12 +21,6 @@ from services.transcription.core import Transcriber, TranscriptionOptions, Trans
 from services.transcription.models import weights_sha256
 
 STAGE = progress_pb2.STAGE_TRANSCRIPTION
-PROFILE_NAMES = {
-    quality_pb2.QUALITY_PROFILE_UNSPECIFIED: "",
-    quality_pb2.QUALITY_PROFILE_MAX_QUALITY: "max_quality",
-    quality_pb2.QUALITY_PROFILE_BALANCED: "balanced",
-    quality_pb2.QUALITY_PROFILE_FAST: "fast",
-}
 STRATEGY_NAMES = {
     pb.LONG_FORM_STRATEGY_UNSPECIFIED: "",
     pb.LONG_FORM_STRATEGY_SEQUENTIAL: "sequential",

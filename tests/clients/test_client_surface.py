@@ -55,6 +55,7 @@ PUBLIC = {
         "FORMATS",
         "FINAL_JOB_STATES",
         "DEFAULT_ATTEMPTS",
+        "DEFAULT_LANGUAGE",
         "UPLOAD_CHUNK_BYTES",
     },
     "asr_mesh.client.errors": {

@@ -12,6 +12,7 @@ from conftest import channel_to
 
 from asr.merge.v1 import merge_service_pb2 as merge_pb
 from asr.merge.v1 import merge_service_pb2_grpc as merge_grpc
+from services.common import convert
 from services.common.domain import Segment
 from services.common.errors import DependencyUnavailable, InvalidInput
 from services.common.server import build_server
@@ -50,7 +51,9 @@ def start(servicer):
 def merge_through_gateway_adapter(port: int):
     address = f"127.0.0.1:{port}"
     stages = GrpcStages(Downstream(address, address, address, address), Deadlines(merge_s=10))
-    transcript = Transcript([Segment(0, 0.0, 1.0, "olá")], "pt-BR", "base")
+    transcript = Transcript(
+        [convert.segment_to_proto(Segment(0, 0.0, 1.0, "olá"))], "pt-BR", "base"
+    )
     return stages.merge(transcript, None, ChainOptions(), 1.0, "")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+from services.common import convert
 from services.common.domain import MediaReport, ProgressUpdate, Segment, SpeakerTurn, Word
 from services.gateway.pipeline import Decoded, Diarization, Merged, RenderedDocument, Transcript
 
@@ -43,7 +44,9 @@ class FakeStages:
         self.options = options
         progress(ProgressUpdate(0.5, 0.5, 1.0))
         words = (Word(0.0, 0.4, "olá", 0.9), Word(0.5, 0.9, "mundo", 0.8))
-        return Transcript([Segment(0, 0.0, 0.9, "olá mundo", words)], "pt-BR", "base")
+        return Transcript(
+            [convert.segment_to_proto(Segment(0, 0.0, 0.9, "olá mundo", words))], "pt-BR", "base"
+        )
 
     def diarize(self, pcm, options, progress):
         self.overlap.wait()

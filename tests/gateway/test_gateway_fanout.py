@@ -22,6 +22,7 @@ import pytest
 from conftest import MODELS_DIR, REPO
 
 from asr.transcription.v1 import transcription_service_pb2_grpc as tr_grpc
+from services.common import convert
 from services.common.errors import Cancelled, DependencyFailed, MeshError
 from services.common.scheduler import WorkQueue
 from services.gateway.downstream import Deadlines, Downstream, GrpcStages
@@ -30,7 +31,7 @@ from services.gateway.pipeline import ChainOptions
 from services.gateway.replicas import ReplicaPool, round_robin_target, split_target
 
 POLICY = FanoutPolicy(min_audio_s=60.0, chunk_speech_s=25.0, attempts=3, rest_s=0.5)
-OPTIONS = ChainOptions(temperatures=(0.0,))  # no sampling: runs are comparable word for word
+OPTIONS = ChainOptions.of(temperatures=(0.0,))  # no sampling: runs are comparable word for word
 EXCERPT_S = 100
 
 
@@ -118,7 +119,11 @@ def stages_for(
 
 
 def words_of(transcript) -> list[tuple[str, float]]:
-    return [(w.word, round(w.start, 2)) for s in transcript.segments for w in s.words]
+    return [
+        (w.word, round(convert.seconds(w.start_offset), 2))
+        for s in transcript.segments
+        for w in s.words
+    ]
 
 
 def run_fanout(addresses, pcm, policy=POLICY):
@@ -159,7 +164,7 @@ def test_three_replicas_give_the_words_of_one_in_time_order(replicas, excerpt, r
 
     transcript, progress = run_fanout([f"127.0.0.1:{h.port}" for h, _ in replicas], excerpt)
     assert words_of(transcript) == words_of(reference) and len(words_of(reference)) > 100
-    starts = [s.start for s in transcript.segments]
+    starts = [convert.seconds(s.start_offset) for s in transcript.segments]
     assert starts == sorted(starts) and [s.id for s in transcript.segments] == list(
         range(len(starts))
     )

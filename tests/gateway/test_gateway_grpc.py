@@ -224,10 +224,13 @@ def test_large_documents_stream_in_pieces_and_the_sdk_reassembles_them(gateway, 
 
 
 @pytest.mark.parametrize(("profile", "name"), [(0, ""), (1, "max_quality"), (3, "fast")])
-def test_quality_profile_reaches_the_chain_by_name(gateway, profile, name):
+def test_quality_profile_reaches_the_chain_as_sent(gateway, profile, name):
+    from services.common.options import PROFILE_NAMES
+
     stub, holder, _ = gateway
     call(stub, b"x", quality_profile=profile)
-    assert holder["stages"].options.quality_profile == name
+    chosen = holder["stages"].options.recognition.transcription.quality_profile
+    assert chosen == profile and PROFILE_NAMES[chosen] == name
 
 
 def test_unknown_quality_profile_is_invalid_argument(gateway):

@@ -143,7 +143,7 @@ def test_transcription_and_diarization_read_the_audio_while_it_is_decoded(
     try:
         result = run_chain(
             upload,
-            ChainOptions(filename="long.flac", diarize=True),
+            ChainOptions.of(filename="long.flac", diarize=True),
             NoMerge(GrpcStages(downstream, Deadlines())),
             lambda stage, event: events.append((time.monotonic(), stage, event)),
         )
@@ -194,7 +194,7 @@ def test_decoding_that_fails_midway_reports_its_own_error_and_stops_the_branches
         with pytest.raises(InvalidAudio, match="corrupt after 2.0 s"):
             run_chain(
                 upload,
-                ChainOptions(filename="bad.flac", diarize=True),
+                ChainOptions.of(filename="bad.flac", diarize=True),
                 GrpcStages(downstream, Deadlines()),
                 lambda stage, event: None,
             )

@@ -22,7 +22,7 @@ def upload(tmp_path):
 def test_chain_without_diarization_skips_it(upload):
     stages, events = FakeStages(), []
     result = run_chain(
-        upload, ChainOptions(formats=("json", "srt")), stages, lambda s, e: events.append((s, e))
+        upload, ChainOptions.of(formats=("json", "srt")), stages, lambda s, e: events.append((s, e))
     )
     assert stages.calls == ["preprocess", "transcription", "merge"]
     assert result.diarization is None
@@ -33,7 +33,7 @@ def test_chain_without_diarization_skips_it(upload):
 
 def test_transcription_and_diarization_run_in_parallel(upload):
     stages = FakeStages()
-    result = run_chain(upload, ChainOptions(diarize=True), stages, lambda s, e: None)
+    result = run_chain(upload, ChainOptions.of(diarize=True), stages, lambda s, e: None)
     # The barrier in FakeStages only opens when both branches are inside at the same time.
     assert stages.threads["transcription"] != stages.threads["diarization"]
     assert result.diarization.backend == "fake"
@@ -44,7 +44,7 @@ def test_failing_branch_cancels_the_other_and_raises(upload):
     stages = FakeStages(fail={"transcription": InvalidAudio("broken")}, slow_diarization_s=30)
     started = time.monotonic()
     with pytest.raises(InvalidAudio, match="broken"):
-        run_chain(upload, ChainOptions(diarize=True), stages, lambda s, e: None)
+        run_chain(upload, ChainOptions.of(diarize=True), stages, lambda s, e: None)
     assert stages.cancelled.is_set()
     assert time.monotonic() - started < 10  # did not wait for the 30 s diarization
     assert "merge" not in stages.calls

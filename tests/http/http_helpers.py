@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from services.common import convert
 from services.common.domain import Segment, SpeakerTurn, Word
 from services.gateway.downstream import Downstream, GrpcStages
 from services.gateway.pipeline import Diarization, Transcript
@@ -85,28 +86,32 @@ class ModelFreeStages:
         )
         return Transcript(
             [
-                Segment(
-                    0,
-                    words[0].start,
-                    words[2].end,
-                    " ".join(WORDS[:3]),
-                    words[:3],
-                    avg_logprob=-0.2,
-                    no_speech_prob=0.01,
-                    compression_ratio=1.1,
+                convert.segment_to_proto(
+                    Segment(
+                        0,
+                        words[0].start,
+                        words[2].end,
+                        " ".join(WORDS[:3]),
+                        words[:3],
+                        avg_logprob=-0.2,
+                        no_speech_prob=0.01,
+                        compression_ratio=1.1,
+                    )
                 ),
-                Segment(
-                    1,
-                    words[3].start,
-                    words[-1].end,
-                    " ".join(WORDS[3:]),
-                    words[3:],
-                    avg_logprob=-0.3,
-                    no_speech_prob=0.02,
-                    compression_ratio=1.2,
+                convert.segment_to_proto(
+                    Segment(
+                        1,
+                        words[3].start,
+                        words[-1].end,
+                        " ".join(WORDS[3:]),
+                        words[3:],
+                        avg_logprob=-0.3,
+                        no_speech_prob=0.02,
+                        compression_ratio=1.2,
+                    )
                 ),
             ],
-            options.language_code,
+            options.recognition.transcription.language_code,
             "fake-model",
         )
 

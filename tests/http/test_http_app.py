@@ -62,14 +62,15 @@ def test_verbose_json_from_the_mesh_json(http, behaviour):
     assert body["duration"] == pytest.approx(2.0, abs=0.05)
     assert [w["word"] for w in body["words"]] == list(WORDS)
     assert len(body["segments"]) == 2 and body["segments"][1]["avg_logprob"] == pytest.approx(-0.3)
-    options = behaviour.calls[-1]  # what reached the chain
+    options = behaviour.calls[-1].recognition.transcription  # what reached the chain
     assert options.language_code == "pt" and options.initial_prompt == "reunião"
     assert options.temperatures == pytest.approx((0.2,))
 
 
 def test_diarize_extra_fields_reach_the_chain_and_label_segments(http, behaviour):
     body = post(http, {"response_format": "verbose_json", "num_speakers": "2"}).json()
-    assert behaviour.calls[-1].diarize and behaviour.calls[-1].num_speakers == 2
+    speakers = behaviour.calls[-1].recognition.diarization
+    assert speakers.enabled and speakers.num_speakers == 2
     assert {s.get("speaker") for s in body["segments"]} == {"SPEAKER_00", "SPEAKER_01"}
 
 

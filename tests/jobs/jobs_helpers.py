@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from services.common import convert
 from services.common.domain import MediaReport, ProgressUpdate, Segment, Word
 from services.common.errors import Cancelled, InvalidAudio
 from services.gateway.pipeline import Decoded, Diarization, Merged, RenderedDocument, Transcript
@@ -115,7 +116,11 @@ class ScriptedStages:
         words = tuple(
             Word(0.1 * i, 0.1 * i + 0.08, w, 0.9) for i, w in enumerate(self._text.split())
         )
-        return Transcript([Segment(0, 0.0, 2.0, self._text, words)], "pt-BR", "scripted")
+        return Transcript(
+            [convert.segment_to_proto(Segment(0, 0.0, 2.0, self._text, words))],
+            "pt-BR",
+            "scripted",
+        )
 
     def diarize(self, pcm, options, progress):
         return Diarization([], 1, "scripted")

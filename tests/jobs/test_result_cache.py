@@ -9,6 +9,7 @@ import zlib
 import pytest
 from jobs_helpers import free_port, redis_server  # noqa: F401 (fixture)
 
+from services.common import convert
 from services.common.domain import MediaReport, Segment, Word
 from services.gateway.pipeline import (
     ChainOptions,
@@ -32,7 +33,9 @@ MODEL = ("base", "cd" * 32)
 
 def result(text: str = "olá mundo") -> ChainResult:
     words = (Word(0.0, 0.4, "olá", 0.9, "SPEAKER_00"), Word(0.5, 0.9, "mundo", 0.8, "SPEAKER_00"))
-    segment = Segment(0, 0.0, 0.9, text, words, "SPEAKER_00", -0.2, 0.01, 1.1)
+    segment = convert.segment_to_proto(
+        Segment(0, 0.0, 0.9, text, words, "SPEAKER_00", -0.2, 0.01, 1.1)
+    )
     return ChainResult(
         media=MediaReport(
             container="flac", codec="flac", sample_rate_hz=16000, channels=1, duration=1.0
@@ -64,17 +67,21 @@ def test_stored_form_round_trips_what_the_gateway_streams():
 
 
 def test_key_changes_with_bytes_options_model_and_pipeline_but_not_the_directory():
-    options = ChainOptions(filename="talk.flac")
+    options = ChainOptions.of(filename="talk.flac")
     key = cache_key("aa" * 32, options, MODEL)
-    assert key == cache_key("aa" * 32, ChainOptions(filename="talk.flac"), MODEL)
-    assert key == cache_key("aa" * 32, dataclasses.replace(options, formats=("json",)), MODEL)
+    assert key == cache_key("aa" * 32, ChainOptions.of(filename="talk.flac"), MODEL)
+    assert key == cache_key(
+        "aa" * 32, ChainOptions.of(filename="talk.flac", formats=("json",)), MODEL
+    )
     assert (
         len(
             {
                 key,
                 cache_key("bb" * 32, options, MODEL),
-                cache_key("aa" * 32, dataclasses.replace(options, diarize=True), MODEL),
-                cache_key("aa" * 32, dataclasses.replace(options, formats=("json", "srt")), MODEL),
+                cache_key("aa" * 32, ChainOptions.of(filename="talk.flac", diarize=True), MODEL),
+                cache_key(
+                    "aa" * 32, ChainOptions.of(filename="talk.flac", formats=("json", "srt")), MODEL
+                ),
                 cache_key(
                     "aa" * 32, dataclasses.replace(options, filename="other.flac"), MODEL
                 ),  # RTTM file id

@@ -22,11 +22,13 @@ pytestmark = pytest.mark.grpc
 
 def test_unset_options_take_the_measured_defaults_and_explicit_ones_win():
     default = chain_options(TranscribeOptions().to_proto("a.wav"))
-    assert (default.loudness_normalization, default.trim_silence) == (False, False)
+    audio = default.recognition.audio
+    assert (audio.loudness_normalization, audio.trim_silence) == (False, False)
     chosen = chain_options(
         TranscribeOptions(loudness_normalization=True, trim_silence=True).to_proto("a.wav")
     )
-    assert (chosen.loudness_normalization, chosen.trim_silence) == (True, True)
+    audio = chosen.recognition.audio
+    assert (audio.loudness_normalization, audio.trim_silence) == (True, True)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,7 @@ def stages(tmp_path_factory):
 
 def _decode(stages, path: Path, **options):
     seen = []
-    decoded = stages().preprocess(path, ChainOptions(filename=path.name, **options), seen.append)
+    decoded = stages().preprocess(path, ChainOptions.of(filename=path.name, **options), seen.append)
     return decoded, next(e for e in seen if isinstance(e, MediaReport))
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from asr.gateway.v1 import gateway_service_pb2 as pb
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
+from services.common import convert
 from services.common.domain import MediaReport, Segment, Word
 from services.gateway.pipeline import Decoded, Merged, RenderedDocument, Transcript
 from services.gateway.server import GatewaySettings, create_server
@@ -45,7 +46,11 @@ class GatedStages:
 
     def transcribe(self, pcm, options, progress):
         words = (Word(0.0, 0.4, "olá", 0.9),)
-        return Transcript([Segment(0, 0.0, 0.4, f"olá {options.filename}", words)], "pt-BR", "base")
+        return Transcript(
+            [convert.segment_to_proto(Segment(0, 0.0, 0.4, f"olá {options.filename}", words))],
+            "pt-BR",
+            "base",
+        )
 
     def diarize(self, pcm, options, progress):  # pragma: no cover - these tests do not diarize
         raise AssertionError("not used")

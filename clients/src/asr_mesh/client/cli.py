@@ -47,6 +47,7 @@ from asr_mesh.client import (  # noqa: E402
 from asr_mesh.client.errors import Category, MeshError  # noqa: E402
 from asr_mesh.client.paths import default_state_dir  # noqa: E402
 from asr_mesh.client.sdk import (  # noqa: E402
+    DEFAULT_LANGUAGE,
     FORMATS,
     GatewayClient,
     GatewayUnreachable,
@@ -142,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "-o", "--output-dir", type=Path, default=Path("."), help="where to write outputs"
     )
-    t.add_argument("--language", default="pt-BR", help="BCP-47 language (pt, pt-BR, en…) or auto")
+    t.add_argument(
+        "--language", default=DEFAULT_LANGUAGE, help="BCP-47 language (pt, pt-BR, en…) or auto"
+    )
     t.add_argument(
         "--model", default="", help="transcription model name (default: service default)"
     )

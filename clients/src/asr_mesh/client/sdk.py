@@ -18,7 +18,7 @@ from typing import Any, BinaryIO, TypeVar
 import grpc
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
-from asr.common.v1 import audio_pb2, document_pb2, quality_pb2, streaming_pb2
+from asr.common.v1 import audio_pb2, document_pb2, options_pb2, quality_pb2, streaming_pb2
 from asr.gateway.v1 import gateway_service_pb2 as pb
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from asr.gateway.v1 import jobs_pb2 as jobs_pb
@@ -37,6 +37,7 @@ from asr_mesh.client.tracing import traced_channel
 
 __all__ = [
     "DEFAULT_ATTEMPTS",
+    "DEFAULT_LANGUAGE",
     "FINAL_JOB_STATES",
     "FORMATS",
     "GatewayClient",
@@ -52,6 +53,9 @@ T = TypeVar("T")
 
 UPLOAD_CHUNK_BYTES = 256 * 1024
 DEFAULT_ATTEMPTS = 6
+DEFAULT_LANGUAGE = "pt-BR"
+"""BCP-47 language the client asks for when the caller names none (the one place it is
+written on the client side; the server has its own, services/common/options.py)."""
 FORMATS = {
     "json": document_pb2.OUTPUT_FORMAT_JSON,
     "srt": document_pb2.OUTPUT_FORMAT_SRT,
@@ -63,9 +67,10 @@ FORMATS = {
 
 @dataclass
 class TranscribeOptions:
-    """What to ask the mesh for; mirrors `asr.gateway.v1.TranscribeConfig`."""
+    """What to ask the mesh for: `asr.common.v1.RecognitionOptions` as flat Python fields
+    (`recognition_options` builds the message), plus the per-request `no_cache`."""
 
-    language_code: str = "pt-BR"
+    language_code: str = DEFAULT_LANGUAGE
     diarize: bool = False
     num_speakers: int = 0
     min_speakers: int = 0
@@ -91,36 +96,83 @@ class TranscribeOptions:
     no_cache: bool = False
     """Run the chain even when the gateway's result cache holds this file with these options."""
 
-    def to_proto(self, filename: str) -> pb.TranscribeConfig:
+    def recognition_options(self) -> options_pb2.RecognitionOptions:
+        """These options as the nested message the gateway reads (TranscribeConfig.options)."""
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown:
             raise InvalidInput(
                 f"unknown output format {unknown[0]!r}; choose from {', '.join(FORMATS)}"
             )
-        return pb.TranscribeConfig(
-            filename=filename,
-            language_code=self.language_code,
-            diarize=self.diarize,
-            num_speakers=self.num_speakers,
-            min_speakers=self.min_speakers,
-            max_speakers=self.max_speakers,
-            model=self.model,
-            output_formats=[FORMATS[f] for f in self.formats],
-            speaker_names=self.speaker_names,
-            temperatures=self.temperatures,
-            beam_size=self.beam_size,
-            initial_prompt=self.initial_prompt,
-            quality_profile=_profile(self.quality_profile),
-            best_of=self.best_of,
-            hotwords=self.hotwords,
-            inverse_text_normalization=self.inverse_text_normalization,
-            no_cache=self.no_cache,
-            **{
-                name: value
-                for name in ("loudness_normalization", "trim_silence")
-                if (value := getattr(self, name)) is not None
-            },
+        return options_pb2.RecognitionOptions(
+            audio=options_pb2.AudioOptions(
+                loudness_normalization=self.loudness_normalization,
+                trim_silence=self.trim_silence,
+            ),  # None leaves the field unset: the gateway's default
+            transcription=options_pb2.TranscriptionOptions(
+                language_code=self.language_code,
+                model=self.model,
+                quality_profile=_profile(self.quality_profile),
+                beam_size=self.beam_size,
+                best_of=self.best_of,
+                temperatures=self.temperatures,
+                initial_prompt=self.initial_prompt,
+                hotwords=self.hotwords,
+            ),
+            diarization=options_pb2.DiarizationOptions(
+                enabled=self.diarize,
+                num_speakers=self.num_speakers,
+                min_speakers=self.min_speakers,
+                max_speakers=self.max_speakers,
+            ),
+            output=options_pb2.OutputOptions(
+                formats=[FORMATS[f] for f in self.formats],
+                speaker_names=self.speaker_names,
+                inverse_text_normalization=self.inverse_text_normalization,
+            ),
         )
+
+    def to_proto(self, filename: str) -> pb.TranscribeConfig:
+        """The first message of a Transcribe or SubmitJob upload.
+
+        Carries `options`, which a current gateway reads, and the same values in the deprecated
+        flat fields, which it then ignores and a gateway from before `options` reads instead."""
+        options = self.recognition_options()
+        config = pb.TranscribeConfig(filename=filename, options=options, no_cache=self.no_cache)
+        for flat, (part, name) in _FLAT_FIELDS.items():
+            group = getattr(options, part)
+            if part == "audio" and not group.HasField(name):
+                continue
+            value = getattr(group, name)
+            if isinstance(value, (str, bool, int, float)):
+                setattr(config, flat, value)
+            elif hasattr(value, "items"):
+                getattr(config, flat).update(value)
+            else:
+                getattr(config, flat).extend(value)
+        return config
+
+
+_FLAT_FIELDS: dict[str, tuple[str, str]] = {
+    "loudness_normalization": ("audio", "loudness_normalization"),
+    "trim_silence": ("audio", "trim_silence"),
+    "language_code": ("transcription", "language_code"),
+    "model": ("transcription", "model"),
+    "quality_profile": ("transcription", "quality_profile"),
+    "beam_size": ("transcription", "beam_size"),
+    "best_of": ("transcription", "best_of"),
+    "temperatures": ("transcription", "temperatures"),
+    "initial_prompt": ("transcription", "initial_prompt"),
+    "hotwords": ("transcription", "hotwords"),
+    "diarize": ("diarization", "enabled"),
+    "num_speakers": ("diarization", "num_speakers"),
+    "min_speakers": ("diarization", "min_speakers"),
+    "max_speakers": ("diarization", "max_speakers"),
+    "output_formats": ("output", "formats"),
+    "speaker_names": ("output", "speaker_names"),
+    "inverse_text_normalization": ("output", "inverse_text_normalization"),
+}
+"""Deprecated flat TranscribeConfig field → (RecognitionOptions sub-message, field), as in
+asr.gateway.v1.TranscribeConfig's comments."""
 
 
 @dataclass
@@ -560,7 +612,7 @@ def _collect(responses: Iterable[Any], on_event: Callable[[Any], object] | None)
 class StreamOptions:
     """Options of one streaming session (see asr.common.v1.StreamingConfig)."""
 
-    language_code: str = "pt-BR"
+    language_code: str = DEFAULT_LANGUAGE
     model: str = ""
     profile: str = ""  # low_latency | balanced | accurate ("" = balanced)
     interim_results: bool = True

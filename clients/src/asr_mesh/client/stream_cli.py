@@ -26,6 +26,7 @@ from pathlib import Path
 
 from asr_mesh.client import security_args
 from asr_mesh.client.errors import InvalidInput
+from asr_mesh.client.sdk import DEFAULT_LANGUAGE
 
 __all__ = ["CHUNK_BYTES", "CHUNK_S", "PcmSource", "TextView", "add_parser", "run"]
 
@@ -42,7 +43,7 @@ def add_parser(sub) -> None:
     p.add_argument("--realtime", action="store_true", help="send a file at real-time pace")
     p.add_argument("--profile", choices=("low_latency", "balanced", "accurate"), default="balanced")
     p.add_argument("--format", choices=("text", "jsonl"), default="text", dest="output_format")
-    p.add_argument("--language", default="pt-BR", help="BCP-47 language of the speech")
+    p.add_argument("--language", default=DEFAULT_LANGUAGE, help="BCP-47 language of the speech")
     p.add_argument(
         "--model", default="", help="transcription model name (default: service default)"
     )
