@@ -47,7 +47,7 @@ class Backends:
         if asked and not self.present("diarization"):
             raise ServiceNotConfigured(
                 f"this mesh runs no diarization service, so it cannot label speakers (asked for: "
-                f"{', '.join(asked)}); send the request without speaker options, or use a mesh with "
-                "diarization (the asr CLI starts it for --diarize)",
+                f"{', '.join(asked)}); send the request without speaker options, or use a mesh "
+                "with diarization (the asr CLI starts it for --diarize)",
                 metadata={"service": "diarization"},
             )

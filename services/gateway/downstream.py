@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
@@ -43,6 +44,7 @@ from services.common.pcm import DEFAULT_CHUNK_BYTES, pcm_duration
 from services.common.retry import is_unavailable, retrying
 from services.common.security import open_channel
 from services.common.telemetry import traced_channel
+from services.gateway.availability import ServiceNotConfigured
 from services.gateway.fanout import PCM16K, FanOut, FanoutPolicy
 from services.gateway.pcm_source import GrowingPcm, PcmSource, as_source
 from services.gateway.pipeline import (
@@ -127,6 +129,21 @@ def diarization_config(
         max_speakers=options.max_speakers,
         pcm_size_bytes=pcm_bytes,
     )
+
+
+_Stub = TypeVar("_Stub")
+
+
+def _configured(stub: _Stub | None, service: str) -> _Stub:
+    """The service's stub; a service this gateway has no address for is refused in one sentence
+    (otherwise the call would fail on the missing stub as an internal error)."""
+    if stub is None:
+        raise ServiceNotConfigured(
+            f"this gateway has no {service} service (ASR_GATEWAY_{service.upper()}_ADDRESS is "
+            "empty), so it cannot run this request",
+            metadata={"service": service},
+        )
+    return stub
 
 
 def _require(result, service: str):
@@ -250,13 +267,13 @@ class GrpcStages:
                 raise Cancelled("the request was cancelled") from None
             if (answered.is_set() or reached.is_set()) and is_unavailable(err):
                 raise DependencyFailed(
-                    f"the {service} service failed while working on this request ({err.details()}); "
-                    "it was not retried, as replaying it could fail the same way"
+                    f"the {service} service failed while working on this request "
+                    f"({err.details()}); it was not retried, as replaying it could fail the same "
+                    "way"
                 ) from None
             error = from_rpc_error(err, service=service)
-            if isinstance(
-                error, UploadStalled
-            ):  # the gateway's own upload to it stalled, not the caller's
+            # the gateway's own upload to it stalled, not the caller's
+            if isinstance(error, UploadStalled):
                 raise DependencyFailed(
                     f"the {service} service gave up waiting for the gateway's audio: "
                     f"{error.message}"
@@ -303,6 +320,7 @@ class GrpcStages:
         branches read the same file. A retry happens only before any response (see `_stream`),
         so no attempt ever rewrites bytes a branch has read.
         """
+        stub = _configured(self._d.preprocess, "preprocess")
 
         def requests() -> Iterator[pre_pb.PreprocessRequest]:
             audio = options.recognition.audio
@@ -362,7 +380,7 @@ class GrpcStages:
 
         return self._stream(
             "preprocess",
-            lambda timeout: self._d.preprocess.Preprocess(requests(), timeout=timeout),
+            lambda timeout: stub.Preprocess(requests(), timeout=timeout),
             consume,
             self._deadlines.preprocess_s,
         )
@@ -379,6 +397,7 @@ class GrpcStages:
         policy, replicas = self._d.fanout, self._d.replicas
         if policy is not None and replicas is not None and policy.applies(duration):
             return self._fan_out(source, config, policy, replicas, progress)
+        stub = _configured(self._d.transcription, "transcription")
 
         def requests() -> Iterator[tr_pb.TranscribeRequest]:
             yield tr_pb.TranscribeRequest(config=config)
@@ -402,7 +421,7 @@ class GrpcStages:
 
         return self._stream(
             "transcription",
-            lambda timeout: self._d.transcription.Transcribe(requests(), timeout=timeout),
+            lambda timeout: stub.Transcribe(requests(), timeout=timeout),
             consume,
             self._deadlines.transcription(duration),
         )
@@ -429,6 +448,7 @@ class GrpcStages:
     def diarize(
         self, pcm: bytes | memoryview | PcmSource, options: ChainOptions, progress: ProgressSink
     ) -> Diarization:
+        stub = _configured(self._d.diarization, "diarization")
         source = as_source(pcm)
         config = diarization_config(
             options.recognition.diarization, source.size if source.complete else 0
@@ -455,7 +475,7 @@ class GrpcStages:
 
         return self._stream(
             "diarization",
-            lambda timeout: self._d.diarization.Diarize(requests(), timeout=timeout),
+            lambda timeout: stub.Diarize(requests(), timeout=timeout),
             consume,
             self._deadlines.diarization(source.duration_hint),
         )
@@ -468,6 +488,7 @@ class GrpcStages:
         duration: float,
         trace_id: str,
     ) -> Merged:
+        stub = _configured(self._d.merge, "merge")
         output = options.recognition.output
         request = merge_pb.MergeRequest(
             segments=transcript.segments,
@@ -483,7 +504,7 @@ class GrpcStages:
 
         response = self._stream(
             "merge",
-            lambda timeout: self._d.merge.Merge.future(request, timeout=timeout),
+            lambda timeout: stub.Merge.future(request, timeout=timeout),
             lambda future: future.result(),
             self._deadlines.merge_s,
             streaming=False,  # merge is a pure function of its request: always safe to repeat

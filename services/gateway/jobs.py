@@ -56,7 +56,8 @@ STAGE_WEIGHTS = {
     "transcription": (0.15, 0.8),
     "merge": (0.95, 0.05),
 }
-"""Overall progress = start + weight × the stage's fraction (diarization runs beside transcription)."""
+"""Overall progress = start + weight × the stage's fraction (diarization runs beside
+transcription)."""
 
 
 def new_job_id() -> str:
@@ -153,7 +154,8 @@ class JobStore(Protocol):
         """Jobs newest first, created before `before` = (created, job_id) when given."""
 
     def claim(self, worker: str, lease_s: float) -> JobRecord | None:
-        """Take the oldest claimable job (queued, or running under a lease not renewed for `lease_s`)."""
+        """Take the oldest claimable job (queued, or running under a lease not renewed for
+        `lease_s`)."""
 
     def renew(self, job_id: str, worker: str, lease_s: float) -> str:
         """Extend `worker`'s lease: "ok", "cancel" (a caller asked to cancel) or "lost"."""
@@ -197,7 +199,8 @@ class JobStore(Protocol):
 
 
 def open_store(spec: str, state_dir: Path) -> JobStore:
-    """`redis://…` → RedisJobStore; "" or `sqlite:///path` → SqliteJobStore (default in the state dir)."""
+    """`redis://…` → RedisJobStore; "" or `sqlite:///path` → SqliteJobStore (default in the state
+    dir)."""
     if spec.startswith(("redis://", "rediss://", "unix://")):
         from services.gateway.jobs_redis import RedisJobStore
 
@@ -441,7 +444,8 @@ class JobRunner:
         log.info("job %s: %s", record.job_id, state)
 
     def _renew(self, running: _Running, worker: str) -> None:
-        """Keep the lease while the chain runs; stop the chain on a cancel request or a lost lease."""
+        """Keep the lease while the chain runs; stop the chain on a cancel request or a lost
+        lease."""
         while not running.verdict:
             try:
                 answer = self.store.renew(running.job_id, worker, self.lease_s)
@@ -459,16 +463,17 @@ class JobRunner:
     def _progress_sink(
         self, job_id: str, worker: str
     ) -> Callable[[str, ProgressUpdate | MediaReport], None]:
-        last = [0.0, ""]
+        last_at, last_stage = 0.0, ""
 
         def emit(stage: str, event: ProgressUpdate | MediaReport) -> None:
+            nonlocal last_at, last_stage
             if not isinstance(event, ProgressUpdate) or stage == "diarization":
                 return
             start, weight = STAGE_WEIGHTS.get(stage, (0.0, 0.0))
             now = time.monotonic()
-            if stage == last[1] and now - last[0] < self.poll_s and event.fraction < 1.0:
+            if stage == last_stage and now - last_at < self.poll_s and event.fraction < 1.0:
                 return  # at most one write per poll interval per stage
-            last[:] = [now, stage]
+            last_at, last_stage = now, stage
             try:
                 self.store.progress(
                     job_id,

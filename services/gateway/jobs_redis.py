@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any, cast
 
 import redis
 
@@ -35,6 +36,9 @@ GROUP = "runners"
 
 class RedisJobStore:
     def __init__(self, url: str, prefix: str = "asr:"):
+        # redis-py annotates each reply for every protocol and decoding (bytes | str, lists or
+        # dicts); this client speaks RESP2 without decode_responses, so replies are bytes and
+        # lists, which the casts below state.
         self._r = redis.Redis.from_url(
             url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
         )
@@ -133,8 +137,11 @@ class RedisJobStore:
         high = before[0] if before else "+inf"
         offset, now = 0, time.time()
         while len(found) < limit:
-            ids = self._r.zrevrangebyscore(
-                index, high, "-inf", start=offset, num=limit * 2, withscores=True
+            ids = cast(
+                list[tuple[bytes, float]],
+                self._r.zrevrangebyscore(
+                    index, high, "-inf", start=offset, num=limit * 2, withscores=True
+                ),
             )
             if not ids:
                 break
@@ -169,7 +176,10 @@ class RedisJobStore:
             )
             entries = [e for e in reply[1] if e and e[1]]
             if not entries:
-                streams = self._r.xreadgroup(GROUP, worker, {self.stream: ">"}, count=1)
+                streams = cast(
+                    list[list[Any]],
+                    self._r.xreadgroup(GROUP, worker, {self.stream: ">"}, count=1),
+                )
                 entries = streams[0][1] if streams else []
             if not entries:
                 return None
@@ -285,7 +295,7 @@ class RedisJobStore:
         return self._change(job_id, cancel)
 
     def results(self, job_id: str) -> bytes | None:
-        return self._r.get(f"{self._p}result:{job_id}")
+        return cast(bytes | None, self._r.get(f"{self._p}result:{job_id}"))
 
     def delete(self, job_id: str) -> bool:
         record = self._read(self._r, job_id)

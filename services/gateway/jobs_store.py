@@ -17,8 +17,9 @@ from pathlib import Path
 from services.gateway.jobs import FINAL, QUEUED, RUNNING, JobRecord
 
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, state TEXT NOT NULL, created REAL NOT NULL,"
-    " lease_until REAL NOT NULL DEFAULT 0, expires REAL NOT NULL DEFAULT 0, data TEXT NOT NULL, results BLOB)",
+    "CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, state TEXT NOT NULL,"
+    " created REAL NOT NULL, lease_until REAL NOT NULL DEFAULT 0,"
+    " expires REAL NOT NULL DEFAULT 0, data TEXT NOT NULL, results BLOB)",
     "CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created, job_id)",
     "CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created)",
 )
@@ -59,9 +60,10 @@ class SqliteJobStore:
     def _save(db: sqlite3.Connection, record: JobRecord, results: bytes | None = None) -> None:
         record.updated = time.time()
         db.execute(
-            "INSERT INTO jobs (job_id, state, created, lease_until, expires, data) VALUES (?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT(job_id) DO UPDATE SET state = excluded.state, lease_until = excluded.lease_until,"
-            " expires = excluded.expires, data = excluded.data",
+            "INSERT INTO jobs (job_id, state, created, lease_until, expires, data)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(job_id) DO UPDATE SET state = excluded.state,"
+            " lease_until = excluded.lease_until, expires = excluded.expires, data = excluded.data",
             (
                 record.job_id,
                 record.state,
@@ -87,7 +89,8 @@ class SqliteJobStore:
     def list(
         self, state: str | None, limit: int, before: tuple[float, str] | None
     ) -> list[JobRecord]:
-        where, args = ["(expires = 0 OR expires > ?)"], [time.time()]
+        where = ["(expires = 0 OR expires > ?)"]
+        args: list[float | str] = [time.time()]
         if state:
             where.append("state = ?")
             args.append(state)

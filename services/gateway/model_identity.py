@@ -1,4 +1,5 @@
-"""Which model a request will run on, as the result cache needs it: (resolved name, weights SHA-256).
+"""Which model a request will run on, as the result cache needs it: (resolved name, weights
+SHA-256).
 
 Asked of the transcription service (`ListModels`, which reports each model's weights hash) and
 remembered for `ttl_s`, so a cache look-up costs no call in the common case. When the service

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from opentelemetry import trace
 
@@ -48,7 +48,8 @@ class ChainOptions:
 
     @classmethod
     def of(cls, filename: str = "", **flat: Any) -> ChainOptions:
-        """From flat option values as job records store them (`services.common.options.to_flat_dict`)."""
+        """From flat option values as job records store them
+        (`services.common.options.to_flat_dict`)."""
         return cls(filename, from_flat_dict(flat))
 
     @property
@@ -201,7 +202,8 @@ def run_chain(
             if options.diarize
             else {"transcription": branches["transcription"]()}
         )
-        transcript, diarization = results["transcription"], results.get("diarization")
+        transcript = cast(Transcript, results["transcription"])
+        diarization = cast("Diarization | None", results.get("diarization"))
 
     emit("merge", ProgressUpdate(0.0, message="merging"))
     with _tracer.start_as_current_span("chain.merge"):
@@ -257,7 +259,11 @@ def _pipelined(
         results = _together(calls, stages, blame_first="preprocess")
     finally:
         pcm.close()
-    return results["preprocess"], results["transcription"], results.get("diarization")  # type: ignore[return-value]
+    return (
+        cast(Decoded, results["preprocess"]),
+        cast(Transcript, results["transcription"]),
+        cast("Diarization | None", results.get("diarization")),
+    )
 
 
 def _together(
@@ -281,14 +287,16 @@ def _together(
         if any(f.done() and f.exception() is not None for f in futures.values()):
             stages.cancel()
             wait(futures.values(), timeout=SIBLING_GRACE_S)
-            errors = {
-                name: f.exception() for name, f in futures.items() if f.done() and f.exception()
+            errors: dict[str, BaseException] = {
+                name: exc
+                for name, f in futures.items()
+                if f.done() and (exc := f.exception()) is not None
             }
             order = ([blame_first] if blame_first in errors else []) + list(errors)
             chosen = next(
                 (errors[n] for n in order if not isinstance(errors[n], Cancelled)), errors[order[0]]
             )
-            raise chosen  # type: ignore[misc]
+            raise chosen
         return {name: f.result() for name, f in futures.items()}
     finally:
         pool.shutdown(wait=False)

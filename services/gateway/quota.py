@@ -125,8 +125,8 @@ class SpoolQuota:
         """Admit an upload into `path` (declared size, or 0 for unknown); `Claim.add` each piece."""
         if declared > self.limit:
             raise LimitExceeded(
-                f"the upload's declared size of {declared} bytes is larger than the gateway's whole "
-                f"spool quota of {self.limit} bytes ({SETTING})",
+                f"the upload's declared size of {declared} bytes is larger than the gateway's "
+                f"whole spool quota of {self.limit} bytes ({SETTING})",
                 field="config.upload_size_bytes",
                 metadata={"quota_bytes": str(self.limit)},
             )

@@ -27,6 +27,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import cast
 
 from prometheus_client import Counter
 
@@ -249,13 +250,16 @@ class RedisCache:
     def __init__(self, url: str, max_bytes: int, ttl_s: float, prefix: str = "asr:"):
         import redis
 
+        # redis-py annotates each reply for every protocol and decoding (bytes | str, lists or
+        # dicts); this client speaks RESP2 without decode_responses, so replies are bytes and
+        # lists, which the casts below state.
         self._redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=1)
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
         self._p = f"{prefix}cache:"
 
     def get(self, key: str) -> bytes | None:
-        value = self._redis.get(f"{self._p}v:{key}")
+        value = cast(bytes | None, self._redis.get(f"{self._p}v:{key}"))
         if value is not None:
             self._redis.zadd(f"{self._p}lru", {key: time.time()})
         return value
@@ -270,10 +274,9 @@ class RedisCache:
         pipe.hset(f"{self._p}size", key, len(value))
         previous = pipe.execute()[0]
         total = self._redis.incrby(f"{self._p}bytes", len(value) - int(previous or 0))
-        while (
-            total > self.max_bytes
-        ):  # least recently used first (entries past their TTL among them)
-            popped = self._redis.zpopmin(f"{self._p}lru")
+        # least recently used first (entries past their TTL among them)
+        while total > self.max_bytes:
+            popped = cast(list[tuple[bytes, float]], self._redis.zpopmin(f"{self._p}lru"))
             if not popped:
                 break
             old = popped[0][0].decode()

@@ -55,110 +55,125 @@ class GatewaySettings(ServerSettings):
 
     model_config = SettingsConfigDict(env_prefix="ASR_GATEWAY_", extra="ignore")
 
-    preprocess_address: str = Field("127.0.0.1:50051", description="host:port or dns:///name:port")
+    preprocess_address: str = Field(
+        default="127.0.0.1:50051", description="host:port or dns:///name:port"
+    )
     transcription_address: str = Field(
-        "127.0.0.1:50052",
+        default="127.0.0.1:50052",
         description="host:port, a comma-separated list of replicas (the local mesh), "
         "or dns:///name:port of a headless Service whose DNS answer lists every replica.",
     )
     fanout_min_s: float = Field(
-        FANOUT_MIN_S_DEFAULT,
+        default=FANOUT_MIN_S_DEFAULT,
         ge=0,
         description="Audio at least this long is cut at pauses into chunks "
         "decoded by every transcription replica at once (services/gateway/fanout.py); 0 = never.",
     )
     fanout_chunk_speech_s: float = Field(
-        FANOUT_CHUNK_SPEECH_S_DEFAULT, gt=0, description="Seconds of speech per fan-out chunk."
+        default=FANOUT_CHUNK_SPEECH_S_DEFAULT,
+        gt=0,
+        description="Seconds of speech per fan-out chunk.",
     )
     fanout_windows_per_replica: int = Field(
-        1,
+        default=1,
         ge=1,
         description="Fan-out chunks one request keeps in flight per replica (a replica's "
         "ASR_TRANSCRIPTION_NUM_WORKERS).",
     )
     fanout_attempts: int = Field(
-        3, ge=1, description="Tries per fan-out chunk, each on another replica."
+        default=3, ge=1, description="Tries per fan-out chunk, each on another replica."
     )
     diarization_address: str = Field(
-        "127.0.0.1:50053", description="Empty: no diarization; speaker options are refused."
+        default="127.0.0.1:50053", description="Empty: no diarization; speaker options are refused."
     )
-    merge_address: str = Field("127.0.0.1:50054")
-    max_upload_bytes: int = Field(2 << 30, gt=0, description="Largest upload accepted.")
+    merge_address: str = Field(default="127.0.0.1:50054")
+    max_upload_bytes: int = Field(default=2 << 30, gt=0, description="Largest upload accepted.")
     spool_dir: Path | None = Field(
-        None, description="Where uploads are spooled; system temp if unset."
+        default=None, description="Where uploads are spooled; system temp if unset."
     )
     preprocess_deadline_s: float = Field(
-        1800.0, gt=0, description="Decoding a 4-hour file with loudnorm takes ~190 s on 2 cores."
+        default=1800.0,
+        gt=0,
+        description="Decoding a 4-hour file with loudnorm takes ~190 s on 2 cores.",
     )
-    deadline_base_s: float = Field(60.0, gt=0, description="Fixed part of the per-hop deadlines.")
+    deadline_base_s: float = Field(
+        default=60.0, gt=0, description="Fixed part of the per-hop deadlines."
+    )
     transcription_deadline_per_audio_s: float = Field(
-        2.0, gt=0, description="Seconds per audio second."
+        default=2.0, gt=0, description="Seconds per audio second."
     )
     diarization_deadline_per_audio_s: float = Field(
-        1.0, gt=0, description="Seconds per audio second."
+        default=1.0, gt=0, description="Seconds per audio second."
     )
-    merge_deadline_s: float = Field(60.0, gt=0)
+    merge_deadline_s: float = Field(default=60.0, gt=0)
     stream_deadline_s: float = Field(
-        3660.0,
+        default=3660.0,
         gt=0,
         description="Longest streaming session the gateway relays (wall time; the "
         "transcription service's ASR_TRANSCRIPTION_MAX_STREAM_S plus a margin).",
     )
     spool_quota_bytes: int = Field(
-        6 << 30,
+        default=6 << 30,
         gt=0,
         description="Disk all spools may hold together: uploads in flight, their "
-        "decoded PCM and the job spool. Beyond it uploads are refused (RESOURCE_EXHAUSTED, retry later).",
+        "decoded PCM and the job spool. Beyond it uploads are refused (RESOURCE_EXHAUSTED, "
+        "retry later).",
     )
     # Jobs (asr.gateway.v1.JobService) and the result cache: see README "Jobs and the result cache".
     job_store: str = Field(
-        "",
-        description='"" = SQLite in <state dir>/jobs; sqlite:///PATH; redis://HOST:PORT/DB shared by replicas.',
+        default="",
+        description='"" = SQLite in <state dir>/jobs; sqlite:///PATH; redis://HOST:PORT/DB '
+        "shared by replicas.",
     )
     job_spool_dir: Path | None = Field(
-        None,
-        description="Uploaded inputs of jobs; <state dir>/jobs/spool if unset. Replicas must share it.",
+        default=None,
+        description="Uploaded inputs of jobs; <state dir>/jobs/spool if unset. Replicas must "
+        "share it.",
     )
     job_workers: int = Field(
-        1, ge=0, description="Jobs this replica runs at once (0 = accept jobs, run none)."
+        default=1, ge=0, description="Jobs this replica runs at once (0 = accept jobs, run none)."
     )
     job_lease_s: float = Field(
-        30.0, gt=0, description="A job whose runner stops renewing for this long is rerun."
+        default=30.0, gt=0, description="A job whose runner stops renewing for this long is rerun."
     )
     job_poll_s: float = Field(
-        0.5, gt=0, description="Claim, renewal, progress and WatchJob interval."
+        default=0.5, gt=0, description="Claim, renewal, progress and WatchJob interval."
     )
     job_retention_s: float = Field(
-        7 * 86400.0, gt=0, description="Finished jobs and results kept this long."
+        default=7 * 86400.0, gt=0, description="Finished jobs and results kept this long."
     )
     job_max_attempts: int = Field(
-        3, ge=1, description="Runs of one job before it is failed (poison inputs)."
+        default=3, ge=1, description="Runs of one job before it is failed (poison inputs)."
     )
-    cache_enabled: bool = Field(True, description="Answer repeated work from the result cache.")
+    cache_enabled: bool = Field(
+        default=True, description="Answer repeated work from the result cache."
+    )
     cache_store: str = Field(
-        "",
-        description='"" = like job_store (disk in <state dir>/cache, or the same Redis); a path or redis://.',
+        default="",
+        description='"" = like job_store (disk in <state dir>/cache, or the same Redis); a path '
+        "or redis://.",
     )
     cache_max_bytes: int = Field(
-        2 << 30, gt=0, description="Result cache size cap (LRU beyond it)."
+        default=2 << 30, gt=0, description="Result cache size cap (LRU beyond it)."
     )
     cache_ttl_s: float = Field(
-        30 * 86400.0, gt=0, description="Result cache entries older than this miss."
+        default=30 * 86400.0, gt=0, description="Result cache entries older than this miss."
     )
     max_chains: int = Field(
-        4,
+        default=4,
         ge=1,
         description="Chains (preprocess→transcription‖diarization→merge) run at once; "
         "more wait in the admission queue.",
     )
     max_queued: int = Field(
-        256,
+        default=256,
         ge=0,
         description="Requests that may wait for a chain (fair per caller); beyond it "
         "RESOURCE_EXHAUSTED with a retry hint. Waiting costs a coroutine, not a thread.",
     )
     mesh_file: Path | None = Field(
-        None, description="The local supervisor's mesh.json: a backend it does not list is absent."
+        default=None,
+        description="The local supervisor's mesh.json: a backend it does not list is absent.",
     )
 
     def output_variant(self) -> str:
@@ -193,6 +208,7 @@ def open_cache(settings: GatewaySettings, model_identity: ModelIdentity) -> Resu
     spec = settings.cache_store or (
         settings.job_store if settings.job_store.startswith("redis") else ""
     )
+    backend: DiskCache | RedisCache
     if spec.startswith(("redis://", "rediss://", "unix://")):
         backend = RedisCache(spec, settings.cache_max_bytes, settings.cache_ttl_s)
     else:

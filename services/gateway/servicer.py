@@ -137,15 +137,17 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
     async def _cached_run(
         self, upload: Path, options: ChainOptions, no_cache: bool, context
     ) -> AsyncIterator[pb.TranscribeResponse]:
-        """Answer from the result cache when it holds this work, else run the chain (and keep it)."""
-        if self._cache is None:
+        """Answer from the result cache when it holds this work, else run the chain (and keep
+        it)."""
+        cache = self._cache
+        if cache is None:
             async for message in self._run(upload, options, context):
                 yield message
             return
         started = time.perf_counter()
         digest = await in_executor(self._io, file_sha256, upload)
-        key = self._cache.key(digest, options)
-        hit = await in_executor(self._io, lambda: self._cache.lookup(key, bypass=no_cache))
+        key = cache.key(digest, options)
+        hit = await in_executor(self._io, lambda: cache.lookup(key, bypass=no_cache))
         trace.get_current_span().set_attribute("asr.cache.hit", hit is not None)
         if hit is None:
             async for message in self._run(upload, options, context, cache_key=key):

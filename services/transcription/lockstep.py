@@ -46,6 +46,12 @@ class _Encoding:
         self.features = features
         self.output: np.ndarray | None = None
 
+    def encoded(self) -> np.ndarray:
+        """The encoder's output; asked only once the batch that encoded this window has run."""
+        if self.output is None:
+            raise RuntimeError("a window's encoder output was asked for before it was computed")
+        return self.output
+
 
 @dataclass
 class _Call:
@@ -155,7 +161,7 @@ class LockstepBatcher:
             for k, encoding in enumerate(fresh):
                 encoding.output = out[k]
         batch = ctranslate2.StorageView.from_array(
-            np.ascontiguousarray(np.stack([c.encoding.output for c in group]))
+            np.ascontiguousarray(np.stack([c.encoding.encoded() for c in group]))
         )
         if group[0].kind == "align":
             kwargs = dict(group[0].kwargs)
@@ -311,8 +317,9 @@ def transcribe_chunks(
                     yield index, segment
                 if done and sent == len(results[index]):
                     break
-            if errors[index] is not None:
-                raise errors[index]
+            error = errors[index]
+            if error is not None:
+                raise error
     finally:
         batcher.cancel()  # a no-op once every thread has finished
         for thread in threads:

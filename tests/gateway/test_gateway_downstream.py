@@ -10,11 +10,13 @@ from asr.preprocess.v1 import preprocess_service_pb2 as pre_pb
 from asr.preprocess.v1 import preprocess_service_pb2_grpc as pre_grpc
 from asr.transcription.v1 import transcription_service_pb2 as tr_pb
 from asr.transcription.v1 import transcription_service_pb2_grpc as tr_grpc
+from services.common.domain_errors import Category
 from services.common.errors import DependencyFailed, InternalError, UploadStalled
 from services.common.server import build_server
 from services.common.settings import ServerSettings
+from services.gateway.availability import ServiceNotConfigured
 from services.gateway.downstream import Deadlines, Downstream, GrpcStages
-from services.gateway.pipeline import ChainOptions
+from services.gateway.pipeline import ChainOptions, Transcript
 
 pytestmark = pytest.mark.grpc
 
@@ -165,3 +167,30 @@ def test_a_downstream_upload_stall_is_the_gateways_failure_not_the_callers():
             stages_for(handle.port).transcribe(b"\0\0" * 1600, ChainOptions(), lambda e: None)
     finally:
         handle.stop(0)
+
+
+@pytest.mark.parametrize("service", ["preprocess", "transcription", "diarization", "merge"])
+def test_a_service_without_an_address_is_refused_in_one_sentence(service, tmp_path):
+    # An empty address is a backend this gateway does not have: the stage says so
+    # (FAILED_PRECONDITION) instead of failing on the missing stub as an internal error.
+    addresses = dict.fromkeys(("preprocess", "transcription", "diarization", "merge"), "")
+    downstream = Downstream(**addresses)
+    stages = GrpcStages(downstream, Deadlines())
+    upload = tmp_path / "talk.wav"
+    upload.write_bytes(b"RIFF")
+    pcm = b"\0\0" * 1600
+    run = {
+        "preprocess": lambda: stages.preprocess(upload, ChainOptions(), lambda e: None),
+        "transcription": lambda: stages.transcribe(pcm, ChainOptions(), lambda e: None),
+        "diarization": lambda: stages.diarize(pcm, ChainOptions(), lambda e: None),
+        "merge": lambda: stages.merge(
+            Transcript([], "pt-BR", "base"), None, ChainOptions(), 0.1, ""
+        ),
+    }
+    try:
+        with pytest.raises(ServiceNotConfigured, match=f"has no {service} service") as caught:
+            run[service]()
+        assert caught.value.category is Category.FAILED_PRECONDITION
+        assert caught.value.metadata == {"service": service}
+    finally:
+        downstream.close()

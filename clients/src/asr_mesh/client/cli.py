@@ -35,7 +35,13 @@ from pathlib import Path
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
 
 from rich.console import Console  # noqa: E402
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
+from rich.progress import (  # noqa: E402
+    BarColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table  # noqa: E402
 
 from asr.common.v1 import progress_pb2  # noqa: E402
@@ -425,8 +431,8 @@ def transcribe(args: argparse.Namespace) -> int:
             speakers = f", {len(result.speakers)} speakers" if options.diarize else ""
             duration = result.audio_duration.seconds + result.audio_duration.nanos / 1e9
             err_console.print(
-                f"{path.name}: {duration:.1f} s of audio{speakers} → {', '.join(str(p) for p in written)}"
-                f"  (trace {result.trace_id or 'off'})"
+                f"{path.name}: {duration:.1f} s of audio{speakers} → "
+                f"{', '.join(str(p) for p in written)}  (trace {result.trace_id or 'off'})"
             )
     return 1 if failures else 0
 
@@ -452,7 +458,7 @@ def _transcribe_one(client: GatewayClient, path: Path, options: TranscribeOption
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=err_console, transient=True) as bar:
-        tasks: dict[int, int] = {}
+        tasks: dict[int, TaskID] = {}
 
         def on_event(response) -> None:
             if response.WhichOneof("payload") == "media_info":
@@ -472,8 +478,8 @@ def _media_line(path: Path, info) -> str:
     """What the preprocess service found, and its estimate of the processing time."""
     seconds = info.duration.seconds + info.duration.nanos / 1e9
     line = (
-        f"{path.name}: {seconds:.1f} s of {info.codec or 'audio'} in {info.container.split(',')[0]}, "
-        f"{info.sample_rate_hz} Hz, {info.channels} ch"
+        f"{path.name}: {seconds:.1f} s of {info.codec or 'audio'} in "
+        f"{info.container.split(',')[0]}, {info.sample_rate_hz} Hz, {info.channels} ch"
     )
     if info.HasField("estimated_processing"):
         estimate = info.estimated_processing.seconds + info.estimated_processing.nanos / 1e9

@@ -1,6 +1,7 @@
 """`asr submit` and `asr jobs …`: durable jobs on a running gateway (registered by cli.py).
 
-    asr submit FILE [FILE ...] [transcribe options] [--server HOST:PORT]   → "<job id>\\t<file>" per file
+    asr submit FILE [FILE ...] [transcribe options] [--server HOST:PORT]
+                                           → "<job id>\\t<file>" per file
     asr jobs list [--state running] [--limit N]
     asr jobs watch ID                      progress bars until the job is final
     asr jobs get ID [--wait] [-o DIR] [--format srt,json]   writes DIR/<input stem>.<format>
@@ -215,7 +216,8 @@ def _describe(job: jpb.Job) -> str:
 
 
 def list_jobs(client: GatewayClient, args: argparse.Namespace) -> int:
-    found, token = [], ""
+    found: list[jpb.Job] = []
+    token = ""
     while len(found) < args.limit:
         page, token = client.list_jobs(
             state=STATES.get(args.state or "", 0),
@@ -232,7 +234,8 @@ def list_jobs(client: GatewayClient, args: argparse.Namespace) -> int:
 
 
 def _follow(client: GatewayClient, job_id: str, timeout_s: float, quiet: bool) -> jpb.Job:
-    """Progress bars until the job is final; a dropped stream or a restarting gateway is re-joined."""
+    """Progress bars until the job is final; a dropped stream or a restarting gateway is
+    re-joined."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from asr_mesh.client.cli import STAGE_LABELS, err_console

@@ -11,13 +11,28 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import TypedDict
 
 from asr_mesh.client.paths import MESH_FILE, resolve_state_dir
 
-__all__ = ["CA_ENV", "TOKEN_ENV", "add_arguments", "client_security", "local_mesh_ca"]
+__all__ = [
+    "CA_ENV",
+    "TOKEN_ENV",
+    "ClientSecurity",
+    "add_arguments",
+    "client_security",
+    "local_mesh_ca",
+]
 
 TOKEN_ENV = "ASR_TOKEN"
 CA_ENV = "ASR_CA_CERT"
+
+
+class ClientSecurity(TypedDict):
+    """GatewayClient's keyword arguments for TLS and the bearer token."""
+
+    ca_cert: str | Path | None
+    token: str | None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +63,7 @@ def local_mesh_ca(state_dir: Path | None, address: str) -> Path | None:
     return Path(ca) if ca else None
 
 
-def client_security(args: argparse.Namespace, address: str) -> dict[str, object]:
+def client_security(args: argparse.Namespace, address: str) -> ClientSecurity:
     """GatewayClient keyword arguments (`ca_cert`, `token`) for these arguments and `address`."""
     ca = (
         getattr(args, "ca_cert", None)

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import IO
 
 from asr_mesh.client import security_args
 from asr_mesh.client.errors import InvalidInput
@@ -71,7 +72,8 @@ class PcmSource:
                 )
 
     def __iter__(self) -> Iterator[bytes]:
-        proc = None
+        proc: subprocess.Popen[bytes] | None = None
+        stream: IO[bytes] | None
         if self.source == "-":
             stream = sys.stdin.buffer
         else:
@@ -95,6 +97,7 @@ class PcmSource:
                 stderr=subprocess.PIPE,
             )
             stream = proc.stdout
+        assert stream is not None  # a PIPE
         try:
             k = 0
             while chunk := stream.read(CHUNK_BYTES):
@@ -108,6 +111,7 @@ class PcmSource:
                 k += 1
                 yield chunk
             if proc is not None and proc.wait() != 0:
+                assert proc.stderr is not None  # a PIPE
                 lines = proc.stderr.read().decode(errors="replace").strip().splitlines()
                 self.error = InvalidInput(
                     f"{self.source}: ffmpeg cannot decode it "
