@@ -80,7 +80,7 @@ from pathlib import Path
 from typing import IO
 
 from asr_mesh.client.paths import MESH_FILE, resolve_state_dir
-from services.common.errors import MeshError
+from services.common.domain_errors import MeshError
 
 READY_PREFIX = "ASR_READY"  # services.common.server prints it; not imported (it pulls in gRPC)
 BACKENDS = ("preprocess", "transcription", "diarization", "merge")
