@@ -179,3 +179,18 @@ def test_replicas_share_the_cores_and_get_their_own_metrics_port(tmp_path, monke
     assert mesh._replica_env("transcription", 1, {"ASR_TRANSCRIPTION_METRICS_PORT": "0"}) == {
         "ASR_TRANSCRIPTION_CPU_THREADS": "2"
     }
+
+
+def test_the_supervisor_process_loads_no_grpc():
+    """It only starts, watches and restarts processes: gRPC, numpy and pydantic are the
+    services' (and the prefork template's), not a cost the supervisor pays in memory."""
+    import subprocess
+    import sys
+
+    program = (
+        "import sys, services.supervisor\n"
+        "heavy = [m for m in ('grpc', 'numpy', 'pydantic', 'opentelemetry.sdk') if m in sys.modules]\n"
+        "sys.exit(f'services.supervisor imports {heavy}' if heavy else 0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
