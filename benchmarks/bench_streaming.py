@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +100,8 @@ def inputs(corpus: Path, split: str, long_seconds: float, tmp: Path) -> list[Inp
             continue
         path = corpus / entry["audio"]
         chosen.append(Input(path.stem, decode(path), entry.get("text", ""), path))
-    for entry in manifest.get("long", [])[:1]:
+    longs = [e for e in manifest.get("long", []) if not split or e.get("split", split) == split]
+    for entry in longs[:1]:
         if long_seconds <= 0:
             break
         path = corpus / entry["audio"]
@@ -193,13 +194,79 @@ def stream(client: GatewayClient, pcm: bytes, profile: str) -> Run:
     return run
 
 
-def simulate(items: list[Input], profiles: list[str], models_dir: Path) -> None:
-    """Audio-time replay without the mesh: the session's own latency, free of machine load.
+def parse_variant(text: str) -> tuple[str, dict]:
+    """`NAME[:field=value,...]` → a profile name and overrides of its fields (for sweeps)."""
+    name, _, rest = text.partition(":")
+    fields = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        fields[key.strip()] = float(value) if "." in value else int(value)
+    return name.strip(), fields
 
-    Each input is pushed in 100 ms chunks and stepped synchronously, as if every decode took
-    no time. Algorithmic latency = audio received when a final is made - its end; add one
-    decode (measured alongside, on this machine as loaded as it is) for the wall latency of an
-    idle machine."""
+
+def replay(session, samples: np.ndarray, chunk_s: float = 0.1) -> list[dict]:
+    """Feed `samples` to `session` as `streaming.drive` does, in virtual real time.
+
+    Chunk k arrives when its last sample has been spoken ((k+1) * chunk_s); a step blocks for as
+    long as it really took (measured here), and audio that arrived meanwhile is taken at once
+    afterwards, as in the service. Returns one record per final result: its end, when it was
+    made (virtual wall time, from the first sample), the audio received when the step that made
+    it started, that step's duration and whether it decoded."""
+    from services.transcription import streaming as st
+
+    n = int(chunk_s * 16000)
+    chunks = [samples[k : k + n] for k in range(0, len(samples), n)]
+    t, k, out = 0.0, 0, []
+
+    def run(call) -> None:
+        nonlocal t
+        received, steps = session.received_s, session.counters.steps
+        started = time.perf_counter()
+        events = call()
+        took = time.perf_counter() - started
+        t += took
+        for e in events:
+            if isinstance(e, st.Final):
+                out.append(
+                    {
+                        "start": e.segment.start,
+                        "end": e.segment.end,
+                        "text": e.segment.text,
+                        "eou": e.end_of_utterance,
+                        "made_at": t,
+                        "received_at_step": received,
+                        "step_s": took,
+                        "decoded": session.counters.steps > steps,
+                    }
+                )
+            elif isinstance(e, st.Interim) and e.text:
+                out.append({"interim": True, "start": e.start, "made_at": t})
+            elif isinstance(e, st.SpeechEvent):
+                out.append({"speech": e.kind, "offset": e.offset, "made_at": t})
+
+    while k < len(chunks):
+        t = max(t, (k + 1) * chunk_s)  # wait for at least one chunk
+        while k < len(chunks) and (k + 1) * chunk_s <= t + 1e-9:
+            session.push(chunks[k])
+            k += 1
+        if session.due():
+            run(session.step)
+    run(session.finish)
+    return out
+
+
+def simulate(
+    items: list[Input], variants: list[str], models_dir: Path, out_json: Path | None
+) -> dict:
+    """Virtual real-time replay without the mesh: latency free of the network and of other
+    sessions, each step as slow as it really is on this machine (as loaded as it is).
+
+    Per final result: latency = when it was made - its end. End-of-utterance finals (closing an
+    utterance at the endpoint silence: "after a phrase ends") are reported apart from all
+    finals (agreement commits mid-utterance included), with where their latency goes: the
+    audio that had arrived when the committing step began (endpoint silence + check grain +
+    waiting for decodes already running) and that step's own time (a decode, unless the last
+    decode had heard the whole phrase)."""
     from faster_whisper import WhisperModel
 
     from services.transcription import streaming as st
@@ -211,43 +278,126 @@ def simulate(items: list[Input], profiles: list[str], models_dir: Path) -> None:
         cpu_threads=2,
         local_files_only=True,
     )
+    offline = offline_texts(model, items)
+    results: dict = {"load_before": os.getloadavg(), "variants": {}}
     print(
-        f"\n{'profile':<12} {'input':<16} {'finals':>6} {'alg p50':>7} {'alg p95':>7} "
-        f"{'dec/s':>6} {'dec ms':>7} {'WER fin':>7}"
+        f"\n{'variant':<28} {'input':<22} {'EOU p50':>7} {'EOU p95':>7} {'all p50':>7} "
+        f"{'arrived':>7} {'step':>5} {'no-dec':>6} {'dec/s':>5} {'dec ms':>6} "
+        f"{'WER fin':>7} {'WER off':>7} {'load':>4}"
     )
-    for profile in profiles:
+    for variant in variants:
+        name, fields = parse_variant(variant)
+        rows = []
         for item in items:
-            options, prof = st.resolve_options(st.SessionOptions(profile=profile), 3600)
-            decoder = st.WhisperDecoder(model, "pt", prof.beam_size)
+            options, prof = st.resolve_options(st.SessionOptions(profile=name), 3600)
+            prof = replace(prof, **fields)
+            if "endpoint_silence_s" in fields:
+                options = replace(options, endpoint_silence_s=prof.endpoint_silence_s)
+            decoder = st.WhisperDecoder(
+                model, "pt", prof.beam_size, context_pad_s=prof.context_pad_s
+            )
             timed: list[float] = []
 
             def decode(audio, prompt, decoder=decoder, timed=timed):
-                t = time.perf_counter()
-                out = decoder(audio, prompt)
-                timed.append(time.perf_counter() - t)
-                return out
+                started = time.perf_counter()
+                segments = decoder(audio, prompt)
+                timed.append(time.perf_counter() - started)
+                return segments
 
             session = st.StreamingSession(decode, st.silero_vad(), options, prof)
             samples = np.frombuffer(item.pcm, dtype="<i2")
-            lat, texts = [], []
-            for k in range(0, len(samples), 1600):
-                session.push(samples[k : k + 1600])
-                if session.due():
-                    for e in session.step():
-                        if isinstance(e, st.Final):
-                            lat.append(session.received_s - e.segment.end)
-                            texts.append(e.segment.text)
-            for e in session.finish():
-                if isinstance(e, st.Final):
-                    lat.append(session.received_s - e.segment.end)
-                    texts.append(e.segment.text)
-            w = wer([item.reference], [" ".join(texts)]) if item.reference else float("nan")
-            print(
-                f"{profile:<12} {item.name:<16} {len(lat):6d} {pct(lat, 50):7.2f} {pct(lat, 95):7.2f} "
-                f"{len(timed) / item.duration:6.2f} {1000 * np.mean(timed) if timed else 0:7.0f} "
-                f"{100 * w:6.1f}%",
-                flush=True,
-            )
+            records = replay(session, samples)
+            finals = [r for r in records if "eou" in r]
+            text = " ".join(r["text"] for r in finals)
+            row = {
+                "input": item.name,
+                "duration_s": item.duration,
+                "finals": finals,
+                "first_interim": first_interims(records),
+                "decodes": len(timed),
+                "decode_s": timed,
+                "wer_ref": wer([item.reference], [text]) if item.reference else None,
+                "wer_offline_ref": wer([item.reference], [offline[item.name]])
+                if item.reference
+                else None,
+                "processing_s": session.counters.processing_s,
+                "load": os.getloadavg()[0],
+            }
+            rows.append(row)
+            print_sim_row(variant, row)
+        results["variants"][variant] = rows
+        print_sim_row(variant, merge_rows(rows))
+    results["load_after"] = os.getloadavg()
+    if out_json:
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    return results
+
+
+def first_interims(records: list[dict]) -> list[float]:
+    """Per speech begin: wall time to the first non-empty interim of it - its offset."""
+    out, begin = [], None
+    for r in records:
+        if r.get("speech") == "begin":
+            begin = r["offset"]
+        elif r.get("interim") and begin is not None and r["start"] >= begin - 0.3:
+            out.append(r["made_at"] - begin)
+            begin = None
+    return out
+
+
+def merge_rows(rows: list[dict]) -> dict:
+    refs = [r for r in rows if r["wer_ref"] is not None]
+    duration = sum(r["duration_s"] for r in rows)
+    return {
+        "input": "all",
+        "duration_s": duration,
+        "finals": [f for r in rows for f in r["finals"]],
+        "first_interim": [x for r in rows for x in r["first_interim"]],
+        "decodes": sum(r["decodes"] for r in rows),
+        "decode_s": [x for r in rows for x in r["decode_s"]],
+        # Word-weighted would need the counts; the mean over inputs is what the table shows.
+        "wer_ref": float(np.mean([r["wer_ref"] for r in refs])) if refs else None,
+        "wer_offline_ref": float(np.mean([r["wer_offline_ref"] for r in refs])) if refs else None,
+        "processing_s": sum(r["processing_s"] for r in rows),
+        "load": float(np.mean([r["load"] for r in rows])),
+    }
+
+
+def print_sim_row(variant: str, row: dict) -> None:
+    finals = row["finals"]
+    eou = [f for f in finals if f["eou"]]
+    lat_eou = [f["made_at"] - f["end"] for f in eou]
+    lat_all = [f["made_at"] - f["end"] for f in finals]
+    arrived = [f["received_at_step"] - f["end"] for f in eou]
+    step = [f["step_s"] for f in eou]
+    nodec = np.mean([not f["decoded"] for f in eou]) if eou else float("nan")
+
+    def w(v):
+        return "      -" if v is None else f"{100 * v:6.1f}%"
+
+    print(
+        f"{variant[:28]:<28} {row['input'][:22]:<22} {pct(lat_eou, 50):7.2f} {pct(lat_eou, 95):7.2f} "
+        f"{pct(lat_all, 50):7.2f} {pct(arrived, 50):7.2f} {pct(step, 50):5.2f} {nodec:6.0%} "
+        f"{row['decodes'] / row['duration_s']:5.2f} {1000 * pct(row['decode_s'], 50):6.0f} "
+        f"{w(row['wer_ref'])} {w(row['wer_offline_ref'])} {row['load']:4.1f}",
+        flush=True,
+    )
+
+
+def offline_texts(model, items: list[Input]) -> dict[str, str]:
+    """Plain faster-whisper on each whole input (beam 5, VAD), as a stand-in for the offline
+    mesh when tuning without it; cached under out/ by input name."""
+    cache = REPO / "out" / "bench_streaming_offline.json"
+    known = json.loads(cache.read_text(encoding="utf-8")) if cache.exists() else {}
+    for item in items:
+        if item.name not in known:
+            audio = np.frombuffer(item.pcm, dtype="<i2").astype(np.float32) / 32768.0
+            segments, _ = model.transcribe(audio, language="pt", beam_size=5, vad_filter=True)
+            known[item.name] = " ".join(s.text.strip() for s in segments)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(known, indent=1, ensure_ascii=False))
+    return {item.name: known[item.name] for item in items}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -280,13 +430,24 @@ def main() -> int:
         action="store_true",
         help="audio-time replay without the mesh (the session's own latency, free of load)",
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        help="(simulate) PROFILE[:field=value,...]: a profile with some fields changed, for "
+        "sweeps on the tune split; repeat for several",
+    )
+    parser.add_argument("--only", default="", help="comma list: inputs whose name contains one")
     args = parser.parse_args()
     if args.simulate:
         with tempfile.TemporaryDirectory() as tmp:
+            items = inputs(args.corpus, args.split, args.long_seconds, Path(tmp))
+            if args.only:
+                items = [i for i in items if any(o in i.name for o in args.only.split(","))]
             simulate(
-                inputs(args.corpus, args.split, args.long_seconds, Path(tmp)),
-                [p.strip() for p in args.profiles.split(",") if p.strip()],
+                items,
+                args.variant or [p.strip() for p in args.profiles.split(",") if p.strip()],
                 REPO / "models",
+                args.json,
             )
         return 0
 

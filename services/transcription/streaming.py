@@ -69,6 +69,13 @@ class LatencyProfile:
     - `agreement`: how many successive hypotheses must agree on a prefix to commit it (LocalAgreement-n).
     - `endpoint_silence_s`: silence that ends an utterance (unless the caller sets its own).
     - `min_speech_s`: shortest stretch VAD counts as speech (clicks and coughs are ignored).
+    - `speculate_silence_s`: silence after speech at which a decode runs at once, without
+      waiting for the next step, when the last decode did not hear that speech's end (0 =
+      never). If the silence goes on to the endpoint, the utterance is committed from this
+      decode, so the closing final needs no decode after the endpoint silence; if speech goes
+      on, it was an ordinary step, a little early (the next one counts from it).
+    - `context_pad_s`: the encoder hears the buffer plus this much silence instead of
+      Whisper's full 30 s window (0 = the full window, as batch). See `short_context`.
     """
 
     name: str
@@ -79,6 +86,8 @@ class LatencyProfile:
     agreement: int
     endpoint_silence_s: float
     min_speech_s: float = 0.2
+    speculate_silence_s: float = 0.0
+    context_pad_s: float = 0.0
 
 
 PROFILES = {
@@ -119,8 +128,12 @@ split (see the branch report)."""
 DEFAULT_PROFILE = "balanced"
 MAX_CHUNK_S = 1.0
 """Longest audio accepted in one message (20-500 ms is what a live source sends)."""
-ENDPOINT_CHECK_S = 0.2
-"""Between decodes, the end of an utterance is looked for this often (audio seconds)."""
+ENDPOINT_CHECK_S = 0.1
+"""Between decodes, the end of an utterance is looked for this often (audio seconds): a VAD
+pass over the last ~1.5 s, a few milliseconds."""
+_HEARD_WHOLE_S = 0.15
+"""A decode heard a stretch of speech whole when it heard this much audio past its end (VAD
+ends speech ranges ~50 ms after the last sound; a word cut at the buffer's end is misheard)."""
 PROMPT_CHARS = 200
 """Committed text given to the decoder as context (whisper_streaming uses the same amount)."""
 _TIME_SLACK_S = 0.5
@@ -431,21 +444,31 @@ class StreamingSession:
         """Decode the buffer once (or, between decodes, look for the end of the utterance)."""
         if self._received - self._last_step_at < self.profile.step_s * SAMPLE_RATE:
             self._last_check_at = self._received
-            if not self._tail_silent():
+            if not self._tail_pause():
                 return []
         return self._run_step(final=False)
 
-    def _tail_silent(self) -> bool:
-        """Cheap endpoint check on the last second or so: has speech stopped long enough?
+    def _tail_pause(self) -> bool:
+        """Cheap check of the last second or so between decodes: is a step worth running now?
 
-        VAD over the whole buffer costs ~10 ms per audio second; between decodes only the tail
-        is checked, and a full step (with full VAD) follows when it looks like an endpoint."""
+        Yes when speech stopped for the endpointing silence (the utterance ends), or for
+        `speculate_silence_s` and the last decode did not hear that speech's end (a decode now
+        hears the whole phrase; `speculate_silence_s`). VAD over the whole buffer costs ~10 ms
+        per audio second; between decodes only the tail is checked, and a full step (with full
+        VAD) follows."""
         audio = self._consolidate()
         silence = self.options.endpoint_silence_s
         tail = audio[-int((silence + 1.0) * SAMPLE_RATE) :]
         ranges = [(a, b) for a, b in self._vad(tail) if b - a >= self.profile.min_speech_s]
         tail_s = len(tail) / SAMPLE_RATE
-        return not ranges or tail_s - ranges[-1][1] >= silence
+        if not ranges:
+            return True
+        quiet = tail_s - ranges[-1][1]
+        if quiet >= silence:
+            return True
+        speculate = self.profile.speculate_silence_s
+        speech_end = self.received_s - quiet
+        return 0 < speculate <= quiet and self._last_decode_end < speech_end + _HEARD_WHOLE_S
 
     def finish(self) -> list[Event]:
         """The stream ended: commit everything still heard, close speech, summarise."""
@@ -538,7 +561,7 @@ class StreamingSession:
                     endpoint
                     and not final
                     and self._history
-                    and self._last_decode_end >= endpoint_at + 0.15
+                    and self._last_decode_end >= endpoint_at + _HEARD_WHOLE_S
                 ):
                     # The last decode already heard the whole utterance: commit from it
                     # instead of decoding again (the final comes a decode sooner).
@@ -859,11 +882,20 @@ class WhisperDecoder:
     temperatures: tuple[float, ...] = (0.0,)
     calls: int = field(default=0)
 
+    context_pad_s: float = 0.0
+    """0: Whisper's encoder hears its full 30 s window (the buffer padded with silence), as in
+    batch. Above 0: only the buffer plus this much padding (`audio_context`)."""
+
     def __call__(self, audio: np.ndarray, prompt: str) -> list[Segment]:
         from services.transcription.core import to_segment
 
         self.calls += 1
-        segments, _info = self.model.transcribe(
+        model = self.model
+        if self.context_pad_s > 0:
+            model = short_context(
+                model, audio_context(audio.size / SAMPLE_RATE, self.context_pad_s)
+            )
+        segments, _info = model.transcribe(
             audio,
             language=self.language,
             beam_size=self.beam_size,
@@ -875,6 +907,41 @@ class WhisperDecoder:
             initial_prompt=prompt or None,
         )
         return [to_segment(i, s) for i, s in enumerate(segments)]
+
+
+FULL_CONTEXT_FRAMES = 3000
+"""Whisper's encoder input: 30 s of 10 ms mel frames."""
+
+
+def audio_context(audio_s: float, pad_s: float) -> int:
+    """Mel frames the encoder hears for `audio_s` of buffer: the buffer, `pad_s` of silence
+    after it, rounded up to whole seconds (an even number of frames, which the encoder's
+    stride-2 convolution needs), at most Whisper's 30 s."""
+    seconds = int(np.ceil(audio_s + pad_s - 1e-9))
+    return min(FULL_CONTEXT_FRAMES, max(2, seconds) * 100)
+
+
+def short_context(model: object, frames: int) -> object:
+    """A shallow copy of a faster-whisper `WhisperModel` whose encoder hears only the first
+    `frames` mel frames instead of the padded 30 s window (whisper.cpp's `audio_ctx`).
+
+    Why: the encoder's cost is fixed by its input, not by the audio in it, and grows faster
+    than linearly with it (self-attention): on 2 CPU cores whisper base spends ~1.9 CPU-s
+    encoding 30 s, ~0.4 CPU-s encoding 10 s. A streaming buffer is a few seconds long, so
+    most of a full-window decode is spent on padding. The copy shares the loaded model (no
+    memory); the decoder and the word aligner work on the shorter encoder output unchanged."""
+    if frames >= FULL_CONTEXT_FRAMES:
+        return model
+    import copy
+
+    clone = copy.copy(model)
+    encode = model.encode  # type: ignore[attr-defined]
+
+    def short_encode(features: np.ndarray) -> object:
+        return encode(np.ascontiguousarray(features[..., :frames]))
+
+    clone.encode = short_encode  # type: ignore[attr-defined]
+    return clone
 
 
 def silero_vad(threshold: float = 0.5, pad_s: float = 0.05) -> VadFn:
