@@ -71,8 +71,9 @@ class Run:
     def text(self) -> str:
         return " ".join(f["text"] for f in self.finals)
 
-    def final_latencies(self) -> list[float]:
-        return [f["received_s"] - f["end"] for f in self.finals]
+    def final_latencies(self, eou_only: bool = False) -> list[float]:
+        """received_s - end of each final (only those closing an utterance with `eou_only`)."""
+        return [f["received_s"] - f["end"] for f in self.finals if f["eou"] or not eou_only]
 
     def first_interim_latencies(self) -> list[float]:
         out = []
@@ -159,6 +160,7 @@ def stream(client: GatewayClient, pcm: bytes, profile: str) -> Run:
                         "text": seg.text,
                         "start": secs(seg.start_offset),
                         "end": secs(seg.end_offset),
+                        "eou": event.final.end_of_utterance,
                         "received_s": now,
                     }
                 )
@@ -204,14 +206,19 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name.strip(), fields
 
 
-def replay(session, samples: np.ndarray, chunk_s: float = 0.1) -> list[dict]:
+def replay(session, samples: np.ndarray, chunk_s: float = 0.1, clock: str = "cpu") -> list[dict]:
     """Feed `samples` to `session` as `streaming.drive` does, in virtual real time.
 
     Chunk k arrives when its last sample has been spoken ((k+1) * chunk_s); a step blocks for as
     long as it really took (measured here), and audio that arrived meanwhile is taken at once
     afterwards, as in the service. Returns one record per final result: its end, when it was
     made (virtual wall time, from the first sample), the audio received when the step that made
-    it started, that step's duration and whether it decoded."""
+    it started, that step's duration and whether it decoded.
+
+    `clock`: how a step's duration is measured. "wall": as it took here (inflated when other
+    work shares the CPU). "cpu": the CPU seconds this process spent in it (all its threads),
+    which other processes do not inflate; as a wall time it is pessimistic (it assumes the
+    decoder's two threads gave no speed-up) and stands for an otherwise idle 2-core machine."""
     from services.transcription import streaming as st
 
     n = int(chunk_s * 16000)
@@ -221,9 +228,10 @@ def replay(session, samples: np.ndarray, chunk_s: float = 0.1) -> list[dict]:
     def run(call) -> None:
         nonlocal t
         received, steps = session.received_s, session.counters.steps
-        started = time.perf_counter()
+        tick = time.process_time if clock == "cpu" else time.perf_counter
+        started = tick()
         events = call()
-        took = time.perf_counter() - started
+        took = tick() - started
         t += took
         for e in events:
             if isinstance(e, st.Final):
@@ -256,7 +264,11 @@ def replay(session, samples: np.ndarray, chunk_s: float = 0.1) -> list[dict]:
 
 
 def simulate(
-    items: list[Input], variants: list[str], models_dir: Path, out_json: Path | None
+    items: list[Input],
+    variants: list[str],
+    models_dir: Path,
+    out_json: Path | None,
+    clock: str = "cpu",
 ) -> dict:
     """Virtual real-time replay without the mesh: latency free of the network and of other
     sessions, each step as slow as it really is on this machine (as loaded as it is).
@@ -279,7 +291,8 @@ def simulate(
         local_files_only=True,
     )
     offline = offline_texts(model, items)
-    results: dict = {"load_before": os.getloadavg(), "variants": {}}
+    results: dict = {"load_before": os.getloadavg(), "clock": clock, "variants": {}}
+    print(f"step clock: {clock}; load average {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
     print(
         f"\n{'variant':<28} {'input':<22} {'EOU p50':>7} {'EOU p95':>7} {'all p50':>7} "
         f"{'arrived':>7} {'step':>5} {'no-dec':>6} {'dec/s':>5} {'dec ms':>6} "
@@ -298,15 +311,17 @@ def simulate(
             )
             timed: list[float] = []
 
-            def decode(audio, prompt, decoder=decoder, timed=timed):
-                started = time.perf_counter()
+            tick = time.process_time if clock == "cpu" else time.perf_counter
+
+            def decode(audio, prompt, decoder=decoder, timed=timed, tick=tick):
+                started = tick()
                 segments = decoder(audio, prompt)
-                timed.append(time.perf_counter() - started)
+                timed.append(tick() - started)
                 return segments
 
             session = st.StreamingSession(decode, st.silero_vad(), options, prof)
             samples = np.frombuffer(item.pcm, dtype="<i2")
-            records = replay(session, samples)
+            records = replay(session, samples, clock=clock)
             finals = [r for r in records if "eou" in r]
             text = " ".join(r["text"] for r in finals)
             row = {
@@ -326,7 +341,19 @@ def simulate(
             rows.append(row)
             print_sim_row(variant, row)
         results["variants"][variant] = rows
-        print_sim_row(variant, merge_rows(rows))
+        merged = merge_rows(rows)
+        print_sim_row(variant, merged)
+        for label, lat in (
+            ("EOU finals", [f["made_at"] - f["end"] for f in merged["finals"] if f["eou"]]),
+            ("all finals", [f["made_at"] - f["end"] for f in merged["finals"]]),
+            ("first interim", merged["first_interim"]),
+        ):
+            lo, hi = bootstrap(lat, 50)
+            print(
+                f"  {label}: p50 {pct(lat, 50):.2f} s (95% bootstrap {lo:.2f}-{hi:.2f}), "
+                f"p95 {pct(lat, 95):.2f} s, n={len(lat)}",
+                flush=True,
+            )
     results["load_after"] = os.getloadavg()
     if out_json:
         out_json.parent.mkdir(parents=True, exist_ok=True)
@@ -404,6 +431,16 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+def bootstrap(values: list[float], q: float, rounds: int = 2000) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the q-th percentile (finals resampled)."""
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(0)
+    data = np.asarray(values)
+    stats = np.percentile(rng.choice(data, size=(rounds, len(data))), q, axis=1)
+    return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -436,6 +473,13 @@ def main() -> int:
         help="(simulate) PROFILE[:field=value,...]: a profile with some fields changed, for "
         "sweeps on the tune split; repeat for several",
     )
+    parser.add_argument(
+        "--clock",
+        choices=["cpu", "wall"],
+        default="cpu",
+        help="(simulate) a step lasts its CPU seconds (default: unaffected by other work on a "
+        "shared machine; pessimistic) or its wall seconds here",
+    )
     parser.add_argument("--only", default="", help="comma list: inputs whose name contains one")
     args = parser.parse_args()
     if args.simulate:
@@ -448,6 +492,7 @@ def main() -> int:
                 args.variant or [p.strip() for p in args.profiles.split(",") if p.strip()],
                 REPO / "models",
                 args.json,
+                args.clock,
             )
         return 0
 
@@ -489,6 +534,7 @@ def main() -> int:
                     "duration_s": item.duration,
                     "error": run.error,
                     "final_latency": run.final_latencies(),
+                    "eou_latency": run.final_latencies(eou_only=True),
                     "first_interim_latency": run.first_interim_latencies(),
                     "wer_finals_ref": wer([item.reference], [run.text]) if item.reference else None,
                     "wer_offline_ref": wer([item.reference], [offline[item.name]])
@@ -517,9 +563,18 @@ def main() -> int:
             for t in threads:
                 t.join()
             lat = [x for r in runs for x in r.final_latencies()]
+            eou = [x for r in runs for x in r.final_latencies(eou_only=True)]
             errors = [r.error for r in runs if r.error]
             results["capacity"].append(
-                {"sessions": n, "p50": pct(lat, 50), "p95": pct(lat, 95), "errors": errors}
+                {
+                    "sessions": n,
+                    "p50": pct(lat, 50),
+                    "p95": pct(lat, 95),
+                    "eou_p50": pct(eou, 50),
+                    "eou_p95": pct(eou, 95),
+                    "errors": errors,
+                    "load": os.getloadavg()[0],
+                }
             )
             print(f"{n} sessions: p95 {pct(lat, 95):.2f} s {errors}", file=sys.stderr)
             if errors or pct(lat, 95) > 3.0:
@@ -536,34 +591,60 @@ def report(results: dict, png: Path) -> None:
         f"\nload average before {results['load_before'][0]:.1f}, after {results['load_after'][0]:.1f} "
         f"({os.cpu_count()} CPUs)"
     )
+    print(
+        "final latency = received_s - end: EOU = finals closing an utterance (after a phrase "
+        "ends), all = every final (agreement commits mid-utterance too)"
+    )
     header = (
-        f"{'profile':<12} {'input':<16} {'audio s':>7} {'finals':>6} {'lat p50':>7} {'lat p95':>7} "
-        f"{'1st int':>7} {'WER fin':>7} {'WER off':>7} {'fin/off':>7} {'RTF':>5}"
+        f"{'profile':<12} {'input':<22} {'audio s':>7} {'finals':>6} {'EOU p50':>7} {'EOU p95':>7} "
+        f"{'all p50':>7} {'all p95':>7} {'1st int':>7} {'WER fin':>7} {'WER off':>7} "
+        f"{'fin/off':>7} {'RTF':>5}"
     )
     print(header)
     print("-" * len(header))
     for profile, rows in results["profiles"].items():
-        all_lat = []
+        all_lat, eou_lat, first = [], [], []
         for r in rows:
             all_lat += r["final_latency"]
+            eou_lat += r.get("eou_latency", [])
+            first += r["first_interim_latency"]
 
             def f(v):
                 return "    -" if v is None else f"{100 * v:6.1f}%"
 
             print(
-                f"{profile:<12} {r['input']:<16} {r['duration_s']:7.1f} {len(r['final_latency']):6d} "
+                f"{profile:<12} {r['input'][:22]:<22} {r['duration_s']:7.1f} {len(r['final_latency']):6d} "
+                f"{pct(r.get('eou_latency', []), 50):7.2f} {pct(r.get('eou_latency', []), 95):7.2f} "
                 f"{pct(r['final_latency'], 50):7.2f} {pct(r['final_latency'], 95):7.2f} "
                 f"{pct(r['first_interim_latency'], 50):7.2f} {f(r['wer_finals_ref']):>7} "
                 f"{f(r['wer_offline_ref']):>7} {f(r['wer_finals_vs_offline']):>7} {r['rtf']:5.2f}"
                 + (f"  ERROR {r['error']}" if r["error"] else "")
             )
+        refs = [r for r in rows if r["wer_finals_ref"] is not None]
         print(
-            f"{profile:<12} {'all':<16} {'':7} {len(all_lat):6d} {pct(all_lat, 50):7.2f} {pct(all_lat, 95):7.2f}"
+            f"{profile:<12} {'all inputs':<22} {'':7} {len(all_lat):6d} {pct(eou_lat, 50):7.2f} "
+            f"{pct(eou_lat, 95):7.2f} {pct(all_lat, 50):7.2f} {pct(all_lat, 95):7.2f} "
+            f"{pct(first, 50):7.2f}"
+            + (
+                f" {100 * np.mean([r['wer_finals_ref'] for r in refs]):6.1f}% "
+                f"{100 * np.mean([r['wer_offline_ref'] for r in refs]):6.1f}%  (mean of inputs)"
+                if refs
+                else ""
+            )
         )
+        for label, lat in (("EOU finals", eou_lat), ("all finals", all_lat)):
+            for q in (50, 95):
+                lo, hi = bootstrap(lat, q)
+                print(
+                    f"  {profile} {label} p{q}: {pct(lat, q):.2f} s "
+                    f"(95% bootstrap interval {lo:.2f}-{hi:.2f}, n={len(lat)})"
+                )
     print("\nconcurrent sessions (first input, real time): final latency")
     for c in results["capacity"]:
         print(
-            f"  {c['sessions']} sessions: p50 {c['p50']:.2f} s, p95 {c['p95']:.2f} s {c['errors'] or ''}"
+            f"  {c['sessions']} sessions: all finals p50 {c['p50']:.2f} s, p95 {c['p95']:.2f} s; "
+            f"EOU p50 {c.get('eou_p50', float('nan')):.2f} s, p95 {c.get('eou_p95', float('nan')):.2f} s; "
+            f"load {c.get('load', float('nan')):.1f} {c['errors'] or ''}"
         )
     held = [c["sessions"] for c in results["capacity"] if c["p95"] <= 3.0 and not c["errors"]]
     print(f"  sessions held at p95 <= 3 s: {max(held) if held else 0}")
