@@ -206,7 +206,9 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name.strip(), fields
 
 
-def replay(session, samples: np.ndarray, chunk_s: float = 0.1, clock: str = "cpu") -> list[dict]:
+def replay(
+    session, samples: np.ndarray, chunk_s: float = 0.1, clock="cpu", decoded=None
+) -> list[dict]:
     """Feed `samples` to `session` as `streaming.drive` does, in virtual real time.
 
     Chunk k arrives when its last sample has been spoken ((k+1) * chunk_s); a step blocks for as
@@ -215,7 +217,10 @@ def replay(session, samples: np.ndarray, chunk_s: float = 0.1, clock: str = "cpu
     made (virtual wall time, from the first sample), the audio received when the step that made
     it started, that step's duration and whether it decoded.
 
-    `clock`: how a step's duration is measured. "wall": as it took here (inflated when other
+    `clock`: how a step's duration is measured. A callable `clock(seconds_decoded)` gives a
+    decode's duration from a cost model (deterministic: the same settings give the same
+    timeline, so a sweep compares settings, not machine noise); VAD-only steps then cost 0.
+    Otherwise: "wall": as it took here (inflated when other
     work shares the CPU). "cpu": the CPU seconds this process spent in it (all its threads),
     which other processes do not inflate; as a wall time it is pessimistic (it assumes the
     decoder's two threads gave no speed-up) and stands for an otherwise idle 2-core machine."""
@@ -228,10 +233,15 @@ def replay(session, samples: np.ndarray, chunk_s: float = 0.1, clock: str = "cpu
     def run(call) -> None:
         nonlocal t
         received, steps = session.received_s, session.counters.steps
-        tick = time.process_time if clock == "cpu" else time.perf_counter
-        started = tick()
-        events = call()
-        took = tick() - started
+        if callable(clock):
+            decoded.clear()  # the decode wrapper logs the seconds it decodes
+            events = call()
+            took = sum(clock(x) for x in decoded)
+        else:
+            tick = time.process_time if clock == "cpu" else time.perf_counter
+            started = tick()
+            events = call()
+            took = tick() - started
         t += took
         for e in events:
             if isinstance(e, st.Final):
@@ -291,6 +301,7 @@ def simulate(
         local_files_only=True,
     )
     offline = offline_texts(model, items)
+    models: dict = {}
     results: dict = {"load_before": os.getloadavg(), "clock": clock, "variants": {}}
     print(f"step clock: {clock}; load average {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
     print(
@@ -312,16 +323,29 @@ def simulate(
             timed: list[float] = []
 
             tick = time.process_time if clock == "cpu" else time.perf_counter
+            cost = None
+            if clock == "model":
+                key = (prof.context_pad_s, prof.beam_size)
+                if key not in models:
+                    models[key] = decode_cost_model(decoder, items[0])
+                cost = models[key]
+            decoded: list[float] = []
 
-            def decode(audio, prompt, decoder=decoder, timed=timed, tick=tick):
+            def decode(
+                audio, prompt, decoder=decoder, timed=timed, tick=tick, cost=cost, decoded=decoded
+            ):
                 started = tick()
                 segments = decoder(audio, prompt)
-                timed.append(tick() - started)
+                took = tick() - started
+                if cost is not None:
+                    decoded.append(audio.size / 16000)
+                    took = cost(audio.size / 16000)
+                timed.append(took)
                 return segments
 
             session = st.StreamingSession(decode, st.silero_vad(), options, prof)
             samples = np.frombuffer(item.pcm, dtype="<i2")
-            records = replay(session, samples, clock=clock)
+            records = replay(session, samples, clock=cost or clock, decoded=decoded)
             finals = [r for r in records if "eou" in r]
             text = " ".join(r["text"] for r in finals)
             row = {
@@ -359,6 +383,30 @@ def simulate(
         out_json.parent.mkdir(parents=True, exist_ok=True)
         out_json.write_text(json.dumps(results, indent=1, ensure_ascii=False))
     return results
+
+
+def decode_cost_model(decoder, item: Input, sizes=(1, 2, 3, 4, 6, 8, 10, 13, 16, 20, 25)):
+    """CPU seconds of one decode as a function of the buffer's length, measured on speech of
+    `item` (least of 3 runs per length: other work on the machine only adds), interpolated."""
+    audio = np.frombuffer(item.pcm, dtype="<i2").astype(np.float32) / 32768.0
+    xs, ys = [], []
+    for size in sizes:
+        clip = audio[: int(size * 16000)]
+        if clip.size < size * 16000:
+            break
+        runs = []
+        for _ in range(3):
+            started = time.process_time()
+            decoder(clip, "")
+            runs.append(time.process_time() - started)
+        xs.append(size)
+        ys.append(min(runs))
+    print(
+        "decode cost model (CPU s by buffer s): "
+        + ", ".join(f"{x:g}:{y:.2f}" for x, y in zip(xs, ys)),
+        flush=True,
+    )
+    return lambda seconds: float(np.interp(seconds, xs, ys))
 
 
 def first_interims(records: list[dict]) -> list[float]:
@@ -475,10 +523,12 @@ def main() -> int:
     )
     parser.add_argument(
         "--clock",
-        choices=["cpu", "wall"],
-        default="cpu",
-        help="(simulate) a step lasts its CPU seconds (default: unaffected by other work on a "
-        "shared machine; pessimistic) or its wall seconds here",
+        choices=["model", "cpu", "wall"],
+        default="model",
+        help="(simulate) a decode lasts what a cost model measured at the start says for its "
+        "length (default: deterministic, unaffected by other work), its CPU seconds, or its "
+        "wall seconds here; CPU seconds stand for one idle core per session (pessimistic for "
+        "one session on 2 cores, what 2 sessions get)",
     )
     parser.add_argument("--only", default="", help="comma list: inputs whose name contains one")
     args = parser.parse_args()
