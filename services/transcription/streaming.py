@@ -131,6 +131,8 @@ MAX_CHUNK_S = 1.0
 ENDPOINT_CHECK_S = 0.1
 """Between decodes, the end of an utterance is looked for this often (audio seconds): a VAD
 pass over the last ~1.5 s, a few milliseconds."""
+_PAUSE_MIN_S = 0.02
+"""Quieter than this at the tail is still speech (VAD's ranges reach the end while it goes on)."""
 _HEARD_WHOLE_S = 0.15
 """A decode heard a stretch of speech whole when it heard this much audio past its end (VAD
 ends speech ranges ~50 ms after the last sound; a word cut at the buffer's end is misheard)."""
@@ -446,7 +448,19 @@ class StreamingSession:
             self._last_check_at = self._received
             if not self._tail_pause():
                 return []
+        elif self._just_paused():
+            # The speaker has just stopped: a decode now would miss the phrase's last sounds
+            # and keep the CPU busy when the decode that hears it all is due, a moment later.
+            self._last_check_at = self._received
+            return []
         return self._run_step(final=False)
+
+    def _tail_quiet(self) -> float:
+        """Seconds since the last speech VAD hears in the last second or so (inf: none)."""
+        audio = self._consolidate()
+        tail = audio[-int((self.options.endpoint_silence_s + 1.0) * SAMPLE_RATE) :]
+        ranges = [(a, b) for a, b in self._vad(tail) if b - a >= self.profile.min_speech_s]
+        return len(tail) / SAMPLE_RATE - ranges[-1][1] if ranges else float("inf")
 
     def _tail_pause(self) -> bool:
         """Cheap check of the last second or so between decodes: is a step worth running now?
@@ -456,19 +470,24 @@ class StreamingSession:
         hears the whole phrase; `speculate_silence_s`). VAD over the whole buffer costs ~10 ms
         per audio second; between decodes only the tail is checked, and a full step (with full
         VAD) follows."""
-        audio = self._consolidate()
-        silence = self.options.endpoint_silence_s
-        tail = audio[-int((silence + 1.0) * SAMPLE_RATE) :]
-        ranges = [(a, b) for a, b in self._vad(tail) if b - a >= self.profile.min_speech_s]
-        tail_s = len(tail) / SAMPLE_RATE
-        if not ranges:
-            return True
-        quiet = tail_s - ranges[-1][1]
-        if quiet >= silence:
+        quiet = self._tail_quiet()
+        if quiet >= self.options.endpoint_silence_s:
             return True
         speculate = self.profile.speculate_silence_s
         speech_end = self.received_s - quiet
         return 0 < speculate <= quiet and self._last_decode_end < speech_end + _HEARD_WHOLE_S
+
+    def _just_paused(self) -> bool:
+        """A step is due but speech stopped less than `speculate_silence_s` ago (the decode
+        waits for that, at most: then it hears the whole phrase)."""
+        if not (
+            self.profile.speculate_silence_s > 0
+            and self._in_speech
+            and self._vad is not None
+            and self.options.endpointing
+        ):
+            return False
+        return _PAUSE_MIN_S < self._tail_quiet() < self.profile.speculate_silence_s
 
     def finish(self) -> list[Event]:
         """The stream ended: commit everything still heard, close speech, summarise."""

@@ -498,3 +498,41 @@ def test_audio_context_covers_the_buffer_and_its_padding_in_whole_seconds():
     assert s.audio_context(29.5, 2.0) == s.FULL_CONTEXT_FRAMES
     # Stride-2 convolution: always an even number of frames.
     assert all(s.audio_context(x / 10, 1.0) % 2 == 0 for x in range(1, 300))
+
+
+def _decode_times(seed: int, speculate: float, defer: bool = True):
+    rng = random.Random(seed)
+    truth = script(rng, 60, pause_every=5, pause_s=1.0)
+    decoder = ScriptedDecoder(truth, rng)
+    ref: list = []
+    options, prof = s.resolve_options(s.SessionOptions(), 3600)
+    prof = replace(prof, step_s=1.0, speculate_silence_s=speculate)
+    session = s.StreamingSession(decoder, script_vad(truth, ref), options, prof)
+    if not defer:
+        session._just_paused = lambda: False  # type: ignore[method-assign]
+    decoder.session = session
+    ref.append(session)
+    decoded_at, events = [], []
+    for _ in range(int((truth[-1].end + 1.5) / 0.1)):
+        session.push(np.zeros(1600, dtype=np.int16))
+        if session.due():
+            calls = decoder.calls
+            events.extend(session.step())
+            if decoder.calls > calls:
+                decoded_at.append(session.received_s)
+    events.extend(session.finish())
+    ends = [truth[k].end for k in range(4, 60, 5)]
+    return truth, ends, decoded_at, events
+
+
+def test_a_step_due_just_after_speech_stops_waits_for_the_decode_that_hears_it_all():
+    """No decode starts while the speaker has paused for less than `speculate_silence_s`: it
+    would miss the phrase's last sounds and keep the CPU busy when the decode that hears them
+    is due."""
+    truth, ends, decoded_at, events = _decode_times(8, speculate=0.3)
+    # (The scripted VAD closes a speech range 0.1 s after its last word.)
+    assert not [t for t in decoded_at for e in ends if e + 0.1 < t < e + 0.3 - 1e-6]
+    assert final_words(events) == [w.word for w in truth]
+    # Without the rule, grid steps do land there (the test would catch its loss).
+    _, ends, decoded_at, _ = _decode_times(8, speculate=0.3, defer=False)
+    assert [t for t in decoded_at for e in ends if e + 0.1 < t < e + 0.3 - 1e-6]
