@@ -93,38 +93,60 @@ class LatencyProfile:
 PROFILES = {
     "low_latency": LatencyProfile(
         "low_latency",
-        step_s=0.5,
-        window_s=8.0,
-        max_buffer_s=15.0,
+        step_s=1.0,
+        window_s=6.0,
+        max_buffer_s=12.0,
         beam_size=1,
         agreement=2,
         endpoint_silence_s=0.3,
+        speculate_silence_s=0.15,
+        context_pad_s=1.0,
     ),
     "balanced": LatencyProfile(
         "balanced",
         step_s=1.0,
-        window_s=12.0,
-        max_buffer_s=20.0,
+        window_s=8.0,
+        max_buffer_s=15.0,
         beam_size=1,
         agreement=2,
         endpoint_silence_s=0.5,
+        speculate_silence_s=0.2,
+        context_pad_s=1.0,
     ),
     "accurate": LatencyProfile(
         "accurate",
         step_s=1.5,
-        window_s=20.0,
-        max_buffer_s=28.0,
+        window_s=12.0,
+        max_buffer_s=20.0,
         beam_size=5,
         agreement=2,
         endpoint_silence_s=0.8,
+        speculate_silence_s=0.2,
+        context_pad_s=2.0,
     ),
 }
-"""Why these values: every decode runs Whisper's encoder over a full 30 s window however short
-the buffer, so CPU per audio second is ~1/step_s decodes; utterance ends do not wait for a
-decode step (endpoints are checked every ENDPOINT_CHECK_S and commit from the last decode when
-it heard the whole utterance), so the step mostly sets how fast interim text moves and how soon
-mid-utterance words are committed by agreement. Not yet tuned on the validation corpus's `tune`
-split (see the branch report)."""
+"""Why these values (chosen on the `tune` split of build/corpus-validate, whisper base, 2 CPU
+cores; `benchmarks/bench_streaming.py --simulate --split tune`; figures on the held-out
+`validate` split in benchmarks/README.md):
+
+- Where the time went before (balanced, tune_00, one-core decode-cost clock): p50 4.2 s from a
+  phrase's last word to its final = the endpoint silence (0.5 s) + ~1 s waiting for a decode
+  already running when the phrase ended + a 2.6 s decode after the endpoint (90% of closing
+  finals needed one), because every decode ran Whisper's encoder over a padded 30 s window
+  (~2 CPU-s whatever the buffer held).
+- `context_pad_s` 1 s (`short_context`): a decode of a 4 s buffer costs ~0.5 CPU-s instead of
+  ~2.3; the finals' WER on the tune files did not get worse (it got better: 51% vs 59% on
+  tune_00, the full window's padding is where whisper base invents most). `accurate` keeps 2 s.
+- `speculate_silence_s` 0.2 s: the decode that hears the whole phrase starts 0.2 s after the
+  speech stops instead of after the endpoint silence, so about half of the closing finals come
+  from it with no decode after the endpoint; a step due in that 0.2 s waits for it.
+  Closing-final p50 4.2 → 1.55 s on three tune conversations (same clock).
+- `window_s`/`max_buffer_s` 8/15 s (6/12, 12/20): decode cost grows with the buffer (13 s:
+  ~1.6 CPU-s), and in overlapping speech (backchannels) no endpoint comes to restart it.
+- `step_s` 1 s for low_latency too (was 0.5 s): at ~0.5 CPU-s a decode, a 0.5 s step keeps a
+  core busy, so a phrase's end usually finds a decode running; low_latency differs by its
+  shorter endpoint (0.3 s) and speculation (0.15 s) silences. `accurate`: beam 5, 1.5 s step.
+"""
 DEFAULT_PROFILE = "balanced"
 MAX_CHUNK_S = 1.0
 """Longest audio accepted in one message (20-500 ms is what a live source sends)."""
