@@ -14,6 +14,12 @@ Google/Riva's StreamingRecognize semantics for the results):
 - **Endpointing**: when voice activity detection (silero, shipped with faster-whisper) hears
   `endpoint_silence_s` of silence after speech, the utterance is decoded one last time and all
   of it is committed (`end_of_utterance`). The buffer then restarts at the end of the speech.
+- **Speculative decode**: when VAD hears the speech stop for `speculate_silence_s` (shorter
+  than the endpoint silence) and the last decode did not hear its end, a decode runs at once;
+  a grid step due in that moment waits for it. If the silence reaches the endpoint, the
+  utterance is committed from that decode, so no decode is left to run after the endpoint.
+- **Short encoder context**: Whisper's encoder hears the buffer plus `context_pad_s` of
+  silence instead of its padded 30 s window (`short_context`), which is most of a decode's cost.
 - Committed text **outside** the buffer is the decoder's **prompt**, so the model keeps context
   across trims.
 - The buffer is **trimmed** at the end of a committed segment once it is longer than
