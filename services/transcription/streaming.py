@@ -952,8 +952,22 @@ class WhisperDecoder:
             vad_filter=False,
             condition_on_previous_text=False,
             initial_prompt=prompt or None,
+            max_new_tokens=max_new_tokens(audio.size / SAMPLE_RATE),
         )
         return [to_segment(i, s) for i, s in enumerate(segments)]
+
+
+TOKENS_PER_S = 12
+"""Most tokens a second of speech takes (fast Portuguese: ~4 words/s, ~2 tokens a word, plus
+timestamps), with room to spare."""
+
+
+def max_new_tokens(audio_s: float) -> int:
+    """Token budget of one decode of `audio_s` seconds. A decode that loops (Whisper repeating a
+    phrase, common on a buffer cut mid-word) would run to the model's 448 tokens, seconds of
+    CPU, only to be thrown away by the compression-ratio guard; real speech never needs this
+    many. Bounded so that prompt (`PROMPT_CHARS`) plus budget stay under 448."""
+    return min(220, int(TOKENS_PER_S * audio_s) + 20)
 
 
 FULL_CONTEXT_FRAMES = 3000

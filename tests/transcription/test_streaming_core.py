@@ -536,3 +536,13 @@ def test_a_step_due_just_after_speech_stops_waits_for_the_decode_that_hears_it_a
     # Without the rule, grid steps do land there (the test would catch its loss).
     _, ends, decoded_at, _ = _decode_times(8, speculate=0.3, defer=False)
     assert [t for t in decoded_at for e in ends if e + 0.1 < t < e + 0.3 - 1e-6]
+
+
+def test_a_decode_token_budget_grows_with_the_audio_and_leaves_room_for_the_prompt():
+    assert s.max_new_tokens(1.0) < s.max_new_tokens(5.0) < s.max_new_tokens(10.0)
+    # Fast speech (4 words/s, 2 tokens a word) fits; a 448-token loop does not.
+    assert s.max_new_tokens(3.0) >= 3 * 8 + 4
+    assert s.max_new_tokens(3.0) < 100
+    # Prompt (at most PROMPT_CHARS characters, 1 token each at worst, and the 4-token start
+    # sequence) + budget < 448, the model's limit.
+    assert s.PROMPT_CHARS + 4 + max(s.max_new_tokens(x) for x in range(0, 40)) < 448
