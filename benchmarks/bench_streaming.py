@@ -364,25 +364,34 @@ def simulate(
             }
             rows.append(row)
             print_sim_row(variant, row)
+            results["variants"][variant] = rows
+            if out_json:  # after every input: a long run cut short keeps what it measured
+                out_json.parent.mkdir(parents=True, exist_ok=True)
+                out_json.write_text(json.dumps(results, indent=1, ensure_ascii=False))
         results["variants"][variant] = rows
-        merged = merge_rows(rows)
-        print_sim_row(variant, merged)
-        for label, lat in (
-            ("EOU finals", [f["made_at"] - f["end"] for f in merged["finals"] if f["eou"]]),
-            ("all finals", [f["made_at"] - f["end"] for f in merged["finals"]]),
-            ("first interim", merged["first_interim"]),
-        ):
-            lo, hi = bootstrap(lat, 50)
-            print(
-                f"  {label}: p50 {pct(lat, 50):.2f} s (95% bootstrap {lo:.2f}-{hi:.2f}), "
-                f"p95 {pct(lat, 95):.2f} s, n={len(lat)}",
-                flush=True,
-            )
+        summarise(variant, rows)
     results["load_after"] = os.getloadavg()
     if out_json:
         out_json.parent.mkdir(parents=True, exist_ok=True)
         out_json.write_text(json.dumps(results, indent=1, ensure_ascii=False))
     return results
+
+
+def summarise(variant: str, rows: list[dict]) -> None:
+    """The pooled row and the intervals of a variant's inputs."""
+    merged = merge_rows(rows)
+    print_sim_row(variant, merged)
+    for label, lat in (
+        ("EOU finals", [f["made_at"] - f["end"] for f in merged["finals"] if f["eou"]]),
+        ("all finals", [f["made_at"] - f["end"] for f in merged["finals"]]),
+        ("first interim", merged["first_interim"]),
+    ):
+        lo, hi = bootstrap(lat, 50)
+        print(
+            f"  {label}: p50 {pct(lat, 50):.2f} s (95% bootstrap {lo:.2f}-{hi:.2f}), "
+            f"p95 {pct(lat, 95):.2f} s, n={len(lat)}",
+            flush=True,
+        )
 
 
 def decode_cost_model(decoder, item: Input, sizes=(1, 2, 3, 4, 6, 8, 10, 13, 16, 20, 25)):
@@ -531,7 +540,24 @@ def main() -> int:
         "one session on 2 cores, what 2 sessions get)",
     )
     parser.add_argument("--only", default="", help="comma list: inputs whose name contains one")
+    parser.add_argument(
+        "--report",
+        nargs="+",
+        type=Path,
+        help="(simulate) print the tables again from these --json files, inputs pooled by variant",
+    )
     args = parser.parse_args()
+    if args.report:
+        pooled: dict[str, list[dict]] = {}
+        for path in args.report:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            for variant, rows in data["variants"].items():
+                pooled.setdefault(variant, []).extend(rows)
+        for variant, rows in pooled.items():
+            for row in rows:
+                print_sim_row(variant, row)
+            summarise(variant, rows)
+        return 0
     if args.simulate:
         with tempfile.TemporaryDirectory() as tmp:
             items = inputs(args.corpus, args.split, args.long_seconds, Path(tmp))
