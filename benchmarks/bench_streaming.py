@@ -279,6 +279,7 @@ def simulate(
     models_dir: Path,
     out_json: Path | None,
     clock: str = "cpu",
+    cost_model: str = "",
 ) -> dict:
     """Virtual real-time replay without the mesh: latency free of the network and of other
     sessions, each step as slow as it really is on this machine (as loaded as it is).
@@ -326,6 +327,9 @@ def simulate(
             cost = None
             if clock == "model":
                 key = (prof.context_pad_s, prof.beam_size)
+                if key not in models and cost_model:
+                    xs, ys = zip(*(map(float, kv.split(":")) for kv in cost_model.split(",")))
+                    models[key] = lambda sec, xs=xs, ys=ys: float(np.interp(sec, xs, ys))
                 if key not in models:
                     models[key] = decode_cost_model(decoder, items[0])
                 cost = models[key]
@@ -539,6 +543,12 @@ def main() -> int:
         "wall seconds here; CPU seconds stand for one idle core per session (pessimistic for "
         "one session on 2 cores, what 2 sessions get)",
     )
+    parser.add_argument(
+        "--cost-model",
+        default="",
+        help="(simulate, --clock model) 'SECONDS:CPU_S,...' as printed by an earlier run, "
+        "instead of measuring one (runs in parallel then share one clock)",
+    )
     parser.add_argument("--only", default="", help="comma list: inputs whose name contains one")
     parser.add_argument(
         "--report",
@@ -569,6 +579,7 @@ def main() -> int:
                 REPO / "models",
                 args.json,
                 args.clock,
+                args.cost_model,
             )
         return 0
 
