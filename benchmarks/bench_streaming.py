@@ -560,6 +560,8 @@ def main() -> int:
     if args.report:
         pooled: dict[str, list[dict]] = {}
         for path in args.report:
+            if not path.is_file():
+                parser.error(f"--report: no such file {path}")
             data = json.loads(path.read_text(encoding="utf-8"))
             for variant, rows in data["variants"].items():
                 pooled.setdefault(variant, []).extend(rows)
