@@ -159,7 +159,8 @@ cores; `benchmarks/bench_streaming.py --simulate --split tune`; figures on the h
   decode p95 7.1 → 2.0 s (looping decodes of cut-off buffers stop early).
 - On the held-out `validate` split (balanced): closing-final p50 0.96 s (95% bootstrap
   0.86-1.19), p95 2.06 s on the same clock; the finals' WER is 13.6 points above offline, the
-  issue's 3-point goal is not met (mid-utterance agreement commits; benchmarks/README.md).
+  issue's 3-point goal is not met (cause open: agreement 3 did not help on tune; see
+  benchmarks/README.md).
 """
 DEFAULT_PROFILE = "balanced"
 MAX_CHUNK_S = 1.0
