@@ -602,6 +602,8 @@ def main() -> int:
         GatewayClient(mesh.gateway_address) as client,
     ):
         items = inputs(args.corpus, args.split, args.long_seconds, Path(tmp))
+        if args.only:
+            items = [i for i in items if any(o in i.name for o in args.only.split(","))]
         print(
             f"inputs: {', '.join(f'{i.name} ({i.duration:.0f} s)' for i in items)}", file=sys.stderr
         )
