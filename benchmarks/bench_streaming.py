@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -71,8 +71,9 @@ class Run:
     def text(self) -> str:
         return " ".join(f["text"] for f in self.finals)
 
-    def final_latencies(self) -> list[float]:
-        return [f["received_s"] - f["end"] for f in self.finals]
+    def final_latencies(self, eou_only: bool = False) -> list[float]:
+        """received_s - end of each final (only those closing an utterance with `eou_only`)."""
+        return [f["received_s"] - f["end"] for f in self.finals if f["eou"] or not eou_only]
 
     def first_interim_latencies(self) -> list[float]:
         out = []
@@ -100,7 +101,8 @@ def inputs(corpus: Path, split: str, long_seconds: float, tmp: Path) -> list[Inp
             continue
         path = corpus / entry["audio"]
         chosen.append(Input(path.stem, decode(path), entry.get("text", ""), path))
-    for entry in manifest.get("long", [])[:1]:
+    longs = [e for e in manifest.get("long", []) if not split or e.get("split", split) == split]
+    for entry in longs[:1]:
         if long_seconds <= 0:
             break
         path = corpus / entry["audio"]
@@ -158,6 +160,7 @@ def stream(client: GatewayClient, pcm: bytes, profile: str) -> Run:
                         "text": seg.text,
                         "start": secs(seg.start_offset),
                         "end": secs(seg.end_offset),
+                        "eou": event.final.end_of_utterance,
                         "received_s": now,
                     }
                 )
@@ -193,13 +196,100 @@ def stream(client: GatewayClient, pcm: bytes, profile: str) -> Run:
     return run
 
 
-def simulate(items: list[Input], profiles: list[str], models_dir: Path) -> None:
-    """Audio-time replay without the mesh: the session's own latency, free of machine load.
+def parse_variant(text: str) -> tuple[str, dict]:
+    """`NAME[:field=value,...]` → a profile name and overrides of its fields (for sweeps)."""
+    name, _, rest = text.partition(":")
+    fields = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        fields[key.strip()] = float(value) if "." in value else int(value)
+    return name.strip(), fields
 
-    Each input is pushed in 100 ms chunks and stepped synchronously, as if every decode took
-    no time. Algorithmic latency = audio received when a final is made - its end; add one
-    decode (measured alongside, on this machine as loaded as it is) for the wall latency of an
-    idle machine."""
+
+def replay(
+    session, samples: np.ndarray, chunk_s: float = 0.1, clock="cpu", decoded=None
+) -> list[dict]:
+    """Feed `samples` to `session` as `streaming.drive` does, in virtual real time.
+
+    Chunk k arrives when its last sample has been spoken ((k+1) * chunk_s); a step blocks for as
+    long as it really took (measured here), and audio that arrived meanwhile is taken at once
+    afterwards, as in the service. Returns one record per final result: its end, when it was
+    made (virtual wall time, from the first sample), the audio received when the step that made
+    it started, that step's duration and whether it decoded.
+
+    `clock`: how a step's duration is measured. A callable `clock(seconds_decoded)` gives a
+    decode's duration from a cost model (deterministic: the same settings give the same
+    timeline, so a sweep compares settings, not machine noise); VAD-only steps then cost 0.
+    Otherwise: "wall": as it took here (inflated when other
+    work shares the CPU). "cpu": the CPU seconds this process spent in it (all its threads),
+    which other processes do not inflate; as a wall time it is pessimistic (it assumes the
+    decoder's two threads gave no speed-up) and stands for an otherwise idle 2-core machine."""
+    from services.transcription import streaming as st
+
+    n = int(chunk_s * 16000)
+    chunks = [samples[k : k + n] for k in range(0, len(samples), n)]
+    t, k, out = 0.0, 0, []
+
+    def run(call) -> None:
+        nonlocal t
+        received, steps = session.received_s, session.counters.steps
+        if callable(clock):
+            decoded.clear()  # the decode wrapper logs the seconds it decodes
+            events = call()
+            took = sum(clock(x) for x in decoded)
+        else:
+            tick = time.process_time if clock == "cpu" else time.perf_counter
+            started = tick()
+            events = call()
+            took = tick() - started
+        t += took
+        for e in events:
+            if isinstance(e, st.Final):
+                out.append(
+                    {
+                        "start": e.segment.start,
+                        "end": e.segment.end,
+                        "text": e.segment.text,
+                        "eou": e.end_of_utterance,
+                        "made_at": t,
+                        "received_at_step": received,
+                        "step_s": took,
+                        "decoded": session.counters.steps > steps,
+                    }
+                )
+            elif isinstance(e, st.Interim) and e.text:
+                out.append({"interim": True, "start": e.start, "made_at": t})
+            elif isinstance(e, st.SpeechEvent):
+                out.append({"speech": e.kind, "offset": e.offset, "made_at": t})
+
+    while k < len(chunks):
+        t = max(t, (k + 1) * chunk_s)  # wait for at least one chunk
+        while k < len(chunks) and (k + 1) * chunk_s <= t + 1e-9:
+            session.push(chunks[k])
+            k += 1
+        if session.due():
+            run(session.step)
+    run(session.finish)
+    return out
+
+
+def simulate(
+    items: list[Input],
+    variants: list[str],
+    models_dir: Path,
+    out_json: Path | None,
+    clock: str = "cpu",
+    cost_model: str = "",
+) -> dict:
+    """Virtual real-time replay without the mesh: latency free of the network and of other
+    sessions, each step as slow as it really is on this machine (as loaded as it is).
+
+    Per final result: latency = when it was made - its end. End-of-utterance finals (closing an
+    utterance at the endpoint silence: "after a phrase ends") are reported apart from all
+    finals (agreement commits mid-utterance included), with where their latency goes: the
+    audio that had arrived when the committing step began (endpoint silence + check grain +
+    waiting for decodes already running) and that step's own time (a decode, unless the last
+    decode had heard the whole phrase)."""
     from faster_whisper import WhisperModel
 
     from services.transcription import streaming as st
@@ -211,47 +301,205 @@ def simulate(items: list[Input], profiles: list[str], models_dir: Path) -> None:
         cpu_threads=2,
         local_files_only=True,
     )
+    offline = offline_texts(model, items)
+    models: dict = {}
+    results: dict = {"load_before": os.getloadavg(), "clock": clock, "variants": {}}
+    print(f"step clock: {clock}; load average {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
     print(
-        f"\n{'profile':<12} {'input':<16} {'finals':>6} {'alg p50':>7} {'alg p95':>7} "
-        f"{'dec/s':>6} {'dec ms':>7} {'WER fin':>7}"
+        f"\n{'variant':<28} {'input':<22} {'EOU p50':>7} {'EOU p95':>7} {'all p50':>7} "
+        f"{'arrived':>7} {'step':>5} {'no-dec':>6} {'dec/s':>5} {'dec ms':>6} "
+        f"{'WER fin':>7} {'WER off':>7} {'load':>4}"
     )
-    for profile in profiles:
+    for variant in variants:
+        name, fields = parse_variant(variant)
+        rows = []
         for item in items:
-            options, prof = st.resolve_options(st.SessionOptions(profile=profile), 3600)
-            decoder = st.WhisperDecoder(model, "pt", prof.beam_size)
+            options, prof = st.resolve_options(st.SessionOptions(profile=name), 3600)
+            prof = replace(prof, **fields)
+            if "endpoint_silence_s" in fields:
+                options = replace(options, endpoint_silence_s=prof.endpoint_silence_s)
+            decoder = st.WhisperDecoder(
+                model, "pt", prof.beam_size, context_pad_s=prof.context_pad_s
+            )
             timed: list[float] = []
 
-            def decode(audio, prompt, decoder=decoder, timed=timed):
-                t = time.perf_counter()
-                out = decoder(audio, prompt)
-                timed.append(time.perf_counter() - t)
-                return out
+            tick = time.process_time if clock == "cpu" else time.perf_counter
+            cost = None
+            if clock == "model":
+                key = (prof.context_pad_s, prof.beam_size)
+                if key not in models and cost_model:
+                    xs, ys = zip(*(map(float, kv.split(":")) for kv in cost_model.split(",")))
+                    models[key] = lambda sec, xs=xs, ys=ys: float(np.interp(sec, xs, ys))
+                if key not in models:
+                    models[key] = decode_cost_model(decoder, items[0])
+                cost = models[key]
+            decoded: list[float] = []
+
+            def decode(
+                audio, prompt, decoder=decoder, timed=timed, tick=tick, cost=cost, decoded=decoded
+            ):
+                started = tick()
+                segments = decoder(audio, prompt)
+                took = tick() - started
+                if cost is not None:
+                    decoded.append(audio.size / 16000)
+                    took = cost(audio.size / 16000)
+                timed.append(took)
+                return segments
 
             session = st.StreamingSession(decode, st.silero_vad(), options, prof)
             samples = np.frombuffer(item.pcm, dtype="<i2")
-            lat, texts = [], []
-            for k in range(0, len(samples), 1600):
-                session.push(samples[k : k + 1600])
-                if session.due():
-                    for e in session.step():
-                        if isinstance(e, st.Final):
-                            lat.append(session.received_s - e.segment.end)
-                            texts.append(e.segment.text)
-            for e in session.finish():
-                if isinstance(e, st.Final):
-                    lat.append(session.received_s - e.segment.end)
-                    texts.append(e.segment.text)
-            w = wer([item.reference], [" ".join(texts)]) if item.reference else float("nan")
-            print(
-                f"{profile:<12} {item.name:<16} {len(lat):6d} {pct(lat, 50):7.2f} {pct(lat, 95):7.2f} "
-                f"{len(timed) / item.duration:6.2f} {1000 * np.mean(timed) if timed else 0:7.0f} "
-                f"{100 * w:6.1f}%",
-                flush=True,
-            )
+            records = replay(session, samples, clock=cost or clock, decoded=decoded)
+            finals = [r for r in records if "eou" in r]
+            text = " ".join(r["text"] for r in finals)
+            row = {
+                "input": item.name,
+                "duration_s": item.duration,
+                "finals": finals,
+                "first_interim": first_interims(records),
+                "decodes": len(timed),
+                "decode_s": timed,
+                "wer_ref": wer([item.reference], [text]) if item.reference else None,
+                "wer_offline_ref": wer([item.reference], [offline[item.name]])
+                if item.reference
+                else None,
+                "processing_s": session.counters.processing_s,
+                "load": os.getloadavg()[0],
+            }
+            rows.append(row)
+            print_sim_row(variant, row)
+            results["variants"][variant] = rows
+            if out_json:  # after every input: a long run cut short keeps what it measured
+                out_json.parent.mkdir(parents=True, exist_ok=True)
+                out_json.write_text(json.dumps(results, indent=1, ensure_ascii=False))
+        results["variants"][variant] = rows
+        summarise(variant, rows)
+    results["load_after"] = os.getloadavg()
+    if out_json:
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    return results
+
+
+def summarise(variant: str, rows: list[dict]) -> None:
+    """The pooled row and the intervals of a variant's inputs."""
+    merged = merge_rows(rows)
+    print_sim_row(variant, merged)
+    for label, lat in (
+        ("EOU finals", [f["made_at"] - f["end"] for f in merged["finals"] if f["eou"]]),
+        ("all finals", [f["made_at"] - f["end"] for f in merged["finals"]]),
+        ("first interim", merged["first_interim"]),
+    ):
+        lo, hi = bootstrap(lat, 50)
+        print(
+            f"  {label}: p50 {pct(lat, 50):.2f} s (95% bootstrap {lo:.2f}-{hi:.2f}), "
+            f"p95 {pct(lat, 95):.2f} s, n={len(lat)}",
+            flush=True,
+        )
+
+
+def decode_cost_model(decoder, item: Input, sizes=(1, 2, 3, 4, 6, 8, 10, 13, 16, 20, 25)):
+    """CPU seconds of one decode as a function of the buffer's length, measured on speech of
+    `item` (least of 3 runs per length: other work on the machine only adds), interpolated."""
+    audio = np.frombuffer(item.pcm, dtype="<i2").astype(np.float32) / 32768.0
+    xs, ys = [], []
+    for size in sizes:
+        clip = audio[: int(size * 16000)]
+        if clip.size < size * 16000:
+            break
+        runs = []
+        for _ in range(3):
+            started = time.process_time()
+            decoder(clip, "")
+            runs.append(time.process_time() - started)
+        xs.append(size)
+        ys.append(min(runs))
+    print(
+        "decode cost model (CPU s by buffer s): "
+        + ", ".join(f"{x:g}:{y:.2f}" for x, y in zip(xs, ys)),
+        flush=True,
+    )
+    return lambda seconds: float(np.interp(seconds, xs, ys))
+
+
+def first_interims(records: list[dict]) -> list[float]:
+    """Per speech begin: wall time to the first non-empty interim of it - its offset."""
+    out, begin = [], None
+    for r in records:
+        if r.get("speech") == "begin":
+            begin = r["offset"]
+        elif r.get("interim") and begin is not None and r["start"] >= begin - 0.3:
+            out.append(r["made_at"] - begin)
+            begin = None
+    return out
+
+
+def merge_rows(rows: list[dict]) -> dict:
+    refs = [r for r in rows if r["wer_ref"] is not None]
+    duration = sum(r["duration_s"] for r in rows)
+    return {
+        "input": "all",
+        "duration_s": duration,
+        "finals": [f for r in rows for f in r["finals"]],
+        "first_interim": [x for r in rows for x in r["first_interim"]],
+        "decodes": sum(r["decodes"] for r in rows),
+        "decode_s": [x for r in rows for x in r["decode_s"]],
+        # Word-weighted would need the counts; the mean over inputs is what the table shows.
+        "wer_ref": float(np.mean([r["wer_ref"] for r in refs])) if refs else None,
+        "wer_offline_ref": float(np.mean([r["wer_offline_ref"] for r in refs])) if refs else None,
+        "processing_s": sum(r["processing_s"] for r in rows),
+        "load": float(np.mean([r["load"] for r in rows])),
+    }
+
+
+def print_sim_row(variant: str, row: dict) -> None:
+    finals = row["finals"]
+    eou = [f for f in finals if f["eou"]]
+    lat_eou = [f["made_at"] - f["end"] for f in eou]
+    lat_all = [f["made_at"] - f["end"] for f in finals]
+    arrived = [f["received_at_step"] - f["end"] for f in eou]
+    step = [f["step_s"] for f in eou]
+    nodec = np.mean([not f["decoded"] for f in eou]) if eou else float("nan")
+
+    def w(v):
+        return "      -" if v is None else f"{100 * v:6.1f}%"
+
+    print(
+        f"{variant[:28]:<28} {row['input'][:22]:<22} {pct(lat_eou, 50):7.2f} {pct(lat_eou, 95):7.2f} "
+        f"{pct(lat_all, 50):7.2f} {pct(arrived, 50):7.2f} {pct(step, 50):5.2f} {nodec:6.0%} "
+        f"{row['decodes'] / row['duration_s']:5.2f} {1000 * pct(row['decode_s'], 50):6.0f} "
+        f"{w(row['wer_ref'])} {w(row['wer_offline_ref'])} {row['load']:4.1f}",
+        flush=True,
+    )
+
+
+def offline_texts(model, items: list[Input]) -> dict[str, str]:
+    """Plain faster-whisper on each whole input (beam 5, VAD), as a stand-in for the offline
+    mesh when tuning without it; cached under out/ by input name."""
+    cache = REPO / "out" / "bench_streaming_offline.json"
+    known = json.loads(cache.read_text(encoding="utf-8")) if cache.exists() else {}
+    for item in items:
+        if item.name not in known:
+            audio = np.frombuffer(item.pcm, dtype="<i2").astype(np.float32) / 32768.0
+            segments, _ = model.transcribe(audio, language="pt", beam_size=5, vad_filter=True)
+            known[item.name] = " ".join(s.text.strip() for s in segments)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(known, indent=1, ensure_ascii=False))
+    return {item.name: known[item.name] for item in items}
 
 
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
+
+
+def bootstrap(values: list[float], q: float, rounds: int = 2000) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the q-th percentile (finals resampled)."""
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(0)
+    data = np.asarray(values)
+    stats = np.percentile(rng.choice(data, size=(rounds, len(data))), q, axis=1)
+    return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
 
 
 def main() -> int:
@@ -280,13 +528,60 @@ def main() -> int:
         action="store_true",
         help="audio-time replay without the mesh (the session's own latency, free of load)",
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        help="(simulate) PROFILE[:field=value,...]: a profile with some fields changed, for "
+        "sweeps on the tune split; repeat for several",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=["model", "cpu", "wall"],
+        default="model",
+        help="(simulate) a decode lasts what a cost model measured at the start says for its "
+        "length (default: deterministic, unaffected by other work), its CPU seconds, or its "
+        "wall seconds here; CPU seconds stand for one idle core per session (pessimistic for "
+        "one session on 2 cores, what 2 sessions get)",
+    )
+    parser.add_argument(
+        "--cost-model",
+        default="",
+        help="(simulate, --clock model) 'SECONDS:CPU_S,...' as printed by an earlier run, "
+        "instead of measuring one (runs in parallel then share one clock)",
+    )
+    parser.add_argument("--only", default="", help="comma list: inputs whose name contains one")
+    parser.add_argument(
+        "--report",
+        nargs="+",
+        type=Path,
+        help="(simulate) print the tables again from these --json files, inputs pooled by variant",
+    )
     args = parser.parse_args()
+    if args.report:
+        pooled: dict[str, list[dict]] = {}
+        for path in args.report:
+            if not path.is_file():
+                parser.error(f"--report: no such file {path}")
+            data = json.loads(path.read_text(encoding="utf-8"))
+            for variant, rows in data["variants"].items():
+                pooled.setdefault(variant, []).extend(rows)
+        for variant, rows in pooled.items():
+            for row in rows:
+                print_sim_row(variant, row)
+            summarise(variant, rows)
+        return 0
     if args.simulate:
         with tempfile.TemporaryDirectory() as tmp:
+            items = inputs(args.corpus, args.split, args.long_seconds, Path(tmp))
+            if args.only:
+                items = [i for i in items if any(o in i.name for o in args.only.split(","))]
             simulate(
-                inputs(args.corpus, args.split, args.long_seconds, Path(tmp)),
-                [p.strip() for p in args.profiles.split(",") if p.strip()],
+                items,
+                args.variant or [p.strip() for p in args.profiles.split(",") if p.strip()],
                 REPO / "models",
+                args.json,
+                args.clock,
+                args.cost_model,
             )
         return 0
 
@@ -307,6 +602,8 @@ def main() -> int:
         GatewayClient(mesh.gateway_address) as client,
     ):
         items = inputs(args.corpus, args.split, args.long_seconds, Path(tmp))
+        if args.only:
+            items = [i for i in items if any(o in i.name for o in args.only.split(","))]
         print(
             f"inputs: {', '.join(f'{i.name} ({i.duration:.0f} s)' for i in items)}", file=sys.stderr
         )
@@ -328,6 +625,7 @@ def main() -> int:
                     "duration_s": item.duration,
                     "error": run.error,
                     "final_latency": run.final_latencies(),
+                    "eou_latency": run.final_latencies(eou_only=True),
                     "first_interim_latency": run.first_interim_latencies(),
                     "wer_finals_ref": wer([item.reference], [run.text]) if item.reference else None,
                     "wer_offline_ref": wer([item.reference], [offline[item.name]])
@@ -356,9 +654,18 @@ def main() -> int:
             for t in threads:
                 t.join()
             lat = [x for r in runs for x in r.final_latencies()]
+            eou = [x for r in runs for x in r.final_latencies(eou_only=True)]
             errors = [r.error for r in runs if r.error]
             results["capacity"].append(
-                {"sessions": n, "p50": pct(lat, 50), "p95": pct(lat, 95), "errors": errors}
+                {
+                    "sessions": n,
+                    "p50": pct(lat, 50),
+                    "p95": pct(lat, 95),
+                    "eou_p50": pct(eou, 50),
+                    "eou_p95": pct(eou, 95),
+                    "errors": errors,
+                    "load": os.getloadavg()[0],
+                }
             )
             print(f"{n} sessions: p95 {pct(lat, 95):.2f} s {errors}", file=sys.stderr)
             if errors or pct(lat, 95) > 3.0:
@@ -375,34 +682,60 @@ def report(results: dict, png: Path) -> None:
         f"\nload average before {results['load_before'][0]:.1f}, after {results['load_after'][0]:.1f} "
         f"({os.cpu_count()} CPUs)"
     )
+    print(
+        "final latency = received_s - end: EOU = finals closing an utterance (after a phrase "
+        "ends), all = every final (agreement commits mid-utterance too)"
+    )
     header = (
-        f"{'profile':<12} {'input':<16} {'audio s':>7} {'finals':>6} {'lat p50':>7} {'lat p95':>7} "
-        f"{'1st int':>7} {'WER fin':>7} {'WER off':>7} {'fin/off':>7} {'RTF':>5}"
+        f"{'profile':<12} {'input':<22} {'audio s':>7} {'finals':>6} {'EOU p50':>7} {'EOU p95':>7} "
+        f"{'all p50':>7} {'all p95':>7} {'1st int':>7} {'WER fin':>7} {'WER off':>7} "
+        f"{'fin/off':>7} {'RTF':>5}"
     )
     print(header)
     print("-" * len(header))
     for profile, rows in results["profiles"].items():
-        all_lat = []
+        all_lat, eou_lat, first = [], [], []
         for r in rows:
             all_lat += r["final_latency"]
+            eou_lat += r.get("eou_latency", [])
+            first += r["first_interim_latency"]
 
             def f(v):
                 return "    -" if v is None else f"{100 * v:6.1f}%"
 
             print(
-                f"{profile:<12} {r['input']:<16} {r['duration_s']:7.1f} {len(r['final_latency']):6d} "
+                f"{profile:<12} {r['input'][:22]:<22} {r['duration_s']:7.1f} {len(r['final_latency']):6d} "
+                f"{pct(r.get('eou_latency', []), 50):7.2f} {pct(r.get('eou_latency', []), 95):7.2f} "
                 f"{pct(r['final_latency'], 50):7.2f} {pct(r['final_latency'], 95):7.2f} "
                 f"{pct(r['first_interim_latency'], 50):7.2f} {f(r['wer_finals_ref']):>7} "
                 f"{f(r['wer_offline_ref']):>7} {f(r['wer_finals_vs_offline']):>7} {r['rtf']:5.2f}"
                 + (f"  ERROR {r['error']}" if r["error"] else "")
             )
+        refs = [r for r in rows if r["wer_finals_ref"] is not None]
         print(
-            f"{profile:<12} {'all':<16} {'':7} {len(all_lat):6d} {pct(all_lat, 50):7.2f} {pct(all_lat, 95):7.2f}"
+            f"{profile:<12} {'all inputs':<22} {'':7} {len(all_lat):6d} {pct(eou_lat, 50):7.2f} "
+            f"{pct(eou_lat, 95):7.2f} {pct(all_lat, 50):7.2f} {pct(all_lat, 95):7.2f} "
+            f"{pct(first, 50):7.2f}"
+            + (
+                f" {100 * np.mean([r['wer_finals_ref'] for r in refs]):6.1f}% "
+                f"{100 * np.mean([r['wer_offline_ref'] for r in refs]):6.1f}%  (mean of inputs)"
+                if refs
+                else ""
+            )
         )
+        for label, lat in (("EOU finals", eou_lat), ("all finals", all_lat)):
+            for q in (50, 95):
+                lo, hi = bootstrap(lat, q)
+                print(
+                    f"  {profile} {label} p{q}: {pct(lat, q):.2f} s "
+                    f"(95% bootstrap interval {lo:.2f}-{hi:.2f}, n={len(lat)})"
+                )
     print("\nconcurrent sessions (first input, real time): final latency")
     for c in results["capacity"]:
         print(
-            f"  {c['sessions']} sessions: p50 {c['p50']:.2f} s, p95 {c['p95']:.2f} s {c['errors'] or ''}"
+            f"  {c['sessions']} sessions: all finals p50 {c['p50']:.2f} s, p95 {c['p95']:.2f} s; "
+            f"EOU p50 {c.get('eou_p50', float('nan')):.2f} s, p95 {c.get('eou_p95', float('nan')):.2f} s; "
+            f"load {c.get('load', float('nan')):.1f} {c['errors'] or ''}"
         )
     held = [c["sessions"] for c in results["capacity"] if c["p95"] <= 3.0 and not c["errors"]]
     print(f"  sessions held at p95 <= 3 s: {max(held) if held else 0}")

@@ -233,7 +233,12 @@ class StreamingHandler:
             )
             reader.start()
             session = StreamingSession(
-                WhisperDecoder(model, options.language, profile.beam_size),
+                WhisperDecoder(
+                    model,
+                    options.language,
+                    profile.beam_size,
+                    context_pad_s=profile.context_pad_s,
+                ),
                 self._vad_factory(),
                 options,
                 profile,

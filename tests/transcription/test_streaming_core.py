@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -427,3 +428,121 @@ def test_an_utterance_is_final_one_check_after_the_endpoint_silence():
     assert len(delays) == 3
     assert max(delays) <= prof.endpoint_silence_s + s.ENDPOINT_CHECK_S + 0.1, delays
     assert decoder.calls < (truth[-1].end + 2) / prof.step_s + 4  # checks are not decodes
+
+
+def test_a_decode_runs_when_speech_stops_so_the_endpoint_needs_none():
+    """Speculative decode: once VAD hears `speculate_silence_s` of silence after speech that the
+    last decode did not hear whole, a decode runs at once (not at the next step); the endpoint
+    then commits the utterance from it, so no decode runs between the endpoint silence and the
+    closing final."""
+    rng = random.Random(6)
+    truth = script(rng, 24, pause_every=8, pause_s=2.0)
+    decoder = ScriptedDecoder(truth, rng)
+    ref: list = []
+    options, prof = s.resolve_options(s.SessionOptions(profile="balanced"), 3600)
+    prof = replace(prof, step_s=1.5, speculate_silence_s=0.2, endpoint_silence_s=0.6)
+    options = replace(options, endpoint_silence_s=0.6)
+    session = s.StreamingSession(decoder, script_vad(truth, ref), options, prof)
+    decoder.session = session
+    ref.append(session)
+    decoded_at: list[float] = []
+    closing: list[tuple[s.Final, float, bool]] = []
+    events: list = []
+    for _ in range(int((truth[-1].end + 2) / 0.1)):
+        session.push(np.zeros(1600, dtype=np.int16))
+        if session.due():
+            calls = decoder.calls
+            events.extend(stepped := session.step())
+            for event in stepped:
+                if isinstance(event, s.Final) and event.end_of_utterance:
+                    closing.append((event, session.received_s, decoder.calls > calls))
+            if decoder.calls > calls:
+                decoded_at.append(session.received_s)
+    ends = [truth[k].end for k in (7, 15, 23)]
+    assert [f.segment.words[-1].word for f, _, _ in closing] == [truth[k].word for k in (7, 15, 23)]
+    for end, (_, made_at, decoded) in zip(ends, closing):
+        # A decode came within the speculation silence plus a check or two of the phrase end...
+        assert any(end + 0.2 <= t <= end + 0.2 + 2 * s.ENDPOINT_CHECK_S + 0.1 for t in decoded_at)
+        # ...and the closing final one endpoint check after the silence, without a decode.
+        assert not decoded
+        assert made_at <= end + 0.6 + s.ENDPOINT_CHECK_S + 0.1
+    # Never twice, never lost.
+    events.extend(session.finish())
+    assert final_words(events) == [w.word for w in truth]
+
+
+def test_speculation_keeps_every_word_exactly_once():
+    for seed in range(30):
+        rng = random.Random(seed)
+        truth = script(rng, rng.randint(5, 40), pause_every=rng.randint(0, 9), pause_s=0.4)
+        decoder = ScriptedDecoder(truth, rng)
+        ref: list = []
+        options, prof = s.resolve_options(s.SessionOptions(), 3600)
+        prof = replace(prof, speculate_silence_s=0.2)
+        session = s.StreamingSession(decoder, script_vad(truth, ref), options, prof)
+        decoder.session = session
+        ref.append(session)
+        events = []
+        for _ in range(int((truth[-1].end + 1.5) / 0.1)):
+            session.push(np.zeros(1600, dtype=np.int16))
+            if session.due():
+                events.extend(session.step())
+        events.extend(session.finish())
+        assert final_words(events) == [w.word for w in truth], seed
+
+
+def test_audio_context_covers_the_buffer_and_its_padding_in_whole_seconds():
+    assert s.audio_context(3.2, 1.0) == 500
+    assert s.audio_context(4.0, 1.0) == 500
+    assert s.audio_context(0.1, 0.5) == 200  # never below 2 s
+    assert s.audio_context(29.5, 2.0) == s.FULL_CONTEXT_FRAMES
+    # Stride-2 convolution: always an even number of frames.
+    assert all(s.audio_context(x / 10, 1.0) % 2 == 0 for x in range(1, 300))
+
+
+def _decode_times(seed: int, speculate: float, defer: bool = True):
+    rng = random.Random(seed)
+    truth = script(rng, 60, pause_every=5, pause_s=1.0)
+    decoder = ScriptedDecoder(truth, rng)
+    ref: list = []
+    options, prof = s.resolve_options(s.SessionOptions(), 3600)
+    prof = replace(prof, step_s=1.0, speculate_silence_s=speculate)
+    session = s.StreamingSession(decoder, script_vad(truth, ref), options, prof)
+    if not defer:
+        session._just_paused = lambda: False  # type: ignore[method-assign]
+    decoder.session = session
+    ref.append(session)
+    decoded_at, events = [], []
+    for _ in range(int((truth[-1].end + 1.5) / 0.1)):
+        session.push(np.zeros(1600, dtype=np.int16))
+        if session.due():
+            calls = decoder.calls
+            events.extend(session.step())
+            if decoder.calls > calls:
+                decoded_at.append(session.received_s)
+    events.extend(session.finish())
+    ends = [truth[k].end for k in range(4, 60, 5)]
+    return truth, ends, decoded_at, events
+
+
+def test_a_step_due_just_after_speech_stops_waits_for_the_decode_that_hears_it_all():
+    """No decode starts while the speaker has paused for less than `speculate_silence_s`: it
+    would miss the phrase's last sounds and keep the CPU busy when the decode that hears them
+    is due."""
+    truth, ends, decoded_at, events = _decode_times(8, speculate=0.3)
+    # (The scripted VAD closes a speech range 0.1 s after its last word.)
+    assert not [t for t in decoded_at for e in ends if e + 0.1 < t < e + 0.3 - 1e-6]
+    assert final_words(events) == [w.word for w in truth]
+    # Without the rule, grid steps do land there (the test would catch its loss).
+    _, ends, decoded_at, _ = _decode_times(8, speculate=0.3, defer=False)
+    assert [t for t in decoded_at for e in ends if e + 0.1 < t < e + 0.3 - 1e-6]
+
+
+def test_a_decode_token_budget_grows_with_the_audio_and_leaves_room_for_the_prompt():
+    assert s.max_new_tokens(1.0) < s.max_new_tokens(5.0) < s.max_new_tokens(10.0)
+    # Fast speech (4 words/s, 2 tokens a word) fits; a 448-token loop does not.
+    assert s.max_new_tokens(3.0) >= 3 * 8 + 4
+    assert s.max_new_tokens(3.0) < 100
+    # Prompt (at most PROMPT_CHARS characters, 1 token each at worst, and the 4-token start
+    # sequence) + budget < 448, the model's limit.
+    assert s.PROMPT_CHARS + 4 + max(s.max_new_tokens(x) for x in range(0, 40)) < 448
