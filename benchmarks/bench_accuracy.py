@@ -94,10 +94,11 @@ def bootstrap(
 
 
 def invented(words: Words, speech: list[tuple[float, float]] | None) -> int:
-    """Segments the service's own invention guards would flag (`services.transcription.guards`):
-    squeezed improbable words, or (with a truth `speech`) no word near true speech."""
-    from services.common.domain import Segment, Word
-    from services.transcription import guards
+    """Segments the service's own invention guards would flag
+    (`asr_mesh.services.transcription.guards`): squeezed improbable words, or (with a truth
+    `speech`) no word near true speech."""
+    from asr_mesh.services.common.domain import Segment, Word
+    from asr_mesh.services.transcription import guards
 
     count = 0
     for start, end, ws in words.segments:
@@ -240,7 +241,7 @@ def main() -> int:
         return 0
 
     from asr_mesh.client.sdk import TranscribeOptions
-    from services.supervisor import LocalMesh
+    from asr_mesh.services.supervisor import LocalMesh
 
     manifest = json.loads((args.corpus / "manifest.json").read_text(encoding="utf-8"))
     splits, parts = args.splits.split(","), args.parts.split(",")

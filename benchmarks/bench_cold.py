@@ -45,7 +45,7 @@ from rich.table import Table  # noqa: E402
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 SPAWNED = "asr cold, no prefork"
-PRELOAD = "import importlib, services.prefork as p; [importlib.import_module(m) for m in p.PRELOAD]"
+PRELOAD = "import importlib, asr_mesh.services.prefork as p; [importlib.import_module(m) for m in p.PRELOAD]"
 PLAIN = """
 import sys
 from faster_whisper import WhisperModel
@@ -274,12 +274,12 @@ def _warm_trace(asr, env, state, audio, diarize: bool) -> dict[str, dict[str, fl
 
 
 def _import_times(env) -> dict[str, float]:
-    """Wall time of `import services.<name>.server` (and the CLI) in a fresh interpreter, median of 3."""
+    """Wall time of `import asr_mesh.services.<name>.server` (and the CLI) in a fresh interpreter, median of 3."""
     found = {}
     for module in (
         "asr_mesh.client.cli",
         *(
-            f"services.{n}.server"
+            f"asr_mesh.services.{n}.server"
             for n in ("gateway", "preprocess", "transcription", "merge", "diarization")
         ),
     ):

@@ -73,7 +73,7 @@ def der_parts(reference, hypothesis) -> tuple[float, float, float, float]:
 
 def run(diarizer, audio, **options):
     """Diarize and return the outcome (progress events are dropped)."""
-    from services.diarization.core import DiarizationOptions, DiarizationOutcome
+    from asr_mesh.services.diarization.core import DiarizationOptions, DiarizationOutcome
 
     for event in diarizer.diarize(audio, DiarizationOptions(**options)):
         if isinstance(event, DiarizationOutcome):
@@ -196,8 +196,8 @@ def main() -> None:
 
     from faster_whisper import decode_audio
 
-    from services.diarization.core import Diarizer
-    from services.diarization.server import DiarizationSettings, build_backend
+    from asr_mesh.services.diarization.core import Diarizer
+    from asr_mesh.services.diarization.server import DiarizationSettings, build_backend
 
     settings = DiarizationSettings(
         torch_threads=args.threads,

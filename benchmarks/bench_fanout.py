@@ -52,7 +52,7 @@ def run_variant(
     path: Path, replicas: int, fanout: bool, chunk_speech_s: float, kill_at: float | None
 ) -> dict:
     from asr_mesh.client.sdk import GatewayClient, TranscribeOptions
-    from services.supervisor import LocalMesh
+    from asr_mesh.services.supervisor import LocalMesh
 
     env = {
         "ASR_GATEWAY_FANOUT_MIN_S": "60" if fanout else "0",

@@ -37,7 +37,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from asr_mesh.client.sdk import GatewayClient, TranscribeOptions  # noqa: E402
-from services.supervisor import WITHOUT_DIARIZATION, LocalMesh  # noqa: E402
+from asr_mesh.services.supervisor import WITHOUT_DIARIZATION, LocalMesh  # noqa: E402
 
 CORPUS = Path(os.environ.get("ASR_CORPUS_DIR", REPO.parent / "shared" / "corpus-dev"))
 

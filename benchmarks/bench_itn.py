@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_itn.py --split tune --errors  # tune part, with every miss
 
 Set: `benchmarks/itn/ptbr_itn.tsv` (convention in docs/itn.md). Backends:
-- `builtin`: `services.merge.itn` (the merge service's default);
+- `builtin`: `asr_mesh.services.merge.itn` (the merge service's default);
 - `nemo`: `benchmarks/itn_nemo.py` (NeMo + alignment to the words + Brazilian-style rewrite,
   fitted on the tune part): NeMo as the merge service would have to run it to keep timings;
 - `combined`: the built-in parser, plus NeMo's rewrites where it wrote nothing;
@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.merge import itn  # noqa: E402
+from asr_mesh.services.merge import itn  # noqa: E402
 
 SET = ROOT / "benchmarks" / "itn" / "ptbr_itn.tsv"
 
@@ -118,17 +118,22 @@ def paired_diff(ok: list[bool], base: list[bool], runs: int = 2000, seed: int = 
 
 
 def _builtin_at(rev: str):
-    """services/merge/itn.py at git revision `rev`, imported under its own module name."""
+    """asr_mesh/services/merge/itn.py at git revision `rev`, imported under its own module name."""
     import importlib.util
     import subprocess
 
-    source = subprocess.run(
-        ["git", "show", f"{rev}:services/merge/itn.py"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    for package in ("asr_mesh/services", "services"):  # "services": before the rename
+        shown = subprocess.run(
+            ["git", "show", f"{rev}:{package}/merge/itn.py"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        if shown.returncode == 0:
+            break
+    shown.check_returncode()
+    # A revision from before the rename imports the package by its old name: the same modules.
+    source = shown.stdout.replace(f"from {package}.common.", "from asr_mesh.services.common.")
     path = ROOT / "build" / "bench-itn" / f"itn_{rev.replace('/', '_')}.py"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(source)

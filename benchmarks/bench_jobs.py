@@ -36,7 +36,7 @@ os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
 from asr.common.v1 import progress_pb2  # noqa: E402
 from asr.gateway.v1 import jobs_pb2 as jpb  # noqa: E402
 from asr_mesh.client.sdk import GatewayClient, TranscribeOptions  # noqa: E402
-from services.supervisor import BACKENDS, LocalMesh  # noqa: E402
+from asr_mesh.services.supervisor import BACKENDS, LocalMesh  # noqa: E402
 
 CORPUS = Path(os.environ.get("ASR_CORPUS_DIR", REPO.parent / "shared" / "corpus-dev"))
 
@@ -135,18 +135,24 @@ def store_rows(count: int, rows: list[tuple[str, float, str]]) -> None:
     # segments of words with timings, and JSON + SRT documents rendered from them.
     import json
 
-    from services.common import convert
-    from services.common.domain import MediaReport, Segment, Word
-    from services.gateway.jobs import SUCCEEDED, JobRecord, new_job_id, options_to_dict, summary_of
-    from services.gateway.jobs_store import SqliteJobStore
-    from services.gateway.pipeline import (
+    from asr_mesh.services.common import convert
+    from asr_mesh.services.common.domain import MediaReport, Segment, Word
+    from asr_mesh.services.gateway.jobs import (
+        SUCCEEDED,
+        JobRecord,
+        new_job_id,
+        options_to_dict,
+        summary_of,
+    )
+    from asr_mesh.services.gateway.jobs_store import SqliteJobStore
+    from asr_mesh.services.gateway.pipeline import (
         ChainOptions,
         ChainResult,
         Merged,
         RenderedDocument,
         Transcript,
     )
-    from services.gateway.result_cache import encode_result
+    from asr_mesh.services.gateway.result_cache import encode_result
 
     text = (CORPUS / "long" / "long.txt").read_text(encoding="utf-8").split()
     segments = []

@@ -37,8 +37,8 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
 
 from asr_mesh.client.sdk import GatewayClient, TranscribeOptions  # noqa: E402
-from services.common.errors import MeshError  # noqa: E402
-from services.supervisor import LocalMesh  # noqa: E402
+from asr_mesh.services.common.errors import MeshError  # noqa: E402
+from asr_mesh.services.supervisor import LocalMesh  # noqa: E402
 
 CORPUS = Path(os.environ.get("ASR_CORPUS_DIR", REPO.parent / "shared" / "corpus-dev"))
 

@@ -41,9 +41,9 @@ def run_one(strategy: str, path: Path) -> dict:
         )
         text = " ".join(s.text for s in segments)
     else:
-        from services.common.domain import Segment
-        from services.transcription.core import Transcriber, TranscriptionOptions
-        from services.transcription.models import ModelRegistry
+        from asr_mesh.services.common.domain import Segment
+        from asr_mesh.services.transcription.core import Transcriber, TranscriptionOptions
+        from asr_mesh.services.transcription.models import ModelRegistry
 
         registry = ModelRegistry(REPO / "models", "whisper-base", loader=lambda *a: model)
         pcm = (audio * 32767).astype(np.int16)

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from asr_mesh.client.sdk import GatewayClient, TranscribeOptions  # noqa: E402
-from services.supervisor import LocalMesh  # noqa: E402
+from asr_mesh.services.supervisor import LocalMesh  # noqa: E402
 from support.metrics import wer  # noqa: E402
 
 

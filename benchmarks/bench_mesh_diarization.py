@@ -24,7 +24,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from asr_mesh.client.sdk import GatewayClient, TranscribeOptions  # noqa: E402
-from services.supervisor import LocalMesh  # noqa: E402
+from asr_mesh.services.supervisor import LocalMesh  # noqa: E402
 
 
 def main() -> int:

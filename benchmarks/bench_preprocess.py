@@ -7,12 +7,12 @@ goes through the preprocess core with loudness normalisation and silence trimmin
 then through faster-whisper base (models/whisper-base, CPU, int8, beam 5, VAD on, temperature 0,
 language pt: deterministic), scored with tests/support/metrics.py `wer`; the silence and noise files
 must give no words. These numbers chose the defaults documented in
-services/preprocess/server.py.
+asr_mesh/services/preprocess/server.py.
 
 Speed table: corpus-dev/long/long.flac six times over (1 hour, built with ffmpeg in a temp dir)
 decoded by a plain `ffmpeg` command and by the preprocess service started as a real process
-(`python -m services.preprocess`, gRPC on loopback, PCM drained by the client), in the same run.
-Throughput is audio seconds per wall second; memory is the peak RSS of the service process
+(`python -m asr_mesh.services.preprocess`, gRPC on loopback, PCM drained by the client), in the same
+run. Throughput is audio seconds per wall second; memory is the peak RSS of the service process
 (VmHWM), the peak sampled RSS of its decoder child, and of both together.
 """
 
@@ -102,7 +102,7 @@ class TreeSampler:
 
 
 class ServiceProcess:
-    """`python -m services.preprocess` on a free loopback port, as deployed."""
+    """`python -m asr_mesh.services.preprocess` on a free loopback port, as deployed."""
 
     def __init__(self, temp_dir: Path, state_dir: Path, **env: str):
         temp_dir.mkdir(parents=True, exist_ok=True)
@@ -117,7 +117,7 @@ class ServiceProcess:
         }
         self.temp_dir = temp_dir
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.preprocess"],
+            [sys.executable, "-m", "asr_mesh.services.preprocess"],
             cwd=REPO,
             env=full_env,
             stdout=subprocess.PIPE,
@@ -169,13 +169,13 @@ def bench_wer(corpus: Path, threads: int, long_form: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from services.preprocess.core import (
+    from asr_mesh.services.preprocess.core import (
         DecodeSummary,
         PreprocessOptions,
         Preprocessor,
         PreprocessorConfig,
     )
-    from services.preprocess.server import resolve_binary
+    from asr_mesh.services.preprocess.server import resolve_binary
     from support.metrics import wer
 
     manifest = json.loads((corpus / "manifest.json").read_text(encoding="utf-8"))
@@ -286,7 +286,7 @@ def bench_speed(corpus: Path, repeat: int) -> None:
     from rich.table import Table
 
     from asr.preprocess.v1 import preprocess_service_pb2_grpc as pb_grpc
-    from services.preprocess.ffmpeg import filter_chain
+    from asr_mesh.services.preprocess.ffmpeg import filter_chain
 
     source = corpus / "long" / "long.flac"
     with tempfile.TemporaryDirectory(prefix="bench-preprocess-") as tmp:

@@ -35,7 +35,7 @@ from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc  # noqa: E402
 from asr.transcription.v1 import transcription_service_pb2 as tr_pb  # noqa: E402
 from asr.transcription.v1 import transcription_service_pb2_grpc as tr_grpc  # noqa: E402
 from asr_mesh.client.sdk import GatewayClient, TranscribeOptions  # noqa: E402
-from services.common.local_ca import ensure_local_tls  # noqa: E402
+from asr_mesh.services.common.local_ca import ensure_local_tls  # noqa: E402
 
 UPLOAD_BYTES = 1 << 20
 PCM16K = audio_pb2.PcmFormat(
@@ -51,7 +51,7 @@ def percentile(values: list[float], q: float) -> float:
 def gateway(work: Path, tls=None, tokens: Path | None = None, quota: int | None = None):
     from fakes import FakeStages
 
-    from services.gateway.server import GatewaySettings, create_server
+    from asr_mesh.services.gateway.server import GatewaySettings, create_server
 
     extra = {}
     if tls:
@@ -110,7 +110,7 @@ def part_overhead(work: Path, requests: int) -> list[dict]:
 def part_direct_call(repeats: int) -> dict:
     from conftest import MODELS_DIR
 
-    from services.transcription.server import TranscriptionSettings, create_server
+    from asr_mesh.services.transcription.server import TranscriptionSettings, create_server
 
     handle = create_server(
         TranscriptionSettings(

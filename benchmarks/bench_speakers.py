@@ -47,13 +47,13 @@ def conversations(corpora: list[Path], splits: list[str]) -> dict[str, list[dict
 
 def backends(threads: int) -> dict[str, object]:
     """{"before": old default, "after": new default}, one shared encoder."""
-    from services.diarization.clustering import ClusteringOptions
-    from services.diarization.embedding import (
+    from asr_mesh.services.diarization.clustering import ClusteringOptions
+    from asr_mesh.services.diarization.embedding import (
         EmbeddingBackendOptions,
         EmbeddingClusteringBackend,
         VoiceEncoderEmbedder,
     )
-    from services.diarization.overlap import OverlapOptions
+    from asr_mesh.services.diarization.overlap import OverlapOptions
 
     embedder = VoiceEncoderEmbedder(threads)
     # The defaults before NME-SC, as they were: fixed cut, 2 smoothing neighbours, no centering
@@ -72,7 +72,7 @@ def backends(threads: int) -> dict[str, object]:
 
 
 def diarize(backend, audio):
-    from services.diarization.core import DiarizationOptions, DiarizationOutcome, Diarizer
+    from asr_mesh.services.diarization.core import DiarizationOptions, DiarizationOutcome, Diarizer
 
     for event in Diarizer(backend).diarize(audio, DiarizationOptions()):
         if isinstance(event, DiarizationOutcome):

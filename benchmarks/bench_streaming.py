@@ -224,7 +224,7 @@ def replay(
     work shares the CPU). "cpu": the CPU seconds this process spent in it (all its threads),
     which other processes do not inflate; as a wall time it is pessimistic (it assumes the
     decoder's two threads gave no speed-up) and stands for an otherwise idle 2-core machine."""
-    from services.transcription import streaming as st
+    from asr_mesh.services.transcription import streaming as st
 
     n = int(chunk_s * 16000)
     chunks = [samples[k : k + n] for k in range(0, len(samples), n)]
@@ -292,7 +292,7 @@ def simulate(
     decode had heard the whole phrase)."""
     from faster_whisper import WhisperModel
 
-    from services.transcription import streaming as st
+    from asr_mesh.services.transcription import streaming as st
 
     model = WhisperModel(
         str(models_dir / "whisper-base"),
@@ -585,7 +585,7 @@ def main() -> int:
             )
         return 0
 
-    from services.supervisor import LocalMesh
+    from asr_mesh.services.supervisor import LocalMesh
 
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
     load_before = os.getloadavg()

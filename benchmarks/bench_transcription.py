@@ -34,8 +34,8 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "gen"), str(REPO / "tests")]
 
-from services.common.domain import SAMPLE_RATE, Segment  # noqa: E402
-from services.transcription.core import TranscriptionOptions, TranscriptionSummary  # noqa: E402
+from asr_mesh.services.common.domain import SAMPLE_RATE, Segment  # noqa: E402
+from asr_mesh.services.transcription.core import TranscriptionOptions, TranscriptionSummary  # noqa: E402
 from support.metrics import wer  # noqa: E402
 
 MODEL_DIR = REPO / "models" / "whisper-base"
@@ -73,7 +73,7 @@ def service_text(transcriber, samples: np.ndarray, **options) -> tuple[str, Tran
 
 
 def make_transcriber(threads: int, **settings):
-    from services.transcription.server import TranscriptionSettings, build_transcriber
+    from asr_mesh.services.transcription.server import TranscriptionSettings, build_transcriber
 
     transcriber = build_transcriber(
         TranscriptionSettings(
@@ -208,7 +208,7 @@ sys.path[:0] = [{repo!r}, {gen!r}]
 import grpc, numpy as np
 env = dict(os.environ, ASR_TRANSCRIPTION_PORT="0", ASR_TRANSCRIPTION_CPU_THREADS="{threads}",
            ASR_TRANSCRIPTION_DEVICE="cpu", OTEL_TRACES_EXPORTER="none")
-proc = subprocess.Popen([sys.executable, "-m", "services.transcription"], cwd={repo!r}, env=env,
+proc = subprocess.Popen([sys.executable, "-m", "asr_mesh.services.transcription"], cwd={repo!r}, env=env,
                         stdout=subprocess.PIPE, text=True)
 port = None
 for line in proc.stdout:
@@ -253,7 +253,7 @@ sys.path[:0] = [{repo!r}, {gen!r}]
 import numpy as np
 from pathlib import Path
 from benchmarks.bench_transcription import rss_mb, service_text
-from services.transcription.server import TranscriptionSettings, build_transcriber
+from asr_mesh.services.transcription.server import TranscriptionSettings, build_transcriber
 samples = np.load({clip!r})
 t = build_transcriber(TranscriptionSettings(models_dir=Path({models!r}), cpu_threads={threads}, device="cpu",
                                             idle_unload_s=1.0))

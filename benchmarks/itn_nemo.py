@@ -1,9 +1,9 @@
 """NVIDIA NeMo's Portuguese ITN grammars (`nemo_text_processing`, on pynini) as an ITN rewriter.
 
 The comparator of `bench_itn.py`, not used by the merge service: on the held-out part of
-`benchmarks/itn/ptbr_itn.tsv` it scored below the built-in parser (`services/merge/itn.py`), and
-adding it to the built-in one changed nothing (docs/itn.md). Needs the `itn-bench` extra (pynini's
-wheel is ~160 MB; no torch).
+`benchmarks/itn/ptbr_itn.tsv` it scored below the built-in parser
+(`asr_mesh/services/merge/itn.py`), and adding it to the built-in one changed nothing (docs/itn.md).
+Needs the `itn-bench` extra (pynini's wheel is ~160 MB; no torch).
 
 NeMo rewrites a whole string and returns no spans, so word timings are kept by aligning its output
 with its input: the segment is cut at punctuation (a span never crosses a comma or a full stop, as
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from services.merge.itn import Rewrite, group_thousands, split_punctuation
+from asr_mesh.services.merge.itn import Rewrite, group_thousands, split_punctuation
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def make_rewriter(cache_dir: str | None = None):
 
 def make_combined_rewriter(cache_dir: str | None = None):
     """The built-in parser first; NeMo's rewrites only where the built-in one wrote nothing."""
-    from services.merge.itn import rewrites as builtin
+    from asr_mesh.services.merge.itn import rewrites as builtin
 
     nemo = make_rewriter(cache_dir)
 

@@ -80,8 +80,15 @@ def main() -> None:
     from pyannote.database.util import load_rttm
     from pyannote.metrics.diarization import DiarizationErrorRate
 
-    from services.diarization.clustering import cluster_embeddings, normalize, smooth_embeddings
-    from services.diarization.embedding import EmbeddingBackendOptions, EmbeddingClusteringBackend
+    from asr_mesh.services.diarization.clustering import (
+        cluster_embeddings,
+        normalize,
+        smooth_embeddings,
+    )
+    from asr_mesh.services.diarization.embedding import (
+        EmbeddingBackendOptions,
+        EmbeddingClusteringBackend,
+    )
 
     corpora = args.corpus or [REPO / "build" / "corpus-validate", REPO / "build" / "dia-tune-extra"]
     entries = conversations(corpora, [args.split])[args.split]

@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/tune_fanout.py build/corpus-validate/long/tune_*.flac \
         [--shares 60,120,180] [--out build/tune-fanout.json]
 
-The gateway's fan-out (services/gateway/fanout.py) cuts a long file at pauses into chunks of
-about `share` seconds of speech and has each decoded on its own, by whichever transcription
+The gateway's fan-out (asr_mesh/services/gateway/fanout.py) cuts a long file at pauses into chunks
+of about `share` seconds of speech and has each decoded on its own, by whichever transcription
 replica is free; context (the previous text Whisper is conditioned on) restarts at each cut.
 This measures what that costs: for each file, the transcription core decodes the whole file
 (the single-call path) and then every chunk of the plan separately (exactly what each replica
@@ -37,11 +37,11 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from services.common.chunking import ChunkPlanner
-    from services.common.domain import SAMPLE_RATE, Segment
-    from services.transcription import longform
-    from services.transcription.core import Transcriber, TranscriptionOptions
-    from services.transcription.models import ModelRegistry
+    from asr_mesh.services.common.chunking import ChunkPlanner
+    from asr_mesh.services.common.domain import SAMPLE_RATE, Segment
+    from asr_mesh.services.transcription import longform
+    from asr_mesh.services.transcription.core import Transcriber, TranscriptionOptions
+    from asr_mesh.services.transcription.models import ModelRegistry
     from support.metrics import wer
 
     model = WhisperModel(

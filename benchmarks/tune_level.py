@@ -4,11 +4,11 @@
 
 For each clip of the split, in one process and the same run: plain faster-whisper on the file
 (as a user calls it), faster-whisper on the PCM the preprocess service makes with EBU R128
-loudness normalisation (the same ffmpeg filter, `services.preprocess.ffmpeg.filter_chain`),
+loudness normalisation (the same ffmpeg filter, `asr_mesh.services.preprocess.ffmpeg.filter_chain`),
 and faster-whisper on the PCM after the transcription service's static quiet-speech gain
-(`services.transcription.guards.quiet_gain`; identical to plain where no gain applies). Prints WER
-per condition and overall with bootstrap 95% intervals of each option minus plain, and writes
-results as JSON lines (one per clip, flushed as it goes) so a partial run can be read.
+(`asr_mesh.services.transcription.guards.quiet_gain`; identical to plain where no gain applies).
+Prints WER per condition and overall with bootstrap 95% intervals of each option minus plain, and
+writes results as JSON lines (one per clip, flushed as it goes) so a partial run can be read.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from asr_mesh.services.preprocess.ffmpeg import filter_chain  # noqa: E402
+from asr_mesh.services.transcription import guards  # noqa: E402
 from benchmarks.bench_accuracy import bootstrap, errors  # noqa: E402
-from services.preprocess.ffmpeg import filter_chain  # noqa: E402
-from services.transcription import guards  # noqa: E402
 
 KWARGS = dict(language="pt", beam_size=5, vad_filter=True, word_timestamps=True)
 

@@ -41,7 +41,7 @@ CACHE = REPO / "build" / "dia-embeddings"
 
 def cached_windows(backend, entry: dict):
     """(regions, Windows, snr, duration) of one conversation, from the cache or computed."""
-    from services.diarization.embedding import Windows, estimate_snr_db
+    from asr_mesh.services.diarization.embedding import Windows, estimate_snr_db
 
     path = CACHE / f"{Path(entry['audio']).stem}.npz"
     if path.exists():
@@ -168,7 +168,7 @@ def main() -> None:
     from pyannote.database.util import load_rttm
     from pyannote.metrics.diarization import DiarizationErrorRate
 
-    from services.diarization.embedding import EmbeddingClusteringBackend
+    from asr_mesh.services.diarization.embedding import EmbeddingClusteringBackend
 
     corpora = args.corpus or [REPO / "build" / "corpus-validate"]
     todo = conversations(corpora, args.split or ["tune"])

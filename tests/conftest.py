@@ -77,7 +77,7 @@ def mesh_state(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def mesh(mesh_state: Path):
-    from services.supervisor import LocalMesh
+    from asr_mesh.services.supervisor import LocalMesh
 
     with LocalMesh(state_dir=mesh_state) as running:
         yield running

@@ -23,7 +23,7 @@ WORKDIR /src
 # generates the gRPC stubs from protos/ while it builds (its hatch hook runs grpcio-tools).
 COPY pyproject.toml README.md ./
 COPY protos/ protos/
-COPY services/ services/
+COPY asr_mesh/services/ asr_mesh/services/
 COPY clients/ clients/
 # torch and torchaudio at the diarization extra's pins, from the CPU index, first; the extra
 # then finds them satisfied (2.11.0+cpu matches ==2.11.0).
@@ -60,4 +60,4 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001:10001
 WORKDIR /var/lib/asr-mesh
 EXPOSE 50051 9464
-ENTRYPOINT ["python", "-m", "services.diarization"]
+ENTRYPOINT ["python", "-m", "asr_mesh.services.diarization"]

@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1.7
-# HTTP front door image (services/http): FastAPI on uvicorn over the gateway's gRPC API, plus
+# HTTP front door image (asr_mesh/services/http): FastAPI on uvicorn over the gateway's gRPC API, plus
 # Debian's ffmpeg to decode browsers' WebM/Opus live audio. No models, no ML libraries.
 # Build from the repository root (the build context), BuildKit required:
 #   docker build -f deploy/docker/http.Dockerfile -t asr-mesh/http:0.1.0 .
@@ -11,7 +11,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=igno
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY protos/ protos/
-COPY services/ services/
+COPY asr_mesh/services/ asr_mesh/services/
 COPY clients/ clients/
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install ./clients ".[http]"
 
@@ -35,4 +35,4 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001:10001
 WORKDIR /var/lib/asr-mesh
 EXPOSE 8080
-ENTRYPOINT ["python", "-m", "services.http"]
+ENTRYPOINT ["python", "-m", "asr_mesh.services.http"]

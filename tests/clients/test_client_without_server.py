@@ -1,9 +1,9 @@
 """The `asr` command with the client distribution alone: commands that run a local mesh say in
 one line that the server is not installed; the others do not need it.
 
-Here the server is hidden from a child process (`services` set to None in sys.modules, which is
-what a venv without it looks like to an import); tests/clients/test_client_dist.py checks the same
-in a real venv with only `pip install ./clients`.
+Here the server is hidden from a child process (`asr_mesh.services` set to None in sys.modules,
+which is what a venv without it looks like to an import); tests/clients/test_client_dist.py checks
+the same in a real venv with only `pip install ./clients`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 WITHOUT_SERVER = (
     "import sys\n"
-    "sys.modules['services'] = None  # as if the server distribution were not installed\n"
+    "sys.modules['asr_mesh.services'] = None  # as if the server distribution were not installed\n"
     "from asr_mesh.client.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
@@ -99,11 +99,11 @@ def test_commands_that_call_a_gateway_do_not_need_the_server(tmp_path, monkeypat
 
 
 def test_a_broken_server_install_is_not_reported_as_missing(tmp_path, monkeypatch):
-    """Only a missing `services` package gets the sentence: a server whose own dependency is
-    missing reports that dependency, so the real problem is not hidden."""
+    """Only a missing `asr_mesh.services` package gets the sentence: a server whose own dependency
+    is missing reports that dependency, so the real problem is not hidden."""
     monkeypatch.setenv("ASR_STATE_DIR", str(tmp_path / "state"))
-    fake = tmp_path / "services"  # first on sys.path for `python -c` run in tmp_path
-    fake.mkdir()
+    fake = tmp_path / "asr_mesh" / "services"  # first on sys.path for `python -c` run in tmp_path
+    fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("")
     (fake / "supervisor.py").write_text("import no_such_server_dependency\n")
     (tmp_path / "x.wav").write_bytes(b"RIFF")
@@ -152,7 +152,7 @@ def test_trace_show_works_and_png_without_matplotlib_is_one_line(tmp_path):
     (traces / "gateway-1.jsonl").write_text("".join(json.dumps(s) + "\n" for s in spans))
     program = (
         "import sys\n"
-        "sys.modules['services'] = None\n"
+        "sys.modules['asr_mesh.services'] = None\n"
         "sys.modules['matplotlib'] = None  # not installed\n"
         "from asr_mesh.client.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"

@@ -7,9 +7,9 @@ import pytest
 
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from asr_mesh.client.sdk import GatewayClient, TranscribeOptions
-from services.common.errors import InvalidInput
-from services.common.server import build_server
-from services.common.settings import ServerSettings
+from asr_mesh.services.common.errors import InvalidInput
+from asr_mesh.services.common.server import build_server
+from asr_mesh.services.common.settings import ServerSettings
 
 pytestmark = pytest.mark.grpc
 

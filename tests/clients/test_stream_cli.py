@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from asr_mesh.client.stream_cli import CHUNK_BYTES, PcmSource, TextView
-from services.common.errors import InvalidInput
+from asr_mesh.services.common.errors import InvalidInput
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from services.common.chunking import CLEAR_PAUSE_S, ChunkPlanner, plan_chunks
+from asr_mesh.services.common.chunking import CLEAR_PAUSE_S, ChunkPlanner, plan_chunks
 
 
 def random_speech(seed: int, seconds: float = 1800.0) -> list[tuple[float, float]]:

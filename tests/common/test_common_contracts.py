@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import asr
-from services.common import convert
-from services.common.domain import Segment, SpeakerTurn, Word
+from asr_mesh.services.common import convert
+from asr_mesh.services.common.domain import Segment, SpeakerTurn, Word
 
 
 def all_pb2_modules():

@@ -6,7 +6,7 @@ import grpc
 import pytest
 from grpc_status import rpc_status
 
-from services.common import errors
+from asr_mesh.services.common import errors
 
 
 class FakeRpcError(grpc.RpcError):
@@ -75,32 +75,32 @@ def test_unavailable_names_the_service():
 # ------------------------------------------------------------------ domain errors without gRPC
 
 CORES = (
-    "services.common.domain",
-    "services.common.domain_errors",
-    "services.common.pcm",
-    "services.common.streams",
-    "services.common.scheduler",
-    "services.preprocess.core",
-    "services.preprocess.ffmpeg",
-    "services.transcription.core",
-    "services.transcription.guards",
-    "services.transcription.longform",
-    "services.transcription.lockstep",
-    "services.transcription.models",
-    "services.transcription.streaming",
-    "services.diarization.core",
-    "services.diarization.clustering",
-    "services.diarization.embedding",
-    "services.diarization.overlap",
-    "services.diarization.pyannote_backend",
-    "services.merge.core",
-    "services.merge.documents",
-    "services.merge.itn",
-    "services.merge.subtitles",
-    "services.gateway.availability",
-    "services.gateway.quota",
-    "services.http.openai_format",
-    "services.http.audio",
+    "asr_mesh.services.common.domain",
+    "asr_mesh.services.common.domain_errors",
+    "asr_mesh.services.common.pcm",
+    "asr_mesh.services.common.streams",
+    "asr_mesh.services.common.scheduler",
+    "asr_mesh.services.preprocess.core",
+    "asr_mesh.services.preprocess.ffmpeg",
+    "asr_mesh.services.transcription.core",
+    "asr_mesh.services.transcription.guards",
+    "asr_mesh.services.transcription.longform",
+    "asr_mesh.services.transcription.lockstep",
+    "asr_mesh.services.transcription.models",
+    "asr_mesh.services.transcription.streaming",
+    "asr_mesh.services.diarization.core",
+    "asr_mesh.services.diarization.clustering",
+    "asr_mesh.services.diarization.embedding",
+    "asr_mesh.services.diarization.overlap",
+    "asr_mesh.services.diarization.pyannote_backend",
+    "asr_mesh.services.merge.core",
+    "asr_mesh.services.merge.documents",
+    "asr_mesh.services.merge.itn",
+    "asr_mesh.services.merge.subtitles",
+    "asr_mesh.services.gateway.availability",
+    "asr_mesh.services.gateway.quota",
+    "asr_mesh.services.http.openai_format",
+    "asr_mesh.services.http.audio",
 )
 """The pure cores: domain logic that servicers, servers and clients wrap. None may import gRPC
 or Prometheus (errors carry a category, metrics arrive as callbacks)."""
@@ -129,7 +129,8 @@ def test_every_core_module_is_on_the_list():
 
     root = Path(__file__).resolve().parents[2]
     cores = {
-        ".".join(p.relative_to(root).with_suffix("").parts) for p in root.glob("services/*/core.py")
+        ".".join(p.relative_to(root).with_suffix("").parts)
+        for p in root.glob("asr_mesh/services/*/core.py")
     }
     assert cores and cores <= set(CORES)
 
@@ -142,8 +143,8 @@ def _all_subclasses(cls: type) -> list[type]:
 
 
 def test_every_error_class_has_a_category_with_a_status():
-    from services.common import domain_errors
-    from services.gateway import availability  # noqa: F401 - defines a MeshError of its own
+    from asr_mesh.services.common import domain_errors
+    from asr_mesh.services.gateway import availability  # noqa: F401 - defines a MeshError of its own
 
     classes = [domain_errors.MeshError, *_all_subclasses(domain_errors.MeshError)]
     assert availability.ServiceNotConfigured in classes
@@ -155,7 +156,7 @@ def test_every_error_class_has_a_category_with_a_status():
     assert set(errors.STATUS_OF) == set(domain_errors.Category)
     assert len(set(errors.STATUS_OF.values())) == len(errors.STATUS_OF)
     # Every class of the domain module (but the base) comes back from the wire by its reason.
-    # (services.common.domain_errors re-exports the client's asr_mesh.client.errors.)
+    # (asr_mesh.services.common.domain_errors re-exports the client's asr_mesh.client.errors.)
     own = {c for c in classes if c.__module__ == domain_errors.MeshError.__module__} - {
         domain_errors.MeshError
     }
@@ -184,7 +185,7 @@ def _assert_same(back: errors.MeshError, sent: errors.MeshError) -> None:
 def test_every_error_round_trips_through_a_real_server_and_back():
     from concurrent import futures
 
-    from services.common.domain_errors import KNOWN
+    from asr_mesh.services.common.domain_errors import KNOWN
 
     by_name = {cls.__name__: cls for cls in KNOWN}
 
@@ -219,8 +220,8 @@ def test_every_error_round_trips_through_a_real_server_and_back():
 def test_the_event_loop_interceptor_uses_the_same_map():
     import asyncio
 
-    from services.common.aio import AioErrorMappingInterceptor
-    from services.common.domain_errors import KNOWN
+    from asr_mesh.services.common.aio import AioErrorMappingInterceptor
+    from asr_mesh.services.common.domain_errors import KNOWN
 
     by_name = {cls.__name__: cls for cls in KNOWN}
 
@@ -259,7 +260,7 @@ def test_the_event_loop_interceptor_uses_the_same_map():
 
 
 def test_a_reason_that_disagrees_with_the_status_falls_back_to_the_status():
-    from services.common.domain_errors import Category, rebuild
+    from asr_mesh.services.common.domain_errors import Category, rebuild
 
     error = rebuild(Category.UNAVAILABLE, "INVALID_AUDIO", "down")  # e.g. a proxy rewrote the code
     assert type(error) is errors.DependencyUnavailable

@@ -1,4 +1,5 @@
-"""FairQueue (services/common/scheduler.py): the gateway's event-loop admission, pure asyncio."""
+"""FairQueue (asr_mesh/services/common/scheduler.py): the gateway's event-loop admission, pure
+asyncio."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import asyncio
 
 import pytest
 
-from services.common.errors import DeadlineExceeded, Draining, Overloaded
-from services.common.scheduler import FairQueue
+from asr_mesh.services.common.errors import DeadlineExceeded, Draining, Overloaded
+from asr_mesh.services.common.scheduler import FairQueue
 
 
 def run(coro):

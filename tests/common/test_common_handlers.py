@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from services.common.handlers import handler_kind, rewrapped
+from asr_mesh.services.common.handlers import handler_kind, rewrapped
 
 FACTORIES = {
     "unary_unary": grpc.unary_unary_rpc_method_handler,

@@ -6,7 +6,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from services.common.local_ca import ensure_local_tls
+from asr_mesh.services.common.local_ca import ensure_local_tls
 
 
 def test_a_ca_key_that_cannot_sign_is_replaced_with_a_new_ca(tmp_path):

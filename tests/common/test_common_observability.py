@@ -19,8 +19,8 @@ from asr.common.v1 import document_pb2
 from asr.merge.v1 import merge_service_pb2 as merge_pb
 from asr.merge.v1 import merge_service_pb2_grpc as merge_grpc
 from asr_mesh.client import traces
-from services.common.server import TraceContextFilter
-from services.merge.server import MergeSettings, create_server
+from asr_mesh.services.common.server import TraceContextFilter
+from asr_mesh.services.merge.server import MergeSettings, create_server
 
 
 def free_port() -> int:
@@ -94,7 +94,7 @@ class AbandonedContext:
     ],
 )
 def test_streams_closed_from_outside_are_counted_by_why_they_ended(active, remaining, failed, code):
-    from services.common.metrics import _code_name
+    from asr_mesh.services.common.metrics import _code_name
 
     assert _code_name(AbandonedContext(active, remaining), failed) == code
 

@@ -11,10 +11,10 @@ import pytest
 from asr.common.v1 import audio_pb2
 from asr.diarization.v1 import diarization_service_pb2 as dia
 from asr.transcription.v1 import transcription_service_pb2 as asr
-from services.common.domain import BYTES_PER_SAMPLE, SAMPLE_RATE
-from services.common.errors import InvalidAudio, InvalidInput, LimitExceeded
-from services.common.pcm import pcm_samples, pcm_to_float32, read_config, read_pcm
-from services.common.streams import UploadMeter
+from asr_mesh.services.common.domain import BYTES_PER_SAMPLE, SAMPLE_RATE
+from asr_mesh.services.common.errors import InvalidAudio, InvalidInput, LimitExceeded
+from asr_mesh.services.common.pcm import pcm_samples, pcm_to_float32, read_config, read_pcm
+from asr_mesh.services.common.streams import UploadMeter
 
 PCM16K = audio_pb2.PcmFormat(
     sample_rate_hz=SAMPLE_RATE, channels=1, encoding=audio_pb2.SAMPLE_ENCODING_S16LE

@@ -12,13 +12,13 @@ from conftest import channel_to
 
 from asr.merge.v1 import merge_service_pb2 as merge_pb
 from asr.merge.v1 import merge_service_pb2_grpc as merge_grpc
-from services.common import convert
-from services.common.domain import Segment
-from services.common.errors import DependencyUnavailable, InvalidInput
-from services.common.server import build_server
-from services.common.settings import ServerSettings
-from services.gateway.downstream import Deadlines, Downstream, GrpcStages
-from services.gateway.pipeline import ChainOptions, Transcript
+from asr_mesh.services.common import convert
+from asr_mesh.services.common.domain import Segment
+from asr_mesh.services.common.errors import DependencyUnavailable, InvalidInput
+from asr_mesh.services.common.server import build_server
+from asr_mesh.services.common.settings import ServerSettings
+from asr_mesh.services.gateway.downstream import Deadlines, Downstream, GrpcStages
+from asr_mesh.services.gateway.pipeline import ChainOptions, Transcript
 
 pytestmark = pytest.mark.grpc
 
@@ -106,7 +106,7 @@ def test_stop_reports_not_serving_and_drains_in_flight_calls():
 
 SIGTERM_ON_A_WORKER_THREAD = """
 import signal, threading, time
-from services.merge.server import main
+from asr_mesh.services.merge.server import main
 
 def send_to_this_thread():
     while signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # until run_service listens

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from services.common import metrics
-from services.common.errors import Cancelled, DeadlineExceeded, Overloaded
-from services.common.metrics import gauge_reporter
-from services.common.scheduler import WorkQueue, rpc_watch
+from asr_mesh.services.common import metrics
+from asr_mesh.services.common.errors import Cancelled, DeadlineExceeded, Overloaded
+from asr_mesh.services.common.metrics import gauge_reporter
+from asr_mesh.services.common.scheduler import WorkQueue, rpc_watch
 
 
 class Holder:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from services.diarization.server import DiarizationSettings
-from services.transcription.server import TranscriptionSettings
+from asr_mesh.services.diarization.server import DiarizationSettings
+from asr_mesh.services.transcription.server import TranscriptionSettings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,7 +30,7 @@ def test_a_pool_smaller_than_admitted_work_is_refused():
 def test_bad_environment_is_one_line_per_problem_and_exit_2():
     env = {**os.environ, "ASR_MERGE_PORT": "not-a-port", "ASR_MERGE_HOST": "127.0.0.1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "services.merge"],
+        [sys.executable, "-m", "asr_mesh.services.merge"],
         env=env,
         capture_output=True,
         text=True,

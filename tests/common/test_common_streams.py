@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from services.common import streams
-from services.common.domain_errors import Cancelled, Category, InvalidInput, UploadStalled
-from services.common.streams import UploadMeter, stall_guarded
+from asr_mesh.services.common import streams
+from asr_mesh.services.common.domain_errors import Cancelled, Category, InvalidInput, UploadStalled
+from asr_mesh.services.common.streams import UploadMeter, stall_guarded
 
 
 def meter(declared: int, ended: threading.Event | None = None) -> UploadMeter:

@@ -1,8 +1,9 @@
 """deploy/grafana/asr-mesh.json and the PromQL in deploy/ use metrics the services really export.
 
-The exported series names are derived from the Prometheus registry in services/common/metrics.py
-(counters gain `_total`, histograms `_bucket`/`_sum`/`_count`), so a renamed metric or a typo in
-a panel, an alert or the KEDA query fails here rather than as an empty graph in production.
+The exported series names are derived from the Prometheus registry in
+asr_mesh/services/common/metrics.py (counters gain `_total`, histograms `_bucket`/`_sum`/`_count`),
+so a renamed metric or a typo in a panel, an alert or the KEDA query fails here rather than as an
+empty graph in production.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ REQUIRED = {
 
 def exported_series() -> dict[str, set[str]]:
     """Series name -> label names, from the services' registry."""
-    from services.common.metrics import REGISTRY
+    from asr_mesh.services.common.metrics import REGISTRY
 
     series: dict[str, set[str]] = {}
     for collector in list(REGISTRY._collector_to_names):  # every registered metric family

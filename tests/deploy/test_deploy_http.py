@@ -128,7 +128,7 @@ def test_dockerfile() -> None:
     stages = stages_of("http")
     assert project_extras(stages) == {"http"}
     target = runtime_targets(stages)[0]
-    assert target.all("ENTRYPOINT")[-1] == '["python", "-m", "services.http"]'
+    assert target.all("ENTRYPOINT")[-1] == '["python", "-m", "asr_mesh.services.http"]'
     assert any("ffmpeg" in run for run in target.all("RUN")), (
         "WebM/Opus live audio is decoded by ffmpeg"
     )

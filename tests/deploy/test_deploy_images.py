@@ -109,7 +109,8 @@ def test_dockerfile_per_service(service: str) -> None:
             f"{target.name}: USER must be a numeric non-root uid (kubelet checks runAsNonRoot by uid)"
         )
         assert (
-            effective(stages, target, "ENTRYPOINT")[-1] == f'["python", "-m", "services.{service}"]'
+            effective(stages, target, "ENTRYPOINT")[-1]
+            == f'["python", "-m", "asr_mesh.services.{service}"]'
         )
         exposed = " ".join(effective(stages, target, "EXPOSE")).split()
         assert {str(GRPC_PORT), str(METRICS_PORT)} <= set(exposed)

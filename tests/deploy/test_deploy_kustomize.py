@@ -312,7 +312,7 @@ def test_the_gateway_finds_every_transcription_replica_through_the_headless_serv
     every ready pod (a headless Service), not a ClusterIP that hides them behind one address."""
     from deploy_helpers import container_env, main_container, mesh_deployments
 
-    from services.gateway.replicas import split_target
+    from asr_mesh.services.gateway.replicas import split_target
 
     docs = render(overlay)
     service = get(docs, "Service", "transcription")

@@ -28,12 +28,12 @@ from pydantic_settings import BaseSettings
 
 
 def settings_class(service: str) -> type[BaseSettings]:
-    from services.diarization.server import DiarizationSettings
-    from services.gateway.server import GatewaySettings
-    from services.http.settings import HttpSettings
-    from services.merge.server import MergeSettings
-    from services.preprocess.server import PreprocessSettings
-    from services.transcription.server import TranscriptionSettings
+    from asr_mesh.services.diarization.server import DiarizationSettings
+    from asr_mesh.services.gateway.server import GatewaySettings
+    from asr_mesh.services.http.settings import HttpSettings
+    from asr_mesh.services.merge.server import MergeSettings
+    from asr_mesh.services.preprocess.server import PreprocessSettings
+    from asr_mesh.services.transcription.server import TranscriptionSettings
 
     return {
         "gateway": GatewaySettings,

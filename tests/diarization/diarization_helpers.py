@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.common.domain import SpeakerTurn
+from asr_mesh.services.common.domain import SpeakerTurn
 
 
 def load_rttm(path: Path):
@@ -59,7 +59,7 @@ def check_well_formed(turns, audio_duration: float) -> None:
 
 @lru_cache(maxsize=1)
 def _encoder_backend():
-    from services.diarization.embedding import EmbeddingClusteringBackend
+    from asr_mesh.services.diarization.embedding import EmbeddingClusteringBackend
 
     return EmbeddingClusteringBackend(torch_threads=2)
 

@@ -15,12 +15,12 @@ from pyannote.core import Annotation
 from asr.common.v1 import audio_pb2
 from asr.diarization.v1 import diarization_service_pb2 as pb
 from asr.diarization.v1 import diarization_service_pb2_grpc as pb_grpc
-from services.common import metrics
-from services.common.errors import Overloaded, from_rpc_error
-from services.common.scheduler import WorkQueue
-from services.diarization import servicer as servicer_module
-from services.diarization.core import Diarizer
-from services.diarization.server import DiarizationSettings, create_server
+from asr_mesh.services.common import metrics
+from asr_mesh.services.common.errors import Overloaded, from_rpc_error
+from asr_mesh.services.common.scheduler import WorkQueue
+from asr_mesh.services.diarization import servicer as servicer_module
+from asr_mesh.services.diarization.core import Diarizer
+from asr_mesh.services.diarization.server import DiarizationSettings, create_server
 
 pytestmark = pytest.mark.grpc
 

@@ -6,22 +6,22 @@ import numpy as np
 import pytest
 from pyannote.core import Annotation, Segment
 
-from services.common.domain import ProgressUpdate, SpeakerTurn, TimeRange
-from services.common.errors import InvalidInput
-from services.diarization.clustering import (
+from asr_mesh.services.common.domain import ProgressUpdate, SpeakerTurn, TimeRange
+from asr_mesh.services.common.errors import InvalidInput
+from asr_mesh.services.diarization.clustering import (
     ClusteringOptions,
     cluster_embeddings,
     fill_gaps,
     smooth_runs,
 )
-from services.diarization.core import (
+from asr_mesh.services.diarization.core import (
     DiarizationOptions,
     DiarizationOutcome,
     Diarizer,
     exclusive_turns,
     speaker_bounds,
 )
-from services.diarization.embedding import WINDOW_FRAMES, window_starts
+from asr_mesh.services.diarization.embedding import WINDOW_FRAMES, window_starts
 
 
 def voices(counts, spread=0.25, dim=64, seed=0):
@@ -256,7 +256,7 @@ def test_closing_the_stream_stops_the_worker_soon():
 def test_a_cancel_event_stops_the_work_with_cancelled():
     import threading
 
-    from services.common.errors import Cancelled
+    from asr_mesh.services.common.errors import Cancelled
 
     backend, cancel = Endless(), threading.Event()
     events = Diarizer(backend).diarize(np.zeros(16_000, np.float32), DiarizationOptions(), cancel)
@@ -272,7 +272,7 @@ def test_a_span_with_progress_events_and_work_reported_to_the_callback(monkeypat
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from services.diarization import core
+    from asr_mesh.services.diarization import core
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -293,7 +293,7 @@ def test_a_span_with_progress_events_and_work_reported_to_the_callback(monkeypat
 
 
 def test_embedding_context_smooths_within_a_region_only():
-    from services.diarization.clustering import smooth_embeddings
+    from asr_mesh.services.diarization.clustering import smooth_embeddings
 
     x = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
     out = smooth_embeddings(x, np.array([0, 0, 0, 0, 1]), radius=1)
@@ -303,7 +303,7 @@ def test_embedding_context_smooths_within_a_region_only():
 
 
 def test_refinement_moves_a_boundary_window_to_the_nearer_centroid():
-    from services.diarization.clustering import refine
+    from asr_mesh.services.diarization.clustering import refine
 
     x = np.array([[1.0, 0.0], [0.99, 0.14], [0.0, 1.0], [0.14, 0.99], [0.8, 0.6]])
     x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -313,7 +313,7 @@ def test_refinement_moves_a_boundary_window_to_the_nearer_centroid():
 
 
 def test_centering_restores_angles_that_a_shared_component_closed():
-    from services.diarization.clustering import center, normalize
+    from asr_mesh.services.diarization.clustering import center, normalize
 
     x, truth = voices([20, 20], seed=4)
     shared = np.random.default_rng(8).standard_normal(x.shape[1])
@@ -329,7 +329,7 @@ def test_centering_restores_angles_that_a_shared_component_closed():
 
 
 def test_snr_estimate_from_speech_regions():
-    from services.diarization.embedding import estimate_snr_db
+    from asr_mesh.services.diarization.embedding import estimate_snr_db
 
     rng = np.random.default_rng(0)
     audio = (0.001 * rng.standard_normal(48_000)).astype(np.float32)

@@ -15,10 +15,10 @@ from pyannote.core import Annotation, Segment
 from asr.common.v1 import audio_pb2
 from asr.diarization.v1 import diarization_service_pb2 as pb
 from asr.diarization.v1 import diarization_service_pb2_grpc as pb_grpc
-from services.common import convert
-from services.common.pcm import chunked
-from services.diarization.core import Diarizer
-from services.diarization.server import DiarizationSettings, create_server
+from asr_mesh.services.common import convert
+from asr_mesh.services.common.pcm import chunked
+from asr_mesh.services.diarization.core import Diarizer
+from asr_mesh.services.diarization.server import DiarizationSettings, create_server
 
 pytestmark = pytest.mark.grpc
 
@@ -175,7 +175,10 @@ def test_silence_gives_zero_turns(real_server):
 
 @pytest.mark.models
 def test_conversation_through_the_service(encoder_backend, conversations, state_dir):
-    from services.diarization.embedding import EmbeddingBackendOptions, EmbeddingClusteringBackend
+    from asr_mesh.services.diarization.embedding import (
+        EmbeddingBackendOptions,
+        EmbeddingClusteringBackend,
+    )
 
     # corpus-dev's references count each utterance's quiet onset and release: widen turns as
     # that convention needs (the default, 0, suits speech-only references).
@@ -220,7 +223,7 @@ def _scrape(port: int, name: str, **labels: str) -> float:
 
 def test_the_servers_diarizer_reports_its_work_to_the_metrics(state_dir):
     """The core only calls `on_work`; the server wires it to the real-time-factor metrics."""
-    from services.diarization.server import build_diarizer
+    from asr_mesh.services.diarization.server import build_diarizer
 
     settings = DiarizationSettings(port=0, metrics_port=_free_port(), max_speakers=4)
     handle = create_server(settings, build_diarizer(settings, TwoTurns()))
@@ -241,7 +244,7 @@ def test_the_servers_diarizer_reports_its_work_to_the_metrics(state_dir):
 
 @pytest.mark.models
 def test_the_default_backend_reports_its_model_and_encoder_batches(conversations, state_dir):
-    from services.common.metrics import REGISTRY
+    from asr_mesh.services.common.metrics import REGISTRY
 
     batches = REGISTRY.get_sample_value("asr_batch_size_count", {"service": "diarization"}) or 0.0
     settings = DiarizationSettings(port=0, metrics_port=_free_port(), torch_threads=2)

@@ -22,7 +22,7 @@ from diarization_helpers import (  # noqa: F401 (fixtures)
     load_rttm,
 )
 
-from services.diarization.core import DiarizationOptions, Diarizer
+from asr_mesh.services.diarization.core import DiarizationOptions, Diarizer
 
 pytestmark = pytest.mark.models
 CASE = "similar_short"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from diarization_helpers import conversations, der, encoder_backend  # noqa: F401 (fixtures)
 
-from services.diarization.core import DiarizationOptions, DiarizationOutcome, Diarizer
+from asr_mesh.services.diarization.core import DiarizationOptions, DiarizationOutcome, Diarizer
 
 pytestmark = pytest.mark.models
 
@@ -19,7 +19,10 @@ def outcome_of(backend, audio, **options) -> DiarizationOutcome:
 
 
 def test_der_and_speaker_count_on_the_conversations(encoder_backend, conversations):
-    from services.diarization.embedding import EmbeddingBackendOptions, EmbeddingClusteringBackend
+    from asr_mesh.services.diarization.embedding import (
+        EmbeddingBackendOptions,
+        EmbeddingClusteringBackend,
+    )
 
     # corpus-dev's references count the quiet onset and release of each utterance: score with
     # the turn extension that convention needs (the default, 0, suits speech-only references).
@@ -54,7 +57,7 @@ def test_same_input_same_output(encoder_backend, conversations):
 
 
 def test_chunked_voice_activity_matches_one_pass(conversations):
-    from services.diarization.embedding import EmbeddingBackendOptions, speech_regions
+    from asr_mesh.services.diarization.embedding import EmbeddingBackendOptions, speech_regions
 
     _, audio, _, _ = conversations[1]
     from pyannote.core import Segment, Timeline
@@ -73,7 +76,7 @@ def test_stage_spans_are_children_of_the_diarize_span(encoder_backend, conversat
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from services.diarization import core, embedding
+    from asr_mesh.services.diarization import core, embedding
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()

@@ -1,4 +1,4 @@
-"""The embedding backend's overlapped-speech pass (services/diarization/overlap.py).
+"""The embedding backend's overlapped-speech pass (asr_mesh/services/diarization/overlap.py).
 
 Pure tests on synthetic embeddings, then one on `short_turns` (benchmarks/gen_dia_hard.py: four
 backchannels spoken over the other voice), from build/corpus-hard or synthesised here.
@@ -16,8 +16,8 @@ import pytest
 from diarization_helpers import encoder_backend, hard_case, load_audio, load_rttm  # noqa: F401 (fixtures)
 from pyannote.core import Segment
 
-from services.diarization.core import DiarizationOptions, Diarizer
-from services.diarization.overlap import OverlapOptions, overlap_regions, window_scores
+from asr_mesh.services.diarization.core import DiarizationOptions, Diarizer
+from asr_mesh.services.diarization.overlap import OverlapOptions, overlap_regions, window_scores
 
 OPTIONS = OverlapOptions()
 
@@ -117,7 +117,10 @@ def short_turns(tmp_path_factory, corpus) -> Path:
 
 def with_overlap_pass(encoder_backend):
     """The shared encoder with the (off by default) overlap pass switched on."""
-    from services.diarization.embedding import EmbeddingBackendOptions, EmbeddingClusteringBackend
+    from asr_mesh.services.diarization.embedding import (
+        EmbeddingBackendOptions,
+        EmbeddingClusteringBackend,
+    )
 
     return EmbeddingClusteringBackend(
         embedder=encoder_backend.embedder,
@@ -126,8 +129,8 @@ def with_overlap_pass(encoder_backend):
 
 
 def test_the_pass_is_off_by_default():
-    from services.diarization.embedding import EmbeddingBackendOptions
-    from services.diarization.server import DiarizationSettings
+    from asr_mesh.services.diarization.embedding import EmbeddingBackendOptions
+    from asr_mesh.services.diarization.server import DiarizationSettings
 
     assert not OverlapOptions().enabled and not EmbeddingBackendOptions().overlap.enabled
     assert not DiarizationSettings().detect_overlaps
@@ -148,8 +151,8 @@ def test_backchannels_over_a_turn_are_found(encoder_backend, short_turns):
 
 @pytest.mark.models
 def test_the_service_setting_switches_the_pass(monkeypatch, encoder_backend, short_turns):
-    from services.diarization import embedding
-    from services.diarization.server import DiarizationSettings, build_backend
+    from asr_mesh.services.diarization import embedding
+    from asr_mesh.services.diarization.server import DiarizationSettings, build_backend
 
     # The shared encoder stands in for a second copy of the model: only the options are checked.
     monkeypatch.setattr(

@@ -17,9 +17,9 @@ import yaml
 from diarization_helpers import check_well_formed, conversations, tiny_pyannote_dir  # noqa: F401
 from test_diarization_grpc import diarize, requests, to_pcm
 
-from services.common import convert
-from services.diarization.pyannote_backend import PipelineDirectoryError
-from services.diarization.server import DiarizationSettings, create_server
+from asr_mesh.services.common import convert
+from asr_mesh.services.diarization.pyannote_backend import PipelineDirectoryError
+from asr_mesh.services.diarization.server import DiarizationSettings, create_server
 
 pytestmark = pytest.mark.models
 

@@ -1,4 +1,4 @@
-"""The default speaker-count estimator (NME-SC, services/diarization/clustering.py), pure.
+"""The default speaker-count estimator (NME-SC, asr_mesh/services/diarization/clustering.py), pure.
 
 Synthetic embeddings only (no models): k speakers recovered for k = 1..6, the caller's
 num/min/max honoured, degenerate inputs, the shared-signal mask, determinism.
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from test_diarization_core import voices
 
-from services.diarization.clustering import (
+from asr_mesh.services.diarization.clustering import (
     ClusteringOptions,
     binarise,
     cluster_embeddings,

@@ -1,4 +1,5 @@
-"""Window labels → speaker turns (`services.diarization.embedding.turns_from_labels`), pure.
+"""Window labels → speaker turns (`asr_mesh.services.diarization.embedding.turns_from_labels`),
+pure.
 
 The path every label source shares (the clustering, and the oracle rows of
 benchmarks/tune_speakers.py): votes on the grid, short flickers absorbed, pauses closed.
@@ -8,7 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.diarization.embedding import EmbeddingBackendOptions, Windows, turns_from_labels
+from asr_mesh.services.diarization.embedding import (
+    EmbeddingBackendOptions,
+    Windows,
+    turns_from_labels,
+)
 
 
 def windows_over(

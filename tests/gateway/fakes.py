@@ -5,9 +5,15 @@ from __future__ import annotations
 import threading
 import time
 
-from services.common import convert
-from services.common.domain import MediaReport, ProgressUpdate, Segment, SpeakerTurn, Word
-from services.gateway.pipeline import Decoded, Diarization, Merged, RenderedDocument, Transcript
+from asr_mesh.services.common import convert
+from asr_mesh.services.common.domain import MediaReport, ProgressUpdate, Segment, SpeakerTurn, Word
+from asr_mesh.services.gateway.pipeline import (
+    Decoded,
+    Diarization,
+    Merged,
+    RenderedDocument,
+    Transcript,
+)
 
 
 class FakeStages:

@@ -15,9 +15,9 @@ from asr.preprocess.v1 import preprocess_service_pb2 as pre_pb
 from asr.preprocess.v1 import preprocess_service_pb2_grpc as pre_grpc
 from asr.transcription.v1 import transcription_service_pb2 as tr_pb
 from asr.transcription.v1 import transcription_service_pb2_grpc as tr_grpc
-from services.common.server import build_server
-from services.common.settings import ServerSettings
-from services.gateway.server import GatewaySettings, create_server
+from asr_mesh.services.common.server import build_server
+from asr_mesh.services.common.settings import ServerSettings
+from asr_mesh.services.gateway.server import GatewaySettings, create_server
 
 pytestmark = pytest.mark.grpc
 
@@ -126,7 +126,7 @@ def test_an_upload_cancelled_just_after_its_stream_ended_is_never_transcribed(tm
 
     from fakes import FakeStages
 
-    from services.gateway.servicer import GatewayServicer
+    from asr_mesh.services.gateway.servicer import GatewayServicer
 
     stages = FakeStages()
     servicer = GatewayServicer(lambda: stages, max_upload_bytes=10_000, spool_dir=tmp_path)
@@ -152,8 +152,8 @@ def test_a_cut_off_upload_nobody_cancelled_is_refused_naming_both_sizes(tmp_path
 
     from fakes import FakeStages
 
-    from services.common.errors import InvalidInput
-    from services.gateway import servicer as module
+    from asr_mesh.services.common.errors import InvalidInput
+    from asr_mesh.services.gateway import servicer as module
 
     monkeypatch.setattr(module, "CANCEL_NOTICE_GRACE_S", 0.05)
     stages = FakeStages()

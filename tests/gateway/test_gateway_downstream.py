@@ -10,13 +10,13 @@ from asr.preprocess.v1 import preprocess_service_pb2 as pre_pb
 from asr.preprocess.v1 import preprocess_service_pb2_grpc as pre_grpc
 from asr.transcription.v1 import transcription_service_pb2 as tr_pb
 from asr.transcription.v1 import transcription_service_pb2_grpc as tr_grpc
-from services.common.domain_errors import Category
-from services.common.errors import DependencyFailed, InternalError, UploadStalled
-from services.common.server import build_server
-from services.common.settings import ServerSettings
-from services.gateway.availability import ServiceNotConfigured
-from services.gateway.downstream import Deadlines, Downstream, GrpcStages
-from services.gateway.pipeline import ChainOptions, Transcript
+from asr_mesh.services.common.domain_errors import Category
+from asr_mesh.services.common.errors import DependencyFailed, InternalError, UploadStalled
+from asr_mesh.services.common.server import build_server
+from asr_mesh.services.common.settings import ServerSettings
+from asr_mesh.services.gateway.availability import ServiceNotConfigured
+from asr_mesh.services.gateway.downstream import Deadlines, Downstream, GrpcStages
+from asr_mesh.services.gateway.pipeline import ChainOptions, Transcript
 
 pytestmark = pytest.mark.grpc
 

@@ -22,13 +22,13 @@ import pytest
 from conftest import MODELS_DIR, REPO
 
 from asr.transcription.v1 import transcription_service_pb2_grpc as tr_grpc
-from services.common import convert
-from services.common.errors import Cancelled, DependencyFailed, MeshError
-from services.common.scheduler import WorkQueue
-from services.gateway.downstream import Deadlines, Downstream, GrpcStages
-from services.gateway.fanout import FanoutPolicy
-from services.gateway.pipeline import ChainOptions
-from services.gateway.replicas import ReplicaPool, round_robin_target, split_target
+from asr_mesh.services.common import convert
+from asr_mesh.services.common.errors import Cancelled, DependencyFailed, MeshError
+from asr_mesh.services.common.scheduler import WorkQueue
+from asr_mesh.services.gateway.downstream import Deadlines, Downstream, GrpcStages
+from asr_mesh.services.gateway.fanout import FanoutPolicy
+from asr_mesh.services.gateway.pipeline import ChainOptions
+from asr_mesh.services.gateway.replicas import ReplicaPool, round_robin_target, split_target
 
 POLICY = FanoutPolicy(min_audio_s=60.0, chunk_speech_s=25.0, attempts=3, rest_s=0.5)
 OPTIONS = ChainOptions.of(temperatures=(0.0,))  # no sampling: runs are comparable word for word
@@ -90,7 +90,7 @@ def excerpt(corpus) -> bytes:
 @pytest.fixture(scope="module")
 def replicas():
     """Three transcription servers sharing one loaded model, each with its own work queue."""
-    from services.transcription.server import (
+    from asr_mesh.services.transcription.server import (
         TranscriptionSettings,
         build_transcriber,
         create_server,
@@ -142,7 +142,7 @@ def spans(monkeypatch):
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from services.gateway import fanout
+    from asr_mesh.services.gateway import fanout
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -182,10 +182,10 @@ def test_the_stitched_words_are_the_chunks_decoded_one_by_one(replicas, excerpt,
     """Exactness against the core itself: each planned chunk decoded alone, shifted, joined."""
     import numpy as np
 
-    from services.common.chunking import ChunkPlanner
-    from services.common.domain import Segment
-    from services.transcription import longform
-    from services.transcription.core import TranscriptionOptions
+    from asr_mesh.services.common.chunking import ChunkPlanner
+    from asr_mesh.services.common.domain import Segment
+    from asr_mesh.services.transcription import longform
+    from asr_mesh.services.transcription.core import TranscriptionOptions
 
     transcriber = replicas[0][1]
     samples = np.frombuffer(excerpt, dtype="<i2")
@@ -336,7 +336,7 @@ def start_replica(port: int, tmp: Path) -> subprocess.Popen:
         "PYANNOTE_METRICS_ENABLED": "false",
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "services.transcription"],
+        [sys.executable, "-m", "asr_mesh.services.transcription"],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,

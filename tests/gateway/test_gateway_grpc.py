@@ -10,9 +10,9 @@ from fakes import FakeStages
 from asr.common.v1 import document_pb2
 from asr.gateway.v1 import gateway_service_pb2 as pb
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
-from services.common import streams
-from services.common.errors import DependencyUnavailable, InvalidAudio
-from services.gateway.server import GatewaySettings, create_server
+from asr_mesh.services.common import streams
+from asr_mesh.services.common.errors import DependencyUnavailable, InvalidAudio
+from asr_mesh.services.gateway.server import GatewaySettings, create_server
 
 pytestmark = pytest.mark.grpc
 
@@ -165,7 +165,7 @@ def test_caller_cancelling_mid_upload_is_cancelled_and_nothing_runs(gateway, mon
     import threading
     import time
 
-    from services.common.metrics import REGISTRY
+    from asr_mesh.services.common.metrics import REGISTRY
 
     stub, holder, spool = gateway
     # A real cancel ends the wait the moment its notice lands; the long grace only keeps a
@@ -225,7 +225,7 @@ def test_large_documents_stream_in_pieces_and_the_sdk_reassembles_them(gateway, 
 
 @pytest.mark.parametrize(("profile", "name"), [(0, ""), (1, "max_quality"), (3, "fast")])
 def test_quality_profile_reaches_the_chain_as_sent(gateway, profile, name):
-    from services.common.options import PROFILE_NAMES
+    from asr_mesh.services.common.options import PROFILE_NAMES
 
     stub, holder, _ = gateway
     call(stub, b"x", quality_profile=profile)

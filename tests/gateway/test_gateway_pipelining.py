@@ -20,12 +20,12 @@ from asr.preprocess.v1 import preprocess_service_pb2 as pre_pb
 from asr.preprocess.v1 import preprocess_service_pb2_grpc as pre_grpc
 from asr.transcription.v1 import transcription_service_pb2 as tr_pb
 from asr.transcription.v1 import transcription_service_pb2_grpc as tr_grpc
-from services.common import convert
-from services.common.errors import InvalidAudio
-from services.common.server import build_server
-from services.common.settings import ServerSettings
-from services.gateway.downstream import Deadlines, Downstream, GrpcStages
-from services.gateway.pipeline import ChainOptions, run_chain
+from asr_mesh.services.common import convert
+from asr_mesh.services.common.errors import InvalidAudio
+from asr_mesh.services.common.server import build_server
+from asr_mesh.services.common.settings import ServerSettings
+from asr_mesh.services.gateway.downstream import Deadlines, Downstream, GrpcStages
+from asr_mesh.services.gateway.pipeline import ChainOptions, run_chain
 
 pytestmark = pytest.mark.grpc
 
@@ -101,15 +101,15 @@ class NoMerge:
         return getattr(self._stages, name)
 
     def merge(self, transcript, diarization, options, duration, trace_id):
-        from services.gateway.pipeline import Merged
+        from asr_mesh.services.gateway.pipeline import Merged
 
         return Merged(transcript.segments, [], [])
 
 
 @pytest.fixture()
 def services():
-    from services.preprocess.server import PreprocessSettings
-    from services.preprocess.server import create_server as preprocess_server
+    from asr_mesh.services.preprocess.server import PreprocessSettings
+    from asr_mesh.services.preprocess.server import create_server as preprocess_server
 
     transcription, diarization = RecordingTranscription(), RecordingDiarization()
     handles = [
@@ -213,7 +213,8 @@ def test_the_chain_module_stays_free_of_grpc():
     import sys
 
     code = (
-        "import sys; import services.gateway.pipeline, services.gateway.pcm_source; "
+        "import sys; import asr_mesh.services.gateway.pipeline, "
+        "asr_mesh.services.gateway.pcm_source; "
         "assert 'grpc' not in sys.modules, 'grpc imported'"
     )
     subprocess.run(

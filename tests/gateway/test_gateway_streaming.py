@@ -16,7 +16,7 @@ from asr.common.v1 import audio_pb2
 from asr.common.v1 import streaming_pb2 as spb
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from asr.gateway.v1 import streaming_pb2 as pb
-from services.gateway.server import GatewaySettings, create_server
+from asr_mesh.services.gateway.server import GatewaySettings, create_server
 
 pytestmark = pytest.mark.grpc
 

@@ -19,23 +19,23 @@ from asr.gateway.v1 import streaming_pb2 as gw_streaming_pb2
 from asr.transcription.v1 import streaming_pb2 as tr_streaming_pb2
 from asr.transcription.v1 import transcription_service_pb2_grpc as tr_grpc
 from asr_mesh.client.sdk import TranscribeOptions
-from services.common import convert
-from services.common.domain import Segment, Word
-from services.common.errors import InvalidInput
-from services.common.options import (
+from asr_mesh.services.common import convert
+from asr_mesh.services.common.domain import Segment, Word
+from asr_mesh.services.common.errors import InvalidInput
+from asr_mesh.services.common.options import (
     DEFAULT_LANGUAGE,
     FLAT_FIELDS,
     from_config,
     streaming_config,
     to_flat_dict,
 )
-from services.common.server import build_server
-from services.common.settings import ServerSettings
-from services.gateway.fanout import shift_segment
-from services.gateway.jobs import JobRecord, options_to_dict
-from services.gateway.result_cache import canonical_options
-from services.gateway.server import GatewaySettings, create_server
-from services.gateway.servicer import chain_options
+from asr_mesh.services.common.server import build_server
+from asr_mesh.services.common.settings import ServerSettings
+from asr_mesh.services.gateway.fanout import shift_segment
+from asr_mesh.services.gateway.jobs import JobRecord, options_to_dict
+from asr_mesh.services.gateway.result_cache import canonical_options
+from asr_mesh.services.gateway.server import GatewaySettings, create_server
+from asr_mesh.services.gateway.servicer import chain_options
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -238,8 +238,10 @@ def _string_literals(paths) -> list[str]:
 
 
 def test_the_default_language_is_written_once_on_each_side():
-    server = _string_literals(sorted((REPO / "services").rglob("*.py")))
-    assert server == [f"services/common/options.py:{_line('services/common/options.py')}"]
+    server = _string_literals(sorted((REPO / "asr_mesh" / "services").rglob("*.py")))
+    assert server == [
+        f"asr_mesh/services/common/options.py:{_line('asr_mesh/services/common/options.py')}"
+    ]
     client = _string_literals(sorted((REPO / "clients" / "src").rglob("*.py")))
     assert client == [
         f"clients/src/asr_mesh/client/sdk.py:{_line('clients/src/asr_mesh/client/sdk.py')}"

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from services.common.domain_errors import Cancelled
-from services.gateway.pcm_source import GrowingPcm, StaticPcm
+from asr_mesh.services.common.domain_errors import Cancelled
+from asr_mesh.services.gateway.pcm_source import GrowingPcm, StaticPcm
 
 
 def writer(

@@ -7,9 +7,9 @@ import time
 import pytest
 from fakes import FakeStages
 
-from services.common.domain import MediaReport
-from services.common.errors import InvalidAudio
-from services.gateway.pipeline import ChainOptions, run_chain
+from asr_mesh.services.common.domain import MediaReport
+from asr_mesh.services.common.errors import InvalidAudio
+from asr_mesh.services.gateway.pipeline import ChainOptions, run_chain
 
 
 @pytest.fixture()

@@ -18,18 +18,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.common import convert
-from services.common.domain import Segment, SpeakerTurn, Word
-from services.gateway.downstream import Downstream, GrpcStages
-from services.gateway.pipeline import Diarization, Transcript
-from services.gateway.server import GatewaySettings
-from services.gateway.server import create_server as create_gateway
-from services.http.server import create_server as create_http
-from services.http.settings import HttpSettings
-from services.merge.server import MergeSettings
-from services.merge.server import create_server as create_merge
-from services.preprocess.server import PreprocessSettings
-from services.preprocess.server import create_server as create_preprocess
+from asr_mesh.services.common import convert
+from asr_mesh.services.common.domain import Segment, SpeakerTurn, Word
+from asr_mesh.services.gateway.downstream import Downstream, GrpcStages
+from asr_mesh.services.gateway.pipeline import Diarization, Transcript
+from asr_mesh.services.gateway.server import GatewaySettings
+from asr_mesh.services.gateway.server import create_server as create_gateway
+from asr_mesh.services.http.server import create_server as create_http
+from asr_mesh.services.http.settings import HttpSettings
+from asr_mesh.services.merge.server import MergeSettings
+from asr_mesh.services.merge.server import create_server as create_merge
+from asr_mesh.services.preprocess.server import PreprocessSettings
+from asr_mesh.services.preprocess.server import create_server as create_preprocess
 
 WORDS = ("Olá,", "tudo", "bem?", "Vamos", "começar", "a", "reunião.")
 

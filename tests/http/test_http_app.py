@@ -12,7 +12,7 @@ import httpx
 import pytest
 from http_helpers import WORDS, backends, behaviour, gateway, http, start_http, wav_bytes  # noqa: F401  (fixtures)
 
-from services.common.errors import InvalidInput, Overloaded
+from asr_mesh.services.common.errors import InvalidInput, Overloaded
 
 pytestmark = pytest.mark.grpc
 

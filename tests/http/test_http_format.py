@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.errors import (
+from asr_mesh.services.common.errors import (
     DependencyUnavailable,
     FailedPrecondition,
     InternalError,
@@ -15,9 +15,9 @@ from services.common.errors import (
     UnknownModel,
     status_code,
 )
-from services.http import openai_format as oa
-from services.http.app import mesh_http_error, stream_event_dict
-from services.http.audio import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, PcmChunker
+from asr_mesh.services.http import openai_format as oa
+from asr_mesh.services.http.app import mesh_http_error, stream_event_dict
+from asr_mesh.services.http.audio import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, PcmChunker
 
 MESH_JSON = {
     "version": 1,

@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from asr_mesh.client import cli
-from services.supervisor import MeshStartError, reserve_port
+from asr_mesh.services.supervisor import MeshStartError, reserve_port
 
 
 def test_a_port_in_use_is_a_sentence_not_a_traceback():

@@ -13,7 +13,7 @@ import pytest
 from http_helpers import backends, behaviour, gateway, http, start_http, wav_bytes  # noqa: F401  (fixtures)
 from websockets.sync.client import connect
 
-from services.http.audio import StreamDecoder
+from asr_mesh.services.http.audio import StreamDecoder
 
 pytestmark = pytest.mark.grpc
 

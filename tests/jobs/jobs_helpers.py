@@ -11,10 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from services.common import convert
-from services.common.domain import MediaReport, ProgressUpdate, Segment, Word
-from services.common.errors import Cancelled, InvalidAudio
-from services.gateway.pipeline import Decoded, Diarization, Merged, RenderedDocument, Transcript
+from asr_mesh.services.common import convert
+from asr_mesh.services.common.domain import MediaReport, ProgressUpdate, Segment, Word
+from asr_mesh.services.common.errors import Cancelled, InvalidAudio
+from asr_mesh.services.gateway.pipeline import (
+    Decoded,
+    Diarization,
+    Merged,
+    RenderedDocument,
+    Transcript,
+)
 
 
 def free_port() -> int:

@@ -9,7 +9,7 @@ import pytest
 from jobs_helpers import ScriptedStages, free_port
 
 from asr_mesh.client.cli import main
-from services.gateway.server import GatewaySettings, create_server
+from asr_mesh.services.gateway.server import GatewaySettings, create_server
 
 pytestmark = pytest.mark.grpc
 IDENTITY = ("scripted", "ab" * 32)

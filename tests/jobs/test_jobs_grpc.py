@@ -16,9 +16,9 @@ from jobs_helpers import ScriptedStages, bad_audio, redis_server  # noqa: F401 (
 
 from asr.gateway.v1 import jobs_pb2 as jpb
 from asr_mesh.client.sdk import GatewayClient, TranscribeOptions
-from services.common.errors import FailedPrecondition, InvalidInput, NotFound
-from services.gateway.result_cache import CACHE_REQUESTS
-from services.gateway.server import GatewaySettings, create_server
+from asr_mesh.services.common.errors import FailedPrecondition, InvalidInput, NotFound
+from asr_mesh.services.gateway.result_cache import CACHE_REQUESTS
+from asr_mesh.services.gateway.server import GatewaySettings, create_server
 
 pytestmark = pytest.mark.grpc
 
@@ -264,7 +264,7 @@ def test_an_unreachable_job_store_is_unavailable_and_transcribe_still_works(stat
     """No redis-server is started: the URL points at a closed port."""
     from jobs_helpers import free_port
 
-    from services.common.errors import DependencyUnavailable
+    from asr_mesh.services.common.errors import DependencyUnavailable
 
     dead = f"redis://127.0.0.1:{free_port()}/0"
     stages = ScriptedStages()

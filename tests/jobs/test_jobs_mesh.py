@@ -20,8 +20,8 @@ from jobs_helpers import redis_server  # noqa: F401 (fixture)
 from asr.common.v1 import progress_pb2
 from asr.gateway.v1 import jobs_pb2 as jpb
 from asr_mesh.client.sdk import GatewayClient, TranscribeOptions
-from services.common.server import READY_PREFIX
-from services.gateway.jobs import JobRecord
+from asr_mesh.services.common.server import READY_PREFIX
+from asr_mesh.services.gateway.jobs import JobRecord
 
 pytestmark = pytest.mark.mesh
 
@@ -50,7 +50,7 @@ class GatewayProcess:
         env.pop("ASR_PARENT_PID", None)
         with open(log, "ab") as err:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "services.gateway"],
+                [sys.executable, "-m", "asr_mesh.services.gateway"],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,

@@ -9,9 +9,9 @@ import zlib
 import pytest
 from jobs_helpers import free_port, redis_server  # noqa: F401 (fixture)
 
-from services.common import convert
-from services.common.domain import MediaReport, Segment, Word
-from services.gateway.pipeline import (
+from asr_mesh.services.common import convert
+from asr_mesh.services.common.domain import MediaReport, Segment, Word
+from asr_mesh.services.gateway.pipeline import (
     ChainOptions,
     ChainResult,
     Diarization,
@@ -19,7 +19,7 @@ from services.gateway.pipeline import (
     RenderedDocument,
     Transcript,
 )
-from services.gateway.result_cache import (
+from asr_mesh.services.gateway.result_cache import (
     DiskCache,
     RedisCache,
     ResultCache,
@@ -168,8 +168,8 @@ def test_redis_cache_evicts_least_recently_used_and_expires(redis_server):  # no
 def test_a_gateway_that_fans_out_long_files_keys_its_results_apart(tmp_path):
     """Fan-out changes long transcripts (context restarts at cuts), so its results must not be
     served to a gateway that decodes whole files, nor the other way round."""
-    from services.gateway.result_cache import DiskCache, ResultCache
-    from services.gateway.server import GatewaySettings, open_cache
+    from asr_mesh.services.gateway.result_cache import DiskCache, ResultCache
+    from asr_mesh.services.gateway.server import GatewaySettings, open_cache
 
     whole = GatewaySettings(state_dir=tmp_path, fanout_min_s=0)
     fanned = GatewaySettings(state_dir=tmp_path, fanout_min_s=600, fanout_chunk_speech_s=120)

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.common.domain import Segment, SpeakerTurn, Word
-from services.common.errors import InvalidInput
-from services.merge.core import (
+from asr_mesh.services.common.domain import Segment, SpeakerTurn, Word
+from asr_mesh.services.common.errors import InvalidInput
+from asr_mesh.services.merge.core import (
     MergeOptions,
     SpeakerIndex,
     assign_speakers,

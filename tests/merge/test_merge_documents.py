@@ -14,10 +14,16 @@ import webvtt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.common.domain import Segment, SpeakerTurn, Word
-from services.merge.core import DocumentInfo, MergeOptions, MergeResult, OutputFormat, merge
-from services.merge.documents import render_documents, render_json, render_rttm, render_txt
-from services.merge.subtitles import (
+from asr_mesh.services.common.domain import Segment, SpeakerTurn, Word
+from asr_mesh.services.merge.core import (
+    DocumentInfo,
+    MergeOptions,
+    MergeResult,
+    OutputFormat,
+    merge,
+)
+from asr_mesh.services.merge.documents import render_documents, render_json, render_rttm, render_txt
+from asr_mesh.services.merge.subtitles import (
     build_cues,
     layout_lines,
     render_srt,

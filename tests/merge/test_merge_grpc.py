@@ -17,9 +17,9 @@ from grpc_status import rpc_status
 from asr.common.v1 import document_pb2, transcript_pb2
 from asr.merge.v1 import merge_service_pb2 as pb
 from asr.merge.v1 import merge_service_pb2_grpc as pb_grpc
-from services.common import convert
-from services.common.errors import InvalidInput, from_rpc_error
-from services.merge.server import MergeSettings, create_server
+from asr_mesh.services.common import convert
+from asr_mesh.services.common.errors import InvalidInput, from_rpc_error
+from asr_mesh.services.merge.server import MergeSettings, create_server
 
 pytestmark = pytest.mark.grpc
 

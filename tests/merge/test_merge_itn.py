@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from num2words import num2words
 from test_merge_documents import check_srt, check_vtt
 
-from services.common.domain import Segment, SpeakerTurn, Word
-from services.merge.core import DocumentInfo, MergeOptions, merge
-from services.merge.itn import (
+from asr_mesh.services.common.domain import Segment, SpeakerTurn, Word
+from asr_mesh.services.merge.core import DocumentInfo, MergeOptions, merge
+from asr_mesh.services.merge.itn import (
     group_thousands,
     normalize_segment,
     normalize_text,
@@ -20,7 +20,7 @@ from services.merge.itn import (
     parse_cardinal,
     parse_ordinal,
 )
-from services.merge.subtitles import build_cues, render_srt, render_vtt
+from asr_mesh.services.merge.subtitles import build_cues, render_srt, render_vtt
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ITN = MergeOptions(inverse_text_normalization=True)

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from test_merge_itn import itn_conversations, timed
 
-from services.common.domain import Segment, SpeakerTurn
-from services.merge.core import DocumentInfo, MergeOptions, merge
-from services.merge.documents import render_json
+from asr_mesh.services.common.domain import Segment, SpeakerTurn
+from asr_mesh.services.merge.core import DocumentInfo, MergeOptions, merge
+from asr_mesh.services.merge.documents import render_json
 
 SCHEMA = json.loads(
     (Path(__file__).parents[2] / "docs" / "transcript.schema.json").read_text("utf-8")

@@ -8,10 +8,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from test_merge_itn import timed
 
-from services.common.domain import SpeakerTurn
-from services.merge import core, documents
-from services.merge.core import DocumentInfo, MergeOptions, OutputFormat, merge
-from services.merge.documents import render_documents
+from asr_mesh.services.common.domain import SpeakerTurn
+from asr_mesh.services.merge import core, documents
+from asr_mesh.services.merge.core import DocumentInfo, MergeOptions, OutputFormat, merge
+from asr_mesh.services.merge.documents import render_documents
 
 
 @pytest.fixture()

@@ -78,7 +78,7 @@ def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
 @pytest.fixture()
 def mesh_dir(tmp_path: Path):
     """A state dir for background meshes; whatever runs there is stopped (and checked) at the end."""
-    from services.supervisor import stop_local_mesh
+    from asr_mesh.services.supervisor import stop_local_mesh
 
     state = tmp_path / "state"
     yield state

@@ -22,7 +22,7 @@ from mesh_helpers import (  # noqa: F401 (fixture)
 )
 
 from asr_mesh.client.sdk import GatewayClient, TranscribeOptions
-from services.common.errors import MeshError
+from asr_mesh.services.common.errors import MeshError
 
 pytestmark = pytest.mark.mesh
 
@@ -44,7 +44,9 @@ def _transcribe(state, corpus, out, *extra, **env):
 
 
 def _diarization_processes(state) -> list[int]:
-    return [pid for pid, cmd in processes_of(state).items() if "services.diarization" in cmd]
+    return [
+        pid for pid, cmd in processes_of(state).items() if "asr_mesh.services.diarization" in cmd
+    ]
 
 
 def test_calls_reuse_one_mesh_that_starts_diarization_only_when_asked(mesh_dir, corpus, tmp_path):
@@ -118,9 +120,9 @@ def test_two_calls_at_once_share_one_mesh(mesh_dir, corpus, tmp_path):
         assert call.returncode == 0, err
     assert (tmp_path / "o0" / "000.json").is_file() and (tmp_path / "o1" / "001.json").is_file()
     commands = list(processes_of(mesh_dir).values())
-    assert sum("services.supervisor" in c for c in commands) == 1
-    assert sum("services.transcription" in c for c in commands) == 1
-    assert sum("services.gateway" in c for c in commands) == 1
+    assert sum("asr_mesh.services.supervisor" in c for c in commands) == 1
+    assert sum("asr_mesh.services.transcription" in c for c in commands) == 1
+    assert sum("asr_mesh.services.gateway" in c for c in commands) == 1
     started = (mesh_dir / "logs" / "supervisor.log").read_text().count("gateway listening on")
     assert started == 1
 

@@ -25,7 +25,7 @@ from mesh_helpers import (  # noqa: F401 (fixture)
     wait_until,
 )
 
-from services.supervisor import use_local_mesh
+from asr_mesh.services.supervisor import use_local_mesh
 
 pytestmark = pytest.mark.mesh
 
@@ -41,7 +41,9 @@ def _serving(address: str) -> bool:
 
 
 def _transcription_pids(state: Path) -> set[int]:
-    return {pid for pid, cmd in processes_of(state).items() if "services.transcription" in cmd}
+    return {
+        pid for pid, cmd in processes_of(state).items() if "asr_mesh.services.transcription" in cmd
+    }
 
 
 def test_serve_runs_three_supervised_replicas_and_the_gateway_gets_them_all(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.supervisor import LocalMesh, reserve_port
+from asr_mesh.services.supervisor import LocalMesh, reserve_port
 
 
 def test_a_failed_start_on_demand_leaves_nothing_to_supervise(tmp_path):

@@ -12,10 +12,10 @@ from conftest import channel_to
 
 from asr.gateway.v1 import gateway_service_pb2 as pb
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
-from services.common.errors import MeshError
-from services.gateway.availability import Backends
-from services.gateway.server import GatewaySettings, create_server
-from services.supervisor import (
+from asr_mesh.services.common.errors import MeshError
+from asr_mesh.services.gateway.availability import Backends
+from asr_mesh.services.gateway.server import GatewaySettings, create_server
+from asr_mesh.services.supervisor import (
     LocalMesh,
     MeshInfo,
     read_mesh_file,
@@ -188,9 +188,9 @@ def test_the_supervisor_process_loads_no_grpc():
     import sys
 
     program = (
-        "import sys, services.supervisor\n"
+        "import sys, asr_mesh.services.supervisor\n"
         "heavy = [m for m in ('grpc', 'numpy', 'pydantic', 'opentelemetry.sdk') if m in sys.modules]\n"
-        "sys.exit(f'services.supervisor imports {heavy}' if heavy else 0)\n"
+        "sys.exit(f'asr_mesh.services.supervisor imports {heavy}' if heavy else 0)\n"
     )
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -13,7 +13,7 @@ import srt
 from conftest import MODELS_DIR
 
 from asr_mesh.client.sdk import TranscribeOptions
-from services.common.errors import InvalidInput
+from asr_mesh.services.common.errors import InvalidInput
 
 pytestmark = pytest.mark.mesh
 
@@ -42,9 +42,9 @@ def test_clips_give_exactly_plain_faster_whisper_words(client, manifest, corpus,
     # So is its invention guard (squeezed improbable words, text where VAD heard no speech).
     from faster_whisper import decode_audio
 
-    from services.transcription import guards, longform
-    from services.transcription.core import to_segment
-    from services.transcription.guards import cut_loops
+    from asr_mesh.services.transcription import guards, longform
+    from asr_mesh.services.transcription.core import to_segment
+    from asr_mesh.services.transcription.guards import cut_loops
 
     def detect(block):
         from faster_whisper.vad import get_speech_timestamps

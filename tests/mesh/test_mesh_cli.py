@@ -107,7 +107,7 @@ def test_serve_runs_until_sigterm_and_leaves_nothing_running(corpus, tmp_path):
         "diarization",
         "gateway",
         "merge",
-        "prefork",  # the template the services are forked from (services.prefork)
+        "prefork",  # the template the services are forked from (asr_mesh.services.prefork)
         "preprocess",
         "transcription",
     ]

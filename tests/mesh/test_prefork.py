@@ -1,4 +1,4 @@
-"""The local mesh forks its services from one template process (services.prefork).
+"""The local mesh forks its services from one template process (asr_mesh.services.prefork).
 
 Real processes throughout: the template, services forked from it, kill -9 of a service and of
 the template. Transcription is started without its model (the tests are about processes)."""
@@ -17,8 +17,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mesh_helpers import REPO, wait_until
 
-from services import prefork
-from services.supervisor import (
+from asr_mesh.services import prefork
+from asr_mesh.services.supervisor import (
     WITHOUT_DIARIZATION,
     LocalMesh,
     Prefork,
@@ -72,12 +72,15 @@ def _cmdline(pid: int) -> str:
 
 def test_the_template_preloads_only_what_services_share_and_nothing_heavy():
     everyone = (*ALWAYS_ON, "diarization", "http")
-    imported = {name: _modules_after(f"import services.{name}.server") for name in everyone}
+    imported = {
+        name: _modules_after(f"import asr_mesh.services.{name}.server") for name in everyone
+    }
     for module in prefork.PRELOAD:
         users = [name for name in everyone if module in imported[name]]
         assert len(users) >= 2, f"{module} is preloaded but imported by {users} only"
     preloaded = _modules_after(
-        "import importlib, services.prefork as p; [importlib.import_module(m) for m in p.PRELOAD]"
+        "import importlib, asr_mesh.services.prefork as p; [importlib.import_module(m) for m in "
+        "p.PRELOAD]"
     )
     assert not [m for m in HEAVY if m in preloaded]
 
@@ -87,11 +90,11 @@ def test_services_are_forked_with_their_own_environment_and_title(tmp_path):
         table = mesh.describe()
         template = table["supervisor"][0]["prefork_pid"]
         assert _ppid(template) == os.getpid()
-        assert "services.prefork" in _cmdline(template)
+        assert "asr_mesh.services.prefork" in _cmdline(template)
         for name in ALWAYS_ON:
             entry = table[name][0]
             assert _ppid(entry["pid"]) == template, name
-            assert _cmdline(entry["pid"]).endswith(f"-m services.{name}")
+            assert _cmdline(entry["pid"]).endswith(f"-m asr_mesh.services.{name}")
             # Its own port came through the environment the template applied.
             assert entry["settings"][f"ASR_{name.upper()}_PORT"] == entry["address"].split(":")[1]
             assert _serving(entry["address"]), name
@@ -155,7 +158,9 @@ def test_the_template_forks_only_the_services_it_was_started_for(tmp_path):
             template.spawn("os", {})
         # Still serving after a refusal: a real service forks and exits with its own code
         # (a port that is not a number is refused by its settings: exit code 2, one line).
-        child = template.spawn("services.merge", {**os.environ, "ASR_MERGE_PORT": "not-a-port"})
+        child = template.spawn(
+            "asr_mesh.services.merge", {**os.environ, "ASR_MERGE_PORT": "not-a-port"}
+        )
         assert child.wait(timeout=60) == 2
         assert b"invalid configuration: port" in child.stderr.read()
         assert child.stdout.read() == b""

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.common.errors import Cancelled, InvalidAudio, InvalidInput, LimitExceeded
-from services.preprocess import ffmpeg
-from services.preprocess.core import (
+from asr_mesh.services.common.errors import Cancelled, InvalidAudio, InvalidInput, LimitExceeded
+from asr_mesh.services.preprocess import ffmpeg
+from asr_mesh.services.preprocess.core import (
     Chunker,
     DurationCap,
     PreprocessLimits,
@@ -36,7 +36,7 @@ from services.preprocess.core import (
     estimate_processing_seconds,
     spool_name,
 )
-from services.preprocess.ffmpeg import CancelToken, ChildLimits, ProbeResult
+from asr_mesh.services.preprocess.ffmpeg import CancelToken, ChildLimits, ProbeResult
 
 SPOOL = Path("/tmp/spool-x/upload.mp3")
 
@@ -89,7 +89,7 @@ def test_probe_args_carry_the_whitelists():
 
 
 def _probe(rate: int, demuxer: str = "wav", index: int = 1) -> ProbeResult:
-    from services.common.domain import MediaReport
+    from asr_mesh.services.common.domain import MediaReport
 
     return ProbeResult(
         MediaReport(container=demuxer, codec="x", sample_rate_hz=rate, channels=2, duration=5.0),
@@ -369,7 +369,7 @@ def test_wav_streaming_placeholders_are_not_claims():
 
 
 def _declared(seconds: float, estimated: bool = False) -> ProbeResult:
-    from services.common.domain import MediaReport
+    from asr_mesh.services.common.domain import MediaReport
 
     return ProbeResult(MediaReport(duration=seconds), 0, "mp3", duration_estimated=estimated)
 

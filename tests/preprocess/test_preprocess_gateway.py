@@ -9,13 +9,13 @@ import pytest
 
 from asr_mesh.client.cli import _media_line
 from asr_mesh.client.sdk import GatewayClient, TranscribeOptions
-from services.common.domain import MediaReport
-from services.gateway.downstream import Deadlines, Downstream, GrpcStages
-from services.gateway.pipeline import ChainOptions, Merged, Transcript
-from services.gateway.server import GatewaySettings
-from services.gateway.server import create_server as gateway_server
-from services.gateway.servicer import chain_options
-from services.preprocess.server import PreprocessSettings, create_server
+from asr_mesh.services.common.domain import MediaReport
+from asr_mesh.services.gateway.downstream import Deadlines, Downstream, GrpcStages
+from asr_mesh.services.gateway.pipeline import ChainOptions, Merged, Transcript
+from asr_mesh.services.gateway.server import GatewaySettings
+from asr_mesh.services.gateway.server import create_server as gateway_server
+from asr_mesh.services.gateway.servicer import chain_options
+from asr_mesh.services.preprocess.server import PreprocessSettings, create_server
 
 pytestmark = pytest.mark.grpc
 

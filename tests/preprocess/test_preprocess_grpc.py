@@ -22,8 +22,12 @@ from grpc_status import rpc_status
 
 from asr.preprocess.v1 import preprocess_service_pb2 as pb
 from asr.preprocess.v1 import preprocess_service_pb2_grpc as pb_grpc
-from services.common.errors import InvalidAudio, LimitExceeded, from_rpc_error
-from services.preprocess.server import PreprocessSettings, build_preprocessor, create_server
+from asr_mesh.services.common.errors import InvalidAudio, LimitExceeded, from_rpc_error
+from asr_mesh.services.preprocess.server import (
+    PreprocessSettings,
+    build_preprocessor,
+    create_server,
+)
 
 pytestmark = pytest.mark.grpc
 
@@ -164,7 +168,7 @@ def test_chunk_size_is_honoured(server, corpus):
 
 
 def test_finished_work_is_counted_in_the_metrics(server, corpus):
-    from services.common.metrics import REGISTRY
+    from asr_mesh.services.common.metrics import REGISTRY
 
     def audio_seconds() -> float:
         return (

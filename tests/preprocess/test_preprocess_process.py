@@ -1,4 +1,4 @@
-"""The preprocess service as a real process (`python -m services.preprocess`), as deployed.
+"""The preprocess service as a real process (`python -m asr_mesh.services.preprocess`), as deployed.
 
 Memory is measured on the service's process and its decoder children through /proc, so these
 tests see what an operator would: bombs refused fast with the service staying small, health
@@ -22,6 +22,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from asr.preprocess.v1 import preprocess_service_pb2_grpc as pb_grpc
+from asr_mesh.services.common.errors import InvalidAudio, LimitExceeded, from_rpc_error
+from asr_mesh.services.preprocess.server import ESTIMATE_RTF_DEFAULT
 from benchmarks.bench_preprocess import (
     ServiceProcess,
     TreeSampler,
@@ -30,8 +32,6 @@ from benchmarks.bench_preprocess import (
     preprocess_requests,
     rss_bytes,
 )
-from services.common.errors import InvalidAudio, LimitExceeded, from_rpc_error
-from services.preprocess.server import ESTIMATE_RTF_DEFAULT
 
 pytestmark = pytest.mark.grpc
 

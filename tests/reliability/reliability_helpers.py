@@ -10,10 +10,10 @@ import pytest
 
 from asr.gateway.v1 import gateway_service_pb2 as pb
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
-from services.common import convert
-from services.common.domain import MediaReport, Segment, Word
-from services.gateway.pipeline import Decoded, Merged, RenderedDocument, Transcript
-from services.gateway.server import GatewaySettings, create_server
+from asr_mesh.services.common import convert
+from asr_mesh.services.common.domain import MediaReport, Segment, Word
+from asr_mesh.services.gateway.pipeline import Decoded, Merged, RenderedDocument, Transcript
+from asr_mesh.services.gateway.server import GatewaySettings, create_server
 
 
 class GatedStages:

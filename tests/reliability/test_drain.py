@@ -1,6 +1,6 @@
 """SIGTERM drains the gateway process: in-flight requests finish, queued ones are handed back.
 
-The gateway runs as its own process (`python -m services.gateway.server`, the real `main()`
+The gateway runs as its own process (`python -m asr_mesh.services.gateway.server`, the real `main()`
 and signal handling); its downstream services are small in-process fakes, so the test controls
 exactly when the in-flight request may finish.
 """
@@ -32,8 +32,8 @@ from asr.preprocess.v1 import preprocess_service_pb2 as pre_pb
 from asr.preprocess.v1 import preprocess_service_pb2_grpc as pre_grpc
 from asr.transcription.v1 import transcription_service_pb2 as tr_pb
 from asr.transcription.v1 import transcription_service_pb2_grpc as tr_grpc
-from services.common.server import build_server
-from services.common.settings import ServerSettings
+from asr_mesh.services.common.server import build_server
+from asr_mesh.services.common.settings import ServerSettings
 
 pytestmark = pytest.mark.reliability
 REPO = Path(__file__).resolve().parents[2]
@@ -129,7 +129,7 @@ def test_sigterm_drains_in_flight_work_and_hands_queued_requests_back(tmp_path):
         "ASR_GATEWAY_METRICS_PORT": str(metrics_port),
     }
     gateway = subprocess.Popen(
-        [sys.executable, "-m", "services.gateway.server"],
+        [sys.executable, "-m", "asr_mesh.services.gateway.server"],
         cwd=REPO,
         env=env,
         stdin=subprocess.DEVNULL,

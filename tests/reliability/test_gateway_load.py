@@ -18,7 +18,7 @@ from reliability_helpers import GatedStages, channel, requests, start_gateway, t
 
 from asr.gateway.v1 import gateway_service_pb2 as pb
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
-from services.common.errors import Overloaded, from_rpc_error
+from asr_mesh.services.common.errors import Overloaded, from_rpc_error
 
 pytestmark = [pytest.mark.reliability, pytest.mark.grpc]
 
@@ -66,7 +66,7 @@ def test_a_full_queue_is_resource_exhausted_with_retry_info(start_gateway):
         hints[0].Unpack(info)
         assert info.retry_delay.ToMilliseconds() >= 1000
         assert isinstance(from_rpc_error(err), Overloaded)
-        from services.common.metrics import QUEUE_REJECTED
+        from asr_mesh.services.common.metrics import QUEUE_REJECTED
 
         assert QUEUE_REJECTED.labels("gateway", "full")._value.get() >= 1
         assert stages.started == ["running.wav", "queued.wav"]  # the refused one never ran
@@ -201,7 +201,7 @@ def test_idle_streams_leave_a_normal_call_unaffected(start_gateway, idle_streams
         for i in range(idle_streams):
             stub = pb_grpc.GatewayServiceStub(channels[i % len(channels)])
             calls.append(stub.Transcribe(idle(), timeout=120))
-        from services.common.metrics import IN_FLIGHT
+        from asr_mesh.services.common.metrics import IN_FLIGHT
 
         in_flight = IN_FLIGHT.labels("gateway", "Transcribe")
         assert _wait(lambda: in_flight._value.get() >= idle_streams, 30), in_flight._value.get()
@@ -334,7 +334,7 @@ def _wait(predicate, timeout: float = 10.0) -> bool:
 
 
 def test_the_caller_key_prefers_an_authenticated_identity_then_the_token_then_the_peer():
-    from services.common.scheduler import caller_identity, caller_override
+    from asr_mesh.services.common.scheduler import caller_identity, caller_override
 
     peer_a = caller_identity((("user-agent", "sdk/1"),), "ipv4:10.0.0.1:5555")
     assert peer_a == caller_identity((("user-agent", "sdk/1"),), "ipv4:10.0.0.1:6666")  # any port

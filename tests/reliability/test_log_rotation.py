@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from services.supervisor import pump_log
+from asr_mesh.services.supervisor import pump_log
 
 pytestmark = pytest.mark.reliability
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from asr_mesh.client.sdk import GatewayClient, TranscribeOptions
-from services.common.errors import DependencyFailed
+from asr_mesh.services.common.errors import DependencyFailed
 
 pytestmark = [pytest.mark.reliability, pytest.mark.mesh]
 REPO = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ TOKENS = "# callers of the test gateway\nalice-secret-token alice\n\nbob-secret-
 @pytest.fixture(scope="session")
 def tls(tmp_path_factory):
     """CA and mesh certificate as `asr serve --tls` makes them."""
-    from services.common.local_ca import ensure_local_tls
+    from asr_mesh.services.common.local_ca import ensure_local_tls
 
     return ensure_local_tls(tmp_path_factory.mktemp("state") / "tls")
 
@@ -26,7 +26,7 @@ def tls(tmp_path_factory):
 @pytest.fixture(scope="session")
 def other_ca(tmp_path_factory):
     """A second, unrelated CA: its certificates must be refused by the first one's servers."""
-    from services.common.local_ca import ensure_local_tls
+    from asr_mesh.services.common.local_ca import ensure_local_tls
 
     return ensure_local_tls(tmp_path_factory.mktemp("other") / "tls")
 

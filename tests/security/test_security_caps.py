@@ -21,14 +21,14 @@ from asr.merge.v1 import merge_service_pb2_grpc as merge_grpc
 from asr.transcription.v1 import streaming_pb2 as tr_streaming_pb2
 from asr.transcription.v1 import transcription_service_pb2 as tr_pb
 from asr.transcription.v1 import transcription_service_pb2_grpc as tr_grpc
-from services.common.errors import LimitExceeded
-from services.common.limits import AioCapsInterceptor, RequestCaps
-from services.gateway.server import GatewaySettings
-from services.gateway.server import create_server as create_gateway
-from services.merge.server import MergeSettings
-from services.merge.server import create_server as create_merge
-from services.transcription.server import TranscriptionSettings
-from services.transcription.server import create_server as create_transcription
+from asr_mesh.services.common.errors import LimitExceeded
+from asr_mesh.services.common.limits import AioCapsInterceptor, RequestCaps
+from asr_mesh.services.gateway.server import GatewaySettings
+from asr_mesh.services.gateway.server import create_server as create_gateway
+from asr_mesh.services.merge.server import MergeSettings
+from asr_mesh.services.merge.server import create_server as create_merge
+from asr_mesh.services.transcription.server import TranscriptionSettings
+from asr_mesh.services.transcription.server import create_server as create_transcription
 
 pytestmark = pytest.mark.grpc
 

@@ -13,7 +13,7 @@ from conftest import channel_to
 from asr.common.v1 import streaming_pb2
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from asr.gateway.v1 import streaming_pb2 as gw_pb
-from services.gateway.server import GatewaySettings, create_server
+from asr_mesh.services.gateway.server import GatewaySettings, create_server
 
 pytestmark = pytest.mark.grpc
 

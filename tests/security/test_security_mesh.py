@@ -16,7 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.security import MISSING_TOKEN, channel_credentials
+from asr_mesh.services.common.security import MISSING_TOKEN, channel_credentials
 
 pytestmark = pytest.mark.mesh
 

@@ -14,9 +14,9 @@ from security_helpers import FakeStages
 from asr.gateway.v1 import gateway_service_pb2 as pb
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from asr.gateway.v1 import jobs_pb2, jobs_pb2_grpc
-from services.common.errors import LimitExceeded, Overloaded
-from services.gateway.quota import SpoolQuota
-from services.gateway.server import GatewaySettings, create_server
+from asr_mesh.services.common.errors import LimitExceeded, Overloaded
+from asr_mesh.services.gateway.quota import SpoolQuota
+from asr_mesh.services.gateway.server import GatewaySettings, create_server
 
 pytestmark = pytest.mark.grpc
 

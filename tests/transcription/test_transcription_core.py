@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from services.common.errors import InvalidInput, UnknownModel
-from services.transcription.core import auto_compute_type, whisper_language
-from services.transcription.models import ModelRegistry, discover_models
+from asr_mesh.services.common.errors import InvalidInput, UnknownModel
+from asr_mesh.services.transcription.core import auto_compute_type, whisper_language
+from asr_mesh.services.transcription.models import ModelRegistry, discover_models
 
 
 @pytest.mark.parametrize(
@@ -112,8 +112,8 @@ def test_no_idle_unload_when_not_configured(tmp_path):
 def test_full_queue_is_refused_with_retry_after():
     import threading
 
-    from services.common.errors import Overloaded
-    from services.common.scheduler import WorkQueue
+    from asr_mesh.services.common.errors import Overloaded
+    from asr_mesh.services.common.scheduler import WorkQueue
 
     depths = []
     queue = WorkQueue(workers=1, max_queued=1, on_change=lambda w, r: depths.append((w, r)))
@@ -199,7 +199,7 @@ class FakeModel:
 
 
 def fake_transcriber(tmp_path, model, **kw):
-    from services.transcription.core import Transcriber
+    from asr_mesh.services.transcription.core import Transcriber
 
     if not (tmp_path / "whisper-base").exists():
         _fake_model(tmp_path, "whisper-base")
@@ -208,8 +208,8 @@ def fake_transcriber(tmp_path, model, **kw):
 
 
 def collect(transcriber, audio, **options):
-    from services.common.domain import Segment
-    from services.transcription.core import TranscriptionOptions, TranscriptionSummary
+    from asr_mesh.services.common.domain import Segment
+    from asr_mesh.services.transcription.core import TranscriptionOptions, TranscriptionSummary
 
     events = list(transcriber.transcribe(audio, TranscriptionOptions(**options)))
     segments = [e for e in events if isinstance(e, Segment)]
@@ -355,7 +355,7 @@ def test_spans_for_vad_and_batches_carry_domain_attributes(tmp_path, monkeypatch
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from services.transcription import core
+    from asr_mesh.services.transcription import core
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()

@@ -10,8 +10,8 @@ from conftest import MODELS_DIR, channel_to
 from asr.common.v1 import audio_pb2, quality_pb2
 from asr.transcription.v1 import transcription_service_pb2 as pb
 from asr.transcription.v1 import transcription_service_pb2_grpc as pb_grpc
-from services.common.pcm import chunked
-from services.transcription.server import TranscriptionSettings, create_server
+from asr_mesh.services.common.pcm import chunked
+from asr_mesh.services.transcription.server import TranscriptionSettings, create_server
 
 pytestmark = [pytest.mark.grpc, pytest.mark.models]
 
@@ -203,7 +203,7 @@ def detect_requests(pcm: bytes, declared: int | None = None, piece: int = 32000)
 def test_detect_speech_streams_what_vad_finds_on_the_whole_file(stub, corpus):
     from faster_whisper.vad import get_speech_timestamps
 
-    from services.transcription import longform
+    from asr_mesh.services.transcription import longform
 
     pcm = load_pcm(corpus / "long" / "long.flac")[: 16000 * 2 * 420]  # crosses a 300 s block
     responses = list(stub.DetectSpeech(detect_requests(pcm), timeout=120))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.common.domain import Segment, Word
-from services.transcription import guards
+from asr_mesh.services.common.domain import Segment, Word
+from asr_mesh.services.transcription import guards
 
 
 def words(text: str, start: float = 0.0, step: float = 0.4, squeeze: bool = False) -> list[Word]:

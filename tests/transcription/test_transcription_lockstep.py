@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from services.transcription import lockstep
-from services.transcription.lockstep import LockstepBatcher, plan_chunks
+from asr_mesh.services.transcription import lockstep
+from asr_mesh.services.transcription.lockstep import LockstepBatcher, plan_chunks
 
 
 def speech_every(n: int, length: float = 5.0, pause: float = 0.5, long_pause_every: int = 0):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.transcription import longform
-from services.transcription.longform import Window
+from asr_mesh.services.transcription import longform
+from asr_mesh.services.transcription.longform import Window
 
 
 def sentences(n: int, length: float = 4.5, pause: float = 1.0, start: float = 0.5):

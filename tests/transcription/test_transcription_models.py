@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from services.common.errors import InternalError, UnknownModel
-from services.transcription import models as models_module
-from services.transcription.models import ModelRegistry
+from asr_mesh.services.common.errors import InternalError, UnknownModel
+from asr_mesh.services.transcription import models as models_module
+from asr_mesh.services.transcription.models import ModelRegistry
 
 
 def _fake_model(root: Path, name: str) -> Path:
@@ -45,7 +45,7 @@ def test_a_forced_unload_never_drops_a_model_while_it_is_leased(
 ):
     _fake_model(tmp_path, "whisper-base")
     # Unloading calls gc and malloc_trim; the race is about bookkeeping, so keep unloads cheap.
-    monkeypatch.setattr("services.transcription.models.release_memory", lambda: None)
+    monkeypatch.setattr("asr_mesh.services.transcription.models.release_memory", lambda: None)
     registry = ModelRegistry(tmp_path, "base", loader=lambda *a: Unloadable())
     stop = threading.Event()
     count_lock = threading.Lock()

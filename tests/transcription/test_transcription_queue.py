@@ -14,13 +14,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from asr.common.v1 import audio_pb2
 from asr.transcription.v1 import transcription_service_pb2 as pb
 from asr.transcription.v1 import transcription_service_pb2_grpc as pb_grpc
-from services.common import metrics
-from services.common.errors import Overloaded, from_rpc_error
-from services.common.scheduler import WorkQueue
-from services.transcription import servicer as servicer_module
-from services.transcription.core import Transcriber
-from services.transcription.models import ModelRegistry
-from services.transcription.server import TranscriptionSettings, create_server
+from asr_mesh.services.common import metrics
+from asr_mesh.services.common.errors import Overloaded, from_rpc_error
+from asr_mesh.services.common.scheduler import WorkQueue
+from asr_mesh.services.transcription import servicer as servicer_module
+from asr_mesh.services.transcription.core import Transcriber
+from asr_mesh.services.transcription.models import ModelRegistry
+from asr_mesh.services.transcription.server import TranscriptionSettings, create_server
 
 pytestmark = pytest.mark.grpc
 
@@ -263,7 +263,7 @@ def test_list_models_without_the_default_model_is_a_server_fault(tmp_path):
 
 
 def test_a_failed_warm_up_stops_the_started_server(tmp_path, monkeypatch):
-    from services.transcription import server as server_module
+    from asr_mesh.services.transcription import server as server_module
 
     (tmp_path / "whisper-base").mkdir()
     (tmp_path / "whisper-base" / "model.bin").write_bytes(b"x")

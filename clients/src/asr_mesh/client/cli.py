@@ -13,8 +13,9 @@ ASR_LOCAL_MESH_IDLE_S seconds (default 300) or `asr serve --stop`. `--no-reuse` 
 ASR_LOCAL_MESH_REUSE=0) starts a private mesh for the call and stops it afterwards. A mesh the CLI
 starts runs ASR_LOCAL_TRANSCRIPTION_REPLICAS transcription processes (default 1); a running mesh
 with another count is reused, with one line on stderr saying so. How meshes are
-found, shared and supervised: services/supervisor.py. Errors are one line per file on stderr; the
-exit code is 1 when any input failed, 2 for usage errors, 130 when interrupted. Never a traceback.
+found, shared and supervised: asr_mesh/services/supervisor.py. Errors are one line per file on
+stderr; the exit code is 1 when any input failed, 2 for usage errors, 130 when interrupted. Never a
+traceback.
 
 The commands that call a gateway (`transcribe --server`, `stream --server`, `submit`, `jobs`)
 and `trace` need only the client distribution (asr-mesh-client). Those that run a local mesh
@@ -63,7 +64,8 @@ from asr_mesh.client.sdk import (  # noqa: E402
 __all__ = ["ServerNotInstalled", "build_parser", "main"]
 
 SERVER_DIST = "asr-mesh"
-"""The server distribution: the local mesh (`services`), which this client distribution lacks."""
+"""The server distribution: the local mesh (`asr_mesh.services`), which this client distribution
+lacks."""
 
 STAGE_LABELS = {
     progress_pb2.STAGE_UPLOAD: "upload",
@@ -110,11 +112,12 @@ class ServerNotInstalled(MeshError):
 
 
 def _supervisor(what: str, *, or_server: bool = True):
-    """`services.supervisor` (the local mesh), or `ServerNotInstalled` naming `what` needs it."""
+    """`asr_mesh.services.supervisor` (the local mesh), or `ServerNotInstalled` naming `what` needs
+    it."""
     try:
-        from services import supervisor
+        from asr_mesh.services import supervisor
     except ModuleNotFoundError as exc:
-        if (exc.name or "").partition(".")[0] != "services":
+        if (exc.name or "").split(".")[:2] != ["asr_mesh", "services"]:
             raise  # the server is there but broken: not this sentence
         raise ServerNotInstalled(what, or_server=or_server) from None
     return supervisor
@@ -551,7 +554,7 @@ def _serve_security(
     """The services' TLS and token settings for `asr serve --tls / --auth-token-file` (called
     once `_supervisor` found the server)."""
     from asr_mesh.client.security import SecurityConfigError
-    from services.common.security import TokenFile
+    from asr_mesh.services.common.security import TokenFile
 
     env: dict[str, str] = {}
     ca = None
@@ -563,7 +566,7 @@ def _serve_security(
         TokenFile(args.auth_token_file)  # refuse a missing or empty file here, with a sentence
         env["ASR_GATEWAY_AUTH_TOKEN_FILE"] = str(args.auth_token_file.resolve())
     if args.tls:
-        from services.common.local_ca import ensure_local_tls, tls_env
+        from asr_mesh.services.common.local_ca import ensure_local_tls, tls_env
 
         files = ensure_local_tls(state_dir / "tls")
         env.update(tls_env(files, supervisor.SERVICES))

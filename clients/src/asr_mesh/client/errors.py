@@ -5,8 +5,8 @@ failed call. Each class carries a `category` (what kind of failure it is, in the
 and a `reason` (the precise, machine-readable cause, sent to callers as google.rpc
 ErrorInfo.reason); the message is a sentence shown to the caller. Which gRPC status a category
 becomes is decided once: `asr_mesh.client.status.STATUS_OF`, used by the server's interceptors
-(`services.common.errors`) and by `from_rpc_error`, which turns a status back into these classes.
-The server re-exports this module as `services.common.domain_errors`.
+(`asr_mesh.services.common.errors`) and by `from_rpc_error`, which turns a status back into these
+classes. The server re-exports this module as `asr_mesh.services.common.domain_errors`.
 """
 
 from __future__ import annotations

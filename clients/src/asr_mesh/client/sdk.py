@@ -55,7 +55,7 @@ UPLOAD_CHUNK_BYTES = 256 * 1024
 DEFAULT_ATTEMPTS = 6
 DEFAULT_LANGUAGE = "pt-BR"
 """BCP-47 language the client asks for when the caller names none (the one place it is
-written on the client side; the server has its own, services/common/options.py)."""
+written on the client side; the server has its own, asr_mesh/services/common/options.py)."""
 FORMATS = {
     "json": document_pb2.OUTPUT_FORMAT_JSON,
     "srt": document_pb2.OUTPUT_FORMAT_SRT,

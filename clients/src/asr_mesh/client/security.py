@@ -9,7 +9,7 @@
   file and what is wrong with it.
 
 The server side (listening credentials, token files, the interceptors that check tokens) is
-`services.common.security`, which re-exports these names.
+`asr_mesh.services.common.security`, which re-exports these names.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The one category ↔ gRPC status table of the mesh, and a failed call back to a typed exception.
 
 `STATUS_OF` is the only place a domain `Category` becomes a gRPC status code. The server's
-interceptors (`services.common.errors`) apply it to every exception a servicer raises, with a
-human sentence and google.rpc details (ErrorInfo with the reason, BadRequest naming the field,
+interceptors (`asr_mesh.services.common.errors`) apply it to every exception a servicer raises, with
+a human sentence and google.rpc details (ErrorInfo with the reason, BadRequest naming the field,
 RetryInfo); `from_rpc_error` reads those back here, on the client side, into the classes of
 `asr_mesh.client.errors`. Both directions use this table, and the client needs no server code.
 """

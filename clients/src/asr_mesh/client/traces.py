@@ -1,7 +1,7 @@
 """Read traces back from the local file exporter and show where the time went.
 
 The mesh's default exporter writes one JSON object per span to `<state dir>/traces/*.jsonl`
-(`services.common.telemetry`). This module groups them into traces, rebuilds the span tree
+(`asr_mesh.services.common.telemetry`). This module groups them into traces, rebuilds the span tree
 across services, finds the critical path, and renders a terminal waterfall or a PNG.
 
 Critical path: starting at the root, the child that finished last is what the parent waited

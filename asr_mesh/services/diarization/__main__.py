@@ -1,0 +1,3 @@
+from asr_mesh.services.diarization.server import main
+
+main()

@@ -1,0 +1,3 @@
+from asr_mesh.services.gateway.server import main
+
+main()

@@ -1,0 +1,3 @@
+from asr_mesh.services.http.server import main
+
+main()

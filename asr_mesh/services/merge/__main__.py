@@ -1,0 +1,3 @@
+from asr_mesh.services.merge.server import main
+
+main()

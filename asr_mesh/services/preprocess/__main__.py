@@ -1,0 +1,3 @@
+from asr_mesh.services.preprocess.server import main
+
+main()

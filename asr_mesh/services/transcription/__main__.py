@@ -1,0 +1,3 @@
+from asr_mesh.services.transcription.server import main
+
+main()

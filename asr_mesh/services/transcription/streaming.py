@@ -1,0 +1,1034 @@
+"""Real-time recognition: interim and final results while the audio is still arriving.
+
+Pure: no gRPC, no environment reads. The servicer feeds audio through an `Inbox` and forwards
+the events `drive` yields.
+
+How a session works (the approach of whisper_streaming, Machácek et al. 2023, and of
+Google/Riva's StreamingRecognize semantics for the results):
+
+- The audio of the current utterance is kept in a **bounded buffer** and decoded again from its
+  start every `step_s` of new audio (a *hypothesis*: words with absolute timestamps).
+- **LocalAgreement-n** (n=2 by default): the longest prefix on which the last n hypotheses
+  agree (word by word, ignoring case and punctuation) is **committed** and sent once as a final
+  result; the rest is the interim result, which may still change.
+- **Endpointing**: when voice activity detection (silero, shipped with faster-whisper) hears
+  `endpoint_silence_s` of silence after speech, the utterance is decoded one last time and all
+  of it is committed (`end_of_utterance`). The buffer then restarts at the end of the speech.
+- **Speculative decode**: when VAD hears the speech stop for `speculate_silence_s` (shorter
+  than the endpoint silence) and the last decode did not hear its end, a decode runs at once;
+  a grid step due in that moment waits for it. If the silence reaches the endpoint, the
+  utterance is committed from that decode, so no decode is left to run after the endpoint.
+- **Short encoder context**: Whisper's encoder hears the buffer plus `context_pad_s` of
+  silence instead of its padded 30 s window (`short_context`), which is most of a decode's cost.
+- Committed text **outside** the buffer is the decoder's **prompt**, so the model keeps context
+  across trims.
+- The buffer is **trimmed** at the end of a committed segment once it is longer than
+  `window_s`; past `max_buffer_s` the oldest words are committed even without agreement, so
+  the buffer (and the cost of a decode) stays bounded.
+- **No word twice, none lost**: a hypothesis re-decodes committed audio, so its words are
+  filtered against the commit point (by time, then by matching the committed tail word by
+  word), and audio is only dropped behind the commit point. Every word ends up in exactly one
+  final result.
+- **Guards**, as in batch (`guards`): no decode when VAD hears no speech (silence and noise
+  produce nothing), segments the model itself calls silence are dropped, repetitive
+  (failed) hypotheses are ignored, and phrase loops are cut from committed text.
+"""
+
+from __future__ import annotations
+
+import difflib
+import threading
+import time
+import unicodedata
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import numpy as np
+from opentelemetry import trace
+
+from asr_mesh.services.common.domain import SAMPLE_RATE, Segment, Word
+from asr_mesh.services.common.domain_errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InvalidInput,
+    Overloaded,
+    UploadStalled,
+)
+from asr_mesh.services.transcription import guards
+
+tracer = trace.get_tracer(__name__)
+
+# -- latency profiles ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LatencyProfile:
+    """One documented set of streaming parameters.
+
+    - `step_s`: new audio between two decodes (how often interim results can change, and the
+      grain of agreement commits).
+    - `window_s`: once the buffer is longer, it is trimmed at the end of a committed segment.
+    - `max_buffer_s`: hard bound on the buffer; beyond it the oldest words are committed.
+    - `beam_size`: Whisper beam (1 = greedy).
+    - `agreement`: how many successive hypotheses must agree on a prefix to commit it (LocalAgreement-n).
+    - `endpoint_silence_s`: silence that ends an utterance (unless the caller sets its own).
+    - `min_speech_s`: shortest stretch VAD counts as speech (clicks and coughs are ignored).
+    - `speculate_silence_s`: silence after speech at which a decode runs at once, without
+      waiting for the next step, when the last decode did not hear that speech's end (0 =
+      never). If the silence goes on to the endpoint, the utterance is committed from this
+      decode, so the closing final needs no decode after the endpoint silence; if speech goes
+      on, it was an ordinary step, a little early (the next one counts from it).
+    - `context_pad_s`: the encoder hears the buffer plus this much silence instead of
+      Whisper's full 30 s window (0 = the full window, as batch). See `short_context`.
+    """
+
+    name: str
+    step_s: float
+    window_s: float
+    max_buffer_s: float
+    beam_size: int
+    agreement: int
+    endpoint_silence_s: float
+    min_speech_s: float = 0.2
+    speculate_silence_s: float = 0.0
+    context_pad_s: float = 0.0
+
+
+PROFILES = {
+    "low_latency": LatencyProfile(
+        "low_latency",
+        step_s=1.0,
+        window_s=6.0,
+        max_buffer_s=12.0,
+        beam_size=1,
+        agreement=2,
+        endpoint_silence_s=0.3,
+        speculate_silence_s=0.15,
+        context_pad_s=1.0,
+    ),
+    "balanced": LatencyProfile(
+        "balanced",
+        step_s=1.0,
+        window_s=8.0,
+        max_buffer_s=15.0,
+        beam_size=1,
+        agreement=2,
+        endpoint_silence_s=0.5,
+        speculate_silence_s=0.2,
+        context_pad_s=1.0,
+    ),
+    "accurate": LatencyProfile(
+        "accurate",
+        step_s=1.5,
+        window_s=12.0,
+        max_buffer_s=20.0,
+        beam_size=5,
+        agreement=2,
+        endpoint_silence_s=0.8,
+        speculate_silence_s=0.2,
+        context_pad_s=2.0,
+    ),
+}
+"""Why these values (chosen on the `tune` split of build/corpus-validate, whisper base, 2 CPU
+cores; `benchmarks/bench_streaming.py --simulate --split tune`; figures on the held-out
+`validate` split in benchmarks/README.md):
+
+- Where the time went before (balanced, tune_00, one-core decode-cost clock): p50 4.2 s from a
+  phrase's last word to its final = the endpoint silence (0.5 s) + ~1 s waiting for a decode
+  already running when the phrase ended + a 2.6 s decode after the endpoint (90% of closing
+  finals needed one), because every decode ran Whisper's encoder over a padded 30 s window
+  (~2 CPU-s whatever the buffer held).
+- `context_pad_s` 1 s (`short_context`): a decode of a 4 s buffer costs ~0.5 CPU-s instead of
+  ~2.3; the finals' WER on the tune files did not get worse (it got better: 51% vs 59% on
+  tune_00, the full window's padding is where whisper base invents most). `accurate` keeps 2 s.
+- `speculate_silence_s` 0.2 s: the decode that hears the whole phrase starts 0.2 s after the
+  speech stops instead of after the endpoint silence, so about half of the closing finals come
+  from it with no decode after the endpoint; a step due in that 0.2 s waits for it.
+  Closing-final p50 on tune_00 4.15 → 1.55 s (same clock); tune_00/07/10 pooled 1.55 s.
+  Step 1.5 s instead of 1 s was worse (1.85 s): the speculative decode then more often has to
+  wait for a long grid decode, the buffers being longer.
+- `window_s`/`max_buffer_s` 8/15 s (6/12, 12/20): decode cost grows with the buffer (13 s:
+  ~1.6 CPU-s), and in overlapping speech (backchannels) no endpoint comes to restart it.
+- `step_s` 1 s for low_latency too (was 0.5 s): at ~0.5 CPU-s a decode, a 0.5 s step keeps a
+  core busy, so a phrase's end usually finds a decode running; low_latency differs by its
+  shorter endpoint (0.3 s) and speculation (0.15 s) silences (tune_00/01: closing-final p50
+  1.17 s). `accurate`: beam 5, 1.5 s step, not swept for lack of time.
+- Token budget per decode (`max_new_tokens`): on tune_00, same finals' WER, decode CPU 171 → 68 s,
+  decode p95 7.1 → 2.0 s (looping decodes of cut-off buffers stop early).
+- On the held-out `validate` split (balanced): closing-final p50 0.96 s (95% bootstrap
+  0.86-1.19), p95 2.06 s on the same clock; the finals' WER is 13.6 points above offline, the
+  issue's 3-point goal is not met (cause open: agreement 3 did not help on tune; see
+  benchmarks/README.md).
+"""
+DEFAULT_PROFILE = "balanced"
+MAX_CHUNK_S = 1.0
+"""Longest audio accepted in one message (20-500 ms is what a live source sends)."""
+ENDPOINT_CHECK_S = 0.1
+"""Between decodes, the end of an utterance is looked for this often (audio seconds): a VAD
+pass over the last ~1.5 s, a few milliseconds."""
+_PAUSE_MIN_S = 0.02
+"""Quieter than this at the tail is still speech (VAD's ranges reach the end while it goes on)."""
+_HEARD_WHOLE_S = 0.15
+"""A decode heard a stretch of speech whole when it heard this much audio past its end (VAD
+ends speech ranges ~50 ms after the last sound; a word cut at the buffer's end is misheard)."""
+PROMPT_CHARS = 200
+"""Committed text given to the decoder as context (whisper_streaming uses the same amount)."""
+_TIME_SLACK_S = 0.5
+"""Word timestamps wobble between decodes; words starting this much before the commit point are
+still compared against the committed tail before being dropped."""
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """What a caller chooses for one session (validated by `resolve_options`)."""
+
+    profile: str = DEFAULT_PROFILE
+    language: str | None = "pt"
+    model: str = ""
+    interim_results: bool = True
+    endpointing: bool = True
+    endpoint_silence_s: float = 0.0  # 0 = the profile's
+    max_session_s: float = 0.0  # 0 = the service's maximum
+    initial_prompt: str = ""
+
+
+def resolve_options(
+    options: SessionOptions, service_max_s: float
+) -> tuple[SessionOptions, LatencyProfile]:
+    """Check the options and fill the blanks from the profile and the service limits."""
+    profile = PROFILES.get(options.profile or DEFAULT_PROFILE)
+    if profile is None:
+        raise InvalidInput(
+            f"unknown latency profile {options.profile!r}; choose from {', '.join(PROFILES)}",
+            field="config.latency_profile",
+        )
+    if options.language is None:
+        raise InvalidInput(
+            'language detection ("auto") is not available for streaming; name the '
+            "language, for example pt-BR",
+            field="config.language_code",
+        )
+    silence = options.endpoint_silence_s or profile.endpoint_silence_s
+    if not 0.1 <= silence <= 5.0:
+        raise InvalidInput(
+            f"endpointing silence must be between 0.1 and 5 s, got {silence:g} s",
+            field="config.endpointing.silence",
+        )
+    if options.max_session_s < 0:
+        raise InvalidInput(
+            "max_session_duration must not be negative", field="config.max_session_duration"
+        )
+    if options.max_session_s > service_max_s:
+        raise InvalidInput(
+            f"max_session_duration {options.max_session_s:g} s is above this service's "
+            f"limit of {service_max_s:g} s",
+            field="config.max_session_duration",
+        )
+    return replace(
+        options,
+        profile=profile.name,
+        endpoint_silence_s=silence,
+        max_session_s=options.max_session_s or service_max_s,
+    ), profile
+
+
+# -- events ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Interim:
+    """The uncommitted tail of the latest hypothesis (replaces the previous interim result)."""
+
+    text: str
+    stability: float
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class Final:
+    """Committed words: never change, never repeated."""
+
+    segment: Segment
+    end_of_utterance: bool
+
+
+@dataclass(frozen=True)
+class SpeechEvent:
+    kind: str  # "begin" | "end"
+    offset: float
+
+
+@dataclass(frozen=True)
+class StreamSummary:
+    audio_duration: float
+    final_count: int
+    interim_count: int
+    decode_steps: int
+    processing_seconds: float
+    model: str
+    profile: str
+    words_removed: int
+
+
+Event = Interim | Final | SpeechEvent | StreamSummary
+
+
+class Decoder(Protocol):
+    def __call__(self, audio: np.ndarray, prompt: str) -> list[Segment]:
+        """Decode float32 16 kHz audio; segment and word times relative to the audio's start."""
+
+
+VadFn = Callable[[np.ndarray], list[tuple[float, float]]]
+"""Speech ranges (seconds from the audio's start) in float32 16 kHz audio."""
+
+
+# -- word helpers ----------------------------------------------------------------------------
+
+
+def norm(word: str) -> str:
+    """A word as compared between hypotheses: lower case, letters and digits only."""
+    return "".join(ch for ch in unicodedata.normalize("NFC", word).lower() if ch.isalnum())
+
+
+def agreed_prefix(hypotheses: Sequence[Sequence[Word]]) -> int:
+    """Length of the longest prefix all hypotheses share (normalised words)."""
+    if not hypotheses:
+        return 0
+    n = min(len(h) for h in hypotheses)
+    for i in range(n):
+        key = norm(hypotheses[0][i].word)
+        if any(norm(h[i].word) != key for h in hypotheses[1:]):
+            return i
+    return n
+
+
+def new_words(
+    hypothesis: Sequence[Word],
+    committed_tail: Sequence[Word],
+    commit_time: float,
+    max_ngram: int = 5,
+) -> list[Word]:
+    """The words of `hypothesis` that are not yet committed.
+
+    Words that start well before the commit point are old. Near it, timestamps wobble, so the
+    hypothesis' head is matched against the committed tail: the longest n-gram (n ≤ `max_ngram`)
+    that ends the committed text and starts the candidate words is dropped. Whatever still lies
+    wholly before the commit point after that is old too.
+    """
+    candidates = [w for w in hypothesis if w.start >= commit_time - _TIME_SLACK_S]
+    if committed_tail and candidates:
+        tail = committed_tail[-max_ngram:]
+        head = candidates[:max_ngram]
+        for n in range(min(len(tail), len(head)), 0, -1):
+            # The same words, heard again over the same audio (a word said again later does
+            # not overlap its earlier self in time).
+            if all(
+                norm(a.word) == norm(b.word) and _overlap(a, b) for a, b in zip(tail[-n:], head[:n])
+            ):
+                candidates = candidates[n:]
+                break
+    while candidates and candidates[0].end <= commit_time + 1e-3:
+        candidates.pop(0)
+    return candidates
+
+
+def _overlap(a: Word, b: Word) -> bool:
+    """Whether two timed words are one word heard twice: centres within about half a word's
+    length. Re-decodes of the same audio move a word by less than ~0.1 s; a word said twice in a
+    row ("não, não") has its copies a whole word (plus a gap) apart."""
+    half = 0.5 * max(a.end - a.start, b.end - b.start, 0.2) + 0.02
+    return abs((a.start + a.end) - (b.start + b.end)) / 2 < half
+
+
+def stability(current: Sequence[Word], previous: Sequence[Word]) -> float:
+    """Share of `current`'s words that `previous` also had, in order (0 without a previous)."""
+    if not current or not previous:
+        return 0.0
+    a, b = [norm(w.word) for w in current], [norm(w.word) for w in previous]
+    matcher = difflib.SequenceMatcher(a=a, b=b, autojunk=False)
+    same = sum(block.size for block in matcher.get_matching_blocks())
+    return round(same / len(a), 3)
+
+
+def _text(words: Sequence[Word]) -> str:
+    return " ".join(w.word for w in words).strip()
+
+
+# -- the session -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Counters:
+    finals: int = 0
+    interims: int = 0
+    steps: int = 0
+    processing_s: float = 0.0
+    removed: int = 0
+
+
+@dataclass
+class _Hypothesis:
+    words: list[Word]
+    segment_ends: list[float]
+    avg_logprob: float = 0.0
+    no_speech_prob: float = 0.0
+    compression_ratio: float = 0.0
+
+
+class StreamingSession:
+    """One caller's stream: `push` audio, `step` when `due`, `finish` at the end.
+
+    `decode` runs the model on the buffer; `vad` finds speech (None: every stretch is speech and
+    endpointing is off). All times are seconds from the first sample of the session.
+    """
+
+    def __init__(
+        self,
+        decode: Decoder,
+        vad: VadFn | None,
+        options: SessionOptions,
+        profile: LatencyProfile,
+        *,
+        model_name: str = "",
+        clock: Callable[[], float] = time.perf_counter,
+    ):
+        self._decode = decode
+        self._vad = vad
+        self.options = options
+        self.profile = profile
+        self.model_name = model_name
+        self._clock = clock
+        self._buffer = np.zeros(0, dtype=np.float32)
+        self._pending: list[np.ndarray] = []
+        self._pending_samples = 0
+        self.buffer_start = 0.0  # absolute offset of the buffer's first sample
+        self._received = 0  # samples received
+        self._last_step_at = 0  # samples received when the last step ran
+        self._last_check_at = 0  # samples received at the last endpoint check
+        self._last_decode_end = 0.0  # audio offset the last decode heard up to
+        self.commit_time = 0.0
+        self._committed: list[Word] = []  # recent committed words (tail for matching)
+        self._prompt_words: deque[str] = deque()
+        self._prompt_chars = 0
+        self._history: deque[list[Word]] = deque(maxlen=max(profile.agreement - 1, 1))
+        self._last_interim: tuple[str, float, float] | None = None
+        self._in_speech = False
+        self._last_hypothesis = _Hypothesis([], [])
+        self._loop_context: list[Word] = []
+        self.counters = _Counters()
+        self.finished = False
+        if options.initial_prompt:
+            self._remember_prompt(options.initial_prompt.split())
+
+    # -- input --------------------------------------------------------------------------
+
+    @property
+    def received_s(self) -> float:
+        return self._received / SAMPLE_RATE
+
+    @property
+    def buffer_s(self) -> float:
+        return (len(self._buffer) + self._pending_samples) / SAMPLE_RATE
+
+    def push(self, samples: np.ndarray) -> None:
+        """Append int16 (or float32) samples; refuses audio beyond the session's maximum length."""
+        if samples.size == 0:
+            return
+        if (self._received + samples.size) / SAMPLE_RATE > self.options.max_session_s:
+            raise DeadlineExceeded(
+                f"the streaming session reached its maximum length of {self.options.max_session_s:g} s "
+                "of audio; text up to that point was sent, open a new session to go on",
+                metadata={"max_session_seconds": f"{self.options.max_session_s:g}"},
+            )
+        audio = samples.astype(np.float32) / 32768.0 if samples.dtype == np.int16 else samples
+        self._pending.append(audio.astype(np.float32, copy=False))
+        self._pending_samples += audio.size
+        self._received += audio.size
+
+    def due(self) -> bool:
+        """Time for `step`: a decode is due, or (in speech) a check for the utterance's end."""
+        new = self._received - self._last_step_at
+        if new >= self.profile.step_s * SAMPLE_RATE:
+            return True
+        return (
+            self._in_speech
+            and self._vad is not None
+            and self.options.endpointing
+            and self._received - self._last_check_at >= ENDPOINT_CHECK_S * SAMPLE_RATE
+        )
+
+    def _consolidate(self) -> np.ndarray:
+        if self._pending:
+            self._buffer = np.concatenate([self._buffer, *self._pending])
+            self._pending.clear()
+            self._pending_samples = 0
+        return self._buffer
+
+    def _trim_to(self, offset: float) -> None:
+        """Drop audio before `offset` (never past what is committed or received)."""
+        offset = min(offset, self.received_s)
+        cut = int(round((offset - self.buffer_start) * SAMPLE_RATE))
+        if cut <= 0:
+            return
+        self._consolidate()
+        self._buffer = self._buffer[cut:].copy()
+        self.buffer_start += cut / SAMPLE_RATE
+
+    # -- decoding -----------------------------------------------------------------------
+
+    def step(self) -> list[Event]:
+        """Decode the buffer once (or, between decodes, look for the end of the utterance)."""
+        if self._received - self._last_step_at < self.profile.step_s * SAMPLE_RATE:
+            self._last_check_at = self._received
+            if not self._tail_pause():
+                return []
+        elif self._just_paused():
+            # The speaker has just stopped: a decode now would miss the phrase's last sounds
+            # and keep the CPU busy when the decode that hears it all is due, a moment later.
+            self._last_check_at = self._received
+            return []
+        return self._run_step(final=False)
+
+    def _tail_quiet(self) -> float:
+        """Seconds since the last speech VAD hears in the last second or so (inf: none)."""
+        audio = self._consolidate()
+        tail = audio[-int((self.options.endpoint_silence_s + 1.0) * SAMPLE_RATE) :]
+        ranges = [(a, b) for a, b in self._vad(tail) if b - a >= self.profile.min_speech_s]
+        return len(tail) / SAMPLE_RATE - ranges[-1][1] if ranges else float("inf")
+
+    def _tail_pause(self) -> bool:
+        """Cheap check of the last second or so between decodes: is a step worth running now?
+
+        Yes when speech stopped for the endpointing silence (the utterance ends), or for
+        `speculate_silence_s` and the last decode did not hear that speech's end (a decode now
+        hears the whole phrase; `speculate_silence_s`). VAD over the whole buffer costs ~10 ms
+        per audio second; between decodes only the tail is checked, and a full step (with full
+        VAD) follows."""
+        quiet = self._tail_quiet()
+        if quiet >= self.options.endpoint_silence_s:
+            return True
+        speculate = self.profile.speculate_silence_s
+        speech_end = self.received_s - quiet
+        return 0 < speculate <= quiet and self._last_decode_end < speech_end + _HEARD_WHOLE_S
+
+    def _just_paused(self) -> bool:
+        """A step is due but speech stopped less than `speculate_silence_s` ago (the decode
+        waits for that, at most: then it hears the whole phrase)."""
+        if not (
+            self.profile.speculate_silence_s > 0
+            and self._in_speech
+            and self._vad is not None
+            and self.options.endpointing
+        ):
+            return False
+        return _PAUSE_MIN_S < self._tail_quiet() < self.profile.speculate_silence_s
+
+    def finish(self) -> list[Event]:
+        """The stream ended: commit everything still heard, close speech, summarise."""
+        if self.finished:
+            return []
+        events = (
+            self._run_step(final=True)
+            if self._received > self._last_step_at or self._history
+            else []
+        )
+        if self._in_speech:
+            events.append(SpeechEvent("end", self.received_s))
+            self._in_speech = False
+        self.finished = True
+        events.append(self.summary())
+        return events
+
+    def summary(self) -> StreamSummary:
+        c = self.counters
+        return StreamSummary(
+            self.received_s,
+            c.finals,
+            c.interims,
+            c.steps,
+            c.processing_s,
+            self.model_name,
+            self.profile.name,
+            c.removed,
+        )
+
+    def _speech(self, audio: np.ndarray) -> list[tuple[float, float]]:
+        if self._vad is None:
+            return [(self.buffer_start, self.received_s)] if audio.size else []
+        ranges = self._vad(audio)
+        return [
+            (self.buffer_start + a, self.buffer_start + b)
+            for a, b in ranges
+            if b - a >= self.profile.min_speech_s
+        ]
+
+    def _run_step(self, final: bool) -> list[Event]:
+        audio = self._consolidate()
+        self._last_step_at = self._received
+        end = self.received_s
+        events: list[Event] = []
+        started = self._clock()
+        with tracer.start_as_current_span("transcription.stream_step") as span:
+            speech = self._speech(audio)
+            live = [(a, b) for a, b in speech if b > self.commit_time + 0.05]
+            if live and not self._in_speech:
+                self._in_speech = True
+                events.append(SpeechEvent("begin", max(live[0][0], self.commit_time)))
+            endpoint_at = self._endpoint(live, end)
+            endpoint = endpoint_at is not None
+            span.set_attributes(
+                {
+                    "asr.stream.audio_s": end,
+                    "asr.stream.buffer_s": len(audio) / SAMPLE_RATE,
+                    "asr.stream.speech": bool(live),
+                    "asr.stream.endpoint": endpoint,
+                    "asr.stream.final": final,
+                }
+            )
+            if not live:
+                # Silence (or noise VAD does not call speech): nothing to decode. Words the last
+                # decode heard that are still uncommitted (VAD's idea of where speech ended can
+                # move) are committed rather than lost. Keep a short pre-roll so the next word's
+                # onset is not cut.
+                leftover = self._history[-1] if self._history else []
+                events.extend(self._commit(list(leftover), self._last_hypothesis, True))
+                self._history.clear()
+                events.extend(self._interim([]))
+                if self._in_speech:  # speech VAD took back: close it, begin/end stay paired
+                    events.append(
+                        SpeechEvent("end", max(self.commit_time, min(end, self.buffer_start)))
+                    )
+                    self._in_speech = False
+                self._trim_to(max(self.commit_time, end - 1.0))
+            elif (
+                not (final or endpoint)
+                and self.options.endpointing
+                and live[-1][1] <= self._last_decode_end - 0.1
+            ):
+                # Only silence since the last decode (a pause that is not yet an endpoint):
+                # decoding again would hear nothing new. Wait for more speech or the endpoint,
+                # which commits from the last decode.
+                span.set_attribute("asr.stream.decoded", False)
+            else:
+                if (
+                    endpoint
+                    and not final
+                    and self._history
+                    and self._last_decode_end >= endpoint_at + _HEARD_WHOLE_S
+                ):
+                    # The last decode already heard the whole utterance: commit from it
+                    # instead of decoding again (the final comes a decode sooner).
+                    hypothesis, words = self._last_hypothesis, list(self._history[-1])
+                    span.set_attribute("asr.stream.decoded", False)
+                else:
+                    hypothesis = self._last_hypothesis = self._hypothesis(audio)
+                    self._last_decode_end = end
+                    self.counters.steps += 1
+                    words = new_words(hypothesis.words, self._committed, self.commit_time)
+                    span.set_attribute("asr.stream.decoded", True)
+                if final:
+                    commit = words
+                elif endpoint:
+                    # The utterance ends at the silence: everything said before it is final,
+                    # whatever the agreement. Words after it (next utterance) wait as usual.
+                    commit = [w for w in words if w.start < endpoint_at + 0.1]
+                else:
+                    commit = (
+                        words[: agreed_prefix([*self._history, words])] if self._history else []
+                    )
+                    if not commit and len(audio) / SAMPLE_RATE > self.profile.max_buffer_s:
+                        # Bounded buffer: commit the oldest words even without agreement.
+                        commit = [
+                            w for w in words if w.end <= end - self.profile.window_s / 2
+                        ] or words[:1]
+                rest = words[len(commit) :]
+                utterance_end = final or endpoint
+                events.extend(self._commit(commit, hypothesis, utterance_end))
+                events.extend(self._interim(rest))
+                self._history.append(rest)
+                if endpoint:
+                    events.append(SpeechEvent("end", endpoint_at))
+                    self._in_speech = False
+                    self.commit_time = max(self.commit_time, min(endpoint_at, end))
+                    self._trim_to(min([self.commit_time, *(w.start for w in rest)]))
+                    following = [a for a, _ in live if a > endpoint_at]
+                    if following:
+                        self._in_speech = True
+                        events.append(SpeechEvent("begin", following[0]))
+                elif len(audio) / SAMPLE_RATE > self.profile.window_s:
+                    done = [t for t in hypothesis.segment_ends if t <= self.commit_time + 1e-3]
+                    cut = max(done, default=0.0)
+                    if (
+                        cut <= self.buffer_start
+                        and len(audio) / SAMPLE_RATE > self.profile.max_buffer_s
+                    ):
+                        cut = self.commit_time
+                    if cut > self.buffer_start:
+                        self._trim_to(cut)  # only committed audio goes
+                span.set_attributes(
+                    {
+                        "asr.stream.committed_words": len(commit),
+                        "asr.stream.interim_words": len(rest),
+                    }
+                )
+            elapsed = self._clock() - started
+            self.counters.processing_s += elapsed
+            span.set_attribute("asr.stream.step_s", elapsed)
+        return events
+
+    def _endpoint(self, live: list[tuple[float, float]], end: float) -> float | None:
+        """Where the first utterance in `live` ended (silence long enough after it), or None."""
+        if not live or not self.options.endpointing or self._vad is None:
+            return None
+        silence = self.options.endpoint_silence_s
+        for (_, b), (a, _) in zip(live, live[1:]):
+            if a - b >= silence:
+                return b
+        return live[-1][1] if end - live[-1][1] >= silence else None
+
+    def _hypothesis(self, audio: np.ndarray) -> _Hypothesis:
+        segments = self._decode(audio, self._prompt())
+        kept = [s for s in segments if not guards.is_silent(s)]
+        text = " ".join(s.text for s in kept)
+        ratio = max((s.compression_ratio for s in kept), default=0.0)
+        if kept and ratio > guards.COMPRESSION_RATIO_THRESHOLD:
+            self.counters.removed += sum(len(s.words) for s in kept)
+            return _Hypothesis([], [])  # a failed (repetitive) decode: wait for the next one
+        at = self.buffer_start
+        words = [
+            replace(w, start=w.start + at, end=w.end + at)
+            for s in kept
+            for w in s.words
+            if w.word.strip()
+        ]
+        words.sort(key=lambda w: w.start)
+        first = kept[0] if kept else None
+        return _Hypothesis(
+            words,
+            [s.end + at for s in kept],
+            avg_logprob=float(np.mean([s.avg_logprob for s in kept])) if kept else 0.0,
+            no_speech_prob=first.no_speech_prob if first else 0.0,
+            compression_ratio=ratio if text else 0.0,
+        )
+
+    def _commit(
+        self, words: list[Word], hypothesis: _Hypothesis, end_of_utterance: bool
+    ) -> list[Event]:
+        if not words:
+            return []
+        words = self._cut_loops(words)
+        if not words:
+            return []
+        self.commit_time = max(self.commit_time, words[-1].end)
+        self._committed = (self._committed + words)[-20:]
+        self._remember_prompt([w.word for w in words])
+        segment = Segment(
+            id=self.counters.finals,
+            start=words[0].start,
+            end=words[-1].end,
+            text=_text(words),
+            words=tuple(words),
+            avg_logprob=hypothesis.avg_logprob,
+            no_speech_prob=hypothesis.no_speech_prob,
+            compression_ratio=hypothesis.compression_ratio,
+        )
+        self.counters.finals += 1
+        self._last_interim = None  # the next interim result is sent even if its text repeats
+        return [Final(segment, end_of_utterance)]
+
+    def _cut_loops(self, words: list[Word]) -> list[Word]:
+        context = self._loop_context
+        drops = guards.find_loops(context + words)
+        dropped: set[int] = set()
+        for a, b in drops:
+            dropped.update(i - len(context) for i in range(max(a, len(context)), b))
+        if dropped:
+            self.counters.removed += len(dropped)
+            words = [w for i, w in enumerate(words) if i not in dropped]
+        self._loop_context = (context + words)[
+            -guards.MAX_PHRASE_WORDS * (guards.MAX_REPEATS + 1) :
+        ]
+        return words
+
+    def _interim(self, rest: list[Word]) -> list[Event]:
+        if not self.options.interim_results:
+            return []
+        text = _text(rest)
+        start = rest[0].start if rest else self.commit_time
+        end = rest[-1].end if rest else self.commit_time
+        key = (text, round(start, 2), round(end, 2))
+        if self._last_interim is not None and self._last_interim[0] == text:
+            return []  # unchanged
+        if self._last_interim is None and not text:
+            return []  # nothing was shown, nothing to clear
+        self._last_interim = key
+        previous = self._history[-1] if self._history else []
+        self.counters.interims += 1
+        return [Interim(text, stability(rest, previous), start, end)]
+
+    def _remember_prompt(self, words: Sequence[str]) -> None:
+        for word in words:
+            self._prompt_words.append(word)
+            self._prompt_chars += len(word) + 1
+        while self._prompt_chars > PROMPT_CHARS and len(self._prompt_words) > 1:
+            self._prompt_chars -= len(self._prompt_words.popleft()) + 1
+
+    def _prompt(self) -> str:
+        # Committed words still inside the buffer are heard again; only older ones are context.
+        inside = sum(1 for w in self._committed if w.start >= self.buffer_start)
+        words = list(self._prompt_words)
+        return " ".join(words[: len(words) - inside] if inside else words)
+
+
+# -- feeding a session from another thread ---------------------------------------------------
+
+
+class Inbox:
+    """Audio handed from the thread reading the request stream to the decoding loop."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._chunks: list[np.ndarray] = []
+        self._ended = False
+        self._error: BaseException | None = None
+        self._cancelled = False
+        self.last_arrival = time.monotonic()
+
+    def put(self, samples: np.ndarray) -> None:
+        with self._cond:
+            self._chunks.append(samples)
+            self.last_arrival = time.monotonic()
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        with self._cond:
+            self._error = error
+            self._cond.notify_all()
+
+    def cancel(self) -> None:
+        with self._cond:
+            self._cancelled = True
+            self._cond.notify_all()
+
+    def take(self, idle_timeout_s: float) -> tuple[list[np.ndarray], bool]:
+        """Everything that arrived (waiting for at least one chunk or the end); whether it ended.
+
+        Raises `Cancelled` once the caller went away, the reader's error, and `UploadStalled`
+        when nothing arrived for `idle_timeout_s` (0 = wait forever).
+        """
+        with self._cond:
+            while True:
+                if self._cancelled:
+                    raise Cancelled("the caller cancelled the streaming session")
+                if self._error is not None:
+                    raise self._error
+                if self._chunks or self._ended:
+                    chunks, self._chunks = self._chunks, []
+                    return chunks, self._ended
+                waited = time.monotonic() - self.last_arrival
+                if idle_timeout_s > 0 and waited >= idle_timeout_s:
+                    raise UploadStalled(
+                        f"no audio arrived for {idle_timeout_s:g} s, so the streaming session was "
+                        "closed; keep sending audio (silence too) while the session is open, or "
+                        "close the stream to end it",
+                        metadata={"idle_timeout_seconds": f"{idle_timeout_s:g}"},
+                    )
+                self._cond.wait(None if idle_timeout_s <= 0 else idle_timeout_s - waited)
+
+
+@dataclass
+class Emitted:
+    """An event and when the audio it ends at had arrived (wall clock), for latency metrics."""
+
+    event: Event
+    audio_arrived_at: float | None = None
+
+
+def drive(
+    session: StreamingSession,
+    inbox: Inbox,
+    idle_timeout_s: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[Emitted]:
+    """Run a session from an inbox until the stream ends; yields events as they are made.
+
+    Audio that arrived while a step was decoding is taken all at once, so a session that falls
+    behind catches up instead of decoding every stale step.
+    """
+    arrivals: deque[tuple[float, float]] = deque()  # (audio received up to, wall time)
+    ended = False
+    while not ended:
+        chunks, ended = inbox.take(idle_timeout_s)
+        for chunk in chunks:
+            session.push(chunk)
+        if chunks:
+            arrivals.append((session.received_s, clock()))
+        if ended:
+            break
+        if session.due():
+            for event in session.step():
+                yield Emitted(event, _arrival(arrivals, event))
+            while len(arrivals) > 1 and arrivals[1][0] <= session.commit_time:
+                arrivals.popleft()
+    for event in session.finish():
+        yield Emitted(event, _arrival(arrivals, event))
+
+
+def _arrival(arrivals: deque[tuple[float, float]], event: Event) -> float | None:
+    if not isinstance(event, Final):
+        return None
+    for upto, at in arrivals:
+        if upto >= event.segment.end - 1e-6:
+            return at
+    return arrivals[-1][1] if arrivals else None
+
+
+# -- capacity --------------------------------------------------------------------------------
+
+
+class SessionLimiter:
+    """At most `limit` sessions at once on this replica; beyond it `Overloaded` (RESOURCE_EXHAUSTED)."""
+
+    def __init__(
+        self, limit: int, on_change: Callable[[int], None] | None = None, retry_after_s: float = 5.0
+    ):
+        self.limit = limit
+        self.active = 0
+        self._lock = threading.Lock()
+        self._on_change = on_change or (lambda active: None)
+        self._retry_after_s = retry_after_s
+
+    def __enter__(self) -> SessionLimiter:
+        with self._lock:
+            if self.active >= self.limit:
+                raise Overloaded(
+                    f"this replica already runs its maximum of {self.limit} streaming sessions; "
+                    "retry later or on another replica",
+                    retry_after_s=self._retry_after_s,
+                    metadata={"active_sessions": str(self.active), "limit": str(self.limit)},
+                )
+            self.active += 1
+            self._on_change(self.active)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.active -= 1
+            self._on_change(self.active)
+
+
+# -- the real decoder and VAD ----------------------------------------------------------------
+
+
+@dataclass
+class WhisperDecoder:
+    """Decodes with a loaded faster-whisper model (the registry's shared instance)."""
+
+    model: object
+    language: str | None
+    beam_size: int
+    temperatures: tuple[float, ...] = (0.0,)
+    calls: int = field(default=0)
+
+    context_pad_s: float = 0.0
+    """0: Whisper's encoder hears its full 30 s window (the buffer padded with silence), as in
+    batch. Above 0: only the buffer plus this much padding (`audio_context`)."""
+
+    def __call__(self, audio: np.ndarray, prompt: str) -> list[Segment]:
+        from asr_mesh.services.transcription.core import to_segment
+
+        self.calls += 1
+        model = self.model
+        if self.context_pad_s > 0:
+            model = short_context(
+                model, audio_context(audio.size / SAMPLE_RATE, self.context_pad_s)
+            )
+        segments, _info = model.transcribe(
+            audio,
+            language=self.language,
+            beam_size=self.beam_size,
+            best_of=1,
+            temperature=list(self.temperatures),
+            word_timestamps=True,
+            vad_filter=False,
+            condition_on_previous_text=False,
+            initial_prompt=prompt or None,
+            max_new_tokens=max_new_tokens(audio.size / SAMPLE_RATE),
+        )
+        return [to_segment(i, s) for i, s in enumerate(segments)]
+
+
+TOKENS_PER_S = 12
+"""Most tokens a second of speech takes (fast Portuguese: ~4 words/s, ~2 tokens a word, plus
+timestamps), with room to spare."""
+
+
+def max_new_tokens(audio_s: float) -> int:
+    """Token budget of one decode of `audio_s` seconds. A decode that loops (Whisper repeating a
+    phrase, common on a buffer cut mid-word) would run to the model's 448 tokens, seconds of
+    CPU, only to be thrown away by the compression-ratio guard; real speech never needs this
+    many. Bounded so that prompt (`PROMPT_CHARS`) plus budget stay under 448."""
+    return min(220, int(TOKENS_PER_S * audio_s) + 20)
+
+
+FULL_CONTEXT_FRAMES = 3000
+"""Whisper's encoder input: 30 s of 10 ms mel frames."""
+
+
+def audio_context(audio_s: float, pad_s: float) -> int:
+    """Mel frames the encoder hears for `audio_s` of buffer: the buffer, `pad_s` of silence
+    after it, rounded up to whole seconds (an even number of frames, which the encoder's
+    stride-2 convolution needs), at most Whisper's 30 s."""
+    seconds = int(np.ceil(audio_s + pad_s - 1e-9))
+    return min(FULL_CONTEXT_FRAMES, max(2, seconds) * 100)
+
+
+def short_context(model: object, frames: int) -> object:
+    """A shallow copy of a faster-whisper `WhisperModel` whose encoder hears only the first
+    `frames` mel frames instead of the padded 30 s window (whisper.cpp's `audio_ctx`).
+
+    Why: the encoder's cost is fixed by its input, not by the audio in it, and grows faster
+    than linearly with it (self-attention): on 2 CPU cores whisper base spends ~1.9 CPU-s
+    encoding 30 s, ~0.4 CPU-s encoding 10 s. A streaming buffer is a few seconds long, so
+    most of a full-window decode is spent on padding. The copy shares the loaded model (no
+    memory); the decoder and the word aligner work on the shorter encoder output unchanged."""
+    if frames >= FULL_CONTEXT_FRAMES:
+        return model
+    import copy
+
+    clone = copy.copy(model)
+    encode = model.encode  # type: ignore[attr-defined]
+
+    def short_encode(features: np.ndarray) -> object:
+        return encode(np.ascontiguousarray(features[..., :frames]))
+
+    clone.encode = short_encode  # type: ignore[attr-defined]
+    return clone
+
+
+def silero_vad(threshold: float = 0.5, pad_s: float = 0.05) -> VadFn:
+    """Silero VAD from faster-whisper, with short silences so utterance ends are precise."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    options = VadOptions(
+        threshold=threshold,
+        min_silence_duration_ms=100,
+        speech_pad_ms=int(pad_s * 1000),
+        min_speech_duration_ms=100,
+    )
+
+    def detect(audio: np.ndarray) -> list[tuple[float, float]]:
+        if audio.size < SAMPLE_RATE // 10:
+            return []
+        found = get_speech_timestamps(audio, options)
+        return [(t["start"] / SAMPLE_RATE, t["end"] / SAMPLE_RATE) for t in found]
+
+    return detect

@@ -1,3 +1,0 @@
-from services.diarization.server import main
-
-main()

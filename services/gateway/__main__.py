@@ -1,3 +1,0 @@
-from services.gateway.server import main
-
-main()

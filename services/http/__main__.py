@@ -1,3 +1,0 @@
-from services.http.server import main
-
-main()

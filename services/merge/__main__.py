@@ -1,3 +1,0 @@
-from services.merge.server import main
-
-main()

@@ -1,3 +1,0 @@
-from services.preprocess.server import main
-
-main()

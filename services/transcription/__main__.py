@@ -1,3 +1,0 @@
-from services.transcription.server import main
-
-main()
