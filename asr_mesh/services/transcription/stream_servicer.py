@@ -156,8 +156,9 @@ def read_audio(request_iterator, inbox: Inbox) -> None:
                 )
             if len(pcm) > MAX_CHUNK_BYTES:
                 raise InvalidInput(
-                    f"an audio message holds {len(pcm) / (SAMPLE_RATE * BYTES_PER_SAMPLE):.2f} s of "
-                    f"audio; send at most {streaming.MAX_CHUNK_S:g} s a message (20-500 ms is usual)",
+                    f"an audio message holds "
+                    f"{len(pcm) / (SAMPLE_RATE * BYTES_PER_SAMPLE):.2f} s of audio; send at most "
+                    f"{streaming.MAX_CHUNK_S:g} s a message (20-500 ms is usual)",
                     field="audio",
                 )
             inbox.put(np.frombuffer(pcm, dtype="<i2"))

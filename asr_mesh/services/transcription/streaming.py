@@ -43,7 +43,7 @@ import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from opentelemetry import trace
@@ -72,7 +72,8 @@ class LatencyProfile:
     - `window_s`: once the buffer is longer, it is trimmed at the end of a committed segment.
     - `max_buffer_s`: hard bound on the buffer; beyond it the oldest words are committed.
     - `beam_size`: Whisper beam (1 = greedy).
-    - `agreement`: how many successive hypotheses must agree on a prefix to commit it (LocalAgreement-n).
+    - `agreement`: how many successive hypotheses must agree on a prefix to commit it
+      (LocalAgreement-n).
     - `endpoint_silence_s`: silence that ends an utterance (unless the caller sets its own).
     - `min_speech_s`: shortest stretch VAD counts as speech (clicks and coughs are ignored).
     - `speculate_silence_s`: silence after speech at which a decode runs at once, without
@@ -439,8 +440,9 @@ class StreamingSession:
             return
         if (self._received + samples.size) / SAMPLE_RATE > self.options.max_session_s:
             raise DeadlineExceeded(
-                f"the streaming session reached its maximum length of {self.options.max_session_s:g} s "
-                "of audio; text up to that point was sent, open a new session to go on",
+                "the streaming session reached its maximum length of "
+                f"{self.options.max_session_s:g} s of audio; text up to that point was sent, "
+                "open a new session to go on",
                 metadata={"max_session_seconds": f"{self.options.max_session_s:g}"},
             )
         audio = samples.astype(np.float32) / 32768.0 if samples.dtype == np.int16 else samples
@@ -493,7 +495,10 @@ class StreamingSession:
         return self._run_step(final=False)
 
     def _tail_quiet(self) -> float:
-        """Seconds since the last speech VAD hears in the last second or so (inf: none)."""
+        """Seconds since the last speech VAD hears in the last second or so (inf: none heard;
+        0 without VAD)."""
+        if self._vad is None:  # no VAD: no endpointing, nothing is ever quiet
+            return 0.0
         audio = self._consolidate()
         tail = audio[-int((self.options.endpoint_silence_s + 1.0) * SAMPLE_RATE) :]
         ranges = [(a, b) for a, b in self._vad(tail) if b - a >= self.profile.min_speech_s]
@@ -614,7 +619,7 @@ class StreamingSession:
                 span.set_attribute("asr.stream.decoded", False)
             else:
                 if (
-                    endpoint
+                    endpoint_at is not None
                     and not final
                     and self._history
                     and self._last_decode_end >= endpoint_at + _HEARD_WHOLE_S
@@ -631,7 +636,7 @@ class StreamingSession:
                     span.set_attribute("asr.stream.decoded", True)
                 if final:
                     commit = words
-                elif endpoint:
+                elif endpoint_at is not None:
                     # The utterance ends at the silence: everything said before it is final,
                     # whatever the agreement. Words after it (next utterance) wait as usual.
                     commit = [w for w in words if w.start < endpoint_at + 0.1]
@@ -649,7 +654,7 @@ class StreamingSession:
                 events.extend(self._commit(commit, hypothesis, utterance_end))
                 events.extend(self._interim(rest))
                 self._history.append(rest)
-                if endpoint:
+                if endpoint_at is not None:
                     events.append(SpeechEvent("end", endpoint_at))
                     self._in_speech = False
                     self.commit_time = max(self.commit_time, min(endpoint_at, end))
@@ -895,7 +900,8 @@ def _arrival(arrivals: deque[tuple[float, float]], event: Event) -> float | None
 
 
 class SessionLimiter:
-    """At most `limit` sessions at once on this replica; beyond it `Overloaded` (RESOURCE_EXHAUSTED)."""
+    """At most `limit` sessions at once on this replica; beyond it `Overloaded`
+    (RESOURCE_EXHAUSTED)."""
 
     def __init__(
         self, limit: int, on_change: Callable[[int], None] | None = None, retry_after_s: float = 5.0
@@ -932,7 +938,8 @@ class SessionLimiter:
 class WhisperDecoder:
     """Decodes with a loaded faster-whisper model (the registry's shared instance)."""
 
-    model: object
+    model: Any
+    """A faster_whisper.WhisperModel (untyped library; Any keeps the import lazy)."""
     language: str | None
     beam_size: int
     temperatures: tuple[float, ...] = (0.0,)
@@ -991,7 +998,7 @@ def audio_context(audio_s: float, pad_s: float) -> int:
     return min(FULL_CONTEXT_FRAMES, max(2, seconds) * 100)
 
 
-def short_context(model: object, frames: int) -> object:
+def short_context(model: Any, frames: int) -> Any:
     """A shallow copy of a faster-whisper `WhisperModel` whose encoder hears only the first
     `frames` mel frames instead of the padded 30 s window (whisper.cpp's `audio_ctx`).
 
