@@ -22,6 +22,7 @@ from asr.transcription.v1 import streaming_pb2 as pb
 from asr_mesh.services.common import convert, metrics
 from asr_mesh.services.common.domain import BYTES_PER_SAMPLE, SAMPLE_RATE
 from asr_mesh.services.common.errors import Cancelled, InvalidAudio, InvalidInput, MeshError
+from asr_mesh.services.common.options import streaming_config
 from asr_mesh.services.common.pcm import read_config
 from asr_mesh.services.transcription import streaming
 from asr_mesh.services.transcription.core import Transcriber, whisper_language
@@ -80,7 +81,11 @@ MAX_CHUNK_BYTES = int(streaming.MAX_CHUNK_S * SAMPLE_RATE) * BYTES_PER_SAMPLE
 
 
 def session_options(config: spb.StreamingConfig) -> SessionOptions:
-    """StreamingConfig → core options (validated later by `streaming.resolve_options`)."""
+    """StreamingConfig → core options (validated later by `streaming.resolve_options`).
+
+    Its shared `transcription` options, when set, replace the flat language/model/prompt
+    fields (the same fold the gateway applies; batch-only options are refused)."""
+    config = streaming_config(config)
     if config.latency_profile not in PROFILE_NAMES:
         raise InvalidInput(
             f"unknown latency profile {config.latency_profile}", field="config.latency_profile"
