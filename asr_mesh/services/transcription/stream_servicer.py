@@ -37,6 +37,7 @@ from asr_mesh.services.transcription.streaming import (
     StreamSummary,
     VadFn,
     WhisperDecoder,
+    rescue_decoder,
 )
 
 SESSIONS_ACTIVE = Gauge(
@@ -249,6 +250,7 @@ class StreamingHandler:
                 options,
                 profile,
                 model_name=spec.name,
+                rescue=rescue_decoder(model, options.language),
             )
             try:
                 for emitted in streaming.drive(session, inbox, self._idle_timeout_s):

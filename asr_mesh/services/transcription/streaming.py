@@ -368,6 +368,7 @@ class _Counters:
     steps: int = 0
     processing_s: float = 0.0
     removed: int = 0
+    rescues: int = 0
 
 
 @dataclass
@@ -377,6 +378,8 @@ class _Hypothesis:
     avg_logprob: float = 0.0
     no_speech_prob: float = 0.0
     compression_ratio: float = 0.0
+    failed: bool = False
+    """The decode looped (compression-ratio guard): its words were thrown away."""
 
 
 class StreamingSession:
@@ -395,8 +398,13 @@ class StreamingSession:
         *,
         model_name: str = "",
         clock: Callable[[], float] = time.perf_counter,
+        rescue: Decoder | None = None,
     ):
         self._decode = decode
+        self._rescue = rescue
+        """Decodes an utterance once more, more carefully (Whisper's full 30 s context, the
+        temperature fallback, no prompt), when the decode an utterance's final text would come
+        from looped: without it the whole phrase would be dropped."""
         self._vad = vad
         self.options = options
         self.profile = profile
@@ -622,6 +630,7 @@ class StreamingSession:
                     endpoint_at is not None
                     and not final
                     and self._history
+                    and not self._last_hypothesis.failed
                     and self._last_decode_end >= endpoint_at + _HEARD_WHOLE_S
                 ):
                     # The last decode already heard the whole utterance: commit from it
@@ -630,6 +639,11 @@ class StreamingSession:
                     span.set_attribute("asr.stream.decoded", False)
                 else:
                     hypothesis = self._last_hypothesis = self._hypothesis(audio)
+                    if hypothesis.failed and (final or endpoint_at is not None):
+                        # The utterance's last chance looped: decode it once more, carefully,
+                        # rather than drop the whole phrase.
+                        hypothesis = self._last_hypothesis = self._hypothesis(audio, rescue=True)
+                        span.set_attribute("asr.stream.rescued", True)
                     self._last_decode_end = end
                     self.counters.steps += 1
                     words = new_words(hypothesis.words, self._committed, self.commit_time)
@@ -694,14 +708,18 @@ class StreamingSession:
                 return b
         return live[-1][1] if end - live[-1][1] >= silence else None
 
-    def _hypothesis(self, audio: np.ndarray) -> _Hypothesis:
-        segments = self._decode(audio, self._prompt())
+    def _hypothesis(self, audio: np.ndarray, rescue: bool = False) -> _Hypothesis:
+        if rescue and self._rescue is not None:
+            self.counters.rescues += 1
+            segments = self._rescue(audio, "")
+        else:
+            segments = self._decode(audio, self._prompt())
         kept = [s for s in segments if not guards.is_silent(s)]
         text = " ".join(s.text for s in kept)
         ratio = max((s.compression_ratio for s in kept), default=0.0)
         if kept and ratio > guards.COMPRESSION_RATIO_THRESHOLD:
             self.counters.removed += sum(len(s.words) for s in kept)
-            return _Hypothesis([], [])  # a failed (repetitive) decode: wait for the next one
+            return _Hypothesis([], [], failed=True)  # looped: wait for the next decode
         at = self.buffer_start
         words = [
             replace(w, start=w.start + at, end=w.end + at)
@@ -971,6 +989,19 @@ class WhisperDecoder:
             max_new_tokens=max_new_tokens(audio.size / SAMPLE_RATE),
         )
         return [to_segment(i, s) for i, s in enumerate(segments)]
+
+
+RESCUE_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+RESCUE_BEAM_SIZE = 5
+
+
+def rescue_decoder(model: Any, language: str | None) -> WhisperDecoder:
+    """The careful decode `StreamingSession` falls back on when an utterance's final decode
+    looped: batch's settings (full 30 s encoder context, beam 5, temperature fallback), no
+    prompt (a garbled prompt is a common cause of the loop)."""
+    return WhisperDecoder(
+        model, language, RESCUE_BEAM_SIZE, temperatures=RESCUE_TEMPERATURES, context_pad_s=0.0
+    )
 
 
 TOKENS_PER_S = 12
