@@ -546,3 +546,39 @@ def test_a_decode_token_budget_grows_with_the_audio_and_leaves_room_for_the_prom
     # Prompt (at most PROMPT_CHARS characters, 1 token each at worst, and the 4-token start
     # sequence) + budget < 448, the model's limit.
     assert s.PROMPT_CHARS + 4 + max(s.max_new_tokens(x) for x in range(0, 40)) < 448
+
+
+class LoopingDecoder(ScriptedDecoder):
+    """Every decode loops (Whisper repeating a phrase): the compression-ratio guard drops it."""
+
+    def __call__(self, audio: np.ndarray, prompt: str) -> list[Segment]:
+        return [replace(seg, compression_ratio=4.0) for seg in super().__call__(audio, prompt)]
+
+
+def _looping_session(truth, rng, rescue):
+    decoder = LoopingDecoder(truth, rng, garble_tail=False)
+    ref: list = []
+    options, prof = s.resolve_options(s.SessionOptions(), 3600)
+    session = s.StreamingSession(decoder, script_vad(truth, ref), options, prof, rescue=rescue)
+    decoder.session = session
+    if rescue is not None:
+        rescue.session = session
+    ref.append(session)
+    events = []
+    for _ in range(int((truth[-1].end + 2.0) / 0.1)):
+        session.push(np.zeros(1600, dtype=np.int16))
+        if session.due():
+            events += session.step()
+    return session, events + session.finish()
+
+
+def test_an_utterance_whose_decodes_all_loop_is_rescued_not_dropped():
+    rng = random.Random(11)
+    truth = script(rng, 12, pause_every=6)
+    _, lost = _looping_session(truth, random.Random(1), rescue=None)
+    assert final_words(lost) == []  # without a rescue every phrase is dropped
+    rescue = ScriptedDecoder(truth, random.Random(2), garble_tail=False)
+    session, events = _looping_session(truth, random.Random(1), rescue=rescue)
+    assert final_words(events) == [w.word for w in truth]  # each word once, none lost
+    assert session.counters.rescues >= 2  # one careful decode per utterance end
+    assert set(rescue.prompts) == {""}  # no (possibly garbled) prompt for the careful decode

@@ -197,3 +197,25 @@ def test_wrong_format_and_oversized_chunks_are_refused(stub):
         err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         and "at most 1 s" in err.value.details()
     )
+
+
+def test_the_shared_transcription_options_are_honoured_by_the_service_itself():
+    """StreamingConfig.transcription (asr.common.v1.TranscriptionOptions) replaces the flat
+    language/model/prompt fields here too, not only when the gateway folds it."""
+    from asr.common.v1 import options_pb2
+    from asr_mesh.services.common.errors import InvalidInput
+    from asr_mesh.services.transcription.stream_servicer import session_options
+
+    config = spb.StreamingConfig(
+        language_code="pt-BR",
+        initial_prompt="flat",
+        transcription=options_pb2.TranscriptionOptions(
+            language_code="en-US", model="base", initial_prompt="shared"
+        ),
+    )
+    options = session_options(config)
+    assert (options.language, options.model, options.initial_prompt) == ("en", "base", "shared")
+    assert session_options(spb.StreamingConfig(language_code="pt-BR")).language == "pt"
+    refused = spb.StreamingConfig(transcription=options_pb2.TranscriptionOptions(beam_size=5))
+    with pytest.raises(InvalidInput, match="batch transcription only"):
+        session_options(refused)

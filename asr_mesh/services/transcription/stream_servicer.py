@@ -22,6 +22,7 @@ from asr.transcription.v1 import streaming_pb2 as pb
 from asr_mesh.services.common import convert, metrics
 from asr_mesh.services.common.domain import BYTES_PER_SAMPLE, SAMPLE_RATE
 from asr_mesh.services.common.errors import Cancelled, InvalidAudio, InvalidInput, MeshError
+from asr_mesh.services.common.options import streaming_config
 from asr_mesh.services.common.pcm import read_config
 from asr_mesh.services.transcription import streaming
 from asr_mesh.services.transcription.core import Transcriber, whisper_language
@@ -36,6 +37,7 @@ from asr_mesh.services.transcription.streaming import (
     StreamSummary,
     VadFn,
     WhisperDecoder,
+    rescue_decoder,
 )
 
 SESSIONS_ACTIVE = Gauge(
@@ -80,7 +82,11 @@ MAX_CHUNK_BYTES = int(streaming.MAX_CHUNK_S * SAMPLE_RATE) * BYTES_PER_SAMPLE
 
 
 def session_options(config: spb.StreamingConfig) -> SessionOptions:
-    """StreamingConfig → core options (validated later by `streaming.resolve_options`)."""
+    """StreamingConfig → core options (validated later by `streaming.resolve_options`).
+
+    Its shared `transcription` options, when set, replace the flat language/model/prompt
+    fields (the same fold the gateway applies; batch-only options are refused)."""
+    config = streaming_config(config)
     if config.latency_profile not in PROFILE_NAMES:
         raise InvalidInput(
             f"unknown latency profile {config.latency_profile}", field="config.latency_profile"
@@ -156,8 +162,9 @@ def read_audio(request_iterator, inbox: Inbox) -> None:
                 )
             if len(pcm) > MAX_CHUNK_BYTES:
                 raise InvalidInput(
-                    f"an audio message holds {len(pcm) / (SAMPLE_RATE * BYTES_PER_SAMPLE):.2f} s of "
-                    f"audio; send at most {streaming.MAX_CHUNK_S:g} s a message (20-500 ms is usual)",
+                    f"an audio message holds "
+                    f"{len(pcm) / (SAMPLE_RATE * BYTES_PER_SAMPLE):.2f} s of audio; send at most "
+                    f"{streaming.MAX_CHUNK_S:g} s a message (20-500 ms is usual)",
                     field="audio",
                 )
             inbox.put(np.frombuffer(pcm, dtype="<i2"))
@@ -243,6 +250,7 @@ class StreamingHandler:
                 options,
                 profile,
                 model_name=spec.name,
+                rescue=rescue_decoder(model, options.language),
             )
             try:
                 for emitted in streaming.drive(session, inbox, self._idle_timeout_s):

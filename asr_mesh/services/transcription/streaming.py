@@ -43,7 +43,7 @@ import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from opentelemetry import trace
@@ -72,7 +72,8 @@ class LatencyProfile:
     - `window_s`: once the buffer is longer, it is trimmed at the end of a committed segment.
     - `max_buffer_s`: hard bound on the buffer; beyond it the oldest words are committed.
     - `beam_size`: Whisper beam (1 = greedy).
-    - `agreement`: how many successive hypotheses must agree on a prefix to commit it (LocalAgreement-n).
+    - `agreement`: how many successive hypotheses must agree on a prefix to commit it
+      (LocalAgreement-n).
     - `endpoint_silence_s`: silence that ends an utterance (unless the caller sets its own).
     - `min_speech_s`: shortest stretch VAD counts as speech (clicks and coughs are ignored).
     - `speculate_silence_s`: silence after speech at which a decode runs at once, without
@@ -367,6 +368,7 @@ class _Counters:
     steps: int = 0
     processing_s: float = 0.0
     removed: int = 0
+    rescues: int = 0
 
 
 @dataclass
@@ -376,6 +378,8 @@ class _Hypothesis:
     avg_logprob: float = 0.0
     no_speech_prob: float = 0.0
     compression_ratio: float = 0.0
+    failed: bool = False
+    """The decode looped (compression-ratio guard): its words were thrown away."""
 
 
 class StreamingSession:
@@ -394,8 +398,13 @@ class StreamingSession:
         *,
         model_name: str = "",
         clock: Callable[[], float] = time.perf_counter,
+        rescue: Decoder | None = None,
     ):
         self._decode = decode
+        self._rescue = rescue
+        """Decodes an utterance once more, more carefully (Whisper's full 30 s context, the
+        temperature fallback, no prompt), when the decode an utterance's final text would come
+        from looped: without it the whole phrase would be dropped."""
         self._vad = vad
         self.options = options
         self.profile = profile
@@ -439,8 +448,9 @@ class StreamingSession:
             return
         if (self._received + samples.size) / SAMPLE_RATE > self.options.max_session_s:
             raise DeadlineExceeded(
-                f"the streaming session reached its maximum length of {self.options.max_session_s:g} s "
-                "of audio; text up to that point was sent, open a new session to go on",
+                "the streaming session reached its maximum length of "
+                f"{self.options.max_session_s:g} s of audio; text up to that point was sent, "
+                "open a new session to go on",
                 metadata={"max_session_seconds": f"{self.options.max_session_s:g}"},
             )
         audio = samples.astype(np.float32) / 32768.0 if samples.dtype == np.int16 else samples
@@ -493,7 +503,10 @@ class StreamingSession:
         return self._run_step(final=False)
 
     def _tail_quiet(self) -> float:
-        """Seconds since the last speech VAD hears in the last second or so (inf: none)."""
+        """Seconds since the last speech VAD hears in the last second or so (inf: none heard;
+        0 without VAD)."""
+        if self._vad is None:  # no VAD: no endpointing, nothing is ever quiet
+            return 0.0
         audio = self._consolidate()
         tail = audio[-int((self.options.endpoint_silence_s + 1.0) * SAMPLE_RATE) :]
         ranges = [(a, b) for a, b in self._vad(tail) if b - a >= self.profile.min_speech_s]
@@ -614,9 +627,10 @@ class StreamingSession:
                 span.set_attribute("asr.stream.decoded", False)
             else:
                 if (
-                    endpoint
+                    endpoint_at is not None
                     and not final
                     and self._history
+                    and not self._last_hypothesis.failed
                     and self._last_decode_end >= endpoint_at + _HEARD_WHOLE_S
                 ):
                     # The last decode already heard the whole utterance: commit from it
@@ -625,13 +639,18 @@ class StreamingSession:
                     span.set_attribute("asr.stream.decoded", False)
                 else:
                     hypothesis = self._last_hypothesis = self._hypothesis(audio)
+                    if hypothesis.failed and (final or endpoint_at is not None):
+                        # The utterance's last chance looped: decode it once more, carefully,
+                        # rather than drop the whole phrase.
+                        hypothesis = self._last_hypothesis = self._hypothesis(audio, rescue=True)
+                        span.set_attribute("asr.stream.rescued", True)
                     self._last_decode_end = end
                     self.counters.steps += 1
                     words = new_words(hypothesis.words, self._committed, self.commit_time)
                     span.set_attribute("asr.stream.decoded", True)
                 if final:
                     commit = words
-                elif endpoint:
+                elif endpoint_at is not None:
                     # The utterance ends at the silence: everything said before it is final,
                     # whatever the agreement. Words after it (next utterance) wait as usual.
                     commit = [w for w in words if w.start < endpoint_at + 0.1]
@@ -649,7 +668,7 @@ class StreamingSession:
                 events.extend(self._commit(commit, hypothesis, utterance_end))
                 events.extend(self._interim(rest))
                 self._history.append(rest)
-                if endpoint:
+                if endpoint_at is not None:
                     events.append(SpeechEvent("end", endpoint_at))
                     self._in_speech = False
                     self.commit_time = max(self.commit_time, min(endpoint_at, end))
@@ -689,14 +708,18 @@ class StreamingSession:
                 return b
         return live[-1][1] if end - live[-1][1] >= silence else None
 
-    def _hypothesis(self, audio: np.ndarray) -> _Hypothesis:
-        segments = self._decode(audio, self._prompt())
+    def _hypothesis(self, audio: np.ndarray, rescue: bool = False) -> _Hypothesis:
+        if rescue and self._rescue is not None:
+            self.counters.rescues += 1
+            segments = self._rescue(audio, "")
+        else:
+            segments = self._decode(audio, self._prompt())
         kept = [s for s in segments if not guards.is_silent(s)]
         text = " ".join(s.text for s in kept)
         ratio = max((s.compression_ratio for s in kept), default=0.0)
         if kept and ratio > guards.COMPRESSION_RATIO_THRESHOLD:
             self.counters.removed += sum(len(s.words) for s in kept)
-            return _Hypothesis([], [])  # a failed (repetitive) decode: wait for the next one
+            return _Hypothesis([], [], failed=True)  # looped: wait for the next decode
         at = self.buffer_start
         words = [
             replace(w, start=w.start + at, end=w.end + at)
@@ -895,7 +918,8 @@ def _arrival(arrivals: deque[tuple[float, float]], event: Event) -> float | None
 
 
 class SessionLimiter:
-    """At most `limit` sessions at once on this replica; beyond it `Overloaded` (RESOURCE_EXHAUSTED)."""
+    """At most `limit` sessions at once on this replica; beyond it `Overloaded`
+    (RESOURCE_EXHAUSTED)."""
 
     def __init__(
         self, limit: int, on_change: Callable[[int], None] | None = None, retry_after_s: float = 5.0
@@ -932,7 +956,8 @@ class SessionLimiter:
 class WhisperDecoder:
     """Decodes with a loaded faster-whisper model (the registry's shared instance)."""
 
-    model: object
+    model: Any
+    """A faster_whisper.WhisperModel (untyped library; Any keeps the import lazy)."""
     language: str | None
     beam_size: int
     temperatures: tuple[float, ...] = (0.0,)
@@ -966,6 +991,19 @@ class WhisperDecoder:
         return [to_segment(i, s) for i, s in enumerate(segments)]
 
 
+RESCUE_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+RESCUE_BEAM_SIZE = 5
+
+
+def rescue_decoder(model: Any, language: str | None) -> WhisperDecoder:
+    """The careful decode `StreamingSession` falls back on when an utterance's final decode
+    looped: batch's settings (full 30 s encoder context, beam 5, temperature fallback), no
+    prompt (a garbled prompt is a common cause of the loop)."""
+    return WhisperDecoder(
+        model, language, RESCUE_BEAM_SIZE, temperatures=RESCUE_TEMPERATURES, context_pad_s=0.0
+    )
+
+
 TOKENS_PER_S = 12
 """Most tokens a second of speech takes (fast Portuguese: ~4 words/s, ~2 tokens a word, plus
 timestamps), with room to spare."""
@@ -991,7 +1029,7 @@ def audio_context(audio_s: float, pad_s: float) -> int:
     return min(FULL_CONTEXT_FRAMES, max(2, seconds) * 100)
 
 
-def short_context(model: object, frames: int) -> object:
+def short_context(model: Any, frames: int) -> Any:
     """A shallow copy of a faster-whisper `WhisperModel` whose encoder hears only the first
     `frames` mel frames instead of the padded 30 s window (whisper.cpp's `audio_ctx`).
 
