@@ -280,6 +280,7 @@ def simulate(
     out_json: Path | None,
     clock: str = "cpu",
     cost_model: str = "",
+    rescue: bool = True,
 ) -> dict:
     """Virtual real-time replay without the mesh: latency free of the network and of other
     sessions, each step as slow as it really is on this machine (as loaded as it is).
@@ -363,7 +364,9 @@ def simulate(
                 timed.append(took)
                 return segments
 
-            session = st.StreamingSession(decode, st.silero_vad(), options, prof, rescue=rescued)
+            session = st.StreamingSession(
+                decode, st.silero_vad(), options, prof, rescue=rescued if rescue else None
+            )
             samples = np.frombuffer(item.pcm, dtype="<i2")
             records = replay(session, samples, clock=cost or clock, decoded=decoded)
             finals = [r for r in records if "eou" in r]
@@ -567,6 +570,11 @@ def main() -> int:
     )
     parser.add_argument("--only", default="", help="comma list: inputs whose name contains one")
     parser.add_argument(
+        "--no-rescue",
+        action="store_true",
+        help="(simulate) without the careful re-decode of a looping closing decode",
+    )
+    parser.add_argument(
         "--report",
         nargs="+",
         type=Path,
@@ -598,6 +606,7 @@ def main() -> int:
                 args.json,
                 args.clock,
                 args.cost_model,
+                rescue=not args.no_rescue,
             )
         return 0
 

@@ -1043,12 +1043,12 @@ def short_context(model: Any, frames: int) -> Any:
     import copy
 
     clone = copy.copy(model)
-    encode = model.encode  # type: ignore[attr-defined]
+    encode = model.encode
 
     def short_encode(features: np.ndarray) -> object:
         return encode(np.ascontiguousarray(features[..., :frames]))
 
-    clone.encode = short_encode  # type: ignore[attr-defined]
+    clone.encode = short_encode
     return clone
 
 

@@ -32,6 +32,8 @@ import sys
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
 
@@ -59,6 +61,7 @@ from asr_mesh.client.sdk import (  # noqa: E402
     GatewayClient,
     GatewayUnreachable,
     TranscribeOptions,
+    Transcription,
 )
 
 __all__ = ["ServerNotInstalled", "build_parser", "main"]
@@ -111,7 +114,7 @@ class ServerNotInstalled(MeshError):
         )
 
 
-def _supervisor(what: str, *, or_server: bool = True):
+def _supervisor(what: str, *, or_server: bool = True) -> ModuleType:
     """`asr_mesh.services.supervisor` (the local mesh), or `ServerNotInstalled` naming `what` needs
     it."""
     try:
@@ -132,7 +135,7 @@ def _replicas(value: str) -> int:
         except ValueError:
             raise argparse.ArgumentTypeError(f"invalid int value: {value!r}") from None
     try:
-        return supervisor.transcription_replica_count(value)
+        return int(supervisor.transcription_replica_count(value))
     except MeshError as exc:
         raise argparse.ArgumentTypeError(
             exc.message.removeprefix("--transcription-replicas ")
@@ -329,9 +332,11 @@ def _local_mesh(stack: ExitStack, args: argparse.Namespace, diarize: bool) -> st
         def on_mismatch(sentence: str) -> None:
             err_console.print(f"asr: {sentence}")
 
-        return stack.enter_context(
-            supervisor.use_local_mesh(
-                args.state_dir, services, on_start=on_start, on_mismatch=on_mismatch
+        return str(
+            stack.enter_context(
+                supervisor.use_local_mesh(
+                    args.state_dir, services, on_start=on_start, on_mismatch=on_mismatch
+                )
             )
         )
     state_dir = supervisor.resolve_state_dir(args.state_dir)
@@ -347,7 +352,7 @@ def _local_mesh(stack: ExitStack, args: argparse.Namespace, diarize: bool) -> st
         with err_console.status("starting a private local mesh (loading models)…"):
             mesh.start()
     mesh.start_supervision()  # a service that dies during the call is restarted
-    return mesh.gateway_address
+    return str(mesh.gateway_address)
 
 
 def transcribe(args: argparse.Namespace) -> int:
@@ -451,7 +456,9 @@ def _input_problem(path: Path) -> str:
     return ""
 
 
-def _transcribe_one(client: GatewayClient, path: Path, options: TranscribeOptions, quiet: bool):
+def _transcribe_one(
+    client: GatewayClient, path: Path, options: TranscribeOptions, quiet: bool
+) -> Transcription:
     if quiet:
         return client.transcribe(path, options)
     columns = (
@@ -463,7 +470,7 @@ def _transcribe_one(client: GatewayClient, path: Path, options: TranscribeOption
     with Progress(*columns, console=err_console, transient=True) as bar:
         tasks: dict[int, TaskID] = {}
 
-        def on_event(response) -> None:
+        def on_event(response: Any) -> None:
             if response.WhichOneof("payload") == "media_info":
                 bar.console.print(_media_line(path, response.media_info), markup=False)
             if response.WhichOneof("payload") != "progress":
@@ -477,7 +484,7 @@ def _transcribe_one(client: GatewayClient, path: Path, options: TranscribeOption
         return client.transcribe(path, options, on_event=on_event)
 
 
-def _media_line(path: Path, info) -> str:
+def _media_line(path: Path, info: Any) -> str:
     """What the preprocess service found, and its estimate of the processing time."""
     seconds = info.duration.seconds + info.duration.nanos / 1e9
     line = (
@@ -494,7 +501,7 @@ def _media_line(path: Path, info) -> str:
     return line
 
 
-def _write_outputs(result, source: Path, out_dir: Path) -> list[Path]:
+def _write_outputs(result: Transcription, source: Path, out_dir: Path) -> list[Path]:
     written = []
     for document in result.documents:
         target = out_dir / f"{source.stem}.{document.file_extension}"
@@ -549,7 +556,7 @@ def trace_command(args: argparse.Namespace) -> int:
 
 
 def _serve_security(
-    args: argparse.Namespace, state_dir: Path, supervisor
+    args: argparse.Namespace, state_dir: Path, supervisor: ModuleType
 ) -> tuple[dict[str, str], Path | None]:
     """The services' TLS and token settings for `asr serve --tls / --auth-token-file` (called
     once `_supervisor` found the server)."""

@@ -55,7 +55,9 @@ STATE_NAMES = {value: name for name, value in STATES.items()}
 _NOT_FOR_SUBMIT = {"help", "files", "output_dir"}
 
 
-def add_parsers(sub: argparse._SubParsersAction, transcribe: argparse.ArgumentParser) -> None:
+def add_parsers(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], transcribe: argparse.ArgumentParser
+) -> None:
     """Add `submit` (with every option of `transcribe`) and `jobs` to the `asr` parser."""
     s = sub.add_parser("submit", help="queue files as durable jobs on a running gateway")
     s.add_argument("files", nargs="+", type=Path, metavar="FILE")
@@ -126,12 +128,12 @@ def run(args: argparse.Namespace) -> int:
 
 def server_address(args: argparse.Namespace) -> str:
     if args.server:
-        return args.server
+        return str(args.server)
     if os.environ.get("ASR_SERVER"):
         return os.environ["ASR_SERVER"]
     published = resolve_state_dir(args.state_dir) / MESH_FILE
     try:
-        return json.loads(published.read_text())["gateway"][0]["address"]
+        return str(json.loads(published.read_text())["gateway"][0]["address"])
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         raise InvalidInput(
             "no gateway to send jobs to: pass --server HOST:PORT (or set ASR_SERVER, "

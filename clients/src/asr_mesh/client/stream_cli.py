@@ -25,6 +25,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import IO
 
+from google.protobuf import duration_pb2
+
 from asr_mesh.client import security_args
 from asr_mesh.client.errors import InvalidInput
 from asr_mesh.client.sdk import DEFAULT_LANGUAGE
@@ -35,7 +37,7 @@ CHUNK_S = 0.1
 CHUNK_BYTES = int(16000 * CHUNK_S) * 2
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("stream", help="real-time recognition with interim and final results")
     p.add_argument(
         "source", metavar="FILE|-", help="audio file, or - for raw 16 kHz mono s16le PCM on stdin"
@@ -128,7 +130,7 @@ class PcmSource:
 class TextView:
     """Interim text rewritten in place on a terminal; finals appended, one line per utterance."""
 
-    def __init__(self, out, interactive: bool):
+    def __init__(self, out: IO[str], interactive: bool) -> None:
         self.out, self.interactive = out, interactive
         self.line = ""  # final text of the current utterance
         self.shown = 0
@@ -213,7 +215,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _jsonl(out, kind: str, text: str, start, end, received: float) -> None:
+def _jsonl(
+    out: IO[str],
+    kind: str,
+    text: str,
+    start: duration_pb2.Duration,
+    end: duration_pb2.Duration,
+    received: float,
+) -> None:
     out.write(
         json.dumps(
             {

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console, JustifyMethod
 from rich.table import Table
@@ -57,8 +58,8 @@ class Span:
     end_ns: int
     status: str = "UNSET"
     kind: str = ""
-    attributes: dict = field(default_factory=dict)
-    events: list = field(default_factory=list)
+    attributes: dict[str, Any] = field(default_factory=dict)
+    events: list[Any] = field(default_factory=list)
     children: list[Span] = field(default_factory=list, repr=False)
     depth: int = 0
 
@@ -66,7 +67,7 @@ class Span:
     def duration_s(self) -> float:
         return (self.end_ns - self.start_ns) / 1e9
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "service": self.service,
             "name": self.name,
