@@ -46,6 +46,7 @@ PUBLIC = {
         "SecurityConfigError",
         "__version__",
     },
+    "asr_mesh.client.flat_fields": {"FLAT_FIELDS"},
     "asr_mesh.client.sdk": {
         "GatewayClient",
         "GatewayUnreachable",
@@ -54,6 +55,7 @@ PUBLIC = {
         "Transcription",
         "FORMATS",
         "FINAL_JOB_STATES",
+        "FLAT_FIELDS",
         "DEFAULT_ATTEMPTS",
         "DEFAULT_LANGUAGE",
         "UPLOAD_CHUNK_BYTES",

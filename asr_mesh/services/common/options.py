@@ -18,6 +18,7 @@ from typing import Any
 
 from asr.common.v1 import document_pb2, options_pb2, quality_pb2
 from asr.common.v1 import streaming_pb2 as common_streaming_pb2
+from asr_mesh.client.flat_fields import FLAT_FIELDS
 from asr_mesh.services.common.domain_errors import InvalidInput
 
 DEFAULT_LANGUAGE = "pt-BR"
@@ -54,26 +55,8 @@ PROFILE_NAMES: dict[int, str] = {
 """asr.common.v1.QualityProfile → the transcription core's profile name ("" = its default)."""
 PROFILE_ENUMS: dict[str, int] = {name: value for value, name in PROFILE_NAMES.items()}
 
-FLAT_FIELDS: dict[str, tuple[str, str]] = {
-    "loudness_normalization": ("audio", "loudness_normalization"),
-    "trim_silence": ("audio", "trim_silence"),
-    "language_code": ("transcription", "language_code"),
-    "model": ("transcription", "model"),
-    "quality_profile": ("transcription", "quality_profile"),
-    "beam_size": ("transcription", "beam_size"),
-    "best_of": ("transcription", "best_of"),
-    "temperatures": ("transcription", "temperatures"),
-    "initial_prompt": ("transcription", "initial_prompt"),
-    "hotwords": ("transcription", "hotwords"),
-    "diarize": ("diarization", "enabled"),
-    "num_speakers": ("diarization", "num_speakers"),
-    "min_speakers": ("diarization", "min_speakers"),
-    "max_speakers": ("diarization", "max_speakers"),
-    "output_formats": ("output", "formats"),
-    "speaker_names": ("output", "speaker_names"),
-    "inverse_text_normalization": ("output", "inverse_text_normalization"),
-}
-"""Deprecated flat TranscribeConfig field → (RecognitionOptions sub-message, field)."""
+# FLAT_FIELDS (deprecated flat field → sub-message, field) is the client's table
+# (asr_mesh.client.flat_fields): one place for both sides.
 
 _SPEAKER_FIELDS = ("diarize", "num_speakers", "min_speakers", "max_speakers", "speaker_names")
 _STREAMING_FIELDS = ("language_code", "model", "initial_prompt")

@@ -31,6 +31,7 @@ from asr_mesh.client.errors import (
     InvalidInput,
     Overloaded,
 )
+from asr_mesh.client.flat_fields import FLAT_FIELDS
 from asr_mesh.client.security import client_channel
 from asr_mesh.client.status import from_rpc_error
 from asr_mesh.client.tracing import traced_channel
@@ -39,6 +40,7 @@ __all__ = [
     "DEFAULT_ATTEMPTS",
     "DEFAULT_LANGUAGE",
     "FINAL_JOB_STATES",
+    "FLAT_FIELDS",
     "FORMATS",
     "GatewayClient",
     "GatewayUnreachable",
@@ -138,7 +140,7 @@ class TranscribeOptions:
         flat fields, which it then ignores and a gateway from before `options` reads instead."""
         options = self.recognition_options()
         config = pb.TranscribeConfig(filename=filename, options=options, no_cache=self.no_cache)
-        for flat, (part, name) in _FLAT_FIELDS.items():
+        for flat, (part, name) in FLAT_FIELDS.items():
             group = getattr(options, part)
             if part == "audio" and not group.HasField(name):
                 continue
@@ -150,29 +152,6 @@ class TranscribeOptions:
             else:
                 getattr(config, flat).extend(value)
         return config
-
-
-_FLAT_FIELDS: dict[str, tuple[str, str]] = {
-    "loudness_normalization": ("audio", "loudness_normalization"),
-    "trim_silence": ("audio", "trim_silence"),
-    "language_code": ("transcription", "language_code"),
-    "model": ("transcription", "model"),
-    "quality_profile": ("transcription", "quality_profile"),
-    "beam_size": ("transcription", "beam_size"),
-    "best_of": ("transcription", "best_of"),
-    "temperatures": ("transcription", "temperatures"),
-    "initial_prompt": ("transcription", "initial_prompt"),
-    "hotwords": ("transcription", "hotwords"),
-    "diarize": ("diarization", "enabled"),
-    "num_speakers": ("diarization", "num_speakers"),
-    "min_speakers": ("diarization", "min_speakers"),
-    "max_speakers": ("diarization", "max_speakers"),
-    "output_formats": ("output", "formats"),
-    "speaker_names": ("output", "speaker_names"),
-    "inverse_text_normalization": ("output", "inverse_text_normalization"),
-}
-"""Deprecated flat TranscribeConfig field → (RecognitionOptions sub-message, field), as in
-asr.gateway.v1.TranscribeConfig's comments."""
 
 
 @dataclass
