@@ -356,30 +356,7 @@ def _local_mesh(stack: ExitStack, args: argparse.Namespace, diarize: bool) -> st
 
 
 def transcribe(args: argparse.Namespace) -> int:
-    # Asking for speakers (a count, names, an RTTM) is asking for diarization.
-    wants_speakers = bool(
-        args.num_speakers
-        or args.min_speakers
-        or args.max_speakers
-        or args.speaker_name
-        or "rttm" in args.format
-    )
-    options = TranscribeOptions(
-        language_code=args.language,
-        diarize=args.diarize or wants_speakers,
-        num_speakers=args.num_speakers,
-        min_speakers=args.min_speakers,
-        max_speakers=args.max_speakers,
-        model=args.model,
-        formats=args.format,
-        speaker_names=dict(args.speaker_name),
-        inverse_text_normalization=args.itn,
-        quality_profile=args.profile,
-        hotwords=args.hotwords,
-        loudness_normalization=args.loudnorm,
-        trim_silence=args.trim_silence,
-        no_cache=args.no_cache,
-    )
+    options = jobs_cli.options_from_args(args)  # the same mapping as `asr submit`
     failures = 0
     inputs: list[Path] = []
     stems: dict[str, Path] = {}

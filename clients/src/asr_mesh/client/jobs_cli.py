@@ -142,7 +142,8 @@ def server_address(args: argparse.Namespace) -> str:
 
 
 def options_from_args(args: argparse.Namespace) -> TranscribeOptions:
-    """The options `asr transcribe` would send for these arguments."""
+    """The options `asr transcribe` and `asr submit` send for these arguments."""
+    # Asking for speakers (a count, names, an RTTM) is asking for diarization.
     wants_speakers = bool(
         args.num_speakers
         or args.min_speakers
