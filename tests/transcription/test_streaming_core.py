@@ -61,19 +61,28 @@ class ScriptedDecoder:
     def __call__(self, audio: np.ndarray, prompt: str) -> list[Segment]:
         self.prompts.append(prompt)
         self.calls = len(self.prompts)
-        start = self.session.buffer_start
-        end = start + len(audio) / SAMPLE_RATE
-        heard = []
-        for w in self.truth:
-            if w.start < start - 1e-6 or w.start >= end:
-                continue
-            j = self.rng.uniform(-self.jitter, self.jitter)
-            word = w.word
-            if w.end > end and self.garble_tail:  # cut off: Whisper guesses something else
-                word = word[: max(1, len(word) // 2)] + f"x{self.rng.randint(0, 999)}"
-            heard.append(
-                Word(max(0.0, w.start + j - start), min(w.end, end) + j - start, word, 0.8)
-            )
+        # The audio is the session's context pieces (earlier speech) then its buffer.
+        layout = self.session.heard_layout()
+        assert abs(sum(d for _, d in layout) - len(audio) / SAMPLE_RATE) < 1e-3
+        heard, offset = [], 0.0
+        for start, seconds in layout:
+            end = start + seconds
+            for w in self.truth:
+                if w.start < start - 1e-6 or w.start >= end:
+                    continue
+                j = self.rng.uniform(-self.jitter, self.jitter)
+                word = w.word
+                if w.end > end and self.garble_tail:  # cut off: Whisper guesses something else
+                    word = word[: max(1, len(word) // 2)] + f"x{self.rng.randint(0, 999)}"
+                heard.append(
+                    Word(
+                        offset + max(0.0, w.start + j - start),
+                        offset + min(w.end, end) + j - start,
+                        word,
+                        0.8,
+                    )
+                )
+            offset += seconds
         # Segments of five words, as Whisper would emit sentences.
         return [
             Segment(
@@ -582,3 +591,74 @@ def test_an_utterance_whose_decodes_all_loop_is_rescued_not_dropped():
     assert final_words(events) == [w.word for w in truth]  # each word once, none lost
     assert session.counters.rescues >= 2  # one careful decode per utterance end
     assert set(rescue.prompts) == {""}  # no (possibly garbled) prompt for the careful decode
+
+
+def _context_run(context_s: float, seed: int = 4, unique: bool = False):
+    """Three utterances of 10 words with 1.2 s pauses, a decoder that records what it hears
+    (`unique`: every word different, so a prompt's words can be placed in time)."""
+    rng = random.Random(seed)
+    truth = script(rng, 30, pause_every=10)
+    if unique:
+        truth = [replace(w, word=f"{w.word}{i}") for i, w in enumerate(truth)]
+    decoder = ScriptedDecoder(truth, rng)
+    ref: list = []
+    options, prof = s.resolve_options(s.SessionOptions(), 3600)
+    prof = replace(prof, context_s=context_s)
+    session = s.StreamingSession(decoder, script_vad(truth, ref), options, prof)
+    decoder.session = session
+    ref.append(session)
+    layouts: list[list[tuple[float, float]]] = []
+    inner = ScriptedDecoder.__call__
+
+    def hearing(audio, prompt):
+        layouts.append(session.heard_layout())
+        return inner(decoder, audio, prompt)
+
+    session._decode = hearing
+    events = []
+    for _ in range(int((truth[-1].end + 2) / 0.1)):
+        session.push(np.zeros(1600, dtype=np.int16))
+        if session.due():
+            events.extend(session.step())
+    events.extend(session.finish())
+    return truth, decoder, layouts, events
+
+
+def test_decodes_hear_earlier_speech_without_its_pauses_and_use_only_the_buffers_words():
+    truth, decoder, layouts, events = _context_run(context_s=4.0)
+    assert final_words(events) == [w.word for w in truth]  # none twice, none lost
+    with_context = [layout for layout in layouts if len(layout) > 1]
+    assert with_context, "no decode heard any context"
+    first_pause_end = truth[10].start
+    for layout in with_context:
+        (buffer_start, _), context = max(layout), sorted(layout)[:-1]
+        # Earlier speech only, in time order, ending where the buffer starts, at most 4 s.
+        assert sum(d for _, d in context) <= 4.0 + 1e-6
+        assert all(a + d <= b + 1e-6 for (a, d), (b, _) in zip(context, context[1:]))
+        assert context[-1][0] + context[-1][1] <= buffer_start + 1e-6
+        # The 1.2 s pause between utterances is not in it: pieces are speech (± 0.1 s).
+        for start, seconds in context:
+            inside = [w for w in truth if start - 0.2 <= w.start and w.end <= start + seconds + 0.2]
+            assert inside, f"a context piece at {start:.2f} s holds no speech"
+    assert any(max(layout)[0] >= first_pause_end - 1.3 for layout in with_context)
+
+
+def test_the_prompt_leaves_out_what_the_context_makes_the_decoder_hear_again():
+    truth, decoder, layouts, _ = _context_run(context_s=4.0, unique=True)
+    said_at = {w.word: w.start for w in truth}
+    prompted = 0
+    for layout, prompt in zip(layouts, decoder.prompts):
+        heard_from = min(layout)[0]
+        # Every prompt word was said before the first audio this decode hears...
+        assert all(said_at[word] < heard_from for word in prompt.split())
+        # ...and the prompt is the committed text just before it (none skipped).
+        before = [w.word for w in truth if w.start < heard_from]
+        if prompt and before:
+            prompted += 1
+            assert prompt.split()[-1] in before[-2:]
+    assert prompted
+
+
+def test_without_context_a_decode_hears_the_buffer_only():
+    _, _, layouts, events = _context_run(context_s=0.0)
+    assert all(len(layout) == 1 for layout in layouts)

@@ -83,6 +83,16 @@ class LatencyProfile:
       on, it was an ordinary step, a little early (the next one counts from it).
     - `context_pad_s`: the encoder hears the buffer plus this much silence instead of
       Whisper's full 30 s window (0 = the full window, as batch). See `short_context`.
+    - `context_s`: seconds of earlier speech (already committed, silences between phrases
+      removed) the decoder hears before the buffer (0 = none). Whisper base mishears a short
+      phrase heard alone far more than the same phrase after a few seconds of the same
+      conversation (batch decodes 30 s windows); the words it hears in this context are
+      dropped, only the buffer's are used. Only decodes that may close an utterance hear it
+      (speech stopped `speculate_silence_s` ago, the endpoint, the end of the stream): it
+      makes a decode several times dearer, and the others only feed interim results.
+    - `agree_after_s`: agreement commits finals only once the buffer is longer than this
+      (0 = always); before, an utterance's words become final at its endpoint, from the decode
+      that hears the context.
     """
 
     name: str
@@ -95,6 +105,8 @@ class LatencyProfile:
     min_speech_s: float = 0.2
     speculate_silence_s: float = 0.0
     context_pad_s: float = 0.0
+    context_s: float = 0.0
+    agree_after_s: float = 0.0
 
 
 PROFILES = {
@@ -176,6 +188,12 @@ _HEARD_WHOLE_S = 0.15
 ends speech ranges ~50 ms after the last sound; a word cut at the buffer's end is misheard)."""
 PROMPT_CHARS = 200
 """Committed text given to the decoder as context (whisper_streaming uses the same amount)."""
+CONTEXT_SPEECH_PAD_S = 0.1
+"""Silence kept around each stretch of speech in the decoder's context (`context_s`)."""
+_PROMPT_HISTORY = 200
+"""Committed words remembered for the prompt (more than `PROMPT_CHARS` holds: those the
+context makes the decoder hear again are left out of it)."""
+_EMPTY = np.zeros(0, dtype=np.float32)
 _TIME_SLACK_S = 0.5
 """Word timestamps wobble between decodes; words starting this much before the commit point are
 still compared against the committed tail before being dropped."""
@@ -420,8 +438,12 @@ class StreamingSession:
         self._last_decode_end = 0.0  # audio offset the last decode heard up to
         self.commit_time = 0.0
         self._committed: list[Word] = []  # recent committed words (tail for matching)
-        self._prompt_words: deque[str] = deque()
-        self._prompt_chars = 0
+        self._prompt_words: deque[tuple[str, float]] = deque(maxlen=_PROMPT_HISTORY)
+        # Earlier speech the decoder hears before the buffer: (absolute start, samples).
+        self._context: deque[tuple[float, np.ndarray]] = deque()
+        self._context_samples = 0
+        self._buffer_speech: list[tuple[float, float]] = []  # VAD ranges of the last step
+        self._heard: list[tuple[float, float]] = []  # see heard_layout
         self._history: deque[list[Word]] = deque(maxlen=max(profile.agreement - 1, 1))
         self._last_interim: tuple[str, float, float] | None = None
         self._in_speech = False
@@ -430,7 +452,7 @@ class StreamingSession:
         self.counters = _Counters()
         self.finished = False
         if options.initial_prompt:
-            self._remember_prompt(options.initial_prompt.split())
+            self._remember_prompt([(w, float("-inf")) for w in options.initial_prompt.split()])
 
     # -- input --------------------------------------------------------------------------
 
@@ -478,14 +500,55 @@ class StreamingSession:
         return self._buffer
 
     def _trim_to(self, offset: float) -> None:
-        """Drop audio before `offset` (never past what is committed or received)."""
+        """Drop audio before `offset` (never past what is committed or received); its speech
+        goes to the decoder's context (`context_s`)."""
         offset = min(offset, self.received_s)
         cut = int(round((offset - self.buffer_start) * SAMPLE_RATE))
         if cut <= 0:
             return
         self._consolidate()
+        if self.profile.context_s > 0:
+            self._keep_context(self._buffer[:cut], self.buffer_start)
         self._buffer = self._buffer[cut:].copy()
         self.buffer_start += cut / SAMPLE_RATE
+
+    def _keep_context(self, dropped: np.ndarray, start: float) -> None:
+        """Append the speech of `dropped` (starting at `start`) to the context, padded a little,
+        and forget the oldest beyond `context_s`."""
+        end = start + dropped.size / SAMPLE_RATE
+        pad = CONTEXT_SPEECH_PAD_S
+        spans: list[list[float]] = []
+        for a, b in self._buffer_speech:
+            a, b = max(a - pad, start), min(b + pad, end)
+            if b <= a:
+                continue
+            if spans and a <= spans[-1][1]:
+                spans[-1][1] = max(spans[-1][1], b)
+            else:
+                spans.append([a, b])
+        for a, b in spans:
+            first, last = (int(round((t - start) * SAMPLE_RATE)) for t in (a, b))
+            if last > first:
+                self._context.append((a, dropped[first:last]))
+                self._context_samples += last - first
+        limit = int(self.profile.context_s * SAMPLE_RATE)
+        while self._context_samples > limit:
+            excess = self._context_samples - limit
+            at, head = self._context[0]
+            if head.size <= excess:
+                self._context.popleft()
+                self._context_samples -= head.size
+            else:
+                self._context[0] = (at + excess / SAMPLE_RATE, head[excess:])
+                self._context_samples -= excess
+
+    def heard_layout(self) -> list[tuple[float, float]]:
+        """What the decode running now (or the last one) hears, in order: (absolute start,
+        seconds) of each piece of context, then of the buffer."""
+        return list(self._heard)
+
+    def _context_audio(self) -> np.ndarray:
+        return np.concatenate([piece for _, piece in self._context]) if self._context else _EMPTY
 
     # -- decoding -----------------------------------------------------------------------
 
@@ -570,13 +633,11 @@ class StreamingSession:
 
     def _speech(self, audio: np.ndarray) -> list[tuple[float, float]]:
         if self._vad is None:
-            return [(self.buffer_start, self.received_s)] if audio.size else []
-        ranges = self._vad(audio)
-        return [
-            (self.buffer_start + a, self.buffer_start + b)
-            for a, b in ranges
-            if b - a >= self.profile.min_speech_s
-        ]
+            self._buffer_speech = [(self.buffer_start, self.received_s)] if audio.size else []
+            return list(self._buffer_speech)
+        at = self.buffer_start
+        self._buffer_speech = [(at + a, at + b) for a, b in self._vad(audio)]
+        return [(a, b) for a, b in self._buffer_speech if b - a >= self.profile.min_speech_s]
 
     def _run_step(self, final: bool) -> list[Event]:
         audio = self._consolidate()
@@ -638,11 +699,18 @@ class StreamingSession:
                     hypothesis, words = self._last_hypothesis, list(self._history[-1])
                     span.set_attribute("asr.stream.decoded", False)
                 else:
-                    hypothesis = self._last_hypothesis = self._hypothesis(audio)
+                    closing = (
+                        final or endpoint or live[-1][1] <= end - self.profile.speculate_silence_s
+                    )
+                    hypothesis = self._last_hypothesis = self._hypothesis(
+                        audio, with_context=closing
+                    )
                     if hypothesis.failed and (final or endpoint_at is not None):
                         # The utterance's last chance looped: decode it once more, carefully,
                         # rather than drop the whole phrase.
-                        hypothesis = self._last_hypothesis = self._hypothesis(audio, rescue=True)
+                        hypothesis = self._last_hypothesis = self._hypothesis(
+                            audio, rescue=True, with_context=True
+                        )
                         span.set_attribute("asr.stream.rescued", True)
                     self._last_decode_end = end
                     self.counters.steps += 1
@@ -655,9 +723,8 @@ class StreamingSession:
                     # whatever the agreement. Words after it (next utterance) wait as usual.
                     commit = [w for w in words if w.start < endpoint_at + 0.1]
                 else:
-                    commit = (
-                        words[: agreed_prefix([*self._history, words])] if self._history else []
-                    )
+                    agree = self._history and len(audio) / SAMPLE_RATE > self.profile.agree_after_s
+                    commit = words[: agreed_prefix([*self._history, words])] if agree else []
                     if not commit and len(audio) / SAMPLE_RATE > self.profile.max_buffer_s:
                         # Bounded buffer: commit the oldest words even without agreement.
                         commit = [
@@ -708,30 +775,40 @@ class StreamingSession:
                 return b
         return live[-1][1] if end - live[-1][1] >= silence else None
 
-    def _hypothesis(self, audio: np.ndarray, rescue: bool = False) -> _Hypothesis:
+    def _hypothesis(
+        self, audio: np.ndarray, rescue: bool = False, with_context: bool = False
+    ) -> _Hypothesis:
+        """Decode the buffer, after the context (`context_s`) when `with_context`."""
+        context = self._context_audio() if with_context else _EMPTY
+        pieces = [(at, p.size / SAMPLE_RATE) for at, p in self._context] if context.size else []
+        self._heard = [*pieces, (self.buffer_start, audio.size / SAMPLE_RATE)]
+        heard = np.concatenate([context, audio]) if context.size else audio
         if rescue and self._rescue is not None:
             self.counters.rescues += 1
-            segments = self._rescue(audio, "")
+            segments = self._rescue(heard, "")
         else:
-            segments = self._decode(audio, self._prompt())
+            segments = self._decode(heard, self._prompt(self._heard[0][0]))
         kept = [s for s in segments if not guards.is_silent(s)]
         text = " ".join(s.text for s in kept)
         ratio = max((s.compression_ratio for s in kept), default=0.0)
         if kept and ratio > guards.COMPRESSION_RATIO_THRESHOLD:
             self.counters.removed += sum(len(s.words) for s in kept)
             return _Hypothesis([], [], failed=True)  # looped: wait for the next decode
-        at = self.buffer_start
+        # Words heard in the context (their middle before the buffer) were committed already.
+        lead = context.size / SAMPLE_RATE
+        at = self.buffer_start - lead
         words = [
-            replace(w, start=w.start + at, end=w.end + at)
+            replace(w, start=max(w.start, lead) + at, end=w.end + at)
             for s in kept
             for w in s.words
-            if w.word.strip()
+            if w.word.strip() and (w.start + w.end) / 2 >= lead
         ]
         words.sort(key=lambda w: w.start)
-        first = kept[0] if kept else None
+        own = [s for s in kept if s.end > lead]
+        first = own[0] if own else None
         return _Hypothesis(
             words,
-            [s.end + at for s in kept],
+            [s.end + at for s in own],
             avg_logprob=float(np.mean([s.avg_logprob for s in kept])) if kept else 0.0,
             no_speech_prob=first.no_speech_prob if first else 0.0,
             compression_ratio=ratio if text else 0.0,
@@ -747,7 +824,7 @@ class StreamingSession:
             return []
         self.commit_time = max(self.commit_time, words[-1].end)
         self._committed = (self._committed + words)[-20:]
-        self._remember_prompt([w.word for w in words])
+        self._remember_prompt([(w.word, w.start) for w in words])
         segment = Segment(
             id=self.counters.finals,
             start=words[0].start,
@@ -792,18 +869,22 @@ class StreamingSession:
         self.counters.interims += 1
         return [Interim(text, stability(rest, previous), start, end)]
 
-    def _remember_prompt(self, words: Sequence[str]) -> None:
-        for word in words:
-            self._prompt_words.append(word)
-            self._prompt_chars += len(word) + 1
-        while self._prompt_chars > PROMPT_CHARS and len(self._prompt_words) > 1:
-            self._prompt_chars -= len(self._prompt_words.popleft()) + 1
+    def _remember_prompt(self, words: Sequence[tuple[str, float]]) -> None:
+        self._prompt_words.extend(words)
 
-    def _prompt(self) -> str:
-        # Committed words still inside the buffer are heard again; only older ones are context.
-        inside = sum(1 for w in self._committed if w.start >= self.buffer_start)
-        words = list(self._prompt_words)
-        return " ".join(words[: len(words) - inside] if inside else words)
+    def _prompt(self, heard_from: float) -> str:
+        """The last `PROMPT_CHARS` of committed text said before `heard_from`, the start of
+        what the decoder hears (committed words in the buffer or the context are heard again)."""
+        chosen: list[str] = []
+        size = 0
+        for word, start in reversed(self._prompt_words):
+            if start >= heard_from:
+                continue
+            if chosen and size + len(word) + 1 > PROMPT_CHARS:
+                break
+            chosen.append(word)
+            size += len(word) + 1
+        return " ".join(reversed(chosen))
 
 
 # -- feeding a session from another thread ---------------------------------------------------
