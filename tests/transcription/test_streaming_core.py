@@ -662,3 +662,50 @@ def test_the_prompt_leaves_out_what_the_context_makes_the_decoder_hear_again():
 def test_without_context_a_decode_hears_the_buffer_only():
     _, _, layouts, events = _context_run(context_s=0.0)
     assert all(len(layout) == 1 for layout in layouts)
+
+
+def _run_profile(truth, rng, **fields):
+    decoder = ScriptedDecoder(truth, rng)
+    ref: list = []
+    options, prof = s.resolve_options(s.SessionOptions(), 3600)
+    session = s.StreamingSession(decoder, script_vad(truth, ref), options, replace(prof, **fields))
+    decoder.session = session
+    ref.append(session)
+    events = []
+    for _ in range(int((truth[-1].end + 2) / 0.1)):
+        session.push(np.zeros(1600, dtype=np.int16))
+        if session.due():
+            events.extend(session.step())
+    return events + session.finish()
+
+
+def test_short_utterances_become_final_at_their_endpoint_when_agreement_waits():
+    rng = random.Random(8)
+    truth = script(rng, 30, pause_every=10)  # three utterances of ~4 s
+    eager = _run_profile(truth, random.Random(8), agree_after_s=0.0)
+    patient = _run_profile(truth, random.Random(8), agree_after_s=8.0)
+    assert final_words(eager) == final_words(patient) == [w.word for w in truth]
+    assert any(not f.end_of_utterance for f in finals(eager))  # agreement commits mid-phrase
+    assert [f.end_of_utterance for f in finals(patient)] == [True] * 3  # one final a phrase
+
+
+def test_a_long_utterance_is_still_committed_by_agreement_past_agree_after_s():
+    rng = random.Random(9)
+    truth = script(rng, 60)  # one ~25 s utterance, no pause
+    events = _run_profile(truth, rng, agree_after_s=8.0)
+    assert final_words(events) == [w.word for w in truth]
+    early = [f for f in finals(events) if not f.end_of_utterance]
+    assert early and early[0].segment.end < truth[-1].end - 5  # finals before the phrase ends
+
+
+def test_only_decodes_that_may_close_an_utterance_hear_the_context():
+    truth, _, layouts, _ = _context_run(context_s=4.0)
+    speculate = s.PROFILES["balanced"].speculate_silence_s
+    with_context = [max(layout) for layout in layouts if len(layout) > 1]
+    without = [max(layout) for layout in layouts if len(layout) == 1]
+    assert with_context and without
+    for start, seconds in with_context:
+        end = start + seconds
+        spoken = [w for w in truth if w.start < end]
+        # Speech had stopped (or the stream ended) when it ran.
+        assert end - spoken[-1].end >= speculate - 0.1 or end >= truth[-1].end
