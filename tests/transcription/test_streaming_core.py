@@ -625,16 +625,15 @@ def _context_run(context_s: float, seed: int = 4, unique: bool = False):
 
 
 def test_decodes_hear_earlier_speech_without_its_pauses_and_use_only_the_buffers_words():
-    truth, decoder, layouts, events = _context_run(context_s=8.0)
+    truth, decoder, layouts, events = _context_run(context_s=4.0)
     assert final_words(events) == [w.word for w in truth]  # none twice, none lost
     with_context = [layout for layout in layouts if len(layout) > 1]
     assert with_context, "no decode heard any context"
     first_pause_end = truth[10].start
     for layout in with_context:
         (buffer_start, _), context = max(layout), sorted(layout)[:-1]
-        # Earlier speech only, in time order, ending where the buffer starts; with the
-        # buffer, 8 s at most (a long buffer hears less context).
-        assert sum(d for _, d in layout) <= 8.0 + 1e-6 or not context
+        # Earlier speech only, in time order, ending where the buffer starts, at most 4 s.
+        assert sum(d for _, d in context) <= 4.0 + 1e-6
         assert all(a + d <= b + 1e-6 for (a, d), (b, _) in zip(context, context[1:]))
         assert context[-1][0] + context[-1][1] <= buffer_start + 1e-6
         # The 1.2 s pause between utterances is not in it: pieces are speech (± 0.1 s).
@@ -645,7 +644,7 @@ def test_decodes_hear_earlier_speech_without_its_pauses_and_use_only_the_buffers
 
 
 def test_the_prompt_leaves_out_what_the_context_makes_the_decoder_hear_again():
-    truth, decoder, layouts, _ = _context_run(context_s=8.0, unique=True)
+    truth, decoder, layouts, _ = _context_run(context_s=4.0, unique=True)
     said_at = {w.word: w.start for w in truth}
     prompted = 0
     for layout, prompt in zip(layouts, decoder.prompts):
@@ -700,7 +699,7 @@ def test_a_long_utterance_is_still_committed_by_agreement_past_agree_after_s():
 
 
 def test_only_decodes_that_may_close_an_utterance_hear_the_context():
-    truth, _, layouts, _ = _context_run(context_s=8.0)
+    truth, _, layouts, _ = _context_run(context_s=4.0)
     speculate = s.PROFILES["balanced"].speculate_silence_s
     with_context = [max(layout) for layout in layouts if len(layout) > 1]
     without = [max(layout) for layout in layouts if len(layout) == 1]

@@ -83,9 +83,8 @@ class LatencyProfile:
       on, it was an ordinary step, a little early (the next one counts from it).
     - `context_pad_s`: the encoder hears the buffer plus this much silence instead of
       Whisper's full 30 s window (0 = the full window, as batch). See `short_context`.
-    - `context_s`: a decode hears earlier speech (already committed, silences between phrases
-      removed) before the buffer, as much as brings what it hears up to this many seconds (0 =
-      none; a buffer this long is its own context, and the cost of a decode stays bounded). Whisper base mishears a short
+    - `context_s`: seconds of earlier speech (already committed, silences between phrases
+      removed) the decoder hears before the buffer (0 = none). Whisper base mishears a short
       phrase heard alone far more than the same phrase after a few seconds of the same
       conversation (batch decodes 30 s windows); the words it hears in this context are
       dropped, only the buffer's are used. Only decodes that may close an utterance hear it
@@ -548,18 +547,8 @@ class StreamingSession:
         seconds) of each piece of context, then of the buffer."""
         return list(self._heard)
 
-    def _context_tail(self, seconds: float) -> list[tuple[float, np.ndarray]]:
-        """The last `seconds` of the context, as (absolute start, samples) pieces."""
-        left = int(seconds * SAMPLE_RATE)
-        tail: list[tuple[float, np.ndarray]] = []
-        for at, piece in reversed(self._context):
-            if left <= 0:
-                break
-            if piece.size > left:
-                at, piece = at + (piece.size - left) / SAMPLE_RATE, piece[-left:]
-            tail.append((at, piece))
-            left -= piece.size
-        return tail[::-1]
+    def _context_audio(self) -> np.ndarray:
+        return np.concatenate([piece for _, piece in self._context]) if self._context else _EMPTY
 
     # -- decoding -----------------------------------------------------------------------
 
@@ -789,15 +778,11 @@ class StreamingSession:
     def _hypothesis(
         self, audio: np.ndarray, rescue: bool = False, with_context: bool = False
     ) -> _Hypothesis:
-        """Decode the buffer; with `with_context`, after earlier speech that brings what the
-        decoder hears up to `context_s` seconds (a long buffer is its own context)."""
-        buffer_s = audio.size / SAMPLE_RATE
-        room = self.profile.context_s - buffer_s if with_context else 0.0
-        pieces = self._context_tail(room) if room > 0 else []
-        self._heard = [(at, p.size / SAMPLE_RATE) for at, p in pieces]
-        self._heard.append((self.buffer_start, buffer_s))
-        context = np.concatenate([p for _, p in pieces]) if pieces else _EMPTY
-        heard = np.concatenate([context, audio]) if pieces else audio
+        """Decode the buffer, after the context (`context_s`) when `with_context`."""
+        context = self._context_audio() if with_context else _EMPTY
+        pieces = [(at, p.size / SAMPLE_RATE) for at, p in self._context] if context.size else []
+        self._heard = [*pieces, (self.buffer_start, audio.size / SAMPLE_RATE)]
+        heard = np.concatenate([context, audio]) if context.size else audio
         if rescue and self._rescue is not None:
             self.counters.rescues += 1
             segments = self._rescue(heard, "")
