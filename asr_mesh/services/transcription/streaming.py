@@ -134,14 +134,16 @@ PROFILES = {
     ),
     "accurate": LatencyProfile(
         "accurate",
-        step_s=1.5,
-        window_s=12.0,
-        max_buffer_s=20.0,
-        beam_size=5,
+        step_s=1.0,
+        window_s=8.0,
+        max_buffer_s=15.0,
+        beam_size=1,
         agreement=2,
-        endpoint_silence_s=0.8,
+        endpoint_silence_s=0.5,
         speculate_silence_s=0.2,
-        context_pad_s=2.0,
+        context_pad_s=1.0,
+        context_s=8.0,
+        agree_after_s=8.0,
     ),
 }
 """Why these values (chosen on the `tune` split of build/corpus-validate, whisper base, 2 CPU
