@@ -157,7 +157,7 @@ cores; `benchmarks/bench_streaming.py --simulate --split tune`; figures on the h
   (~2 CPU-s whatever the buffer held).
 - `context_pad_s` 1 s (`short_context`): a decode of a 4 s buffer costs ~0.5 CPU-s instead of
   ~2.3; the finals' WER on the tune files did not get worse (it got better: 51% vs 59% on
-  tune_00, the full window's padding is where whisper base invents most). `accurate` keeps 2 s.
+  tune_00, the full window's padding is where whisper base invents most).
 - `speculate_silence_s` 0.2 s: the decode that hears the whole phrase starts 0.2 s after the
   speech stops instead of after the endpoint silence, so about half of the closing finals come
   from it with no decode after the endpoint; a step due in that 0.2 s waits for it.
@@ -169,7 +169,19 @@ cores; `benchmarks/bench_streaming.py --simulate --split tune`; figures on the h
 - `step_s` 1 s for low_latency too (was 0.5 s): at ~0.5 CPU-s a decode, a 0.5 s step keeps a
   core busy, so a phrase's end usually finds a decode running; low_latency differs by its
   shorter endpoint (0.3 s) and speculation (0.15 s) silences (tune_00/01: closing-final p50
-  1.17 s). `accurate`: beam 5, 1.5 s step, not swept for lack of time.
+  1.17 s).
+- `accurate` = `balanced` + `context_s` 8 s + `agree_after_s` 8 s. Where the finals' WER goes
+  (tune split, all 11 conversations, 802 s; scripts in benchmarks/README.md): decoding each VAD
+  utterance alone, even with batch settings (30 s window, beam 5, temperature fallback), scores
+  like the streaming finals (54.5% and 50.9% greedy vs 51.1% streamed), far from plain
+  faster-whisper on the whole file (39.9%): whisper base mishears a phrase heard alone. The
+  same utterances decoded after the ~10 s of speech before them (pauses removed) score 44.3%
+  (5 s: 49.9%, 15 s: 48.8%, pauses kept: 49.6%); beam 5 did not help. Streamed with 8 s of
+  context on the closing decodes: finals' WER 51.1% → 47.0%, better on 8 of 11 files; the
+  closing final's p50 1.52 → 3.14 s on the one-core cost clock (a closing decode hears ~12 s
+  instead of ~4 s: ~1.4 instead of ~0.5 CPU-s), so it is not `balanced`'s default. Topping
+  what a decode hears up to 12 s instead (less context for long buffers) kept little of the
+  gain (tune_00-08: 42.2% vs 40.4% with 8 s on top, 43.2% without).
 - Token budget per decode (`max_new_tokens`): on tune_00, same finals' WER, decode CPU 171 → 68 s,
   decode p95 7.1 → 2.0 s (looping decodes of cut-off buffers stop early).
 - On the held-out `validate` split (balanced): closing-final p50 0.96 s (95% bootstrap

@@ -1,0 +1,161 @@
+"""Where streaming finals lose accuracy: each utterance decoded alone vs after earlier speech.
+
+    python benchmarks/utterance_context.py [--corpus build/corpus-validate] [--split tune]
+        [--only tune_00,tune_01] "ctx=0,pad=1;ctx=10,pad=1,squeeze=1;ctx=0,pad=0,beam=5,fallback=1"
+
+Not a streaming run: an upper bound of what a decoder policy can do. The conversations of a
+split are cut into utterances the way the streaming session ends them (silero VAD as
+`streaming.silero_vad`, pauses of 0.5 s or more, at most 15 s), and each utterance is decoded
+once, with whisper base through `streaming.WhisperDecoder`, by each configuration
+(`key=value` pairs, `;` between configurations):
+
+- `ctx`: seconds of audio before the utterance that the decoder also hears (0: the utterance
+  alone, from 0.1 s before VAD's start); only the words whose middle lies in the utterance
+  (after the middle of the pause before it) are kept;
+- `squeeze=1`: of that audio, only VAD's speech (each range ± `spad` s, default 0.1) is heard,
+  pauses removed, as the streaming context (`LatencyProfile.context_s`) does;
+- `pad`: encoder context padding (`WhisperDecoder.context_pad_s`; 0 = Whisper's 30 s window);
+- `beam`, `fallback=1` (temperature fallback), `prompt=0` (no committed text as prompt).
+
+Prints the WER of the concatenated utterances per configuration against the reference, with
+plain faster-whisper on the whole file (beam 5, VAD; cached in out/) beside it. Used to choose
+`accurate`'s context (see the PROFILES docstring): run it on `tune`, never tune on `validate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "gen"), str(REPO / "tests"), str(REPO / "benchmarks")]
+os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
+
+import bench_streaming as bench  # noqa: E402
+
+from asr_mesh.services.transcription import streaming as st  # noqa: E402
+from support.metrics import wer  # noqa: E402
+
+SR = 16000
+
+
+def utterances(ranges, gap: float = 0.5, cap: float = 15.0) -> list[tuple[float, float]]:
+    """VAD ranges joined across pauses shorter than `gap`, at most `cap` seconds each."""
+    out: list[tuple[float, float]] = []
+    for a, b in ranges:
+        if out and a - out[-1][1] < gap and b - out[-1][0] <= cap:
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
+
+
+def heard(audio, ranges, lo: float, end: float, squeeze: bool, spad: float):
+    """The audio from `lo` to `end` (only its speech with `squeeze`) and a map from a time in
+    it to a time in the file."""
+    if not squeeze:
+        return audio[int(lo * SR) : int(end * SR)], lambda t: lo + t
+    pieces, spans, pos = [], [], 0.0
+    for ra, rb in ranges:
+        if rb < lo or ra > end:
+            continue
+        ra, rb = max(ra - spad, lo, 0.0), min(rb + spad, end)
+        if spans and ra < spans[-1][1]:
+            ra = spans[-1][1]
+        if rb <= ra:
+            continue
+        pieces.append(audio[int(ra * SR) : int(rb * SR)])
+        spans.append((ra, rb, pos))
+        pos += rb - ra
+
+    def to_file(t: float) -> float:
+        for ra, rb, p in spans:
+            if t <= p + (rb - ra):
+                return ra + (t - p)
+        return spans[-1][1]
+
+    return np.concatenate(pieces), to_file
+
+
+def run(config: str, items, model, offline: dict[str, str]) -> None:
+    kv = dict(x.split("=") for x in config.split(","))
+    ctx = float(kv.get("ctx", 0))
+    squeeze = kv.get("squeeze", "0") == "1"
+    spad = float(kv.get("spad", 0.1))
+    use_prompt = kv.get("prompt", "1") == "1"
+    temperatures = st.RESCUE_TEMPERATURES if kv.get("fallback", "0") == "1" else (0.0,)
+    decoder = st.WhisperDecoder(
+        model,
+        "pt",
+        int(kv.get("beam", 1)),
+        temperatures=temperatures,
+        context_pad_s=float(kv.get("pad", 1)),
+    )
+    vad = st.silero_vad()
+    scores, plain, seconds = [], [], 0.0
+    started = time.process_time()
+    for item in items:
+        audio = np.frombuffer(item.pcm, dtype="<i2").astype(np.float32) / 32768
+        ranges = vad(audio)
+        words: list[tuple[str, float]] = []
+        previous_end = 0.0
+        for a, b in utterances(ranges):
+            lo = max(0.0, a - ctx if ctx > 0 else a - 0.1)
+            clip, to_file = heard(audio, ranges, lo, b + 0.3, squeeze and ctx > 0, spad)
+            seconds += clip.size / SR
+            prompt = " ".join(w for w, start in words if start < lo)[-200:] if use_prompt else ""
+            for segment in decoder(clip, prompt):
+                if segment.compression_ratio > 2.4:
+                    continue
+                for w in segment.words:
+                    middle = to_file((w.start + w.end) / 2)
+                    if (previous_end + a) / 2 <= middle < b + 0.5:
+                        words.append((w.word.strip(), to_file(w.start)))
+            previous_end = b
+        scores.append(wer([item.reference], [" ".join(w for w, _ in words)]))
+        plain.append(wer([item.reference], [offline[item.name]]))
+    print(
+        f"{config:<44} WER {100 * np.mean(scores):5.1f}%  plain {100 * np.mean(plain):5.1f}%  "
+        f"per input {[round(100 * x, 1) for x in scores]}  decoded {seconds:.0f} s  "
+        f"CPU {time.process_time() - started:.0f} s",
+        flush=True,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "configs", help='";"-separated configurations, e.g. "ctx=0;ctx=10,squeeze=1"'
+    )
+    parser.add_argument("--corpus", type=Path, default=REPO / "build" / "corpus-validate")
+    parser.add_argument("--split", default="tune")
+    parser.add_argument("--only", default="", help="comma list: inputs whose name contains one")
+    args = parser.parse_args()
+    from faster_whisper import WhisperModel
+
+    only = [o for o in args.only.split(",") if o]
+    items = [
+        i
+        for i in bench.inputs(args.corpus, args.split, 0, Path("/tmp"))
+        if not only or any(o in i.name for o in only)
+    ]
+    model = WhisperModel(
+        str(REPO / "models" / "whisper-base"),
+        device="cpu",
+        compute_type="int8",
+        cpu_threads=2,
+        local_files_only=True,
+    )
+    offline = bench.offline_texts(model, items)
+    for config in filter(None, args.configs.split(";")):
+        run(config, items, model, offline)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,29 @@
+"""The utterance-context diagnostic's pure parts: how it cuts utterances and squeezes pauses."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import utterance_context as uc  # noqa: E402
+
+
+def test_utterances_join_across_short_pauses_and_split_at_long_ones_or_the_cap():
+    ranges = [(0.0, 1.0), (1.3, 2.0), (3.0, 4.0), (4.2, 12.0), (12.1, 19.0)]
+    assert uc.utterances(ranges) == [(0.0, 2.0), (3.0, 12.0), (12.1, 19.0)]
+
+
+def test_squeezed_audio_holds_only_padded_speech_and_maps_times_back():
+    audio = np.arange(10 * uc.SR, dtype=np.float32)  # sample value = its index
+    ranges = [(1.0, 2.0), (5.0, 6.0), (8.0, 9.0)]
+    clip, to_file = uc.heard(audio, ranges, lo=0.5, end=9.5, squeeze=True, spad=0.1)
+    assert clip.size == round(3 * 1.2 * uc.SR)  # three ranges, 0.1 s either side
+    assert clip[0] == 0.9 * uc.SR  # starts at the first range's padding
+    assert abs(to_file(0.1) - 1.0) < 1e-6  # the first range's start
+    assert abs(to_file(1.2 + 0.1) - 5.0) < 1e-6  # the second range's start
+    plain, to_file = uc.heard(audio, ranges, lo=0.5, end=9.5, squeeze=False, spad=0.1)
+    assert plain.size == 9 * uc.SR and to_file(0.5) == 1.0
