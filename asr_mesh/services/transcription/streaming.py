@@ -797,6 +797,7 @@ class StreamingSession:
         pieces = [(at, p.size / SAMPLE_RATE) for at, p in self._context] if context.size else []
         self._heard = [*pieces, (self.buffer_start, audio.size / SAMPLE_RATE)]
         heard = np.concatenate([context, audio]) if context.size else audio
+        trace.get_current_span().set_attribute("asr.stream.context_s", context.size / SAMPLE_RATE)
         if rescue and self._rescue is not None:
             self.counters.rescues += 1
             segments = self._rescue(heard, "")
