@@ -18,6 +18,7 @@ from asr.transcription.v1 import transcription_service_pb2_grpc as pb_grpc
 from asr_mesh.services.common.errors import Overloaded, from_rpc_error
 from asr_mesh.services.transcription.server import TranscriptionSettings, create_server
 from asr_mesh.services.transcription.stream_servicer import SESSIONS_ACTIVE
+from asr_mesh.services.transcription.streaming import norm
 from support.metrics import wer
 
 pytestmark = [pytest.mark.grpc, pytest.mark.models]
@@ -102,6 +103,28 @@ def test_a_conversation_gives_interims_then_stable_finals(stub, corpus, manifest
     words = [w for f in finals for w in f.words]
     assert all(0 <= w.probability <= 1 for w in words)
     assert all(w.end_offset.ToTimedelta().total_seconds() <= 30.3 for w in words)
+
+
+def test_the_accurate_profile_hears_earlier_speech_and_repeats_no_word(stub, corpus, manifest):
+    """`accurate` decodes a closing phrase after the session's earlier speech and keeps only
+    the phrase's words: nothing heard again in that context comes back as a final."""
+    conv = manifest["dia"][0]
+    evs = events(
+        stub,
+        load_pcm(corpus / conv["audio"]),
+        speed=2.0,
+        latency_profile=spb.LATENCY_PROFILE_ACCURATE,
+    )
+    assert evs[-1].summary.latency_profile == "accurate"
+    finals = [e.final.segment for e in evs if e.WhichOneof("event") == "final"]
+    assert len(finals) >= 3
+    for a, b in zip(finals, finals[1:]):  # in time order, never overlapping
+        assert a.words[-1].end_offset.ToTimedelta() <= b.words[0].end_offset.ToTimedelta()
+        # The context's words are not committed again at the next phrase's start.
+        tail = [norm(w.word) for w in a.words[-2:]]
+        assert [norm(w.word) for w in b.words[: len(tail)]] != tail, (a.text, b.text)
+    text = " ".join(f.text for f in finals)
+    assert wer([conv["text"]], [text]) < 0.35, text
 
 
 @pytest.mark.parametrize("name", ["silence_10s.wav", "noise_10s.wav"])
