@@ -336,36 +336,34 @@ def simulate(
                 cost = models[key]
             decoded: list[float] = []
 
-            def decode(
-                audio, prompt, decoder=decoder, timed=timed, tick=tick, cost=cost, decoded=decoded
+            def timed_decoder(
+                inner, charge_s=None, tick=tick, cost=cost, decoded=decoded, timed=timed
             ):
-                started = tick()
-                segments = decoder(audio, prompt)
-                took = tick() - started
-                if cost is not None:
-                    decoded.append(audio.size / 16000)
-                    took = cost(audio.size / 16000)
-                timed.append(took)
-                return segments
+                """`inner`, its duration recorded in `timed`: measured by `tick`, or what the
+                cost model says for the audio's length (`charge_s` instead when given)."""
 
-            rescue = st.rescue_decoder(model, "pt")
+                def decode(audio, prompt):
+                    started = tick()
+                    segments = inner(audio, prompt)
+                    took = tick() - started
+                    if cost is not None:
+                        seconds = charge_s or audio.size / 16000
+                        decoded.append(seconds)
+                        took = cost(seconds)
+                    timed.append(took)
+                    return segments
 
-            def rescued(
-                audio, prompt, rescue=rescue, timed=timed, tick=tick, decoded=decoded, cost=cost
-            ):
-                # The cost model knows short-context greedy decodes only: a rescue (full 30 s
-                # context, beam 5) is charged as the model's longest buffer (pessimistic).
-                started = tick()
-                segments = rescue(audio, prompt)
-                took = tick() - started
-                if cost is not None:
-                    decoded.append(25.0)
-                    took = cost(25.0)
-                timed.append(took)
-                return segments
+                return decode
 
+            # The cost model knows short-context greedy decodes only: a rescue (full 30 s
+            # context, beam 5) is charged as the model's longest buffer (pessimistic).
+            careful = timed_decoder(st.rescue_decoder(model, "pt"), charge_s=25.0)
             session = st.StreamingSession(
-                decode, st.silero_vad(), options, prof, rescue=rescued if rescue else None
+                timed_decoder(decoder),
+                st.silero_vad(),
+                options,
+                prof,
+                rescue=careful if rescue else None,
             )
             samples = np.frombuffer(item.pcm, dtype="<i2")
             records = replay(session, samples, clock=cost or clock, decoded=decoded)
@@ -383,6 +381,7 @@ def simulate(
                 if item.reference
                 else None,
                 "processing_s": session.counters.processing_s,
+                "rescues": session.counters.rescues,
                 "load": os.getloadavg()[0],
             }
             rows.append(row)
