@@ -56,6 +56,7 @@ class ScriptedDecoder:
         self.truth, self.rng, self.jitter, self.garble_tail = truth, rng, jitter, garble_tail
         self.session: s.StreamingSession | None = None
         self.prompts: list[str] = []
+        self.layouts: list[list[tuple[float, float]]] = []  # what each decode heard
         self.calls = 0
 
     def __call__(self, audio: np.ndarray, prompt: str) -> list[Segment]:
@@ -63,6 +64,7 @@ class ScriptedDecoder:
         self.calls = len(self.prompts)
         # The audio is the session's context pieces (earlier speech) then its buffer.
         layout = self.session.heard_layout()
+        self.layouts.append(layout)
         assert abs(sum(d for _, d in layout) - len(audio) / SAMPLE_RATE) < 1e-3
         heard, offset = [], 0.0
         for start, seconds in layout:
@@ -593,37 +595,6 @@ def test_an_utterance_whose_decodes_all_loop_is_rescued_not_dropped():
     assert set(rescue.prompts) == {""}  # no (possibly garbled) prompt for the careful decode
 
 
-def _context_run(context_s: float, seed: int = 4, unique: bool = False):
-    """Three utterances of 10 words with 1.2 s pauses, a decoder that records what it hears
-    (`unique`: every word different, so a prompt's words can be placed in time)."""
-    rng = random.Random(seed)
-    truth = script(rng, 30, pause_every=10)
-    if unique:
-        truth = [replace(w, word=f"{w.word}{i}") for i, w in enumerate(truth)]
-    decoder = ScriptedDecoder(truth, rng)
-    ref: list = []
-    options, prof = s.resolve_options(s.SessionOptions(), 3600)
-    prof = replace(prof, context_s=context_s)
-    session = s.StreamingSession(decoder, script_vad(truth, ref), options, prof)
-    decoder.session = session
-    ref.append(session)
-    layouts: list[list[tuple[float, float]]] = []
-    inner = ScriptedDecoder.__call__
-
-    def hearing(audio, prompt):
-        layouts.append(session.heard_layout())
-        return inner(decoder, audio, prompt)
-
-    session._decode = hearing
-    events = []
-    for _ in range(int((truth[-1].end + 2) / 0.1)):
-        session.push(np.zeros(1600, dtype=np.int16))
-        if session.due():
-            events.extend(session.step())
-    events.extend(session.finish())
-    return truth, decoder, layouts, events
-
-
 def test_decodes_hear_earlier_speech_without_its_pauses_and_use_only_the_buffers_words():
     truth, decoder, layouts, events = _context_run(context_s=4.0)
     assert final_words(events) == [w.word for w in truth]  # none twice, none lost
@@ -664,7 +635,8 @@ def test_without_context_a_decode_hears_the_buffer_only():
     assert all(len(layout) == 1 for layout in layouts)
 
 
-def _run_profile(truth, rng, **fields):
+def _run_profile(truth, rng, **fields) -> tuple[ScriptedDecoder, list]:
+    """`run`'s session with some of the balanced profile's fields changed."""
     decoder = ScriptedDecoder(truth, rng)
     ref: list = []
     options, prof = s.resolve_options(s.SessionOptions(), 3600)
@@ -676,14 +648,25 @@ def _run_profile(truth, rng, **fields):
         session.push(np.zeros(1600, dtype=np.int16))
         if session.due():
             events.extend(session.step())
-    return events + session.finish()
+    return decoder, events + session.finish()
+
+
+def _context_run(context_s: float, seed: int = 4, unique: bool = False):
+    """Three utterances of 10 words with 1.2 s pauses, a decoder that records what it hears
+    (`unique`: every word different, so a prompt's words can be placed in time)."""
+    rng = random.Random(seed)
+    truth = script(rng, 30, pause_every=10)
+    if unique:
+        truth = [replace(w, word=f"{w.word}{i}") for i, w in enumerate(truth)]
+    decoder, events = _run_profile(truth, rng, context_s=context_s)
+    return truth, decoder, decoder.layouts, events
 
 
 def test_short_utterances_become_final_at_their_endpoint_when_agreement_waits():
     rng = random.Random(8)
     truth = script(rng, 30, pause_every=10)  # three utterances of ~4 s
-    eager = _run_profile(truth, random.Random(8), agree_after_s=0.0)
-    patient = _run_profile(truth, random.Random(8), agree_after_s=8.0)
+    _, eager = _run_profile(truth, random.Random(8), agree_after_s=0.0)
+    _, patient = _run_profile(truth, random.Random(8), agree_after_s=8.0)
     assert final_words(eager) == final_words(patient) == [w.word for w in truth]
     assert any(not f.end_of_utterance for f in finals(eager))  # agreement commits mid-phrase
     assert [f.end_of_utterance for f in finals(patient)] == [True] * 3  # one final a phrase
@@ -692,7 +675,7 @@ def test_short_utterances_become_final_at_their_endpoint_when_agreement_waits():
 def test_a_long_utterance_is_still_committed_by_agreement_past_agree_after_s():
     rng = random.Random(9)
     truth = script(rng, 60)  # one ~25 s utterance, no pause
-    events = _run_profile(truth, rng, agree_after_s=8.0)
+    _, events = _run_profile(truth, rng, agree_after_s=8.0)
     assert final_words(events) == [w.word for w in truth]
     early = [f for f in finals(events) if not f.end_of_utterance]
     assert early and early[0].segment.end < truth[-1].end - 5  # finals before the phrase ends
