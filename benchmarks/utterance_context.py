@@ -15,7 +15,10 @@ once, with whisper base through `streaming.WhisperDecoder`, by each configuratio
 - `squeeze=1`: of that audio, only VAD's speech (each range ± `spad` s, default 0.1) is heard,
   pauses removed, as the streaming context (`LatencyProfile.context_s`) does;
 - `pad`: encoder context padding (`WhisperDecoder.context_pad_s`; 0 = Whisper's 30 s window);
-- `beam`, `fallback=1` (temperature fallback), `prompt=0` (no committed text as prompt).
+- `beam`, `fallback=1` (temperature fallback), `prompt=0` (no committed text as prompt);
+- `pmin`: only the committed words whose probability is at least this go into the prompt;
+- `future`: seconds of the speech after the utterance the decoder also hears (an upper bound:
+  a streaming final cannot wait for it).
 
 Prints the WER of the concatenated utterances per configuration against the reference, with
 plain faster-whisper on the whole file (beam 5, VAD; cached in out/) beside it. Used to choose
@@ -88,6 +91,8 @@ def run(config: str, items, model, offline: dict[str, str]) -> None:
     squeeze = kv.get("squeeze", "0") == "1"
     spad = float(kv.get("spad", 0.1))
     use_prompt = kv.get("prompt", "1") == "1"
+    pmin = float(kv.get("pmin", 0))
+    future = float(kv.get("future", 0))
     temperatures = st.RESCUE_TEMPERATURES if kv.get("fallback", "0") == "1" else (0.0,)
     decoder = st.WhisperDecoder(
         model,
@@ -102,22 +107,26 @@ def run(config: str, items, model, offline: dict[str, str]) -> None:
     for item in items:
         audio = np.frombuffer(item.pcm, dtype="<i2").astype(np.float32) / 32768
         ranges = vad(audio)
-        words: list[tuple[str, float]] = []
+        words: list[tuple[str, float, float]] = []
         previous_end = 0.0
-        for a, b in utterances(ranges):
+        spans = utterances(ranges)
+        for k, (a, b) in enumerate(spans):
+            following = spans[k + 1][0] if k + 1 < len(spans) else b + 1.0
             lo = max(0.0, a - ctx if ctx > 0 else a - 0.1)
-            clip, to_file = heard(audio, ranges, lo, b + 0.3, squeeze and ctx > 0, spad)
+            end = b + future if future > 0 else b + 0.3
+            clip, to_file = heard(audio, ranges, lo, end, (squeeze and ctx > 0) or future > 0, spad)
             seconds += clip.size / SR
-            prompt = " ".join(w for w, start in words if start < lo)[-200:] if use_prompt else ""
+            said = " ".join(w for w, start, p in words if start < lo and p >= pmin)
+            prompt = said[-200:] if use_prompt else ""
             for segment in decoder(clip, prompt):
                 if segment.compression_ratio > 2.4:
                     continue
                 for w in segment.words:
                     middle = to_file((w.start + w.end) / 2)
-                    if (previous_end + a) / 2 <= middle < b + 0.5:
-                        words.append((w.word.strip(), to_file(w.start)))
+                    if (previous_end + a) / 2 <= middle < min(b + 0.5, (b + following) / 2):
+                        words.append((w.word.strip(), to_file(w.start), w.probability))
             previous_end = b
-        scores.append(wer([item.reference], [" ".join(w for w, _ in words)]))
+        scores.append(wer([item.reference], [" ".join(w for w, _, _ in words)]))
         plain.append(wer([item.reference], [offline[item.name]]))
     print(
         f"{config:<44} WER {100 * np.mean(scores):5.1f}%  plain {100 * np.mean(plain):5.1f}%  "

@@ -614,9 +614,16 @@ def test_decodes_hear_earlier_speech_without_its_pauses_and_use_only_the_buffers
     assert any(max(layout)[0] >= first_pause_end - 1.3 for layout in with_context)
 
 
-def test_the_prompt_leaves_out_what_the_context_makes_the_decoder_hear_again():
-    truth, decoder, layouts, _ = _context_run(context_s=4.0, unique=True)
+@pytest.mark.parametrize("context_prompt", [True, False])
+def test_the_prompt_leaves_out_what_the_context_makes_the_decoder_hear_again(context_prompt):
+    truth, decoder, layouts, _ = _context_run(
+        context_s=4.0, unique=True, context_prompt=context_prompt
+    )
     said_at = {w.word: w.start for w in truth}
+    with_context = [p for layout, p in zip(layouts, decoder.prompts) if len(layout) > 1]
+    assert with_context
+    if not context_prompt:  # the audio alone carries the conversation
+        assert set(with_context) == {""}
     prompted = 0
     for layout, prompt in zip(layouts, decoder.prompts):
         heard_from = min(layout)[0]
@@ -635,9 +642,12 @@ def test_without_context_a_decode_hears_the_buffer_only():
     assert all(len(layout) == 1 for layout in layouts)
 
 
-def _run_profile(truth, rng, **fields) -> tuple[ScriptedDecoder, list]:
-    """`run`'s session with some of the balanced profile's fields changed."""
-    decoder = ScriptedDecoder(truth, rng)
+def _run_profile(
+    truth, rng, decoder_type: type[ScriptedDecoder] = ScriptedDecoder, **fields
+) -> tuple[ScriptedDecoder, list]:
+    """`run`'s session (decoder of `decoder_type`) with some of the balanced profile's fields
+    changed."""
+    decoder = decoder_type(truth, rng)
     ref: list = []
     options, prof = s.resolve_options(s.SessionOptions(), 3600)
     session = s.StreamingSession(decoder, script_vad(truth, ref), options, replace(prof, **fields))
@@ -651,14 +661,14 @@ def _run_profile(truth, rng, **fields) -> tuple[ScriptedDecoder, list]:
     return decoder, events + session.finish()
 
 
-def _context_run(context_s: float, seed: int = 4, unique: bool = False):
+def _context_run(context_s: float, seed: int = 4, unique: bool = False, **fields):
     """Three utterances of 10 words with 1.2 s pauses, a decoder that records what it hears
     (`unique`: every word different, so a prompt's words can be placed in time)."""
     rng = random.Random(seed)
     truth = script(rng, 30, pause_every=10)
     if unique:
         truth = [replace(w, word=f"{w.word}{i}") for i, w in enumerate(truth)]
-    decoder, events = _run_profile(truth, rng, context_s=context_s)
+    decoder, events = _run_profile(truth, rng, context_s=context_s, **fields)
     return truth, decoder, decoder.layouts, events
 
 
@@ -679,6 +689,49 @@ def test_a_long_utterance_is_still_committed_by_agreement_past_agree_after_s():
     assert final_words(events) == [w.word for w in truth]
     early = [f for f in finals(events) if not f.end_of_utterance]
     assert early and early[0].segment.end < truth[-1].end - 5  # finals before the phrase ends
+
+
+class ContextDeafDecoder(ScriptedDecoder):
+    """Hears nothing whenever it also hears the context (Whisper ending its transcript with the
+    context's speech)."""
+
+    def __call__(self, audio: np.ndarray, prompt: str) -> list[Segment]:
+        segments = super().__call__(audio, prompt)
+        return [] if len(self.layouts[-1]) > 1 else segments
+
+
+def test_a_phrase_the_context_decode_drops_is_decoded_alone_not_lost():
+    rng = random.Random(4)
+    truth = script(rng, 30, pause_every=10)
+    decoder, events = _run_profile(truth, rng, ContextDeafDecoder)
+    assert any(len(layout) > 1 for layout in decoder.layouts)  # the context was heard
+    assert final_words(events) == [w.word for w in truth]  # and no phrase was lost to it
+
+
+def test_closing_decodes_go_to_the_closing_decoder_and_only_they():
+    rng = random.Random(6)
+    truth = script(rng, 30, pause_every=10)
+    grid, closing = ScriptedDecoder(truth, rng), ScriptedDecoder(truth, rng)
+    ref: list = []
+    options, prof = s.resolve_options(s.SessionOptions(), 3600)
+    session = s.StreamingSession(grid, script_vad(truth, ref), options, prof, closing=closing)
+    grid.session = closing.session = session
+    ref.append(session)
+    events = []
+    for _ in range(int((truth[-1].end + 2) / 0.1)):
+        session.push(np.zeros(1600, dtype=np.int16))
+        if session.due():
+            events.extend(session.step())
+    events += session.finish()
+    assert final_words(events) == [w.word for w in truth]
+    assert grid.layouts and all(len(layout) == 1 for layout in grid.layouts)
+    assert any(len(layout) > 1 for layout in closing.layouts)  # these heard the context
+
+
+def test_a_profile_s_closing_beam_is_the_closing_decoder_s():
+    accurate = replace(s.PROFILES["balanced"], closing_beam_size=5)
+    assert s.closing_decoder(None, "pt", accurate).beam_size == 5
+    assert s.closing_decoder(None, "pt", replace(accurate, closing_beam_size=0)).beam_size == 1
 
 
 def test_only_decodes_that_may_close_an_utterance_hear_the_context():

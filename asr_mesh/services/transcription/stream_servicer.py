@@ -37,6 +37,7 @@ from asr_mesh.services.transcription.streaming import (
     StreamSummary,
     VadFn,
     WhisperDecoder,
+    closing_decoder,
     rescue_decoder,
 )
 
@@ -251,6 +252,7 @@ class StreamingHandler:
                 profile,
                 model_name=spec.name,
                 rescue=rescue_decoder(model, options.language),
+                closing=closing_decoder(model, options.language, profile),
             )
             try:
                 for emitted in streaming.drive(session, inbox, self._idle_timeout_s):

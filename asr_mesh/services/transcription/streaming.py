@@ -93,6 +93,12 @@ class LatencyProfile:
     - `agree_after_s`: agreement commits finals only once the buffer is longer than this
       (0 = always); before, an utterance's words become final at its endpoint, from the decode
       that hears the context.
+    - `context_prompt`: whether a decode that hears the context also gets the committed text
+      said before it as prompt (the caller's `initial_prompt` always). Without it, a misheard
+      word is not copied into the next phrase, but more decodes loop or stop at the context.
+    - `closing_beam_size`: Whisper beam of the decodes that may close an utterance (those that
+      hear the context: their words become final); 0 = `beam_size`. The other decodes only
+      feed interim results (and agreement on long phrases), greedy is enough for them.
     """
 
     name: str
@@ -107,6 +113,8 @@ class LatencyProfile:
     context_pad_s: float = 0.0
     context_s: float = 0.0
     agree_after_s: float = 0.0
+    context_prompt: bool = True
+    closing_beam_size: int = 0
 
 
 PROFILES = {
@@ -145,7 +153,9 @@ PROFILES = {
         speculate_silence_s=0.2,
         context_pad_s=1.0,
         context_s=8.0,
-        agree_after_s=15.0,
+        agree_after_s=8.0,
+        context_prompt=False,
+        closing_beam_size=5,
     ),
 }
 """Why these values (chosen on the `tune` split of build/corpus-validate, whisper base, 2 CPU
@@ -425,6 +435,8 @@ class _Hypothesis:
     compression_ratio: float = 0.0
     failed: bool = False
     """The decode looped (compression-ratio guard): its words were thrown away."""
+    closing: bool = False
+    """A decode that may close an utterance (it heard the context, `LatencyProfile.context_s`)."""
 
 
 class StreamingSession:
@@ -444,8 +456,11 @@ class StreamingSession:
         model_name: str = "",
         clock: Callable[[], float] = time.perf_counter,
         rescue: Decoder | None = None,
+        closing: Decoder | None = None,
     ):
         self._decode = decode
+        self._closing = closing or decode
+        """Decodes that may close an utterance (`LatencyProfile.closing_beam_size`)."""
         self._rescue = rescue
         """Decodes an utterance once more, more carefully (Whisper's full 30 s context, the
         temperature fallback, no prompt), when the decode an utterance's final text would come
@@ -719,6 +734,7 @@ class StreamingSession:
                     and not final
                     and self._history
                     and not self._last_hypothesis.failed
+                    and self._last_hypothesis.closing
                     and self._last_decode_end >= endpoint_at + _HEARD_WHOLE_S
                 ):
                     # The last decode already heard the whole utterance: commit from it
@@ -742,6 +758,14 @@ class StreamingSession:
                     self._last_decode_end = end
                     self.counters.steps += 1
                     words = new_words(hypothesis.words, self._committed, self.commit_time)
+                    heard_context = len(self._heard) > 1
+                    if not words and heard_context and self._history and self._history[-1]:
+                        # Heard after the context, the buffer gave no word where the last decode
+                        # heard some: Whisper sometimes ends its transcript with the context's
+                        # speech. Decode the buffer alone rather than lose the phrase.
+                        hypothesis = self._last_hypothesis = self._hypothesis(audio)
+                        words = new_words(hypothesis.words, self._committed, self.commit_time)
+                        span.set_attribute("asr.stream.context_dropped_phrase", True)
                     span.set_attribute("asr.stream.decoded", True)
                 if final:
                     commit = words
@@ -815,13 +839,19 @@ class StreamingSession:
             self.counters.rescues += 1
             segments = self._rescue(heard, "")
         else:
-            segments = self._decode(heard, self._prompt(self._heard[0][0]))
+            prompt = (
+                self.options.initial_prompt
+                if context.size and not self.profile.context_prompt
+                else self._prompt(self._heard[0][0])
+            )
+            segments = (self._closing if with_context else self._decode)(heard, prompt)
         kept = [s for s in segments if not guards.is_silent(s)]
         text = " ".join(s.text for s in kept)
         ratio = max((s.compression_ratio for s in kept), default=0.0)
         if kept and ratio > guards.COMPRESSION_RATIO_THRESHOLD:
             self.counters.removed += sum(len(s.words) for s in kept)
-            return _Hypothesis([], [], failed=True)  # looped: wait for the next decode
+            # Looped: wait for the next decode.
+            return _Hypothesis([], [], failed=True, closing=with_context)
         # Words heard in the context (their middle before the buffer) were committed already.
         lead = context.size / SAMPLE_RATE
         at = self.buffer_start - lead
@@ -840,6 +870,7 @@ class StreamingSession:
             avg_logprob=float(np.mean([s.avg_logprob for s in kept])) if kept else 0.0,
             no_speech_prob=first.no_speech_prob if first else 0.0,
             compression_ratio=ratio if text else 0.0,
+            closing=with_context,
         )
 
     def _commit(
@@ -1098,6 +1129,17 @@ class WhisperDecoder:
             max_new_tokens=max_new_tokens(audio.size / SAMPLE_RATE),
         )
         return [to_segment(i, s) for i, s in enumerate(segments)]
+
+
+def closing_decoder(model: Any, language: str | None, profile: LatencyProfile) -> WhisperDecoder:
+    """The decoder of a session's closing decodes (`StreamingSession(closing=...)`): the
+    profile's `closing_beam_size` (or `beam_size`), the same short encoder context."""
+    return WhisperDecoder(
+        model,
+        language,
+        profile.closing_beam_size or profile.beam_size,
+        context_pad_s=profile.context_pad_s,
+    )
 
 
 RESCUE_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
