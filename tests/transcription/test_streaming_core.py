@@ -643,15 +643,23 @@ def test_without_context_a_decode_hears_the_buffer_only():
 
 
 def _run_profile(
-    truth, rng, decoder_type: type[ScriptedDecoder] = ScriptedDecoder, **fields
+    truth,
+    rng,
+    decoder_type: type[ScriptedDecoder] = ScriptedDecoder,
+    closing: ScriptedDecoder | None = None,
+    **fields,
 ) -> tuple[ScriptedDecoder, list]:
-    """`run`'s session (decoder of `decoder_type`) with some of the balanced profile's fields
-    changed."""
+    """`run`'s session (decoder of `decoder_type`; `closing` for the closing decodes, if
+    given) with some of the balanced profile's fields changed."""
     decoder = decoder_type(truth, rng)
     ref: list = []
     options, prof = s.resolve_options(s.SessionOptions(), 3600)
-    session = s.StreamingSession(decoder, script_vad(truth, ref), options, replace(prof, **fields))
+    session = s.StreamingSession(
+        decoder, script_vad(truth, ref), options, replace(prof, **fields), closing=closing
+    )
     decoder.session = session
+    if closing is not None:
+        closing.session = session
     ref.append(session)
     events = []
     for _ in range(int((truth[-1].end + 2) / 0.1)):
@@ -711,18 +719,8 @@ def test_a_phrase_the_context_decode_drops_is_decoded_alone_not_lost():
 def test_closing_decodes_go_to_the_closing_decoder_and_only_they():
     rng = random.Random(6)
     truth = script(rng, 30, pause_every=10)
-    grid, closing = ScriptedDecoder(truth, rng), ScriptedDecoder(truth, rng)
-    ref: list = []
-    options, prof = s.resolve_options(s.SessionOptions(), 3600)
-    session = s.StreamingSession(grid, script_vad(truth, ref), options, prof, closing=closing)
-    grid.session = closing.session = session
-    ref.append(session)
-    events = []
-    for _ in range(int((truth[-1].end + 2) / 0.1)):
-        session.push(np.zeros(1600, dtype=np.int16))
-        if session.due():
-            events.extend(session.step())
-    events += session.finish()
+    closing = ScriptedDecoder(truth, rng)
+    grid, events = _run_profile(truth, rng, closing=closing)
     assert final_words(events) == [w.word for w in truth]
     assert grid.layouts and all(len(layout) == 1 for layout in grid.layouts)
     assert any(len(layout) > 1 for layout in closing.layouts)  # these heard the context
