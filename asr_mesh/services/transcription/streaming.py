@@ -183,16 +183,14 @@ cores; `benchmarks/bench_streaming.py --simulate --split tune`; figures on the h
   shorter endpoint (0.3 s) and speculation (0.15 s) silences (tune_00/01: closing-final p50
   1.17 s).
 - `balanced` = `low_latency`'s step and speculation with a 0.5 s endpoint, 8/15 s buffer, plus
-  `context_s` 8 s + `agree_after_s` 8 s (chosen on tune through the mesh, below); `accurate` =
-  `balanced` with agreement only past the 15 s buffer bound, so every final of a shorter phrase
-  comes from a decode that heard the context (not measured apart: it differs only for phrases
-  of 8-15 s). Where the finals' WER goes
+  `context_s` 8 s + `agree_after_s` 8 s (chosen on tune through the mesh, below). Where the
+  finals' WER goes
   (tune split, all 11 conversations, 802 s; scripts in benchmarks/README.md): decoding each VAD
   utterance alone, even with batch settings (30 s window, beam 5, temperature fallback), scores
   like the streaming finals (54.5% and 50.9% greedy vs 51.1% streamed), far from plain
   faster-whisper on the whole file (39.9%): whisper base mishears a phrase heard alone. The
   same utterances decoded after the ~10 s of speech before them (pauses removed) score 44.3%
-  (5 s: 49.9%, 15 s: 48.8%, pauses kept: 49.6%); beam 5 did not help. Streamed with 8 s of
+  (5 s: 49.9%, 15 s: 48.8%, pauses kept: 49.6%). Streamed with 8 s of
   context on the closing decodes: finals' WER 51.1% → 47.0%, better on 8 of 11 files; the
   closing final's p50 1.52 → 3.14 s on the one-core cost clock (a closing decode hears ~12 s
   instead of ~4 s: ~1.4 instead of ~0.5 CPU-s; that clock gives each session one idle core).
@@ -201,6 +199,20 @@ cores; `benchmarks/bench_streaming.py --simulate --split tune`; figures on the h
   within the 1.5 s goal and more accurate, so it became `balanced`'s default. Topping
   what a decode hears up to 12 s instead (less context for long buffers) kept little of the
   gain (tune_00-08: 42.2% vs 40.4% with 8 s on top, 43.2% without).
+- `accurate` = `balanced` + `closing_beam_size` 5 + `context_prompt` off. Same diagnosis, 8 s
+  of context, mean of per-file WER on the 11 tune conversations (plain faster-whisper 39.9%):
+  greedy with the prompt 47.8%; beam 5 45.9%; no prompt 45.6%; **beam 5 and no prompt
+  41.6%**; temperature fallback 46.7%; the full 30 s window 51.1%; only words of probability
+  ≥ 0.5 in the prompt 48.9%; hearing 3 s of what follows (which a final within 1.5 s cannot)
+  44.4%, 40.1% with beam 5 and no prompt. On 11 more tune conversations (build/dia-tune-extra,
+  plain 20.3%): 25.9% with the prompt, 24.1% without, 23.8% with beam 5. No prompt vs prompt
+  over the 22: -2.0 points (95% bootstrap -4.2 to -0.1), better on 14. Through the mesh
+  (tune_00/03/05/07, real time, idle machine; offline mesh 26.7%): beam 5 without prompt
+  32.4%, closing finals p50 2.75 s (2.24-3.05); greedy without prompt 37.8%, 1.76 s
+  (1.58-2.47). Without the prompt more closing decodes loop or stop after the context's speech
+  (tune_00: 3 of 13 fell back to decoding the buffer alone, 1 of 12 with it), which costs a
+  decode: on the cost clock tune_00's closing p50 went 2.80 → 3.34 s. So `balanced` keeps the
+  prompt and greedy (the latency goal), `accurate` takes both.
 - Token budget per decode (`max_new_tokens`): on tune_00, same finals' WER, decode CPU 171 → 68 s,
   decode p95 7.1 → 2.0 s (looping decodes of cut-off buffers stop early).
 - On the held-out `validate` split (tables in benchmarks/README.md), with context (today's
@@ -211,6 +223,11 @@ cores; `benchmarks/bench_streaming.py --simulate --split tune`; figures on the h
   file, better on 9 of 11. Through the mesh on all 11 (`balanced`): closing finals p50 1.39 s
   (1.34-1.47), finals' WER 7.8 points (3.7-12.0) above the offline mesh: the issue's latency
   goal holds, its 3-point WER goal does not (five and six voices: +16 and +20).
+  Later, all 11 through the mesh, both profiles in one run: `balanced` closing p50 1.84 s
+  (1.67-2.18), +5.7 points (2.6-9.0); `accurate` 2.22 s (1.91-2.40), **+1.9 points (-1.3 to
+  4.8)**, better than `balanced` on 8 of 11 (-3.8 points, -7.4 to -0.7). Latency varies with
+  the machine between runs (benchmarks/README.md): `balanced` on validate_00/05/10 gave 1.84 s
+  in that run and 1.45 s (1.30-1.52) alone soon after.
 """
 DEFAULT_PROFILE = "balanced"
 MAX_CHUNK_S = 1.0
