@@ -452,8 +452,6 @@ class _Hypothesis:
     compression_ratio: float = 0.0
     failed: bool = False
     """The decode looped (compression-ratio guard): its words were thrown away."""
-    closing: bool = False
-    """A decode that may close an utterance (it heard the context, `LatencyProfile.context_s`)."""
 
 
 class StreamingSession:
@@ -751,7 +749,6 @@ class StreamingSession:
                     and not final
                     and self._history
                     and not self._last_hypothesis.failed
-                    and self._last_hypothesis.closing
                     and self._last_decode_end >= endpoint_at + _HEARD_WHOLE_S
                 ):
                     # The last decode already heard the whole utterance: commit from it
@@ -775,11 +772,12 @@ class StreamingSession:
                     self._last_decode_end = end
                     self.counters.steps += 1
                     words = new_words(hypothesis.words, self._committed, self.commit_time)
-                    heard_context = len(self._heard) > 1
-                    if not words and heard_context and self._history and self._history[-1]:
-                        # Heard after the context, the buffer gave no word where the last decode
-                        # heard some: Whisper sometimes ends its transcript with the context's
-                        # speech. Decode the buffer alone rather than lose the phrase.
+                    dropped = not words and not hypothesis.failed and len(self._heard) > 1
+                    if dropped and self._history and self._history[-1]:
+                        # Heard after the context, the buffer gave no word (no loop either)
+                        # where the last decode heard some: Whisper sometimes ends its transcript
+                        # with the context's speech. Decode the buffer alone rather than lose
+                        # the phrase. (A loop has its own remedy: the next decode, or the rescue.)
                         hypothesis = self._last_hypothesis = self._hypothesis(audio)
                         words = new_words(hypothesis.words, self._committed, self.commit_time)
                         span.set_attribute("asr.stream.context_dropped_phrase", True)
@@ -867,8 +865,7 @@ class StreamingSession:
         ratio = max((s.compression_ratio for s in kept), default=0.0)
         if kept and ratio > guards.COMPRESSION_RATIO_THRESHOLD:
             self.counters.removed += sum(len(s.words) for s in kept)
-            # Looped: wait for the next decode.
-            return _Hypothesis([], [], failed=True, closing=with_context)
+            return _Hypothesis([], [], failed=True)  # looped: wait for the next decode
         # Words heard in the context (their middle before the buffer) were committed already.
         lead = context.size / SAMPLE_RATE
         at = self.buffer_start - lead
@@ -887,7 +884,6 @@ class StreamingSession:
             avg_logprob=float(np.mean([s.avg_logprob for s in kept])) if kept else 0.0,
             no_speech_prob=first.no_speech_prob if first else 0.0,
             compression_ratio=ratio if text else 0.0,
-            closing=with_context,
         )
 
     def _commit(
