@@ -304,14 +304,17 @@ def test_agreement_needs_n_hypotheses():
 
 
 def test_loops_are_cut_from_committed_text():
-    looped = [Word(1.0 + 0.01 * i, 1.01 + 0.01 * i, "obrigado", 0.5) for i in range(8)]
+    # Said once, then copies squeezed after it (a loop's timing; not so squeezed that the
+    # untimed-words guard takes them).
+    looped = [Word(0.5, 1.0, "obrigado", 0.5)]
+    looped += [Word(1.0 + 0.1 * i, 1.1 + 0.1 * i, "obrigado", 0.5) for i in range(7)]
 
     def decoder(audio, prompt):
         return [
             Segment(
                 0,
-                1.0,
-                1.1,
+                0.5,
+                1.7,
                 " ".join(w.word for w in looped),
                 tuple(looped),
                 avg_logprob=-0.3,
@@ -714,6 +717,47 @@ def test_a_phrase_the_context_decode_drops_is_decoded_alone_not_lost():
     decoder, events = _run_profile(truth, rng, ContextDeafDecoder)
     assert any(len(layout) > 1 for layout in decoder.layouts)  # the context was heard
     assert final_words(events) == [w.word for w in truth]  # and no phrase was lost to it
+
+
+class ContextTruncatingDecoder(ScriptedDecoder):
+    """Whenever it also hears the context, stops its transcript two words into the buffer."""
+
+    def __call__(self, audio: np.ndarray, prompt: str) -> list[Segment]:
+        segments = super().__call__(audio, prompt)
+        if len(self.layouts[-1]) == 1:
+            return segments
+        lead = sum(seconds for _, seconds in self.layouts[-1][:-1])
+        said = [w for seg in segments for w in seg.words]
+        keep = [w for w in said if w.start < lead] + [w for w in said if w.start >= lead][:2]
+        return [replace(segments[0], end=keep[-1].end, words=tuple(keep))] if keep else []
+
+
+def test_speech_a_context_decode_leaves_out_of_an_utterance_is_not_lost():
+    rng = random.Random(5)
+    truth = script(rng, 40, pause_every=10)
+    decoder, events = _run_profile(truth, rng, ContextTruncatingDecoder)
+    assert any(len(layout) > 1 for layout in decoder.layouts)
+    assert final_words(events) == [w.word for w in truth]
+
+
+class EchoingDecoder(ScriptedDecoder):
+    """Says its last five words again, untimed, at the end of every transcript."""
+
+    def __call__(self, audio: np.ndarray, prompt: str) -> list[Segment]:
+        segments = super().__call__(audio, prompt)
+        said = [w for seg in segments for w in seg.words]
+        if len(said) < 5:
+            return segments
+        end = said[-1].end
+        echo = tuple(Word(end, end, w.word, 0.99) for w in said[-5:])
+        return [*segments, Segment(len(segments), end, end, "", echo, compression_ratio=1.2)]
+
+
+def test_a_sentence_said_again_in_no_time_is_not_committed():
+    rng = random.Random(8)
+    truth = script(rng, 30, pause_every=10)
+    _, events = _run_profile(truth, rng, EchoingDecoder)
+    assert final_words(events) == [w.word for w in truth]
 
 
 def test_closing_decodes_go_to_the_closing_decoder_and_only_they():

@@ -97,6 +97,19 @@ def test_improbable_words_squeezed_into_milliseconds_are_invented():
     assert guards.is_squeezed(squeezed_tail())
 
 
+def test_a_confident_sentence_piled_at_one_instant_is_untimed():
+    said = words("avenida principal obrigado pela atenção e tenha um ótimo dia", step=0.5)
+    again = [Word(5.96, 5.96, w.word, 0.99) for w in said[2:]]  # as Whisper gave it
+    assert guards.untimed_runs(said + again) == [(len(said), len(said) + len(again))]
+
+
+def test_quick_speech_and_a_word_or_two_cut_short_are_not_untimed():
+    quick = words("um dois três quatro cinco seis sete oito", step=0.12)  # 8 words a second
+    cut = [*words("bom dia", step=0.3), Word(0.6, 0.6, "a", 0.5), Word(0.6, 0.6, "se", 0.4)]
+    assert guards.untimed_runs(quick) == []
+    assert guards.untimed_runs(cut) == []  # two: a word cut off by the buffer's end
+
+
 def test_real_speech_is_not_squeezed_even_when_fast_or_improbable():
     fast = Segment(0, 0, 1.2, "", tuple(words("um dois três quatro cinco seis", step=0.2)))
     doubtful = Segment(

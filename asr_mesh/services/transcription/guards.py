@@ -124,6 +124,36 @@ def is_squeezed(segment: Segment) -> bool:
     return mean < INVENTED_MAX_PROBABILITY and span < INVENTED_MAX_SECONDS_PER_WORD * len(words)
 
 
+UNTIMED_MIN_WORDS = 3
+"""A run of at least this many words given (almost) no time at all..."""
+UNTIMED_MAX_SECONDS_PER_WORD = 0.05
+"""...under this per word (twenty words a second) was not heard in the audio."""
+
+
+def untimed_runs(words: list[Word]) -> list[tuple[int, int]]:
+    """Index ranges [start, end) of runs of words the audio gives no time to.
+
+    Whisper sometimes repeats a sentence it has just transcribed, confidently, as a pile of
+    zero-length words at the end of the audio (seen streaming a conversation: "Obrigado pela
+    atenção e tenha um ótimo dia." a second time, eight words at 5.96-5.96 s, probabilities
+    0.95-1.00). No one says three words in 0.15 s, so the words were not in the audio, however
+    probable the model finds them (`is_squeezed` needs improbable words as well).
+    """
+    runs: list[tuple[int, int]] = []
+    limit = UNTIMED_MAX_SECONDS_PER_WORD
+    i = 0
+    while i < len(words):
+        j = i + 1
+        while j < len(words) and words[j].end - words[i].start < limit * (j - i + 1):
+            j += 1
+        if j - i >= UNTIMED_MIN_WORDS:
+            runs.append((i, j))
+            i = j
+        else:
+            i += 1
+    return runs
+
+
 def outside_speech(
     segment: Segment, speech: list[tuple[float, float]], margin: float = SPEECH_MARGIN_S
 ) -> bool:

@@ -240,6 +240,10 @@ _PAUSE_MIN_S = 0.02
 _HEARD_WHOLE_S = 0.15
 """A decode heard a stretch of speech whole when it heard this much audio past its end (VAD
 ends speech ranges ~50 ms after the last sound; a word cut at the buffer's end is misheard)."""
+_UNHEARD_SPEECH_S = 0.8
+"""Speech VAD hears after a closing decode's last word, beyond which that decode is taken to have
+left part of the utterance out (Whisper's last word often ends a few hundred ms before VAD's
+range does)."""
 PROMPT_CHARS = 200
 """Committed text given to the decoder as context (whisper_streaming uses the same amount)."""
 CONTEXT_SPEECH_PAD_S = 0.1
@@ -424,6 +428,11 @@ def stability(current: Sequence[Word], previous: Sequence[Word]) -> float:
     matcher = difflib.SequenceMatcher(a=a, b=b, autojunk=False)
     same = sum(block.size for block in matcher.get_matching_blocks())
     return round(same / len(a), 3)
+
+
+def _reach(words: Sequence[Word]) -> float:
+    """Where the last of `words` ends (0 without words)."""
+    return max((w.end for w in words), default=0.0)
 
 
 def _text(words: Sequence[Word]) -> str:
@@ -772,14 +781,22 @@ class StreamingSession:
                     self._last_decode_end = end
                     self.counters.steps += 1
                     words = new_words(hypothesis.words, self._committed, self.commit_time)
-                    dropped = not words and not hypothesis.failed and len(self._heard) > 1
-                    if dropped and self._history and self._history[-1]:
-                        # Heard after the context, the buffer gave no word (no loop either)
-                        # where the last decode heard some: Whisper sometimes ends its transcript
-                        # with the context's speech. Decode the buffer alone rather than lose
-                        # the phrase. (A loop has its own remedy: the next decode, or the rescue.)
-                        hypothesis = self._last_hypothesis = self._hypothesis(audio)
-                        words = new_words(hypothesis.words, self._committed, self.commit_time)
+                    closes_at = live[-1][1] if endpoint_at is None else endpoint_at
+                    if (
+                        len(self._heard) > 1
+                        and not hypothesis.failed
+                        and self._context_dropped(words, live, closes_at)
+                    ):
+                        # Whisper sometimes ends its transcript with the context's speech, or
+                        # a few words into the buffer: the speech it left out would be trimmed
+                        # with the utterance. Decode the buffer alone and keep the transcript
+                        # that reaches further. (A loop has its own remedy: the next decode,
+                        # or the rescue.)
+                        alone = self._hypothesis(audio)
+                        alone_words = new_words(alone.words, self._committed, self.commit_time)
+                        if not alone.failed and _reach(alone_words) > _reach(words):
+                            hypothesis = self._last_hypothesis = alone
+                            words = alone_words
                         span.set_attribute("asr.stream.context_dropped_phrase", True)
                     span.set_attribute("asr.stream.decoded", True)
                 if final:
@@ -831,6 +848,20 @@ class StreamingSession:
             span.set_attribute("asr.stream.step_s", elapsed)
         return events
 
+    def _context_dropped(
+        self, words: Sequence[Word], live: Sequence[tuple[float, float]], closes_at: float
+    ) -> bool:
+        """Did a decode that heard the context leave out speech of the utterance it closes?
+
+        Yes when VAD hears `_UNHEARD_SPEECH_S` of speech between its last word (or what is
+        committed) and `closes_at`, or when it gave no word where the decode before it heard
+        some (a short phrase)."""
+        if not words and self._history and self._history[-1]:
+            return True
+        heard_to = max(self.commit_time, _reach(words))
+        unheard = sum(max(0.0, min(b, closes_at) - max(a, heard_to)) for a, b in live)
+        return unheard >= _UNHEARD_SPEECH_S
+
     def _endpoint(self, live: list[tuple[float, float]], end: float) -> float | None:
         """Where the first utterance in `live` ended (silence long enough after it), or None."""
         if not live or not self.options.endpointing or self._vad is None:
@@ -866,14 +897,16 @@ class StreamingSession:
         if kept and ratio > guards.COMPRESSION_RATIO_THRESHOLD:
             self.counters.removed += sum(len(s.words) for s in kept)
             return _Hypothesis([], [], failed=True)  # looped: wait for the next decode
+        said = [w for s in kept for w in s.words if w.word.strip()]
+        untimed = {i for a, b in guards.untimed_runs(said) for i in range(a, b)}
+        self.counters.removed += len(untimed)
         # Words heard in the context (their middle before the buffer) were committed already.
         lead = context.size / SAMPLE_RATE
         at = self.buffer_start - lead
         words = [
             replace(w, start=max(w.start, lead) + at, end=w.end + at)
-            for s in kept
-            for w in s.words
-            if w.word.strip() and (w.start + w.end) / 2 >= lead
+            for i, w in enumerate(said)
+            if i not in untimed and (w.start + w.end) / 2 >= lead
         ]
         words.sort(key=lambda w: w.start)
         own = [s for s in kept if s.end > lead]
