@@ -227,7 +227,9 @@ cores; `benchmarks/bench_streaming.py --simulate --split tune`; figures on the h
   (1.67-2.18), +5.7 points (2.6-9.0); `accurate` 2.22 s (1.91-2.40), **+1.9 points (-1.3 to
   4.8)**, better than `balanced` on 8 of 11 (-3.8 points, -7.4 to -0.7). Latency varies with
   the machine between runs (benchmarks/README.md): `balanced` on validate_00/05/10 gave 1.84 s
-  in that run and 1.45 s (1.30-1.52) alone soon after.
+  in that run and 1.45 s (1.30-1.52) alone soon after. With the partial-drop fallback and the
+  untimed-words guard, all 11 on an idle machine: `balanced` 1.42 s (1.34-1.51), +6.0 points
+  (2.4-9.8); `accurate` 1.70 s (1.54-1.93), +2.9 points (0.4-5.5).
 """
 DEFAULT_PROFILE = "balanced"
 MAX_CHUNK_S = 1.0

@@ -1,0 +1,145 @@
+"""Replay one recording through a streaming session with the real model, logging every decode.
+
+    python benchmarks/trace_stream.py FILE [--profile balanced] [--slowdown 5] [--words]
+        [--reference "the text said"] [--cost-model 1:0.21,2:0.26,...]
+
+What it is for: finding out why a final came out wrong or late. Each decode is printed with
+what it heard (the pieces of earlier speech, then the buffer: absolute start and seconds), the
+end of its prompt and the segments it returned (`--words`: each word's time and probability),
+then the finals with their latency, and the WER against `--reference` when given.
+
+Time is virtual, as in `bench_streaming.py --simulate`: audio arrives at real time and a decode
+lasts what a cost model says for its length (measured on FILE at the start, or `--cost-model`),
+times `--slowdown`, so the same command gives the same timeline. `--slowdown 5` stands for a
+machine five times slower, or for audio sent five times faster than real time (how the mesh
+tests stream): the buffer then holds several phrases when a decode starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "benchmarks")]
+os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
+
+import bench_streaming as bench  # noqa: E402
+
+from asr_mesh.services.common.domain import SAMPLE_RATE  # noqa: E402
+from asr_mesh.services.transcription import streaming as st  # noqa: E402
+from support.metrics import wer  # noqa: E402
+
+
+def load_pcm(path: Path) -> np.ndarray:
+    """Any file ffmpeg reads, as 16 kHz mono int16 samples."""
+    raw = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-ac", "1", "-ar", str(SAMPLE_RATE)]
+        + ["-f", "s16le", "-"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    return np.frombuffer(raw, dtype="<i2")
+
+
+def logged(inner, tag: str, session_ref: list, decoded: list[float], words: bool):
+    """`inner`, printing what each call heard and returned."""
+
+    def decode(audio: np.ndarray, prompt: str):
+        decoded.append(audio.size / SAMPLE_RATE)
+        segments = inner(audio, prompt)
+        layout = session_ref[0].heard_layout() if session_ref else []
+        pieces = ", ".join(f"{a:.2f}+{b:.2f}" for a, b in layout)
+        print(
+            f"  {tag:<7} {audio.size / SAMPLE_RATE:5.2f} s heard [{pieces}] prompt …{prompt[-40:]!r}"
+        )
+        for s in segments:
+            print(
+                f"      {s.start:6.2f}-{s.end:6.2f} cr {s.compression_ratio:.2f} | {s.text.strip()}"
+            )
+            if words:
+                print(
+                    "        "
+                    + " ".join(
+                        f"{w.word}[{w.start:.2f}-{w.end:.2f} {w.probability:.2f}]" for w in s.words
+                    )
+                )
+        return segments
+
+    return decode
+
+
+def trace(
+    samples: np.ndarray,
+    profile: str = "balanced",
+    slowdown: float = 1.0,
+    cost_model: str = "",
+    words: bool = False,
+    model_dir: Path = REPO / "models" / "whisper-base",
+) -> list[dict]:
+    """Replay `samples` and print the decodes and finals; returns `bench.replay`'s records."""
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(
+        str(model_dir), device="cpu", compute_type="int8", cpu_threads=2, local_files_only=True
+    )
+    options, prof = st.resolve_options(st.SessionOptions(profile=profile), 3600)
+    decoder = st.WhisperDecoder(model, "pt", prof.beam_size, context_pad_s=prof.context_pad_s)
+    if cost_model:
+        xs, ys = zip(*(map(float, kv.split(":")) for kv in cost_model.split(",")))
+        base = lambda seconds: float(np.interp(seconds, xs, ys))  # noqa: E731
+    else:
+        base = bench.decode_cost_model(decoder, SimpleNamespace(pcm=samples.tobytes()))
+
+    def cost(seconds: float) -> float:
+        return slowdown * base(seconds)
+
+    ref: list = []
+    decoded: list[float] = []
+    session = st.StreamingSession(
+        logged(decoder, "interim", ref, decoded, words),
+        st.silero_vad(),
+        options,
+        prof,
+        rescue=logged(st.rescue_decoder(model, "pt"), "rescue", ref, decoded, words),
+        closing=logged(st.closing_decoder(model, "pt", prof), "closing", ref, decoded, words),
+    )
+    ref.append(session)
+    records = bench.replay(session, samples, clock=cost, decoded=decoded)
+    for r in records:
+        if "eou" in r:
+            kind = "end of utterance" if r["eou"] else "agreed"
+            print(
+                f"FINAL {r['start']:6.2f}-{r['end']:6.2f} after {r['made_at'] - r['end']:5.2f} s "
+                f"({kind}) | {r['text']}"
+            )
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("file", type=Path)
+    parser.add_argument("--profile", default=st.DEFAULT_PROFILE, choices=sorted(st.PROFILES))
+    parser.add_argument("--slowdown", type=float, default=1.0, help="decode cost multiplier")
+    parser.add_argument("--cost-model", default="", help="'SECONDS:CPU_S,...' (default: measure)")
+    parser.add_argument("--words", action="store_true", help="print every word of every decode")
+    parser.add_argument("--reference", default="", help="the text said, for a WER")
+    args = parser.parse_args(argv)
+    if not args.file.is_file():
+        print(f"error: no such file: {args.file}", file=sys.stderr)
+        return 1
+    records = trace(load_pcm(args.file), args.profile, args.slowdown, args.cost_model, args.words)
+    if args.reference:
+        text = " ".join(r["text"] for r in records if "eou" in r)
+        print(f"WER {wer([args.reference], [text]):.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
