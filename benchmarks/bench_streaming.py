@@ -329,8 +329,7 @@ def simulate(
             if clock == "model":
                 key = (prof.context_pad_s, prof.beam_size)
                 if key not in models and cost_model:
-                    xs, ys = zip(*(map(float, kv.split(":")) for kv in cost_model.split(",")))
-                    models[key] = lambda sec, xs=xs, ys=ys: float(np.interp(sec, xs, ys))
+                    models[key] = parse_cost_model(cost_model)
                 if key not in models:
                     models[key] = decode_cost_model(decoder, items[0])
                 cost = models[key]
@@ -418,6 +417,12 @@ def summarise(variant: str, rows: list[dict]) -> None:
             f"p95 {pct(lat, 95):.2f} s, n={len(lat)}",
             flush=True,
         )
+
+
+def parse_cost_model(text: str):
+    """A cost model from its printed form 'SECONDS:CPU_S,...' (as `decode_cost_model` prints)."""
+    xs, ys = zip(*(map(float, kv.split(":")) for kv in text.split(",")))
+    return lambda seconds: float(np.interp(seconds, xs, ys))
 
 
 def decode_cost_model(decoder, item: Input, sizes=(1, 2, 3, 4, 6, 8, 10, 13, 16, 20, 25)):

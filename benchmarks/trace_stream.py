@@ -37,17 +37,6 @@ from asr_mesh.services.transcription import streaming as st  # noqa: E402
 from support.metrics import wer  # noqa: E402
 
 
-def load_pcm(path: Path) -> np.ndarray:
-    """Any file ffmpeg reads, as 16 kHz mono int16 samples."""
-    raw = subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", str(path), "-ac", "1", "-ar", str(SAMPLE_RATE)]
-        + ["-f", "s16le", "-"],
-        capture_output=True,
-        check=True,
-    ).stdout
-    return np.frombuffer(raw, dtype="<i2")
-
-
 def logged(inner, tag: str, session_ref: list, decoded: list[float], words: bool):
     """`inner`, printing what each call heard and returned."""
 
@@ -92,8 +81,7 @@ def trace(
     options, prof = st.resolve_options(st.SessionOptions(profile=profile), 3600)
     decoder = st.WhisperDecoder(model, "pt", prof.beam_size, context_pad_s=prof.context_pad_s)
     if cost_model:
-        xs, ys = zip(*(map(float, kv.split(":")) for kv in cost_model.split(",")))
-        base = lambda seconds: float(np.interp(seconds, xs, ys))  # noqa: E731
+        base = bench.parse_cost_model(cost_model)
     else:
         base = bench.decode_cost_model(decoder, SimpleNamespace(pcm=samples.tobytes()))
 
@@ -134,7 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.file.is_file():
         print(f"error: no such file: {args.file}", file=sys.stderr)
         return 1
-    records = trace(load_pcm(args.file), args.profile, args.slowdown, args.cost_model, args.words)
+    try:
+        samples = np.frombuffer(bench.decode(args.file), dtype="<i2")
+    except subprocess.CalledProcessError as error:
+        said = error.stderr.decode(errors="replace").strip().splitlines() or ["no reason given"]
+        print(f"error: ffmpeg could not read {args.file}: {said[-1]}", file=sys.stderr)
+        return 1
+    if not samples.size:
+        print(f"error: no audio in {args.file}", file=sys.stderr)
+        return 1
+    records = trace(samples, args.profile, args.slowdown, args.cost_model, args.words)
     if args.reference:
         text = " ".join(r["text"] for r in records if "eou" in r)
         print(f"WER {wer([args.reference], [text]):.1%}")

@@ -47,3 +47,17 @@ def test_a_missing_file_is_one_readable_line(tmp_path):
     proc = trace(str(tmp_path / "nothing.wav"))
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"error: no such file: {tmp_path / 'nothing.wav'}"
+
+
+def test_a_file_ffmpeg_cannot_read_is_one_readable_line(corpus):
+    proc = trace(str(corpus / "bad" / "text.wav"))
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ffmpeg could not read ")
+
+
+def test_a_file_without_audio_is_one_readable_line(corpus):
+    proc = trace(str(corpus / "bad" / "video_no_audio.mp4"))
+    assert proc.returncode == 1
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith("error: ")

@@ -740,6 +740,46 @@ def test_speech_a_context_decode_leaves_out_of_an_utterance_is_not_lost():
     assert final_words(events) == [w.word for w in truth]
 
 
+class ContextFirstPhraseDecoder(ScriptedDecoder):
+    """Whenever it also hears the context, stops its transcript at the buffer's first pause."""
+
+    def __call__(self, audio: np.ndarray, prompt: str) -> list[Segment]:
+        segments = super().__call__(audio, prompt)
+        if len(self.layouts[-1]) == 1:
+            return segments
+        lead = sum(seconds for _, seconds in self.layouts[-1][:-1])
+        said = [w for seg in segments for w in seg.words]
+        keep = [w for w in said if w.start < lead]
+        for w in (w for w in said if w.start >= lead):
+            if keep and keep[-1].end > lead and w.start - keep[-1].end >= 0.5:
+                break
+            keep.append(w)
+        return [replace(segments[0], end=keep[-1].end, words=tuple(keep))] if keep else []
+
+
+def test_every_phrase_still_in_the_buffer_when_the_stream_ends_is_final():
+    # The machine fell behind: the last two phrases arrive at once and the stream ends. The
+    # closing decode hears the context and stops after the first of them.
+    rng = random.Random(9)
+    truth = script(rng, 40, pause_every=10)
+    decoder = ContextFirstPhraseDecoder(truth, rng)
+    ref: list = []
+    options, prof = s.resolve_options(s.SessionOptions(), 3600)
+    session = s.StreamingSession(decoder, script_vad(truth, ref), options, prof)
+    decoder.session = session
+    ref.append(session)
+    events = []
+    for _ in range(int((truth[19].end + 1.0) / 0.1)):
+        session.push(np.zeros(1600, dtype=np.int16))
+        if session.due():
+            events.extend(session.step())
+    rest = int((truth[-1].end + 2.0) * SAMPLE_RATE) - int(session.received_s * SAMPLE_RATE)
+    session.push(np.zeros(rest, dtype=np.int16))
+    events += session.finish()
+    assert any(len(layout) > 1 for layout in decoder.layouts[-2:])
+    assert final_words(events) == [w.word for w in truth]
+
+
 class EchoingDecoder(ScriptedDecoder):
     """Says its last five words again, untimed, at the end of every transcript."""
 

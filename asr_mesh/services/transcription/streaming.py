@@ -223,13 +223,8 @@ cores; `benchmarks/bench_streaming.py --simulate --split tune`; figures on the h
   file, better on 9 of 11. Through the mesh on all 11 (`balanced`): closing finals p50 1.39 s
   (1.34-1.47), finals' WER 7.8 points (3.7-12.0) above the offline mesh: the issue's latency
   goal holds, its 3-point WER goal does not (five and six voices: +16 and +20).
-  Later, all 11 through the mesh, both profiles in one run: `balanced` closing p50 1.84 s
-  (1.67-2.18), +5.7 points (2.6-9.0); `accurate` 2.22 s (1.91-2.40), **+1.9 points (-1.3 to
-  4.8)**, better than `balanced` on 8 of 11 (-3.8 points, -7.4 to -0.7). Latency varies with
-  the machine between runs (benchmarks/README.md): `balanced` on validate_00/05/10 gave 1.84 s
-  in that run and 1.45 s (1.30-1.52) alone soon after. With the partial-drop fallback and the
-  untimed-words guard, all 11 on an idle machine: `balanced` 1.42 s (1.34-1.51), +6.0 points
-  (2.4-9.8); `accurate` 1.70 s (1.54-1.93), +2.9 points (0.4-5.5).
+  Both profiles today, held out (all 11 through the mesh, one run): README and
+  benchmarks/README.md, with the commands.
 """
 DEFAULT_PROFILE = "balanced"
 MAX_CHUNK_S = 1.0
@@ -783,7 +778,10 @@ class StreamingSession:
                     self._last_decode_end = end
                     self.counters.steps += 1
                     words = new_words(hypothesis.words, self._committed, self.commit_time)
-                    closes_at = live[-1][1] if endpoint_at is None else endpoint_at
+                    # What this decode closes: at the end of the stream everything heard (all
+                    # of it is committed now), at an endpoint the utterance before it,
+                    # otherwise (speech just stopped) the speech so far.
+                    closes_at = live[-1][1] if final or endpoint_at is None else endpoint_at
                     if (
                         len(self._heard) > 1
                         and not hypothesis.failed
