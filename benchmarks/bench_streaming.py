@@ -341,9 +341,9 @@ def simulate(
                 """`inner`, its duration recorded in `timed`: measured by `tick`, or what the
                 cost model says for the audio's length (`charge_s` instead when given)."""
 
-                def decode(audio, prompt):
+                def decode(audio, prompt, prefix=""):
                     started = tick()
-                    segments = inner(audio, prompt)
+                    segments = inner(audio, prompt, prefix)
                     took = tick() - started
                     if cost is not None:
                         seconds = charge_s or audio.size / 16000

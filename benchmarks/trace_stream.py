@@ -40,13 +40,14 @@ from support.metrics import wer  # noqa: E402
 def logged(inner, tag: str, session_ref: list, decoded: list[float], words: bool):
     """`inner`, printing what each call heard and returned."""
 
-    def decode(audio: np.ndarray, prompt: str):
+    def decode(audio: np.ndarray, prompt: str, prefix: str = ""):
         decoded.append(audio.size / SAMPLE_RATE)
-        segments = inner(audio, prompt)
+        segments = inner(audio, prompt, prefix)
         layout = session_ref[0].heard_layout() if session_ref else []
         pieces = ", ".join(f"{a:.2f}+{b:.2f}" for a, b in layout)
         print(
             f"  {tag:<7} {audio.size / SAMPLE_RATE:5.2f} s heard [{pieces}] prompt …{prompt[-40:]!r}"
+            + (f" prefix …{prefix[-60:]!r}" if prefix else "")
         )
         for s in segments:
             print(

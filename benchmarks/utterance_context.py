@@ -18,7 +18,10 @@ once, with whisper base through `streaming.WhisperDecoder`, by each configuratio
 - `beam`, `fallback=1` (temperature fallback), `prompt=0` (no committed text as prompt);
 - `pmin`: only the committed words whose probability is at least this go into the prompt;
 - `future`: seconds of the speech after the utterance the decoder also hears (an upper bound:
-  a streaming final cannot wait for it).
+  a streaming final cannot wait for it);
+- `prefix=1`: the words already taken from the context are given to the decoder as the start
+  of its transcript (`WhisperDecoder`'s `prefix`, closed by timestamp tokens at the
+  utterance's start), so it decodes only the utterance (`LatencyProfile.context_prefix`).
 
 Prints the WER of the concatenated utterances per configuration against the reference, with
 plain faster-whisper on the whole file (beam 5, VAD; cached in out/) beside it. Used to choose
@@ -62,7 +65,7 @@ def heard(audio, ranges, lo: float, end: float, squeeze: bool, spad: float):
     """The audio from `lo` to `end` (only its speech with `squeeze`) and a map from a time in
     it to a time in the file."""
     if not squeeze:
-        return audio[int(lo * SR) : int(end * SR)], lambda t: lo + t
+        return audio[int(lo * SR) : int(end * SR)], lambda t: lo + t, lambda t: t - lo
     pieces, spans, pos = [], [], 0.0
     for ra, rb in ranges:
         if rb < lo or ra > end:
@@ -82,7 +85,13 @@ def heard(audio, ranges, lo: float, end: float, squeeze: bool, spad: float):
                 return ra + (t - p)
         return spans[-1][1]
 
-    return np.concatenate(pieces), to_file
+    def to_heard(t: float) -> float:
+        for ra, rb, p in spans:
+            if t <= rb:
+                return p + max(0.0, t - ra)
+        return pos
+
+    return np.concatenate(pieces), to_file, to_heard
 
 
 def run(config: str, items, model, offline: dict[str, str]) -> None:
@@ -93,6 +102,7 @@ def run(config: str, items, model, offline: dict[str, str]) -> None:
     use_prompt = kv.get("prompt", "1") == "1"
     pmin = float(kv.get("pmin", 0))
     future = float(kv.get("future", 0))
+    use_prefix = kv.get("prefix", "0") == "1"
     temperatures = st.RESCUE_TEMPERATURES if kv.get("fallback", "0") == "1" else (0.0,)
     decoder = st.WhisperDecoder(
         model,
@@ -114,11 +124,19 @@ def run(config: str, items, model, offline: dict[str, str]) -> None:
             following = spans[k + 1][0] if k + 1 < len(spans) else b + 1.0
             lo = max(0.0, a - ctx if ctx > 0 else a - 0.1)
             end = b + future if future > 0 else b + 0.3
-            clip, to_file = heard(audio, ranges, lo, end, (squeeze and ctx > 0) or future > 0, spad)
+            clip, to_file, to_heard = heard(
+                audio, ranges, lo, end, (squeeze and ctx > 0) or future > 0, spad
+            )
             seconds += clip.size / SR
             said = " ".join(w for w, start, p in words if start < lo and p >= pmin)
             prompt = said[-200:] if use_prompt else ""
-            for segment in decoder(clip, prompt):
+            prefix = ""
+            if use_prefix and ctx > 0:
+                before = [w for w, start, _ in words if lo <= start < a]
+                if before:
+                    at = round(to_heard(max(a - spad, lo)) / 0.02) * 0.02
+                    prefix = " ".join(before) + f"<|{at:.2f}|><|{at:.2f}|>"
+            for segment in decoder(clip, prompt, prefix):
                 if segment.compression_ratio > 2.4:
                     continue
                 for w in segment.words:

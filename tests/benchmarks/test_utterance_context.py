@@ -20,10 +20,12 @@ def test_utterances_join_across_short_pauses_and_split_at_long_ones_or_the_cap()
 def test_squeezed_audio_holds_only_padded_speech_and_maps_times_back():
     audio = np.arange(10 * uc.SR, dtype=np.float32)  # sample value = its index
     ranges = [(1.0, 2.0), (5.0, 6.0), (8.0, 9.0)]
-    clip, to_file = uc.heard(audio, ranges, lo=0.5, end=9.5, squeeze=True, spad=0.1)
+    clip, to_file, to_heard = uc.heard(audio, ranges, lo=0.5, end=9.5, squeeze=True, spad=0.1)
     assert clip.size == round(3 * 1.2 * uc.SR)  # three ranges, 0.1 s either side
     assert clip[0] == 0.9 * uc.SR  # starts at the first range's padding
     assert abs(to_file(0.1) - 1.0) < 1e-6  # the first range's start
     assert abs(to_file(1.2 + 0.1) - 5.0) < 1e-6  # the second range's start
-    plain, to_file = uc.heard(audio, ranges, lo=0.5, end=9.5, squeeze=False, spad=0.1)
-    assert plain.size == 9 * uc.SR and to_file(0.5) == 1.0
+    assert abs(to_heard(5.0) - 1.3) < 1e-6 and abs(to_heard(4.9) - 1.2) < 1e-6  # and back
+    assert abs(to_heard(3.0) - 1.2) < 1e-6  # a removed pause maps to where it was cut
+    plain, to_file, to_heard = uc.heard(audio, ranges, lo=0.5, end=9.5, squeeze=False, spad=0.1)
+    assert plain.size == 9 * uc.SR and to_file(0.5) == 1.0 and to_heard(1.0) == 0.5

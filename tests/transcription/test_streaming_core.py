@@ -56,11 +56,13 @@ class ScriptedDecoder:
         self.truth, self.rng, self.jitter, self.garble_tail = truth, rng, jitter, garble_tail
         self.session: s.StreamingSession | None = None
         self.prompts: list[str] = []
+        self.prefixes: list[str] = []
         self.layouts: list[list[tuple[float, float]]] = []  # what each decode heard
         self.calls = 0
 
-    def __call__(self, audio: np.ndarray, prompt: str) -> list[Segment]:
+    def __call__(self, audio: np.ndarray, prompt: str, prefix: str = "") -> list[Segment]:
         self.prompts.append(prompt)
+        self.prefixes.append(prefix)
         self.calls = len(self.prompts)
         # The audio is the session's context pieces (earlier speech) then its buffer.
         layout = self.session.heard_layout()
@@ -125,6 +127,28 @@ def script_vad(truth: list[Word], session_ref: list) -> s.VadFn:
         return out
 
     return detect
+
+
+def scripted_session(
+    truth: list[Word],
+    decoder: ScriptedDecoder,
+    options: s.SessionOptions | None = None,
+    profile: s.LatencyProfile | None = None,
+    **decoders,
+) -> s.StreamingSession:
+    """A session over `truth` with the script's VAD: `decoder` (and the `rescue`/`closing`
+    decoders, if given) told their session; `options` resolved as the service does, `profile`
+    (when given) instead of the one they name."""
+    ref: list = []
+    resolved, named = s.resolve_options(options or s.SessionOptions(), 3600)
+    session = s.StreamingSession(
+        decoder, script_vad(truth, ref), resolved, profile or named, **decoders
+    )
+    for d in (decoder, *decoders.values()):
+        if isinstance(d, ScriptedDecoder):
+            d.session = session
+    ref.append(session)
+    return session
 
 
 def run(
@@ -263,11 +287,7 @@ def test_committed_text_outside_the_buffer_is_the_prompt():
     rng = random.Random(2)
     truth = script(rng, 30, pause_every=10)
     decoder = ScriptedDecoder(truth, rng)
-    ref: list = []
-    options, prof = s.resolve_options(s.SessionOptions(initial_prompt="Itaú Pix"), 3600)
-    session = s.StreamingSession(decoder, script_vad(truth, ref), options, prof)
-    decoder.session = session
-    ref.append(session)
+    session = scripted_session(truth, decoder, s.SessionOptions(initial_prompt="Itaú Pix"))
     for _ in range(int((truth[-1].end + 2) / 0.1)):
         session.push(np.zeros(1600, dtype=np.int16))
         if session.due():
@@ -309,7 +329,7 @@ def test_loops_are_cut_from_committed_text():
     looped = [Word(0.5, 1.0, "obrigado", 0.5)]
     looped += [Word(1.0 + 0.1 * i, 1.1 + 0.1 * i, "obrigado", 0.5) for i in range(7)]
 
-    def decoder(audio, prompt):
+    def decoder(audio, prompt, prefix=""):
         return [
             Segment(
                 0,
@@ -331,7 +351,7 @@ def test_loops_are_cut_from_committed_text():
 
 
 def test_text_the_model_calls_silence_is_dropped():
-    def decoder(audio, prompt):
+    def decoder(audio, prompt, prefix=""):
         return [
             Segment(
                 0,
@@ -353,7 +373,7 @@ def test_text_the_model_calls_silence_is_dropped():
 
 def test_session_length_is_bounded():
     options, prof = s.resolve_options(s.SessionOptions(max_session_s=1.0), 3600)
-    session = s.StreamingSession(lambda a, p: [], None, options, prof)
+    session = s.StreamingSession(lambda a, p, x="": [], None, options, prof)
     session.push(np.zeros(SAMPLE_RATE, dtype=np.int16))
     with pytest.raises(DeadlineExceeded, match="maximum length of 1 s"):
         session.push(np.zeros(160, dtype=np.int16))
@@ -402,11 +422,7 @@ def test_drive_runs_a_session_from_another_thread():
     rng = random.Random(9)
     truth = script(rng, 15, pause_every=5)
     decoder = ScriptedDecoder(truth, rng)
-    ref: list = []
-    options, prof = s.resolve_options(s.SessionOptions(), 3600)
-    session = s.StreamingSession(decoder, script_vad(truth, ref), options, prof)
-    decoder.session = session
-    ref.append(session)
+    session = scripted_session(truth, decoder)
     inbox = s.Inbox()
 
     def feed():
@@ -427,11 +443,7 @@ def test_an_utterance_is_final_one_check_after_the_endpoint_silence():
     rng = random.Random(4)
     truth = script(rng, 24, pause_every=8, pause_s=2.0)
     decoder = ScriptedDecoder(truth, rng)
-    ref: list = []
-    options, prof = s.resolve_options(s.SessionOptions(profile="accurate"), 3600)
-    session = s.StreamingSession(decoder, script_vad(truth, ref), options, prof)
-    decoder.session = session
-    ref.append(session)
+    session = scripted_session(truth, decoder, s.SessionOptions(profile="accurate"))
     delays = []
     for _ in range(int((truth[-1].end + 2) / 0.05)):
         session.push(np.zeros(800, dtype=np.int16))
@@ -440,6 +452,7 @@ def test_an_utterance_is_final_one_check_after_the_endpoint_silence():
                 if isinstance(event, s.Final) and event.end_of_utterance:
                     delays.append(session.received_s - event.segment.words[-1].end)
     assert len(delays) == 3
+    prof = session.profile
     assert max(delays) <= prof.endpoint_silence_s + s.ENDPOINT_CHECK_S + 0.1, delays
     assert decoder.calls < (truth[-1].end + 2) / prof.step_s + 4  # checks are not decodes
 
@@ -452,13 +465,14 @@ def test_a_decode_runs_when_speech_stops_so_the_endpoint_needs_none():
     rng = random.Random(6)
     truth = script(rng, 24, pause_every=8, pause_s=2.0)
     decoder = ScriptedDecoder(truth, rng)
-    ref: list = []
-    options, prof = s.resolve_options(s.SessionOptions(profile="balanced"), 3600)
-    prof = replace(prof, step_s=1.5, speculate_silence_s=0.2, endpoint_silence_s=0.6)
-    options = replace(options, endpoint_silence_s=0.6)
-    session = s.StreamingSession(decoder, script_vad(truth, ref), options, prof)
-    decoder.session = session
-    ref.append(session)
+    session = scripted_session(
+        truth,
+        decoder,
+        s.SessionOptions(profile="balanced", endpoint_silence_s=0.6),
+        replace(
+            s.PROFILES["balanced"], step_s=1.5, speculate_silence_s=0.2, endpoint_silence_s=0.6
+        ),
+    )
     decoded_at: list[float] = []
     closing: list[tuple[s.Final, float, bool]] = []
     events: list = []
@@ -490,12 +504,8 @@ def test_speculation_keeps_every_word_exactly_once():
         rng = random.Random(seed)
         truth = script(rng, rng.randint(5, 40), pause_every=rng.randint(0, 9), pause_s=0.4)
         decoder = ScriptedDecoder(truth, rng)
-        ref: list = []
-        options, prof = s.resolve_options(s.SessionOptions(), 3600)
-        prof = replace(prof, speculate_silence_s=0.2)
-        session = s.StreamingSession(decoder, script_vad(truth, ref), options, prof)
-        decoder.session = session
-        ref.append(session)
+        profile = replace(s.PROFILES[s.DEFAULT_PROFILE], speculate_silence_s=0.2)
+        session = scripted_session(truth, decoder, profile=profile)
         events = []
         for _ in range(int((truth[-1].end + 1.5) / 0.1)):
             session.push(np.zeros(1600, dtype=np.int16))
@@ -518,14 +528,10 @@ def _decode_times(seed: int, speculate: float, defer: bool = True):
     rng = random.Random(seed)
     truth = script(rng, 60, pause_every=5, pause_s=1.0)
     decoder = ScriptedDecoder(truth, rng)
-    ref: list = []
-    options, prof = s.resolve_options(s.SessionOptions(), 3600)
-    prof = replace(prof, step_s=1.0, speculate_silence_s=speculate)
-    session = s.StreamingSession(decoder, script_vad(truth, ref), options, prof)
+    profile = replace(s.PROFILES[s.DEFAULT_PROFILE], step_s=1.0, speculate_silence_s=speculate)
+    session = scripted_session(truth, decoder, profile=profile)
     if not defer:
         session._just_paused = lambda: False  # type: ignore[method-assign]
-    decoder.session = session
-    ref.append(session)
     decoded_at, events = [], []
     for _ in range(int((truth[-1].end + 1.5) / 0.1)):
         session.push(np.zeros(1600, dtype=np.int16))
@@ -565,19 +571,13 @@ def test_a_decode_token_budget_grows_with_the_audio_and_leaves_room_for_the_prom
 class LoopingDecoder(ScriptedDecoder):
     """Every decode loops (Whisper repeating a phrase): the compression-ratio guard drops it."""
 
-    def __call__(self, audio: np.ndarray, prompt: str) -> list[Segment]:
+    def __call__(self, audio: np.ndarray, prompt: str, prefix: str = "") -> list[Segment]:
         return [replace(seg, compression_ratio=4.0) for seg in super().__call__(audio, prompt)]
 
 
 def _looping_session(truth, rng, rescue):
     decoder = LoopingDecoder(truth, rng, garble_tail=False)
-    ref: list = []
-    options, prof = s.resolve_options(s.SessionOptions(), 3600)
-    session = s.StreamingSession(decoder, script_vad(truth, ref), options, prof, rescue=rescue)
-    decoder.session = session
-    if rescue is not None:
-        rescue.session = session
-    ref.append(session)
+    session = scripted_session(truth, decoder, rescue=rescue)
     events = []
     for _ in range(int((truth[-1].end + 2.0) / 0.1)):
         session.push(np.zeros(1600, dtype=np.int16))
@@ -655,15 +655,8 @@ def _run_profile(
     """`run`'s session (decoder of `decoder_type`; `closing` for the closing decodes, if
     given) with some of the balanced profile's fields changed."""
     decoder = decoder_type(truth, rng)
-    ref: list = []
-    options, prof = s.resolve_options(s.SessionOptions(), 3600)
-    session = s.StreamingSession(
-        decoder, script_vad(truth, ref), options, replace(prof, **fields), closing=closing
-    )
-    decoder.session = session
-    if closing is not None:
-        closing.session = session
-    ref.append(session)
+    profile = replace(s.PROFILES[s.DEFAULT_PROFILE], **fields)
+    session = scripted_session(truth, decoder, profile=profile, closing=closing)
     events = []
     for _ in range(int((truth[-1].end + 2) / 0.1)):
         session.push(np.zeros(1600, dtype=np.int16))
@@ -706,7 +699,7 @@ class ContextDeafDecoder(ScriptedDecoder):
     """Hears nothing whenever it also hears the context (Whisper ending its transcript with the
     context's speech)."""
 
-    def __call__(self, audio: np.ndarray, prompt: str) -> list[Segment]:
+    def __call__(self, audio: np.ndarray, prompt: str, prefix: str = "") -> list[Segment]:
         segments = super().__call__(audio, prompt)
         return [] if len(self.layouts[-1]) > 1 else segments
 
@@ -722,7 +715,7 @@ def test_a_phrase_the_context_decode_drops_is_decoded_alone_not_lost():
 class ContextTruncatingDecoder(ScriptedDecoder):
     """Whenever it also hears the context, stops its transcript two words into the buffer."""
 
-    def __call__(self, audio: np.ndarray, prompt: str) -> list[Segment]:
+    def __call__(self, audio: np.ndarray, prompt: str, prefix: str = "") -> list[Segment]:
         segments = super().__call__(audio, prompt)
         if len(self.layouts[-1]) == 1:
             return segments
@@ -743,7 +736,7 @@ def test_speech_a_context_decode_leaves_out_of_an_utterance_is_not_lost():
 class ContextFirstPhraseDecoder(ScriptedDecoder):
     """Whenever it also hears the context, stops its transcript at the buffer's first pause."""
 
-    def __call__(self, audio: np.ndarray, prompt: str) -> list[Segment]:
+    def __call__(self, audio: np.ndarray, prompt: str, prefix: str = "") -> list[Segment]:
         segments = super().__call__(audio, prompt)
         if len(self.layouts[-1]) == 1:
             return segments
@@ -763,11 +756,7 @@ def test_every_phrase_still_in_the_buffer_when_the_stream_ends_is_final():
     rng = random.Random(9)
     truth = script(rng, 40, pause_every=10)
     decoder = ContextFirstPhraseDecoder(truth, rng)
-    ref: list = []
-    options, prof = s.resolve_options(s.SessionOptions(), 3600)
-    session = s.StreamingSession(decoder, script_vad(truth, ref), options, prof)
-    decoder.session = session
-    ref.append(session)
+    session = scripted_session(truth, decoder)
     events = []
     for _ in range(int((truth[19].end + 1.0) / 0.1)):
         session.push(np.zeros(1600, dtype=np.int16))
@@ -783,7 +772,7 @@ def test_every_phrase_still_in_the_buffer_when_the_stream_ends_is_final():
 class EchoingDecoder(ScriptedDecoder):
     """Says its last five words again, untimed, at the end of every transcript."""
 
-    def __call__(self, audio: np.ndarray, prompt: str) -> list[Segment]:
+    def __call__(self, audio: np.ndarray, prompt: str, prefix: str = "") -> list[Segment]:
         segments = super().__call__(audio, prompt)
         said = [w for seg in segments for w in seg.words]
         if len(said) < 5:
@@ -808,6 +797,24 @@ def test_closing_decodes_go_to_the_closing_decoder_and_only_they():
     assert final_words(events) == [w.word for w in truth]
     assert grid.layouts and all(len(layout) == 1 for layout in grid.layouts)
     assert any(len(layout) > 1 for layout in closing.layouts)  # these heard the context
+
+
+def test_a_context_decode_is_given_the_context_s_committed_words_as_its_prefix():
+    truth, decoder, layouts, events = _context_run(8.0, unique=True, context_prefix=True)
+    committed = [w for f in finals(events) for w in f.segment.words]
+    assert [w.word for w in committed] == [w.word for w in truth]  # none twice, none lost
+    with_context = [(layout, p) for layout, p in zip(layouts, decoder.prefixes) if len(layout) > 1]
+    assert with_context
+    for layout, prefix in with_context:
+        since, buffer_start = layout[0][0], layout[-1][0]
+        said = [w.word for w in committed if since <= w.start < buffer_start]
+        lead = sum(seconds for _, seconds in layout[:-1])
+        mark = f"<|{round(lead / 0.02) * 0.02:.2f}|>"
+        assert prefix == " ".join(said) + mark + mark
+    # Decodes without the context, and every decode of a profile without the flag, get none.
+    assert all(p == "" for layout, p in zip(layouts, decoder.prefixes) if len(layout) == 1)
+    _, plain, _, _ = _context_run(8.0, unique=True)
+    assert not any(plain.prefixes)
 
 
 def test_a_profile_s_closing_beam_is_the_closing_decoder_s():

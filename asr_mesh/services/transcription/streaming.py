@@ -99,6 +99,9 @@ class LatencyProfile:
     - `closing_beam_size`: Whisper beam of the decodes that may close an utterance (those that
       hear the context: their words become final); 0 = `beam_size`. The other decodes only
       feed interim results (and agreement on long phrases), greedy is enough for them.
+    - `context_prefix`: a decode that hears the context is given the words committed from it
+      as the start of its transcript (Whisper's prefix, closed by timestamp tokens where the
+      buffer starts), so it decodes only the buffer's tokens instead of the context's too.
     """
 
     name: str
@@ -115,6 +118,7 @@ class LatencyProfile:
     agree_after_s: float = 0.0
     context_prompt: bool = True
     closing_beam_size: int = 0
+    context_prefix: bool = False
 
 
 PROFILES = {
@@ -351,8 +355,12 @@ Event = Interim | Final | SpeechEvent | StreamSummary
 
 
 class Decoder(Protocol):
-    def __call__(self, audio: np.ndarray, prompt: str) -> list[Segment]:
-        """Decode float32 16 kHz audio; segment and word times relative to the audio's start."""
+    def __call__(self, audio: np.ndarray, prompt: str, prefix: str = "") -> list[Segment]:
+        """Decode float32 16 kHz audio; segment and word times relative to the audio's start.
+
+        `prompt`: text said before the audio. `prefix`: the transcript of the audio's start,
+        which the decoder takes as its own first words instead of decoding them (their words
+        are returned too, aligned); may end with Whisper timestamp tokens (`<|6.40|>`)."""
 
 
 VadFn = Callable[[np.ndarray], list[tuple[float, float]]]
@@ -890,7 +898,9 @@ class StreamingSession:
                 if context.size and not self.profile.context_prompt
                 else self._prompt(self._heard[0][0])
             )
-            segments = (self._closing if with_context else self._decode)(heard, prompt)
+            decode = self._closing if with_context else self._decode
+            prefix = self._context_prefix(context.size / SAMPLE_RATE) if context.size else ""
+            segments = decode(heard, prompt, prefix)
         kept = [s for s in segments if not guards.is_silent(s)]
         text = " ".join(s.text for s in kept)
         ratio = max((s.compression_ratio for s in kept), default=0.0)
@@ -973,6 +983,19 @@ class StreamingSession:
         previous = self._history[-1] if self._history else []
         self.counters.interims += 1
         return [Interim(text, stability(rest, previous), start, end)]
+
+    def _context_prefix(self, lead: float) -> str:
+        """The transcript of the context, for a decode that hears it (`context_prefix`): the
+        committed words said in it, then a segment end and start at `lead` (where the buffer
+        begins in what the decoder hears) in Whisper's 20 ms timestamp tokens."""
+        if not (self.profile.context_prefix and self._context):
+            return ""
+        since = self._context[0][0]
+        said = [w for w, start in self._prompt_words if since <= start < self.buffer_start]
+        if not said:
+            return ""
+        mark = f"<|{round(lead / 0.02) * 0.02:.2f}|>"
+        return " ".join(said) + mark + mark
 
     def _remember_prompt(self, words: Sequence[tuple[str, float]]) -> None:
         self._prompt_words.extend(words)
@@ -1153,7 +1176,7 @@ class WhisperDecoder:
     """0: Whisper's encoder hears its full 30 s window (the buffer padded with silence), as in
     batch. Above 0: only the buffer plus this much padding (`audio_context`)."""
 
-    def __call__(self, audio: np.ndarray, prompt: str) -> list[Segment]:
+    def __call__(self, audio: np.ndarray, prompt: str, prefix: str = "") -> list[Segment]:
         from asr_mesh.services.transcription.core import to_segment
 
         self.calls += 1
@@ -1172,6 +1195,7 @@ class WhisperDecoder:
             vad_filter=False,
             condition_on_previous_text=False,
             initial_prompt=prompt or None,
+            prefix=prefix or None,
             max_new_tokens=max_new_tokens(audio.size / SAMPLE_RATE),
         )
         return [to_segment(i, s) for i, s in enumerate(segments)]
