@@ -529,6 +529,51 @@ def bootstrap(values: list[float], q: float, rounds: int = 2000) -> tuple[float,
     return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
 
 
+def mean_interval(values: list[float], rounds: int = 2000) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean (inputs resampled)."""
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(0)
+    data = np.asarray(values)
+    means = rng.choice(data, size=(rounds, len(data))).mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def wer_gap_lines(profiles: dict[str, list[dict]], within: float = 0.03) -> list[str]:
+    """The issue's WER goal per profile: finals' WER minus the offline mesh's, per input (the
+    mean over inputs with its bootstrap interval, and on how many it is within `within`), then
+    each later profile against the first on the same inputs."""
+    lines = []
+    per_profile: dict[str, dict[str, float]] = {}
+    for profile, rows in profiles.items():
+        scored = [r for r in rows if r.get("wer_finals_ref") is not None and not r.get("error")]
+        if not scored:
+            continue
+        per_profile[profile] = {r["input"]: r["wer_finals_ref"] for r in scored}
+        gaps = [r["wer_finals_ref"] - r["wer_offline_ref"] for r in scored]
+        lo, hi = mean_interval(gaps)
+        near = sum(g <= within + 1e-9 for g in gaps)
+        lines.append(
+            f"  {profile} finals vs the offline mesh: {100 * np.mean(gaps):+.1f} points "
+            f"(95% bootstrap over inputs {100 * lo:+.1f} to {100 * hi:+.1f}), within "
+            f"{100 * within:g} points on {near} of {len(gaps)}"
+        )
+    names = list(per_profile)
+    for other in names[1:]:
+        first = per_profile[names[0]]
+        shared = [k for k in first if k in per_profile[other]]
+        diffs = [per_profile[other][k] - first[k] for k in shared]
+        if len(diffs) < 2:
+            continue
+        lo, hi = mean_interval(diffs)
+        lines.append(
+            f"  {other} - {names[0]}: {100 * np.mean(diffs):+.1f} points "
+            f"({100 * lo:+.1f} to {100 * hi:+.1f}), better on {sum(d < 0 for d in diffs)} of "
+            f"{len(diffs)}"
+        )
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -763,6 +808,8 @@ def report(results: dict, png: Path) -> None:
                     f"  {profile} {label} p{q}: {pct(lat, q):.2f} s "
                     f"(95% bootstrap interval {lo:.2f}-{hi:.2f}, n={len(lat)})"
                 )
+    for line in wer_gap_lines(results["profiles"]):
+        print(line)
     print("\nconcurrent sessions (first input, real time): final latency")
     for c in results["capacity"]:
         print(

@@ -1,11 +1,12 @@
 """Replay one recording through a streaming session with the real model, logging every decode.
 
-    python benchmarks/trace_stream.py FILE [--profile balanced] [--slowdown 5] [--words]
+    python benchmarks/trace_stream.py FILE [--profile balanced[:field=value,...]] [--slowdown 5]
+        [--words]
         [--reference "the text said"] [--cost-model 1:0.21,2:0.26,...]
 
 What it is for: finding out why a final came out wrong or late. Each decode is printed with
 what it heard (the pieces of earlier speech, then the buffer: absolute start and seconds), the
-end of its prompt and the segments it returned (`--words`: each word's time and probability),
+end of its prompt (and prefix), the CPU seconds it took and the segments it returned (`--words`: each word's time and probability),
 then the finals with their latency, and the WER against `--reference` when given.
 
 Time is virtual, as in `bench_streaming.py --simulate`: audio arrives at real time and a decode
@@ -21,6 +22,8 @@ import argparse
 import os
 import subprocess
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -42,12 +45,14 @@ def logged(inner, tag: str, session_ref: list, decoded: list[float], words: bool
 
     def decode(audio: np.ndarray, prompt: str, prefix: str = ""):
         decoded.append(audio.size / SAMPLE_RATE)
+        started = time.process_time()
         segments = inner(audio, prompt, prefix)
+        cpu = time.process_time() - started
         layout = session_ref[0].heard_layout() if session_ref else []
         pieces = ", ".join(f"{a:.2f}+{b:.2f}" for a, b in layout)
         print(
-            f"  {tag:<7} {audio.size / SAMPLE_RATE:5.2f} s heard [{pieces}] prompt …{prompt[-40:]!r}"
-            + (f" prefix …{prefix[-60:]!r}" if prefix else "")
+            f"  {tag:<7} {audio.size / SAMPLE_RATE:5.2f} s heard [{pieces}] {cpu:.2f} CPU-s "
+            f"prompt …{prompt[-40:]!r}" + (f" prefix …{prefix[-60:]!r}" if prefix else "")
         )
         for s in segments:
             print(
@@ -79,7 +84,9 @@ def trace(
     model = WhisperModel(
         str(model_dir), device="cpu", compute_type="int8", cpu_threads=2, local_files_only=True
     )
-    options, prof = st.resolve_options(st.SessionOptions(profile=profile), 3600)
+    name, fields = bench.parse_variant(profile)
+    options, prof = st.resolve_options(st.SessionOptions(profile=name), 3600)
+    prof = replace(prof, **fields)
     decoder = st.WhisperDecoder(model, "pt", prof.beam_size, context_pad_s=prof.context_pad_s)
     if cost_model:
         base = bench.parse_cost_model(cost_model)
@@ -114,7 +121,12 @@ def trace(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("file", type=Path)
-    parser.add_argument("--profile", default=st.DEFAULT_PROFILE, choices=sorted(st.PROFILES))
+    parser.add_argument(
+        "--profile",
+        default=st.DEFAULT_PROFILE,
+        help=f"one of {', '.join(st.PROFILES)}, optionally with fields changed: "
+        "NAME:field=value,... (as bench_streaming.py --variant)",
+    )
     parser.add_argument("--slowdown", type=float, default=1.0, help="decode cost multiplier")
     parser.add_argument("--cost-model", default="", help="'SECONDS:CPU_S,...' (default: measure)")
     parser.add_argument("--words", action="store_true", help="print every word of every decode")
@@ -122,6 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.file.is_file():
         print(f"error: no such file: {args.file}", file=sys.stderr)
+        return 1
+    name, fields = bench.parse_variant(args.profile)
+    known = set(st.LatencyProfile.__dataclass_fields__)
+    if name not in st.PROFILES or not set(fields) <= known:
+        print(
+            f"error: --profile {args.profile!r}: a profile is one of {', '.join(st.PROFILES)}, "
+            f"its fields {', '.join(sorted(known - {'name'}))}",
+            file=sys.stderr,
+        )
         return 1
     try:
         samples = np.frombuffer(bench.decode(args.file), dtype="<i2")

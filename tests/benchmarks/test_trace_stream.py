@@ -61,3 +61,30 @@ def test_a_file_without_audio_is_one_readable_line(corpus):
     assert proc.returncode == 1
     assert len(proc.stderr.strip().splitlines()) == 1
     assert proc.stderr.startswith("error: ")
+
+
+@pytest.mark.models
+def test_a_profile_with_fields_changed_is_traced_with_them(corpus, manifest):
+    conv = manifest["dia"][1]
+    proc = trace(
+        str(corpus / conv["audio"]),
+        "--profile",
+        "balanced:context_prefix=0,closing_beam_size=2",
+        "--cost-model",
+        COST,
+    )
+    assert proc.returncode == 0, proc.stderr
+    closing = [line for line in proc.stdout.splitlines() if line.lstrip().startswith("closing ")]
+    assert closing and all("CPU-s" in line for line in closing)
+    assert not any("prefix …" in line for line in closing)  # the flag was turned off
+    proc = trace(str(corpus / conv["audio"]), "--profile", "balanced", "--cost-model", COST)
+    closing = [line for line in proc.stdout.splitlines() if line.lstrip().startswith("closing ")]
+    assert any("prefix …" in line for line in closing)  # heard the context, given its words
+
+
+@pytest.mark.parametrize("profile", ["fastest", "balanced:no_such_field=1"])
+def test_an_unknown_profile_or_field_is_one_readable_line(corpus, manifest, profile):
+    proc = trace(str(corpus / manifest["asr"][0]["audio"]), "--profile", profile)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --profile {profile!r}")

@@ -800,6 +800,7 @@ def test_closing_decodes_go_to_the_closing_decoder_and_only_they():
 
 
 def test_a_context_decode_is_given_the_context_s_committed_words_as_its_prefix():
+    assert s.PROFILES["balanced"].context_prefix and s.PROFILES["accurate"].context_prefix
     truth, decoder, layouts, events = _context_run(8.0, unique=True, context_prefix=True)
     committed = [w for f in finals(events) for w in f.segment.words]
     assert [w.word for w in committed] == [w.word for w in truth]  # none twice, none lost
@@ -813,8 +814,18 @@ def test_a_context_decode_is_given_the_context_s_committed_words_as_its_prefix()
         assert prefix == " ".join(said) + mark + mark
     # Decodes without the context, and every decode of a profile without the flag, get none.
     assert all(p == "" for layout, p in zip(layouts, decoder.prefixes) if len(layout) == 1)
-    _, plain, _, _ = _context_run(8.0, unique=True)
+    _, plain, _, _ = _context_run(8.0, unique=True, context_prefix=False)
     assert not any(plain.prefixes)
+
+
+def test_the_token_budget_leaves_room_for_prompt_and_prefix_within_whisper_s_448():
+    assert s.token_budget(220, 0, 0) == 220  # nothing else: what the audio wants
+    assert s.token_budget(220, 60, 50) == 220  # 3 + 61 + 51 + 220 = 335
+    assert s.token_budget(300, 400, 0) == 448 - 3 - 224  # the prompt is cut to 223 tokens
+    assert s.token_budget(220, 400, 120) == 448 - 3 - 224 - 121 == 100
+    for prompt, prefix in [(0, 0), (223, 0), (300, 100), (223, 150)]:
+        used = 3 + sum(min(n, 223) + 1 for n in (prompt, prefix) if n)
+        assert used + s.token_budget(220, prompt, prefix) <= 448
 
 
 def test_a_profile_s_closing_beam_is_the_closing_decoder_s():

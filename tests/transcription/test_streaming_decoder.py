@@ -51,3 +51,20 @@ def test_a_prefix_is_taken_as_the_transcript_s_start_and_the_rest_is_decoded(
     assert rest and all(lead - 0.3 <= w.start and w.end <= 30.0 for w in rest)
     expected = " ".join(w.word for w in plain[cut:])
     assert wer([expected], [" ".join(w.word for w in rest)]) < 0.3
+
+
+def test_a_long_prompt_and_a_prefix_still_fit_whisper_s_448_tokens(model, corpus, manifest):
+    """A caller's 1,000-character initial prompt (the longest accepted) is the prompt of every
+    `accurate` closing decode; with the context's prefix on top, faster-whisper would refuse a
+    token budget past 448 tokens: the budget shrinks instead."""
+    from faster_whisper import decode_audio
+
+    conv = manifest["dia"][0]
+    audio = decode_audio(str(corpus / conv["audio"]))[: 25 * st.SAMPLE_RATE]
+    prompt = (conv["text"] + " ") * 8
+    prompt = prompt[: prompt.rfind(" ", 0, 1000)]
+    prefix = " ".join(conv["text"].split()[:40]) + "<|8.00|><|8.00|>"
+    assert st.count_tokens(model, prompt) > 223 and st.count_tokens(model, prefix) > 40
+    decoder = st.WhisperDecoder(model, "pt", beam_size=3, context_pad_s=1.0)
+    words = [w for s in decoder(audio, prompt, prefix) for w in s.words]
+    assert len(words) > 40

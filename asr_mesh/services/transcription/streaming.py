@@ -145,6 +145,7 @@ PROFILES = {
         context_pad_s=1.0,
         context_s=8.0,
         agree_after_s=8.0,
+        context_prefix=True,
     ),
     "accurate": LatencyProfile(
         "accurate",
@@ -159,7 +160,8 @@ PROFILES = {
         context_s=8.0,
         agree_after_s=8.0,
         context_prompt=False,
-        closing_beam_size=5,
+        closing_beam_size=3,
+        context_prefix=True,
     ),
 }
 """Why these values (chosen on the `tune` split of build/corpus-validate, whisper base, 2 CPU
@@ -217,6 +219,16 @@ cores; `benchmarks/bench_streaming.py --simulate --split tune`; figures on the h
   (tune_00: 3 of 13 fell back to decoding the buffer alone, 1 of 12 with it), which costs a
   decode: on the cost clock tune_00's closing p50 went 2.80 → 3.34 s. So `balanced` keeps the
   prompt and greedy (the latency goal), `accurate` takes both.
+- `context_prefix` (both profiles; `accurate`'s closing beam 5 → 3 with it). A closing decode
+  used to transcribe the context again before the buffer, and that is where greedy went astray
+  or stopped; given the committed words as Whisper's prefix it continues from them. Same
+  diagnosis (`utterance_context.py`, 8 s of context, the 11 tune conversations, plain
+  faster-whisper 37.8% in that run): greedy with the prompt 49.3% → **43.2%**, and 187 → 163
+  CPU-s (fewer loops); greedy, no prompt, prefix 47.5%; beam 5 without prompt 42.5% → 40.2%
+  (201 → 251 CPU-s: CTranslate2 feeds a prefix token by token, through the beam); **beam 3
+  without prompt, prefix 40.5% at 224 CPU-s**; beam 5 with prompt and prefix 40.4%. In the
+  stream (`--simulate`, tune_01/03/04, `balanced`): finals' WER 24.8/46.8/23.6% →
+  22.9/41.6/19.4%.
 - Token budget per decode (`max_new_tokens`): on tune_00, same finals' WER, decode CPU 171 → 68 s,
   decode p95 7.1 → 2.0 s (looping decodes of cut-off buffers stop early).
 - On the held-out `validate` split (tables in benchmarks/README.md), with context (today's
@@ -1196,7 +1208,10 @@ class WhisperDecoder:
             condition_on_previous_text=False,
             initial_prompt=prompt or None,
             prefix=prefix or None,
-            max_new_tokens=max_new_tokens(audio.size / SAMPLE_RATE),
+            max_new_tokens=token_budget(
+                max_new_tokens(audio.size / SAMPLE_RATE),
+                *(count_tokens(model, text) for text in (prompt, prefix)),
+            ),
         )
         return [to_segment(i, s) for i, s in enumerate(segments)]
 
@@ -1234,8 +1249,31 @@ def max_new_tokens(audio_s: float) -> int:
     """Token budget of one decode of `audio_s` seconds. A decode that loops (Whisper repeating a
     phrase, common on a buffer cut mid-word) would run to the model's 448 tokens, seconds of
     CPU, only to be thrown away by the compression-ratio guard; real speech never needs this
-    many. Bounded so that prompt (`PROMPT_CHARS`) plus budget stay under 448."""
+    many. `token_budget` lowers it where the prompt and prefix leave less room."""
     return min(220, int(TOKENS_PER_S * audio_s) + 20)
+
+
+WHISPER_MAX_TOKENS = 448
+"""Whisper's decoder length: prompt, start tokens, prefix and new tokens together."""
+_START_TOKENS = 3
+"""<|startoftranscript|>, the language, the task."""
+
+
+def count_tokens(model: Any, text: str) -> int:
+    """Tokens `text` takes as faster-whisper's prompt or prefix (0 for no text)."""
+    if not text.strip():
+        return 0
+    return len(model.hf_tokenizer.encode(" " + text.strip(), add_special_tokens=False).ids)
+
+
+def token_budget(wanted: int, prompt_tokens: int, prefix_tokens: int) -> int:
+    """`wanted` new tokens, fewer if the prompt and prefix leave less of Whisper's 448 (a
+    caller's initial prompt may take up to 223 of them, faster-whisper's cap; a request over
+    448 is refused by faster-whisper with an error). Each of the two takes one more token
+    (<|startofprev|>, <|0.00|>) and at most 223."""
+    cap = WHISPER_MAX_TOKENS // 2 - 1
+    used = _START_TOKENS + sum(min(n, cap) + 1 for n in (prompt_tokens, prefix_tokens) if n)
+    return max(1, min(wanted, WHISPER_MAX_TOKENS - used))
 
 
 FULL_CONTEXT_FRAMES = 3000

@@ -1,0 +1,53 @@
+"""The streaming benchmark's WER summary: the issue's 3-point goal per profile, profiles paired."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import bench_streaming as bench  # noqa: E402
+
+
+def rows(finals: list[float], offline: list[float]) -> list[dict]:
+    return [
+        {"input": f"in{k}", "wer_finals_ref": f, "wer_offline_ref": o, "error": ""}
+        for k, (f, o) in enumerate(zip(finals, offline))
+    ]
+
+
+def test_each_profile_s_gap_to_offline_and_the_pairing_of_profiles():
+    offline = [0.10, 0.20, 0.30, 0.40]
+    lines = bench.wer_gap_lines(
+        {
+            "balanced": rows([0.15, 0.22, 0.38, 0.41], offline),  # gaps 5, 2, 8, 1 points
+            "accurate": rows([0.11, 0.21, 0.33, 0.45], offline),  # gaps 1, 1, 3, 5 points
+        }
+    )
+    assert lines[0].startswith("  balanced finals vs the offline mesh: +4.0 points (95% bootstrap")
+    assert lines[0].endswith("within 3 points on 2 of 4")
+    assert lines[1].startswith("  accurate finals vs the offline mesh: +2.5 points")
+    assert lines[1].endswith("within 3 points on 3 of 4")
+    # accurate - balanced per input: -4, -1, -5, +4 points.
+    assert lines[2].startswith("  accurate - balanced: -1.5 points (")
+    assert lines[2].endswith("better on 3 of 4")
+
+
+def test_failed_runs_and_inputs_without_reference_are_left_out():
+    data = rows([0.5, 0.2], [0.1, 0.1])
+    data[0]["error"] = "UNAVAILABLE"
+    data.append({"input": "noref", "wer_finals_ref": None, "wer_offline_ref": None, "error": ""})
+    lines = bench.wer_gap_lines({"balanced": data})
+    assert lines == [
+        "  balanced finals vs the offline mesh: +10.0 points (95% bootstrap over inputs "
+        "+nan to +nan), within 3 points on 0 of 1"
+    ]
+
+
+def test_the_mean_s_interval_holds_the_mean_and_narrows_with_more_inputs():
+    few = [0.0, 0.1, 0.2, 0.3]
+    lo, hi = bench.mean_interval(few)
+    assert lo < 0.15 < hi
+    many_lo, many_hi = bench.mean_interval(few * 25)
+    assert lo < many_lo < 0.15 < many_hi < hi
