@@ -52,7 +52,14 @@ def test_similar_voices_are_told_apart(encoder_backend, similar_short):
     assert error <= 0.10, f"DER {error:.2%}"
 
 
-@KNOWN_SPLIT
+KNOWN_SPLIT_IN_NOISE = pytest.mark.xfail(
+    strict=False,
+    reason=KNOWN_SPLIT.kwargs["reason"] + "; with the noise added it is told apart on some CPUs "
+    "(an AMD EPYC machine: 2 speakers, DER under 10%) and not on others, so it may pass",
+)
+
+
+@KNOWN_SPLIT_IN_NOISE
 def test_similar_voices_in_noise(encoder_backend, similar_short):
     import numpy as np
 

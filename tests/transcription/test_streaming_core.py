@@ -800,7 +800,6 @@ def test_closing_decodes_go_to_the_closing_decoder_and_only_they():
 
 
 def test_a_context_decode_is_given_the_context_s_committed_words_as_its_prefix():
-    assert s.PROFILES["balanced"].context_prefix and s.PROFILES["accurate"].context_prefix
     truth, decoder, layouts, events = _context_run(8.0, unique=True, context_prefix=True)
     committed = [w for f in finals(events) for w in f.segment.words]
     assert [w.word for w in committed] == [w.word for w in truth]  # none twice, none lost

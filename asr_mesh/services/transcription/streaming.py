@@ -145,7 +145,6 @@ PROFILES = {
         context_pad_s=1.0,
         context_s=8.0,
         agree_after_s=8.0,
-        context_prefix=True,
     ),
     "accurate": LatencyProfile(
         "accurate",
@@ -160,8 +159,7 @@ PROFILES = {
         context_s=8.0,
         agree_after_s=8.0,
         context_prompt=False,
-        closing_beam_size=3,
-        context_prefix=True,
+        closing_beam_size=5,
     ),
 }
 """Why these values (chosen on the `tune` split of build/corpus-validate, whisper base, 2 CPU
@@ -219,16 +217,18 @@ cores; `benchmarks/bench_streaming.py --simulate --split tune`; figures on the h
   (tune_00: 3 of 13 fell back to decoding the buffer alone, 1 of 12 with it), which costs a
   decode: on the cost clock tune_00's closing p50 went 2.80 → 3.34 s. So `balanced` keeps the
   prompt and greedy (the latency goal), `accurate` takes both.
-- `context_prefix` (both profiles; `accurate`'s closing beam 5 → 3 with it). A closing decode
-  used to transcribe the context again before the buffer, and that is where greedy went astray
-  or stopped; given the committed words as Whisper's prefix it continues from them. Same
-  diagnosis (`utterance_context.py`, 8 s of context, the 11 tune conversations, plain
-  faster-whisper 37.8% in that run): greedy with the prompt 49.3% → **43.2%**, and 187 → 163
-  CPU-s (fewer loops); greedy, no prompt, prefix 47.5%; beam 5 without prompt 42.5% → 40.2%
-  (201 → 251 CPU-s: CTranslate2 feeds a prefix token by token, through the beam); **beam 3
-  without prompt, prefix 40.5% at 224 CPU-s**; beam 5 with prompt and prefix 40.4%. In the
-  stream (`--simulate`, tune_01/03/04, `balanced`): finals' WER 24.8/46.8/23.6% →
-  22.9/41.6/19.4%.
+- `context_prefix`: tried, left off (it won on tune and did not hold held out). A closing
+  decode transcribes the context again before the buffer, and greedy decoding goes astray or
+  stops there; given the committed words as Whisper's prefix it goes on from them instead.
+  Diagnosis on tune (`utterance_context.py`, 8 s of context, the 11 conversations, plain
+  faster-whisper 37.8% in that run): greedy with the prompt 49.3% → 43.2% (187 → 163 CPU-s);
+  beam 5 without prompt 42.5% → 40.2% (201 → 251 CPU-s: CTranslate2 feeds a prefix token by
+  token through the beam); beam 3 without prompt, prefix 40.5% (224 CPU-s). In the stream on
+  tune_01/03/04 (`balanced`): 24.8/46.8/23.6% → 22.9/41.6/19.4%. But the paired check on the
+  held-out split (the same 11 conversations streamed with and without it, `--simulate`, one
+  cost model) gave `balanced` 39.6% → 40.7% and `accurate` (beam 5 → 3 with the prefix)
+  33.9% → 34.4%, each better on 4-5 files of 11 and worse on the rest: no gain that
+  generalises, so neither profile takes it (benchmarks/README.md).
 - Token budget per decode (`max_new_tokens`): on tune_00, same finals' WER, decode CPU 171 → 68 s,
   decode p95 7.1 → 2.0 s (looping decodes of cut-off buffers stop early).
 - On the held-out `validate` split (tables in benchmarks/README.md), with context (today's
