@@ -101,7 +101,8 @@ class LatencyProfile:
       feed interim results (and agreement on long phrases), greedy is enough for them.
     - `context_prefix`: a decode that hears the context is given the words committed from it
       as the start of its transcript (Whisper's prefix, closed by timestamp tokens where the
-      buffer starts), so it decodes only the buffer's tokens instead of the context's too.
+      buffer starts), so it does not transcribe the context again (CTranslate2 still steps
+      through the prefix's tokens, forced). Off in every profile: it did not hold held out.
     """
 
     name: str
