@@ -6,8 +6,9 @@
 
 What it is for: finding out why a final came out wrong or late. Each decode is printed with
 what it heard (the pieces of earlier speech, then the buffer: absolute start and seconds), the
-end of its prompt (and prefix), the CPU seconds it took and the segments it returned (`--words`: each word's time and probability),
-then the finals with their latency, and the WER against `--reference` when given.
+end of its prompt (and prefix), the CPU seconds it took and the segments it returned
+(`--words`: each word's time and probability), then the finals with their latency, and the
+WER against `--reference` when given.
 
 Time is virtual, as in `bench_streaming.py --simulate`: audio arrives at real time and a decode
 lasts what a cost model says for its length (measured on FILE at the start, or `--cost-model`),

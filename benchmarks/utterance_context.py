@@ -21,7 +21,8 @@ once, with whisper base through `streaming.WhisperDecoder`, by each configuratio
   a streaming final cannot wait for it);
 - `prefix=1`: the words already taken from the context are given to the decoder as the start
   of its transcript (`WhisperDecoder`'s `prefix`, closed by timestamp tokens at the
-  utterance's start), so it decodes only the utterance (`LatencyProfile.context_prefix`).
+  utterance's start), so it does not transcribe the context again
+  (`LatencyProfile.context_prefix`).
 
 Prints the WER of the concatenated utterances per configuration against the reference, with
 plain faster-whisper on the whole file (beam 5, VAD; cached in out/) beside it. Used to choose
@@ -134,8 +135,8 @@ def run(config: str, items, model, offline: dict[str, str]) -> None:
             if use_prefix and ctx > 0:
                 before = [w for w, start, _ in words if lo <= start < a]
                 if before:
-                    at = round(to_heard(max(a - spad, lo)) / 0.02) * 0.02
-                    prefix = " ".join(before) + f"<|{at:.2f}|><|{at:.2f}|>"
+                    mark = st.timestamp_token(to_heard(max(a - spad, lo)))
+                    prefix = " ".join(before) + mark + mark
             for segment in decoder(clip, prompt, prefix):
                 if segment.compression_ratio > 2.4:
                     continue

@@ -41,7 +41,7 @@ def test_a_prefix_is_taken_as_the_transcript_s_start_and_the_rest_is_decoded(
     lead = (plain[cut - 1].end + plain[cut].start) / 2
     said = [w.word.strip() for w in plain[:cut]]
     said[1] = "banana"  # not what it would hear: the words come from the prefix
-    mark = f"<|{round(lead / 0.02) * 0.02:.2f}|>"
+    mark = st.timestamp_token(lead)
 
     words = [w for s in decoder(audio, "", " ".join(said) + mark + mark) for w in s.words]
 

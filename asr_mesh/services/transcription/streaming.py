@@ -1007,7 +1007,7 @@ class StreamingSession:
         said = [w for w, start in self._prompt_words if since <= start < self.buffer_start]
         if not said:
             return ""
-        mark = f"<|{round(lead / 0.02) * 0.02:.2f}|>"
+        mark = timestamp_token(lead)
         return " ".join(said) + mark + mark
 
     def _remember_prompt(self, words: Sequence[tuple[str, float]]) -> None:
@@ -1258,6 +1258,12 @@ WHISPER_MAX_TOKENS = 448
 """Whisper's decoder length: prompt, start tokens, prefix and new tokens together."""
 _START_TOKENS = 3
 """<|startoftranscript|>, the language, the task."""
+
+
+def timestamp_token(seconds: float) -> str:
+    """Whisper's timestamp token for `seconds` (20 ms steps), as text faster-whisper's
+    tokenizer turns into that token inside a prompt or prefix."""
+    return f"<|{round(seconds / 0.02) * 0.02:.2f}|>"
 
 
 def count_tokens(model: Any, text: str) -> int:
