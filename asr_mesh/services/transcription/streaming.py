@@ -228,8 +228,9 @@ cores; `benchmarks/bench_streaming.py --simulate --split tune`; figures on the h
   tune_01/03/04 (`balanced`): 24.8/46.8/23.6% → 22.9/41.6/19.4%. But the paired check on the
   held-out split (the same 11 conversations streamed with and without it, `--simulate`, one
   cost model) gave `balanced` 39.6% → 40.7% (+1.1 points, -1.0 to +3.2) and `accurate`
-  (beam 5 → 3 with the prefix) 33.9% → 34.4% (+0.5, -1.9 to +2.9), each better on 4-5 files of 11 and worse on the rest: no gain that
-  generalises, so neither profile takes it (benchmarks/README.md).
+  (beam 5 → 3 with the prefix) 33.9% → 34.4% (+0.5, -1.9 to +2.9), each better on 4-5 files
+  of 11 and worse on the rest: no gain that generalises, so neither profile takes it
+  (benchmarks/README.md).
 - Token budget per decode (`max_new_tokens`): on tune_00, same finals' WER, decode CPU 171 → 68 s,
   decode p95 7.1 → 2.0 s (looping decodes of cut-off buffers stop early).
 - On the held-out `validate` split (tables in benchmarks/README.md), with context (today's
