@@ -341,14 +341,12 @@ def simulate(
                 """`inner`, its duration recorded in `timed`: measured by `tick`, or what the
                 cost model says for the audio's length (`charge_s` instead when given)."""
 
-                def decode(audio, prompt, prefix="", start_s=0.0):
+                def decode(audio, prompt, prefix=""):
                     started = tick()
-                    segments = inner(audio, prompt, prefix, start_s=start_s)
+                    segments = inner(audio, prompt, prefix)
                     took = tick() - started
                     if cost is not None:
-                        # A decode from `start_s` costs about one of the part it transcribes
-                        # (the encoder's share of the rest: ~0.05 s per 8 s, left out).
-                        seconds = charge_s or audio.size / 16000 - start_s
+                        seconds = charge_s or audio.size / 16000
                         decoded.append(seconds)
                         took = cost(seconds)
                     timed.append(took)

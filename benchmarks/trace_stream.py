@@ -44,18 +44,16 @@ from support.metrics import wer  # noqa: E402
 def logged(inner, tag: str, session_ref: list, decoded: list[float], words: bool):
     """`inner`, printing what each call heard and returned."""
 
-    def decode(audio: np.ndarray, prompt: str, prefix: str = "", start_s: float = 0.0):
-        decoded.append(audio.size / SAMPLE_RATE - start_s)
+    def decode(audio: np.ndarray, prompt: str, prefix: str = ""):
+        decoded.append(audio.size / SAMPLE_RATE)
         started = time.process_time()
-        segments = inner(audio, prompt, prefix, start_s=start_s)
+        segments = inner(audio, prompt, prefix)
         cpu = time.process_time() - started
         layout = session_ref[0].heard_layout() if session_ref else []
         pieces = ", ".join(f"{a:.2f}+{b:.2f}" for a, b in layout)
         print(
             f"  {tag:<7} {audio.size / SAMPLE_RATE:5.2f} s heard [{pieces}] {cpu:.2f} CPU-s "
-            f"prompt …{prompt[-40:]!r}"
-            + (f" prefix …{prefix[-60:]!r}" if prefix else "")
-            + (f" from {start_s:.2f} s" if start_s else "")
+            f"prompt …{prompt[-40:]!r}" + (f" prefix …{prefix[-60:]!r}" if prefix else "")
         )
         for s in segments:
             print(

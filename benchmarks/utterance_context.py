@@ -22,11 +22,7 @@ once, with whisper base through `streaming.WhisperDecoder`, by each configuratio
 - `prefix=1`: the words already taken from the context are given to the decoder as the start
   of its transcript (`WhisperDecoder`'s `prefix`, closed by timestamp tokens at the
   utterance's start), so it does not transcribe the context again
-  (`LatencyProfile.context_prefix`);
-- `skip=1`: the decoder's transcript starts where the utterance does (`WhisperDecoder`'s
-  `start_s`, `streaming.transcript_from`): the context is heard, not transcribed; the prompt
-  (unless `prompt=0`) then ends with the words said in the context
-  (`LatencyProfile.context_skip`).
+  (`LatencyProfile.context_prefix`).
 
 Prints the WER of the concatenated utterances per configuration against the reference, with
 plain faster-whisper on the whole file (beam 5, VAD; cached in out/) beside it. Used to choose
@@ -108,7 +104,6 @@ def run(config: str, items, model, offline: dict[str, str]) -> None:
     pmin = float(kv.get("pmin", 0))
     future = float(kv.get("future", 0))
     use_prefix = kv.get("prefix", "0") == "1"
-    skip = kv.get("skip", "0") == "1"
     temperatures = st.RESCUE_TEMPERATURES if kv.get("fallback", "0") == "1" else (0.0,)
     decoder = st.WhisperDecoder(
         model,
@@ -134,8 +129,7 @@ def run(config: str, items, model, offline: dict[str, str]) -> None:
                 audio, ranges, lo, end, (squeeze and ctx > 0) or future > 0, spad
             )
             seconds += clip.size / SR
-            said_before = a if skip else lo
-            said = " ".join(w for w, start, p in words if start < said_before and p >= pmin)
+            said = " ".join(w for w, start, p in words if start < lo and p >= pmin)
             prompt = said[-200:] if use_prompt else ""
             prefix = ""
             if use_prefix and ctx > 0:
@@ -143,8 +137,7 @@ def run(config: str, items, model, offline: dict[str, str]) -> None:
                 if before:
                     mark = st.timestamp_token(to_heard(max(a - spad, lo)))
                     prefix = " ".join(before) + mark + mark
-            start_s = to_heard(max(a - spad, lo)) if skip and ctx > 0 else 0.0
-            for segment in decoder(clip, prompt, prefix, start_s=start_s):
+            for segment in decoder(clip, prompt, prefix):
                 if segment.compression_ratio > 2.4:
                     continue
                 for w in segment.words:

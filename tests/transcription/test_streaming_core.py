@@ -57,16 +57,12 @@ class ScriptedDecoder:
         self.session: s.StreamingSession | None = None
         self.prompts: list[str] = []
         self.prefixes: list[str] = []
-        self.starts: list[float] = []  # `start_s` of each decode
         self.layouts: list[list[tuple[float, float]]] = []  # what each decode heard
         self.calls = 0
 
-    def __call__(
-        self, audio: np.ndarray, prompt: str, prefix: str = "", start_s: float = 0.0
-    ) -> list[Segment]:
+    def __call__(self, audio: np.ndarray, prompt: str, prefix: str = "") -> list[Segment]:
         self.prompts.append(prompt)
         self.prefixes.append(prefix)
-        self.starts.append(start_s)
         self.calls = len(self.prompts)
         # The audio is the session's context pieces (earlier speech) then its buffer.
         layout = self.session.heard_layout()
@@ -91,8 +87,6 @@ class ScriptedDecoder:
                     )
                 )
             offset += seconds
-        # From `start_s` on only, as `streaming.transcript_from` does.
-        heard = [w for w in heard if (w.start + w.end) / 2 >= start_s]
         # Segments of five words, as Whisper would emit sentences.
         return [
             Segment(
@@ -335,7 +329,7 @@ def test_loops_are_cut_from_committed_text():
     looped = [Word(0.5, 1.0, "obrigado", 0.5)]
     looped += [Word(1.0 + 0.1 * i, 1.1 + 0.1 * i, "obrigado", 0.5) for i in range(7)]
 
-    def decoder(audio, prompt, prefix="", start_s=0.0):
+    def decoder(audio, prompt, prefix=""):
         return [
             Segment(
                 0,
@@ -357,7 +351,7 @@ def test_loops_are_cut_from_committed_text():
 
 
 def test_text_the_model_calls_silence_is_dropped():
-    def decoder(audio, prompt, prefix="", start_s=0.0):
+    def decoder(audio, prompt, prefix=""):
         return [
             Segment(
                 0,
@@ -577,9 +571,7 @@ def test_a_decode_token_budget_grows_with_the_audio_and_leaves_room_for_the_prom
 class LoopingDecoder(ScriptedDecoder):
     """Every decode loops (Whisper repeating a phrase): the compression-ratio guard drops it."""
 
-    def __call__(
-        self, audio: np.ndarray, prompt: str, prefix: str = "", start_s: float = 0.0
-    ) -> list[Segment]:
+    def __call__(self, audio: np.ndarray, prompt: str, prefix: str = "") -> list[Segment]:
         return [replace(seg, compression_ratio=4.0) for seg in super().__call__(audio, prompt)]
 
 
@@ -707,9 +699,7 @@ class ContextDeafDecoder(ScriptedDecoder):
     """Hears nothing whenever it also hears the context (Whisper ending its transcript with the
     context's speech)."""
 
-    def __call__(
-        self, audio: np.ndarray, prompt: str, prefix: str = "", start_s: float = 0.0
-    ) -> list[Segment]:
+    def __call__(self, audio: np.ndarray, prompt: str, prefix: str = "") -> list[Segment]:
         segments = super().__call__(audio, prompt)
         return [] if len(self.layouts[-1]) > 1 else segments
 
@@ -725,9 +715,7 @@ def test_a_phrase_the_context_decode_drops_is_decoded_alone_not_lost():
 class ContextTruncatingDecoder(ScriptedDecoder):
     """Whenever it also hears the context, stops its transcript two words into the buffer."""
 
-    def __call__(
-        self, audio: np.ndarray, prompt: str, prefix: str = "", start_s: float = 0.0
-    ) -> list[Segment]:
+    def __call__(self, audio: np.ndarray, prompt: str, prefix: str = "") -> list[Segment]:
         segments = super().__call__(audio, prompt)
         if len(self.layouts[-1]) == 1:
             return segments
@@ -748,9 +736,7 @@ def test_speech_a_context_decode_leaves_out_of_an_utterance_is_not_lost():
 class ContextFirstPhraseDecoder(ScriptedDecoder):
     """Whenever it also hears the context, stops its transcript at the buffer's first pause."""
 
-    def __call__(
-        self, audio: np.ndarray, prompt: str, prefix: str = "", start_s: float = 0.0
-    ) -> list[Segment]:
+    def __call__(self, audio: np.ndarray, prompt: str, prefix: str = "") -> list[Segment]:
         segments = super().__call__(audio, prompt)
         if len(self.layouts[-1]) == 1:
             return segments
@@ -786,9 +772,7 @@ def test_every_phrase_still_in_the_buffer_when_the_stream_ends_is_final():
 class EchoingDecoder(ScriptedDecoder):
     """Says its last five words again, untimed, at the end of every transcript."""
 
-    def __call__(
-        self, audio: np.ndarray, prompt: str, prefix: str = "", start_s: float = 0.0
-    ) -> list[Segment]:
+    def __call__(self, audio: np.ndarray, prompt: str, prefix: str = "") -> list[Segment]:
         segments = super().__call__(audio, prompt)
         said = [w for seg in segments for w in seg.words]
         if len(said) < 5:
@@ -831,33 +815,6 @@ def test_a_context_decode_is_given_the_context_s_committed_words_as_its_prefix()
     assert all(p == "" for layout, p in zip(layouts, decoder.prefixes) if len(layout) == 1)
     _, plain, _, _ = _context_run(8.0, unique=True, context_prefix=False)
     assert not any(plain.prefixes)
-
-
-def test_a_context_skipping_decode_transcribes_from_the_buffer_with_the_context_s_words_as_prompt():
-    truth, decoder, layouts, events = _context_run(8.0, unique=True, context_skip=True)
-    committed = [w for f in finals(events) for w in f.segment.words]
-    assert [w.word for w in committed] == [w.word for w in truth]  # none twice, none lost
-    with_context = [
-        (layout, start, prompt)
-        for layout, start, prompt in zip(layouts, decoder.starts, decoder.prompts)
-        if len(layout) > 1
-    ]
-    assert with_context
-    for layout, start, prompt in with_context:
-        buffer_start = layout[-1][0]
-        assert start == pytest.approx(sum(seconds for _, seconds in layout[:-1]))
-        said = [w.word for w in committed if w.start < buffer_start]
-        assert prompt.split() == said[-len(prompt.split()) :]  # ends with the context's words
-        assert said[-1] in prompt.split()
-    # Decodes without the context start at 0; a profile without the flag never skips.
-    assert all(st == 0.0 for layout, st in zip(layouts, decoder.starts) if len(layout) == 1)
-    _, plain, _, _ = _context_run(8.0, unique=True)
-    assert not any(plain.starts)
-
-
-def test_a_profile_cannot_both_give_the_context_as_prefix_and_skip_it():
-    with pytest.raises(ValueError, match="exclude each other"):
-        replace(s.PROFILES["balanced"], context_prefix=True, context_skip=True)
 
 
 def test_the_token_budget_leaves_room_for_prompt_and_prefix_within_whisper_s_448():

@@ -68,36 +68,3 @@ def test_a_long_prompt_and_a_prefix_still_fit_whisper_s_448_tokens(model, corpus
     decoder = st.WhisperDecoder(model, "pt", beam_size=3, context_pad_s=1.0)
     words = [w for s in decoder(audio, prompt, prefix) for w in s.words]
     assert len(words) > 40
-
-
-@pytest.mark.parametrize("beam_size", [1, 5])
-def test_a_transcript_from_a_time_skips_the_audio_before_it_and_aligns_what_follows(
-    model, corpus, manifest, beam_size
-):
-    """`context_skip`: the decoder hears the earlier speech but transcribes only what follows
-    `start_s`: no word from before it, the words after it as a decode of the whole audio finds
-    them (text and times: the alignment is not stretched back into the skipped part), and
-    fewer tokens decoded than transcribing everything."""
-    from faster_whisper import decode_audio
-
-    audio = decode_audio(str(corpus / manifest["dia"][1]["audio"]))[: 24 * st.SAMPLE_RATE]
-    decoder = st.WhisperDecoder(model, "pt", beam_size=beam_size, context_pad_s=1.0)
-    plain = [w for s in decoder(audio, "") for w in s.words]
-    middle = [k for k in range(1, len(plain)) if 8.0 <= plain[k].start <= 16.0]
-    cut = max(middle, key=lambda k: plain[k].start - plain[k - 1].end)
-    lead = (plain[cut - 1].end + plain[cut].start) / 2
-
-    words = [w for s in decoder(audio, "", start_s=lead) for w in s.words]
-
-    expected = plain[cut:]
-    assert words and all(w.start >= lead - 0.05 for w in words)
-    assert wer([" ".join(w.word for w in expected)], [" ".join(w.word for w in words)]) < 0.3
-    # The first words sit where the whole-audio decode put them, not stretched back to 0 (the
-    # first may start early, at `start_s`: the pause before it is aligned to it, as a decode of
-    # the whole audio does at 0).
-    assert lead - 0.05 <= words[0].start <= expected[0].start + 0.3
-    for got, want in zip(words[:3], expected[:3]):
-        assert abs(got.end - want.end) < 0.4
-    for got, want in zip(words[1:3], expected[1:3]):
-        assert abs(got.start - want.start) < 0.3
-    assert len(words) < len(plain)

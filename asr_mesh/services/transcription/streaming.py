@@ -103,12 +103,6 @@ class LatencyProfile:
       as the start of its transcript (Whisper's prefix, closed by timestamp tokens where the
       buffer starts), so it does not transcribe the context again (CTranslate2 still steps
       through the prefix's tokens, forced). Off in every profile: it did not hold held out.
-    - `context_skip`: a decode that hears the context transcribes only the buffer: its
-      transcript is made to start where the buffer does (`transcript_from`), so the context is
-      heard but not transcribed again, and the prompt (with `context_prompt`) ends with the
-      words committed from the context instead. A closing decode then costs about what a
-      decode of the buffer alone does (the decoder's cost is per token). Not with
-      `context_prefix` (two answers to one question).
     """
 
     name: str
@@ -126,15 +120,6 @@ class LatencyProfile:
     context_prompt: bool = True
     closing_beam_size: int = 0
     context_prefix: bool = False
-    context_skip: bool = False
-
-    def __post_init__(self) -> None:
-        if self.context_prefix and self.context_skip:
-            raise ValueError(
-                f"latency profile {self.name!r}: context_prefix and context_skip exclude each "
-                "other (one gives the context's words as the transcript's start, the other "
-                "starts the transcript after them)"
-            )
 
 
 PROFILES = {
@@ -384,16 +369,12 @@ Event = Interim | Final | SpeechEvent | StreamSummary
 
 
 class Decoder(Protocol):
-    def __call__(
-        self, audio: np.ndarray, prompt: str, prefix: str = "", start_s: float = 0.0
-    ) -> list[Segment]:
+    def __call__(self, audio: np.ndarray, prompt: str, prefix: str = "") -> list[Segment]:
         """Decode float32 16 kHz audio; segment and word times relative to the audio's start.
 
         `prompt`: text said before the audio. `prefix`: the transcript of the audio's start,
         which the decoder takes as its own first words instead of decoding them (their words
-        are returned too, aligned); may end with Whisper timestamp tokens (`<|6.40|>`).
-        `start_s`: transcribe only what is said from there on (the audio before it is heard,
-        as context, not transcribed; `transcript_from`)."""
+        are returned too, aligned); may end with Whisper timestamp tokens (`<|6.40|>`)."""
 
 
 VadFn = Callable[[np.ndarray], list[tuple[float, float]]]
@@ -922,21 +903,18 @@ class StreamingSession:
         self._heard = [*pieces, (self.buffer_start, audio.size / SAMPLE_RATE)]
         heard = np.concatenate([context, audio]) if context.size else audio
         trace.get_current_span().set_attribute("asr.stream.context_s", context.size / SAMPLE_RATE)
-        lead = context.size / SAMPLE_RATE
-        # With `context_skip` the decoder transcribes the buffer only: it starts at `lead`.
-        start_s = lead if context.size and self.profile.context_skip else 0.0
         if rescue and self._rescue is not None:
             self.counters.rescues += 1
-            segments = self._rescue(heard, "", start_s=start_s)
+            segments = self._rescue(heard, "")
         else:
             prompt = (
                 self.options.initial_prompt
                 if context.size and not self.profile.context_prompt
-                else self._prompt(self.buffer_start if start_s else self._heard[0][0])
+                else self._prompt(self._heard[0][0])
             )
             decode = self._closing if with_context else self._decode
-            prefix = self._context_prefix(lead) if context.size else ""
-            segments = decode(heard, prompt, prefix, start_s=start_s)
+            prefix = self._context_prefix(context.size / SAMPLE_RATE) if context.size else ""
+            segments = decode(heard, prompt, prefix)
         kept = [s for s in segments if not guards.is_silent(s)]
         text = " ".join(s.text for s in kept)
         ratio = max((s.compression_ratio for s in kept), default=0.0)
@@ -947,6 +925,7 @@ class StreamingSession:
         untimed = {i for a, b in guards.untimed_runs(said) for i in range(a, b)}
         self.counters.removed += len(untimed)
         # Words heard in the context (their middle before the buffer) were committed already.
+        lead = context.size / SAMPLE_RATE
         at = self.buffer_start - lead
         words = [
             replace(w, start=max(w.start, lead) + at, end=w.end + at)
@@ -1211,9 +1190,7 @@ class WhisperDecoder:
     """0: Whisper's encoder hears its full 30 s window (the buffer padded with silence), as in
     batch. Above 0: only the buffer plus this much padding (`audio_context`)."""
 
-    def __call__(
-        self, audio: np.ndarray, prompt: str, prefix: str = "", start_s: float = 0.0
-    ) -> list[Segment]:
+    def __call__(self, audio: np.ndarray, prompt: str, prefix: str = "") -> list[Segment]:
         from asr_mesh.services.transcription.core import to_segment
 
         self.calls += 1
@@ -1222,8 +1199,6 @@ class WhisperDecoder:
             model = short_context(
                 model, audio_context(audio.size / SAMPLE_RATE, self.context_pad_s)
             )
-        if start_s > 0:
-            model = transcript_from(model, start_s)
         segments, _info = model.transcribe(
             audio,
             language=self.language,
@@ -1289,7 +1264,7 @@ _START_TOKENS = 3
 def timestamp_token(seconds: float) -> str:
     """Whisper's timestamp token for `seconds` (20 ms steps), as text faster-whisper's
     tokenizer turns into that token inside a prompt or prefix."""
-    return f"<|{round(seconds / TIMESTAMP_S) * TIMESTAMP_S:.2f}|>"
+    return f"<|{round(seconds / 0.02) * 0.02:.2f}|>"
 
 
 def count_tokens(model: Any, text: str) -> int:
@@ -1342,69 +1317,6 @@ def short_context(model: Any, frames: int) -> Any:
 
     clone.encode = short_encode
     return clone
-
-
-def transcript_from(model: Any, seconds: float) -> Any:
-    """A shallow copy of a faster-whisper `WhisperModel` whose transcript starts `seconds` into
-    the audio: the encoder hears all of it, the decoder is given Whisper's timestamp token for
-    `seconds` as the first token of its transcript (after `<|startoftranscript|>`, the language
-    and the task), so it transcribes only what follows, and each word is aligned over the
-    encoder frames from there on.
-
-    Why: a streaming decode hears seconds of earlier speech (`LatencyProfile.context_s`) for
-    Whisper to understand the buffer better, but a plain decode transcribes that context again
-    before reaching the buffer: with beam search most of the decode's time went there (the
-    decoder's cost is per token, the encoder's is small). The alignment must skip the context
-    too: it runs from the first frame it is given, so over the whole audio the first words
-    were stretched back into the context. A decode without timestamps is left as it is (it
-    has no timestamp token to start from)."""
-    if seconds <= 0:
-        return model
-    import copy
-
-    import ctranslate2
-
-    clone = copy.copy(model)
-    position = round(seconds / TIMESTAMP_S)
-    get_prompt, find_alignment = model.get_prompt, model.find_alignment
-    # faster-whisper asks for a prompt and an alignment once per 30 s window; a window after
-    # the first (when the first did not close its last segment) starts where the first left
-    # off, so only the first window starts at `seconds`.
-    windows = {"prompt": 0, "alignment": 0}
-
-    def prompt_from(tokenizer, previous_tokens, without_timestamps=False, *args, **kwargs):  # type: ignore[no-untyped-def]
-        tokens = get_prompt(tokenizer, previous_tokens, without_timestamps, *args, **kwargs)
-        windows["prompt"] += 1
-        if without_timestamps or windows["prompt"] > 1:
-            return tokens
-        return [*tokens, tokenizer.timestamp_begin + position]
-
-    def align_from(tokenizer, text_tokens, encoder_output, num_frames, *args, **kwargs):  # type: ignore[no-untyped-def]
-        windows["alignment"] += 1
-        if windows["alignment"] > 1:
-            return find_alignment(
-                tokenizer, text_tokens, encoder_output, num_frames, *args, **kwargs
-            )
-        if encoder_output.device != "cpu":  # on a GPU: slice a host copy (a few hundred KB)
-            encoder_output = encoder_output.to_device(ctranslate2.Device.cpu)
-        frames = np.array(encoder_output)[:, position:]
-        later = ctranslate2.StorageView.from_array(np.ascontiguousarray(frames))
-        aligned = find_alignment(
-            tokenizer, text_tokens, later, max(2, num_frames - 2 * position), *args, **kwargs
-        )
-        for words in aligned:
-            for word in words:
-                word["start"] += position * TIMESTAMP_S
-                word["end"] += position * TIMESTAMP_S
-        return aligned
-
-    clone.get_prompt = prompt_from
-    clone.find_alignment = align_from
-    return clone
-
-
-TIMESTAMP_S = 0.02
-"""Whisper's timestamp tokens and encoder frames: 20 ms each."""
 
 
 def silero_vad(threshold: float = 0.5, pad_s: float = 0.05) -> VadFn:
