@@ -155,6 +155,19 @@ def run(config: str, items, model, offline: dict[str, str]) -> None:
     )
 
 
+def base_model():
+    """whisper base as the streaming service loads it on this machine (int8, 2 threads)."""
+    from faster_whisper import WhisperModel
+
+    return WhisperModel(
+        str(REPO / "models" / "whisper-base"),
+        device="cpu",
+        compute_type="int8",
+        cpu_threads=2,
+        local_files_only=True,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -164,7 +177,6 @@ def main() -> int:
     parser.add_argument("--split", default="tune")
     parser.add_argument("--only", default="", help="comma list: inputs whose name contains one")
     args = parser.parse_args()
-    from faster_whisper import WhisperModel
 
     only = [o for o in args.only.split(",") if o]
     items = [
@@ -172,13 +184,7 @@ def main() -> int:
         for i in bench.inputs(args.corpus, args.split, 0, Path("/tmp"))
         if not only or any(o in i.name for o in only)
     ]
-    model = WhisperModel(
-        str(REPO / "models" / "whisper-base"),
-        device="cpu",
-        compute_type="int8",
-        cpu_threads=2,
-        local_files_only=True,
-    )
+    model = base_model()
     offline = bench.offline_texts(model, items)
     for config in filter(None, args.configs.split(";")):
         run(config, items, model, offline)
