@@ -357,9 +357,10 @@ def simulate(
             # The cost model knows short-context greedy decodes only: a rescue (full 30 s
             # context, beam 5) is charged as the model's longest buffer (pessimistic).
             careful = timed_decoder(st.rescue_decoder(model, "pt"), charge_s=25.0)
-            # With a cost model, a closing decode of a wider beam is charged as greedy
-            # (optimistic): compare beams on the "cpu" clock or through the mesh.
+            # With a cost model, a closing (or doubt) decode of a wider beam is charged as
+            # greedy (optimistic): compare beams on the "cpu" clock or through the mesh.
             closing = timed_decoder(st.closing_decoder(model, "pt", prof))
+            doubt = st.doubt_decoder(model, "pt", prof)
             session = st.StreamingSession(
                 timed_decoder(decoder),
                 st.silero_vad(),
@@ -367,6 +368,7 @@ def simulate(
                 prof,
                 rescue=careful if rescue else None,
                 closing=closing,
+                doubt=timed_decoder(doubt) if doubt else None,
             )
             samples = np.frombuffer(item.pcm, dtype="<i2")
             records = replay(session, samples, clock=cost or clock, decoded=decoded)
@@ -385,6 +387,7 @@ def simulate(
                 else None,
                 "processing_s": session.counters.processing_s,
                 "rescues": session.counters.rescues,
+                "redecodes": session.counters.redecodes,
                 "load": os.getloadavg()[0],
             }
             rows.append(row)

@@ -99,6 +99,7 @@ def trace(
 
     ref: list = []
     decoded: list[float] = []
+    doubt = st.doubt_decoder(model, "pt", prof)
     session = st.StreamingSession(
         logged(decoder, "interim", ref, decoded, words),
         st.silero_vad(),
@@ -106,6 +107,7 @@ def trace(
         prof,
         rescue=logged(st.rescue_decoder(model, "pt"), "rescue", ref, decoded, words),
         closing=logged(st.closing_decoder(model, "pt", prof), "closing", ref, decoded, words),
+        doubt=logged(doubt, "doubt", ref, decoded, words) if doubt else None,
     )
     ref.append(session)
     records = bench.replay(session, samples, clock=cost, decoded=decoded)

@@ -844,3 +844,84 @@ def test_only_decodes_that_may_close_an_utterance_hear_the_context():
         spoken = [w for w in truth if w.start < end]
         # Speech had stopped (or the stream ended) when it ran.
         assert end - spoken[-1].end >= speculate - 0.1 or end >= truth[-1].end
+
+
+class UnsureDecoder(ScriptedDecoder):
+    """Hears the words' times right but their text wrong ("errado"), and says it is unsure
+    (`avg_logprob` -1.5): greedy decoding gone astray on a hard phrase."""
+
+    def __call__(self, audio: np.ndarray, prompt: str, prefix: str = "") -> list[Segment]:
+        return [
+            replace(
+                seg,
+                avg_logprob=-1.5,
+                words=tuple(replace(w, word="errado") for w in seg.words),
+            )
+            for seg in super().__call__(audio, prompt, prefix)
+        ]
+
+
+def _doubt_run(closing, doubt, threshold: float | None = -0.8, seed: int = 6):
+    """Three utterances streamed with `closing` for the closing decodes and `doubt` to decode
+    a doubtful one again; the grid decoder plain."""
+    rng = random.Random(seed)
+    truth = script(rng, 30, pause_every=10)
+    grid = ScriptedDecoder(truth, rng)
+    profile = replace(s.PROFILES["balanced"], doubt_logprob=threshold)
+    decoders = {"closing": closing(truth), "doubt": doubt(truth)}
+    session = scripted_session(truth, grid, profile=profile, **decoders)
+    events = []
+    for _ in range(int((truth[-1].end + 2) / 0.1)):
+        session.push(np.zeros(1600, dtype=np.int16))
+        if session.due():
+            events.extend(session.step())
+    events += session.finish()
+    return truth, session, grid, decoders, events
+
+
+def test_a_doubtful_closing_decode_is_decoded_again_and_the_second_transcript_kept():
+    truth, session, grid, d, events = _doubt_run(
+        lambda t: UnsureDecoder(t, random.Random(1), garble_tail=False),
+        lambda t: ScriptedDecoder(t, random.Random(2), garble_tail=False),
+    )
+    assert final_words(events) == [w.word for w in truth]  # each word once, none "errado"
+    assert d["doubt"].calls == d["closing"].calls == session.counters.redecodes >= 3
+    # The second decode hears what the first heard (the context too), without the prompt.
+    assert d["doubt"].layouts == d["closing"].layouts
+    assert any(len(layout) > 1 for layout in d["doubt"].layouts)
+    assert set(d["doubt"].prompts) == {""}
+    assert grid.calls and "errado" not in " ".join(f.segment.text for f in finals(events))
+
+
+def test_a_confident_closing_decode_is_kept_and_a_profile_without_doubt_never_redecodes():
+    truth, session, _, d, events = _doubt_run(
+        lambda t: ScriptedDecoder(t, random.Random(1), garble_tail=False),
+        lambda t: UnsureDecoder(t, random.Random(2)),
+    )
+    assert final_words(events) == [w.word for w in truth]
+    assert d["doubt"].calls == session.counters.redecodes == 0 < d["closing"].calls
+    truth, session, _, d, events = _doubt_run(
+        lambda t: UnsureDecoder(t, random.Random(1), garble_tail=False),
+        lambda t: ScriptedDecoder(t, random.Random(2)),
+        threshold=None,
+    )
+    assert d["doubt"].calls == session.counters.redecodes == 0
+    assert set(final_words(events)) == {"errado"}  # the closing decodes' words, as they were
+
+
+def test_a_redecode_that_loops_does_not_replace_a_transcript_that_did_not():
+    truth, session, _, d, events = _doubt_run(
+        lambda t: ScriptedDecoder(t, random.Random(1), garble_tail=False),
+        lambda t: LoopingDecoder(t, random.Random(2), garble_tail=False),
+        threshold=-0.1,  # the scripted decoder's -0.2 is doubtful
+    )
+    assert d["doubt"].calls == session.counters.redecodes > 0
+    assert final_words(events) == [w.word for w in truth]
+
+
+def test_a_profile_s_doubt_decoder_has_its_beam_and_none_without_a_threshold():
+    balanced = s.PROFILES["balanced"]
+    assert s.doubt_decoder(None, "pt", balanced) is None
+    doubt = s.doubt_decoder(None, "pt", replace(balanced, doubt_logprob=-0.8))
+    assert doubt is not None and doubt.beam_size == 5
+    assert doubt.context_pad_s == balanced.context_pad_s

@@ -38,6 +38,7 @@ from asr_mesh.services.transcription.streaming import (
     VadFn,
     WhisperDecoder,
     closing_decoder,
+    doubt_decoder,
     rescue_decoder,
 )
 
@@ -253,6 +254,7 @@ class StreamingHandler:
                 model_name=spec.name,
                 rescue=rescue_decoder(model, options.language),
                 closing=closing_decoder(model, options.language, profile),
+                doubt=doubt_decoder(model, options.language, profile),
             )
             try:
                 for emitted in streaming.drive(session, inbox, self._idle_timeout_s):

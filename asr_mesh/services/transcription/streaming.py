@@ -103,6 +103,12 @@ class LatencyProfile:
       as the start of its transcript (Whisper's prefix, closed by timestamp tokens where the
       buffer starts), so it does not transcribe the context again (CTranslate2 still steps
       through the prefix's tokens, forced). Off in every profile: it did not hold held out.
+    - `doubt_logprob`: a closing decode whose transcript of the buffer is doubtful (its own
+      segments' mean `avg_logprob` below this, no segment of its own, or a loop) is decoded
+      once more with beam `doubt_beam_size`, without the committed text as prompt, and that
+      transcript is used (unless it loops and the first did not). None = never. Beam search
+      is dearer by the token; spent only where the cheap decode is unsure, most utterances
+      keep the cheap decode's latency.
     """
 
     name: str
@@ -120,6 +126,8 @@ class LatencyProfile:
     context_prompt: bool = True
     closing_beam_size: int = 0
     context_prefix: bool = False
+    doubt_logprob: float | None = None
+    doubt_beam_size: int = 5
 
 
 PROFILES = {
@@ -469,6 +477,8 @@ class _Counters:
     processing_s: float = 0.0
     removed: int = 0
     rescues: int = 0
+    redecodes: int = 0
+    """Closing decodes decoded again because they were doubtful (`doubt_logprob`)."""
 
 
 @dataclass
@@ -480,6 +490,8 @@ class _Hypothesis:
     compression_ratio: float = 0.0
     failed: bool = False
     """The decode looped (compression-ratio guard): its words were thrown away."""
+    own_logprob: float | None = None
+    """Mean `avg_logprob` of the segments that reach into the buffer (None: none did)."""
 
 
 class StreamingSession:
@@ -500,10 +512,14 @@ class StreamingSession:
         clock: Callable[[], float] = time.perf_counter,
         rescue: Decoder | None = None,
         closing: Decoder | None = None,
+        doubt: Decoder | None = None,
     ):
         self._decode = decode
         self._closing = closing or decode
         """Decodes that may close an utterance (`LatencyProfile.closing_beam_size`)."""
+        self._doubt = doubt if profile.doubt_logprob is not None else None
+        """Decodes a closing decode's audio again when its transcript is doubtful
+        (`LatencyProfile.doubt_logprob`)."""
         self._rescue = rescue
         """Decodes an utterance once more, more carefully (Whisper's full 30 s context, the
         temperature fallback, no prompt), when the decode an utterance's final text would come
@@ -790,6 +806,12 @@ class StreamingSession:
                     hypothesis = self._last_hypothesis = self._hypothesis(
                         audio, with_context=closing
                     )
+                    if closing and self._doubtful(hypothesis):
+                        again = self._hypothesis(audio, with_context=True, doubt=True)
+                        self.counters.redecodes += 1
+                        span.set_attribute("asr.stream.redecoded", True)
+                        if not again.failed or hypothesis.failed:
+                            hypothesis = self._last_hypothesis = again
                     if hypothesis.failed and (final or endpoint_at is not None):
                         # The utterance's last chance looped: decode it once more, carefully,
                         # rather than drop the whole phrase.
@@ -894,10 +916,23 @@ class StreamingSession:
                 return b
         return live[-1][1] if end - live[-1][1] >= silence else None
 
+    def _doubtful(self, hypothesis: _Hypothesis) -> bool:
+        """Should this closing decode be decoded again (`LatencyProfile.doubt_logprob`)?"""
+        threshold = self.profile.doubt_logprob
+        if self._doubt is None or threshold is None:
+            return False
+        mean = hypothesis.own_logprob
+        return hypothesis.failed or mean is None or mean < threshold
+
     def _hypothesis(
-        self, audio: np.ndarray, rescue: bool = False, with_context: bool = False
+        self,
+        audio: np.ndarray,
+        rescue: bool = False,
+        with_context: bool = False,
+        doubt: bool = False,
     ) -> _Hypothesis:
-        """Decode the buffer, after the context (`context_s`) when `with_context`."""
+        """Decode the buffer, after the context (`context_s`) when `with_context`; with the
+        doubt decoder (no committed text as prompt) when `doubt`."""
         context = self._context_audio() if with_context else _EMPTY
         pieces = [(at, p.size / SAMPLE_RATE) for at, p in self._context] if context.size else []
         self._heard = [*pieces, (self.buffer_start, audio.size / SAMPLE_RATE)]
@@ -906,6 +941,8 @@ class StreamingSession:
         if rescue and self._rescue is not None:
             self.counters.rescues += 1
             segments = self._rescue(heard, "")
+        elif doubt and self._doubt is not None:
+            segments = self._doubt(heard, self.options.initial_prompt)
         else:
             prompt = (
                 self.options.initial_prompt
@@ -941,6 +978,7 @@ class StreamingSession:
             avg_logprob=float(np.mean([s.avg_logprob for s in kept])) if kept else 0.0,
             no_speech_prob=first.no_speech_prob if first else 0.0,
             compression_ratio=ratio if text else 0.0,
+            own_logprob=float(np.mean([s.avg_logprob for s in own])) if own else None,
         )
 
     def _commit(
@@ -1231,6 +1269,18 @@ def closing_decoder(model: Any, language: str | None, profile: LatencyProfile) -
 
 RESCUE_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 RESCUE_BEAM_SIZE = 5
+
+
+def doubt_decoder(
+    model: Any, language: str | None, profile: LatencyProfile
+) -> WhisperDecoder | None:
+    """The decoder that decodes a doubtful closing decode again (`StreamingSession(doubt=...)`):
+    beam `doubt_beam_size`, the same short encoder context; None when the profile never does."""
+    if profile.doubt_logprob is None:
+        return None
+    return WhisperDecoder(
+        model, language, profile.doubt_beam_size, context_pad_s=profile.context_pad_s
+    )
 
 
 def rescue_decoder(model: Any, language: str | None) -> WhisperDecoder:
