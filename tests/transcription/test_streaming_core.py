@@ -861,11 +861,20 @@ class UnsureDecoder(ScriptedDecoder):
         ]
 
 
-def _doubt_run(closing, doubt, threshold: float | None = -0.8, seed: int = 6):
+def _doubt_run(
+    closing, doubt, threshold: float | None = -0.8, seed: int = 6, mid_pause_s: float = 0.0
+):
     """Three utterances streamed with `closing` for the closing decodes and `doubt` to decode
-    a doubtful one again; the grid decoder plain."""
+    a doubtful one again; the grid decoder plain. `mid_pause_s`: a pause that long in the
+    middle of each utterance (longer than the speculation silence, shorter than the endpoint)."""
     rng = random.Random(seed)
     truth = script(rng, 30, pause_every=10)
+    if mid_pause_s:
+        truth = [
+            replace(w, start=w.start + shift, end=w.end + shift)
+            for i, w in enumerate(truth)
+            for shift in [mid_pause_s * ((i + 5) // 10)]
+        ]
     grid = ScriptedDecoder(truth, rng)
     profile = replace(s.PROFILES["balanced"], doubt_logprob=threshold)
     decoders = {"closing": closing(truth), "doubt": doubt(truth)}
@@ -885,12 +894,34 @@ def test_a_doubtful_closing_decode_is_decoded_again_and_the_second_transcript_ke
         lambda t: ScriptedDecoder(t, random.Random(2), garble_tail=False),
     )
     assert final_words(events) == [w.word for w in truth]  # each word once, none "errado"
-    assert d["doubt"].calls == d["closing"].calls == session.counters.redecodes >= 3
-    # The second decode hears what the first heard (the context too), without the prompt.
-    assert d["doubt"].layouts == d["closing"].layouts
+    # Each utterance: the speculative closing decode heard it whole but was unsure, so at the
+    # endpoint the doubt decoder decodes it again (and the greedy closing decode is not run
+    # a second time).
+    assert d["doubt"].calls == d["closing"].calls == session.counters.redecodes == 3
+    # The second decode hears what the first heard (the context too) and the silence since,
+    # without the prompt.
+    for first, again in zip(d["closing"].layouts, d["doubt"].layouts):
+        assert again[:-1] == first[:-1] and again[-1][0] == first[-1][0]
+        assert again[-1][1] > first[-1][1]
     assert any(len(layout) > 1 for layout in d["doubt"].layouts)
     assert set(d["doubt"].prompts) == {""}
     assert grid.calls and "errado" not in " ".join(f.segment.text for f in finals(events))
+
+
+def test_only_an_utterance_s_end_waits_for_a_redecode_not_a_pause_inside_it():
+    truth, session, _, d, events = _doubt_run(
+        lambda t: UnsureDecoder(t, random.Random(1), garble_tail=False),
+        lambda t: ScriptedDecoder(t, random.Random(2), garble_tail=False),
+        mid_pause_s=0.15,
+    )
+    assert final_words(events) == [w.word for w in truth]
+    endpoint_s = s.PROFILES["balanced"].endpoint_silence_s
+    ends = [start + seconds for start, seconds in (layout[-1] for layout in d["doubt"].layouts)]
+    for end in ends:  # each ran once its utterance had ended (or the stream had)
+        spoken = [w for w in truth if w.start < end]
+        assert end - spoken[-1].end >= endpoint_s - 0.1 or end >= truth[-1].end
+    # The closing decodes at the pauses inside utterances were unsure too, and not redone.
+    assert d["closing"].calls > d["doubt"].calls == session.counters.redecodes == 3
 
 
 def test_a_confident_closing_decode_is_kept_and_a_profile_without_doubt_never_redecodes():

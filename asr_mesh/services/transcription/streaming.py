@@ -103,12 +103,14 @@ class LatencyProfile:
       as the start of its transcript (Whisper's prefix, closed by timestamp tokens where the
       buffer starts), so it does not transcribe the context again (CTranslate2 still steps
       through the prefix's tokens, forced). Off in every profile: it did not hold held out.
-    - `doubt_logprob`: a closing decode whose transcript of the buffer is doubtful (its own
-      segments' mean `avg_logprob` below this, no segment of its own, or a loop) is decoded
+    - `doubt_logprob`: when an utterance ends (its endpoint, or the end of the stream) and
+      the decode its finals would come from is doubtful (its own segments' mean
+      `avg_logprob` below this, no segment of its own, or a loop), the utterance is decoded
       once more with beam `doubt_beam_size`, without the committed text as prompt, and that
       transcript is used (unless it loops and the first did not). None = never. Beam search
       is dearer by the token; spent only where the cheap decode is unsure, most utterances
-      keep the cheap decode's latency.
+      keep the cheap decode's latency. Speculative decodes at a pause are not redone (the
+      speech may go on; done at every pause, it cost more latency than `accurate`'s beam).
     """
 
     name: str
@@ -788,30 +790,34 @@ class StreamingSession:
                 # which commits from the last decode.
                 span.set_attribute("asr.stream.decoded", False)
             else:
-                if (
+                heard_whole = bool(
                     endpoint_at is not None
                     and not final
                     and self._history
                     and not self._last_hypothesis.failed
                     and self._last_decode_end >= endpoint_at + _HEARD_WHOLE_S
-                ):
+                )
+                if heard_whole and not self._doubtful(self._last_hypothesis):
                     # The last decode already heard the whole utterance: commit from it
                     # instead of decoding again (the final comes a decode sooner).
                     hypothesis, words = self._last_hypothesis, list(self._history[-1])
                     span.set_attribute("asr.stream.decoded", False)
                 else:
-                    closing = (
-                        final or endpoint or live[-1][1] <= end - self.profile.speculate_silence_s
-                    )
-                    hypothesis = self._last_hypothesis = self._hypothesis(
-                        audio, with_context=closing
-                    )
-                    if closing and self._doubtful(hypothesis):
-                        again = self._hypothesis(audio, with_context=True, doubt=True)
-                        self.counters.redecodes += 1
-                        span.set_attribute("asr.stream.redecoded", True)
-                        if not again.failed or hypothesis.failed:
-                            hypothesis = self._last_hypothesis = again
+                    if heard_whole:
+                        # It heard the whole utterance but is unsure of it: only the doubt
+                        # decoder's transcript is worth waiting for.
+                        hypothesis = self._redecode(audio, self._last_hypothesis)
+                    else:
+                        closing = (
+                            final
+                            or endpoint
+                            or live[-1][1] <= end - self.profile.speculate_silence_s
+                        )
+                        hypothesis = self._last_hypothesis = self._hypothesis(
+                            audio, with_context=closing
+                        )
+                        if (final or endpoint) and self._doubtful(hypothesis):
+                            hypothesis = self._redecode(audio, hypothesis)
                     if hypothesis.failed and (final or endpoint_at is not None):
                         # The utterance's last chance looped: decode it once more, carefully,
                         # rather than drop the whole phrase.
@@ -923,6 +929,16 @@ class StreamingSession:
             return False
         mean = hypothesis.own_logprob
         return hypothesis.failed or mean is None or mean < threshold
+
+    def _redecode(self, audio: np.ndarray, first: _Hypothesis) -> _Hypothesis:
+        """Decode a doubtful closing decode's audio again with the doubt decoder; its
+        transcript is kept unless it loops and `first` did not."""
+        again = self._hypothesis(audio, with_context=True, doubt=True)
+        self.counters.redecodes += 1
+        trace.get_current_span().set_attribute("asr.stream.redecoded", True)
+        chosen = again if not again.failed or first.failed else first
+        self._last_hypothesis = chosen
+        return chosen
 
     def _hypothesis(
         self,
