@@ -108,9 +108,10 @@ class LatencyProfile:
       `avg_logprob` below this, no segment of its own, or a loop), the utterance is decoded
       once more with beam `doubt_beam_size`, without the committed text as prompt, and that
       transcript is used (unless it loops and the first did not). None = never. Beam search
-      is dearer by the token; spent only where the cheap decode is unsure, most utterances
-      keep the cheap decode's latency. Speculative decodes at a pause are not redone (the
-      speech may go on; done at every pause, it cost more latency than `accurate`'s beam).
+      is dearer by the token; the idea is to spend it only where the cheap decode is unsure.
+      Speculative decodes at a pause are not redone (the speech may go on). Off in every
+      profile: on tune it landed between `balanced` and `accurate` on both latency and WER
+      (benchmarks/README.md).
     """
 
     name: str
