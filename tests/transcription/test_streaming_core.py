@@ -956,3 +956,44 @@ def test_a_profile_s_doubt_decoder_has_its_beam_and_none_without_a_threshold():
     doubt = s.doubt_decoder(None, "pt", replace(balanced, doubt_logprob=-0.8))
     assert doubt is not None and doubt.beam_size == 5
     assert doubt.context_pad_s == balanced.context_pad_s
+
+
+def _stream_end_run(tail_s: float, seed: int = 3):
+    """Two utterances, the stream closed `tail_s` after the last word; a separate closing
+    decoder (the decodes that hear the context). Returns the truth, the events, how many
+    closing decodes ran before `finish` and how many in all."""
+    rng = random.Random(seed)
+    truth = script(rng, 16, pause_every=8)
+    grid, closing = ScriptedDecoder(truth, rng), ScriptedDecoder(truth, random.Random(9))
+    session = scripted_session(truth, grid, closing=closing)
+    events = []
+    for _ in range(int(round((truth[-1].end + tail_s) / 0.05))):
+        session.push(np.zeros(800, dtype=np.int16))
+        if session.due():
+            events.extend(session.step())
+    before = closing.calls + grid.calls
+    events += session.finish()
+    return truth, events, before, closing.calls + grid.calls, closing
+
+
+def test_a_stream_closed_after_the_decode_that_heard_its_last_phrase_needs_no_decode():
+    """The speaker stops, the decode that hears the whole phrase runs (`speculate_silence_s`)
+    and the stream closes before the endpoint silence: `finish` commits from that decode
+    instead of decoding the same speech again."""
+    profile = s.PROFILES["balanced"]
+    tail = (profile.speculate_silence_s + profile.endpoint_silence_s) / 2 + 0.1
+    truth, events, before, after, closing = _stream_end_run(tail)
+    assert final_words(events) == [w.word for w in truth]
+    assert after == before  # no decode in finish
+    assert finals(events)[-1].end_of_utterance
+    # The last phrase's words came from a decode that heard the context.
+    assert len(closing.layouts[-1]) > 1
+
+
+def test_a_stream_closed_mid_phrase_or_before_its_end_was_heard_is_decoded_at_finish():
+    for tail in (0.0, 0.1):  # still speaking / the speculation silence not reached
+        truth, events, before, after, _ = _stream_end_run(tail)
+        assert after == before + 1, tail
+        spoken = [w.word for w in truth]
+        got = final_words(events)
+        assert got[:-1] == spoken[:-1] and got[-1].startswith(spoken[-1][:1]), tail

@@ -17,7 +17,8 @@ Google/Riva's StreamingRecognize semantics for the results):
 - **Speculative decode**: when VAD hears the speech stop for `speculate_silence_s` (shorter
   than the endpoint silence) and the last decode did not hear its end, a decode runs at once;
   a grid step due in that moment waits for it. If the silence reaches the endpoint, the
-  utterance is committed from that decode, so no decode is left to run after the endpoint.
+  utterance is committed from that decode, so no decode is left to run after the endpoint;
+  likewise if the stream ends first (`finish` decodes only speech no closing decode heard).
 - **Short encoder context**: Whisper's encoder hears the buffer plus `context_pad_s` of
   silence instead of its padded 30 s window (`short_context`), which is most of a decode's cost.
 - Committed text **outside** the buffer is the decoder's **prompt**, so the model keeps context
@@ -540,6 +541,7 @@ class StreamingSession:
         self._last_step_at = 0  # samples received when the last step ran
         self._last_check_at = 0  # samples received at the last endpoint check
         self._last_decode_end = 0.0  # audio offset the last decode heard up to
+        self._last_decode_closing = False  # it was a decode that may close an utterance
         self.commit_time = 0.0
         self._committed: list[Word] = []  # recent committed words (tail for matching)
         self._prompt_words: deque[tuple[str, float]] = deque(maxlen=_PROMPT_HISTORY)
@@ -792,15 +794,21 @@ class StreamingSession:
                 span.set_attribute("asr.stream.decoded", False)
             else:
                 heard_whole = bool(
-                    endpoint_at is not None
-                    and not final
-                    and self._history
+                    self._history
                     and not self._last_hypothesis.failed
-                    and self._last_decode_end >= endpoint_at + _HEARD_WHOLE_S
+                    and (
+                        (
+                            endpoint_at is not None
+                            and not final
+                            and self._last_decode_end >= endpoint_at + _HEARD_WHOLE_S
+                        )
+                        or (final and self._heard_to_the_end(live))
+                    )
                 )
                 if heard_whole and not self._doubtful(self._last_hypothesis):
-                    # The last decode already heard the whole utterance: commit from it
-                    # instead of decoding again (the final comes a decode sooner).
+                    # The last decode already heard the whole utterance (at the end of the
+                    # stream: all the speech left): commit from it instead of decoding again
+                    # (the final comes a decode sooner).
                     hypothesis, words = self._last_hypothesis, list(self._history[-1])
                     span.set_attribute("asr.stream.decoded", False)
                 else:
@@ -808,6 +816,7 @@ class StreamingSession:
                         # It heard the whole utterance but is unsure of it: only the doubt
                         # decoder's transcript is worth waiting for.
                         hypothesis = self._redecode(audio, self._last_hypothesis)
+                        self._last_decode_closing = True
                     else:
                         closing = (
                             final
@@ -817,6 +826,7 @@ class StreamingSession:
                         hypothesis = self._last_hypothesis = self._hypothesis(
                             audio, with_context=closing
                         )
+                        self._last_decode_closing = closing
                         if (final or endpoint) and self._doubtful(hypothesis):
                             hypothesis = self._redecode(audio, hypothesis)
                     if hypothesis.failed and (final or endpoint_at is not None):
@@ -825,6 +835,7 @@ class StreamingSession:
                         hypothesis = self._last_hypothesis = self._hypothesis(
                             audio, rescue=True, with_context=True
                         )
+                        self._last_decode_closing = True
                         span.set_attribute("asr.stream.rescued", True)
                     self._last_decode_end = end
                     self.counters.steps += 1
@@ -912,6 +923,20 @@ class StreamingSession:
         heard_to = max(self.commit_time, _reach(words))
         unheard = sum(max(0.0, min(b, closes_at) - max(a, heard_to)) for a, b in live)
         return unheard >= _UNHEARD_SPEECH_S
+
+    def _heard_to_the_end(self, live: Sequence[tuple[float, float]]) -> bool:
+        """At the end of the stream: did the last decode hear all the speech still uncommitted,
+        as a decode that may close an utterance (after the context)?
+
+        Typically the decode that ran when the speaker stopped (`speculate_silence_s`), the
+        stream then closed before the endpoint silence: decoding the same speech again would
+        only delay the last final by a decode. A grid decode (no context) does not count: its
+        words would be the less accurate ones."""
+        return (
+            self._last_decode_closing
+            and bool(live)
+            and self._last_decode_end >= live[-1][1] + _HEARD_WHOLE_S
+        )
 
     def _endpoint(self, live: list[tuple[float, float]], end: float) -> float | None:
         """Where the first utterance in `live` ended (silence long enough after it), or None."""
