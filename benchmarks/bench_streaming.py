@@ -420,6 +420,22 @@ def summarise(variant: str, rows: list[dict]) -> None:
             f"p95 {pct(lat, 95):.2f} s, n={len(lat)}",
             flush=True,
         )
+    print("  " + closing_waits_line(rows), flush=True)
+
+
+def closing_waits_line(rows: list[dict]) -> str:
+    """How many closing finals waited for a decode of their own (run after the endpoint
+    silence, or at the stream's end) rather than coming from a decode already run (the
+    speculative one), how many of those were a stream's last phrase (made by a step that had
+    the whole stream), and how long those decodes took (p50 of the step)."""
+    closing = [(f, r["duration_s"]) for r in rows for f in r["finals"] if f["eou"]]
+    waited = [(f, d) for f, d in closing if f["decoded"]]
+    at_end = [f for f, d in waited if f["received_at_step"] >= d - 1e-6]
+    took = pct([f["step_s"] for f, _ in waited], 50)
+    return (
+        f"closing finals that waited for a decode of their own: {len(waited)} of "
+        f"{len(closing)} ({len(at_end)} a stream's last phrase); that decode p50 {took:.2f} s"
+    )
 
 
 def parse_cost_model(text: str):

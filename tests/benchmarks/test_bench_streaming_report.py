@@ -51,3 +51,26 @@ def test_the_mean_s_interval_holds_the_mean_and_narrows_with_more_inputs():
     assert lo < 0.15 < hi
     many_lo, many_hi = bench.mean_interval(few * 25)
     assert lo < many_lo < 0.15 < many_hi < hi
+
+
+def test_closing_finals_that_waited_for_a_decode_and_those_at_the_stream_s_end():
+    def final(eou, decoded, received, step_s=0.02):
+        return {"eou": eou, "decoded": decoded, "received_at_step": received, "step_s": step_s}
+
+    data = [
+        {
+            "duration_s": 10.0,
+            "finals": [
+                final(True, False, 4.0),  # from the speculative decode
+                final(True, True, 7.0, 1.5),  # decoded after the endpoint
+                final(False, True, 8.0, 0.4),  # an agreement commit: not a closing final
+                final(True, True, 10.0, 2.5),  # decoded again at the stream's end
+            ],
+        },
+        {"duration_s": 5.0, "finals": [final(True, False, 5.0)]},
+    ]
+    line = bench.closing_waits_line(data)
+    assert line == (
+        "closing finals that waited for a decode of their own: 2 of 4 "
+        "(1 a stream's last phrase); that decode p50 2.00 s"
+    )

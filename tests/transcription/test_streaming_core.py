@@ -961,7 +961,7 @@ def test_a_profile_s_doubt_decoder_has_its_beam_and_none_without_a_threshold():
 def _stream_end_run(tail_s: float, seed: int = 3):
     """Two utterances, the stream closed `tail_s` after the last word; a separate closing
     decoder (the decodes that hear the context). Returns the truth, the events, how many
-    closing decodes ran before `finish` and how many in all."""
+    decodes (grid and closing) ran before `finish` and in all, and the closing decoder."""
     rng = random.Random(seed)
     truth = script(rng, 16, pause_every=8)
     grid, closing = ScriptedDecoder(truth, rng), ScriptedDecoder(truth, random.Random(9))

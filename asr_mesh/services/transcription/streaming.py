@@ -925,18 +925,15 @@ class StreamingSession:
         return unheard >= _UNHEARD_SPEECH_S
 
     def _heard_to_the_end(self, live: Sequence[tuple[float, float]]) -> bool:
-        """At the end of the stream: did the last decode hear all the speech still uncommitted,
-        as a decode that may close an utterance (after the context)?
+        """At the end of the stream (`live`: its speech ranges, not empty): did the last decode
+        hear all the speech still uncommitted, as a decode that may close an utterance (after
+        the context)?
 
         Typically the decode that ran when the speaker stopped (`speculate_silence_s`), the
         stream then closed before the endpoint silence: decoding the same speech again would
         only delay the last final by a decode. A grid decode (no context) does not count: its
         words would be the less accurate ones."""
-        return (
-            self._last_decode_closing
-            and bool(live)
-            and self._last_decode_end >= live[-1][1] + _HEARD_WHOLE_S
-        )
+        return self._last_decode_closing and self._last_decode_end >= live[-1][1] + _HEARD_WHOLE_S
 
     def _endpoint(self, live: list[tuple[float, float]], end: float) -> float | None:
         """Where the first utterance in `live` ended (silence long enough after it), or None."""
