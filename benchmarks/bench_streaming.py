@@ -196,6 +196,13 @@ def stream(client: GatewayClient, pcm: bytes, profile: str) -> Run:
     return run
 
 
+def default_beam_threads() -> int:
+    """The transcription service's default `stream_beam_threads` (one place for it)."""
+    from asr_mesh.services.transcription.server import TranscriptionSettings
+
+    return TranscriptionSettings.model_fields["stream_beam_threads"].default
+
+
 def parse_variant(text: str) -> tuple[str, dict]:
     """`NAME[:field=value,...]` → a profile name and overrides of its fields (for sweeps)."""
     name, _, rest = text.partition(":")
@@ -281,6 +288,7 @@ def simulate(
     clock: str = "cpu",
     cost_model: str = "",
     rescue: bool = True,
+    beam_threads: int = 0,
 ) -> dict:
     """Virtual real-time replay without the mesh: latency free of the network and of other
     sessions, each step as slow as it really is on this machine (as loaded as it is).
@@ -304,6 +312,7 @@ def simulate(
     )
     offline = offline_texts(model, items)
     models: dict = {}
+    beam_models: dict[int, object] = {}
     results: dict = {"load_before": os.getloadavg(), "clock": clock, "variants": {}}
     print(f"step clock: {clock}; load average {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
     print(
@@ -316,6 +325,8 @@ def simulate(
         rows = []
         for item in items:
             options, prof = st.resolve_options(st.SessionOptions(profile=name), 3600)
+            fields = dict(fields)
+            threads = int(fields.pop("beam_threads", beam_threads))
             prof = replace(prof, **fields)
             if "endpoint_silence_s" in fields:
                 options = replace(options, endpoint_silence_s=prof.endpoint_silence_s)
@@ -354,13 +365,26 @@ def simulate(
 
                 return decode
 
+            # Beam-search decodes run on their own model instance, as in the service
+            # (`stream_beam_threads`), when `beam_threads` (0 = the shared model) says so.
+            beams = model
+            if threads:
+                if threads not in beam_models:
+                    beam_models[threads] = WhisperModel(
+                        str(models_dir / "whisper-base"),
+                        device="cpu",
+                        compute_type="int8",
+                        cpu_threads=threads,
+                        local_files_only=True,
+                    )
+                beams = beam_models[threads]
             # The cost model knows short-context greedy decodes only: a rescue (full 30 s
             # context, beam 5) is charged as the model's longest buffer (pessimistic).
-            careful = timed_decoder(st.rescue_decoder(model, "pt"), charge_s=25.0)
+            careful = timed_decoder(st.rescue_decoder(beams, "pt"), charge_s=25.0)
             # With a cost model, a closing (or doubt) decode of a wider beam is charged as
             # greedy (optimistic): compare beams on the "cpu" clock or through the mesh.
-            closing = timed_decoder(st.closing_decoder(model, "pt", prof))
-            doubt = st.doubt_decoder(model, "pt", prof)
+            closing = timed_decoder(st.closing_decoder(model, "pt", prof, beams))
+            doubt = st.doubt_decoder(beams, "pt", prof)
             session = st.StreamingSession(
                 timed_decoder(decoder),
                 st.silero_vad(),
@@ -647,6 +671,14 @@ def main() -> int:
         help="(simulate) without the careful re-decode of a looping closing decode",
     )
     parser.add_argument(
+        "--beam-threads",
+        type=int,
+        default=None,
+        help="(simulate) CPU threads of the model instance that runs beam-search decodes "
+        "(0 = the shared 2-thread model); default: the service's `stream_beam_threads`; "
+        "a variant's `beam_threads=N` overrides it",
+    )
+    parser.add_argument(
         "--report",
         nargs="+",
         type=Path,
@@ -679,6 +711,9 @@ def main() -> int:
                 args.clock,
                 args.cost_model,
                 rescue=not args.no_rescue,
+                beam_threads=default_beam_threads()
+                if args.beam_threads is None
+                else args.beam_threads,
             )
         return 0
 

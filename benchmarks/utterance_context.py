@@ -19,6 +19,10 @@ once, with whisper base through `streaming.WhisperDecoder`, by each configuratio
 - `pmin`: only the committed words whose probability is at least this go into the prompt;
 - `future`: seconds of the speech after the utterance the decoder also hears (an upper bound:
   a streaming final cannot wait for it);
+- `acoustic=1` (with `ctx`): the encoder hears the context before the utterance, but the
+  decoder is shown only the encoder's output from the utterance's start (`lead` s earlier
+  with `lead=S`), so it transcribes the utterance alone, after acoustic context only: a
+  cheaper closing decode if the context helps by what the encoder hears (it did not);
 - `prefix=1`: the words already taken from the context are given to the decoder as the start
   of its transcript (`WhisperDecoder`'s `prefix`, closed by timestamp tokens at the
   utterance's start), so it does not transcribe the context again
@@ -95,6 +99,30 @@ def heard(audio, ranges, lo: float, end: float, squeeze: bool, spad: float):
     return np.concatenate(pieces), to_file, to_heard
 
 
+def acoustic_context(model, context_mel: np.ndarray):
+    """A shallow copy of a faster-whisper `WhisperModel` whose encoder hears `context_mel`
+    (mel frames, an even number) before the features it is given, and whose encoder output
+    starts where those features start: the decoder transcribes only the new audio, heard
+    after the context."""
+    import copy
+
+    import ctranslate2
+
+    frames = context_mel.shape[-1]
+    if frames == 0:
+        return model
+    clone = copy.copy(model)
+
+    def encode(features: np.ndarray):
+        before = context_mel if features.ndim == 2 else context_mel[None]
+        joined = np.concatenate([before, features[..., : st.FULL_CONTEXT_FRAMES - frames]], -1)
+        output = np.asarray(model.encode(np.ascontiguousarray(joined)))
+        return ctranslate2.StorageView.from_array(np.ascontiguousarray(output[:, frames // 2 :]))
+
+    clone.encode = encode
+    return clone
+
+
 def run(config: str, items, model, offline: dict[str, str]) -> None:
     kv = dict(x.split("=") for x in config.split(","))
     ctx = float(kv.get("ctx", 0))
@@ -104,6 +132,7 @@ def run(config: str, items, model, offline: dict[str, str]) -> None:
     pmin = float(kv.get("pmin", 0))
     future = float(kv.get("future", 0))
     use_prefix = kv.get("prefix", "0") == "1"
+    acoustic = kv.get("acoustic", "0") == "1"
     temperatures = st.RESCUE_TEMPERATURES if kv.get("fallback", "0") == "1" else (0.0,)
     decoder = st.WhisperDecoder(
         model,
@@ -137,13 +166,23 @@ def run(config: str, items, model, offline: dict[str, str]) -> None:
                 if before:
                     mark = st.timestamp_token(to_heard(max(a - spad, lo)))
                     prefix = " ".join(before) + mark + mark
+            shift = 0.0
+            if acoustic and ctx > 0:
+                split = max(0.0, to_heard(max(a - 0.1, lo)) - float(kv.get("lead", 0)))
+                k = 2 * int(split * 50)
+                shift = k / 100
+                mel = model.feature_extractor(clip)
+                decoder.model = acoustic_context(model, mel[:, :k])
+                clip = clip[k * 160 :]
+            else:
+                decoder.model = model
             for segment in decoder(clip, prompt, prefix):
                 if segment.compression_ratio > 2.4:
                     continue
                 for w in segment.words:
-                    middle = to_file((w.start + w.end) / 2)
+                    middle = to_file(shift + (w.start + w.end) / 2)
                     if (previous_end + a) / 2 <= middle < min(b + 0.5, (b + following) / 2):
-                        words.append((w.word.strip(), to_file(w.start), w.probability))
+                        words.append((w.word.strip(), to_file(shift + w.start), w.probability))
             previous_end = b
         scores.append(wer([item.reference], [" ".join(w for w, _, _ in words)]))
         plain.append(wer([item.reference], [offline[item.name]]))

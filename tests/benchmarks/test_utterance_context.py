@@ -29,3 +29,22 @@ def test_squeezed_audio_holds_only_padded_speech_and_maps_times_back():
     assert abs(to_heard(3.0) - 1.2) < 1e-6  # a removed pause maps to where it was cut
     plain, to_file, to_heard = uc.heard(audio, ranges, lo=0.5, end=9.5, squeeze=False, spad=0.1)
     assert plain.size == 9 * uc.SR and to_file(0.5) == 1.0 and to_heard(1.0) == 0.5
+
+
+def test_acoustic_context_is_encoded_before_the_features_and_cut_from_the_output():
+    """`acoustic=1`: the encoder hears the context first; the decoder gets the output from
+    where the utterance's own features start (stride 2: one output frame per two mel frames)."""
+
+    class Model:
+        @staticmethod
+        def encode(features):
+            # One output frame per two mel frames: the mean of each pair, per mel band.
+            pairs = features.reshape(*features.shape[:-1], -1, 2).mean(-1)
+            return np.ascontiguousarray(np.swapaxes(pairs, -1, -2)[None])
+
+    context = np.full((80, 6), -1.0, dtype=np.float32)
+    features = np.arange(80 * 10, dtype=np.float32).reshape(80, 10)
+    out = np.asarray(uc.acoustic_context(Model(), context).encode(features))
+    assert out.shape == (1, 5, 80)
+    assert np.allclose(out, Model.encode(features))  # the context's frames are cut off
+    assert uc.acoustic_context(Model, context[:, :0]) is Model  # no context: the model itself

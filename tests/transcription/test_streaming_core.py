@@ -997,3 +997,15 @@ def test_a_stream_closed_mid_phrase_or_before_its_end_was_heard_is_decoded_at_fi
         spoken = [w.word for w in truth]
         got = final_words(events)
         assert got[:-1] == spoken[:-1] and got[-1].startswith(spoken[-1][:1]), tail
+
+
+def test_only_beam_search_closing_decodes_run_on_the_beam_instance():
+    """The service's second model instance (`stream_beam_threads`) takes beam searches only:
+    `accurate`'s closing decodes; `balanced`'s greedy ones stay on the shared instance."""
+    shared, beams = object(), object()
+    accurate, balanced = s.PROFILES["accurate"], s.PROFILES["balanced"]
+    assert accurate.searches_beams and not balanced.searches_beams
+    assert s.closing_decoder(shared, "pt", accurate, beams).model is beams
+    assert s.closing_decoder(shared, "pt", accurate).model is shared
+    assert s.closing_decoder(shared, "pt", balanced, beams).model is shared
+    assert s.closing_decoder(shared, "pt", accurate, beams).beam_size == 5

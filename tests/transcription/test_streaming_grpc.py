@@ -16,7 +16,11 @@ from asr.common.v1 import streaming_pb2 as spb
 from asr.transcription.v1 import streaming_pb2 as pb
 from asr.transcription.v1 import transcription_service_pb2_grpc as pb_grpc
 from asr_mesh.services.common.errors import Overloaded, from_rpc_error
-from asr_mesh.services.transcription.server import TranscriptionSettings, create_server
+from asr_mesh.services.transcription.server import (
+    TranscriptionSettings,
+    build_transcriber,
+    create_server,
+)
 from asr_mesh.services.transcription.stream_servicer import SESSIONS_ACTIVE
 from asr_mesh.services.transcription.streaming import norm
 from support.metrics import wer
@@ -242,3 +246,33 @@ def test_the_shared_transcription_options_are_honoured_by_the_service_itself():
     refused = spb.StreamingConfig(transcription=options_pb2.TranscriptionOptions(beam_size=5))
     with pytest.raises(InvalidInput, match="batch transcription only"):
         session_options(refused)
+
+
+def test_accurate_runs_its_beam_searches_on_a_one_thread_instance_loaded_on_first_use(
+    corpus, manifest
+):
+    """On CPU `accurate`'s beam-5 closing decodes run on a second instance of the model
+    (`stream_beam_threads`, one worker per session); `balanced` (greedy) never loads it."""
+    settings = TranscriptionSettings(
+        port=0, models_dir=MODELS_DIR, cpu_threads=2, device="cpu", max_streams=3
+    )
+    transcriber = build_transcriber(settings)
+    handle = create_server(settings, transcriber)
+    channel = channel_to(handle.port)
+    try:
+        stub = pb_grpc.TranscriptionServiceStub(channel)
+        conv = manifest["dia"][0]
+        pcm = load_pcm(corpus / conv["audio"])[: 12 * 16000 * 2]
+        registry = transcriber.registry
+        balanced = events(stub, pcm)
+        assert registry.loaded_count() == 1
+        accurate = events(stub, pcm, latency_profile=spb.LATENCY_PROFILE_ACCURATE)
+        assert registry.loaded_count() == 2
+        beams = registry.get("", "cpu", transcriber.compute_type, settings.stream_beam_threads)
+        assert beams.model.num_workers == settings.max_streams
+        for evs in (balanced, accurate):
+            text = " ".join(e.final.segment.text for e in evs if e.WhichOneof("event") == "final")
+            assert len(text.split()) >= 10, text
+    finally:
+        channel.close()
+        handle.stop(0)

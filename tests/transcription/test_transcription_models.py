@@ -227,3 +227,31 @@ def test_a_missing_default_model_is_a_server_fault_not_the_callers(tmp_path):
     assert "available: small, whisper-small" in err.value.message
     with pytest.raises(UnknownModel):  # a model the caller named is still the caller's mistake
         registry.resolve("large-v9")
+
+
+def test_an_instance_with_its_own_thread_count_is_loaded_apart_and_reported_as_one_more(
+    tmp_path, monkeypatch
+):
+    """Streaming's beam-search instance (`threads` > 0) is a second copy of the model, loaded
+    with those threads; the shared one stays as it was, and unloads report each copy."""
+    _fake_model(tmp_path, "whisper-base")
+    monkeypatch.setattr("asr_mesh.services.transcription.models.release_memory", lambda: None)
+    calls, changes = [], []
+
+    def loader(spec, device, compute_type, *threads):
+        calls.append(threads)
+        return Unloadable(spec.name)
+
+    registry = ModelRegistry(
+        tmp_path, "base", loader=loader, on_change=lambda *event: changes.append(event)
+    )
+    shared = registry.get("base", "cpu", "int8")
+    with registry.lease("base", "cpu", "int8", 1) as beams:
+        assert beams is not shared and registry.get("base", "cpu", "int8", 1) is beams
+        assert registry.get("base", "cpu", "int8") is shared
+    assert calls == [(), (1,)]  # the shared instance is loaded as before, without threads
+    assert registry.loaded_count() == 2
+    assert registry.unload_idle(force=True) == ["whisper-base", "whisper-base"]
+    assert shared.unloaded and beams.unloaded
+    loaded = [event[-1] for event in changes]
+    assert loaded == [True, True, False, False]

@@ -82,7 +82,7 @@ BUSY_WORKERS = Gauge(
 )
 MODEL_LOADED = Gauge(
     "asr_model_loaded",
-    "1 while a model is loaded in memory, else 0.",
+    "Instances of a model loaded in memory (0: none).",
     ["service", "model", "device", "compute_type"],
     registry=REGISTRY,
 )

@@ -115,7 +115,8 @@ def release_memory() -> None:
 
 
 class ModelRegistry:
-    """Resolves model names and keeps one loaded instance per (model, device, compute type).
+    """Resolves model names and keeps one loaded instance per (model, device, compute type,
+    threads).
 
     Loaded models are shared by every request. With `idle_unload_s` > 0 a model nobody has used
     for that long is dropped by `unload_idle` (called by a reaper thread, see `start_reaper`) and
@@ -123,6 +124,11 @@ class ModelRegistry:
     compute_type, loaded)` reports loads and unloads (the server feeds the MODEL_LOADED gauge);
     it and `on_lookup(hit)` run under the registry's lock, so they must be quick and must not
     call the registry.
+
+    `threads` 0 is the instance every request shares, loaded by `loader(spec, device,
+    compute_type)`; above 0 a separate instance `loader(spec, device, compute_type, threads)`
+    loads with that many CPU threads (streaming's beam-search decodes, see
+    `TranscriptionSettings.stream_beam_threads`).
     """
 
     def __init__(
@@ -144,8 +150,8 @@ class ModelRegistry:
         self._on_change = on_change or (lambda *a: None)
         self._on_lookup = on_lookup or (lambda hit: None)
         self._clock = clock
-        self._loaded: dict[tuple[str, str, str], _Loaded] = {}
-        self._loading: dict[tuple[str, str, str], _PendingLoad] = {}
+        self._loaded: dict[tuple[str, str, str, int], _Loaded] = {}
+        self._loading: dict[tuple[str, str, str, int], _PendingLoad] = {}
         # Guards `_loaded`, `_loading` and every entry's `in_use`; never held while loading.
         self._lock = threading.Lock()
         self._reaper_stop = threading.Event()
@@ -169,7 +175,7 @@ class ModelRegistry:
             )
         return spec
 
-    def _acquire(self, name: str, device: str, compute_type: str) -> _Loaded:
+    def _acquire(self, name: str, device: str, compute_type: str, threads: int = 0) -> _Loaded:
         """The loaded entry, loading it on first use, with `in_use` already counted.
 
         `in_use` goes up in the same critical section that finds the entry, so `unload_idle`
@@ -178,7 +184,7 @@ class ModelRegistry:
         meanwhile, and concurrent first requests for the same model wait for one load.
         """
         spec = self.resolve(name)
-        key = (spec.path.as_posix(), device, compute_type)
+        key = (spec.path.as_posix(), device, compute_type, threads)
         first_look = True
         while True:
             with self._lock:
@@ -204,7 +210,11 @@ class ModelRegistry:
                 log.info(
                     "loading model %s from %s on %s/%s", spec.name, spec.path, device, compute_type
                 )
-                model = self._loader(spec, device, compute_type)
+                model = (
+                    self._loader(spec, device, compute_type, threads)
+                    if threads
+                    else self._loader(spec, device, compute_type)
+                )
             except BaseException as exc:
                 with self._lock:
                     del self._loading[key]
@@ -226,16 +236,18 @@ class ModelRegistry:
             entry.in_use -= 1
             entry.last_used = self._clock()
 
-    def get(self, name: str, device: str, compute_type: str):
-        """The shared loaded model, loading it on first use (not protected from idle unload)."""
-        entry = self._acquire(name, device, compute_type)
+    def get(self, name: str, device: str, compute_type: str, threads: int = 0):
+        """The shared loaded model (or its `threads` instance), loading it on first use (not
+        protected from idle unload)."""
+        entry = self._acquire(name, device, compute_type, threads)
         self._release(entry)
         return entry.model
 
     @contextmanager
-    def lease(self, name: str, device: str, compute_type: str) -> Iterator[Any]:
-        """The shared model, protected from idle unloading until the block ends."""
-        entry = self._acquire(name, device, compute_type)
+    def lease(self, name: str, device: str, compute_type: str, threads: int = 0) -> Iterator[Any]:
+        """The shared model (or its `threads` instance), protected from idle unloading until
+        the block ends."""
+        entry = self._acquire(name, device, compute_type, threads)
         try:
             yield entry.model
         finally:

@@ -43,6 +43,14 @@ class TranscriptionSettings(QueuedServerSettings):
     compute_type: str = Field("auto", description="CTranslate2 compute type, or auto.")
     cpu_threads: int = Field(0, ge=0, description="Threads per model on CPU; 0 = all cores.")
     num_workers: int = Field(1, ge=1, description="CTranslate2 workers = requests decoded at once.")
+    stream_beam_threads: int = Field(
+        1,
+        ge=0,
+        description="On CPU, streaming sessions' beam-search decodes (accurate's closing "
+        "decodes, rescues) run on a second instance of the model with this many threads and "
+        "one worker per session (max_streams); 0 = on the shared instance. On 2 cores whisper "
+        "base decodes beam 5 faster on one thread than on two (benchmarks/README.md).",
+    )
     max_queued: int = Field(
         4, ge=0, description="Requests that may wait for a worker; beyond it RESOURCE_EXHAUSTED."
     )
@@ -116,14 +124,17 @@ def load_whisper(spec, device: str, compute_type: str, cpu_threads: int = 0, num
 
 
 def _model_gauge(name: str, device: str, compute_type: str, loaded: bool) -> None:
-    metrics.MODEL_LOADED.labels(SERVICE, name, device, compute_type).set(1 if loaded else 0)
+    gauge = metrics.MODEL_LOADED.labels(SERVICE, name, device, compute_type)
+    gauge.inc() if loaded else gauge.dec()  # instances: the shared one, streaming's beam one
 
 
 def build_transcriber(settings: TranscriptionSettings) -> Transcriber:
     device = auto_device(settings.device)
     compute_type = auto_compute_type(settings.compute_type, device)
 
-    def loader(spec, dev, ctype):
+    def loader(spec, dev, ctype, threads=0):
+        if threads:  # a streaming instance (`stream_beam_threads`): one worker per session
+            return load_whisper(spec, dev, ctype, threads, settings.max_streams)
         return load_whisper(spec, dev, ctype, settings.cpu_threads, settings.num_workers)
 
     registry = ModelRegistry(
@@ -175,6 +186,7 @@ def create_server(
             max_sessions=settings.max_streams,
             max_session_s=settings.max_stream_s,
             idle_timeout_s=settings.stream_idle_timeout_s,
+            beam_threads=settings.stream_beam_threads,
         ),
     )
     metrics.QUEUE_DEPTH.labels(SERVICE).set(0)

@@ -3,7 +3,10 @@
 A session holds one server thread (this generator) and one reader thread that hands the
 caller's audio to the core through an `Inbox`, so decoding goes on while audio arrives. The
 model is the registry's shared instance, leased for the session (batch requests use the same
-one; CTranslate2 serialises the calls). Sessions do not take batch worker slots: a streaming
+one; CTranslate2 serialises the calls). On CPU, the beam-search decodes of a profile that
+has them (`accurate`'s closing decodes, and then its rescues) run on a second instance with
+`beam_threads` threads and one worker per session (`TranscriptionSettings.stream_beam_threads`),
+loaded by the first such session. Sessions do not take batch worker slots: a streaming
 step cannot wait behind an hour-long file; their number is bounded per replica instead.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 
 import numpy as np
 from opentelemetry import trace
@@ -187,8 +191,10 @@ class StreamingHandler:
         idle_timeout_s: float,
         vad_factory: Callable[[], VadFn] = streaming.silero_vad,
         service: str = "transcription",
+        beam_threads: int = 0,
     ):
         self._transcriber = transcriber
+        self._beam_threads = beam_threads if transcriber.device == "cpu" else 0
         self._service = service
         self.limiter = SessionLimiter(
             max_sessions, on_change=lambda n: SESSIONS_ACTIVE.labels(service).set(n)
@@ -222,11 +228,14 @@ class StreamingHandler:
                 "asr.stream.endpoint_silence_s": options.endpoint_silence_s,
             }
         )
+        device, compute_type = self._transcriber.device, self._transcriber.compute_type
+        beam_threads = self._beam_threads if profile.searches_beams else 0
         with (
             self.limiter,
-            registry.lease(
-                spec.name, self._transcriber.device, self._transcriber.compute_type
-            ) as model,
+            registry.lease(spec.name, device, compute_type) as model,
+            registry.lease(spec.name, device, compute_type, beam_threads)
+            if beam_threads
+            else nullcontext(model) as beam_model,
         ):
             supported = getattr(model, "supported_languages", None)
             if supported and options.language not in supported:
@@ -243,7 +252,7 @@ class StreamingHandler:
             reader.start()
             session = StreamingSession(
                 WhisperDecoder(
-                    model,
+                    beam_model if profile.beam_size > 1 else model,
                     options.language,
                     profile.beam_size,
                     context_pad_s=profile.context_pad_s,
@@ -252,9 +261,9 @@ class StreamingHandler:
                 options,
                 profile,
                 model_name=spec.name,
-                rescue=rescue_decoder(model, options.language),
-                closing=closing_decoder(model, options.language, profile),
-                doubt=doubt_decoder(model, options.language, profile),
+                rescue=rescue_decoder(beam_model, options.language),
+                closing=closing_decoder(model, options.language, profile, beam_model),
+                doubt=doubt_decoder(beam_model, options.language, profile),
             )
             try:
                 for emitted in streaming.drive(session, inbox, self._idle_timeout_s):

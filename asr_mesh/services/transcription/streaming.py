@@ -133,6 +133,13 @@ class LatencyProfile:
     doubt_logprob: float | None = None
     doubt_beam_size: int = 5
 
+    @property
+    def searches_beams(self) -> bool:
+        """Whether any of a session's planned decodes is a beam search (the rescue of a
+        looping decode aside): the service runs those on their own model instance on CPU."""
+        doubt = self.doubt_beam_size if self.doubt_logprob is not None else 1
+        return max(self.beam_size, self.closing_beam_size, doubt) > 1
+
 
 PROFILES = {
     "low_latency": LatencyProfile(
@@ -229,7 +236,10 @@ cores; `benchmarks/bench_streaming.py --simulate --split tune`; figures on the h
   (1.58-2.47). Without the prompt more closing decodes loop or stop after the context's speech
   (tune_00: 3 of 13 fell back to decoding the buffer alone, 1 of 12 with it), which costs a
   decode: on the cost clock tune_00's closing p50 went 2.80 → 3.34 s. So `balanced` keeps the
-  prompt and greedy (the latency goal), `accurate` takes both.
+  prompt and greedy (the latency goal), `accurate` takes both. In the service its beam
+  searches run on a one-thread copy of the model (`TranscriptionSettings.stream_beam_threads`):
+  CTranslate2's beam search is faster on one thread than on two on this machine (tune,
+  simulated: closing p50 1.90 → 1.69 s; benchmarks/README.md, "Beam search on one thread").
 - `context_prefix`: tried, left off (it won on tune and did not hold held out). A closing
   decode transcribes the context again before the buffer, and greedy decoding goes astray or
   stops there; given the committed words as Whisper's prefix it goes on from them instead.
@@ -1295,13 +1305,18 @@ class WhisperDecoder:
         return [to_segment(i, s) for i, s in enumerate(segments)]
 
 
-def closing_decoder(model: Any, language: str | None, profile: LatencyProfile) -> WhisperDecoder:
+def closing_decoder(
+    model: Any, language: str | None, profile: LatencyProfile, beam_model: Any = None
+) -> WhisperDecoder:
     """The decoder of a session's closing decodes (`StreamingSession(closing=...)`): the
-    profile's `closing_beam_size` (or `beam_size`), the same short encoder context."""
+    profile's `closing_beam_size` (or `beam_size`), the same short encoder context. A beam
+    search runs on `beam_model` when given (the service's model instance for beam-search
+    decodes, see `TranscriptionSettings.stream_beam_threads`), a greedy decode on `model`."""
+    beam = profile.closing_beam_size or profile.beam_size
     return WhisperDecoder(
-        model,
+        beam_model if beam > 1 and beam_model is not None else model,
         language,
-        profile.closing_beam_size or profile.beam_size,
+        beam,
         context_pad_s=profile.context_pad_s,
     )
 
