@@ -6,7 +6,9 @@ Why: a session's closing decode (`streaming.closing_decoder`) is what a closing 
 for. `accurate`'s is a beam-5 search over ~14 s (8 s of context and the phrase); this times
 exactly that decode (`streaming.WhisperDecoder`, short encoder context, word timestamps) on
 clips of a tune conversation, once per thread count of the model instance, greedy and beam,
-and splits it into the encoder, the token search (`generate`) and the word alignment. It
+and splits it into the encoder, the token search (`generate`) and the word alignment; and
+what each loaded copy of the model adds to resident memory (the second copy is what
+`stream_beam_threads` costs). It
 chose `TranscriptionSettings.stream_beam_threads` (benchmarks/README.md). Thread counts are
 compared within one run: this machine's speed drifts between runs.
 """
@@ -51,6 +53,12 @@ class Timed:
         return timed
 
 
+def rss_mb() -> float:
+    """This process's resident memory (Linux)."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", default="1,2", help="comma list of cpu_threads")
@@ -77,7 +85,9 @@ def main() -> int:
         f"{'threads':>7} {'beam':>4} {'decode p50':>10} {'mean':>6} {'encode':>6} "
         f"{'search':>6} {'align':>6}"
     )
+    copies = []  # kept loaded, as the service keeps both: each load shows one copy's memory
     for threads in [int(t) for t in args.threads.split(",")]:
+        before = rss_mb()
         model = WhisperModel(
             str(REPO / "models" / "whisper-base"),
             device="cpu",
@@ -85,6 +95,8 @@ def main() -> int:
             cpu_threads=threads,
             local_files_only=True,
         )
+        copies.append(model)
+        print(f"(a copy with {threads} thread(s) loaded: +{rss_mb() - before:.0f} MB resident)")
         spent: dict[str, float] = {}
         model.model = Timed(model.model, spent)
         for beam in [int(b) for b in args.beams.split(",")]:
