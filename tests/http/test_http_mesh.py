@@ -194,9 +194,15 @@ def test_websocket_webm_opus_as_mediarecorder_sends_it(http_mesh, clip, tmp_path
         "-f",
         "webm",
     )
-    chunks = [webm[i : i + 2000] for i in range(0, len(webm), 2000)]
+    chunks = [webm[i : i + 2000] for i in range(0, len(webm), 2000)]  # ~0.5 s of 32 kb/s each
+    # 4x real time, as the PCM test (a recorder sends in real time): at 25x the whole phrase
+    # and its silence could arrive before the first decode, and its final then needs no
+    # interim result before it.
     events = stream_over_ws(
-        f"ws://{http_mesh.http}/v1/stream", {"encoding": "webm", "language": "pt"}, chunks, 0.02
+        f"ws://{http_mesh.http}/v1/stream",
+        {"encoding": "webm", "language": "pt"},
+        chunks,
+        2000 * 8 / 32000 / 4,
     )
     check_stream(events, expected)
     summary = events[-1]
