@@ -368,7 +368,7 @@ def simulate(
             # Beam-search decodes run on their own model instance, as in the service
             # (`stream_beam_threads`), when `beam_threads` (0 = the shared model) says so.
             beams = model
-            if threads:
+            if threads and prof.searches_beams:  # as the service: only such profiles load it
                 if threads not in beam_models:
                     beam_models[threads] = WhisperModel(
                         str(models_dir / "whisper-base"),

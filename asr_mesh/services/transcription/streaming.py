@@ -238,8 +238,9 @@ cores; `benchmarks/bench_streaming.py --simulate --split tune`; figures on the h
   decode: on the cost clock tune_00's closing p50 went 2.80 → 3.34 s. So `balanced` keeps the
   prompt and greedy (the latency goal), `accurate` takes both. In the service its beam
   searches run on a one-thread copy of the model (`TranscriptionSettings.stream_beam_threads`):
-  CTranslate2's beam search is faster on one thread than on two on this machine (tune,
-  simulated: closing p50 1.90 → 1.69 s; benchmarks/README.md, "Beam search on one thread").
+  CTranslate2's beam search is faster on one thread than on two on this machine (held out,
+  all 11 validate conversations through the mesh: closing p50 1.75 s (1.56-1.88) in the run
+  before, 1.61 s (1.48-1.79) with it; benchmarks/README.md, "Beam search on one thread").
 - `context_prefix`: tried, left off (it won on tune and did not hold held out). A closing
   decode transcribes the context again before the buffer, and greedy decoding goes astray or
   stops there; given the committed words as Whisper's prefix it goes on from them instead.
