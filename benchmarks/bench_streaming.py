@@ -375,6 +375,7 @@ def simulate(
                         device="cpu",
                         compute_type="int8",
                         cpu_threads=threads,
+                        num_workers=2,  # a session's two closing decodes (second_context_s)
                         local_files_only=True,
                     )
                 beams = beam_models[threads]

@@ -23,6 +23,9 @@ once, with whisper base through `streaming.WhisperDecoder`, by each configuratio
   decoder is shown only the encoder's output from the utterance's start (`lead` s earlier
   with `lead=S`), so it transcribes the utterance alone, after acoustic context only: a
   cheaper closing decode if the context helps by what the encoder hears (it did not);
+- `second=S` (with `ctx`): each utterance is also decoded after only the last S seconds of
+  that context, and of the two transcripts the one whose utterance words have the higher mean
+  log-probability is kept (`streaming.confidence`; `LatencyProfile.second_context_s`);
 - `prefix=1`: the words already taken from the context are given to the decoder as the start
   of its transcript (`WhisperDecoder`'s `prefix`, closed by timestamp tokens at the
   utterance's start), so it does not transcribe the context again
@@ -39,6 +42,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -126,13 +130,7 @@ def acoustic_context(model, context_mel: np.ndarray):
 def run(config: str, items, model, offline: dict[str, str]) -> None:
     kv = dict(x.split("=") for x in config.split(","))
     ctx = float(kv.get("ctx", 0))
-    squeeze = kv.get("squeeze", "0") == "1"
-    spad = float(kv.get("spad", 0.1))
-    use_prompt = kv.get("prompt", "1") == "1"
-    pmin = float(kv.get("pmin", 0))
-    future = float(kv.get("future", 0))
-    use_prefix = kv.get("prefix", "0") == "1"
-    acoustic = kv.get("acoustic", "0") == "1"
+    choice = Choices.parse(kv)
     temperatures = st.RESCUE_TEMPERATURES if kv.get("fallback", "0") == "1" else (0.0,)
     decoder = st.WhisperDecoder(
         model,
@@ -144,54 +142,127 @@ def run(config: str, items, model, offline: dict[str, str]) -> None:
     vad = st.silero_vad()
     scores, plain, seconds = [], [], 0.0
     started = time.process_time()
+    second = float(kv.get("second", 0))
+    kept_second = decodes_second = 0
+    first_only: list[float] = []  # with `second`: the WER of the first decode alone
     for item in items:
         audio = np.frombuffer(item.pcm, dtype="<i2").astype(np.float32) / 32768
         ranges = vad(audio)
         words: list[tuple[str, float, float]] = []
+        first_words: list[str] = []
         previous_end = 0.0
         spans = utterances(ranges)
         for k, (a, b) in enumerate(spans):
             following = spans[k + 1][0] if k + 1 < len(spans) else b + 1.0
-            lo = max(0.0, a - ctx if ctx > 0 else a - 0.1)
-            end = b + future if future > 0 else b + 0.3
-            clip, to_file, to_heard = heard(
-                audio, ranges, lo, end, (squeeze and ctx > 0) or future > 0, spad
-            )
-            seconds += clip.size / SR
-            said = " ".join(w for w, start, p in words if start < lo and p >= pmin)
-            prompt = said[-200:] if use_prompt else ""
-            prefix = ""
-            if use_prefix and ctx > 0:
-                before = [w for w, start, _ in words if lo <= start < a]
-                if before:
-                    mark = st.timestamp_token(to_heard(max(a - spad, lo)))
-                    prefix = " ".join(before) + mark + mark
-            shift = 0.0
-            if acoustic and ctx > 0:
-                split = max(0.0, to_heard(max(a - 0.1, lo)) - float(kv.get("lead", 0)))
-                k = 2 * int(split * 50)
-                shift = k / 100
-                mel = model.feature_extractor(clip)
-                decoder.model = acoustic_context(model, mel[:, :k])
-                clip = clip[k * 160 :]
-            else:
-                decoder.model = model
-            for segment in decoder(clip, prompt, prefix):
-                if segment.compression_ratio > 2.4:
-                    continue
-                for w in segment.words:
-                    middle = to_file(shift + (w.start + w.end) / 2)
-                    if (previous_end + a) / 2 <= middle < min(b + 0.5, (b + following) / 2):
-                        words.append((w.word.strip(), to_file(shift + w.start), w.probability))
+            contexts = [ctx, second] if second > 0 and ctx > 0 else [ctx]
+            candidates = []
+            for ctx_s in contexts:
+                candidates.append(
+                    decode_utterance(
+                        decoder,
+                        model,
+                        audio,
+                        ranges,
+                        words,
+                        (a, b),
+                        following,
+                        previous_end,
+                        ctx_s,
+                        choice,
+                    )  # fmt: skip
+                )
+                seconds += candidates[-1][1]
+            best = max(candidates, key=lambda c: st.confidence(c[2]))
+            if len(candidates) > 1:
+                decodes_second += 1
+                kept_second += best is candidates[1]
+            words.extend(best[0])
+            first_words.extend(w for w, _, _ in candidates[0][0])
             previous_end = b
         scores.append(wer([item.reference], [" ".join(w for w, _, _ in words)]))
+        first_only.append(wer([item.reference], [" ".join(first_words)]))
         plain.append(wer([item.reference], [offline[item.name]]))
     print(
         f"{config:<44} WER {100 * np.mean(scores):5.1f}%  plain {100 * np.mean(plain):5.1f}%  "
         f"per input {[round(100 * x, 1) for x in scores]}  decoded {seconds:.0f} s  "
-        f"CPU {time.process_time() - started:.0f} s",
+        f"CPU {time.process_time() - started:.0f} s"
+        + (
+            f"  second kept {kept_second} of {decodes_second}; the first alone "
+            f"{100 * np.mean(first_only):.1f}%, per input {[round(100 * x, 1) for x in first_only]}"
+            if decodes_second
+            else ""
+        ),
         flush=True,
     )
+
+
+@dataclass(frozen=True)
+class Choices:
+    """A configuration's keys that shape each utterance's decode (see the module docstring)."""
+
+    squeeze: bool
+    spad: float
+    use_prompt: bool
+    pmin: float
+    future: float
+    use_prefix: bool
+    acoustic: bool
+    lead: float
+
+    @classmethod
+    def parse(cls, kv: dict[str, str]) -> Choices:
+        return cls(
+            squeeze=kv.get("squeeze", "0") == "1",
+            spad=float(kv.get("spad", 0.1)),
+            use_prompt=kv.get("prompt", "1") == "1",
+            pmin=float(kv.get("pmin", 0)),
+            future=float(kv.get("future", 0)),
+            use_prefix=kv.get("prefix", "0") == "1",
+            acoustic=kv.get("acoustic", "0") == "1",
+            lead=float(kv.get("lead", 0)),
+        )
+
+
+def decode_utterance(
+    decoder, model, audio, ranges, words, span, following, previous_end, ctx, choice: Choices
+):
+    """One decode of the utterance `span` after `ctx` s of context: its words as (word, start,
+    probability), the seconds decoded, and its words as `Word`s (for `streaming.confidence`)."""
+    from asr_mesh.services.common.domain import Word
+
+    a, b = span
+    lo = max(0.0, a - ctx if ctx > 0 else a - 0.1)
+    end = b + choice.future if choice.future > 0 else b + 0.3
+    clip, to_file, to_heard = heard(
+        audio, ranges, lo, end, (choice.squeeze and ctx > 0) or choice.future > 0, choice.spad
+    )
+    said = " ".join(w for w, start, p in words if start < lo and p >= choice.pmin)
+    prompt = said[-200:] if choice.use_prompt else ""
+    prefix = ""
+    if choice.use_prefix and ctx > 0:
+        before = [w for w, start, _ in words if lo <= start < a]
+        if before:
+            mark = st.timestamp_token(to_heard(max(a - choice.spad, lo)))
+            prefix = " ".join(before) + mark + mark
+    shift = 0.0
+    if choice.acoustic and ctx > 0:
+        split = max(0.0, to_heard(max(a - 0.1, lo)) - choice.lead)
+        k = 2 * int(split * 50)
+        shift = k / 100
+        mel = model.feature_extractor(clip)
+        decoder.model = acoustic_context(model, mel[:, :k])
+        clip = clip[k * 160 :]
+    else:
+        decoder.model = model
+    found = []
+    for segment in decoder(clip, prompt, prefix):
+        if segment.compression_ratio > 2.4:
+            continue
+        for w in segment.words:
+            middle = to_file(shift + (w.start + w.end) / 2)
+            if (previous_end + a) / 2 <= middle < min(b + 0.5, (b + following) / 2):
+                found.append((w.word.strip(), to_file(shift + w.start), w.probability))
+    return found, clip.size / SR, [Word(0.0, 0.0, w, p) for w, _, p in found]
 
 
 def base_model():

@@ -48,3 +48,31 @@ def test_acoustic_context_is_encoded_before_the_features_and_cut_from_the_output
     assert out.shape == (1, 5, 80)
     assert np.allclose(out, Model.encode(features))  # the context's frames are cut off
     assert uc.acoustic_context(Model, context[:, :0]) is Model  # no context: the model itself
+
+
+def test_an_utterance_decode_keeps_its_own_words_and_their_probabilities_for_the_choice():
+    """`second=S` compares two decodes of one utterance by `streaming.confidence` of the words
+    `decode_utterance` keeps: those whose middle lies in the utterance, not the context's."""
+    from asr_mesh.services.common.domain import Segment, Word
+    from asr_mesh.services.transcription import streaming as st
+
+    audio = np.zeros(10 * uc.SR, dtype=np.float32)
+    ranges = [(1.0, 3.0), (5.0, 7.0)]
+
+    def decoder(clip, prompt, prefix):
+        # Heard from 2.0 s (ctx 3 before the utterance at 5.0): a context word, two of its own.
+        words = (
+            Word(0.2, 0.6, "antes", 0.9),
+            Word(3.1, 3.5, "sim", 0.8),
+            Word(3.6, 4.0, "não", 0.4),
+        )
+        return [Segment(0, 0.2, 4.0, "antes sim não", words, compression_ratio=1.1)]
+
+    decoder.model = None
+    choice = uc.Choices.parse({"prompt": "0"})  # the context heard as is, no prompt
+    found, seconds, timed = uc.decode_utterance(
+        decoder, None, audio, ranges, [], (5.0, 7.0), 8.0, 3.0, 3.0, choice
+    )
+    assert [w for w, _, _ in found] == ["sim", "não"]
+    assert abs(seconds - 5.3) < 1e-6  # 2.0 s to the utterance's end + 0.3 s
+    assert st.confidence(timed) == st.confidence([Word(0, 0, "sim", 0.8), Word(0, 0, "não", 0.4)])

@@ -657,12 +657,17 @@ def _run_profile(
     decoder = decoder_type(truth, rng)
     profile = replace(s.PROFILES[s.DEFAULT_PROFILE], **fields)
     session = scripted_session(truth, decoder, profile=profile, closing=closing)
+    return decoder, _stream_through(session, truth)
+
+
+def _stream_through(session: s.StreamingSession, truth: list[Word]) -> list:
+    """Feed `session` 0.1 s chunks until 2 s after the script's last word, then finish it."""
     events = []
     for _ in range(int((truth[-1].end + 2) / 0.1)):
         session.push(np.zeros(1600, dtype=np.int16))
         if session.due():
             events.extend(session.step())
-    return decoder, events + session.finish()
+    return events + session.finish()
 
 
 def _context_run(context_s: float, seed: int = 4, unique: bool = False, **fields):
@@ -1009,3 +1014,119 @@ def test_only_beam_search_closing_decodes_run_on_the_beam_instance():
     assert s.closing_decoder(shared, "pt", accurate).model is shared
     assert s.closing_decoder(shared, "pt", balanced, beams).model is shared
     assert s.closing_decoder(shared, "pt", accurate, beams).beam_size == 5
+
+
+def _unsure(segments: list[Segment], word: str | None = None, p: float = 0.3) -> list[Segment]:
+    """The segments with every word's probability `p` (and text `word`, if given)."""
+    return [
+        replace(
+            seg,
+            words=tuple(replace(w, word=word or w.word, probability=p) for w in seg.words),
+        )
+        for seg in segments
+    ]
+
+
+class PairDecoder(ScriptedDecoder):
+    """A closing decoder whose transcript depends on the context it heard: `full` changes the
+    segments of a decode after more than 4.5 s of context, `second` those of a decode after
+    exactly 4 s (`second_context_s`'s decode); others are left as heard. With `barrier`, both
+    decodes of a pair wait for each other (they must run at once). Records each context."""
+
+    def __init__(self, truth, full=None, second=None, barrier=None):
+        super().__init__(truth, random.Random(1), garble_tail=False)
+        self.full, self.second, self.barrier = full, second, barrier
+        self.contexts: list[float] = []
+
+    def __call__(self, audio: np.ndarray, prompt: str, prefix: str = "") -> list[Segment]:
+        layout = self.session.heard_layout()
+        context = sum(seconds for _, seconds in layout[:-1])
+        self.contexts.append(context)
+        segments = super().__call__(audio, prompt, prefix)
+        is_second, is_full = abs(context - 4.0) < 1e-6, context > 4.5
+        if self.barrier is not None and (is_second or is_full):
+            self.barrier.wait()
+        change = self.second if is_second else self.full if is_full else None
+        return change(segments) if change else segments
+
+
+def _second_context_run(closing_of, second_context_s: float = 4.0, seed: int = 5):
+    """Three utterances of 10 words (the third's closing decodes hear ~7 s of context) with a
+    closing decoder made by `closing_of(truth)`; `balanced` with `second_context_s`."""
+    rng = random.Random(seed)
+    truth = script(rng, 30, pause_every=10)
+    grid = ScriptedDecoder(truth, rng, garble_tail=False)
+    closing = closing_of(truth)
+    profile = replace(s.PROFILES["balanced"], second_context_s=second_context_s)
+    session = scripted_session(truth, grid, profile=profile, closing=closing)
+    return truth, session, closing, _stream_through(session, truth)
+
+
+def test_a_closing_decode_after_a_shorter_context_is_kept_when_it_is_surer():
+    """The decode after the full context goes astray (unsure), the one after its last 4 s does
+    not: the finals are the surer transcript's, each word once."""
+    barrier = threading.Barrier(2, timeout=10)
+    truth, session, closing, events = _second_context_run(
+        lambda t: PairDecoder(t, full=lambda segs: _unsure(segs, "errado"), barrier=barrier)
+    )
+    assert final_words(events) == [w.word for w in truth]
+    c = session.counters
+    assert c.second_decodes > 0 and c.second_kept == c.second_decodes
+    # Every closing decode with more than 4.5 s of context ran again after its last 4 s, at the
+    # same time (the barrier above would have timed out otherwise).
+    long = [x for x in closing.contexts if x > 4.5]
+    short = [x for x in closing.contexts if 0 < x <= 4.5]
+    assert len(long) == c.second_decodes and all(abs(x - 4.0) < 1e-6 for x in short[-len(long) :])
+    assert not barrier.broken
+
+
+def test_the_full_context_s_transcript_is_kept_when_it_is_the_surer_one():
+    """Reversed: the shorter context's decode is the unsure one; the full context's is kept."""
+    truth, session, _, events = _second_context_run(
+        lambda t: PairDecoder(t, second=lambda segs: _unsure(segs, "errado"))
+    )
+    assert final_words(events) == [w.word for w in truth]
+    assert session.counters.second_decodes > 0 and session.counters.second_kept == 0
+
+
+def test_a_looping_second_decode_never_wins_and_without_the_option_none_runs():
+    def loops(segments):
+        return [replace(seg, compression_ratio=3.0) for seg in segments]
+
+    truth, session, _, events = _second_context_run(
+        lambda t: PairDecoder(t, full=lambda segs: _unsure(segs, p=0.01), second=loops)
+    )
+    assert final_words(events) == [w.word for w in truth]  # unsure, but not a loop
+    assert session.counters.second_decodes > 0 and session.counters.second_kept == 0
+    truth, session, closing, events = _second_context_run(PairDecoder, second_context_s=0)
+    assert final_words(events) == [w.word for w in truth]
+    assert session.counters.second_decodes == 0
+    assert not [x for x in closing.contexts if abs(x - 4.0) < 1e-6]
+
+
+def test_confidence_ranks_loops_then_silence_then_transcripts_by_mean_log_probability():
+    sure = [Word(0, 1, "sim", 0.9), Word(1, 2, "claro", 0.8)]
+    unsure = [Word(0, 1, "sim", 0.9), Word(1, 2, "errado", 0.05)]
+    assert s.confidence(sure) > s.confidence(unsure) > s.confidence([]) > s.confidence(sure, True)
+    assert s.confidence(sure) == pytest.approx((np.log(0.9) + np.log(0.8)) / 2)
+    assert s.confidence([Word(0, 1, "x", 0.0)]) > s.confidence([])  # a floor, not -inf
+
+
+def test_a_context_s_tail_is_its_last_seconds_cut_inside_a_piece():
+    pieces = [
+        (1.0, np.ones(2 * SAMPLE_RATE, np.float32)),
+        (5.0, np.ones(3 * SAMPLE_RATE, np.float32)),
+    ]
+    tail = s._tail(pieces, 4.0)
+    assert [(at, p.size / SAMPLE_RATE) for at, p in tail] == [(2.0, 1.0), (5.0, 3.0)]
+    assert [(at, p.size) for at, p in s._tail(pieces, 10.0)] == [(at, p.size) for at, p in pieces]
+    assert s._tail(pieces, 0.0) == []
+
+
+def test_accurate_decodes_twice_at_once_and_the_service_gives_it_the_workers():
+    from asr_mesh.services.transcription.server import TranscriptionSettings, stream_beam_workers
+
+    assert s.PROFILES["accurate"].second_context_s == 4.0
+    assert s.PROFILES["accurate"].decodes_at_once == 2
+    assert s.PROFILES["balanced"].decodes_at_once == 1
+    assert stream_beam_workers(TranscriptionSettings(max_streams=3)) == 6

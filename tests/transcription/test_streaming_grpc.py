@@ -252,7 +252,8 @@ def test_accurate_runs_its_beam_searches_on_a_one_thread_instance_loaded_on_firs
     corpus, manifest
 ):
     """On CPU `accurate`'s beam-5 closing decodes run on a second instance of the model
-    (`stream_beam_threads`, one worker per session); `balanced` (greedy) never loads it."""
+    (`stream_beam_threads`, workers for each session's decodes); `balanced` (greedy) never
+    loads it."""
     settings = TranscriptionSettings(
         port=0, models_dir=MODELS_DIR, cpu_threads=2, device="cpu", max_streams=3
     )
@@ -269,7 +270,8 @@ def test_accurate_runs_its_beam_searches_on_a_one_thread_instance_loaded_on_firs
         accurate = events(stub, pcm, latency_profile=spb.LATENCY_PROFILE_ACCURATE)
         assert registry.loaded_count() == 2
         beams = registry.get("", "cpu", transcriber.compute_type, settings.stream_beam_threads)
-        assert beams.model.num_workers == settings.max_streams
+        # accurate runs two closing decodes at once (`second_context_s`): two workers a session
+        assert beams.model.num_workers == 2 * settings.max_streams
         for evs in (balanced, accurate):
             text = " ".join(e.final.segment.text for e in evs if e.WhichOneof("event") == "final")
             assert len(text.split()) >= 10, text

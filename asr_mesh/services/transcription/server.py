@@ -25,6 +25,7 @@ from asr_mesh.services.transcription.longform import LONG_FORM_MIN_S, VadParams
 from asr_mesh.services.transcription.models import ModelRegistry
 from asr_mesh.services.transcription.servicer import TranscriptionServicer
 from asr_mesh.services.transcription.stream_servicer import StreamingHandler
+from asr_mesh.services.transcription.streaming import PROFILES
 
 SERVICE = "transcription"
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ class TranscriptionSettings(QueuedServerSettings):
         ge=0,
         description="On CPU, streaming sessions' beam-search decodes (accurate's closing "
         "decodes, rescues) run on a second instance of the model with this many threads and "
-        "one worker per session (max_streams); 0 = on the shared instance. On 2 cores whisper "
+        "workers for every session's decodes at once (max_streams x 2); 0 = on the shared "
+        "instance. On 2 cores whisper "
         "base decodes beam 5 faster on one thread than on two (benchmarks/README.md).",
     )
     max_queued: int = Field(
@@ -128,13 +130,20 @@ def _model_gauge(name: str, device: str, compute_type: str, loaded: bool) -> Non
     gauge.inc() if loaded else gauge.dec()  # instances: the shared one, streaming's beam one
 
 
+def stream_beam_workers(settings: TranscriptionSettings) -> int:
+    """Workers of the streaming beam instance: every session's decodes at once (a profile may
+    run two, `LatencyProfile.second_context_s`). On CPU CTranslate2's workers share the
+    weights, so a worker costs no memory."""
+    return settings.max_streams * max(p.decodes_at_once for p in PROFILES.values())
+
+
 def build_transcriber(settings: TranscriptionSettings) -> Transcriber:
     device = auto_device(settings.device)
     compute_type = auto_compute_type(settings.compute_type, device)
 
     def loader(spec, dev, ctype, threads=0):
-        if threads:  # a streaming instance (`stream_beam_threads`): one worker per session
-            return load_whisper(spec, dev, ctype, threads, settings.max_streams)
+        if threads:  # a streaming instance (`stream_beam_threads`): workers for every session
+            return load_whisper(spec, dev, ctype, threads, stream_beam_workers(settings))
         return load_whisper(spec, dev, ctype, settings.cpu_threads, settings.num_workers)
 
     registry = ModelRegistry(

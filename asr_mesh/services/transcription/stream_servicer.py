@@ -5,8 +5,9 @@ caller's audio to the core through an `Inbox`, so decoding goes on while audio a
 model is the registry's shared instance, leased for the session (batch requests use the same
 one; CTranslate2 serialises the calls). On CPU, the beam-search decodes of a profile that
 has them (`accurate`'s closing decodes, and then its rescues) run on a second instance with
-`beam_threads` threads and one worker per session (`TranscriptionSettings.stream_beam_threads`),
-loaded by the first such session. Sessions do not take batch worker slots: a streaming
+`beam_threads` threads and two workers per session (`TranscriptionSettings.stream_beam_threads`;
+`accurate` runs two closing decodes at once, `LatencyProfile.second_context_s`), loaded by the
+first such session. Sessions do not take batch worker slots: a streaming
 step cannot wait behind an hour-long file; their number is bounded per replica instead.
 """
 

@@ -37,12 +37,14 @@ Google/Riva's StreamingRecognize semantics for the results):
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import threading
 import time
 import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -113,6 +115,15 @@ class LatencyProfile:
       Speculative decodes at a pause are not redone (the speech may go on). Off in every
       profile: on tune it landed between `balanced` and `accurate` on both latency and WER
       (benchmarks/README.md).
+    - `second_context_s`: a closing decode (one that hears the context) runs twice at once,
+      the second time after only the last `second_context_s` seconds of the context (0 = once
+      only). Of the two transcripts, the one whose own words (those of the buffer) have the
+      higher mean log-probability is kept (`confidence`); a looping one never wins. The two
+      decodes fail differently (the longer context more often carries a misheard name over or
+      stops at the context's end, the shorter one mishears more short phrases), and Whisper's
+      word probabilities tell which went astray. It costs a second decode's CPU, at the same
+      time as the first (on CPU the service gives each session two workers of its beam
+      instance), so a session alone waits for the longer of the two.
     """
 
     name: str
@@ -132,6 +143,7 @@ class LatencyProfile:
     context_prefix: bool = False
     doubt_logprob: float | None = None
     doubt_beam_size: int = 5
+    second_context_s: float = 0.0
 
     @property
     def searches_beams(self) -> bool:
@@ -139,6 +151,11 @@ class LatencyProfile:
         looping decode aside): the service runs those on their own model instance on CPU."""
         doubt = self.doubt_beam_size if self.doubt_logprob is not None else 1
         return max(self.beam_size, self.closing_beam_size, doubt) > 1
+
+    @property
+    def decodes_at_once(self) -> int:
+        """Most decodes one session runs at the same time (2 with `second_context_s`)."""
+        return 2 if self.second_context_s > 0 else 1
 
 
 PROFILES = {
@@ -180,6 +197,7 @@ PROFILES = {
         agree_after_s=8.0,
         context_prompt=False,
         closing_beam_size=5,
+        second_context_s=4.0,
     ),
 }
 """Why these values (chosen on the `tune` split of build/corpus-validate, whisper base, 2 CPU
@@ -241,6 +259,18 @@ cores; `benchmarks/bench_streaming.py --simulate --split tune`; figures on the h
   CTranslate2's beam search is faster on one thread than on two on this machine (held out,
   all 11 validate conversations through the mesh: closing p50 1.75 s (1.56-1.88) in the run
   before, 1.61 s (1.48-1.79) with it; benchmarks/README.md, "Beam search on one thread").
+- `accurate`'s `second_context_s` 4 s: each closing decode runs twice at once, after the 8 s
+  of context and after its last 4 s, and the transcript with the higher mean word
+  log-probability is kept. Per utterance on tune (`utterance_context.py`, beam 5, no prompt):
+  42.5% → 38.9% (-3.5 points, -5.6 to -1.7, better on 10 of 11, worse on none; 4 s alone
+  45.8%); the rule (no margin; 12 s instead of 4 s; a third, greedy decode) chosen there.
+  Held out per utterance: 38.7% → 37.0% (-1.7, -2.9 to -0.7, better on 9 of 11). In the
+  stream, paired simulations at wall clock: tune 43.3% → 41.3% (-2.0, -5.0 to +0.6), closing
+  p50 1.67 → 1.75 s; validate 36.6% → 35.3% (-1.3, -3.1 to +0.4), 1.51 → 1.60 s; the hard
+  files (many voices, noise) gain, the easy ones lose a little. Through the mesh on all 11
+  validate conversations: closing p50 1.56 s (1.46-1.66), finals +3.8 points (-0.7 to +7.4)
+  over the offline mesh. Costs a second decode's CPU (two workers a session on the beam
+  instance); `balanced` keeps one decode (benchmarks/README.md, "Two closing decodes at once").
 - `context_prefix`: tried, left off (it won on tune and did not hold held out). A closing
   decode transcribes the context again before the buffer, and greedy decoding goes astray or
   stops there; given the committed words as Whisper's prefix it goes on from them instead.
@@ -484,6 +514,58 @@ def _text(words: Sequence[Word]) -> str:
 # -- the session -----------------------------------------------------------------------------
 
 
+_SECOND_CONTEXT_MIN_GAP_S = 0.5
+"""A second closing decode (`second_context_s`) runs only when the context is at least this much
+longer than the second decode's: otherwise it would hear nearly the same audio."""
+_FLOOR_PROBABILITY = 1e-6
+
+
+def confidence(words: Sequence[Word], failed: bool = False) -> float:
+    """Mean log-probability of `words` (Whisper's word probabilities): how sure the decoder was
+    of a transcript, comparable between decodes of the same speech heard after different
+    contexts. -inf for a looping decode, and a floor below any real transcript for no words."""
+    if failed:
+        return float("-inf")
+    if not words:
+        return float(np.log(_FLOOR_PROBABILITY)) - 1.0
+    return float(np.mean([np.log(max(w.probability, _FLOOR_PROBABILITY)) for w in words]))
+
+
+def _seconds(pieces: Sequence[tuple[float, np.ndarray]]) -> float:
+    return sum(p.size for _, p in pieces) / SAMPLE_RATE
+
+
+def _tail(
+    pieces: Sequence[tuple[float, np.ndarray]], seconds: float
+) -> list[tuple[float, np.ndarray]]:
+    """The last `seconds` of context `pieces` ((absolute start, samples), in order)."""
+    keep = int(round(seconds * SAMPLE_RATE))
+    out: list[tuple[float, np.ndarray]] = []
+    for at, piece in reversed(pieces):
+        if keep <= 0:
+            break
+        if piece.size > keep:
+            cut = piece.size - keep
+            at, piece = at + cut / SAMPLE_RATE, piece[cut:]
+        out.append((at, piece))
+        keep -= piece.size
+    return out[::-1]
+
+
+_side_decodes: ThreadPoolExecutor | None = None
+_side_decodes_lock = threading.Lock()
+
+
+def _side_pool() -> ThreadPoolExecutor:
+    """Threads for the second closing decodes (`second_context_s`), shared by all sessions; a
+    thread only waits on the model, whose workers bound what really runs at once."""
+    global _side_decodes
+    with _side_decodes_lock:
+        if _side_decodes is None:
+            _side_decodes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="stream-second")
+        return _side_decodes
+
+
 @dataclass
 class _Counters:
     finals: int = 0
@@ -494,6 +576,10 @@ class _Counters:
     rescues: int = 0
     redecodes: int = 0
     """Closing decodes decoded again because they were doubtful (`doubt_logprob`)."""
+    second_decodes: int = 0
+    """Closing decodes run a second time after a shorter context (`second_context_s`)."""
+    second_kept: int = 0
+    """Of those, how many times the second transcript was kept."""
 
 
 @dataclass
@@ -561,6 +647,7 @@ class StreamingSession:
         self._context_samples = 0
         self._buffer_speech: list[tuple[float, float]] = []  # VAD ranges of the last step
         self._heard: list[tuple[float, float]] = []  # see heard_layout
+        self._running = threading.local()  # .layout: what this thread's decode hears
         self._history: deque[list[Word]] = deque(maxlen=max(profile.agreement - 1, 1))
         self._last_interim: tuple[str, float, float] | None = None
         self._in_speech = False
@@ -660,12 +747,10 @@ class StreamingSession:
                 self._context_samples -= excess
 
     def heard_layout(self) -> list[tuple[float, float]]:
-        """What the decode running now (or the last one) hears, in order: (absolute start,
-        seconds) of each piece of context, then of the buffer."""
-        return list(self._heard)
-
-    def _context_audio(self) -> np.ndarray:
-        return np.concatenate([piece for _, piece in self._context]) if self._context else _EMPTY
+        """What the decode running now on this thread (or else the one whose words were last
+        taken) hears, in order: (absolute start, seconds) of each piece of context, then of the
+        buffer."""
+        return list(getattr(self._running, "layout", self._heard))
 
     # -- decoding -----------------------------------------------------------------------
 
@@ -982,32 +1067,59 @@ class StreamingSession:
         doubt: bool = False,
     ) -> _Hypothesis:
         """Decode the buffer, after the context (`context_s`) when `with_context`; with the
-        doubt decoder (no committed text as prompt) when `doubt`."""
-        context = self._context_audio() if with_context else _EMPTY
-        pieces = [(at, p.size / SAMPLE_RATE) for at, p in self._context] if context.size else []
-        self._heard = [*pieces, (self.buffer_start, audio.size / SAMPLE_RATE)]
+        doubt decoder (no committed text as prompt) when `doubt`. A plain closing decode also
+        runs after a shorter context at the same time when the profile says so
+        (`second_context_s`), and the more confident transcript is kept."""
+        pieces = list(self._context) if with_context else []
+        second = self.profile.second_context_s
+        if not (rescue or doubt) and pieces and second > 0:
+            shorter = _tail(pieces, second)
+            if _seconds(pieces) - _seconds(shorter) >= _SECOND_CONTEXT_MIN_GAP_S:
+                run = contextvars.copy_context().run  # its spans join this step's trace
+                pending = _side_pool().submit(run, self._decode_heard, audio, shorter, True)
+                first, first_heard = self._decode_heard(audio, pieces, True)
+                other, other_heard = pending.result()
+                self.counters.second_decodes += 1
+                keep_other = confidence(other.words, other.failed) > confidence(
+                    first.words, first.failed
+                )
+                self.counters.second_kept += keep_other
+                span = trace.get_current_span()
+                span.set_attribute("asr.stream.second_context_s", _seconds(shorter))
+                span.set_attribute("asr.stream.second_context_kept", keep_other)
+                self._heard = other_heard if keep_other else first_heard
+                return other if keep_other else first
+        hypothesis, self._heard = self._decode_heard(audio, pieces, with_context, rescue, doubt)
+        return hypothesis
+
+    def _decode_heard(
+        self,
+        audio: np.ndarray,
+        pieces: Sequence[tuple[float, np.ndarray]],
+        closing: bool,
+        rescue: bool = False,
+        doubt: bool = False,
+    ) -> tuple[_Hypothesis, list[tuple[float, float]]]:
+        """Decode the context `pieces` ((absolute start, samples), in order) then the buffer,
+        with the closing decoder when `closing` (a decode that may close an utterance); returns
+        the buffer's words and what was heard (`heard_layout`). Thread-safe: reads the session,
+        changes nothing but its counters."""
+        context = np.concatenate([p for _, p in pieces]) if pieces else _EMPTY
+        heard_layout = [(at, p.size / SAMPLE_RATE) for at, p in pieces]
+        heard_layout.append((self.buffer_start, audio.size / SAMPLE_RATE))
         heard = np.concatenate([context, audio]) if context.size else audio
         trace.get_current_span().set_attribute("asr.stream.context_s", context.size / SAMPLE_RATE)
-        if rescue and self._rescue is not None:
-            self.counters.rescues += 1
-            segments = self._rescue(heard, "")
-        elif doubt and self._doubt is not None:
-            segments = self._doubt(heard, self.options.initial_prompt)
-        else:
-            prompt = (
-                self.options.initial_prompt
-                if context.size and not self.profile.context_prompt
-                else self._prompt(self._heard[0][0])
-            )
-            decode = self._closing if with_context else self._decode
-            prefix = self._context_prefix(context.size / SAMPLE_RATE) if context.size else ""
-            segments = decode(heard, prompt, prefix)
+        self._running.layout = heard_layout
+        try:
+            segments = self._decode_with(heard, pieces, heard_layout, closing, rescue, doubt)
+        finally:
+            del self._running.layout
         kept = [s for s in segments if not guards.is_silent(s)]
         text = " ".join(s.text for s in kept)
         ratio = max((s.compression_ratio for s in kept), default=0.0)
         if kept and ratio > guards.COMPRESSION_RATIO_THRESHOLD:
             self.counters.removed += sum(len(s.words) for s in kept)
-            return _Hypothesis([], [], failed=True)  # looped: wait for the next decode
+            return _Hypothesis([], [], failed=True), heard_layout  # looped: wait for the next
         said = [w for s in kept for w in s.words if w.word.strip()]
         untimed = {i for a, b in guards.untimed_runs(said) for i in range(a, b)}
         self.counters.removed += len(untimed)
@@ -1022,7 +1134,7 @@ class StreamingSession:
         words.sort(key=lambda w: w.start)
         own = [s for s in kept if s.end > lead]
         first = own[0] if own else None
-        return _Hypothesis(
+        hypothesis = _Hypothesis(
             words,
             [s.end + at for s in own],
             avg_logprob=float(np.mean([s.avg_logprob for s in kept])) if kept else 0.0,
@@ -1030,6 +1142,32 @@ class StreamingSession:
             compression_ratio=ratio if text else 0.0,
             own_logprob=float(np.mean([s.avg_logprob for s in own])) if own else None,
         )
+        return hypothesis, heard_layout
+
+    def _decode_with(
+        self,
+        heard: np.ndarray,
+        pieces: Sequence[tuple[float, np.ndarray]],
+        heard_layout: list[tuple[float, float]],
+        closing: bool,
+        rescue: bool,
+        doubt: bool,
+    ) -> list[Segment]:
+        """Run the decoder this decode calls for on `heard` (context `pieces`, then the buffer)."""
+        if rescue and self._rescue is not None:
+            self.counters.rescues += 1
+            return self._rescue(heard, "")
+        if doubt and self._doubt is not None:
+            return self._doubt(heard, self.options.initial_prompt)
+        lead = sum(seconds for _, seconds in heard_layout[:-1])
+        prompt = (
+            self.options.initial_prompt
+            if pieces and not self.profile.context_prompt
+            else self._prompt(heard_layout[0][0])
+        )
+        decode = self._closing if closing else self._decode
+        prefix = self._context_prefix(lead, pieces[0][0]) if pieces else ""
+        return decode(heard, prompt, prefix)
 
     def _commit(
         self, words: list[Word], hypothesis: _Hypothesis, end_of_utterance: bool
@@ -1086,13 +1224,13 @@ class StreamingSession:
         self.counters.interims += 1
         return [Interim(text, stability(rest, previous), start, end)]
 
-    def _context_prefix(self, lead: float) -> str:
+    def _context_prefix(self, lead: float, since: float) -> str:
         """The transcript of the context, for a decode that hears it (`context_prefix`): the
-        committed words said in it, then a segment end and start at `lead` (where the buffer
-        begins in what the decoder hears) in Whisper's 20 ms timestamp tokens."""
-        if not (self.profile.context_prefix and self._context):
+        committed words said in it (from `since`, where what it hears starts), then a segment
+        end and start at `lead` (where the buffer begins in what the decoder hears) in
+        Whisper's 20 ms timestamp tokens."""
+        if not self.profile.context_prefix:
             return ""
-        since = self._context[0][0]
         said = [w for w, start in self._prompt_words if since <= start < self.buffer_start]
         if not said:
             return ""
