@@ -265,7 +265,7 @@ def decode_utterance(
     return found, clip.size / SR, [Word(0.0, 0.0, w, p) for w, _, p in found]
 
 
-def base_model():
+def base_model(threads: int = 2):
     """whisper base as the streaming service loads it on this machine (int8, 2 threads)."""
     from faster_whisper import WhisperModel
 
@@ -273,7 +273,7 @@ def base_model():
         str(REPO / "models" / "whisper-base"),
         device="cpu",
         compute_type="int8",
-        cpu_threads=2,
+        cpu_threads=threads,
         local_files_only=True,
     )
 

@@ -1,0 +1,201 @@
+"""Choosing between closing decodes: every utterance decoded several ways, then rules that pick one.
+
+    python benchmarks/closing_candidates.py collect [--split tune] [--threads 1]
+    python benchmarks/closing_candidates.py report out/closing_candidates_tune.json
+
+`collect` cuts the conversations of a split into utterances as `utterance_context.py` does and
+decodes each one with every candidate below (whisper base, beam and context as named, short
+encoder context, only the utterance's own words kept), saving the words with their
+probabilities (JSON under out/). `report` then scores rules that keep one candidate per
+utterance: each candidate alone, and every pair and triple with the candidate of the highest
+mean word log-probability (`streaming.confidence`, the rule of
+`LatencyProfile.second_context_s`), of the highest mean word probability, or of the highest
+mean segment `avg_logprob`; WER per conversation against the first candidate alone, with a 95%
+bootstrap interval over conversations, better/worse counts; and the chosen pair with a margin
+(the second candidate kept only if surer by that much). Choose on `tune`, then look at
+`validate` once. Where `accurate`'s second closing decode came from (benchmarks/README.md, "Two
+closing decodes at once").
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "gen"), str(REPO / "tests"), str(REPO / "benchmarks")]
+os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
+
+import bench_streaming as bench  # noqa: E402
+import utterance_context as uc  # noqa: E402
+
+from asr_mesh.services.common.domain import Word  # noqa: E402
+from asr_mesh.services.transcription import streaming as st  # noqa: E402
+from support.metrics import wer  # noqa: E402
+
+CANDIDATES = {
+    "A": {"ctx": 8.0, "beam": 5, "prompt": False},  # accurate's closing decode
+    "B": {"ctx": 8.0, "beam": 5, "prompt": True},
+    "C": {"ctx": 4.0, "beam": 5, "prompt": False},
+    "D": {"ctx": 12.0, "beam": 5, "prompt": False},
+    "E": {"ctx": 0.0, "beam": 5, "prompt": False},  # the utterance alone
+    "F": {"ctx": 8.0, "beam": 1, "prompt": True},  # balanced's closing decode
+}
+"""Name → context seconds (speech only, pauses removed), beam, committed text as prompt (the
+first candidate's words: the prompt a stream of it would have)."""
+
+Candidate = list[tuple[str, float]]  # (word, probability)
+
+
+def collect(split: str, threads: int, out: Path) -> None:
+    model = uc.base_model(threads)
+    items = bench.inputs(REPO / "build" / "corpus-validate", split, 0, Path("/tmp"))
+    offline = bench.offline_texts(model, items)
+    decoders = {
+        name: st.WhisperDecoder(model, "pt", c["beam"], context_pad_s=1.0)
+        for name, c in CANDIDATES.items()
+    }
+    vad = st.silero_vad()
+    cpu = dict.fromkeys(CANDIDATES, 0.0)
+    result = []
+    for item in items:
+        audio = np.frombuffer(item.pcm, dtype="<i2").astype(np.float32) / 32768
+        ranges = vad(audio)
+        spans = uc.utterances(ranges)
+        first: list[tuple[str, float, float]] = []  # the first candidate's words: the prompt
+        utterances, previous_end = [], 0.0
+        for k, (a, b) in enumerate(spans):
+            following = spans[k + 1][0] if k + 1 < len(spans) else b + 1.0
+            found = {}
+            for name, c in CANDIDATES.items():
+                choice = uc.Choices.parse({"squeeze": "1", "prompt": "1" if c["prompt"] else "0"})
+                started = time.process_time()
+                words, _, _ = uc.decode_utterance(
+                    decoders[name], model, audio, ranges, first, (a, b), following,
+                    previous_end, c["ctx"], choice,
+                )  # fmt: skip
+                cpu[name] += time.process_time() - started
+                found[name] = [(w, p) for w, _, p in words]
+                if name == next(iter(CANDIDATES)):
+                    first.extend(words)
+            utterances.append({"start": a, "end": b, "candidates": found})
+            previous_end = b
+        result.append(
+            {
+                "input": item.name,
+                "reference": item.reference,
+                "offline": offline[item.name],
+                "utterances": utterances,
+            }
+        )
+        print(item.name, {k: round(v) for k, v in cpu.items()}, "CPU-s so far", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"split": split, "cpu_s": cpu, "items": result}), encoding="utf-8")
+    print(f"wrote {out}")
+
+
+def _words(candidate: Candidate) -> list[Word]:
+    return [Word(0.0, 0.0, w, p) for w, p in candidate]
+
+
+SCORES: dict[str, Callable[[Candidate], float]] = {
+    "logprob": lambda c: st.confidence(_words(c)),
+    "prob": lambda c: float(np.mean([p for _, p in c])) if c else -1.0,
+}
+
+
+def pick(candidates: dict[str, Candidate], names: Sequence[str], score: str, margin=0.0) -> str:
+    """The candidate a rule keeps: the highest `score` among `names`, the first one unless
+    another beats it by more than `margin`."""
+    rate = SCORES[score]
+    best = names[0]
+    for name in names[1:]:
+        if rate(candidates[name]) > rate(candidates[best]) + (margin if best == names[0] else 0):
+            best = name
+    return best
+
+
+def wers(data: dict, names: Sequence[str], score: str = "logprob", margin=0.0) -> np.ndarray:
+    """WER per conversation of the transcript the rule builds."""
+    out = []
+    for item in data["items"]:
+        words = []
+        for u in item["utterances"]:
+            kept = pick(u["candidates"], names, score, margin)
+            words += [w for w, _ in u["candidates"][kept]]
+        out.append(wer([item["reference"]], [" ".join(words)]))
+    return np.array(out)
+
+
+def paired(diff: np.ndarray, draws: int = 4000, seed: int = 0) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    means = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(draws)]
+    return tuple(float(x) for x in np.percentile(means, [2.5, 97.5]))  # type: ignore[return-value]
+
+
+def report(path: Path, top: int) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    names = list(data["items"][0]["utterances"][0]["candidates"])
+    first = names[0]
+    base = wers(data, [first])
+    plain = np.mean([wer([i["reference"]], [i["offline"]]) for i in data["items"]])
+    cpu = {k: round(v) for k, v in data["cpu_s"].items()}
+    print(
+        f"{data['split']}: plain faster-whisper on the whole files {100 * plain:.1f}%; CPU-s {cpu}"
+    )
+    rows = []
+    for size in (1, 2, 3):
+        for combo in itertools.combinations(names, size):
+            for score in ["logprob"] if size == 1 else list(SCORES):
+                got = wers(data, combo, score)
+                rows.append((got.mean(), "+".join(combo), score, got - base))
+    rows.sort(key=lambda r: r[0])
+    print(f"\n{'rule':<10} {'score':<8} {'WER':>6}  vs {first} alone (95% bootstrap)  better/worse")
+    for mean, combo, score, diff in rows[:top] + [r for r in rows[top:] if "+" not in r[1]]:
+        lo, hi = paired(diff)
+        print(
+            f"{combo:<10} {score:<8} {100 * mean:5.1f}%  {100 * diff.mean():+5.1f} "
+            f"({100 * lo:+.1f} to {100 * hi:+.1f})  {(diff < 0).sum()}/{(diff > 0).sum()}"
+        )
+    print("\nthe pair A+C (second_context_s 4 s), the 4 s transcript kept only if surer by:")
+    for margin in (0.0, 0.05, 0.1, 0.2, 0.3):
+        got = wers(data, ["A", "C"], "logprob", margin)
+        diff = got - base
+        print(f"  {margin:4.2f}: {100 * got.mean():5.1f}%  {100 * diff.mean():+5.1f}  "
+              f"{(diff < 0).sum()}/{(diff > 0).sum()}")  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("collect", help="decode every utterance with every candidate")
+    c.add_argument("--split", default="tune")
+    c.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads of the model (1: two collects at once on 2 cores)",
+    )
+    c.add_argument("--out", type=Path)
+    r = sub.add_parser("report", help="score the rules on a collected file")
+    r.add_argument("path", type=Path)
+    r.add_argument("--top", type=int, default=30)
+    args = parser.parse_args()
+    if args.command == "collect":
+        out = args.out or REPO / "out" / f"closing_candidates_{args.split}.json"
+        collect(args.split, args.threads, out)
+    else:
+        report(args.path, args.top)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
