@@ -268,9 +268,11 @@ cores; `benchmarks/bench_streaming.py --simulate --split tune`; figures on the h
   stream, paired simulations at wall clock: tune 43.3% → 41.3% (-2.0, -5.0 to +0.6), closing
   p50 1.67 → 1.75 s; validate 36.6% → 35.3% (-1.3, -3.1 to +0.4), 1.51 → 1.60 s; the hard
   files (many voices, noise) gain, the easy ones lose a little. Through the mesh on all 11
-  validate conversations: closing p50 1.56 s (1.46-1.66), finals +3.8 points (-0.7 to +7.4)
-  over the offline mesh. Costs a second decode's CPU (two workers a session on the beam
-  instance); `balanced` keeps one decode (benchmarks/README.md, "Two closing decodes at once").
+  validate conversations, two runs: closing p50 1.56 s (1.46-1.66) and 1.58 s (1.44-1.66),
+  finals +3.8 (-0.7 to +7.4) and +3.4 points (-0.2 to +6.6) over the offline mesh; -5.4
+  points (-9.1 to -1.5) against `balanced` in the same run (-3.1 to -4.0 before). Costs a
+  second decode's CPU (two workers a session on the beam instance); `balanced` keeps one
+  decode (benchmarks/README.md, "Two closing decodes at once").
 - `context_prefix`: tried, left off (it won on tune and did not hold held out). A closing
   decode transcribes the context again before the buffer, and greedy decoding goes astray or
   stops there; given the committed words as Whisper's prefix it goes on from them instead.
