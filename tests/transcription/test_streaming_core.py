@@ -1130,3 +1130,27 @@ def test_accurate_decodes_twice_at_once_and_the_service_gives_it_the_workers():
     assert s.PROFILES["accurate"].decodes_at_once == 2
     assert s.PROFILES["balanced"].decodes_at_once == 1
     assert stream_beam_workers(TranscriptionSettings(max_streams=3)) == 6
+
+
+def test_a_step_s_span_says_what_each_decode_of_a_pair_heard_and_which_was_kept(monkeypatch):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(s, "tracer", provider.get_tracer("test"))
+    _, session, _, _ = _second_context_run(
+        lambda t: PairDecoder(t, full=lambda segs: _unsure(segs, "errado"))
+    )
+    pairs = [
+        span.attributes
+        for span in exporter.get_finished_spans()
+        if "asr.stream.second_context_s" in span.attributes
+    ]
+    assert len(pairs) == session.counters.second_decodes > 0
+    for attributes in pairs:
+        assert attributes["asr.stream.second_context_s"] == pytest.approx(4.0)
+        assert attributes["asr.stream.context_s"] > 4.5  # the full context, not the second's
+        assert attributes["asr.stream.second_context_kept"] is True

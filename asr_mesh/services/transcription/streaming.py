@@ -1073,6 +1073,8 @@ class StreamingSession:
         runs after a shorter context at the same time when the profile says so
         (`second_context_s`), and the more confident transcript is kept."""
         pieces = list(self._context) if with_context else []
+        # Set here, not per decode: a second decode (below) shares this step's span.
+        trace.get_current_span().set_attribute("asr.stream.context_s", _seconds(pieces))
         second = self.profile.second_context_s
         if not (rescue or doubt) and pieces and second > 0:
             shorter = _tail(pieces, second)
@@ -1110,7 +1112,6 @@ class StreamingSession:
         heard_layout = [(at, p.size / SAMPLE_RATE) for at, p in pieces]
         heard_layout.append((self.buffer_start, audio.size / SAMPLE_RATE))
         heard = np.concatenate([context, audio]) if context.size else audio
-        trace.get_current_span().set_attribute("asr.stream.context_s", context.size / SAMPLE_RATE)
         self._running.layout = heard_layout
         try:
             segments = self._decode_with(heard, pieces, heard_layout, closing, rescue, doubt)
