@@ -1098,6 +1098,7 @@ def test_a_looping_second_decode_never_wins_and_without_the_option_none_runs():
     )
     assert final_words(events) == [w.word for w in truth]  # unsure, but not a loop
     assert session.counters.second_decodes > 0 and session.counters.second_kept == 0
+    assert session.counters.removed == 0  # the loop was the transcript not kept: nothing removed
     truth, session, closing, events = _second_context_run(PairDecoder, second_context_s=0)
     assert final_words(events) == [w.word for w in truth]
     assert session.counters.second_decodes == 0

@@ -595,6 +595,8 @@ class _Hypothesis:
     """The decode looped (compression-ratio guard): its words were thrown away."""
     own_logprob: float | None = None
     """Mean `avg_logprob` of the segments that reach into the buffer (None: none did)."""
+    removed: int = 0
+    """Words the guards threw away (a loop, words piled at one instant)."""
 
 
 class StreamingSession:
@@ -1088,12 +1090,14 @@ class StreamingSession:
                     first.words, first.failed
                 )
                 self.counters.second_kept += keep_other
+                self.counters.removed += (other if keep_other else first).removed
                 span = trace.get_current_span()
                 span.set_attribute("asr.stream.second_context_s", _seconds(shorter))
                 span.set_attribute("asr.stream.second_context_kept", keep_other)
                 self._heard = other_heard if keep_other else first_heard
                 return other if keep_other else first
         hypothesis, self._heard = self._decode_heard(audio, pieces, with_context, rescue, doubt)
+        self.counters.removed += hypothesis.removed
         return hypothesis
 
     def _decode_heard(
@@ -1107,7 +1111,8 @@ class StreamingSession:
         """Decode the context `pieces` ((absolute start, samples), in order) then the buffer,
         with the closing decoder when `closing` (a decode that may close an utterance); returns
         the buffer's words and what was heard (`heard_layout`). Thread-safe: reads the session,
-        changes nothing but its counters."""
+        changes nothing (the caller counts what the guards removed from the decode it keeps;
+        a rescue counts itself)."""
         context = np.concatenate([p for _, p in pieces]) if pieces else _EMPTY
         heard_layout = [(at, p.size / SAMPLE_RATE) for at, p in pieces]
         heard_layout.append((self.buffer_start, audio.size / SAMPLE_RATE))
@@ -1121,11 +1126,10 @@ class StreamingSession:
         text = " ".join(s.text for s in kept)
         ratio = max((s.compression_ratio for s in kept), default=0.0)
         if kept and ratio > guards.COMPRESSION_RATIO_THRESHOLD:
-            self.counters.removed += sum(len(s.words) for s in kept)
-            return _Hypothesis([], [], failed=True), heard_layout  # looped: wait for the next
+            looped = sum(len(s.words) for s in kept)
+            return _Hypothesis([], [], failed=True, removed=looped), heard_layout  # wait
         said = [w for s in kept for w in s.words if w.word.strip()]
         untimed = {i for a, b in guards.untimed_runs(said) for i in range(a, b)}
-        self.counters.removed += len(untimed)
         # Words heard in the context (their middle before the buffer) were committed already.
         lead = context.size / SAMPLE_RATE
         at = self.buffer_start - lead
@@ -1144,6 +1148,7 @@ class StreamingSession:
             no_speech_prob=first.no_speech_prob if first else 0.0,
             compression_ratio=ratio if text else 0.0,
             own_logprob=float(np.mean([s.avg_logprob for s in own])) if own else None,
+            removed=len(untimed),
         )
         return hypothesis, heard_layout
 
