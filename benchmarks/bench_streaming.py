@@ -11,6 +11,11 @@ each event arrives. Reported per input and profile:
 - final latency p50/p95: received_s - end of each final result (received_s counts from the
   first audio sent; audio is sent at real time, so this is how long after a word was spoken
   its final text arrived);
+- phrase-end latency: from the end of each phrase of the reference (a turn of the RTTM that
+  ends in a pause, `phrase_ends`) to the arrival of the first final reaching it. Unlike the
+  EOU latency it is measured at the same phrase ends whatever the profile calls an utterance:
+  a profile with a longer endpoint silence closes fewer utterances, and the finals of the
+  phrases it runs together (turns 0.3-0.5 s apart) wait for a later endpoint;
 - first-interim latency: from the start of an utterance (speech-begin offset) to the first
   interim text of it;
 - WER of the finals against the reference text, and against the offline mesh (`Transcribe`,
@@ -45,6 +50,11 @@ from asr_mesh.client.sdk import GatewayClient, StreamOptions, TranscribeOptions 
 from support.metrics import wer  # noqa: E402
 
 CHUNK = 3200  # bytes: 100 ms of 16 kHz s16le
+PHRASE_PAUSES_S = (0.3, 0.5)
+"""Phrase ends are reported for reference turns followed by at least these pauses."""
+FINAL_REACH_S = 0.4
+"""A final reaches a phrase end when its last word ends at most this long before the turn's end
+in the RTTM (Whisper's word ends fall a little before the synthesised turn's)."""
 
 
 @dataclass
@@ -53,6 +63,8 @@ class Input:
     pcm: bytes
     reference: str  # "" when the audio was cut and no reference fits
     path: Path  # a file holding exactly this audio (for the offline mesh)
+    phrases: list[tuple[float, float]] = field(default_factory=list)
+    """(end, pause after it) of each reference phrase (`phrase_ends`); empty without an RTTM."""
 
     @property
     def duration(self) -> float:
@@ -100,7 +112,8 @@ def inputs(corpus: Path, split: str, long_seconds: float, tmp: Path) -> list[Inp
         if "split" in entry and split and entry["split"] != split:
             continue
         path = corpus / entry["audio"]
-        chosen.append(Input(path.stem, decode(path), entry.get("text", ""), path))
+        phrases = reference_phrases(corpus, entry)
+        chosen.append(Input(path.stem, decode(path), entry.get("text", ""), path, phrases))
     longs = [e for e in manifest.get("long", []) if not split or e.get("split", split) == split]
     for entry in longs[:1]:
         if long_seconds <= 0:
@@ -130,6 +143,67 @@ def inputs(corpus: Path, split: str, long_seconds: float, tmp: Path) -> list[Inp
         )
         chosen.append(Input(f"{path.stem}[:{int(long_seconds)}s]", pcm, "", cut))
     return chosen
+
+
+def reference_phrases(corpus: Path, entry: dict) -> list[tuple[float, float]]:
+    """`phrase_ends` of a manifest entry's RTTM (none without one)."""
+    rttm = entry.get("rttm")
+    return phrase_ends((corpus / rttm).read_text(encoding="utf-8")) if rttm else []
+
+
+def phrase_ends(rttm: str) -> list[tuple[float, float]]:
+    """(end, pause after it) of each reference turn (RTTM text) that ends in silence: no other
+    turn runs across its end, and the pause lasts until the next turn starts (inf after the
+    last). Turns that another speaker talks over, or that the next one starts on, are left out."""
+    turns = []
+    for line in rttm.splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[0] == "SPEAKER":
+            start = float(fields[3])
+            turns.append((start, start + float(fields[4])))
+    turns.sort()
+    out = []
+    for i, (_, end) in enumerate(turns):
+        if any(a < end < b for j, (a, b) in enumerate(turns) if j != i):
+            continue
+        following = [a for a, _ in turns if a >= end]
+        pause = round(min(following) - end, 3) if following else float("inf")  # RTTM: ms
+        if pause > 0:
+            out.append((end, pause))
+    return out
+
+
+def phrase_end_latencies(
+    finals: list[tuple[float, float]], phrases: list[tuple[float, float]], min_pause: float
+) -> list[float]:
+    """For each phrase end followed by at least `min_pause` of silence, how long after it the
+    first final reaching it (`FINAL_REACH_S`) arrived. `finals`: (end, arrival) pairs, both in
+    seconds of audio since the stream began. A phrase no final reaches is left out."""
+    out = []
+    for end, pause in phrases:
+        if pause < min_pause:
+            continue
+        arrivals = [at for reach, at in finals if reach >= end - FINAL_REACH_S]
+        if arrivals:
+            out.append(min(arrivals) - end)
+    return out
+
+
+def phrase_lines(label: str, inputs: list[tuple[list, list]]) -> list[str]:
+    """One line per `PHRASE_PAUSES_S`: p50 (95% bootstrap) and p95 of the phrase-end latency,
+    pooled over `inputs`: (finals as (end, arrival), phrases) of each."""
+    lines = []
+    for pause in PHRASE_PAUSES_S:
+        lat = [
+            x for finals, phrases in inputs for x in phrase_end_latencies(finals, phrases, pause)
+        ]
+        lo, hi = bootstrap(lat, 50)
+        lines.append(
+            f"  {label}phrase ends (reference turns, pause >= {pause:g} s): p50 "
+            f"{pct(lat, 50):.2f} s (95% bootstrap {lo:.2f}-{hi:.2f}), p95 {pct(lat, 95):.2f} s, "
+            f"n={len(lat)}"
+        )
+    return lines
 
 
 def stream(client: GatewayClient, pcm: bytes, profile: str) -> Run:
@@ -402,6 +476,7 @@ def simulate(
             row = {
                 "input": item.name,
                 "duration_s": item.duration,
+                "phrases": [[end, min(pause, 1e9)] for end, pause in item.phrases],
                 "finals": finals,
                 "first_interim": first_interims(records),
                 "decodes": len(timed),
@@ -446,6 +521,11 @@ def summarise(variant: str, rows: list[dict]) -> None:
             flush=True,
         )
     print("  " + closing_waits_line(rows), flush=True)
+    sim_inputs = [
+        ([(f["end"], f["made_at"]) for f in r["finals"]], r.get("phrases", [])) for r in rows
+    ]
+    for line in phrase_lines("", sim_inputs):
+        print(line, flush=True)
 
 
 def closing_waits_line(rows: list[dict]) -> str:
@@ -694,6 +774,16 @@ def main() -> int:
             data = json.loads(path.read_text(encoding="utf-8"))
             for variant, rows in data["variants"].items():
                 pooled.setdefault(variant, []).extend(rows)
+        # Runs saved before the phrase ends were recorded: take them from --corpus.
+        manifest = args.corpus / "manifest.json"
+        entries = (
+            json.loads(manifest.read_text("utf-8")).get("dia", []) if manifest.is_file() else []
+        )
+        known = {Path(e["audio"]).stem: e for e in entries}
+        for rows in pooled.values():
+            for row in rows:
+                if "phrases" not in row and row["input"] in known:
+                    row["phrases"] = reference_phrases(args.corpus, known[row["input"]])
         for variant, rows in pooled.items():
             for row in rows:
                 print_sim_row(variant, row)
@@ -759,6 +849,8 @@ def main() -> int:
                     "error": run.error,
                     "final_latency": run.final_latencies(),
                     "eou_latency": run.final_latencies(eou_only=True),
+                    "phrases": [[end, min(pause, 1e9)] for end, pause in item.phrases],
+                    "final_reach": [[f["end"], f["received_s"]] for f in run.finals],
                     "first_interim_latency": run.first_interim_latencies(),
                     "wer_finals_ref": wer([item.reference], [run.text]) if item.reference else None,
                     "wer_offline_ref": wer([item.reference], [offline[item.name]])
@@ -863,6 +955,11 @@ def report(results: dict, png: Path) -> None:
                     f"  {profile} {label} p{q}: {pct(lat, q):.2f} s "
                     f"(95% bootstrap interval {lo:.2f}-{hi:.2f}, n={len(lat)})"
                 )
+        mesh_inputs = [
+            ([tuple(x) for x in r.get("final_reach", [])], r.get("phrases", [])) for r in rows
+        ]
+        for line in phrase_lines(f"{profile} ", mesh_inputs):
+            print(line)
     for line in wer_gap_lines(results["profiles"]):
         print(line)
     print("\nconcurrent sessions (first input, real time): final latency")

@@ -74,3 +74,40 @@ def test_closing_finals_that_waited_for_a_decode_and_those_at_the_stream_s_end()
         "closing finals that waited for a decode of their own: 2 of 4 "
         "(1 a stream's last phrase); that decode p50 2.00 s"
     )
+
+
+RTTM = """SPEAKER conv 1 0.500 3.000 <NA> <NA> a <NA> <NA>
+SPEAKER conv 1 3.800 2.000 <NA> <NA> b <NA> <NA>
+SPEAKER conv 1 5.600 3.000 <NA> <NA> a <NA> <NA>
+SPEAKER conv 1 6.000 0.500 <NA> <NA> b <NA> <NA>
+SPEAKER conv 1 9.200 1.000 <NA> <NA> b <NA> <NA>
+"""
+
+
+def test_phrase_ends_are_turn_ends_followed_by_silence():
+    # 3.5 (pause 0.3 before b), 5.8 is talked over by a's turn from 5.6, 6.5 lies inside a's
+    # turn (a backchannel), 8.6 (pause 0.6), 10.2 the last (pause inf).
+    ends = bench.phrase_ends(RTTM)
+    assert [round(e, 3) for e, _ in ends] == [3.5, 8.6, 10.2]
+    assert [round(p, 3) for _, p in ends[:2]] == [0.3, 0.6]
+    assert ends[2][1] == float("inf")
+
+
+def test_phrase_end_latency_is_the_first_final_reaching_the_end_whatever_closes_it():
+    phrases = bench.phrase_ends(RTTM)
+    # (end of the final's last word, arrival): the first phrase's words end at 3.3 (within
+    # FINAL_REACH_S of 3.5) and arrive at 7.0: a profile that ran the first two turns into one
+    # utterance; the second phrase's at 8.5 arrive at 9.9; nothing reaches the last one.
+    finals = [(2.0, 4.0), (3.3, 7.0), (8.5, 9.9)]
+    assert [round(x, 2) for x in bench.phrase_end_latencies(finals, phrases, 0.3)] == [3.5, 1.3]
+    assert [round(x, 2) for x in bench.phrase_end_latencies(finals, phrases, 0.5)] == [1.3]
+    # A final that stops short of a phrase end does not reach it: the next one counts.
+    assert [
+        round(x, 2) for x in bench.phrase_end_latencies([(3.0, 4.0), (8.5, 9.9)], phrases, 0.3)
+    ] == [6.4, 1.3]
+    lines = bench.phrase_lines("accurate ", [(finals, phrases)])
+    assert lines[0].startswith(
+        "  accurate phrase ends (reference turns, pause >= 0.3 s): p50 2.40 s"
+    )
+    assert lines[0].endswith("n=2")
+    assert lines[1].endswith("n=1")
