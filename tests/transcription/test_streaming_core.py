@@ -871,7 +871,8 @@ def _doubt_run(
 ):
     """Three utterances streamed with `closing` for the closing decodes and `doubt` to decode
     a doubtful one again; the grid decoder plain. `mid_pause_s`: a pause that long in the
-    middle of each utterance (longer than the speculation silence, shorter than the endpoint)."""
+    middle of each utterance (with the gap between words, longer than the speculation silence
+    and shorter than the endpoint silence, which the caller sets to 0.5 s here)."""
     rng = random.Random(seed)
     truth = script(rng, 30, pause_every=10)
     if mid_pause_s:
@@ -883,7 +884,8 @@ def _doubt_run(
     grid = ScriptedDecoder(truth, rng)
     profile = replace(s.PROFILES["balanced"], doubt_logprob=threshold)
     decoders = {"closing": closing(truth), "doubt": doubt(truth)}
-    session = scripted_session(truth, grid, profile=profile, **decoders)
+    options = s.SessionOptions(profile="balanced", endpoint_silence_s=0.5)
+    session = scripted_session(truth, grid, options, profile=profile, **decoders)
     events = []
     for _ in range(int((truth[-1].end + 2) / 0.1)):
         session.push(np.zeros(1600, dtype=np.int16))
@@ -920,7 +922,7 @@ def test_only_an_utterance_s_end_waits_for_a_redecode_not_a_pause_inside_it():
         mid_pause_s=0.15,
     )
     assert final_words(events) == [w.word for w in truth]
-    endpoint_s = s.PROFILES["balanced"].endpoint_silence_s
+    endpoint_s = session.options.endpoint_silence_s
     ends = [start + seconds for start, seconds in (layout[-1] for layout in d["doubt"].layouts)]
     for end in ends:  # each ran once its utterance had ended (or the stream had)
         spoken = [w for w in truth if w.start < end]

@@ -190,7 +190,7 @@ PROFILES = {
         max_buffer_s=15.0,
         beam_size=1,
         agreement=2,
-        endpoint_silence_s=0.5,
+        endpoint_silence_s=0.3,
         speculate_silence_s=0.2,
         context_pad_s=1.0,
         context_s=8.0,
@@ -273,6 +273,19 @@ cores; `benchmarks/bench_streaming.py --simulate --split tune`; figures on the h
   points (-9.1 to -1.5) against `balanced` in the same run (-3.1 to -4.0 before). Costs a
   second decode's CPU (two workers a session on the beam instance); `balanced` keeps one
   decode (benchmarks/README.md, "Two closing decodes at once").
+- `accurate`'s `endpoint_silence_s` 0.3 s (was 0.5 s, as `balanced`'s; `low_latency` has 0.3):
+  many turns in conversation follow each other 0.3-0.5 s apart, and a 0.5 s endpoint ran them
+  into one utterance, the first one's words final only at the second one's end. Measured at
+  the reference's phrase ends (turn ends followed by a pause; `bench_streaming.py` reports it
+  whatever a profile calls an utterance), simulated on tune: phrase ends with a pause of
+  0.3 s or more, p50 4.16 → 1.89 s (`accurate`) and 4.16 → 1.38 s (`balanced`); those with
+  0.5 s or more not slower; finals' WER +0.1 points (-1.5 to +1.9) and +1.1 (-3.1 to +5.2)
+  per file. 0.4 s helped little (3.59 s). Held out (paired simulation, validate): `accurate`
+  2.93 → 1.58 s at those phrase ends, closing finals 1.71 → 1.56 s, finals' WER -1.1 points
+  (-4.4 to +2.1): taken. `balanced` 2.81 → 1.38 s but its finals' WER +4.0 points (+1.3 to
+  +6.6), worse on 9 of 11 (greedy with the committed text as prompt, a shorter utterance is
+  misheard more): not taken, `balanced` keeps 0.5 s. benchmarks/README.md, "Phrase ends the
+  endpoint ran together".
 - `context_prefix`: tried, left off (it won on tune and did not hold held out). A closing
   decode transcribes the context again before the buffer, and greedy decoding goes astray or
   stops there; given the committed words as Whisper's prefix it goes on from them instead.
