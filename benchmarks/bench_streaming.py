@@ -498,6 +498,8 @@ def simulate(
                 out_json.write_text(json.dumps(results, indent=1, ensure_ascii=False))
         results["variants"][variant] = rows
         summarise(variant, rows)
+    for line in variant_wer_lines(results["variants"]):
+        print(line, flush=True)
     results["load_after"] = os.getloadavg()
     if out_json:
         out_json.parent.mkdir(parents=True, exist_ok=True)
@@ -526,6 +528,25 @@ def summarise(variant: str, rows: list[dict]) -> None:
     ]
     for line in phrase_lines("", sim_inputs):
         print(line, flush=True)
+
+
+def variant_wer_lines(variants: dict[str, list[dict]]) -> list[str]:
+    """`wer_gap_lines` for simulated variants, each group of one profile apart (`accurate`,
+    `accurate:endpoint_silence_s=0.3`, ...): every variant's finals against plain
+    faster-whisper, and each later variant against the group's first, per input."""
+    groups: dict[str, dict[str, list[dict]]] = {}
+    for variant, rows in variants.items():
+        groups.setdefault(variant.split(":")[0], {})[variant] = [
+            {
+                "input": r["input"],
+                "wer_finals_ref": r["wer_ref"],
+                "wer_offline_ref": r["wer_offline_ref"],
+                "error": "",
+            }
+            for r in rows
+        ]
+    plain = "plain faster-whisper"  # the simulation's stand-in for the offline mesh
+    return [line for group in groups.values() for line in wer_gap_lines(group, baseline=plain)]
 
 
 def closing_waits_line(rows: list[dict]) -> str:
@@ -663,7 +684,9 @@ def mean_interval(values: list[float], rounds: int = 2000) -> tuple[float, float
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def wer_gap_lines(profiles: dict[str, list[dict]], within: float = 0.03) -> list[str]:
+def wer_gap_lines(
+    profiles: dict[str, list[dict]], within: float = 0.03, baseline: str = "the offline mesh"
+) -> list[str]:
     """The issue's WER goal per profile: finals' WER minus the offline mesh's, per input (the
     mean over inputs with its bootstrap interval, and on how many it is within `within`), then
     each later profile against the first on the same inputs."""
@@ -678,7 +701,7 @@ def wer_gap_lines(profiles: dict[str, list[dict]], within: float = 0.03) -> list
         lo, hi = mean_interval(gaps)
         near = sum(g <= within + 1e-9 for g in gaps)
         lines.append(
-            f"  {profile} finals vs the offline mesh: {100 * np.mean(gaps):+.1f} points "
+            f"  {profile} finals vs {baseline}: {100 * np.mean(gaps):+.1f} points "
             f"(95% bootstrap over inputs {100 * lo:+.1f} to {100 * hi:+.1f}), within "
             f"{100 * within:g} points on {near} of {len(gaps)}"
         )
@@ -788,6 +811,8 @@ def main() -> int:
             for row in rows:
                 print_sim_row(variant, row)
             summarise(variant, rows)
+        for line in variant_wer_lines(pooled):
+            print(line)
         return 0
     if args.simulate:
         with tempfile.TemporaryDirectory() as tmp:

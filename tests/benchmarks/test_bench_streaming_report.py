@@ -111,3 +111,26 @@ def test_phrase_end_latency_is_the_first_final_reaching_the_end_whatever_closes_
     )
     assert lines[0].endswith("n=2")
     assert lines[1].endswith("n=1")
+
+
+def test_simulated_variants_are_paired_with_the_first_of_their_own_profile():
+    def sim(wers):
+        return [
+            {"input": f"in{k}", "wer_ref": w, "wer_offline_ref": 0.1} for k, w in enumerate(wers)
+        ]
+
+    lines = bench.variant_wer_lines(
+        {
+            "accurate": sim([0.2, 0.3, 0.4]),
+            "accurate:endpoint_silence_s=0.3": sim([0.1, 0.3, 0.3]),  # -10, 0, -10 points
+            "balanced": sim([0.3, 0.3, 0.3]),
+            "balanced:endpoint_silence_s=0.3": sim([0.4, 0.4, 0.3]),  # +10, +10, 0 points
+        }
+    )
+    assert lines[0].startswith("  accurate finals vs plain faster-whisper: +20.0 points")
+    paired = [line for line in lines if " - " in line]
+    assert paired[0].startswith("  accurate:endpoint_silence_s=0.3 - accurate: -6.7 points")
+    assert paired[0].endswith("better on 2 of 3")
+    assert paired[1].startswith("  balanced:endpoint_silence_s=0.3 - balanced: +6.7 points")
+    assert paired[1].endswith("better on 0 of 3")
+    assert len(paired) == 2  # never a variant of one profile against another profile

@@ -279,10 +279,10 @@ cores; `benchmarks/bench_streaming.py --simulate --split tune`; figures on the h
   the reference's phrase ends (turn ends followed by a pause; `bench_streaming.py` reports it
   whatever a profile calls an utterance), simulated on tune: phrase ends with a pause of
   0.3 s or more, p50 4.16 → 1.89 s (`accurate`) and 4.16 → 1.38 s (`balanced`); those with
-  0.5 s or more not slower; finals' WER +0.1 points (-1.5 to +1.9) and +1.1 (-3.1 to +5.2)
+  0.5 s or more not slower; finals' WER +0.1 points (-1.6 to +1.9) and +1.1 (-3.1 to +5.1)
   per file. 0.4 s helped little (3.59 s). Held out (paired simulation, validate): `accurate`
   2.93 → 1.58 s at those phrase ends, closing finals 1.71 → 1.56 s, finals' WER -1.1 points
-  (-4.4 to +2.1): taken. `balanced` 2.81 → 1.38 s but its finals' WER +4.0 points (+1.3 to
+  (-4.2 to +2.2): taken. `balanced` 2.81 → 1.38 s but its finals' WER +4.0 points (+1.3 to
   +6.6), worse on 9 of 11 (greedy with the committed text as prompt, a shorter utterance is
   misheard more): not taken, `balanced` keeps 0.5 s. benchmarks/README.md, "Phrase ends the
   endpoint ran together".
