@@ -20,6 +20,8 @@ each event arrives. Reported per input and profile:
   interim text of it;
 - WER of the finals against the reference text, and against the offline mesh (`Transcribe`,
   no diarization) on the same audio, and the offline mesh's own WER;
+- the finals' errors by kind, pooled (substitutions, deletions, insertions per reference word),
+  beside the offline transcript's: a phrase that never got a final shows as deletions;
 - RTF: decode time / audio time of the session.
 
 Then capacity: N sessions of the first conversation at once (N = 1, 2, ...), final latency p95
@@ -47,7 +49,7 @@ sys.path[:0] = [str(REPO), str(REPO / "gen"), str(REPO / "tests")]
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
 
 from asr_mesh.client.sdk import GatewayClient, StreamOptions, TranscribeOptions  # noqa: E402
-from support.metrics import wer  # noqa: E402
+from support.metrics import error_counts, wer  # noqa: E402
 
 CHUNK = 3200  # bytes: 100 ms of 16 kHz s16le
 PHRASE_PAUSES_S = (0.3, 0.5)
@@ -204,6 +206,28 @@ def phrase_lines(label: str, inputs: list[tuple[list, list]]) -> list[str]:
             f"n={len(lat)}"
         )
     return lines
+
+
+def error_lines(label: str, rows: list[dict], baseline: str = "the offline mesh") -> list[str]:
+    """The finals' errors by kind, pooled over the rows that counted them (`error_counts`), and
+    the baseline's on the same inputs: a phrase that never got a final shows as deletions."""
+    counted = [r for r in rows if r.get("errors", {}).get("words")]
+    if not counted:
+        return []
+
+    def kinds(key: str) -> str:
+        total = {k: sum(r[key][k] for r in counted) for k in counted[0][key]}
+        n = total["words"]
+        return ", ".join(
+            f"{kind} {100 * total[kind] / n:.1f}%"
+            for kind in ("substitutions", "deletions", "insertions")
+        )
+
+    words = sum(r["errors"]["words"] for r in counted)
+    line = f"  {label}finals' errors: {kinds('errors')} of {words} reference words"
+    if all(r.get("errors_offline", {}).get("words") for r in counted):
+        line += f" ({baseline}: {kinds('errors_offline')})"
+    return [line]
 
 
 def stream(client: GatewayClient, pcm: bytes, profile: str) -> Run:
@@ -485,6 +509,8 @@ def simulate(
                 "wer_offline_ref": wer([item.reference], [offline[item.name]])
                 if item.reference
                 else None,
+                "errors": error_counts([item.reference], [text]),
+                "errors_offline": error_counts([item.reference], [offline[item.name]]),
                 "processing_s": session.counters.processing_s,
                 "rescues": session.counters.rescues,
                 "redecodes": session.counters.redecodes,
@@ -527,6 +553,8 @@ def summarise(variant: str, rows: list[dict]) -> None:
         ([(f["end"], f["made_at"]) for f in r["finals"]], r.get("phrases", [])) for r in rows
     ]
     for line in phrase_lines("", sim_inputs):
+        print(line, flush=True)
+    for line in error_lines("", rows, baseline="plain faster-whisper"):
         print(line, flush=True)
 
 
@@ -797,16 +825,27 @@ def main() -> int:
             data = json.loads(path.read_text(encoding="utf-8"))
             for variant, rows in data["variants"].items():
                 pooled.setdefault(variant, []).extend(rows)
-        # Runs saved before the phrase ends were recorded: take them from --corpus.
+        # Runs saved before the phrase ends and error counts were recorded: from --corpus (and
+        # the cached plain faster-whisper transcripts).
         manifest = args.corpus / "manifest.json"
         entries = (
             json.loads(manifest.read_text("utf-8")).get("dia", []) if manifest.is_file() else []
         )
         known = {Path(e["audio"]).stem: e for e in entries}
+        cache = REPO / "out" / "bench_streaming_offline.json"
+        plain = json.loads(cache.read_text(encoding="utf-8")) if cache.is_file() else {}
         for rows in pooled.values():
             for row in rows:
-                if "phrases" not in row and row["input"] in known:
-                    row["phrases"] = reference_phrases(args.corpus, known[row["input"]])
+                entry = known.get(row["input"])
+                if entry is None:
+                    continue
+                if "phrases" not in row:
+                    row["phrases"] = reference_phrases(args.corpus, entry)
+                if "errors" not in row and entry.get("text"):
+                    said = " ".join(f["text"] for f in row["finals"])
+                    row["errors"] = error_counts([entry["text"]], [said])
+                    if row["input"] in plain:
+                        row["errors_offline"] = error_counts([entry["text"]], [plain[row["input"]]])
         for variant, rows in pooled.items():
             for row in rows:
                 print_sim_row(variant, row)
@@ -882,6 +921,8 @@ def main() -> int:
                     if item.reference
                     else None,
                     "wer_finals_vs_offline": wer([offline[item.name]], [run.text]),
+                    "errors": error_counts([item.reference], [run.text]),
+                    "errors_offline": error_counts([item.reference], [offline[item.name]]),
                     "rtf": run.summary.get("processing_s", 0)
                     / max(run.summary.get("audio_s", 0), 1e-6),
                     "summary": run.summary,
@@ -984,6 +1025,8 @@ def report(results: dict, png: Path) -> None:
             ([tuple(x) for x in r.get("final_reach", [])], r.get("phrases", [])) for r in rows
         ]
         for line in phrase_lines(f"{profile} ", mesh_inputs):
+            print(line)
+        for line in error_lines(f"{profile} ", rows):
             print(line)
     for line in wer_gap_lines(results["profiles"]):
         print(line)

@@ -134,3 +134,25 @@ def test_simulated_variants_are_paired_with_the_first_of_their_own_profile():
     assert paired[1].startswith("  balanced:endpoint_silence_s=0.3 - balanced: +6.7 points")
     assert paired[1].endswith("better on 0 of 3")
     assert len(paired) == 2  # never a variant of one profile against another profile
+
+
+def test_a_phrase_without_a_final_shows_as_deletions_pooled_over_inputs():
+    from support.metrics import error_counts
+
+    reference = "o plano de saúde cobre a cirurgia. Você viu o jogo?"
+    lost = error_counts([reference], ["você viu o jogo"])  # the first phrase got no final
+    assert lost == {"substitutions": 0, "deletions": 7, "insertions": 0, "words": 11}
+    misheard = error_counts([reference], ["o plano de saú cobre a cirurgia você viu o jogo ontem"])
+    assert misheard == {"substitutions": 1, "deletions": 0, "insertions": 1, "words": 11}
+    assert error_counts([""], ["ruído"])["words"] == 0  # no reference: not counted
+    rows = [
+        {"errors": lost, "errors_offline": misheard},
+        {"errors": misheard, "errors_offline": misheard},
+    ]
+    (line,) = bench.error_lines("accurate ", rows, baseline="plain faster-whisper")
+    assert line == (
+        "  accurate finals' errors: substitutions 4.5%, deletions 31.8%, insertions 4.5% of 22 "
+        "reference words (plain faster-whisper: substitutions 9.1%, deletions 0.0%, "
+        "insertions 9.1%)"
+    )
+    assert bench.error_lines("", [{"input": "old run"}]) == []  # nothing counted: no line

@@ -43,3 +43,20 @@ def wer(references: list[str], hypotheses: list[str]) -> float:
     if not pairs:
         return 0.0
     return jiwer.wer([r for r, _ in pairs], [h for _, h in pairs])
+
+
+def error_counts(references: list[str], hypotheses: list[str]) -> dict[str, int]:
+    """What `wer` sums, by kind: substitutions, deletions and insertions over the pairs with a
+    reference, after normalisation, and the reference's words. Deletions are words the
+    hypothesis left out: a phrase that got no transcript at all shows there, not in the rest."""
+    pairs = [(normalize(r), normalize(h)) for r, h in zip(references, hypotheses)]
+    pairs = [(r, h) for r, h in pairs if r]
+    counts = {"substitutions": 0, "deletions": 0, "insertions": 0, "words": 0}
+    if not pairs:
+        return counts
+    out = jiwer.process_words([r for r, _ in pairs], [h for _, h in pairs])
+    counts["substitutions"] = out.substitutions
+    counts["deletions"] = out.deletions
+    counts["insertions"] = out.insertions
+    counts["words"] = sum(len(r.split()) for r, _ in pairs)
+    return counts
