@@ -794,6 +794,40 @@ def test_a_sentence_said_again_in_no_time_is_not_committed():
     assert final_words(events) == [w.word for w in truth]
 
 
+class SilenceFirstDecoder(ScriptedDecoder):
+    """Hears nothing when its buffer opens with more than 0.6 s of silence: Whisper's no-speech
+    rule, which faster-whisper applies to the whole window (seen on a conversation in pink
+    noise: a phrase after a 1 s pause got no final at all)."""
+
+    def __call__(self, audio: np.ndarray, prompt: str, prefix: str = "") -> list[Segment]:
+        segments = super().__call__(audio, prompt)
+        start, seconds = self.layouts[-1][-1]
+        onset = min(
+            (w.start for w in self.truth if start <= w.start < start + seconds), default=None
+        )
+        return [] if onset is None or onset - start > 0.6 else segments
+
+
+@pytest.mark.parametrize("profile", sorted(s.PROFILES))
+def test_the_pause_before_a_phrase_is_cut_so_the_decoder_does_not_call_it_silence(profile):
+    rng = random.Random(11)
+    truth = script(rng, 40, pause_every=10, pause_s=1.5)
+    chosen = s.PROFILES[profile]
+    for keep in (chosen.lead_silence_s, 0.0):
+        decoder = SilenceFirstDecoder(truth, random.Random(11))
+        session = scripted_session(truth, decoder, profile=replace(chosen, lead_silence_s=keep))
+        events = _stream_through(session, truth)
+        if keep:
+            assert final_words(events) == [w.word for w in truth]
+            assert all(  # no decode heard more than `keep` (and a chunk) before the speech
+                min((w.start for w in truth if a <= w.start < a + d), default=a) - a
+                <= keep + 0.1 + 1e-6
+                for a, d in (layout[-1] for layout in decoder.layouts)
+            )
+        else:  # what the profile's setting is for: kept whole, the pause loses phrases
+            assert len(final_words(events)) < len(truth)
+
+
 def test_closing_decodes_go_to_the_closing_decoder_and_only_they():
     rng = random.Random(6)
     truth = script(rng, 30, pause_every=10)
