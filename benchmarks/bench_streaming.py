@@ -21,7 +21,8 @@ each event arrives. Reported per input and profile:
 - WER of the finals against the reference text, and against the offline mesh (`Transcribe`,
   no diarization) on the same audio, and the offline mesh's own WER;
 - the finals' errors by kind, pooled (substitutions, deletions, insertions per reference word),
-  beside the offline transcript's: a phrase that never got a final shows as deletions;
+  beside the offline transcript's: a phrase that never got a final shows as deletions; and
+  the reference turns of 1.5 s or more that no final covers (`uncovered_turns`);
 - RTF: decode time / audio time of the session.
 
 Then capacity: N sessions of the first conversation at once (N = 1, 2, ...), final latency p95
@@ -67,6 +68,8 @@ class Input:
     path: Path  # a file holding exactly this audio (for the offline mesh)
     phrases: list[tuple[float, float]] = field(default_factory=list)
     """(end, pause after it) of each reference phrase (`phrase_ends`); empty without an RTTM."""
+    turns: list[tuple[float, float]] = field(default_factory=list)
+    """(start, end) of each reference turn (`rttm_turns`); empty without an RTTM."""
 
     @property
     def duration(self) -> float:
@@ -115,7 +118,8 @@ def inputs(corpus: Path, split: str, long_seconds: float, tmp: Path) -> list[Inp
             continue
         path = corpus / entry["audio"]
         phrases = reference_phrases(corpus, entry)
-        chosen.append(Input(path.stem, decode(path), entry.get("text", ""), path, phrases))
+        turns = reference_turns(corpus, entry)
+        chosen.append(Input(path.stem, decode(path), entry.get("text", ""), path, phrases, turns))
     longs = [e for e in manifest.get("long", []) if not split or e.get("split", split) == split]
     for entry in longs[:1]:
         if long_seconds <= 0:
@@ -153,17 +157,67 @@ def reference_phrases(corpus: Path, entry: dict) -> list[tuple[float, float]]:
     return phrase_ends((corpus / rttm).read_text(encoding="utf-8")) if rttm else []
 
 
-def phrase_ends(rttm: str) -> list[tuple[float, float]]:
-    """(end, pause after it) of each reference turn (RTTM text) that ends in silence: no other
-    turn runs across its end, and the pause lasts until the next turn starts (inf after the
-    last). Turns that another speaker talks over, or that the next one starts on, are left out."""
+def reference_turns(corpus: Path, entry: dict) -> list[tuple[float, float]]:
+    """`rttm_turns` of a manifest entry's RTTM (none without one)."""
+    rttm = entry.get("rttm")
+    return rttm_turns((corpus / rttm).read_text(encoding="utf-8")) if rttm else []
+
+
+def rttm_turns(rttm: str) -> list[tuple[float, float]]:
+    """(start, end) of every turn of an RTTM text, in time order."""
     turns = []
     for line in rttm.splitlines():
         fields = line.split()
         if len(fields) >= 5 and fields[0] == "SPEAKER":
             start = float(fields[3])
             turns.append((start, start + float(fields[4])))
-    turns.sort()
+    return sorted(turns)
+
+
+UNCOVERED_MIN_TURN_S = 1.5
+"""Turns at least this long are checked for a final (shorter ones are often backchannels that
+the other voice covers, and plain faster-whisper drops them too)."""
+UNCOVERED_SHARE = 0.3
+"""A turn is uncovered when the finals' time spans overlap less than this share of it."""
+
+
+def uncovered_turns(
+    spans: list[tuple[float, float]], turns: list[tuple[float, float]]
+) -> tuple[int, int]:
+    """(turns no final covers, turns checked): turns of `UNCOVERED_MIN_TURN_S` or more whose
+    overlap with the finals' (start, end) `spans` is under `UNCOVERED_SHARE` of their length.
+    A phrase the stream never gave a final for, whatever the WER does around it."""
+    checked = [(a, b) for a, b in turns if b - a >= UNCOVERED_MIN_TURN_S]
+    lost = 0
+    for a, b in checked:
+        covered = sum(max(0.0, min(b, end) - max(a, start)) for start, end in spans)
+        lost += covered < UNCOVERED_SHARE * (b - a)
+    return lost, len(checked)
+
+
+def uncovered_line(label: str, inputs: list[tuple[list, list]]) -> list[str]:
+    """The pooled `uncovered_turns` of `inputs`: (final spans, reference turns) of each, and
+    which inputs they were in; nothing when no input has turns."""
+    lost = checked = 0
+    where = []
+    for name, spans, turns in inputs:
+        k, n = uncovered_turns([tuple(s) for s in spans], [tuple(x) for x in turns])
+        lost, checked = lost + k, checked + n
+        if k:
+            where.append(f"{name} {k}")
+    if not checked:
+        return []
+    return [
+        f"  {label}turns of {UNCOVERED_MIN_TURN_S:g} s or more without a final: {lost} of "
+        f"{checked}" + (f" ({', '.join(where)})" if where else "")
+    ]
+
+
+def phrase_ends(rttm: str) -> list[tuple[float, float]]:
+    """(end, pause after it) of each reference turn (RTTM text) that ends in silence: no other
+    turn runs across its end, and the pause lasts until the next turn starts (inf after the
+    last). Turns that another speaker talks over, or that the next one starts on, are left out."""
+    turns = rttm_turns(rttm)
     out = []
     for i, (_, end) in enumerate(turns):
         if any(a < end < b for j, (a, b) in enumerate(turns) if j != i):
@@ -501,6 +555,7 @@ def simulate(
                 "input": item.name,
                 "duration_s": item.duration,
                 "phrases": [[end, min(pause, 1e9)] for end, pause in item.phrases],
+                "turns": [list(x) for x in item.turns],
                 "finals": finals,
                 "first_interim": first_interims(records),
                 "decodes": len(timed),
@@ -555,6 +610,12 @@ def summarise(variant: str, rows: list[dict]) -> None:
     for line in phrase_lines("", sim_inputs):
         print(line, flush=True)
     for line in error_lines("", rows, baseline="plain faster-whisper"):
+        print(line, flush=True)
+    spans = [
+        (r["input"], [(f["start"], f["end"]) for f in r["finals"]], r.get("turns", []))
+        for r in rows
+    ]
+    for line in uncovered_line("", spans):
         print(line, flush=True)
 
 
@@ -841,6 +902,8 @@ def main() -> int:
                     continue
                 if "phrases" not in row:
                     row["phrases"] = reference_phrases(args.corpus, entry)
+                if "turns" not in row:
+                    row["turns"] = reference_turns(args.corpus, entry)
                 if "errors" not in row and entry.get("text"):
                     said = " ".join(f["text"] for f in row["finals"])
                     row["errors"] = error_counts([entry["text"]], [said])
@@ -915,6 +978,8 @@ def main() -> int:
                     "eou_latency": run.final_latencies(eou_only=True),
                     "phrases": [[end, min(pause, 1e9)] for end, pause in item.phrases],
                     "final_reach": [[f["end"], f["received_s"]] for f in run.finals],
+                    "final_spans": [[f["start"], f["end"]] for f in run.finals],
+                    "turns": [list(x) for x in item.turns],
                     "first_interim_latency": run.first_interim_latencies(),
                     "wer_finals_ref": wer([item.reference], [run.text]) if item.reference else None,
                     "wer_offline_ref": wer([item.reference], [offline[item.name]])
@@ -1027,6 +1092,9 @@ def report(results: dict, png: Path) -> None:
         for line in phrase_lines(f"{profile} ", mesh_inputs):
             print(line)
         for line in error_lines(f"{profile} ", rows):
+            print(line)
+        spans = [(r["input"], r.get("final_spans", []), r.get("turns", [])) for r in rows]
+        for line in uncovered_line(f"{profile} ", spans):
             print(line)
     for line in wer_gap_lines(results["profiles"]):
         print(line)

@@ -156,3 +156,21 @@ def test_a_phrase_without_a_final_shows_as_deletions_pooled_over_inputs():
         "insertions 9.1%)"
     )
     assert bench.error_lines("", [{"input": "old run"}]) == []  # nothing counted: no line
+
+
+def test_a_long_turn_no_final_covers_is_counted_and_short_or_covered_ones_are_not():
+    rttm = (
+        "SPEAKER c 1 0.500 2.000 <NA> <NA> a <NA> <NA>\n"  # 0.5-2.5
+        "SPEAKER c 1 3.000 1.000 <NA> <NA> b <NA> <NA>\n"  # 3.0-4.0: too short to check
+        "SPEAKER c 1 4.500 3.000 <NA> <NA> a <NA> <NA>\n"  # 4.5-7.5
+        "SPEAKER c 1 8.000 2.000 <NA> <NA> b <NA> <NA>\n"  # 8.0-10.0
+    )
+    turns = bench.rttm_turns(rttm)
+    assert turns == [(0.5, 2.5), (3.0, 4.0), (4.5, 7.5), (8.0, 10.0)]
+    # The first turn fully covered, the third by 0.8 s of 3 (27%: lost), the last by 0.7 of 2.
+    spans = [(0.4, 2.6), (6.7, 7.5), (9.3, 10.2)]
+    assert bench.uncovered_turns(spans, turns) == (1, 3)
+    assert bench.uncovered_turns([], turns) == (3, 3)
+    (line,) = bench.uncovered_line("accurate ", [("in0", spans, turns), ("in1", [], turns[:1])])
+    assert line == "  accurate turns of 1.5 s or more without a final: 2 of 4 (in0 1, in1 1)"
+    assert bench.uncovered_line("", [("in0", spans, [])]) == []  # no RTTM: no line
