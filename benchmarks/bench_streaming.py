@@ -195,9 +195,9 @@ def uncovered_turns(
     return lost, len(checked)
 
 
-def uncovered_line(label: str, inputs: list[tuple[list, list]]) -> list[str]:
-    """The pooled `uncovered_turns` of `inputs`: (final spans, reference turns) of each, and
-    which inputs they were in; nothing when no input has turns."""
+def uncovered_line(label: str, inputs: list[tuple[str, list, list]]) -> list[str]:
+    """The pooled `uncovered_turns` of `inputs`: (name, final spans, reference turns) of each,
+    and the inputs the uncovered ones were in; nothing when no input has turns."""
     lost = checked = 0
     where = []
     for name, spans, turns in inputs:
