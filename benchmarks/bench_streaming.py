@@ -50,7 +50,7 @@ sys.path[:0] = [str(REPO), str(REPO / "gen"), str(REPO / "tests")]
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
 
 from asr_mesh.client.sdk import GatewayClient, StreamOptions, TranscribeOptions  # noqa: E402
-from support.metrics import error_counts, wer  # noqa: E402
+from support.metrics import boundary_deletions, error_counts, wer  # noqa: E402
 
 CHUNK = 3200  # bytes: 100 ms of 16 kHz s16le
 PHRASE_PAUSES_S = (0.3, 0.5)
@@ -281,7 +281,15 @@ def error_lines(label: str, rows: list[dict], baseline: str = "the offline mesh"
     line = f"  {label}finals' errors: {kinds('errors')} of {words} reference words"
     if all(r.get("errors_offline", {}).get("words") for r in counted):
         line += f" ({baseline}: {kinds('errors_offline')})"
-    return [line]
+    lines = [line]
+    if all("boundary_deletions" in r for r in counted):  # simulations: each final's text
+        deleted = sum(r["errors"]["deletions"] for r in counted)
+        at_edges = sum(r["boundary_deletions"] for r in counted)
+        lines.append(
+            f"  {label}of the {deleted} deleted words, {at_edges} where one final ends and the "
+            "next begins (or before the first, after the last)"
+        )
+    return lines
 
 
 def stream(client: GatewayClient, pcm: bytes, profile: str) -> Run:
@@ -566,6 +574,9 @@ def simulate(
                 else None,
                 "errors": error_counts([item.reference], [text]),
                 "errors_offline": error_counts([item.reference], [offline[item.name]]),
+                "boundary_deletions": boundary_deletions(
+                    item.reference, [f["text"] for f in finals]
+                ),
                 "processing_s": session.counters.processing_s,
                 "rescues": session.counters.rescues,
                 "redecodes": session.counters.redecodes,
@@ -875,17 +886,32 @@ def main() -> int:
         "--report",
         nargs="+",
         type=Path,
-        help="(simulate) print the tables again from these --json files, inputs pooled by variant",
+        help="print the tables again from these --json files: simulations' inputs pooled by "
+        "variant, each mesh run on its own (and its plot written to --png)",
     )
     args = parser.parse_args()
     if args.report:
         pooled: dict[str, list[dict]] = {}
+        meshes: list[dict] = []
         for path in args.report:
             if not path.is_file():
                 parser.error(f"--report: no such file {path}")
-            data = json.loads(path.read_text(encoding="utf-8"))
-            for variant, rows in data["variants"].items():
-                pooled.setdefault(variant, []).extend(rows)
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                parser.error(f"--report: {path} is not a saved run ({exc})")
+            if isinstance(data, dict) and "variants" in data:  # --simulate
+                for variant, rows in data["variants"].items():
+                    pooled.setdefault(variant, []).extend(rows)
+            elif isinstance(data, dict) and "profiles" in data:  # through the mesh
+                meshes.append(data)
+            else:
+                parser.error(f"--report: {path} is not a --json file of this benchmark")
+        for data in meshes:
+            # Printed as the run printed them (a mesh run's profiles are paired within it).
+            report(data, args.png)
+        if not pooled:
+            return 0
         # Runs saved before the phrase ends and error counts were recorded: from --corpus (and
         # the cached plain faster-whisper transcripts).
         manifest = args.corpus / "manifest.json"
@@ -909,6 +935,10 @@ def main() -> int:
                     row["errors"] = error_counts([entry["text"]], [said])
                     if row["input"] in plain:
                         row["errors_offline"] = error_counts([entry["text"]], [plain[row["input"]]])
+                if "boundary_deletions" not in row and entry.get("text"):
+                    row["boundary_deletions"] = boundary_deletions(
+                        entry["text"], [f["text"] for f in row["finals"]]
+                    )
         for variant, rows in pooled.items():
             for row in rows:
                 print_sim_row(variant, row)

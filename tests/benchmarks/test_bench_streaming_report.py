@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_streaming.py"
+sys.path.insert(0, str(BENCH.parent))
 
 import bench_streaming as bench  # noqa: E402
 
@@ -158,6 +161,28 @@ def test_a_phrase_without_a_final_shows_as_deletions_pooled_over_inputs():
     assert bench.error_lines("", [{"input": "old run"}]) == []  # nothing counted: no line
 
 
+def test_deletions_where_one_final_ends_and_the_next_begins_are_told_from_the_rest():
+    from support.metrics import boundary_deletions
+
+    reference = "Em dezembro o décimo terceiro cai na conta. O pronto-socorro está lotado."
+    # "Em" lost before the first final, "o" between two finals, "na" inside one.
+    finals = ["dezembro o décimo terceiro", "cai conta.", "pronto-socorro está lotado"]
+    assert boundary_deletions(reference, finals) == 2
+    assert boundary_deletions(reference, [" ".join(finals)]) == 1  # one final: "o" inside too
+    assert boundary_deletions(reference, []) == 13  # nothing final: every word
+    assert boundary_deletions("", ["ruído"]) == 0
+    rows = [
+        {"errors": {"substitutions": 0, "deletions": 3, "insertions": 0, "words": 13}},
+        {"errors": {"substitutions": 1, "deletions": 2, "insertions": 0, "words": 10}},
+    ]
+    assert len(bench.error_lines("", rows)) == 1  # a mesh run: no final's own text, no line
+    rows[0]["boundary_deletions"], rows[1]["boundary_deletions"] = 2, 1
+    assert bench.error_lines("accurate ", rows)[1] == (
+        "  accurate of the 5 deleted words, 3 where one final ends and the next begins "
+        "(or before the first, after the last)"
+    )
+
+
 def test_a_long_turn_no_final_covers_is_counted_and_short_or_covered_ones_are_not():
     rttm = (
         "SPEAKER c 1 0.500 2.000 <NA> <NA> a <NA> <NA>\n"  # 0.5-2.5
@@ -174,3 +199,52 @@ def test_a_long_turn_no_final_covers_is_counted_and_short_or_covered_ones_are_no
     (line,) = bench.uncovered_line("accurate ", [("in0", spans, turns), ("in1", [], turns[:1])])
     assert line == "  accurate turns of 1.5 s or more without a final: 2 of 4 (in0 1, in1 1)"
     assert bench.uncovered_line("", [("in0", spans, [])]) == []  # no RTTM: no line
+
+
+def _report(tmp_path: Path, data: object) -> subprocess.CompletedProcess:
+    saved = tmp_path / "run.json"
+    saved.write_text(json.dumps(data), encoding="utf-8")
+    return subprocess.run(
+        [sys.executable, str(BENCH), "--report", str(saved), "--png", str(tmp_path / "run.png")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_report_prints_a_saved_mesh_run_again_and_refuses_what_is_not_a_run(tmp_path):
+    row = {
+        "input": "validate_00",
+        "duration_s": 75.0,
+        "error": "",
+        "final_latency": [0.8, 1.2, 2.0],
+        "eou_latency": [0.8, 1.2],
+        "first_interim_latency": [2.5],
+        "wer_finals_ref": 0.20,
+        "wer_offline_ref": 0.15,
+        "wer_finals_vs_offline": 0.10,
+        "rtf": 0.5,
+    }
+    mesh = {
+        "profiles": {
+            "balanced": [row, dict(row, input="validate_01", wer_finals_ref=0.30)],
+            "accurate": [
+                dict(row, wer_finals_ref=0.16),
+                dict(row, input="validate_01", wer_finals_ref=0.26),
+            ],
+        },
+        "capacity": [{"sessions": 1, "p50": 1.2, "p95": 2.0, "errors": []}],
+        "load_before": [0.5, 0.5, 0.5],
+        "load_after": [1.0, 1.0, 1.0],
+    }
+    done = _report(tmp_path, mesh)
+    assert done.returncode == 0, done.stderr
+    assert "  accurate finals vs the offline mesh: +6.0 points" in done.stdout
+    assert "accurate - balanced: -4.0 points" in done.stdout
+    assert (tmp_path / "run.png").is_file()
+    for junk in ({"something": 1}, [1, 2]):
+        refused = _report(tmp_path, junk)
+        assert refused.returncode == 2
+        assert "is not a --json file of this benchmark" in refused.stderr
+        assert "Traceback" not in refused.stderr

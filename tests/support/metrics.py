@@ -60,3 +60,31 @@ def error_counts(references: list[str], hypotheses: list[str]) -> dict[str, int]
     counts["insertions"] = out.insertions
     counts["words"] = sum(len(r.split()) for r, _ in pairs)
     return counts
+
+
+def boundary_deletions(reference: str, pieces: list[str]) -> int:
+    """Reference words that `pieces` (a stream's finals, in order) leave out where one final
+    ends and the next begins, or before the first and after the last: the words a stream loses
+    at its commit boundaries, as against inside a final. Same normalisation as `wer`."""
+    ref = normalize(reference).split()
+    hyp: list[str] = []
+    owner: list[int] = []  # which piece each hypothesis word came from
+    for k, piece in enumerate(pieces):
+        words = normalize(piece).split()
+        hyp += words
+        owner += [k] * len(words)
+    if not ref:
+        return 0
+    if not hyp:
+        return len(ref)
+    out = jiwer.process_words(" ".join(ref), " ".join(hyp))
+    lost = 0
+    for chunk in out.alignments[0]:
+        if chunk.type != "delete":
+            continue
+        at = chunk.hyp_start_idx  # the gap before hypothesis word `at`
+        before = owner[at - 1] if at > 0 else None
+        after = owner[at] if at < len(owner) else None
+        if before != after:
+            lost += chunk.ref_end_idx - chunk.ref_start_idx
+    return lost
