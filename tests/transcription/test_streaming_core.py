@@ -828,6 +828,127 @@ def test_the_pause_before_a_phrase_is_cut_so_the_decoder_does_not_call_it_silenc
             assert len(final_words(events)) < len(truth)
 
 
+def _sentences_with_breaths(rng: random.Random, breath_s: float) -> list[Word]:
+    """Four sentences of 8 words, 1.2 s apart, each with a pause of `breath_s` between its fourth
+    and fifth words (Kokoro's voices, like people, pause 0.2-0.3 s between words inside a sentence)."""
+    words, t = [], 0.3
+    for i in range(32):
+        if i and i % 8 == 0:
+            t += 1.2
+        elif i % 8 == 4:
+            t += breath_s - 0.05  # the gap after every word is 0.05 s
+        d = rng.uniform(0.2, 0.4)
+        words.append(Word(t, t + d, rng.choice(VOCAB), 0.9))
+        t += d + 0.05
+    return words
+
+
+@pytest.mark.parametrize("profile", sorted(s.PROFILES))
+def test_a_pause_inside_a_sentence_shorter_than_the_endpoint_does_not_end_the_utterance(profile):
+    # The breath is 0.26 s: VAD sees two ranges, shorter apart than any profile's endpoint. At
+    # the next word's onset the new range is shorter than `min_speech_s` for a while; counted as
+    # a click, the pause ran on to 0.36 s and more, and a 0.3 s endpoint cut the sentence.
+    rng = random.Random(5)
+    truth = _sentences_with_breaths(rng, 0.26)
+    breaths = [(truth[i - 1].end, truth[i].start) for i in range(4, 32, 8)]
+    chosen = s.PROFILES[profile]
+    for count in (True, False):
+        decoder = ScriptedDecoder(truth, random.Random(5))
+        session = scripted_session(
+            truth,
+            decoder,
+            s.SessionOptions(profile=profile),
+            profile=replace(chosen, count_onsets=count),
+        )
+        events = _stream_through(session, truth)
+        assert final_words(events) == [w.word for w in truth]
+        ends = [e.offset for e in events if isinstance(e, s.SpeechEvent) and e.kind == "end"]
+        cut = [e for e in ends if any(a - 0.01 <= e <= b for a, b in breaths)]
+        if count:
+            assert len(ends) == 4 and not cut  # one utterance a sentence
+        elif chosen.endpoint_silence_s < 0.26 + chosen.min_speech_s:
+            assert cut  # what the setting is for: the old measure cut sentences in two
+
+
+class LoneWordDeafDecoder(ScriptedDecoder):
+    """Like Whisper on a lone short word: a buffer holding one word and nothing else (whatever
+    the context before it) comes back with no transcript."""
+
+    def __call__(self, audio: np.ndarray, prompt: str, prefix: str = "") -> list[Segment]:
+        segments = super().__call__(audio, prompt, prefix)
+        start, seconds = self.session.heard_layout()[-1]
+        own = [w for w in self.truth if start <= w.start < start + seconds]
+        return [] if len(own) == 1 else segments
+
+
+def _sentences_after_a_word(rng: random.Random, pause_s: float) -> list[Word]:
+    """Four sentences of 8 words, 1.5 s apart, each opening with one short word and then a
+    pause of `pause_s` ("Em ... dezembro o décimo terceiro")."""
+    words, t = [], 0.3
+    for i in range(32):
+        if i and i % 8 == 0:
+            t += 1.5
+        elif i % 8 == 1:
+            t += pause_s - 0.05
+        d = 0.15 if i % 8 == 0 else rng.uniform(0.2, 0.4)
+        words.append(Word(t, t + d, rng.choice(VOCAB), 0.9))
+        t += d + 0.05
+    return words
+
+
+@pytest.mark.parametrize("profile", sorted(s.PROFILES))
+def test_a_word_the_decoder_did_not_hear_alone_waits_for_the_next_utterance(profile):
+    chosen = s.PROFILES[profile]
+    rng = random.Random(3)
+    # Paused long enough for a decode to hear the word alone (a step, then the endpoint).
+    truth = _sentences_after_a_word(rng, chosen.step_s + chosen.endpoint_silence_s + 0.2)
+    for carry in (2.0, 0.0):
+        decoder = LoneWordDeafDecoder(truth, random.Random(3))
+        session = scripted_session(
+            truth,
+            decoder,
+            s.SessionOptions(profile=profile),
+            profile=replace(chosen, carry_wordless_s=carry, min_speech_s=0.1),
+        )
+        events = _stream_through(session, truth)
+        if carry:
+            assert final_words(events) == [w.word for w in truth]  # none lost, none twice
+        else:  # the setting's reason: the lone word went to the context, never final
+            assert len(final_words(events)) < len(truth)
+
+
+def test_wordless_speech_is_let_go_when_no_speech_follows_it():
+    # A cough VAD calls speech, no word, then only silence: it is not kept forever, and the
+    # buffer does not grow with the silence after it.
+    truth = [Word(0.3, 0.45, "tosse", 0.9)]
+    decoder = LoneWordDeafDecoder(truth, random.Random(1))
+    profile = replace(s.PROFILES["accurate"], carry_wordless_s=1.0, min_speech_s=0.1)
+    session = scripted_session(truth, decoder, s.SessionOptions(profile="accurate"), profile)
+    for _ in range(60):
+        session.push(np.zeros(1600, dtype=np.int16))
+        if session.due():
+            assert not finals(session.step())
+    assert session.commit_time >= 0.45
+    assert session.received_s - session.buffer_start <= 2.0
+
+
+def test_wordless_noise_bursts_do_not_grow_the_buffer():
+    # Bursts VAD calls speech, each alone and wordless, 0.8 s apart for 20 s: one is kept for
+    # the next, not all of them.
+    truth = [Word(0.3 + 0.95 * k, 0.45 + 0.95 * k, f"ruido{k}", 0.9) for k in range(21)]
+    decoder = LoneWordDeafDecoder(truth, random.Random(1))
+    decoder.truth = []  # nothing it hears is a word
+    profile = replace(s.PROFILES["accurate"], carry_wordless_s=2.0, min_speech_s=0.1)
+    session = scripted_session(truth, decoder, s.SessionOptions(profile="accurate"), profile)
+    longest = 0.0
+    for _ in range(220):
+        session.push(np.zeros(1600, dtype=np.int16))
+        if session.due():
+            assert not finals(session.step())
+        longest = max(longest, session.received_s - session.buffer_start)
+    assert longest < 5.0
+
+
 def test_closing_decodes_go_to_the_closing_decoder_and_only_they():
     rng = random.Random(6)
     truth = script(rng, 30, pause_every=10)

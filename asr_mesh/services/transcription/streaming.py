@@ -130,6 +130,20 @@ class LatencyProfile:
       (up to a second or more), and Whisper often calls audio that opens with silence no speech:
       faster-whisper then drops the whole window (no-speech probability above 0.6 and mean
       log-probability below -1), and the utterance got no final at all.
+    - `count_onsets`: speech that has just begun again at the end of the audio received ends
+      the pause before it, however short it is so far (False: the pause runs on until the new
+      speech lasts `min_speech_s`). Silero shows new speech only once ~0.1 s of it is heard,
+      and a range shorter than `min_speech_s` is taken for a click, so without this a pause of
+      0.2 s between two words measured 0.3-0.45 s by the time the next word counted, and a
+      0.3 s endpoint cut sentences into pieces at every breath. Off in every profile: on tune
+      it did not help (see `PROFILES`).
+    - `carry_wordless_s`: when an utterance ends (its endpoint) and its closing decode gives
+      no word for it although VAD heard speech, that speech is kept in the buffer for the next
+      utterance, for up to this many seconds of silence after it (0 = dropped at the endpoint,
+      as before); if the next utterance gives no word either, both go. A short word followed
+      by a pause ("Em ... dezembro", "O ... pronto-socorro") is an utterance of its own at a
+      short endpoint, and Whisper often hears nothing in a lone short word; its audio then
+      went to the context, and every later decode dropped it as a word already committed.
     """
 
     name: str
@@ -151,6 +165,8 @@ class LatencyProfile:
     doubt_beam_size: int = 5
     second_context_s: float = 0.0
     lead_silence_s: float = 0.0
+    count_onsets: bool = False
+    carry_wordless_s: float = 0.0
 
     @property
     def searches_beams(self) -> bool:
@@ -208,6 +224,7 @@ PROFILES = {
         context_prompt=False,
         closing_beam_size=5,
         second_context_s=4.0,
+        carry_wordless_s=2.0,
     ),
 }
 """Why these values (chosen on the `tune` split of build/corpus-validate, whisper base, 2 CPU
@@ -311,6 +328,25 @@ cores; `benchmarks/bench_streaming.py --simulate --split tune`; figures on the h
   deletions 5.5 -> 4.7% and 6.1 -> 4.9%, closing p50 1.52 -> 1.48 s and 1.41 -> 1.37 s,
   `accurate`'s p95 3.69 -> 2.68 s: a repair with a small latency gain, not an accuracy gain
   (benchmarks/README.md, "The pause before a phrase").
+- `accurate`'s `carry_wordless_s` 2 s: at a 0.3 s endpoint a short word with a pause after
+  it ("Em ... dezembro", "O ... pronto-socorro", "Que ... cobraram") is an utterance of its
+  own, Whisper often hears nothing in it alone, and its audio went to the context as if
+  committed (one way the first word of an utterance was lost on tune: "o", "a", "e", "que",
+  "meu", "um"). Kept in the buffer for the next utterance instead, on tune (simulated,
+  paired): finals' WER -1.1 points (-3.3 to +0.5), better on 6 of 11, deleted words 58 -> 49
+  (at a boundary between finals 23 -> 21), turns with no final 1 -> 0 of 156, latency
+  unchanged (closing p50 1.54 s both). `balanced` (0.5 s
+  endpoint, greedy with the committed text as prompt): +1.3 (-2.0 to +4.8), better on 4 of
+  11, more substitutions: not taken. Held out (paired simulation, validate): a repair, not
+  an accuracy gain: `accurate` lost 65 reference words instead of 89 and 2 turns instead of
+  3 of 141, its finals' WER +0.6 points (-1.4 to +3.3), closing p50 1.48 -> 1.47 s
+  (benchmarks/README.md, "A word heard alone").
+- `count_onsets`: tried, off. The pause before new speech was measured too long (silero shows
+  speech after ~0.1 s, and a range under `min_speech_s` counted as a click), so a 0.3 s
+  endpoint also fired at 0.2 s pauses inside sentences. Counting the new range at once, on
+  tune (simulated, paired): `accurate` -2.7 points (-8.0 to +1.0) but better on only 5 of 11
+  (the phone-band file's swing), deletions 6.1 -> 10.2%; `balanced` +1.4 (-0.9 to +3.5),
+  worse on 9 of 11 (benchmarks/README.md, "Pauses inside a sentence").
 - `context_prefix`: tried, left off (it won on tune and did not hold held out). A closing
   decode transcribes the context again before the buffer, and greedy decoding goes astray or
   stops there; given the committed words as Whisper's prefix it goes on from them instead.
@@ -345,6 +381,9 @@ ENDPOINT_CHECK_S = 0.1
 pass over the last ~1.5 s, a few milliseconds."""
 _PAUSE_MIN_S = 0.02
 """Quieter than this at the tail is still speech (VAD's ranges reach the end while it goes on)."""
+_ONSET_EDGE_S = 0.01
+"""A VAD range that ends this close to the end of the audio received is speech still going on
+(silero ends such a range at the audio's end)."""
 _HEARD_WHOLE_S = 0.15
 """A decode heard a stretch of speech whole when it heard this much audio past its end (VAD
 ends speech ranges ~50 ms after the last sound; a word cut at the buffer's end is misheard)."""
@@ -690,6 +729,8 @@ class StreamingSession:
         self._context: deque[tuple[float, np.ndarray]] = deque()
         self._context_samples = 0
         self._buffer_speech: list[tuple[float, float]] = []  # VAD ranges of the last step
+        self._onset: float | None = None  # where speech just begun again starts (_split_onset)
+        self._carried_until: float | None = None  # end of wordless speech kept (carry_wordless_s)
         self._heard: list[tuple[float, float]] = []  # see heard_layout
         self._running = threading.local()  # .layout: what this thread's decode hears
         self._history: deque[list[Word]] = deque(maxlen=max(profile.agreement - 1, 1))
@@ -811,15 +852,33 @@ class StreamingSession:
             return []
         return self._run_step(final=False)
 
-    def _tail_quiet(self) -> float:
-        """Seconds since the last speech VAD hears in the last second or so (inf: none heard;
-        0 without VAD)."""
+    def _tail_quiet(self) -> tuple[float, bool]:
+        """The pause VAD hears at the end of the last second or so: its length in seconds (inf:
+        no speech heard; 0 without VAD), and whether speech has begun again since
+        (`LatencyProfile.count_onsets`; the pause then ended where that speech began)."""
         if self._vad is None:  # no VAD: no endpointing, nothing is ever quiet
-            return 0.0
+            return 0.0, False
         audio = self._consolidate()
         tail = audio[-int((self.options.endpoint_silence_s + 1.0) * SAMPLE_RATE) :]
-        ranges = [(a, b) for a, b in self._vad(tail) if b - a >= self.profile.min_speech_s]
-        return len(tail) / SAMPLE_RATE - ranges[-1][1] if ranges else float("inf")
+        edge = len(tail) / SAMPLE_RATE
+        ranges, onset = self._split_onset(self._vad(tail), edge)
+        if not ranges:
+            return float("inf"), onset is not None
+        return (edge if onset is None else onset) - ranges[-1][1], onset is not None
+
+    def _split_onset(
+        self, ranges: Sequence[tuple[float, float]], edge: float
+    ) -> tuple[list[tuple[float, float]], float | None]:
+        """VAD's `ranges` (on audio ending at `edge`) that count as speech (`min_speech_s` or
+        longer), and where speech that has just begun again starts: a range still going on at
+        `edge` too short to count yet (None: none, or `count_onsets` off)."""
+        kept = [(a, b) for a, b in ranges if b - a >= self.profile.min_speech_s]
+        onset = None
+        if self.profile.count_onsets and ranges:
+            a, b = ranges[-1]
+            if b - a < self.profile.min_speech_s and b >= edge - _ONSET_EDGE_S:
+                onset = a
+        return kept, onset
 
     def _tail_pause(self) -> bool:
         """Cheap check of the last second or so between decodes: is a step worth running now?
@@ -829,12 +888,16 @@ class StreamingSession:
         hears the whole phrase; `speculate_silence_s`). VAD over the whole buffer costs ~10 ms
         per audio second; between decodes only the tail is checked, and a full step (with full
         VAD) follows."""
-        quiet = self._tail_quiet()
+        quiet, resumed = self._tail_quiet()
         if quiet >= self.options.endpoint_silence_s:
             return True
         speculate = self.profile.speculate_silence_s
         speech_end = self.received_s - quiet
-        return 0 < speculate <= quiet and self._last_decode_end < speech_end + _HEARD_WHOLE_S
+        return (
+            not resumed
+            and 0 < speculate <= quiet
+            and self._last_decode_end < speech_end + _HEARD_WHOLE_S
+        )
 
     def _just_paused(self) -> bool:
         """A step is due but speech stopped less than `speculate_silence_s` ago (the decode
@@ -846,7 +909,8 @@ class StreamingSession:
             and self.options.endpointing
         ):
             return False
-        return _PAUSE_MIN_S < self._tail_quiet() < self.profile.speculate_silence_s
+        quiet, resumed = self._tail_quiet()
+        return not resumed and _PAUSE_MIN_S < quiet < self.profile.speculate_silence_s
 
     def finish(self) -> list[Event]:
         """The stream ended: commit everything still heard, close speech, summarise."""
@@ -883,7 +947,9 @@ class StreamingSession:
             return list(self._buffer_speech)
         at = self.buffer_start
         self._buffer_speech = [(at + a, at + b) for a, b in self._vad(audio)]
-        return [(a, b) for a, b in self._buffer_speech if b - a >= self.profile.min_speech_s]
+        kept, onset = self._split_onset(self._buffer_speech, self.received_s)
+        self._onset = onset
+        return kept
 
     def _run_step(self, final: bool) -> list[Event]:
         audio = self._consolidate()
@@ -893,6 +959,7 @@ class StreamingSession:
         started = self._clock()
         with tracer.start_as_current_span("transcription.stream_step") as span:
             speech = self._speech(audio)
+            self._release_carried(speech, end)
             live = [(a, b) for a, b in speech if b > self.commit_time + 0.05]
             if live and not self._in_speech:
                 self._in_speech = True
@@ -1025,8 +1092,21 @@ class StreamingSession:
                 if endpoint_at is not None:
                     events.append(SpeechEvent("end", endpoint_at))
                     self._in_speech = False
-                    self.commit_time = max(self.commit_time, min(endpoint_at, end))
-                    self._trim_to(min([self.commit_time, *(w.start for w in rest)]))
+                    if (
+                        not commit
+                        and self.profile.carry_wordless_s > 0
+                        and self._carried_until is None
+                    ):
+                        # No word for speech VAD heard: it waits in the buffer for the next
+                        # utterance instead of going to the context as if committed. Once
+                        # only: if that one gives no word either, both go (noise VAD calls
+                        # speech must not grow the buffer without end).
+                        self._carried_until = endpoint_at
+                        span.set_attribute("asr.stream.carried_wordless", True)
+                    else:
+                        self._carried_until = None
+                        self.commit_time = max(self.commit_time, min(endpoint_at, end))
+                        self._trim_to(min([self.commit_time, *(w.start for w in rest)]))
                     following = [a for a, _ in live if a > endpoint_at]
                     if following:
                         self._in_speech = True
@@ -1091,15 +1171,34 @@ class StreamingSession:
         words would be the less accurate ones."""
         return self._last_decode_closing and self._last_decode_end >= live[-1][1] + _HEARD_WHOLE_S
 
+    def _release_carried(self, speech: Sequence[tuple[float, float]], end: float) -> None:
+        """Let wordless speech kept for the next utterance go (`carry_wordless_s`) once that long
+        has passed after it without new speech: it is treated as committed from then on."""
+        carried = self._carried_until
+        if carried is not None and self.commit_time >= carried:
+            self._carried_until = None  # committed since (agreement, a bounded buffer)
+            return
+        if carried is None or end - carried <= self.profile.carry_wordless_s:
+            return
+        if any(b > carried + 0.05 for _, b in speech):
+            return  # speech came after it: they make one utterance
+        self._carried_until = None
+        self.commit_time = max(self.commit_time, carried)
+
     def _endpoint(self, live: list[tuple[float, float]], end: float) -> float | None:
-        """Where the first utterance in `live` ended (silence long enough after it), or None."""
+        """Where the first utterance in `live` ended (silence long enough after it), or None.
+        Wordless speech kept for the next utterance (`carry_wordless_s`) ends none."""
+        if self._carried_until is not None:
+            live = [(a, b) for a, b in live if b > self._carried_until + 1e-6]
         if not live or not self.options.endpointing or self._vad is None:
             return None
         silence = self.options.endpoint_silence_s
         for (_, b), (a, _) in zip(live, live[1:]):
             if a - b >= silence:
                 return b
-        return live[-1][1] if end - live[-1][1] >= silence else None
+        # Speech that has just begun again ends the pause (`LatencyProfile.count_onsets`).
+        pause_end = end if self._onset is None or self._onset < live[-1][1] else self._onset
+        return live[-1][1] if pause_end - live[-1][1] >= silence else None
 
     def _doubtful(self, hypothesis: _Hypothesis) -> bool:
         """Should this closing decode be decoded again (`LatencyProfile.doubt_logprob`)?"""
