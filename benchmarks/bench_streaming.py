@@ -40,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -282,12 +283,14 @@ def error_lines(label: str, rows: list[dict], baseline: str = "the offline mesh"
     if all(r.get("errors_offline", {}).get("words") for r in counted):
         line += f" ({baseline}: {kinds('errors_offline')})"
     lines = [line]
-    if all("boundary_deletions" in r for r in counted):  # simulations: each final's text
+    if all("boundary_deleted_words" in r for r in counted):  # simulations: each final's text
         deleted = sum(r["errors"]["deletions"] for r in counted)
-        at_edges = sum(r["boundary_deletions"] for r in counted)
+        at_edges = Counter(w for r in counted for w in r["boundary_deleted_words"])
+        common = ", ".join(f"{w} {n}" for w, n in at_edges.most_common(8))
         lines.append(
-            f"  {label}of the {deleted} deleted words, {at_edges} where one final ends and the "
-            "next begins (or before the first, after the last)"
+            f"  {label}of the {deleted} deleted words, {at_edges.total()} where one final ends "
+            "and the next begins (or before the first, after the last)"
+            + (f"; commonest: {common}" if common else "")
         )
     return lines
 
@@ -574,7 +577,7 @@ def simulate(
                 else None,
                 "errors": error_counts([item.reference], [text]),
                 "errors_offline": error_counts([item.reference], [offline[item.name]]),
-                "boundary_deletions": boundary_deletions(
+                "boundary_deleted_words": boundary_deletions(
                     item.reference, [f["text"] for f in finals]
                 ),
                 "processing_s": session.counters.processing_s,
@@ -887,7 +890,7 @@ def main() -> int:
         nargs="+",
         type=Path,
         help="print the tables again from these --json files: simulations' inputs pooled by "
-        "variant, each mesh run on its own (and its plot written to --png)",
+        "variant, each mesh run on its own",
     )
     args = parser.parse_args()
     if args.report:
@@ -908,8 +911,9 @@ def main() -> int:
             else:
                 parser.error(f"--report: {path} is not a --json file of this benchmark")
         for data in meshes:
-            # Printed as the run printed them (a mesh run's profiles are paired within it).
-            report(data, args.png)
+            # Printed as the run printed them (a mesh run's profiles are paired within it); no
+            # plot, so the last run's out/bench_streaming.png is not overwritten.
+            report(data, None)
         if not pooled:
             return 0
         # Runs saved before the phrase ends and error counts were recorded: from --corpus (and
@@ -935,8 +939,8 @@ def main() -> int:
                     row["errors"] = error_counts([entry["text"]], [said])
                     if row["input"] in plain:
                         row["errors_offline"] = error_counts([entry["text"]], [plain[row["input"]]])
-                if "boundary_deletions" not in row and entry.get("text"):
-                    row["boundary_deletions"] = boundary_deletions(
+                if "boundary_deleted_words" not in row and entry.get("text"):
+                    row["boundary_deleted_words"] = boundary_deletions(
                         entry["text"], [f["text"] for f in row["finals"]]
                     )
         for variant, rows in pooled.items():
@@ -1063,7 +1067,7 @@ def main() -> int:
     return 0
 
 
-def report(results: dict, png: Path) -> None:
+def report(results: dict, png: Path | None) -> None:
     print(
         f"\nload average before {results['load_before'][0]:.1f}, after {results['load_after'][0]:.1f} "
         f"({os.cpu_count()} CPUs)"
@@ -1137,6 +1141,8 @@ def report(results: dict, png: Path) -> None:
         )
     held = [c["sessions"] for c in results["capacity"] if c["p95"] <= 3.0 and not c["errors"]]
     print(f"  sessions held at p95 <= 3 s: {max(held) if held else 0}")
+    if png is None:
+        return
 
     import matplotlib
 

@@ -167,19 +167,19 @@ def test_deletions_where_one_final_ends_and_the_next_begins_are_told_from_the_re
     reference = "Em dezembro o décimo terceiro cai na conta. O pronto-socorro está lotado."
     # "Em" lost before the first final, "o" between two finals, "na" inside one.
     finals = ["dezembro o décimo terceiro", "cai conta.", "pronto-socorro está lotado"]
-    assert boundary_deletions(reference, finals) == 2
-    assert boundary_deletions(reference, [" ".join(finals)]) == 1  # one final: "o" inside too
-    assert boundary_deletions(reference, []) == 13  # nothing final: every word
-    assert boundary_deletions("", ["ruído"]) == 0
+    assert boundary_deletions(reference, finals) == ["em", "o"]
+    assert boundary_deletions(reference, [" ".join(finals)]) == ["em"]  # one final: "o" inside
+    assert len(boundary_deletions(reference, [])) == 13  # nothing final: every word
+    assert boundary_deletions("", ["ruído"]) == []
     rows = [
         {"errors": {"substitutions": 0, "deletions": 3, "insertions": 0, "words": 13}},
         {"errors": {"substitutions": 1, "deletions": 2, "insertions": 0, "words": 10}},
     ]
     assert len(bench.error_lines("", rows)) == 1  # a mesh run: no final's own text, no line
-    rows[0]["boundary_deletions"], rows[1]["boundary_deletions"] = 2, 1
+    rows[0]["boundary_deleted_words"], rows[1]["boundary_deleted_words"] = ["em", "o"], ["o"]
     assert bench.error_lines("accurate ", rows)[1] == (
         "  accurate of the 5 deleted words, 3 where one final ends and the next begins "
-        "(or before the first, after the last)"
+        "(or before the first, after the last); commonest: o 2, em 1"
     )
 
 
@@ -242,7 +242,7 @@ def test_report_prints_a_saved_mesh_run_again_and_refuses_what_is_not_a_run(tmp_
     assert done.returncode == 0, done.stderr
     assert "  accurate finals vs the offline mesh: +6.0 points" in done.stdout
     assert "accurate - balanced: -4.0 points" in done.stdout
-    assert (tmp_path / "run.png").is_file()
+    assert not (tmp_path / "run.png").exists()  # re-printing does not replace a run's plot
     for junk in ({"something": 1}, [1, 2]):
         refused = _report(tmp_path, junk)
         assert refused.returncode == 2

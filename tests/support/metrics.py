@@ -62,8 +62,8 @@ def error_counts(references: list[str], hypotheses: list[str]) -> dict[str, int]
     return counts
 
 
-def boundary_deletions(reference: str, pieces: list[str]) -> int:
-    """Reference words that `pieces` (a stream's finals, in order) leave out where one final
+def boundary_deletions(reference: str, pieces: list[str]) -> list[str]:
+    """The reference words that `pieces` (a stream's finals, in order) leave out where one final
     ends and the next begins, or before the first and after the last: the words a stream loses
     at its commit boundaries, as against inside a final. Same normalisation as `wer`."""
     ref = normalize(reference).split()
@@ -73,12 +73,10 @@ def boundary_deletions(reference: str, pieces: list[str]) -> int:
         words = normalize(piece).split()
         hyp += words
         owner += [k] * len(words)
-    if not ref:
-        return 0
-    if not hyp:
-        return len(ref)
+    if not ref or not hyp:
+        return ref
     out = jiwer.process_words(" ".join(ref), " ".join(hyp))
-    lost = 0
+    lost: list[str] = []
     for chunk in out.alignments[0]:
         if chunk.type != "delete":
             continue
@@ -86,5 +84,5 @@ def boundary_deletions(reference: str, pieces: list[str]) -> int:
         before = owner[at - 1] if at > 0 else None
         after = owner[at] if at < len(owner) else None
         if before != after:
-            lost += chunk.ref_end_idx - chunk.ref_start_idx
+            lost += ref[chunk.ref_start_idx : chunk.ref_end_idx]
     return lost

@@ -133,9 +133,9 @@ class LatencyProfile:
     - `count_onsets`: speech that has just begun again at the end of the audio received ends
       the pause before it, however short it is so far (False: the pause runs on until the new
       speech lasts `min_speech_s`). Silero shows new speech only once ~0.1 s of it is heard,
-      and a range shorter than `min_speech_s` is taken for a click, so without this a pause of
-      0.2 s between two words measured 0.3-0.45 s by the time the next word counted, and a
-      0.3 s endpoint cut sentences into pieces at every breath. Off in every profile: on tune
+      and a range shorter than `min_speech_s` is taken for a click, so without this a short
+      pause between two words goes on counting after the next word has begun, and a 0.3 s
+      endpoint can cut a sentence at a breath. Off in every profile: on tune
       it did not help (see `PROFILES`).
     - `carry_wordless_s`: when an utterance ends (its endpoint) and its closing decode gives
       no word for it although VAD heard speech, that speech is kept in the buffer for the next
@@ -331,11 +331,11 @@ cores; `benchmarks/bench_streaming.py --simulate --split tune`; figures on the h
 - `accurate`'s `carry_wordless_s` 2 s: at a 0.3 s endpoint a short word with a pause after
   it ("Em ... dezembro", "O ... pronto-socorro", "Que ... cobraram") is an utterance of its
   own, Whisper often hears nothing in it alone, and its audio went to the context as if
-  committed (one way the first word of an utterance was lost on tune: "o", "a", "e", "que",
-  "meu", "um"). Kept in the buffer for the next utterance instead, on tune (simulated,
-  paired): finals' WER -1.1 points (-3.3 to +0.5), better on 6 of 11, deleted words 58 -> 49
-  (at a boundary between finals 23 -> 21), turns with no final 1 -> 0 of 156, latency
-  unchanged (closing p50 1.54 s both). `balanced` (0.5 s
+  committed (one way a short word was lost at an utterance boundary on tune; the commonest
+  such words are printed by `bench_streaming.py --report`). Kept in the buffer for the next
+  utterance instead, on tune (simulated, paired): finals' WER -1.1 points (-3.3 to +0.5),
+  better on 6 of 11, deleted words 58 -> 49 (at a boundary between finals 23 -> 21), turns
+  with no final 1 -> 0 of 156, latency unchanged (closing p50 1.54 s both). `balanced` (0.5 s
   endpoint, greedy with the committed text as prompt): +1.3 (-2.0 to +4.8), better on 4 of
   11, more substitutions: not taken. Held out (paired simulation, validate): a repair, not
   an accuracy gain: `accurate` lost 65 reference words instead of 89 and 2 turns instead of
