@@ -670,6 +670,13 @@ def _stream_through(session: s.StreamingSession, truth: list[Word]) -> list:
     return events + session.finish()
 
 
+def _streamed(truth: list[Word], decoder: ScriptedDecoder, profile: str, **fields) -> list:
+    """`truth` streamed through a session of the named profile with `fields` changed."""
+    chosen = replace(s.PROFILES[profile], **fields)
+    session = scripted_session(truth, decoder, s.SessionOptions(profile=profile), chosen)
+    return _stream_through(session, truth)
+
+
 def _context_run(context_s: float, seed: int = 4, unique: bool = False, **fields):
     """Three utterances of 10 words with 1.2 s pauses, a decoder that records what it hears
     (`unique`: every word different, so a prompt's words can be placed in time)."""
@@ -854,13 +861,7 @@ def test_a_pause_inside_a_sentence_shorter_than_the_endpoint_does_not_end_the_ut
     chosen = s.PROFILES[profile]
     for count in (True, False):
         decoder = ScriptedDecoder(truth, random.Random(5))
-        session = scripted_session(
-            truth,
-            decoder,
-            s.SessionOptions(profile=profile),
-            profile=replace(chosen, count_onsets=count),
-        )
-        events = _stream_through(session, truth)
+        events = _streamed(truth, decoder, profile, count_onsets=count)
         assert final_words(events) == [w.word for w in truth]
         ends = [e.offset for e in events if isinstance(e, s.SpeechEvent) and e.kind == "end"]
         cut = [e for e in ends if any(a - 0.01 <= e <= b for a, b in breaths)]
@@ -904,17 +905,79 @@ def test_a_word_the_decoder_did_not_hear_alone_waits_for_the_next_utterance(prof
     truth = _sentences_after_a_word(rng, chosen.step_s + chosen.endpoint_silence_s + 0.2)
     for carry in (2.0, 0.0):
         decoder = LoneWordDeafDecoder(truth, random.Random(3))
-        session = scripted_session(
-            truth,
-            decoder,
-            s.SessionOptions(profile=profile),
-            profile=replace(chosen, carry_wordless_s=carry, min_speech_s=0.1),
-        )
-        events = _stream_through(session, truth)
+        events = _streamed(truth, decoder, profile, carry_wordless_s=carry, min_speech_s=0.1)
         if carry:
             assert final_words(events) == [w.word for w in truth]  # none lost, none twice
         else:  # the setting's reason: the lone word went to the context, never final
             assert len(final_words(events)) < len(truth)
+
+
+class RetimingDecoder(ScriptedDecoder):
+    """Times words across a pause (0.15 s or more in what it hears) as Whisper often does:
+    `stretch_back`: the word after the pause starts 0.45 s before the word before it ends (where
+    Whisper's timings lost track), and that word ends there; otherwise the word before the pause
+    runs on to the next one's start."""
+
+    def __init__(self, truth: list[Word], rng: random.Random, stretch_back: bool):
+        super().__init__(truth, rng, jitter=0.0, garble_tail=False)
+        self.stretch_back = stretch_back
+
+    def __call__(self, audio: np.ndarray, prompt: str, prefix: str = "") -> list[Segment]:
+        segments = super().__call__(audio, prompt, prefix)
+        words = [w for seg in segments for w in seg.words]
+        for i in range(1, len(words)):
+            before, after = words[i - 1], words[i]
+            if after.start - before.end < 0.15:
+                continue
+            if self.stretch_back:
+                end = max(before.start + 0.02, before.end - 0.45)
+                words[i - 1], words[i] = replace(before, end=end), replace(after, start=end)
+            else:
+                words[i - 1] = replace(before, end=after.start)
+        out, k = [], 0
+        for seg in segments:
+            own = tuple(words[k : k + len(seg.words)])
+            k += len(seg.words)
+            out.append(replace(seg, start=own[0].start, end=own[-1].end, words=own))
+        return out
+
+
+def _sentences_opening_with_a_short_word(rng: random.Random) -> list[Word]:
+    """Four sentences of 8 words, 1.5 s apart, each opening with a short word and ending with a
+    long one ("... seis meses | e o barulho ...")."""
+    words, t = [], 0.3
+    for i in range(32):
+        if i and i % 8 == 0:
+            t += 1.5
+        d = {0: 0.12, 7: 0.55}.get(i % 8) or rng.uniform(0.2, 0.4)
+        words.append(Word(t, t + d, f"{rng.choice(VOCAB)}{i}", 0.9))
+        t += d + 0.05
+    return words
+
+
+@pytest.mark.parametrize("profile", ["accurate", "balanced"])
+def test_a_first_word_timed_back_over_the_pause_is_the_buffer_s(profile):
+    # A closing decode hears the context, then the buffer (0.2 s of silence before the speech):
+    # the short first word, timed from where the last context word ended, has its middle in
+    # the context. `straddle_s` keeps it; the middle alone dropped it as committed.
+    truth = _sentences_opening_with_a_short_word(random.Random(7))
+    for straddle in (0.1, 0.0):
+        decoder = RetimingDecoder(truth, random.Random(7), stretch_back=True)
+        events = _streamed(truth, decoder, profile, straddle_s=straddle)
+        if straddle:
+            assert final_words(events) == [w.word for w in truth]  # none lost, none twice
+        else:
+            assert len(final_words(events)) < len(truth)
+
+
+@pytest.mark.parametrize("profile", ["accurate", "balanced"])
+def test_the_last_context_word_timed_into_the_buffer_is_not_final_twice(profile):
+    # The other way round: the context's last word runs on over the pause into the buffer. It
+    # reaches `straddle_s` into it, but it is the last committed word heard again.
+    truth = _sentences_opening_with_a_short_word(random.Random(8))
+    decoder = RetimingDecoder(truth, random.Random(8), stretch_back=False)
+    events = _streamed(truth, decoder, profile, straddle_s=0.1)
+    assert final_words(events) == [w.word for w in truth]
 
 
 def test_wordless_speech_is_let_go_when_no_speech_follows_it():

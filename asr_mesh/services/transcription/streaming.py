@@ -144,6 +144,12 @@ class LatencyProfile:
       by a pause ("Em ... dezembro", "O ... pronto-socorro") is an utterance of its own at a
       short endpoint, and Whisper often hears nothing in a lone short word; its audio then
       went to the context, and every later decode dropped it as a word already committed.
+    - `straddle_s`: a word of a decode that heard the context whose middle falls in the context
+      but which ends at least this far into the buffer is the buffer's (0 = the middle decides
+      alone) when the word before it is the last committed word. Whisper's word timings start a
+      word where the word before it ended, so a short first word after a pause ("meses | e o
+      barulho") is stretched back over the pause, which the context leaves out, and its
+      middle fell before the buffer: it was dropped as a word already committed.
     """
 
     name: str
@@ -167,6 +173,7 @@ class LatencyProfile:
     lead_silence_s: float = 0.0
     count_onsets: bool = False
     carry_wordless_s: float = 0.0
+    straddle_s: float = 0.0
 
     @property
     def searches_beams(self) -> bool:
@@ -347,6 +354,12 @@ cores; `benchmarks/bench_streaming.py --simulate --split tune`; figures on the h
   tune (simulated, paired): `accurate` -2.7 points (-8.0 to +1.0) but better on only 5 of 11
   (the phone-band file's swing), deletions 6.1 -> 10.2%; `balanced` +1.4 (-0.9 to +3.5),
   worse on 9 of 11 (benchmarks/README.md, "Pauses inside a sentence").
+- `straddle_s`: tried, off. A short first word after a pause ("meses | e o barulho") is timed
+  by Whisper from where the word before it ended, over the pause the context leaves out, so its
+  middle fell in the context and it was dropped as committed (traced on tune_07). Keeping such
+  a word recovers it, but it fires rarely and the rest of the stream then takes another
+  course: on tune (cost clock, paired) `accurate` +0.3 points (+0.0 to +0.8), the same finals
+  on 8 of 11; `balanced` unchanged (benchmarks/README.md, "Words lost where one final ends").
 - `context_prefix`: tried, left off (it won on tune and did not hold held out). A closing
   decode transcribes the context again before the buffer, and greedy decoding goes astray or
   stops there; given the committed words as Whisper's prefix it goes on from them instead.
@@ -1291,7 +1304,7 @@ class StreamingSession:
         words = [
             replace(w, start=max(w.start, lead) + at, end=w.end + at)
             for i, w in enumerate(said)
-            if i not in untimed and (w.start + w.end) / 2 >= lead
+            if i not in untimed and self._buffers_word(said, i, lead)
         ]
         words.sort(key=lambda w: w.start)
         own = [s for s in kept if s.end > lead]
@@ -1306,6 +1319,20 @@ class StreamingSession:
             removed=len(untimed),
         )
         return hypothesis, heard_layout
+
+    def _buffers_word(self, said: Sequence[Word], i: int, lead: float) -> bool:
+        """Is `said[i]` (timed in what a decode heard: `lead` seconds of context, then the
+        buffer) the buffer's? Its middle says so, or (`LatencyProfile.straddle_s`) it reaches
+        that far into the buffer and comes right after the last committed word, heard again
+        in the context (so it is not that word, timed on into the buffer, nor a misheard copy of
+        it)."""
+        word = said[i]
+        if (word.start + word.end) / 2 >= lead:
+            return True
+        reach = self.profile.straddle_s
+        if reach <= 0 or i == 0 or not self._committed or word.end < lead + reach:
+            return False
+        return norm(said[i - 1].word) == norm(self._committed[-1].word)
 
     def _decode_with(
         self,
