@@ -493,9 +493,7 @@ def simulate(
             prof = replace(prof, **fields)
             if "endpoint_silence_s" in fields:
                 options = replace(options, endpoint_silence_s=prof.endpoint_silence_s)
-            decoder = st.WhisperDecoder(
-                model, "pt", prof.beam_size, context_pad_s=prof.context_pad_s
-            )
+            decoder = st.grid_decoder(model, "pt", prof)
             timed: list[float] = []
 
             tick = time.process_time if clock == "cpu" else time.perf_counter

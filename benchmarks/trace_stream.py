@@ -88,7 +88,7 @@ def trace(
     name, fields = bench.parse_variant(profile)
     options, prof = st.resolve_options(st.SessionOptions(profile=name), 3600)
     prof = replace(prof, **fields)
-    decoder = st.WhisperDecoder(model, "pt", prof.beam_size, context_pad_s=prof.context_pad_s)
+    decoder = st.grid_decoder(model, "pt", prof)
     if cost_model:
         base = bench.parse_cost_model(cost_model)
     else:

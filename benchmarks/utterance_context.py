@@ -15,7 +15,9 @@ once, with whisper base through `streaming.WhisperDecoder`, by each configuratio
 - `squeeze=1`: of that audio, only VAD's speech (each range ± `spad` s, default 0.1) is heard,
   pauses removed, as the streaming context (`LatencyProfile.context_s`) does;
 - `pad`: encoder context padding (`WhisperDecoder.context_pad_s`; 0 = Whisper's 30 s window);
-- `beam`, `fallback=1` (temperature fallback), `prompt=0` (no committed text as prompt);
+- `beam`, `fallback=1` (temperature fallback), `prompt=0` (no committed text as prompt),
+  `nots=1` (Whisper's no-timestamps mode: one segment, words timed by alignment alone),
+  `patience` (beam search patience);
 - `pmin`: only the committed words whose probability is at least this go into the prompt;
 - `future`: seconds of the speech after the utterance the decoder also hears (an upper bound:
   a streaming final cannot wait for it);
@@ -138,6 +140,10 @@ def run(config: str, items, model, offline: dict[str, str]) -> None:
         int(kv.get("beam", 1)),
         temperatures=temperatures,
         context_pad_s=float(kv.get("pad", 1)),
+        more={
+            **({"without_timestamps": True} if kv.get("nots", "0") == "1" else {}),
+            **({"patience": float(kv["patience"])} if "patience" in kv else {}),
+        },
     )
     vad = st.silero_vad()
     scores, plain, seconds = [], [], 0.0

@@ -25,6 +25,7 @@ from asr_mesh.services.common.errors import (
     Overloaded,
     UploadStalled,
 )
+from asr_mesh.services.transcription import guards
 from asr_mesh.services.transcription import streaming as s
 
 VOCAB = (
@@ -1375,3 +1376,62 @@ def test_a_step_s_span_says_what_each_decode_of_a_pair_heard_and_which_was_kept(
         assert attributes["asr.stream.second_context_s"] == pytest.approx(4.0)
         assert attributes["asr.stream.context_s"] > 4.5  # the full context, not the second's
         assert attributes["asr.stream.second_context_kept"] is True
+
+
+class BabbleDecoder(ScriptedDecoder):
+    """Hears the script, but as whisper base does under babble: every segment looks silent to
+    Whisper's no-speech rule (no-speech probability 0.8, mean log-probability -1.3)."""
+
+    def __call__(self, audio: np.ndarray, prompt: str, prefix: str = "") -> list[Segment]:
+        heard = super().__call__(audio, prompt, prefix)
+        return [replace(seg, no_speech_prob=0.8, avg_logprob=-1.3) for seg in heard]
+
+
+@pytest.mark.parametrize("profile", ["accurate", "balanced"])
+def test_speech_whisper_calls_silent_is_final_when_only_the_vad_decides(profile):
+    truth = script(random.Random(5), 20, pause_every=10)
+    trusting = _streamed(
+        truth, BabbleDecoder(truth, random.Random(5)), profile, no_speech_skip=False
+    )
+    assert final_words(trusting) == [w.word for w in truth]
+    skipping = _streamed(truth, BabbleDecoder(truth, random.Random(5)), profile)
+    assert final_words(skipping) == []
+
+
+def test_a_profile_without_the_no_speech_skip_gives_its_decoders_no_threshold():
+    for skip, threshold in ((True, guards.NO_SPEECH_THRESHOLD), (False, None)):
+        profile = replace(s.PROFILES["accurate"], no_speech_skip=skip, doubt_logprob=-0.8)
+        decoders = (
+            s.grid_decoder(object(), "pt", profile),
+            s.closing_decoder(object(), "pt", profile),
+            s.doubt_decoder(object(), "pt", profile),
+        )
+        assert [d.no_speech_threshold for d in decoders] == [threshold] * 3
+    # The rescue decode keeps batch's settings, no-speech rule included.
+    assert s.rescue_decoder(object(), "pt").no_speech_threshold == guards.NO_SPEECH_THRESHOLD
+
+
+class DeafDecoder(ScriptedDecoder):
+    """Hears nothing at all, as Whisper under loud babble can for a long stretch."""
+
+    def __call__(self, audio: np.ndarray, prompt: str, prefix: str = "") -> list[Segment]:
+        super().__call__(audio, prompt, prefix)
+        return []
+
+
+@pytest.mark.parametrize("profile", ["accurate", "balanced", "low_latency"])
+def test_speech_that_never_gives_a_word_does_not_grow_the_buffer_without_bound(profile):
+    # 70 s of speech VAD hears and Whisper does not: the buffer is cut back once it holds
+    # Whisper's 30 s window, and no final is invented.
+    truth = script(random.Random(3), 200)
+    assert truth[-1].end > 60
+    decoder = DeafDecoder(truth, random.Random(3))
+    session = scripted_session(truth, decoder, s.SessionOptions(profile=profile))
+    longest = 0.0
+    for _ in range(int(truth[-1].end / 0.1)):
+        session.push(np.zeros(1600, dtype=np.int16))
+        if session.due():
+            assert not finals(session.step())
+        longest = max(longest, session.received_s - session.buffer_start)
+    assert 30.0 <= longest <= 30.0 + 2 * session.profile.step_s
+    assert session.received_s - session.buffer_start < 30.0

@@ -41,9 +41,9 @@ from asr_mesh.services.transcription.streaming import (
     StreamingSession,
     StreamSummary,
     VadFn,
-    WhisperDecoder,
     closing_decoder,
     doubt_decoder,
+    grid_decoder,
     rescue_decoder,
 )
 
@@ -252,12 +252,7 @@ class StreamingHandler:
             )
             reader.start()
             session = StreamingSession(
-                WhisperDecoder(
-                    beam_model if profile.beam_size > 1 else model,
-                    options.language,
-                    profile.beam_size,
-                    context_pad_s=profile.context_pad_s,
-                ),
+                grid_decoder(model, options.language, profile, beam_model),
                 self._vad_factory(),
                 options,
                 profile,

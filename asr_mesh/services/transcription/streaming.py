@@ -25,7 +25,9 @@ Google/Riva's StreamingRecognize semantics for the results):
   across trims.
 - The buffer is **trimmed** at the end of a committed segment once it is longer than
   `window_s`; past `max_buffer_s` the oldest words are committed even without agreement, so
-  the buffer (and the cost of a decode) stays bounded.
+  the buffer (and the cost of a decode) stays bounded. A buffer that gives no word at all
+  (babble VAD calls speech) is cut back once it holds Whisper's 30 s window
+  (`WORDLESS_BOUND_SAMPLES`).
 - **No word twice, none lost**: a hypothesis re-decodes committed audio, so its words are
   filtered against the commit point (by time, then by matching the committed tail word by
   word), and audio is only dropped behind the commit point. Every word ends up in exactly one
@@ -73,7 +75,8 @@ class LatencyProfile:
     - `step_s`: new audio between two decodes (how often interim results can change, and the
       grain of agreement commits).
     - `window_s`: once the buffer is longer, it is trimmed at the end of a committed segment.
-    - `max_buffer_s`: hard bound on the buffer; beyond it the oldest words are committed.
+    - `max_buffer_s`: hard bound on the buffer; beyond it the oldest words are committed (a
+      buffer with no word: at 30 s, `WORDLESS_BOUND_SAMPLES`).
     - `beam_size`: Whisper beam (1 = greedy).
     - `agreement`: how many successive hypotheses must agree on a prefix to commit it
       (LocalAgreement-n).
@@ -150,6 +153,12 @@ class LatencyProfile:
       word where the word before it ended, so a short first word after a pause ("meses | e o
       barulho") is stretched back over the pause, which the context leaves out, and its
       middle fell before the buffer: it was dropped as a word already committed.
+    - `no_speech_skip`: Whisper's no-speech rule applies to the session's decodes (a window
+      whose no-speech probability is over 0.6 while its mean log-probability is under -1 gives
+      no words, inside faster-whisper and in `guards.is_silent`). Off: the session's VAD alone
+      decides what is speech. Under babble Whisper's no-speech probability is ~0.8 on real
+      speech, and with a short encoder context the whole buffer is one window: every decode
+      of it gave nothing, the buffer grew past `max_buffer_s`, and 30 s of speech got no final.
     """
 
     name: str
@@ -174,6 +183,7 @@ class LatencyProfile:
     count_onsets: bool = False
     carry_wordless_s: float = 0.0
     straddle_s: float = 0.0
+    no_speech_skip: bool = True
 
     @property
     def searches_beams(self) -> bool:
@@ -1132,6 +1142,17 @@ class StreamingSession:
                         and len(audio) / SAMPLE_RATE > self.profile.max_buffer_s
                     ):
                         cut = self.commit_time
+                        if cut <= self.buffer_start and len(audio) >= WORDLESS_BOUND_SAMPLES:
+                            # No word in as much audio as Whisper's window holds (babble,
+                            # music or noise VAD calls speech for as long as it lasts): its
+                            # older part goes, as a word ending there would be committed, or
+                            # the buffer and each decode of it grow without bound. Not at
+                            # `max_buffer_s`: under babble a decode often hears nothing where
+                            # a longer one later hears words (tune_08: the first 12 s lost).
+                            cut = end - self.profile.window_s / 2
+                            self.commit_time = max(self.commit_time, cut)
+                            dropped = cut - self.buffer_start
+                            span.set_attribute("asr.stream.wordless_dropped_s", dropped)
                     if cut > self.buffer_start:
                         self._trim_to(cut)  # only committed audio goes
                 span.set_attributes(
@@ -1290,7 +1311,7 @@ class StreamingSession:
             segments = self._decode_with(heard, pieces, heard_layout, closing, rescue, doubt)
         finally:
             del self._running.layout
-        kept = [s for s in segments if not guards.is_silent(s)]
+        kept = [s for s in segments if not (self.profile.no_speech_skip and guards.is_silent(s))]
         text = " ".join(s.text for s in kept)
         ratio = max((s.compression_ratio for s in kept), default=0.0)
         if kept and ratio > guards.COMPRESSION_RATIO_THRESHOLD:
@@ -1606,6 +1627,13 @@ class WhisperDecoder:
     """0: Whisper's encoder hears its full 30 s window (the buffer padded with silence), as in
     batch. Above 0: only the buffer plus this much padding (`audio_context`)."""
 
+    no_speech_threshold: float | None = guards.NO_SPEECH_THRESHOLD
+    """faster-whisper's: a window more likely silent than this (and improbable) gives no words;
+    None: never (`LatencyProfile.no_speech_skip` off)."""
+
+    more: dict[str, Any] = field(default_factory=dict)
+    """Further faster-whisper `transcribe` options (experiments: `utterance_context.py`)."""
+
     def __call__(self, audio: np.ndarray, prompt: str, prefix: str = "") -> list[Segment]:
         from asr_mesh.services.transcription.core import to_segment
 
@@ -1626,12 +1654,33 @@ class WhisperDecoder:
             condition_on_previous_text=False,
             initial_prompt=prompt or None,
             prefix=prefix or None,
+            no_speech_threshold=self.no_speech_threshold,
+            **self.more,
             max_new_tokens=token_budget(
                 max_new_tokens(audio.size / SAMPLE_RATE),
                 *(count_tokens(model, text) for text in (prompt, prefix)),
             ),
         )
         return [to_segment(i, s) for i, s in enumerate(segments)]
+
+
+def no_speech_threshold(profile: LatencyProfile) -> float | None:
+    """The no-speech threshold of a session's decodes (`LatencyProfile.no_speech_skip`)."""
+    return guards.NO_SPEECH_THRESHOLD if profile.no_speech_skip else None
+
+
+def grid_decoder(
+    model: Any, language: str | None, profile: LatencyProfile, beam_model: Any = None
+) -> WhisperDecoder:
+    """The decoder of a session's step decodes (`StreamingSession(decoder=...)`): the profile's
+    `beam_size` (on `beam_model` when a beam search and given), its short encoder context."""
+    return WhisperDecoder(
+        beam_model if profile.beam_size > 1 and beam_model is not None else model,
+        language,
+        profile.beam_size,
+        context_pad_s=profile.context_pad_s,
+        no_speech_threshold=no_speech_threshold(profile),
+    )
 
 
 def closing_decoder(
@@ -1647,6 +1696,7 @@ def closing_decoder(
         language,
         beam,
         context_pad_s=profile.context_pad_s,
+        no_speech_threshold=no_speech_threshold(profile),
     )
 
 
@@ -1662,7 +1712,11 @@ def doubt_decoder(
     if profile.doubt_logprob is None:
         return None
     return WhisperDecoder(
-        model, language, profile.doubt_beam_size, context_pad_s=profile.context_pad_s
+        model,
+        language,
+        profile.doubt_beam_size,
+        context_pad_s=profile.context_pad_s,
+        no_speech_threshold=no_speech_threshold(profile),
     )
 
 
@@ -1719,6 +1773,8 @@ def token_budget(wanted: int, prompt_tokens: int, prefix_tokens: int) -> int:
 
 FULL_CONTEXT_FRAMES = 3000
 """Whisper's encoder input: 30 s of 10 ms mel frames."""
+WORDLESS_BOUND_SAMPLES = FULL_CONTEXT_FRAMES * SAMPLE_RATE // 100
+"""A buffer that gave no word is cut back once it is this long (Whisper's 30 s window)."""
 
 
 def audio_context(audio_s: float, pad_s: float) -> int:
