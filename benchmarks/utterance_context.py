@@ -28,6 +28,7 @@ once, with whisper base through `streaming.WhisperDecoder`, by each configuratio
 - `second=S` (with `ctx`): each utterance is also decoded after only the last S seconds of
   that context, and of the two transcripts the one whose utterance words have the higher mean
   log-probability is kept (`streaming.confidence`; `LatencyProfile.second_context_s`);
+  `sprompt=1`/`0`: that second decode with/without the committed text as prompt;
 - `prefix=1`: the words already taken from the context are given to the decoder as the start
   of its transcript (`WhisperDecoder`'s `prefix`, closed by timestamp tokens at the
   utterance's start), so it does not transcribe the context again
@@ -44,7 +45,7 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -162,7 +163,8 @@ def run(config: str, items, model, offline: dict[str, str]) -> None:
             following = spans[k + 1][0] if k + 1 < len(spans) else b + 1.0
             contexts = [ctx, second] if second > 0 and ctx > 0 else [ctx]
             candidates = []
-            for ctx_s in contexts:
+            for k_ctx, ctx_s in enumerate(contexts):
+                chosen = choice.second() if k_ctx else choice
                 candidates.append(
                     decode_utterance(
                         decoder,
@@ -174,7 +176,7 @@ def run(config: str, items, model, offline: dict[str, str]) -> None:
                         following,
                         previous_end,
                         ctx_s,
-                        choice,
+                        chosen,
                     )  # fmt: skip
                 )
                 seconds += candidates[-1][1]
@@ -214,6 +216,14 @@ class Choices:
     use_prefix: bool
     acoustic: bool
     lead: float
+    second_prompt: bool | None
+
+    def second(self) -> Choices:
+        """The choices of the `second` decode (`sprompt` changes them)."""
+        return replace(
+            self,
+            use_prompt=self.use_prompt if self.second_prompt is None else self.second_prompt,
+        )
 
     @classmethod
     def parse(cls, kv: dict[str, str]) -> Choices:
@@ -226,6 +236,7 @@ class Choices:
             use_prefix=kv.get("prefix", "0") == "1",
             acoustic=kv.get("acoustic", "0") == "1",
             lead=float(kv.get("lead", 0)),
+            second_prompt=None if "sprompt" not in kv else kv["sprompt"] == "1",
         )
 
 

@@ -76,3 +76,12 @@ def test_an_utterance_decode_keeps_its_own_words_and_their_probabilities_for_the
     assert [w for w, _, _ in found] == ["sim", "não"]
     assert abs(seconds - 5.3) < 1e-6  # 2.0 s to the utterance's end + 0.3 s
     assert st.confidence(timed) == st.confidence([Word(0, 0, "sim", 0.8), Word(0, 0, "não", 0.4)])
+
+
+def test_the_second_decode_takes_its_own_prompt_choice_and_the_rest_from_the_first():
+    kv = dict(x.split("=") for x in "ctx=8,prompt=0,second=4,sprompt=1,squeeze=1".split(","))
+    first = uc.Choices.parse(kv)
+    assert not first.use_prompt and first.second().use_prompt
+    assert first.second().squeeze and first.second().spad == first.spad
+    same = uc.Choices.parse({"ctx": "8", "prompt": "0"})
+    assert same.second() == same  # without `sprompt` the second decode is chosen alike
