@@ -130,7 +130,31 @@ def acoustic_context(model, context_mel: np.ndarray):
     return clone
 
 
-def run(config: str, items, model, offline: dict[str, str]) -> None:
+CRITERIA = {
+    "mean": lambda lp: float(np.mean(lp)),
+    "min": lambda lp: float(np.min(lp)),
+    "median": lambda lp: float(np.median(lp)),
+    "sum": lambda lp: float(np.sum(lp)),
+    "sum+1n": lambda lp: float(np.sum(lp)) + len(lp),
+    "first": lambda lp: 0.0,
+}
+"""With `second` and `--criteria`: other rules for choosing between the two decodes, scored on
+the same decodes (over each transcript's word log-probabilities, floored as
+`streaming.confidence`; "first" always keeps the decode after the full context). The
+prompt of later utterances follows `streaming.confidence`'s choice, so with a prompt they are
+approximate."""
+
+
+def choose(criterion: str, candidates) -> int:
+    """Which of `candidates` (`decode_utterance` results) `criterion` keeps (ties: the first)."""
+    scores = []
+    for c in candidates:
+        logs = [float(np.log(max(w.probability, 1e-6))) for w in c[2]]
+        scores.append(CRITERIA[criterion](logs) if logs else float("-inf"))
+    return max(range(len(scores)), key=lambda k: (scores[k], -k))
+
+
+def run(config: str, items, model, offline: dict[str, str], criteria=()) -> None:
     kv = dict(x.split("=") for x in config.split(","))
     ctx = float(kv.get("ctx", 0))
     choice = Choices.parse(kv)
@@ -152,11 +176,13 @@ def run(config: str, items, model, offline: dict[str, str]) -> None:
     second = float(kv.get("second", 0))
     kept_second = decodes_second = 0
     first_only: list[float] = []  # with `second`: the WER of the first decode alone
+    by_rule: dict[str, list[float]] = {c: [] for c in criteria}
     for item in items:
         audio = np.frombuffer(item.pcm, dtype="<i2").astype(np.float32) / 32768
         ranges = vad(audio)
         words: list[tuple[str, float, float]] = []
         first_words: list[str] = []
+        rule_words: dict[str, list[str]] = {c: [] for c in criteria}
         previous_end = 0.0
         spans = utterances(ranges)
         for k, (a, b) in enumerate(spans):
@@ -185,10 +211,14 @@ def run(config: str, items, model, offline: dict[str, str]) -> None:
                 decodes_second += 1
                 kept_second += best is candidates[1]
             words.extend(best[0])
+            for rule in criteria:
+                rule_words[rule].extend(w for w, _, _ in candidates[choose(rule, candidates)][0])
             first_words.extend(w for w, _, _ in candidates[0][0])
             previous_end = b
         scores.append(wer([item.reference], [" ".join(w for w, _, _ in words)]))
         first_only.append(wer([item.reference], [" ".join(first_words)]))
+        for rule in criteria:
+            by_rule[rule].append(wer([item.reference], [" ".join(rule_words[rule])]))
         plain.append(wer([item.reference], [offline[item.name]]))
     print(
         f"{config:<44} WER {100 * np.mean(scores):5.1f}%  plain {100 * np.mean(plain):5.1f}%  "
@@ -202,6 +232,12 @@ def run(config: str, items, model, offline: dict[str, str]) -> None:
         ),
         flush=True,
     )
+    for rule in criteria if decodes_second else ():
+        print(
+            f"    choosing by {rule:<8} WER {100 * np.mean(by_rule[rule]):5.1f}%  "
+            f"per input {[round(100 * x, 1) for x in by_rule[rule]]}",
+            flush=True,
+        )
 
 
 @dataclass(frozen=True)
@@ -303,8 +339,16 @@ def main() -> int:
     parser.add_argument("--corpus", type=Path, default=REPO / "build" / "corpus-validate")
     parser.add_argument("--split", default="tune")
     parser.add_argument("--only", default="", help="comma list: inputs whose name contains one")
+    parser.add_argument(
+        "--criteria",
+        default="",
+        help=f"with second=S: also score these rules for choosing ({', '.join(CRITERIA)})",
+    )
     args = parser.parse_args()
 
+    criteria = [c for c in args.criteria.split(",") if c]
+    if unknown := [c for c in criteria if c not in CRITERIA]:
+        parser.error(f"unknown criteria {', '.join(unknown)}; known: {', '.join(CRITERIA)}")
     only = [o for o in args.only.split(",") if o]
     items = [
         i
@@ -314,7 +358,7 @@ def main() -> int:
     model = base_model()
     offline = bench.offline_texts(model, items)
     for config in filter(None, args.configs.split(";")):
-        run(config, items, model, offline)
+        run(config, items, model, offline, criteria)
     return 0
 
 

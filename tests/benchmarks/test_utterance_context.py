@@ -85,3 +85,19 @@ def test_the_second_decode_takes_its_own_prompt_choice_and_the_rest_from_the_fir
     assert first.second().squeeze and first.second().spad == first.spad
     same = uc.Choices.parse({"ctx": "8", "prompt": "0"})
     assert same.second() == same  # without `sprompt` the second decode is chosen alike
+
+
+def test_each_rule_chooses_between_two_decodes_by_its_own_score():
+    from asr_mesh.services.common.domain import Word
+
+    def decode(*probabilities):
+        return [], 0.0, [Word(0.0, 0.1, "w", p) for p in probabilities]
+
+    sure_but_one_doubt, even = decode(0.9, 0.9, 0.1), decode(0.4, 0.4, 0.4)
+    pair = [sure_but_one_doubt, even]
+    assert uc.choose("mean", pair) == 0  # mean log p: -0.84 against -0.92
+    assert uc.choose("min", pair) == 1  # its worst word: 0.1 against 0.4
+    assert uc.choose("first", [even, sure_but_one_doubt]) == 0
+    assert uc.choose("sum", [decode(0.5), decode(0.5, 0.9)]) == 0  # fewer words
+    assert uc.choose("sum+1n", [decode(0.5), decode(0.5, 0.9)]) == 1
+    assert uc.choose("mean", [decode(), decode(0.1)]) == 1  # no words: never chosen
