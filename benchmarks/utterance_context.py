@@ -139,7 +139,7 @@ CRITERIA = {
     "first": lambda lp: 0.0,
 }
 """With `second` and `--criteria`: other rules for choosing between the two decodes, scored on
-the same decodes (over each transcript's word log-probabilities, floored as
+the same decodes (over `streaming.word_log_probabilities` of each transcript: "mean" is
 `streaming.confidence`; "first" always keeps the decode after the full context). The
 prompt of later utterances follows `streaming.confidence`'s choice, so with a prompt they are
 approximate."""
@@ -149,7 +149,7 @@ def choose(criterion: str, candidates) -> int:
     """Which of `candidates` (`decode_utterance` results) `criterion` keeps (ties: the first)."""
     scores = []
     for c in candidates:
-        logs = [float(np.log(max(w.probability, 1e-6))) for w in c[2]]
+        logs = st.word_log_probabilities(c[2])
         scores.append(CRITERIA[criterion](logs) if logs else float("-inf"))
     return max(range(len(scores)), key=lambda k: (scores[k], -k))
 

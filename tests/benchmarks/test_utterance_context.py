@@ -101,3 +101,17 @@ def test_each_rule_chooses_between_two_decodes_by_its_own_score():
     assert uc.choose("sum", [decode(0.5), decode(0.5, 0.9)]) == 0  # fewer words
     assert uc.choose("sum+1n", [decode(0.5), decode(0.5, 0.9)]) == 1
     assert uc.choose("mean", [decode(), decode(0.1)]) == 1  # no words: never chosen
+
+
+def test_the_mean_rule_is_the_session_s_confidence():
+    from asr_mesh.services.common.domain import Word
+    from asr_mesh.services.transcription import streaming as st
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        pair = [
+            ([], 0.0, [Word(0.0, 0.1, "w", float(p)) for p in rng.uniform(0, 1, size=n)])
+            for n in rng.integers(1, 6, size=2)
+        ]
+        by_session = max(range(2), key=lambda k: (st.confidence(pair[k][2]), -k))
+        assert uc.choose("mean", pair) == by_session

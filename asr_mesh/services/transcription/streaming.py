@@ -632,7 +632,14 @@ def confidence(words: Sequence[Word], failed: bool = False) -> float:
         return float("-inf")
     if not words:
         return float(np.log(_FLOOR_PROBABILITY)) - 1.0
-    return float(np.mean([np.log(max(w.probability, _FLOOR_PROBABILITY)) for w in words]))
+    return float(np.mean(word_log_probabilities(words)))
+
+
+def word_log_probabilities(words: Sequence[Word]) -> list[float]:
+    """Each word's log-probability, floored (a word Whisper gave probability 0 is not -inf):
+    what `confidence` averages, and what other choice rules are tried on
+    (`benchmarks/utterance_context.py --criteria`)."""
+    return [float(np.log(max(w.probability, _FLOOR_PROBABILITY))) for w in words]
 
 
 def _seconds(pieces: Sequence[tuple[float, np.ndarray]]) -> float:
