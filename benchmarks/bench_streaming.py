@@ -367,12 +367,16 @@ def default_beam_threads() -> int:
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
-    """`NAME[:field=value,...]` → a profile name and overrides of its fields (for sweeps)."""
+    """`NAME[:field=value,...]` → a profile name and overrides of its fields (for sweeps); a
+    value with slashes is a tuple of seconds (`rover_contexts_s=0/2/6/12`)."""
     name, _, rest = text.partition(":")
     fields = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        fields[key.strip()] = float(value) if "." in value else int(value)
+        if "/" in value:  # a tuple field: rover_contexts_s=0/2/6/12
+            fields[key.strip()] = tuple(float(v) for v in value.split("/") if v)
+        else:
+            fields[key.strip()] = float(value) if "." in value else int(value)
     return name.strip(), fields
 
 

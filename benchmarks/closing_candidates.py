@@ -38,6 +38,7 @@ import bench_streaming as bench  # noqa: E402
 import utterance_context as uc  # noqa: E402
 
 from asr_mesh.services.common.domain import Word  # noqa: E402
+from asr_mesh.services.transcription import rover  # noqa: E402
 from asr_mesh.services.transcription import streaming as st  # noqa: E402
 from support.metrics import wer  # noqa: E402
 
@@ -52,19 +53,31 @@ CANDIDATES = {
 """Name → context seconds (speech only, pauses removed), beam, committed text as prompt (the
 first candidate's words: the prompt a stream of it would have)."""
 
+MORE_CANDIDATES = {
+    "G": {"ctx": 2.0, "beam": 5, "prompt": False},
+    "H": {"ctx": 0.0, "beam": 1, "prompt": True},  # like a step decode of the phrase
+    "I": {"ctx": 4.0, "beam": 1, "prompt": False},
+    "J": {"ctx": 6.0, "beam": 5, "prompt": False},
+    "K": {"ctx": 0.0, "beam": 1, "prompt": False},
+    "L": {"ctx": 8.0, "beam": 1, "prompt": False},
+}
+"""Cheaper decodes for word-level combination (`collect --names A,G,H,...`; A first, the
+prompt's source), collected apart and merged into the same file with `merge`."""
+
 Candidate = list[tuple[str, float]]  # (word, probability)
 
 
-def collect(split: str, threads: int, out: Path) -> None:
+def collect(split: str, threads: int, out: Path, names: Sequence[str] = tuple(CANDIDATES)) -> None:
     model = uc.base_model(threads)
     items = bench.inputs(REPO / "build" / "corpus-validate", split, 0, Path("/tmp"))
     offline = bench.offline_texts(model, items)
+    chosen = {name: {**CANDIDATES, **MORE_CANDIDATES}[name] for name in names}
     decoders = {
-        name: st.WhisperDecoder(model, "pt", c["beam"], context_pad_s=1.0)
-        for name, c in CANDIDATES.items()
+        name: st.WhisperDecoder(model, "pt", int(c["beam"]), context_pad_s=1.0)
+        for name, c in chosen.items()
     }
     vad = st.silero_vad()
-    cpu = dict.fromkeys(CANDIDATES, 0.0)
+    cpu = dict.fromkeys(chosen, 0.0)
     result = []
     for item in items:
         audio = np.frombuffer(item.pcm, dtype="<i2").astype(np.float32) / 32768
@@ -75,7 +88,7 @@ def collect(split: str, threads: int, out: Path) -> None:
         for k, (a, b) in enumerate(spans):
             following = spans[k + 1][0] if k + 1 < len(spans) else b + 1.0
             found = {}
-            for name, c in CANDIDATES.items():
+            for name, c in chosen.items():
                 choice = uc.Choices.parse({"squeeze": "1", "prompt": "1" if c["prompt"] else "0"})
                 started = time.process_time()
                 words, _, _ = uc.decode_utterance(
@@ -84,7 +97,7 @@ def collect(split: str, threads: int, out: Path) -> None:
                 )  # fmt: skip
                 cpu[name] += time.process_time() - started
                 found[name] = [(w, p) for w, _, p in words]
-                if name == next(iter(CANDIDATES)):
+                if name == names[0]:
                     first.extend(words)
             utterances.append({"start": a, "end": b, "candidates": found})
             previous_end = b
@@ -99,6 +112,22 @@ def collect(split: str, threads: int, out: Path) -> None:
         print(item.name, {k: round(v) for k, v in cpu.items()}, "CPU-s so far", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"split": split, "cpu_s": cpu, "items": result}), encoding="utf-8")
+    print(f"wrote {out}")
+
+
+def merge(first: Path, second: Path, out: Path) -> None:
+    """One file with the candidates of two collects of the same split (same utterances)."""
+    a = json.loads(first.read_text(encoding="utf-8"))
+    b = json.loads(second.read_text(encoding="utf-8"))
+    for item, other in zip(a["items"], b["items"], strict=True):
+        for u, v in zip(item["utterances"], other["utterances"], strict=True):
+            if (u["start"], u["end"]) != (v["start"], v["end"]):
+                raise SystemExit(f"{item['input']}: the two collects cut different utterances")
+            u["candidates"].update(
+                {k: c for k, c in v["candidates"].items() if k not in u["candidates"]}
+            )
+    a["cpu_s"].update({k: c for k, c in b["cpu_s"].items() if k not in a["cpu_s"]})
+    out.write_text(json.dumps(a), encoding="utf-8")
     print(f"wrote {out}")
 
 
@@ -135,13 +164,54 @@ def wers(data: dict, names: Sequence[str], score: str = "logprob", margin=0.0) -
     return np.array(out)
 
 
+def rover_wers(data: dict, names: Sequence[str], settings: rover.RoverSettings) -> np.ndarray:
+    """WER per conversation of the transcripts `names` combined word by word (ROVER)."""
+    out = []
+    for item in data["items"]:
+        words = []
+        for u in item["utterances"]:
+            transcripts = [_words(u["candidates"][name]) for name in names]
+            words += [w.word for w in rover.combine(transcripts, settings)]
+        out.append(wer([item["reference"]], [" ".join(words)]))
+    return np.array(out)
+
+
+ROVER_GRID = [
+    rover.RoverSettings(vote, null)
+    for vote in (0.0, 0.25, 0.5, 0.75, 1.0)
+    for null in (0.3, 0.5, 0.7)
+]
+"""Vote weights × no-word confidences `report --rover` tries."""
+
+
+def rover_report(data: dict, base: np.ndarray, top: int) -> None:
+    names = list(data["items"][0]["utterances"][0]["candidates"])
+    rows = []
+    for size in (2, 3, 4, 5):
+        for combo in itertools.combinations(names, size):
+            if combo[0] != names[0]:
+                continue
+            for settings in ROVER_GRID if size > 2 else ROVER_GRID[:3]:
+                got = rover_wers(data, combo, settings)
+                rows.append((got.mean(), "+".join(combo), settings, got - base))
+    rows.sort(key=lambda r: r[0])
+    print(f"\nROVER: {'combo':<12} {'vote':>5} {'null':>5} {'WER':>6}  vs {names[0]} alone")
+    for mean, combo, settings, diff in rows[:top]:
+        lo, hi = paired(diff)
+        print(
+            f"       {combo:<12} {settings.vote_weight:5.2f} {settings.null_confidence:5.2f} "
+            f"{100 * mean:5.1f}%  {100 * diff.mean():+5.1f} ({100 * lo:+.1f} to {100 * hi:+.1f})"
+            f"  {(diff < 0).sum()}/{(diff > 0).sum()}"
+        )
+
+
 def paired(diff: np.ndarray, draws: int = 4000, seed: int = 0) -> tuple[float, float]:
     rng = np.random.default_rng(seed)
     means = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(draws)]
     return tuple(float(x) for x in np.percentile(means, [2.5, 97.5]))  # type: ignore[return-value]
 
 
-def report(path: Path, top: int) -> None:
+def report(path: Path, top: int, with_rover: bool = False) -> None:
     data = json.loads(path.read_text(encoding="utf-8"))
     names = list(data["items"][0]["utterances"][0]["candidates"])
     first = names[0]
@@ -171,6 +241,8 @@ def report(path: Path, top: int) -> None:
         diff = got - base
         print(f"  {margin:4.2f}: {100 * got.mean():5.1f}%  {100 * diff.mean():+5.1f}  "
               f"{(diff < 0).sum()}/{(diff > 0).sum()}")  # fmt: skip
+    if with_rover:
+        rover_report(data, base, top)
 
 
 def main() -> int:
@@ -185,15 +257,25 @@ def main() -> int:
         help="CPU threads of the model (1: two collects at once on 2 cores)",
     )
     c.add_argument("--out", type=Path)
+    c.add_argument(
+        "--names", default=",".join(CANDIDATES), help="candidates, the first the prompt's"
+    )
+    m = sub.add_parser("merge", help="add the candidates of a second collect to a first")
+    m.add_argument("first", type=Path)
+    m.add_argument("second", type=Path)
+    m.add_argument("out", type=Path)
     r = sub.add_parser("report", help="score the rules on a collected file")
     r.add_argument("path", type=Path)
     r.add_argument("--top", type=int, default=30)
+    r.add_argument("--rover", action="store_true", help="also combine candidates word by word")
     args = parser.parse_args()
     if args.command == "collect":
         out = args.out or REPO / "out" / f"closing_candidates_{args.split}.json"
-        collect(args.split, args.threads, out)
+        collect(args.split, args.threads, out, args.names.split(","))
+    elif args.command == "merge":
+        merge(args.first, args.second, args.out)
     else:
-        report(args.path, args.top)
+        report(args.path, args.top, args.rover)
     return 0
 
 

@@ -248,3 +248,19 @@ def test_report_prints_a_saved_mesh_run_again_and_refuses_what_is_not_a_run(tmp_
         assert refused.returncode == 2
         assert "is not a --json file of this benchmark" in refused.stderr
         assert "Traceback" not in refused.stderr
+
+
+def test_a_variant_names_a_profile_and_overrides_numbers_and_tuples_of_seconds():
+    assert bench.parse_variant("accurate") == ("accurate", {})
+    assert bench.parse_variant("balanced:context_s=4.0,beam_size=5") == (
+        "balanced",
+        {"context_s": 4.0, "beam_size": 5},
+    )
+    assert bench.parse_variant("accurate:rover_contexts_s=0/2/6/12") == (
+        "accurate",
+        {"rover_contexts_s": (0.0, 2.0, 6.0, 12.0)},
+    )
+    assert bench.parse_variant("accurate:rover_contexts_s=12/") == (
+        "accurate",
+        {"rover_contexts_s": (12.0,)},
+    )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
@@ -43,3 +46,62 @@ def test_a_rule_s_wer_is_built_from_the_candidates_it_keeps_per_utterance():
     assert cc.wers(data, ["A", "C"]).tolist() == [0.0]  # C's first, A's second: all right
     assert round(float(cc.wers(data, ["A"])[0]), 3) == round(1 / 3, 3)  # "tia"
     assert round(float(cc.wers(data, ["C"])[0]), 3) == round(1 / 3, 3)  # "caro"
+
+
+def test_rover_builds_each_utterance_from_the_words_most_candidates_heard():
+    data = {
+        "items": [
+            {
+                "reference": "bom dia claro que sim",
+                "utterances": [
+                    {
+                        "candidates": {
+                            "A": [("bom", 0.9), ("tia", 0.9)],
+                            "C": [("bom", 0.9), ("dia", 0.6)],
+                            "E": [("com", 0.9), ("dia", 0.6)],
+                        }
+                    },
+                    {
+                        "candidates": {
+                            "A": [("claro", 0.9), ("que", 0.8), ("sim", 0.9)],
+                            "C": [("caro", 0.9), ("que", 0.8), ("sim", 0.9)],
+                            "E": [("claro", 0.5), ("sim", 0.9)],
+                        }
+                    },
+                ],
+            }
+        ]
+    }
+    settings = cc.rover.RoverSettings(vote_weight=0.5, null_confidence=0.5)
+    assert cc.rover_wers(data, ["A", "C", "E"], settings).tolist() == [0.0]
+    # Kept whole, no one candidate is right: the surer (A) mishears "dia".
+    assert cc.wers(data, ["A", "C", "E"]).tolist() == [0.2]
+
+
+def test_two_collects_of_a_split_merge_into_one_file_of_all_candidates(tmp_path):
+    def collected(names, cpu):
+        return {
+            "split": "tune",
+            "cpu_s": dict.fromkeys(names, cpu),
+            "items": [
+                {
+                    "input": "x",
+                    "utterances": [
+                        {"start": 0.0, "end": 1.0, "candidates": {n: [(n, 0.5)] for n in names}}
+                    ],
+                }
+            ],
+        }
+
+    first, second, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    first.write_text(json.dumps(collected(["A", "C"], 1.0)))
+    second.write_text(json.dumps(collected(["A", "G"], 2.0)))
+    cc.merge(first, second, out)
+    merged = json.loads(out.read_text())
+    assert merged["cpu_s"] == {"A": 1.0, "C": 1.0, "G": 2.0}  # the first file's A stays
+    assert list(merged["items"][0]["utterances"][0]["candidates"]) == ["A", "C", "G"]
+    other = collected(["G"], 2.0)
+    other["items"][0]["utterances"][0]["end"] = 2.0
+    second.write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="different utterances"):
+        cc.merge(first, second, out)

@@ -1248,22 +1248,33 @@ def _unsure(segments: list[Segment], word: str | None = None, p: float = 0.3) ->
     ]
 
 
-class PairDecoder(ScriptedDecoder):
+class ContextDecoder(ScriptedDecoder):
+    """A scripted closing decoder that records the seconds of context each decode heard."""
+
+    def __init__(self, truth, jitter: float = 0.05):
+        super().__init__(truth, random.Random(1), jitter=jitter, garble_tail=False)
+        self.contexts: list[float] = []
+
+    def heard(self, audio: np.ndarray, prompt: str, prefix: str) -> tuple[float, list[Segment]]:
+        """The context this decode heard (recorded) and the scripted segments."""
+        layout = self.session.heard_layout()
+        context = sum(seconds for _, seconds in layout[:-1])
+        self.contexts.append(context)
+        return context, ScriptedDecoder.__call__(self, audio, prompt, prefix)
+
+
+class PairDecoder(ContextDecoder):
     """A closing decoder whose transcript depends on the context it heard: `full` changes the
     segments of a decode after more than 4.5 s of context, `second` those of a decode after
     exactly 4 s (`second_context_s`'s decode); others are left as heard. With `barrier`, both
     decodes of a pair wait for each other (they must run at once). Records each context."""
 
     def __init__(self, truth, full=None, second=None, barrier=None):
-        super().__init__(truth, random.Random(1), garble_tail=False)
+        super().__init__(truth)
         self.full, self.second, self.barrier = full, second, barrier
-        self.contexts: list[float] = []
 
     def __call__(self, audio: np.ndarray, prompt: str, prefix: str = "") -> list[Segment]:
-        layout = self.session.heard_layout()
-        context = sum(seconds for _, seconds in layout[:-1])
-        self.contexts.append(context)
-        segments = super().__call__(audio, prompt, prefix)
+        context, segments = self.heard(audio, prompt, prefix)
         is_second, is_full = abs(context - 4.0) < 1e-6, context > 4.5
         if self.barrier is not None and (is_second or is_full):
             self.barrier.wait()
@@ -1435,3 +1446,91 @@ def test_speech_that_never_gives_a_word_does_not_grow_the_buffer_without_bound(p
         longest = max(longest, session.received_s - session.buffer_start)
     assert 30.0 <= longest <= 30.0 + 2 * session.profile.step_s
     assert session.received_s - session.buffer_start < 30.0
+
+
+class ContextErrorsDecoder(ContextDecoder):
+    """A closing decoder that mishears a different quarter of the words after each context, as
+    surely as it hears the rest: the words of truth index i are misheard when i % 4 is
+    `errors[c]` for the context c it heard (0, 2 and 4 s within 0.05 s; any other length is
+    the full context, key None). Records each context."""
+
+    def __init__(self, truth, errors: dict[float | None, int]):
+        super().__init__(truth, jitter=0.0)
+        self.errors = errors
+
+    def __call__(self, audio: np.ndarray, prompt: str, prefix: str = "") -> list[Segment]:
+        context, segments = self.heard(audio, prompt, prefix)
+        layout = self.layouts[-1]
+        heard = [
+            i
+            for start, seconds in layout
+            for i, w in enumerate(self.truth)
+            if start - 1e-6 <= w.start < start + seconds
+        ]
+        key = next((c for c in self.errors if c is not None and abs(c - context) < 0.05), None)
+        quarter = self.errors[key]
+        words = [w for seg in segments for w in seg.words]
+        assert len(words) == len(heard)
+        said = [
+            replace(w, word="errado") if i % 4 == quarter else w
+            for w, i in zip(words, heard, strict=True)
+        ]
+        out, k = [], 0
+        for seg in segments:
+            out.append(replace(seg, words=tuple(said[k : k + len(seg.words)])))
+            k += len(seg.words)
+        return out
+
+
+def _rover_run(rover_contexts_s: tuple[float, ...]):
+    """Three utterances of 10 words (the second's closing decodes hear ~3.5 s of context, the
+    third's ~7 s), `balanced` with a second context of 4 s and `rover_contexts_s`; after the
+    full context the closing decoder mishears quarter 0 of the words, after 4 s quarter 1,
+    after none quarter 2, after 2 s quarter 3."""
+    rng = random.Random(5)
+    truth = script(rng, 30, pause_every=10)
+    grid = ScriptedDecoder(truth, rng, garble_tail=False)
+    closing = ContextErrorsDecoder(truth, {None: 0, 4.0: 1, 0.0: 2, 2.0: 3})
+    profile = replace(
+        s.PROFILES["balanced"], second_context_s=4.0, rover_contexts_s=rover_contexts_s
+    )
+    session = scripted_session(truth, grid, profile=profile, closing=closing)
+    return truth, session, closing, _stream_through(session, truth)
+
+
+def test_closing_decodes_after_several_contexts_are_combined_word_by_word():
+    """Each decode mishears other words; combined, every word the decodes mostly heard right is
+    right, each word once. The first utterance has no context: its one decode's errors stay."""
+    truth, session, closing, events = _rover_run((0.0, 2.0))
+    said = final_words(events)
+    expected = [w.word for w in truth]
+    assert len(said) == len(expected)
+    assert said[10:] == expected[10:]
+    assert [i for i, w in enumerate(said[:10]) if w == "errado"] == [
+        i for i in range(10) if i % 4 == 2 and expected[i] != "errado"
+    ]
+    # The third utterance's closing decodes: the full context (~7 s), 4 s, none and 2 s, at once;
+    # the second's: its full context (~3.5 s: the 4 s tail is the same decode, run once), none, 2 s.
+    assert session.counters.second_decodes > 0
+    heard = sorted(round(c, 1) for c in closing.contexts)
+    assert heard.count(4.0) >= 1 and heard.count(2.0) >= 2 and heard.count(0.0) >= 3
+
+
+def test_without_the_combination_a_pair_keeps_one_transcript_and_its_errors():
+    truth, session, _, events = _rover_run(())
+    said = final_words(events)
+    assert len(said) == len(truth)
+    assert said[10:].count("errado") >= 4  # one decode's quarter, whichever was kept
+
+
+def test_a_replica_turns_the_combination_on_for_accurate_only_and_sizes_its_workers():
+    from asr_mesh.services.transcription.server import TranscriptionSettings, stream_beam_workers
+
+    accurate = s.with_rover(s.PROFILES["accurate"], (0.0, 2.0, 6.0, 12.0))
+    assert accurate.rover_contexts_s == (0.0, 2.0, 6.0, 12.0)
+    assert accurate.decodes_at_once == 6 and accurate.context_kept_s == 12.0
+    assert s.with_rover(s.PROFILES["balanced"], (0.0, 2.0)) == s.PROFILES["balanced"]
+    assert s.with_rover(s.PROFILES["accurate"], ()) == s.PROFILES["accurate"]
+    settings = TranscriptionSettings(max_streams=3, stream_rover_contexts=(0.0, 2.0))
+    assert stream_beam_workers(settings) == 12
+    assert stream_beam_workers(TranscriptionSettings(max_streams=3)) == 6

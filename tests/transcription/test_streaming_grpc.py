@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -33,21 +34,27 @@ PCM16K = audio_pb2.PcmFormat(
 CHUNK = 3200  # 100 ms
 
 
+@contextlib.contextmanager
+def serving(**settings_fields):
+    """A transcription server on a free port (CPU, 2 threads, base) with these settings:
+    (settings, transcriber, stub); stopped on exit."""
+    settings = TranscriptionSettings(
+        port=0, models_dir=MODELS_DIR, cpu_threads=2, device="cpu", **settings_fields
+    )
+    transcriber = build_transcriber(settings)
+    handle = create_server(settings, transcriber)
+    channel = channel_to(handle.port)
+    try:
+        yield settings, transcriber, pb_grpc.TranscriptionServiceStub(channel)
+    finally:
+        channel.close()
+        handle.stop(0)
+
+
 @pytest.fixture(scope="module")
 def stub():
-    settings = TranscriptionSettings(
-        port=0,
-        models_dir=MODELS_DIR,
-        cpu_threads=2,
-        device="cpu",
-        max_streams=2,
-        stream_idle_timeout_s=3.0,
-    )
-    handle = create_server(settings)
-    channel = channel_to(handle.port)
-    yield pb_grpc.TranscriptionServiceStub(channel)
-    channel.close()
-    handle.stop(0)
+    with serving(max_streams=2, stream_idle_timeout_s=3.0) as (_, _, stub):
+        yield stub
 
 
 def load_pcm(path) -> bytes:
@@ -113,22 +120,27 @@ def test_the_accurate_profile_hears_earlier_speech_and_repeats_no_word(stub, cor
     """`accurate` decodes a closing phrase after the session's earlier speech and keeps only
     the phrase's words: nothing heard again in that context comes back as a final."""
     conv = manifest["dia"][0]
-    evs = events(
-        stub,
-        load_pcm(corpus / conv["audio"]),
-        speed=2.0,
-        latency_profile=spb.LATENCY_PROFILE_ACCURATE,
-    )
+    evs = accurate_events(stub, corpus / conv["audio"])
     assert evs[-1].summary.latency_profile == "accurate"
     finals = [e.final.segment for e in evs if e.WhichOneof("event") == "final"]
     assert len(finals) >= 3
-    for a, b in zip(finals, finals[1:]):  # in time order, never overlapping
-        assert a.words[-1].end_offset.ToTimedelta() <= b.words[0].end_offset.ToTimedelta()
-        # The context's words are not committed again at the next phrase's start.
-        tail = [norm(w.word) for w in a.words[-2:]]
-        assert [norm(w.word) for w in b.words[: len(tail)]] != tail, (a.text, b.text)
+    assert_in_order_and_no_word_twice(finals)
     text = " ".join(f.text for f in finals)
     assert wer([conv["text"]], [text]) < 0.35, text
+
+
+def accurate_events(stub, path) -> list[spb.StreamingEvent]:
+    """`accurate`'s events for the file at `path`, streamed at twice real time."""
+    return events(stub, load_pcm(path), speed=2.0, latency_profile=spb.LATENCY_PROFILE_ACCURATE)
+
+
+def assert_in_order_and_no_word_twice(finals) -> None:
+    """Finals in time order, never overlapping, and the words of the context a closing decode
+    heard not committed again at the next phrase's start."""
+    for a, b in zip(finals, finals[1:]):
+        assert a.words[-1].end_offset.ToTimedelta() <= b.words[0].end_offset.ToTimedelta()
+        tail = [norm(w.word) for w in a.words[-2:]]
+        assert [norm(w.word) for w in b.words[: len(tail)]] != tail, (a.text, b.text)
 
 
 @pytest.mark.parametrize("name", ["silence_10s.wav", "noise_10s.wav"])
@@ -254,14 +266,7 @@ def test_accurate_runs_its_beam_searches_on_a_one_thread_instance_loaded_on_firs
     """On CPU `accurate`'s beam-5 closing decodes run on a second instance of the model
     (`stream_beam_threads`, workers for each session's decodes); `balanced` (greedy) never
     loads it."""
-    settings = TranscriptionSettings(
-        port=0, models_dir=MODELS_DIR, cpu_threads=2, device="cpu", max_streams=3
-    )
-    transcriber = build_transcriber(settings)
-    handle = create_server(settings, transcriber)
-    channel = channel_to(handle.port)
-    try:
-        stub = pb_grpc.TranscriptionServiceStub(channel)
+    with serving(max_streams=3) as (settings, transcriber, stub):
         conv = manifest["dia"][0]
         pcm = load_pcm(corpus / conv["audio"])[: 12 * 16000 * 2]
         registry = transcriber.registry
@@ -275,6 +280,33 @@ def test_accurate_runs_its_beam_searches_on_a_one_thread_instance_loaded_on_firs
         for evs in (balanced, accurate):
             text = " ".join(e.final.segment.text for e in evs if e.WhichOneof("event") == "final")
             assert len(text.split()) >= 10, text
-    finally:
-        channel.close()
-        handle.stop(0)
+
+
+def test_a_replica_with_rover_contexts_combines_accurate_s_closing_decodes(
+    corpus, manifest, monkeypatch
+):
+    """`stream_rover_contexts`: `accurate`'s closing decodes also run after 0 and 2 s of
+    context, all at once (workers for each), and their words are combined; the finals stay in
+    order with no word repeated from the context."""
+    from asr_mesh.services.transcription import streaming
+
+    combined: list[int] = []
+    real = streaming.rover.combine
+
+    def counted(transcripts, settings):
+        combined.append(len(transcripts))
+        return real(transcripts, settings)
+
+    monkeypatch.setattr(streaming.rover, "combine", counted)
+    with serving(max_streams=1, stream_rover_contexts=(0.0, 2.0)) as (settings, transcriber, stub):
+        conv = manifest["dia"][0]
+        evs = accurate_events(stub, corpus / conv["audio"])
+        beams = transcriber.registry.get(
+            "", "cpu", transcriber.compute_type, settings.stream_beam_threads
+        )
+        assert beams.model.num_workers == 4  # the full context, 4 s, 0 s and 2 s at once
+    assert combined and max(combined) >= 3, (combined, [e.WhichOneof("event") for e in evs])
+    finals = [e.final.segment for e in evs if e.WhichOneof("event") == "final"]
+    assert_in_order_and_no_word_twice(finals)
+    text = " ".join(f.text for f in finals)
+    assert wer([conv["text"]], [text]) < 0.35, text

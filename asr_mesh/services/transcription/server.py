@@ -25,7 +25,7 @@ from asr_mesh.services.transcription.longform import LONG_FORM_MIN_S, VadParams
 from asr_mesh.services.transcription.models import ModelRegistry
 from asr_mesh.services.transcription.servicer import TranscriptionServicer
 from asr_mesh.services.transcription.stream_servicer import StreamingHandler
-from asr_mesh.services.transcription.streaming import PROFILES
+from asr_mesh.services.transcription.streaming import PROFILES, with_rover
 
 SERVICE = "transcription"
 log = logging.getLogger(__name__)
@@ -52,6 +52,14 @@ class TranscriptionSettings(QueuedServerSettings):
         "workers for every session's decodes at once (max_streams x 2); 0 = on the shared "
         "instance. On 2 cores whisper "
         "base decodes beam 5 faster on one thread than on two (benchmarks/README.md).",
+    )
+    stream_rover_contexts: tuple[float, ...] = Field(
+        (),
+        description="Streaming `accurate` sessions run their closing decodes also after only "
+        "these many seconds of earlier speech (0 = the phrase alone), all at once, and combine "
+        "the transcripts word by word (ROVER), e.g. [0, 2, 6, 12]. For replicas that can run "
+        "them in parallel (a GPU, or 2 cores a context): on 2 cores they queue and the final "
+        "waits for all (benchmarks/README.md, 'Combining closing decodes word by word').",
     )
     max_queued: int = Field(
         4, ge=0, description="Requests that may wait for a worker; beyond it RESOURCE_EXHAUSTED."
@@ -134,7 +142,9 @@ def stream_beam_workers(settings: TranscriptionSettings) -> int:
     """Workers of the streaming beam instance: every session's decodes at once (a profile may
     run two, `LatencyProfile.second_context_s`). On CPU CTranslate2's workers share the
     weights, so a worker costs no memory."""
-    return settings.max_streams * max(p.decodes_at_once for p in PROFILES.values())
+    return settings.max_streams * max(
+        with_rover(p, settings.stream_rover_contexts).decodes_at_once for p in PROFILES.values()
+    )
 
 
 def build_transcriber(settings: TranscriptionSettings) -> Transcriber:
@@ -196,6 +206,7 @@ def create_server(
             max_session_s=settings.max_stream_s,
             idle_timeout_s=settings.stream_idle_timeout_s,
             beam_threads=settings.stream_beam_threads,
+            rover_contexts_s=settings.stream_rover_contexts,
         ),
     )
     metrics.QUEUE_DEPTH.labels(SERVICE).set(0)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 
 import numpy as np
@@ -193,8 +193,10 @@ class StreamingHandler:
         vad_factory: Callable[[], VadFn] = streaming.silero_vad,
         service: str = "transcription",
         beam_threads: int = 0,
+        rover_contexts_s: Sequence[float] = (),
     ):
         self._transcriber = transcriber
+        self._rover_contexts_s = tuple(rover_contexts_s)
         self._beam_threads = beam_threads if transcriber.device == "cpu" else 0
         self._service = service
         self.limiter = SessionLimiter(
@@ -218,6 +220,7 @@ class StreamingHandler:
     def _session(self, request_iterator, context) -> Iterator[pb.StreamingTranscribeResponse]:
         config = read_config(request_iterator)
         options, profile = streaming.resolve_options(session_options(config), self._max_session_s)
+        profile = streaming.with_rover(profile, self._rover_contexts_s)
         registry = self._transcriber.registry
         spec = registry.resolve(options.model)
         span = trace.get_current_span()
@@ -227,6 +230,7 @@ class StreamingHandler:
                 "asr.stream.profile": profile.name,
                 "asr.stream.interim_results": options.interim_results,
                 "asr.stream.endpoint_silence_s": options.endpoint_silence_s,
+                "asr.stream.rover_contexts_s": profile.rover_contexts_s,
             }
         )
         device, compute_type = self._transcriber.device, self._transcriber.compute_type

@@ -61,7 +61,7 @@ from asr_mesh.services.common.domain_errors import (
     Overloaded,
     UploadStalled,
 )
-from asr_mesh.services.transcription import guards
+from asr_mesh.services.transcription import guards, rover
 
 tracer = trace.get_tracer(__name__)
 
@@ -127,6 +127,17 @@ class LatencyProfile:
       word probabilities tell which went astray. It costs a second decode's CPU, at the same
       time as the first (on CPU the service gives each session two workers of its beam
       instance), so a session alone waits for the longer of the two.
+    - `rover_contexts_s`: more closing decodes at once, each after only the last that many
+      seconds of the session's committed speech (0: the buffer alone, without the committed
+      text as prompt when `context_prompt` is off); with them, the transcripts of all the
+      closing decodes (`context_s`, `second_context_s` and these) are combined word by word
+      (`rover.combine`, `ROVER_SETTINGS`) instead of the surer one kept. Decodes of one phrase
+      heard after different contexts go astray on different words, and most of them get
+      each word right. It costs a decode's CPU for each context: on the 2 cores of this
+      machine they queue and the closing final waits for all of them, so no profile has
+      them; a replica with the cores (or a GPU) to run them at once turns them on for
+      `accurate` (`TranscriptionSettings.stream_rover_contexts`). Measured in
+      benchmarks/README.md ("Combining closing decodes word by word").
     - `lead_silence_s`: when new speech starts after what is committed, the silence before it
       is cut from the buffer down to this much (0 = kept whole). After an utterance closes, the
       buffer starts where its last word ended, so the next one's decodes heard the pause first
@@ -179,6 +190,7 @@ class LatencyProfile:
     doubt_logprob: float | None = None
     doubt_beam_size: int = 5
     second_context_s: float = 0.0
+    rover_contexts_s: tuple[float, ...] = ()
     lead_silence_s: float = 0.0
     count_onsets: bool = False
     carry_wordless_s: float = 0.0
@@ -194,8 +206,14 @@ class LatencyProfile:
 
     @property
     def decodes_at_once(self) -> int:
-        """Most decodes one session runs at the same time (2 with `second_context_s`)."""
-        return 2 if self.second_context_s > 0 else 1
+        """Most decodes one session runs at the same time (2 with `second_context_s`, one
+        more for each of `rover_contexts_s`)."""
+        return 1 + (self.second_context_s > 0) + len(self.rover_contexts_s)
+
+    @property
+    def context_kept_s(self) -> float:
+        """Seconds of committed speech a session keeps for its closing decodes to hear."""
+        return max((self.context_s, *self.rover_contexts_s)) if self.context_s > 0 else 0.0
 
 
 PROFILES = {
@@ -443,6 +461,19 @@ class SessionOptions:
     initial_prompt: str = ""
 
 
+ROVER_PROFILE = "accurate"
+"""The profile a replica's `stream_rover_contexts` applies to (`with_rover`)."""
+
+
+def with_rover(profile: LatencyProfile, contexts_s: Sequence[float]) -> LatencyProfile:
+    """`profile` as a replica with the cores (or a GPU) for more closing decodes at once runs
+    it: `ROVER_PROFILE` with `contexts_s` as its `rover_contexts_s`; any other profile, or no
+    contexts, as it is."""
+    if not contexts_s or profile.name != ROVER_PROFILE:
+        return profile
+    return replace(profile, rover_contexts_s=tuple(float(c) for c in contexts_s))
+
+
 def resolve_options(
     options: SessionOptions, service_max_s: float
 ) -> tuple[SessionOptions, LatencyProfile]:
@@ -622,6 +653,9 @@ _SECOND_CONTEXT_MIN_GAP_S = 0.5
 """A second closing decode (`second_context_s`) runs only when the context is at least this much
 longer than the second decode's: otherwise it would hear nearly the same audio."""
 _FLOOR_PROBABILITY = 1e-6
+ROVER_SETTINGS = rover.RoverSettings(vote_weight=0.5, null_confidence=0.5)
+"""How `rover_contexts_s` votes: a word's share of the decodes and its mean probability count
+alike, and saying nothing counts as probability 0.5 (chosen on tune, benchmarks/README.md)."""
 
 
 def confidence(words: Sequence[Word], failed: bool = False) -> float:
@@ -850,7 +884,7 @@ class StreamingSession:
             if last > first:
                 self._context.append((a, dropped[first:last]))
                 self._context_samples += last - first
-        limit = int(self.profile.context_s * SAMPLE_RATE)
+        limit = int(self.profile.context_kept_s * SAMPLE_RATE)
         while self._context_samples > limit:
             excess = self._context_samples - limit
             at, head = self._context[0]
@@ -1270,9 +1304,12 @@ class StreamingSession:
         doubt decoder (no committed text as prompt) when `doubt`. A plain closing decode also
         runs after a shorter context at the same time when the profile says so
         (`second_context_s`), and the more confident transcript is kept."""
-        pieces = list(self._context) if with_context else []
+        kept = list(self._context) if with_context else []
+        pieces = _tail(kept, self.profile.context_s)
         # Set here, not per decode: a second decode (below) shares this step's span.
         trace.get_current_span().set_attribute("asr.stream.context_s", _seconds(pieces))
+        if not (rescue or doubt) and kept and self.profile.rover_contexts_s:
+            return self._combined(audio, kept, pieces)
         second = self.profile.second_context_s
         if not (rescue or doubt) and pieces and second > 0:
             shorter = _tail(pieces, second)
@@ -1296,6 +1333,50 @@ class StreamingSession:
         self.counters.removed += hypothesis.removed
         return hypothesis
 
+    def _combined(
+        self,
+        audio: np.ndarray,
+        kept: Sequence[tuple[float, np.ndarray]],
+        pieces: Sequence[tuple[float, np.ndarray]],
+    ) -> _Hypothesis:
+        """The closing decodes of `rover_contexts_s`: the buffer after `pieces` (the full
+        context), after the `second_context_s` and `rover_contexts_s` tails of what the session
+        `kept`, all at once, their words combined word by word. A looping decode takes no part;
+        if all loop, the first one's failure is returned."""
+        second = self.profile.second_context_s
+        tails = [*([second] if second > 0 else []), *self.profile.rover_contexts_s]
+        # A context longer than what is kept is all of it: the same decode, decoded once and
+        # counted once a context (as `benchmarks/closing_candidates.py` scored them).
+        heard = [round(min(s, _seconds(kept)), 3) for s in tails]
+        first_heard_s = round(_seconds(pieces), 3)
+        pending = {  # each in a copy of this context: their spans join this step's trace
+            seconds: _side_pool().submit(
+                contextvars.copy_context().run,
+                self._decode_heard,
+                audio,
+                _tail(kept, seconds),
+                True,
+                alone=seconds == 0,
+            )
+            for seconds in dict.fromkeys(heard)
+            if seconds != first_heard_s
+        }
+        first, first_heard = self._decode_heard(audio, pieces, True)
+        done = {seconds: p.result()[0] for seconds, p in pending.items()}
+        results = [first, *(first if s == first_heard_s else done[s] for s in heard)]
+        self.counters.second_decodes += len(pending)
+        usable = [h for h in results if not h.failed]
+        self._heard = first_heard
+        span = trace.get_current_span()
+        span.set_attribute("asr.stream.combined_decodes", len(usable))
+        if not usable:
+            self.counters.removed += first.removed
+            return first
+        base = usable[0]
+        words = rover.combine([h.words for h in usable], ROVER_SETTINGS)
+        self.counters.removed += base.removed
+        return replace(base, words=words)
+
     def _decode_heard(
         self,
         audio: np.ndarray,
@@ -1303,19 +1384,21 @@ class StreamingSession:
         closing: bool,
         rescue: bool = False,
         doubt: bool = False,
+        alone: bool = False,
     ) -> tuple[_Hypothesis, list[tuple[float, float]]]:
         """Decode the context `pieces` ((absolute start, samples), in order) then the buffer,
         with the closing decoder when `closing` (a decode that may close an utterance); returns
         the buffer's words and what was heard (`heard_layout`). Thread-safe: reads the session,
         changes nothing (the caller counts what the guards removed from the decode it keeps;
-        a rescue counts itself)."""
+        a rescue counts itself). `alone`: a closing decode of the buffer without context
+        (`rover_contexts_s` 0), prompted as one with context."""
         context = np.concatenate([p for _, p in pieces]) if pieces else _EMPTY
         heard_layout = [(at, p.size / SAMPLE_RATE) for at, p in pieces]
         heard_layout.append((self.buffer_start, audio.size / SAMPLE_RATE))
         heard = np.concatenate([context, audio]) if context.size else audio
         self._running.layout = heard_layout
         try:
-            segments = self._decode_with(heard, pieces, heard_layout, closing, rescue, doubt)
+            segments = self._decode_with(heard, pieces, heard_layout, closing, rescue, doubt, alone)
         finally:
             del self._running.layout
         kept = [s for s in segments if not (self.profile.no_speech_skip and guards.is_silent(s))]
@@ -1370,6 +1453,7 @@ class StreamingSession:
         closing: bool,
         rescue: bool,
         doubt: bool,
+        alone: bool = False,
     ) -> list[Segment]:
         """Run the decoder this decode calls for on `heard` (context `pieces`, then the buffer)."""
         if rescue and self._rescue is not None:
@@ -1380,7 +1464,7 @@ class StreamingSession:
         lead = sum(seconds for _, seconds in heard_layout[:-1])
         prompt = (
             self.options.initial_prompt
-            if pieces and not self.profile.context_prompt
+            if (pieces or alone) and not self.profile.context_prompt
             else self._prompt(heard_layout[0][0])
         )
         decode = self._closing if closing else self._decode
