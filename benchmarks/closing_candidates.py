@@ -1,7 +1,8 @@
 """Choosing between closing decodes: every utterance decoded several ways, then rules that pick one.
 
     python benchmarks/closing_candidates.py collect [--split tune] [--threads 1]
-    python benchmarks/closing_candidates.py report out/closing_candidates_tune.json
+    python benchmarks/closing_candidates.py report out/closing_candidates_tune.json \
+        [--rover] [--combine ACDEGJ --combine ADEGJ:0.5/0.7] [--budget 1.3]
 
 `collect` cuts the conversations of a split into utterances as `utterance_context.py` does and
 decodes each one with every candidate below (whisper base, beam and context as named, short
@@ -12,7 +13,9 @@ mean word log-probability (`streaming.confidence`, the rule of
 `LatencyProfile.second_context_s`), of the highest mean word probability, or of the highest
 mean segment `avg_logprob`; WER per conversation against the first candidate alone, with a 95%
 bootstrap interval over conversations, better/worse counts; and the chosen pair with a margin
-(the second candidate kept only if surer by that much). Choose on `tune`, then look at
+(the second candidate kept only if surer by that much). With `--rover`, `--combine` and
+`--budget`, candidates combined word by word (`rover.combine`) instead, the last two against
+`accurate`'s A+C with the surer kept and with their time on 2 cores. Choose on `tune`, then look at
 `validate` once. Where `accurate`'s second closing decode came from (benchmarks/README.md, "Two
 closing decodes at once").
 """
@@ -205,13 +208,89 @@ def rover_report(data: dict, base: np.ndarray, top: int) -> None:
         )
 
 
+def two_worker_makespan(cpu_s: dict[str, float], names: Sequence[str]) -> float:
+    """Seconds the decodes `names` take when a session's two workers share them as evenly as
+    they can (the better of every split into two groups): the closing final waits this long
+    on 2 cores, against `cpu_s[first]` for one decode."""
+    total = sum(cpu_s[name] for name in names)
+    best = total
+    for size in range(1, len(names)):
+        for group in itertools.combinations(names, size):
+            one = sum(cpu_s[name] for name in group)
+            best = min(best, max(one, total - one))
+    return best
+
+
+def parse_combination(text: str) -> tuple[list[str], rover.RoverSettings]:
+    """'ACDEGJ' or 'ADEGJ:0.5/0.7' (vote weight / no-word confidence; default `ROVER_SETTINGS`
+    of the stream) → the candidate names and the settings."""
+    names, _, numbers = text.partition(":")
+    if not numbers:
+        return list(names), st.ROVER_SETTINGS
+    vote, null = (float(x) for x in numbers.split("/"))
+    return list(names), rover.RoverSettings(vote_weight=vote, null_confidence=null)
+
+
+BUDGET_SETTINGS = [rover.RoverSettings(0.5, 0.5), rover.RoverSettings(0.5, 0.7),
+                   rover.RoverSettings(0.75, 0.5)]  # fmt: skip
+"""The vote settings `report --budget` tries with each set."""
+
+
+def combination_rows(
+    data: dict, base: np.ndarray, combos: Sequence[tuple[list[str], rover.RoverSettings]]
+) -> list[tuple[float, str, rover.RoverSettings, float, np.ndarray]]:
+    """(mean WER, name, settings, two-worker time over the first candidate's, paired
+    difference against `base`) for each combination, best first."""
+    cpu = data["cpu_s"]
+    first = list(data["items"][0]["utterances"][0]["candidates"])[0]
+    rows = []
+    for names, settings in combos:
+        got = rover_wers(data, names, settings)
+        share = two_worker_makespan(cpu, names) / cpu[first]
+        rows.append((float(got.mean()), "+".join(names), settings, share, got - base))
+    rows.sort(key=lambda r: r[0])
+    return rows
+
+
+def print_combinations(rows, against: str, top: int) -> None:
+    print(f"\n{'combined':<14} {'vote':>5} {'null':>5} {'time':>6} {'WER':>6}  vs {against}")
+    for mean, name, settings, share, diff in rows[:top]:
+        lo, hi = paired(diff)
+        print(
+            f"{name:<14} {settings.vote_weight:5.2f} {settings.null_confidence:5.2f} "
+            f"{share:5.2f}x {100 * mean:5.1f}%  {100 * diff.mean():+5.1f} "
+            f"({100 * lo:+.1f} to {100 * hi:+.1f})  {(diff < 0).sum()}/{(diff > 0).sum()}"
+        )
+
+
+def budget_combinations(data: dict, factor: float) -> list[tuple[list[str], rover.RoverSettings]]:
+    """Every set of 3 to 5 candidates whose decodes two workers finish within `factor` times
+    the first candidate's CPU, with each of `BUDGET_SETTINGS`."""
+    cpu = data["cpu_s"]
+    names = list(data["items"][0]["utterances"][0]["candidates"])
+    limit = factor * cpu[names[0]]
+    return [
+        (list(combo), settings)
+        for size in (3, 4, 5)
+        for combo in itertools.combinations(names, size)
+        if two_worker_makespan(cpu, combo) <= limit
+        for settings in BUDGET_SETTINGS
+    ]
+
+
 def paired(diff: np.ndarray, draws: int = 4000, seed: int = 0) -> tuple[float, float]:
     rng = np.random.default_rng(seed)
     means = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(draws)]
     return tuple(float(x) for x in np.percentile(means, [2.5, 97.5]))  # type: ignore[return-value]
 
 
-def report(path: Path, top: int, with_rover: bool = False) -> None:
+def report(
+    path: Path,
+    top: int,
+    with_rover: bool = False,
+    combine: Sequence[str] = (),
+    budget: float | None = None,
+) -> None:
     data = json.loads(path.read_text(encoding="utf-8"))
     names = list(data["items"][0]["utterances"][0]["candidates"])
     first = names[0]
@@ -243,6 +322,15 @@ def report(path: Path, top: int, with_rover: bool = False) -> None:
               f"{(diff < 0).sum()}/{(diff > 0).sum()}")  # fmt: skip
     if with_rover:
         rover_report(data, base, top)
+    chosen = wers(data, ["A", "C"])  # accurate's two closing decodes, the surer kept
+    if combine:
+        rows = combination_rows(data, chosen, [parse_combination(c) for c in combine])
+        print_combinations(rows, "A+C, the surer kept", len(rows))
+    if budget is not None:
+        rows = combination_rows(data, chosen, budget_combinations(data, budget))
+        print(f"\nsets of 3-5 that two workers decode within {budget:.2f}x {names[0]}'s time: "
+              f"{len(rows) // len(BUDGET_SETTINGS)}")  # fmt: skip
+        print_combinations(rows, "A+C, the surer kept", top)
 
 
 def main() -> int:
@@ -268,6 +356,19 @@ def main() -> int:
     r.add_argument("path", type=Path)
     r.add_argument("--top", type=int, default=30)
     r.add_argument("--rover", action="store_true", help="also combine candidates word by word")
+    r.add_argument(
+        "--combine",
+        action="append",
+        default=[],
+        help="NAMES[:VOTE/NULL], e.g. ACDEGJ or ADEGJ:0.5/0.7: those candidates combined word "
+        "by word, against A+C with the surer kept (repeat for several)",
+    )
+    r.add_argument(
+        "--budget",
+        type=float,
+        help="every set of 3-5 candidates two workers decode within this many times the "
+        "first's CPU, combined, against A+C with the surer kept",
+    )
     args = parser.parse_args()
     if args.command == "collect":
         out = args.out or REPO / "out" / f"closing_candidates_{args.split}.json"
@@ -275,7 +376,7 @@ def main() -> int:
     elif args.command == "merge":
         merge(args.first, args.second, args.out)
     else:
-        report(args.path, args.top, args.rover)
+        report(args.path, args.top, args.rover, args.combine, args.budget)
     return 0
 
 

@@ -105,3 +105,31 @@ def test_two_collects_of_a_split_merge_into_one_file_of_all_candidates(tmp_path)
     second.write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="different utterances"):
         cc.merge(first, second, out)
+
+
+def test_two_workers_share_decodes_as_evenly_as_they_can():
+    cpu = {"A": 118.0, "C": 95.0, "E": 71.0, "I": 78.0}
+    assert cc.two_worker_makespan(cpu, ["A"]) == 118.0
+    assert cc.two_worker_makespan(cpu, ["A", "C"]) == 118.0  # one each
+    assert cc.two_worker_makespan(cpu, ["A", "E", "I"]) == 149.0  # A alone, E and I together
+    assert cc.two_worker_makespan(cpu, ["A", "C", "E", "I"]) == 189.0  # A+E against C+I (173)
+
+
+def test_a_combination_is_named_by_its_candidates_and_optional_vote_settings():
+    names, settings = cc.parse_combination("ACDEGJ")
+    assert names == list("ACDEGJ") and settings == cc.st.ROVER_SETTINGS
+    names, settings = cc.parse_combination("ADEGJ:0.5/0.7")
+    assert names == list("ADEGJ")
+    assert (settings.vote_weight, settings.null_confidence) == (0.5, 0.7)
+
+
+def test_a_budget_keeps_only_sets_two_workers_finish_within_it():
+    data = {
+        "cpu_s": {"A": 100.0, "C": 90.0, "E": 40.0, "K": 50.0},
+        "items": [{"utterances": [{"candidates": dict.fromkeys("ACEK", [])}]}],
+    }
+    sets = {"".join(names) for names, _ in cc.budget_combinations(data, 1.0)}
+    assert sets == {"AEK", "CEK"}  # E and K together (90) beside A (100) or C (90)
+    assert len(cc.budget_combinations(data, 1.0)) == 2 * len(cc.BUDGET_SETTINGS)
+    wider = {"".join(names) for names, _ in cc.budget_combinations(data, 1.4)}
+    assert wider == {"AEK", "ACE", "ACK", "CEK", "ACEK"}
