@@ -1534,3 +1534,16 @@ def test_a_replica_turns_the_combination_on_for_accurate_only_and_sizes_its_work
     settings = TranscriptionSettings(max_streams=3, stream_rover_contexts=(0.0, 2.0))
     assert stream_beam_workers(settings) == 12
     assert stream_beam_workers(TranscriptionSettings(max_streams=3)) == 6
+
+
+def test_every_session_s_side_decodes_run_at_once_not_queued_behind_each_other():
+    """Four sessions closing at the same moment with six decodes each: the twenty run beside
+    the sessions' own decodes all wait on the model at once (a fixed 8 threads queued them)."""
+    from asr_mesh.services.transcription.server import TranscriptionSettings, stream_beam_workers
+
+    settings = TranscriptionSettings(max_streams=4, stream_rover_contexts=(0.0, 2.0, 6.0, 12.0))
+    beside = stream_beam_workers(settings) - settings.max_streams  # each session runs one itself
+    assert beside == 20
+    together = threading.Barrier(beside, timeout=20)
+    waits = [s._side_pool().submit(together.wait) for _ in range(beside)]
+    assert sorted(w.result() for w in waits) == list(range(beside))

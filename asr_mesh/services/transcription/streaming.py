@@ -701,13 +701,22 @@ _side_decodes: ThreadPoolExecutor | None = None
 _side_decodes_lock = threading.Lock()
 
 
+_SIDE_THREADS_MAX = 256
+"""At most this many side decodes wait at once. Threads start only when a decode finds none
+idle, and each only waits on the model, whose workers bound what really runs: the cap is far
+above what a replica's sessions submit (`max_streams` × (`decodes_at_once` − 1)), so a
+session's extra decodes never queue behind another's."""
+
+
 def _side_pool() -> ThreadPoolExecutor:
-    """Threads for the second closing decodes (`second_context_s`), shared by all sessions; a
-    thread only waits on the model, whose workers bound what really runs at once."""
+    """Threads for the closing decodes a session runs beside its own (`second_context_s`,
+    `rover_contexts_s`), shared by all sessions."""
     global _side_decodes
     with _side_decodes_lock:
         if _side_decodes is None:
-            _side_decodes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="stream-second")
+            _side_decodes = ThreadPoolExecutor(
+                max_workers=_SIDE_THREADS_MAX, thread_name_prefix="stream-second"
+            )
         return _side_decodes
 
 
