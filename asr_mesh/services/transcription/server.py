@@ -57,9 +57,10 @@ class TranscriptionSettings(QueuedServerSettings):
         (),
         description="Streaming `accurate` sessions run their closing decodes also after only "
         "these many seconds of earlier speech (0 = the phrase alone), all at once, and combine "
-        "the transcripts word by word (ROVER), e.g. [0, 2, 6, 12]. For replicas that can run "
-        "them in parallel (a GPU, or 2 cores a context): on 2 cores they queue and the final "
-        "waits for all (benchmarks/README.md, 'Combining closing decodes word by word').",
+        "the transcripts word by word (ROVER), e.g. [0, 2, 6, 12]. An experiment for replicas "
+        "that can run them in parallel (a GPU, or 2 cores a context): on 2 cores they queue "
+        "and the final waits for all; as a stream it was within the noise of the surer "
+        "decode kept (benchmarks/README.md, 'Combining closing decodes word by word').",
     )
     max_queued: int = Field(
         4, ge=0, description="Requests that may wait for a worker; beyond it RESOURCE_EXHAUSTED."

@@ -133,11 +133,12 @@ class LatencyProfile:
       closing decodes (`context_s`, `second_context_s` and these) are combined word by word
       (`rover.combine`, `ROVER_SETTINGS`) instead of the surer one kept. Decodes of one phrase
       heard after different contexts go astray on different words, and most of them get
-      each word right. It costs a decode's CPU for each context: on the 2 cores of this
-      machine they queue and the closing final waits for all of them, so no profile has
-      them; a replica with the cores (or a GPU) to run them at once turns them on for
-      `accurate` (`TranscriptionSettings.stream_rover_contexts`). Measured in
-      benchmarks/README.md ("Combining closing decodes word by word").
+      each word right. It won per utterance, but replayed as a stream it was within the noise
+      (better on clean conversations, worse on noisy ones), and it costs a decode's CPU for
+      each context: on the 2 cores of this machine they queue and the closing final waits for
+      all of them. So no profile has them; a replica with the cores (or a GPU) to run them at
+      once can try them for `accurate` (`TranscriptionSettings.stream_rover_contexts`).
+      Measured in benchmarks/README.md ("Combining closing decodes word by word").
     - `lead_silence_s`: when new speech starts after what is committed, the silence before it
       is cut from the buffer down to this much (0 = kept whole). After an utterance closes, the
       buffer starts where its last word ended, so the next one's decodes heard the pause first
