@@ -187,27 +187,6 @@ ROVER_GRID = [
 """Vote weights × no-word confidences `report --rover` tries."""
 
 
-def rover_report(data: dict, base: np.ndarray, top: int) -> None:
-    names = list(data["items"][0]["utterances"][0]["candidates"])
-    rows = []
-    for size in (2, 3, 4, 5):
-        for combo in itertools.combinations(names, size):
-            if combo[0] != names[0]:
-                continue
-            for settings in ROVER_GRID if size > 2 else ROVER_GRID[:3]:
-                got = rover_wers(data, combo, settings)
-                rows.append((got.mean(), "+".join(combo), settings, got - base))
-    rows.sort(key=lambda r: r[0])
-    print(f"\nROVER: {'combo':<12} {'vote':>5} {'null':>5} {'WER':>6}  vs {names[0]} alone")
-    for mean, combo, settings, diff in rows[:top]:
-        lo, hi = paired(diff)
-        print(
-            f"       {combo:<12} {settings.vote_weight:5.2f} {settings.null_confidence:5.2f} "
-            f"{100 * mean:5.1f}%  {100 * diff.mean():+5.1f} ({100 * lo:+.1f} to {100 * hi:+.1f})"
-            f"  {(diff < 0).sum()}/{(diff > 0).sum()}"
-        )
-
-
 def two_worker_makespan(cpu_s: dict[str, float], names: Sequence[str]) -> float:
     """Seconds the decodes `names` take when a session's two workers share them as evenly as
     they can (the better of every split into two groups): the closing final waits this long
@@ -276,6 +255,20 @@ def budget_combinations(data: dict, factor: float) -> list[tuple[list[str], rove
         if two_worker_makespan(cpu, combo) <= limit
         for settings in BUDGET_SETTINGS
     ]
+
+
+def rover_report(data: dict, base: np.ndarray, top: int) -> None:
+    """Every pair to quintuple starting with the first candidate, combined with each of
+    `ROVER_GRID` (pairs with its first three), against the first candidate alone."""
+    names = list(data["items"][0]["utterances"][0]["candidates"])
+    combos = [
+        (list(combo), settings)
+        for size in (2, 3, 4, 5)
+        for combo in itertools.combinations(names, size)
+        if combo[0] == names[0]
+        for settings in (ROVER_GRID if size > 2 else ROVER_GRID[:3])
+    ]
+    print_combinations(combination_rows(data, base, combos), f"{names[0]} alone", top)
 
 
 def paired(diff: np.ndarray, draws: int = 4000, seed: int = 0) -> tuple[float, float]:

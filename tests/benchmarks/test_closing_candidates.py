@@ -48,8 +48,8 @@ def test_a_rule_s_wer_is_built_from_the_candidates_it_keeps_per_utterance():
     assert round(float(cc.wers(data, ["C"])[0]), 3) == round(1 / 3, 3)  # "caro"
 
 
-def test_rover_builds_each_utterance_from_the_words_most_candidates_heard():
-    data = {
+def _three_candidates_of_two_utterances() -> dict:
+    return {
         "items": [
             {
                 "reference": "bom dia claro que sim",
@@ -72,10 +72,24 @@ def test_rover_builds_each_utterance_from_the_words_most_candidates_heard():
             }
         ]
     }
+
+
+def test_rover_builds_each_utterance_from_the_words_most_candidates_heard():
+    data = _three_candidates_of_two_utterances()
     settings = cc.rover.RoverSettings(vote_weight=0.5, null_confidence=0.5)
     assert cc.rover_wers(data, ["A", "C", "E"], settings).tolist() == [0.0]
     # Kept whole, no one candidate is right: the surer (A) mishears "dia".
     assert cc.wers(data, ["A", "C", "E"]).tolist() == [0.2]
+
+
+def test_the_rover_report_ranks_combinations_with_their_time_against_the_first_alone(capsys):
+    data = _three_candidates_of_two_utterances()
+    data["cpu_s"] = {"A": 10.0, "C": 8.0, "E": 4.0}
+    cc.rover_report(data, cc.wers(data, ["A"]), top=1)
+    best = capsys.readouterr().out.strip().splitlines()[-1].split()
+    # Only all three together get every word; A alone missed 1 of 5 words (20%).
+    assert best[0] == "A+C+E" and best[4] == "0.0%" and best[5] == "-20.0"
+    assert best[3] == "1.20x"  # A beside C and E (12): 1.2 times A
 
 
 def test_two_collects_of_a_split_merge_into_one_file_of_all_candidates(tmp_path):
