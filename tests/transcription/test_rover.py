@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from asr_mesh.services.common.domain import Word
-from asr_mesh.services.transcription.rover import RoverSettings, align, combine, word_key
+from asr_mesh.services.common.domain import Word, word_key
+from asr_mesh.services.transcription.rover import RoverSettings, align, combine
 
 
 def transcript(text: str, probabilities: list[float] | None = None, at: float = 0.0) -> list[Word]:

@@ -6,6 +6,7 @@ here imports gRPC or protobuf: cores take and return these, servicers convert th
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 
 SAMPLE_RATE = 16_000
@@ -24,6 +25,13 @@ class Word:
     word: str
     probability: float
     speaker: str = ""
+
+
+def word_key(text: str) -> str:
+    """What two transcripts of one word share: NFC, lower case, letters and digits only (so
+    "Socorro," is "socorro", "está" is not "esta"). The one comparison of words between
+    hypotheses (streaming agreement, ROVER slots, loop guards)."""
+    return "".join(ch for ch in unicodedata.normalize("NFC", text).lower() if ch.isalnum())
 
 
 @dataclass(frozen=True, slots=True)

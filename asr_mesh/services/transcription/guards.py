@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from asr_mesh.services.common.domain import Segment, Word
+from asr_mesh.services.common.domain import Segment, Word, word_key
 
 NO_SPEECH_THRESHOLD = 0.6
 """faster-whisper's own: a window is silent when no_speech_prob exceeds this..."""
@@ -181,10 +181,6 @@ def is_failed_window(avg_logprob: float, compression_ratio: float, no_speech_pro
     return compression_ratio > COMPRESSION_RATIO_THRESHOLD or avg_logprob < LOG_PROB_THRESHOLD
 
 
-def _norm(word: str) -> str:
-    return "".join(ch for ch in word.lower() if ch.isalnum())
-
-
 def _audio_says_so(words: list[Word], start: int, size: int, count: int) -> bool:
     """True when each repetition covers its own stretch of audio, as real speech does.
 
@@ -212,7 +208,7 @@ def find_loops(
     A run of n > max_repeats consecutive copies of a phrase keeps its first max_repeats copies,
     unless every copy has its own stretch of audio (then it was said, and is kept).
     """
-    keys = [_norm(w.word) for w in words]
+    keys = [word_key(w.word) for w in words]
     drops: list[tuple[int, int]] = []
     i = 0
     while i < len(words):

@@ -7,24 +7,16 @@ into slots and keeps, in each slot, the word (or the absence of one) with the be
 probability, where saying nothing has probability `null_confidence`.
 
 Hand-written: NIST SCTK's `rover` is a C tool over CTM files, and no maintained Python package
-does the alignment with word confidences. Words match when they are equal lower-cased without
-punctuation; the surface form and timing kept are those of the surest instance.
+does the alignment with word confidences. Words match when their `word_key`s are equal (case
+and punctuation aside); the surface form and timing kept are those of the surest instance.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from asr_mesh.services.common.domain import Word
-
-_NOT_A_LETTER = re.compile(r"[^\w]+")
-
-
-def word_key(text: str) -> str:
-    """What two words must share to count as the same word: lower case, no punctuation."""
-    return _NOT_A_LETTER.sub("", text.lower())
+from asr_mesh.services.common.domain import Word, word_key
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,6 @@ import contextvars
 import difflib
 import threading
 import time
-import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,7 +52,7 @@ from typing import Any, Protocol
 import numpy as np
 from opentelemetry import trace
 
-from asr_mesh.services.common.domain import SAMPLE_RATE, Segment, Word
+from asr_mesh.services.common.domain import SAMPLE_RATE, Segment, Word, word_key
 from asr_mesh.services.common.domain_errors import (
     Cancelled,
     DeadlineExceeded,
@@ -573,19 +572,14 @@ VadFn = Callable[[np.ndarray], list[tuple[float, float]]]
 # -- word helpers ----------------------------------------------------------------------------
 
 
-def norm(word: str) -> str:
-    """A word as compared between hypotheses: lower case, letters and digits only."""
-    return "".join(ch for ch in unicodedata.normalize("NFC", word).lower() if ch.isalnum())
-
-
 def agreed_prefix(hypotheses: Sequence[Sequence[Word]]) -> int:
     """Length of the longest prefix all hypotheses share (normalised words)."""
     if not hypotheses:
         return 0
     n = min(len(h) for h in hypotheses)
     for i in range(n):
-        key = norm(hypotheses[0][i].word)
-        if any(norm(h[i].word) != key for h in hypotheses[1:]):
+        key = word_key(hypotheses[0][i].word)
+        if any(word_key(h[i].word) != key for h in hypotheses[1:]):
             return i
     return n
 
@@ -611,7 +605,8 @@ def new_words(
             # The same words, heard again over the same audio (a word said again later does
             # not overlap its earlier self in time).
             if all(
-                norm(a.word) == norm(b.word) and _overlap(a, b) for a, b in zip(tail[-n:], head[:n])
+                word_key(a.word) == word_key(b.word) and _overlap(a, b)
+                for a, b in zip(tail[-n:], head[:n])
             ):
                 candidates = candidates[n:]
                 break
@@ -632,7 +627,7 @@ def stability(current: Sequence[Word], previous: Sequence[Word]) -> float:
     """Share of `current`'s words that `previous` also had, in order (0 without a previous)."""
     if not current or not previous:
         return 0.0
-    a, b = [norm(w.word) for w in current], [norm(w.word) for w in previous]
+    a, b = [word_key(w.word) for w in current], [word_key(w.word) for w in previous]
     matcher = difflib.SequenceMatcher(a=a, b=b, autojunk=False)
     same = sum(block.size for block in matcher.get_matching_blocks())
     return round(same / len(a), 3)
@@ -1453,7 +1448,7 @@ class StreamingSession:
         reach = self.profile.straddle_s
         if reach <= 0 or i == 0 or not self._committed or word.end < lead + reach:
             return False
-        return norm(said[i - 1].word) == norm(self._committed[-1].word)
+        return word_key(said[i - 1].word) == word_key(self._committed[-1].word)
 
     def _decode_with(
         self,
