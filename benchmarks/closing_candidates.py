@@ -204,9 +204,16 @@ def parse_combination(text: str) -> tuple[list[str], rover.RoverSettings]:
     """'ACDEGJ' or 'ADEGJ:0.5/0.7' (vote weight / no-word confidence; default `ROVER_SETTINGS`
     of the stream) → the candidate names and the settings."""
     names, _, numbers = text.partition(":")
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r} names no candidate (e.g. ACDEGJ)")
     if not numbers:
         return list(names), st.ROVER_SETTINGS
-    vote, null = (float(x) for x in numbers.split("/"))
+    try:
+        vote, null = (float(x) for x in numbers.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the vote settings are VOTE/NULL, two numbers (e.g. ADEGJ:0.5/0.7)"
+        ) from None
     return list(names), rover.RoverSettings(vote_weight=vote, null_confidence=null)
 
 
@@ -281,11 +288,14 @@ def report(
     path: Path,
     top: int,
     with_rover: bool = False,
-    combine: Sequence[str] = (),
+    combine: Sequence[tuple[list[str], rover.RoverSettings]] = (),
     budget: float | None = None,
 ) -> None:
     data = json.loads(path.read_text(encoding="utf-8"))
     names = list(data["items"][0]["utterances"][0]["candidates"])
+    missing = sorted({"A", "C"} - set(names))
+    if missing:
+        raise SystemExit(f"{path}: the report measures against A+C, and it lacks {missing}")
     first = names[0]
     base = wers(data, [first])
     plain = np.mean([wer([i["reference"]], [i["offline"]]) for i in data["items"]])
@@ -317,7 +327,7 @@ def report(
         rover_report(data, base, top)
     chosen = wers(data, ["A", "C"])  # accurate's two closing decodes, the surer kept
     if combine:
-        rows = combination_rows(data, chosen, [parse_combination(c) for c in combine])
+        rows = combination_rows(data, chosen, list(combine))
         print_combinations(rows, "A+C, the surer kept", len(rows))
     if budget is not None:
         rows = combination_rows(data, chosen, budget_combinations(data, budget))
@@ -353,6 +363,7 @@ def main() -> int:
         "--combine",
         action="append",
         default=[],
+        type=parse_combination,
         help="NAMES[:VOTE/NULL], e.g. ACDEGJ or ADEGJ:0.5/0.7: those candidates combined word "
         "by word, against A+C with the surer kept (repeat for several)",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -135,6 +136,28 @@ def test_a_combination_is_named_by_its_candidates_and_optional_vote_settings():
     names, settings = cc.parse_combination("ADEGJ:0.5/0.7")
     assert names == list("ADEGJ")
     assert (settings.vote_weight, settings.null_confidence) == (0.5, 0.7)
+
+
+def _report(collected: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """`closing_candidates.py report` run as a user runs it."""
+    command = [sys.executable, cc.__file__, "report", str(collected), *flags]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_a_misspelt_combination_or_a_file_without_a_and_c_is_one_readable_line(tmp_path):
+    collected = tmp_path / "g.json"
+    data = _three_candidates_of_two_utterances() | {"split": "tune", "cpu_s": {}}
+    data["items"][0]["offline"] = "bom dia claro que sim"  # plain faster-whisper's transcript
+    collected.write_text(json.dumps(data))
+    bad = _report(collected, "--combine", "ADE:0.5")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "the vote settings are VOTE/NULL" in bad.stderr
+    for utterance in data["items"][0]["utterances"]:
+        del utterance["candidates"]["C"]
+    collected.write_text(json.dumps(data))
+    without_c = _report(collected, "--combine", "AE")
+    assert without_c.returncode == 1 and "Traceback" not in without_c.stderr
+    assert "measures against A+C, and it lacks ['C']" in without_c.stderr
 
 
 def test_a_budget_keeps_only_sets_two_workers_finish_within_it():
